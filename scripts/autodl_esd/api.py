@@ -1,0 +1,159 @@
+"""Typed calls for every elastic-deployment endpoint (paths, bodies, pagination)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from .http import ApiClient
+from .stock import StockByGpu, merge_stock, normalize_stock
+
+IMAGES_PATH = "/api/v1/dev/image/private/list"
+DEPLOYMENT_PATH = "/api/v1/dev/deployment"
+DEPLOYMENTS_PATH = "/api/v1/dev/deployment/list"
+EVENTS_PATH = "/api/v1/dev/deployment/container/event/list"
+CONTAINERS_PATH = "/api/v1/dev/deployment/container/list"
+STOP_CONTAINER_PATH = "/api/v1/dev/deployment/container/stop"
+REPLICA_NUM_PATH = "/api/v1/dev/deployment/replica_num"
+OPERATE_PATH = "/api/v1/dev/deployment/operate"
+BLACKLIST_PATH = "/api/v1/dev/deployment/blacklist"
+GLOBAL_STOCK_PATH = "/api/v1/dev/machine/gpu_stock"
+REGION_STOCK_PATH = "/api/v1/dev/machine/region/gpu_stock"
+
+# Large pages keep "fetch everything" to a few calls; the maximum is undocumented and 100
+# is what the platform's own samples and console use without complaint.
+PAGE_SIZE = 100
+# A guard against a server that keeps answering "more pages" forever.
+MAX_PAGES = 1000
+
+
+def iter_pages(client: ApiClient, path: str, body: dict[str, Any] | None = None, page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:
+    """Yield every item of a paginated list, pages 1..max_page."""
+    for page_index in range(1, MAX_PAGES + 1):
+        data = client.post(path, {**(body or {}), "page_index": page_index, "page_size": page_size}) or {}
+        items = data.get("list") or []
+        yield from items
+        max_page = data.get("max_page")
+        if not items or (isinstance(max_page, int) and page_index >= max_page):
+            return
+        if max_page is None and len(items) < page_size:
+            return
+
+
+def fetch_page(client: ApiClient, path: str, body: dict[str, Any], page_index: int, page_size: int) -> dict[str, Any]:
+    """One page as the platform returned it (list plus paging keys)."""
+    return client.post(path, {**body, "page_index": page_index, "page_size": page_size}) or {}
+
+
+def image_name(image: dict[str, Any]) -> str | None:
+    """Sources disagree on the key: `image_name` (public) or `name` (private)."""
+    return image.get("image_name") or image.get("name")
+
+
+def list_images(client: ApiClient) -> list[dict[str, Any]]:
+    return list(iter_pages(client, IMAGES_PATH))
+
+
+def global_stock(client: ApiClient) -> tuple[StockByGpu, Any]:
+    raw = client.get(GLOBAL_STOCK_PATH)
+    return normalize_stock(raw), raw
+
+
+def region_stock(client: ApiClient, regions: list[str]) -> tuple[StockByGpu, dict[str, Any]]:
+    """Stock summed over regions; the endpoint takes one `region_sign` per call."""
+    raw_by_region = {region: client.post(REGION_STOCK_PATH, {"region_sign": region}) for region in regions}
+    return merge_stock(normalize_stock(raw) for raw in raw_by_region.values()), raw_by_region
+
+
+def gpu_stock(client: ApiClient, regions: list[str] | None = None) -> tuple[StockByGpu, Any]:
+    return region_stock(client, regions) if regions else global_stock(client)
+
+
+def list_deployments(
+    client: ApiClient, *, name: str | None = None, status: str | None = None, deployment_uuid: str | None = None
+) -> list[dict[str, Any]]:
+    body = {key: value for key, value in {"name": name, "status": status, "deployment_uuid": deployment_uuid}.items() if value}
+    return list(iter_pages(client, DEPLOYMENTS_PATH, body))
+
+
+def create_deployment(client: ApiClient, request: dict[str, Any]) -> str:
+    """Never retried here: a lost answer may still have created it (see submit.reconcile)."""
+    data = client.post(DEPLOYMENT_PATH, request, idempotent=False) or {}
+    return str(data["deployment_uuid"])
+
+
+def list_containers(
+    client: ApiClient,
+    deployment_uuid: str,
+    *,
+    statuses: list[str] | None = None,
+    released: bool | None = None,
+    container_uuid: str | None = None,
+) -> list[dict[str, Any]]:
+    body: dict[str, Any] = {"deployment_uuid": deployment_uuid}
+    if statuses:
+        body["status"] = statuses
+    if released is not None:
+        body["released"] = released
+    if container_uuid:
+        body["container_uuid"] = container_uuid
+    return list(iter_pages(client, CONTAINERS_PATH, body))
+
+
+def list_events(
+    client: ApiClient, deployment_uuid: str, *, offset: int = 0, container_uuid: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Events after `offset`, oldest first, and the offset to poll from next time."""
+    body: dict[str, Any] = {"deployment_uuid": deployment_uuid}
+    if container_uuid:
+        body["deployment_container_uuid"] = container_uuid
+    events: list[dict[str, Any]] = []
+    for _ in range(MAX_PAGES):
+        data = client.post(EVENTS_PATH, {**body, "page_index": 1, "page_size": PAGE_SIZE, "offset": offset + len(events)}) or {}
+        batch = data.get("list") or []
+        events.extend(batch)
+        if len(batch) < PAGE_SIZE:
+            break
+    return events, offset + len(events)
+
+
+def stop_container(
+    client: ApiClient,
+    container_uuid: str,
+    *,
+    decrease_one_replica_num: bool = False,
+    no_cache: bool | None = None,
+    cmd_before_shutdown: str | None = None,
+) -> None:
+    body: dict[str, Any] = {"deployment_container_uuid": container_uuid, "decrease_one_replica_num": decrease_one_replica_num}
+    if no_cache is not None:  # public-cloud field; left out so the private cloud never sees it
+        body["no_cache"] = no_cache
+    if cmd_before_shutdown:
+        body["cmd_before_shutdown"] = cmd_before_shutdown
+    client.put(STOP_CONTAINER_PATH, body)
+
+
+def set_replica_num(client: ApiClient, deployment_uuid: str, replica_num: int) -> None:
+    client.put(REPLICA_NUM_PATH, {"deployment_uuid": deployment_uuid, "replica_num": replica_num})
+
+
+def stop_deployment(client: ApiClient, deployment_uuid: str) -> None:
+    client.put(OPERATE_PATH, {"deployment_uuid": deployment_uuid, "operate": "stop"})
+
+
+def delete_deployment(client: ApiClient, deployment_uuid: str) -> None:
+    client.delete(DEPLOYMENT_PATH, {"deployment_uuid": deployment_uuid})
+
+
+def add_to_blacklist(
+    client: ApiClient, container_uuid: str, *, comment: str | None = None, expire_in_minutes: int | None = None
+) -> None:
+    body: dict[str, Any] = {"deployment_container_uuid": container_uuid}
+    if comment:
+        body["comment"] = comment
+    if expire_in_minutes is not None:  # public-cloud field; the private cloud expires after 24 h
+        body["expire_in_minutes"] = expire_in_minutes
+    client.post(BLACKLIST_PATH, body)
+
+
+def list_blacklist(client: ApiClient) -> list[dict[str, Any]]:
+    return client.get(BLACKLIST_PATH) or []

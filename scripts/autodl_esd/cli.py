@@ -1,0 +1,184 @@
+"""What every entry script shares: the argument parser, common flags and the main loop.
+
+An entry script builds a parser with `make_parser`, then hands it and a handler to `run`:
+
+    def main(argv=None):
+        return cli.run(build_parser(), handle, argv)
+
+`run` parses (argparse errors become `usage_error` JSON), installs SIGINT/SIGTERM
+handlers, calls `handle(args, ctx)`, and turns the returned dict or any exception into the
+single JSON document of the output contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .errors import EXIT_CODE_EPILOG, AutoDLError, ErrorType, Interrupted
+from .output import Progress, emit_error, emit_success, scrub
+
+
+class UsageError(AutoDLError):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(ErrorType.USAGE_ERROR, message, hint or "运行 --help 查看用法与示例。")
+
+
+class JsonArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"命令行参数错误: {message}", f"用法: {self.format_usage().strip()}")
+
+
+def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> JsonArgumentParser:
+    epilog = ""
+    if examples:
+        epilog = "示例:\n" + "\n".join(f"  {line}" for line in examples) + "\n\n"
+    parser = JsonArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog + EXIT_CODE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quiet", action="store_true", help="不在 stderr 输出进度日志")
+    parser.add_argument(
+        "--debug", action="store_true", help="出现内部错误时在 stderr 打印 traceback"
+    )
+    return parser
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for durations: fractional seconds, strictly positive."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"必须大于 0: {text!r}")
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    """argparse type for limits where 0 means 'no limit'."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"不能为负数: {text!r}")
+    return value
+
+
+def add_deployment_selector(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--deployment-uuid | --name | --config: the three ways to name one deployment."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--deployment-uuid", metavar="UUID", help="部署 UUID (15 位十六进制)")
+    group.add_argument("--name", metavar="NAME", help="按部署名称精确匹配 (重名时报错并列出候选)")
+    group.add_argument("--config", metavar="FILE", help="按部署配置文件中的 name 查找")
+
+
+@dataclass
+class Context:
+    """Per-run services handed to a script's handler."""
+
+    args: argparse.Namespace
+    progress: Progress
+    # Filled in by handlers as they go, so an interrupt can still report it.
+    partial: dict[str, Any] = field(default_factory=dict)
+    _client: Any = None
+
+    def client(self) -> Any:
+        """The authenticated API client (token and host resolved on first use)."""
+        if self._client is None:
+            from .http import ApiClient
+            from .settings import load_settings
+
+            self._client = ApiClient(load_settings(), progress=self.progress)
+        return self._client
+
+
+Handler = Callable[[argparse.Namespace, Context], dict[str, Any]]
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] | None = None) -> int:
+    """Parse, run the handler, print exactly one JSON document, return the exit code."""
+    progress = Progress()
+    context: Context | None = None
+    previous_handlers = _install_signal_handlers()
+    try:
+        args = parser.parse_args(argv)
+        progress.quiet = getattr(args, "quiet", False)
+        context = Context(args=args, progress=progress)
+        payload = handler(args, context)
+        progress.close()
+        return emit_success(payload)
+    except SystemExit as exit_request:
+        # argparse --help/--version print for people and exit 0; keep that behaviour.
+        progress.close()
+        return int(exit_request.code or 0)
+    except AutoDLError as error:
+        progress.close()
+        return emit_error(error)
+    except (Interrupted, KeyboardInterrupt) as interruption:
+        progress.close()
+        details = dict(context.partial) if context else {}
+        details["signal"] = getattr(interruption, "signal_name", "SIGINT")
+        return emit_error(
+            AutoDLError(
+                ErrorType.INTERRUPTED,
+                "操作被中断。",
+                "如果 details 中有 deployment_uuid, 说明部署已创建: 用 list_containers.py 查看, "
+                "不要重新提交。",
+                details,
+            )
+        )
+    except Exception as bug:  # noqa: BLE001 - the contract is one JSON document, always
+        progress.close()
+        if context is not None and getattr(context.args, "debug", False):
+            sys.stderr.write(scrub(traceback.format_exc()))
+        details = dict(context.partial) if context else {}
+        details["exception"] = scrub(f"{type(bug).__name__}: {bug}")
+        return emit_error(
+            AutoDLError(
+                ErrorType.INTERNAL_ERROR,
+                "脚本内部错误。",
+                "加 --debug 重新运行可在 stderr 看到 traceback; 请把输出反馈给维护者。",
+                details,
+            )
+        )
+    finally:
+        _restore_signal_handlers(previous_handlers)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, _raise_interrupted)
+        except ValueError:
+            pass  # not the main thread (e.g. called from a test worker thread)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def script_main(main: Callable[[Sequence[str] | None], int]) -> None:
+    """`if __name__ == "__main__": script_main(main)` — exit with main's code."""
+    sys.exit(main(None))
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}

@@ -1,0 +1,259 @@
+"""Deployment config: load, validate (schema + semantic rules), normalize.
+
+Validation reports every problem at once, each as `{path, message, hint}`, before any
+network call. The schema (schemas/deployment.schema.json) is the single description of
+the fields; this module adds what JSON Schema cannot say well: did-you-mean for typos,
+unit mistakes with the corrected value, and rules across fields.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .deps import SKILL_ROOT, require
+from .errors import AutoDLError, ErrorType
+from .units import (
+    KNOWN_CUDA_CODES,
+    MAX_PLAUSIBLE_MEMORY_GB,
+    cuda_code_for,
+    gb_hint_for_bytes,
+    looks_like_bytes,
+    price_units_for_yuan,
+)
+
+SCHEMA_DIR = SKILL_ROOT / "schemas"
+DEPLOYMENT_SCHEMA = SCHEMA_DIR / "deployment.schema.json"
+RANGES = ("cpu_num", "memory_size", "price", "cuda_v")
+TEMPLATE = "container_template"
+
+Problem = dict[str, str]
+
+
+@lru_cache(maxsize=None)
+def load_schema(path: Path = DEPLOYMENT_SCHEMA) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a config file; missing/unreadable/not-JSON files are config_error."""
+    config_path = Path(path)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AutoDLError(ErrorType.CONFIG_ERROR, f"配置文件不存在: {path}", "检查路径; 示例配置在 examples/ 目录。", {"path": str(path)}) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise AutoDLError(ErrorType.CONFIG_ERROR, f"无法读取配置文件: {path} ({error})", "确认文件可读且为 UTF-8 编码。", {"path": str(path)}) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise AutoDLError(
+            ErrorType.CONFIG_ERROR,
+            f"配置文件不是合法 JSON: 第 {error.lineno} 行第 {error.colno} 列: {error.msg}",
+            "JSON 不允许注释和末尾逗号, 字符串必须用双引号。",
+            {"path": str(path), "line": error.lineno, "column": error.colno},
+        ) from None
+
+
+def dialect_of(config: dict[str, Any]) -> str:
+    """`public` when the template names regions (dc_list), else `private`."""
+    template = config.get(TEMPLATE)
+    return "public" if isinstance(template, dict) and "dc_list" in template else "private"
+
+
+def _path_text(parts: Any) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _field_name(parts: list[Any]) -> str:
+    names = [part for part in parts if isinstance(part, str)]
+    return names[-1] if names else ""
+
+
+# --- schema errors, explained --------------------------------------------------------
+
+def _unknown_key_problems(error: Any, schema_properties: dict[str, Any]) -> list[Problem]:
+    instance = error.instance if isinstance(error.instance, dict) else {}
+    parent = list(error.absolute_path)
+    template_keys = set(load_schema()["$defs"]["container_template"]["properties"])
+    top_keys = set(load_schema()["properties"])
+    problems = []
+    for key in sorted(set(instance) - set(schema_properties)):
+        in_template = bool(parent) and parent[-1] == TEMPLATE
+        if not in_template and key in template_keys:
+            hint = f"'{key}' 应放在 container_template 里。"
+        elif in_template and key in top_keys:
+            hint = f"'{key}' 应放在顶层, 不在 container_template 里。"
+        else:
+            close = difflib.get_close_matches(key, list(schema_properties), n=1, cutoff=0.6)
+            hint = f"你是否想写 '{close[0]}'?" if close else f"允许的字段: {', '.join(sorted(schema_properties))}"
+        problems.append({"path": _path_text(parent + [key]), "message": f"未知字段 '{key}'", "hint": hint})
+    return problems
+
+
+def _cuda_hint(value: Any) -> str:
+    code = cuda_code_for(value)
+    known = ", ".join(str(c) for c in KNOWN_CUDA_CODES)
+    if isinstance(value, str) and code is not None:
+        return f"CUDA 要写整数代码, 不是字符串: 应写 {code} (不低于 {value.strip()} 的最小已知代码)。"
+    if code is not None and code != value:
+        return f"应写 {code} (不低于该版本的最小已知代码)。已知代码: {known}"
+    return f"已知代码: {known} (118 = CUDA 11.8; 私有云 cuda_v 另可用 0 表示不限)"
+
+
+def _explain(error: Any) -> list[Problem]:
+    """Turn one jsonschema error into problems with Chinese messages and a fix."""
+    parts = list(error.absolute_path)
+    path = _path_text(parts) or "(根)"
+    field = _field_name(parts)
+    value = error.instance
+    kind = error.validator
+
+    if kind == "additionalProperties":
+        return _unknown_key_problems(error, error.schema.get("properties", {}))
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        full_path = _path_text(parts + [missing])
+        hint = {
+            "replica_num": "ReplicaSet 需要 replica_num (副本数); Job 需要 replica_num (完成总数) 和 parallelism_num (并行数)。",
+            "parallelism_num": "Job 需要 parallelism_num (同时运行的容器数)。",
+            "cuda_v": "私有云方言用 cuda_v (如 118); 若是公有云, 请加 dc_list 并改用 cuda_v_from/cuda_v_to。",
+            "cuda_v_from": "公有云方言 (有 dc_list) 用 cuda_v_from/cuda_v_to 表示 CUDA 范围。",
+            "cuda_v_to": "公有云方言 (有 dc_list) 用 cuda_v_from/cuda_v_to 表示 CUDA 范围。",
+        }.get(missing, "补上该字段; 字段说明见 api-reference.md。")
+        return [{"path": full_path, "message": f"缺少必填字段 '{missing}'", "hint": hint}]
+    if kind == "not":  # fields that belong to the other dialect
+        forbidden = [key for branch in error.validator_value["anyOf"] for key in branch["required"] if key in value]
+        problems = []
+        for key in forbidden:
+            hint = (
+                "公有云方言 (有 dc_list) 不用 cuda_v/region_sign, 改用 cuda_v_from/cuda_v_to。"
+                if key in ("cuda_v", "region_sign")
+                else "私有云方言 (无 dc_list) 只用 cuda_v; 若是公有云请补 dc_list。"
+            )
+            problems.append({"path": _path_text(parts + [key]), "message": f"字段 '{key}' 不属于这种方言", "hint": hint})
+        return problems
+    if field.startswith("cuda_v") and kind in ("type", "enum"):
+        return [{"path": path, "message": f"CUDA 代码无效: {value!r}", "hint": _cuda_hint(value)}]
+    if field.startswith("memory_size") and looks_like_bytes(value):
+        return [{
+            "path": path,
+            "message": f"内存 {value} 看起来是字节数, 这里的单位是 GB",
+            "hint": f"应写 {gb_hint_for_bytes(value)} (GB)。",
+        }]
+    if field.startswith("price") and kind == "type" and isinstance(value, float):
+        return [{
+            "path": path,
+            "message": f"价格必须是整数 (单位 元×1000/小时), 收到 {value}",
+            "hint": f"若想表示 {value} 元/小时, 应写 {price_units_for_yuan(value)}。",
+        }]
+    if kind == "type":
+        expected = {"integer": "整数", "string": "字符串", "array": "数组", "object": "对象", "boolean": "true/false"}
+        wanted = error.validator_value
+        wanted_text = expected.get(wanted, str(wanted)) if isinstance(wanted, str) else str(wanted)
+        hint = "去掉引号, 写成数字。" if isinstance(value, str) and wanted == "integer" else f"改为{wanted_text}。"
+        return [{"path": path, "message": f"类型错误: 应为{wanted_text}, 收到 {json.dumps(value, ensure_ascii=False)}", "hint": hint}]
+    if kind == "enum":
+        options = ", ".join(json.dumps(option, ensure_ascii=False) for option in error.validator_value)
+        close = difflib.get_close_matches(str(value), [str(option) for option in error.validator_value], n=1, cutoff=0.6)
+        hint = f"你是否想写 {close[0]!r}? 可选值: {options}" if close else f"可选值: {options}"
+        return [{"path": path, "message": f"取值无效: {json.dumps(value, ensure_ascii=False)}", "hint": hint}]
+    if kind == "minimum":
+        return [{"path": path, "message": f"不能小于 {error.validator_value}, 收到 {value}", "hint": f"改为 >= {error.validator_value} 的整数。"}]
+    if kind == "maximum":
+        return [{"path": path, "message": f"不能大于 {error.validator_value}, 收到 {value}", "hint": f"改为 <= {error.validator_value} 的整数。"}]
+    if kind == "minItems":
+        return [{"path": path, "message": "列表不能为空", "hint": "至少填写一项; GPU 型号用 gpu_stock.py 查看。"}]
+    if kind == "uniqueItems":
+        return [{"path": path, "message": "列表中有重复项", "hint": "删除重复的值。"}]
+    if kind == "minLength":
+        return [{"path": path, "message": "不能为空字符串", "hint": "填写有效内容。"}]
+    if kind == "pattern":
+        return [{"path": path, "message": f"格式不对: {value!r}", "hint": "镜像 UUID 形如 image-db8346e037 或 base-image-l2t43iu6uk; 用 list_images.py 查看 (不要填镜像名称)。"}]
+    return [{"path": path, "message": error.message, "hint": "对照 schemas/deployment.schema.json 修正。"}]
+
+
+def _schema_problems(config: Any) -> list[Problem]:
+    jsonschema = require("jsonschema")
+    validator = jsonschema.Draft202012Validator(load_schema())
+    problems: list[Problem] = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        # if/then/else and allOf wrap the interesting errors; report the leaves.
+        leaves = [error] if not error.context else list(error.context)
+        for leaf in leaves:
+            for problem in _explain(leaf):
+                if problem not in problems:
+                    problems.append(problem)
+    return problems
+
+
+# --- rules across fields --------------------------------------------------------------
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _semantic_problems(config: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    template = config.get(TEMPLATE)
+    if not isinstance(template, dict):
+        return problems
+    for stem in RANGES:
+        low, high = template.get(f"{stem}_from"), template.get(f"{stem}_to")
+        if _is_int(low) and _is_int(high) and low > high:
+            problems.append({
+                "path": f"{TEMPLATE}.{stem}_from",
+                "message": f"范围反了: {stem}_from={low} 大于 {stem}_to={high}",
+                "hint": f"交换两值, 或把 {stem}_to 调到不小于 {low}。",
+            })
+    return problems
+
+
+def validate_config(config: Any) -> list[Problem]:
+    """Every problem of the config, empty when it is valid."""
+    problems = _schema_problems(config)
+    if isinstance(config, dict):
+        problems += [p for p in _semantic_problems(config) if p not in problems]
+    return problems
+
+
+def raise_if_invalid(config: Any, source: str | Path | None = None) -> None:
+    problems = validate_config(config)
+    if problems:
+        raise AutoDLError(
+            ErrorType.VALIDATION_ERROR,
+            f"配置有 {len(problems)} 处问题" + (f" ({source})" if source else "") + "。",
+            "逐条查看 details.errors, 按 hint 修正后重新运行; 此时尚未调用任何接口。",
+            {"errors": problems},
+        )
+
+
+def build_request(config: dict[str, Any]) -> dict[str, Any]:
+    """The create-deployment request body: the config minus editor-only keys."""
+    request = copy.deepcopy(config)
+    request.pop("$schema", None)
+    return request
+
+
+def load_and_validate(path: str | Path) -> dict[str, Any]:
+    config = load_config(path)
+    raise_if_invalid(config, path)
+    return config
+
+
+__all__ = [
+    "MAX_PLAUSIBLE_MEMORY_GB",
+    "build_request",
+    "dialect_of",
+    "load_and_validate",
+    "load_config",
+    "raise_if_invalid",
+    "validate_config",
+]

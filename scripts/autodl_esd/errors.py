@@ -1,0 +1,129 @@
+"""The closed set of error types every script reports, and their exit codes."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class ErrorType(str, Enum):
+    """Stable identifiers agents branch on; mirrored by schemas/result.schema.json."""
+
+    VALIDATION_ERROR = "validation_error"
+    CONFIG_ERROR = "config_error"
+    USAGE_ERROR = "usage_error"
+    TOKEN_MISSING = "token_missing"
+    AUTH_ERROR = "auth_error"
+    IMAGE_NOT_FOUND = "image_not_found"
+    GPU_TYPE_NOT_FOUND = "gpu_type_not_found"
+    DEPLOYMENT_EXISTS = "deployment_exists"
+    NOT_FOUND = "not_found"
+    CONFIRMATION_REQUIRED = "confirmation_required"
+    DEPENDENCY_MISSING = "dependency_missing"
+    TIMEOUT = "timeout"
+    STARTUP_TIMEOUT = "startup_timeout"
+    SUBMISSION_ERROR = "submission_error"
+    API_ERROR = "api_error"
+    INTERNAL_ERROR = "internal_error"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self]
+
+
+# Exit codes group error types: 1 = fix the input, 2 = waited too long,
+# 3 = the platform failed, 4 = a bug of ours, 130 = stopped by a signal (shell convention).
+EXIT_SUCCESS = 0
+EXIT_CODES: dict[ErrorType, int] = {
+    **{t: 1 for t in ErrorType},
+    ErrorType.TIMEOUT: 2,
+    ErrorType.STARTUP_TIMEOUT: 2,
+    ErrorType.SUBMISSION_ERROR: 3,
+    ErrorType.API_ERROR: 3,
+    ErrorType.INTERNAL_ERROR: 4,
+    ErrorType.INTERRUPTED: 130,
+}
+
+EXIT_CODE_EPILOG = """\
+退出码:
+  0    成功
+  1    输入有误 (validation_error, config_error, usage_error, token_missing, auth_error,
+       image_not_found, gpu_type_not_found, deployment_exists, not_found,
+       confirmation_required, dependency_missing)
+  2    等待超时 (timeout, startup_timeout)
+  3    平台错误 (submission_error, api_error)
+  4    内部错误 (internal_error)
+  130  被中断 (interrupted)
+stdout 永远只有一个 JSON 对象; 进度日志在 stderr。"""
+
+
+class AutoDLError(Exception):
+    """An error that becomes the script's single JSON error document."""
+
+    def __init__(
+        self,
+        error_type: ErrorType,
+        message: str,
+        hint: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.hint = hint
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": "error",
+            "error_type": self.error_type.value,
+            "message": self.message,
+            "hint": self.hint,
+            "details": self.details,
+        }
+
+
+class ApiError(AutoDLError):
+    """The platform answered with an error, or could not be reached after retries.
+
+    `ambiguous` is true when the request may have been carried out even though no
+    success came back (timeout, reset connection, 5xx): a create in that state must be
+    reconciled before it is retried.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        msg: str | None = None,
+        http_status: int | None = None,
+        retryable: bool = False,
+        ambiguous: bool = False,
+        hint: str = "",
+        response: Any = None,
+    ) -> None:
+        details: dict[str, Any] = {
+            "code": code,
+            "msg": msg,
+            "http_status": http_status,
+            "retryable": retryable,
+        }
+        if response is not None:
+            details["api_response"] = response
+        super().__init__(ErrorType.API_ERROR, message, hint, details)
+        self.code = code
+        self.msg = msg
+        self.http_status = http_status
+        self.retryable = retryable
+        self.ambiguous = ambiguous
+        self.response = response
+
+
+class Interrupted(BaseException):
+    """Raised from the SIGINT/SIGTERM handler; a BaseException so broad handlers let it pass."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name

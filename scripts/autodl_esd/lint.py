@@ -1,0 +1,148 @@
+"""Warnings (not errors) for start commands and conditions that bite on AutoDL.
+
+The container lives exactly as long as its `cmd`: these are the ways a command that works
+in a terminal ends, hangs, or fails in a container. A warning never blocks a submission.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+Warning_ = dict[str, str]
+
+CMD_PATH = "container_template.cmd"
+
+_AND_THEN_OR = re.compile(r"&&[^;|&]*\|\|")
+# A single `&` (not `&&`, not a redirection like `2>&1`) at the end of a command segment.
+_BACKGROUND = re.compile(r"(?<![&>])&(?!&)\s*(?:;|$)|(?<![&>])&(?![&>])\s+\S")
+_KEEPS_PARENT_ALIVE = re.compile(r"\bsleep\s+infinity\b|\bwait\b|\btail\s+-f\b")
+_CONDA_ACTIVATE = re.compile(r"\b(?:conda|source)\s+activate\b")
+_SLEEP_INFINITY = re.compile(r"\bsleep\s+infinity\b")
+_CD = re.compile(r"(?:^|[;&|]\s*)cd\s+")
+# `python x.py`, `bash run.sh`, `sh run.sh`, `./run.sh`: the script argument is relative.
+_RELATIVE_SCRIPT = re.compile(
+    r"(?:^|[;&|]\s*)(?:nohup\s+)?(?:\S*python[\d.]*|bash|sh)\s+(?:-\S+\s+)*(?![/~$-])([\w.][\w./-]*\.(?:py|sh))\b"
+    r"|(?:^|[;&|]\s*)(\./[\w./-]+)"
+)
+_BARE_PYTHON3 = re.compile(r"(?:^|[;&|]\s*)python3\b")
+_NETWORK_FETCH = re.compile(r"\bpip3?\s+install\b|\bgit\s+clone\b|huggingface-cli\s+download|\bhf\s+download\b|snapshot_download")
+_NETWORK_TURBO = re.compile(r"/etc/network_turbo")
+
+# Per-GPU floors above these exclude many hosts: a scheduling unit is the host's CPU and
+# memory split evenly per GPU, and common hosts give a unit 8-16 vCPU and 30-60 GB; a
+# private RTX 4090 D cluster refused 16 GB for one GPU where 8 GB scheduled.
+MEMORY_FLOOR_WARN_GB_PER_GPU = 16
+CPU_FLOOR_WARN_PER_GPU = 16
+# Below 0.1 yuan/hour no GPU host exists; a value this small is usually yuan, not yuan x 1000.
+PRICE_TO_WARN_BELOW = 100
+
+
+def _warning(code: str, path: str, message: str, hint: str) -> Warning_:
+    return {"code": code, "path": path, "message": message, "hint": hint}
+
+
+def lint_cmd(cmd: str, deployment_type: str | None) -> list[Warning_]:
+    warnings: list[Warning_] = []
+    if _AND_THEN_OR.search(cmd):
+        warnings.append(_warning(
+            "and_or_chain", CMD_PATH,
+            "cmd 用了 `a && b || c` 组合: 已知会让 Job 容器一直不结束。",
+            "改用分号顺序执行, 如 `ls /data ; python run.py ; true`, 或把逻辑写进脚本文件。",
+        ))
+    if _BACKGROUND.search(cmd) and not _KEEPS_PARENT_ALIVE.search(cmd):
+        warnings.append(_warning(
+            "background_without_keepalive", CMD_PATH,
+            "cmd 把程序放到后台 (&) 后命令就结束了, 容器会随之停止并杀掉后台进程。",
+            "前台运行程序; 确需后台时在末尾加 `; sleep infinity` 保持父进程。",
+        ))
+    if _CONDA_ACTIVATE.search(cmd):
+        warnings.append(_warning(
+            "conda_activate", CMD_PATH,
+            "cmd 里的 conda activate 在非交互 shell 中通常不生效。",
+            "直接用环境的解释器, 如 /root/miniconda3/envs/my-env/bin/python app.py。",
+        ))
+    relative = _RELATIVE_SCRIPT.search(cmd)
+    if relative and not _CD.search(cmd[: relative.start() + 1]):
+        script = relative.group(1) or relative.group(2)
+        warnings.append(_warning(
+            "relative_path_without_cd", CMD_PATH,
+            f"cmd 用相对路径 {script} 却没有先 cd, 工作目录不一定是你以为的目录。",
+            f"先切换目录, 如 `cd /root/project && python {script}`, 或写绝对路径。",
+        ))
+    if _SLEEP_INFINITY.search(cmd) and deployment_type in ("Job", "Container"):
+        warnings.append(_warning(
+            "sleep_infinity_in_job", CMD_PATH,
+            f"{deployment_type} 的 cmd 含 sleep infinity: 容器永远不会完成, 会一直计费。",
+            "只在调试时这样用 (SSH 进去手动排查), 调试完改回真实命令并停止部署。",
+        ))
+    if _BARE_PYTHON3.search(cmd):
+        warnings.append(_warning(
+            "bare_python3", CMD_PATH,
+            "AutoDL 镜像常常只有 python 没有 python3, 裸 python3 可能报 command not found (退出码 127)。",
+            "用解释器的完整路径, 如 /root/miniconda3/bin/python。",
+        ))
+    if _NETWORK_FETCH.search(cmd) and not _NETWORK_TURBO.search(cmd):
+        warnings.append(_warning(
+            "network_without_turbo", CMD_PATH,
+            "cmd 在容器里联网下载 (pip/git/HuggingFace), 没有学术加速时可能极慢或卡住。",
+            "在前面加 `source /etc/network_turbo ;`; HuggingFace 另设 HF_ENDPOINT=https://hf-mirror.com "
+            "与 HF_HUB_DISABLE_XET=1; 更好的做法是把依赖打进镜像。",
+        ))
+    return warnings
+
+
+def lint_config(config: dict[str, Any]) -> list[Warning_]:
+    """Warnings for a config that already passed validation."""
+    template = config["container_template"]
+    deployment_type = config.get("deployment_type")
+    warnings = lint_cmd(template["cmd"], deployment_type)
+    gpu_num = template["gpu_num"]
+
+    if template["memory_size_from"] > MEMORY_FLOOR_WARN_GB_PER_GPU * gpu_num:
+        warnings.append(_warning(
+            "high_memory_floor", "container_template.memory_size_from",
+            f"memory_size_from={template['memory_size_from']} GB 对 {gpu_num} 张卡偏高, 可能没有主机满足而一直等不到。",
+            "范围只是选主机的条件, 容器实际拿到主机按卡均分的内存; 把下限调低 (如 1), 需要大内存时增加 gpu_num。",
+        ))
+    if template["cpu_num_from"] > CPU_FLOOR_WARN_PER_GPU * gpu_num:
+        warnings.append(_warning(
+            "high_cpu_floor", "container_template.cpu_num_from",
+            f"cpu_num_from={template['cpu_num_from']} 对 {gpu_num} 张卡偏高, 可能没有主机满足。",
+            "把下限调低 (如 1); 容器实际拿到主机按卡均分的 CPU。",
+        ))
+    if template["price_to"] < PRICE_TO_WARN_BELOW:
+        warnings.append(_warning(
+            "price_looks_like_yuan", "container_template.price_to",
+            f"price_to={template['price_to']} 即 {template['price_to'] / 1000} 元/小时, 低于任何 GPU 的价格。",
+            f"价格单位是 元×1000/小时: 若想表示 {template['price_to']} 元/小时, 应写 {template['price_to'] * 1000}。",
+        ))
+    if deployment_type == "Container" and ("replica_num" in config or "parallelism_num" in config):
+        warnings.append(_warning(
+            "container_ignores_counts", "replica_num",
+            "Container 类型只运行一个容器, replica_num/parallelism_num 不起作用。",
+            "删除这两个字段; 需要多个容器请用 Job 或 ReplicaSet。",
+        ))
+    if deployment_type == "Job" and config.get("parallelism_num", 0) > config.get("replica_num", 0):
+        warnings.append(_warning(
+            "parallelism_above_replicas", "parallelism_num",
+            "parallelism_num 大于 replica_num: 最多只会同时运行 replica_num 个容器。",
+            "把 parallelism_num 调到不大于 replica_num。",
+        ))
+    if "reuse_container_scope" in config and not config.get("reuse_container"):
+        warnings.append(_warning(
+            "scope_without_reuse", "reuse_container_scope",
+            "设置了 reuse_container_scope 但没有开启 reuse_container, 该字段不起作用。",
+            "需要复用时设 reuse_container: true。",
+        ))
+    public_only = ("reuse_container_scope", "service_6006_port_protocol", "service_6008_port_protocol")
+    template_public_only = ("cmd_before_shutdown", "service_6006_port_protocol", "service_6008_port_protocol")
+    if "dc_list" not in template:
+        used = [f for f in public_only if f in config] + [f"container_template.{f}" for f in template_public_only if f in template]
+        if used:
+            warnings.append(_warning(
+                "public_field_on_private", used[0],
+                f"私有云文档没有这些字段: {', '.join(used)}; 平台可能忽略或拒绝。",
+                "私有云上去掉它们; 若目标是公有云, 请在 container_template 中加 dc_list。",
+            ))
+    return warnings

@@ -1,0 +1,71 @@
+"""GPU stock in one shape, whichever of the documented shapes the platform sent.
+
+Known shapes of `data`:
+- a list of single-key objects: `[{"RTX 4090": {"idle_gpu_num": 5, "total_gpu_num": 8}}]`
+  (older private docs, and the public region endpoint);
+- an object keyed by GPU name: `{"RTX 4090": {"gpu_name": "RTX 4090", "idle_gpu_num": 5, ...}}`
+  (seen on a live private cluster).
+Both normalize to `{"RTX 4090": {"idle": 5, "total": 8}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+StockByGpu = dict[str, dict[str, int]]
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _entries(data: Any) -> Iterable[tuple[str, dict[str, Any]]]:
+    if isinstance(data, dict):
+        for name, figures in data.items():
+            if isinstance(figures, dict):
+                yield str(figures.get("gpu_name") or name), figures
+    elif isinstance(data, list):
+        for item in data:
+            if not isinstance(item, dict):
+                continue
+            if "gpu_name" in item and "idle_gpu_num" in item:  # flat record, defensive
+                yield str(item["gpu_name"]), item
+                continue
+            for name, figures in item.items():
+                if isinstance(figures, dict):
+                    yield str(name), figures
+
+
+def normalize_stock(data: Any) -> StockByGpu:
+    stock: StockByGpu = {}
+    for name, figures in _entries(data):
+        entry = stock.setdefault(name, {"idle": 0, "total": 0})
+        entry["idle"] += _count(figures.get("idle_gpu_num"))
+        entry["total"] += _count(figures.get("total_gpu_num"))
+    return stock
+
+
+def merge_stock(parts: Iterable[StockByGpu]) -> StockByGpu:
+    merged: StockByGpu = {}
+    for part in parts:
+        for name, figures in part.items():
+            entry = merged.setdefault(name, {"idle": 0, "total": 0})
+            entry["idle"] += figures["idle"]
+            entry["total"] += figures["total"]
+    return merged
+
+
+def requested_stock(stock: StockByGpu, gpu_names: Iterable[str]) -> StockByGpu:
+    """The part of the stock a config asked for (names are exact, as the API matches them)."""
+    return {name: stock[name] for name in gpu_names if name in stock}
+
+
+def first_fit(stock: StockByGpu, gpu_names: Iterable[str], gpu_num: int) -> str | None:
+    """The first requested GPU type with enough idle cards, in the config's order."""
+    for name in gpu_names:
+        if stock.get(name, {}).get("idle", 0) >= gpu_num:
+            return name
+    return None

@@ -1,0 +1,69 @@
+"""Units of the API and the conversions that catch the classic mistakes.
+
+Requests take memory in whole GB, price in yuan x 1000 per hour, CUDA as an integer code
+(118 = CUDA 11.8). Responses report memory in bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+BYTES_PER_GB = 1024**3
+PRICE_SCALE = 1000  # API price unit: 1/1000 yuan per hour
+
+# CUDA codes seen in the platform's docs (private `cuda_v` list and the public appendix
+# and samples). `0` is the private cloud's "no CUDA constraint" and is valid for `cuda_v` only.
+KNOWN_CUDA_CODES = (111, 113, 116, 117, 118, 120, 121, 122, 124, 126, 128)
+CUDA_ANY = 0
+
+# No host offers this much memory per container; a larger "GB" value is almost surely bytes.
+MAX_PLAUSIBLE_MEMORY_GB = 65536
+
+_VERSION = re.compile(r"^\s*(\d{1,2})\.(\d)\s*$")
+
+
+def cuda_code_for(value: object) -> int | None:
+    """The smallest known code that covers a CUDA version given as "11.8", 11.8 or 11.
+
+    Newer drivers run older CUDA, so rounding up to the next known code is safe; returns
+    None when the version is newer than every known code or unreadable.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        match = _VERSION.match(value)
+        if not match:
+            return None
+        wanted = int(match.group(1)) * 10 + int(match.group(2))
+    elif isinstance(value, float):
+        wanted = round(value * 10)
+    elif isinstance(value, int):
+        wanted = value * 10 if value < 100 else value  # 12 -> 120; 119 -> next code up
+    else:
+        return None
+    return next((code for code in KNOWN_CUDA_CODES if code >= wanted), None)
+
+
+def cuda_label(code: int) -> str:
+    return "不限" if code == CUDA_ANY else f"CUDA {code // 10}.{code % 10}"
+
+
+def gb_from_bytes(value: int) -> float:
+    return round(value / BYTES_PER_GB, 2)
+
+
+def looks_like_bytes(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > MAX_PLAUSIBLE_MEMORY_GB
+
+
+def gb_hint_for_bytes(value: int) -> int:
+    return max(1, math.ceil(value / BYTES_PER_GB))
+
+
+def price_units_for_yuan(yuan: float) -> int:
+    return round(yuan * PRICE_SCALE)
+
+
+def yuan_from_price_units(value: int) -> float:
+    return value / PRICE_SCALE

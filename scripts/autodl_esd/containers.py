@@ -1,0 +1,58 @@
+"""How containers are shown to a user or an agent: service URLs surfaced, secrets redacted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .output import REDACTED
+from .units import gb_from_bytes
+
+# Keys of a container's `info` that carry a reachable service address, in the order a
+# client should prefer them (public cloud names first; the private cloud uses service_url).
+SERVICE_URL_KEYS = ("service_6006_port_url", "service_6008_port_url", "service_url")
+LIVE_STATUSES = ("creating", "created", "starting", "oss_merged", "running")
+
+
+def service_urls(container: dict[str, Any]) -> dict[str, str]:
+    info = container.get("info") or {}
+    return {key: info[key] for key in SERVICE_URL_KEYS if info.get(key)}
+
+
+def primary_service_url(container: dict[str, Any], port: int | None = None) -> str | None:
+    """The URL a client should call: the one for `port` (6006/6008) when asked, else the first."""
+    urls = service_urls(container)
+    if port is not None and urls.get(f"service_{port}_port_url"):
+        return urls[f"service_{port}_port_url"]
+    return next(iter(urls.values()), None)
+
+
+def redact_container(container: dict[str, Any], show_password: bool = False) -> dict[str, Any]:
+    """The API record with `root_password` hidden and memory also given in GB."""
+    shown = dict(container)
+    info = dict(shown.get("info") or {})
+    if "root_password" in info and not show_password:
+        info["root_password"] = REDACTED
+    if info:
+        shown["info"] = info
+    if isinstance(shown.get("memory_size"), int):
+        shown["memory_size_gb"] = gb_from_bytes(shown["memory_size"])
+    return shown
+
+
+def container_summary(container: dict[str, Any], show_password: bool = False) -> dict[str, Any]:
+    """The few fields a person needs to reach a running container."""
+    info = container.get("info") or {}
+    summary = {
+        "container_uuid": container.get("uuid"),
+        "status": container.get("status"),
+        "machine_id": container.get("machine_id"),
+        "gpu_name": container.get("gpu_name"),
+        "gpu_num": container.get("gpu_num"),
+        "data_center": container.get("data_center"),
+        "service_urls": service_urls(container),
+        "ssh_command": info.get("ssh_command"),
+        "started_at": container.get("started_at"),
+    }
+    if "root_password" in info:
+        summary["root_password"] = info["root_password"] if show_password else REDACTED
+    return summary

@@ -1,0 +1,298 @@
+"""queue_submit's engine: check, wait for GPU stock, create exactly once, optionally follow.
+
+The platform does not queue: a create while no host fits simply fails. So we poll stock
+and submit when a requested GPU type has enough idle cards. A create whose answer is lost
+(timeout, reset, 5xx) may still have happened, so before any retry we look the
+deployment up by name; re-running the command must never buy a second deployment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import api
+from .config import build_request, dialect_of
+from .containers import container_summary
+from .errors import ApiError, AutoDLError, ErrorType, Interrupted
+from .lint import lint_config
+from .output import Progress
+from .stock import StockByGpu, first_fit, requested_stock
+
+# Three tries cover a race with another tenant for the last cards; more than that means
+# the conditions (price/cpu/memory ranges) exclude every host that has free cards.
+MAX_CREATE_ATTEMPTS = 3
+# A wait survives API blips; this many failed polls in a row (each already retried by the
+# HTTP client) means the API is down for good and waiting on is pointless.
+MAX_CONSECUTIVE_POLL_FAILURES = 10
+# After an ambiguous create, the deployment may take a moment to be listed.
+RECONCILE_LOOKUPS = 3
+RECONCILE_PAUSE_SECONDS = 1.0
+# Image pulls on a cold host can take several minutes; 15 minutes covers a large image.
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 900.0
+# How many image names to put in an image_not_found error; enough to pick from.
+MAX_IMAGES_LISTED = 50
+
+
+@dataclass
+class SubmitOptions:
+    interval: float = 30.0
+    timeout: float = 0.0  # 0 = wait for stock without limit
+    dry_run: bool = False
+    wait_running: bool = False
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
+    allow_duplicate_name: bool = False
+    show_password: bool = False
+
+
+def target_running(config: dict[str, Any]) -> int:
+    """How many containers must run before a deployment counts as started."""
+    kind = config["deployment_type"]
+    if kind == "ReplicaSet":
+        return config["replica_num"]
+    if kind == "Job":
+        return min(config["parallelism_num"], config["replica_num"])
+    return 1
+
+
+class Submitter:
+    def __init__(
+        self,
+        client: Any,
+        config: dict[str, Any],
+        options: SubmitOptions,
+        progress: Progress,
+        partial: dict[str, Any],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.template = config["container_template"]
+        self.request = build_request(config)
+        self.options = options
+        self.progress = progress
+        self.partial = partial  # reported on interrupt
+        self.clock = clock
+        self.sleep = sleep
+        self.regions: list[str] | None = self.template.get("dc_list")
+        self.gpu_names: list[str] = self.template["gpu_name_set"]
+        self.gpu_num: int = self.template["gpu_num"]
+        self.warnings = lint_config(config)
+        self._names_before: set[str] = set()
+
+    # --- checks -----------------------------------------------------------------------
+
+    def check_image(self) -> None:
+        image_uuid = self.template["image_uuid"]
+        if image_uuid.startswith("base-image-"):
+            self.warnings.append({
+                "code": "base_image_unchecked", "path": "container_template.image_uuid",
+                "message": "公共基础镜像不在私有镜像列表中, 无法通过接口确认存在。",
+                "hint": "核对 api-reference.md 附录中的基础镜像 UUID。",
+            })
+            return
+        images = api.list_images(self.client)
+        if any(image.get("image_uuid") == image_uuid for image in images):
+            return
+        available = [{"image_uuid": image.get("image_uuid"), "image_name": api.image_name(image)} for image in images]
+        raise AutoDLError(
+            ErrorType.IMAGE_NOT_FOUND,
+            f"镜像 {image_uuid} 不在账号的私有镜像中。",
+            "从 details.available_images 中选择正确的 image_uuid (注意填 UUID, 不是镜像名称)。",
+            {"requested": image_uuid, "available_images": available[:MAX_IMAGES_LISTED], "available_total": len(available)},
+        )
+
+    def check_gpu_types(self, stock: StockByGpu) -> None:
+        if requested_stock(stock, self.gpu_names):
+            return
+        where = f" (地区: {', '.join(self.regions)})" if self.regions else ""
+        raise AutoDLError(
+            ErrorType.GPU_TYPE_NOT_FOUND,
+            f"请求的 GPU 型号均不存在{where}: {self.gpu_names}",
+            "从 details.available_gpus 中选择型号 (名称须完全一致, 包括大小写和空格)。",
+            {"requested": self.gpu_names, "available_gpus": sorted(stock), "stock": stock},
+        )
+
+    def check_name_free(self) -> None:
+        same_name = api.list_deployments(self.client, name=self.config["name"])
+        self._names_before = {d.get("uuid") for d in same_name}
+        live = [d for d in same_name if d.get("status") != "stopped"]
+        if live and not self.options.allow_duplicate_name:
+            raise AutoDLError(
+                ErrorType.DEPLOYMENT_EXISTS,
+                f"已有同名部署在运行: {self.config['name']} ({live[0].get('uuid')})",
+                "这很可能是上一次提交的结果, 不要重复提交: 用 list_containers.py 查看它; "
+                "确实需要第二个同名部署时加 --allow-duplicate-name。",
+                {"deployment_uuid": live[0].get("uuid"), "live_deployments": [d.get("uuid") for d in live]},
+            )
+
+    # --- waiting ----------------------------------------------------------------------
+
+    def poll_stock(self) -> StockByGpu:
+        stock, _raw = api.gpu_stock(self.client, self.regions)
+        return stock
+
+    def _describe(self, stock: StockByGpu) -> str:
+        wanted = requested_stock(stock, self.gpu_names)
+        figures = ", ".join(f"{name} 空闲 {f['idle']}/{f['total']}" for name, f in wanted.items()) or "无库存数据"
+        return f"需要 {self.gpu_num} 卡; {figures}"
+
+    def wait_for_stock(self, stock: StockByGpu, started: float) -> tuple[StockByGpu, str]:
+        """Poll until a requested type has gpu_num idle cards; returns (stock, gpu_name)."""
+        failures = 0
+        while True:
+            fit = first_fit(stock, self.gpu_names, self.gpu_num)
+            if fit:
+                return stock, fit
+            elapsed = self.clock() - started
+            if self.options.timeout and elapsed >= self.options.timeout:
+                raise AutoDLError(
+                    ErrorType.TIMEOUT,
+                    f"等待 GPU 库存超过 {self.options.timeout:g} 秒, 未提交任何部署。",
+                    "展示 details.last_stock; 建议增加 gpu_name_set 中的可选型号、放宽地区, 或稍后重试。",
+                    {"last_stock": requested_stock(stock, self.gpu_names), "elapsed_seconds": round(elapsed, 1)},
+                )
+            self.progress.status(f"等待库存 {elapsed:.0f}s: {self._describe(stock)}")
+            pause = self.options.interval
+            if self.options.timeout:
+                pause = max(0.0, min(pause, self.options.timeout - elapsed))
+            self.sleep(pause)
+            try:
+                stock = self.poll_stock()
+                failures = 0
+            except ApiError as error:
+                failures += 1
+                self.progress.log(f"查询库存失败 ({failures}/{MAX_CONSECUTIVE_POLL_FAILURES}): {error.message} 继续等待。")
+                if failures >= MAX_CONSECUTIVE_POLL_FAILURES:
+                    raise
+
+    # --- submitting -------------------------------------------------------------------
+
+    def reconcile(self) -> str | None:
+        """A deployment with our name that did not exist before our create, if any."""
+        for lookup in range(RECONCILE_LOOKUPS):
+            if lookup:
+                self.sleep(RECONCILE_PAUSE_SECONDS)
+            try:
+                same_name = api.list_deployments(self.client, name=self.config["name"])
+            except ApiError as error:
+                self.progress.log(f"核对是否已创建失败: {error.message}")
+                continue
+            new = [d.get("uuid") for d in same_name if d.get("uuid") not in self._names_before]
+            if new:
+                return new[0]
+        return None
+
+    def create_once(self) -> tuple[str | None, ApiError | None, bool]:
+        """(deployment_uuid, error, recovered) for one create attempt."""
+        try:
+            return api.create_deployment(self.client, self.request), None, False
+        except ApiError as error:
+            if not error.ambiguous:
+                return None, error, False
+            self.progress.log(f"创建请求结果不明 ({error.msg}), 先按名称核对是否已创建……")
+            found = self.reconcile()
+            return (found, None, True) if found else (None, error, False)
+        except Interrupted:
+            # Stopped mid-create: the request may have landed; report it if so.
+            found = self.reconcile()
+            if found:
+                self.partial["deployment_uuid"] = found
+            raise
+
+    def submit(self, stock: StockByGpu, started: float) -> tuple[str, bool, float]:
+        failures: list[dict[str, Any]] = []
+        while True:
+            stock, gpu_name = self.wait_for_stock(stock, started)
+            waited = self.clock() - started
+            self.progress.log(f"{gpu_name} 有足够空闲卡, 提交部署 {self.config['name']} (第 {len(failures) + 1} 次)")
+            deployment_uuid, error, recovered = self.create_once()
+            if deployment_uuid:
+                self.partial["deployment_uuid"] = deployment_uuid
+                return deployment_uuid, recovered, waited
+            assert error is not None
+            failures.append({"code": error.code, "msg": error.msg, "http_status": error.http_status})
+            self.progress.log(f"创建失败 ({len(failures)}/{MAX_CREATE_ATTEMPTS}): {error.msg or error.message}")
+            if len(failures) >= MAX_CREATE_ATTEMPTS:
+                raise AutoDLError(
+                    ErrorType.SUBMISSION_ERROR,
+                    f"库存显示有空闲, 但创建部署连续失败 {MAX_CREATE_ATTEMPTS} 次: {error.msg or error.message}",
+                    "展示 details.api_response 与 details.suggestion, 请用户调整条件后再提交。",
+                    {
+                        "api_response": failures[-1],
+                        "attempts": failures,
+                        "suggestion": "空闲卡所在主机可能不满足 price/cpu/memory/CUDA 条件: 放宽 price_to、"
+                        "降低 cpu_num_from 与 memory_size_from、放宽 CUDA 要求或增加可选 GPU 型号。",
+                    },
+                )
+            self.sleep(self.options.interval)
+            stock = self.poll_stock()
+
+    # --- following --------------------------------------------------------------------
+
+    def wait_until_running(self, deployment_uuid: str) -> dict[str, Any]:
+        target = target_running(self.config)
+        deadline = self.clock() + self.options.startup_timeout
+        offset, ever_running = 0, set()
+        while True:
+            events, offset = api.list_events(self.client, deployment_uuid, offset=offset)
+            ever_running |= {e.get("deployment_container_uuid") for e in events if e.get("status") == "running"}
+            containers = api.list_containers(self.client, deployment_uuid)
+            running = [c for c in containers if c.get("status") == "running"]
+            if len(ever_running) >= target or len(running) >= target:
+                return {
+                    "target_running": target,
+                    "containers": [container_summary(c, self.options.show_password) for c in running],
+                }
+            if self.clock() >= deadline:
+                raise AutoDLError(
+                    ErrorType.STARTUP_TIMEOUT,
+                    f"部署已创建, 但 {self.options.startup_timeout:g} 秒内只有 {len(running)}/{target} 个容器运行。",
+                    "不要重新提交 (部署已存在): 用 container_events.py 查看卡在哪个阶段, 或稍后用 list_containers.py 再看。",
+                    {
+                        "deployment_uuid": deployment_uuid,
+                        "running": len(running),
+                        "target_running": target,
+                        "statuses": sorted({str(c.get("status")) for c in containers}),
+                    },
+                )
+            phases = ", ".join(f"{c.get('status')}" for c in containers) or "无容器"
+            self.progress.status(f"等待容器运行 {len(running)}/{target}: {phases}")
+            self.sleep(self.options.interval)
+
+    # --- the whole run ----------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.check_image()
+        stock = self.poll_stock()
+        self.check_gpu_types(stock)
+        self.check_name_free()
+        summary = {"name": self.config["name"], "deployment_type": self.config["deployment_type"], "dialect": dialect_of(self.config)}
+
+        if self.options.dry_run:
+            fit = first_fit(stock, self.gpu_names, self.gpu_num)
+            return {
+                "dry_run": True,
+                **summary,
+                "request": self.request,
+                "stock": requested_stock(stock, self.gpu_names),
+                "would_submit_now": fit is not None,
+                "gpu_name": fit,
+                "warnings": self.warnings,
+            }
+
+        started = self.clock()
+        deployment_uuid, recovered, waited = self.submit(stock, started)
+        self.progress.log(f"部署已创建: {deployment_uuid}" + (" (核对后确认)" if recovered else ""))
+        result: dict[str, Any] = {
+            "deployment_uuid": deployment_uuid,
+            "waited_seconds": round(waited, 1),
+            **summary,
+            "recovered": recovered,
+            "warnings": self.warnings,
+        }
+        if self.options.wait_running:
+            result.update(self.wait_until_running(deployment_uuid))
+        return result

@@ -1,0 +1,94 @@
+"""Shared fixtures: isolated environment, in-process script runs, HTTP mocks.
+
+Tests never reach the real AutoDL: unit tests mock HTTP with `responses`; end-to-end tests
+start the simulator on a loopback port.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+for entry in (str(SCRIPTS), str(ROOT)):
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+TEST_TOKEN = "test-token-0123456789"
+TEST_HOST = "http://127.0.0.1:9"  # loopback, discard port: a leaked real request fails fast
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path):
+    """No real .env, a fake token, a loopback host, no real sleeping in retries."""
+    from autodl_esd import http, output, settings
+
+    for name in ("AUTODL_TOKEN", "AUTODL_HOST", "AUTODL_HTTP_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AUTODL_TOKEN", TEST_TOKEN)
+    monkeypatch.setenv("AUTODL_HOST", TEST_HOST)
+    monkeypatch.setattr(settings, "ENV_FILE", tmp_path / "no.env")
+    monkeypatch.setattr(http, "_sleep", lambda seconds: None)
+    output._secrets.clear()
+    yield
+
+
+def load_script(path: Path) -> Any:
+    """Import an entry script as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def script_path(name: str) -> Path:
+    return ROOT / name if (ROOT / name).is_file() else SCRIPTS / name
+
+
+@pytest.fixture
+def run(capsys) -> Callable[..., tuple[int, dict[str, Any], str]]:
+    """run("list_images.py", "--quiet") -> (exit code, parsed stdout JSON, stderr)."""
+
+    def _run(script: str, *argv: str) -> tuple[int, dict[str, Any], str]:
+        module = load_script(script_path(script))
+        code = module.main(list(argv))
+        captured = capsys.readouterr()
+        try:
+            document = json.loads(captured.out)
+        except json.JSONDecodeError:
+            pytest.fail(f"stdout is not one JSON document:\n{captured.out}")
+        return code, document, captured.err
+
+    return _run
+
+
+@pytest.fixture(scope="session")
+def result_validator():
+    import jsonschema
+
+    schema = json.loads((ROOT / "schemas" / "result.schema.json").read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.fixture
+def mocked():
+    """A strict `responses` mock: every registered call must be used."""
+    import responses
+
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+def envelope(data: Any = None, code: str = "Success", msg: str = "") -> dict[str, Any]:
+    return {"code": code, "msg": msg, "data": data, "request_id": "0" * 32}
+
+
+def url(path: str) -> str:
+    return TEST_HOST + path

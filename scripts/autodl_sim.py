@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Run the local AutoDL elastic-deployment API simulator until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import signal
+import sys
+import threading
+
+EPILOG = """\
+examples:
+  python scripts/autodl_sim.py
+  python scripts/autodl_sim.py --speed 600 --faults "error_rate=0.1,create_slow_seconds=3"
+  python scripts/autodl_sim.py --dialect private --stock-shape dict --cluster my_cluster.json
+
+  then point the skill at it:
+  AUTODL_HOST=<url from the ready line> AUTODL_TOKEN=sim-token python queue_submit.py examples/...
+
+output:
+  stdout gets one JSON line once the server listens:
+    {"status": "success", "url": "http://127.0.0.1:PORT", "token": "sim-token"}
+  bad arguments or a bad cluster file give {"status": "error", ...} instead.
+
+exit codes:
+  0  stopped by SIGINT/SIGTERM
+  1  bad arguments (usage_error) or unusable cluster file (config_error)
+
+faults SPEC (comma separated key=value):
+  error_rate=F  slow_rate=F  slow_seconds=S  create_slow_seconds=S  create_error_after_commit=N
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+class JsonArgumentParser(argparse.ArgumentParser):
+    """argparse that reports mistakes as a usage_error instead of exiting with text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> JsonArgumentParser:
+    parser = JsonArgumentParser(
+        prog="autodl_sim.py",
+        description="本地模拟 AutoDL 弹性部署 API（不花钱、不联网），供演示、端到端测试和试运行配置使用。",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="listen port; 0 picks a free one (default)")
+    parser.add_argument("--token", default=None, help="token clients must send (default: sim-token)")
+    parser.add_argument("--cluster", default=None, help="cluster JSON file (default: the bundled cluster)")
+    parser.add_argument("--speed", type=float, default=None,
+                        help="simulated seconds per real second (default 60)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for ids, crashes and faults (default 0)")
+    parser.add_argument("--faults", default=None, help="fault SPEC, see below")
+    parser.add_argument("--dialect", choices=("private", "public", "both"), default="both",
+                        help="which template dialect to accept (default both)")
+    parser.add_argument("--stock-shape", choices=("list", "dict"), default="list",
+                        help="shape of GET .../machine/gpu_stock data (default list)")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    return parser
+
+
+def emit(document: dict) -> None:
+    print(json.dumps(document, ensure_ascii=False), flush=True)
+
+
+def fail(error_type: str, message: str, hint: str, **details: object) -> int:
+    emit({"status": "error", "error_type": error_type, "message": message, "hint": hint,
+          "details": details})
+    return 1
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return fail("usage_error", f"命令行参数错误：{exc}", "运行 python scripts/autodl_sim.py --help 查看用法")
+
+    from simulator import DEFAULT_TOKEN, ClusterConfigError, Simulator
+    from simulator.app import DEFAULT_SPEED
+
+    if args.speed is not None and args.speed <= 0:
+        return fail("usage_error", "--speed 必须大于 0", "例如 --speed 60（模拟 1 分钟 = 真实 1 秒）")
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}, not loopback; the token travels in clear",
+              file=sys.stderr)
+    try:
+        sim = Simulator(
+            token=args.token or DEFAULT_TOKEN, cluster=args.cluster,
+            speed=args.speed or DEFAULT_SPEED, seed=args.seed, faults=args.faults,
+            host=args.host, port=args.port, dialect=args.dialect,
+            stock_shape=args.stock_shape, verbose=args.verbose,
+        )
+    except ClusterConfigError as exc:
+        return fail("config_error", "集群文件不可用", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",
+                    path=exc.source, problems=exc.problems)
+    except ValueError as exc:
+        return fail("usage_error", f"参数错误：{exc}", "运行 python scripts/autodl_sim.py --help 查看用法")
+    try:
+        sim.start()
+    except OSError as exc:
+        return fail("usage_error", f"无法监听 {args.host}:{args.port}：{exc.strerror or exc}",
+                    "换一个端口，或用 --port 0 自动选择")
+
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    emit({"status": "success", "url": sim.url, "token": sim.token})
+    print(f"simulator listening on {sim.url} (speed x{sim.clock.speed:g}); Ctrl-C to stop",
+          file=sys.stderr)
+    # Wake up regularly: a bare wait() may not notice a signal on every platform.
+    while not stop_requested.wait(0.5):
+        pass
+    sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,509 @@
+"""The AutoDL elastic-deployment endpoints: request validation and response shapes.
+
+Every handler takes the request parameters (the JSON body, or the query string for GET) and
+returns the envelope's `data`, or raises ApiError for a business error. Conventions follow
+the API facts: memory in requests is GB and in responses bytes, prices are yuan x 1000 per
+hour, `page_index` starts at 1 (0 is read as 1), and `offset` skips that many items before
+paging starts (so an event poller can advance it). Lists are newest first, except events,
+which are oldest first. Business error messages are Chinese like the platform's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from . import lifecycle as lc
+from .cluster import GIB, Image, PlacementFilter
+from .controllers import (
+    CONTAINER,
+    DEPLOYMENT_RUNNING,
+    DEPLOYMENT_STOPPED,
+    DEPLOYMENT_TYPES,
+    JOB,
+    REPLICA_SET,
+    Container,
+    Deployment,
+    NewDeployment,
+)
+from .world import NoCapacity, NotFound, World
+
+# The account id shown as `uid` on deployments (a single simulated account).
+ACCOUNT_UID = 1000
+# Largest page the simulator serves; no source documents a limit, larger asks are refused
+# rather than silently truncated so a client never mistakes a clipped page for everything.
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 10
+# Blacklist expiry: 24 h by default, 30 days at most (public docs); private docs: fixed 24 h.
+BLACKLIST_DEFAULT_MINUTES = 1440
+BLACKLIST_MAX_MINUTES = 43200
+# Widest ranges used when a stock filter is not given.
+_ANY = 10**12
+
+OUT_OF_STOCK_MSG = "当前算力规格暂无库存"
+
+
+class ApiError(Exception):
+    """A non-Success envelope; business errors travel with HTTP 200."""
+
+    def __init__(self, code: str, msg: str, http_status: int = 200) -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.http_status = code, msg, http_status
+
+
+def bad_parameter(detail: str) -> ApiError:
+    return ApiError("RequestParameterIsWrong", f"请求参数错误：{detail}")
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError("RecordNotFoundError", f"未查询到相关{what}")
+
+
+# ----- parameter readers -------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _get(params: dict, key: str, required: bool) -> Any:
+    value = params.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise bad_parameter(f"缺少必填字段 {key}")
+        return _MISSING
+    return value
+
+
+def read_int(params: dict, key: str, *, required: bool = False, default: int = 0,
+             minimum: int | None = 0, maximum: int | None = None) -> int:
+    value = _get(params, key, required)
+    if value is _MISSING:
+        return default
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)  # query-string integers
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_parameter(f"{key} 必须是整数")
+    if minimum is not None and value < minimum:
+        raise bad_parameter(f"{key} 不能小于 {minimum}")
+    if maximum is not None and value > maximum:
+        raise bad_parameter(f"{key} 不能大于 {maximum}")
+    return value
+
+
+def read_bool(params: dict, key: str, default: bool = False) -> bool:
+    value = _get(params, key, False)
+    if value is _MISSING:
+        return default
+    if not isinstance(value, bool):
+        raise bad_parameter(f"{key} 必须是 true 或 false")
+    return value
+
+
+def read_str(params: dict, key: str, *, required: bool = False, default: str = "") -> str:
+    value = _get(params, key, required)
+    if value is _MISSING:
+        return default
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise bad_parameter(f"{key} 必须是非空字符串")
+    return value
+
+
+def read_choice(params: dict, key: str, choices: tuple[str, ...], *, required: bool = False,
+                default: str = "") -> str:
+    value = read_str(params, key, required=required, default=default)
+    if value not in choices and not (value == "" and not required):
+        raise bad_parameter(f"{key} 只能是 {' | '.join(choices)}")
+    return value
+
+
+def read_str_list(params: dict, key: str, *, required: bool = False) -> list[str]:
+    value = _get(params, key, required)
+    if value is _MISSING:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)
+            or (required and not value)):
+        raise bad_parameter(f"{key} 必须是非空字符串列表")
+    return value
+
+
+def read_range(params: dict, prefix: str, *, required: bool) -> tuple[int, int]:
+    """`<prefix>_from` / `<prefix>_to`; an absent bound, or an optional upper bound of 0
+    (B4: zero means "no filter"), leaves that side open."""
+    low = read_int(params, f"{prefix}_from", required=required, default=0)
+    high = read_int(params, f"{prefix}_to", required=required, default=_ANY)
+    if high == 0 and not required:
+        high = _ANY
+    if low > high:
+        raise bad_parameter(f"{prefix}_from 不能大于 {prefix}_to")
+    return low, high
+
+
+def paginate(items: list, params: dict) -> dict[str, Any]:
+    page_index = max(1, read_int(params, "page_index", default=1))
+    page_size = read_int(params, "page_size", default=DEFAULT_PAGE_SIZE, minimum=1,
+                         maximum=MAX_PAGE_SIZE)
+    offset = read_int(params, "offset", default=0)
+    remaining = items[offset:]
+    start = (page_index - 1) * page_size
+    return {
+        "list": remaining[start:start + page_size],
+        "page_index": page_index,
+        "page_size": page_size,
+        "max_page": math.ceil(len(remaining) / page_size),
+        "offset": offset,
+        "result_total": len(items),
+    }
+
+
+# ----- the endpoints -----------------------------------------------------------------------
+
+class Api:
+    """Endpoint handlers bound to one World; `base_url` is called when URLs are rendered."""
+
+    def __init__(self, world: World, dialect: str, stock_shape: str, base_url: Callable[[], str]) -> None:
+        self.world = world
+        self.dialect = dialect
+        self.stock_shape = stock_shape
+        self.base_url = base_url
+
+    def _ts(self, simulated: float | None) -> str | None:
+        return None if simulated is None else self.world.clock.timestamp(simulated)
+
+    # images
+
+    def list_private_images(self, params: dict) -> dict:
+        items = []
+        for index, image in enumerate(self.world.images):
+            # Images were saved on successive days before the simulation started.
+            saved = self._ts(-86400.0 * (len(self.world.images) - index))
+            items.append({
+                "id": index + 1, "image_uuid": image.image_uuid,
+                "image_name": image.name, "name": image.name, "status": "finished",
+                "created_at": saved, "updated_at": saved,
+            })
+        return paginate(items, params)
+
+    def list_system_images(self, params: dict) -> dict:
+        items = [{
+            "image_uuid": image.image_uuid, "name": image.name, "url": "",
+            "cuda_version": image.cuda_version, "chip_corp": "nvidia", "cpu_arch": "x86",
+        } for image in self.world.base_images]
+        return paginate(items, params)
+
+    def _image(self, image_uuid: str) -> Image:
+        for image in (*self.world.images, *self.world.base_images):
+            if image.image_uuid == image_uuid:
+                return image
+        raise ApiError("BadRequest", "镜像不存在")
+
+    # deployments
+
+    def create_deployment(self, params: dict) -> dict:
+        spec = self._parse_create(params)
+        with self.world.lock:
+            try:
+                deployment = self.world.create_deployment(spec)
+            except NoCapacity:
+                raise ApiError("BadRequest", OUT_OF_STOCK_MSG) from None
+            return {"deployment_uuid": deployment.uuid}
+
+    def _parse_create(self, params: dict) -> NewDeployment:
+        name = read_str(params, "name", required=True)
+        deployment_type = read_choice(params, "deployment_type", DEPLOYMENT_TYPES, required=True)
+        template = _get(params, "container_template", True)
+        if not isinstance(template, dict):
+            raise bad_parameter("container_template 必须是对象")
+        replica_num = parallelism_num = 1
+        if deployment_type in (REPLICA_SET, JOB):
+            replica_num = read_int(params, "replica_num", required=True, minimum=1)
+            parallelism_num = 0
+        if deployment_type == JOB:
+            parallelism_num = read_int(params, "parallelism_num", required=True, minimum=1)
+
+        # Sources disagree on where these live (top level or template): accept both.
+        def either(key: str) -> dict:
+            return params if key in params else template
+
+        reuse = read_bool(either("reuse_container"), "reuse_container")
+        reuse_scope = read_choice(either("reuse_container_scope"), "reuse_container_scope",
+                                  ("all", "deployment"), default="all")
+        protocols = {
+            key: read_choice(either(key), key, ("http", "tcp"), default="http")
+            for key in ("service_6006_port_protocol", "service_6008_port_protocol")
+        }
+        gpu_name_set = read_str_list(template, "gpu_name_set", required=True)
+        gpu_num = read_int(template, "gpu_num", required=True, minimum=1)
+        cpu = read_range(template, "cpu_num", required=True)
+        memory = read_range(template, "memory_size", required=True)
+        price = read_range(template, "price", required=True)
+        image_uuid = read_str(template, "image_uuid", required=True)
+        cmd = read_str(template, "cmd", required=True)
+        cmd_before_shutdown = read_str(template, "cmd_before_shutdown") or None
+        dialect, min_cuda, regions, cuda_fields = self._read_dialect(template, deployment_type)
+        image = self._image(image_uuid)
+
+        shown = {
+            "gpu_name_set": gpu_name_set, "gpu_num": gpu_num,
+            "image_uuid": image_uuid, "image_name": image.name, "cmd": cmd,
+            "memory_size_from": memory[0] * GIB, "memory_size_to": memory[1] * GIB,
+            "cpu_num_from": cpu[0], "cpu_num_to": cpu[1],
+            "price_from": price[0], "price_to": price[1], **cuda_fields,
+        }
+        if cmd_before_shutdown:
+            shown["cmd_before_shutdown"] = cmd_before_shutdown
+        return NewDeployment(
+            name=name, deployment_type=deployment_type, replica_num=replica_num,
+            parallelism_num=parallelism_num, reuse_container=reuse, reuse_scope=reuse_scope,
+            image_uuid=image_uuid, cmd=cmd, cmd_before_shutdown=cmd_before_shutdown,
+            placement=PlacementFilter(
+                gpu_name_set=tuple(gpu_name_set), gpu_num=gpu_num,
+                cpu_num_from=cpu[0], cpu_num_to=cpu[1],
+                memory_gb_from=memory[0], memory_gb_to=memory[1],
+                price_from=price[0], price_to=price[1],
+                min_cuda=min_cuda, regions=tuple(regions),
+            ),
+            template=shown, dialect=dialect, port_protocols=protocols,
+        )
+
+    def _read_dialect(self, template: dict, deployment_type: str) -> tuple[str, int, list[str], dict]:
+        """Public templates name regions (dc_list) and a CUDA range; private ones one cuda_v."""
+        if "dc_list" in template:
+            if self.dialect == "private":
+                raise bad_parameter("私有云部署不支持 dc_list，请改用 cuda_v")
+            regions = read_str_list(template, "dc_list", required=True)
+            if "cuda_v_from" in template or "cuda_v_to" in template or deployment_type != CONTAINER:
+                low, high = read_range(template, "cuda_v", required=True)
+                return "public", low, regions, {"dc_list": regions, "cuda_v_from": low, "cuda_v_to": high}
+            # B1: the official Container example still uses a single cuda_v.
+            cuda_v = read_int(template, "cuda_v", required=True)
+            return "public", cuda_v, regions, {"dc_list": regions, "cuda_v": cuda_v}
+        if self.dialect == "public":
+            raise bad_parameter("缺少必填字段 container_template.dc_list")
+        if "cuda_v_from" in template and "cuda_v" not in template:
+            raise bad_parameter("私有云部署使用 cuda_v（0 表示不限），不支持 cuda_v_from/cuda_v_to")
+        cuda_v = read_int(template, "cuda_v", required=True)
+        region_sign = read_str(template, "region_sign")
+        return "private", cuda_v, [region_sign] if region_sign else [], {"cuda_v": cuda_v}
+
+    def list_deployments(self, params: dict) -> dict:
+        name = read_str(params, "name")
+        status = read_choice(params, "status", (DEPLOYMENT_RUNNING, DEPLOYMENT_STOPPED))
+        uuid = read_str(params, "deployment_uuid")
+        with self.world.lock:
+            self.world.sync()
+            chosen = [
+                d for d in reversed(self.world.deployments.values())
+                if not d.deleted
+                and (not name or d.spec.name == name)
+                and (not status or d.status == status)
+                and (not uuid or d.uuid == uuid)
+            ]
+            return paginate([self._deployment_view(d) for d in chosen], params)
+
+    def _deployment_view(self, deployment: Deployment) -> dict:
+        own = self.world.containers_of(deployment.uuid)
+        spec = deployment.spec
+        view = {
+            "id": deployment.id, "uid": ACCOUNT_UID, "uuid": deployment.uuid,
+            "name": spec.name, "deployment_type": spec.deployment_type,
+            "status": deployment.status,
+            "replica_num": deployment.replica_num, "parallelism_num": spec.parallelism_num,
+            "reuse_container": spec.reuse_container,
+            "reuse_container_scope": spec.reuse_scope,
+            "starting_num": sum(1 for c in own if c.status in lc.STARTUP_PHASES),
+            "running_num": sum(1 for c in own if c.status == lc.RUNNING),
+            "finished_num": sum(1 for c in own if c.status == lc.SHUTDOWN),
+            "image_uuid": spec.image_uuid,
+            "template": dict(spec.template),
+            "price_estimates": sum(c.price for c in own if c.status == lc.RUNNING),
+            "created_at": self._ts(deployment.created_at),
+            "updated_at": self._ts(deployment.updated_at),
+            "stopped_at": self._ts(deployment.stopped_at),
+        }
+        if spec.dialect == "public":
+            view["dc_list"] = list(spec.placement.regions)
+            view["gpu_name_set"] = list(spec.placement.gpu_name_set)
+        return view
+
+    def _deployment(self, params: dict) -> Deployment:
+        uuid = read_str(params, "deployment_uuid", required=True)
+        try:
+            return self.world.deployment(uuid)
+        except NotFound:
+            raise not_found("部署") from None
+
+    def set_replica_num(self, params: dict) -> None:
+        replica_num = read_int(params, "replica_num", required=True, minimum=0)
+        with self.world.lock:
+            self.world.sync()
+            deployment = self._deployment(params)
+            if deployment.deployment_type != REPLICA_SET:
+                raise ApiError("BadRequest", "仅 ReplicaSet 类型的部署支持设置副本数")
+            if deployment.status != DEPLOYMENT_RUNNING:
+                raise ApiError("BadRequest", "部署已停止，无法设置副本数")
+            self.world.set_replica_num(deployment, replica_num)
+
+    def operate_deployment(self, params: dict) -> None:
+        operate = read_str(params, "operate", required=True)
+        if operate != "stop":
+            raise bad_parameter("operate 仅支持 stop")
+        with self.world.lock:
+            self.world.sync()
+            self.world.stop_deployment(self._deployment(params))
+
+    def delete_deployment(self, params: dict) -> None:
+        with self.world.lock:
+            self.world.sync()
+            self.world.delete_deployment(self._deployment(params))
+
+    def duration_packages(self, params: dict) -> list:
+        with self.world.lock:
+            self._deployment(params)
+            return []  # the simulated account owns no GPU-time packages
+
+    # containers
+
+    def list_containers(self, params: dict) -> dict:
+        container_uuid = read_str(params, "container_uuid")
+        statuses = read_str_list(params, "status")
+        unknown = [s for s in statuses if s not in lc.ALL_STATUSES]
+        if unknown:
+            raise bad_parameter(f"未知的容器状态 {', '.join(unknown)}")
+        released = read_bool(params, "released")
+        gpu_name = read_str(params, "gpu_name")
+        # Memory filters are in GB, like every other request field.
+        cpu = read_range(params, "cpu_num", required=False)
+        memory = read_range(params, "memory_size", required=False)
+        price = read_range(params, "price", required=False)
+        with self.world.lock:
+            self.world.sync()
+            deployment = self._deployment(params)
+            chosen = [
+                c for c in reversed(self.world.containers_of(deployment.uuid))
+                if (released or c.is_live)
+                and (not container_uuid or c.uuid == container_uuid)
+                and (not statuses or c.status in statuses)
+                and (not gpu_name or c.gpu_name == gpu_name)
+                and _within(c.cpu_num, cpu) and _within(c.memory_gb, memory)
+                and _within(c.price, price)
+            ]
+            return paginate([self.container_view(c) for c in chosen], params)
+
+    def container_view(self, container: Container) -> dict:
+        service = f"{self.base_url()}/svc/{container.uuid}"
+        proxy_host = f"{container.data_center.lower()}.sim.autodl.local"
+        return {
+            "id": container.id, "uuid": container.uuid,
+            "machine_id": container.machine_id,
+            "deployment_uuid": container.deployment_uuid,
+            "status": container.status,
+            "gpu_name": container.gpu_name, "gpu_num": container.gpu_num,
+            "cpu_num": container.cpu_num, "memory_size": container.memory_gb * GIB,
+            "image_uuid": container.image_uuid, "price": container.price,
+            "data_center": container.data_center,
+            "info": {
+                "ssh_command": f"ssh -p {container.ssh_port} root@{proxy_host}",
+                "root_password": container.root_password,
+                "service_url": service,
+                "proxy_host": proxy_host,
+                "custom_port": container.custom_port,
+                "service_6006_port_url": f"{service}/p6006",
+                "service_6008_port_url": f"{service}/p6008",
+            },
+            "started_at": self._ts(container.started_at),
+            "stopped_at": self._ts(container.stopped_at),
+            "created_at": self._ts(container.created_at),
+            "updated_at": self._ts(container.updated_at),
+        }
+
+    def list_events(self, params: dict) -> dict:
+        container_uuid = read_str(params, "deployment_container_uuid")
+        with self.world.lock:
+            self.world.sync()
+            deployment = self._deployment(params)
+            events = [
+                {"deployment_container_uuid": e.container_uuid, "status": e.status,
+                 "created_at": self._ts(e.at)}
+                for e in deployment.events
+                if not container_uuid or e.container_uuid == container_uuid
+            ]
+            return paginate(events, params)
+
+    def _container(self, params: dict) -> Container:
+        uuid = read_str(params, "deployment_container_uuid", required=True)
+        try:
+            return self.world.container(uuid)
+        except NotFound:
+            raise not_found("容器") from None
+
+    def stop_container(self, params: dict) -> None:
+        decrease = read_bool(params, "decrease_one_replica_num")
+        no_cache = read_bool(params, "no_cache")
+        read_str(params, "cmd_before_shutdown")  # accepted; the simulator runs no commands
+        with self.world.lock:
+            self.world.sync()
+            container = self._container(params)
+            self.world.stop_container(container.uuid, decrease, no_cache)
+
+    # blacklist
+
+    def add_blacklist(self, params: dict) -> None:
+        comment = read_str(params, "comment")
+        minutes = read_int(params, "expire_in_minutes", default=BLACKLIST_DEFAULT_MINUTES,
+                           minimum=1, maximum=BLACKLIST_MAX_MINUTES)
+        if self.dialect == "private":
+            minutes = BLACKLIST_DEFAULT_MINUTES  # private docs: fixed 24 h expiry
+        with self.world.lock:
+            self.world.sync()
+            self.world.add_blacklist(self._container(params), minutes, comment)
+
+    def list_blacklist(self, params: dict) -> list:
+        with self.world.lock:
+            self.world.sync()
+            return [{
+                "created_at": self._ts(e.created_at), "updated_at": self._ts(e.updated_at),
+                "data_center": e.data_center, "expired_time": self._ts(e.expires_at),
+                "machine_id": e.machine_id, "msg": e.msg,
+            } for e in self.world.blacklist.values()]
+
+    # stock
+
+    def global_stock(self, params: dict) -> list | dict:
+        with self.world.lock:
+            self.world.sync()
+            stock = self.world.stock_by_gpu()
+        if self.stock_shape == "dict":
+            return {name: {"gpu_name": name, "idle_gpu_num": s["idle_gpu_num"],
+                           "total_gpu_num": s["total_gpu_num"]} for name, s in stock.items()}
+        return [{name: {"idle_gpu_num": s["idle_gpu_num"], "total_gpu_num": s["total_gpu_num"]}}
+                for name, s in stock.items()]
+
+    def region_stock(self, params: dict) -> list:
+        region_sign = read_str(params, "region_sign")
+        regions = set(read_str_list(params, "dc_list")) | ({region_sign} if region_sign else set())
+        if not regions:
+            raise bad_parameter("缺少必填字段 region_sign")
+        gpu_names = set(read_str_list(params, "gpu_name_set"))
+        cuda = read_range(params, "cuda_v", required=False)
+        cpu = read_range(params, "cpu_num", required=False)
+        memory = read_range(params, "memory_size", required=False)
+        price = read_range(params, "price", required=False)
+
+        def wanted(machine) -> bool:
+            # Filters describe a one-GPU scheduling unit, the granularity stock is counted in.
+            return (machine.region in regions
+                    and (not gpu_names or machine.gpu_name in gpu_names)
+                    and machine.max_cuda >= cuda[0]
+                    and _within(machine.cpu_per_gpu, cpu)
+                    and _within(machine.memory_gb_per_gpu, memory)
+                    and _within(machine.price, price))
+
+        with self.world.lock:
+            self.world.sync()
+            stock = self.world.stock_by_gpu(wanted)
+        return [{name: s} for name, s in stock.items()]
+
+
+def _within(value: int, bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= value <= bounds[1]

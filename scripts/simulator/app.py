@@ -1,0 +1,272 @@
+"""`Simulator`: the in-process handle on a running simulated AutoDL API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .api import Api, ApiError
+from .clock import SimClock
+from .cluster import load_cluster
+from .faults import FaultInjector, FaultSpec
+from .server import SimHTTPServer
+from .world import NotFound, World
+
+# How often the background ticker moves the world forward (real seconds). Requests also
+# bring it up to date, so this only bounds how stale an idle simulator's state gets.
+TICK_SECONDS = 0.05
+# wait_until() re-checks its predicate this often (real seconds).
+WAIT_POLL_SECONDS = 0.01
+# Speed used when none is given: one real second is a simulated minute, so a 20 s image
+# pull takes a third of a second and a demo stays watchable.
+DEFAULT_SPEED = 60.0
+DEFAULT_TOKEN = "sim-token"
+DIALECTS = ("private", "public", "both")
+STOCK_SHAPES = ("list", "dict")
+
+
+class Simulator:
+    """A local AutoDL elastic-deployment API on 127.0.0.1.
+
+    Args:
+        token: the developer token clients must send as `Authorization`.
+        cluster: None (the bundled default cluster), a path to a cluster file, or a dict.
+        speed: simulated seconds per real second.
+        seed: seeds ids, passwords, crash timing and fault decisions.
+        faults: a fault SPEC string or dict (see `simulator.faults`), or None.
+        host, port: where to listen; port 0 picks a free port.
+        dialect: "both" (default) accepts private and public templates; "private" rejects
+            `dc_list` and 404s public-only routes; "public" requires `dc_list` + CUDA range.
+        stock_shape: "list" (single-key objects) or "dict" (keyed by name, with gpu_name)
+            for GET /api/v1/dev/machine/gpu_stock.
+        verbose: log every HTTP request to stderr.
+
+    Test controls below are thread-safe and may be called while clients are connected.
+    """
+
+    def __init__(self, token: str = DEFAULT_TOKEN, cluster: str | Path | dict | None = None,
+                 speed: float = DEFAULT_SPEED, seed: int = 0, faults: str | dict | None = None,
+                 *, host: str = "127.0.0.1", port: int = 0, dialect: str = "both",
+                 stock_shape: str = "list", verbose: bool = False) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {DIALECTS}")
+        if stock_shape not in STOCK_SHAPES:
+            raise ValueError(f"stock_shape must be one of {STOCK_SHAPES}")
+        if not token:
+            raise ValueError("token must not be empty")
+        self.token = token
+        self.host, self.port = host, port
+        self.dialect = dialect
+        self.verbose = verbose
+        self.clock = SimClock(speed)
+        self.world = World(load_cluster(cluster), self.clock, seed)
+        self.fault_spec = FaultSpec.parse(faults)
+        self._faults = FaultInjector(self.fault_spec, seed)
+        self._api = Api(self.world, dialect, stock_shape, lambda: self.url)
+        self._requests: list[tuple[str, str, Any]] = []
+        self._requests_lock = threading.Lock()
+        self._server: SimHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self.url = ""
+
+    # ----- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> "Simulator":
+        """Bind and serve in daemon threads; returns self."""
+        if self._server is not None:
+            return self
+        self._server = SimHTTPServer((self.host, self.port), self, self._api, self._faults, self.dialect)
+        bound_host, bound_port = self._server.server_address[:2]
+        self.port = bound_port
+        self.url = f"http://{bound_host}:{bound_port}"
+        self._stopping.clear()
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, name="sim-http", daemon=True),
+            threading.Thread(target=self._tick_forever, name="sim-ticker", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the threads; safe to call twice."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join()
+        self._server = None
+        self._threads = []
+
+    def __enter__(self) -> "Simulator":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def _tick_forever(self) -> None:
+        while not self._stopping.wait(TICK_SECONDS):
+            self.world.sync()
+
+    # ----- test controls ---------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Jump simulated time forward by `seconds` and run everything that falls due."""
+        self.clock.advance(seconds)
+        self.world.sync()
+
+    def occupy(self, gpu_name: str, count: int, seconds: float | None = None) -> int:
+        """Background tenants take up to `count` idle GPUs of `gpu_name` (stock drops) until
+        `seconds` of simulated time pass, or forever when None. Returns how many they got."""
+        self.world.sync()
+        return self.world.occupy(gpu_name, count, seconds)
+
+    def release_occupied(self) -> None:
+        """Give back every GPU held by background tenants."""
+        self.world.release_occupied()
+
+    def crash_container(self, container_uuid: str, exit_code: int = 1) -> None:
+        """Kill a live container as if its process died with `exit_code`."""
+        try:
+            crashed = self.world.crash(container_uuid, exit_code)
+        except NotFound:
+            raise KeyError(f"no such container {container_uuid}") from None
+        if not crashed:
+            raise ValueError(f"container {container_uuid} is already stopping or stopped")
+
+    def set_machine_faulty(self, machine_id: str, faulty: bool = True) -> None:
+        """Containers that reach `running` on a faulty machine crash 5-15 simulated s later."""
+        with self.world.lock:
+            self._machine(machine_id).faulty = bool(faulty)
+
+    def set_machine_latency(self, machine_id: str, seconds: float) -> None:
+        """Real seconds the machine's /svc endpoints wait before answering."""
+        if seconds < 0:
+            raise ValueError("latency cannot be negative")
+        with self.world.lock:
+            self._machine(machine_id).latency_seconds = float(seconds)
+
+    def machines(self) -> list[dict[str, Any]]:
+        """Every machine with its configuration plus `free_gpus` and `blacklisted`."""
+        with self.world.lock:
+            self.world.sync()
+            return [{**m.describe(), "free_gpus": self.world.free_gpus(m),
+                     "blacklisted": m.machine_id in self.world.blacklist}
+                    for m in self.world.machines.values()]
+
+    def deployments(self) -> list[dict[str, Any]]:
+        """Live (not deleted) deployments as the list endpoint shows them, oldest first."""
+        with self.world.lock:
+            self.world.sync()
+            return [self._api._deployment_view(d) for d in self.world.deployments.values() if not d.deleted]
+
+    def containers(self, deployment_uuid: str | None = None) -> list[dict[str, Any]]:
+        """Every container (released ones too), oldest first, shaped like the container list,
+        plus simulator-only keys `exit_code`, `stop_reason`, `reused_from` and `files`."""
+        with self.world.lock:
+            self.world.sync()
+            return [
+                {**self._api.container_view(c), "exit_code": c.exit_code,
+                 "stop_reason": c.stop_reason, "reused_from": c.reused_from, "files": dict(c.files)}
+                for c in self.world.containers.values()
+                if deployment_uuid is None or c.deployment_uuid == deployment_uuid
+            ]
+
+    def request_log(self) -> list[tuple[str, str, Any]]:
+        """Every /api request seen, as (method, path, params): the parsed JSON body, or for a
+        GET its query parameters (None when there were none, or the body was not JSON)."""
+        with self._requests_lock:
+            return list(self._requests)
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Poll `predicate()` until it returns something truthy (returned) or raise
+        TimeoutError after `timeout` real seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"condition not met within {timeout} s")
+            time.sleep(WAIT_POLL_SECONDS)
+
+    def now(self) -> float:
+        """Simulated seconds since the simulator was created."""
+        return self.clock.now()
+
+    # ----- helpers used by the HTTP server ---------------------------------------------------
+
+    def _machine(self, machine_id: str):
+        try:
+            return self.world.machines[machine_id]
+        except KeyError:
+            raise KeyError(f"no such machine {machine_id}") from None
+
+    def record_request(self, method: str, path: str, body: bytes, query: dict) -> None:
+        if method == "GET":
+            params: Any = query or None
+        else:
+            try:
+                params = json.loads(body) if body.strip() else None
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                params = None
+        with self._requests_lock:
+            self._requests.append((method, path, params))
+
+    def control(self, method: str, path: str, params: dict) -> Any:
+        """Serve a /_sim route (see CONTROL_ROUTES)."""
+        name = CONTROL_ROUTES.get((method, path))
+        if name is None:
+            raise ApiError("NotFound", "模拟器控制接口不存在", 404)
+        try:
+            return getattr(self, name)(params)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ApiError("RequestParameterIsWrong", f"请求参数错误：{exc}", 400) from None
+
+    def _control_state(self, params: dict) -> dict:
+        return {"now": self.now(), "machines": self.machines(),
+                "deployments": self.deployments(), "containers": self.containers()}
+
+    def _control_requests(self, params: dict) -> list:
+        return [list(entry) for entry in self.request_log()]
+
+    def _control_advance(self, params: dict) -> dict:
+        self.advance(float(params["seconds"]))
+        return {"now": self.now()}
+
+    def _control_occupy(self, params: dict) -> dict:
+        seconds = params.get("seconds")
+        taken = self.occupy(str(params["gpu_name"]), int(params["count"]),
+                            None if seconds is None else float(seconds))
+        return {"occupied": taken}
+
+    def _control_release(self, params: dict) -> None:
+        self.release_occupied()
+
+    def _control_crash(self, params: dict) -> None:
+        self.crash_container(str(params["container_uuid"]), int(params.get("exit_code", 1)))
+
+    def _control_faulty(self, params: dict) -> None:
+        self.set_machine_faulty(str(params["machine_id"]), bool(params.get("faulty", True)))
+
+    def _control_latency(self, params: dict) -> None:
+        self.set_machine_latency(str(params["machine_id"]), float(params["seconds"]))
+
+
+# /_sim routes: the same controls for a simulator running in another process.
+CONTROL_ROUTES = {
+    ("GET", "/_sim/state"): "_control_state",
+    ("GET", "/_sim/requests"): "_control_requests",
+    ("POST", "/_sim/advance"): "_control_advance",
+    ("POST", "/_sim/occupy"): "_control_occupy",
+    ("POST", "/_sim/release"): "_control_release",
+    ("POST", "/_sim/crash"): "_control_crash",
+    ("POST", "/_sim/faulty"): "_control_faulty",
+    ("POST", "/_sim/latency"): "_control_latency",
+}

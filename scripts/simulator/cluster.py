@@ -1,0 +1,295 @@
+"""The simulated cluster: machines, images, and the rules that place a container on a machine.
+
+Cluster file format (JSON; `scripts/simulator/default_cluster.json` is the default)::
+
+    {
+      "default_job_seconds": 60,          # optional: run time of a Job/Container whose cmd
+                                          #   has no recognisable lifetime (simulated seconds)
+      "machines": [                       # required, non-empty
+        {"machine_id": "4f1c2a9be0",      # 10 lowercase hex, unique
+         "region": "westDC2",             # data_center / dc_list / region_sign code
+         "gpu_name": "RTX 4090",          # exact string clients put in gpu_name_set
+         "gpu_num": 8,                    # GPUs on the host
+         "cpu_num": 96, "memory_gb": 480, # split evenly per GPU into scheduling units
+         "price": 1980,                   # per GPU, yuan x 1000 per hour
+         "max_cuda": 124,                 # highest CUDA code the driver supports (124 = 12.4)
+         "latency_seconds": 0.02,         # optional: real delay of its /svc answers
+         "faulty": false,                 # optional: its containers crash soon after start
+         "chip_corp": "nvidia", "cpu_arch": "x86"}   # optional, shown by region stock
+      ],
+      "images": [                         # private images (image list endpoint)
+        {"image_uuid": "image-0a1b2c3d4e", "name": "torch-serve"}
+      ],
+      "base_images": [                    # optional system images (/api/v2/image/list)
+        {"image_uuid": "base-image-l2t43iu6uk", "name": "PyTorch 2.0.0", "cuda_version": "11.8"}
+      ],
+      "background_load": [                # optional: other tenants holding GPUs at start
+        {"gpu_name": "NVIDIA A40", "gpus": 4, "until_seconds": 300}   # null = forever
+      ]
+    }
+
+Scheduling follows the platform's concept page: a host's CPU and memory are split evenly per
+GPU into scheduling units; a container of `gpu_num` GPUs takes `gpu_num` whole units on ONE
+host and reports that real allocation. Request ranges only select hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CLUSTER_FILE = Path(__file__).with_name("default_cluster.json")
+
+# Run time of a Job/Container whose cmd says nothing about its lifetime: long enough to watch
+# it run, short enough that a demo finishes (simulated seconds).
+DEFAULT_JOB_SECONDS = 60.0
+
+GIB = 1024**3
+
+_MACHINE_ID = re.compile(r"^[0-9a-f]{10}$")
+_PRIVATE_IMAGE_UUID = re.compile(r"^image-[0-9a-f]{10}$")
+_BASE_IMAGE_UUID = re.compile(r"^base-image-[0-9a-z]{10,12}$")
+
+
+class ClusterConfigError(ValueError):
+    """A cluster file that cannot be used; `problems` lists every fault found."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+@dataclass
+class Machine:
+    machine_id: str
+    region: str
+    gpu_name: str
+    gpu_num: int
+    cpu_num: int
+    memory_gb: int
+    price: int
+    max_cuda: int
+    latency_seconds: float = 0.0
+    faulty: bool = False
+    chip_corp: str = "nvidia"
+    cpu_arch: str = "x86"
+
+    @property
+    def cpu_per_gpu(self) -> int:
+        return self.cpu_num // self.gpu_num
+
+    @property
+    def memory_gb_per_gpu(self) -> int:
+        return self.memory_gb // self.gpu_num
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "machine_id": self.machine_id,
+            "region": self.region,
+            "gpu_name": self.gpu_name,
+            "gpu_num": self.gpu_num,
+            "cpu_num": self.cpu_num,
+            "memory_gb": self.memory_gb,
+            "price": self.price,
+            "max_cuda": self.max_cuda,
+            "latency_seconds": self.latency_seconds,
+            "faulty": self.faulty,
+        }
+
+
+@dataclass(frozen=True)
+class Image:
+    image_uuid: str
+    name: str
+    cuda_version: str = ""
+
+
+@dataclass(frozen=True)
+class BackgroundLoad:
+    gpu_name: str
+    gpus: int
+    until_seconds: float | None
+
+
+@dataclass
+class ClusterSpec:
+    machines: list[Machine]
+    images: list[Image]
+    base_images: list[Image] = field(default_factory=list)
+    background_load: list[BackgroundLoad] = field(default_factory=list)
+    default_job_seconds: float = DEFAULT_JOB_SECONDS
+
+
+@dataclass(frozen=True)
+class PlacementFilter:
+    """The host-selecting part of a container template, in request units (GB, yuan x 1000)."""
+
+    gpu_name_set: tuple[str, ...]
+    gpu_num: int
+    cpu_num_from: int
+    cpu_num_to: int
+    memory_gb_from: int
+    memory_gb_to: int
+    price_from: int
+    price_to: int
+    min_cuda: int  # 0 = any driver
+    regions: tuple[str, ...] = ()  # empty = any region
+
+    def selects(self, machine: Machine) -> bool:
+        """Would this host qualify if it had free GPUs? Capacity is checked by the caller."""
+        cpu = machine.cpu_per_gpu * self.gpu_num
+        memory_gb = machine.memory_gb_per_gpu * self.gpu_num
+        return (
+            machine.gpu_name in self.gpu_name_set
+            and machine.gpu_num >= self.gpu_num
+            and self.cpu_num_from <= cpu <= self.cpu_num_to
+            and self.memory_gb_from <= memory_gb <= self.memory_gb_to
+            # The price range is the per-GPU base price, the figure the console shows.
+            and self.price_from <= machine.price <= self.price_to
+            # Newer drivers run older CUDA, so only the lower bound can exclude a host.
+            and machine.max_cuda >= self.min_cuda
+            and (not self.regions or machine.region in self.regions)
+        )
+
+
+def load_cluster(source: str | Path | dict | None) -> ClusterSpec:
+    """Build a ClusterSpec from None (the default file), a path, or an already parsed dict."""
+    if source is None:
+        source = DEFAULT_CLUSTER_FILE
+    if isinstance(source, dict):
+        return _parse_cluster(source, "cluster")
+    path = Path(source)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ClusterConfigError(str(path), [f"cannot read file: {exc.strerror or exc}"]) from exc
+    except json.JSONDecodeError as exc:
+        raise ClusterConfigError(str(path), [f"not valid JSON: {exc}"]) from exc
+    return _parse_cluster(raw, str(path))
+
+
+def _parse_cluster(raw: Any, source: str) -> ClusterSpec:
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ClusterConfigError(source, ["top level must be a JSON object"])
+
+    machines = [_parse_machine(item, f"machines[{i}]", problems) for i, item in enumerate(_list(raw, "machines", problems))]
+    machines = [m for m in machines if m is not None]
+    if not machines and "machines" in raw:
+        problems.append("machines: at least one machine is required")
+    seen: set[str] = set()
+    for machine in machines:
+        if machine.machine_id in seen:
+            problems.append(f"machines: duplicate machine_id {machine.machine_id}")
+        seen.add(machine.machine_id)
+
+    images = [_parse_image(item, f"images[{i}]", _PRIVATE_IMAGE_UUID, problems) for i, item in enumerate(_list(raw, "images", problems))]
+    base_images = [
+        _parse_image(item, f"base_images[{i}]", _BASE_IMAGE_UUID, problems)
+        for i, item in enumerate(_list(raw, "base_images", problems, required=False))
+    ]
+    gpu_names = {m.gpu_name for m in machines}
+    loads = [
+        _parse_load(item, f"background_load[{i}]", gpu_names, problems)
+        for i, item in enumerate(_list(raw, "background_load", problems, required=False))
+    ]
+    job_seconds = raw.get("default_job_seconds", DEFAULT_JOB_SECONDS)
+    if not _is_number(job_seconds) or job_seconds <= 0:
+        problems.append("default_job_seconds: must be a positive number")
+    unknown = set(raw) - {"machines", "images", "base_images", "background_load", "default_job_seconds"}
+    if unknown:
+        problems.append(f"unknown top-level keys: {', '.join(sorted(unknown))}")
+    if problems:
+        raise ClusterConfigError(source, problems)
+    return ClusterSpec(
+        machines=machines,
+        images=[i for i in images if i is not None],
+        base_images=[i for i in base_images if i is not None],
+        background_load=[x for x in loads if x is not None],
+        default_job_seconds=float(job_seconds),
+    )
+
+
+def _list(raw: dict, key: str, problems: list[str], required: bool = True) -> list:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            problems.append(f"{key}: required list is missing")
+        return []
+    if not isinstance(value, list):
+        problems.append(f"{key}: must be a list")
+        return []
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_machine(item: Any, where: str, problems: list[str]) -> Machine | None:
+    if not isinstance(item, dict):
+        problems.append(f"{where}: must be an object")
+        return None
+    count_before = len(problems)
+    machine_id = item.get("machine_id")
+    if not isinstance(machine_id, str) or not _MACHINE_ID.match(machine_id):
+        problems.append(f"{where}.machine_id: must be 10 lowercase hex characters")
+    for key in ("region", "gpu_name"):
+        if not isinstance(item.get(key), str) or not item.get(key):
+            problems.append(f"{where}.{key}: must be a non-empty string")
+    for key, minimum in (("gpu_num", 1), ("cpu_num", 1), ("memory_gb", 1), ("price", 0), ("max_cuda", 0)):
+        if not _is_int(item.get(key)) or item[key] < minimum:
+            problems.append(f"{where}.{key}: must be an integer >= {minimum}")
+    if _is_int(item.get("gpu_num")) and _is_int(item.get("cpu_num")) and item["cpu_num"] < item["gpu_num"]:
+        problems.append(f"{where}.cpu_num: needs at least one CPU per GPU")
+    latency = item.get("latency_seconds", 0.0)
+    if not _is_number(latency) or latency < 0:
+        problems.append(f"{where}.latency_seconds: must be a number >= 0")
+    if not isinstance(item.get("faulty", False), bool):
+        problems.append(f"{where}.faulty: must be true or false")
+    known = {f for f in Machine.__dataclass_fields__}
+    unknown = set(item) - known
+    if unknown:
+        problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    if len(problems) > count_before:
+        return None
+    return Machine(**{**item, "latency_seconds": float(latency)})
+
+
+def _parse_image(item: Any, where: str, pattern: re.Pattern, problems: list[str]) -> Image | None:
+    if not isinstance(item, dict):
+        problems.append(f"{where}: must be an object")
+        return None
+    uuid, name = item.get("image_uuid"), item.get("name")
+    if not isinstance(uuid, str) or not pattern.match(uuid):
+        problems.append(f"{where}.image_uuid: does not match {pattern.pattern}")
+        return None
+    if not isinstance(name, str) or not name:
+        problems.append(f"{where}.name: must be a non-empty string")
+        return None
+    return Image(image_uuid=uuid, name=name, cuda_version=str(item.get("cuda_version", "")))
+
+
+def _parse_load(item: Any, where: str, gpu_names: set[str], problems: list[str]) -> BackgroundLoad | None:
+    if not isinstance(item, dict):
+        problems.append(f"{where}: must be an object")
+        return None
+    count_before = len(problems)
+    if item.get("gpu_name") not in gpu_names:
+        problems.append(f"{where}.gpu_name: no machine has GPU {item.get('gpu_name')!r}")
+    if not _is_int(item.get("gpus")) or item["gpus"] < 1:
+        problems.append(f"{where}.gpus: must be an integer >= 1")
+    until = item.get("until_seconds")
+    if until is not None and (not _is_number(until) or until <= 0):
+        problems.append(f"{where}.until_seconds: must be a positive number or null")
+    if len(problems) > count_before:
+        return None
+    return BackgroundLoad(gpu_name=item["gpu_name"], gpus=item["gpus"], until_seconds=until)

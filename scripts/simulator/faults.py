@@ -1,0 +1,95 @@
+"""Fault injection for the /api routes (never /_sim or /svc).
+
+SPEC is `key=value` pairs separated by commas, or the same keys in a dict:
+
+    error_rate=0.2                 fraction of API calls answered 500/502/503 unprocessed
+    slow_rate=0.1,slow_seconds=2   fraction of API calls delayed by slow_seconds (real s)
+    create_slow_seconds=3          every create sleeps this long AFTER committing, so a
+                                   client with a short timeout gives up on a create that
+                                   in fact succeeded
+    create_error_after_commit=1    the first N creates commit, then answer 503
+
+Decisions come from a seeded RNG, so a given seed fails the same calls every run.
+Hosts whose containers crash are a cluster property (`faulty`), not part of SPEC.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, fields
+from typing import Any
+
+# Statuses an overloaded gateway or backend answers with; 502 comes as an HTML page, the
+# way a proxy in front of a dead backend would answer.
+ERROR_STATUSES = (500, 502, 503)
+# Delay used when slow_rate is set without slow_seconds (real seconds): longer than a
+# typical client's connect/read expectations for a list call, short enough for tests.
+DEFAULT_SLOW_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    error_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_seconds: float = DEFAULT_SLOW_SECONDS
+    create_slow_seconds: float = 0.0
+    create_error_after_commit: int = 0
+
+    @classmethod
+    def parse(cls, spec: str | dict | None) -> "FaultSpec":
+        """Read a SPEC string or dict; ValueError names the offending key."""
+        if spec is None or spec == "":
+            return cls()
+        if isinstance(spec, str):
+            pairs: dict[str, Any] = {}
+            for part in filter(None, (p.strip() for p in spec.split(","))):
+                key, sep, value = part.partition("=")
+                if not sep:
+                    raise ValueError(f"fault {part!r} is not key=value")
+                pairs[key.strip()] = value.strip()
+            spec = pairs
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in spec.items():
+            if key not in known:
+                raise ValueError(f"unknown fault {key!r}; known: {', '.join(known)}")
+            try:
+                value = int(raw) if key == "create_error_after_commit" else float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"fault {key} needs a number, got {raw!r}") from None
+            if value < 0 or (key.endswith("_rate") and value > 1):
+                raise ValueError(f"fault {key}={raw} is out of range")
+            values[key] = value
+        return cls(**values)
+
+
+class FaultInjector:
+    """Thread-safe decisions for one running simulator."""
+
+    def __init__(self, spec: FaultSpec, seed: int) -> None:
+        self.spec = spec
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._creates_failed = 0
+
+    def error_status(self) -> int | None:
+        """An HTTP status to fail this call with, or None."""
+        with self._lock:
+            if self.spec.error_rate and self._rng.random() < self.spec.error_rate:
+                return self._rng.choice(ERROR_STATUSES)
+        return None
+
+    def delay_seconds(self) -> float:
+        with self._lock:
+            if self.spec.slow_rate and self._rng.random() < self.spec.slow_rate:
+                return self.spec.slow_seconds
+        return 0.0
+
+    def fail_committed_create(self) -> bool:
+        """True for the first `create_error_after_commit` creates."""
+        with self._lock:
+            if self._creates_failed < self.spec.create_error_after_commit:
+                self._creates_failed += 1
+                return True
+        return False

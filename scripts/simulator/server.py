@@ -1,0 +1,266 @@
+"""HTTP front end: routes, the response envelope, auth, faults, /svc and /_sim.
+
+Three route families share one ThreadingHTTPServer:
+
+- `/api/...`   the platform API. Header `Authorization: <token>` (raw, no Bearer), JSON
+               envelope `{"code", "msg", "data", "request_id"}`, business errors as HTTP 200.
+- `/svc/<container_uuid>/...`  the container's own service (no auth), answering only while
+               the container runs, after the machine's latency.
+- `/_sim/...`  test controls for a simulator in another process (token required).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+import uuid as uuid_lib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+from . import lifecycle as lc
+from .api import Api, ApiError
+from .faults import FaultInjector
+from .world import NotFound
+
+if TYPE_CHECKING:
+    from .app import Simulator
+
+ALL_DIALECTS = frozenset({"private", "public", "both"})
+PRIVATE_ONLY = frozenset({"private", "both"})
+PUBLIC_ONLY = frozenset({"public", "both"})
+
+# (method, path) -> (Api method name, dialects that serve it). Routes the facts mark as
+# undocumented for a dialect answer 404 there, like the real host would.
+API_ROUTES: dict[tuple[str, str], tuple[str, frozenset]] = {
+    ("POST", "/api/v1/dev/image/private/list"): ("list_private_images", ALL_DIALECTS),
+    ("POST", "/api/v2/image/list"): ("list_system_images", PRIVATE_ONLY),
+    ("POST", "/api/v1/dev/deployment"): ("create_deployment", ALL_DIALECTS),
+    ("DELETE", "/api/v1/dev/deployment"): ("delete_deployment", ALL_DIALECTS),
+    ("POST", "/api/v1/dev/deployment/list"): ("list_deployments", ALL_DIALECTS),
+    ("POST", "/api/v1/dev/deployment/container/event/list"): ("list_events", ALL_DIALECTS),
+    ("POST", "/api/v1/dev/deployment/container/list"): ("list_containers", ALL_DIALECTS),
+    ("PUT", "/api/v1/dev/deployment/container/stop"): ("stop_container", ALL_DIALECTS),
+    ("PUT", "/api/v1/dev/deployment/replica_num"): ("set_replica_num", ALL_DIALECTS),
+    ("PUT", "/api/v1/dev/deployment/operate"): ("operate_deployment", ALL_DIALECTS),
+    ("POST", "/api/v1/dev/deployment/blacklist"): ("add_blacklist", ALL_DIALECTS),
+    ("GET", "/api/v1/dev/deployment/blacklist"): ("list_blacklist", PUBLIC_ONLY),
+    ("GET", "/api/v1/dev/machine/gpu_stock"): ("global_stock", ALL_DIALECTS),
+    ("POST", "/api/v1/dev/machine/region/gpu_stock"): ("region_stock", ALL_DIALECTS),
+    ("GET", "/api/v1/dev/deployment/ddp/overview"): ("duration_packages", PUBLIC_ONLY),
+}
+CREATE_ROUTE = ("POST", "/api/v1/dev/deployment")
+
+BAD_GATEWAY_PAGE = (
+    "<html><head><title>502 Bad Gateway</title></head><body>"
+    "<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+)
+FAULT_MESSAGES = {500: ("InternalError", "服务器内部错误"), 503: ("ServiceUnavailable", "服务暂时不可用，请稍后重试")}
+
+
+def envelope(code: str, msg: str, data: Any = None) -> dict[str, Any]:
+    return {"code": code, "msg": msg, "data": data, "request_id": uuid_lib.uuid4().hex}
+
+
+class SimHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Tests and benches open many short connections; the default backlog of 5 drops some.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], sim: "Simulator", api: Api,
+                 faults: FaultInjector, dialect: str) -> None:
+        super().__init__(address, SimRequestHandler)
+        self.sim, self.api, self.faults, self.dialect = sim, api, faults, dialect
+
+
+class SimRequestHandler(BaseHTTPRequestHandler):
+    server: SimHTTPServer
+    protocol_version = "HTTP/1.1"  # keep-alive, so a requests.Session reuses connections
+    server_version = "AutoDLSim/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        if self.server.sim.verbose:
+            sys.stderr.write(f"[sim] {self.address_string()} {format % args}\n")
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # ----- plumbing ----------------------------------------------------------------------
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        body = self._read_body()
+        try:
+            if url.path.startswith("/svc/"):
+                self._handle_service(method, url.path, body)
+            elif url.path == "/_sim" or url.path.startswith("/_sim/"):
+                self._handle_control(method, url.path, body)
+            else:
+                self._handle_api(method, url.path, dict(parse_qsl(url.query)), body)
+        except Exception:  # a simulator bug must still answer, and say where it broke
+            traceback.print_exc(file=sys.stderr)
+            self._send_json(500, envelope("InternalError", "模拟器内部错误"))
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _send_json(self, status: int, document: Any) -> None:
+        self._send(status, json.dumps(document, ensure_ascii=False).encode(), "application/json; charset=utf-8")
+
+    def _auth_error(self) -> ApiError | None:
+        given = self.headers.get("Authorization")
+        if not given:
+            return ApiError("Unauthorized", "缺少 Authorization 请求头（开发者 Token）", 401)
+        if given.startswith("Bearer ") and given[len("Bearer "):] == self.server.sim.token:
+            return ApiError("Unauthorized", "Authorization 请直接填写 Token，不要加 Bearer 前缀", 401)
+        if given != self.server.sim.token:
+            return ApiError("Unauthorized", "开发者 Token 无效", 401)
+        return None
+
+    @staticmethod
+    def _parse_json(body: bytes) -> dict:
+        if not body.strip():
+            return {}
+        try:
+            params = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ApiError("RequestParameterIsWrong", "请求体不是合法的 JSON", 400) from None
+        if not isinstance(params, dict):
+            raise ApiError("RequestParameterIsWrong", "请求参数错误：请求体必须是 JSON 对象")
+        return params
+
+    # ----- /api ----------------------------------------------------------------------------
+
+    def _handle_api(self, method: str, path: str, query: dict, body: bytes) -> None:
+        self.server.sim.record_request(method, path, body, query)
+        try:
+            self._answer_api(method, path, query, body)
+        except ApiError as error:
+            self._send_json(error.http_status, envelope(error.code, error.msg))
+
+    def _answer_api(self, method: str, path: str, query: dict, body: bytes) -> None:
+        auth_error = self._auth_error()
+        if auth_error:
+            raise auth_error
+        faults = self.server.faults
+        status = faults.error_status()
+        if status == 502:
+            self._send(502, BAD_GATEWAY_PAGE.encode(), "text/html")
+            return
+        if status:
+            raise ApiError(*FAULT_MESSAGES[status], http_status=status)
+        delay = faults.delay_seconds()
+        if delay:
+            time.sleep(delay)
+
+        handler_name = self._route(method, path)
+        if method == "GET":
+            if body.strip():
+                raise ApiError("RequestParameterIsWrong", "请求参数错误：GET 请求的参数应放在查询字符串中")
+            params = query
+        else:
+            params = self._parse_json(body)
+        data = getattr(self.server.api, handler_name)(params)
+
+        if (method, path) == CREATE_ROUTE:
+            # Committed already: these faults model an answer lost after success.
+            if faults.spec.create_slow_seconds:
+                time.sleep(faults.spec.create_slow_seconds)
+            if faults.fail_committed_create():
+                raise ApiError(*FAULT_MESSAGES[503], http_status=503)
+        self._send_json(200, envelope("Success", "", data))
+
+    def _route(self, method: str, path: str) -> str:
+        dialect = self.server.dialect
+        found = API_ROUTES.get((method, path))
+        if found and dialect in found[1]:
+            return found[0]
+        if any(p == path and dialect in d for (m, p), (_, d) in API_ROUTES.items()):
+            raise ApiError("MethodNotAllowed", f"接口不支持 {method} 方法", 405)
+        raise ApiError("NotFound", "接口不存在", 404)
+
+    # ----- /svc ----------------------------------------------------------------------------
+
+    def _handle_service(self, method: str, path: str, body: bytes) -> None:
+        if method not in ("GET", "POST"):
+            self._send_json(405, {"error": "method not allowed"})
+            return
+        _, _, container_uuid, *rest = path.split("/", 3)
+        subpath = "/" + (rest[0] if rest else "")
+        world = self.server.sim.world
+        with world.lock:
+            world.sync()
+            try:
+                container = world.container(container_uuid)
+            except NotFound:
+                container = None
+            if container is None or container.status != lc.RUNNING:
+                running = None
+            else:
+                running = container
+                latency = world.machines[container.machine_id].latency_seconds
+        if running is None:
+            if container is None:
+                self._send_json(404, {"error": "no such container"})
+            else:  # like the platform's proxy in front of a stopped container
+                self._send(502, BAD_GATEWAY_PAGE.encode(), "text/html")
+            return
+        time.sleep(latency)  # outside the lock: a slow host must not stall the whole API
+
+        if subpath == "/health":
+            self._send_json(200, {"ok": True})
+        elif subpath == "/files":
+            self._serve_files(method, running, body)
+        else:
+            self._send_json(200, {
+                "container_uuid": running.uuid, "machine_id": running.machine_id,
+                "gpu_name": running.gpu_name, "path": subpath,
+                "served_at": world.clock.timestamp(world.clock.now()),
+            })
+
+    def _serve_files(self, method: str, container: Any, body: bytes) -> None:
+        """GET lists the container's files; POST {path: content} writes some."""
+        world = self.server.sim.world
+        with world.lock:
+            if method == "POST":
+                try:
+                    updates = self._parse_json(body)
+                except ApiError as error:
+                    self._send_json(400, {"error": error.msg})
+                    return
+                container.files.update({str(k): str(v) for k, v in updates.items()})
+            files = dict(container.files)
+        self._send_json(200, {"files": files})
+
+    # ----- /_sim ---------------------------------------------------------------------------
+
+    def _handle_control(self, method: str, path: str, body: bytes) -> None:
+        try:
+            auth_error = self._auth_error()
+            if auth_error:
+                raise auth_error
+            params = self._parse_json(body) if method != "GET" else {}
+            data = self.server.sim.control(method, path, params)
+        except ApiError as error:
+            self._send_json(error.http_status, envelope(error.code, error.msg))
+            return
+        self._send_json(200, envelope("Success", "", data))

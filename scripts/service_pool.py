@@ -55,6 +55,7 @@ import os
 import random
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, TypeVar
@@ -115,8 +116,9 @@ class _Replica:
 
 class Lease:
     """One request's hold on a replica. Use as a context manager (``with
-    pool.lease() as svc``) or call ``release(failed=...)`` exactly when done;
-    releasing twice is harmless."""
+    pool.lease() as svc``) or call ``release(failed=...)`` once done (e.g. at
+    the end of a streamed response). A lease never released counts as in
+    flight forever; releasing twice is harmless."""
 
     def __init__(self, pool: "ServicePool", replica: _Replica):
         self._pool = pool
@@ -165,6 +167,8 @@ class ServicePool:
     ):
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; valid policies: {', '.join(POLICIES)}")
+        if eject_seconds < 0 or refresh_interval < 0:
+            raise ValueError("eject_seconds and refresh_interval must be >= 0")
         self.policy = policy
         self.eject_seconds = float(eject_seconds)
         self.refresh_interval = float(refresh_interval)
@@ -462,5 +466,14 @@ class _EndpointSource:
 
     def __call__(self) -> Registry:
         request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return json.loads(response.read().decode("utf-8"))
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            # Say what the endpoint said (e.g. "no registry yet"), not just the code.
+            body = exc.read(2000).decode("utf-8", "replace")
+            try:
+                body = json.loads(body).get("message") or body
+            except (ValueError, AttributeError):
+                pass
+            raise OSError(f"GET {self.url}: HTTP {exc.code}: {body.strip()}") from None

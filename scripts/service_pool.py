@@ -350,7 +350,7 @@ class ServicePool:
         now = self._clock()
         healthy = [r for uuid, r in self._replicas.items() if r.healthy and uuid not in excluded]
         if not healthy:
-            raise NoReplicaAvailable(self._why_none(excluded))
+            raise NoReplicaAvailable(self._why_none())
         ready = [r for r in healthy if not r.is_ejected(now)]
         if not ready:
             # Every replica failed recently; the one ejected longest ago is the
@@ -370,7 +370,7 @@ class ServicePool:
         first, second = self._rng.sample(ready, 2)
         return min((first, second), key=lambda r: r.inflight)
 
-    def _why_none(self, excluded: set[str]) -> str:
+    def _why_none(self) -> str:
         total = len(self._replicas)
         if total == 0:
             reason = "the service registry is empty (no running container registered)"

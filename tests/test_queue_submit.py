@@ -1,0 +1,449 @@
+"""queue_submit.py against a mocked API: every branch of validate -> check -> wait -> submit."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+
+import pytest
+import requests
+import responses
+from responses import matchers
+from responses.registries import OrderedRegistry
+
+from conftest import ROOT, TEST_TOKEN, envelope, url
+
+IMAGES = url("/api/v1/dev/image/private/list")
+STOCK = url("/api/v1/dev/machine/gpu_stock")
+REGION_STOCK = url("/api/v1/dev/machine/region/gpu_stock")
+DEPLOYMENTS = url("/api/v1/dev/deployment/list")
+CREATE = url("/api/v1/dev/deployment")
+CONTAINERS = url("/api/v1/dev/deployment/container/list")
+EVENTS = url("/api/v1/dev/deployment/container/event/list")
+
+IMAGE_UUID = "image-db8346e037"
+NEW_UUID = "833f1cd5a764fa3"
+FAST = ("--interval", "0.01", "--quiet")
+
+CONFIG = {
+    "name": "svc",
+    "deployment_type": "ReplicaSet",
+    "replica_num": 2,
+    "container_template": {
+        "gpu_name_set": ["RTX 4090"],
+        "gpu_num": 1,
+        "cuda_v": 118,
+        "cpu_num_from": 1,
+        "cpu_num_to": 100,
+        "memory_size_from": 1,
+        "memory_size_to": 256,
+        "price_from": 100,
+        "price_to": 9000,
+        "image_uuid": IMAGE_UUID,
+        "cmd": "cd /root && python app.py",
+    },
+}
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    def write(config=CONFIG):
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def api():
+    """Ordered responses: calls must happen in exactly the registered order."""
+    with responses.RequestsMock(registry=OrderedRegistry, assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+def images_page(items, page_index=1, max_page=1):
+    return envelope({"list": items, "page_index": page_index, "page_size": 100, "max_page": max_page, "offset": 0})
+
+
+def stock_list(idle, total=8, name="RTX 4090"):
+    return envelope([{name: {"idle_gpu_num": idle, "total_gpu_num": total}}])
+
+
+def deployments(items=()):
+    return envelope({"list": list(items), "page_index": 1, "page_size": 100, "max_page": 1, "result_total": len(items)})
+
+
+def expect_checks(api, idle=0):
+    """Image list, first stock poll, same-name lookup: the calls before any waiting."""
+    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID, "image_name": "app"}]))
+    api.get(STOCK, json=stock_list(idle))
+    api.post(DEPLOYMENTS, json=deployments(), match=[matchers.json_params_matcher({"name": "svc", "page_index": 1, "page_size": 100})])
+
+
+def expect_create(api, **kwargs):
+    if "body" not in kwargs:
+        kwargs.setdefault("json", envelope({"deployment_uuid": NEW_UUID}))
+    api.post(
+        CREATE,
+        match=[
+            matchers.json_params_matcher(CONFIG),
+            matchers.header_matcher({"Authorization": TEST_TOKEN, "Content-Type": "application/json"}),
+        ],
+        **kwargs,
+    )
+
+
+def create_calls(api):
+    return [c for c in api.calls if c.request.url == CREATE and c.request.method == "POST"]
+
+
+def test_waits_for_stock_then_submits_once(run, api, config_file, result_validator):
+    expect_checks(api, idle=0)
+    api.get(STOCK, json=stock_list(0))
+    api.get(STOCK, json=stock_list(1))
+    expect_create(api)
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 0, out
+    assert out["deployment_uuid"] == NEW_UUID
+    assert out["waited_seconds"] >= 0 and out["recovered"] is False
+    assert out["warnings"] == []
+    assert len(create_calls(api)) == 1
+    result_validator.validate(out)
+
+
+def test_dict_shaped_stock_is_understood(run, api, config_file):
+    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID, "name": "app"}]))
+    api.get(STOCK, json=envelope({"RTX 4090": {"gpu_name": "RTX 4090", "idle_gpu_num": 3, "total_gpu_num": 8}}))
+    api.post(DEPLOYMENTS, json=deployments())
+    expect_create(api)
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 0 and out["deployment_uuid"] == NEW_UUID
+
+
+def test_dry_run_checks_everything_and_creates_nothing(run, api, config_file, result_validator):
+    expect_checks(api, idle=5)
+
+    code, out, _ = run("queue_submit.py", config_file(), "--dry-run", *FAST)
+
+    assert code == 0
+    assert out["dry_run"] is True and out["would_submit_now"] is True
+    assert out["request"] == CONFIG
+    assert out["stock"] == {"RTX 4090": {"idle": 5, "total": 8}}
+    assert not create_calls(api)
+    assert TEST_TOKEN not in json.dumps(out)
+    result_validator.validate(out)
+
+
+def test_image_check_reads_every_page(run, api, config_file, result_validator):
+    api.post(IMAGES, json=images_page([{"image_uuid": "image-aaaaaaaaaa", "image_name": "a"}], 1, 2),
+             match=[matchers.json_params_matcher({"page_index": 1, "page_size": 100})])
+    api.post(IMAGES, json=images_page([{"image_uuid": "image-bbbbbbbbbb", "name": "b"}], 2, 2),
+             match=[matchers.json_params_matcher({"page_index": 2, "page_size": 100})])
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 1 and out["error_type"] == "image_not_found"
+    assert out["details"]["requested"] == IMAGE_UUID
+    assert out["details"]["available_images"] == [
+        {"image_uuid": "image-aaaaaaaaaa", "image_name": "a"},
+        {"image_uuid": "image-bbbbbbbbbb", "image_name": "b"},
+    ]
+    result_validator.validate(out)
+
+
+def test_unknown_gpu_type(run, api, config_file, result_validator):
+    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    api.get(STOCK, json=stock_list(3, name="RTX A5000"))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 1 and out["error_type"] == "gpu_type_not_found"
+    assert out["details"]["available_gpus"] == ["RTX A5000"]
+    result_validator.validate(out)
+
+
+def test_refuses_a_live_deployment_with_the_same_name(run, api, config_file, result_validator):
+    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, json=deployments([{"uuid": "aaaaaaaaaaaaaaa", "name": "svc", "status": "running"}]))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 1 and out["error_type"] == "deployment_exists"
+    assert out["details"]["deployment_uuid"] == "aaaaaaaaaaaaaaa"
+    result_validator.validate(out)
+
+
+def test_duplicate_name_allowed_on_request_and_stopped_ones_ignored(run, api, config_file):
+    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, json=deployments([{"uuid": "aaaaaaaaaaaaaaa", "name": "svc", "status": "running"}]))
+    expect_create(api)
+
+    code, out, _ = run("queue_submit.py", config_file(), "--allow-duplicate-name", *FAST)
+
+    assert code == 0 and out["deployment_uuid"] == NEW_UUID
+
+
+@pytest.mark.parametrize("failure", [
+    {"status": 503, "json": envelope(code="ServiceUnavailable")},
+    {"body": requests.exceptions.ConnectionError("reset by peer")},
+    {"body": requests.exceptions.ReadTimeout("read timed out")},
+])
+def test_failed_stock_poll_is_logged_and_the_wait_goes_on(run, api, config_file, failure, monkeypatch):
+    from autodl_esd import http
+
+    monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)  # one HTTP try per poll keeps the sequence short
+    expect_checks(api, idle=0)
+    api.get(STOCK, **failure)
+    api.get(STOCK, json=stock_list(2))
+    expect_create(api)
+
+    code, out, err = run("queue_submit.py", config_file(), "--interval", "0.01")
+
+    assert code == 0 and out["deployment_uuid"] == NEW_UUID
+    assert "查询库存失败" in err
+
+
+def test_auth_error_while_waiting_ends_the_wait(run, api, config_file, result_validator):
+    expect_checks(api, idle=0)
+    api.get(STOCK, status=401, json=envelope(code="Unauthorized", msg="token invalid"))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 1 and out["error_type"] == "auth_error"
+    assert not create_calls(api)
+    result_validator.validate(out)
+
+
+def test_timeout_reports_the_last_stock(run, config_file, result_validator):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+        mock.get(STOCK, json=stock_list(0, total=8))
+        mock.post(DEPLOYMENTS, json=deployments())
+
+        code, out, _ = run("queue_submit.py", config_file(), "--interval", "0.01", "--timeout", "0.1", "--quiet")
+
+        assert not [c for c in mock.calls if c.request.url == CREATE]
+    assert code == 2 and out["error_type"] == "timeout"
+    assert out["details"]["last_stock"] == {"RTX 4090": {"idle": 0, "total": 8}}
+    assert out["details"]["elapsed_seconds"] >= 0.1
+    result_validator.validate(out)
+
+
+def test_multi_gpu_container_needs_that_many_idle_cards(run, api, config_file):
+    config = copy.deepcopy(CONFIG)
+    config["container_template"]["gpu_num"] = 4
+    expect_checks(api, idle=2)
+    api.get(STOCK, json=stock_list(4))
+    api.post(CREATE, json=envelope({"deployment_uuid": NEW_UUID}), match=[matchers.json_params_matcher(config)])
+
+    code, out, _ = run("queue_submit.py", config_file(config), *FAST)
+
+    assert code == 0 and len(create_calls(api)) == 1
+
+
+@pytest.mark.parametrize("ambiguous", [
+    {"body": requests.exceptions.ReadTimeout("read timed out")},
+    {"status": 502, "body": "<html>bad gateway</html>"},
+    {"body": requests.exceptions.ConnectionError("Connection reset by peer")},
+])
+def test_ambiguous_create_is_reconciled_by_name_before_any_retry(run, api, config_file, ambiguous, result_validator):
+    expect_checks(api, idle=3)
+    expect_create(api, **ambiguous)
+    api.post(DEPLOYMENTS, json=deployments([{"uuid": NEW_UUID, "name": "svc", "status": "running"}]))
+
+    code, out, err = run("queue_submit.py", config_file(), "--interval", "0.01")
+
+    assert code == 0, out
+    assert out["deployment_uuid"] == NEW_UUID and out["recovered"] is True
+    assert len(create_calls(api)) == 1, "an ambiguous create must not be blindly retried"
+    assert "核对" in err
+    result_validator.validate(out)
+
+
+def test_ambiguous_create_not_found_is_retried(run, api, config_file, monkeypatch):
+    from autodl_esd import submit
+
+    monkeypatch.setattr(submit, "RECONCILE_LOOKUPS", 1)
+    expect_checks(api, idle=3)
+    expect_create(api, body=requests.exceptions.ReadTimeout("read timed out"))
+    api.post(DEPLOYMENTS, json=deployments())  # reconcile: nothing there
+    api.get(STOCK, json=stock_list(3))
+    expect_create(api)
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 0 and out["recovered"] is False
+    assert len(create_calls(api)) == 2
+
+
+def test_reconcile_ignores_same_name_deployments_that_existed_before(run, api, config_file, monkeypatch):
+    from autodl_esd import submit
+
+    monkeypatch.setattr(submit, "RECONCILE_LOOKUPS", 1)
+    old = {"uuid": "aaaaaaaaaaaaaaa", "name": "svc", "status": "stopped"}
+    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, json=deployments([old]))
+    expect_create(api, status=503, json=envelope(code="ServiceUnavailable"))
+    api.post(DEPLOYMENTS, json=deployments([old]))
+    api.get(STOCK, json=stock_list(3))
+    expect_create(api)
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 0 and out["deployment_uuid"] == NEW_UUID and out["recovered"] is False
+
+
+def test_three_clear_create_failures_are_a_submission_error(run, api, config_file, result_validator):
+    refused = envelope(code="BadRequest", msg="当前算力规格暂无库存")
+    expect_checks(api, idle=3)
+    for attempt in range(3):
+        expect_create(api, json=refused)
+        if attempt < 2:
+            api.get(STOCK, json=stock_list(3))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 3 and out["error_type"] == "submission_error"
+    assert out["details"]["api_response"]["msg"] == "当前算力规格暂无库存"
+    assert len(out["details"]["attempts"]) == 3
+    assert out["details"]["suggestion"]
+    assert len(create_calls(api)) == 3
+    result_validator.validate(out)
+
+
+def test_region_stock_is_summed_over_dc_list(run, api, config_file):
+    config = copy.deepcopy(CONFIG)
+    template = config["container_template"]
+    del template["cuda_v"]
+    template.update({"dc_list": ["westDC2", "westDC3"], "cuda_v_from": 118, "cuda_v_to": 128})
+    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    for region, idle in (("westDC2", 0), ("westDC3", 1)):
+        api.post(REGION_STOCK, json=stock_list(idle), match=[matchers.json_params_matcher({"region_sign": region})])
+    api.post(DEPLOYMENTS, json=deployments())
+
+    code, out, _ = run("queue_submit.py", config_file(config), "--dry-run", *FAST)
+
+    assert code == 0 and out["dialect"] == "public"
+    assert out["stock"] == {"RTX 4090": {"idle": 1, "total": 16}}
+
+
+def test_invalid_config_fails_before_any_network_call(run, config_file, mocked, result_validator):
+    config = copy.deepcopy(CONFIG)
+    config["container_template"]["cuda_v"] = "11.8"
+    config["container_template"]["price_to"] = 9.5
+
+    code, out, _ = run("queue_submit.py", config_file(config))
+
+    assert code == 1 and out["error_type"] == "validation_error"
+    assert {e["path"] for e in out["details"]["errors"]} == {"container_template.cuda_v", "container_template.price_to"}
+    assert not mocked.calls
+    result_validator.validate(out)
+
+
+def container(status, uuid_suffix="a394fb30"):
+    return {
+        "uuid": f"{NEW_UUID}-f94411a60c-{uuid_suffix}",
+        "machine_id": "f94411a60c",
+        "deployment_uuid": NEW_UUID,
+        "status": status,
+        "gpu_name": "RTX 4090",
+        "gpu_num": 1,
+        "info": {"ssh_command": "ssh -p 2222 root@region-1.autodl.com", "root_password": "s3cret-pass",
+                 "service_url": "https://region-1.autodl.com:21294"},
+    }
+
+
+def page(items):
+    return envelope({"list": items, "page_index": 1, "page_size": 100, "max_page": 1})
+
+
+def test_wait_running_follows_containers_and_redacts_passwords(run, api, config_file, result_validator):
+    expect_checks(api, idle=3)
+    expect_create(api)
+    api.post(EVENTS, json=page([]), match=[matchers.json_params_matcher(
+        {"deployment_uuid": NEW_UUID, "page_index": 1, "page_size": 100, "offset": 0})])
+    api.post(CONTAINERS, json=page([container("creating"), container("creating", "b0000000")]))
+    running_events = [{"deployment_container_uuid": container("running")["uuid"], "status": "running"},
+                      {"deployment_container_uuid": container("running", "b0000000")["uuid"], "status": "running"}]
+    api.post(EVENTS, json=page(running_events), match=[matchers.json_params_matcher(
+        {"deployment_uuid": NEW_UUID, "page_index": 1, "page_size": 100, "offset": 0})])
+    api.post(CONTAINERS, json=page([container("running"), container("running", "b0000000")]))
+
+    code, out, _ = run("queue_submit.py", config_file(), "--wait-running", *FAST)
+
+    assert code == 0, out
+    assert out["target_running"] == 2
+    assert [c["service_urls"]["service_url"] for c in out["containers"]] == ["https://region-1.autodl.com:21294"] * 2
+    assert "s3cret-pass" not in json.dumps(out)
+    result_validator.validate(out)
+
+
+def test_startup_timeout_keeps_the_deployment_uuid(run, config_file, result_validator):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+        mock.get(STOCK, json=stock_list(3))
+        mock.post(DEPLOYMENTS, json=deployments())
+        mock.post(CREATE, json=envelope({"deployment_uuid": NEW_UUID}))
+        mock.post(EVENTS, json=page([]))
+        mock.post(CONTAINERS, json=page([container("creating")]))
+
+        code, out, _ = run("queue_submit.py", config_file(), "--wait-running", "--startup-timeout", "0.1", *FAST)
+
+    assert code == 2 and out["error_type"] == "startup_timeout"
+    assert out["details"]["deployment_uuid"] == NEW_UUID
+    result_validator.validate(out)
+
+
+def test_sigint_while_waiting_for_stock_is_interrupted(run, api, config_file, result_validator):
+    expect_checks(api, idle=0)
+
+    def interrupt(_request):
+        os.kill(os.getpid(), signal.SIGINT)
+        return 200, {}, json.dumps(stock_list(0))
+
+    api.add_callback(responses.GET, STOCK, callback=interrupt)
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 130 and out["error_type"] == "interrupted"
+    assert "deployment_uuid" not in out["details"]
+    result_validator.validate(out)
+
+
+def test_sigterm_after_create_reports_the_deployment(run, api, config_file, result_validator):
+    expect_checks(api, idle=3)
+    expect_create(api)
+
+    def terminate(_request):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 200, {}, json.dumps(page([]))
+
+    api.add_callback(responses.POST, EVENTS, callback=terminate)
+
+    code, out, _ = run("queue_submit.py", config_file(), "--wait-running", *FAST)
+
+    assert code == 130 and out["error_type"] == "interrupted"
+    assert out["details"]["deployment_uuid"] == NEW_UUID
+    assert out["details"]["signal"] == "SIGTERM"
+    result_validator.validate(out)
+
+
+def test_help_lists_flags_and_exit_codes(capsys):
+    from conftest import load_script
+
+    module = load_script(ROOT / "queue_submit.py")
+    assert module.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--interval", "--timeout", "--dry-run", "--wait-running", "--allow-duplicate-name", "--quiet"):
+        assert flag in text
+    assert "130" in text

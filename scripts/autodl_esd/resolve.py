@@ -1,0 +1,175 @@
+"""Find the one deployment (or container) a command is about.
+
+A deployment is named in one of three ways (see `cli.add_deployment_selector`):
+
+- `--deployment-uuid UUID`: looked up with the list filter `deployment_uuid`;
+- `--name NAME`: exact name, as the platform matches it;
+- `--config FILE`: the `name` inside a deployment config file.
+
+Names are not unique on the platform: re-deploying under the same name after a stop leaves
+several deployments with one name. Such a name is ambiguous and an error that lists the
+candidates (uuid, type, status, created_at), never a guess — the scripts that take a
+deployment include stop and delete, where picking the wrong one is not recoverable. The
+agent repeats the command with `--deployment-uuid`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import api
+from .cli import UsageError
+from .config import load_config
+from .errors import AutoDLError, ErrorType
+
+DEPLOYMENT_UUID_PATTERN = re.compile(r"^[0-9a-f]{15}$")
+# `<deployment uuid: 15 hex>-<machine id>-<8 hex>`, e.g. da497aea1eb8343-f94411a60c-a394fb30
+CONTAINER_UUID_PATTERN = re.compile(r"^(?P<deployment>[0-9a-f]{15})-(?P<machine>[0-9A-Za-z]+)-(?P<suffix>[0-9a-f]{8})$")
+
+LIST_HINT = "用 list_deployments.py 查看账号下的部署 (名称须完全一致, 包括大小写和空格)。"
+
+
+def deployment_summary(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The fields that tell deployments apart, as shown in candidates and results."""
+    return {
+        "deployment_uuid": deployment.get("uuid"),
+        "name": deployment.get("name"),
+        "deployment_type": deployment.get("deployment_type"),
+        "status": deployment.get("status"),
+        "replica_num": deployment.get("replica_num"),
+        "running_num": deployment.get("running_num"),
+        "created_at": deployment.get("created_at"),
+    }
+
+
+def is_record_not_found(error: AutoDLError) -> bool:
+    """The platform's way of saying an id does not exist (RecordNotFoundError)."""
+    return getattr(error, "code", None) == "RecordNotFoundError"
+
+
+def deployment_by_uuid(client: Any, deployment_uuid: str) -> dict[str, Any] | None:
+    """The list item for this uuid, or None (also checks the server honoured the filter)."""
+    try:
+        matches = api.list_deployments(client, deployment_uuid=deployment_uuid)
+    except AutoDLError as error:
+        if not is_record_not_found(error):
+            raise
+        matches = []
+    return next((d for d in matches if d.get("uuid") == deployment_uuid), None)
+
+
+def deployments_named(client: Any, name: str) -> list[dict[str, Any]]:
+    return [d for d in api.list_deployments(client, name=name) if d.get("name") == name]
+
+
+def _name_from_config(config_path: str) -> str:
+    config = load_config(config_path)
+    name = config.get("name") if isinstance(config, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        raise AutoDLError(
+            ErrorType.CONFIG_ERROR,
+            f"配置文件中没有部署名称 (name): {config_path}",
+            "--config 按配置里的 name 查找部署; 改用 --deployment-uuid 或 --name。",
+            {"path": str(config_path)},
+        )
+    return name
+
+
+def resolve_deployment(
+    client: Any,
+    *,
+    deployment_uuid: str | None = None,
+    name: str | None = None,
+    config_path: str | None = None,
+) -> dict[str, Any]:
+    """The deployment list item named by exactly one of uuid, name or config file."""
+    if deployment_uuid:
+        deployment_uuid = deployment_uuid.strip()
+        found = deployment_by_uuid(client, deployment_uuid)
+        if found is None:
+            hint = LIST_HINT
+            if not DEPLOYMENT_UUID_PATTERN.match(deployment_uuid):
+                hint = "部署 UUID 是 15 位十六进制 (如 833f1cd5a764fa3), 不是部署名称或容器 UUID; " + LIST_HINT
+            raise AutoDLError(
+                ErrorType.NOT_FOUND,
+                f"没有找到部署 {deployment_uuid} (可能已删除)。",
+                hint,
+                {"deployment_uuid": deployment_uuid},
+            )
+        return found
+
+    source = "name"
+    if config_path:
+        name, source = _name_from_config(config_path), "config"
+    if not name:
+        raise UsageError("需要指定部署: --deployment-uuid、--name 或 --config 之一。")
+    matches = deployments_named(client, name)
+    if not matches:
+        details: dict[str, Any] = {"name": name}
+        if source == "config":
+            details["config"] = str(config_path)
+        raise AutoDLError(
+            ErrorType.NOT_FOUND,
+            f"没有名为 {name!r} 的部署。",
+            LIST_HINT + (" 该配置可能还没有提交过。" if source == "config" else ""),
+            details,
+        )
+    if len(matches) > 1:
+        candidates = [deployment_summary(d) for d in matches]
+        raise AutoDLError(
+            ErrorType.USAGE_ERROR,
+            f"有 {len(matches)} 个部署都叫 {name!r}, 无法确定是哪一个。",
+            "从 details.candidates 中选一个, 改用 --deployment-uuid UUID 重新执行。",
+            {"name": name, "candidates": candidates},
+        )
+    return matches[0]
+
+
+def resolve_from_args(client: Any, args: Any) -> dict[str, Any]:
+    """resolve_deployment for the flags added by cli.add_deployment_selector."""
+    return resolve_deployment(
+        client,
+        deployment_uuid=getattr(args, "deployment_uuid", None),
+        name=getattr(args, "name", None),
+        config_path=getattr(args, "config", None),
+    )
+
+
+def deployment_uuid_of_container(container_uuid: str) -> str | None:
+    """The deployment part of a container uuid, or None when it does not have that shape."""
+    match = CONTAINER_UUID_PATTERN.match(container_uuid.strip())
+    return match.group("deployment") if match else None
+
+
+def resolve_container(client: Any, container_uuid: str, deployment_uuid: str | None = None) -> dict[str, Any]:
+    """The container record (released ones included), found through its deployment.
+
+    The container list is per deployment; the deployment is taken from the container uuid
+    (`<deployment>-<machine>-<8 hex>`) when not given.
+    """
+    container_uuid = container_uuid.strip()
+    deployment_uuid = deployment_uuid or deployment_uuid_of_container(container_uuid)
+    if not deployment_uuid:
+        raise AutoDLError(
+            ErrorType.NOT_FOUND,
+            f"容器 UUID 格式不对: {container_uuid}",
+            "容器 UUID 形如 <部署UUID>-<主机ID>-<8位十六进制> (如 da497aea1eb8343-f94411a60c-a394fb30); "
+            "用 list_containers.py 查看。",
+            {"container_uuid": container_uuid},
+        )
+    try:
+        containers = api.list_containers(client, deployment_uuid, container_uuid=container_uuid, released=True)
+    except AutoDLError as error:
+        if not is_record_not_found(error):
+            raise
+        containers = []
+    found = next((c for c in containers if c.get("uuid") == container_uuid), None)
+    if found is None:
+        raise AutoDLError(
+            ErrorType.NOT_FOUND,
+            f"没有找到容器 {container_uuid} (部署 {deployment_uuid})。",
+            "用 list_containers.py --deployment-uuid UUID --released 查看该部署的全部容器。",
+            {"container_uuid": container_uuid, "deployment_uuid": deployment_uuid},
+        )
+    return found

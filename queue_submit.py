@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 from autodl_esd import cli  # noqa: E402
 
 EXAMPLES = [
+    "python queue_submit.py examples/replicaset-service.json --sim --sim-busy 30 --wait-running   # 本地模拟器试跑, 不花钱",
     "python queue_submit.py examples/replicaset-service.json --dry-run",
     "python queue_submit.py examples/job-training.json --interval 30 --timeout 3600",
     "python queue_submit.py examples/replicaset-service.json --wait-running",
@@ -24,23 +25,48 @@ def build_parser() -> cli.JsonArgumentParser:
         EXAMPLES,
     )
     parser.add_argument("config", metavar="CONFIG", help="部署配置 JSON 文件 (即创建部署的请求体)")
-    parser.add_argument("--interval", type=cli.positive_seconds, default=30.0, metavar="S", help="库存轮询间隔秒数, 可为小数 (默认 30)")
+    parser.add_argument("--interval", type=cli.positive_seconds, metavar="S", help="库存轮询间隔秒数, 可为小数 (默认 30; --sim 时默认 0.5)")
     parser.add_argument("--timeout", type=cli.non_negative_seconds, default=0.0, metavar="S", help="最多等待库存的秒数, 0 为不限 (默认 0)")
     parser.add_argument("--dry-run", action="store_true", help="只做校验、检查与一次库存查询, 输出将提交的请求体, 不创建")
     parser.add_argument("--wait-running", action="store_true", help="提交后等待容器进入 running 并输出服务地址与 SSH 命令")
     parser.add_argument("--startup-timeout", type=cli.positive_seconds, default=900.0, metavar="S", help="--wait-running 最多等待秒数 (默认 900)")
     parser.add_argument("--show-password", action="store_true", help="--wait-running 输出中显示 root 密码 (默认隐藏)")
     parser.add_argument("--allow-duplicate-name", action="store_true", help="已有同名运行中部署时仍然提交 (默认拒绝, 防止重复购买)")
+    sim = parser.add_argument_group("本地模拟器 (不需要令牌, 不调用真实平台)")
+    sim.add_argument("--sim", action="store_true", help="在内置的本地 AutoDL 模拟器上运行整个流程")
+    sim.add_argument("--sim-cluster", metavar="FILE", help="模拟器集群文件 (默认 scripts/simulator/default_cluster.json)")
+    sim.add_argument("--sim-busy", type=cli.non_negative_seconds, default=0.0, metavar="S",
+                     help="模拟其他租户占满所请求的 GPU 型号 S 秒 (模拟时间), 用来演示等待库存")
     return parser
 
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.config import load_and_validate
-    from autodl_esd.submit import SubmitOptions, Submitter
 
     config = load_and_validate(args.config)  # fails before any network call
+    if args.sim:
+        return _handle_simulated(args, ctx, config)
+    if args.sim_cluster or args.sim_busy:
+        raise cli.UsageError("--sim-cluster 与 --sim-busy 只能和 --sim 一起使用。")
+    return _submit(args, ctx, config, default_interval=30.0)
+
+
+def _handle_simulated(args, ctx: cli.Context, config: dict) -> dict:
+    from autodl_esd.sandbox import simulated_platform
+
+    busy_gpus = config["container_template"]["gpu_name_set"]
+    with simulated_platform(ctx.progress, cluster=args.sim_cluster, busy_seconds=args.sim_busy, busy_gpus=busy_gpus) as settings:
+        ctx.settings = settings
+        result = _submit(args, ctx, config, default_interval=0.5)
+    result["simulated"] = True
+    return result
+
+
+def _submit(args, ctx: cli.Context, config: dict, default_interval: float) -> dict:
+    from autodl_esd.submit import SubmitOptions, Submitter
+
     options = SubmitOptions(
-        interval=args.interval,
+        interval=args.interval or default_interval,
         timeout=args.timeout,
         dry_run=args.dry_run,
         wait_running=args.wait_running,

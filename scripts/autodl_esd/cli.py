@@ -13,7 +13,6 @@ single JSON document of the output contract.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import traceback
@@ -91,6 +90,8 @@ class Context:
     progress: Progress
     # Filled in by handlers as they go, so an interrupt can still report it.
     partial: dict[str, Any] = field(default_factory=dict)
+    # Set to talk to somewhere other than AUTODL_HOST (the embedded simulator).
+    settings: Any = None
     _client: Any = None
 
     def client(self) -> Any:
@@ -99,7 +100,7 @@ class Context:
             from .http import ApiClient
             from .settings import load_settings
 
-            self._client = ApiClient(load_settings(), progress=self.progress)
+            self._client = ApiClient(self.settings or load_settings(), progress=self.progress)
         return self._client
 
 
@@ -179,6 +180,3 @@ def script_main(main: Callable[[Sequence[str] | None], int]) -> None:
     """`if __name__ == "__main__": script_main(main)` — exit with main's code."""
     sys.exit(main(None))
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}

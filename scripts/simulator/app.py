@@ -18,6 +18,8 @@ from .world import NotFound, World
 # How often the background ticker moves the world forward (real seconds). Requests also
 # bring it up to date, so this only bounds how stale an idle simulator's state gets.
 TICK_SECONDS = 0.05
+# How often the HTTP loop checks for shutdown (real seconds); keeps stop() quick.
+SERVE_POLL_SECONDS = 0.05
 # wait_until() re-checks its predicate this often (real seconds).
 WAIT_POLL_SECONDS = 0.01
 # Speed used when none is given: one real second is a simulated minute, so a 20 s image
@@ -85,7 +87,8 @@ class Simulator:
         self.url = f"http://{bound_host}:{bound_port}"
         self._stopping.clear()
         self._threads = [
-            threading.Thread(target=self._server.serve_forever, name="sim-http", daemon=True),
+            threading.Thread(target=self._server.serve_forever, args=(SERVE_POLL_SECONDS,),
+                             name="sim-http", daemon=True),
             threading.Thread(target=self._tick_forever, name="sim-ticker", daemon=True),
         ]
         for thread in self._threads:

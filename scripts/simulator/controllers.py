@@ -109,10 +109,6 @@ class Container:
     def is_live(self) -> bool:
         return self.status != SHUTDOWN
 
-    @property
-    def completed_successfully(self) -> bool:
-        return self.status == SHUTDOWN and self.stop_reason == "exited" and self.exit_code == 0
-
 
 def containers_to_start(deployment: Deployment, containers: list[Container]) -> int:
     """How many new containers the controller wants right now."""

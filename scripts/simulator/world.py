@@ -142,8 +142,12 @@ class World:
                 container.phase_ends_at = at + lc.PHASE_SECONDS[status]
             self._set_status(container, status, at)
         elif container.status == lc.RUNNING:
-            # The command returned (or the faulty host killed it).
+            # The command returned (or the faulty host killed it). A Job counts the
+            # completion now, so it does not start a spare while this one shuts down.
             self._begin_shutdown(container, at, container.planned_exit_code, "exited")
+            deployment = self.deployments[container.deployment_uuid]
+            if deployment.deployment_type == JOB and container.exit_code == 0:
+                deployment.completions += 1
         elif container.status == lc.SHUTTING_DOWN:
             self._finish_shutdown(container, at)
 
@@ -176,9 +180,6 @@ class World:
         container.phase_ends_at = None
         container.stopped_at = at
         self._set_status(container, lc.SHUTDOWN, at)
-        deployment = self.deployments[container.deployment_uuid]
-        if deployment.deployment_type == JOB and container.completed_successfully:
-            deployment.completions += 1
         if container.reusable:
             self.pool.append(
                 PoolEntry(container.uuid, container.deployment_uuid, container.machine_id,

@@ -1,0 +1,565 @@
+"""Behaviour of the local AutoDL simulator: API contract, scheduling, controllers, faults.
+
+Most tests run the clock at speed 1 and move time with `sim.advance()`, so every assertion
+sees an exact simulated instant; tests of the ticker, the CLI and /svc use real speed-ups.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from simulator import ClusterConfigError, Simulator
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "sim-token"
+CREATE = "/api/v1/dev/deployment"
+STARTUP_EVENTS = ["creating", "created", "starting", "oss_merged", "running"]
+SECONDS_TO_RUNNING = 29  # creating 20 + created 2 + starting 5 + oss_merged 2
+GIB = 1024**3
+
+
+# ----- helpers ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def sim():
+    with Simulator(speed=1, seed=7) as simulator:
+        yield simulator
+
+
+def call(sim, method, path, body=None, token=TOKEN, **kwargs):
+    headers = {"Authorization": token} if token is not None else {}
+    return requests.request(method, sim.url + path, json=body, headers=headers, timeout=5, **kwargs)
+
+
+def ok(sim, method, path, body=None, **kwargs):
+    response = call(sim, method, path, body, **kwargs)
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert document["code"] == "Success", document
+    return document["data"]
+
+
+def business_error(sim, method, path, body=None):
+    response = call(sim, method, path, body)
+    assert response.status_code == 200
+    document = response.json()
+    assert document["code"] != "Success" and document["data"] is None
+    return document
+
+
+def template(**overrides):
+    base = {
+        "gpu_name_set": ["RTX 4090"], "gpu_num": 1, "cuda_v": 118,
+        "cpu_num_from": 1, "cpu_num_to": 100, "memory_size_from": 1, "memory_size_to": 256,
+        "price_from": 10, "price_to": 9000, "image_uuid": "image-db8346e037",
+        "cmd": "sleep infinity",
+    }
+    return {**base, **overrides}
+
+
+def create(sim, deployment_type="ReplicaSet", replica_num=1, name="demo", extra=None, **template_overrides):
+    body = {"name": name, "deployment_type": deployment_type,
+            "container_template": template(**template_overrides)}
+    if deployment_type != "Container":
+        body["replica_num"] = replica_num
+    if deployment_type == "Job":
+        body["parallelism_num"] = replica_num
+    body.update(extra or {})
+    return ok(sim, "POST", CREATE, body)["deployment_uuid"]
+
+
+def live(sim, deployment_uuid):
+    return [c for c in sim.containers(deployment_uuid) if c["status"] != "shutdown"]
+
+
+def statuses(sim, deployment_uuid):
+    return sorted(c["status"] for c in live(sim, deployment_uuid))
+
+
+def events(sim, deployment_uuid, **filters):
+    body = {"deployment_uuid": deployment_uuid, "page_index": 1, "page_size": 1000, **filters}
+    return ok(sim, "POST", "/api/v1/dev/deployment/container/event/list", body)["list"]
+
+
+def stock(sim, gpu_name):
+    for entry in ok(sim, "GET", "/api/v1/dev/machine/gpu_stock"):
+        if gpu_name in entry:
+            return entry[gpu_name]["idle_gpu_num"]
+    raise AssertionError(f"{gpu_name} not in stock")
+
+
+def deployment(sim, deployment_uuid):
+    body = {"page_index": 1, "page_size": 10, "deployment_uuid": deployment_uuid}
+    items = ok(sim, "POST", "/api/v1/dev/deployment/list", body)["list"]
+    return items[0] if items else None
+
+
+# ----- envelope, auth, routing -----------------------------------------------------------------
+
+def test_envelope_carries_code_msg_data_and_request_id(sim):
+    document = call(sim, "GET", "/api/v1/dev/machine/gpu_stock").json()
+    assert set(document) == {"code", "msg", "data", "request_id"}
+    assert document["code"] == "Success" and document["msg"] == ""
+    assert re.fullmatch(r"[0-9a-f]{32}", document["request_id"])
+
+
+@pytest.mark.parametrize("token, fragment", [(None, "Authorization"), ("wrong", "无效"),
+                                             (f"Bearer {TOKEN}", "Bearer")])
+def test_bad_authorization_is_401_with_envelope(sim, token, fragment):
+    response = call(sim, "GET", "/api/v1/dev/machine/gpu_stock", token=token)
+    assert response.status_code == 401
+    assert response.json()["code"] == "Unauthorized"
+    assert fragment in response.json()["msg"]
+
+
+def test_routing_errors(sim):
+    missing = call(sim, "POST", "/api/v1/dev/nope", {})
+    assert missing.status_code == 404 and missing.json()["code"] == "NotFound"
+    wrong_method = call(sim, "GET", "/api/v1/dev/deployment/list")
+    assert wrong_method.status_code == 404
+    malformed = requests.post(sim.url + "/api/v1/dev/deployment/list", data="{oops",
+                              headers={"Authorization": TOKEN}, timeout=5)
+    assert malformed.status_code == 400 and malformed.json()["code"] == "RequestParameterIsWrong"
+
+
+def test_get_with_json_body_is_a_parameter_error(sim):
+    document = business_error(sim, "GET", "/api/v1/dev/machine/gpu_stock", {"x": 1})
+    assert document["code"] == "RequestParameterIsWrong"
+
+
+def test_image_list_pages(sim):
+    first = ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 1, "page_size": 10})
+    second = ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 2, "page_size": 10})
+    zero = ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 0, "page_size": 10})
+    assert (first["max_page"], first["result_total"]) == (2, 12)
+    assert len(first["list"]) == 10 and len(second["list"]) == 2
+    assert zero["list"] == first["list"] and zero["page_index"] == 1
+    item = first["list"][0]
+    assert {"id", "image_uuid", "image_name", "name", "status", "created_at", "updated_at"} <= set(item)
+    assert re.fullmatch(r"image-[0-9a-f]{10}", item["image_uuid"])
+    shifted = ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 1, "page_size": 10, "offset": 5})
+    assert shifted["list"][0] == first["list"][5] and shifted["max_page"] == 1
+
+
+# ----- lifecycle, ids, units -------------------------------------------------------------------
+
+def test_container_walks_every_status_with_events_in_order(sim):
+    uuid = create(sim)
+    assert re.fullmatch(r"[0-9a-f]{15}", uuid)
+    assert statuses(sim, uuid) == ["creating"]
+    for _ in range(4):
+        sim.advance(20 if statuses(sim, uuid) == ["creating"] else 5)
+    assert statuses(sim, uuid) == ["running"]
+    assert [e["status"] for e in events(sim, uuid)] == STARTUP_EVENTS
+
+    [container] = ok(sim, "POST", "/api/v1/dev/deployment/container/list",
+                     {"deployment_uuid": uuid, "page_index": 1, "page_size": 10})["list"]
+    assert re.fullmatch(rf"{uuid}-[0-9a-f]{{10}}-[0-9a-f]{{8}}", container["uuid"])
+    assert container["uuid"].split("-")[1] == container["machine_id"]
+    # 8 x RTX 4090 / 96 vCPU / 480 GB: one scheduling unit is 12 vCPU + 60 GB.
+    assert container["cpu_num"] == 12 and container["memory_size"] == 60 * GIB
+    assert container["info"]["service_url"] == f"{sim.url}/svc/{container['uuid']}"
+    assert container["started_at"] and container["stopped_at"] is None
+    listed = deployment(sim, uuid)
+    assert listed["template"]["memory_size_to"] == 256 * GIB
+    assert (listed["running_num"], listed["price_estimates"]) == (1, container["price"])
+
+
+def test_event_offset_returns_only_newer_events(sim):
+    uuid = create(sim)
+    sim.advance(SECONDS_TO_RUNNING)
+    newer = events(sim, uuid, offset=3)
+    assert [e["status"] for e in newer] == STARTUP_EVENTS[3:]
+
+
+def test_stock_drops_while_placed_and_recovers_after_stop(sim):
+    before = stock(sim, "RTX 4090")
+    uuid = create(sim, replica_num=2, gpu_num=2)
+    assert stock(sim, "RTX 4090") == before - 4
+    ok(sim, "PUT", "/api/v1/dev/deployment/operate", {"deployment_uuid": uuid, "operate": "stop"})
+    assert stock(sim, "RTX 4090") == before - 4  # still shutting down
+    sim.advance(3)
+    assert stock(sim, "RTX 4090") == before
+    assert deployment(sim, uuid)["status"] == "stopped"
+
+
+def test_create_without_stock_fails_and_creates_nothing(sim):
+    sim.occupy("RTX 4090", 100)
+    document = business_error(sim, "POST", CREATE, {
+        "name": "x", "deployment_type": "ReplicaSet", "replica_num": 1, "container_template": template()})
+    assert document["msg"] == "当前算力规格暂无库存"
+    assert ok(sim, "POST", "/api/v1/dev/deployment/list", {"page_index": 1, "page_size": 10})["list"] == []
+    assert [r for r in sim.request_log() if r[:2] == ("POST", CREATE)] != []
+
+
+def test_occupancy_expires_on_the_simulated_clock(sim):
+    assert stock(sim, "NVIDIA A40") == 0  # the default cluster's background load
+    assert sim.occupy("RTX 4090", 5, seconds=100) == 5
+    assert stock(sim, "RTX 4090") == 15
+    sim.advance(300)
+    assert stock(sim, "RTX 4090") == 20 and stock(sim, "NVIDIA A40") == 4
+
+
+def test_placement_honours_filters():
+    with Simulator(speed=1) as sim:
+        # Only the westDC3 host gives 16 vCPU per GPU.
+        uuid = create(sim, cpu_num_from=13)
+        assert live(sim, uuid)[0]["machine_id"] == "a2e9f0c473"
+        # Only one host's driver reaches CUDA 12.4.
+        uuid = create(sim, name="cuda", cuda_v=124)
+        assert live(sim, uuid)[0]["machine_id"] == "4f1c2a9be0"
+        # Eight GPUs must sit on one 8-GPU host.
+        uuid = create(sim, name="big", gpu_num=8, memory_size_to=1024)
+        assert live(sim, uuid)[0]["machine_id"] in ("4f1c2a9be0", "7d03e5b8c1")
+        assert business_error(sim, "POST", CREATE, {
+            "name": "x", "deployment_type": "Container",
+            "container_template": template(image_uuid="image-ffffffffff")})["msg"] == "镜像不存在"
+
+
+def test_create_validation_names_the_field(sim):
+    document = business_error(sim, "POST", CREATE, {
+        "name": "x", "deployment_type": "Job", "replica_num": 2, "container_template": template()})
+    assert document["code"] == "RequestParameterIsWrong" and "parallelism_num" in document["msg"]
+
+
+# ----- controllers -----------------------------------------------------------------------------
+
+def test_replicaset_replaces_a_crashed_container(sim):
+    uuid = create(sim)
+    sim.advance(SECONDS_TO_RUNNING)
+    [first] = live(sim, uuid)
+    sim.crash_container(first["uuid"], exit_code=139)
+    sim.advance(3)
+    [replacement] = live(sim, uuid)
+    assert replacement["uuid"] != first["uuid"]
+    statuses_of_first = [e["status"] for e in events(sim, uuid, deployment_container_uuid=first["uuid"])]
+    assert statuses_of_first == STARTUP_EVENTS + ["shutting_down", "shutdown"]
+
+
+def test_scale_up_and_down_stops_newest_first(sim):
+    uuid = create(sim)
+    sim.advance(SECONDS_TO_RUNNING)
+    ok(sim, "PUT", "/api/v1/dev/deployment/replica_num", {"deployment_uuid": uuid, "replica_num": 3})
+    assert len(live(sim, uuid)) == 3
+    oldest = sim.containers(uuid)[0]["uuid"]
+    ok(sim, "PUT", "/api/v1/dev/deployment/replica_num", {"deployment_uuid": uuid, "replica_num": 1})
+    sim.advance(3)
+    assert [c["uuid"] for c in live(sim, uuid)] == [oldest]
+    ok(sim, "PUT", "/api/v1/dev/deployment/replica_num", {"deployment_uuid": uuid, "replica_num": 0})
+    sim.advance(3)
+    assert live(sim, uuid) == [] and deployment(sim, uuid)["status"] == "running"
+
+
+def test_replica_num_is_for_replicasets_only(sim):
+    uuid = create(sim, deployment_type="Container")
+    document = business_error(sim, "PUT", "/api/v1/dev/deployment/replica_num",
+                              {"deployment_uuid": uuid, "replica_num": 2})
+    assert "ReplicaSet" in document["msg"]
+
+
+@pytest.mark.parametrize("decrease, expected_live", [(True, 1), (False, 2)])
+def test_stop_container_with_and_without_decrease(sim, decrease, expected_live):
+    uuid = create(sim, replica_num=2)
+    sim.advance(SECONDS_TO_RUNNING)
+    victim = live(sim, uuid)[0]["uuid"]
+    ok(sim, "PUT", "/api/v1/dev/deployment/container/stop",
+       {"deployment_container_uuid": victim, "decrease_one_replica_num": decrease})
+    sim.advance(3)
+    assert len(live(sim, uuid)) == expected_live
+    assert deployment(sim, uuid)["replica_num"] == expected_live
+
+
+def test_job_completes_replica_num_within_parallelism(sim):
+    uuid = create(sim, deployment_type="Job", replica_num=4, extra={"parallelism_num": 2}, cmd="sleep 10")
+    sim.advance(SECONDS_TO_RUNNING)
+    sim.crash_container(live(sim, uuid)[0]["uuid"])  # a failure is retried, not counted
+    for _ in range(10):
+        sim.advance(20)
+    assert deployment(sim, uuid)["status"] == "stopped"
+    containers = sim.containers(uuid)
+    assert sum(c["exit_code"] == 0 and c["stop_reason"] == "exited" for c in containers) == 4
+    assert len(containers) == 5
+    active, peak = set(), 0
+    for event in events(sim, uuid):
+        if event["status"] == "creating":
+            active.add(event["deployment_container_uuid"])
+        elif event["status"] == "shutting_down":
+            active.discard(event["deployment_container_uuid"])
+        peak = max(peak, len(active))
+    assert peak == 2
+
+
+@pytest.mark.parametrize("cmd", ["sleep 5", "exit 3"])
+def test_container_type_runs_once(sim, cmd):
+    uuid = create(sim, deployment_type="Container", cmd=cmd)
+    sim.advance(SECONDS_TO_RUNNING + 10)
+    assert len(sim.containers(uuid)) == 1
+    listed = deployment(sim, uuid)
+    assert (listed["status"], listed["finished_num"]) == ("stopped", 1)
+    assert listed["stopped_at"] is not None
+
+
+def test_stop_operate_validation_and_delete(sim):
+    uuid = create(sim, replica_num=2)
+    assert business_error(sim, "PUT", "/api/v1/dev/deployment/operate",
+                          {"deployment_uuid": uuid, "operate": "start"})["code"] == "RequestParameterIsWrong"
+    ok(sim, "DELETE", CREATE, {"deployment_uuid": uuid})
+    assert deployment(sim, uuid) is None
+    assert business_error(sim, "POST", "/api/v1/dev/deployment/container/list",
+                          {"deployment_uuid": uuid, "page_index": 1, "page_size": 10})["code"] == "RecordNotFoundError"
+    sim.advance(3)
+    assert stock(sim, "RTX 4090") == 20
+
+
+def test_released_filter_shows_stopped_containers(sim):
+    uuid = create(sim, deployment_type="Container", cmd="sleep 1")
+    sim.advance(SECONDS_TO_RUNNING + 5)
+    body = {"deployment_uuid": uuid, "page_index": 1, "page_size": 10}
+    assert ok(sim, "POST", "/api/v1/dev/deployment/container/list", body)["list"] == []
+    released = ok(sim, "POST", "/api/v1/dev/deployment/container/list", {**body, "released": True})["list"]
+    assert [c["status"] for c in released] == ["shutdown"] and released[0]["stopped_at"]
+
+
+# ----- blacklist -------------------------------------------------------------------------------
+
+def test_blacklisted_machine_gets_no_new_containers(sim):
+    uuid = create(sim, cuda_v=122)  # two hosts qualify
+    sim.advance(SECONDS_TO_RUNNING)
+    [first] = live(sim, uuid)
+    ok(sim, "POST", "/api/v1/dev/deployment/blacklist",
+       {"deployment_container_uuid": first["uuid"], "comment": "slow start"})
+    ok(sim, "PUT", "/api/v1/dev/deployment/replica_num", {"deployment_uuid": uuid, "replica_num": 4})
+    newcomers = [c for c in live(sim, uuid) if c["uuid"] != first["uuid"]]
+    assert len(newcomers) == 3
+    assert first["machine_id"] not in {c["machine_id"] for c in newcomers}
+    [entry] = ok(sim, "GET", "/api/v1/dev/deployment/blacklist")
+    assert entry["machine_id"] == first["machine_id"] and entry["msg"] == "slow start"
+    assert set(entry) == {"created_at", "updated_at", "data_center", "expired_time", "machine_id", "msg"}
+    sim.advance(1440 * 60)
+    assert ok(sim, "GET", "/api/v1/dev/deployment/blacklist") == []
+
+
+def test_blacklist_expiry_limit(sim):
+    uuid = create(sim)
+    container = live(sim, uuid)[0]["uuid"]
+    document = business_error(sim, "POST", "/api/v1/dev/deployment/blacklist",
+                              {"deployment_container_uuid": container, "expire_in_minutes": 43201})
+    assert document["code"] == "RequestParameterIsWrong" and "43200" in document["msg"]
+
+
+# ----- reuse pool ------------------------------------------------------------------------------
+
+def test_reuse_starts_faster_keeps_files_and_gets_a_new_uuid():
+    with Simulator(speed=1, seed=3) as sim:
+        uuid = create(sim, extra={"reuse_container": True}, cuda_v=124)  # one host only
+        sim.advance(SECONDS_TO_RUNNING)
+        [old] = live(sim, uuid)
+        written = requests.post(f"{sim.url}/svc/{old['uuid']}/files", json={"/root/model.bin": "v1"}, timeout=5)
+        assert written.status_code == 200
+        # The pool only holds containers that reached `shutdown`: scale to 0, then back up.
+        ok(sim, "PUT", "/api/v1/dev/deployment/replica_num", {"deployment_uuid": uuid, "replica_num": 0})
+        sim.advance(3)
+        ok(sim, "PUT", "/api/v1/dev/deployment/replica_num", {"deployment_uuid": uuid, "replica_num": 1})
+        [new] = live(sim, uuid)
+        sim.advance(3)  # reused containers skip most of `creating`
+        assert live(sim, uuid)[0]["status"] == "created"
+        sim.advance(9)
+        files = requests.get(f"{sim.url}/svc/{new['uuid']}/files", timeout=5).json()["files"]
+        assert files["/root/model.bin"] == "v1"
+        assert files["/root/.sim_boot_history"].split() == [old["uuid"], new["uuid"]]
+        assert new["uuid"] != old["uuid"] and sim.containers(uuid)[-1]["reused_from"] == old["uuid"]
+
+
+def test_no_cache_keeps_a_container_out_of_the_pool(sim):
+    uuid = create(sim, extra={"reuse_container": True}, cuda_v=124)
+    sim.advance(SECONDS_TO_RUNNING)
+    [old] = live(sim, uuid)
+    ok(sim, "PUT", "/api/v1/dev/deployment/container/stop",
+       {"deployment_container_uuid": old["uuid"], "no_cache": True, "decrease_one_replica_num": True})
+    sim.advance(3)
+    ok(sim, "PUT", "/api/v1/dev/deployment/replica_num", {"deployment_uuid": uuid, "replica_num": 1})
+    assert sim.containers(uuid)[-1]["reused_from"] is None
+
+
+# ----- faults ----------------------------------------------------------------------------------
+
+def test_error_rate_answers_5xx_but_spares_controls():
+    with Simulator(speed=1, faults="error_rate=1") as sim:
+        codes = {call(sim, "GET", "/api/v1/dev/machine/gpu_stock").status_code for _ in range(12)}
+        assert codes <= {500, 502, 503} and len(codes) > 1
+        state = requests.get(sim.url + "/_sim/state", headers={"Authorization": TOKEN}, timeout=5)
+        assert state.status_code == 200
+
+
+def test_slow_create_commits_before_answering():
+    with Simulator(speed=1, faults={"create_slow_seconds": 0.6}) as sim:
+        body = {"name": "slow", "deployment_type": "Container", "container_template": template()}
+        with pytest.raises(requests.Timeout):
+            requests.post(sim.url + CREATE, json=body, headers={"Authorization": TOKEN}, timeout=0.2)
+        assert [d["name"] for d in sim.deployments()] == ["slow"]
+
+
+def test_create_error_after_commit_then_normal():
+    with Simulator(speed=1, faults="create_error_after_commit=1") as sim:
+        body = {"name": "flaky", "deployment_type": "Container", "container_template": template()}
+        assert call(sim, "POST", CREATE, body).status_code == 503
+        assert ok(sim, "POST", CREATE, {**body, "name": "second"})["deployment_uuid"]
+        assert sorted(d["name"] for d in sim.deployments()) == ["flaky", "second"]
+        assert len([r for r in sim.request_log() if r[:2] == ("POST", CREATE)]) == 2
+
+
+def test_slow_rate_delays_answers():
+    with Simulator(speed=1, faults="slow_rate=1,slow_seconds=0.2") as sim:
+        started = time.monotonic()
+        ok(sim, "GET", "/api/v1/dev/machine/gpu_stock")
+        assert time.monotonic() - started >= 0.2
+
+
+def test_faulty_machine_crashes_its_containers():
+    cluster = {"machines": [{"machine_id": "0123456789", "region": "westDC2", "gpu_name": "RTX 4090",
+                             "gpu_num": 2, "cpu_num": 16, "memory_gb": 64, "price": 2000,
+                             "max_cuda": 122, "faulty": True}],
+               "images": [{"image_uuid": "image-db8346e037", "name": "x"}]}
+    with Simulator(speed=1, cluster=cluster) as sim:
+        uuid = create(sim)
+        sim.advance(SECONDS_TO_RUNNING + 15)
+        first = sim.containers(uuid)[0]
+        assert first["stop_reason"] == "exited" and first["exit_code"] != 0
+        assert len(sim.containers(uuid)) == 2  # the ReplicaSet replaced it
+
+
+def test_fault_spec_errors():
+    with pytest.raises(ValueError, match="unknown fault"):
+        Simulator(faults="explode=1")
+    with pytest.raises(ValueError, match="out of range"):
+        Simulator(faults="error_rate=2")
+
+
+# ----- stock shapes, region stock, dialects ----------------------------------------------------
+
+def test_stock_shapes():
+    with Simulator(speed=1, stock_shape="dict") as sim:
+        data = ok(sim, "GET", "/api/v1/dev/machine/gpu_stock")
+        assert data["RTX 4090"] == {"gpu_name": "RTX 4090", "idle_gpu_num": 20, "total_gpu_num": 20}
+
+
+def test_region_stock(sim):
+    data = ok(sim, "POST", "/api/v1/dev/machine/region/gpu_stock",
+              {"region_sign": "westDC2", "gpu_name_set": ["RTX 4090"]})
+    assert data == [{"RTX 4090": {"total_gpu_num": 16, "idle_gpu_num": 16, "chip_corp": "nvidia", "cpu_arch": "x86"}}]
+    assert ok(sim, "POST", "/api/v1/dev/machine/region/gpu_stock", {"region_sign": "beijingDC4"}) == []
+    assert business_error(sim, "POST", "/api/v1/dev/machine/region/gpu_stock", {})["code"] == "RequestParameterIsWrong"
+
+
+def test_private_dialect():
+    with Simulator(speed=1, dialect="private") as sim:
+        public = template(dc_list=["westDC2"], cuda_v_from=113, cuda_v_to=128)
+        document = business_error(sim, "POST", CREATE, {
+            "name": "p", "deployment_type": "Container", "container_template": public})
+        assert "dc_list" in document["msg"]
+        assert call(sim, "GET", "/api/v1/dev/deployment/blacklist").status_code == 404
+        assert call(sim, "GET", "/api/v1/dev/deployment/ddp/overview?deployment_uuid=x").status_code == 404
+        assert ok(sim, "POST", "/api/v2/image/list", {"page_index": 1, "page_size": 100})["result_total"] == 4
+
+
+def test_public_dialect():
+    with Simulator(speed=1, dialect="public") as sim:
+        document = business_error(sim, "POST", CREATE, {
+            "name": "p", "deployment_type": "Container", "container_template": template()})
+        assert "dc_list" in document["msg"]
+        assert call(sim, "POST", "/api/v2/image/list", {}).status_code == 404
+        uuid = create(sim, dc_list=["westDC3"], cuda_v_from=113, cuda_v_to=128, cuda_v=None)
+        assert live(sim, uuid)[0]["data_center"] == "westDC3"
+        assert ok(sim, "GET", f"/api/v1/dev/deployment/ddp/overview?deployment_uuid={uuid}") == []
+
+
+# ----- /svc and /_sim --------------------------------------------------------------------------
+
+def test_service_endpoint_latency_and_dead_upstream():
+    with Simulator(speed=1000) as sim:
+        uuid = create(sim, cuda_v=124)
+        container = sim.wait_until(lambda: [c for c in live(sim, uuid) if c["status"] == "running"], timeout=5)[0]
+        sim.set_machine_latency(container["machine_id"], 0.2)
+        started = time.monotonic()
+        answer = requests.get(container["info"]["service_6006_port_url"] + "/predict", timeout=5)
+        assert time.monotonic() - started >= 0.2
+        assert answer.json()["container_uuid"] == container["uuid"] and answer.json()["path"] == "/p6006/predict"
+        assert requests.get(container["info"]["service_url"] + "/health", timeout=5).json() == {"ok": True}
+        ok(sim, "PUT", "/api/v1/dev/deployment/container/stop",
+           {"deployment_container_uuid": container["uuid"], "decrease_one_replica_num": True})
+        assert requests.get(container["info"]["service_url"], timeout=5).status_code == 502
+        assert requests.get(sim.url + "/svc/nope", timeout=5).status_code == 404
+
+
+def test_http_controls():
+    with Simulator(speed=1) as sim:
+        headers = {"Authorization": TOKEN}
+        assert requests.get(sim.url + "/_sim/state", timeout=5).status_code == 401
+        occupied = requests.post(sim.url + "/_sim/occupy", json={"gpu_name": "RTX 4090", "count": 3},
+                                 headers=headers, timeout=5).json()["data"]
+        assert occupied == {"occupied": 3} and stock(sim, "RTX 4090") == 17
+        requests.post(sim.url + "/_sim/release", headers=headers, timeout=5)
+        requests.post(sim.url + "/_sim/advance", json={"seconds": 500}, headers=headers, timeout=5)
+        state = requests.get(sim.url + "/_sim/state", headers=headers, timeout=5).json()["data"]
+        assert state["now"] >= 500 and sum(m["free_gpus"] for m in state["machines"]) == 36
+        bad = requests.post(sim.url + "/_sim/faulty", json={"machine_id": "nope"}, headers=headers, timeout=5)
+        assert bad.status_code == 400
+
+
+def test_ticker_advances_without_requests():
+    with Simulator(speed=1000) as sim:
+        uuid = create(sim)
+        time.sleep(0.15)
+        with sim.world.lock:
+            assert sim.world.now >= SECONDS_TO_RUNNING
+        assert statuses(sim, uuid) == ["running"]
+
+
+def test_stop_is_idempotent():
+    sim = Simulator().start()
+    sim.stop()
+    sim.stop()
+
+
+def test_bad_cluster_reports_every_problem():
+    with pytest.raises(ClusterConfigError) as caught:
+        Simulator(cluster={"machines": [{"machine_id": "xyz", "gpu_num": 0}], "images": []})
+    problems = " ".join(caught.value.problems)
+    assert "machine_id" in problems and "gpu_num" in problems and "region" in problems
+
+
+# ----- CLI -------------------------------------------------------------------------------------
+
+def test_cli_serves_and_exits_cleanly_on_sigterm():
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "autodl_sim.py"), "--port", "0", "--token", "t0k"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(process.stdout.readline())
+        assert ready["status"] == "success" and ready["token"] == "t0k"
+        answer = requests.get(ready["url"] + "/api/v1/dev/machine/gpu_stock",
+                              headers={"Authorization": "t0k"}, timeout=5)
+        assert answer.json()["code"] == "Success"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert process.stdout.read() == ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_cli_bad_arguments_are_json():
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "autodl_sim.py"), "--speed", "0"],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["error_type"] == "usage_error"

@@ -7,6 +7,7 @@ touching `os.environ`, so a token from `.env` never leaks into child processes.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +68,10 @@ def normalize_host(raw: str) -> str:
     return host
 
 
-def load_settings(environ: dict[str, str] | None = None, env_file: Path = ENV_FILE) -> Settings:
+def load_settings(environ: dict[str, str] | None = None, env_file: Path | None = None) -> Settings:
     environ = dict(os.environ if environ is None else environ)
+    # Resolved at call time, not bound as a default, so ENV_FILE can be redirected (tests).
+    env_file = ENV_FILE if env_file is None else env_file
     file_values = _read_env_file(env_file)
 
     def lookup(name: str) -> str | None:
@@ -89,7 +92,7 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path = ENV_FI
     timeout_text = lookup("AUTODL_HTTP_TIMEOUT")
     try:
         http_timeout = float(timeout_text) if timeout_text else DEFAULT_HTTP_TIMEOUT_SECONDS
-        if http_timeout <= 0:
+        if not math.isfinite(http_timeout) or http_timeout <= 0:  # nan/inf break the socket layer
             raise ValueError
     except ValueError:
         raise AutoDLError(

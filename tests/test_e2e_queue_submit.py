@@ -1,0 +1,166 @@
+"""queue_submit.py end to end against the local simulator on a loopback port.
+
+Each test starts its own simulator (fast simulated time), points the scripts at it through
+AUTODL_HOST/AUTODL_TOKEN, and checks what the platform ended up with: never more than one
+deployment per submission, whatever the faults.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import requests
+
+from conftest import ROOT
+
+simulator = pytest.importorskip("simulator")
+
+# 200 simulated seconds per real second: a ~30 s container start-up takes ~0.15 s.
+SPEED = 200.0
+CREATE = ("POST", "/api/v1/dev/deployment")
+EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    def start(**kwargs):
+        kwargs.setdefault("speed", SPEED)
+        kwargs.setdefault("seed", 1)
+        instance = simulator.Simulator(**kwargs).start()
+        started.append(instance)
+        monkeypatch.setenv("AUTODL_HOST", instance.url)
+        monkeypatch.setenv("AUTODL_TOKEN", instance.token)
+        return instance
+
+    started: list = []
+    yield start
+    for instance in started:
+        instance.stop()
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    def write(config=EXAMPLE, **changes):
+        config = copy.deepcopy(config)
+        config.update(changes)
+        path = tmp_path / f"{config['name']}.json"
+        path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+        return str(path)
+
+    return write
+
+
+def creates(instance):
+    return [entry for entry in instance.request_log() if entry[:2] == CREATE]
+
+
+def test_waits_until_stock_frees_then_submits(sim, run, config_file, result_validator):
+    instance = sim()
+    for gpu_name in EXAMPLE["container_template"]["gpu_name_set"]:
+        instance.occupy(gpu_name, 10_000, seconds=60)
+
+    code, out, err = run("queue_submit.py", config_file(), "--interval", "0.05")
+
+    assert code == 0, out
+    assert out["waited_seconds"] > 0 and "等待库存" in err
+    assert instance.now() >= 60, "submitted before the background tenants released the cards"
+    assert len(creates(instance)) == 1
+    assert [d["uuid"] for d in instance.deployments()] == [out["deployment_uuid"]]
+    result_validator.validate(out)
+
+
+def test_wait_running_reports_reachable_service_urls(sim, run, config_file):
+    sim()
+
+    code, out, _ = run("queue_submit.py", config_file(), "--interval", "0.05", "--wait-running", "--quiet")
+
+    assert code == 0, out
+    assert len(out["containers"]) == EXAMPLE["replica_num"]
+    for container in out["containers"]:
+        assert container["status"] == "running" and container["root_password"] == "***"
+        response = requests.get(container["service_urls"]["service_url"] + "/health", timeout=5)
+        assert response.status_code == 200
+
+
+def test_rerunning_the_command_does_not_buy_a_second_deployment(sim, run, config_file, result_validator):
+    instance = sim()
+    path = config_file()
+
+    first = run("queue_submit.py", path, "--interval", "0.05", "--quiet")
+    second = run("queue_submit.py", path, "--interval", "0.05", "--quiet")
+
+    assert first[0] == 0
+    assert second[0] == 1 and second[1]["error_type"] == "deployment_exists"
+    assert second[1]["details"]["deployment_uuid"] == first[1]["deployment_uuid"]
+    assert len(creates(instance)) == 1
+    result_validator.validate(second[1])
+
+
+def test_dry_run_creates_nothing(sim, run, config_file):
+    instance = sim()
+
+    code, out, _ = run("queue_submit.py", config_file(), "--dry-run", "--quiet")
+
+    assert code == 0 and out["would_submit_now"] is True
+    assert not creates(instance) and not instance.deployments()
+
+
+def test_job_runs_to_completion(sim, run, config_file):
+    instance = sim()
+    job = copy.deepcopy(EXAMPLE)
+    job.update(name="train-job", deployment_type="Job", replica_num=3, parallelism_num=2)
+    job["container_template"]["cmd"] = "sleep 30"
+
+    code, out, _ = run("queue_submit.py", config_file(job), "--interval", "0.05", "--wait-running", "--quiet")
+
+    assert code == 0, out
+    deployment = instance.wait_until(
+        lambda: next((d for d in instance.deployments() if d["uuid"] == out["deployment_uuid"] and d["finished_num"] >= 3), None),
+        timeout=10,
+    )
+    assert deployment["status"] == "stopped"
+    finished = [c for c in instance.containers(out["deployment_uuid"]) if c["exit_code"] == 0]
+    assert len(finished) == 3
+
+
+@pytest.mark.parametrize("faults", [
+    "error_rate=0.2",
+    "create_error_after_commit=1",
+    "slow_rate=0.3,slow_seconds=1.5",
+])
+def test_faults_never_cause_a_duplicate_deployment(sim, run, config_file, faults, monkeypatch, result_validator):
+    monkeypatch.setenv("AUTODL_HTTP_TIMEOUT", "1")
+    instance = sim(faults=faults)
+
+    code, out, _ = run("queue_submit.py", config_file(), "--interval", "0.05", "--quiet")
+
+    assert code == 0, out
+    assert len(instance.deployments()) == 1
+    assert instance.deployments()[0]["uuid"] == out["deployment_uuid"]
+    result_validator.validate(out)
+
+
+def test_slow_create_that_lands_after_the_client_gave_up_is_recovered(sim, run, config_file, monkeypatch):
+    monkeypatch.setenv("AUTODL_HTTP_TIMEOUT", "0.5")
+    instance = sim(faults="create_slow_seconds=1.5")
+
+    code, out, err = run("queue_submit.py", config_file(), "--interval", "0.05")
+
+    assert code == 0, out
+    assert out["recovered"] is True and "核对" in err
+    assert len(creates(instance)) == 1
+    assert [d["uuid"] for d in instance.deployments()] == [out["deployment_uuid"]]
+
+
+def test_sim_flag_runs_the_demo_without_a_token(run, config_file, monkeypatch, result_validator):
+    monkeypatch.delenv("AUTODL_TOKEN")
+
+    code, out, err = run("queue_submit.py", config_file(), "--sim", "--sim-busy", "20", "--wait-running")
+
+    assert code == 0, out
+    assert out["simulated"] is True and out["waited_seconds"] > 0
+    assert len(out["containers"]) == EXAMPLE["replica_num"]
+    assert "本地模拟器已启动" in err
+    result_validator.validate(out)

@@ -24,6 +24,8 @@ REGION_STOCK_PATH = "/api/v1/dev/machine/region/gpu_stock"
 PAGE_SIZE = 100
 # A guard against a server that keeps answering "more pages" forever.
 MAX_PAGES = 1000
+# Keys of a list response besides `list`, returned when a caller asks for one page.
+PAGING_KEYS = ("page_index", "page_size", "max_page", "offset", "result_total")
 
 
 def iter_pages(client: ApiClient, path: str, body: dict[str, Any] | None = None, page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:

@@ -74,12 +74,64 @@ def non_negative_seconds(text: str) -> float:
     return value
 
 
+def _integer(text: str, minimum: int, maximum: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"不是整数: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"必须不小于 {minimum}: {text!r}")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"必须不大于 {maximum}: {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and page numbers: an integer >= 1."""
+    return _integer(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for offsets and replica counts: an integer >= 0."""
+    return _integer(text, 0)
+
+
+def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+    """argparse type for an integer within documented platform limits."""
+
+    def parse(text: str) -> int:
+        return _integer(text, minimum, maximum)
+
+    parse.__name__ = f"integer {minimum}..{maximum}"
+    return parse
+
+
 def add_deployment_selector(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """--deployment-uuid | --name | --config: the three ways to name one deployment."""
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--deployment-uuid", metavar="UUID", help="部署 UUID (15 位十六进制)")
     group.add_argument("--name", metavar="NAME", help="按部署名称精确匹配 (重名时报错并列出候选)")
     group.add_argument("--config", metavar="FILE", help="按部署配置文件中的 name 查找")
+
+
+def add_confirmation_flag(parser: argparse.ArgumentParser) -> None:
+    """--yes: a destructive operation runs only when asked for explicitly."""
+    parser.add_argument("--yes", action="store_true", help="确认执行; 不加时只返回 confirmation_required 并说明会发生什么")
+
+
+def confirmation_required(action: str, details: dict[str, Any]) -> AutoDLError:
+    """The answer of a destructive script run without --yes: what would happen, nothing done."""
+    return AutoDLError(
+        ErrorType.CONFIRMATION_REQUIRED,
+        f"{action} 是破坏性操作, 未加 --yes, 什么都没有做。",
+        "把 details 中将受影响的部署与容器告诉用户, 得到明确同意后加 --yes 重新执行。",
+        details,
+    )
+
+
+def list_result(items: list[Any], **extra: Any) -> dict[str, Any]:
+    """The shape every list script returns; an empty list is still a success."""
+    return {"items": items, "count": len(items), **extra}
 
 
 @dataclass

@@ -11,6 +11,9 @@ from .units import gb_from_bytes
 # client should prefer them (public cloud names first; the private cloud uses service_url).
 SERVICE_URL_KEYS = ("service_6006_port_url", "service_6008_port_url", "service_url")
 LIVE_STATUSES = ("creating", "created", "starting", "oss_merged", "running")
+# Every documented container status, in lifecycle order (api-reference.md, 容器状态).
+CONTAINER_STATUSES = (*LIVE_STATUSES, "shutting_down", "shutdown")
+STOPPING_STATUSES = ("shutting_down", "shutdown")
 
 
 def service_urls(container: dict[str, Any]) -> dict[str, str]:
@@ -37,6 +40,11 @@ def redact_container(container: dict[str, Any], show_password: bool = False) -> 
     if isinstance(shown.get("memory_size"), int):
         shown["memory_size_gb"] = gb_from_bytes(shown["memory_size"])
     return shown
+
+
+def container_view(container: dict[str, Any], show_password: bool = False) -> dict[str, Any]:
+    """A list item: the redacted API record plus its service URLs surfaced."""
+    return {**redact_container(container, show_password), "service_urls": service_urls(container)}
 
 
 def container_summary(container: dict[str, Any], show_password: bool = False) -> dict[str, Any]:

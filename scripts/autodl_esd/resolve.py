@@ -11,17 +11,22 @@ several deployments with one name. Such a name is ambiguous and an error that li
 candidates (uuid, type, status, created_at), never a guess — the scripts that take a
 deployment include stop and delete, where picking the wrong one is not recoverable. The
 agent repeats the command with `--deployment-uuid`.
+
+After a change (scale, stop, delete, ...) scripts read the object back with `read_back` and
+say whether the platform shows the new state (`"verified": true`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+import time
+from typing import Any, Callable
 
 from . import api
 from .cli import UsageError
 from .config import load_config
 from .errors import AutoDLError, ErrorType
+from .units import gb_from_bytes, yuan_from_price_units
 
 DEPLOYMENT_UUID_PATTERN = re.compile(r"^[0-9a-f]{15}$")
 # `<deployment uuid: 15 hex>-<machine id>-<8 hex>`, e.g. da497aea1eb8343-f94411a60c-a394fb30
@@ -46,6 +51,24 @@ def deployment_summary(deployment: dict[str, Any]) -> dict[str, Any]:
 def is_record_not_found(error: AutoDLError) -> bool:
     """The platform's way of saying an id does not exist (RecordNotFoundError)."""
     return getattr(error, "code", None) == "RecordNotFoundError"
+
+
+def deployment_view(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The list item as the API sent it, plus memory in GB and prices in yuan beside the raw values."""
+    shown = {"deployment_uuid": deployment.get("uuid"), **deployment}
+    if isinstance(deployment.get("price_estimates"), (int, float)):
+        shown["price_estimates_yuan"] = yuan_from_price_units(deployment["price_estimates"])
+    template = deployment.get("template")
+    if isinstance(template, dict):
+        template = dict(template)
+        for key in ("memory_size_from", "memory_size_to"):
+            if isinstance(template.get(key), int):
+                template[f"{key}_gb"] = gb_from_bytes(template[key])
+        for key in ("price_from", "price_to"):
+            if isinstance(template.get(key), (int, float)):
+                template[f"{key}_yuan"] = yuan_from_price_units(template[key])
+        shown["template"] = template
+    return shown
 
 
 def deployment_by_uuid(client: Any, deployment_uuid: str) -> dict[str, Any] | None:
@@ -173,3 +196,55 @@ def resolve_container(client: Any, container_uuid: str, deployment_uuid: str | N
             {"container_uuid": container_uuid, "deployment_uuid": deployment_uuid},
         )
     return found
+
+
+def deployment_impact(client: Any, deployment: dict[str, Any]) -> dict[str, Any]:
+    """What stopping or deleting this deployment would touch: it and its live containers."""
+    from .containers import LIVE_STATUSES, container_summary
+
+    containers = api.list_containers(client, deployment["uuid"])
+    live = [container_summary(c) for c in containers if c.get("status") in LIVE_STATUSES]
+    return {"deployment": deployment_summary(deployment), "live_containers": live, "live_container_count": len(live)}
+
+
+# --- reading back after a change ------------------------------------------------------
+
+# The platform applies changes asynchronously; five looks one second apart cover the lag
+# seen in practice without making a script that changed something hang.
+READ_BACK_ATTEMPTS = 5
+READ_BACK_PAUSE_SECONDS = 1.0
+
+
+def _sleep(seconds: float) -> None:
+    """Indirection so tests can skip real waiting."""
+    time.sleep(seconds)
+
+
+def read_back(
+    fetch: Callable[[], Any],
+    done: Callable[[Any], bool],
+    *,
+    attempts: int = READ_BACK_ATTEMPTS,
+    pause: float = READ_BACK_PAUSE_SECONDS,
+) -> tuple[Any, dict[str, Any]]:
+    """Re-read after a change until `done(value)`: (last value, {"verified": ...}).
+
+    A failed read never raises: the change itself was accepted, and turning that into an
+    error would invite the caller to repeat it. The report then carries `read_back_error`.
+    """
+    last: Any = None
+    error: str | None = None
+    for attempt in range(attempts):
+        if attempt:
+            _sleep(pause)
+        try:
+            last, error = fetch(), None
+        except AutoDLError as failure:
+            error = failure.message
+            continue
+        if done(last):
+            return last, {"verified": True}
+    report: dict[str, Any] = {"verified": False}
+    if error:
+        report["read_back_error"] = error
+    return last, report

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Keep the platform from scheduling onto the machine a container ran on."""
+
+from __future__ import annotations
+
+from autodl_esd import cli
+
+EXAMPLES = [
+    'python scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --comment "启动慢"',
+    "python scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --expire-minutes 4320   # 公有云",
+]
+
+# Public-cloud limits of expire_in_minutes: at least a minute, at most 30 days.
+MAX_EXPIRE_MINUTES = 43200
+
+
+def build_parser() -> cli.JsonArgumentParser:
+    parser = cli.make_parser(
+        "blacklist_host.py",
+        "把某个容器所在的主机加入调度黑名单: 之后不再往这台主机调度容器 (已在上面运行的容器不受影响)。"
+        "先查出容器所在主机并在输出中说明 (machine_id, data_center, gpu_name)。默认 24 小时后自动解除; "
+        "--expire-minutes 只有公有云支持 (私有云固定 24 小时)。",
+        EXAMPLES,
+    )
+    parser.add_argument("--container-uuid", required=True, metavar="UUID", help="运行在问题主机上的容器 UUID (可以是已停止的容器)")
+    parser.add_argument("--comment", metavar="TEXT", help="备注, 如 启动慢 / 频繁异常退出")
+    parser.add_argument("--expire-minutes", type=cli.int_between(1, MAX_EXPIRE_MINUTES), metavar="N",
+                        help=f"多少分钟后解除, 1..{MAX_EXPIRE_MINUTES} (30 天); 公有云字段, 不指定时平台默认 1440 (24 小时)")
+    return parser
+
+
+def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd import api
+    from autodl_esd.resolve import read_back, resolve_container
+
+    client = ctx.client()
+    container = resolve_container(client, args.container_uuid)
+    machine = {key: container.get(key) for key in ("machine_id", "data_center", "gpu_name")}
+    api.add_to_blacklist(client, container["uuid"], comment=args.comment, expire_in_minutes=args.expire_minutes)
+    ctx.progress.log(f"已请求把主机 {machine['machine_id']} 加入调度黑名单 (经由容器 {container['uuid']})")
+    # One look: the list endpoint exists on the public cloud only, so a failure is expected
+    # on a private cluster and is reported, not retried.
+    entries, verification = read_back(
+        lambda: api.list_blacklist(client),
+        lambda items: any(item.get("machine_id") == machine["machine_id"] for item in items),
+        attempts=1,
+    )
+    entry = next((item for item in entries or [] if item.get("machine_id") == machine["machine_id"]), None)
+    return {
+        "container_uuid": container["uuid"],
+        "deployment_uuid": container.get("deployment_uuid") or container["uuid"][:15],
+        **machine,
+        "comment": args.comment,
+        "expire_in_minutes": args.expire_minutes if args.expire_minutes is not None else "平台默认 (1440 分钟)",
+        **verification,
+        "blacklist_entry": entry,
+    }
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    cli.script_main(main)

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""A deployment's container events from an offset; --follow waits until containers reach a status."""
+
+from __future__ import annotations
+
+import time
+
+from autodl_esd import cli
+
+EXAMPLES = [
+    "python scripts/container_events.py --name my-service",
+    "python scripts/container_events.py --deployment-uuid 833f1cd5a764fa3 --offset 12",
+    "python scripts/container_events.py --name my-service --follow --until running --count 2 --timeout 900",
+    "python scripts/container_events.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30",
+]
+
+# Events change on the scale of seconds (image pull, start-up); 5 s keeps a follow
+# responsive without hammering the API.
+DEFAULT_INTERVAL_SECONDS = 5.0
+# Image pulls on a cold host can take several minutes; 15 minutes covers a large image
+# (the same budget as queue_submit --startup-timeout).
+DEFAULT_TIMEOUT_SECONDS = 900.0
+# A follow survives API blips; this many failed polls in a row (each already retried by the
+# HTTP client) means the API is down and following on is pointless.
+MAX_CONSECUTIVE_POLL_FAILURES = 10
+
+
+def build_parser() -> cli.JsonArgumentParser:
+    from autodl_esd.containers import CONTAINER_STATUSES
+
+    parser = cli.make_parser(
+        "container_events.py",
+        "查询部署的容器事件 (每个事件: 容器 UUID、进入的状态、时间; 按时间正序)。输出 next_offset, "
+        "下次加 --offset NEXT_OFFSET 只取新事件。--follow 持续轮询, 直到 --count 个不同容器出现过 "
+        "--until 状态 (默认 running); 超过 --timeout 返回 startup_timeout (退出码 2)。",
+        EXAMPLES,
+    )
+    cli.add_deployment_selector(parser, required=False)
+    parser.add_argument("--container-uuid", metavar="UUID", help="只看这个容器的事件; 不指定部署时从容器 UUID 推出部署")
+    parser.add_argument("--offset", type=cli.non_negative_int, default=0, metavar="N", help="跳过前 N 个事件 (上次输出的 next_offset), 默认 0")
+    parser.add_argument("--follow", action="store_true", help="持续轮询新事件, 直到达到 --until/--count 或超时")
+    parser.add_argument("--until", choices=CONTAINER_STATUSES, default="running", metavar="STATUS", help="--follow 等待的状态 (默认 running)")
+    parser.add_argument("--count", type=cli.positive_int, metavar="N",
+                        help="--follow 需要多少个不同容器达到该状态 (默认: ReplicaSet 为 replica_num, Job 为 min(parallelism_num, replica_num), Container 为 1; 指定 --container-uuid 时为 1)")
+    parser.add_argument("--interval", type=cli.positive_seconds, default=DEFAULT_INTERVAL_SECONDS, metavar="S", help="--follow 轮询间隔秒数, 可为小数 (默认 5)")
+    parser.add_argument("--timeout", type=cli.non_negative_seconds, default=DEFAULT_TIMEOUT_SECONDS, metavar="S", help="--follow 最多等待秒数, 0 为不限 (默认 900)")
+    return parser
+
+
+def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd import api
+    from autodl_esd.resolve import deployment_uuid_of_container, resolve_deployment, resolve_from_args
+
+    client = ctx.client()
+    if args.deployment_uuid or args.name or args.config:
+        deployment = resolve_from_args(client, args)
+    elif args.container_uuid and deployment_uuid_of_container(args.container_uuid):
+        deployment = resolve_deployment(client, deployment_uuid=deployment_uuid_of_container(args.container_uuid))
+    else:
+        raise cli.UsageError("需要指定部署: --deployment-uuid、--name、--config 之一 (或一个完整的 --container-uuid)。")
+
+    deployment_uuid = deployment["uuid"]
+    events, next_offset = api.list_events(client, deployment_uuid, offset=args.offset, container_uuid=args.container_uuid)
+    result = {"deployment_uuid": deployment_uuid, "offset": args.offset, "next_offset": next_offset}
+    if args.follow:
+        result.update(follow(args, ctx, deployment, events, next_offset))
+        events = result.pop("events")
+    return cli.list_result(events, **result)
+
+
+def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) -> dict:
+    """Poll from `offset` until `--count` distinct containers have reached `--until`."""
+    from autodl_esd import api
+    from autodl_esd.errors import ApiError, AutoDLError, ErrorType
+    from autodl_esd.submit import target_running
+
+    target = args.count or (1 if args.container_uuid else target_running(deployment))
+    started, failures, reached = time.monotonic(), 0, []
+    while True:
+        reached = list(dict.fromkeys(e.get("deployment_container_uuid") for e in events if e.get("status") == args.until))
+        elapsed = time.monotonic() - started
+        outcome = {
+            "events": events, "next_offset": offset, "until": args.until, "target_count": target,
+            "reached_containers": reached, "elapsed_seconds": round(elapsed, 1),
+        }
+        if len(reached) >= target:
+            return {**outcome, "reached": True}
+        if args.timeout and elapsed >= args.timeout:
+            raise AutoDLError(
+                ErrorType.STARTUP_TIMEOUT,
+                f"{args.timeout:g} 秒内只有 {len(reached)}/{target} 个容器进入 {args.until}。",
+                "部署仍然存在, 不要重新提交: 看 details.events 卡在哪个阶段, 或加 --offset NEXT_OFFSET 继续跟踪; "
+                "容器反复失败时用 list_containers.py --released 查看所在主机。",
+                {"deployment_uuid": deployment["uuid"], "reached": False, **outcome},
+            )
+        ctx.progress.status(f"等待 {target} 个容器进入 {args.until}: 已有 {len(reached)} 个, {elapsed:.0f}s")
+        time.sleep(min(args.interval, args.timeout - elapsed) if args.timeout else args.interval)
+        try:
+            new, offset = api.list_events(ctx.client(), deployment["uuid"], offset=offset, container_uuid=args.container_uuid)
+            failures = 0
+        except ApiError as error:
+            failures += 1
+            ctx.progress.log(f"查询事件失败 ({failures}/{MAX_CONSECUTIVE_POLL_FAILURES}): {error.message} 继续跟踪。")
+            if failures >= MAX_CONSECUTIVE_POLL_FAILURES:
+                raise
+            continue
+        for event in new:
+            ctx.progress.log(f"{event.get('deployment_container_uuid')} → {event.get('status')} ({event.get('created_at')})")
+        events = events + new
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    cli.script_main(main)

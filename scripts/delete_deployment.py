@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Delete a deployment (stopping it first if needed); needs --yes."""
+
+from __future__ import annotations
+
+from autodl_esd import cli
+
+EXAMPLES = [
+    "python scripts/delete_deployment.py --name old-job               # 只说明会删除什么",
+    "python scripts/delete_deployment.py --name old-job --yes",
+    "python scripts/delete_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
+]
+
+
+def build_parser() -> cli.JsonArgumentParser:
+    parser = cli.make_parser(
+        "delete_deployment.py",
+        "删除部署 (未停止的会先被停止)。不加 --yes 时什么都不做, 返回 confirmation_required 并列出"
+        "会删除的部署与会停掉的容器; 加 --yes 才执行, 然后确认它已从部署列表消失 (verified)。",
+        EXAMPLES,
+    )
+    cli.add_deployment_selector(parser)
+    cli.add_confirmation_flag(parser)
+    return parser
+
+
+def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd import api
+    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, read_back, resolve_from_args
+
+    client = ctx.client()
+    deployment = resolve_from_args(client, args)
+    impact = deployment_impact(client, deployment)
+    if not args.yes:
+        raise cli.confirmation_required(
+            f"删除部署 {deployment.get('name')} ({deployment['uuid']}, {deployment.get('deployment_type')}, "
+            f"状态 {deployment.get('status')}, {impact['live_container_count']} 个容器会被停止)",
+            {"action": "delete_deployment", **impact},
+        )
+
+    api.delete_deployment(client, deployment["uuid"])
+    ctx.progress.log(f"已请求删除部署 {deployment['uuid']}")
+    _after, verification = read_back(lambda: deployment_by_uuid(client, deployment["uuid"]), lambda d: d is None)
+    return {
+        "deployment_uuid": deployment["uuid"],
+        "deleted": True,
+        **verification,
+        **impact,
+    }
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    cli.script_main(main)

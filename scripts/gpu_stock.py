@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""GPU stock per model: idle and total cards, globally or summed over regions."""
+
+from __future__ import annotations
+
+from autodl_esd import cli
+
+EXAMPLES = [
+    "python scripts/gpu_stock.py",
+    'python scripts/gpu_stock.py --gpu "RTX 4090" --gpu "RTX A5000"',
+    "python scripts/gpu_stock.py --region westDC2 --region westDC3   # 公有云",
+]
+
+
+def build_parser() -> cli.JsonArgumentParser:
+    parser = cli.make_parser(
+        "gpu_stock.py",
+        "查询 GPU 库存: 每个型号的空闲卡数 idle 与总卡数 total。不加 --region 时查全局库存 "
+        "(私有云接口); 加 --region 时按地区查询并求和 (公有云接口)。stock 的键就是配置 "
+        "gpu_name_set 中要填的型号名称。库存按单卡计: 2 张空闲卡可能在两台主机上。",
+        EXAMPLES,
+    )
+    parser.add_argument("--region", action="append", metavar="CODE", help="地区代码, 可重复 (如 westDC2); 使用地区库存接口")
+    parser.add_argument("--gpu", action="append", metavar="NAME", help="只看这个型号, 可重复; 名称须完全一致, 不存在时报 gpu_type_not_found")
+    return parser
+
+
+def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd import api
+    from autodl_esd.errors import AutoDLError, ErrorType
+    from autodl_esd.stock import requested_stock
+
+    stock, raw = api.gpu_stock(ctx.client(), args.region)
+    unknown = [name for name in args.gpu or [] if name not in stock]
+    if unknown:
+        where = f" (地区: {', '.join(args.region)})" if args.region else ""
+        raise AutoDLError(
+            ErrorType.GPU_TYPE_NOT_FOUND,
+            f"没有这些 GPU 型号的库存记录{where}: {unknown}",
+            "从 details.available_gpus 中选择型号 (名称须完全一致, 包括大小写和空格)。",
+            {"requested": args.gpu, "unknown": unknown, "available_gpus": sorted(stock)},
+        )
+    if args.gpu:
+        stock = requested_stock(stock, args.gpu)
+    return {
+        "source": "region" if args.region else "global",
+        "regions": args.region or [],
+        "stock": stock,
+        "raw": raw,
+    }
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    cli.script_main(main)

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""List the account's deployments (all pages), with memory in GB and prices in yuan."""
+
+from __future__ import annotations
+
+from autodl_esd import cli
+
+EXAMPLES = [
+    "python scripts/list_deployments.py",
+    "python scripts/list_deployments.py --status running",
+    "python scripts/list_deployments.py --name my-service",
+]
+
+
+def build_parser() -> cli.JsonArgumentParser:
+    parser = cli.make_parser(
+        "list_deployments.py",
+        "列出部署 (默认拉取全部分页)。每项的 uuid 即其他脚本的 --deployment-uuid (也复制为 "
+        "deployment_uuid); 模板内存在 *_gb 中换算为 GB, 价格在 *_yuan 中换算为 元/小时, 原始值保留。",
+        EXAMPLES,
+    )
+    parser.add_argument("--name", metavar="NAME", help="按名称精确匹配")
+    parser.add_argument("--status", choices=("running", "stopped"), help="只看运行中或已停止的部署")
+    parser.add_argument("--deployment-uuid", metavar="UUID", help="只看这一个部署")
+    return parser
+
+
+def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd import api
+    from autodl_esd.resolve import deployment_view
+
+    deployments = api.list_deployments(ctx.client(), name=args.name, status=args.status, deployment_uuid=args.deployment_uuid)
+    return cli.list_result([deployment_view(d) for d in deployments])
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    cli.script_main(main)

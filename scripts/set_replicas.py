@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Scale a ReplicaSet deployment to N replicas and read the new value back."""
+
+from __future__ import annotations
+
+from autodl_esd import cli
+
+EXAMPLES = [
+    "python scripts/set_replicas.py --name my-service --replica-num 4",
+    "python scripts/set_replicas.py --deployment-uuid 833f1cd5a764fa3 --replica-num 1",
+]
+
+
+def build_parser() -> cli.JsonArgumentParser:
+    parser = cli.make_parser(
+        "set_replicas.py",
+        "设置 ReplicaSet 部署的副本数 (立即扩缩容), 然后从部署列表读回新值 (verified)。"
+        "只适用于 ReplicaSet; Job / Container 部署会直接报错并说明原因。"
+        "能否设为 0 各来源说法不一, 想全部停下请用 stop_deployment.py。",
+        EXAMPLES,
+    )
+    cli.add_deployment_selector(parser)
+    parser.add_argument("--replica-num", "--replicas", dest="replica_num", type=cli.non_negative_int, required=True, metavar="N", help="新的副本数")
+    return parser
+
+
+def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd import api
+    from autodl_esd.errors import AutoDLError, ErrorType
+    from autodl_esd.resolve import deployment_by_uuid, deployment_summary, read_back, resolve_from_args
+
+    client = ctx.client()
+    deployment = resolve_from_args(client, args)
+    kind, status = deployment.get("deployment_type"), deployment.get("status")
+    details = {"deployment_uuid": deployment["uuid"], "deployment_type": kind, "status": status}
+    if kind != "ReplicaSet":
+        raise AutoDLError(
+            ErrorType.USAGE_ERROR,
+            f"部署 {deployment['uuid']} 是 {kind} 类型, 副本数只能对 ReplicaSet 设置。",
+            "Job / Container 的容器数在创建时确定: 需要不同数量时停止该部署, 改配置后用 queue_submit.py 重新提交。",
+            details,
+        )
+    if status == "stopped":
+        raise AutoDLError(
+            ErrorType.USAGE_ERROR,
+            f"部署 {deployment['uuid']} 已停止, 无法设置副本数。",
+            "已停止的部署不能恢复; 需要服务时用 queue_submit.py 重新提交配置。",
+            details,
+        )
+
+    api.set_replica_num(client, deployment["uuid"], args.replica_num)
+    ctx.progress.log(f"已请求把 {deployment['uuid']} 的副本数从 {deployment.get('replica_num')} 设为 {args.replica_num}")
+    after, verification = read_back(
+        lambda: deployment_by_uuid(client, deployment["uuid"]),
+        lambda d: d is not None and d.get("replica_num") == args.replica_num,
+    )
+    return {
+        "deployment_uuid": deployment["uuid"],
+        "previous_replica_num": deployment.get("replica_num"),
+        "replica_num": args.replica_num,
+        **verification,
+        "deployment": deployment_summary(after or deployment),
+    }
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    cli.script_main(main)

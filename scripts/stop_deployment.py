@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Stop a whole deployment (all its containers); needs --yes."""
+
+from __future__ import annotations
+
+from autodl_esd import cli
+
+EXAMPLES = [
+    "python scripts/stop_deployment.py --name my-service            # 只说明会停掉什么",
+    "python scripts/stop_deployment.py --name my-service --yes",
+    "python scripts/stop_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
+]
+
+
+def build_parser() -> cli.JsonArgumentParser:
+    parser = cli.make_parser(
+        "stop_deployment.py",
+        "停止整个部署: 停掉它的全部容器, 不再调度 (停止后不能恢复, 只能重新提交)。不加 --yes 时什么都不做, "
+        "返回 confirmation_required 并列出会停掉的部署与容器; 加 --yes 才执行, 然后读回部署状态 (verified)。",
+        EXAMPLES,
+    )
+    cli.add_deployment_selector(parser)
+    cli.add_confirmation_flag(parser)
+    return parser
+
+
+def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd import api
+    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, deployment_summary, read_back, resolve_from_args
+
+    client = ctx.client()
+    deployment = resolve_from_args(client, args)
+    if deployment.get("status") == "stopped":
+        return {"deployment_uuid": deployment["uuid"], "changed": False, "verified": True,
+                "note": "部署已经是 stopped 状态, 没有再次停止。", "deployment": deployment_summary(deployment)}
+    impact = deployment_impact(client, deployment)
+    if not args.yes:
+        raise cli.confirmation_required(
+            f"停止部署 {deployment.get('name')} ({deployment['uuid']}, {deployment.get('deployment_type')}, "
+            f"{impact['live_container_count']} 个容器在运行或启动中)",
+            {"action": "stop_deployment", **impact},
+        )
+
+    api.stop_deployment(client, deployment["uuid"])
+    ctx.progress.log(f"已请求停止部署 {deployment['uuid']}")
+    after, verification = read_back(
+        lambda: deployment_by_uuid(client, deployment["uuid"]),
+        lambda d: d is None or d.get("status") == "stopped",
+    )
+    return {
+        "deployment_uuid": deployment["uuid"],
+        "changed": True,
+        **verification,
+        "deployment": deployment_summary(after or deployment),
+        "stopped_containers": impact["live_containers"],
+    }
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    cli.script_main(main)

@@ -390,6 +390,17 @@ def test_no_cache_keeps_a_container_out_of_the_pool(sim):
     assert sim.containers(uuid)[-1]["reused_from"] is None
 
 
+@pytest.mark.parametrize("scope, reused", [("all", True), ("deployment", False)])
+def test_reuse_scope_decides_whether_other_deployments_containers_qualify(sim, scope, reused):
+    first = create(sim, name="first", extra={"reuse_container": True}, cuda_v=124)
+    sim.advance(SECONDS_TO_RUNNING)
+    ok(sim, "PUT", "/api/v1/dev/deployment/operate", {"deployment_uuid": first, "operate": "stop"})
+    sim.advance(3)
+    second = create(sim, name="second", cuda_v=124,
+                    extra={"reuse_container": True, "reuse_container_scope": scope})
+    assert (sim.containers(second)[0]["reused_from"] is not None) is reused
+
+
 # ----- faults ----------------------------------------------------------------------------------
 
 def test_error_rate_answers_5xx_but_spares_controls():

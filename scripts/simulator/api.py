@@ -239,7 +239,7 @@ class Api:
         price = read_range(template, "price", required=True)
         image_uuid = read_str(template, "image_uuid", required=True)
         cmd = read_str(template, "cmd", required=True)
-        cmd_before_shutdown = read_str(template, "cmd_before_shutdown") or None
+        cmd_before_shutdown = read_str(either("cmd_before_shutdown"), "cmd_before_shutdown")
         dialect, min_cuda, regions, cuda_fields = self._read_dialect(template, deployment_type)
         image = self._image(image_uuid)
 
@@ -255,7 +255,7 @@ class Api:
         return NewDeployment(
             name=name, deployment_type=deployment_type, replica_num=replica_num,
             parallelism_num=parallelism_num, reuse_container=reuse, reuse_scope=reuse_scope,
-            image_uuid=image_uuid, cmd=cmd, cmd_before_shutdown=cmd_before_shutdown,
+            image_uuid=image_uuid, cmd=cmd,
             placement=PlacementFilter(
                 gpu_name_set=tuple(gpu_name_set), gpu_num=gpu_num,
                 cpu_num_from=cpu[0], cpu_num_to=cpu[1],
@@ -311,6 +311,7 @@ class Api:
             "replica_num": deployment.replica_num, "parallelism_num": spec.parallelism_num,
             "reuse_container": spec.reuse_container,
             "reuse_container_scope": spec.reuse_scope,
+            **spec.port_protocols,
             "starting_num": sum(1 for c in own if c.status in lc.STARTUP_PHASES),
             "running_num": sum(1 for c in own if c.status == lc.RUNNING),
             "finished_num": sum(1 for c in own if c.status == lc.SHUTDOWN),

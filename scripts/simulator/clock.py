@@ -39,10 +39,6 @@ class SimClock:
         with self._lock:
             self._jumped += seconds
 
-    def real_seconds(self, simulated_seconds: float) -> float:
-        """How long `simulated_seconds` take in real time at this speed."""
-        return simulated_seconds / self.speed
-
     def timestamp(self, simulated_seconds: float) -> str:
         """RFC 3339 timestamp (+08:00, whole seconds) for a simulated instant."""
         instant = self._wall_start + timedelta(seconds=int(simulated_seconds))

@@ -39,7 +39,6 @@ class NewDeployment:
     reuse_scope: str  # "all" | "deployment"
     image_uuid: str
     cmd: str
-    cmd_before_shutdown: str | None
     placement: PlacementFilter
     template: dict[str, Any]  # as submitted, for the list endpoint
     dialect: str  # "private" | "public": which template style was used
@@ -65,6 +64,7 @@ class Deployment:
     stopped_at: float | None = None
     deleted: bool = False
     completions: int = 0  # Job: containers that exited 0
+    containers_started: int = 0
     events: list[Event] = field(default_factory=list)
 
     @property
@@ -110,37 +110,37 @@ class Container:
         return self.status != SHUTDOWN
 
 
-def containers_to_start(deployment: Deployment, containers: list[Container]) -> int:
-    """How many new containers the controller wants right now."""
+def containers_to_start(deployment: Deployment, live: list[Container]) -> int:
+    """How many new containers the controller wants right now (`live`: not yet shut down)."""
     if deployment.status != DEPLOYMENT_RUNNING or deployment.deleted:
         return 0
-    counted = sum(1 for c in containers if c.counts_as_replica)
+    counted = sum(1 for c in live if c.counts_as_replica)
     if deployment.deployment_type == REPLICA_SET:
         return max(0, deployment.replica_num - counted)
     if deployment.deployment_type == JOB:
         remaining = deployment.replica_num - deployment.completions - counted
         room = deployment.spec.parallelism_num - counted
         return max(0, min(remaining, room))
-    return 0 if containers else 1
+    return 0 if deployment.containers_started else 1
 
 
-def containers_to_stop(deployment: Deployment, containers: list[Container]) -> list[Container]:
+def containers_to_stop(deployment: Deployment, live: list[Container]) -> list[Container]:
     """ReplicaSet surplus after a scale-down, newest first."""
     if deployment.deployment_type != REPLICA_SET:
         return []
-    counted = [c for c in containers if c.counts_as_replica]
+    counted = [c for c in live if c.counts_as_replica]
     surplus = len(counted) - deployment.replica_num
     if surplus <= 0:
         return []
     return sorted(counted, key=lambda c: (c.created_at, c.id), reverse=True)[:surplus]
 
 
-def work_is_done(deployment: Deployment, containers: list[Container]) -> bool:
+def work_is_done(deployment: Deployment, live: list[Container]) -> bool:
     """A Job with all completions, or a Container whose one container has ended."""
-    if any(c.is_live for c in containers):
+    if live:
         return False
     if deployment.deployment_type == JOB:
         return deployment.completions >= deployment.replica_num
     if deployment.deployment_type == CONTAINER:
-        return bool(containers)
+        return deployment.containers_started > 0
     return False

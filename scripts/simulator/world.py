@@ -90,6 +90,9 @@ class World:
         self.base_images: list[Image] = list(spec.base_images)
         self.deployments: dict[str, Deployment] = {}
         self.containers: dict[str, Container] = {}
+        # Containers not yet shut down: the only ones with timers or GPUs, so the per-step
+        # work stays small even after a crash loop has left thousands of dead containers.
+        self._live: dict[str, Container] = {}
         self.pool: list[PoolEntry] = []
         self.blacklist: dict[str, BlacklistEntry] = {}
         self.occupancy: list[Occupancy] = []
@@ -116,13 +119,13 @@ class World:
             self._reconcile()
 
     def _next_due_time(self) -> float | None:
-        times = [c.phase_ends_at for c in self.containers.values() if c.phase_ends_at is not None]
+        times = [c.phase_ends_at for c in self._live.values() if c.phase_ends_at is not None]
         times += [o.until for o in self.occupancy if o.until is not None]
         return min(times, default=None)
 
     def _fire_due(self) -> None:
         self.occupancy = [o for o in self.occupancy if o.until is None or o.until > self.now]
-        for container in list(self.containers.values()):
+        for container in list(self._live.values()):
             while container.phase_ends_at is not None and container.phase_ends_at <= self.now:
                 self._transition(container, container.phase_ends_at)
 
@@ -180,6 +183,7 @@ class World:
         container.phase_ends_at = None
         container.stopped_at = at
         self._set_status(container, lc.SHUTDOWN, at)
+        del self._live[container.uuid]
         if container.reusable:
             self.pool.append(
                 PoolEntry(container.uuid, container.deployment_uuid, container.machine_id,
@@ -205,13 +209,13 @@ class World:
         for deployment in self.deployments.values():
             if deployment.status != DEPLOYMENT_RUNNING or deployment.deleted:
                 continue
-            own = self.containers_of(deployment.uuid)
-            for container in containers_to_stop(deployment, own):
+            live = [c for c in self._live.values() if c.deployment_uuid == deployment.uuid]
+            for container in containers_to_stop(deployment, live):
                 self._stop(container, STOPPED_EXIT_CODE, "stopped")
-            if work_is_done(deployment, own):
+            if work_is_done(deployment, live):
                 self._mark_stopped(deployment)
                 continue
-            for _ in range(containers_to_start(deployment, own)):
+            for _ in range(containers_to_start(deployment, live)):
                 if not self._start_container(deployment):
                     break  # nothing fits now; a later tick retries
 
@@ -220,8 +224,7 @@ class World:
         deployment.stopped_at = deployment.updated_at = self.now
 
     def free_gpus(self, machine: Machine) -> int:
-        used = sum(c.gpu_num for c in self.containers.values()
-                   if c.machine_id == machine.machine_id and c.is_live)
+        used = sum(c.gpu_num for c in self._live.values() if c.machine_id == machine.machine_id)
         used += sum(o.gpus for o in self.occupancy if o.machine_id == machine.machine_id)
         return max(0, machine.gpu_num - used)
 
@@ -285,6 +288,8 @@ class World:
             files=dict(entry.files) if entry else {},
         )
         self.containers[container.uuid] = container
+        self._live[container.uuid] = container
+        deployment.containers_started += 1
         deployment.events.append(Event(container.uuid, lc.CREATING, self.now))
         return True
 
@@ -345,7 +350,7 @@ class World:
         with self.lock:
             if deployment.status == DEPLOYMENT_RUNNING:
                 self._mark_stopped(deployment)
-            for container in self.containers_of(deployment.uuid):
+            for container in [c for c in self._live.values() if c.deployment_uuid == deployment.uuid]:
                 self._stop(container, STOPPED_EXIT_CODE, "stopped")
 
     def delete_deployment(self, deployment: Deployment) -> None:

@@ -130,6 +130,8 @@ def _explain(error: Any) -> list[Problem]:
         }.get(missing, "补上该字段; 字段说明见 api-reference.md。")
         return [{"path": full_path, "message": f"缺少必填字段 '{missing}'", "hint": hint}]
     if kind == "not":  # fields that belong to the other dialect
+        if not isinstance(value, dict):
+            return []  # a template that is not an object is reported by its type error
         forbidden = [key for branch in error.validator_value["anyOf"] for key in branch["required"] if key in value]
         problems = []
         for key in forbidden:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import lifecycle as lc
 from .api import Api, ApiError
+from .controllers import Container
 from .faults import FaultInjector
 from .world import NotFound
 
@@ -238,7 +239,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 "served_at": world.clock.timestamp(world.clock.now()),
             })
 
-    def _serve_files(self, method: str, container: Any, body: bytes) -> None:
+    def _serve_files(self, method: str, container: Container, body: bytes) -> None:
         """GET lists the container's files; POST {path: content} writes some."""
         world = self.server.sim.world
         with world.lock:

@@ -182,9 +182,21 @@ def _explain(error: Any) -> list[Problem]:
     return [{"path": path, "message": error.message, "hint": "对照 schemas/deployment.schema.json 修正。"}]
 
 
-def _schema_problems(config: Any) -> list[Problem]:
+def _is_strict_integer(_checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _validator() -> Any:
     jsonschema = require("jsonschema")
-    validator = jsonschema.Draft202012Validator(load_schema())
+    base = jsonschema.Draft202012Validator
+    # JSON Schema counts 9.0 as an integer; the API's Int fields reject it, and a price of
+    # 9.0 is the classic "yuan instead of yuan x 1000" mistake, so integers must be ints.
+    strict = jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", _is_strict_integer))
+    return strict(load_schema())
+
+
+def _schema_problems(config: Any) -> list[Problem]:
+    validator = _validator()
     problems: list[Problem] = []
     for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
         # if/then/else and allOf wrap the interesting errors; report the leaves.

@@ -92,7 +92,9 @@ def _unknown_key_problems(error: Any, schema_properties: dict[str, Any]) -> list
         elif in_template and key in top_keys:
             hint = f"'{key}' 应放在顶层, 不在 container_template 里。"
         else:
-            close = difflib.get_close_matches(key, list(schema_properties), n=1, cutoff=0.6)
+            # Prefer fields the config does not have yet: a typo stands in for a missing key.
+            candidates = [name for name in schema_properties if name not in instance] or list(schema_properties)
+            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
             hint = f"你是否想写 '{close[0]}'?" if close else f"允许的字段: {', '.join(sorted(schema_properties))}"
         problems.append({"path": _path_text(parent + [key]), "message": f"未知字段 '{key}'", "hint": hint})
     return problems
@@ -214,12 +216,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _semantic_problems(config: dict[str, Any]) -> list[Problem]:
+def _semantic_problems(config: dict[str, Any], flagged: set[str] | frozenset[str] = frozenset()) -> list[Problem]:
+    """Rules across fields; a field the schema already flagged (e.g. bytes) is not compared."""
     problems: list[Problem] = []
     template = config.get(TEMPLATE)
     if not isinstance(template, dict):
         return problems
     for stem in RANGES:
+        if {f"{TEMPLATE}.{stem}_from", f"{TEMPLATE}.{stem}_to"} & flagged:
+            continue
         low, high = template.get(f"{stem}_from"), template.get(f"{stem}_to")
         if _is_int(low) and _is_int(high) and low > high:
             problems.append({
@@ -234,7 +239,8 @@ def validate_config(config: Any) -> list[Problem]:
     """Every problem of the config, empty when it is valid."""
     problems = _schema_problems(config)
     if isinstance(config, dict):
-        problems += [p for p in _semantic_problems(config) if p not in problems]
+        flagged = {problem["path"] for problem in problems}
+        problems += [p for p in _semantic_problems(config, flagged) if p not in problems]
     return problems
 
 

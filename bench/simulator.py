@@ -5,23 +5,41 @@ Section 1: requests per second the simulator serves on loopback (GET gpu_stock o
 keep-alive requests.Session), with 1 and 4 client threads. Bounded: a fixed number of
 requests, and each run gives up after RUN_TIMEOUT_SECONDS.
 
-    python bench/simulator.py [--requests N]
+Section 2: queue_submit's reaction time. Background tenants hold every requested GPU, then
+let go; we time from that moment to the create request arriving, for several --interval
+values. A poller reacts on its next poll, so the expected mean is about interval / 2 plus
+one stock call; the maximum is about one interval.
+
+    python bench/simulator.py [--requests N] [--trials N]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS_DIR = ROOT / "scripts"
 DEFAULT_REQUESTS = 2000
 CLIENT_THREADS = (1, 4)
 # A run that takes longer than this is reported as incomplete instead of hanging CI.
 RUN_TIMEOUT_SECONDS = 60.0
 STOCK_PATH = "/api/v1/dev/machine/gpu_stock"
+
+REACTION_INTERVALS = (0.1, 0.5, 1.0)
+DEFAULT_TRIALS = 3
+# Cards stay busy this long (real seconds) so queue_submit is surely polling when they free.
+BUSY_REAL_SECONDS = 1.5
+# The bench samples the simulator's request log this often: well under the smallest interval.
+SAMPLE_SECONDS = 0.002
+CREATE = ("POST", "/api/v1/dev/deployment")
 
 
 def _client_worker(url: str, token: str, count: int, deadline: float) -> int:
@@ -56,6 +74,48 @@ def throughput_section(total_requests: int) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _reaction_once(interval: float, config_path: str) -> float | None:
+    """Seconds from the cards freeing to the create arriving, or None if it never came."""
+    from simulator import Simulator
+
+    speed = 60.0
+    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    with Simulator(speed=speed) as sim:
+        for gpu_name in config["container_template"]["gpu_name_set"]:
+            sim.occupy(gpu_name, 10_000, seconds=BUSY_REAL_SECONDS * speed)
+        freed_at = time.monotonic() + BUSY_REAL_SECONDS
+        env = {**os.environ, "AUTODL_HOST": sim.url, "AUTODL_TOKEN": sim.token}
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "queue_submit.py"), config_path, "--interval", str(interval), "--quiet"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = freed_at + interval + RUN_TIMEOUT_SECONDS / 4
+            while time.monotonic() < deadline:
+                if any(entry[:2] == CREATE for entry in sim.request_log()):
+                    return time.monotonic() - freed_at
+                time.sleep(SAMPLE_SECONDS)
+            return None
+        finally:
+            process.wait(timeout=RUN_TIMEOUT_SECONDS)
+
+
+def reaction_section(trials: int) -> list[tuple[str, ...]]:
+    config_path = str(ROOT / "examples" / "replicaset-service.json")
+    rows = []
+    for interval in REACTION_INTERVALS:
+        samples = [s for s in (_reaction_once(interval, config_path) for _ in range(trials)) if s is not None]
+        if not samples:
+            rows.append((f"{interval:g}", "0", "-", "-", "-"))
+            continue
+        rows.append((
+            f"{interval:g}", str(len(samples)),
+            f"{statistics.mean(samples):.3f}", f"{max(samples):.3f}",
+            f"{statistics.mean(samples) / interval:.2f}",
+        ))
+    return rows
+
+
 def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(f"\n## {title}\n")
@@ -66,6 +126,8 @@ def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                        help=f"reaction-time trials per interval (default {DEFAULT_TRIALS})")
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
                         help=f"requests per run (default {DEFAULT_REQUESTS})")
     args = parser.parse_args(argv)
@@ -76,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table("simulator throughput (GET gpu_stock, loopback, keep-alive)",
                 ("client threads", "requests", "seconds", "requests/s"),
                 throughput_section(args.requests))
+    print_table("queue_submit reaction: cards free -> create arrives (real seconds)",
+                ("--interval", "trials", "mean", "max", "mean/interval"),
+                reaction_section(max(1, args.trials)))
     return 0
 
 

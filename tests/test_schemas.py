@@ -94,6 +94,8 @@ def test_every_property_is_described():
     schema = load(ROOT / "schemas" / "deployment.schema.json")
     for where, properties in (("top", schema["properties"]), ("template", schema["$defs"]["container_template"]["properties"])):
         for name, spec in properties.items():
+            if "$ref" in spec:
+                spec = schema["$defs"][spec["$ref"].rsplit("/", 1)[-1]]
             if name != "deployment_type":
                 assert spec.get("description"), f"{where}.{name}"
 

@@ -1,0 +1,275 @@
+"""Scripts that change something: set_replicas, stop_container, stop/delete_deployment, blacklist_host.
+
+Each asserts the exact request, the confirmation or type check before it, and the read-back
+after it (`verified`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import envelope
+from test_ops_support import (  # noqa: F401 (fixtures)
+    AUTH,
+    BLACKLIST,
+    CONTAINER_UUID,
+    DEP_UUID,
+    DEPLOYMENT,
+    DEPLOYMENTS,
+    MACHINE,
+    OPERATE,
+    OTHER_UUID,
+    PASSWORD,
+    REPLICA_NUM,
+    STOP_CONTAINER,
+    api,
+    body,
+    container,
+    deployment,
+    expect_containers,
+    expect_deployment,
+    fast_read_back,
+    page,
+)
+
+
+def ok(code, document, result_validator):
+    assert code == 0, document
+    assert document["status"] == "success"
+    result_validator.validate(document)
+
+
+def failed(code, document, result_validator, error_type, exit_code=1):
+    assert (code, document["error_type"]) == (exit_code, error_type), document
+    result_validator.validate(document)
+
+
+# --- set_replicas -----------------------------------------------------------------------
+
+
+def test_set_replicas_sends_and_reads_back(run, api, result_validator):
+    expect_deployment(api, deployment(replica_num=2), name="svc")
+    api.put(REPLICA_NUM, json=envelope(None), match=[body(deployment_uuid=DEP_UUID, replica_num=4), AUTH])
+    expect_deployment(api, deployment(replica_num=4))
+    code, document, _ = run("set_replicas.py", "--name", "svc", "--replica-num", "4")
+    ok(code, document, result_validator)
+    assert (document["previous_replica_num"], document["replica_num"], document["verified"]) == (2, 4, True)
+
+
+def test_set_replicas_reads_back_until_the_platform_shows_it(run, api, result_validator):
+    expect_deployment(api, deployment(replica_num=2))
+    api.put(REPLICA_NUM, json=envelope(None))
+    expect_deployment(api, deployment(replica_num=2))
+    expect_deployment(api, deployment(replica_num=1))
+    code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replicas", "1")
+    ok(code, document, result_validator)
+    assert document["verified"] is True
+
+
+def test_set_replicas_not_verified_is_said(run, api, result_validator, monkeypatch):
+    from autodl_esd import resolve
+
+    monkeypatch.setattr(resolve, "READ_BACK_ATTEMPTS", 2)
+    expect_deployment(api, deployment(replica_num=2))
+    api.put(REPLICA_NUM, json=envelope(None))
+    expect_deployment(api, deployment(replica_num=2))
+    expect_deployment(api, deployment(replica_num=2))
+    code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", "3")
+    ok(code, document, result_validator)
+    assert document["verified"] is False
+
+
+@pytest.mark.parametrize("kind", ["Job", "Container"])
+def test_set_replicas_refuses_other_types_before_calling(run, api, kind, result_validator):
+    expect_deployment(api, deployment(kind=kind))
+    code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", "3")
+    failed(code, document, result_validator, "usage_error")
+    assert "ReplicaSet" in document["message"]
+    assert document["details"]["deployment_type"] == kind
+
+
+def test_set_replicas_refuses_a_stopped_deployment(run, api, result_validator):
+    expect_deployment(api, deployment(status="stopped"))
+    code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", "3")
+    failed(code, document, result_validator, "usage_error")
+
+
+def test_set_replicas_unknown_deployment(run, api, result_validator):
+    expect_deployment(api, None)
+    code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", "3")
+    failed(code, document, result_validator, "not_found")
+
+
+@pytest.mark.parametrize("value", ["-1", "two", ""])
+def test_set_replicas_needs_a_count(run, value, result_validator):
+    code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", value)
+    failed(code, document, result_validator, "usage_error")
+
+
+# --- stop_container ---------------------------------------------------------------------
+
+
+def expect_container(api, item):
+    expect_containers(api, [item] if item else [], container_uuid=CONTAINER_UUID, released=True)
+
+
+def test_stop_container_without_replacement(run, api, result_validator):
+    expect_container(api, container())
+    expect_deployment(api, deployment(replica_num=3))
+    api.put(STOP_CONTAINER, json=envelope(None), match=[body(deployment_container_uuid=CONTAINER_UUID, decrease_one_replica_num=True), AUTH])
+    expect_container(api, container(status="shutting_down"))
+    expect_deployment(api, deployment(replica_num=2))
+    code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID, "--decrease-one-replica-num")
+    ok(code, document, result_validator)
+    assert (document["container_status"], document["verified"], document["replica_num"]) == ("shutting_down", True, 2)
+    assert document["machine_id"] == MACHINE
+    assert PASSWORD not in json.dumps(document)
+
+
+def test_stop_container_public_fields_only_when_asked(run, api, result_validator):
+    expect_container(api, container())
+    expect_deployment(api, deployment())
+    api.put(STOP_CONTAINER, json=envelope(None), match=[body(
+        deployment_container_uuid=CONTAINER_UUID, decrease_one_replica_num=False, no_cache=True, cmd_before_shutdown="sync",
+    )])
+    expect_container(api, container(status="shutdown"))
+    code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID, "--no-cache", "--cmd-before-shutdown", "sync")
+    ok(code, document, result_validator)
+    assert document["verified"] is True
+
+
+def test_stop_container_decrease_on_a_job_warns(run, api, result_validator):
+    expect_container(api, container())
+    expect_deployment(api, deployment(kind="Job"))
+    api.put(STOP_CONTAINER, json=envelope(None))
+    expect_container(api, container(status="shutdown"))
+    code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID, "--decrease-one-replica-num")
+    ok(code, document, result_validator)
+    assert [w["code"] for w in document["warnings"]] == ["decrease_not_replicaset"]
+
+
+def test_stop_container_already_stopped_does_nothing(run, api, result_validator):
+    expect_container(api, container(status="shutdown"))
+    expect_deployment(api, deployment())
+    code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID)
+    ok(code, document, result_validator)
+    assert document["changed"] is False
+
+
+def test_stop_container_unknown(run, api, result_validator):
+    expect_container(api, None)
+    code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID)
+    failed(code, document, result_validator, "not_found")
+
+
+def test_stop_container_malformed_uuid(run, result_validator):
+    code, document, _ = run("stop_container.py", "--container-uuid", DEP_UUID)
+    failed(code, document, result_validator, "not_found")
+    assert "格式" in document["message"]
+
+
+# --- stop_deployment / delete_deployment ------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["stop_deployment.py", "delete_deployment.py"])
+def test_destructive_without_yes_describes_and_does_nothing(run, api, script, result_validator):
+    expect_deployment(api, deployment(), name="svc")
+    expect_containers(api, [container(), container(uuid=f"{DEP_UUID}-0a0a0a0a0a-bbbbbbbb", status="starting")])
+    code, document, _ = run(script, "--name", "svc")  # the strict mock fails on any PUT/DELETE
+    failed(code, document, result_validator, "confirmation_required")
+    details = document["details"]
+    assert details["deployment"]["name"] == "svc" and details["deployment"]["deployment_type"] == "ReplicaSet"
+    assert details["live_container_count"] == 2
+    assert PASSWORD not in json.dumps(document)
+
+
+def test_stop_deployment_with_yes(run, api, result_validator):
+    expect_deployment(api, deployment())
+    expect_containers(api, [container()])
+    api.put(OPERATE, json=envelope(None), match=[body(deployment_uuid=DEP_UUID, operate="stop"), AUTH])
+    expect_deployment(api, deployment(status="stopped"))
+    code, document, _ = run("stop_deployment.py", "--deployment-uuid", DEP_UUID, "--yes")
+    ok(code, document, result_validator)
+    assert (document["verified"], document["deployment"]["status"]) == (True, "stopped")
+    assert [c["container_uuid"] for c in document["stopped_containers"]] == [CONTAINER_UUID]
+
+
+def test_stop_deployment_already_stopped(run, api, result_validator):
+    expect_deployment(api, deployment(status="stopped"))
+    code, document, _ = run("stop_deployment.py", "--deployment-uuid", DEP_UUID, "--yes")
+    ok(code, document, result_validator)
+    assert document["changed"] is False
+
+
+def test_stop_deployment_ambiguous_name_never_stops(run, api, result_validator):
+    api.post(DEPLOYMENTS, json=page([deployment(), deployment(uuid=OTHER_UUID)]))
+    code, document, _ = run("stop_deployment.py", "--name", "svc", "--yes")
+    failed(code, document, result_validator, "usage_error")
+    assert len(document["details"]["candidates"]) == 2
+
+
+def test_delete_deployment_with_yes(run, api, result_validator):
+    expect_deployment(api, deployment(status="stopped"))
+    expect_containers(api, [])
+    api.delete(DEPLOYMENT, json=envelope(None), match=[body(deployment_uuid=DEP_UUID), AUTH])
+    expect_deployment(api, None)
+    code, document, _ = run("delete_deployment.py", "--deployment-uuid", DEP_UUID, "--yes")
+    ok(code, document, result_validator)
+    assert (document["deleted"], document["verified"]) == (True, True)
+
+
+def test_delete_deployment_read_back_failure_is_reported_not_raised(run, api, result_validator, monkeypatch):
+    from autodl_esd import resolve
+
+    monkeypatch.setattr(resolve, "READ_BACK_ATTEMPTS", 1)
+    expect_deployment(api, deployment(status="stopped"))
+    expect_containers(api, [])
+    api.delete(DEPLOYMENT, json=envelope(None))
+    api.post(DEPLOYMENTS, json=envelope(None, code="BadRequest", msg="参数错误"))
+    code, document, _ = run("delete_deployment.py", "--deployment-uuid", DEP_UUID, "--yes")
+    ok(code, document, result_validator)
+    assert document["verified"] is False and "read_back_error" in document
+
+
+def test_delete_deployment_unknown(run, api, result_validator):
+    expect_deployment(api, None)
+    code, document, _ = run("delete_deployment.py", "--deployment-uuid", DEP_UUID, "--yes")
+    failed(code, document, result_validator, "not_found")
+
+
+# --- blacklist_host ---------------------------------------------------------------------
+
+ENTRY = {"machine_id": MACHINE, "data_center": "westDC2", "msg": "启动慢", "expired_time": "2026-01-06T16:34:57+08:00"}
+
+
+def test_blacklist_host_names_the_machine_and_verifies(run, api, result_validator):
+    expect_container(api, container(status="shutdown"))
+    api.post(BLACKLIST, json=envelope(None), match=[body(deployment_container_uuid=CONTAINER_UUID, comment="启动慢", expire_in_minutes=4320), AUTH])
+    api.get(BLACKLIST, json=envelope([ENTRY]))
+    code, document, _ = run("blacklist_host.py", "--container-uuid", CONTAINER_UUID, "--comment", "启动慢", "--expire-minutes", "4320")
+    ok(code, document, result_validator)
+    assert (document["machine_id"], document["data_center"], document["gpu_name"]) == (MACHINE, "westDC2", "RTX 4090")
+    assert (document["verified"], document["blacklist_entry"]) == (True, ENTRY)
+
+
+def test_blacklist_host_private_cloud_cannot_verify(run, api, result_validator):
+    expect_container(api, container())
+    api.post(BLACKLIST, json=envelope(None), match=[body(deployment_container_uuid=CONTAINER_UUID)])
+    api.get(BLACKLIST, status=404, body="404 page not found")
+    code, document, _ = run("blacklist_host.py", "--container-uuid", CONTAINER_UUID)
+    ok(code, document, result_validator)
+    assert document["verified"] is False and document["read_back_error"]
+
+
+@pytest.mark.parametrize("minutes", ["0", "43201", "1.5"])
+def test_blacklist_host_expiry_is_checked_locally(run, minutes, result_validator):
+    code, document, _ = run("blacklist_host.py", "--container-uuid", CONTAINER_UUID, "--expire-minutes", minutes)
+    failed(code, document, result_validator, "usage_error")
+
+
+def test_blacklist_host_unknown_container(run, api, result_validator):
+    expect_container(api, None)
+    code, document, _ = run("blacklist_host.py", "--container-uuid", CONTAINER_UUID)
+    failed(code, document, result_validator, "not_found")

@@ -1,0 +1,99 @@
+"""Builders shared by the ops-script tests (no tests here): API records and list pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import responses
+from responses import matchers
+from responses.registries import OrderedRegistry
+
+from conftest import TEST_TOKEN, envelope, url
+
+IMAGES = url("/api/v1/dev/image/private/list")
+STOCK = url("/api/v1/dev/machine/gpu_stock")
+REGION_STOCK = url("/api/v1/dev/machine/region/gpu_stock")
+DEPLOYMENTS = url("/api/v1/dev/deployment/list")
+DEPLOYMENT = url("/api/v1/dev/deployment")
+CONTAINERS = url("/api/v1/dev/deployment/container/list")
+EVENTS = url("/api/v1/dev/deployment/container/event/list")
+STOP_CONTAINER = url("/api/v1/dev/deployment/container/stop")
+REPLICA_NUM = url("/api/v1/dev/deployment/replica_num")
+OPERATE = url("/api/v1/dev/deployment/operate")
+BLACKLIST = url("/api/v1/dev/deployment/blacklist")
+
+DEP_UUID = "833f1cd5a764fa3"
+OTHER_UUID = "53a677bb3e281b8"
+MACHINE = "f94411a60c"
+CONTAINER_UUID = f"{DEP_UUID}-{MACHINE}-a394fb30"
+PASSWORD = "s3cret-Root-Pass"
+AUTH = matchers.header_matcher({"Authorization": TEST_TOKEN})
+
+
+@pytest.fixture
+def api():
+    """Ordered responses: calls must happen in exactly the registered order, all of them."""
+    with responses.RequestsMock(registry=OrderedRegistry, assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+@pytest.fixture(autouse=True)
+def fast_read_back(monkeypatch):
+    from autodl_esd import resolve
+
+    monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)
+
+
+def page(items: list[Any], page_index: int = 1, max_page: int = 1, **extra: Any) -> dict[str, Any]:
+    return envelope({"list": list(items), "page_index": page_index, "page_size": 100, "max_page": max_page, "offset": 0, **extra})
+
+
+def deployment(uuid: str = DEP_UUID, name: str = "svc", kind: str = "ReplicaSet", status: str = "running", replica_num: int = 2, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": 1, "uid": 58, "uuid": uuid, "name": name, "deployment_type": kind, "status": status,
+        "replica_num": replica_num, "parallelism_num": 1 if kind != "ReplicaSet" else 0,
+        "starting_num": 0, "running_num": replica_num, "finished_num": 0,
+        "image_uuid": "image-db8346e037",
+        "template": {
+            "gpu_name_set": ["RTX 4090"], "gpu_num": 1, "cuda_v": 118,
+            "memory_size_from": 1073741824, "memory_size_to": 274877906944,
+            "cpu_num_from": 1, "cpu_num_to": 100, "price_from": 100, "price_to": 9000,
+        },
+        "price_estimates": 3762,
+        "created_at": "2026-01-05T20:34:07+08:00", "updated_at": "2026-01-05T20:34:07+08:00", "stopped_at": None,
+        **extra,
+    }
+
+
+def container(uuid: str = CONTAINER_UUID, status: str = "running", machine: str = MACHINE) -> dict[str, Any]:
+    return {
+        "id": 195, "uuid": uuid, "machine_id": machine, "deployment_uuid": uuid[:15], "status": status,
+        "gpu_name": "RTX 4090", "gpu_num": 1, "cpu_num": 12, "memory_size": 64424509440,
+        "image_uuid": "image-db8346e037", "price": 1881, "data_center": "westDC2",
+        "info": {
+            "ssh_command": "ssh -p 21305 root@region-1.autodl.com", "root_password": PASSWORD,
+            "service_6006_port_url": f"https://{uuid}-6006.example", "service_url": "https://region-1.autodl.com:21294",
+        },
+        "started_at": "2026-01-05T20:35:00+08:00", "stopped_at": None,
+        "created_at": "2026-01-05T20:34:07+08:00", "updated_at": "2026-01-05T20:35:00+08:00",
+    }
+
+
+def body(**fields: Any):
+    return matchers.json_params_matcher(fields)
+
+
+def list_body(**fields: Any):
+    """A paginated list request for page 1 of 100."""
+    return matchers.json_params_matcher({**fields, "page_index": 1, "page_size": 100})
+
+
+def expect_deployment(api, item: dict[str, Any] | None = None, **filters: Any) -> None:
+    """The resolve lookup: deployment list filtered by uuid or name."""
+    filters = filters or {"deployment_uuid": DEP_UUID}
+    api.post(DEPLOYMENTS, json=page([item] if item else []), match=[list_body(**filters), AUTH])
+
+
+def expect_containers(api, items: list[dict[str, Any]], **filters: Any) -> None:
+    api.post(CONTAINERS, json=page(items), match=[list_body(deployment_uuid=DEP_UUID, **filters), AUTH])

@@ -32,7 +32,8 @@ class JsonArgumentParser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of printing usage and exiting 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"命令行参数错误: {message}", f"用法: {self.format_usage().strip()}")
+        usage = " ".join(self.format_usage().split())  # one line: the hint is read, not laid out
+        raise UsageError(f"命令行参数错误: {message}", f"{usage}; 运行 --help 查看说明与示例。")
 
 
 def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> JsonArgumentParser:
@@ -52,26 +53,24 @@ def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> Js
     return parser
 
 
-def positive_seconds(text: str) -> float:
-    """argparse type for durations: fractional seconds, strictly positive."""
+def _seconds(text: str, *, allow_zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"必须大于 0: {text!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError(f"必须{'不小于' if allow_zero else '大于'} 0: {text!r}")
     return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for durations: fractional seconds, strictly positive."""
+    return _seconds(text, allow_zero=False)
 
 
 def non_negative_seconds(text: str) -> float:
     """argparse type for limits where 0 means 'no limit'."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"不能为负数: {text!r}")
-    return value
+    return _seconds(text, allow_zero=True)
 
 
 def _integer(text: str, minimum: int, maximum: int | None = None) -> int:

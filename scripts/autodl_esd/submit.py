@@ -246,6 +246,10 @@ class Submitter:
                     "target_running": target,
                     "containers": [container_summary(c, self.options.show_password) for c in running],
                 }
+            if not containers and self._deployment_finished(deployment_uuid):
+                # A Job/Container can finish between two polls; nothing more will start.
+                return {"target_running": target, "containers": [], "deployment_finished": True,
+                        "ever_running": len(ever_running)}
             if self.clock() >= deadline:
                 raise AutoDLError(
                     ErrorType.STARTUP_TIMEOUT,
@@ -261,6 +265,10 @@ class Submitter:
             phases = ", ".join(f"{c.get('status')}" for c in containers) or "无容器"
             self.progress.status(f"等待容器运行 {len(running)}/{target}: {phases}")
             self.sleep(self.options.interval)
+
+    def _deployment_finished(self, deployment_uuid: str) -> bool:
+        found = api.list_deployments(self.client, deployment_uuid=deployment_uuid)
+        return bool(found) and all(d.get("status") == "stopped" for d in found)
 
     # --- the whole run ----------------------------------------------------------------
 

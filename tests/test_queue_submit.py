@@ -447,3 +447,20 @@ def test_help_lists_flags_and_exit_codes(capsys):
     for flag in ("--interval", "--timeout", "--dry-run", "--wait-running", "--allow-duplicate-name", "--quiet"):
         assert flag in text
     assert "130" in text
+
+
+def test_wait_running_ends_when_a_short_job_already_finished(run, api, config_file, result_validator):
+    job = copy.deepcopy(CONFIG)
+    job.update(deployment_type="Job", replica_num=1, parallelism_num=1)
+    expect_checks(api, idle=3)
+    api.post(CREATE, json=envelope({"deployment_uuid": NEW_UUID}), match=[matchers.json_params_matcher(job)])
+    api.post(EVENTS, json=page([]))
+    api.post(CONTAINERS, json=page([]))
+    api.post(DEPLOYMENTS, json=deployments([{"uuid": NEW_UUID, "name": "svc", "status": "stopped"}]),
+             match=[matchers.json_params_matcher({"deployment_uuid": NEW_UUID, "page_index": 1, "page_size": 100})])
+
+    code, out, _ = run("queue_submit.py", config_file(job), "--wait-running", *FAST)
+
+    assert code == 0, out
+    assert out["deployment_finished"] is True and out["containers"] == []
+    result_validator.validate(out)

@@ -1,0 +1,467 @@
+"""The service registry of one deployment: build it, keep it current, write it, serve it.
+
+A registry (schemas/registry.schema.json) lists the running containers of a deployment with
+the URL a client calls. `scripts/service_pool.py` reads it and picks a replica per request.
+
+- `build_registry`: one look at the container list (discover_services.py one-shot).
+- `RegistryWatcher`: keeps it current, as AutoDL's best-practice guide describes: poll the
+  container events from an offset (a `running` event registers the container, a
+  `shutting_down`/`shutdown` one deregisters it), list every container now and then to heal
+  a missed event, optionally probe each replica over HTTP. A failing API never empties the
+  registry: the last good one is kept and marked `stale`.
+- `write_atomically`: readers of the file never see half a registry.
+- `RegistryEndpoint`: GET /services and GET /pick on a loopback port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from . import api
+from .containers import STOPPING_STATUSES, primary_service_url
+from .deps import SKILL_ROOT, require
+from .errors import AutoDLError, Interrupted
+from .output import Progress
+
+REGISTRY_SCHEMA = SKILL_ROOT / "schemas" / "registry.schema.json"
+RUNNING = "running"
+# The registry's timestamp format (RFC 3339 with an explicit offset), as the schema says.
+TIMESTAMP_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+MACHINE_ID_PATTERN = re.compile(r"^[0-9a-f]{10}$")
+
+
+def now_timestamp() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _timestamp_or_now(value: Any) -> str:
+    return value if isinstance(value, str) and TIMESTAMP_PATTERN.match(value) else now_timestamp()
+
+
+# --- building -------------------------------------------------------------------------
+
+
+def service_entry(container: dict[str, Any], port: int | None = None) -> dict[str, Any] | None:
+    """The registry item of a running container, or None when it has no usable URL."""
+    url = primary_service_url(container, port)
+    uuid = container.get("uuid")
+    if not uuid or not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return None
+    machine_id = container.get("machine_id")
+    if not isinstance(machine_id, str) or not MACHINE_ID_PATTERN.match(machine_id):
+        machine_id = uuid.split("-")[1] if uuid.count("-") == 2 else machine_id
+    return {
+        "container_uuid": uuid,
+        "url": url,
+        "machine_id": machine_id,
+        "gpu_name": container.get("gpu_name") or None,
+        "since": _timestamp_or_now(container.get("started_at")),
+        "healthy": True,
+    }
+
+
+def running_services(client: Any, deployment_uuid: str, port: int | None, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
+    """container uuid -> registry item, for every running container with a service URL."""
+    services: dict[str, dict[str, Any]] = {}
+    for container in api.list_containers(client, deployment_uuid, statuses=[RUNNING]):
+        if container.get("status") != RUNNING:
+            continue  # the status filter is a request, not a promise
+        entry = service_entry(container, port)
+        if entry is None:
+            if progress:
+                progress.log(f"容器 {container.get('uuid')} 在运行但没有服务地址, 未注册")
+            continue
+        services[entry["container_uuid"]] = entry
+    return services
+
+
+def registry_document(
+    deployment_uuid: str,
+    services: list[dict[str, Any]],
+    *,
+    resynced_at: str | None = None,
+    stale_reason: str | None = None,
+) -> dict[str, Any]:
+    document: dict[str, Any] = {"status": "success", "deployment_uuid": deployment_uuid, "generated_at": now_timestamp()}
+    if resynced_at:
+        document["resynced_at"] = resynced_at
+    if stale_reason:
+        document["stale"] = True
+        document["stale_reason"] = stale_reason
+    document["services"] = services
+    return document
+
+
+@lru_cache(maxsize=1)
+def _registry_validator() -> Any:
+    jsonschema = require("jsonschema")
+    schema = json.loads(REGISTRY_SCHEMA.read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate_registry(document: dict[str, Any]) -> None:
+    """Raise ValueError when a document we are about to publish breaks the schema (a bug)."""
+    errors = sorted(_registry_validator().iter_errors(document), key=lambda e: list(e.absolute_path))
+    if errors:
+        where = "/".join(str(part) for part in errors[0].absolute_path)
+        raise ValueError(f"registry breaks registry.schema.json at '{where}': {errors[0].message}")
+
+
+def build_registry(client: Any, deployment_uuid: str, port: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """The registry as of now, from one full container listing."""
+    services = running_services(client, deployment_uuid, port, progress)
+    document = registry_document(deployment_uuid, list(services.values()), resynced_at=now_timestamp())
+    validate_registry(document)
+    return document
+
+
+# --- writing --------------------------------------------------------------------------
+
+
+def write_atomically(path: str | os.PathLike, document: dict[str, Any]) -> None:
+    """Replace `path` with the JSON document so a reader sees the old file or the new one.
+
+    The temporary file lives in the same directory (os.replace is atomic only within one
+    file system) and is fsynced first, so a crash cannot leave a renamed but empty file.
+    """
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(document, stream, ensure_ascii=False, indent=2)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:  # also a signal mid-write: never leave the temporary file behind
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# --- health ---------------------------------------------------------------------------
+
+# A health endpoint answers without touching the GPU; 2 s tells a busy replica from a hung one.
+DEFAULT_HEALTH_TIMEOUT_SECONDS = 2.0
+# One lost probe on a loaded GPU server is noise; three in a row (15 s at the default
+# 5 s interval) is a replica that should get no traffic.
+DEFAULT_HEALTH_FAILURES = 3
+# Probes run in parallel so one hung replica does not stretch the cycle by n x timeout.
+MAX_PROBE_THREADS = 8
+
+
+def probe(url: str, timeout: float) -> bool:
+    """True when GET url answers 2xx within `timeout` seconds."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class HealthTracker:
+    """Consecutive probe failures per replica; unhealthy after `failures_to_leave` in a row.
+
+    A new replica is unhealthy until its first probe succeeds: a container is `running` as
+    soon as its command starts, long before a model server has loaded its weights.
+    """
+
+    def __init__(self, path: str, timeout: float, failures_to_leave: int, check: Callable[[str, float], bool] = probe) -> None:
+        self.path = "/" + path.lstrip("/")
+        self.timeout = timeout
+        self.failures_to_leave = failures_to_leave
+        self._check = check
+        self._failures: dict[str, int] = {}
+        self._ever_healthy: set[str] = set()
+
+    def update(self, services: dict[str, dict[str, Any]]) -> list[tuple[str, bool]]:
+        """Probe every replica, set its `healthy`; return the (uuid, healthy) that changed."""
+        targets = {uuid: entry["url"].rstrip("/") + self.path for uuid, entry in services.items()}
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PROBE_THREADS, len(targets)))) as pool:
+            results = dict(zip(targets, pool.map(lambda u: self._check(u, self.timeout), targets.values())))
+        changed = []
+        for uuid, ok in results.items():
+            if ok:
+                self._failures[uuid] = 0
+                self._ever_healthy.add(uuid)
+            else:
+                self._failures[uuid] = self._failures.get(uuid, 0) + 1
+            healthy = uuid in self._ever_healthy and self._failures[uuid] < self.failures_to_leave
+            if services[uuid]["healthy"] != healthy:
+                services[uuid]["healthy"] = healthy
+                changed.append((uuid, healthy))
+        for gone in set(self._failures) - set(services):
+            self._failures.pop(gone, None)
+            self._ever_healthy.discard(gone)
+        return changed
+
+
+# --- watching -------------------------------------------------------------------------
+
+# Container states change on the scale of seconds (image pull, start-up, a crash); 5 s
+# keeps the registry within one poll of the truth without loading the API.
+DEFAULT_INTERVAL_SECONDS = 5.0
+# A missed or reordered event heals on the next full listing: every 12 polls is once a
+# minute at the default interval, one extra list call per minute.
+DEFAULT_RESYNC_EVERY = 12
+
+
+@dataclass
+class WatchOptions:
+    interval: float = DEFAULT_INTERVAL_SECONDS
+    port: int | None = None
+    resync_every: int = DEFAULT_RESYNC_EVERY
+    out: str | None = None
+    max_cycles: int | None = None
+    duration: float | None = None
+    health: HealthTracker | None = None
+
+
+class RegistryWatcher:
+    """Keeps one deployment's registry current; `document` is safe to read from any thread."""
+
+    def __init__(self, client: Any, deployment_uuid: str, options: WatchOptions, progress: Progress | None = None) -> None:
+        self.client = client
+        self.deployment_uuid = deployment_uuid
+        self.options = options
+        self.progress = progress or Progress(quiet=True)
+        self.services: dict[str, dict[str, Any]] = {}
+        self.cycles = self.registered = self.deregistered = 0
+        self.document: dict[str, Any] | None = None
+        self.stop_event = threading.Event()
+        self._offset: int | None = None
+        self._resynced_at: str | None = None
+        self._resync_due = True
+        self._stale_reason: str | None = None
+
+    # One look at the platform; the first (and the one after a failure) lists everything.
+    def cycle(self) -> None:
+        self.cycles += 1
+        try:
+            if self._offset is None:
+                # Skip the history: the full listing below says what is running now.
+                _, self._offset = api.list_events(self.client, self.deployment_uuid, offset=0)
+            else:
+                self._apply_events()
+            if self._resync_due or self.cycles % self.options.resync_every == 0:
+                self._resync()
+            if self._stale_reason:
+                self.progress.log("AutoDL API 恢复, 注册表已更新")
+            self._stale_reason = None
+        except AutoDLError as error:
+            if not self._stale_reason:
+                self.progress.log(f"查询 AutoDL 失败, 保留上一次的注册表 (标记 stale): {error.message}")
+            self._stale_reason = error.message
+            self._resync_due = True  # whatever was missed meanwhile, the next listing heals it
+        if self.options.health is not None and self.services:
+            for uuid, healthy in self.options.health.update(self.services):
+                self.progress.log(f"{'健康检查通过, healthy=true' if healthy else '健康检查连续失败, healthy=false'}: {uuid}")
+        self._publish()
+
+    def _apply_events(self) -> None:
+        events, self._offset = api.list_events(self.client, self.deployment_uuid, offset=self._offset or 0)
+        last_status: dict[str, str] = {}
+        for event in events:  # oldest first: the last status of each container wins
+            uuid = event.get("deployment_container_uuid")
+            if uuid:
+                last_status[uuid] = event.get("status")
+        for uuid, status in last_status.items():
+            if status == RUNNING and uuid not in self.services:
+                self._register_from_record(uuid)
+            elif status in STOPPING_STATUSES and uuid in self.services:
+                self._deregister(uuid, f"事件 {status}")
+
+    def _register_from_record(self, uuid: str) -> None:
+        records = api.list_containers(self.client, self.deployment_uuid, container_uuid=uuid)
+        record = next((c for c in records if c.get("uuid") == uuid), None)
+        if record is None or record.get("status") != RUNNING:
+            return  # already gone again; its stop event follows
+        entry = service_entry(record, self.options.port)
+        if entry is None:
+            self.progress.log(f"容器 {uuid} 在运行但没有服务地址, 未注册")
+            return
+        self._register(entry, "事件 running")
+
+    def _register(self, entry: dict[str, Any], why: str) -> None:
+        if self.options.health is not None:
+            entry["healthy"] = False  # until its first probe succeeds (see HealthTracker)
+        self.services[entry["container_uuid"]] = entry
+        self.registered += 1
+        self.progress.log(f"注册 {entry['container_uuid']} {entry['url']} ({why})")
+
+    def _deregister(self, uuid: str, why: str) -> None:
+        self.services.pop(uuid, None)
+        self.deregistered += 1
+        self.progress.log(f"注销 {uuid} ({why})")
+
+    def _resync(self) -> None:
+        fresh = running_services(self.client, self.deployment_uuid, self.options.port, self.progress)
+        added = [uuid for uuid in fresh if uuid not in self.services]
+        removed = [uuid for uuid in self.services if uuid not in fresh]
+        for uuid in removed:
+            self._deregister(uuid, "全量同步: 已不在运行")
+        for uuid in added:
+            self._register(fresh[uuid], "全量同步")
+        for uuid, entry in fresh.items():
+            if uuid not in added:  # keep since/healthy; a changed URL is taken
+                self.services[uuid]["url"] = entry["url"]
+        self._resynced_at, self._resync_due = now_timestamp(), False
+        if self.cycles > 1:
+            self.progress.log(f"全量同步: {len(fresh)} 个在运行, 新增 {len(added)}, 移除 {len(removed)}")
+
+    def _publish(self) -> None:
+        document = registry_document(
+            self.deployment_uuid,
+            [dict(entry) for entry in self.services.values()],
+            resynced_at=self._resynced_at,
+            stale_reason=self._stale_reason,
+        )
+        validate_registry(document)
+        if self.options.out:
+            write_atomically(self.options.out, document)
+        self.document = document
+
+    def run(self) -> str:
+        """Cycle until a bound is reached, `stop_event` is set or a signal arrives; says which."""
+        started = time.monotonic()
+        try:
+            while True:
+                self.cycle()
+                if self.options.max_cycles and self.cycles >= self.options.max_cycles:
+                    return "max_cycles"
+                wait = self.options.interval
+                if self.options.duration:
+                    remaining = self.options.duration - (time.monotonic() - started)
+                    if remaining <= 0:
+                        return "duration"
+                    wait = min(wait, remaining)
+                if self.stop_event.wait(wait):
+                    return "stopped"
+        except (Interrupted, KeyboardInterrupt) as interruption:
+            return getattr(interruption, "signal_name", "SIGINT")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "deployment_uuid": self.deployment_uuid,
+            "cycles": self.cycles,
+            "registered": self.registered,
+            "deregistered": self.deregistered,
+            "services": list(self.services.values()),
+            "out": self.options.out,
+            **({"stale": True, "stale_reason": self._stale_reason} if self._stale_reason else {}),
+        }
+
+
+# --- the loopback endpoint ------------------------------------------------------------
+
+
+def parse_loopback_address(text: str) -> tuple[str, int]:
+    """HOST:PORT for --serve; only loopback hosts (the registry is not for the network)."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"不是 HOST:PORT: {text!r} (例: 127.0.0.1:8765)")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"只能监听本机回环地址 (127.0.0.1 / ::1 / localhost), 不能是 {host!r}: 注册表不应暴露到网络")
+    return host, int(port_text)
+
+
+class RegistryEndpoint:
+    """GET /services (the registry) and GET /pick?policy=... on a loopback port.
+
+    /pick leases a replica from a `service_pool.ServicePool` fed by the registry and hands it
+    back at once: the endpoint never sees the caller's request finish, so in-flight counts
+    stay zero and `least_inflight` behaves like two random choices. Clients that can import
+    service_pool should embed the pool (from_endpoint) instead.
+    """
+
+    def __init__(self, host: str, port: int, registry: Callable[[], dict[str, Any] | None]) -> None:
+        from service_pool import POLICIES, ServicePool
+
+        self.registry = registry
+        self.pools = {policy: ServicePool(policy=policy, refresh_interval=0, source=registry) for policy in POLICIES}
+        self.server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self.server.daemon_threads = True
+        bound_host, bound_port = self.server.server_address[:2]
+        self.url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="registry-endpoint", daemon=True)
+
+    def start(self) -> "RegistryEndpoint":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
+
+    def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        from service_pool import NoReplicaAvailable
+
+        document = self.registry()
+        if path not in ("/services", "/pick"):
+            return 404, _error_body("没有这个路径; 可用: GET /services, GET /pick?policy=least_inflight|round_robin|random")
+        if document is None:
+            return 503, _error_body("注册表还没有生成 (第一次查询 AutoDL 尚未完成)")
+        if path == "/services":
+            return 200, document
+        policy = (query.get("policy") or ["least_inflight"])[0]
+        pool = self.pools.get(policy)
+        if pool is None:
+            return 400, _error_body(f"未知策略 {policy!r}; 可选: {', '.join(self.pools)}")
+        try:
+            lease = pool.lease()
+        except NoReplicaAvailable as reason:
+            return 503, _error_body(f"没有可用副本: {reason}")
+        lease.release()
+        service = lease.service
+        return 200, {
+            "status": "success", "policy": policy,
+            "service": {"container_uuid": service.container_uuid, "url": service.url,
+                        "machine_id": service.machine_id, "gpu_name": service.gpu_name},
+        }
+
+
+def _error_body(message: str) -> dict[str, Any]:
+    return {"status": "error", "message": message}
+
+
+def _handler_for(endpoint: RegistryEndpoint) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+            parts = urlsplit(self.path)
+            status, body = endpoint.answer(parts.path.rstrip("/") or "/", parse_qs(parts.query))
+            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            pass  # stdout/stderr belong to the script's contract; requests are not progress
+
+    return Handler

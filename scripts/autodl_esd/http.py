@@ -132,9 +132,10 @@ class ApiClient:
             try:
                 return self._send_once(method, path, params, body)
             except ApiError as error:
+                retry_after = error.details.pop("retry_after", None)
                 if not error.retryable or attempt == attempts:
                     raise
-                wait = error.details.pop("retry_after", None) or backoff_seconds(attempt)
+                wait = backoff_seconds(attempt) if retry_after is None else retry_after
                 self.progress.log(
                     f"{method} {path} 失败 ({error.msg or error.http_status}), "
                     f"{wait:.1f} 秒后重试 ({attempt + 1}/{attempts})"

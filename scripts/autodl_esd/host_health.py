@@ -1,0 +1,123 @@
+"""Which machines keep killing a deployment's containers: failure evidence per machine.
+
+AutoDL's best-practice guide: when containers scheduled onto one host regularly fail, put
+that host on the scheduling blacklist. The API does not say why a container stopped, so a
+failure is inferred from its timeline (container record, backed by its events):
+
+- `never_running`: it stopped without ever reaching `running` (image pull, start-up);
+- `exited_early`: it ran for less than `min_uptime` seconds;
+- `exited` (ReplicaSet only): a service is meant to run until stopped, so any exit counts.
+  A stop by the user (stop_container.py, scaling down) looks the same in the API and is
+  counted too; containers stopped by stopping the whole deployment are not.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from .containers import STOPPING_STATUSES
+
+RUNNING = "running"
+REPLICA_SET = "ReplicaSet"
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An API timestamp (RFC 3339) as an aware datetime, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.astimezone()
+
+
+def _first_event_at(events: list[dict[str, Any]], statuses: tuple[str, ...]) -> datetime | None:
+    times = [parse_timestamp(e.get("created_at")) for e in events if e.get("status") in statuses]
+    return min((t for t in times if t), default=None)
+
+
+def container_timeline(container: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """When the container started running and stopped, from its record or else its events.
+
+    The stop is the moment it began shutting down (its process ended), not when the
+    shutdown finished.
+    """
+    started = parse_timestamp(container.get("started_at")) or _first_event_at(events, (RUNNING,))
+    stopped = _first_event_at(events, STOPPING_STATUSES) or parse_timestamp(container.get("stopped_at"))
+    if stopped is None and container.get("status") in STOPPING_STATUSES:
+        stopped = parse_timestamp(container.get("updated_at"))
+    uptime = (stopped - started).total_seconds() if started and stopped else None
+    return {"started": started, "stopped": stopped, "uptime_seconds": uptime}
+
+
+def failure_reason(timeline: dict[str, Any], deployment_type: str | None, min_uptime: float) -> str | None:
+    """Why a stopped container counts against its machine, or None when it does not."""
+    if timeline["started"] is None:
+        return "never_running"
+    if timeline["uptime_seconds"] is not None and timeline["uptime_seconds"] < min_uptime:
+        return "exited_early"
+    if deployment_type == REPLICA_SET:
+        return "exited"
+    return None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def analyse_machines(
+    deployment: dict[str, Any],
+    containers: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    *,
+    min_uptime: float,
+    lookback: timedelta,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Per machine that hosted a stopped container in the window: its failures, worst first."""
+    now = now or datetime.now().astimezone()
+    since = now - lookback
+    deployment_stopped = parse_timestamp(deployment.get("stopped_at"))
+    events_of: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        events_of.setdefault(event.get("deployment_container_uuid"), []).append(event)
+
+    machines: dict[str, dict[str, Any]] = {}
+    for container in containers:
+        uuid = container.get("uuid")
+        own_events = events_of.get(uuid, [])
+        stopping = container.get("status") in STOPPING_STATUSES or any(e.get("status") in STOPPING_STATUSES for e in own_events)
+        if not uuid or not stopping:
+            continue
+        timeline = container_timeline(container, own_events)
+        if timeline["stopped"] is not None and timeline["stopped"] < since:
+            continue
+        machine_id = container.get("machine_id") or (uuid.split("-")[1] if uuid.count("-") == 2 else "unknown")
+        machine = machines.setdefault(machine_id, {
+            "machine_id": machine_id, "gpu_name": container.get("gpu_name"), "data_center": container.get("data_center"),
+            "failures": 0, "stopped_containers": 0, "evidence": [], "blacklist_via": None,
+        })
+        machine["stopped_containers"] += 1
+        stopped_with_deployment = (
+            deployment_stopped is not None and timeline["stopped"] is not None and timeline["stopped"] >= deployment_stopped
+        )
+        reason = None if stopped_with_deployment else failure_reason(timeline, deployment.get("deployment_type"), min_uptime)
+        if reason is None:
+            continue
+        machine["failures"] += 1
+        machine["evidence"].append({
+            "container_uuid": uuid,
+            "status": container.get("status"),
+            "reason": reason,
+            "created_at": container.get("created_at"),
+            "started_at": _iso(timeline["started"]),
+            "stopped_at": _iso(timeline["stopped"]),
+            "uptime_seconds": None if timeline["uptime_seconds"] is None else round(timeline["uptime_seconds"], 1),
+        })
+    for machine in machines.values():
+        # Blacklisting goes through a container: the latest failure on that machine.
+        latest = max(machine["evidence"], key=lambda e: e["stopped_at"] or "", default=None)
+        machine["blacklist_via"] = latest["container_uuid"] if latest else None
+    return sorted(machines.values(), key=lambda m: (-m["failures"], m["machine_id"]))

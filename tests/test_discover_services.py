@@ -1,0 +1,412 @@
+"""discover_services.py and autodl_esd.registry against a fake platform mocked with `responses`.
+
+The fake keeps containers and their events in memory and answers the three endpoints the
+watcher calls, so a test changes the platform between cycles and checks what the registry
+shows after each one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, envelope, url
+
+DEP = "833f1cd5a764fa3"
+DEPLOYMENTS = "/api/v1/dev/deployment/list"
+CONTAINERS = "/api/v1/dev/deployment/container/list"
+EVENTS = "/api/v1/dev/deployment/container/event/list"
+MACHINE_A, MACHINE_B, MACHINE_C = "aaaaaaaaaa", "bbbbbbbbbb", "cccccccccc"
+
+
+def container_uuid(machine: str, n: int) -> str:
+    return f"{DEP}-{machine}-{n:08x}"
+
+
+@pytest.fixture(scope="module")
+def registry_validator():
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads((ROOT / "schemas" / "registry.schema.json").read_text(encoding="utf-8")))
+
+
+class FakePlatform:
+    """Containers and events of one deployment, served through `responses` callbacks."""
+
+    def __init__(self, mock) -> None:
+        self.containers: dict[str, dict] = {}
+        self.events: list[dict] = []
+        self.down = False  # every call answers 502 (after the client's retries)
+        self.calls: list[str] = []
+        for path, answer in ((DEPLOYMENTS, self._deployments), (CONTAINERS, self._containers), (EVENTS, self._events)):
+            mock.add_callback("POST", url(path), callback=self._wrap(path, answer), content_type="application/json")
+
+    def _wrap(self, path, answer):
+        def callback(request):
+            self.calls.append(path)
+            if self.down:
+                return 502, {}, "bad gateway"
+            return 200, {}, json.dumps(envelope(answer(json.loads(request.body))))
+
+        return callback
+
+    def _deployments(self, body):
+        return {"list": [{"uuid": DEP, "name": "svc", "deployment_type": "ReplicaSet", "status": "running"}], "max_page": 1}
+
+    def _containers(self, body):
+        chosen = [c for c in self.containers.values()
+                  if (not body.get("container_uuid") or c["uuid"] == body["container_uuid"])
+                  and (not body.get("status") or c["status"] in body["status"])]
+        return {"list": chosen, "page_index": 1, "max_page": 1}
+
+    def _events(self, body):
+        return {"list": self.events[body.get("offset", 0):][: body["page_size"]]}
+
+    def start(self, machine: str, n: int, *, with_events: bool = True, status: str = "running") -> str:
+        uuid = container_uuid(machine, n)
+        service = f"https://{machine}.example.com:{20000 + n}"
+        self.containers[uuid] = {
+            "uuid": uuid, "machine_id": machine, "deployment_uuid": DEP, "status": status, "gpu_name": "RTX 4090",
+            "info": {"service_6006_port_url": service + "/p6006", "service_6008_port_url": service + "/p6008"},
+            "started_at": "2026-11-25T12:00:00+08:00", "stopped_at": None,
+        }
+        if with_events:
+            for phase in ("creating", "created", "starting", "running"):
+                self.events.append({"deployment_container_uuid": uuid, "status": phase, "created_at": "2026-11-25T12:00:00+08:00"})
+        return uuid
+
+    def stop(self, uuid: str, *, with_events: bool = True) -> None:
+        self.containers[uuid]["status"] = "shutdown"
+        if with_events:
+            for phase in ("shutting_down", "shutdown"):
+                self.events.append({"deployment_container_uuid": uuid, "status": phase, "created_at": "2026-11-25T12:05:00+08:00"})
+
+
+@pytest.fixture
+def platform(mocked):
+    mocked.assert_all_requests_are_fired = False  # a test may never need, e.g., the deployment list
+    return FakePlatform(mocked)
+
+
+@pytest.fixture
+def make_watcher(tmp_path):
+    from autodl_esd import registry
+    from autodl_esd.http import ApiClient
+    from autodl_esd.settings import load_settings
+
+    def make(**options):
+        options.setdefault("out", str(tmp_path / "registry.json"))
+        options.setdefault("interval", 0.01)
+        return registry.RegistryWatcher(ApiClient(load_settings()), DEP, registry.WatchOptions(**options))
+
+    return make
+
+
+def registered(watcher) -> set[str]:
+    return {item["container_uuid"] for item in watcher.document["services"]}
+
+
+def read_file(path) -> dict:
+    return json.loads(open(path, encoding="utf-8").read())
+
+
+# --- one-shot ---------------------------------------------------------------------------
+
+
+def test_one_shot_lists_running_containers_only(run, platform, result_validator, registry_validator):
+    first = platform.start(MACHINE_A, 1)
+    platform.start(MACHINE_B, 2, status="starting")
+    gone = platform.start(MACHINE_C, 3)
+    platform.stop(gone)
+
+    code, document, _ = run("discover_services.py", "--deployment-uuid", DEP, "--quiet")
+
+    assert code == 0, document
+    registry_validator.validate(document)
+    result_validator.validate(document)
+    assert [s["container_uuid"] for s in document["services"]] == [first]
+    service = document["services"][0]
+    assert service["url"].endswith("/p6006") and service["machine_id"] == MACHINE_A and service["healthy"] is True
+    assert service["since"] == "2026-11-25T12:00:00+08:00"
+
+
+def test_one_shot_port_6008_picks_that_url(run, platform):
+    platform.start(MACHINE_A, 1)
+    code, document, _ = run("discover_services.py", "--deployment-uuid", DEP, "--port", "6008")
+    assert code == 0 and document["services"][0]["url"].endswith("/p6008")
+
+
+def test_watch_flags_without_watch_are_a_usage_error(run, result_validator):
+    code, document, _ = run("discover_services.py", "--deployment-uuid", DEP, "--out", "x.json")
+    assert (code, document["error_type"]) == (1, "usage_error")
+    result_validator.validate(document)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8765", "192.168.1.5:8765", "example.com:80", "8765", "127.0.0.1:99999"])
+def test_serve_refuses_anything_but_a_loopback_address(run, address):
+    code, document, _ = run("discover_services.py", "--deployment-uuid", DEP, "--watch", "--serve", address)
+    assert (code, document["error_type"]) == (1, "usage_error")
+
+
+# --- watch: events, resync, staleness ---------------------------------------------------
+
+
+def test_events_register_and_deregister(platform, make_watcher, registry_validator):
+    first = platform.start(MACHINE_A, 1)
+    watcher = make_watcher()
+    watcher.cycle()
+    assert registered(watcher) == {first}
+
+    second = platform.start(MACHINE_B, 2)
+    watcher.cycle()
+    assert registered(watcher) == {first, second}
+
+    platform.stop(first)
+    watcher.cycle()
+    assert registered(watcher) == {second}
+    assert (watcher.registered, watcher.deregistered) == (2, 1)
+    on_disk = read_file(watcher.options.out)
+    registry_validator.validate(on_disk)
+    assert [s["container_uuid"] for s in on_disk["services"]] == [second]
+
+
+def test_a_container_that_stops_before_its_record_is_read_is_not_registered(platform, make_watcher):
+    watcher = make_watcher()
+    watcher.cycle()
+    flaky = platform.start(MACHINE_A, 1)
+    platform.containers[flaky]["status"] = "shutting_down"  # crashed between event and lookup
+    watcher.cycle()
+    assert registered(watcher) == set()
+
+
+def test_resync_heals_missed_events(platform, make_watcher):
+    kept = platform.start(MACHINE_A, 1)
+    dropped = platform.start(MACHINE_B, 2)
+    watcher = make_watcher(resync_every=3)
+    watcher.cycle()  # cycle 1: full listing
+    silent = platform.start(MACHINE_C, 3, with_events=False)
+    platform.stop(dropped, with_events=False)
+    watcher.cycle()  # cycle 2: events only, nothing to see
+    assert registered(watcher) == {kept, dropped}
+    watcher.cycle()  # cycle 3: resync
+    assert registered(watcher) == {kept, silent}
+    assert watcher.document["resynced_at"]
+
+
+def test_api_failure_keeps_last_good_registry_marked_stale(platform, make_watcher, registry_validator):
+    first = platform.start(MACHINE_A, 1)
+    watcher = make_watcher()
+    watcher.cycle()
+
+    platform.down = True
+    watcher.cycle()
+    stale = read_file(watcher.options.out)
+    registry_validator.validate(stale)
+    assert stale["stale"] is True and stale["stale_reason"]
+    assert [s["container_uuid"] for s in stale["services"]] == [first], "a blinking API must not empty the registry"
+
+    platform.down = False
+    second = platform.start(MACHINE_B, 2, with_events=False)
+    watcher.cycle()  # recovery lists everything again, so what happened meanwhile shows up
+    fresh = read_file(watcher.options.out)
+    assert "stale" not in fresh
+    assert {s["container_uuid"] for s in fresh["services"]} == {first, second}
+
+
+def test_api_down_from_the_start_gives_an_empty_stale_registry(platform, make_watcher, registry_validator):
+    platform.down = True
+    watcher = make_watcher()
+    watcher.cycle()
+    registry_validator.validate(watcher.document)
+    assert watcher.document["stale"] is True and watcher.document["services"] == []
+
+
+# --- health -----------------------------------------------------------------------------
+
+
+def test_health_probe_marks_unhealthy_after_k_failures_and_back(platform, make_watcher):
+    from autodl_esd.registry import HealthTracker
+
+    uuid = platform.start(MACHINE_A, 1)
+    answers = {"ok": True}
+    probed: list[str] = []
+
+    def check(probe_url, timeout):
+        probed.append(probe_url)
+        return answers["ok"]
+
+    watcher = make_watcher(health=HealthTracker("health", 1.0, failures_to_leave=2, check=check))
+
+    def healthy():
+        return watcher.document["services"][0]["healthy"]
+
+    watcher.cycle()
+    assert healthy() is True and probed[-1].endswith("/p6006/health")
+    answers["ok"] = False
+    watcher.cycle()
+    assert healthy() is True, "one failed probe is noise"
+    watcher.cycle()
+    assert healthy() is False
+    assert registered(watcher) == {uuid}, "an unhealthy replica stays listed (healthy=false), clients skip it"
+    answers["ok"] = True
+    watcher.cycle()
+    assert healthy() is True
+
+
+def test_new_replica_is_unhealthy_until_its_first_probe_succeeds(platform, make_watcher):
+    from autodl_esd.registry import HealthTracker
+
+    platform.start(MACHINE_A, 1)
+    watcher = make_watcher(health=HealthTracker("/health", 1.0, failures_to_leave=3, check=lambda u, t: False))
+    watcher.cycle()
+    assert watcher.document["services"][0]["healthy"] is False
+
+
+def test_probe_against_a_real_socket(tmp_path):
+    from autodl_esd.registry import probe
+
+    assert probe("http://127.0.0.1:9/health", timeout=0.5) is False  # discard port: refused
+
+
+# --- the loop, the script, signals -------------------------------------------------------
+
+
+def test_watch_script_bounded_by_max_cycles(run, platform, tmp_path, result_validator, registry_validator):
+    uuid = platform.start(MACHINE_A, 1)
+    out = tmp_path / "registry.json"
+
+    code, document, err = run("discover_services.py", "--deployment-uuid", DEP, "--watch", "--interval", "0.01",
+                              "--max-cycles", "3", "--out", str(out))
+
+    assert code == 0, document
+    result_validator.validate(document)
+    assert (document["cycles"], document["registered"], document["stopped_by"]) == (3, 1, "max_cycles")
+    assert [s["container_uuid"] for s in document["services"]] == [uuid]
+    assert document["out"] == str(out)
+    registry_validator.validate(read_file(out))
+    assert "注册" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["registry.json"], "no temporary file left behind"
+
+
+def test_watch_stopped_by_a_signal_ends_normally_with_a_summary(run, platform, monkeypatch, result_validator):
+    from autodl_esd import registry
+    from autodl_esd.errors import Interrupted
+
+    platform.start(MACHINE_A, 1)
+    real_cycle = registry.RegistryWatcher.cycle
+
+    def cycle_then_signal(self):
+        if self.cycles == 2:
+            raise Interrupted("SIGTERM")
+        real_cycle(self)
+
+    monkeypatch.setattr(registry.RegistryWatcher, "cycle", cycle_then_signal)
+    code, document, _ = run("discover_services.py", "--deployment-uuid", DEP, "--watch", "--interval", "0.01")
+
+    assert code == 0, document
+    result_validator.validate(document)
+    assert document["stopped_by"] == "SIGTERM" and len(document["services"]) == 1
+
+
+def test_watch_bounded_by_duration(platform, make_watcher):
+    platform.start(MACHINE_A, 1)
+    watcher = make_watcher(interval=0.02, duration=0.1)
+    assert watcher.run() == "duration"
+    assert watcher.cycles >= 2
+
+
+# --- atomic writes ----------------------------------------------------------------------
+
+
+def test_readers_never_see_a_half_written_file(tmp_path):
+    from autodl_esd.registry import write_atomically
+
+    path = tmp_path / "registry.json"
+    small = {"status": "success", "services": []}
+    big = {"status": "success", "services": [{"container_uuid": f"c{i}", "url": "http://x" * 50} for i in range(300)]}
+    write_atomically(path, small)
+    done = threading.Event()
+    failures: list[str] = []
+    reads = [0]
+
+    def reader():
+        while not done.is_set():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+                reads[0] += 1
+            except ValueError as error:
+                failures.append(str(error))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(200):
+            write_atomically(path, big if i % 2 else small)
+    finally:
+        done.set()
+        thread.join(timeout=5)
+    assert failures == [] and reads[0] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["registry.json"]
+
+
+# --- the loopback endpoint --------------------------------------------------------------
+
+
+def service(uuid: str, healthy: bool = True) -> dict:
+    machine = uuid.split("-")[1]
+    return {"container_uuid": uuid, "url": f"https://{machine}.example.com", "machine_id": machine,
+            "gpu_name": "RTX 4090", "since": "2026-11-25T12:00:00+08:00", "healthy": healthy}
+
+
+def get(endpoint_url: str, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(endpoint_url + path, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def endpoint():
+    from autodl_esd.registry import RegistryEndpoint, registry_document
+
+    holder = {"document": registry_document(DEP, [service(container_uuid(MACHINE_A, 1)), service(container_uuid(MACHINE_B, 2)),
+                                                  service(container_uuid(MACHINE_C, 3), healthy=False)])}
+    started = RegistryEndpoint("127.0.0.1", 0, registry=lambda: holder["document"]).start()
+    started.holder = holder
+    yield started
+    started.stop()
+
+
+def test_endpoint_serves_the_registry(endpoint, registry_validator):
+    status, document = get(endpoint.url, "/services")
+    assert status == 200
+    registry_validator.validate(document)
+    assert document == endpoint.holder["document"]
+
+
+def test_endpoint_pick_round_robin_skips_unhealthy_replicas(endpoint):
+    picks = [get(endpoint.url, "/pick?policy=round_robin")[1]["service"]["container_uuid"] for _ in range(6)]
+    assert set(picks) == {container_uuid(MACHINE_A, 1), container_uuid(MACHINE_B, 2)}
+    assert picks[0::2] == [picks[0]] * 3 and picks[1::2] == [picks[1]] * 3, "round robin alternates"
+
+
+@pytest.mark.parametrize("policy", ["least_inflight", "random"])
+def test_endpoint_pick_other_policies(endpoint, policy):
+    status, document = get(endpoint.url, f"/pick?policy={policy}")
+    assert status == 200 and document["policy"] == policy
+    assert document["service"]["machine_id"] in (MACHINE_A, MACHINE_B)
+
+
+def test_endpoint_errors(endpoint):
+    assert get(endpoint.url, "/pick?policy=fastest")[0] == 400
+    assert get(endpoint.url, "/nothing")[0] == 404
+    endpoint.holder["document"] = {**endpoint.holder["document"], "services": []}
+    status, document = get(endpoint.url, "/pick")
+    assert status == 503 and "没有可用副本" in document["message"]
+    endpoint.holder["document"] = None
+    assert get(endpoint.url, "/services")[0] == 503

@@ -10,11 +10,10 @@ EXAMPLES = [
     "python scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --expire-minutes 4320   # 公有云",
 ]
 
-# Public-cloud limits of expire_in_minutes: at least a minute, at most 30 days.
-MAX_EXPIRE_MINUTES = 43200
-
 
 def build_parser() -> cli.JsonArgumentParser:
+    from autodl_esd.api import BLACKLIST_MAX_EXPIRE_MINUTES as MAX_EXPIRE_MINUTES
+
     parser = cli.make_parser(
         "blacklist_host.py",
         "把某个容器所在的主机加入调度黑名单: 之后不再往这台主机调度容器 (已在上面运行的容器不受影响)。"

@@ -26,17 +26,12 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
-    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, read_back, resolve_from_args
+    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, read_back, require_confirmation, resolve_from_args
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)
     impact = deployment_impact(client, deployment)
-    if not args.yes:
-        raise cli.confirmation_required(
-            f"删除部署 {deployment.get('name')} ({deployment['uuid']}, {deployment.get('deployment_type')}, "
-            f"状态 {deployment.get('status')}, {impact['live_container_count']} 个容器会被停止)",
-            {"action": "delete_deployment", **impact},
-        )
+    require_confirmation(args.yes, "删除", deployment, impact, "delete_deployment")
 
     api.delete_deployment(client, deployment["uuid"])
     ctx.progress.log(f"已请求删除部署 {deployment['uuid']}")

@@ -26,7 +26,14 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
-    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, deployment_summary, read_back, resolve_from_args
+    from autodl_esd.resolve import (
+        deployment_by_uuid,
+        deployment_impact,
+        deployment_summary,
+        read_back,
+        require_confirmation,
+        resolve_from_args,
+    )
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)
@@ -34,12 +41,7 @@ def handle(args, ctx: cli.Context) -> dict:
         return {"deployment_uuid": deployment["uuid"], "changed": False, "verified": True,
                 "note": "部署已经是 stopped 状态, 没有再次停止。", "deployment": deployment_summary(deployment)}
     impact = deployment_impact(client, deployment)
-    if not args.yes:
-        raise cli.confirmation_required(
-            f"停止部署 {deployment.get('name')} ({deployment['uuid']}, {deployment.get('deployment_type')}, "
-            f"{impact['live_container_count']} 个容器在运行或启动中)",
-            {"action": "stop_deployment", **impact},
-        )
+    require_confirmation(args.yes, "停止", deployment, impact, "stop_deployment")
 
     api.stop_deployment(client, deployment["uuid"])
     ctx.progress.log(f"已请求停止部署 {deployment['uuid']}")

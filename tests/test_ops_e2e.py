@@ -14,31 +14,14 @@ import pytest
 
 from conftest import ROOT
 
-simulator = pytest.importorskip("simulator")
+pytest.importorskip("simulator")
 
-# 200 simulated seconds per real second: a ~30 s container start-up takes ~0.15 s.
-SPEED = 200.0
+# One simulator per test, pointed to by AUTODL_HOST/AUTODL_TOKEN (200x simulated time).
+from test_e2e_queue_submit import sim  # noqa: E402,F401 (fixture)
+
 FAST = ("--interval", "0.05", "--quiet")
 SERVICE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 JOB = json.loads((ROOT / "examples" / "job-training.json").read_text(encoding="utf-8"))
-
-
-@pytest.fixture
-def sim(monkeypatch):
-    started: list = []
-
-    def start(**kwargs):
-        kwargs.setdefault("speed", SPEED)
-        kwargs.setdefault("seed", 1)
-        instance = simulator.Simulator(**kwargs).start()
-        started.append(instance)
-        monkeypatch.setenv("AUTODL_HOST", instance.url)
-        monkeypatch.setenv("AUTODL_TOKEN", instance.token)
-        return instance
-
-    yield start
-    for instance in started:
-        instance.stop()
 
 
 @pytest.fixture

@@ -28,14 +28,9 @@ from test_ops_support import (  # noqa: F401 (fixtures)
     expect_deployment,
     fast_read_back,
     list_body,
+    ok,
     page,
 )
-
-
-def ok(code, document, result_validator):
-    assert code == 0, document
-    assert document["status"] == "success"
-    result_validator.validate(document)
 
 
 # --- list_images ------------------------------------------------------------------------

@@ -30,20 +30,11 @@ from test_ops_support import (  # noqa: F401 (fixtures)
     deployment,
     expect_containers,
     expect_deployment,
+    failed,
     fast_read_back,
+    ok,
     page,
 )
-
-
-def ok(code, document, result_validator):
-    assert code == 0, document
-    assert document["status"] == "success"
-    result_validator.validate(document)
-
-
-def failed(code, document, result_validator, error_type, exit_code=1):
-    assert (code, document["error_type"]) == (exit_code, error_type), document
-    result_validator.validate(document)
 
 
 # --- set_replicas -----------------------------------------------------------------------

@@ -97,3 +97,16 @@ def expect_deployment(api, item: dict[str, Any] | None = None, **filters: Any) -
 
 def expect_containers(api, items: list[dict[str, Any]], **filters: Any) -> None:
     api.post(CONTAINERS, json=page(items), match=[list_body(deployment_uuid=DEP_UUID, **filters), AUTH])
+
+
+def ok(code: int, document: dict[str, Any], validator: Any) -> None:
+    """A success document that validates against the result schema."""
+    assert code == 0, document
+    assert document["status"] == "success"
+    validator.validate(document)
+
+
+def failed(code: int, document: dict[str, Any], validator: Any, error_type: str, exit_code: int = 1) -> None:
+    """An error document of this type and exit code that validates against the result schema."""
+    assert (code, document["error_type"]) == (exit_code, error_type), document
+    validator.validate(document)

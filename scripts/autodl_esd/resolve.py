@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable
 
 from . import api
-from .cli import UsageError
+from .cli import UsageError, confirmation_required
 from .config import load_config
 from .errors import AutoDLError, ErrorType
 from .units import gb_from_bytes, yuan_from_price_units
@@ -206,6 +206,17 @@ def deployment_impact(client: Any, deployment: dict[str, Any]) -> dict[str, Any]
     live = [container_summary(c) for c in containers if c.get("status") in LIVE_STATUSES]
     return {"deployment": deployment_summary(deployment), "live_containers": live, "live_container_count": len(live)}
 
+
+
+def require_confirmation(yes: bool, verb: str, deployment: dict[str, Any], impact: dict[str, Any], action: str) -> None:
+    """Without --yes, answer confirmation_required describing what `verb` would touch."""
+    if yes:
+        return
+    raise confirmation_required(
+        f"{verb}部署 {deployment.get('name')} ({deployment['uuid']}, {deployment.get('deployment_type')}, "
+        f"状态 {deployment.get('status')}, {impact['live_container_count']} 个容器在运行或启动中)",
+        {"action": action, **impact},
+    )
 
 # --- reading back after a change ------------------------------------------------------
 

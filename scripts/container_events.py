@@ -39,7 +39,7 @@ def build_parser() -> cli.JsonArgumentParser:
     parser.add_argument("--container-uuid", metavar="UUID", help="只看这个容器的事件; 不指定部署时从容器 UUID 推出部署")
     parser.add_argument("--offset", type=cli.non_negative_int, default=0, metavar="N", help="跳过前 N 个事件 (上次输出的 next_offset), 默认 0")
     parser.add_argument("--follow", action="store_true", help="持续轮询新事件, 直到达到 --until/--count 或超时")
-    parser.add_argument("--until", choices=CONTAINER_STATUSES, default="running", metavar="STATUS", help="--follow 等待的状态 (默认 running)")
+    parser.add_argument("--until", choices=CONTAINER_STATUSES, default="running", metavar="STATUS", help=f"--follow 等待的状态: {', '.join(CONTAINER_STATUSES)} (默认 running)")
     parser.add_argument("--count", type=cli.positive_int, metavar="N",
                         help="--follow 需要多少个不同容器达到该状态 (默认: ReplicaSet 为 replica_num, Job 为 min(parallelism_num, replica_num), Container 为 1; 指定 --container-uuid 时为 1)")
     parser.add_argument("--interval", type=cli.positive_seconds, default=DEFAULT_INTERVAL_SECONDS, metavar="S", help="--follow 轮询间隔秒数, 可为小数 (默认 5)")

@@ -15,29 +15,10 @@ import requests
 
 from conftest import ROOT
 
-simulator = pytest.importorskip("simulator")
+pytest.importorskip("simulator")
 
-# 200 simulated seconds per real second: a ~30 s container start-up takes ~0.15 s.
-SPEED = 200.0
 CREATE = ("POST", "/api/v1/dev/deployment")
 EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
-
-
-@pytest.fixture
-def sim(monkeypatch):
-    def start(**kwargs):
-        kwargs.setdefault("speed", SPEED)
-        kwargs.setdefault("seed", 1)
-        instance = simulator.Simulator(**kwargs).start()
-        started.append(instance)
-        monkeypatch.setenv("AUTODL_HOST", instance.url)
-        monkeypatch.setenv("AUTODL_TOKEN", instance.token)
-        return instance
-
-    started: list = []
-    yield start
-    for instance in started:
-        instance.stop()
 
 
 @pytest.fixture

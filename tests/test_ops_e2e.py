@@ -16,9 +16,6 @@ from conftest import ROOT
 
 pytest.importorskip("simulator")
 
-# One simulator per test, pointed to by AUTODL_HOST/AUTODL_TOKEN (200x simulated time).
-from test_e2e_queue_submit import sim  # noqa: E402,F401 (fixture)
-
 FAST = ("--interval", "0.05", "--quiet")
 SERVICE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 JOB = json.loads((ROOT / "examples" / "job-training.json").read_text(encoding="utf-8"))

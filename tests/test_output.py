@@ -335,3 +335,10 @@ def test_status_is_plain_lines_off_a_terminal():
     progress.status("b")
     assert "\r" not in stream.getvalue()
     assert stream.getvalue().count("\n") == 2
+
+
+def test_a_success_payload_cannot_turn_into_another_status(capsys):
+    parser = cli.make_parser("t.py", "t")
+    code = cli.run(parser, lambda args, ctx: {"status": "running"}, [])
+    document = json.loads(capsys.readouterr().out)
+    assert code == 4 and document["error_type"] == "internal_error"

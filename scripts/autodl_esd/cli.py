@@ -24,8 +24,8 @@ from .output import Progress, emit_error, emit_success, scrub
 
 
 class UsageError(AutoDLError):
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(ErrorType.USAGE_ERROR, message, hint or "运行 --help 查看用法与示例。")
+    def __init__(self, message: str, hint: str = "", details: dict[str, Any] | None = None) -> None:
+        super().__init__(ErrorType.USAGE_ERROR, message, hint or "运行 --help 查看用法与示例。", details)
 
 
 class JsonArgumentParser(argparse.ArgumentParser):

@@ -39,6 +39,9 @@ def _write_json(document: dict[str, Any], stream: TextIO | None = None) -> None:
 
 
 def emit_success(payload: dict[str, Any]) -> int:
+    if payload.get("status", "success") != "success":
+        # It would silently replace "success"; name the field after what it is instead.
+        raise ValueError(f"a success payload carries status={payload['status']!r}")
     _write_json({"status": "success", **payload})
     return EXIT_SUCCESS
 

@@ -20,9 +20,6 @@ DEFAULT_INTERVAL_SECONDS = 5.0
 # Image pulls on a cold host can take several minutes; 15 minutes covers a large image
 # (the same budget as queue_submit --startup-timeout).
 DEFAULT_TIMEOUT_SECONDS = 900.0
-# A follow survives API blips; this many failed polls in a row (each already retried by the
-# HTTP client) means the API is down and following on is pointless.
-MAX_CONSECUTIVE_POLL_FAILURES = 10
 
 
 def build_parser() -> cli.JsonArgumentParser:
@@ -72,10 +69,11 @@ def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) 
     """Poll from `offset` until `--count` distinct containers have reached `--until`."""
     from autodl_esd import api
     from autodl_esd.errors import ApiError, AutoDLError, ErrorType
+    from autodl_esd.polling import PollFailures
     from autodl_esd.submit import target_running
 
     target = args.count or (1 if args.container_uuid else target_running(deployment))
-    started, failures, reached = time.monotonic(), 0, []
+    started, failures, reached = time.monotonic(), PollFailures(ctx.progress, "查询事件"), []
     while True:
         reached = list(dict.fromkeys(e.get("deployment_container_uuid") for e in events if e.get("status") == args.until))
         elapsed = time.monotonic() - started
@@ -97,12 +95,9 @@ def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) 
         time.sleep(min(args.interval, args.timeout - elapsed) if args.timeout else args.interval)
         try:
             new, offset = api.list_events(ctx.client(), deployment["uuid"], offset=offset, container_uuid=args.container_uuid)
-            failures = 0
+            failures.reset()
         except ApiError as error:
-            failures += 1
-            ctx.progress.log(f"查询事件失败 ({failures}/{MAX_CONSECUTIVE_POLL_FAILURES}): {error.message} 继续跟踪。")
-            if failures >= MAX_CONSECUTIVE_POLL_FAILURES:
-                raise
+            failures.record(error)
             continue
         for event in new:
             ctx.progress.log(f"{event.get('deployment_container_uuid')} → {event.get('status')} ({event.get('created_at')})")

@@ -18,14 +18,12 @@ from .containers import container_summary
 from .errors import ApiError, AutoDLError, ErrorType, Interrupted
 from .lint import lint_config
 from .output import Progress
+from .polling import PollFailures
 from .stock import StockByGpu, first_fit, requested_stock
 
 # Three tries cover a race with another tenant for the last cards; more than that means
 # the conditions (price/cpu/memory ranges) exclude every host that has free cards.
 MAX_CREATE_ATTEMPTS = 3
-# A wait survives API blips; this many failed polls in a row (each already retried by the
-# HTTP client) means the API is down for good and waiting on is pointless.
-MAX_CONSECUTIVE_POLL_FAILURES = 10
 # After an ambiguous create, the deployment may take a moment to be listed.
 RECONCILE_LOOKUPS = 3
 RECONCILE_PAUSE_SECONDS = 1.0
@@ -141,7 +139,7 @@ class Submitter:
 
     def wait_for_stock(self, stock: StockByGpu, started: float) -> tuple[StockByGpu, str]:
         """Poll until a requested type has gpu_num idle cards; returns (stock, gpu_name)."""
-        failures = 0
+        failures = PollFailures(self.progress, "查询库存")
         while True:
             fit = first_fit(stock, self.gpu_names, self.gpu_num)
             if fit:
@@ -161,12 +159,9 @@ class Submitter:
             self.sleep(pause)
             try:
                 stock = self.poll_stock()
-                failures = 0
+                failures.reset()
             except ApiError as error:
-                failures += 1
-                self.progress.log(f"查询库存失败 ({failures}/{MAX_CONSECUTIVE_POLL_FAILURES}): {error.message} 继续等待。")
-                if failures >= MAX_CONSECUTIVE_POLL_FAILURES:
-                    raise
+                failures.record(error)
 
     # --- submitting -------------------------------------------------------------------
 

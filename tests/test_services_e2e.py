@@ -1,8 +1,8 @@
 """Services end to end against the local simulator: discovery follows crashes, the pool only
 reaches running replicas, a faulty machine is found, blacklisted and then avoided.
 
-Simulated time runs 200x (a container start-up of ~30 simulated seconds takes ~0.15 s);
-every wait is bounded.
+The conftest `sim` fixture runs simulated time 200x (a container start-up of ~30 simulated
+seconds takes ~0.15 s); every wait is bounded.
 """
 
 from __future__ import annotations
@@ -17,31 +17,14 @@ import pytest
 
 from conftest import ROOT
 
-simulator = pytest.importorskip("simulator")
+pytest.importorskip("simulator")
 
-SPEED = 200.0
 # Polling interval of the watcher in these tests (real seconds).
 INTERVAL = 0.1
 # How late the registry may follow a change: one interval plus scheduling slack on 2 cores.
 FOLLOW_SLACK_SECONDS = 1.0
 EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 FAULTY, HEALTHY = "0a0a0a0a0a", "0b0b0b0b0b"
-
-
-@pytest.fixture
-def sim(monkeypatch):
-    started: list = []
-
-    def start(**kwargs):
-        instance = simulator.Simulator(speed=SPEED, seed=1, **kwargs).start()
-        started.append(instance)
-        monkeypatch.setenv("AUTODL_HOST", instance.url)
-        monkeypatch.setenv("AUTODL_TOKEN", instance.token)
-        return instance
-
-    yield start
-    for instance in started:
-        instance.stop()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ the URL a client calls. `scripts/service_pool.py` reads it and picks a replica p
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import os
@@ -175,8 +176,8 @@ def probe(url: str, timeout: float) -> bool:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as response:
             return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+        return False  # refused, timed out, reset, garbled: all mean 'not serving'
 
 
 class HealthTracker:

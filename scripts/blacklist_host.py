@@ -12,8 +12,6 @@ EXAMPLES = [
 
 
 def build_parser() -> cli.JsonArgumentParser:
-    from autodl_esd.api import BLACKLIST_MAX_EXPIRE_MINUTES as MAX_EXPIRE_MINUTES
-
     parser = cli.make_parser(
         "blacklist_host.py",
         "把某个容器所在的主机加入调度黑名单: 之后不再往这台主机调度容器 (已在上面运行的容器不受影响)。"
@@ -22,9 +20,7 @@ def build_parser() -> cli.JsonArgumentParser:
         EXAMPLES,
     )
     parser.add_argument("--container-uuid", required=True, metavar="UUID", help="运行在问题主机上的容器 UUID (可以是已停止的容器)")
-    parser.add_argument("--comment", metavar="TEXT", help="备注, 如 启动慢 / 频繁异常退出")
-    parser.add_argument("--expire-minutes", type=cli.int_between(1, MAX_EXPIRE_MINUTES), metavar="N",
-                        help=f"多少分钟后解除, 1..{MAX_EXPIRE_MINUTES} (30 天); 公有云字段, 不指定时平台默认 1440 (24 小时)")
+    cli.add_blacklist_flags(parser, comment_help="备注, 如 启动慢 / 频繁异常退出")
     return parser
 
 

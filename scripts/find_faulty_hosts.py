@@ -21,8 +21,6 @@ DEFAULT_MIN_FAILURES = 3
 # A container that dies within 5 minutes of starting failed on start-up (driver, disk,
 # network), not in normal service.
 DEFAULT_MIN_UPTIME_SECONDS = 300.0
-# Public-cloud limit of expire_in_minutes (30 days); the private cloud always expires after 24 h.
-MAX_EXPIRE_MINUTES = 43200
 
 
 def build_parser() -> cli.JsonArgumentParser:
@@ -44,9 +42,7 @@ def build_parser() -> cli.JsonArgumentParser:
                         help=f"运行不足 S 秒就退出算失败 (默认 {DEFAULT_MIN_UPTIME_SECONDS:g}); Job 请设得比正常任务时长短")
     parser.add_argument("--apply", action="store_true", help="把报告的主机加入调度黑名单 (需同时加 --yes)")
     cli.add_confirmation_flag(parser)
-    parser.add_argument("--comment", metavar="TEXT", help="黑名单备注 (默认说明失败次数)")
-    parser.add_argument("--expire-minutes", type=cli.int_between(1, MAX_EXPIRE_MINUTES), metavar="N",
-                        help=f"黑名单多少分钟后解除, 1..{MAX_EXPIRE_MINUTES}; 公有云字段, 不指定时平台默认 1440 (24 小时)")
+    cli.add_blacklist_flags(parser, comment_help="黑名单备注 (默认说明失败次数)")
     return parser
 
 

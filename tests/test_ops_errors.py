@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from conftest import TEST_TOKEN, envelope
-from test_ops_support import (  # noqa: F401 (fixtures)
+from api_fakes import (  # noqa: F401 (fixtures)
     BLACKLIST,
     CONTAINER_UUID,
     CONTAINERS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import envelope
-from test_ops_support import (  # noqa: F401 (fixtures)
+from api_fakes import (  # noqa: F401 (fixtures)
     AUTH,
     CONTAINER_UUID,
     DEP_UUID,

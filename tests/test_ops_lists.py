@@ -8,7 +8,7 @@ import pytest
 from responses import matchers
 
 from conftest import envelope
-from test_ops_support import (  # noqa: F401 (fixtures)
+from api_fakes import (  # noqa: F401 (fixtures)
     AUTH,
     BLACKLIST,
     CONTAINER_UUID,

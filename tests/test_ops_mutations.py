@@ -11,7 +11,7 @@ import json
 import pytest
 
 from conftest import envelope
-from test_ops_support import (  # noqa: F401 (fixtures)
+from api_fakes import (  # noqa: F401 (fixtures)
     AUTH,
     BLACKLIST,
     CONTAINER_UUID,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from test_ops_support import (  # noqa: F401 (fixtures)
+from api_fakes import (  # noqa: F401 (fixtures)
     CONTAINER_UUID,
     CONTAINERS,
     DEPLOYMENTS,

@@ -11,17 +11,11 @@ import pytest
 import requests
 import responses
 from responses import matchers
-from responses.registries import OrderedRegistry
 
-from conftest import ROOT, TEST_TOKEN, envelope, url
+from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, EVENTS, IMAGES, REGION_STOCK, STOCK, api, page  # noqa: F401 (fixture)
+from conftest import ROOT, TEST_TOKEN, envelope
 
-IMAGES = url("/api/v1/dev/image/private/list")
-STOCK = url("/api/v1/dev/machine/gpu_stock")
-REGION_STOCK = url("/api/v1/dev/machine/region/gpu_stock")
-DEPLOYMENTS = url("/api/v1/dev/deployment/list")
-CREATE = url("/api/v1/dev/deployment")
-CONTAINERS = url("/api/v1/dev/deployment/container/list")
-EVENTS = url("/api/v1/dev/deployment/container/event/list")
+CREATE = DEPLOYMENT
 
 IMAGE_UUID = "image-db8346e037"
 NEW_UUID = "833f1cd5a764fa3"
@@ -57,17 +51,6 @@ def config_file(tmp_path):
     return write
 
 
-@pytest.fixture
-def api():
-    """Ordered responses: calls must happen in exactly the registered order."""
-    with responses.RequestsMock(registry=OrderedRegistry, assert_all_requests_are_fired=True) as mock:
-        yield mock
-
-
-def images_page(items, page_index=1, max_page=1):
-    return envelope({"list": items, "page_index": page_index, "page_size": 100, "max_page": max_page, "offset": 0})
-
-
 def stock_list(idle, total=8, name="RTX 4090"):
     return envelope([{name: {"idle_gpu_num": idle, "total_gpu_num": total}}])
 
@@ -78,7 +61,7 @@ def deployments(items=()):
 
 def expect_checks(api, idle=0):
     """Image list, first stock poll, same-name lookup: the calls before any waiting."""
-    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID, "image_name": "app"}]))
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID, "image_name": "app"}]))
     api.get(STOCK, json=stock_list(idle))
     api.post(DEPLOYMENTS, json=deployments(), match=[matchers.json_params_matcher({"name": "svc", "page_index": 1, "page_size": 100})])
 
@@ -117,7 +100,7 @@ def test_waits_for_stock_then_submits_once(run, api, config_file, result_validat
 
 
 def test_dict_shaped_stock_is_understood(run, api, config_file):
-    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID, "name": "app"}]))
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID, "name": "app"}]))
     api.get(STOCK, json=envelope({"RTX 4090": {"gpu_name": "RTX 4090", "idle_gpu_num": 3, "total_gpu_num": 8}}))
     api.post(DEPLOYMENTS, json=deployments())
     expect_create(api)
@@ -142,9 +125,9 @@ def test_dry_run_checks_everything_and_creates_nothing(run, api, config_file, re
 
 
 def test_image_check_reads_every_page(run, api, config_file, result_validator):
-    api.post(IMAGES, json=images_page([{"image_uuid": "image-aaaaaaaaaa", "image_name": "a"}], 1, 2),
+    api.post(IMAGES, json=page([{"image_uuid": "image-aaaaaaaaaa", "image_name": "a"}], 1, 2),
              match=[matchers.json_params_matcher({"page_index": 1, "page_size": 100})])
-    api.post(IMAGES, json=images_page([{"image_uuid": "image-bbbbbbbbbb", "name": "b"}], 2, 2),
+    api.post(IMAGES, json=page([{"image_uuid": "image-bbbbbbbbbb", "name": "b"}], 2, 2),
              match=[matchers.json_params_matcher({"page_index": 2, "page_size": 100})])
 
     code, out, _ = run("queue_submit.py", config_file(), *FAST)
@@ -159,7 +142,7 @@ def test_image_check_reads_every_page(run, api, config_file, result_validator):
 
 
 def test_unknown_gpu_type(run, api, config_file, result_validator):
-    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
     api.get(STOCK, json=stock_list(3, name="RTX A5000"))
 
     code, out, _ = run("queue_submit.py", config_file(), *FAST)
@@ -170,7 +153,7 @@ def test_unknown_gpu_type(run, api, config_file, result_validator):
 
 
 def test_refuses_a_live_deployment_with_the_same_name(run, api, config_file, result_validator):
-    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
     api.get(STOCK, json=stock_list(3))
     api.post(DEPLOYMENTS, json=deployments([{"uuid": "aaaaaaaaaaaaaaa", "name": "svc", "status": "running"}]))
 
@@ -182,7 +165,7 @@ def test_refuses_a_live_deployment_with_the_same_name(run, api, config_file, res
 
 
 def test_duplicate_name_allowed_on_request_and_stopped_ones_ignored(run, api, config_file):
-    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
     api.get(STOCK, json=stock_list(3))
     api.post(DEPLOYMENTS, json=deployments([{"uuid": "aaaaaaaaaaaaaaa", "name": "svc", "status": "running"}]))
     expect_create(api)
@@ -225,7 +208,7 @@ def test_auth_error_while_waiting_ends_the_wait(run, api, config_file, result_va
 
 def test_timeout_reports_the_last_stock(run, config_file, result_validator):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+        mock.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
         mock.get(STOCK, json=stock_list(0, total=8))
         mock.post(DEPLOYMENTS, json=deployments())
 
@@ -290,7 +273,7 @@ def test_reconcile_ignores_same_name_deployments_that_existed_before(run, api, c
 
     monkeypatch.setattr(submit, "RECONCILE_LOOKUPS", 1)
     old = {"uuid": "aaaaaaaaaaaaaaa", "name": "svc", "status": "stopped"}
-    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
     api.get(STOCK, json=stock_list(3))
     api.post(DEPLOYMENTS, json=deployments([old]))
     expect_create(api, status=503, json=envelope(code="ServiceUnavailable"))
@@ -326,7 +309,7 @@ def test_region_stock_is_summed_over_dc_list(run, api, config_file):
     template = config["container_template"]
     del template["cuda_v"]
     template.update({"dc_list": ["westDC2", "westDC3"], "cuda_v_from": 118, "cuda_v_to": 128})
-    api.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
     for region, idle in (("westDC2", 0), ("westDC3", 1)):
         api.post(REGION_STOCK, json=stock_list(idle), match=[matchers.json_params_matcher({"region_sign": region})])
     api.post(DEPLOYMENTS, json=deployments())
@@ -363,10 +346,6 @@ def container(status, uuid_suffix="a394fb30"):
     }
 
 
-def page(items):
-    return envelope({"list": items, "page_index": 1, "page_size": 100, "max_page": 1})
-
-
 def test_wait_running_follows_containers_and_redacts_passwords(run, api, config_file, result_validator):
     expect_checks(api, idle=3)
     expect_create(api)
@@ -390,7 +369,7 @@ def test_wait_running_follows_containers_and_redacts_passwords(run, api, config_
 
 def test_startup_timeout_keeps_the_deployment_uuid(run, config_file, result_validator):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.post(IMAGES, json=images_page([{"image_uuid": IMAGE_UUID}]))
+        mock.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
         mock.get(STOCK, json=stock_list(3))
         mock.post(DEPLOYMENTS, json=deployments())
         mock.post(CREATE, json=envelope({"deployment_uuid": NEW_UUID}))

@@ -1,4 +1,4 @@
-"""Builders shared by the ops-script tests (no tests here): API records and list pages."""
+"""Fake platform records for the `responses`-based unit tests: endpoint URLs, API records, pages."""
 
 from __future__ import annotations
 

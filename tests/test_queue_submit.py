@@ -443,3 +443,19 @@ def test_wait_running_ends_when_a_short_job_already_finished(run, api, config_fi
     assert code == 0, out
     assert out["deployment_finished"] is True and out["containers"] == []
     result_validator.validate(out)
+
+
+def test_a_failed_poll_between_create_attempts_does_not_end_the_run(run, api, config_file, monkeypatch):
+    from autodl_esd import http
+
+    monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
+    expect_checks(api, idle=3)
+    expect_create(api, json=envelope(code="BadRequest", msg="当前算力规格暂无库存"))
+    api.get(STOCK, status=503, json=envelope(code="ServiceUnavailable"))
+    api.get(STOCK, json=stock_list(3))
+    expect_create(api)
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 0 and out["deployment_uuid"] == NEW_UUID
+    assert len(create_calls(api)) == 2

@@ -223,7 +223,12 @@ class Submitter:
                     },
                 )
             self.sleep(self.options.interval)
-            stock = self.poll_stock()
+            try:
+                stock = self.poll_stock()
+            except ApiError as error:
+                # Same rule as any poll while waiting: log it, wait_for_stock polls again.
+                self.progress.log(f"查询库存失败: {error.message} 继续等待。")
+                stock = {}
 
     # --- following --------------------------------------------------------------------
 

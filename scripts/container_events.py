@@ -28,8 +28,8 @@ def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "container_events.py",
         "查询部署的容器事件 (每个事件: 容器 UUID、进入的状态、时间; 按时间正序)。输出 next_offset, "
-        "下次加 --offset NEXT_OFFSET 只取新事件。--follow 持续轮询, 直到 --count 个不同容器出现过 "
-        "--until 状态 (默认 running); 超过 --timeout 返回 startup_timeout (退出码 2)。",
+        "下次加 --offset NEXT_OFFSET 只取新事件。--follow 持续轮询, 直到 --count 个不同容器进入 "
+        "--until 状态 (默认 running; 之后又停止的不算); 超过 --timeout 返回 startup_timeout (退出码 2)。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser, required=False)
@@ -68,6 +68,7 @@ def handle(args, ctx: cli.Context) -> dict:
 def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) -> dict:
     """Poll from `offset` until `--count` distinct containers have reached `--until`."""
     from autodl_esd import api
+    from autodl_esd.containers import containers_in_status
     from autodl_esd.errors import ApiError, AutoDLError, ErrorType
     from autodl_esd.polling import PollFailures
     from autodl_esd.submit import target_running
@@ -75,7 +76,7 @@ def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) 
     target = args.count or (1 if args.container_uuid else target_running(deployment))
     started, failures, reached = time.monotonic(), PollFailures(ctx.progress, "查询事件"), []
     while True:
-        reached = list(dict.fromkeys(e.get("deployment_container_uuid") for e in events if e.get("status") == args.until))
+        reached = containers_in_status(events, args.until)
         elapsed = time.monotonic() - started
         outcome = {
             "events": events, "next_offset": offset, "until": args.until, "target_count": target,

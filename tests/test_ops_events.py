@@ -78,6 +78,25 @@ def test_follow_until_the_replicas_run(run, api, result_validator):
     assert C2 in stderr  # new events are logged as they arrive
 
 
+def test_follow_does_not_count_a_replica_that_ran_and_stopped(run, api, result_validator):
+    expect_deployment(api, deployment(replica_num=2))
+    crashed = [event(CONTAINER_UUID, "running"), event(CONTAINER_UUID, "shutting_down"), event(C2, "running")]
+    events_from(api, 0, crashed)
+    events_from(api, 3, [])
+    code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", "--timeout", "0.05", *FAST)
+    assert (code, document["error_type"]) == (2, "startup_timeout"), document
+    result_validator.validate(document)
+    assert document["details"]["reached_containers"] == [C2]
+
+
+def test_follow_until_a_stop_status_counts_stopped_containers(run, api, result_validator):
+    expect_deployment(api, deployment(replica_num=2))
+    events_from(api, 0, [event(CONTAINER_UUID, "shutting_down"), event(CONTAINER_UUID, "shutdown")])
+    code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", "--until", "shutting_down", "--count", "1", *FAST)
+    assert code == 0, document
+    assert document["reached_containers"] == [CONTAINER_UUID]
+
+
 def test_follow_count_and_until(run, api, result_validator):
     expect_deployment(api, deployment(replica_num=3))
     events_from(api, 0, [event(CONTAINER_UUID, "shutdown")])

@@ -16,6 +16,24 @@ CONTAINER_STATUSES = (*LIVE_STATUSES, "shutting_down", "shutdown")
 STOPPING_STATUSES = ("shutting_down", "shutdown")
 
 
+def containers_in_status(events: list[dict[str, Any]], status: str) -> list[str]:
+    """Containers (first-seen order) that reached `status` and, for a live status, have not stopped since.
+
+    Events are oldest first. A replica that ran and then crashed is not running any more,
+    so waiting for N `running` containers must not count it.
+    """
+    reached: dict[str, bool] = {}
+    for event in events:
+        uuid = event.get("deployment_container_uuid")
+        if not uuid:
+            continue
+        if event.get("status") == status:
+            reached[uuid] = True
+        elif uuid in reached and status in LIVE_STATUSES and event.get("status") in STOPPING_STATUSES:
+            reached[uuid] = False
+    return [uuid for uuid, still in reached.items() if still]
+
+
 def service_urls(container: dict[str, Any]) -> dict[str, str]:
     info = container.get("info") or {}
     return {key: info[key] for key in SERVICE_URL_KEYS if info.get(key)}

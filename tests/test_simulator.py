@@ -574,3 +574,17 @@ def test_cli_bad_arguments_are_json():
                           capture_output=True, text=True, timeout=20)
     assert done.returncode == 1
     assert json.loads(done.stdout)["error_type"] == "usage_error"
+
+
+# ----- review fixes ----------------------------------------------------------------------------
+
+def test_paginate_renders_only_the_page():
+    # A crash-looping ReplicaSet leaves ~100k events per simulated day; formatting all of
+    # them on every poll held the world lock for over a second.
+    from simulator.api import paginate
+
+    rendered = []
+    page = paginate(list(range(100_000)), {"page_index": 2, "page_size": 10, "offset": 5},
+                    lambda item: rendered.append(item) or item)
+    assert page["list"] == list(range(15, 25)) and rendered == page["list"]
+    assert (page["result_total"], page["max_page"]) == (100_000, 10_000)  # 99 995 after the offset

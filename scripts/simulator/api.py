@@ -24,6 +24,7 @@ from .controllers import (
     REPLICA_SET,
     Container,
     Deployment,
+    Event,
     NewDeployment,
 )
 from .world import NoCapacity, NotFound, World
@@ -139,7 +140,9 @@ def read_range(params: dict, prefix: str, *, required: bool) -> tuple[int, int]:
     return low, high
 
 
-def paginate(items: list, params: dict) -> dict[str, Any]:
+def paginate(items: list, params: dict, render: Callable[[Any], Any] = lambda item: item) -> dict[str, Any]:
+    """One page of `items`; only that page goes through `render`, so a long history (a
+    crash loop's events) costs a poller one page of formatting, not the whole list."""
     page_index = max(1, read_int(params, "page_index", default=1))
     page_size = read_int(params, "page_size", default=DEFAULT_PAGE_SIZE, minimum=1,
                          maximum=MAX_PAGE_SIZE)
@@ -147,7 +150,7 @@ def paginate(items: list, params: dict) -> dict[str, Any]:
     remaining = items[offset:]
     start = (page_index - 1) * page_size
     return {
-        "list": remaining[start:start + page_size],
+        "list": [render(item) for item in remaining[start:start + page_size]],
         "page_index": page_index,
         "page_size": page_size,
         "max_page": math.ceil(len(remaining) / page_size),
@@ -299,7 +302,7 @@ class Api:
                 and (not status or d.status == status)
                 and (not uuid or d.uuid == uuid)
             ]
-            return paginate([self._deployment_view(d) for d in chosen], params)
+            return paginate(chosen, params, self._deployment_view)
 
     def _deployment_view(self, deployment: Deployment) -> dict:
         own = self.world.containers_of(deployment.uuid)
@@ -389,7 +392,7 @@ class Api:
                 and _within(c.cpu_num, cpu) and _within(c.memory_gb, memory)
                 and _within(c.price, price)
             ]
-            return paginate([self.container_view(c) for c in chosen], params)
+            return paginate(chosen, params, self.container_view)
 
     def container_view(self, container: Container) -> dict:
         service = f"{self.base_url()}/svc/{container.uuid}"
@@ -423,13 +426,13 @@ class Api:
         with self.world.lock:
             self.world.sync()
             deployment = self._deployment(params)
-            events = [
-                {"deployment_container_uuid": e.container_uuid, "status": e.status,
-                 "created_at": self._ts(e.at)}
-                for e in deployment.events
-                if not container_uuid or e.container_uuid == container_uuid
-            ]
-            return paginate(events, params)
+            events = [e for e in deployment.events
+                      if not container_uuid or e.container_uuid == container_uuid]
+            return paginate(events, params, self._event_view)
+
+    def _event_view(self, event: Event) -> dict:
+        return {"deployment_container_uuid": event.container_uuid, "status": event.status,
+                "created_at": self._ts(event.at)}
 
     def _container(self, params: dict) -> Container:
         uuid = read_str(params, "deployment_container_uuid", required=True)

@@ -60,6 +60,12 @@ def handle(args, ctx: cli.Context) -> dict:
         except ValueError as problem:
             raise cli.UsageError(f"--serve 无效: {problem}") from None
 
+    if args.out:
+        try:
+            registry.check_writable(args.out)
+        except ValueError as problem:
+            raise cli.UsageError(f"--out 无效: {problem}", "换一个已存在且可写的目录中的文件。") from None
+
     client = ctx.client()
     deployment_uuid = resolve_from_args(client, args)["uuid"]
     if not args.watch:
@@ -74,7 +80,11 @@ def handle(args, ctx: cli.Context) -> dict:
     ctx.partial["deployment_uuid"] = deployment_uuid
     endpoint = None
     if serve_at:
-        endpoint = registry.RegistryEndpoint(*serve_at, registry=lambda: watcher.document).start()
+        try:
+            endpoint = registry.RegistryEndpoint(*serve_at, registry=lambda: watcher.document).start()
+        except OSError as problem:  # port taken, or no such loopback address on this machine
+            raise cli.UsageError(f"--serve {args.serve} 无法监听: {problem.strerror or problem}",
+                                 "换一个端口, 或用端口 0 让系统自动选择 (实际地址见输出的 serve)。") from None
         ctx.progress.log(f"注册表接口: {endpoint.url}/services  {endpoint.url}/pick?policy=least_inflight")
     try:
         stopped_by = watcher.run()

@@ -152,6 +152,28 @@ def test_serve_refuses_anything_but_a_loopback_address(run, address):
     assert (code, document["error_type"]) == (1, "usage_error")
 
 
+def test_watch_out_in_a_missing_directory_is_a_usage_error_before_any_call(run, tmp_path, result_validator):
+    out = tmp_path / "missing" / "registry.json"
+    code, document, _ = run("discover_services.py", "--deployment-uuid", DEP, "--watch", "--out", str(out))
+    assert (code, document["error_type"]) == (1, "usage_error"), document
+    result_validator.validate(document)
+    assert "missing" in document["message"]
+
+
+def test_serve_on_a_port_in_use_is_a_usage_error(run, platform, result_validator):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, document, _ = run("discover_services.py", "--deployment-uuid", DEP, "--watch", "--max-cycles", "1",
+                                "--serve", f"127.0.0.1:{port}")
+    assert (code, document["error_type"]) == (1, "usage_error"), document
+    result_validator.validate(document)
+    assert "端口 0" in document["hint"]
+
+
 # --- watch: events, resync, staleness ---------------------------------------------------
 
 

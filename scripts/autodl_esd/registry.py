@@ -137,6 +137,17 @@ def build_registry(client: Any, deployment_uuid: str, port: int | None = None, p
 # --- writing --------------------------------------------------------------------------
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise ValueError unless `path` can be (re)written by `write_atomically`."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{target} 是一个目录, 需要文件路径")
+    if not target.parent.is_dir():
+        raise ValueError(f"目录不存在: {target.parent}")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"目录不可写: {target.parent}")
+
+
 def write_atomically(path: str | os.PathLike, document: dict[str, Any]) -> None:
     """Replace `path` with the JSON document so a reader sees the old file or the new one.
 

@@ -588,3 +588,18 @@ def test_paginate_renders_only_the_page():
                     lambda item: rendered.append(item) or item)
     assert page["list"] == list(range(15, 25)) and rendered == page["list"]
     assert (page["result_total"], page["max_page"]) == (100_000, 10_000)  # 99 995 after the offset
+
+
+@pytest.mark.parametrize("header", [f" {TOKEN} ", f"{TOKEN}\t", f"  {TOKEN}"])
+def test_whitespace_around_the_token_is_not_part_of_it(sim, header):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=5)
+    connection.putrequest("GET", "/api/v1/dev/machine/gpu_stock")
+    connection.putheader("Authorization", header)  # requests refuses such headers; send raw
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read())["code"] == "Success"
+    connection.close()
+    with pytest.raises(ValueError):
+        Simulator(token=" padded ")

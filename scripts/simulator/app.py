@@ -57,8 +57,8 @@ class Simulator:
             raise ValueError(f"dialect must be one of {DIALECTS}")
         if stock_shape not in STOCK_SHAPES:
             raise ValueError(f"stock_shape must be one of {STOCK_SHAPES}")
-        if not token:
-            raise ValueError("token must not be empty")
+        if not token or token != token.strip():
+            raise ValueError("token must be non-empty, without surrounding whitespace")
         self.token = token
         self.host, self.port = host, port
         self.dialect = dialect

@@ -131,7 +131,9 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(document, ensure_ascii=False).encode(), "application/json; charset=utf-8")
 
     def _auth_error(self) -> ApiError | None:
-        given = self.headers.get("Authorization")
+        # Whitespace around a header value is not part of it (RFC 9110 5.5); a token pasted
+        # with a stray space or tab still authenticates, as behind any HTTP front end.
+        given = (self.headers.get("Authorization") or "").strip(" \t")
         if not given:
             return ApiError("Unauthorized", "缺少 Authorization 请求头（开发者 Token）", 401)
         if given.startswith("Bearer ") and given[len("Bearer "):] == self.server.sim.token:

@@ -54,6 +54,13 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.host_health import analyse_machines
     from autodl_esd.resolve import deployment_summary, resolve_from_args
 
+    apply_only = [flag for flag, value in (("--yes", args.yes), ("--comment", args.comment),
+                                           ("--expire-minutes", args.expire_minutes)) if value]
+    if apply_only and not args.apply:
+        # Otherwise `--yes` alone reads as "blacklist them" and silently does nothing.
+        raise cli.UsageError(f"{', '.join(apply_only)} 只在 --apply 时有效。",
+                             "要拉黑报告的主机请加 --apply --yes; 只想查看则去掉这些参数。")
+
     client = ctx.client()
     deployment = resolve_from_args(client, args)
     containers = api.list_containers(client, deployment["uuid"], released=True)

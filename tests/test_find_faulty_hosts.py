@@ -182,3 +182,12 @@ def test_nothing_faulty_applies_nothing(run, mocked, result_validator):
 
     assert code == 0 and document["items"] == [] and document["applied"] == []
     result_validator.validate(document)
+
+
+@pytest.mark.parametrize("flags", [("--yes",), ("--comment", "x"), ("--expire-minutes", "60")])
+def test_blacklist_flags_without_apply_are_a_usage_error(run, flags, result_validator):
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, *flags)
+
+    assert (code, document["error_type"]) == (1, "usage_error"), document
+    result_validator.validate(document)
+    assert "--apply" in document["message"]

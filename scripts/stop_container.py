@@ -36,9 +36,12 @@ def handle(args, ctx: cli.Context) -> dict:
     deployment_uuid = container.get("deployment_uuid") or args.container_uuid[:15]
     deployment = deployment_by_uuid(client, deployment_uuid) or {"uuid": deployment_uuid}
     result = {"container_uuid": container["uuid"], "deployment_uuid": deployment_uuid, "machine_id": container.get("machine_id")}
-    if container.get("status") == "shutdown":
-        return {**result, "changed": False, "container_status": "shutdown", "verified": True,
-                "note": "容器已经是 shutdown 状态, 没有再次停止。", "deployment": deployment_summary(deployment)}
+    if container.get("status") in STOPPING_STATUSES:
+        # A repeated command (e.g. after verified=false) must not stop it again: with
+        # --decrease-one-replica-num that could lower replica_num a second time.
+        status = container.get("status")
+        return {**result, "changed": False, "container_status": status, "verified": True,
+                "note": f"容器已经是 {status} 状态, 没有再次停止。", "deployment": deployment_summary(deployment)}
 
     warnings = []
     if args.decrease_one_replica_num and deployment.get("deployment_type") not in (None, "ReplicaSet"):

@@ -141,12 +141,13 @@ def test_stop_container_decrease_on_a_job_warns(run, api, result_validator):
     assert [w["code"] for w in document["warnings"]] == ["decrease_not_replicaset"]
 
 
-def test_stop_container_already_stopped_does_nothing(run, api, result_validator):
-    expect_container(api, container(status="shutdown"))
+@pytest.mark.parametrize("status", ["shutdown", "shutting_down"])
+def test_stop_container_already_stopped_does_nothing(run, api, result_validator, status):
+    expect_container(api, container(status=status))
     expect_deployment(api, deployment())
-    code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID)
+    code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID, "--decrease-one-replica-num")
     ok(code, document, result_validator)
-    assert document["changed"] is False
+    assert (document["changed"], document["container_status"]) == (False, status)
 
 
 def test_stop_container_unknown(run, api, result_validator):

@@ -196,6 +196,15 @@ def test_events_register_and_deregister(platform, make_watcher, registry_validat
     assert [s["container_uuid"] for s in on_disk["services"]] == [second]
 
 
+def test_a_status_event_after_running_does_not_hide_it(platform, make_watcher):
+    watcher = make_watcher()
+    watcher.cycle()
+    uuid = platform.start(MACHINE_A, 1)
+    platform.events.append({"deployment_container_uuid": uuid, "status": "oss_merged", "created_at": "2026-11-25T12:00:01+08:00"})
+    watcher.cycle()  # not a resync cycle: only the events can register it
+    assert registered(watcher) == {uuid}
+
+
 def test_a_container_that_stops_before_its_record_is_read_is_not_registered(platform, make_watcher):
     watcher = make_watcher()
     watcher.cycle()

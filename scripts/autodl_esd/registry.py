@@ -293,10 +293,12 @@ class RegistryWatcher:
     def _apply_events(self) -> None:
         events, self._offset = api.list_events(self.client, self.deployment_uuid, offset=self._offset or 0)
         last_status: dict[str, str] = {}
-        for event in events:  # oldest first: the last status of each container wins
-            uuid = event.get("deployment_container_uuid")
-            if uuid:
-                last_status[uuid] = event.get("status")
+        for event in events:  # oldest first: the last running/stopping status of each container wins
+            uuid, status = event.get("deployment_container_uuid"), event.get("status")
+            # Only these two kinds decide membership: sources disagree whether oss_merged
+            # comes before or after running (api-reference.md), and it must not hide a running.
+            if uuid and (status == RUNNING or status in STOPPING_STATUSES):
+                last_status[uuid] = status
         for uuid, status in last_status.items():
             if status == RUNNING and uuid not in self.services:
                 self._register_from_record(uuid)

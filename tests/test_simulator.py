@@ -603,3 +603,18 @@ def test_whitespace_around_the_token_is_not_part_of_it(sim, header):
     connection.close()
     with pytest.raises(ValueError):
         Simulator(token=" padded ")
+
+
+@pytest.mark.parametrize("field, value", [("page_size", "5"), ("page_size", 5.0), ("page_index", "1"),
+                                          ("page_index", 2**63), ("offset", True)])
+def test_integer_fields_take_json_integers_only(sim, field, value):
+    body = {"page_index": 1, "page_size": 10, field: value}
+    document = business_error(sim, "POST", "/api/v1/dev/image/private/list", body)
+    assert document["code"] == "RequestParameterIsWrong" and field in document["msg"]
+
+
+def test_list_fields_take_json_lists_only(sim):
+    body = {"name": "x", "deployment_type": "ReplicaSet", "replica_num": 1,
+            "container_template": template(gpu_name_set="RTX 4090")}
+    assert "gpu_name_set" in business_error(sim, "POST", CREATE, body)["msg"]
+    assert "cuda_v" in business_error(sim, "POST", CREATE, {**body, "container_template": template(cuda_v="118")})["msg"]

@@ -38,6 +38,8 @@ DEFAULT_PAGE_SIZE = 10
 # Blacklist expiry: 24 h by default, 30 days at most (public docs); private docs: fixed 24 h.
 BLACKLIST_DEFAULT_MINUTES = 1440
 BLACKLIST_MAX_MINUTES = 43200
+# Integer fields decode into int64 on the platform; bigger JSON numbers do not fit.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Widest ranges used when a stock filter is not given.
 _ANY = 10**12
 
@@ -79,9 +81,10 @@ def read_int(params: dict, key: str, *, required: bool = False, default: int = 0
     value = _get(params, key, required)
     if value is _MISSING:
         return default
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)  # query-string integers
-    if not isinstance(value, int) or isinstance(value, bool):
+    # JSON types are strict, as a Go backend decoding into int fields is: "118" or 5.0 is a
+    # parameter error, so a client that sends them finds out here, not on the platform.
+    # (No GET route takes an integer, so query strings never reach this.)
+    if not isinstance(value, int) or isinstance(value, bool) or not INT64_MIN <= value <= INT64_MAX:
         raise bad_parameter(f"{key} 必须是整数")
     if minimum is not None and value < minimum:
         raise bad_parameter(f"{key} 不能小于 {minimum}")
@@ -120,8 +123,6 @@ def read_str_list(params: dict, key: str, *, required: bool = False) -> list[str
     value = _get(params, key, required)
     if value is _MISSING:
         return []
-    if isinstance(value, str):
-        value = [value]
     if (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)
             or (required and not value)):
         raise bad_parameter(f"{key} 必须是非空字符串列表")

@@ -618,3 +618,14 @@ def test_list_fields_take_json_lists_only(sim):
             "container_template": template(gpu_name_set="RTX 4090")}
     assert "gpu_name_set" in business_error(sim, "POST", CREATE, body)["msg"]
     assert "cuda_v" in business_error(sim, "POST", CREATE, {**body, "container_template": template(cuda_v="118")})["msg"]
+
+
+@pytest.mark.parametrize("method", ["PATCH", "OPTIONS", "HEAD"])
+def test_unused_methods_get_the_envelope_404(sim, method):
+    response = call(sim, method, "/api/v1/dev/machine/gpu_stock")
+    assert response.status_code == 404
+    if method == "HEAD":
+        assert response.content == b""
+    else:
+        assert response.json()["code"] == "NotFound"
+    assert call(sim, "GET", "/api/v1/dev/machine/gpu_stock").status_code == 200  # keep-alive intact

@@ -100,6 +100,17 @@ class SimRequestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    # No route uses these, but they get the envelope's 404 (HEAD without a body) like any
+    # other unknown route instead of the stdlib's HTML 501 page.
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
     # ----- plumbing ----------------------------------------------------------------------
 
     def _dispatch(self, method: str) -> None:
@@ -125,7 +136,8 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
     def _send_json(self, status: int, document: Any) -> None:
         self._send(status, json.dumps(document, ensure_ascii=False).encode(), "application/json; charset=utf-8")

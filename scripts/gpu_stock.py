@@ -34,11 +34,13 @@ def handle(args, ctx: cli.Context) -> dict:
     unknown = [name for name in args.gpu or [] if name not in stock]
     if unknown:
         where = f" (地区: {', '.join(args.region)})" if args.region else ""
+        did_you_mean = {name: similar_names(name, stock) for name in unknown}
         raise AutoDLError(
             ErrorType.GPU_TYPE_NOT_FOUND,
             f"没有这些 GPU 型号的库存记录{where}: {unknown}",
-            "从 details.available_gpus 中选择型号 (名称须完全一致, 包括大小写和空格)。",
-            {"requested": args.gpu, "unknown": unknown, "available_gpus": sorted(stock)},
+            "从 details.available_gpus 中选择型号 (名称须完全一致, 包括大小写和空格); "
+            "details.did_you_mean 列出了相近的名称。",
+            {"requested": args.gpu, "unknown": unknown, "did_you_mean": did_you_mean, "available_gpus": sorted(stock)},
         )
     if args.gpu:
         stock = requested_stock(stock, args.gpu)
@@ -48,6 +50,17 @@ def handle(args, ctx: cli.Context) -> dict:
         "stock": stock,
         "raw": raw,
     }
+
+
+def similar_names(name: str, available) -> list[str]:
+    """Models the user probably meant: "rtx 4090" -> "RTX 4090", "4090" -> "NVIDIA GeForce RTX 4090"."""
+    import difflib
+
+    def folded(text: str) -> str:
+        return "".join(text.casefold().split())
+
+    contained = sorted(model for model in available if folded(name) in folded(model))
+    return contained or difflib.get_close_matches(name, sorted(available), n=3, cutoff=0.6)
 
 
 def main(argv=None) -> int:

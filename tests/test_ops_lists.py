@@ -109,6 +109,15 @@ def test_gpu_stock_unknown_name_lists_the_available_ones(run, api, result_valida
     result_validator.validate(document)
     assert document["details"]["unknown"] == ["4090"]
     assert document["details"]["available_gpus"] == ["RTX 4090", "RTX A5000"]
+    assert document["details"]["did_you_mean"] == {"4090": ["RTX 4090"]}
+
+
+def test_gpu_stock_unknown_name_suggests_the_exact_spelling(run, api, result_validator):
+    api.get(STOCK, json=envelope(LIST_SHAPE))
+    code, document, _ = run("gpu_stock.py", "--gpu", "rtx a5000", "--gpu", "H100")
+    assert (code, document["error_type"]) == (1, "gpu_type_not_found")
+    result_validator.validate(document)
+    assert document["details"]["did_you_mean"] == {"rtx a5000": ["RTX A5000"], "H100": []}
 
 
 def test_gpu_stock_null_data_is_empty_stock(run, api, result_validator):

@@ -128,7 +128,11 @@ def test_routing_errors(sim):
     assert wrong_method.status_code == 404
     malformed = requests.post(sim.url + "/api/v1/dev/deployment/list", data="{oops",
                               headers={"Authorization": TOKEN}, timeout=5)
-    assert malformed.status_code == 400 and malformed.json()["code"] == "RequestParameterIsWrong"
+    # A business error like any other: HTTP 200 with the code (facts §3.2).
+    assert malformed.status_code == 200 and malformed.json()["code"] == "RequestParameterIsWrong"
+    not_an_object = requests.post(sim.url + "/api/v1/dev/deployment/list", data="[1]",
+                                  headers={"Authorization": TOKEN}, timeout=5)
+    assert not_an_object.status_code == 200 and not_an_object.json()["code"] == "RequestParameterIsWrong"
 
 
 def test_get_with_json_body_is_a_parameter_error(sim):

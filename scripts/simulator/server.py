@@ -155,15 +155,17 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         return None
 
     @staticmethod
-    def _parse_json(body: bytes) -> dict:
+    def _parse_json(body: bytes, http_status: int = 200) -> dict:
+        """The body as a JSON object. A body that is not one is a parameter error, and on the
+        API a business error like any other: HTTP 200 (the platform's rule, §3.2)."""
         if not body.strip():
             return {}
         try:
             params = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ApiError("RequestParameterIsWrong", "请求体不是合法的 JSON", 400) from None
+            raise ApiError("RequestParameterIsWrong", "请求参数错误：请求体不是合法的 JSON", http_status) from None
         if not isinstance(params, dict):
-            raise ApiError("RequestParameterIsWrong", "请求参数错误：请求体必须是 JSON 对象")
+            raise ApiError("RequestParameterIsWrong", "请求参数错误：请求体必须是 JSON 对象", http_status)
         return params
 
     # ----- /api ----------------------------------------------------------------------------
@@ -259,7 +261,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         with world.lock:
             if method == "POST":
                 try:
-                    updates = self._parse_json(body)
+                    updates = self._parse_json(body, http_status=400)
                 except ApiError as error:
                     self._send_json(400, {"error": error.msg})
                     return
@@ -274,7 +276,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             auth_error = self._auth_error()
             if auth_error:
                 raise auth_error
-            params = self._parse_json(body) if method != "GET" else {}
+            params = self._parse_json(body, http_status=400) if method != "GET" else {}
             data = self.server.sim.control(method, path, params)
         except ApiError as error:
             self._send_json(error.http_status, envelope(error.code, error.msg))

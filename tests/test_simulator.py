@@ -633,3 +633,13 @@ def test_unused_methods_get_the_envelope_404(sim, method):
     else:
         assert response.json()["code"] == "NotFound"
     assert call(sim, "GET", "/api/v1/dev/machine/gpu_stock").status_code == 200  # keep-alive intact
+
+
+def test_request_log_keeps_only_the_most_recent(monkeypatch):
+    import simulator.app
+
+    monkeypatch.setattr(simulator.app, "REQUEST_LOG_LIMIT", 3)
+    with Simulator(speed=1) as sim:
+        for size in range(1, 6):
+            ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 1, "page_size": size})
+        assert [entry[2]["page_size"] for entry in sim.request_log()] == [3, 4, 5]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,9 @@ WAIT_POLL_SECONDS = 0.01
 # pull takes a third of a second and a demo stays watchable.
 DEFAULT_SPEED = 60.0
 DEFAULT_TOKEN = "sim-token"
+# The request log keeps this many most recent /api requests: far more than any test or
+# bench inspects, while a poller running for days cannot grow the process without bound.
+REQUEST_LOG_LIMIT = 10_000
 DIALECTS = ("private", "public", "both")
 STOCK_SHAPES = ("list", "dict")
 
@@ -68,7 +72,7 @@ class Simulator:
         self.fault_spec = FaultSpec.parse(faults)
         self._faults = FaultInjector(self.fault_spec, seed)
         self._api = Api(self.world, dialect, stock_shape, lambda: self.url)
-        self._requests: list[tuple[str, str, Any]] = []
+        self._requests: deque[tuple[str, str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self._requests_lock = threading.Lock()
         self._server: SimHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -182,8 +186,9 @@ class Simulator:
             ]
 
     def request_log(self) -> list[tuple[str, str, Any]]:
-        """Every /api request seen, as (method, path, params): the parsed JSON body, or for a
-        GET its query parameters (None when there were none, or the body was not JSON)."""
+        """The last REQUEST_LOG_LIMIT /api requests, oldest first, as (method, path, params):
+        the parsed JSON body, or for a GET its query parameters (None when there were none,
+        or the body was not JSON)."""
         with self._requests_lock:
             return list(self._requests)
 

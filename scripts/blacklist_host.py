@@ -26,21 +26,14 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
-    from autodl_esd.resolve import read_back, resolve_container
+    from autodl_esd.resolve import resolve_container, verify_blacklisted
 
     client = ctx.client()
     container = resolve_container(client, args.container_uuid)
     machine = {key: container.get(key) for key in ("machine_id", "data_center", "gpu_name")}
     api.add_to_blacklist(client, container["uuid"], comment=args.comment, expire_in_minutes=args.expire_minutes)
     ctx.progress.log(f"已请求把主机 {machine['machine_id']} 加入调度黑名单 (经由容器 {container['uuid']})")
-    # One look: the list endpoint exists on the public cloud only, so a failure is expected
-    # on a private cluster and is reported, not retried.
-    entries, verification = read_back(
-        lambda: api.list_blacklist(client),
-        lambda items: any(item.get("machine_id") == machine["machine_id"] for item in items),
-        attempts=1,
-    )
-    entry = next((item for item in entries or [] if item.get("machine_id") == machine["machine_id"]), None)
+    entries, verification = verify_blacklisted(client, [machine["machine_id"]])
     return {
         "container_uuid": container["uuid"],
         "deployment_uuid": container.get("deployment_uuid") or container["uuid"][:15],
@@ -48,7 +41,7 @@ def handle(args, ctx: cli.Context) -> dict:
         "comment": args.comment,
         "expire_in_minutes": args.expire_minutes if args.expire_minutes is not None else "平台默认 (1440 分钟)",
         **verification,
-        "blacklist_entry": entry,
+        "blacklist_entry": entries[machine["machine_id"]],
     }
 
 

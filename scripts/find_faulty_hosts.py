@@ -52,7 +52,7 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
     from autodl_esd.errors import AutoDLError
     from autodl_esd.host_health import analyse_machines
-    from autodl_esd.resolve import deployment_summary, resolve_from_args
+    from autodl_esd.resolve import deployment_summary, resolve_from_args, verify_blacklisted
 
     apply_only = [flag for flag, value in (("--yes", args.yes), ("--comment", args.comment),
                                            ("--expire-minutes", args.expire_minutes)) if value]
@@ -90,7 +90,10 @@ def handle(args, ctx: cli.Context) -> dict:
             raise
         ctx.progress.log(f"已拉黑主机 {step['machine_id']} (经由容器 {step['container_uuid']})")
         result["applied"].append({**step, "expire_in_minutes": args.expire_minutes})
-    return result
+    entries, verification = verify_blacklisted(client, [step["machine_id"] for step in result["applied"]])
+    for step in result["applied"]:
+        step["blacklist_entry"] = entries[step["machine_id"]]
+    return {**result, **verification}
 
 
 def blacklist_plan(machine: dict, comment: str | None) -> dict:

@@ -152,13 +152,30 @@ def test_apply_yes_blacklists_each_machine_once_through_its_latest_failure(run, 
         platform.post(url(BLACKLIST), json=envelope(None), match=[matchers.json_params_matcher({
             "deployment_container_uuid": f"{DEP}-{machine}-{n:08x}", "comment": "启动即崩溃", "expire_in_minutes": 120})])
 
+    platform.get(url(BLACKLIST), json=envelope([{"machine_id": OTHER, "msg": "启动即崩溃"}, {"machine_id": BAD, "msg": "启动即崩溃"}]))
+
     code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--apply", "--yes",
                             "--comment", "启动即崩溃", "--expire-minutes", "120")
 
     assert code == 0, document
     result_validator.validate(document)
     assert [a["machine_id"] for a in document["applied"]] == [OTHER, BAD]
-    assert sum(1 for call in platform.calls if call.request.url.endswith(BLACKLIST)) == 2
+    assert sum(1 for call in platform.calls if call.request.method == "POST" and call.request.url.endswith(BLACKLIST)) == 2
+    assert document["verified"] is True  # read back from the blacklist
+    assert document["applied"][1]["blacklist_entry"] == {"machine_id": BAD, "msg": "启动即崩溃"}
+
+
+def test_apply_says_when_the_blacklist_cannot_be_read_back(run, platform, result_validator):
+    platform.post(url(BLACKLIST), json=envelope(None))
+    platform.post(url(BLACKLIST), json=envelope(None))
+    platform.get(url(BLACKLIST), status=404, body="404 page not found")  # private cloud: no list endpoint
+
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--apply", "--yes")
+
+    assert code == 0, document
+    result_validator.validate(document)
+    assert len(document["applied"]) == 2
+    assert document["verified"] is False and document["read_back_error"]
 
 
 def test_a_failed_blacklisting_says_what_was_already_done(run, platform, result_validator):

@@ -259,3 +259,18 @@ def read_back(
     if error:
         report["read_back_error"] = error
     return last, report
+
+
+def verify_blacklisted(client: Any, machine_ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One look at the blacklist after adding machines: ({machine_id: entry or None}, {"verified": ...}).
+
+    One look only: the list endpoint exists on the public cloud only, so a failure is
+    expected on a private cluster and is reported (read_back_error), not retried.
+    """
+    entries, verification = read_back(
+        lambda: api.list_blacklist(client),
+        lambda items: all(any(item.get("machine_id") == machine for item in items) for machine in machine_ids),
+        attempts=1,
+    )
+    found = {machine: next((item for item in entries or [] if item.get("machine_id") == machine), None) for machine in machine_ids}
+    return found, verification

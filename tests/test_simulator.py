@@ -643,3 +643,21 @@ def test_request_log_keeps_only_the_most_recent(monkeypatch):
         for size in range(1, 6):
             ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 1, "page_size": size})
         assert [entry[2]["page_size"] for entry in sim.request_log()] == [3, 4, 5]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/_sim/advance", '{"seconds": NaN}'), ("/_sim/advance", '{"seconds": 1e400}'),
+    ("/_sim/advance", '{}'), ("/_sim/latency", '{"machine_id": "4f1c2a9be0", "seconds": Infinity}'),
+    ("/_sim/occupy", '{"gpu_name": "RTX 4090", "count": 1, "seconds": NaN}'),
+])
+def test_controls_refuse_non_finite_numbers_and_keep_the_clock_sane(sim, path, body):
+    response = requests.post(sim.url + path, data=body, headers={"Authorization": TOKEN}, timeout=5)
+    assert response.status_code == 400 and response.json()["code"] == "RequestParameterIsWrong"
+    state = requests.get(sim.url + "/_sim/state", headers={"Authorization": TOKEN}, timeout=5).json()
+    assert 0 <= state["data"]["now"] < 60
+
+
+@pytest.mark.parametrize("speed", [float("nan"), float("inf"), 0, -1])
+def test_speed_must_be_positive_and_finite(speed):
+    with pytest.raises(ValueError):
+        Simulator(speed=speed)

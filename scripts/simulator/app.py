@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import deque
 import time
@@ -131,6 +132,8 @@ class Simulator:
     def occupy(self, gpu_name: str, count: int, seconds: float | None = None) -> int:
         """Background tenants take up to `count` idle GPUs of `gpu_name` (stock drops) until
         `seconds` of simulated time pass, or forever when None. Returns how many they got."""
+        if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
+            raise ValueError("seconds must be a positive finite number, or None for forever")
         self.world.sync()
         return self.world.occupy(gpu_name, count, seconds)
 
@@ -154,8 +157,8 @@ class Simulator:
 
     def set_machine_latency(self, machine_id: str, seconds: float) -> None:
         """Real seconds the machine's /svc endpoints wait before answering."""
-        if seconds < 0:
-            raise ValueError("latency cannot be negative")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("latency must be a finite number >= 0")
         with self.world.lock:
             self._machine(machine_id).latency_seconds = float(seconds)
 
@@ -234,7 +237,10 @@ class Simulator:
             raise ApiError("NotFound", "模拟器控制接口不存在", 404)
         try:
             return getattr(self, name)(params)
-        except (KeyError, ValueError, TypeError) as exc:
+        except KeyError as exc:  # a missing field, or an unknown machine/container
+            detail = exc.args[0] if exc.args else ""
+            raise ApiError("RequestParameterIsWrong", f"请求参数错误：缺少字段或对象不存在 {detail}", 400) from None
+        except (ValueError, TypeError) as exc:
             raise ApiError("RequestParameterIsWrong", f"请求参数错误：{exc}", 400) from None
 
     def _control_state(self, params: dict) -> dict:

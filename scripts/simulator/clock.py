@@ -8,6 +8,7 @@ sleeping. Timestamps shown to API clients are wall-clock times in China Standard
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -19,8 +20,8 @@ class SimClock:
     """Simulated seconds since start; thread-safe."""
 
     def __init__(self, speed: float) -> None:
-        if speed <= 0:
-            raise ValueError("speed must be positive")
+        if not math.isfinite(speed) or speed <= 0:
+            raise ValueError("speed must be a positive finite number")
         self.speed = speed
         self._lock = threading.Lock()
         self._real_start = time.monotonic()
@@ -34,8 +35,8 @@ class SimClock:
 
     def advance(self, seconds: float) -> None:
         """Jump simulated time forward (never backwards)."""
-        if seconds < 0:
-            raise ValueError("cannot move simulated time backwards")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("can only move simulated time forward by a finite number of seconds")
         with self._lock:
             self._jumped += seconds
 

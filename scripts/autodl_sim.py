@@ -44,6 +44,17 @@ class JsonArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 meaning "any free port"."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
 def build_parser() -> JsonArgumentParser:
     parser = JsonArgumentParser(
         prog="autodl_sim.py",
@@ -52,7 +63,7 @@ def build_parser() -> JsonArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="listen port; 0 picks a free one (default)")
+    parser.add_argument("--port", type=port_number, default=0, help="listen port; 0 picks a free one (default)")
     parser.add_argument("--token", default=None, help="token clients must send (default: sim-token)")
     parser.add_argument("--cluster", default=None, help="cluster JSON file (default: the bundled cluster)")
     parser.add_argument("--speed", type=float, default=None,
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     try:
         sim = Simulator(
-            token=args.token or DEFAULT_TOKEN, cluster=args.cluster,
+            token=DEFAULT_TOKEN if args.token is None else args.token, cluster=args.cluster,
             speed=args.speed or DEFAULT_SPEED, seed=args.seed, faults=args.faults,
             host=args.host, port=args.port, dialect=args.dialect,
             stock_shape=args.stock_shape, verbose=args.verbose,

@@ -554,7 +554,8 @@ def test_bad_cluster_reports_every_problem():
 
 # ----- CLI -------------------------------------------------------------------------------------
 
-def test_cli_serves_and_exits_cleanly_on_sigterm():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_cli_serves_and_exits_cleanly_on_signals(signum):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "autodl_sim.py"), "--port", "0", "--token", "t0k"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -564,7 +565,7 @@ def test_cli_serves_and_exits_cleanly_on_sigterm():
         answer = requests.get(ready["url"] + "/api/v1/dev/machine/gpu_stock",
                               headers={"Authorization": "t0k"}, timeout=5)
         assert answer.json()["code"] == "Success"
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         assert process.wait(timeout=10) == 0
         assert process.stdout.read() == ""
     finally:
@@ -661,3 +662,30 @@ def test_controls_refuse_non_finite_numbers_and_keep_the_clock_sane(sim, path, b
 def test_speed_must_be_positive_and_finite(speed):
     with pytest.raises(ValueError):
         Simulator(speed=speed)
+
+
+@pytest.mark.parametrize("argv, error_type, fragment", [
+    (["--port", "99999"], "usage_error", "65535"),
+    (["--port", "-1"], "usage_error", "65535"),
+    (["--token", ""], "usage_error", "token"),
+    (["--token", " padded "], "usage_error", "token"),
+    (["--speed", "nan"], "usage_error", "speed"),
+    (["--faults", "error_rate=2"], "usage_error", "error_rate"),
+    (["--faults", "nonsense=1"], "usage_error", "nonsense"),
+    (["--cluster", "/nonexistent/cluster.json"], "config_error", ""),
+    (["--dialect", "martian"], "usage_error", "dialect"),
+])
+def test_cli_refuses_bad_arguments_with_one_json_document(capsys, argv, error_type, fragment):
+    import autodl_sim
+
+    assert autodl_sim.main(argv) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["status"] == "error" and document["error_type"] == error_type
+    assert fragment in json.dumps(document, ensure_ascii=False)
+
+
+def test_cli_loopback_detection():
+    import autodl_sim
+
+    assert all(map(autodl_sim.is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "localhost"]))
+    assert not any(map(autodl_sim.is_loopback, ["0.0.0.0", "192.168.1.5", "example.com"]))

@@ -57,6 +57,14 @@ def handle(args, ctx: cli.Context) -> dict:
         raise cli.UsageError("需要指定部署: --deployment-uuid、--name、--config 之一 (或一个完整的 --container-uuid)。")
 
     deployment_uuid = deployment["uuid"]
+    owner = deployment_uuid_of_container(args.container_uuid) if args.container_uuid else None
+    if owner and owner != deployment_uuid:
+        # Otherwise the filter matches nothing and --follow waits out its whole timeout.
+        raise cli.UsageError(
+            f"容器 {args.container_uuid} 属于部署 {owner}, 不属于 {deployment_uuid}。",
+            "只给 --container-uuid (部署由它推出), 或改用正确的部署。",
+            {"container_uuid": args.container_uuid, "deployment_uuid": deployment_uuid},
+        )
     events, next_offset = api.list_events(client, deployment_uuid, offset=args.offset, container_uuid=args.container_uuid)
     result = {"deployment_uuid": deployment_uuid, "offset": args.offset, "next_offset": next_offset}
     if args.follow:

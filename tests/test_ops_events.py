@@ -58,6 +58,15 @@ def test_events_of_one_container_find_the_deployment_from_its_uuid(run, api, res
     assert document["deployment_uuid"] == DEP_UUID
 
 
+def test_events_of_a_container_of_another_deployment_are_refused(run, api, result_validator):
+    expect_deployment(api, deployment(), name="svc")
+    other = "53a677bb3e281b8-f94411a60c-a394fb30"
+    code, document, _ = run("container_events.py", "--name", "svc", "--container-uuid", other, "--follow")
+    assert (code, document["error_type"]) == (1, "usage_error"), document
+    result_validator.validate(document)
+    assert "53a677bb3e281b8" in document["message"]
+
+
 def test_events_need_a_deployment(run, result_validator):
     code, document, _ = run("container_events.py", "--container-uuid", "short")
     assert (code, document["error_type"]) == (1, "usage_error")

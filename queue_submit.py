@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 from autodl_esd import cli  # noqa: E402
 
 EXAMPLES = [
-    "python queue_submit.py examples/replicaset-service.json --sim --sim-busy 30 --wait-running   # 本地模拟器试跑, 不花钱",
+    "python queue_submit.py examples/replicaset-service.json --sim --sim-busy 3 --wait-running   # 本地模拟器试跑, 不花钱",
     "python queue_submit.py examples/replicaset-service.json --dry-run",
     "python queue_submit.py examples/job-training.json --interval 30 --timeout 3600",
     "python queue_submit.py examples/replicaset-service.json --wait-running",
@@ -36,7 +36,7 @@ def build_parser() -> cli.JsonArgumentParser:
     sim.add_argument("--sim", action="store_true", help="在内置的本地 AutoDL 模拟器上运行整个流程")
     sim.add_argument("--sim-cluster", metavar="FILE", help="模拟器集群文件 (默认 scripts/simulator/default_cluster.json)")
     sim.add_argument("--sim-busy", type=cli.non_negative_seconds, default=0.0, metavar="S",
-                     help="模拟其他租户占满所请求的 GPU 型号 S 秒 (模拟时间), 用来演示等待库存")
+                     help="让模拟的其他租户占满所请求的 GPU 型号 S 秒 (真实时间, 与 --timeout 同单位), 用来演示等待库存")
     return parser
 
 

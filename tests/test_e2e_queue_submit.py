@@ -138,7 +138,7 @@ def test_slow_create_that_lands_after_the_client_gave_up_is_recovered(sim, run, 
 def test_sim_flag_runs_the_demo_without_a_token(run, config_file, monkeypatch, result_validator):
     monkeypatch.delenv("AUTODL_TOKEN")
 
-    code, out, err = run("queue_submit.py", config_file(), "--sim", "--sim-busy", "20", "--wait-running")
+    code, out, err = run("queue_submit.py", config_file(), "--sim", "--sim-busy", "1", "--wait-running")
 
     assert code == 0, out
     assert out["simulated"] is True and out["waited_seconds"] > 0

@@ -48,8 +48,9 @@ def simulated_platform(
     try:
         if busy_seconds > 0:
             for gpu_name in busy_gpus:
-                taken = simulator.occupy(gpu_name, ALL_CARDS, seconds=busy_seconds)
-                progress.log(f"模拟其他租户占用 {taken} 张 {gpu_name}, {busy_seconds:g} 秒 (模拟时间) 后释放")
+                # busy_seconds is real time, like --timeout and --interval beside it.
+                taken = simulator.occupy(gpu_name, ALL_CARDS, seconds=busy_seconds * SIM_SPEED)
+                progress.log(f"模拟其他租户占用 {taken} 张 {gpu_name}, {busy_seconds:g} 秒后释放")
         yield Settings(host=simulator.url, http_timeout=DEFAULT_HTTP_TIMEOUT_SECONDS, token=simulator.token)
     finally:
         simulator.stop()

@@ -507,8 +507,13 @@ def test_service_endpoint_latency_and_dead_upstream():
         started = time.monotonic()
         answer = requests.get(container["info"]["service_6006_port_url"] + "/predict", timeout=5)
         assert time.monotonic() - started >= 0.2
-        assert answer.json()["container_uuid"] == container["uuid"] and answer.json()["path"] == "/p6006/predict"
-        assert requests.get(container["info"]["service_url"] + "/health", timeout=5).json() == {"ok": True}
+        assert answer.json()["container_uuid"] == container["uuid"]
+        assert (answer.json()["path"], answer.json()["port"]) == ("/predict", 6006)
+        # Every service URL is a root of the same service: <url>/health is the health check.
+        for key in ("service_url", "service_6006_port_url", "service_6008_port_url"):
+            assert requests.get(container["info"][key] + "/health", timeout=5).json() == {"ok": True}
+        requests.post(container["info"]["service_6008_port_url"] + "/files", json={"/root/a": "1"}, timeout=5)
+        assert requests.get(container["info"]["service_url"] + "/files", timeout=5).json()["files"]["/root/a"] == "1"
         ok(sim, "PUT", "/api/v1/dev/deployment/container/stop",
            {"deployment_container_uuid": container["uuid"], "decrease_one_replica_num": True})
         assert requests.get(container["info"]["service_url"], timeout=5).status_code == 502

@@ -12,6 +12,7 @@ Three route families share one ThreadingHTTPServer:
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import traceback
@@ -224,6 +225,11 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             return
         _, _, container_uuid, *rest = path.split("/", 3)
         subpath = "/" + (rest[0] if rest else "")
+        # service_6006/6008_port_url point at /svc/<uuid>/p6006 and /p6008: each is the root
+        # of the same service, so <url>/health is the health check whichever URL a client took.
+        port_prefix = re.match(r"^/p(6006|6008)(?=/|$)", subpath)
+        if port_prefix:
+            subpath = subpath[port_prefix.end():] or "/"
         world = self.server.sim.world
         with world.lock:
             world.sync()
@@ -252,6 +258,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             self._send_json(200, {
                 "container_uuid": running.uuid, "machine_id": running.machine_id,
                 "gpu_name": running.gpu_name, "path": subpath,
+                "port": int(port_prefix.group(1)) if port_prefix else None,
                 "served_at": world.clock.timestamp(world.clock.now()),
             })
 

@@ -484,6 +484,11 @@ def test_private_dialect():
         assert call(sim, "GET", "/api/v1/dev/deployment/blacklist").status_code == 404
         assert call(sim, "GET", "/api/v1/dev/deployment/ddp/overview?deployment_uuid=x").status_code == 404
         assert ok(sim, "POST", "/api/v2/image/list", {"page_index": 1, "page_size": 100})["result_total"] == 4
+        image = ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 1, "page_size": 10})["list"][0]
+        assert "name" in image and "image_name" not in image
+        uuid = create(sim)
+        info = live(sim, uuid)[0]["info"]
+        assert {"service_url", "proxy_host", "custom_port", "ssh_command", "root_password"} == set(info)
 
 
 def test_public_dialect():
@@ -494,6 +499,10 @@ def test_public_dialect():
         assert call(sim, "POST", "/api/v2/image/list", {}).status_code == 404
         uuid = create(sim, dc_list=["westDC3"], cuda_v_from=113, cuda_v_to=128, cuda_v=None)
         assert live(sim, uuid)[0]["data_center"] == "westDC3"
+        info = live(sim, uuid)[0]["info"]
+        assert {"service_6006_port_url", "service_6008_port_url", "ssh_command", "root_password"} == set(info)
+        image = ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 1, "page_size": 10})["list"][0]
+        assert "image_name" in image and "name" not in image
         assert ok(sim, "GET", f"/api/v1/dev/deployment/ddp/overview?deployment_uuid={uuid}") == []
 
 

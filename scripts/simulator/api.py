@@ -181,11 +181,14 @@ class Api:
         for index, image in enumerate(self.world.images):
             # Images were saved on successive days before the simulation started.
             saved = self._ts(-86400.0 * (len(self.world.images) - index))
-            items.append({
-                "id": index + 1, "image_uuid": image.image_uuid,
-                "image_name": image.name, "name": image.name, "status": "finished",
-                "created_at": saved, "updated_at": saved,
-            })
+            item = {"id": index + 1, "image_uuid": image.image_uuid}
+            # The name key is the dialects' best-known difference (§11): public `image_name`,
+            # private `name`; "both" shows both.
+            if self.dialect != "private":
+                item["image_name"] = image.name
+            if self.dialect != "public":
+                item["name"] = image.name
+            items.append({**item, "status": "finished", "created_at": saved, "updated_at": saved})
         return paginate(items, params)
 
     def list_system_images(self, params: dict) -> dict:
@@ -407,20 +410,25 @@ class Api:
             "cpu_num": container.cpu_num, "memory_size": container.memory_gb * GIB,
             "image_uuid": container.image_uuid, "price": container.price,
             "data_center": container.data_center,
-            "info": {
-                "ssh_command": f"ssh -p {container.ssh_port} root@{proxy_host}",
-                "root_password": container.root_password,
-                "service_url": service,
-                "proxy_host": proxy_host,
-                "custom_port": container.custom_port,
-                "service_6006_port_url": f"{service}/p6006",
-                "service_6008_port_url": f"{service}/p6008",
-            },
+            "info": self._container_info(container, service, proxy_host),
             "started_at": self._ts(container.started_at),
             "stopped_at": self._ts(container.stopped_at),
             "created_at": self._ts(container.created_at),
             "updated_at": self._ts(container.updated_at),
         }
+
+    def _container_info(self, container: Container, service: str, proxy_host: str) -> dict:
+        """SSH access plus the service addresses of the dialect (§11): public 6006/6008 port
+        URLs, private service_url/proxy_host/custom_port; "both" shows all of them."""
+        info: dict[str, Any] = {
+            "ssh_command": f"ssh -p {container.ssh_port} root@{proxy_host}",
+            "root_password": container.root_password,
+        }
+        if self.dialect != "public":
+            info.update(service_url=service, proxy_host=proxy_host, custom_port=container.custom_port)
+        if self.dialect != "private":
+            info.update(service_6006_port_url=f"{service}/p6006", service_6008_port_url=f"{service}/p6008")
+        return info
 
     def list_events(self, params: dict) -> dict:
         container_uuid = read_str(params, "deployment_container_uuid")

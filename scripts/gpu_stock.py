@@ -28,13 +28,13 @@ def build_parser() -> cli.JsonArgumentParser:
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
     from autodl_esd.errors import AutoDLError, ErrorType
-    from autodl_esd.stock import requested_stock
+    from autodl_esd.stock import requested_stock, similar_gpu_names
 
     stock, raw = api.gpu_stock(ctx.client(), args.region)
     unknown = [name for name in args.gpu or [] if name not in stock]
     if unknown:
         where = f" (地区: {', '.join(args.region)})" if args.region else ""
-        did_you_mean = {name: similar_names(name, stock) for name in unknown}
+        did_you_mean = {name: similar_gpu_names(name, stock) for name in unknown}
         raise AutoDLError(
             ErrorType.GPU_TYPE_NOT_FOUND,
             f"没有这些 GPU 型号的库存记录{where}: {unknown}",
@@ -50,17 +50,6 @@ def handle(args, ctx: cli.Context) -> dict:
         "stock": stock,
         "raw": raw,
     }
-
-
-def similar_names(name: str, available) -> list[str]:
-    """Models the user probably meant: "rtx 4090" -> "RTX 4090", "4090" -> "NVIDIA GeForce RTX 4090"."""
-    import difflib
-
-    def folded(text: str) -> str:
-        return "".join(text.casefold().split())
-
-    contained = sorted(model for model in available if folded(name) in folded(model))
-    return contained or difflib.get_close_matches(name, sorted(available), n=3, cutoff=0.6)
 
 
 def main(argv=None) -> int:

@@ -459,3 +459,69 @@ def test_a_failed_poll_between_create_attempts_does_not_end_the_run(run, api, co
 
     assert code == 0 and out["deployment_uuid"] == NEW_UUID
     assert len(create_calls(api)) == 2
+
+
+def test_a_mistyped_gpu_name_beside_a_good_one_is_a_warning_with_a_suggestion(run, api, config_file):
+    config = copy.deepcopy(CONFIG)
+    config["container_template"]["gpu_name_set"] = ["RTX 4090", "A5000"]
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
+    api.get(STOCK, json=envelope([{"RTX 4090": {"idle_gpu_num": 3, "total_gpu_num": 8}},
+                                  {"RTX A5000": {"idle_gpu_num": 0, "total_gpu_num": 4}}]))
+    api.post(DEPLOYMENTS, json=deployments())
+
+    code, out, err = run("queue_submit.py", config_file(config), "--dry-run", "--interval", "0.01")
+
+    assert code == 0
+    [warning] = [w for w in out["warnings"] if w["code"] == "unknown_gpu_name"]
+    assert "A5000" in warning["message"] and "RTX A5000" in warning["hint"]
+    assert "unknown_gpu_name" in err, "warnings are also shown on stderr before anything is submitted"
+
+
+def test_all_gpu_names_unknown_suggests_the_likely_spelling(run, api, config_file):
+    config = copy.deepcopy(CONFIG)
+    config["container_template"]["gpu_name_set"] = ["4090"]
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
+    api.get(STOCK, json=stock_list(3))
+
+    code, out, _ = run("queue_submit.py", config_file(config), *FAST)
+
+    assert code == 1 and out["error_type"] == "gpu_type_not_found"
+    assert out["details"]["did_you_mean"] == {"4090": ["RTX 4090"]}
+
+
+def test_a_stopped_deployment_with_the_same_name_is_a_warning(run, api, config_file):
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, json=deployments([{"uuid": "aaaaaaaaaaaaaaa", "name": "svc", "status": "stopped"}]))
+    expect_create(api)
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 0
+    assert [w["code"] for w in out["warnings"]] == ["stopped_deployment_with_same_name"]
+
+
+def test_submission_error_carries_the_warnings_that_may_explain_it(run, api, config_file):
+    config = copy.deepcopy(CONFIG)
+    config["container_template"].update(price_from=1, price_to=9)  # yuan, not yuan x 1000: no host is that cheap
+    refused = envelope(code="BadRequest", msg="当前算力规格暂无库存")
+    expect_checks(api, idle=3)
+    for attempt in range(3):
+        api.post(CREATE, json=refused)
+        if attempt < 2:
+            api.get(STOCK, json=stock_list(3))
+
+    code, out, _ = run("queue_submit.py", config_file(config), *FAST)
+
+    assert code == 3 and out["error_type"] == "submission_error"
+    assert [w["code"] for w in out["details"]["warnings"]] == ["price_looks_like_yuan"]
+    assert "warnings" in out["details"]["suggestion"]
+
+
+def test_token_missing_points_to_the_simulator_for_a_free_try(run, config_file, monkeypatch):
+    monkeypatch.delenv("AUTODL_TOKEN")
+
+    code, out, _ = run("queue_submit.py", config_file())
+
+    assert code == 1 and out["error_type"] == "token_missing"
+    assert "--sim" in out["hint"]

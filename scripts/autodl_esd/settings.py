@@ -84,7 +84,8 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
             ErrorType.TOKEN_MISSING,
             "没有找到 AutoDL 开发者令牌 (AUTODL_TOKEN)。",
             "向用户索取令牌 (AutoDL 控制台 → 设置 → 开发者Token), 然后把 .env.example "
-            "复制为 .env 并把 your_token_here 替换为令牌; 或设置环境变量 AUTODL_TOKEN。",
+            "复制为 .env 并把 your_token_here 替换为令牌; 或设置环境变量 AUTODL_TOKEN。"
+            "只想试用: 给 queue_submit.py 加 --sim, 在本地模拟器上运行, 不需要令牌。",
             {"looked_in": ["环境变量 AUTODL_TOKEN", str(env_file)]},
         )
     register_secret(token)

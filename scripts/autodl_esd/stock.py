@@ -10,6 +10,7 @@ Both normalize to `{"RTX 4090": {"idle": 5, "total": 8}}`.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Iterable
 
 StockByGpu = dict[str, dict[str, int]]
@@ -69,3 +70,14 @@ def first_fit(stock: StockByGpu, gpu_names: Iterable[str], gpu_num: int) -> str 
         if stock.get(name, {}).get("idle", 0) >= gpu_num:
             return name
     return None
+
+
+
+def similar_gpu_names(name: str, available: Iterable[str]) -> list[str]:
+    """Models the user probably meant: "rtx 4090" -> "RTX 4090", "4090" -> "NVIDIA GeForce RTX 4090"."""
+
+    def folded(text: str) -> str:
+        return "".join(text.casefold().split())
+
+    contained = sorted(model for model in available if folded(name) in folded(model))
+    return contained or difflib.get_close_matches(name, sorted(available), n=3, cutoff=0.6)

@@ -19,7 +19,7 @@ from .errors import ApiError, AutoDLError, ErrorType, Interrupted
 from .lint import lint_config
 from .output import Progress
 from .polling import PollFailures
-from .stock import StockByGpu, first_fit, requested_stock
+from .stock import StockByGpu, first_fit, requested_stock, similar_gpu_names
 
 # Three tries cover a race with another tenant for the last cards; more than that means
 # the conditions (price/cpu/memory ranges) exclude every host that has free cards.
@@ -103,20 +103,36 @@ class Submitter:
         )
 
     def check_gpu_types(self, stock: StockByGpu) -> None:
-        if requested_stock(stock, self.gpu_names):
-            return
-        where = f" (地区: {', '.join(self.regions)})" if self.regions else ""
-        raise AutoDLError(
-            ErrorType.GPU_TYPE_NOT_FOUND,
-            f"请求的 GPU 型号均不存在{where}: {self.gpu_names}",
-            "从 details.available_gpus 中选择型号 (名称须完全一致, 包括大小写和空格)。",
-            {"requested": self.gpu_names, "available_gpus": sorted(stock), "stock": stock},
-        )
+        """All names unknown is an error; some unknown is a warning (they silently never match)."""
+        unknown = [name for name in self.gpu_names if name not in stock]
+        did_you_mean = {name: similar_gpu_names(name, stock) for name in unknown}
+        meant = "; ".join(f"'{name}' → {' / '.join(repr(m) for m in matches)}" for name, matches in did_you_mean.items() if matches)
+        if len(unknown) == len(self.gpu_names):
+            where = f" (地区: {', '.join(self.regions)})" if self.regions else ""
+            raise AutoDLError(
+                ErrorType.GPU_TYPE_NOT_FOUND,
+                f"请求的 GPU 型号均不存在{where}: {self.gpu_names}",
+                (f"你是否想写: {meant} " if meant else "")
+                + "从 details.available_gpus 中选择型号 (名称须完全一致, 包括大小写和空格)。",
+                {"requested": self.gpu_names, "available_gpus": sorted(stock), "did_you_mean": did_you_mean, "stock": stock},
+            )
+        if unknown:
+            self.warnings.append({
+                "code": "unknown_gpu_name", "path": "container_template.gpu_name_set",
+                "message": f"这些 GPU 型号不存在, 永远不会被调度: {unknown}",
+                "hint": (f"你是否想写: {meant} " if meant else "") + f"可用型号: {sorted(stock)}",
+            })
 
     def check_name_free(self) -> None:
         same_name = api.list_deployments(self.client, name=self.config["name"])
         self._names_before = {d.get("uuid") for d in same_name}
         live = [d for d in same_name if d.get("status") != "stopped"]
+        if len(same_name) > len(live):
+            self.warnings.append({
+                "code": "stopped_deployment_with_same_name", "path": "name",
+                "message": f"已有 {len(same_name) - len(live)} 个同名的已停止部署; 提交后按 --name 查找会有歧义。",
+                "hint": "后续操作用输出里的 deployment_uuid; 旧部署不再需要时用 delete_deployment.py 删除, 或给新部署换个名字。",
+            })
         if live and not self.options.allow_duplicate_name:
             raise AutoDLError(
                 ErrorType.DEPLOYMENT_EXISTS,
@@ -218,8 +234,10 @@ class Submitter:
                     {
                         "api_response": failures[-1],
                         "attempts": failures,
+                        "warnings": self.warnings,
                         "suggestion": "空闲卡所在主机可能不满足 price/cpu/memory/CUDA 条件: 放宽 price_to、"
-                        "降低 cpu_num_from 与 memory_size_from、放宽 CUDA 要求或增加可选 GPU 型号。",
+                        "降低 cpu_num_from 与 memory_size_from、放宽 CUDA 要求或增加可选 GPU 型号"
+                        + ("; 先看 details.warnings, 其中可能就是原因。" if self.warnings else "。"),
                     },
                 )
             self.sleep(self.options.interval)
@@ -277,6 +295,8 @@ class Submitter:
         stock = self.poll_stock()
         self.check_gpu_types(stock)
         self.check_name_free()
+        for warning in self.warnings:
+            self.progress.log(f"警告 [{warning['code']}] {warning['message']} {warning['hint']}")
         summary = {"name": self.config["name"], "deployment_type": self.config["deployment_type"], "dialect": dialect_of(self.config)}
 
         if self.options.dry_run:

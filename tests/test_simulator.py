@@ -703,3 +703,14 @@ def test_cli_loopback_detection():
 
     assert all(map(autodl_sim.is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "localhost"]))
     assert not any(map(autodl_sim.is_loopback, ["0.0.0.0", "192.168.1.5", "example.com"]))
+
+
+@pytest.mark.parametrize("length, status", [(b"abc", 400), (b"-5", 400), (b"99999999999", 413)])
+def test_bad_content_length_gets_an_answer_not_a_dropped_connection(sim, length, status):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as raw:
+        raw.sendall(b"POST /api/v1/dev/image/private/list HTTP/1.1\r\nHost: sim\r\n"
+                    b"Authorization: " + TOKEN.encode() + b"\r\nContent-Length: " + length + b"\r\n\r\n")
+        head = raw.recv(200)
+    assert head.startswith(b"HTTP/1.1 %d" % status)

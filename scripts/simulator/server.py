@@ -59,6 +59,9 @@ BAD_GATEWAY_PAGE = (
     "<html><head><title>502 Bad Gateway</title></head><body>"
     "<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
 )
+# Largest request body read (bytes). A create request is a few KB; refusing more keeps a
+# stray or hostile Content-Length from making the simulator allocate without bound.
+MAX_BODY_BYTES = 1024 * 1024
 FAULT_MESSAGES = {500: ("InternalError", "服务器内部错误"), 503: ("ServiceUnavailable", "服务暂时不可用，请稍后重试")}
 
 
@@ -75,6 +78,12 @@ class SimHTTPServer(ThreadingHTTPServer):
                  faults: FaultInjector, dialect: str) -> None:
         super().__init__(address, SimRequestHandler)
         self.sim, self.api, self.faults, self.dialect = sim, api, faults, dialect
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up (timeouts in tests, Ctrl-C) is routine, not a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class SimRequestHandler(BaseHTTPRequestHandler):
@@ -116,7 +125,13 @@ class SimRequestHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
-        body = self._read_body()
+        try:
+            body = self._read_body()
+        except ApiError as error:
+            # The body's framing is unknown, so this connection cannot carry another request.
+            self.close_connection = True
+            self._send_json(error.http_status, envelope(error.code, error.msg))
+            return
         try:
             if url.path.startswith("/svc/"):
                 self._handle_service(method, url.path, body)
@@ -129,7 +144,12 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             self._send_json(500, envelope("InternalError", "模拟器内部错误"))
 
     def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
+        raw = (self.headers.get("Content-Length") or "0").strip()
+        if not raw.isdigit():
+            raise ApiError("RequestParameterIsWrong", "请求参数错误：Content-Length 无效", 400)
+        length = int(raw)
+        if length > MAX_BODY_BYTES:
+            raise ApiError("RequestParameterIsWrong", "请求参数错误：请求体过大", 413)
         return self.rfile.read(length) if length > 0 else b""
 
     def _send(self, status: int, payload: bytes, content_type: str) -> None:

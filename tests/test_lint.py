@@ -202,3 +202,13 @@ def test_lint_never_blocks_validation():
     config = config_with(cmd="python3 app.py &", template={"memory_size_from": 200})
     assert validate_config(config) == []
     assert lint_config(config)
+
+
+@pytest.mark.parametrize("deployment_type,cmd,warned", [
+    ("ReplicaSet", "cd /root/app && /root/miniconda3/bin/python server.py", True),
+    ("ReplicaSet", "cd /root/app && /root/miniconda3/bin/python server.py --port 6006", False),
+    ("ReplicaSet", "cd /root/app && uvicorn main:app --host 0.0.0.0 --port 6008", False),
+    ("Job", "cd /root/app && /root/miniconda3/bin/python train.py", False),
+])
+def test_replicaset_service_should_listen_on_6006_or_6008(deployment_type, cmd, warned):
+    assert ("service_port_not_in_cmd" in cmd_codes(cmd, deployment_type)) is warned

@@ -28,6 +28,8 @@ _RELATIVE_SCRIPT = re.compile(
 _BARE_PYTHON3 = re.compile(r"(?:^|[;&|]\s*)python3\b")
 _NETWORK_FETCH = re.compile(r"\bpip3?\s+install\b|\bgit\s+clone\b|huggingface-cli\s+download|\bhf\s+download\b|snapshot_download")
 _NETWORK_TURBO = re.compile(r"/etc/network_turbo")
+# Only ports 6006 and 6008 of a container get a service address.
+_SERVICE_PORT = re.compile(r"\b600[68]\b")
 
 # Per-GPU floors above these exclude many hosts: a scheduling unit is the host's CPU and
 # memory split evenly per GPU, and common hosts give a unit 8-16 vCPU and 30-60 GB; a
@@ -88,6 +90,12 @@ def lint_cmd(cmd: str, deployment_type: str | None) -> list[Warning_]:
             "cmd 在容器里联网下载 (pip/git/HuggingFace), 没有学术加速时可能极慢或卡住。",
             "在前面加 `source /etc/network_turbo ;`; HuggingFace 另设 HF_ENDPOINT=https://hf-mirror.com "
             "与 HF_HUB_DISABLE_XET=1; 更好的做法是把依赖打进镜像。",
+        ))
+    if deployment_type == "ReplicaSet" and not _SERVICE_PORT.search(cmd):
+        warnings.append(_warning(
+            "service_port_not_in_cmd", CMD_PATH,
+            "ReplicaSet 通常用于服务, 但 cmd 里看不到 6006 或 6008 端口: 平台只为这两个端口提供服务地址。",
+            "让服务监听 0.0.0.0:6006 (或 6008), 如 `--port 6006`; 若端口已在脚本或配置文件中设好, 可忽略。",
         ))
     return warnings
 

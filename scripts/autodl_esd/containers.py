@@ -61,8 +61,16 @@ def redact_container(container: dict[str, Any], show_password: bool = False) -> 
 
 
 def container_view(container: dict[str, Any], show_password: bool = False) -> dict[str, Any]:
-    """A list item: the redacted API record plus its service URLs surfaced."""
-    return {**redact_container(container, show_password), "service_urls": service_urls(container)}
+    """A list item: the redacted API record plus its service URLs surfaced.
+
+    `container_uuid` repeats the record's `uuid` under the name every other script uses
+    (and `--container-uuid` takes), so an agent never has to guess which key to copy.
+    """
+    return {
+        "container_uuid": container.get("uuid"),
+        **redact_container(container, show_password),
+        "service_urls": service_urls(container),
+    }
 
 
 def container_summary(container: dict[str, Any], show_password: bool = False) -> dict[str, Any]:

@@ -30,6 +30,17 @@ exit codes:
 
 faults SPEC (comma separated key=value):
   error_rate=F  slow_rate=F  slow_seconds=S  create_slow_seconds=S  create_error_after_commit=N
+
+test controls (JSON body, same Authorization token, same envelope as the API):
+  GET  /_sim/state                               clock, machines, deployments, containers
+  GET  /_sim/requests                            recent API requests seen
+  POST /_sim/advance  {"seconds": S}             jump simulated time forward
+  POST /_sim/occupy   {"gpu_name": G, "count": N, "seconds": S}   other tenants take GPUs
+  POST /_sim/release                             give every occupied GPU back
+  POST /_sim/crash    {"container_uuid": U, "exit_code": 1}       a container dies now
+  POST /_sim/faulty   {"machine_id": M, "faulty": true}  containers started there crash soon
+  POST /_sim/latency  {"machine_id": M, "seconds": S}    delay of that machine's /svc answers
+  e.g. curl -X POST -H "Authorization: sim-token" -d '{"machine_id": "4f1c2a9be0", "faulty": true}' URL/_sim/faulty
 """
 
 

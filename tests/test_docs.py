@@ -134,3 +134,20 @@ def test_every_example_config_is_shown_in_examples_md():
     text = read("examples.md")
     for path in (ROOT / "examples").glob("*.json"):
         assert f"examples/{path.name}" in text, f"examples.md does not show {path.name}"
+
+
+def test_the_python_client_snippet_in_examples_md_runs(sim, run, tmp_path, monkeypatch, capsys):
+    sim()
+    code, submitted, _ = run("queue_submit.py", str(ROOT / "examples" / "replicaset-service.json"),
+                             "--wait-running", "--interval", "0.05", "--quiet")
+    assert code == 0, submitted
+    code, registry, _ = run("discover_services.py", "--deployment-uuid", submitted["deployment_uuid"], "--quiet")
+    assert code == 0, registry
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "registry.json").write_text(json.dumps(registry), encoding="utf-8")
+
+    [snippet] = [body for language, body in FENCE.findall(read("examples.md")) if language == "python"]
+    exec(compile(snippet.replace("/path/to/autodl-elastic-deploy/scripts", str(ROOT / "scripts")), "examples.md", "exec"), {})
+
+    printed = capsys.readouterr().out
+    assert "没有可用副本" not in printed and "'completed': 1" in printed

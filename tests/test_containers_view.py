@@ -17,3 +17,4 @@ def test_root_password_is_shown_only_on_request():
     assert PASSWORD not in str(container_view(record)) and PASSWORD not in str(container_summary(record))
     assert container_view(record, show_password=True)["info"]["root_password"] == PASSWORD
     assert record["info"]["root_password"] == PASSWORD, "the API record itself is not modified"
+

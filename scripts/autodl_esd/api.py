@@ -160,4 +160,6 @@ def add_to_blacklist(
 
 
 def list_blacklist(client: ApiClient) -> list[dict[str, Any]]:
-    return client.get(BLACKLIST_PATH) or []
+    """Active entries; `data` is documented as a list (null when empty), a page object is accepted too."""
+    data = client.get(BLACKLIST_PATH) or []
+    return (data.get("list") or []) if isinstance(data, dict) else data

@@ -156,10 +156,19 @@ def test_stop_container_unknown(run, api, result_validator):
     failed(code, document, result_validator, "not_found")
 
 
-def test_stop_container_malformed_uuid(run, result_validator):
-    code, document, _ = run("stop_container.py", "--container-uuid", DEP_UUID)
-    failed(code, document, result_validator, "not_found")
-    assert "格式" in document["message"]
+@pytest.mark.parametrize(("script", "flag", "value"), [
+    ("stop_container.py", "--container-uuid", DEP_UUID),
+    ("stop_container.py", "--container-uuid", "nonexistent-uuid"),
+    ("blacklist_host.py", "--container-uuid", "nonexistent-uuid"),
+    ("stop_deployment.py", "--deployment-uuid", "my-service"),
+    ("find_faulty_hosts.py", "--deployment-uuid", "my-service"),
+    ("discover_services.py", "--deployment-uuid", "my-service"),
+])
+def test_malformed_uuid_is_a_usage_error(run, script, flag, value, result_validator):
+    """Bad input is usage_error (no call made); not_found means well-formed but unknown."""
+    code, document, _ = run(script, flag, value)
+    failed(code, document, result_validator, "usage_error")
+    assert "格式" in document["message"] and document["details"]
 
 
 # --- stop_deployment / delete_deployment ------------------------------------------------

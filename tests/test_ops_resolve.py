@@ -48,15 +48,25 @@ def test_by_uuid_ignores_an_unfiltered_answer(api, client):
     assert caught.value.error_type.value == "not_found"
 
 
-def test_unknown_uuid_with_wrong_shape_says_what_a_uuid_looks_like(api, client):
+def test_malformed_deployment_uuid_is_a_usage_error_before_any_call(api, client):
+    """Bad input is usage_error; not_found is kept for a well-formed uuid the platform lacks."""
     from autodl_esd.errors import AutoDLError
     from autodl_esd.resolve import resolve_deployment
 
-    expect_deployment(api, None, deployment_uuid="my-service")
-    with pytest.raises(AutoDLError) as caught:
+    with pytest.raises(AutoDLError) as caught:  # the strict mock fails on any request
         resolve_deployment(client, deployment_uuid="my-service")
-    assert caught.value.error_type.value == "not_found"
-    assert "15 位十六进制" in caught.value.hint
+    assert caught.value.error_type.value == "usage_error"
+    assert "15 位十六进制" in caught.value.hint and "--name" in caught.value.hint
+
+
+def test_malformed_container_uuid_is_a_usage_error_before_any_call(api, client):
+    from autodl_esd.errors import AutoDLError
+    from autodl_esd.resolve import resolve_container
+
+    with pytest.raises(AutoDLError) as caught:
+        resolve_container(client, "nonexistent-uuid")
+    assert caught.value.error_type.value == "usage_error"
+    assert "格式" in caught.value.message
 
 
 def test_by_unique_name(api, client):

@@ -109,15 +109,21 @@ def resolve_deployment(
     """The deployment list item named by exactly one of uuid, name or config file."""
     if deployment_uuid:
         deployment_uuid = deployment_uuid.strip()
+        if not DEPLOYMENT_UUID_PATTERN.match(deployment_uuid):
+            # Bad input, not a missing deployment: say so before asking the platform.
+            raise AutoDLError(
+                ErrorType.USAGE_ERROR,
+                f"--deployment-uuid 格式不对: {deployment_uuid!r}",
+                "部署 UUID 是 15 位十六进制 (如 833f1cd5a764fa3), 不是部署名称或容器 UUID; "
+                "按名称找请用 --name。" + LIST_HINT,
+                {"deployment_uuid": deployment_uuid, "expected_format": DEPLOYMENT_UUID_PATTERN.pattern},
+            )
         found = deployment_by_uuid(client, deployment_uuid)
         if found is None:
-            hint = LIST_HINT
-            if not DEPLOYMENT_UUID_PATTERN.match(deployment_uuid):
-                hint = "部署 UUID 是 15 位十六进制 (如 833f1cd5a764fa3), 不是部署名称或容器 UUID; " + LIST_HINT
             raise AutoDLError(
                 ErrorType.NOT_FOUND,
                 f"没有找到部署 {deployment_uuid} (可能已删除)。",
-                hint,
+                LIST_HINT,
                 {"deployment_uuid": deployment_uuid},
             )
         return found
@@ -174,12 +180,13 @@ def resolve_container(client: Any, container_uuid: str, deployment_uuid: str | N
     container_uuid = container_uuid.strip()
     deployment_uuid = deployment_uuid or deployment_uuid_of_container(container_uuid)
     if not deployment_uuid:
+        # Bad input (usage_error); not_found is for a well-formed uuid the platform does not know.
         raise AutoDLError(
-            ErrorType.NOT_FOUND,
-            f"容器 UUID 格式不对: {container_uuid}",
+            ErrorType.USAGE_ERROR,
+            f"--container-uuid 格式不对: {container_uuid!r}",
             "容器 UUID 形如 <部署UUID>-<主机ID>-<8位十六进制> (如 da497aea1eb8343-f94411a60c-a394fb30); "
             "用 list_containers.py 查看。",
-            {"container_uuid": container_uuid},
+            {"container_uuid": container_uuid, "expected_format": CONTAINER_UUID_PATTERN.pattern},
         )
     try:
         containers = api.list_containers(client, deployment_uuid, container_uuid=container_uuid, released=True)

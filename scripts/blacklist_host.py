@@ -26,7 +26,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
-    from autodl_esd.resolve import resolve_container, verify_blacklisted
+    from autodl_esd.resolve import BLACKLIST_EXPIRY_NOTE, blacklist_expiry, resolve_container, verify_blacklisted
 
     client = ctx.client()
     container = resolve_container(client, args.container_uuid)
@@ -39,9 +39,10 @@ def handle(args, ctx: cli.Context) -> dict:
         "deployment_uuid": container.get("deployment_uuid") or container["uuid"][:15],
         **machine,
         "comment": args.comment,
-        "expire_in_minutes": args.expire_minutes if args.expire_minutes is not None else "平台默认 (1440 分钟)",
+        **blacklist_expiry(args.expire_minutes),
         **verification,
         "blacklist_entry": entries[machine["machine_id"]],
+        "expiry_note": BLACKLIST_EXPIRY_NOTE,
     }
 
 

@@ -52,7 +52,13 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
     from autodl_esd.errors import AutoDLError
     from autodl_esd.host_health import analyse_machines
-    from autodl_esd.resolve import deployment_summary, resolve_from_args, verify_blacklisted
+    from autodl_esd.resolve import (
+        BLACKLIST_EXPIRY_NOTE,
+        blacklist_expiry,
+        deployment_summary,
+        resolve_from_args,
+        verify_blacklisted,
+    )
 
     apply_only = [flag for flag, value in (("--yes", args.yes), ("--comment", args.comment),
                                            ("--expire-minutes", args.expire_minutes)) if value]
@@ -89,11 +95,11 @@ def handle(args, ctx: cli.Context) -> dict:
             error.details.update({"applied": result["applied"], "failed_machine": step["machine_id"]})
             raise
         ctx.progress.log(f"已拉黑主机 {step['machine_id']} (经由容器 {step['container_uuid']})")
-        result["applied"].append({**step, "expire_in_minutes": args.expire_minutes})
+        result["applied"].append({**step, **blacklist_expiry(args.expire_minutes)})
     entries, verification = verify_blacklisted(client, [step["machine_id"] for step in result["applied"]])
     for step in result["applied"]:
         step["blacklist_entry"] = entries[step["machine_id"]]
-    return {**result, **verification}
+    return {**result, **verification, "expiry_note": BLACKLIST_EXPIRY_NOTE}
 
 
 def blacklist_plan(machine: dict, comment: str | None) -> dict:

@@ -163,6 +163,7 @@ def test_apply_yes_blacklists_each_machine_once_through_its_latest_failure(run, 
     assert sum(1 for call in platform.calls if call.request.method == "POST" and call.request.url.endswith(BLACKLIST)) == 2
     assert document["verified"] is True  # read back from the blacklist
     assert document["applied"][1]["blacklist_entry"] == {"machine_id": BAD, "msg": "启动即崩溃"}
+    assert [(a["expire_in_minutes"], a["expire_default"]) for a in document["applied"]] == [(120, False)] * 2
 
 
 def test_apply_says_when_the_blacklist_cannot_be_read_back(run, platform, result_validator):
@@ -176,6 +177,9 @@ def test_apply_says_when_the_blacklist_cannot_be_read_back(run, platform, result
     result_validator.validate(document)
     assert len(document["applied"]) == 2
     assert document["verified"] is False and document["read_back_error"]
+    # No --expire-minutes: the integer the platform applies (never null), marked as its default.
+    assert [(a["expire_in_minutes"], a["expire_default"]) for a in document["applied"]] == [(1440, True)] * 2
+    assert "私有云" in document["expiry_note"]
 
 
 def test_a_failed_blacklisting_says_what_was_already_done(run, platform, result_validator):

@@ -253,6 +253,7 @@ def test_blacklist_host_names_the_machine_and_verifies(run, api, result_validato
     ok(code, document, result_validator)
     assert (document["machine_id"], document["data_center"], document["gpu_name"]) == (MACHINE, "westDC2", "RTX 4090")
     assert (document["verified"], document["blacklist_entry"]) == (True, ENTRY)
+    assert (document["expire_in_minutes"], document["expire_default"]) == (4320, False)
 
 
 def test_blacklist_host_private_cloud_cannot_verify(run, api, result_validator):
@@ -262,6 +263,9 @@ def test_blacklist_host_private_cloud_cannot_verify(run, api, result_validator):
     code, document, _ = run("blacklist_host.py", "--container-uuid", CONTAINER_UUID)
     ok(code, document, result_validator)
     assert document["verified"] is False and document["read_back_error"]
+    # No flag: the integer the platform applies, flagged as its default; the private-cloud note is text.
+    assert (document["expire_in_minutes"], document["expire_default"]) == (1440, True)
+    assert "私有云" in document["expiry_note"]
 
 
 @pytest.mark.parametrize("minutes", ["0", "43201", "1.5"])

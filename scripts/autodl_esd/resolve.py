@@ -268,6 +268,29 @@ def read_back(
     return last, report
 
 
+# What the platform applies when no expire_in_minutes is sent: 1440 min (24 h), the public
+# cloud's default and the private cloud's only value (api-reference.md, 调度黑名单).
+BLACKLIST_DEFAULT_EXPIRE_MINUTES = 1440
+
+
+def blacklist_expiry(expire_minutes: int | None) -> dict[str, Any]:
+    """How long a blacklisting lasts, always as integer minutes, and whether that is the default.
+
+    `expire_default: true` means --expire-minutes was not given (nothing sent, the platform's
+    1440 applies). The private cloud ignores the field and always uses 24 h; that is said in
+    a message, never as a value.
+    """
+    if expire_minutes is None:
+        return {"expire_in_minutes": BLACKLIST_DEFAULT_EXPIRE_MINUTES, "expire_default": True}
+    return {"expire_in_minutes": expire_minutes, "expire_default": False}
+
+
+BLACKLIST_EXPIRY_NOTE = (
+    "expire_default=true 表示没有指定 --expire-minutes, 平台默认 1440 分钟 (24 小时) 后解除; "
+    "私有云固定 24 小时, 不看 --expire-minutes。"
+)
+
+
 def verify_blacklisted(client: Any, machine_ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """One look at the blacklist after adding machines: ({machine_id: entry or None}, {"verified": ...}).
 

@@ -21,16 +21,27 @@ DEFAULT_MIN_FAILURES = 3
 # A container that dies within 5 minutes of starting failed on start-up (driver, disk,
 # network), not in normal service.
 DEFAULT_MIN_UPTIME_SECONDS = 300.0
+# Ten recent failures show a machine's pattern (reasons, uptimes, times) without burying an
+# agent in one entry per crash loop iteration (one real run listed 58); evidence_total
+# still counts them all.
+DEFAULT_MAX_EVIDENCE = 10
+
+REPLICA_SET_CAVEAT = (
+    "ReplicaSet 的任何退出都计为失败 (reason=exited), 包括用户主动停止的容器 (缩容、set_replicas.py、"
+    "stop_container.py): API 里它们和异常退出看起来一样。--apply --yes 之前先看 items[].evidence (不加 --apply "
+    "运行时输出) 的 reason 与 stopped_at, 排除人为停止造成的计数。"
+)
 
 
 def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "find_faulty_hosts.py",
         "按主机统计部署中失败的容器 (含已释放的): 没到 running 就停止 (never_running)、运行不足 "
-        "--min-uptime 秒就退出 (exited_early); ReplicaSet 的任何退出都算异常 (exited, 随部署一起停止的除外)。"
-        "列出失败数 >= --min-failures 的主机及证据 (容器、状态、起止时间、运行时长)。"
-        "--apply --yes 通过每台主机上最近失败的容器把它加入调度黑名单; 只加 --apply 时返回 "
-        "confirmation_required 并列出将拉黑的主机。",
+        "--min-uptime 秒就退出 (exited_early); ReplicaSet 的任何退出都算异常 (exited, 随部署一起停止的除外), "
+        "包括用户主动停止的 (缩容、stop_container.py), 所以拉黑前要先看证据。"
+        "列出失败数 >= --min-failures 的主机及证据 (容器、状态、起止时间、运行时长; 每台最多 --max-evidence 条, "
+        "evidence_total 是总数)。--apply --yes 通过每台主机上最近失败的容器把它加入调度黑名单 (已在上面运行的容器"
+        "不受影响); 只加 --apply 时返回 confirmation_required 并列出将拉黑的主机。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
@@ -40,6 +51,8 @@ def build_parser() -> cli.JsonArgumentParser:
                         help=f"失败数达到 K 的主机才报告 (默认 {DEFAULT_MIN_FAILURES})")
     parser.add_argument("--min-uptime", type=cli.non_negative_seconds, default=DEFAULT_MIN_UPTIME_SECONDS, metavar="S",
                         help=f"运行不足 S 秒就退出算失败 (默认 {DEFAULT_MIN_UPTIME_SECONDS:g}); Job 请设得比正常任务时长短")
+    parser.add_argument("--max-evidence", type=cli.positive_int, default=DEFAULT_MAX_EVIDENCE, metavar="N",
+                        help=f"每台主机最多列出最近 N 条失败证据 (默认 {DEFAULT_MAX_EVIDENCE}; evidence_total 是总数)")
     parser.add_argument("--apply", action="store_true", help="把报告的主机加入调度黑名单 (需同时加 --yes)")
     cli.add_confirmation_flag(parser)
     cli.add_blacklist_flags(parser, comment_help="黑名单备注 (默认说明失败次数)")
@@ -72,22 +85,28 @@ def handle(args, ctx: cli.Context) -> dict:
     containers = api.list_containers(client, deployment["uuid"], released=True)
     events, _ = api.list_events(client, deployment["uuid"])
     machines = analyse_machines(deployment, containers, events, min_uptime=args.min_uptime,
-                                lookback=timedelta(hours=args.lookback_hours))
+                                lookback=timedelta(hours=args.lookback_hours), max_evidence=args.max_evidence)
     faulty = [m for m in machines if m["failures"] >= args.min_failures]
     ctx.progress.log(f"检查了 {len(containers)} 个容器 / {len(machines)} 台有停止容器的主机, {len(faulty)} 台达到阈值")
     result = cli.list_result(
         faulty,
         deployment=deployment_summary(deployment),
-        thresholds={"lookback_hours": args.lookback_hours, "min_failures": args.min_failures, "min_uptime_seconds": args.min_uptime},
+        thresholds={"lookback_hours": args.lookback_hours, "min_failures": args.min_failures, "min_uptime_seconds": args.min_uptime,
+                    "max_evidence": args.max_evidence},
         containers_examined=len(containers),
         below_threshold=[{"machine_id": m["machine_id"], "failures": m["failures"]} for m in machines if m not in faulty],
         applied=[],
     )
+    replica_set = deployment.get("deployment_type") == "ReplicaSet"
+    if replica_set and faulty:
+        result["caveat"] = REPLICA_SET_CAVEAT
     if not args.apply or not faulty:
         return result
     plan = [blacklist_plan(machine, args.comment) for machine in faulty]
     if not args.yes:
-        raise cli.confirmation_required(f"把 {len(plan)} 台主机加入调度黑名单", {"would_blacklist": plan})
+        refusal = cli.confirmation_required(f"把 {len(plan)} 台主机加入调度黑名单", {"would_blacklist": plan})
+        refusal.hint = confirmation_hint(plan, replica_set)
+        raise refusal
     for step in plan:
         try:
             api.add_to_blacklist(client, step["container_uuid"], comment=step["comment"], expire_in_minutes=args.expire_minutes)
@@ -102,11 +121,27 @@ def handle(args, ctx: cli.Context) -> dict:
     return {**result, **verification, "expiry_note": BLACKLIST_EXPIRY_NOTE}
 
 
+def confirmation_hint(plan: list[dict], replica_set: bool) -> str:
+    """What --yes would do, host by host, for the user to agree to."""
+    hosts = "; ".join(
+        f"{step['machine_id']} ({step['data_center'] or '未知机房'}, {step['gpu_name'] or '未知 GPU'}, 失败 {step['failures']} 次)"
+        for step in plan
+    )
+    return (
+        f"加 --yes 会把这些主机加入调度黑名单: {hosts}。之后不再往它们调度新容器, 已在上面运行的容器不受影响; "
+        "默认 24 小时后自动解除。" + (REPLICA_SET_CAVEAT if replica_set else "先看 items[].evidence (不加 --apply 运行时输出) 确认失败属实。")
+        + " 把这些告诉用户, 得到明确同意后加 --yes 重新执行。"
+    )
+
+
 def blacklist_plan(machine: dict, comment: str | None) -> dict:
     return {
         "machine_id": machine["machine_id"],
+        "data_center": machine["data_center"],
+        "gpu_name": machine["gpu_name"],
         "container_uuid": machine["blacklist_via"],
         "failures": machine["failures"],
+        "failure_reasons": machine["failure_reasons"],
         "comment": comment or f"find_faulty_hosts: {machine['failures']} 个容器异常退出",
     }
 

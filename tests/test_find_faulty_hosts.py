@@ -145,6 +145,39 @@ def test_apply_without_yes_asks_first(run, platform, result_validator):
     result_validator.validate(document)
     planned = document["details"]["would_blacklist"]
     assert [(p["machine_id"], p["container_uuid"]) for p in planned] == [(OTHER, f"{DEP}-{OTHER}-00000004"), (BAD, f"{DEP}-{BAD}-00000001")]
+    assert (planned[1]["data_center"], planned[1]["gpu_name"], planned[1]["failure_reasons"]) == ("westDC2", "RTX 4090", {"never_running": 3})
+    # The hint names the hosts, says running containers stay, and warns that user stops count.
+    hint = document["hint"]
+    assert f"{OTHER} (westDC2, RTX 4090, 失败 4 次)" in hint and BAD in hint
+    assert "已在上面运行的容器不受影响" in hint and "stop_container.py" in hint and "evidence" in hint
+
+
+def test_evidence_is_capped_per_machine_to_the_most_recent(run, mocked, result_validator):
+    crash_loop = [stopped(BAD, n, started=None, stopped_=n) for n in range(1, 16)]  # n=1 is the most recent
+    mocked.post(url(DEPLOYMENTS), json=envelope({"list": [{"uuid": DEP, "deployment_type": "ReplicaSet"}], "max_page": 1}))
+    mocked.post(url(CONTAINERS), json=envelope({"list": crash_loop, "max_page": 1}))
+    mocked.post(url(EVENTS), json=envelope({"list": []}))
+
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--max-evidence", "4")
+
+    assert code == 0, document
+    result_validator.validate(document)
+    machine = document["items"][0]
+    assert (machine["failures"], machine["evidence_total"], len(machine["evidence"])) == (15, 15, 4)
+    assert [e["container_uuid"][-1] for e in machine["evidence"]] == ["4", "3", "2", "1"]  # oldest first
+    assert machine["blacklist_via"].endswith("00000001")
+    assert "stop_container.py" in document["caveat"]
+
+
+def test_evidence_cap_defaults_to_ten(run, mocked):
+    mocked.post(url(DEPLOYMENTS), json=envelope({"list": [{"uuid": DEP, "deployment_type": "Job"}], "max_page": 1}))
+    mocked.post(url(CONTAINERS), json=envelope({"list": [stopped(BAD, n, started=None, stopped_=n) for n in range(1, 13)], "max_page": 1}))
+    mocked.post(url(EVENTS), json=envelope({"list": []}))
+
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP)
+
+    assert code == 0 and len(document["items"][0]["evidence"]) == 10 and document["items"][0]["evidence_total"] == 12
+    assert "caveat" not in document  # only a ReplicaSet counts user-initiated stops
 
 
 def test_apply_yes_blacklists_each_machine_once_through_its_latest_failure(run, platform, result_validator):

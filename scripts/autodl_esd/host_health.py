@@ -8,7 +8,11 @@ failure is inferred from its timeline (container record, backed by its events):
 - `exited_early`: it ran for less than `min_uptime` seconds;
 - `exited` (ReplicaSet only): a service is meant to run until stopped, so any exit counts.
   A stop by the user (stop_container.py, scaling down) looks the same in the API and is
-  counted too; containers stopped by stopping the whole deployment are not.
+  counted too; containers stopped by stopping the whole deployment are not. So for a
+  ReplicaSet the evidence must be read before blacklisting (find_faulty_hosts says so).
+
+Evidence is capped per machine (`max_evidence`, the most recent failures); `failures` and
+`evidence_total` still count them all.
 """
 
 from __future__ import annotations
@@ -75,8 +79,13 @@ def analyse_machines(
     min_uptime: float,
     lookback: timedelta,
     now: datetime | None = None,
+    max_evidence: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Per machine that hosted a stopped container in the window: its failures, worst first."""
+    """Per machine that hosted a stopped container in the window: its failures, worst first.
+
+    `evidence` lists failures oldest first, only the `max_evidence` most recent when given;
+    `evidence_total` is how many there were.
+    """
     now = now or datetime.now().astimezone()
     since = now - lookback
     deployment_stopped = parse_timestamp(deployment.get("stopped_at"))
@@ -97,7 +106,7 @@ def analyse_machines(
         machine_id = container.get("machine_id") or (uuid.split("-")[1] if uuid.count("-") == 2 else "unknown")
         machine = machines.setdefault(machine_id, {
             "machine_id": machine_id, "gpu_name": container.get("gpu_name"), "data_center": container.get("data_center"),
-            "failures": 0, "stopped_containers": 0, "evidence": [], "blacklist_via": None,
+            "failures": 0, "failure_reasons": {}, "stopped_containers": 0, "evidence_total": 0, "evidence": [], "blacklist_via": None,
         })
         machine["stopped_containers"] += 1
         stopped_with_deployment = (
@@ -107,7 +116,8 @@ def analyse_machines(
         if reason is None:
             continue
         machine["failures"] += 1
-        machine["evidence"].append({
+        machine["failure_reasons"][reason] = machine["failure_reasons"].get(reason, 0) + 1
+        machine["evidence"].append((timeline["stopped"], {
             "container_uuid": uuid,
             "status": container.get("status"),
             "reason": reason,
@@ -115,9 +125,17 @@ def analyse_machines(
             "started_at": _iso(timeline["started"]),
             "stopped_at": _iso(timeline["stopped"]),
             "uptime_seconds": None if timeline["uptime_seconds"] is None else round(timeline["uptime_seconds"], 1),
-        })
+        }))
     for machine in machines.values():
+        # Oldest first by the moment it stopped (compared as instants, whatever the offset);
+        # an unknown stop time sorts first, as the least recent.
+        def recency(pair: tuple[datetime | None, dict[str, Any]]) -> tuple[bool, datetime]:
+            return pair[0] is not None, pair[0] or now
+
+        ordered = [item for _, item in sorted(machine["evidence"], key=recency)]
+        machine["evidence_total"] = len(ordered)
         # Blacklisting goes through a container: the latest failure on that machine.
-        latest = max(machine["evidence"], key=lambda e: e["stopped_at"] or "", default=None)
-        machine["blacklist_via"] = latest["container_uuid"] if latest else None
+        latest = max(machine["evidence"], key=recency, default=None)
+        machine["blacklist_via"] = latest[1]["container_uuid"] if latest else None
+        machine["evidence"] = ordered[-max_evidence:] if max_evidence and len(ordered) > max_evidence else ordered
     return sorted(machines.values(), key=lambda m: (-m["failures"], m["machine_id"]))

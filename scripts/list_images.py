@@ -8,6 +8,7 @@ from autodl_esd import cli
 EXAMPLES = [
     "python scripts/list_images.py",
     "python scripts/list_images.py --page-index 2 --page-size 20",
+    "python scripts/list_images.py --system   # 私有云的系统基础镜像 (base-image-...)",
 ]
 
 
@@ -18,6 +19,9 @@ def build_parser() -> cli.JsonArgumentParser:
         "container_template.image_uuid; image_name 已统一 (公有云 image_name / 私有云 name)。",
         EXAMPLES,
     )
+    parser.add_argument("--system", action="store_true",
+                        help="改为列出私有云的系统基础镜像 (POST /api/v2/image/list, base-image-...); 公有云没有这个接口, "
+                        "公有云基础镜像见 api-reference.md 附录")
     parser.add_argument("--page-index", type=cli.positive_int, metavar="N", help="只取这一页 (从 1 开始), 并返回分页字段")
     parser.add_argument("--page-size", type=cli.positive_int, metavar="N", help="与 --page-index 一起使用的每页条数 (默认 100)")
     return parser
@@ -29,9 +33,10 @@ def handle(args, ctx: cli.Context) -> dict:
     def shown(image: dict) -> dict:
         return {**image, "image_name": api.image_name(image)}
 
+    path = api.SYSTEM_IMAGES_PATH if args.system else api.IMAGES_PATH
     if args.page_index is None and args.page_size is None:
-        return cli.list_result([shown(image) for image in api.list_images(ctx.client())])
-    page = api.fetch_page(ctx.client(), api.IMAGES_PATH, {}, args.page_index or 1, args.page_size or api.PAGE_SIZE)
+        return cli.list_result([shown(image) for image in api.iter_pages(ctx.client(), path)])
+    page = api.fetch_page(ctx.client(), path, {}, args.page_index or 1, args.page_size or api.PAGE_SIZE)
     paging = {key: page[key] for key in api.PAGING_KEYS if key in page}
     return cli.list_result([shown(image) for image in page.get("list") or []], **paging)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from autodl_esd import api
 from autodl_esd.http import ApiClient
 from autodl_esd.settings import load_settings
@@ -14,3 +16,18 @@ def test_blacklist_listing_accepts_a_list_null_or_a_page(mocked):
         mocked.get(url(api.BLACKLIST_PATH), json=envelope(data))
         expected = [] if data is None else [entry]
         assert api.list_blacklist(ApiClient(load_settings())) == expected
+
+
+@pytest.mark.parametrize("typed,expected", [
+    ("rtx 4090", ["RTX 4090", "RTX 4090D"]),
+    ("A5000", ["RTX A5000"]),
+    ("Tesla V100", ["Tesla V100-SXM2-32GB"]),
+    ("RTX4090D", ["RTX 4090D"]),
+    ("RTX 3090", []),  # one digit away, but a different card: no suggestion beats a wrong one
+    ("RTX 4080", []),
+])
+def test_gpu_name_suggestions_keep_the_model_number(typed, expected):
+    from autodl_esd.stock import similar_gpu_names
+
+    available = ["RTX 4090", "RTX 4090D", "RTX A5000", "NVIDIA A40", "Tesla V100-SXM2-32GB"]
+    assert similar_gpu_names(typed, available) == expected

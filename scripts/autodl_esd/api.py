@@ -16,6 +16,8 @@ STOP_CONTAINER_PATH = "/api/v1/dev/deployment/container/stop"
 REPLICA_NUM_PATH = "/api/v1/dev/deployment/replica_num"
 OPERATE_PATH = "/api/v1/dev/deployment/operate"
 BLACKLIST_PATH = "/api/v1/dev/deployment/blacklist"
+DDP_OVERVIEW_PATH = "/api/v1/dev/deployment/ddp/overview"
+SYSTEM_IMAGES_PATH = "/api/v2/image/list"  # private cloud only
 GLOBAL_STOCK_PATH = "/api/v1/dev/machine/gpu_stock"
 REGION_STOCK_PATH = "/api/v1/dev/machine/region/gpu_stock"
 
@@ -55,6 +57,16 @@ def image_name(image: dict[str, Any]) -> str | None:
 
 def list_images(client: ApiClient) -> list[dict[str, Any]]:
     return list(iter_pages(client, IMAGES_PATH))
+
+
+def list_system_images(client: ApiClient) -> list[dict[str, Any]]:
+    """The private cloud's base images (`base-image-...`); the public cloud answers 404."""
+    return list(iter_pages(client, SYSTEM_IMAGES_PATH))
+
+
+def ddp_overview(client: ApiClient, deployment_uuid: str) -> list[dict[str, Any]]:
+    """Duration packages bought for a deployment; `total`/`balance` are seconds."""
+    return client.get(DDP_OVERVIEW_PATH, {"deployment_uuid": deployment_uuid}) or []
 
 
 def global_stock(client: ApiClient) -> tuple[StockByGpu, Any]:

@@ -11,6 +11,7 @@ Both normalize to `{"RTX 4090": {"idle": 5, "total": 8}}`.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Iterable
 
 StockByGpu = dict[str, dict[str, int]]
@@ -74,10 +75,19 @@ def first_fit(stock: StockByGpu, gpu_names: Iterable[str], gpu_num: int) -> str 
 
 
 def similar_gpu_names(name: str, available: Iterable[str]) -> list[str]:
-    """Models the user probably meant: "rtx 4090" -> "RTX 4090", "4090" -> "NVIDIA GeForce RTX 4090"."""
+    """Models the user probably meant: "rtx 4090" -> "RTX 4090", "4090" -> "NVIDIA GeForce RTX 4090".
+
+    Model numbers must agree: "RTX 3090" is one character from "RTX 4090" but a different
+    card, and suggesting it would be worse than suggesting nothing.
+    """
 
     def folded(text: str) -> str:
         return "".join(text.casefold().split())
 
-    contained = sorted(model for model in available if folded(name) in folded(model))
-    return contained or difflib.get_close_matches(name, sorted(available), n=3, cutoff=0.6)
+    models = sorted(available)
+    contained = [model for model in models if folded(name) in folded(model)]
+    if contained:
+        return contained
+    by_folded = {folded(model): model for model in models}
+    close = [by_folded[key] for key in difflib.get_close_matches(folded(name), list(by_folded), n=3, cutoff=0.6)]
+    return [model for model in close if re.findall(r"\d+", model) == re.findall(r"\d+", name)]

@@ -85,22 +85,40 @@ class Submitter:
     def check_image(self) -> None:
         image_uuid = self.template["image_uuid"]
         if image_uuid.startswith("base-image-"):
-            self.warnings.append({
-                "code": "base_image_unchecked", "path": "container_template.image_uuid",
-                "message": "公共基础镜像不在私有镜像列表中, 无法通过接口确认存在。",
-                "hint": "核对 api-reference.md 附录中的基础镜像 UUID。",
-            })
-            return
-        images = api.list_images(self.client)
+            images = self._system_images()
+            if images is None:
+                return
+            where = "系统基础镜像"
+        else:
+            images, where = api.list_images(self.client), "账号的私有镜像"
         if any(image.get("image_uuid") == image_uuid for image in images):
             return
         available = [{"image_uuid": image.get("image_uuid"), "image_name": api.image_name(image)} for image in images]
         raise AutoDLError(
             ErrorType.IMAGE_NOT_FOUND,
-            f"镜像 {image_uuid} 不在账号的私有镜像中。",
+            f"镜像 {image_uuid} 不在{where}中。",
             "从 details.available_images 中选择正确的 image_uuid (注意填 UUID, 不是镜像名称)。",
             {"requested": image_uuid, "available_images": available[:MAX_IMAGES_LISTED], "available_total": len(available)},
         )
+
+    def _system_images(self) -> list[dict[str, Any]] | None:
+        """The private cloud lists its base images; elsewhere they cannot be checked (None)."""
+        unchecked = {
+            "code": "base_image_unchecked", "path": "container_template.image_uuid",
+            "message": "无法通过接口确认这个基础镜像存在 (公有云基础镜像没有列表接口)。",
+            "hint": "核对 api-reference.md 附录中的基础镜像 UUID。",
+        }
+        if self.regions:  # public dialect: /api/v2/image/list is a private-cloud console API
+            self.warnings.append(unchecked)
+            return None
+        try:
+            return api.list_system_images(self.client)
+        except AutoDLError as error:
+            if error.error_type not in (ErrorType.API_ERROR, ErrorType.AUTH_ERROR):
+                raise
+            self.progress.log(f"无法列出系统基础镜像 ({error.message}), 跳过镜像检查。")
+            self.warnings.append(unchecked)
+            return None
 
     def check_gpu_types(self, stock: StockByGpu) -> None:
         """All names unknown is an error; some unknown is a warning (they silently never match)."""
@@ -112,7 +130,7 @@ class Submitter:
             raise AutoDLError(
                 ErrorType.GPU_TYPE_NOT_FOUND,
                 f"请求的 GPU 型号均不存在{where}: {self.gpu_names}",
-                (f"你是否想写: {meant} " if meant else "")
+                (f"你是否想写: {meant}; " if meant else "")
                 + "从 details.available_gpus 中选择型号 (名称须完全一致, 包括大小写和空格)。",
                 {"requested": self.gpu_names, "available_gpus": sorted(stock), "did_you_mean": did_you_mean, "stock": stock},
             )
@@ -120,7 +138,7 @@ class Submitter:
             self.warnings.append({
                 "code": "unknown_gpu_name", "path": "container_template.gpu_name_set",
                 "message": f"这些 GPU 型号不存在, 永远不会被调度: {unknown}",
-                "hint": (f"你是否想写: {meant} " if meant else "") + f"可用型号: {sorted(stock)}",
+                "hint": (f"你是否想写: {meant}; " if meant else "") + f"可用型号: {sorted(stock)}",
             })
 
     def check_name_free(self) -> None:

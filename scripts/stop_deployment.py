@@ -16,7 +16,8 @@ def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "stop_deployment.py",
         "停止整个部署: 停掉它的全部容器, 不再调度 (停止后不能恢复, 只能重新提交)。不加 --yes 时什么都不做, "
-        "返回 confirmation_required 并列出会停掉的部署与容器; 加 --yes 才执行, 然后读回部署状态 (verified)。",
+        "返回 confirmation_required 并列出会停掉的部署与容器; 加 --yes 才执行, 然后读回部署状态 (verified); "
+        "containers_before_stop 是停止前的容器快照 (其中的 status 是停止前的状态)。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
@@ -54,7 +55,10 @@ def handle(args, ctx: cli.Context) -> dict:
         "changed": True,
         **verification,
         "deployment": deployment_summary(after or deployment),
-        "stopped_containers": impact["live_containers"],
+        # A snapshot from before the stop (statuses then, e.g. running), not a read-back:
+        # the name says so, so a "running" status here is not mistaken for a failed stop.
+        "containers_before_stop": impact["live_containers"],
+        "containers_before_stop_count": impact["live_container_count"],
     }
 
 

@@ -194,7 +194,10 @@ def test_stop_deployment_with_yes(run, api, result_validator):
     code, document, _ = run("stop_deployment.py", "--deployment-uuid", DEP_UUID, "--yes")
     ok(code, document, result_validator)
     assert (document["verified"], document["deployment"]["status"]) == (True, "stopped")
-    assert [c["container_uuid"] for c in document["stopped_containers"]] == [CONTAINER_UUID]
+    # Named as what it is: the containers as they were before the stop (status still running).
+    assert "stopped_containers" not in document
+    assert [(c["container_uuid"], c["status"]) for c in document["containers_before_stop"]] == [(CONTAINER_UUID, "running")]
+    assert document["containers_before_stop_count"] == 1
 
 
 def test_stop_deployment_already_stopped(run, api, result_validator):

@@ -75,14 +75,21 @@ def handle(args, ctx: cli.Context) -> dict:
 
     state, verification = read_back(fetch, done)
     after, after_deployment = state or (container, None)
+    # replica_num is only reported as a number the platform showed: read back after a
+    # decrease, else the deployment's unchanged value; never a null that reads as data.
+    if expected_replicas is not None:
+        replicas = {"expected_replica_num": expected_replicas}
+        if isinstance((after_deployment or {}).get("replica_num"), int):
+            replicas = {"replica_num": after_deployment["replica_num"], **replicas}
+    else:
+        replicas = {"replica_num": deployment["replica_num"]} if isinstance(deployment.get("replica_num"), int) else {}
     return {
         **result,
         "changed": True,
         "container_status": after.get("status"),
         **verification,
         "decrease_one_replica_num": args.decrease_one_replica_num,
-        **({"replica_num": (after_deployment or {}).get("replica_num"), "expected_replica_num": expected_replicas}
-           if expected_replicas is not None else {}),
+        **replicas,
         "container": container_summary(after),
         "deployment": deployment_summary(after_deployment or deployment),
         "warnings": warnings,

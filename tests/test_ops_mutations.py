@@ -129,6 +129,21 @@ def test_stop_container_public_fields_only_when_asked(run, api, result_validator
     code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID, "--no-cache", "--cmd-before-shutdown", "sync")
     ok(code, document, result_validator)
     assert document["verified"] is True
+    # Without --decrease-one-replica-num: the deployment's unchanged replica_num, never null.
+    assert document["replica_num"] == deployment()["replica_num"] and "expected_replica_num" not in document
+
+
+def test_stop_container_never_reports_a_null_replica_num(run, api, result_validator, monkeypatch):
+    from autodl_esd import resolve
+
+    monkeypatch.setattr(resolve, "READ_BACK_ATTEMPTS", 1)
+    expect_container(api, container())
+    expect_deployment(api, None)  # the deployment cannot be looked up: replica_num unknown
+    api.put(STOP_CONTAINER, json=envelope(None))
+    expect_container(api, container(status="shutdown"))
+    code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID)
+    ok(code, document, result_validator)
+    assert "replica_num" not in document
 
 
 def test_stop_container_decrease_on_a_job_warns(run, api, result_validator):

@@ -433,11 +433,37 @@ def test_endpoint_pick_other_policies(endpoint, policy):
     assert document["service"]["machine_id"] in (MACHINE_A, MACHINE_B)
 
 
-def test_endpoint_errors(endpoint):
-    assert get(endpoint.url, "/pick?policy=fastest")[0] == 400
-    assert get(endpoint.url, "/nothing")[0] == 404
+def test_endpoint_errors_follow_the_output_contract(endpoint, result_validator):
+    answers = {}
+    answers["bad_policy"] = get(endpoint.url, "/pick?policy=fastest")
+    answers["unknown_path"] = get(endpoint.url, "/nothing")
     endpoint.holder["document"] = {**endpoint.holder["document"], "services": []}
-    status, document = get(endpoint.url, "/pick")
-    assert status == 503 and "没有可用副本" in document["message"]
+    answers["no_replica"] = get(endpoint.url, "/pick")
     endpoint.holder["document"] = None
-    assert get(endpoint.url, "/services")[0] == 503
+    answers["not_ready"] = get(endpoint.url, "/services")
+
+    for status, document in answers.values():
+        result_validator.validate(document)  # error_type, message, hint, details: like every script
+        assert document["status"] == "error" and document["hint"] and isinstance(document["details"], dict)
+    assert [(status, document["error_type"]) for status, document in answers.values()] == [
+        (400, "usage_error"), (404, "not_found"), (503, "api_error"), (503, "api_error")]
+    assert answers["bad_policy"][1]["details"]["available_policies"] == ["least_inflight", "round_robin", "random"]
+    assert answers["unknown_path"][1]["details"]["available_paths"] == ["/services", "/pick"]
+    assert "没有可用副本" in answers["no_replica"][1]["message"]
+    assert answers["not_ready"][1]["details"]["retryable"] is True
+
+
+def test_registry_timestamps_use_the_platform_offset(monkeypatch):
+    """generated_at / resynced_at are +08:00 like the platform's since/started_at, whatever TZ says."""
+    import time
+
+    from autodl_esd import registry
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        document = registry.registry_document(DEP, [], resynced_at=registry.now_timestamp())
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert document["generated_at"].endswith("+08:00") and document["resynced_at"].endswith("+08:00")

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,8 +49,15 @@ MACHINE_ID_PATTERN = re.compile(r"^[0-9a-f]{10}$")
 SERVE_POLL_SECONDS = 0.1
 
 
+# AutoDL runs on China Standard Time and stamps everything (started_at, since, events) with
+# +08:00. Our own stamps (generated_at, resynced_at, a fallback since) use the same offset,
+# whatever this machine's zone, so one document never mixes +00:00 and +08:00.
+PLATFORM_TZ = timezone(timedelta(hours=8))
+
+
 def now_timestamp() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
+    """Now, as the platform writes it: RFC 3339 seconds with +08:00."""
+    return datetime.now(PLATFORM_TZ).isoformat(timespec="seconds")
 
 
 def _timestamp_or_now(value: Any) -> str:
@@ -439,20 +446,23 @@ class RegistryEndpoint:
         from service_pool import NoReplicaAvailable
 
         document = self.registry()
-        if path not in ("/services", "/pick"):
-            return 404, _error_body("没有这个路径; 可用: GET /services, GET /pick?policy=least_inflight|round_robin|random")
+        if path not in ENDPOINT_PATHS:
+            return 404, _error_body("not_found", f"没有这个路径: {path}", f"可用: {', '.join(ENDPOINT_PATHS)}",
+                                    {"path": path, "available_paths": list(ENDPOINT_PATHS)})
         if document is None:
-            return 503, _error_body("注册表还没有生成 (第一次查询 AutoDL 尚未完成)")
+            return 503, _unavailable("注册表还没有生成 (第一次查询 AutoDL 尚未完成)。", "稍等一个轮询间隔后重试。")
         if path == "/services":
             return 200, document
         policy = (query.get("policy") or ["least_inflight"])[0]
         pool = self.pools.get(policy)
         if pool is None:
-            return 400, _error_body(f"未知策略 {policy!r}; 可选: {', '.join(self.pools)}")
+            return 400, _error_body("usage_error", f"未知策略 {policy!r}。", f"policy 可选: {', '.join(self.pools)}。",
+                                    {"policy": policy, "available_policies": list(self.pools)})
         try:
             lease = pool.lease()
         except NoReplicaAvailable as reason:
-            return 503, _error_body(f"没有可用副本: {reason}")
+            return 503, _unavailable(f"没有可用副本: {reason}",
+                                     "副本可能都在启动或健康检查失败; 稍后重试, 或用 GET /services 查看各副本的 healthy。")
         lease.release()
         service = lease.service
         return 200, {
@@ -462,8 +472,17 @@ class RegistryEndpoint:
         }
 
 
-def _error_body(message: str) -> dict[str, Any]:
-    return {"status": "error", "message": message}
+ENDPOINT_PATHS = ("/services", "/pick")
+
+
+def _error_body(error_type: str, message: str, hint: str, details: dict[str, Any]) -> dict[str, Any]:
+    """An endpoint error in the scripts' output contract (schemas/result.schema.json)."""
+    return {"status": "error", "error_type": error_type, "message": message, "hint": hint, "details": details}
+
+
+def _unavailable(message: str, hint: str) -> dict[str, Any]:
+    """Nothing to hand out yet: temporary, so api_error with retryable (HTTP 503)."""
+    return _error_body("api_error", message, hint, {"code": None, "msg": message, "http_status": 503, "retryable": True})
 
 
 def _handler_for(endpoint: RegistryEndpoint) -> type[BaseHTTPRequestHandler]:

@@ -12,10 +12,22 @@ EXAMPLES = [
     "python scripts/discover_services.py --deployment-uuid 833f1cd5a764fa3 --watch --serve 127.0.0.1:8765 --port 6008",
 ]
 
+# Defaults live here, not in autodl_esd.registry, so that --help does not import the
+# registry (and with it urllib.request, http.server, concurrent.futures and the API client).
+# Container states change on the scale of seconds (image pull, start-up, a crash); 5 s
+# keeps the registry within one poll of the truth without loading the API.
+DEFAULT_INTERVAL_SECONDS = 5.0
+# A missed or reordered event heals on the next full listing: every 12 polls is once a
+# minute at the default interval, one extra list call per minute.
+DEFAULT_RESYNC_EVERY = 12
+# A health endpoint answers without touching the GPU; 2 s tells a busy replica from a hung one.
+DEFAULT_HEALTH_TIMEOUT_SECONDS = 2.0
+# One lost probe on a loaded GPU server is noise; three in a row (15 s at the default
+# 5 s interval) is a replica that should get no traffic.
+DEFAULT_HEALTH_FAILURES = 3
+
 
 def build_parser() -> cli.JsonArgumentParser:
-    from autodl_esd.registry import DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_TIMEOUT_SECONDS, DEFAULT_INTERVAL_SECONDS, DEFAULT_RESYNC_EVERY
-
     parser = cli.make_parser(
         "discover_services.py",
         "服务发现: 列出部署中运行中容器的服务地址 (注册表, 格式见 schemas/registry.schema.json)。"

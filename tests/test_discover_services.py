@@ -101,6 +101,7 @@ def make_watcher(tmp_path):
     def make(**options):
         options.setdefault("out", str(tmp_path / "registry.json"))
         options.setdefault("interval", 0.01)
+        options.setdefault("resync_every", 12)
         return registry.RegistryWatcher(ApiClient(load_settings()), DEP, registry.WatchOptions(**options))
 
     return make
@@ -467,3 +468,24 @@ def test_registry_timestamps_use_the_platform_offset(monkeypatch):
         monkeypatch.undo()
         time.tzset()
     assert document["generated_at"].endswith("+08:00") and document["resynced_at"].endswith("+08:00")
+
+
+def test_help_does_not_import_the_registry():
+    """--help stays cheap: the defaults are the entry script's, the registry loads on use."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "discover_services.py"
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(script)!r}, '--help']\n"
+        f"sys.path.insert(0, {str(script.parent)!r})\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = [m for m in ('autodl_esd.registry', 'urllib.request', 'http.server', 'concurrent.futures') if m in sys.modules]\n"
+        "sys.stderr.write(repr(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+    assert "默认 5" in done.stdout and "默认 12" in done.stdout

@@ -180,11 +180,8 @@ def write_atomically(path: str | os.PathLike, document: dict[str, Any]) -> None:
 
 # --- health ---------------------------------------------------------------------------
 
-# A health endpoint answers without touching the GPU; 2 s tells a busy replica from a hung one.
-DEFAULT_HEALTH_TIMEOUT_SECONDS = 2.0
-# One lost probe on a loaded GPU server is noise; three in a row (15 s at the default
-# 5 s interval) is a replica that should get no traffic.
-DEFAULT_HEALTH_FAILURES = 3
+# (The --watch/--health defaults live in scripts/discover_services.py, so its --help need
+# not import this module.)
 # Probes run in parallel so one hung replica does not stretch the cycle by n x timeout.
 MAX_PROBE_THREADS = 8
 
@@ -237,19 +234,13 @@ class HealthTracker:
 
 # --- watching -------------------------------------------------------------------------
 
-# Container states change on the scale of seconds (image pull, start-up, a crash); 5 s
-# keeps the registry within one poll of the truth without loading the API.
-DEFAULT_INTERVAL_SECONDS = 5.0
-# A missed or reordered event heals on the next full listing: every 12 polls is once a
-# minute at the default interval, one extra list call per minute.
-DEFAULT_RESYNC_EVERY = 12
-
-
 @dataclass
 class WatchOptions:
-    interval: float = DEFAULT_INTERVAL_SECONDS
+    """How to watch; the defaults (and why) are discover_services.py's --interval / --resync-every."""
+
+    interval: float
+    resync_every: int
     port: int | None = None
-    resync_every: int = DEFAULT_RESYNC_EVERY
     out: str | None = None
     max_cycles: int | None = None
     duration: float | None = None

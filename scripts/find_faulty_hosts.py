@@ -105,7 +105,7 @@ def handle(args, ctx: cli.Context) -> dict:
     plan = [blacklist_plan(machine, args.comment) for machine in faulty]
     if not args.yes:
         refusal = cli.confirmation_required(f"把 {len(plan)} 台主机加入调度黑名单", {"would_blacklist": plan})
-        refusal.hint = confirmation_hint(plan, replica_set)
+        refusal.hint = confirmation_hint(plan, replica_set, args.expire_minutes)
         raise refusal
     for step in plan:
         try:
@@ -121,16 +121,17 @@ def handle(args, ctx: cli.Context) -> dict:
     return {**result, **verification, "expiry_note": BLACKLIST_EXPIRY_NOTE}
 
 
-def confirmation_hint(plan: list[dict], replica_set: bool) -> str:
+def confirmation_hint(plan: list[dict], replica_set: bool, expire_minutes: int | None) -> str:
     """What --yes would do, host by host, for the user to agree to."""
     hosts = "; ".join(
         f"{step['machine_id']} ({step['data_center'] or '未知机房'}, {step['gpu_name'] or '未知 GPU'}, 失败 {step['failures']} 次)"
         for step in plan
     )
+    expiry = f"{expire_minutes} 分钟后自动解除 (私有云固定 24 小时)。" if expire_minutes else "默认 24 小时后自动解除。"
+    check = REPLICA_SET_CAVEAT if replica_set else "先看 items[].evidence (不加 --apply 运行时输出) 确认失败属实。"
     return (
         f"加 --yes 会把这些主机加入调度黑名单: {hosts}。之后不再往它们调度新容器, 已在上面运行的容器不受影响; "
-        "默认 24 小时后自动解除。" + (REPLICA_SET_CAVEAT if replica_set else "先看 items[].evidence (不加 --apply 运行时输出) 确认失败属实。")
-        + " 把这些告诉用户, 得到明确同意后加 --yes 重新执行。"
+        f"{expiry}{check} 把这些告诉用户, 得到明确同意后加 --yes 重新执行。"
     )
 
 

@@ -46,18 +46,18 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
-    from autodl_esd.resolve import deployment_uuid_of_container, resolve_deployment, resolve_from_args
+    from autodl_esd.resolve import owner_of_container, resolve_deployment, resolve_from_args
 
     client = ctx.client()
+    owner = owner_of_container(args.container_uuid) if args.container_uuid else None
     if args.deployment_uuid or args.name or args.config:
         deployment = resolve_from_args(client, args)
-    elif args.container_uuid and deployment_uuid_of_container(args.container_uuid):
-        deployment = resolve_deployment(client, deployment_uuid=deployment_uuid_of_container(args.container_uuid))
+    elif owner:
+        deployment = resolve_deployment(client, deployment_uuid=owner)
     else:
         raise cli.UsageError("需要指定部署: --deployment-uuid、--name、--config 之一 (或一个完整的 --container-uuid)。")
 
     deployment_uuid = deployment["uuid"]
-    owner = deployment_uuid_of_container(args.container_uuid) if args.container_uuid else None
     if owner and owner != deployment_uuid:
         # Otherwise the filter matches nothing and --follow waits out its whole timeout.
         raise cli.UsageError(

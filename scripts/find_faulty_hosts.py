@@ -104,9 +104,10 @@ def handle(args, ctx: cli.Context) -> dict:
         return result
     plan = [blacklist_plan(machine, args.comment) for machine in faulty]
     if not args.yes:
-        refusal = cli.confirmation_required(f"把 {len(plan)} 台主机加入调度黑名单", {"would_blacklist": plan})
-        refusal.hint = confirmation_hint(plan, replica_set, args.expire_minutes)
-        raise refusal
+        raise cli.confirmation_required(
+            f"把 {len(plan)} 台主机加入调度黑名单", {"would_blacklist": plan},
+            hint=confirmation_hint(plan, replica_set, args.expire_minutes),
+        )
     for step in plan:
         try:
             api.add_to_blacklist(client, step["container_uuid"], comment=step["comment"], expire_in_minutes=args.expire_minutes)

@@ -31,3 +31,4 @@ def test_gpu_name_suggestions_keep_the_model_number(typed, expected):
 
     available = ["RTX 4090", "RTX 4090D", "RTX A5000", "NVIDIA A40", "Tesla V100-SXM2-32GB"]
     assert similar_gpu_names(typed, available) == expected
+

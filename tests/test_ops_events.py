@@ -152,3 +152,10 @@ def test_follow_flags_are_checked(run, flag, result_validator):
     code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", *flag)
     assert (code, document["error_type"]) == (1, "usage_error")
 
+
+def test_container_events_rejects_a_malformed_container_uuid_before_any_call(run, mocked):
+    code, out, _ = run("container_events.py", "--deployment-uuid", "833f1cd5a764fa3", "--container-uuid", "not-a-uuid")
+
+    assert code == 1 and out["error_type"] == "usage_error"
+    assert out["details"]["expected_format"]
+    assert not mocked.calls

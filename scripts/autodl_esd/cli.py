@@ -118,12 +118,12 @@ def add_confirmation_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", action="store_true", help="确认执行; 不加时只返回 confirmation_required 并说明会发生什么")
 
 
-def confirmation_required(action: str, details: dict[str, Any]) -> AutoDLError:
+def confirmation_required(action: str, details: dict[str, Any], hint: str = "") -> AutoDLError:
     """The answer of a destructive script run without --yes: what would happen, nothing done."""
     return AutoDLError(
         ErrorType.CONFIRMATION_REQUIRED,
         f"{action} 是破坏性操作, 未加 --yes, 什么都没有做。",
-        "把 details 中将受影响的部署与容器告诉用户, 得到明确同意后加 --yes 重新执行。",
+        hint or "把 details 中将受影响的部署与容器告诉用户, 得到明确同意后加 --yes 重新执行。",
         details,
     )
 

@@ -171,16 +171,13 @@ def deployment_uuid_of_container(container_uuid: str) -> str | None:
     return match.group("deployment") if match else None
 
 
-def resolve_container(client: Any, container_uuid: str, deployment_uuid: str | None = None) -> dict[str, Any]:
-    """The container record (released ones included), found through its deployment.
+def owner_of_container(container_uuid: str) -> str:
+    """The deployment uuid inside a container uuid; a malformed one is bad input.
 
-    The container list is per deployment; the deployment is taken from the container uuid
-    (`<deployment>-<machine>-<8 hex>`) when not given.
+    usage_error, not not_found: not_found is for a well-formed uuid the platform does not know.
     """
-    container_uuid = container_uuid.strip()
-    deployment_uuid = deployment_uuid or deployment_uuid_of_container(container_uuid)
+    deployment_uuid = deployment_uuid_of_container(container_uuid.strip())
     if not deployment_uuid:
-        # Bad input (usage_error); not_found is for a well-formed uuid the platform does not know.
         raise AutoDLError(
             ErrorType.USAGE_ERROR,
             f"--container-uuid 格式不对: {container_uuid!r}",
@@ -188,6 +185,17 @@ def resolve_container(client: Any, container_uuid: str, deployment_uuid: str | N
             "用 list_containers.py 查看。",
             {"container_uuid": container_uuid, "expected_format": CONTAINER_UUID_PATTERN.pattern},
         )
+    return deployment_uuid
+
+
+def resolve_container(client: Any, container_uuid: str, deployment_uuid: str | None = None) -> dict[str, Any]:
+    """The container record (released ones included), found through its deployment.
+
+    The container list is per deployment; the deployment is taken from the container uuid
+    (`<deployment>-<machine>-<8 hex>`) when not given.
+    """
+    container_uuid = container_uuid.strip()
+    deployment_uuid = deployment_uuid or owner_of_container(container_uuid)
     try:
         containers = api.list_containers(client, deployment_uuid, container_uuid=container_uuid, released=True)
     except AutoDLError as error:

@@ -40,6 +40,7 @@ test controls (JSON body, same Authorization token, same envelope as the API):
   POST /_sim/crash    {"container_uuid": U, "exit_code": 1}       a container dies now
   POST /_sim/faulty   {"machine_id": M, "faulty": true}  containers started there crash soon
   POST /_sim/latency  {"machine_id": M, "seconds": S}    delay of that machine's /svc answers
+  POST /_sim/concurrency {"machine_id": M, "requests": N}  requests one container there serves at once
   e.g. curl -X POST -H "Authorization: sim-token" -d '{"machine_id": "4f1c2a9be0", "faulty": true}' URL/_sim/faulty
 """
 

@@ -714,3 +714,41 @@ def test_bad_content_length_gets_an_answer_not_a_dropped_connection(sim, length,
                     b"Authorization: " + TOKEN.encode() + b"\r\nContent-Length: " + length + b"\r\n\r\n")
         head = raw.recv(200)
     assert head.startswith(b"HTTP/1.1 %d" % status)
+
+
+def test_service_concurrency_queues_requests_like_a_busy_gpu():
+    """With concurrency 1, two requests to one replica take two service times, not one."""
+    import threading
+    import time as clock
+
+    import requests
+
+    with Simulator(speed=200, seed=3) as sim:
+        response = requests.post(sim.url + "/api/v1/dev/deployment", headers={"Authorization": sim.token}, json={
+            "name": "svc", "deployment_type": "ReplicaSet", "replica_num": 1,
+            "container_template": {"gpu_name_set": ["RTX 4090"], "gpu_num": 1, "cuda_v": 118,
+                                   "cpu_num_from": 1, "cpu_num_to": 100, "memory_size_from": 1, "memory_size_to": 256,
+                                   "price_from": 100, "price_to": 9000, "image_uuid": "image-db8346e037",
+                                   "cmd": "python server.py --port 6006"}}, timeout=5)
+        deployment_uuid = response.json()["data"]["deployment_uuid"]
+        container = sim.wait_until(lambda: next((c for c in sim.containers(deployment_uuid) if c["status"] == "running"), None))
+        url = container["info"]["service_url"]
+        sim.set_machine_latency(container["machine_id"], 0.2)
+
+        def timed_pair() -> float:
+            started = clock.perf_counter()
+            threads = [threading.Thread(target=lambda: requests.get(url + "/predict", timeout=5)) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return clock.perf_counter() - started
+
+        sim.set_machine_concurrency(container["machine_id"], 1)
+        serialized = timed_pair()
+
+        # A lower bound only (a noisy machine can only make it slower): it cannot pass unless
+        # the second request waited for the first.
+        assert serialized >= 0.4, "with concurrency 1 the second request waits for the first"
+        with pytest.raises(ValueError):
+            sim.set_machine_concurrency(container["machine_id"], -1)

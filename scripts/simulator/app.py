@@ -75,6 +75,9 @@ class Simulator:
         self._api = Api(self.world, dialect, stock_shape, lambda: self.url)
         self._requests: deque[tuple[str, str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self._requests_lock = threading.Lock()
+        # container uuid -> semaphore bounding how many /svc requests it serves at once
+        self._service_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._service_slots_lock = threading.Lock()
         self._server: SimHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -161,6 +164,28 @@ class Simulator:
             raise ValueError("latency must be a finite number >= 0")
         with self.world.lock:
             self._machine(machine_id).latency_seconds = float(seconds)
+
+    def set_machine_concurrency(self, machine_id: str, requests: int) -> None:
+        """How many /svc requests one container on the machine serves at once (0 = no limit);
+        the others wait their turn, the way a GPU runs one batch while the next queues."""
+        if isinstance(requests, bool) or not isinstance(requests, int) or requests < 0:
+            raise ValueError("concurrency must be an integer >= 0")
+        with self.world.lock:
+            self._machine(machine_id).service_concurrency = requests
+            on_machine = [c.uuid for c in self.world.containers.values() if c.machine_id == machine_id]
+        with self._service_slots_lock:  # new requests pick up the new limit
+            for uuid in on_machine:
+                self._service_slots.pop(uuid, None)
+
+    def service_slot(self, container_uuid: str, concurrency: int) -> threading.BoundedSemaphore | None:
+        """The semaphore a /svc request of this container holds while it is served (None: no limit)."""
+        if concurrency <= 0:
+            return None
+        with self._service_slots_lock:
+            slot = self._service_slots.get(container_uuid)
+            if slot is None:
+                slot = self._service_slots[container_uuid] = threading.BoundedSemaphore(concurrency)
+            return slot
 
     def machines(self) -> list[dict[str, Any]]:
         """Every machine with its configuration plus `free_gpus` and `blacklisted`."""
@@ -272,6 +297,9 @@ class Simulator:
     def _control_latency(self, params: dict) -> None:
         self.set_machine_latency(str(params["machine_id"]), float(params["seconds"]))
 
+    def _control_concurrency(self, params: dict) -> None:
+        self.set_machine_concurrency(str(params["machine_id"]), params["requests"])
+
 
 # /_sim routes: the same controls for a simulator running in another process.
 CONTROL_ROUTES = {
@@ -283,4 +311,5 @@ CONTROL_ROUTES = {
     ("POST", "/_sim/crash"): "_control_crash",
     ("POST", "/_sim/faulty"): "_control_faulty",
     ("POST", "/_sim/latency"): "_control_latency",
+    ("POST", "/_sim/concurrency"): "_control_concurrency",
 }

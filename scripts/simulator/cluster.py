@@ -14,6 +14,8 @@ Cluster file format (JSON; `scripts/simulator/default_cluster.json` is the defau
          "price": 1980,                   # per GPU, yuan x 1000 per hour
          "max_cuda": 124,                 # highest CUDA code the driver supports (124 = 12.4)
          "latency_seconds": 0.02,         # optional: real delay of its /svc answers
+         "service_concurrency": 1,        # optional: requests one container serves at once
+                                          #   (a GPU runs one batch; the rest queue); 0 = no limit
          "faulty": false,                 # optional: its containers crash soon after start
          "chip_corp": "nvidia", "cpu_arch": "x86"}   # optional, shown by region stock
       ],
@@ -74,6 +76,7 @@ class Machine:
     price: int
     max_cuda: int
     latency_seconds: float = 0.0
+    service_concurrency: int = 0  # 0 = unlimited: every /svc request is served at once
     faulty: bool = False
     chip_corp: str = "nvidia"
     cpu_arch: str = "x86"
@@ -97,6 +100,7 @@ class Machine:
             "price": self.price,
             "max_cuda": self.max_cuda,
             "latency_seconds": self.latency_seconds,
+            "service_concurrency": self.service_concurrency,
             "faulty": self.faulty,
         }
 
@@ -253,6 +257,8 @@ def _parse_machine(item: Any, where: str, problems: list[str]) -> Machine | None
     latency = item.get("latency_seconds", 0.0)
     if not _is_number(latency) or latency < 0:
         problems.append(f"{where}.latency_seconds: must be a number >= 0")
+    if not _is_int(item.get("service_concurrency", 0)) or item.get("service_concurrency", 0) < 0:
+        problems.append(f"{where}.service_concurrency: must be an integer >= 0 (0 = no limit)")
     if not isinstance(item.get("faulty", False), bool):
         problems.append(f"{where}.faulty: must be true or false")
     known = {f for f in Machine.__dataclass_fields__}

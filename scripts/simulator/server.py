@@ -61,6 +61,13 @@ BAD_GATEWAY_PAGE = (
 )
 # Largest request body read (bytes). A create request is a few KB; refusing more keeps a
 # stray or hostile Content-Length from making the simulator allocate without bound.
+GATEWAY_TIMEOUT_PAGE = (
+    "<html><head><title>504 Gateway Time-out</title></head><body>"
+    "<center><h1>504 Gateway Time-out</h1></center><hr><center>nginx</center></body></html>"
+)
+# How long a /svc request may queue behind busy ones before the gateway gives up; nginx's
+# default proxy read timeout is 60 s, shortened so a stuck test fails in bounded time.
+SERVICE_QUEUE_TIMEOUT_SECONDS = 30.0
 MAX_BODY_BYTES = 1024 * 1024
 FAULT_MESSAGES = {500: ("InternalError", "服务器内部错误"), 503: ("ServiceUnavailable", "服务暂时不可用，请稍后重试")}
 
@@ -261,14 +268,24 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 running = None
             else:
                 running = container
-                latency = world.machines[container.machine_id].latency_seconds
+                machine = world.machines[container.machine_id]
+                latency, concurrency = machine.latency_seconds, machine.service_concurrency
         if running is None:
             if container is None:
                 self._send_json(404, {"error": "no such container"})
             else:  # like the platform's proxy in front of a stopped container
                 self._send(502, BAD_GATEWAY_PAGE.encode(), "text/html")
             return
-        time.sleep(latency)  # outside the lock: a slow host must not stall the whole API
+        slot = self.server.sim.service_slot(running.uuid, concurrency)
+        if slot is not None and not slot.acquire(timeout=SERVICE_QUEUE_TIMEOUT_SECONDS):
+            # A gateway gives up on an upstream that never picks the request up.
+            self._send(504, GATEWAY_TIMEOUT_PAGE.encode(), "text/html")
+            return
+        try:
+            time.sleep(latency)  # outside the lock: a slow host must not stall the whole API
+        finally:
+            if slot is not None:
+                slot.release()
 
         if subpath == "/health":
             self._send_json(200, {"ok": True})

@@ -4,9 +4,11 @@
 Section 1: one request stream through `service_pool.ServicePool` with `round_robin` (what
 nginx would do) and with `least_inflight`, over a ReplicaSet of 4 replicas on 4 machines
 where one machine answers fast and the others slowly (simulator `set_machine_latency`).
-Reports p50/p95/mean latency, wall time and each replica's share of the requests. The
-simulator's latency is a fixed delay per machine (no queueing), so this measures how far a
-policy shifts load toward faster replicas, not how a saturated GPU slows down.
+Reports p50/p95/mean latency, wall time and each replica's share of the requests, twice:
+with a fixed delay per machine and unlimited concurrency (no queueing: how far a policy
+shifts load toward faster replicas), and with each replica serving one request at a time
+(simulator `set_machine_concurrency`), like a GPU running one batch while the next queues,
+which is the case AutoDL's guide says nginx-style balancing gets wrong.
 
 Section 2: how long `discover_services --watch` (RegistryWatcher) takes to reflect a change
 at a given --interval: a container crashed -> removed from the registry, and its
@@ -40,6 +42,8 @@ REPLICAS = len(MACHINES)
 DEFAULT_REQUESTS = 400
 DEFAULT_THREADS = 8
 POLICIES = ("round_robin", "least_inflight")
+# Requests one replica serves at once: 0 = unlimited (pure delay), 1 = a GPU running one batch.
+CONCURRENCY_MODES = ((0, "unlimited"), (1, "1 at a time"))
 # Simulated seconds per real second: container start-up (~30 simulated s) takes 0.15 s.
 SPEED = 200.0
 WATCH_INTERVALS = (0.25, 1.0)
@@ -112,15 +116,18 @@ def balancing_section(sim, deployment_uuid: str, requests: int, threads: int) ->
     sim.set_machine_latency(MACHINES[0], FAST_SECONDS)
     registry = build_registry(api_client(sim), deployment_uuid)
     rows = []
-    for policy in POLICIES:
-        pool = ServicePool.from_services(registry["services"], policy=policy, seed=1)
-        latencies, wall = run_stream(pool, requests, threads)
-        share = {row["machine_id"]: row["completed"] for row in pool.stats()}
-        rows.append((
-            policy, f"{percentile(latencies, 0.5) * 1000:.0f}", f"{percentile(latencies, 0.95) * 1000:.0f}",
-            f"{statistics.mean(latencies) * 1000:.0f}", f"{wall:.2f}",
-            f"{share.get(MACHINES[0], 0)}", " / ".join(str(share.get(m, 0)) for m in MACHINES[1:]),
-        ))
+    for concurrency, label in CONCURRENCY_MODES:
+        for machine in MACHINES:
+            sim.set_machine_concurrency(machine, concurrency)
+        for policy in POLICIES:
+            pool = ServicePool.from_services(registry["services"], policy=policy, seed=1)
+            latencies, wall = run_stream(pool, requests, threads)
+            share = {row["machine_id"]: row["completed"] for row in pool.stats()}
+            rows.append((
+                label, policy, f"{percentile(latencies, 0.5) * 1000:.0f}", f"{percentile(latencies, 0.95) * 1000:.0f}",
+                f"{statistics.mean(latencies) * 1000:.0f}", f"{wall:.2f}",
+                f"{share.get(MACHINES[0], 0)}", " / ".join(str(share.get(m, 0)) for m in MACHINES[1:]),
+            ))
     return rows
 
 
@@ -176,11 +183,12 @@ def discovery_trial(sim, deployment_uuid: str, watcher, rng: random.Random) -> t
 
 def discovery_section(sim, deployment_uuid: str, trials: int) -> list[tuple[str, ...]]:
     from autodl_esd.registry import RegistryWatcher, WatchOptions
+    from discover_services import DEFAULT_RESYNC_EVERY
 
     rng = random.Random(1)
     rows = []
     for interval in WATCH_INTERVALS:
-        watcher = RegistryWatcher(api_client(sim), deployment_uuid, WatchOptions(interval=interval))
+        watcher = RegistryWatcher(api_client(sim), deployment_uuid, WatchOptions(interval=interval, resync_every=DEFAULT_RESYNC_EVERY))
         thread = threading.Thread(target=watcher.run, daemon=True)
         thread.start()
         try:
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print_markdown_table(
             f"Load balancing: {args.requests} requests, {args.threads} threads, {REPLICAS} replicas "
             f"(1 machine {FAST_SECONDS * 1000:.0f} ms, 3 machines {SLOW_SECONDS * 1000:.0f} ms)",
-            ("policy", "p50 ms", "p95 ms", "mean ms", "wall s", "fast replica", "slow replicas"),
+            ("per-replica concurrency", "policy", "p50 ms", "p95 ms", "mean ms", "wall s", "fast replica", "slow replicas"),
             balancing_section(sim, deployment_uuid, args.requests, args.threads),
         )
         print_markdown_table(

@@ -26,6 +26,7 @@ from api_fakes import (  # noqa: F401 (fixtures)
     deployment,
     expect_containers,
     expect_deployment,
+    failed,
     fast_read_back,
     list_body,
     ok,
@@ -203,6 +204,18 @@ def test_list_containers_by_config(run, api, tmp_path, result_validator):
     code, document, _ = run("list_containers.py", "--config", str(path))
     ok(code, document, result_validator)
     assert document["items"] == []
+
+
+@pytest.mark.parametrize(("text", "kind"), [('[{"name": "svc"}]', "数组"), ('"svc"', "字符串")])
+def test_list_containers_config_not_an_object(run, tmp_path, text, kind, result_validator):
+    # A JSON array is not "a config without name": say what the file is, before any call.
+    path = tmp_path / "arr.json"
+    path.write_text(text, encoding="utf-8")
+    code, document, _ = run("list_containers.py", "--config", str(path))
+    failed(code, document, result_validator, "config_error")
+    assert "不是 JSON 对象" in document["message"] and kind in document["message"]
+    assert "name" not in document["message"] and document["hint"]
+    assert document["details"]["path"] == str(path)
 
 
 def test_list_containers_all_pages(run, api, result_validator):

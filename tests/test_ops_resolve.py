@@ -122,6 +122,19 @@ def test_config_without_name_is_config_error(client, tmp_path):
     assert caught.value.details["path"] == str(path)
 
 
+def test_config_that_is_not_an_object_is_config_error(client, tmp_path):
+    from autodl_esd.errors import AutoDLError
+    from autodl_esd.resolve import resolve_deployment
+
+    path = tmp_path / "c.json"
+    path.write_text('[{"name": "svc"}]', encoding="utf-8")
+    with pytest.raises(AutoDLError) as caught:
+        resolve_deployment(client, config_path=str(path))
+    assert caught.value.error_type.value == "config_error"
+    assert "不是 JSON 对象" in caught.value.message and "没有部署名称" not in caught.value.message
+    assert caught.value.details == {"path": str(path), "top_level_type": "数组"}
+
+
 def test_missing_config_file_is_config_error(client, tmp_path):
     from autodl_esd.errors import AutoDLError
     from autodl_esd.resolve import resolve_deployment

@@ -86,9 +86,22 @@ def deployments_named(client: Any, name: str) -> list[dict[str, Any]]:
     return [d for d in api.list_deployments(client, name=name) if d.get("name") == name]
 
 
+# JSON type names as a user reads them in a message about a config file's top level.
+JSON_TYPE_NAMES = {list: "数组", str: "字符串", int: "数字", float: "数字", bool: "布尔值", type(None): "null"}
+
+
 def _name_from_config(config_path: str) -> str:
     config = load_config(config_path)
-    name = config.get("name") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        kind = JSON_TYPE_NAMES.get(type(config), type(config).__name__)
+        raise AutoDLError(
+            ErrorType.CONFIG_ERROR,
+            f"配置文件不是 JSON 对象 (顶层是{kind}): {config_path}",
+            "部署配置的顶层必须是 {...} 对象 (含 name 等字段); 用 validate_config.py 检查该文件, "
+            "或改用 --deployment-uuid / --name 指定部署。",
+            {"path": str(config_path), "top_level_type": kind},
+        )
+    name = config.get("name")
     if not isinstance(name, str) or not name.strip():
         raise AutoDLError(
             ErrorType.CONFIG_ERROR,

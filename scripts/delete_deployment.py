@@ -24,12 +24,18 @@ def build_parser() -> cli.JsonArgumentParser:
     return parser
 
 
+# A repeated delete (the previous one timed out, or its answer was lost) finds nothing: that
+# is the delete having taken effect. Said in the hint only; not_found stays an error so a
+# mistyped name or uuid never reads as a successful delete.
+ALREADY_DELETED_HINT = "如果刚刚删除过这个部署 (例如上一次删除超时), 这说明删除已经生效, 不必再删; 否则检查名称或 UUID 是否写对。"
+
+
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
     from autodl_esd.resolve import deployment_by_uuid, deployment_impact, read_back, require_confirmation, resolve_from_args
 
     client = ctx.client()
-    deployment = resolve_from_args(client, args)
+    deployment = resolve_from_args(client, args, gone_hint=ALREADY_DELETED_HINT)
     impact = deployment_impact(client, deployment)
     require_confirmation(args.yes, "删除", deployment, impact, "delete_deployment")
 

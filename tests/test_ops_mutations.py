@@ -252,10 +252,21 @@ def test_delete_deployment_read_back_failure_is_reported_not_raised(run, api, re
     assert document["verified"] is False and "read_back_error" in document
 
 
-def test_delete_deployment_unknown(run, api, result_validator):
-    expect_deployment(api, None)
-    code, document, _ = run("delete_deployment.py", "--deployment-uuid", DEP_UUID, "--yes")
+@pytest.mark.parametrize(("flag", "value", "filters"), [("--deployment-uuid", DEP_UUID, {}), ("--name", "svc", {"name": "svc"})])
+def test_delete_deployment_unknown(run, api, flag, value, filters, result_validator):
+    # A repeated delete (the first timed out) lands here: still not_found, so a typo never
+    # looks like success, but the hint says a just-deleted deployment is gone for good.
+    expect_deployment(api, None, **filters)
+    code, document, _ = run("delete_deployment.py", flag, value, "--yes")
     failed(code, document, result_validator, "not_found")
+    assert "删除已经生效" in document["hint"] and "list_deployments.py" in document["hint"]
+
+
+def test_not_found_hint_of_other_scripts_says_nothing_about_deleting(run, api, result_validator):
+    expect_deployment(api, None, name="svc")
+    code, document, _ = run("stop_deployment.py", "--name", "svc", "--yes")
+    failed(code, document, result_validator, "not_found")
+    assert "删除已经生效" not in document["hint"]
 
 
 # --- blacklist_host ---------------------------------------------------------------------

@@ -118,8 +118,14 @@ def resolve_deployment(
     deployment_uuid: str | None = None,
     name: str | None = None,
     config_path: str | None = None,
+    gone_hint: str = "",
 ) -> dict[str, Any]:
-    """The deployment list item named by exactly one of uuid, name or config file."""
+    """The deployment list item named by exactly one of uuid, name or config file.
+
+    `gone_hint` is put before the not_found hint by scripts for which "not found" has a
+    likely innocent reading (delete: a repeated delete after a timed-out one). not_found
+    stays an error either way, so a mistyped name never looks like success.
+    """
     if deployment_uuid:
         deployment_uuid = deployment_uuid.strip()
         if not DEPLOYMENT_UUID_PATTERN.match(deployment_uuid):
@@ -136,7 +142,7 @@ def resolve_deployment(
             raise AutoDLError(
                 ErrorType.NOT_FOUND,
                 f"没有找到部署 {deployment_uuid} (可能已删除)。",
-                LIST_HINT,
+                gone_hint + LIST_HINT,
                 {"deployment_uuid": deployment_uuid},
             )
         return found
@@ -154,7 +160,7 @@ def resolve_deployment(
         raise AutoDLError(
             ErrorType.NOT_FOUND,
             f"没有名为 {name!r} 的部署。",
-            LIST_HINT + (" 该配置可能还没有提交过。" if source == "config" else ""),
+            gone_hint + LIST_HINT + (" 该配置可能还没有提交过。" if source == "config" else ""),
             details,
         )
     if len(matches) > 1:
@@ -168,13 +174,14 @@ def resolve_deployment(
     return matches[0]
 
 
-def resolve_from_args(client: Any, args: Any) -> dict[str, Any]:
+def resolve_from_args(client: Any, args: Any, gone_hint: str = "") -> dict[str, Any]:
     """resolve_deployment for the flags added by cli.add_deployment_selector."""
     return resolve_deployment(
         client,
         deployment_uuid=getattr(args, "deployment_uuid", None),
         name=getattr(args, "name", None),
         config_path=getattr(args, "config", None),
+        gone_hint=gone_hint,
     )
 
 

@@ -8,6 +8,7 @@ from autodl_esd import cli
 EXAMPLES = [
     "python scripts/set_replicas.py --name my-service --replica-num 4",
     "python scripts/set_replicas.py --deployment-uuid 833f1cd5a764fa3 --replica-num 1",
+    "python scripts/set_replicas.py --name my-service --replica-num 0 --yes   # 0 会停掉全部容器, 需要 --yes",
 ]
 
 
@@ -16,18 +17,20 @@ def build_parser() -> cli.JsonArgumentParser:
         "set_replicas.py",
         "设置 ReplicaSet 部署的副本数 (立即扩缩容), 然后从部署列表读回新值 (verified)。"
         "只适用于 ReplicaSet; Job / Container 部署会直接报错并说明原因。"
-        "能否设为 0 各来源说法不一, 想全部停下请用 stop_deployment.py。",
+        "设为 0 会停掉全部容器, 和停止一样是破坏性操作: 不加 --yes 时什么都不做, 返回 confirmation_required "
+        "并列出会停掉的容器; 其他值不需要 --yes。能否设为 0 各来源说法不一, 想全部停下请用 stop_deployment.py。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
     parser.add_argument("--replica-num", "--replicas", dest="replica_num", type=cli.non_negative_int, required=True, metavar="N", help="新的副本数")
+    cli.add_confirmation_flag(parser)
     return parser
 
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
     from autodl_esd.errors import AutoDLError, ErrorType
-    from autodl_esd.resolve import deployment_by_uuid, deployment_summary, read_back, resolve_from_args
+    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, deployment_summary, read_back, resolve_from_args
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)
@@ -46,6 +49,17 @@ def handle(args, ctx: cli.Context) -> dict:
             f"部署 {deployment['uuid']} 已停止, 无法设置副本数。",
             "已停止的部署不能恢复; 需要服务时用 queue_submit.py 重新提交配置。",
             details,
+        )
+
+    if args.replica_num == 0 and not args.yes:
+        # Zero replicas takes every container down, like a stop: same confirmation.
+        impact = deployment_impact(client, deployment)
+        raise cli.confirmation_required(
+            f"把部署 {deployment.get('name')} ({deployment['uuid']}) 的副本数从 {deployment.get('replica_num')} 设为 0 "
+            f"(会停掉 {impact['live_container_count']} 个运行或启动中的容器)",
+            {"action": "set_replicas", "replica_num": 0, **impact},
+            hint="副本数 0 会停掉该部署的全部容器, 服务随之不可用。把 details 中的部署与容器告诉用户, 得到明确同意后加 --yes "
+            "重新执行; 只想减少而不是全部停下时, 设为大于 0 的值 (不需要 --yes)。",
         )
 
     api.set_replica_num(client, deployment["uuid"], args.replica_num)

@@ -99,6 +99,26 @@ def test_set_replicas_needs_a_count(run, value, result_validator):
     failed(code, document, result_validator, "usage_error")
 
 
+def test_set_replicas_to_zero_without_yes_describes_and_does_nothing(run, api, result_validator):
+    # Zero replicas stops every container, like stop_deployment: it needs --yes too.
+    expect_deployment(api, deployment(replica_num=2), name="svc")
+    expect_containers(api, [container(), container(uuid=f"{DEP_UUID}-0a0a0a0a0a-bbbbbbbb", status="starting")])
+    code, document, _ = run("set_replicas.py", "--name", "svc", "--replica-num", "0")  # the strict mock fails on any PUT
+    failed(code, document, result_validator, "confirmation_required")
+    assert DEP_UUID in document["message"] and "2 个" in document["message"]
+    assert document["details"]["live_container_count"] == 2 and document["details"]["deployment"]["name"] == "svc"
+    assert "--yes" in document["hint"]
+
+
+def test_set_replicas_to_zero_with_yes(run, api, result_validator):
+    expect_deployment(api, deployment(replica_num=2))
+    api.put(REPLICA_NUM, json=envelope(None), match=[body(deployment_uuid=DEP_UUID, replica_num=0), AUTH])
+    expect_deployment(api, deployment(replica_num=0))
+    code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", "0", "--yes")
+    ok(code, document, result_validator)
+    assert (document["replica_num"], document["verified"]) == (0, True)
+
+
 # --- stop_container ---------------------------------------------------------------------
 
 

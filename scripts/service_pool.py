@@ -477,3 +477,13 @@ class _EndpointSource:
             except (ValueError, AttributeError):
                 pass
             raise OSError(f"GET {self.url}: HTTP {exc.code}: {body.strip()}") from None
+
+
+if __name__ == "__main__":
+    # A library, not a command: running it (e.g. with --help) shows how to use it.
+    import sys
+
+    print("service_pool.py 是给 Python 代码 import 的库, 不是命令行脚本: 直接运行只显示这份说明。")
+    print("服务注册表由 scripts/discover_services.py 生成; 用法如下:\n")
+    print(__doc__)
+    sys.exit(0)

@@ -622,3 +622,16 @@ def test_module_uses_only_the_standard_library():
     source = (ROOT / "scripts" / "service_pool.py").read_text(encoding="utf-8")
     for third_party in ("requests", "jsonschema", "dotenv"):
         assert f"import {third_party}" not in source
+
+
+@pytest.mark.parametrize("argv", [["--help"], []])
+def test_running_the_module_prints_its_usage(argv):
+    # It is a library; run as a script it must say so and show the usage, not exit silently.
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "service_pool.py"), *argv],
+        capture_output=True, text=True, encoding="utf-8", timeout=30,
+    )
+    assert done.returncode == 0
+    assert "库" in done.stdout and "ServicePool.from_file" in done.stdout

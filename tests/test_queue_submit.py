@@ -525,3 +525,90 @@ def test_token_missing_points_to_the_simulator_for_a_free_try(run, config_file, 
 
     assert code == 1 and out["error_type"] == "token_missing"
     assert "--sim" in out["hint"]
+
+
+def test_a_create_refused_for_its_parameters_is_not_retried(run, api, config_file, result_validator):
+    expect_checks(api, idle=3)
+    expect_create(api, json=envelope(code="RequestParameterIsWrong", msg="请求参数错误：私有云部署不支持 dc_list"))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 3 and out["error_type"] == "submission_error"
+    assert out["details"]["failure_kind"] == "rejected" and out["details"]["retryable"] is False
+    assert "不是库存问题" in out["details"]["suggestion"]
+    assert len(create_calls(api)) == 1
+    result_validator.validate(out)
+
+
+def test_repeated_platform_faults_on_create_say_retry_later(run, api, config_file, monkeypatch, result_validator):
+    from autodl_esd import submit
+
+    monkeypatch.setattr(submit, "RECONCILE_LOOKUPS", 1)
+    expect_checks(api, idle=3)
+    for attempt in range(3):
+        expect_create(api, status=503, json=envelope(code="ServiceUnavailable", msg="服务暂时不可用"))
+        api.post(DEPLOYMENTS, json=deployments())  # reconcile: not created
+        if attempt < 2:
+            api.get(STOCK, json=stock_list(3))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 3 and out["details"]["failure_kind"] == "platform_fault"
+    assert out["details"]["retryable"] is True and "稍后" in out["details"]["suggestion"]
+    result_validator.validate(out)
+
+
+def test_an_unknown_create_outcome_that_cannot_be_checked_is_never_retried(run, api, config_file, monkeypatch, result_validator):
+    from autodl_esd import http, submit
+
+    monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
+    monkeypatch.setattr(submit, "RECONCILE_LOOKUPS", 2)
+    expect_checks(api, idle=3)
+    expect_create(api, body=requests.exceptions.ReadTimeout("read timed out"))
+    api.post(DEPLOYMENTS, status=503, json=envelope(code="ServiceUnavailable"))
+    api.post(DEPLOYMENTS, status=503, json=envelope(code="ServiceUnavailable"))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 3 and out["error_type"] == "api_error"
+    assert out["details"]["may_have_been_created"] is True and out["details"]["retryable"] is False
+    assert "list_deployments.py --name svc" in out["hint"]
+    assert len(create_calls(api)) == 1
+    result_validator.validate(out)
+
+
+def test_a_failure_before_submitting_says_nothing_was_created(run, api, config_file, monkeypatch):
+    from autodl_esd import http
+
+    monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
+    api.post(IMAGES, status=503, json=envelope(code="ServiceUnavailable"))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 3 and out["error_type"] == "api_error"
+    assert "还没有创建任何部署" in out["hint"]
+
+
+def test_more_replicas_than_cards_is_a_warning(run, api, config_file):
+    config = copy.deepcopy(CONFIG)
+    config["replica_num"] = 20
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
+    api.get(STOCK, json=stock_list(3, total=8))
+    api.post(DEPLOYMENTS, json=deployments())
+
+    code, out, _ = run("queue_submit.py", config_file(config), "--dry-run", "--quiet")
+
+    assert code == 0 and [w["code"] for w in out["warnings"]] == ["more_cards_than_exist"]
+
+
+def test_a_config_for_the_other_cloud_is_a_warning(run, config_file, monkeypatch):
+    monkeypatch.setenv("AUTODL_HOST", "https://api.autodl.com")  # public cloud, private-dialect config
+    public = "https://api.autodl.com"
+    with responses.RequestsMock() as mock:
+        mock.post(public + "/api/v1/dev/image/private/list", json=page([{"image_uuid": IMAGE_UUID}]))
+        mock.get(public + "/api/v1/dev/machine/gpu_stock", json=stock_list(3))
+        mock.post(public + "/api/v1/dev/deployment/list", json=deployments())
+
+        code, out, _ = run("queue_submit.py", config_file(), "--dry-run", "--quiet")
+
+    assert code == 0 and [w["code"] for w in out["warnings"]] == ["dialect_host_mismatch"]

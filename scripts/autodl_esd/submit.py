@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from . import api
 from .config import build_request, dialect_of
@@ -31,6 +32,22 @@ RECONCILE_PAUSE_SECONDS = 1.0
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 900.0
 # How many image names to put in an image_not_found error; enough to pick from.
 MAX_IMAGES_LISTED = 50
+# A create refused for its parameters fails the same way every time: retrying only delays
+# the answer. Recognised by the platform's code or by the wording of its message.
+PARAMETER_ERROR_CODES = {"RequestParameterIsWrong"}
+PARAMETER_ERROR_FRAGMENTS = ("参数", "不支持", "缺少", "不存在", "格式")
+# Hosts whose dialect is known, to catch a config written for the other cloud.
+HOST_DIALECTS = {"api.autodl.com": "public", "private.autodl.com": "private"}
+
+
+def failure_kind(error: ApiError) -> str:
+    """Why a create failed: `platform_fault` (5xx, transport), `rejected` (its parameters),
+    or `no_capacity` (a race for the last cards, or conditions no free host meets)."""
+    if error.retryable:
+        return "platform_fault"
+    if error.code in PARAMETER_ERROR_CODES or any(f in (error.msg or "") for f in PARAMETER_ERROR_FRAGMENTS):
+        return "rejected"
+    return "no_capacity"
 
 
 @dataclass
@@ -77,8 +94,21 @@ class Submitter:
         self.regions: list[str] | None = self.template.get("dc_list")
         self.gpu_names: list[str] = self.template["gpu_name_set"]
         self.gpu_num: int = self.template["gpu_num"]
-        self.warnings = lint_config(config)
+        self.warnings = lint_config(config) + self._dialect_warnings()
         self._names_before: set[str] = set()
+
+    def _dialect_warnings(self) -> list[dict[str, str]]:
+        host = urlsplit(getattr(self.client, "host", "") or "").hostname or ""
+        expected = HOST_DIALECTS.get(host)
+        written = dialect_of(self.config)
+        if expected is None or expected == written:
+            return []
+        names = {"public": "公有云 (有 dc_list, cuda_v_from/cuda_v_to)", "private": "私有云 (无 dc_list, cuda_v)"}
+        return [{
+            "code": "dialect_host_mismatch", "path": "container_template",
+            "message": f"配置是{names[written]}写法, 但 AUTODL_HOST 是 {host} ({names[expected]})。",
+            "hint": "按目标平台改写配置 (见 examples/ 中对应方言的示例), 或把 AUTODL_HOST 指向配置所写的平台; 否则平台会拒绝创建。",
+        }]
 
     # --- checks -----------------------------------------------------------------------
 
@@ -134,6 +164,14 @@ class Submitter:
                 + "从 details.available_gpus 中选择型号 (名称须完全一致, 包括大小写和空格)。",
                 {"requested": self.gpu_names, "available_gpus": sorted(stock), "did_you_mean": did_you_mean, "stock": stock},
             )
+        needed = target_running(self.config) * self.gpu_num
+        existing = sum(figures["total"] for figures in requested_stock(stock, self.gpu_names).values())
+        if needed > existing:
+            self.warnings.append({
+                "code": "more_cards_than_exist", "path": "replica_num",
+                "message": f"同时运行需要 {needed} 张卡, 但所选型号总共只有 {existing} 张: 部分容器永远调度不上 (仍会计费运行的那部分)。",
+                "hint": "减少 replica_num / parallelism_num 或 gpu_num, 或在 gpu_name_set 中增加型号。",
+            })
         if unknown:
             self.warnings.append({
                 "code": "unknown_gpu_name", "path": "container_template.gpu_name_set",
@@ -199,8 +237,10 @@ class Submitter:
 
     # --- submitting -------------------------------------------------------------------
 
-    def reconcile(self) -> str | None:
-        """A deployment with our name that did not exist before our create, if any."""
+    def reconcile(self) -> tuple[str | None, bool]:
+        """(a deployment with our name that did not exist before our create, whether the
+        platform could be asked at all): a lookup that never answered proves nothing."""
+        answered = False
         for lookup in range(RECONCILE_LOOKUPS):
             if lookup:
                 self.sleep(RECONCILE_PAUSE_SECONDS)
@@ -209,10 +249,11 @@ class Submitter:
             except ApiError as error:
                 self.progress.log(f"核对是否已创建失败: {error.message}")
                 continue
+            answered = True
             new = [d.get("uuid") for d in same_name if d.get("uuid") not in self._names_before]
             if new:
-                return new[0]
-        return None
+                return new[0], True
+        return None, answered
 
     def create_once(self) -> tuple[str | None, ApiError | None, bool]:
         """(deployment_uuid, error, recovered) for one create attempt."""
@@ -222,11 +263,26 @@ class Submitter:
             if not error.ambiguous:
                 return None, error, False
             self.progress.log(f"创建请求结果不明 ({error.msg}), 先按名称核对是否已创建……")
-            found = self.reconcile()
-            return (found, None, True) if found else (None, error, False)
+            found, answered = self.reconcile()
+            if found:
+                return found, None, True
+            if not answered:
+                # Creating again could buy a second deployment; stop and let a person check.
+                unknown = ApiError(
+                    f"创建请求结果不明, 且无法按名称核对 (部署列表接口也失败): {error.msg}",
+                    code=error.code,
+                    msg=error.msg,
+                    http_status=error.http_status,
+                    retryable=False,
+                    hint=f"部署可能已经创建: 稍后用 list_deployments.py --name {self.config['name']} 核对; "
+                    "确认没有再重新运行本命令 (同名检查会阻止重复提交)。",
+                )
+                unknown.details.update(may_have_been_created=True, name=self.config["name"])
+                raise unknown from None
+            return None, error, False
         except Interrupted:
             # Stopped mid-create: the request may have landed; report it if so.
-            found = self.reconcile()
+            found, _answered = self.reconcile()
             if found:
                 self.partial["deployment_uuid"] = found
             raise
@@ -242,22 +298,11 @@ class Submitter:
                 self.partial["deployment_uuid"] = deployment_uuid
                 return deployment_uuid, recovered, waited
             assert error is not None
-            failures.append({"code": error.code, "msg": error.msg, "http_status": error.http_status})
+            kind = failure_kind(error)
+            failures.append({"code": error.code, "msg": error.msg, "http_status": error.http_status, "kind": kind})
             self.progress.log(f"创建失败 ({len(failures)}/{MAX_CREATE_ATTEMPTS}): {error.msg or error.message}")
-            if len(failures) >= MAX_CREATE_ATTEMPTS:
-                raise AutoDLError(
-                    ErrorType.SUBMISSION_ERROR,
-                    f"库存显示有空闲, 但创建部署连续失败 {MAX_CREATE_ATTEMPTS} 次: {error.msg or error.message}",
-                    "展示 details.api_response 与 details.suggestion, 请用户调整条件后再提交。",
-                    {
-                        "api_response": failures[-1],
-                        "attempts": failures,
-                        "warnings": self.warnings,
-                        "suggestion": "空闲卡所在主机可能不满足 price/cpu/memory/CUDA 条件: 放宽 price_to、"
-                        "降低 cpu_num_from 与 memory_size_from、放宽 CUDA 要求或增加可选 GPU 型号"
-                        + ("; 先看 details.warnings, 其中可能就是原因。" if self.warnings else "。"),
-                    },
-                )
+            if kind == "rejected" or len(failures) >= MAX_CREATE_ATTEMPTS:
+                raise self._submission_error(failures)
             self.sleep(self.options.interval)
             try:
                 stock = self.poll_stock()
@@ -265,6 +310,38 @@ class Submitter:
                 # Same rule as any poll while waiting: log it, wait_for_stock polls again.
                 self.progress.log(f"查询库存失败: {error.message} 继续等待。")
                 stock = {}
+
+    def _submission_error(self, failures: list[dict[str, Any]]) -> AutoDLError:
+        last = failures[-1]
+        see_warnings = "; 先看 details.warnings, 其中可能就是原因。" if self.warnings else "。"
+        message, suggestion = {
+            "rejected": (
+                f"平台拒绝了创建请求的参数: {last['msg']}",
+                "这不是库存问题, 重试也不会成功: 按 details.api_response.msg 修正配置" + see_warnings,
+            ),
+            "platform_fault": (
+                f"平台连续 {len(failures)} 次出错, 未能创建部署 (已按名称核对, 没有创建): {last['msg']}",
+                "平台暂时故障, 配置本身不一定有问题: 稍后重新运行同一命令 (同名检查会防止重复创建)。",
+            ),
+            "no_capacity": (
+                f"库存显示有空闲, 但创建部署连续失败 {len(failures)} 次: {last['msg']}",
+                "空闲卡所在主机可能不满足 price/cpu/memory/CUDA 条件: 放宽 price_to、降低 cpu_num_from 与 "
+                "memory_size_from、放宽 CUDA 要求或增加可选 GPU 型号" + see_warnings,
+            ),
+        }[last["kind"]]
+        return AutoDLError(
+            ErrorType.SUBMISSION_ERROR,
+            message,
+            "展示 details.api_response 与 details.suggestion; details.retryable 为 true 时稍后重试同一命令, 否则请用户修改配置。",
+            {
+                "api_response": {key: last[key] for key in ("code", "msg", "http_status")},
+                "attempts": failures,
+                "failure_kind": last["kind"],
+                "retryable": last["kind"] == "platform_fault",
+                "warnings": self.warnings,
+                "suggestion": suggestion,
+            },
+        )
 
     # --- following --------------------------------------------------------------------
 
@@ -309,10 +386,14 @@ class Submitter:
     # --- the whole run ----------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        self.check_image()
-        stock = self.poll_stock()
-        self.check_gpu_types(stock)
-        self.check_name_free()
+        try:
+            self.check_image()
+            stock = self.poll_stock()
+            self.check_gpu_types(stock)
+            self.check_name_free()
+        except ApiError as error:
+            error.hint = "此时还没有创建任何部署, 稍后重新运行同一命令即可。" + error.hint
+            raise
         for warning in self.warnings:
             self.progress.log(f"警告 [{warning['code']}] {warning['message']} {warning['hint']}")
         summary = {"name": self.config["name"], "deployment_type": self.config["deployment_type"], "dialect": dialect_of(self.config)}

@@ -153,6 +153,7 @@ class ServicePool:
         failed (default: every Exception). Return False e.g. for an HTTP 400
         caused by the caller's own bad input.
     clock: monotonic clock in seconds (injectable for tests).
+    logger: where refresh warnings go (default: the ``service_pool`` logger).
     """
 
     def __init__(
@@ -164,6 +165,7 @@ class ServicePool:
         source: Optional[Callable[[], Optional[Registry]]] = None,
         is_failure: Optional[Callable[[BaseException], bool]] = None,
         clock: Callable[[], float] = time.monotonic,
+        logger: Optional[logging.Logger] = None,
     ):
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; valid policies: {', '.join(POLICIES)}")
@@ -177,6 +179,7 @@ class ServicePool:
         self._source = source
         self._is_failure = is_failure or (lambda exc: True)
         self._clock = clock
+        self._log = logger or log
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # selection, counters, replica maps
         self._refresh_lock = threading.Lock()  # one refresh at a time, never under _lock
@@ -233,7 +236,7 @@ class ServicePool:
             except Exception as exc:  # any source failure: keep the last good set
                 message = f"{type(exc).__name__}: {exc}"
                 if message != self.last_refresh_error:
-                    log.warning("service registry refresh failed, keeping last good set: %s", message)
+                    self._log.warning("service registry refresh failed, keeping last good set: %s", message)
                 self.last_refresh_error = message
         finally:
             self._refresh_lock.release()
@@ -249,11 +252,11 @@ class ServicePool:
         for item in items:
             parsed = _parse_item(item)
             if parsed is None:
-                log.warning("skipping malformed registry item: %r", item)
+                self._log.warning("skipping malformed registry item: %r", item)
             else:
                 services.append(parsed)
         if info.get("stale") and not self.registry_info.get("stale"):
-            log.warning("service registry is stale: %s", info.get("stale_reason", "no reason given"))
+            self._log.warning("service registry is stale: %s", info.get("stale_reason", "no reason given"))
         with self._lock:
             replicas: dict[str, _Replica] = {}
             for service, healthy in services:

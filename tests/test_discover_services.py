@@ -489,3 +489,12 @@ def test_help_does_not_import_the_registry():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
     assert "默认 5" in done.stdout and "默认 12" in done.stdout
+
+
+def test_endpoint_on_a_stale_registry_logs_nothing_in_english(endpoint, caplog):
+    # The watcher logs staleness itself, in Chinese; the endpoint's pools must not add the
+    # service_pool library's English warning (logging's last resort prints it on stderr).
+    endpoint.holder["document"] = {**endpoint.holder["document"], "stale": True, "stale_reason": "AutoDL 接口超时"}
+    with caplog.at_level("DEBUG"):
+        assert get(endpoint.url, "/pick")[0] == 200
+    assert [record.getMessage() for record in caplog.records] == []

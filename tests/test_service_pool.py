@@ -635,3 +635,13 @@ def test_running_the_module_prints_its_usage(argv):
     )
     assert done.returncode == 0
     assert "库" in done.stdout and "ServicePool.from_file" in done.stdout
+
+
+def test_warnings_go_to_the_logger_given(caplog):
+    import logging
+
+    mine = logging.getLogger("test_service_pool.mine")
+    pool = ServicePool.from_services([], logger=mine)
+    with caplog.at_level("WARNING"):
+        pool.update({"services": [], "stale": True, "stale_reason": "api down"})
+    assert [(record.name, "stale" in record.getMessage()) for record in caplog.records] == [("test_service_pool.mine", True)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import json
+import logging
 import os
 import re
 import tempfile
@@ -53,6 +54,13 @@ SERVE_POLL_SECONDS = 0.1
 # +08:00. Our own stamps (generated_at, resynced_at, a fallback since) use the same offset,
 # whatever this machine's zone, so one document never mixes +00:00 and +08:00.
 PLATFORM_TZ = timezone(timedelta(hours=8))
+
+# The endpoint's pools read the registry this process builds; their (English) library
+# warnings, e.g. "registry is stale", repeat what the watcher already logs in Chinese, so
+# they go nowhere instead of onto the script's stderr.
+QUIET_POOL_LOG = logging.getLogger(__name__ + ".endpoint_pool")
+QUIET_POOL_LOG.addHandler(logging.NullHandler())
+QUIET_POOL_LOG.propagate = False
 
 
 def now_timestamp() -> str:
@@ -415,7 +423,7 @@ class RegistryEndpoint:
         from service_pool import POLICIES, ServicePool
 
         self.registry = registry
-        self.pools = {policy: ServicePool(policy=policy, refresh_interval=0, source=registry) for policy in POLICIES}
+        self.pools = {policy: ServicePool(policy=policy, refresh_interval=0, source=registry, logger=QUIET_POOL_LOG) for policy in POLICIES}
         self.server = ThreadingHTTPServer((host, port), _handler_for(self))
         self.server.daemon_threads = True
         bound_host, bound_port = self.server.server_address[:2]

@@ -498,3 +498,15 @@ def test_endpoint_on_a_stale_registry_logs_nothing_in_english(endpoint, caplog):
     with caplog.at_level("DEBUG"):
         assert get(endpoint.url, "/pick")[0] == 200
     assert [record.getMessage() for record in caplog.records] == []
+
+
+def test_endpoint_says_when_the_registry_is_stale(endpoint, result_validator):
+    status, fresh = get(endpoint.url, "/pick")
+    assert status == 200 and "stale" not in fresh and "stale_reason" not in fresh
+    endpoint.holder["document"] = {**endpoint.holder["document"], "stale": True, "stale_reason": "AutoDL 接口超时"}
+    for path in ("/pick", "/services"):
+        status, document = get(endpoint.url, path)
+        assert status == 200 and (document["stale"], document["stale_reason"]) == (True, "AutoDL 接口超时"), path
+    status, picked = get(endpoint.url, "/pick")
+    result_validator.validate(picked)
+    assert picked["service"]["container_uuid"] and picked["note"]

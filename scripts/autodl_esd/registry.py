@@ -413,6 +413,9 @@ def parse_loopback_address(text: str) -> tuple[str, int]:
 class RegistryEndpoint:
     """GET /services (the registry) and GET /pick?policy=... on a loopback port.
 
+    Both say `"stale": true` and `stale_reason` while the registry is the last good one kept
+    through an API failure (/services as part of the registry document).
+
     /pick leases a replica from a `service_pool.ServicePool` fed by the registry and hands it
     back at once: the endpoint never sees the caller's request finish, so in-flight counts
     stay zero and `least_inflight` behaves like two random choices. Clients that can import
@@ -464,11 +467,16 @@ class RegistryEndpoint:
                                      "副本可能都在启动或健康检查失败; 稍后重试, 或用 GET /services 查看各副本的 healthy。")
         lease.release()
         service = lease.service
-        return 200, {
+        answer = {
             "status": "success", "policy": policy,
             "service": {"container_uuid": service.container_uuid, "url": service.url,
                         "machine_id": service.machine_id, "gpu_name": service.gpu_name},
         }
+        if document.get("stale"):
+            # The pick comes from the last good registry: replicas may have left since.
+            answer.update(stale=True, stale_reason=document.get("stale_reason"),
+                          note="注册表已过期 (查询 AutoDL 失败, 用的是上一次的结果): 这个副本可能已经不在了, 请求失败时换一个重试。")
+        return 200, answer
 
 
 ENDPOINT_PATHS = ("/services", "/pick")

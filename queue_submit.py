@@ -63,10 +63,12 @@ def _handle_simulated(args, ctx: cli.Context, config: dict) -> dict:
 
 
 def _submit(args, ctx: cli.Context, config: dict, default_interval: float) -> dict:
+    from autodl_esd.polling import floor_interval
     from autodl_esd.submit import SubmitOptions, Submitter
 
+    client = ctx.client()
     options = SubmitOptions(
-        interval=args.interval or default_interval,
+        interval=floor_interval(args.interval or default_interval, client.host, ctx.progress),
         timeout=args.timeout,
         dry_run=args.dry_run,
         wait_running=args.wait_running,
@@ -74,7 +76,7 @@ def _submit(args, ctx: cli.Context, config: dict, default_interval: float) -> di
         allow_duplicate_name=args.allow_duplicate_name,
         show_password=args.show_password,
     )
-    return Submitter(ctx.client(), config, options, ctx.progress, ctx.partial).run()
+    return Submitter(client, config, options, ctx.progress, ctx.partial).run()
 
 
 def main(argv=None) -> int:

@@ -78,9 +78,10 @@ def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) 
     from autodl_esd import api
     from autodl_esd.containers import containers_in_status
     from autodl_esd.errors import ApiError, AutoDLError, ErrorType
-    from autodl_esd.polling import PollFailures
+    from autodl_esd.polling import PollFailures, floor_interval
     from autodl_esd.submit import target_running
 
+    interval = floor_interval(args.interval, ctx.client().host, ctx.progress)
     target = args.count or (1 if args.container_uuid else target_running(deployment))
     started, failures, reached = time.monotonic(), PollFailures(ctx.progress, "查询事件"), []
     while True:
@@ -101,7 +102,7 @@ def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) 
                 {"deployment_uuid": deployment["uuid"], "reached": False, **outcome},
             )
         ctx.progress.status(f"等待 {target} 个容器进入 {args.until}: 已有 {len(reached)} 个, {elapsed:.0f}s")
-        time.sleep(min(args.interval, args.timeout - elapsed) if args.timeout else args.interval)
+        time.sleep(min(interval, args.timeout - elapsed) if args.timeout else interval)
         try:
             new, offset = api.list_events(ctx.client(), deployment["uuid"], offset=offset, container_uuid=args.container_uuid)
             failures.reset()

@@ -86,7 +86,10 @@ def handle(args, ctx: cli.Context) -> dict:
     health = None
     if args.health_path:
         health = registry.HealthTracker(args.health_path, args.health_timeout, args.health_failures)
-    options = registry.WatchOptions(interval=args.interval, port=args.port, resync_every=args.resync_every, out=args.out,
+    from autodl_esd.polling import floor_interval
+
+    interval = floor_interval(args.interval, client.host, ctx.progress)
+    options = registry.WatchOptions(interval=interval, port=args.port, resync_every=args.resync_every, out=args.out,
                                     max_cycles=args.max_cycles, duration=args.duration, health=health)
     watcher = registry.RegistryWatcher(client, deployment_uuid, options, ctx.progress)
     ctx.partial["deployment_uuid"] = deployment_uuid

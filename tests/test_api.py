@@ -32,3 +32,17 @@ def test_gpu_name_suggestions_keep_the_model_number(typed, expected):
     available = ["RTX 4090", "RTX 4090D", "RTX A5000", "NVIDIA A40", "Tesla V100-SXM2-32GB"]
     assert similar_gpu_names(typed, available) == expected
 
+
+
+@pytest.mark.parametrize("host,floored", [
+    ("https://private.autodl.com", True),
+    ("https://api.autodl.com", True),
+    ("http://127.0.0.1:8000", False),  # the simulator may be polled as fast as a test likes
+    ("http://localhost:8000", False),
+])
+def test_polling_the_real_platform_is_at_least_one_second_apart(host, floored):
+    from autodl_esd.output import Progress
+    from autodl_esd.polling import MIN_REMOTE_POLL_SECONDS, floor_interval
+
+    assert floor_interval(0.01, host, Progress(quiet=True)) == (MIN_REMOTE_POLL_SECONDS if floored else 0.01)
+    assert floor_interval(5.0, host, Progress(quiet=True)) == 5.0

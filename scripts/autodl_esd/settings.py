@@ -47,6 +47,11 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a host URL (e.g. AUTODL_HOST) points at this machine, like the simulator."""
+    return _is_loopback(urlsplit(host).hostname or "")
+
+
 def normalize_host(raw: str) -> str:
     """Validate AUTODL_HOST: https anywhere, plain http only to this machine."""
     host = raw.strip().rstrip("/")

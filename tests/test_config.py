@@ -432,3 +432,13 @@ def test_schema_is_loaded_from_the_skill_folder_not_cwd(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert config_module.DEPLOYMENT_SCHEMA.is_file()
     assert validate_config(private()) == []
+
+
+def test_an_empty_config_file_says_it_is_empty(run, tmp_path):
+    path = tmp_path / "empty.json"
+    path.write_text("  \n", encoding="utf-8")
+
+    code, out, _ = run("validate_config.py", str(path))
+
+    assert code == 1 and out["error_type"] == "config_error"
+    assert "空" in out["message"] and out["details"]["path"] == str(path)

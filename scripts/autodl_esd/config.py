@@ -48,6 +48,13 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise AutoDLError(ErrorType.CONFIG_ERROR, f"配置文件不存在: {path}", "检查路径; 示例配置在 examples/ 目录。", {"path": str(path)}) from None
     except (OSError, UnicodeDecodeError) as error:
         raise AutoDLError(ErrorType.CONFIG_ERROR, f"无法读取配置文件: {path} ({error})", "确认文件可读且为 UTF-8 编码。", {"path": str(path)}) from None
+    if not text.strip():
+        raise AutoDLError(
+            ErrorType.CONFIG_ERROR,
+            f"配置文件是空的: {path}",
+            "从 examples/ 复制一个示例配置再修改。",
+            {"path": str(path)},
+        )
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

@@ -529,6 +529,26 @@ def test_service_endpoint_latency_and_dead_upstream():
         assert requests.get(sim.url + "/svc/nope", timeout=5).status_code == 404
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_client_hanging_up_is_not_a_traceback(capfd, verbose):
+    # A client whose timeout is shorter than the service latency hangs up; the answer then
+    # meets a closed socket. Routine: no BrokenPipeError/ConnectionResetError traceback.
+    with Simulator(speed=1000, verbose=verbose) as sim:
+        uuid = create(sim, cuda_v=124)
+        container = sim.wait_until(lambda: [c for c in live(sim, uuid) if c["status"] == "running"], timeout=5)[0]
+        sim.set_machine_latency(container["machine_id"], 0.5)
+        for _ in range(3):
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                requests.get(container["info"]["service_url"] + "/predict", timeout=0.1)
+        time.sleep(0.8)  # let the answers meet the closed sockets
+        sim.set_machine_latency(container["machine_id"], 0)
+        assert requests.get(container["info"]["service_url"] + "/health", timeout=5).json() == {"ok": True}
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Errno" not in err and "----" not in err, err
+    hung_up = [line for line in err.splitlines() if "断开" in line]
+    assert (len(hung_up) > 0) == verbose, err
+
+
 def test_http_controls():
     with Simulator(speed=1) as sim:
         headers = {"Authorization": TOKEN}

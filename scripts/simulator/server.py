@@ -146,6 +146,12 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 self._handle_control(method, url.path, body)
             else:
                 self._handle_api(method, url.path, dict(parse_qsl(url.query)), body)
+        except ConnectionError as error:
+            # The client hung up before the answer (e.g. its timeout was shorter than the
+            # service latency): routine, so no traceback and no 500 on a closed socket.
+            self.close_connection = True
+            if self.server.sim.verbose:
+                sys.stderr.write(f"[sim] {self.address_string()} 客户端已断开: {method} {url.path} ({type(error).__name__})\n")
         except Exception:  # a simulator bug must still answer, and say where it broke
             traceback.print_exc(file=sys.stderr)
             self._send_json(500, envelope("InternalError", "模拟器内部错误"))

@@ -26,11 +26,6 @@ DEFAULT_MIN_UPTIME_SECONDS = 300.0
 # still counts them all.
 DEFAULT_MAX_EVIDENCE = 10
 
-REPLICA_SET_CAVEAT = (
-    "ReplicaSet 的任何退出都计为失败 (reason=exited), 包括用户主动停止的容器 (缩容、set_replicas.py、"
-    "stop_container.py): API 里它们和异常退出看起来一样。--apply --yes 之前先看 items[].evidence (不加 --apply "
-    "运行时输出) 的 reason 与 stopped_at, 排除人为停止造成的计数。"
-)
 
 
 def build_parser() -> cli.JsonArgumentParser:
@@ -63,15 +58,14 @@ def handle(args, ctx: cli.Context) -> dict:
     from datetime import timedelta
 
     from autodl_esd import api
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.host_health import analyse_machines
-    from autodl_esd.resolve import (
-        BLACKLIST_EXPIRY_NOTE,
-        blacklist_expiry,
-        deployment_summary,
-        resolve_from_args,
-        verify_blacklisted,
+    from autodl_esd.host_health import (
+        REPLICA_SET_CAVEAT,
+        analyse_machines,
+        apply_blacklist,
+        blacklist_plan,
+        confirmation_hint,
     )
+    from autodl_esd.resolve import deployment_summary, resolve_from_args
 
     apply_only = [flag for flag, value in (("--yes", args.yes), ("--comment", args.comment),
                                            ("--expire-minutes", args.expire_minutes)) if value]
@@ -108,44 +102,7 @@ def handle(args, ctx: cli.Context) -> dict:
             f"把 {len(plan)} 台主机加入调度黑名单", {"would_blacklist": plan},
             hint=confirmation_hint(plan, replica_set, args.expire_minutes),
         )
-    for step in plan:
-        try:
-            api.add_to_blacklist(client, step["container_uuid"], comment=step["comment"], expire_in_minutes=args.expire_minutes)
-        except AutoDLError as error:  # say what was already done before reporting the failure
-            error.details.update({"applied": result["applied"], "failed_machine": step["machine_id"]})
-            raise
-        ctx.progress.log(f"已拉黑主机 {step['machine_id']} (经由容器 {step['container_uuid']})")
-        result["applied"].append({**step, **blacklist_expiry(args.expire_minutes)})
-    entries, verification = verify_blacklisted(client, [step["machine_id"] for step in result["applied"]])
-    for step in result["applied"]:
-        step["blacklist_entry"] = entries[step["machine_id"]]
-    return {**result, **verification, "expiry_note": BLACKLIST_EXPIRY_NOTE}
-
-
-def confirmation_hint(plan: list[dict], replica_set: bool, expire_minutes: int | None) -> str:
-    """What --yes would do, host by host, for the user to agree to."""
-    hosts = "; ".join(
-        f"{step['machine_id']} ({step['data_center'] or '未知机房'}, {step['gpu_name'] or '未知 GPU'}, 失败 {step['failures']} 次)"
-        for step in plan
-    )
-    expiry = f"{expire_minutes} 分钟后自动解除 (私有云固定 24 小时)。" if expire_minutes else "默认 24 小时后自动解除。"
-    check = REPLICA_SET_CAVEAT if replica_set else "先看 items[].evidence (不加 --apply 运行时输出) 确认失败属实。"
-    return (
-        f"加 --yes 会把这些主机加入调度黑名单: {hosts}。之后不再往它们调度新容器, 已在上面运行的容器不受影响; "
-        f"{expiry}{check} 把这些告诉用户, 得到明确同意后加 --yes 重新执行。"
-    )
-
-
-def blacklist_plan(machine: dict, comment: str | None) -> dict:
-    return {
-        "machine_id": machine["machine_id"],
-        "data_center": machine["data_center"],
-        "gpu_name": machine["gpu_name"],
-        "container_uuid": machine["blacklist_via"],
-        "failures": machine["failures"],
-        "failure_reasons": machine["failure_reasons"],
-        "comment": comment or f"find_faulty_hosts: {machine['failures']} 个容器异常退出",
-    }
+    return {**result, **apply_blacklist(client, plan, args.expire_minutes, ctx.progress)}
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,8 @@ failure is inferred from its timeline (container record, backed by its events):
   ReplicaSet the evidence must be read before blacklisting (find_faulty_hosts says so).
 
 Evidence is capped per machine (`max_evidence`, the most recent failures); `failures` and
-`evidence_total` still count them all.
+`evidence_total` still count them all. The second half plans and applies the blacklisting
+of the machines found (one container per machine), and reads the blacklist back.
 """
 
 from __future__ import annotations
@@ -20,10 +21,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import api
 from .containers import STOPPING_STATUSES
+from .errors import AutoDLError
+from .output import Progress
+from .resolve import BLACKLIST_EXPIRY_NOTE, blacklist_expiry, verify_blacklisted
 
 RUNNING = "running"
 REPLICA_SET = "ReplicaSet"
+
+REPLICA_SET_CAVEAT = (
+    "ReplicaSet 的任何退出都计为失败 (reason=exited), 包括用户主动停止的容器 (缩容、set_replicas.py、"
+    "stop_container.py): API 里它们和异常退出看起来一样。--apply --yes 之前先看 items[].evidence (不加 --apply "
+    "运行时输出) 的 reason 与 stopped_at, 排除人为停止造成的计数。"
+)
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -139,3 +150,48 @@ def analyse_machines(
         machine["blacklist_via"] = latest[1]["container_uuid"] if latest else None
         machine["evidence"] = ordered[-max_evidence:] if max_evidence and len(ordered) > max_evidence else ordered
     return sorted(machines.values(), key=lambda m: (-m["failures"], m["machine_id"]))
+
+
+# --- blacklisting the machines found --------------------------------------------------
+
+def confirmation_hint(plan: list[dict], replica_set: bool, expire_minutes: int | None) -> str:
+    """What --yes would do, host by host, for the user to agree to."""
+    hosts = "; ".join(
+        f"{step['machine_id']} ({step['data_center'] or '未知机房'}, {step['gpu_name'] or '未知 GPU'}, 失败 {step['failures']} 次)"
+        for step in plan
+    )
+    expiry = f"{expire_minutes} 分钟后自动解除 (私有云固定 24 小时)。" if expire_minutes else "默认 24 小时后自动解除。"
+    check = REPLICA_SET_CAVEAT if replica_set else "先看 items[].evidence (不加 --apply 运行时输出) 确认失败属实。"
+    return (
+        f"加 --yes 会把这些主机加入调度黑名单: {hosts}。之后不再往它们调度新容器, 已在上面运行的容器不受影响; "
+        f"{expiry}{check} 把这些告诉用户, 得到明确同意后加 --yes 重新执行。"
+    )
+
+
+def blacklist_plan(machine: dict, comment: str | None) -> dict:
+    return {
+        "machine_id": machine["machine_id"],
+        "data_center": machine["data_center"],
+        "gpu_name": machine["gpu_name"],
+        "container_uuid": machine["blacklist_via"],
+        "failures": machine["failures"],
+        "failure_reasons": machine["failure_reasons"],
+        "comment": comment or f"find_faulty_hosts: {machine['failures']} 个容器异常退出",
+    }
+
+
+def apply_blacklist(client: Any, plan: list[dict], expire_minutes: int | None, progress: Progress) -> dict[str, Any]:
+    """Blacklist each planned machine through its container, then read the blacklist back."""
+    applied: list[dict[str, Any]] = []
+    for step in plan:
+        try:
+            api.add_to_blacklist(client, step["container_uuid"], comment=step["comment"], expire_in_minutes=expire_minutes)
+        except AutoDLError as error:  # say what was already done before reporting the failure
+            error.details.update({"applied": applied, "failed_machine": step["machine_id"]})
+            raise
+        progress.log(f"已拉黑主机 {step['machine_id']} (经由容器 {step['container_uuid']})")
+        applied.append({**step, **blacklist_expiry(expire_minutes)})
+    entries, verification = verify_blacklisted(client, [step["machine_id"] for step in applied])
+    for step in applied:
+        step["blacklist_entry"] = entries[step["machine_id"]]
+    return {"applied": applied, **verification, "expiry_note": BLACKLIST_EXPIRY_NOTE}

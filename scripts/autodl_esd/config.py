@@ -19,7 +19,6 @@ from .deps import SKILL_ROOT, require
 from .errors import AutoDLError, ErrorType
 from .units import (
     KNOWN_CUDA_CODES,
-    MAX_PLAUSIBLE_MEMORY_GB,
     cuda_code_for,
     gb_hint_for_bytes,
     looks_like_bytes,
@@ -274,13 +273,3 @@ def load_and_validate(path: str | Path) -> dict[str, Any]:
     raise_if_invalid(config, path)
     return config
 
-
-__all__ = [
-    "MAX_PLAUSIBLE_MEMORY_GB",
-    "build_request",
-    "dialect_of",
-    "load_and_validate",
-    "load_config",
-    "raise_if_invalid",
-    "validate_config",
-]

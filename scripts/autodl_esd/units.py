@@ -13,9 +13,8 @@ BYTES_PER_GB = 1024**3
 PRICE_SCALE = 1000  # API price unit: 1/1000 yuan per hour
 
 # CUDA codes seen in the platform's docs (private `cuda_v` list and the public appendix
-# and samples). `0` is the private cloud's "no CUDA constraint" and is valid for `cuda_v` only.
+# and samples). The schema also allows `0` for the private `cuda_v`: "no CUDA constraint".
 KNOWN_CUDA_CODES = (111, 113, 116, 117, 118, 120, 121, 122, 124, 126, 128)
-CUDA_ANY = 0
 
 # No host offers this much memory per container; a larger "GB" value is almost surely bytes.
 MAX_PLAUSIBLE_MEMORY_GB = 65536
@@ -43,10 +42,6 @@ def cuda_code_for(value: object) -> int | None:
     else:
         return None
     return next((code for code in KNOWN_CUDA_CODES if code >= wanted), None)
-
-
-def cuda_label(code: int) -> str:
-    return "不限" if code == CUDA_ANY else f"CUDA {code // 10}.{code % 10}"
 
 
 def gb_from_bytes(value: int) -> float:

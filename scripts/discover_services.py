@@ -12,7 +12,7 @@ EXAMPLES = [
     "python scripts/discover_services.py --deployment-uuid 833f1cd5a764fa3 --watch --serve 127.0.0.1:8765 --port 6008",
 ]
 
-# Defaults live here, not in autodl_esd.registry, so that --help does not import the
+# Defaults live here, not in autodl_esd.serving.registry, so that --help does not import the
 # registry (and with it urllib.request, http.server, concurrent.futures and the API client).
 # Container states change on the scale of seconds (image pull, start-up, a crash); 5 s
 # keeps the registry within one poll of the truth without loading the API.
@@ -58,7 +58,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import registry
+    from autodl_esd.serving import registry
     from autodl_esd.resolve import resolve_from_args
 
     watch_only = [flag for flag, value in (("--out", args.out), ("--serve", args.serve), ("--health-path", args.health_path),

@@ -1,4 +1,4 @@
-"""discover_services.py and autodl_esd.registry against a fake platform mocked with `responses`.
+"""discover_services.py and autodl_esd.serving.registry against a fake platform mocked with `responses`.
 
 The fake keeps containers and their events in memory and answers the three endpoints the
 watcher calls, so a test changes the platform between cycles and checks what the registry
@@ -94,7 +94,7 @@ def platform(mocked):
 
 @pytest.fixture
 def make_watcher(tmp_path):
-    from autodl_esd import registry
+    from autodl_esd.serving import registry
     from autodl_esd.http import ApiClient
     from autodl_esd.settings import load_settings
 
@@ -261,7 +261,7 @@ def test_api_down_from_the_start_gives_an_empty_stale_registry(platform, make_wa
 
 
 def test_health_probe_marks_unhealthy_after_k_failures_and_back(platform, make_watcher):
-    from autodl_esd.registry import HealthTracker
+    from autodl_esd.serving.registry import HealthTracker
 
     uuid = platform.start(MACHINE_A, 1)
     answers = {"ok": True}
@@ -290,7 +290,7 @@ def test_health_probe_marks_unhealthy_after_k_failures_and_back(platform, make_w
 
 
 def test_new_replica_is_unhealthy_until_its_first_probe_succeeds(platform, make_watcher):
-    from autodl_esd.registry import HealthTracker
+    from autodl_esd.serving.registry import HealthTracker
 
     platform.start(MACHINE_A, 1)
     watcher = make_watcher(health=HealthTracker("/health", 1.0, failures_to_leave=3, check=lambda u, t: False))
@@ -299,7 +299,7 @@ def test_new_replica_is_unhealthy_until_its_first_probe_succeeds(platform, make_
 
 
 def test_probe_against_a_real_socket(tmp_path):
-    from autodl_esd.registry import probe
+    from autodl_esd.serving.registry import probe
 
     assert probe("http://127.0.0.1:9/health", timeout=0.5) is False  # discard port: refused
 
@@ -325,7 +325,7 @@ def test_watch_script_bounded_by_max_cycles(run, platform, tmp_path, result_vali
 
 
 def test_watch_stopped_by_a_signal_ends_normally_with_a_summary(run, platform, monkeypatch, result_validator):
-    from autodl_esd import registry
+    from autodl_esd.serving import registry
     from autodl_esd.errors import Interrupted
 
     platform.start(MACHINE_A, 1)
@@ -355,7 +355,7 @@ def test_watch_bounded_by_duration(platform, make_watcher):
 
 
 def test_readers_never_see_a_half_written_file(tmp_path):
-    from autodl_esd.registry import write_atomically
+    from autodl_esd.serving.registry import write_atomically
 
     path = tmp_path / "registry.json"
     small = {"status": "success", "services": []}
@@ -404,7 +404,7 @@ def get(endpoint_url: str, path: str) -> tuple[int, dict]:
 
 @pytest.fixture
 def endpoint():
-    from autodl_esd.registry import RegistryEndpoint, registry_document
+    from autodl_esd.serving.registry import RegistryEndpoint, registry_document
 
     holder = {"document": registry_document(DEP, [service(container_uuid(MACHINE_A, 1)), service(container_uuid(MACHINE_B, 2)),
                                                   service(container_uuid(MACHINE_C, 3), healthy=False)])}
@@ -458,7 +458,7 @@ def test_registry_timestamps_use_the_platform_offset(monkeypatch):
     """generated_at / resynced_at are +08:00 like the platform's since/started_at, whatever TZ says."""
     import time
 
-    from autodl_esd import registry
+    from autodl_esd.serving import registry
 
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
@@ -483,7 +483,7 @@ def test_help_does_not_import_the_registry():
         f"sys.path.insert(0, {str(script.parent)!r})\n"
         "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
-        "heavy = [m for m in ('autodl_esd.registry', 'urllib.request', 'http.server', 'concurrent.futures') if m in sys.modules]\n"
+        "heavy = [m for m in ('autodl_esd.serving.registry', 'urllib.request', 'http.server', 'concurrent.futures') if m in sys.modules]\n"
         "sys.stderr.write(repr(heavy))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)

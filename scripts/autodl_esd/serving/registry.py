@@ -1,7 +1,7 @@
 """The service registry of one deployment: build it, keep it current, write it, serve it.
 
 A registry (schemas/registry.schema.json) lists the running containers of a deployment with
-the URL a client calls. `scripts/service_pool.py` reads it and picks a replica per request.
+the URL a client calls. `serving.pool` (imported by users as `service_pool`) reads it and picks a replica per request.
 
 - `build_registry`: one look at the container list (discover_services.py one-shot).
 - `RegistryWatcher`: keeps it current, as AutoDL's best-practice guide describes: poll the
@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from . import api
-from .containers import STOPPING_STATUSES, primary_service_url
-from .deps import SKILL_ROOT, require
-from .errors import AutoDLError, Interrupted
-from .output import Progress
+from .. import api
+from ..containers import STOPPING_STATUSES, primary_service_url
+from ..deps import SKILL_ROOT, require
+from ..errors import AutoDLError, Interrupted
+from ..output import Progress
 
 REGISTRY_SCHEMA = SKILL_ROOT / "schemas" / "registry.schema.json"
 RUNNING = "running"
@@ -423,7 +423,7 @@ class RegistryEndpoint:
     """
 
     def __init__(self, host: str, port: int, registry: Callable[[], dict[str, Any] | None]) -> None:
-        from service_pool import POLICIES, ServicePool
+        from .pool import POLICIES, ServicePool
 
         self.registry = registry
         self.pools = {policy: ServicePool(policy=policy, refresh_interval=0, source=registry, logger=QUIET_POOL_LOG) for policy in POLICIES}
@@ -445,7 +445,7 @@ class RegistryEndpoint:
         self._thread.join()
 
     def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
-        from service_pool import NoReplicaAvailable
+        from .pool import NoReplicaAvailable
 
         document = self.registry()
         if path not in ENDPOINT_PATHS:

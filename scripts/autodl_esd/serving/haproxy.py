@@ -136,9 +136,10 @@ class RuntimeApi:
         columns = header[2:].split()
         servers = {}
         for line in lines:
-            if line.startswith("#") or not line[0].isdigit():
-                continue
-            row = dict(zip(columns, line.split()))
+            fields = line.split()
+            if line.startswith("#") or len(fields) < len(columns):
+                continue  # the header, or the format version line ("1")
+            row = dict(zip(columns, fields))
             servers[row["srv_name"]] = {
                 "address": row["srv_addr"], "port": int(row["srv_port"]),
                 "admin_state": int(row["srv_admin_state"]), "operational_state": int(row["srv_op_state"]),

@@ -235,9 +235,9 @@ class ServicePool:
         """Pool following the Redis registry by notification; see the module
         docstring. ``key_prefix``, ``shared_inflight`` (bool), ``lease_ttl``
         (seconds a lease counts at most) plus the usual keyword arguments."""
-        try:
-            from .redis_registry import pool_from_redis
-        except ImportError as exc:  # a copied pool.py has no package around it
+        try:  # absolute, so a copy of this file works too while the bundle is on sys.path
+            from autodl_esd.serving.redis_registry import pool_from_redis
+        except ImportError as exc:  # a copied pool.py without the bundle
             raise ImportError(
                 "ServicePool.from_redis needs this module inside the autodl-elastic-deploy "
                 "bundle (scripts/ on sys.path) and the redis package "

@@ -302,23 +302,53 @@ def test_steady_noisy_load_against_the_simulator_changes_at_most_once(harness):
 def test_a_faulty_replica_is_replaced_without_lowering_the_count_and_its_machine_reported(harness):
     h = harness(AutoscaleConfig(min_replicas=2, max_replicas=2), replica_num=2)
     victims = [c["uuid"] for c in h.sim.containers(h.deployment_uuid) if c["status"] == "running"]
-    failing = {victims[0]}
+    failures = {victims[0]: 0}
 
     def snapshot() -> LoadSnapshot:
-        replicas = [ReplicaLoad(c["uuid"], c["machine_id"], consecutive_failures=5 if c["uuid"] in failing else 0)
+        replicas = [ReplicaLoad(c["uuid"], c["machine_id"], failures=failures.get(c["uuid"], 0))
                     for c in h.sim.containers(h.deployment_uuid) if c["status"] == "running"]
         return LoadSnapshot(replicas=tuple(replicas))
 
     h.scaler.load_source = snapshot
+    h.run(STEP)
+    failures[victims[0]] = 2  # two ejections: a retry absorbs them, not yet faulty
+    h.run(STEP)
+    assert not [line for line in h.lines if line["action"] == "replace"]
+    failures[victims[0]] = 3
     h.run(STEP)
     replaced = [line for line in h.lines if line["action"] == "replace"]
     assert [line["container_uuid"] for line in replaced] == [victims[0]]
     assert replaced[0]["outcome"]["took_effect"] is True and h.replica_num() == 2
     assert not h.scaler.blacklist_candidates
     h.run(40)  # the replacement starts (same machine: the only one)
-    failing.update(c["uuid"] for c in h.sim.containers(h.deployment_uuid) if c["status"] == "running" and c["uuid"] != victims[1])
+    replacement = next(c["uuid"] for c in h.sim.containers(h.deployment_uuid) if c["status"] == "running" and c["uuid"] not in victims)
+    h.run(STEP)
+    failures[replacement] = 3
     h.run(STEP)
     candidates = h.scaler.status()["blacklist_candidates"]
     assert candidates and candidates[0]["machine_id"] == "0c0c0c0c0c" and "blacklist" not in candidates[0]
     assert not any(m["blacklisted"] for m in h.sim.machines())  # only with --blacklist-faulty
     assert h.replica_num() == 2
+
+
+def test_a_replica_failing_health_is_replaced_and_with_blacklist_faulty_its_machine_blacklisted(harness):
+    h = harness(AutoscaleConfig(min_replicas=1, max_replicas=1), replica_num=1, blacklist_faulty=True)
+    sick = set()
+
+    def snapshot() -> LoadSnapshot:
+        return LoadSnapshot(replicas=tuple(ReplicaLoad(c["uuid"], c["machine_id"], healthy=c["uuid"] not in sick)
+                                           for c in h.sim.containers(h.deployment_uuid) if c["status"] == "running"))
+
+    h.scaler.load_source = snapshot
+    for _ in range(2):
+        sick.update(c["uuid"] for c in h.sim.containers(h.deployment_uuid) if c["status"] == "running")
+        h.run(50)
+        assert not [line for line in h.lines if line["action"] == "replace" and line["container_uuid"] in sick - set(h.scaler.replaced)]
+        h.run(20)  # past a minute of failing health: replaced; the replacement starts
+        h.run(40)
+    replaced = [line for line in h.lines if line["action"] == "replace"]
+    assert len(replaced) == 2 and {line["reason"] for line in replaced} == {"failing_health"}
+    candidate = h.scaler.status()["blacklist_candidates"][0]
+    assert candidate["blacklist"]["took_effect"] is True
+    assert [m["machine_id"] for m in h.sim.machines() if m["blacklisted"]] == ["0c0c0c0c0c"]
+    assert h.replica_num() == 1

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
@@ -35,9 +36,14 @@ STARTING_STATUSES = ("creating", "created", "starting", "oss_merged")
 # list; until they do (or this many seconds pass) the change counts as converging, so the
 # next tick does not read "0 starting" as "done" and act again.
 PLACEMENT_GRACE_SECONDS = 60.0
-# Consecutive failed requests or health probes after which a replica is replaced: one or
-# two are what a retry on another replica absorbs; three in a row is a broken container.
-FAULTY_CONSECUTIVE_FAILURES = 3
+# A replica is replaced after this many failure episodes (the gateway ejecting it after a
+# failed request) within FAULTY_WINDOW_SECONDS: one or two are what a retry on another
+# replica absorbs; three in ten minutes is a broken container, not bad luck.
+FAULTY_FAILURES = 3
+FAULTY_WINDOW_SECONDS = 600.0
+# ... or after failing its health probe this long: a replica still loading a model may fail
+# a probe or two, a minute is longer than any retry could hide.
+FAULTY_UNHEALTHY_SECONDS = 60.0
 # Replacements on one machine after which it is reported as a blacklist candidate (and
 # blacklisted with --blacklist-faulty): the second broken container there is a pattern.
 BLACKLIST_AFTER_REPLACEMENTS = 2
@@ -46,6 +52,12 @@ BLACKLIST_AFTER_REPLACEMENTS = 2
 MAX_SAMPLES = 3600
 # Decisions kept for /_gateway/status (the full log is on stderr).
 RECENT_DECISIONS = 20
+# Between ticks the gateway extension looks this often for a request waiting at zero
+# replicas, so a scale from zero starts within 0.1 s instead of up to a whole interval.
+WAKE_POLL_SECONDS = 0.1
+# On stop, a tick that is mid-change gets this long to finish (a lost answer is read back
+# for the HTTP timeout plus a margin), so the summary reports a settled size.
+STOP_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,8 +66,8 @@ class ReplicaLoad:
     machine_id: Optional[str] = None
     inflight: int = 0  # sent by this gateway, not answered yet
     reported: Optional[float] = None  # the replica's own running + waiting (--load-path)
-    consecutive_failures: int = 0  # failed requests / health probes in a row
-    healthy: bool = True
+    failures: int = 0  # failure episodes so far (a counter: ejections after failed requests)
+    healthy: bool = True  # its health probe passes
 
 
 @dataclass(frozen=True)
@@ -260,15 +272,19 @@ class Autoscaler:
         self.replaced: dict[str, dict] = {}  # container uuid -> replacement outcome
         self.replacements_by_machine: dict[str, int] = {}
         self.blacklist_candidates: dict[str, dict] = {}
+        self._failure_counts: dict[str, tuple[int, deque]] = {}  # uuid -> (last counter, episode times)
+        self._unhealthy_since: dict[str, float] = {}
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
         self._last_emitted_key: Optional[tuple] = None
+        self.decisions_by_action: dict[str, int] = {}
 
     # ---- one step --------------------------------------------------------
 
-    def tick(self) -> dict:
+    def tick(self, snapshot: Optional[LoadSnapshot] = None) -> dict:
+        """One step; `snapshot` is the load sampled by the caller (else the load source is asked)."""
         now = self.clock()
-        snapshot = self.load_source()
+        snapshot = self.load_source() if snapshot is None else snapshot
         load = load_of(snapshot)
         with self.lock:
             self.samples.append(Sample(now, load))
@@ -380,20 +396,40 @@ class Autoscaler:
             self.spent += rate * max(now - self._last_spend_at, 0.0) / 3600.0
         self._last_spend_at, self._last_rate = now, view.hourly_rate
 
+    def _faulty_reason(self, replica: ReplicaLoad, now: float) -> Optional[str]:
+        """Why this replica should be replaced now, or None. Updates the failure history."""
+        uuid = replica.container_uuid
+        seen, episodes = self._failure_counts.get(uuid, (replica.failures, deque()))
+        for _ in range(max(replica.failures - seen, 0)):
+            episodes.append(now)
+        while episodes and now - episodes[0] > FAULTY_WINDOW_SECONDS:
+            episodes.popleft()
+        self._failure_counts[uuid] = (replica.failures, episodes)
+        if replica.healthy:
+            self._unhealthy_since.pop(uuid, None)
+        else:
+            self._unhealthy_since.setdefault(uuid, now)
+        if len(episodes) >= FAULTY_FAILURES:
+            return "repeated_failures"
+        if not replica.healthy and now - self._unhealthy_since[uuid] >= FAULTY_UNHEALTHY_SECONDS:
+            return "failing_health"
+        return None
+
     def _handle_faulty(self, snapshot: LoadSnapshot, view: PlatformView, now: float) -> None:
         running = {c.get("uuid"): c for c in view.running}
         for replica in snapshot.replicas:
             uuid = replica.container_uuid
             if uuid in self.replaced or uuid not in running:
                 continue
-            if replica.consecutive_failures < FAULTY_CONSECUTIVE_FAILURES:
+            why = self._faulty_reason(replica, now)
+            if why is None:
                 continue
             machine_id = replica.machine_id or running[uuid].get("machine_id")
             outcome = self.scaler.replace(uuid)
             self.replaced[uuid] = outcome
             count = self.replacements_by_machine[machine_id] = self.replacements_by_machine.get(machine_id, 0) + 1
-            record = {"action": "replace", "reason": "faulty_replica", "container_uuid": uuid, "machine_id": machine_id,
-                      "consecutive_failures": replica.consecutive_failures, "outcome": outcome}
+            record = {"action": "replace", "reason": why, "container_uuid": uuid, "machine_id": machine_id,
+                      "failures": len(self._failure_counts[uuid][1]), "outcome": outcome}
             if count >= BLACKLIST_AFTER_REPLACEMENTS and machine_id not in self.blacklist_candidates:
                 candidate = {"machine_id": machine_id, "replacements": count, "container_uuid": uuid}
                 if self.blacklist_faulty:
@@ -411,6 +447,8 @@ class Autoscaler:
             if changed:
                 self._last_emitted_key = key
                 self.recent.append(record)
+                action = str(record.get("action"))
+                self.decisions_by_action[action] = self.decisions_by_action.get(action, 0) + 1
         if changed:
             self.emit(record)
         return record
@@ -482,7 +520,9 @@ class Autoscaler:
             "current": view.replica_num if view else None,
             "running": len(view.running) if view else None,
             "pending": 1 if self.pending else 0,
+            "pending_reason": (self.pending or {}).get("pending_reason"),
             "changes": self.changes,
+            "decisions": dict(self.decisions_by_action),
             "spent_yuan": self.spent,
             "load": decision.get("load"),
         }
@@ -523,3 +563,103 @@ def startup_bounds(config: AutoscaleConfig, scaler: ReplicaScaler, current: int)
         bounds["scale_to_zero_after"] = config.zero_after
     return bounds
 
+
+
+def snapshot_of(gateway: Any) -> LoadSnapshot:
+    """The gateway's load now (call on its event loop: its replica table has no locks)."""
+    table = gateway.table
+    now = table.clock()
+    replicas = []
+    for replica in table.all_replicas():
+        if not replica.in_registry:
+            continue
+        report = replica.report
+        fresh = report is not None and now - report.at <= gateway.report_max_age
+        replicas.append(ReplicaLoad(
+            container_uuid=replica.container_uuid,
+            machine_id=replica.machine_id,
+            inflight=replica.inflight + replica.remote_inflight,
+            reported=(report.running + report.waiting) if fresh else None,
+            failures=replica.ejections,
+            healthy=replica.healthy,
+        ))
+    return LoadSnapshot(queued=table.queued, inflight=sum(r.inflight for r in table.all_replicas()),
+                        replicas=tuple(replicas), requests_total=gateway.totals.requests)
+
+
+class GatewayAutoscaler:
+    """The autoscaler as a gateway extension (`Gateway.add_extension`): samples the load on the
+    gateway's loop, runs each tick (blocking platform calls) in a worker thread."""
+
+    name = "autoscaler"
+
+    def __init__(self, autoscaler: Autoscaler):
+        self.autoscaler = autoscaler
+        self.gateway: Any = None
+        self._task: Optional[asyncio.Task] = None
+        self._tick: Optional[asyncio.Future] = None
+        self.final: Optional[dict] = None
+
+    async def start(self, gateway: Any) -> None:
+        self.gateway = gateway
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="autoscaler")
+
+    def _waiting_at_zero(self) -> bool:
+        view = self.autoscaler.view
+        return self.gateway.table.queued > 0 and view is not None and view.replica_num == 0
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = 0.0
+        while True:
+            if time.monotonic() >= next_tick or self._waiting_at_zero():
+                snapshot = snapshot_of(self.gateway)
+                self._tick = loop.run_in_executor(None, self.autoscaler.tick, snapshot)
+                try:
+                    await asyncio.shield(self._tick)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # a bug must not end autoscaling silently
+                    self.autoscaler.last_error = f"{type(error).__name__}: {error}"
+                    self.autoscaler._log(f"自动扩缩容出错, 保持当前副本数: {self.autoscaler.last_error}")
+                next_tick = time.monotonic() + self.autoscaler.interval
+            await asyncio.sleep(WAKE_POLL_SECONDS)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._tick is not None and not self._tick.done():
+            try:  # a change in progress settles before the summary says what size was left
+                await asyncio.wait_for(asyncio.shield(self._tick), STOP_WAIT_SECONDS)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        self.final = self.autoscaler.summary()
+
+    def status(self) -> dict:
+        return self.autoscaler.status()
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        values = self.autoscaler.metrics()
+        gauges = [
+            ("gateway_autoscaler_desired_replicas", "Replicas the autoscaler wants (after clamps and caps)", values["desired"]),
+            ("gateway_autoscaler_current_replicas", "replica_num the platform holds", values["current"]),
+            ("gateway_autoscaler_running_replicas", "Containers running", values["running"]),
+            ("gateway_autoscaler_load", "Load averaged over the look-back (in flight + queued)", values["load"]),
+            ("gateway_autoscaler_spent_yuan", "Spent since the autoscaler started (running time x price), yuan", values["spent_yuan"]),
+        ]
+        for name, documentation, value in gauges:
+            if value is not None:
+                yield GaugeMetricFamily(name, documentation, value=value)
+        pending = GaugeMetricFamily("gateway_autoscaler_pending", "1 while a scale-up waits (label reason)", labels=["reason"])
+        pending.add_metric([values["pending_reason"] or ""], values["pending"])
+        yield pending
+        decisions = CounterMetricFamily("gateway_autoscaler_decisions", "Decisions logged, by action", labels=["action"])
+        for action, count in sorted(values["decisions"].items()):
+            decisions.add_metric([action], count)
+        yield decisions

@@ -663,3 +663,50 @@ class GatewayAutoscaler:
         for action, count in sorted(values["decisions"].items()):
             decisions.add_metric([action], count)
         yield decisions
+
+
+# The autoscaler reads the deployment and its containers every tick. Against the real
+# platform once every 5 s is plenty for decisions on a 30 s / 600 s scale and keeps its
+# calls well below the watcher's; the loopback simulator keeps --interval (fast tests).
+PLATFORM_MIN_INTERVAL_SECONDS = 5.0
+
+
+def prepare_gateway_autoscaler(args: Any, ctx: Any, deployment_uuid: Optional[str]) -> Optional[GatewayAutoscaler]:
+    """serve_gateway.py --autoscale: check the flags and the deployment, ask for --yes with the
+    bounds, and return the extension to add to the gateway (None without --autoscale).
+    Everything here runs before the gateway listens, so a refusal is the usual JSON error."""
+    from ..settings import is_loopback_host
+    from .autoscale_cli import autoscale_config, check_autoscale_arguments, require_autoscale_confirmation
+
+    check_autoscale_arguments(args)
+    if not args.autoscale:
+        return None
+    client = ctx.client()
+    deployment = deployment_by_uuid(client, deployment_uuid) if deployment_uuid else None
+    if deployment is None:
+        raise deployment_gone(str(deployment_uuid))
+    details = {"deployment_uuid": deployment_uuid, "deployment_type": deployment.get("deployment_type"), "status": deployment.get("status")}
+    if deployment.get("deployment_type") != "ReplicaSet":
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"部署 {deployment_uuid} 是 {deployment.get('deployment_type')} 类型, 只有 ReplicaSet 能自动扩缩容。",
+                          "去掉 --autoscale 只用网关, 或对 ReplicaSet 部署使用。", details)
+    if deployment.get("status") != "running":
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"部署 {deployment_uuid} 状态是 {deployment.get('status')}, 无法调整副本数。",
+                          "已停止的部署不能恢复; 需要服务时用 queue_submit.py 重新提交。", details)
+    scaler = ReplicaScaler(client, deployment, log=ctx.progress.log)
+    scaler.observe()  # the containers' reported price, for the bounds below
+    current = int(deployment.get("replica_num") or 0)
+    try:
+        config = autoscale_config(args, current)
+    except ValueError as problem:
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"自动扩缩容参数不成立: {problem}", "检查 --min-replicas / --max-replicas 等参数。", {}) from None
+    bounds = startup_bounds(config, scaler, current)
+    if bounds["effective_max_replicas"] < config.min_replicas:
+        bounds["warning"] = (f"--max-hourly-cost {config.max_hourly_cost:g} 按单价 {bounds['price_per_replica_yuan']} 元/小时只够 "
+                             f"{bounds['effective_max_replicas']} 个副本, 少于 --min-replicas {config.min_replicas}: 花费上限优先。")
+    require_autoscale_confirmation(args, bounds)
+    interval = args.interval if is_loopback_host(client.host) else max(args.interval, PLATFORM_MIN_INTERVAL_SECONDS)
+    autoscaler = Autoscaler(scaler, config, lambda: LoadSnapshot(), interval=interval,
+                            blacklist_faulty=args.blacklist_faulty, log=ctx.progress.log)
+    ctx.progress.log(f"自动扩缩容已启用: 副本数 {config.min_replicas}-{bounds['effective_max_replicas']}, 目标每副本 "
+                     f"{config.target_inflight:g} 个在途请求; 每个决策是 stderr 上的一行 JSON")
+    return GatewayAutoscaler(autoscaler)

@@ -30,6 +30,7 @@ exit codes:
 
 faults SPEC (comma separated key=value):
   error_rate=F  slow_rate=F  slow_seconds=S  create_slow_seconds=S  create_error_after_commit=N
+  commit_delay_seconds=S  commit_delay_rate=F   (writes sleep S BEFORE committing: they land late)
 
 test controls (JSON body, same Authorization token, same envelope as the API):
   GET  /_sim/state                               clock, machines, deployments, containers

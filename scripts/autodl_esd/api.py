@@ -145,7 +145,9 @@ def stop_container(
         body["no_cache"] = no_cache
     if cmd_before_shutdown:
         body["cmd_before_shutdown"] = cmd_before_shutdown
-    client.put(STOP_CONTAINER_PATH, body)
+    # With decrease_one_replica_num a repeated call could lower replica_num twice: never
+    # retried blindly; a lost answer is settled by reading back (effects.apply_change).
+    client.put(STOP_CONTAINER_PATH, body, idempotent=not decrease_one_replica_num)
 
 
 def set_replica_num(client: ApiClient, deployment_uuid: str, replica_num: int) -> None:

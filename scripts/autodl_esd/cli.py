@@ -198,15 +198,11 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         progress.close()
         details = dict(context.partial) if context else {}
         details["signal"] = getattr(interruption, "signal_name", "SIGINT")
-        return emit_error(
-            AutoDLError(
-                ErrorType.INTERRUPTED,
-                "操作被中断。",
-                "如果 details 中有 deployment_uuid, 说明部署已创建: 用 list_containers.py 查看, "
-                "不要重新提交。",
-                details,
-            )
+        # A handler that had sent a change says how to check it (effects.apply_change, submit).
+        hint = details.pop("interrupt_hint", None) or (
+            "如果 details 中有 deployment_uuid, 说明部署已创建: 用 list_containers.py 查看, 不要重新提交。"
         )
+        return emit_error(AutoDLError(ErrorType.INTERRUPTED, "操作被中断。", hint, details))
     except Exception as bug:  # noqa: BLE001 - the contract is one JSON document, always
         progress.close()
         if context is not None and getattr(context.args, "debug", False):

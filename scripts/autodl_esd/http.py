@@ -107,8 +107,8 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any] | None = None, *, idempotent: bool = True) -> Any:
         return self.request("POST", path, body=body, idempotent=idempotent)
 
-    def put(self, path: str, body: dict[str, Any]) -> Any:
-        return self.request("PUT", path, body=body)
+    def put(self, path: str, body: dict[str, Any], *, idempotent: bool = True) -> Any:
+        return self.request("PUT", path, body=body, idempotent=idempotent)
 
     def delete(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("DELETE", path, body=body)
@@ -125,15 +125,20 @@ class ApiClient:
         """Send one API call and return its `data`.
 
         Idempotent calls retry transient failures; a non-idempotent call (create) raises
-        at once with `ambiguous` set when it may nevertheless have been carried out.
+        at once with `ambiguous` set when it may nevertheless have been carried out. The
+        error of a retried call is `ambiguous` when ANY attempt may have been carried out:
+        a delete whose first answer was lost and whose retry says "not found" did happen.
         """
         attempts = MAX_ATTEMPTS if idempotent else 1
+        maybe_done = False
         for attempt in range(1, attempts + 1):
             try:
                 return self._send_once(method, path, params, body)
             except ApiError as error:
                 retry_after = error.details.pop("retry_after", None)
+                maybe_done = maybe_done or error.ambiguous
                 if not error.retryable or attempt == attempts:
+                    error.ambiguous = maybe_done
                     raise
                 wait = backoff_seconds(attempt) if retry_after is None else retry_after
                 self.progress.log(

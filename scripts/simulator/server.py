@@ -54,6 +54,15 @@ API_ROUTES: dict[tuple[str, str], tuple[str, frozenset]] = {
     ("GET", "/api/v1/dev/deployment/ddp/overview"): ("duration_packages", PUBLIC_ONLY),
 }
 CREATE_ROUTE = ("POST", "/api/v1/dev/deployment")
+# Routes that change something: the ones `commit_delay_seconds` holds back before committing.
+WRITE_ROUTES = frozenset({
+    CREATE_ROUTE,
+    ("DELETE", "/api/v1/dev/deployment"),
+    ("PUT", "/api/v1/dev/deployment/container/stop"),
+    ("PUT", "/api/v1/dev/deployment/replica_num"),
+    ("PUT", "/api/v1/dev/deployment/operate"),
+    ("POST", "/api/v1/dev/deployment/blacklist"),
+})
 
 BAD_GATEWAY_PAGE = (
     "<html><head><title>502 Bad Gateway</title></head><body>"
@@ -233,6 +242,10 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             params = query
         else:
             params = self._parse_json(body)
+        if (method, path) in WRITE_ROUTES:
+            commit_delay = faults.commit_delay()
+            if commit_delay:
+                time.sleep(commit_delay)  # the write lands after this, whether the client waits or not
         data = getattr(self.server.api, handler_name)(params)
 
         if (method, path) == CREATE_ROUTE:

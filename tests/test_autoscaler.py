@@ -75,7 +75,7 @@ def test_set_replicas_reads_the_value_back(mocked):
                match=[matchers.json_params_matcher({"deployment_uuid": UUID, "replica_num": 3})])
     list_deployments_returns(mocked, 3)
     outcome = ReplicaScaler(client(), deployment_record(1)).set_replicas(3)
-    assert outcome == {"requested_replica_num": 3, "took_effect": True}
+    assert outcome == {"requested_replica_num": 3, "took_effect": True, "verified": True}
 
 
 def test_a_refused_set_replicas_took_no_effect(mocked):
@@ -84,17 +84,20 @@ def test_a_refused_set_replicas_took_no_effect(mocked):
     assert outcome["took_effect"] is False and outcome["refused"] is True
 
 
-def test_an_ambiguous_set_replicas_is_read_back_and_says_unknown_when_it_cannot_tell(mocked, monkeypatch):
-    from autodl_esd import resolve
+def test_a_lost_answer_is_read_back_and_reported_not_resent(mocked, monkeypatch):
+    from autodl_esd import effects
 
-    monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)
+    now = [0.0]
+    monkeypatch.setattr(effects, "_now", lambda: now[0])
+    monkeypatch.setattr(effects, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
     for _ in range(4):  # every retry of the idempotent PUT times out with a 504
         mocked.add("PUT", url(api.REPLICA_NUM_PATH), status=504, json=envelope(None, code="GatewayTimeout"))
-    for _ in range(3):
-        list_deployments_returns(mocked, 1)
+    mocked.add("POST", url(api.DEPLOYMENTS_PATH), json=envelope({"list": [deployment_record(1)], "max_page": 1}))
     outcome = ReplicaScaler(client(), deployment_record(1)).set_replicas(2)
-    assert outcome["took_effect"] == "unknown" and outcome["how_to_check"].startswith("python scripts/list_deployments.py")
-    assert outcome["replica_num_read_back"] == 1
+    assert outcome["took_effect"] is False and outcome["refused"] is False  # looked past the grace period: not landed
+    assert outcome["check"].startswith("python scripts/list_deployments.py")
+    puts = [call for call in mocked.calls if call.request.method == "PUT"]
+    assert len(puts) == 4  # the client's own retries of an absolute value; the scaler sent it once
 
 
 def test_zero_refused_falls_back_to_one_and_says_so_once(mocked):

@@ -23,8 +23,10 @@ from typing import Any, Callable, Optional, Protocol
 
 from .. import api
 from ..containers import STOPPING_STATUSES
+from ..effects import Change, apply_change
 from ..errors import ApiError, AutoDLError, ErrorType
-from ..resolve import deployment_by_uuid, read_back
+from ..output import Progress
+from ..resolve import deployment_by_uuid
 from ..stock import requested_stock
 from ..units import yuan_from_price_units
 from .autoscale_policy import AutoscaleConfig, Decision, Observed, PolicyState, Sample, decide, hourly_cap_replicas
@@ -109,8 +111,10 @@ class ReplicaScaler:
     """Applies decisions to one ReplicaSet. Every mutation reports what is known of its
     effect (`took_effect`: true / false / "unknown"), as the exactly-once rule asks."""
 
-    def __init__(self, client: Any, deployment: dict, *, log: Callable[[str], None] = lambda message: None):
+    def __init__(self, client: Any, deployment: dict, *, log: Callable[[str], None] = lambda message: None,
+                 progress: Optional[Progress] = None):
         self.client = client
+        self.progress = progress or Progress(quiet=True)
         self.deployment = deployment
         self.deployment_uuid = deployment["uuid"]
         template = deployment.get("template") or {}
@@ -154,60 +158,59 @@ class ReplicaScaler:
 
     # ---- changing ------------------------------------------------------
 
-    def set_replicas(self, target: int) -> dict:
-        """PUT replica_num (absolute, so a retried PUT cannot overshoot) and read it back."""
-        outcome: dict[str, Any] = {"requested_replica_num": target}
+    def _apply(self, change: Change) -> dict:
+        """Send one mutation through effects.apply_change: {took_effect, ...} and never raises
+        for the platform's answer (a refusal or a lost answer is reported, not thrown)."""
         try:
-            api.set_replica_num(self.client, self.deployment_uuid, target)
+            _, report = apply_change(change, self.client, self.progress)
+            return report
         except ApiError as error:
+            outcome = {key: error.details[key] for key in ("took_effect", "check", "answer_lost") if key in error.details}
+            outcome.setdefault("took_effect", False)
             outcome["error"] = {"code": error.code, "msg": error.msg, "message": error.message}
-            if not error.ambiguous:
-                outcome["took_effect"] = False
-                outcome["refused"] = True
-                return outcome
-        after, verification = read_back(
-            lambda: deployment_by_uuid(self.client, self.deployment_uuid),
-            lambda d: d is not None and d.get("replica_num") == target,
-            attempts=3, pause=0.5,
-        )
-        if verification["verified"]:
-            outcome["took_effect"] = True
-        else:
-            outcome["took_effect"] = "unknown" if "error" in outcome or "read_back_error" in verification else False
-            outcome["replica_num_read_back"] = (after or {}).get("replica_num")
-            outcome["how_to_check"] = f"python scripts/list_deployments.py --deployment-uuid {self.deployment_uuid}"
-        return outcome
+            outcome["refused"] = not error.ambiguous
+            return outcome
+
+    def set_replicas(self, target: int) -> dict:
+        """PUT replica_num (absolute, so a repeat cannot overshoot) and read it back."""
+        uuid = self.deployment_uuid
+        outcome = self._apply(Change(
+            what=f"把部署 {uuid} 的副本数设为 {target}",
+            send=lambda: api.set_replica_num(self.client, uuid, target),
+            fetch=lambda: deployment_by_uuid(self.client, uuid),
+            done=lambda d: d is not None and d.get("replica_num") == target,
+            check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+            ids={"deployment_uuid": uuid},
+        ))
+        return {"requested_replica_num": target, **outcome}
 
     def replace(self, container_uuid: str) -> dict:
         """Stop one container and let the ReplicaSet start a replacement (count unchanged)."""
-        outcome: dict[str, Any] = {"container_uuid": container_uuid, "decrease_one_replica_num": False}
-        try:
-            api.stop_container(self.client, container_uuid, decrease_one_replica_num=False)
-        except ApiError as error:
-            outcome["error"] = {"code": error.code, "msg": error.msg, "message": error.message}
-            if not error.ambiguous:
-                outcome["took_effect"] = False
-                return outcome
 
         def status() -> Optional[str]:
             rows = api.list_containers(self.client, self.deployment_uuid, container_uuid=container_uuid, released=True)
             return next((row.get("status") for row in rows if row.get("uuid") == container_uuid), None)
 
-        seen, verification = read_back(status, lambda s: s in STOPPING_STATUSES, attempts=3, pause=0.5)
-        outcome["took_effect"] = True if verification["verified"] else ("unknown" if "error" in outcome else False)
-        outcome["container_status"] = seen
-        return outcome
+        outcome = self._apply(Change(
+            what=f"停止故障副本 {container_uuid} (不减副本数, 平台会补一个)",
+            send=lambda: api.stop_container(self.client, container_uuid, decrease_one_replica_num=False),
+            fetch=status,
+            done=lambda seen: seen in STOPPING_STATUSES,
+            check=f"python scripts/list_containers.py --deployment-uuid {self.deployment_uuid}",
+            ids={"container_uuid": container_uuid},
+        ))
+        return {"container_uuid": container_uuid, "decrease_one_replica_num": False, **outcome}
 
     def blacklist(self, container_uuid: str, machine_id: str) -> dict:
-        outcome: dict[str, Any] = {"machine_id": machine_id, "container_uuid": container_uuid}
-        try:
-            api.add_to_blacklist(self.client, container_uuid, comment="autoscaler: repeated replica failures")
-            outcome["took_effect"] = True
-        except ApiError as error:
-            outcome["error"] = {"code": error.code, "msg": error.msg, "message": error.message}
-            outcome["took_effect"] = "unknown" if error.ambiguous else False
-            outcome["how_to_check"] = "python scripts/list_blacklist.py"
-        return outcome
+        outcome = self._apply(Change(
+            what=f"把主机 {machine_id} 加入调度黑名单",
+            send=lambda: api.add_to_blacklist(self.client, container_uuid, comment="autoscaler: repeated replica failures"),
+            fetch=lambda: None,
+            done=lambda _: True,  # the private cloud has no list to read back from; the answer is the evidence
+            check="python scripts/list_blacklist.py",
+            ids={"machine_id": machine_id},
+        ))
+        return {"machine_id": machine_id, "container_uuid": container_uuid, **outcome}
 
 
 def deployment_gone(deployment_uuid: str) -> AutoDLError:
@@ -692,7 +695,7 @@ def prepare_gateway_autoscaler(args: Any, ctx: Any, deployment_uuid: Optional[st
     if deployment.get("status") != "running":
         raise AutoDLError(ErrorType.USAGE_ERROR, f"部署 {deployment_uuid} 状态是 {deployment.get('status')}, 无法调整副本数。",
                           "已停止的部署不能恢复; 需要服务时用 queue_submit.py 重新提交。", details)
-    scaler = ReplicaScaler(client, deployment, log=ctx.progress.log)
+    scaler = ReplicaScaler(client, deployment, log=ctx.progress.log, progress=ctx.progress)
     scaler.observe()  # the containers' reported price, for the bounds below
     current = int(deployment.get("replica_num") or 0)
     try:

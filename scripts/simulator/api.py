@@ -14,6 +14,7 @@ import math
 from typing import Any, Callable
 
 from . import lifecycle as lc
+from .account import Account
 from .cluster import GIB, Image, PlacementFilter
 from .controllers import (
     CONTAINER,
@@ -165,11 +166,16 @@ def paginate(items: list, params: dict, render: Callable[[Any], Any] = lambda it
 class Api:
     """Endpoint handlers bound to one World; `base_url` is called when URLs are rendered."""
 
-    def __init__(self, world: World, dialect: str, stock_shape: str, base_url: Callable[[], str]) -> None:
+    def __init__(self, world: World, dialect: str, stock_shape: str, base_url: Callable[[], str],
+                 account: Account | None = None,
+                 service_address: Callable[[str], str] | None = None) -> None:
         self.world = world
+        self.account = account or Account()
         self.dialect = dialect
         self.stock_shape = stock_shape
         self.base_url = base_url
+        # container uuid -> its own service base URL (Simulator service_ports), else None.
+        self.service_address = service_address
 
     def _ts(self, simulated: float | None) -> str | None:
         return None if simulated is None else self.world.clock.timestamp(simulated)
@@ -399,7 +405,10 @@ class Api:
             return paginate(chosen, params, self.container_view)
 
     def container_view(self, container: Container) -> dict:
-        service = f"{self.base_url()}/svc/{container.uuid}"
+        if self.service_address is not None:
+            service = self.service_address(container.uuid)
+        else:
+            service = f"{self.base_url()}/svc/{container.uuid}"
         proxy_host = f"{container.data_center.lower()}.sim.autodl.local"
         return {
             "id": container.id, "uuid": container.uuid,
@@ -427,7 +436,9 @@ class Api:
         if self.dialect != "public":
             info.update(service_url=service, proxy_host=proxy_host, custom_port=container.custom_port)
         if self.dialect != "private":
-            info.update(service_6006_port_url=f"{service}/p6006", service_6008_port_url=f"{service}/p6008")
+            # With service_ports one port is one service, so both names point at it.
+            ports = ("", "") if self.service_address is not None else ("/p6006", "/p6008")
+            info.update(service_6006_port_url=service + ports[0], service_6008_port_url=service + ports[1])
         return info
 
     def list_events(self, params: dict) -> dict:
@@ -516,6 +527,22 @@ class Api:
             self.world.sync()
             stock = self.world.stock_by_gpu(wanted)
         return [{name: s} for name, s in stock.items()]
+
+
+    # account
+
+    def wallet_balance(self, params: dict) -> dict:
+        with self.world.lock:
+            self.world.sync()
+            return self.account.wallet(self.world.containers.values(), self.world.now)
+
+    def send_wechat_message(self, params: dict) -> None:
+        title = read_str(params, "title", required=True)
+        name = read_str(params, "name")
+        content = read_str(params, "content")
+        refusal = self.account.record_message(title, name, content, self.world.clock.now())
+        if refusal:
+            raise ApiError("BadRequest", refusal)
 
 
 def _within(value: int, bounds: tuple[int, int]) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from email.utils import format_datetime
 import sys
 import time
 import traceback
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from . import lifecycle as lc
+from .account import GATED_MSG, GATED_PATH_PREFIX
 from .api import Api, ApiError
 from .controllers import Container
 from .faults import FaultInjector
@@ -52,6 +54,10 @@ API_ROUTES: dict[tuple[str, str], tuple[str, frozenset]] = {
     ("GET", "/api/v1/dev/machine/gpu_stock"): ("global_stock", ALL_DIALECTS),
     ("POST", "/api/v1/dev/machine/region/gpu_stock"): ("region_stock", ALL_DIALECTS),
     ("GET", "/api/v1/dev/deployment/ddp/overview"): ("duration_packages", PUBLIC_ONLY),
+    # Account routes: the wallet is on the developer host; WeChat is on www.autodl.com,
+    # served here on the one simulated host.
+    ("POST", "/api/v1/dev/wallet/balance"): ("wallet_balance", ALL_DIALECTS),
+    ("POST", "/api/v1/wechat/message/send"): ("send_wechat_message", ALL_DIALECTS),
 }
 CREATE_ROUTE = ("POST", "/api/v1/dev/deployment")
 # Routes that change something: the ones `commit_delay_seconds` holds back before committing.
@@ -91,9 +97,11 @@ class SimHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], sim: "Simulator", api: Api,
-                 faults: FaultInjector, dialect: str) -> None:
+                 faults: FaultInjector, dialect: str, container_uuid: str | None = None) -> None:
         super().__init__(address, SimRequestHandler)
         self.sim, self.api, self.faults, self.dialect = sim, api, faults, dialect
+        # Set: this server is that container's own service port (Simulator service_ports).
+        self.container_uuid = container_uuid
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client hanging up (timeouts in tests, Ctrl-C) is routine, not a traceback.
@@ -109,6 +117,14 @@ class SimRequestHandler(BaseHTTPRequestHandler):
     # delayed ACK stalls every response by ~40 ms.
     disable_nagle_algorithm = True
     server_version = "AutoDLSim/1.0"
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header in simulated time, so clients can read the platform's clock
+        (cost and guards measure run time on it, not on the local clock)."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        clock = self.server.sim.clock
+        return format_datetime(clock.wall_time(clock.now()), usegmt=True)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         if self.server.sim.verbose:
@@ -149,7 +165,9 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             self._send_json(error.http_status, envelope(error.code, error.msg))
             return
         try:
-            if url.path.startswith("/svc/"):
+            if self.server.container_uuid is not None:  # a container's own port: all of it is its service
+                self._handle_service(method, f"/svc/{self.server.container_uuid}{url.path}", body)
+            elif url.path.startswith("/svc/"):
                 self._handle_service(method, url.path, body)
             elif url.path == "/_sim" or url.path.startswith("/_sim/"):
                 self._handle_control(method, url.path, body)
@@ -236,6 +254,9 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             time.sleep(delay)
 
         handler_name = self._route(method, path)
+        if self.server.sim.account.gated and path.startswith(GATED_PATH_PREFIX):
+            # No enterprise verification: elastic-deployment routes refuse, the rest work.
+            raise ApiError("BadRequest", GATED_MSG)
         if method == "GET":
             if body.strip():
                 raise ApiError("RequestParameterIsWrong", "请求参数错误：GET 请求的参数应放在查询字符串中")

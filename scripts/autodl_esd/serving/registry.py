@@ -141,9 +141,24 @@ def validate_registry(document: dict[str, Any]) -> None:
         raise ValueError(f"registry breaks registry.schema.json at '{where}': {errors[0].message}")
 
 
-def build_registry(client: Any, deployment_uuid: str, port: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """The registry as of now, from one full container listing."""
+def build_registry(
+    client: Any,
+    deployment_uuid: str,
+    port: int | None = None,
+    progress: Progress | None = None,
+    health: "HealthTracker | None" = None,
+) -> dict[str, Any]:
+    """The registry as of now, from one full container listing.
+
+    One look cannot know health without asking: with `health` each replica is probed once
+    (healthy true/false); without it `healthy` is null (unknown), never an unchecked true.
+    """
     services = running_services(client, deployment_uuid, port, progress)
+    if health is None:
+        for entry in services.values():
+            entry["healthy"] = None
+    elif services:
+        health.update(services)
     document = registry_document(deployment_uuid, list(services.values()), resynced_at=now_timestamp())
     validate_registry(document)
     return document

@@ -36,7 +36,7 @@ CONFIG = {
         "price_from": 100,
         "price_to": 9000,
         "image_uuid": IMAGE_UUID,
-        "cmd": "cd /root && python app.py --port 6006",
+        "cmd": "cd /root && /root/miniconda3/bin/python app.py --port 6006",
     },
 }
 

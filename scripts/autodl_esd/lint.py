@@ -28,6 +28,14 @@ _RELATIVE_SCRIPT = re.compile(
     r"|(?:^|[;&|]\s*)(\./[\w./-]+)"
 )
 _BARE_PYTHON3 = re.compile(r"(?:^|[;&|]\s*)python3\b")
+# `python` with no directory: whichever interpreter PATH finds first (usually the base env).
+_BARE_PYTHON = re.compile(r"(?:^|[;&|]\s*|\bnohup\s+|\bexec\s+)python(?![\w.-])")
+# A server told to listen on loopback only: the platform's port mapping cannot reach it.
+_LOOPBACK_BIND = re.compile(
+    r"(?:--host|--bind|--ip|--listen|--address|--addr|--server[-_]name|--server[-_]address|-b|-H)(?:=|\s+)"
+    r"[\"']?(?:127\.0\.0\.1|localhost)\b"
+    r"|(?<![\w/.-])(?:127\.0\.0\.1|localhost):600[68]\b(?!\S*/)"
+)
 _NETWORK_FETCH = re.compile(r"\bpip3?\s+install\b|\bgit\s+clone\b|huggingface-cli\s+download|\bhf\s+download\b|snapshot_download")
 _NETWORK_TURBO = re.compile(r"/etc/network_turbo")
 # Only ports 6006 and 6008 of a container get a service address.
@@ -92,6 +100,20 @@ def lint_cmd(cmd: str, deployment_type: str | None) -> list[Warning_]:
             "bare_python3", CMD_PATH,
             "AutoDL 镜像常常只有 python 没有 python3, 裸 python3 可能报 command not found (退出码 127)。",
             "用解释器的完整路径, 如 /root/miniconda3/bin/python。",
+        ))
+    if _BARE_PYTHON.search(cmd):
+        warnings.append(_warning(
+            "bare_python", CMD_PATH,
+            "cmd 用裸 python (没有路径): 它是 PATH 上的第一个解释器, 通常是 miniconda 基础环境, "
+            "不一定是装了你依赖的那个环境 (cmd 里 conda activate 也不生效)。",
+            "按文档写解释器的完整路径, 如 /root/miniconda3/bin/python (基础环境) 或 "
+            "/root/miniconda3/envs/my-env/bin/python; 确认镜像基础环境就是你要的, 可忽略本警告。",
+        ))
+    if deployment_type == "ReplicaSet" and _LOOPBACK_BIND.search(cmd):
+        warnings.append(_warning(
+            "service_binds_loopback", CMD_PATH,
+            "cmd 让服务只监听 127.0.0.1 / localhost: 平台的端口映射从容器外访问, 连不上回环地址, 服务地址会一直不可用。",
+            "监听所有地址: 如 `--host 0.0.0.0 --port 6006`。",
         ))
     if _NETWORK_FETCH.search(cmd) and not _NETWORK_TURBO.search(cmd):
         warnings.append(_warning(

@@ -28,7 +28,7 @@ def test_every_entry_script_is_a_tool_or_excluded_with_a_reason():
         f"entry scripts without an MCP tool: {missing}. Add a ToolPolicy for each to POLICIES in "
         "scripts/autodl_esd/mcp_tools.py (title, read_only/destructive/idempotent, mode if it changes the "
         "platform), or, for a long-running server or a library, an entry in NOT_TOOLS with the reason; "
-        "then regenerate the tool table in SKILL.md and README.md (see test_the_docs_show_the_tool_table)."
+        "then rewrite the tool tables in SKILL.md and README.md with: python3 tests/test_mcp_catalog.py"
     )
     assert set(CATALOG) == {mcp_tools.tool_name(name) for name in mcp_tools.POLICIES}
     assert not set(mcp_tools.POLICIES) & set(mcp_tools.NOT_TOOLS)
@@ -156,6 +156,20 @@ def test_the_docs_show_the_tool_table():
         assert TABLE_BEGIN in text and TABLE_END in text, f"{doc}: no {TABLE_BEGIN} ... {TABLE_END} block"
         shown = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
         assert shown == expected, (
-            f"{doc}: the MCP tool table is out of date; replace the block between the markers with:\n{expected}"
+            f"{doc}: the MCP tool table is out of date; rewrite it with: python3 tests/test_mcp_catalog.py\n{expected}"
         )
     assert f"`{INTERRUPTED_CALLS_TOOL}`" in (ROOT / "SKILL.md").read_text(encoding="utf-8")
+
+
+def write_tool_tables() -> None:
+    """`python3 tests/test_mcp_catalog.py` rewrites the table in SKILL.md and README.md."""
+    table = mcp_tools.markdown_table(mcp_tools.build_catalog())
+    for doc in ("SKILL.md", "README.md"):
+        path = ROOT / doc
+        head, rest = path.read_text(encoding="utf-8").split(TABLE_BEGIN, 1)
+        path.write_text(f"{head}{TABLE_BEGIN}\n{table}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}", encoding="utf-8")
+        print(f"{doc}: tool table written")
+
+
+if __name__ == "__main__":
+    write_tool_tables()

@@ -140,6 +140,7 @@ def test_read_tools_answer_from_the_simulator(session, service):
     assert len(session.ok("discover_services", {"name": name})["services"]) == 2
     assert session.ok("find_faulty_hosts", {"name": name})["count"] == 0
     assert session.ok("list_blacklist")["status"] == "success"
+    assert session.ok("wallet_balance")["balance_yuan"] is not None
 
 
 def test_passwords_stay_redacted_unless_show_password(session, service):

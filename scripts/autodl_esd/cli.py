@@ -86,6 +86,7 @@ def non_negative_seconds(text: str) -> float:
     return _seconds(text, allow_zero=True)
 
 
+@_described_as({"type": "number", "exclusiveMinimum": 0})
 def positive_float(text: str) -> float:
     """argparse type for amounts and limits (yuan, hours, minutes): a finite number > 0."""
     try:

@@ -113,6 +113,7 @@ POLICIES: dict[str, ToolPolicy] = {
     "ddp_overview.py": ToolPolicy("多机分布式训练总览", **READ_ONLY),
     "list_blacklist.py": ToolPolicy("列出调度黑名单", **READ_ONLY),
     "discover_services.py": ToolPolicy("服务发现 (一次)", **READ_ONLY, hidden=WATCH_HIDDEN),
+    "wallet_balance.py": ToolPolicy("查询账户余额", **READ_ONLY),
     # Repeating a scale with the same N is harmless, but a blind retry after someone else
     # scaled undoes their change: not idempotent-safe.
     "set_replicas.py": ToolPolicy("设置副本数", read_only=False, destructive=True, idempotent=False,

@@ -81,11 +81,25 @@ def sample(prop: dict):
     return "-dash-value"  # a value starting with '-' must stay a value
 
 
+# Values for arguments whose script parses the text itself (the schema says only "string").
+PRIVATE_TYPE_SAMPLES = {"since": "2026-12-01"}
+
+
+def private_type(option: mcp_tools.Option) -> bool:
+    parse = option.action.type
+    return parse not in (None, str, int, float) and not hasattr(parse, "json_schema")
+
+
 def sample_arguments(tool: mcp_tools.Tool) -> dict:
     """Every argument at once, one member per mutually exclusive group."""
     skip = {member for group in tool.exclusive_groups for member in group[1:]}
-    return {key: sample(prop) for key, prop in tool.input_schema["properties"].items()
-            if key not in skip and key != "confirm"}
+    arguments = {key: sample(prop) for key, prop in tool.input_schema["properties"].items()
+                 if key not in skip and key != "confirm"}
+    for option in tool.options:
+        if private_type(option) and option.dest in arguments:
+            assert option.dest in PRIVATE_TYPE_SAMPLES, f"{tool.name}: add a valid --{option.dest} to PRIVATE_TYPE_SAMPLES"
+            arguments[option.dest] = PRIVATE_TYPE_SAMPLES[option.dest]
+    return arguments
 
 
 @pytest.mark.parametrize("name", CATALOG)
@@ -96,8 +110,10 @@ def test_tool_arguments_become_the_same_command_line_values(name, confirm):
     arguments = sample_arguments(tool)
     assert not argument_problems(tool.input_schema, arguments)
     parsed = mcp_tools.load_script(tool.script).build_parser().parse_args(tool.argv_for(arguments, confirm=confirm))
+    options = {option.dest: option for option in tool.options}
     for key, value in arguments.items():
-        assert getattr(parsed, key) == value, f"{name}.{key}"
+        expected = options[key].action.type(value) if private_type(options[key]) else value
+        assert getattr(parsed, key) == expected, f"{name}.{key}"
     mode = tool.mode(arguments)
     if tool.has_yes:
         assert parsed.yes is (confirm and mode in (mcp_tools.SCRIPT_PREVIEWS, mcp_tools.SERVER_PREVIEWS))
@@ -122,15 +138,20 @@ def test_a_new_flag_shows_up_in_the_tool_by_itself(monkeypatch):
     assert "--brand-new=2" in rebuilt.argv_for({"brand_new": 2}, confirm=False)
 
 
-def test_an_argparse_type_without_a_schema_is_refused(monkeypatch):
-    def parser():
-        p = argparse.ArgumentParser()
-        p.add_argument("--odd", type=lambda text: text)
-        return p
+def test_every_shared_argparse_type_has_a_schema():
+    """cli's argparse types say what they accept; a script's private parser falls back to a string."""
+    from autodl_esd import cli
 
-    monkeypatch.setattr(mcp_tools, "load_script", lambda path: type("M", (), {"build_parser": staticmethod(parser)}))
-    with pytest.raises(mcp_tools.UnsupportedArgument, match="json_schema"):
-        mcp_tools.build_tool("odd", CATALOG["list_images"].script, CATALOG["list_images"].policy)
+    for name, value in vars(cli).items():
+        if callable(value) and getattr(value, "__module__", "") == cli.__name__ and not name.startswith("_") \
+                and name.endswith(("_int", "_seconds", "_float")):
+            assert hasattr(value, "json_schema"), f"cli.{name} has no json_schema: decorate it with @_described_as({{...}})"
+    assert hasattr(cli.int_between(1, 5), "json_schema")
+    for tool in CATALOG.values():
+        for option in tool.options:
+            parse = option.action.type
+            if getattr(parse, "__module__", "") == cli.__name__:
+                assert hasattr(parse, "json_schema"), f"{tool.name}.{option.dest}"
 
 
 def test_annotations_are_truthful():

@@ -88,6 +88,10 @@ def build_parser() -> JsonArgumentParser:
     parser.add_argument("--stock-shape", choices=("list", "dict"), default="list",
                         help="shape of GET .../machine/gpu_stock data (default list)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument("--balance-yuan", type=float, default=None,
+                        help="wallet balance at start in yuan (default 500); running containers draw it down")
+    parser.add_argument("--gated", action="store_true",
+                        help="account without enterprise verification: deployment routes answer 无当前资源访问权限")
     return parser
 
 
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             speed=args.speed or DEFAULT_SPEED, seed=args.seed, faults=args.faults,
             host=args.host, port=args.port, dialect=args.dialect,
             stock_shape=args.stock_shape, verbose=args.verbose,
+            balance_yuan=args.balance_yuan, gated=args.gated,
         )
     except ClusterConfigError as exc:
         return fail("config_error", "集群文件不可用", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",

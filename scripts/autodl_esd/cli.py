@@ -13,6 +13,7 @@ single JSON document of the output contract.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import traceback
@@ -71,6 +72,17 @@ def positive_seconds(text: str) -> float:
 def non_negative_seconds(text: str) -> float:
     """argparse type for limits where 0 means 'no limit'."""
     return _seconds(text, allow_zero=True)
+
+
+def positive_float(text: str) -> float:
+    """argparse type for amounts and limits (yuan, hours, minutes): a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"必须是大于 0 的有限数: {text!r}")
+    return value
 
 
 def _integer(text: str, minimum: int, maximum: int | None = None) -> int:

@@ -82,6 +82,8 @@ class ApiClient:
         self.settings = settings
         self.progress = progress or Progress(quiet=True)
         self._session = session
+        self.last_server_date: str | None = None
+        self.last_server_date_at = 0.0
 
     @property
     def host(self) -> str:
@@ -181,6 +183,9 @@ class ApiClient:
 
     def _parse(self, method: str, path: str, response: Any) -> Any:
         status = response.status_code
+        # The platform's clock (HTTP Date): run times and spend are measured on it.
+        self.last_server_date = (response.headers or {}).get("Date")
+        self.last_server_date_at = time.monotonic()
         try:
             envelope = response.json()
         except ValueError:

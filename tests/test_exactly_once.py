@@ -254,3 +254,22 @@ def test_submission_error_says_nothing_was_created(run, api, config_file, result
     assert code == 3 and out["error_type"] == "submission_error"
     assert out["details"]["may_have_been_created"] is False and out["details"]["name"] == "svc"
     result_validator.validate(out)
+
+
+def test_a_failed_check_before_a_retry_says_the_earlier_create_may_have_landed(run, api, config_file, monkeypatch, result_validator):
+    from autodl_esd import http
+
+    monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
+    expect_checks(api, idle=3)
+    expect_create(api, **TIMEOUT)
+    api.post(DEPLOYMENTS, json=deployments())  # reconcile: nothing yet
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, status=503, json=envelope(code="ServiceUnavailable"))  # the check before the retry
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 3 and out["error_type"] == "api_error"
+    assert out["details"]["may_have_been_created"] is True and out["details"]["name"] == "svc"
+    assert "list_deployments.py --name svc" in out["hint"]
+    assert len(create_calls(api)) == 1
+    result_validator.validate(out)

@@ -380,6 +380,7 @@ def test_no_capacity_suggestion_names_upper_bounds_and_the_likely_culprit(run, a
     config["container_template"].update(memory_size_to=16, price_to=500)
     expect_checks(api, idle=4)
     for attempt in range(3):
+        api.post(DEPLOYMENTS, json=deployments())
         api.post(CREATE, json=envelope(code="BadRequest", msg="当前算力规格暂无库存"),
                  match=[matchers.json_params_matcher(config)])
         if attempt < 2:

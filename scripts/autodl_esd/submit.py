@@ -297,6 +297,18 @@ class Submitter:
             raise self._exists_error(live_new, "本次的创建都被平台明确拒绝, 但期间出现了同名部署 (不是本次创建的)")
         return None
 
+    def _check_failed(self, error: ApiError) -> ApiError:
+        """The name check before a create failed: nothing more is sent; say what was."""
+        maybe = self._ambiguous_creates > 0
+        error.details.update(may_have_been_created=maybe, name=self.config["name"])
+        if maybe:
+            error.details["lookup"] = self._lookup_command()
+            error.hint = (f"之前一次结果不明的创建可能已经落地, 不要直接重新提交: 先用 {self._lookup_command()} 核对。"
+                          + error.hint)
+        else:
+            error.hint = "本次没有创建任何部署 (创建前的同名检查失败), 稍后重新运行同一命令即可。" + error.hint
+        return error
+
     def _exists_error(self, live: list[dict[str, Any]], why: str) -> AutoDLError:
         return AutoDLError(
             ErrorType.DEPLOYMENT_EXISTS,
@@ -450,7 +462,10 @@ class Submitter:
         while True:
             stock, gpu_name = self.wait_for_stock(stock, started)
             waited = self.clock() - started
-            landed = self.check_before_create()
+            try:
+                landed = self.check_before_create()
+            except ApiError as error:
+                raise self._check_failed(error) from None
             if landed:
                 self._settle_create(landed)
                 return landed, True, waited

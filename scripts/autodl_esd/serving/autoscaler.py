@@ -392,6 +392,7 @@ class Autoscaler:
         result["target"] = target
         result["applied"] = outcome.get("took_effect") is True
         if result["applied"]:
+            view.replica_num = target  # read back: the platform holds it now
             self.changes += 1
             self.last_change_at = now
             self.max_replica_num_set = max(self.max_replica_num_set, target)

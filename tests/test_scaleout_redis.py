@@ -384,3 +384,42 @@ def test_help_imports_neither_redis_nor_the_scale_out_modules(script):
              "print([m for m in ('redis', 'autodl_esd.serving.redis_registry', 'autodl_esd.serving.haproxy') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:] + done.stderr[-500:]
+
+
+def test_gateway_follows_the_redis_registry_by_notification(sim, deploy, redis_server, key_prefix):
+    pytest.importorskip("aiohttp")
+    instance = sim()
+    deployment_uuid = deploy(2)
+    watcher = start_watcher(instance, deployment_uuid, redis_server.url, key_prefix)
+    # The gateway gets no AutoDL token: it must not poll the API itself.
+    env = {**os.environ, "AUTODL_TOKEN": "", "AUTODL_HOST": "http://127.0.0.1:9"}
+    gateway = subprocess.Popen([sys.executable, str(SCRIPTS / "serve_gateway.py"), "--deployment-uuid", deployment_uuid,
+                                "--registry-redis", redis_server.url, "--key-prefix", key_prefix, "--listen", "127.0.0.1:0",
+                                "--interval", "30", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(gateway.stdout.readline() or "{}")
+        assert ready.get("status") == "success", gateway.stderr.read() if gateway.poll() is not None else ready
+
+        def served_by() -> set[str]:
+            seen = set()
+            for _ in range(8):
+                with urllib.request.urlopen(ready["url"] + "/predict", timeout=10) as response:
+                    seen.add(response.headers["X-Served-By"])
+            return seen
+
+        first = running_uuids(instance, deployment_uuid)
+        wait_for(lambda: served_by() == first, 10, "the gateway to route to both replicas")
+        victim = sorted(first)[0]
+        instance.crash_container(victim)
+        # --interval 30: only a notification (not the gateway's own poll) can bring the change in time.
+        wait_for(lambda: len(running_uuids(instance, deployment_uuid)) == 2
+                 and served_by() == running_uuids(instance, deployment_uuid), 10, "the gateway to follow the churn")
+        with urllib.request.urlopen(ready["url"] + "/_gateway/status", timeout=5) as response:
+            status = json.loads(response.read())
+        assert "Redis" in json.dumps(status, ensure_ascii=False)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        out, _ = gateway.communicate(timeout=15)
+        watcher.send_signal(signal.SIGTERM)
+        watcher.communicate(timeout=10)
+    assert json.loads(out)["status"] == "success"

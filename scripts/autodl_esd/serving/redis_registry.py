@@ -548,3 +548,59 @@ class RedisWatch:
             "lost_lock": self.lost, "published": self.publisher.published, "notifications": self.publisher.notifications,
             **({"last_error": self.redis_error} if self.redis_error else {}),
         }
+
+
+# --- serve_gateway.py --registry-redis -------------------------------------------------
+
+
+def redis_source(url: str, deployment_uuid: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> Any:
+    """A gateway replica source following the Redis registry by notification."""
+    from .sources import ReplicaSource, view_from_document
+
+    class RedisSource(ReplicaSource):
+        """The registry discover_services.py --watch --redis keeps, applied as each change arrives.
+
+        Staleness comes from the registry itself and from the watcher's heartbeat (a lapsed
+        one marks it stale), not from the age of the last notification: a quiet deployment
+        sends none, and that is not a fault.
+        """
+
+        stale_after = float("inf")
+
+        def __init__(self) -> None:
+            self.client = connect(url)
+            self.keys = RedisKeys(deployment_uuid, key_prefix)
+            self.description = f"Redis {describe_url(url)} {self.keys.registry}"
+            self._view: Any = None
+            self._error: Optional[str] = None
+            self._subscription = RegistrySubscription(self.client, self.keys, self._consume, self._report)
+
+        def _consume(self, document: dict[str, Any]) -> None:
+            try:
+                self._view = view_from_document(document, time.monotonic())
+            except ValueError as problem:
+                self._error = f"ValueError: {problem}"
+
+        def _report(self, message: Optional[str]) -> None:
+            self._error = message
+
+        def start(self) -> None:
+            self._subscription.start()
+
+        def wait_first(self, timeout: float) -> bool:
+            deadline = time.monotonic() + timeout
+            while self._view is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return self._view is not None
+
+        def stop(self) -> None:
+            self._subscription.close()
+            self.client.close()
+
+        def current(self) -> Any:
+            return self._view
+
+        def last_error(self) -> Optional[str]:
+            return self._error
+
+    return RedisSource()

@@ -11,7 +11,8 @@ from .errors import AutoDLError, ErrorType
 SKILL_ROOT = Path(__file__).resolve().parents[2]
 
 # Import name -> pip distribution name (they differ for python-dotenv).
-_DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema"}
+_DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema",
+                 "aiohttp": "aiohttp", "prometheus_client": "prometheus-client"}
 
 
 def require(module_name: str) -> ModuleType:

@@ -54,6 +54,16 @@ def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> Js
     return parser
 
 
+def _described_as(schema: dict[str, Any]) -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
+    """Attach the JSON Schema of what an argparse type accepts (the MCP tools are built from it)."""
+
+    def attach(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+        parse.json_schema = schema  # type: ignore[attr-defined]
+        return parse
+
+    return attach
+
+
 def _seconds(text: str, *, allow_zero: bool) -> float:
     try:
         value = float(text)
@@ -64,16 +74,19 @@ def _seconds(text: str, *, allow_zero: bool) -> float:
     return value
 
 
+@_described_as({"type": "number", "exclusiveMinimum": 0})
 def positive_seconds(text: str) -> float:
     """argparse type for durations: fractional seconds, strictly positive."""
     return _seconds(text, allow_zero=False)
 
 
+@_described_as({"type": "number", "minimum": 0})
 def non_negative_seconds(text: str) -> float:
     """argparse type for limits where 0 means 'no limit'."""
     return _seconds(text, allow_zero=True)
 
 
+@_described_as({"type": "number", "exclusiveMinimum": 0})
 def positive_float(text: str) -> float:
     """argparse type for amounts and limits (yuan, hours, minutes): a finite number > 0."""
     try:
@@ -97,11 +110,13 @@ def _integer(text: str, minimum: int, maximum: int | None = None) -> int:
     return value
 
 
+@_described_as({"type": "integer", "minimum": 1})
 def positive_int(text: str) -> int:
     """argparse type for counts and page numbers: an integer >= 1."""
     return _integer(text, 1)
 
 
+@_described_as({"type": "integer", "minimum": 0})
 def non_negative_int(text: str) -> int:
     """argparse type for offsets and replica counts: an integer >= 0."""
     return _integer(text, 0)
@@ -114,7 +129,7 @@ def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
         return _integer(text, minimum, maximum)
 
     parse.__name__ = f"integer {minimum}..{maximum}"
-    return parse
+    return _described_as({"type": "integer", "minimum": minimum, "maximum": maximum})(parse)
 
 
 def add_deployment_selector(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -27,8 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +39,7 @@ from ..containers import STOPPING_STATUSES, primary_service_url
 from ..deps import SKILL_ROOT, require
 from ..errors import AutoDLError, Interrupted
 from ..output import Progress
+from ..platform_time import now_timestamp
 
 REGISTRY_SCHEMA = SKILL_ROOT / "schemas" / "registry.schema.json"
 RUNNING = "running"
@@ -50,22 +50,12 @@ MACHINE_ID_PATTERN = re.compile(r"^[0-9a-f]{10}$")
 SERVE_POLL_SECONDS = 0.1
 
 
-# AutoDL runs on China Standard Time and stamps everything (started_at, since, events) with
-# +08:00. Our own stamps (generated_at, resynced_at, a fallback since) use the same offset,
-# whatever this machine's zone, so one document never mixes +00:00 and +08:00.
-PLATFORM_TZ = timezone(timedelta(hours=8))
-
 # The endpoint's pools read the registry this process builds; their (English) library
 # warnings, e.g. "registry is stale", repeat what the watcher already logs in Chinese, so
 # they go nowhere instead of onto the script's stderr.
 QUIET_POOL_LOG = logging.getLogger(__name__ + ".endpoint_pool")
 QUIET_POOL_LOG.addHandler(logging.NullHandler())
 QUIET_POOL_LOG.propagate = False
-
-
-def now_timestamp() -> str:
-    """Now, as the platform writes it: RFC 3339 seconds with +08:00."""
-    return datetime.now(PLATFORM_TZ).isoformat(timespec="seconds")
 
 
 def _timestamp_or_now(value: Any) -> str:
@@ -141,9 +131,24 @@ def validate_registry(document: dict[str, Any]) -> None:
         raise ValueError(f"registry breaks registry.schema.json at '{where}': {errors[0].message}")
 
 
-def build_registry(client: Any, deployment_uuid: str, port: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """The registry as of now, from one full container listing."""
+def build_registry(
+    client: Any,
+    deployment_uuid: str,
+    port: int | None = None,
+    progress: Progress | None = None,
+    health: "HealthTracker | None" = None,
+) -> dict[str, Any]:
+    """The registry as of now, from one full container listing.
+
+    One look cannot know health without asking: with `health` each replica is probed once
+    (healthy true/false); without it `healthy` is null (unknown), never an unchecked true.
+    """
     services = running_services(client, deployment_uuid, port, progress)
+    if health is None:
+        for entry in services.values():
+            entry["healthy"] = None
+    elif services:
+        health.update(services)
     document = registry_document(deployment_uuid, list(services.values()), resynced_at=now_timestamp())
     validate_registry(document)
     return document
@@ -253,6 +258,8 @@ class WatchOptions:
     max_cycles: int | None = None
     duration: float | None = None
     health: HealthTracker | None = None
+    # Called with every registry published (after --out is written): Redis, HAProxy (scale-out).
+    sinks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
 
 
 class RegistryWatcher:
@@ -360,6 +367,12 @@ class RegistryWatcher:
         if self.options.out:
             write_atomically(self.options.out, document)
         self.document = document
+        for sink in self.options.sinks:
+            sink(document)
+
+    def forget_position(self) -> None:
+        """Start over from a full listing on the next cycle (e.g. after standing by)."""
+        self._offset, self._resync_due = None, True
 
     def run(self) -> str:
         """Cycle until a bound is reached, `stop_event` is set or a signal arrives; says which."""

@@ -156,7 +156,9 @@ def test_scale_to_zero_and_the_first_request_after_it_is_held_then_served(sim):
     config = AutoscaleConfig(min_replicas=0, max_replicas=2, scale_to_zero_after=0.3, look_back=0.2, upscale_delay=0.2,
                              downscale_delay=5)
     with InProcessGateway(uuid, config, queue_timeout=10) as gw:
-        instance.wait_until(lambda: replica_num(instance, uuid) == 0 and running(instance, uuid) == 0, 10)
+        # Someone watching /_gateway/status meanwhile is not traffic: it must not keep a replica up.
+        instance.wait_until(lambda: gw.get("/_gateway/status")[0] == 200 and replica_num(instance, uuid) == 0
+                            and running(instance, uuid) == 0, 10)
         # The gateway learns of the stopped container from the registry a moment later.
         instance.wait_until(lambda: not gw.get("/_gateway/status")[1]["replicas"], 5)
         began = time.monotonic()

@@ -596,7 +596,7 @@ def snapshot_of(gateway: Any) -> LoadSnapshot:
             healthy=replica.healthy,
         ))
     return LoadSnapshot(queued=table.queued, inflight=sum(r.inflight for r in table.all_replicas()),
-                        replicas=tuple(replicas), requests_total=gateway.totals.requests)
+                        replicas=tuple(replicas), requests_total=gateway.totals.proxied)
 
 
 class GatewayAutoscaler:

@@ -58,6 +58,9 @@ def build_parser() -> cli.JsonArgumentParser:
                         help="跟随 discover_services.py --watch --redis 写在 Redis 里的注册表 (按变化通知, 不轮询), "
                              "部署由 --deployment-uuid / --name / --config 指定; 网关自己不再轮询 AutoDL")
     parser.add_argument("--key-prefix", default="autodl-esd", metavar="P", help="--registry-redis 的键前缀 (默认 autodl-esd, 与 discover_services.py 相同)")
+    parser.add_argument("--shared-inflight", action="store_true",
+                        help="与其他网关和 service_pool (shared_inflight=True) 在 Redis 中共享每个副本的在途请求数, "
+                             "least_inflight / queue_aware 看到所有客户端的负载 (需 --registry-redis; 每轮约 50 ms 同步一次, 不阻塞请求)")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                         help=f"监听地址 (默认 {DEFAULT_LISTEN}; 端口 0 自动选择; IPv6 写 [::1]:8000)")
     parser.add_argument("--port", type=int, choices=(6006, 6008), help="用副本哪个端口的服务地址 (默认 6006, 没有时用 6008)")

@@ -58,6 +58,8 @@ def build_options(args: Any) -> Any:
                          "用 --registry-redis 时用 --deployment-uuid / --name / --config 指定部署。")
     if not getattr(args, "registry_redis", None) and getattr(args, "key_prefix", "autodl-esd") != "autodl-esd":
         raise UsageError("--key-prefix 需要和 --registry-redis 一起使用。")
+    if getattr(args, "shared_inflight", False) and not getattr(args, "registry_redis", None):
+        raise UsageError("--shared-inflight 需要 --registry-redis (在途计数放在同一个 Redis 里)。")
     if args.registry_url and urlsplit(args.registry_url).scheme not in ("http", "https"):
         raise UsageError(f"--registry-url 不是 http(s) 地址: {args.registry_url!r}", "例: --registry-url http://127.0.0.1:8765")
     for flag, path in (("--health-path", args.health_path), ("--load-path", args.load_path)):
@@ -142,7 +144,12 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
     from .gateway import Gateway
 
     progress = ctx.progress
-    gateway = Gateway(source, options, log=progress.log, access_log=None if args.quiet else progress.log)
+    ledger = None
+    if getattr(args, "shared_inflight", False):  # counts shared with other gateways and pools, in Redis
+        from .redis_registry import RedisInflightLedger
+
+        ledger = RedisInflightLedger(args.registry_redis, options.deployment_uuid, args.key_prefix)
+    gateway = Gateway(source, options, ledger=ledger, log=progress.log, access_log=None if args.quiet else progress.log)
     if autoscaler is not None:
         gateway.add_extension(autoscaler)
     source.start()
@@ -152,6 +159,8 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
         summary = asyncio.run(_serve(gateway, options, progress))
     finally:
         source.stop()
+        if ledger is not None:
+            ledger.close()
     if autoscaler is not None:
         summary["autoscaler"] = autoscaler.final or autoscaler.autoscaler.summary()
     return summary

@@ -360,7 +360,8 @@ def build_tool(name: str, script: Path, policy: ToolPolicy) -> Tool:
                              if {a.dest for a in g._group_actions} >= set(members))
         description += f"\n参数 {' / '.join(members)} {'必须且只能给一个' if group_required else '最多给一个'}。"
     if policy.mutating:
-        description += "\n会改变平台状态: confirm 默认 false, 只返回预览 (queue_submit 为 dry run), 不做改变。"
+        description += ("\n会改变平台状态: confirm 默认 false, 只返回预览 (queue_submit 为 dry run), 不做改变; "
+                        "说明中的 --yes 即 confirm: true。")
     description += f"\n等同于命令 python {script.relative_to(SKILL_ROOT).as_posix()}; 结果是脚本输出的同一个 JSON 文档。"
     input_schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Tool(name, script, policy, description, options, exclusive_groups, has_yes, input_schema)

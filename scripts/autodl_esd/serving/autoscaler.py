@@ -285,6 +285,7 @@ class Autoscaler:
         self._stopping = threading.Event()
         self._last_emitted_key: Optional[tuple] = None
         self.decisions_by_action: dict[str, int] = {}
+        self.change_in_flight: Optional[dict] = None  # a replica_num change sent, outcome not yet known
 
     # ---- one step --------------------------------------------------------
 
@@ -379,6 +380,8 @@ class Autoscaler:
             result["last_stock"] = stock
         else:
             self.pending = None
+        self.change_in_flight = {"replica_num_from": view.replica_num, "replica_num_to": target, "took_effect": "unknown",
+                                 "check": f"python scripts/list_deployments.py --deployment-uuid {self.scaler.deployment_uuid}"}
         outcome = self.scaler.set_replicas(target)
         if target == 0 and outcome.get("refused"):
             if not self.zero_refused:
@@ -388,6 +391,7 @@ class Autoscaler:
             if view.replica_num != 1:
                 outcome = {"fallback_from": 0, **self.scaler.set_replicas(1)}
                 target = 1
+        self.change_in_flight = None
         result["outcome"] = outcome
         result["target"] = target
         result["applied"] = outcome.get("took_effect") is True
@@ -544,6 +548,14 @@ class Autoscaler:
     def summary(self) -> dict:
         view = self.view
         last = view.replica_num if view else None
+        if self.change_in_flight is not None:
+            # Stopped while a change was on its way: what is known, never a guess.
+            change = dict(self.change_in_flight)
+            return {"final_replica_num": None, "left_at_last_size": True, "change_in_flight": change,
+                    "note": f"自动扩缩容停止时, 把副本数从 {change['replica_num_from']} 改为 {change['replica_num_to']} 的请求已发出, "
+                    f"是否生效未知: 先用 {change['check']} 查看, 不要直接重复。",
+                    "changes": self.changes, "spent_yuan": round(self.spent, 4), "zero_refused": self.zero_refused,
+                    "blacklist_candidates": list(self.blacklist_candidates.values())}
         return {
             "final_replica_num": last,
             "left_at_last_size": True,
@@ -695,7 +707,11 @@ def prepare_gateway_autoscaler(args: Any, ctx: Any, deployment_uuid: Optional[st
     check_autoscale_arguments(args)
     if not args.autoscale:
         return None
-    client = ctx.client()
+    from ..http import ApiClient
+
+    # Its own client: the autoscaler calls the platform from a worker thread while the
+    # registry watcher uses ctx.client() from its own; a requests.Session is not shared.
+    client = ApiClient(ctx.client().settings, progress=ctx.progress)
     deployment = deployment_by_uuid(client, deployment_uuid) if deployment_uuid else None
     if deployment is None:
         raise deployment_gone(str(deployment_uuid))

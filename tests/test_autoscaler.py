@@ -389,3 +389,18 @@ def test_autoscale_flags_that_make_no_sense_are_usage_errors_before_any_call(run
     code, out, _ = run("serve_gateway.py", *argv, "--listen", "127.0.0.1:0")
     assert code == 1 and out["error_type"] == "usage_error"
     assert says in out["message"] + out.get("hint", "")
+
+
+def test_scale_to_zero_is_skipped_when_the_gateway_sees_a_request_arrive_and_routing_is_restored_on_failure(harness):
+    h = harness(AutoscaleConfig(min_replicas=0, max_replicas=2, scale_to_zero_after=60))
+    calls = []
+    h.scaler.before_zero = lambda: calls.append("detach") or False  # a request just came in
+    h.scaler.zero_failed = lambda: calls.append("reattach")
+    h.run(100, load=0)
+    assert h.replica_num() == 1 and calls and set(calls) == {"detach"}
+    skipped = [line for line in h.lines if line.get("not_applied_because") == "request_arrived"]
+    assert len(skipped) == 1  # logged once, not every tick
+    h.scaler.before_zero = lambda: True
+    h.scaler.scaler.set_replicas = lambda target: {"requested_replica_num": target, "took_effect": False, "refused": False}
+    h.run(STEP)
+    assert calls[-1] == "reattach"  # the change did not land: route to the replicas again

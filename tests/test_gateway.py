@@ -400,3 +400,31 @@ def test_status_and_metrics_use_the_documented_names(loop_thread):
     assert status["status"] == "success" and status["registry"]["stale"] is False
     assert set(status["load"]) >= {"inflight", "queued", "reported_running", "reported_waiting", "replicas_by_state"}
     assert requests.get(gateway.url + "/_gateway/nope", timeout=5).json()["error_type"] == "not_found"
+
+
+def test_queue_aware_weights_the_queue_by_each_replicas_time_per_request():
+    from autodl_esd.serving.policies import LoadReport
+
+    t = table("queue_aware")
+    t.update([item("fast", "http://f"), item("slow", "http://s")])
+    fast, slow = t.replicas["fast"], t.replicas["slow"]
+    fast.service_seconds, slow.service_seconds = 0.01, 0.06
+    now = time.monotonic()
+    t.record_report(fast, LoadReport(running=1, waiting=3, at=now))  # (4+1) x 10 ms = 50 ms
+    t.record_report(slow, LoadReport(running=1, waiting=0, at=now))  # (1+1) x 60 ms = 120 ms
+    assert t.try_start().replica is fast
+    slow.service_seconds = None  # not measured yet: plain queue length decides
+    assert t.try_start().replica is slow
+
+
+def test_service_time_is_learned_from_durations_divided_by_the_work_ahead():
+    clock = [0.0]
+    t = table(clock=lambda: clock[0])
+    t.update([item("a", "http://a")])
+    first, second = t.try_start(), t.try_start()  # the second had one request ahead of it
+    clock[0] = 0.1
+    t.finish(first, "success")
+    clock[0] = 0.2
+    t.finish(second, "success")
+    assert first.ahead == 0 and second.ahead == 1
+    assert t.replicas["a"].service_seconds == pytest.approx(0.1)

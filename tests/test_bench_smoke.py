@@ -19,6 +19,7 @@ BENCHES = [
     ("load_balancing.py", ["--requests", "16", "--threads", "2", "--trials", "1"]),
     ("gateway.py", ["--requests", "20", "--seconds", "0.3", "--policy-requests", "16", "--streams", "4", "--direct-clients", "1"]),
     ("scale_out.py", ["--requests", "3", "--threads", "1", "--sequential", "20", "--leases", "20"]),
+    ("mcp_overhead.py", ["--calls", "1"]),
 ]
 # Benches that start real servers: they run wherever the scale-out tests do.
 NEEDS_SERVERS = {"scale_out.py": ("redis-server", "haproxy")}

@@ -30,7 +30,7 @@ from autodl_esd import mcp_tools  # noqa: E402
 TOKEN = "mcp-test-token-5f0c9e1d2b7a"
 SERVICE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 RESULT_SCHEMA = jsonschema.Draft202012Validator(json.loads((ROOT / "schemas" / "result.schema.json").read_text(encoding="utf-8")))
-MUTATING_POSTS = {"/api/v1/dev/deployment", "/api/v1/dev/deployment/blacklist"}
+MUTATING_POSTS = {"/api/v1/dev/deployment", "/api/v1/dev/deployment/blacklist", "/api/v1/wechat/message/send"}
 FAST = {"interval": 0.05}
 
 
@@ -45,6 +45,8 @@ class Session:
     def __init__(self, portal, client, stderr_path: Path) -> None:
         self.portal, self.client, self.stderr_path = portal, client, stderr_path
         self.seen: list[str] = []  # every result text and progress message, for the secret check
+        self.called: set[str] = set()
+        self.previewed: set[str] = set()  # mutating tools called without confirm
 
     def call(self, name, arguments=None, progress=None):
         async def on_progress(value, total, message):
@@ -52,6 +54,9 @@ class Session:
             if progress:
                 progress(message or "")
 
+        self.called.add(name)
+        if not (arguments or {}).get("confirm"):
+            self.previewed.add(name)
         result = self.portal.call(lambda: self.client.call_tool(name, arguments, progress_callback=on_progress))
         text = result.content[0].text
         self.seen.append(text)
@@ -166,6 +171,8 @@ def test_mutating_tools_without_confirm_make_no_mutating_request(session, platfo
         "stop_container": {"container_uuid": container, "decrease_one_replica_num": True},
         "blacklist_host": {"container_uuid": container},
     }
+    previews["guard_deployment"] = {"deployment_uuid": uuid, "max_runtime": 6}
+    previews["notify"] = {"title": "测试", "content": "不会发出", "name": "mcp-service"}
     for name, arguments in {**previews, "set_replicas ": {"deployment_uuid": uuid, "replica_num": 0}}.items():
         document = session.call(name.strip(), arguments)
         assert document["error_type"] == "confirmation_required", (name, document)
@@ -255,6 +262,16 @@ def wait_for_interrupted(session, deployment_name, timeout=20.0):
                 return item
         time.sleep(0.05)
     pytest.fail(f"no interrupted call recorded for {deployment_name}")
+
+
+def test_every_tool_was_exercised_here(session):
+    """A new script's tool needs a call above: read tools in the read test, mutating ones in the
+    no-confirm test (and its preview must make no mutating request)."""
+    catalog = mcp_tools.build_catalog()
+    read_only = {name for name, tool in catalog.items() if not tool.policy.mutating}
+    mutating = set(catalog) - read_only
+    assert read_only <= session.called, f"read tools never called over MCP: {sorted(read_only - session.called)}"
+    assert mutating <= session.previewed, f"mutating tools never called without confirm: {sorted(mutating - session.previewed)}"
 
 
 def test_the_token_never_appears_in_results_progress_or_logs(session):

@@ -163,7 +163,7 @@ def test_annotations_are_truthful():
             assert "confirm" in tool.input_schema["properties"], name
             assert "destructiveHint" in hints, name
     destructive = {n for n, t in CATALOG.items() if t.policy.destructive}
-    assert destructive == {"set_replicas", "stop_container", "stop_deployment", "delete_deployment"}
+    assert destructive == {"set_replicas", "stop_container", "stop_deployment", "delete_deployment", "guard_deployment"}
     assert not CATALOG["set_replicas"].policy.idempotent
     assert not CATALOG["queue_submit"].policy.idempotent
     assert CATALOG["validate_config"].annotations["openWorldHint"] is False
@@ -194,3 +194,17 @@ def write_tool_tables() -> None:
 
 if __name__ == "__main__":
     write_tool_tables()
+
+
+@pytest.mark.parametrize(("name", "took_effect", "may_have_been_created"), [
+    ("list_images", None, None), ("stop_deployment", "unknown", None), ("queue_submit", "unknown", True)])
+def test_a_child_killed_after_the_grace_says_what_is_unknown(name, took_effect, may_have_been_created):
+    from autodl_esd.mcp_app import _ChildOutput
+    from autodl_esd.output import Progress
+
+    child = type("Child", (), {"returncode": -9})()
+    output = _ChildOutput(child, None, CATALOG[name], f"python {name}.py", Progress(quiet=True))
+    document = output.document(killed=True)
+    assert document["error_type"] == "interrupted"
+    assert document["details"].get("took_effect") == took_effect
+    assert document["details"].get("may_have_been_created") == may_have_been_created

@@ -45,6 +45,8 @@ class Session:
     def __init__(self, portal, client, stderr_path: Path) -> None:
         self.portal, self.client, self.stderr_path = portal, client, stderr_path
         self.seen: list[str] = []  # every result text and progress message, for the secret check
+        self.called: set[str] = set()
+        self.previewed: set[str] = set()  # mutating tools called without confirm
 
     def call(self, name, arguments=None, progress=None):
         async def on_progress(value, total, message):
@@ -52,6 +54,9 @@ class Session:
             if progress:
                 progress(message or "")
 
+        self.called.add(name)
+        if not (arguments or {}).get("confirm"):
+            self.previewed.add(name)
         result = self.portal.call(lambda: self.client.call_tool(name, arguments, progress_callback=on_progress))
         text = result.content[0].text
         self.seen.append(text)
@@ -137,6 +142,9 @@ def test_read_tools_answer_from_the_simulator(session, service):
     containers = session.ok("list_containers", {"name": name, "status": ["running"]})
     assert containers["count"] == 2
     assert session.ok("container_events", {"deployment_uuid": service["deployment_uuid"]})["count"] >= 2
+    followed = session.ok("container_events", {"name": name, "follow": True, "count": 2, "interval": 0.05, "timeout": 10})
+    assert followed["reached"] is True
+    assert session.call("ddp_overview", {"name": name})["status"] in ("success", "error")
     assert len(session.ok("discover_services", {"name": name})["services"]) == 2
     assert session.ok("find_faulty_hosts", {"name": name})["count"] == 0
     assert session.ok("list_blacklist")["status"] == "success"
@@ -177,6 +185,10 @@ def test_mutating_tools_without_confirm_make_no_mutating_request(session, platfo
     assert stop["details"]["live_container_count"] == 2
     scale = session.call("set_replicas", {"deployment_uuid": uuid, "replica_num": 3})
     assert scale["details"]["would_run"].endswith("--replica-num=3 --yes")
+    assert scale["details"]["deployment"]["replica_num"] == 2  # what it would change, read first
+    stop_one = session.call("stop_container", {"container_uuid": container})
+    assert stop_one["details"]["container"]["status"] == "running"
+    assert mutating_requests(platform.request_log()[before:]) == []
 
 
 def test_confirm_true_acts_and_reads_back(session, platform, service):
@@ -215,6 +227,8 @@ def test_cancelled_stock_wait_ends_like_sigint(session, platform):
         future = session.start("queue_submit", {"config": config, "confirm": True, **FAST},
                                lambda message: "等待" in message and waiting.set())
         assert waiting.wait(20), "no progress notification while waiting for stock"
+        second = session.call("queue_submit", {"config": config, "confirm": True, **FAST})
+        assert second["error_type"] == "usage_error" and "另一个 queue_submit" in second["message"]
         future.cancel()
         interrupted = wait_for_interrupted(session, "mcp-waits-for-stock")
     finally:
@@ -246,6 +260,16 @@ def wait_for_interrupted(session, deployment_name, timeout=20.0):
                 return item
         time.sleep(0.05)
     pytest.fail(f"no interrupted call recorded for {deployment_name}")
+
+
+def test_every_tool_was_exercised_here(session):
+    """A new script's tool needs a call above: read tools in the read test, mutating ones in the
+    no-confirm test (and its preview must make no mutating request)."""
+    catalog = mcp_tools.build_catalog()
+    read_only = {name for name, tool in catalog.items() if not tool.policy.mutating}
+    mutating = set(catalog) - read_only
+    assert read_only <= session.called, f"read tools never called over MCP: {sorted(read_only - session.called)}"
+    assert mutating <= session.previewed, f"mutating tools never called without confirm: {sorted(mutating - session.previewed)}"
 
 
 def test_the_token_never_appears_in_results_progress_or_logs(session):

@@ -37,7 +37,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def build_options(args: Any) -> Any:
-    from .gateway import GatewayOptions, is_loopback_host
+    from ..loopback import is_loopback_name
+    from .gateway import GatewayOptions
 
     host, port = parse_listen(args.listen)
     token = None
@@ -49,7 +50,7 @@ def build_options(args: Any) -> Any:
         if len(token) < 16:
             raise UsageError(f"{args.auth_token_env} 太短 ({len(token)} 个字符), 至少 16 个。", "用 openssl rand -hex 24 生成一个。")
         register_secret(token)
-    if not is_loopback_host(host) and token is None:
+    if not is_loopback_name(host) and token is None:
         raise UsageError(f"监听非回环地址 {host} 需要认证: 加 --auth-token-env VAR。",
                          "不需要对外提供时用默认的 127.0.0.1; 对外时设置一个随机 token 的环境变量并用 --auth-token-env 指定。")
     if args.registry_url and urlsplit(args.registry_url).scheme not in ("http", "https"):
@@ -98,19 +99,32 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
 
     require("aiohttp")  # dependency_missing with the install command, before anything else
     require("prometheus_client")
+    from .autoscale_cli import check_autoscale_arguments
+
     options = build_options(args)
+    check_autoscale_arguments(args)  # before anything is contacted
     source = build_source(args, ctx, options)
+    autoscaler = None
+    if args.autoscale:  # the deployment, its bounds and --yes, before anything listens
+        from .autoscaler import prepare_gateway_autoscaler
+
+        autoscaler = prepare_gateway_autoscaler(args, ctx, options.deployment_uuid)
     from .gateway import Gateway
 
     progress = ctx.progress
     gateway = Gateway(source, options, log=progress.log, access_log=None if args.quiet else progress.log)
+    if autoscaler is not None:
+        gateway.add_extension(autoscaler)
     source.start()
     if hasattr(source, "wait_first") and not source.wait_first(FIRST_REGISTRY_WAIT_SECONDS):
         progress.log("还没有拿到第一份注册表, 先开始监听: 请求会排队等待副本")
     try:
-        return asyncio.run(_serve(gateway, options, progress))
+        summary = asyncio.run(_serve(gateway, options, progress))
     finally:
         source.stop()
+    if autoscaler is not None:
+        summary["autoscaler"] = autoscaler.final or autoscaler.autoscaler.summary()
+    return summary
 
 
 async def _serve(gateway: Any, options: Any, progress: Any) -> dict[str, Any]:

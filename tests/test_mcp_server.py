@@ -30,7 +30,7 @@ from autodl_esd import mcp_tools  # noqa: E402
 TOKEN = "mcp-test-token-5f0c9e1d2b7a"
 SERVICE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 RESULT_SCHEMA = jsonschema.Draft202012Validator(json.loads((ROOT / "schemas" / "result.schema.json").read_text(encoding="utf-8")))
-MUTATING_POSTS = {"/api/v1/dev/deployment", "/api/v1/dev/deployment/blacklist"}
+MUTATING_POSTS = {"/api/v1/dev/deployment", "/api/v1/dev/deployment/blacklist", "/api/v1/wechat/message/send"}
 FAST = {"interval": 0.05}
 
 
@@ -171,6 +171,8 @@ def test_mutating_tools_without_confirm_make_no_mutating_request(session, platfo
         "stop_container": {"container_uuid": container, "decrease_one_replica_num": True},
         "blacklist_host": {"container_uuid": container},
     }
+    previews["guard_deployment"] = {"deployment_uuid": uuid, "max_runtime": 6}
+    previews["notify"] = {"title": "测试", "content": "不会发出", "name": "mcp-service"}
     for name, arguments in {**previews, "set_replicas ": {"deployment_uuid": uuid, "replica_num": 0}}.items():
         document = session.call(name.strip(), arguments)
         assert document["error_type"] == "confirmation_required", (name, document)

@@ -103,7 +103,7 @@ class ToolRunner:
                 arguments.setdefault(key, value)
         mode = tool.mode(arguments)
         if mode == mcp_tools.SERVER_PREVIEWS and not confirm:
-            return self._preview(tool, arguments, await self._preview_context(arguments))
+            return self._preview(tool, arguments, await self._preview_context(tool, arguments))
         guard = self._submission_guard(tool, arguments, confirm)
         if isinstance(guard, dict):
             return guard
@@ -123,13 +123,15 @@ class ToolRunner:
              "destructive": tool.policy.destructive, **context},
         ).to_dict()
 
-    async def _preview_context(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    async def _preview_context(self, tool: mcp_tools.Tool, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """What a previewed call would act on, read with the read-only list tools."""
 
         async def quiet(_message: str) -> None:
             return None
 
         container_uuid = arguments.get("container_uuid")
+        if not ({"container_uuid", "deployment_uuid"} & set(tool.input_schema["properties"])):
+            return {}  # not about a deployment (notify's --name is a message field)
         if isinstance(container_uuid, str) and "list_containers" in self.tools:
             # A container UUID starts with its deployment's UUID (15 hex digits).
             listed = await self._run(self.tools["list_containers"], {"deployment_uuid": container_uuid[:15], "released": True},

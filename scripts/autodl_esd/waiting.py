@@ -181,8 +181,8 @@ def wait_running_count(
 
 
 def stopped_since(before: list[dict[str, Any]], live_now: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Containers live in `before` that are no longer live (or are stopping) now."""
+    """Containers live (not already stopping) in `before` that are stopping or gone now."""
     still = {c.get("uuid") for c in live_now if c.get("status") not in STOPPING_STATUSES}
     return [{"container_uuid": c.get("uuid"), "machine_id": c.get("machine_id"), "gpu_name": c.get("gpu_name"),
              "status_before": c.get("status"), "started_at": c.get("started_at")}
-            for c in before if c.get("uuid") not in still]
+            for c in before if c.get("uuid") not in still and c.get("status") not in STOPPING_STATUSES]

@@ -428,6 +428,7 @@ def build_server(runner: ToolRunner) -> Any:
     instructions = (
         "AutoDL 弹性部署的全部操作, 每个工具对应 skill 中的一个脚本, 结果是脚本的同一个 JSON 文档 "
         "(status / error_type 契约见 SKILL.md)。改变平台的工具默认只预览, 得到用户同意后加 confirm: true。"
+        "取消的调用没有回复: 用 interrupted_calls 查看它的结果 (可能含 deployment_uuid), 再决定是否重新提交。"
         + (" 当前连接的是本地模拟器, 不花钱。" if runner.simulated else "")
     )
     return Server(SERVER_NAME, version=SERVER_VERSION, instructions=instructions,

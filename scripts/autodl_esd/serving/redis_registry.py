@@ -305,6 +305,11 @@ class RegistrySubscription:
                     pass
 
     def _check_heartbeat(self, initial: bool = False) -> None:
+        # Between notifications only the heartbeat is looked at (one EXISTS); the document
+        # is read again when the watcher died or came back, or at (re)subscription.
+        alive = bool(self.client.exists(self.keys.heartbeat))
+        if not initial and self.document is not None and alive != bool(self.document.get("stale_reason") == STALE_HEARTBEAT_REASON):
+            return
         document = read_registry(self.client, self.keys)
         if document is None:
             return  # no watcher ever wrote this deployment: nothing to follow yet

@@ -245,6 +245,13 @@ def test_a_job_that_finishes_ends_its_guard(sim, run, tmp_path):
 
     assert code == 0 and out["guard_status"] == "deployment_finished", out
     assert operate_requests(simulator, uuid) == []
+    # The Job's end as queue_submit --wait-finished reports it (waiting.wait_finished, when present).
+    try:
+        import autodl_esd.waiting  # noqa: F401
+    except ImportError:
+        assert out["job_end"] is None
+    else:
+        assert out["job_end"]["finished"] is True and len(out["job_end"]["containers"]) == 4
 
 
 def test_a_deployment_deleted_meanwhile_ends_the_guard_saying_so(sim, run):

@@ -30,7 +30,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +38,7 @@ from typing import Any, Callable
 from . import api
 from .deps import SKILL_ROOT
 from .state import state_root, write_json_atomically
-from .errors import ApiError, AutoDLError, ErrorType, Interrupted
+from .errors import AutoDLError, ErrorType, Interrupted
 from .output import Progress
 from .spend import container_spend
 from .timeline import iso, parse_timestamp, platform_now
@@ -507,7 +507,7 @@ def new_state(client: Any, deployment: dict[str, Any], limits: Limits, action: s
         "deployment_type": deployment.get("deployment_type"),
         "deployment_created_at": deployment.get("created_at"),
         "host": getattr(client, "host", None),
-        "limits": dataclasses_asdict(limits),
+        "limits": asdict(limits),
         "action": action,
         "floor": floor if action == "scale-to" else None,
         "notify": bool(notify),
@@ -518,12 +518,6 @@ def new_state(client: Any, deployment: dict[str, Any], limits: Limits, action: s
         "status": "created",
         "pid": None,
     }
-
-
-def dataclasses_asdict(limits: Limits) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(limits)
 
 
 def check_request(deployment: dict[str, Any], limits: Limits, action: str, floor: int | None) -> None:

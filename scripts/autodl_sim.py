@@ -45,6 +45,9 @@ test controls (JSON body, same Authorization token, same envelope as the API):
 """
 
 
+MAX_SPEED = 1e6
+
+
 class UsageError(Exception):
     pass
 
@@ -79,7 +82,7 @@ def build_parser() -> JsonArgumentParser:
     parser.add_argument("--token", default=None, help="token clients must send (default: sim-token)")
     parser.add_argument("--cluster", default=None, help="cluster JSON file (default: the bundled cluster)")
     parser.add_argument("--speed", type=float, default=None,
-                        help="simulated seconds per real second (default 60)")
+                        help="simulated seconds per real second, 0 < S <= 1e6 (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="seed for ids, crashes and faults (default 0)")
     parser.add_argument("--faults", default=None, help="fault SPEC, see below")
     parser.add_argument("--dialect", choices=("private", "public", "both"), default="both",
@@ -91,7 +94,7 @@ def build_parser() -> JsonArgumentParser:
 
 
 def emit(document: dict) -> None:
-    print(json.dumps(document, ensure_ascii=False), flush=True)
+    print(json.dumps(document, ensure_ascii=False, allow_nan=False), flush=True)
 
 
 def fail(error_type: str, message: str, hint: str, **details: object) -> int:
@@ -118,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     from simulator import DEFAULT_TOKEN, ClusterConfigError, Simulator
     from simulator.app import DEFAULT_SPEED
 
-    if args.speed is not None and args.speed <= 0:
-        return fail("usage_error", "--speed 必须大于 0", "例如 --speed 60（模拟 1 分钟 = 真实 1 秒）")
+    # nan/inf would freeze or explode the simulated clock; past 10^6 timestamps outrun any test.
+    if args.speed is not None and not (0 < args.speed <= MAX_SPEED):
+        return fail("usage_error", f"--speed 必须是有限数, 0 < 速度 <= {MAX_SPEED:g}",
+                    "例如 --speed 60（模拟 1 分钟 = 真实 1 秒）")
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}, not loopback; the token travels in clear",
               file=sys.stderr)

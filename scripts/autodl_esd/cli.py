@@ -13,6 +13,7 @@ single JSON document of the output contract.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import traceback
@@ -53,24 +54,42 @@ def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> Js
     return parser
 
 
-def _seconds(text: str, *, allow_zero: bool) -> float:
+# Every duration flag (--interval, --timeout, --sim-busy, --health-timeout, ...) is a finite
+# number of seconds no longer than this: 30 days is past any wait that makes sense, and it
+# keeps nan/inf/1e308 out of sleeps, deadlines and socket timeouts.
+MAX_DURATION_SECONDS = 30 * 86400
+# --lookback-hours: the platform keeps event history for a bounded time; a year covers it.
+MAX_LOOKBACK_HOURS = 365 * 24
+
+
+def _bounded_number(text: str, *, allow_zero: bool, maximum: float, unit: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
-    if value < 0 or (value == 0 and not allow_zero):
-        raise argparse.ArgumentTypeError(f"必须{'不小于' if allow_zero else '大于'} 0: {text!r}")
+    low = "0 <=" if allow_zero else "0 <"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or value > maximum:
+        raise argparse.ArgumentTypeError(f"必须是有限数, 范围 {low} {unit} <= {maximum:g}: {text!r}")
     return value
 
 
+def _seconds(text: str, *, allow_zero: bool) -> float:
+    return _bounded_number(text, allow_zero=allow_zero, maximum=MAX_DURATION_SECONDS, unit="秒数")
+
+
 def positive_seconds(text: str) -> float:
-    """argparse type for durations: fractional seconds, strictly positive."""
+    """argparse type for durations: fractional seconds, 0 < S <= 30 days."""
     return _seconds(text, allow_zero=False)
 
 
 def non_negative_seconds(text: str) -> float:
-    """argparse type for limits where 0 means 'no limit'."""
+    """argparse type for limits where 0 means 'no limit': 0 <= S <= 30 days."""
     return _seconds(text, allow_zero=True)
+
+
+def positive_hours(text: str) -> float:
+    """argparse type for look-back windows in hours: 0 < H <= one year."""
+    return _bounded_number(text, allow_zero=False, maximum=MAX_LOOKBACK_HOURS, unit="小时数")
 
 
 def _integer(text: str, minimum: int, maximum: int | None = None) -> int:

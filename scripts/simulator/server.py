@@ -174,7 +174,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     def _send_json(self, status: int, document: Any) -> None:
-        self._send(status, json.dumps(document, ensure_ascii=False).encode(), "application/json; charset=utf-8")
+        self._send(status, json.dumps(document, ensure_ascii=False, allow_nan=False).encode(), "application/json; charset=utf-8")
 
     def _auth_error(self) -> ApiError | None:
         # Whitespace around a header value is not part of it (RFC 9110 5.5); a token pasted

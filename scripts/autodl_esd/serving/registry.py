@@ -173,7 +173,7 @@ def write_atomically(path: str | os.PathLike, document: dict[str, Any]) -> None:
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(document, stream, ensure_ascii=False, indent=2)
+            json.dump(document, stream, ensure_ascii=False, indent=2, allow_nan=False)
             stream.write("\n")
             stream.flush()
             os.fsync(stream.fileno())
@@ -497,7 +497,7 @@ def _handler_for(endpoint: RegistryEndpoint) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - the http.server naming
             parts = urlsplit(self.path)
             status, body = endpoint.answer(parts.path.rstrip("/") or "/", parse_qs(parts.query))
-            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            payload = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(payload)))

@@ -1,4 +1,8 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = ["requests>=2.28", "python-dotenv>=1.0", "jsonschema>=4.18"]
+# ///
 """Validate a deployment config, wait for GPU stock, and create the deployment exactly once."""
 
 from __future__ import annotations

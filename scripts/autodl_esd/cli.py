@@ -20,6 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from .deps import reexec_in_skill_venv
 from .errors import EXIT_CODE_EPILOG, AutoDLError, ErrorType, Interrupted
 from .output import Progress, emit_error, emit_success, scrub
 
@@ -196,6 +197,8 @@ def _raise_interrupted(signum: int, _frame: Any) -> None:
 
 def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] | None = None) -> int:
     """Parse, run the handler, print exactly one JSON document, return the exit code."""
+    if argv is None:  # a real command line, not an in-process call
+        reexec_in_skill_venv()
     progress = Progress()
     context: Context | None = None
     previous_handlers = _install_signal_handlers()

@@ -30,6 +30,7 @@ exit codes:
 
 faults SPEC (comma separated key=value):
   error_rate=F  slow_rate=F  slow_seconds=S  create_slow_seconds=S  create_error_after_commit=N
+  commit_delay_seconds=S  commit_delay_rate=F   (writes sleep S BEFORE committing: they land late)
 
 test controls (JSON body, same Authorization token, same envelope as the API):
   GET  /_sim/state                               clock, machines, deployments, containers
@@ -90,6 +91,10 @@ def build_parser() -> JsonArgumentParser:
     parser.add_argument("--stock-shape", choices=("list", "dict"), default="list",
                         help="shape of GET .../machine/gpu_stock data (default list)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument("--balance-yuan", type=float, default=None,
+                        help="wallet balance at start in yuan (default 500); running containers draw it down")
+    parser.add_argument("--gated", action="store_true",
+                        help="account without enterprise verification: deployment routes answer 无当前资源访问权限")
     return parser
 
 
@@ -134,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             speed=args.speed or DEFAULT_SPEED, seed=args.seed, faults=args.faults,
             host=args.host, port=args.port, dialect=args.dialect,
             stock_shape=args.stock_shape, verbose=args.verbose,
+            balance_yuan=args.balance_yuan, gated=args.gated,
         )
     except ClusterConfigError as exc:
         return fail("config_error", "集群文件不可用", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",

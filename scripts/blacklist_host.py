@@ -16,7 +16,8 @@ def build_parser() -> cli.JsonArgumentParser:
         "blacklist_host.py",
         "把某个容器所在的主机加入调度黑名单: 之后不再往这台主机调度容器 (已在上面运行的容器不受影响)。"
         "先查出容器所在主机并在输出中说明 (machine_id, data_center, gpu_name)。默认 24 小时后自动解除; "
-        "--expire-minutes 只有公有云支持 (私有云固定 24 小时)。",
+        "--expire-minutes 只有公有云支持 (私有云固定 24 小时)。请求的应答丢失时 (超时等) 读回黑名单确认是否已生效, "
+        "用 took_effect 报告 (true/false/unknown; 私有云没有黑名单列表接口, 只能是 unknown)。",
         EXAMPLES,
     )
     parser.add_argument("--container-uuid", required=True, metavar="UUID", help="运行在问题主机上的容器 UUID (可以是已停止的容器)")
@@ -26,14 +27,22 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
+    from autodl_esd.effects import Change, apply_change
     from autodl_esd.resolve import BLACKLIST_EXPIRY_NOTE, blacklist_expiry, resolve_container, verify_blacklisted
 
     client = ctx.client()
     container = resolve_container(client, args.container_uuid)
     machine = {key: container.get(key) for key in ("machine_id", "data_center", "gpu_name")}
-    api.add_to_blacklist(client, container["uuid"], comment=args.comment, expire_in_minutes=args.expire_minutes)
+    entries, verification = apply_change(Change(
+        what=f"把主机 {machine['machine_id']} 加入调度黑名单",
+        send=lambda: api.add_to_blacklist(client, container["uuid"], comment=args.comment, expire_in_minutes=args.expire_minutes),
+        # The list endpoint is public-cloud only: on a private cluster a lost answer stays "unknown".
+        fetch=lambda: {machine["machine_id"]: next((e for e in api.list_blacklist(client) if e.get("machine_id") == machine["machine_id"]), None)},
+        done=lambda found: found[machine["machine_id"]] is not None,
+        check="python scripts/list_blacklist.py (公有云; 私有云没有列表接口, 在控制台查看)",
+        ids={"container_uuid": container["uuid"], "machine_id": machine["machine_id"]},
+    ), client, ctx.progress, ctx.partial, verify=lambda: verify_blacklisted(client, [machine["machine_id"]]))
     ctx.progress.log(f"已请求把主机 {machine['machine_id']} 加入调度黑名单 (经由容器 {container['uuid']})")
-    entries, verification = verify_blacklisted(client, [machine["machine_id"]])
     return {
         "container_uuid": container["uuid"],
         "deployment_uuid": container.get("deployment_uuid") or container["uuid"][:15],

@@ -16,7 +16,8 @@ def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "delete_deployment.py",
         "删除部署 (未停止的会先被停止)。不加 --yes 时什么都不做, 返回 confirmation_required 并列出"
-        "会删除的部署与会停掉的容器; 加 --yes 才执行, 然后确认它已从部署列表消失 (verified)。",
+        "会删除的部署与会停掉的容器; 加 --yes 才执行, 然后确认它已从部署列表消失 (verified); "
+        "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown)。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
@@ -32,18 +33,26 @@ ALREADY_DELETED_HINT = "如果刚刚删除过这个部署 (例如上一次删除
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
-    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, read_back, require_confirmation, resolve_from_args
+    from autodl_esd.effects import Change, apply_change
+    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, require_confirmation, resolve_from_args
 
     client = ctx.client()
     deployment = resolve_from_args(client, args, gone_hint=ALREADY_DELETED_HINT)
     impact = deployment_impact(client, deployment)
     require_confirmation(args.yes, "删除", deployment, impact, "delete_deployment")
 
-    api.delete_deployment(client, deployment["uuid"])
-    ctx.progress.log(f"已请求删除部署 {deployment['uuid']}")
-    _after, verification = read_back(lambda: deployment_by_uuid(client, deployment["uuid"]), lambda d: d is None)
+    uuid = deployment["uuid"]
+    _after, verification = apply_change(Change(
+        what=f"删除部署 {uuid}",
+        send=lambda: api.delete_deployment(client, uuid),
+        fetch=lambda: deployment_by_uuid(client, uuid),
+        done=lambda d: d is None,
+        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+        ids={"deployment_uuid": uuid},
+    ), client, ctx.progress, ctx.partial)
+    ctx.progress.log(f"已删除部署 {uuid}")
     return {
-        "deployment_uuid": deployment["uuid"],
+        "deployment_uuid": uuid,
         "deleted": True,
         **verification,
         **impact,

@@ -15,7 +15,8 @@ EXAMPLES = [
 def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "set_replicas.py",
-        "设置 ReplicaSet 部署的副本数 (立即扩缩容), 然后从部署列表读回新值 (verified)。"
+        "设置 ReplicaSet 部署的副本数 (立即扩缩容), 然后从部署列表读回新值 (verified); "
+        "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown)。"
         "只适用于 ReplicaSet; Job / Container 部署会直接报错并说明原因。"
         "设为 0 会停掉全部容器, 和停止一样是破坏性操作: 不加 --yes 时什么都不做, 返回 confirmation_required "
         "并列出会停掉的容器; 其他值不需要 --yes。能否设为 0 各来源说法不一, 想全部停下请用 stop_deployment.py。",
@@ -29,8 +30,9 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
+    from autodl_esd.effects import Change, apply_change
     from autodl_esd.errors import AutoDLError, ErrorType
-    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, deployment_summary, read_back, resolve_from_args
+    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, deployment_summary, resolve_from_args
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)
@@ -62,12 +64,16 @@ def handle(args, ctx: cli.Context) -> dict:
             "重新执行; 只想减少而不是全部停下时, 设为大于 0 的值 (不需要 --yes)。",
         )
 
-    api.set_replica_num(client, deployment["uuid"], args.replica_num)
-    ctx.progress.log(f"已请求把 {deployment['uuid']} 的副本数从 {deployment.get('replica_num')} 设为 {args.replica_num}")
-    after, verification = read_back(
-        lambda: deployment_by_uuid(client, deployment["uuid"]),
-        lambda d: d is not None and d.get("replica_num") == args.replica_num,
-    )
+    uuid = deployment["uuid"]
+    after, verification = apply_change(Change(
+        what=f"把部署 {uuid} 的副本数从 {deployment.get('replica_num')} 设为 {args.replica_num}",
+        send=lambda: api.set_replica_num(client, uuid, args.replica_num),
+        fetch=lambda: deployment_by_uuid(client, uuid),
+        done=lambda d: d is not None and d.get("replica_num") == args.replica_num,
+        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+        ids={"deployment_uuid": uuid},  # an absolute count: sending it twice is harmless
+    ), client, ctx.progress, ctx.partial)
+    ctx.progress.log(f"已请求把 {uuid} 的副本数从 {deployment.get('replica_num')} 设为 {args.replica_num}")
     return {
         "deployment_uuid": deployment["uuid"],
         "previous_replica_num": deployment.get("replica_num"),

@@ -14,7 +14,8 @@ EXAMPLES = [
 def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "stop_container.py",
-        "停止一个容器, 然后读回它的状态 (verified)。ReplicaSet 默认会补一个新容器; "
+        "停止一个容器, 然后读回它的状态 (verified); 请求的应答丢失时 (超时等) 读回确认是否已生效, "
+        "用 took_effect 报告 (true/false/unknown)。ReplicaSet 默认会补一个新容器; "
         "加 --decrease-one-replica-num 同时把副本数减 1, 不再补。--no-cache 与 --cmd-before-shutdown "
         "是公有云字段, 只在指定时发送。",
         EXAMPLES,
@@ -29,7 +30,8 @@ def build_parser() -> cli.JsonArgumentParser:
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
     from autodl_esd.containers import STOPPING_STATUSES, container_summary
-    from autodl_esd.resolve import deployment_by_uuid, deployment_summary, read_back, resolve_container
+    from autodl_esd.effects import Change, apply_change
+    from autodl_esd.resolve import deployment_by_uuid, deployment_summary, resolve_container
 
     client = ctx.client()
     container = resolve_container(client, args.container_uuid)
@@ -50,15 +52,6 @@ def handle(args, ctx: cli.Context) -> dict:
             "message": f"部署是 {deployment.get('deployment_type')} 类型, decrease_one_replica_num 只对 ReplicaSet 有效。",
             "hint": "Job / Container 停止的容器本来就不会被替补, 可以不加这个参数。",
         })
-    api.stop_container(
-        client,
-        container["uuid"],
-        decrease_one_replica_num=args.decrease_one_replica_num,
-        no_cache=True if args.no_cache else None,
-        cmd_before_shutdown=args.cmd_before_shutdown,
-    )
-    ctx.progress.log(f"已请求停止容器 {container['uuid']} (主机 {container.get('machine_id')})")
-
     expected_replicas = None
     if args.decrease_one_replica_num and isinstance(deployment.get("replica_num"), int) and deployment.get("deployment_type") == "ReplicaSet":
         expected_replicas = max(deployment["replica_num"] - 1, 0)
@@ -73,7 +66,23 @@ def handle(args, ctx: cli.Context) -> dict:
         replicas_ok = expected_replicas is None or (after_deployment or {}).get("replica_num") == expected_replicas
         return after.get("status") in STOPPING_STATUSES and replicas_ok
 
-    state, verification = read_back(fetch, done)
+    state, verification = apply_change(Change(
+        what=f"停止容器 {container['uuid']}" + (" 并把副本数减 1" if args.decrease_one_replica_num else ""),
+        send=lambda: api.stop_container(
+            client,
+            container["uuid"],
+            decrease_one_replica_num=args.decrease_one_replica_num,
+            no_cache=True if args.no_cache else None,
+            cmd_before_shutdown=args.cmd_before_shutdown,
+        ),
+        fetch=fetch,
+        done=done,
+        check=f"python scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",
+        ids={"container_uuid": container["uuid"], "deployment_uuid": deployment_uuid},
+        # Each call with decrease_one_replica_num lowers replica_num once more.
+        repeat_safe=not args.decrease_one_replica_num,
+    ), client, ctx.progress, ctx.partial)
+    ctx.progress.log(f"已请求停止容器 {container['uuid']} (主机 {container.get('machine_id')})")
     after, after_deployment = state or (container, None)
     # replica_num is only reported as a number the platform showed: read back after a
     # decrease, else the deployment's unchanged value; never a null that reads as data.

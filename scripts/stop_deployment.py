@@ -17,6 +17,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "stop_deployment.py",
         "停止整个部署: 停掉它的全部容器, 不再调度 (停止后不能恢复, 只能重新提交)。不加 --yes 时什么都不做, "
         "返回 confirmation_required 并列出会停掉的部署与容器; 加 --yes 才执行, 然后读回部署状态 (verified); "
+        "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown); "
         "containers_before_stop 是停止前的容器快照 (其中的 status 是停止前的状态)。",
         EXAMPLES,
     )
@@ -27,11 +28,11 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
+    from autodl_esd.effects import Change, apply_change
     from autodl_esd.resolve import (
         deployment_by_uuid,
         deployment_impact,
         deployment_summary,
-        read_back,
         require_confirmation,
         resolve_from_args,
     )
@@ -44,14 +45,18 @@ def handle(args, ctx: cli.Context) -> dict:
     impact = deployment_impact(client, deployment)
     require_confirmation(args.yes, "停止", deployment, impact, "stop_deployment")
 
-    api.stop_deployment(client, deployment["uuid"])
-    ctx.progress.log(f"已请求停止部署 {deployment['uuid']}")
-    after, verification = read_back(
-        lambda: deployment_by_uuid(client, deployment["uuid"]),
-        lambda d: d is None or d.get("status") == "stopped",
-    )
+    uuid = deployment["uuid"]
+    after, verification = apply_change(Change(
+        what=f"停止部署 {uuid}",
+        send=lambda: api.stop_deployment(client, uuid),
+        fetch=lambda: deployment_by_uuid(client, uuid),
+        done=lambda d: d is None or d.get("status") == "stopped",
+        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+        ids={"deployment_uuid": uuid},
+    ), client, ctx.progress, ctx.partial)
+    ctx.progress.log(f"已停止部署 {uuid}")
     return {
-        "deployment_uuid": deployment["uuid"],
+        "deployment_uuid": uuid,
         "changed": True,
         **verification,
         "deployment": deployment_summary(after or deployment),

@@ -14,7 +14,7 @@ EXAMPLES = [
 def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "validate_config.py",
-        "离线校验部署配置 (不需要令牌, 不联网): 报告全部问题、启动命令的隐患警告, 以及将提交的请求体。",
+        "离线校验部署配置 (不需要令牌, 不联网): 报告全部问题、启动命令的隐患警告、每小时费用上下限 (cost), 以及将提交的请求体。",
         EXAMPLES,
     )
     parser.add_argument("config", metavar="CONFIG", help="部署配置 JSON 文件")
@@ -23,6 +23,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.config import build_request, dialect_of, load_and_validate
+    from autodl_esd.cost import cost_bounds
     from autodl_esd.lint import lint_config
 
     config = load_and_validate(args.config)
@@ -30,6 +31,7 @@ def handle(args, ctx: cli.Context) -> dict:
         "valid": True,
         "dialect": dialect_of(config),
         "request": build_request(config),
+        "cost": cost_bounds(config),
         "warnings": lint_config(config),
     }
 

@@ -22,6 +22,8 @@ STOP_CONTAINER = url("/api/v1/dev/deployment/container/stop")
 REPLICA_NUM = url("/api/v1/dev/deployment/replica_num")
 OPERATE = url("/api/v1/dev/deployment/operate")
 BLACKLIST = url("/api/v1/dev/deployment/blacklist")
+WALLET = url("/api/v1/dev/wallet/balance")
+WECHAT = url("/api/v1/wechat/message/send")
 
 DEP_UUID = "833f1cd5a764fa3"
 OTHER_UUID = "53a677bb3e281b8"
@@ -110,3 +112,8 @@ def failed(code: int, document: dict[str, Any], validator: Any, error_type: str,
     """An error document of this type and exit code that validates against the result schema."""
     assert (code, document["error_type"]) == (exit_code, error_type), document
     validator.validate(document)
+
+
+def wallet(assets: int = 500_000, accumulate: int = 0, voucher_balance: int = 0) -> dict[str, Any]:
+    """A wallet-balance answer (yuan x 1000); the dry run reads it after its other checks."""
+    return envelope({"assets": assets, "accumulate": accumulate, "voucher_balance": voucher_balance})

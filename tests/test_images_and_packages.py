@@ -8,7 +8,7 @@ import json
 import pytest
 from responses import matchers
 
-from api_fakes import DEP_UUID, DEPLOYMENTS, IMAGES, STOCK, api, deployment, page  # noqa: F401 (fixture)
+from api_fakes import DEP_UUID, DEPLOYMENTS, IMAGES, STOCK, WALLET, api, deployment, page, wallet  # noqa: F401 (fixture)
 from conftest import ROOT, envelope, url
 
 SYSTEM_IMAGES = url("/api/v2/image/list")
@@ -70,6 +70,7 @@ def test_private_base_image_is_checked_against_the_system_images(run, api, tmp_p
     api.post(SYSTEM_IMAGES, json=page([SYSTEM_IMAGE]))
     api.get(STOCK, json=stock())
     api.post(DEPLOYMENTS, json=page([]))
+    api.post(WALLET, json=wallet())
 
     code, out, _ = run("queue_submit.py", base_image_config(tmp_path), "--dry-run", "--quiet")
 
@@ -92,6 +93,7 @@ def test_base_image_that_cannot_be_listed_is_a_warning_not_an_error(run, api, tm
     api.post(SYSTEM_IMAGES, **failure)
     api.get(STOCK, json=stock())
     api.post(DEPLOYMENTS, json=page([]))
+    api.post(WALLET, json=wallet())
 
     code, out, _ = run("queue_submit.py", base_image_config(tmp_path), "--dry-run", "--quiet")
 
@@ -101,6 +103,7 @@ def test_base_image_that_cannot_be_listed_is_a_warning_not_an_error(run, api, tm
 def test_public_base_image_is_not_looked_up(run, api, tmp_path):
     api.post(url("/api/v1/dev/machine/region/gpu_stock"), json=stock())
     api.post(DEPLOYMENTS, json=page([]))
+    api.post(WALLET, json=wallet())
 
     code, out, _ = run("queue_submit.py", base_image_config(tmp_path, "public"), "--dry-run", "--quiet")
 

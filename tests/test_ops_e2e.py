@@ -183,3 +183,31 @@ def test_follow_times_out_when_stock_is_gone(sim, run, submit, result_validator)
     result_validator.validate(document)
     assert document["details"]["deployment_uuid"] == uuid
     assert document["details"]["next_offset"] > 0
+
+
+def test_changes_that_commit_after_the_client_gave_up_report_took_effect(sim, ok, submit, monkeypatch):
+    """Every write commits 0.6 s late while the client waits 0.25 s: each script's answer is
+    lost (the HTTP layer even retries the absolute ones), and each reads back and reports
+    took_effect: true; the relative stop (--decrease-one-replica-num) is sent exactly once."""
+    instance = sim(faults="commit_delay_seconds=0.6")
+    uuid, _ = submit(SERVICE, "--wait-running", replica_num=3, name="late-writes")
+    monkeypatch.setenv("AUTODL_HTTP_TIMEOUT", "0.25")
+
+    scaled = ok("set_replicas.py", "--deployment-uuid", uuid, "--replica-num", "2")
+    assert (scaled["took_effect"], scaled["verified"]) == (True, True) and scaled["answer_lost"]
+    instance.wait_until(lambda: len(running(instance, uuid)) == 2)
+
+    victim = running(instance, uuid)[0]
+    stopped = ok("stop_container.py", "--container-uuid", victim["uuid"], "--decrease-one-replica-num")
+    assert (stopped["took_effect"], stopped["replica_num"]) == (True, 1) and stopped["answer_lost"]
+    stops = [r for r in instance.request_log() if r[:2] == ("PUT", "/api/v1/dev/deployment/container/stop")]
+    assert len(stops) == 1
+    assert instance.deployments()[0]["replica_num"] == 1
+
+    blacklisted = ok("blacklist_host.py", "--container-uuid", victim["uuid"])
+    assert blacklisted["took_effect"] is True
+
+    assert ok("stop_deployment.py", "--deployment-uuid", uuid, "--yes")["took_effect"] is True
+    deleted = ok("delete_deployment.py", "--deployment-uuid", uuid, "--yes")
+    assert (deleted["took_effect"], deleted["verified"]) == (True, True)
+    assert instance.deployments() == []

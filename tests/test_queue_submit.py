@@ -12,7 +12,7 @@ import requests
 import responses
 from responses import matchers
 
-from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, EVENTS, IMAGES, REGION_STOCK, STOCK, api, page  # noqa: F401 (fixture)
+from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, EVENTS, IMAGES, REGION_STOCK, STOCK, WALLET, api, page, wallet  # noqa: F401 (fixture)
 from conftest import ROOT, TEST_TOKEN, envelope
 
 CREATE = DEPLOYMENT
@@ -595,6 +595,7 @@ def test_more_replicas_than_cards_is_a_warning(run, api, config_file):
     api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
     api.get(STOCK, json=stock_list(3, total=8))
     api.post(DEPLOYMENTS, json=deployments())
+    api.post(WALLET, json=wallet(assets=5_000_000))  # 5000 yuan: no low-balance warning
 
     code, out, _ = run("queue_submit.py", config_file(config), "--dry-run", "--quiet")
 
@@ -608,6 +609,7 @@ def test_a_config_for_the_other_cloud_is_a_warning(run, config_file, monkeypatch
         mock.post(public + "/api/v1/dev/image/private/list", json=page([{"image_uuid": IMAGE_UUID}]))
         mock.get(public + "/api/v1/dev/machine/gpu_stock", json=stock_list(3))
         mock.post(public + "/api/v1/dev/deployment/list", json=deployments())
+        mock.post(public + "/api/v1/dev/wallet/balance", json=wallet())
 
         code, out, _ = run("queue_submit.py", config_file(), "--dry-run", "--quiet")
 

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from simulator import ClusterConfigError, Simulator
+from simulator.faults import FaultInjector, FaultSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "sim-token"
@@ -421,6 +422,26 @@ def test_slow_create_commits_before_answering():
         with pytest.raises(requests.Timeout):
             requests.post(sim.url + CREATE, json=body, headers={"Authorization": TOKEN}, timeout=0.2)
         assert [d["name"] for d in sim.deployments()] == ["slow"]
+
+
+def test_commit_delay_lands_a_write_after_the_client_gave_up():
+    with Simulator(speed=1, faults={"commit_delay_seconds": 0.6}) as sim:
+        body = {"name": "late", "deployment_type": "Container", "container_template": template()}
+        with pytest.raises(requests.Timeout):
+            requests.post(sim.url + CREATE, json=body, headers={"Authorization": TOKEN}, timeout=0.2)
+        assert sim.deployments() == []  # not yet: a look right after the timeout finds nothing
+        found = sim.wait_until(lambda: sim.deployments(), timeout=3)
+        assert [d["name"] for d in found] == ["late"]
+        started = time.monotonic()
+        ok(sim, "GET", "/api/v1/dev/machine/gpu_stock")  # reads are not held back
+        assert time.monotonic() - started < 0.5
+
+
+def test_commit_delay_rate_delays_only_some_writes():
+    spec = FaultSpec.parse("commit_delay_seconds=1,commit_delay_rate=0.5")
+    injector = FaultInjector(spec, seed=3)
+    delays = [injector.commit_delay() for _ in range(40)]
+    assert set(delays) == {0.0, 1.0}
 
 
 def test_create_error_after_commit_then_normal():

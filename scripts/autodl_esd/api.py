@@ -145,7 +145,9 @@ def stop_container(
         body["no_cache"] = no_cache
     if cmd_before_shutdown:
         body["cmd_before_shutdown"] = cmd_before_shutdown
-    client.put(STOP_CONTAINER_PATH, body)
+    # With decrease_one_replica_num a repeated call could lower replica_num twice: never
+    # retried blindly; a lost answer is settled by reading back (effects.apply_change).
+    client.put(STOP_CONTAINER_PATH, body, idempotent=not decrease_one_replica_num)
 
 
 def set_replica_num(client: ApiClient, deployment_uuid: str, replica_num: int) -> None:
@@ -175,3 +177,25 @@ def list_blacklist(client: ApiClient) -> list[dict[str, Any]]:
     """Active entries; `data` is documented as a list (null when empty), a page object is accepted too."""
     data = client.get(BLACKLIST_PATH) or []
     return (data.get("list") or []) if isinstance(data, dict) else data
+
+
+# --- account: wallet and WeChat (money and time) ---------------------------------------
+
+WALLET_BALANCE_PATH = "/api/v1/dev/wallet/balance"
+# Served by the www host (https://www.autodl.com), not the developer API host.
+WECHAT_MESSAGE_PATH = "/api/v1/wechat/message/send"
+
+
+def wallet_balance(client: ApiClient) -> dict[str, Any]:
+    """`assets` (balance), `accumulate` (spend so far), `voucher_balance`: yuan x 1000."""
+    return client.post(WALLET_BALANCE_PATH, {}) or {}
+
+
+def send_wechat_message(client: ApiClient, title: str, content: str | None = None, name: str | None = None) -> Any:
+    """Not retried: a lost answer may still have delivered the message (and used the quota)."""
+    body: dict[str, Any] = {"title": title}
+    if name:
+        body["name"] = name
+    if content:
+        body["content"] = content
+    return client.post(WECHAT_MESSAGE_PATH, body, idempotent=False)

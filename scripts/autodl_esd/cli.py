@@ -93,6 +93,17 @@ def positive_hours(text: str) -> float:
     return _bounded_number(text, allow_zero=False, maximum=MAX_LOOKBACK_HOURS, unit="小时数")
 
 
+def positive_float(text: str) -> float:
+    """argparse type for amounts and limits (yuan, hours, minutes): a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"必须是大于 0 的有限数: {text!r}")
+    return value
+
+
 def _integer(text: str, minimum: int, maximum: int | None = None) -> int:
     try:
         value = int(text)
@@ -220,15 +231,11 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         progress.close()
         details = dict(context.partial) if context else {}
         details["signal"] = getattr(interruption, "signal_name", "SIGINT")
-        return emit_error(
-            AutoDLError(
-                ErrorType.INTERRUPTED,
-                "操作被中断。",
-                "如果 details 中有 deployment_uuid, 说明部署已创建: 用 list_containers.py 查看, "
-                "不要重新提交。",
-                details,
-            )
+        # A handler that had sent a change says how to check it (effects.apply_change, submit).
+        hint = details.pop("interrupt_hint", None) or (
+            "如果 details 中有 deployment_uuid, 说明部署已创建: 用 list_containers.py 查看, 不要重新提交。"
         )
+        return emit_error(AutoDLError(ErrorType.INTERRUPTED, "操作被中断。", hint, details))
     except Exception as bug:  # noqa: BLE001 - the contract is one JSON document, always
         progress.close()
         if context is not None and getattr(context.args, "debug", False):

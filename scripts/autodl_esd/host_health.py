@@ -23,6 +23,7 @@ from typing import Any
 
 from . import api
 from .containers import STOPPING_STATUSES
+from .effects import Change, apply_change
 from .errors import AutoDLError
 from .output import Progress
 from .resolve import BLACKLIST_EXPIRY_NOTE, blacklist_expiry, verify_blacklisted
@@ -184,8 +185,16 @@ def apply_blacklist(client: Any, plan: list[dict], expire_minutes: int | None, p
     """Blacklist each planned machine through its container, then read the blacklist back."""
     applied: list[dict[str, Any]] = []
     for step in plan:
+        machine_id = step["machine_id"]
         try:
-            api.add_to_blacklist(client, step["container_uuid"], comment=step["comment"], expire_in_minutes=expire_minutes)
+            apply_change(Change(
+                what=f"把主机 {machine_id} 加入调度黑名单",
+                send=lambda: api.add_to_blacklist(client, step["container_uuid"], comment=step["comment"], expire_in_minutes=expire_minutes),
+                fetch=lambda: api.list_blacklist(client),
+                done=lambda items: any(item.get("machine_id") == machine_id for item in items),
+                check="python scripts/list_blacklist.py (公有云; 私有云没有列表接口, 在控制台查看)",
+                ids={"container_uuid": step["container_uuid"], "machine_id": machine_id},
+            ), client, progress, verify=lambda: (None, {}))  # all machines are read back at once below
         except AutoDLError as error:  # say what was already done before reporting the failure
             error.details.update({"applied": applied, "failed_machine": step["machine_id"]})
             raise

@@ -82,6 +82,8 @@ class ApiClient:
         self.settings = settings
         self.progress = progress or Progress(quiet=True)
         self._session = session
+        self.last_server_date: str | None = None
+        self.last_server_date_at = 0.0
 
     @property
     def host(self) -> str:
@@ -107,8 +109,8 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any] | None = None, *, idempotent: bool = True) -> Any:
         return self.request("POST", path, body=body, idempotent=idempotent)
 
-    def put(self, path: str, body: dict[str, Any]) -> Any:
-        return self.request("PUT", path, body=body)
+    def put(self, path: str, body: dict[str, Any], *, idempotent: bool = True) -> Any:
+        return self.request("PUT", path, body=body, idempotent=idempotent)
 
     def delete(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("DELETE", path, body=body)
@@ -125,15 +127,20 @@ class ApiClient:
         """Send one API call and return its `data`.
 
         Idempotent calls retry transient failures; a non-idempotent call (create) raises
-        at once with `ambiguous` set when it may nevertheless have been carried out.
+        at once with `ambiguous` set when it may nevertheless have been carried out. The
+        error of a retried call is `ambiguous` when ANY attempt may have been carried out:
+        a delete whose first answer was lost and whose retry says "not found" did happen.
         """
         attempts = MAX_ATTEMPTS if idempotent else 1
+        maybe_done = False
         for attempt in range(1, attempts + 1):
             try:
                 return self._send_once(method, path, params, body)
             except ApiError as error:
                 retry_after = error.details.pop("retry_after", None)
+                maybe_done = maybe_done or error.ambiguous
                 if not error.retryable or attempt == attempts:
+                    error.ambiguous = maybe_done
                     raise
                 wait = backoff_seconds(attempt) if retry_after is None else retry_after
                 self.progress.log(
@@ -184,6 +191,9 @@ class ApiClient:
 
     def _parse(self, method: str, path: str, response: Any) -> Any:
         status = response.status_code
+        # The platform's clock (HTTP Date): run times and spend are measured on it.
+        self.last_server_date = (response.headers or {}).get("Date")
+        self.last_server_date_at = time.monotonic()
         try:
             envelope = response.json()
         except ValueError:

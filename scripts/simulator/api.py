@@ -14,6 +14,7 @@ import math
 from typing import Any, Callable
 
 from . import lifecycle as lc
+from .account import Account
 from .cluster import GIB, Image, PlacementFilter
 from .controllers import (
     CONTAINER,
@@ -165,8 +166,10 @@ def paginate(items: list, params: dict, render: Callable[[Any], Any] = lambda it
 class Api:
     """Endpoint handlers bound to one World; `base_url` is called when URLs are rendered."""
 
-    def __init__(self, world: World, dialect: str, stock_shape: str, base_url: Callable[[], str]) -> None:
+    def __init__(self, world: World, dialect: str, stock_shape: str, base_url: Callable[[], str],
+                 account: Account | None = None) -> None:
         self.world = world
+        self.account = account or Account()
         self.dialect = dialect
         self.stock_shape = stock_shape
         self.base_url = base_url
@@ -516,6 +519,22 @@ class Api:
             self.world.sync()
             stock = self.world.stock_by_gpu(wanted)
         return [{name: s} for name, s in stock.items()]
+
+
+    # account
+
+    def wallet_balance(self, params: dict) -> dict:
+        with self.world.lock:
+            self.world.sync()
+            return self.account.wallet(self.world.containers.values(), self.world.now)
+
+    def send_wechat_message(self, params: dict) -> None:
+        title = read_str(params, "title", required=True)
+        name = read_str(params, "name")
+        content = read_str(params, "content")
+        refusal = self.account.record_message(title, name, content, self.world.clock.now())
+        if refusal:
+            raise ApiError("BadRequest", refusal)
 
 
 def _within(value: int, bounds: tuple[int, int]) -> bool:

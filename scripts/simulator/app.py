@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .account import Account
 from .api import Api, ApiError
 from .clock import SimClock
 from .cluster import load_cluster
@@ -50,6 +51,10 @@ class Simulator:
         stock_shape: "list" (single-key objects) or "dict" (keyed by name, with gpu_name)
             for GET /api/v1/dev/machine/gpu_stock.
         verbose: log every HTTP request to stderr.
+        balance_yuan: the wallet's starting balance (default 500 yuan); running containers
+            draw it down as simulated time passes.
+        gated: an account without enterprise verification: elastic-deployment routes answer
+            BadRequest 无当前资源访问权限; images, stock, wallet and WeChat still work.
 
     Test controls below are thread-safe and may be called while clients are connected.
     """
@@ -57,7 +62,8 @@ class Simulator:
     def __init__(self, token: str = DEFAULT_TOKEN, cluster: str | Path | dict | None = None,
                  speed: float = DEFAULT_SPEED, seed: int = 0, faults: str | dict | None = None,
                  *, host: str = "127.0.0.1", port: int = 0, dialect: str = "both",
-                 stock_shape: str = "list", verbose: bool = False) -> None:
+                 stock_shape: str = "list", verbose: bool = False,
+                 balance_yuan: float | None = None, gated: bool = False) -> None:
         if dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}")
         if stock_shape not in STOCK_SHAPES:
@@ -72,7 +78,10 @@ class Simulator:
         self.world = World(load_cluster(cluster), self.clock, seed)
         self.fault_spec = FaultSpec.parse(faults)
         self._faults = FaultInjector(self.fault_spec, seed)
-        self._api = Api(self.world, dialect, stock_shape, lambda: self.url)
+        self.account = Account(gated=bool(gated))
+        if balance_yuan is not None:
+            self.set_wallet(balance_yuan=balance_yuan)
+        self._api = Api(self.world, dialect, stock_shape, lambda: self.url, self.account)
         self._requests: deque[tuple[str, str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self._requests_lock = threading.Lock()
         # container uuid -> semaphore bounding how many /svc requests it serves at once
@@ -187,6 +196,34 @@ class Simulator:
                 slot = self._service_slots[container_uuid] = threading.BoundedSemaphore(concurrency)
             return slot
 
+    def set_wallet(self, balance_yuan: float | None = None, voucher_yuan: float | None = None,
+                   wechat_bound: bool | None = None, gated: bool | None = None) -> None:
+        """Set the balance as of now (past spend is kept in `accumulate`), vouchers, whether
+        WeChat is bound, and the enterprise gate."""
+        with self.world.lock:
+            self.world.sync()
+            if balance_yuan is not None:
+                if not math.isfinite(balance_yuan):
+                    raise ValueError("balance_yuan must be a finite number")
+                spent = self.account.spend_units(self.world.containers.values(), self.world.now)
+                self.account.balance_units = round(balance_yuan * 1000 + spent)
+            if voucher_yuan is not None:
+                if not math.isfinite(voucher_yuan) or voucher_yuan < 0:
+                    raise ValueError("voucher_yuan must be a finite number >= 0")
+                self.account.voucher_units = round(voucher_yuan * 1000)
+            if wechat_bound is not None:
+                self.account.wechat_bound = bool(wechat_bound)
+            if gated is not None:
+                self.account.gated = bool(gated)
+
+    def wallet(self) -> dict[str, int]:
+        """The wallet as the balance endpoint returns it (yuan x 1000)."""
+        return self._api.wallet_balance({})
+
+    def wechat_messages(self) -> list[dict[str, Any]]:
+        """WeChat messages accepted so far, oldest first (`at`: simulated seconds)."""
+        return self.account.message_list()
+
     def machines(self) -> list[dict[str, Any]]:
         """Every machine with its configuration plus `free_gpus` and `blacklisted`."""
         with self.world.lock:
@@ -300,6 +337,17 @@ class Simulator:
     def _control_concurrency(self, params: dict) -> None:
         self.set_machine_concurrency(str(params["machine_id"]), params["requests"])
 
+    def _control_wallet(self, params: dict) -> dict:
+        def number(key: str) -> float | None:
+            return None if params.get(key) is None else float(params[key])
+
+        flags = {key: None if params.get(key) is None else bool(params[key]) for key in ("wechat_bound", "gated")}
+        self.set_wallet(number("balance_yuan"), number("voucher_yuan"), **flags)
+        return self.wallet()
+
+    def _control_wechat(self, params: dict) -> list:
+        return self.wechat_messages()
+
 
 # /_sim routes: the same controls for a simulator running in another process.
 CONTROL_ROUTES = {
@@ -312,4 +360,6 @@ CONTROL_ROUTES = {
     ("POST", "/_sim/faulty"): "_control_faulty",
     ("POST", "/_sim/latency"): "_control_latency",
     ("POST", "/_sim/concurrency"): "_control_concurrency",
+    ("POST", "/_sim/wallet"): "_control_wallet",
+    ("GET", "/_sim/wechat"): "_control_wechat",
 }

@@ -44,3 +44,7 @@ class SimClock:
         """RFC 3339 timestamp (+08:00, whole seconds) for a simulated instant."""
         instant = self._wall_start + timedelta(seconds=int(simulated_seconds))
         return instant.isoformat()
+
+    def wall_time(self, simulated_seconds: float) -> datetime:
+        """The wall-clock instant (UTC) of a simulated instant, e.g. for the Date header."""
+        return (self._wall_start + timedelta(seconds=int(simulated_seconds))).astimezone(timezone.utc)

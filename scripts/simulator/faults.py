@@ -8,6 +8,12 @@ SPEC is `key=value` pairs separated by commas, or the same keys in a dict:
                                    client with a short timeout gives up on a create that
                                    in fact succeeded
     create_error_after_commit=1    the first N creates commit, then answer 503
+    commit_delay_seconds=3         every write (create, stop, delete, scale, stop a container,
+                                   blacklist) sleeps this long BEFORE committing: a client
+                                   that gives up sooner and looks at once sees nothing yet,
+                                   and the write lands later (the slow-platform race)
+    commit_delay_rate=0.5          fraction of writes delayed that way (default 1 when
+                                   commit_delay_seconds is set)
 
 Decisions come from a seeded RNG, so a given seed fails the same calls every run.
 Hosts whose containers crash are a cluster property (`faulty`), not part of SPEC.
@@ -35,6 +41,8 @@ class FaultSpec:
     slow_seconds: float = DEFAULT_SLOW_SECONDS
     create_slow_seconds: float = 0.0
     create_error_after_commit: int = 0
+    commit_delay_seconds: float = 0.0
+    commit_delay_rate: float = 1.0
 
     @classmethod
     def parse(cls, spec: str | dict | None) -> "FaultSpec":
@@ -84,6 +92,15 @@ class FaultInjector:
         with self._lock:
             if self.spec.slow_rate and self._rng.random() < self.spec.slow_rate:
                 return self.spec.slow_seconds
+        return 0.0
+
+    def commit_delay(self) -> float:
+        """Real seconds this write waits before it commits (0: none)."""
+        if not self.spec.commit_delay_seconds:
+            return 0.0
+        with self._lock:
+            if self.spec.commit_delay_rate >= 1 or self._rng.random() < self.spec.commit_delay_rate:
+                return self.spec.commit_delay_seconds
         return 0.0
 
     def fail_committed_create(self) -> bool:

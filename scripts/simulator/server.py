@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from email.utils import format_datetime
 import sys
 import time
 import traceback
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from . import lifecycle as lc
+from .account import GATED_MSG, GATED_PATH_PREFIX
 from .api import Api, ApiError
 from .controllers import Container
 from .faults import FaultInjector
@@ -52,8 +54,21 @@ API_ROUTES: dict[tuple[str, str], tuple[str, frozenset]] = {
     ("GET", "/api/v1/dev/machine/gpu_stock"): ("global_stock", ALL_DIALECTS),
     ("POST", "/api/v1/dev/machine/region/gpu_stock"): ("region_stock", ALL_DIALECTS),
     ("GET", "/api/v1/dev/deployment/ddp/overview"): ("duration_packages", PUBLIC_ONLY),
+    # Account routes: the wallet is on the developer host; WeChat is on www.autodl.com,
+    # served here on the one simulated host.
+    ("POST", "/api/v1/dev/wallet/balance"): ("wallet_balance", ALL_DIALECTS),
+    ("POST", "/api/v1/wechat/message/send"): ("send_wechat_message", ALL_DIALECTS),
 }
 CREATE_ROUTE = ("POST", "/api/v1/dev/deployment")
+# Routes that change something: the ones `commit_delay_seconds` holds back before committing.
+WRITE_ROUTES = frozenset({
+    CREATE_ROUTE,
+    ("DELETE", "/api/v1/dev/deployment"),
+    ("PUT", "/api/v1/dev/deployment/container/stop"),
+    ("PUT", "/api/v1/dev/deployment/replica_num"),
+    ("PUT", "/api/v1/dev/deployment/operate"),
+    ("POST", "/api/v1/dev/deployment/blacklist"),
+})
 
 BAD_GATEWAY_PAGE = (
     "<html><head><title>502 Bad Gateway</title></head><body>"
@@ -100,6 +115,14 @@ class SimRequestHandler(BaseHTTPRequestHandler):
     # delayed ACK stalls every response by ~40 ms.
     disable_nagle_algorithm = True
     server_version = "AutoDLSim/1.0"
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header in simulated time, so clients can read the platform's clock
+        (cost and guards measure run time on it, not on the local clock)."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        clock = self.server.sim.clock
+        return format_datetime(clock.wall_time(clock.now()), usegmt=True)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         if self.server.sim.verbose:
@@ -227,12 +250,19 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             time.sleep(delay)
 
         handler_name = self._route(method, path)
+        if self.server.sim.account.gated and path.startswith(GATED_PATH_PREFIX):
+            # No enterprise verification: elastic-deployment routes refuse, the rest work.
+            raise ApiError("BadRequest", GATED_MSG)
         if method == "GET":
             if body.strip():
                 raise ApiError("RequestParameterIsWrong", "请求参数错误：GET 请求的参数应放在查询字符串中")
             params = query
         else:
             params = self._parse_json(body)
+        if (method, path) in WRITE_ROUTES:
+            commit_delay = faults.commit_delay()
+            if commit_delay:
+                time.sleep(commit_delay)  # the write lands after this, whether the client waits or not
         data = getattr(self.server.api, handler_name)(params)
 
         if (method, path) == CREATE_ROUTE:

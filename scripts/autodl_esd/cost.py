@@ -1,0 +1,139 @@
+"""What a deployment may cost per hour, before and after it is created.
+
+Prices on the platform are integers in yuan x 1000 per hour. A config's `price_from` /
+`price_to` bound the base price of ONE GPU (the console shows per-card prices and the
+simulator filters hosts that way), so a container with `gpu_num` cards costs up to
+`price_to x gpu_num`, and a deployment up to that times the containers it runs at once.
+Once containers run, their `price` fields (and the deployment's `price_estimates`) give the
+real rate; sources do not say whether a container's `price` is per card or per container,
+and we read it, like the simulator and `price_estimates`, as the container's hourly rate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .units import yuan_from_price_units
+
+# "A few hours": below this many hours of balance at the worst-case rate the plan warns,
+# since arrears force-stop every container and a top-up takes a person to act.
+LOW_BALANCE_HOURS = 3.0
+
+PRICE_BASIS = "price_from/price_to 是每张 GPU 每小时的基础价格 (接口单位 元×1000, 如 9000 = 9 元/卡/时)"
+CONTAINER_PRICE_BASIS = "容器的 price 按该容器每小时的价格计 (元×1000); 来源未说明是否按卡, 与 price_estimates 一致"
+
+
+def concurrent_containers(config: dict[str, Any]) -> int:
+    """How many containers run at the same time at most (what bills in parallel)."""
+    kind = config.get("deployment_type")
+    if kind == "ReplicaSet":
+        return int(config.get("replica_num") or 0)
+    if kind == "Job":
+        return min(int(config.get("parallelism_num") or 0), int(config.get("replica_num") or 0))
+    return 1
+
+
+def _yuan(units: float) -> float:
+    return round(yuan_from_price_units(units), 3)
+
+
+def cost_bounds(config: dict[str, Any]) -> dict[str, Any]:
+    """Hourly bounds (yuan) a validated config allows: per GPU, per container, whole deployment."""
+    template = config["container_template"]
+    gpu_num = int(template["gpu_num"])
+    low, high = int(template["price_from"]), int(template["price_to"])
+    running = concurrent_containers(config)
+    kind = config["deployment_type"]
+    worst = _yuan(high * gpu_num * running)
+    notes = {
+        "ReplicaSet": f"ReplicaSet 不会自己停止: 每运行 1 小时最多 {worst:g} 元, 直到停止或缩容; 长期运行请加守护 (guard_deployment.py)。",
+        "Job": f"Job 共 {config.get('replica_num')} 个容器, 同时最多 {running} 个; 每小时最多 {worst:g} 元, 总花费取决于每个容器运行多久。",
+        "Container": f"单个容器, 每小时最多 {worst:g} 元, 直到它的命令结束或被停止。",
+    }
+    return {
+        "currency": "CNY",
+        "price_basis": PRICE_BASIS,
+        "per_gpu_hourly_yuan": {"min": _yuan(low), "max": _yuan(high)},
+        "gpu_num": gpu_num,
+        "per_container_hourly_yuan": {"min": _yuan(low * gpu_num), "max": _yuan(high * gpu_num)},
+        "concurrent_containers": running,
+        "hourly_yuan": {"min": _yuan(low * gpu_num * running), "max": worst},
+        "worst_case_hourly_yuan": worst,
+        "expected_hourly_yuan": None,
+        "expected_basis": "创建前平台不报实际价格 (库存接口不含价格): 实际单价在 price_from..price_to 之间, 以容器运行后的 price 为准。",
+        "note": notes.get(kind, notes["Container"]),
+    }
+
+
+def running_rate(containers: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The real hourly rate of the running containers, from their `price` fields."""
+    running = [c for c in containers if c.get("status") == "running"]
+    priced = [c for c in running if isinstance(c.get("price"), (int, float)) and not isinstance(c.get("price"), bool)]
+    return {
+        "running_containers": len(running),
+        "hourly_yuan": _yuan(sum(c["price"] for c in priced)),
+        "basis": CONTAINER_PRICE_BASIS,
+        **({"unpriced_containers": len(running) - len(priced)} if len(priced) < len(running) else {}),
+    }
+
+
+def with_observed_rate(cost: dict[str, Any], containers: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The plan's cost with the expected rate filled in from containers that now run."""
+    rate = running_rate(containers)
+    if not rate["running_containers"]:
+        return cost
+    return {**cost, "expected_hourly_yuan": rate["hourly_yuan"],
+            "expected_basis": f"{rate['running_containers']} 个运行中容器的 price 之和; " + CONTAINER_PRICE_BASIS}
+
+
+def balance_cover(balance_yuan: float, worst_case_hourly_yuan: float) -> dict[str, Any]:
+    """How many hours the balance lasts at the worst-case rate, and whether that is low."""
+    if worst_case_hourly_yuan <= 0:
+        return {"hours_at_worst_case": None, "low": False}
+    hours = round(max(balance_yuan, 0.0) / worst_case_hourly_yuan, 2)
+    return {"hours_at_worst_case": hours, "low": hours < LOW_BALANCE_HOURS}
+
+
+def over_budget_problem(cost: dict[str, Any], max_hourly_yuan: float) -> dict[str, str] | None:
+    """The validation problem when the worst case exceeds --max-hourly-cost, else None."""
+    worst = cost["worst_case_hourly_yuan"]
+    if worst <= max_hourly_yuan:
+        return None
+    per_gpu = cost["per_gpu_hourly_yuan"]["max"]
+    return {
+        "path": "container_template.price_to",
+        "message": (
+            f"最坏情况每小时 {worst:g} 元 (price_to {per_gpu:g} 元/卡/时 × gpu_num {cost['gpu_num']} × "
+            f"同时运行 {cost['concurrent_containers']} 个容器), 超过 --max-hourly-cost {max_hourly_yuan:g} 元。"
+        ),
+        "hint": "降低 container_template.price_to、gpu_num 或 replica_num / parallelism_num, 或 (用户同意后) 提高 --max-hourly-cost。",
+    }
+
+
+def balance_check(client: Any, cost: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """(the wallet with hours covered at the worst case, warnings). Never raises for the
+    wallet itself: a balance that cannot be read is a warning, the plan goes on."""
+    from .errors import AutoDLError
+    from .wallet import read_wallet
+
+    try:
+        wallet = read_wallet(client)
+    except AutoDLError as error:
+        return None, [{
+            "code": "balance_unavailable", "path": "wallet",
+            "message": f"无法查询账户余额: {error.message}",
+            "hint": "余额不影响提交; 需要时用 wallet_balance.py 单独查看, 或在控制台查看。",
+        }]
+    balance = wallet.get("balance_yuan")
+    if balance is None:
+        return wallet, []
+    cover = balance_cover(balance, cost["worst_case_hourly_yuan"])
+    wallet = {**wallet, **cover}
+    warnings = []
+    if cover["low"]:
+        warnings.append({
+            "code": "low_balance", "path": "wallet",
+            "message": f"余额 {balance:g} 元, 按最坏情况每小时 {cost['worst_case_hourly_yuan']:g} 元只够约 {cover['hours_at_worst_case']:g} 小时 (少于 {LOW_BALANCE_HOURS:g} 小时)。",
+            "hint": "欠费会强制停止全部容器: 先告诉用户并请其充值, 或减少 replica_num / 降低 price_to。",
+        })
+    return wallet, warnings

@@ -10,6 +10,8 @@ EXAMPLES = [
     "python scripts/discover_services.py --name my-service --watch --out registry.json",
     "python scripts/discover_services.py --name my-service --watch --out registry.json --health-path /health",
     "python scripts/discover_services.py --deployment-uuid 833f1cd5a764fa3 --watch --serve 127.0.0.1:8765 --port 6008",
+    "python scripts/discover_services.py --name my-service --watch --redis redis://10.0.0.5:6379/0",
+    "python scripts/discover_services.py --name my-service --watch --haproxy-socket /run/haproxy/autodl.sock --haproxy-backend replicas --health-path /health",
 ]
 
 # Defaults live here, not in autodl_esd.serving.registry, so that --help does not import the
@@ -25,6 +27,14 @@ DEFAULT_HEALTH_TIMEOUT_SECONDS = 2.0
 # One lost probe on a loaded GPU server is noise; three in a row (15 s at the default
 # 5 s interval) is a replica that should get no traffic.
 DEFAULT_HEALTH_FAILURES = 3
+# Scale-out defaults (values and reasons: autodl_esd/serving/redis_registry.py and haproxy.py;
+# repeated here so --help imports neither).
+DEFAULT_KEY_PREFIX = "autodl-esd"
+# The lock (and the heartbeat) live three intervals: one slow cycle (API retries) does not
+# hand the watch to a standby, while a dead watcher is replaced within ~15 s at the default
+# interval. Never below 10 s, so a sub-second --interval does not make it flap.
+LOCK_TTL_INTERVALS = 3
+MIN_LOCK_TTL_SECONDS = 10.0
 
 
 def build_parser() -> cli.JsonArgumentParser:
@@ -52,6 +62,20 @@ def build_parser() -> cli.JsonArgumentParser:
                         help=f"连续失败几次标记 healthy=false (默认 {DEFAULT_HEALTH_FAILURES})")
     parser.add_argument("--resync-every", type=cli.positive_int, default=DEFAULT_RESYNC_EVERY, metavar="N",
                         help=f"每 N 轮做一次全量容器列表同步, 修复漏掉的事件 (默认 {DEFAULT_RESYNC_EVERY})")
+    scale = parser.add_argument_group("多台机器 (Redis / HAProxy)")
+    scale.add_argument("--redis", metavar="URL",
+                       help="--watch 时把注册表写入 Redis (redis://[:密码@]主机:端口/库): 每个部署一个键 + 变化通知频道 + 带 TTL 的心跳; "
+                            "多个 watcher 同时运行时由 Redis 锁选出一个轮询 AutoDL, 其余待命并在它失联后接管")
+    scale.add_argument("--key-prefix", default=DEFAULT_KEY_PREFIX, metavar="P", help=f"Redis 键前缀 (默认 {DEFAULT_KEY_PREFIX})")
+    scale.add_argument("--lock-ttl", type=cli.positive_seconds, metavar="S",
+                       help=f"watcher 锁与心跳的 TTL 秒数: 活动 watcher 每轮续期, 失联 S 秒内由待命者接管 "
+                            f"(默认 max({LOCK_TTL_INTERVALS}×--interval, {MIN_LOCK_TTL_SECONDS:g}); 至少 2×--interval)")
+    scale.add_argument("--haproxy-socket", metavar="PATH",
+                       help="--watch 时通过 HAProxy 运行时接口 (stats socket, level admin) 同步 --haproxy-backend: "
+                            "新容器 add server, 离开的先 maint 再 del server, healthy=false 的 drain; 服务器名为容器 UUID")
+    scale.add_argument("--haproxy-backend", metavar="NAME", help="要同步的 HAProxy backend 名 (scripts/haproxy_config.py 生成的配置里)")
+    scale.add_argument("--haproxy-server-options", metavar="OPTS",
+                       help="add server 时附加的参数 (默认与 haproxy_config.py 的默认一致: 健康检查 + observe layer7 被动摘除)")
     parser.add_argument("--max-cycles", type=cli.positive_int, metavar="N", help="--watch 最多轮询 N 轮后结束")
     parser.add_argument("--duration", type=cli.positive_seconds, metavar="S", help="--watch 最多运行 S 秒后结束")
     return parser
@@ -62,9 +86,11 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.resolve import resolve_from_args
 
     watch_only = [flag for flag, value in (("--out", args.out), ("--serve", args.serve), ("--health-path", args.health_path),
-                                           ("--max-cycles", args.max_cycles), ("--duration", args.duration)) if value]
+                                           ("--max-cycles", args.max_cycles), ("--duration", args.duration),
+                                           ("--redis", args.redis), ("--haproxy-socket", args.haproxy_socket)) if value]
     if watch_only and not args.watch:
         raise cli.UsageError(f"{', '.join(watch_only)} 只在 --watch 模式下有效。", "加 --watch, 或去掉这些参数只查询一次。")
+    check_scale_out_flags(args)
     serve_at = None
     if args.serve:
         try:
@@ -93,6 +119,11 @@ def handle(args, ctx: cli.Context) -> dict:
                                     max_cycles=args.max_cycles, duration=args.duration, health=health)
     watcher = registry.RegistryWatcher(client, deployment_uuid, options, ctx.progress)
     ctx.partial["deployment_uuid"] = deployment_uuid
+    haproxy_sync = haproxy_sink(args, deployment_uuid, ctx) if args.haproxy_socket else None
+    local_sinks = [haproxy_sync] if haproxy_sync else []
+    redis_watch = redis_runner(args, watcher, interval, local_sinks, ctx) if args.redis else None
+    if redis_watch is None:
+        options.sinks.extend(local_sinks)
     endpoint = None
     if serve_at:
         try:
@@ -102,12 +133,79 @@ def handle(args, ctx: cli.Context) -> dict:
                                  "换一个端口, 或用端口 0 让系统自动选择 (实际地址见输出的 serve)。") from None
         ctx.progress.log(f"注册表接口: {endpoint.url}/services  {endpoint.url}/pick?policy=least_inflight")
     try:
-        stopped_by = watcher.run()
+        stopped_by = redis_watch.run() if redis_watch else watcher.run()
     finally:
         if endpoint:
             endpoint.stop()
     ctx.progress.log(f"结束 ({stopped_by}): {watcher.cycles} 轮, 注册 {watcher.registered}, 注销 {watcher.deregistered}")
-    return {**watcher.summary(), "stopped_by": stopped_by, "serve": endpoint.url if endpoint else None}
+    result = {**watcher.summary(), "stopped_by": stopped_by, "serve": endpoint.url if endpoint else None}
+    if redis_watch:
+        result["redis"] = redis_watch.summary(args.redis, args.key_prefix)
+    if haproxy_sync:
+        result["haproxy"] = haproxy_sync.summary()
+    return result
+
+
+def check_scale_out_flags(args) -> None:
+    """The Redis / HAProxy flags make sense only together with their main flag."""
+    if not args.redis:
+        extra = [flag for flag, value in (("--lock-ttl", args.lock_ttl),
+                                          ("--key-prefix", args.key_prefix != DEFAULT_KEY_PREFIX)) if value]
+        if extra:
+            raise cli.UsageError(f"{', '.join(extra)} 需要和 --redis 一起使用。", "加 --redis URL, 或去掉这些参数。")
+    if bool(args.haproxy_socket) != bool(args.haproxy_backend):
+        raise cli.UsageError("--haproxy-socket 与 --haproxy-backend 要一起给出。",
+                             "例: --haproxy-socket /run/haproxy/autodl.sock --haproxy-backend replicas")
+    if args.haproxy_server_options and not args.haproxy_socket:
+        raise cli.UsageError("--haproxy-server-options 需要和 --haproxy-socket 一起使用。")
+    if args.lock_ttl is not None and args.lock_ttl < 2 * args.interval:
+        raise cli.UsageError(f"--lock-ttl {args.lock_ttl:g} 小于 2×--interval ({2 * args.interval:g}): 活动 watcher 来不及续期, 锁会来回易主。",
+                             "加大 --lock-ttl, 或减小 --interval。")
+
+
+def redis_runner(args, watcher, interval: float, local_sinks: list, ctx: cli.Context):
+    """The Redis-backed watch (publish + lock), after checking the server answers."""
+    from urllib.parse import urlsplit
+
+    from autodl_esd.output import register_secret
+    from autodl_esd.serving import redis_registry
+
+    try:
+        register_secret(urlsplit(args.redis).password)
+        keys = redis_registry.RedisKeys(watcher.deployment_uuid, args.key_prefix)
+    except ValueError as problem:
+        raise cli.UsageError(f"--redis / --key-prefix 无效: {problem}") from None
+    shown = redis_registry.describe_url(args.redis)
+    try:
+        client = redis_registry.connect(args.redis)
+        client.ping()
+    except ValueError as problem:  # not a redis:// URL
+        raise cli.UsageError(f"--redis 不是有效的 Redis 地址: {problem}", "格式: redis://[:密码@]主机:端口/库, 如 redis://127.0.0.1:6379/0") from None
+    except redis_registry.redis_errors() as problem:
+        raise cli.UsageError(f"连不上 Redis {shown}: {problem}", "确认 redis-server 在运行、地址端口与密码正确、防火墙放行。",
+                             {"redis": shown}) from None
+    lock_ttl = args.lock_ttl or max(LOCK_TTL_INTERVALS * interval, MIN_LOCK_TTL_SECONDS)
+    if lock_ttl < 2 * interval:  # the interval may have been raised to the platform's floor
+        lock_ttl = 2 * interval
+    ctx.progress.log(f"注册表写入 Redis {shown} 键 {keys.registry} (通知频道 {keys.channel})")
+    return redis_registry.RedisWatch(watcher, client, keys, lock_ttl, local_sinks, ctx.progress)
+
+
+def haproxy_sink(args, deployment_uuid: str, ctx: cli.Context):
+    """The HAProxy backend sync, after checking the socket answers and the backend exists."""
+    from autodl_esd.serving import haproxy
+
+    runtime = haproxy.RuntimeApi(args.haproxy_socket)
+    try:
+        runtime.servers(args.haproxy_backend)
+    except haproxy.RuntimeApiError as problem:
+        raise cli.UsageError(f"HAProxy 同步无法开始: {problem}",
+                             "确认 HAProxy 在运行, 配置里有 `stats socket <PATH> level admin` 和这个 backend "
+                             "(scripts/haproxy_config.py 生成的配置两者都有)。",
+                             {"haproxy_socket": args.haproxy_socket, "haproxy_backend": args.haproxy_backend}) from None
+    options = args.haproxy_server_options or haproxy.DEFAULT_SERVER_OPTIONS
+    ctx.progress.log(f"同步 HAProxy backend {args.haproxy_backend} (运行时接口 {args.haproxy_socket})")
+    return haproxy.BackendSync(runtime, args.haproxy_backend, deployment_uuid, options, ctx.progress)
 
 
 def main(argv=None) -> int:

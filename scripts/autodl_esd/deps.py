@@ -25,7 +25,11 @@ REQUIREMENTS = SKILL_ROOT / "requirements.txt"
 REEXEC_MARKER = "AUTODL_ESD_REEXEC"
 
 # Import name -> pip distribution name (they differ for python-dotenv).
-_DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema"}
+_DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema", "redis": "redis"}
+# Optional packages come from their own requirements file (scale-out: Redis).
+_REQUIREMENTS = {"redis": "requirements-scaleout.txt"}
+# What every script needs (requirements.txt); only these decide a re-exec under .venv.
+_CORE_MODULES = ("requests", "dotenv", "jsonschema")
 
 
 def venv_python(venv: Path | None = None) -> Path:
@@ -61,11 +65,11 @@ def _has_pip() -> bool:
     return importlib.util.find_spec("pip") is not None
 
 
-def install_command() -> str:
-    """One command line that installs the runtime dependencies for this skill."""
+def install_command(requirements_file: Path | None = None) -> str:
+    """One command line that installs a requirements file (default: the runtime one)."""
     import shlex
 
-    requirements = shlex.quote(str(REQUIREMENTS))
+    requirements = shlex.quote(str(REQUIREMENTS if requirements_file is None else requirements_file))
     skill_python = shlex.quote(str(venv_python()))
     if _running_in(VENV_DIR) or venv_python().exists():
         return f"{skill_python} -m pip install -r {requirements}"
@@ -80,7 +84,7 @@ def require(module_name: str) -> ModuleType:
         return importlib.import_module(module_name)
     except ImportError:
         distribution = _DISTRIBUTIONS.get(module_name, module_name)
-        command = install_command()
+        command = install_command(SKILL_ROOT / _REQUIREMENTS.get(module_name, "requirements.txt"))
         venv_note = f" 之后用 {venv_python()} 运行脚本 (用别的 python 运行时脚本也会自动切换到它)。"
         raise AutoDLError(
             ErrorType.DEPENDENCY_MISSING,
@@ -99,7 +103,7 @@ def require(module_name: str) -> ModuleType:
 def _missing_runtime_module() -> str | None:
     import importlib.util
 
-    for name in _DISTRIBUTIONS:
+    for name in _CORE_MODULES:
         if importlib.util.find_spec(name) is None:
             return name
     return None

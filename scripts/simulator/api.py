@@ -167,12 +167,15 @@ class Api:
     """Endpoint handlers bound to one World; `base_url` is called when URLs are rendered."""
 
     def __init__(self, world: World, dialect: str, stock_shape: str, base_url: Callable[[], str],
-                 account: Account | None = None) -> None:
+                 account: Account | None = None,
+                 service_address: Callable[[str], str] | None = None) -> None:
         self.world = world
         self.account = account or Account()
         self.dialect = dialect
         self.stock_shape = stock_shape
         self.base_url = base_url
+        # container uuid -> its own service base URL (Simulator service_ports), else None.
+        self.service_address = service_address
 
     def _ts(self, simulated: float | None) -> str | None:
         return None if simulated is None else self.world.clock.timestamp(simulated)
@@ -402,7 +405,10 @@ class Api:
             return paginate(chosen, params, self.container_view)
 
     def container_view(self, container: Container) -> dict:
-        service = f"{self.base_url()}/svc/{container.uuid}"
+        if self.service_address is not None:
+            service = self.service_address(container.uuid)
+        else:
+            service = f"{self.base_url()}/svc/{container.uuid}"
         proxy_host = f"{container.data_center.lower()}.sim.autodl.local"
         return {
             "id": container.id, "uuid": container.uuid,
@@ -430,7 +436,9 @@ class Api:
         if self.dialect != "public":
             info.update(service_url=service, proxy_host=proxy_host, custom_port=container.custom_port)
         if self.dialect != "private":
-            info.update(service_6006_port_url=f"{service}/p6006", service_6008_port_url=f"{service}/p6008")
+            # With service_ports one port is one service, so both names point at it.
+            ports = ("", "") if self.service_address is not None else ("/p6006", "/p6008")
+            info.update(service_6006_port_url=service + ports[0], service_6008_port_url=service + ports[1])
         return info
 
     def list_events(self, params: dict) -> dict:

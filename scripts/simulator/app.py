@@ -55,6 +55,10 @@ class Simulator:
             draw it down as simulated time passes.
         gated: an account without enterprise verification: elastic-deployment routes answer
             BadRequest 无当前资源访问权限; images, stock, wallet and WeChat still work.
+        service_ports: give every container's service its own loopback port (URLs without
+            a path, like the private cloud's proxy_host:custom_port), so a proxy such as
+            HAProxy can address each replica as host:port. Default: one shared port, with
+            /svc/<container_uuid> paths.
 
     Test controls below are thread-safe and may be called while clients are connected.
     """
@@ -63,7 +67,7 @@ class Simulator:
                  speed: float = DEFAULT_SPEED, seed: int = 0, faults: str | dict | None = None,
                  *, host: str = "127.0.0.1", port: int = 0, dialect: str = "both",
                  stock_shape: str = "list", verbose: bool = False,
-                 balance_yuan: float | None = None, gated: bool = False) -> None:
+                 balance_yuan: float | None = None, gated: bool = False, service_ports: bool = False) -> None:
         if dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}")
         if stock_shape not in STOCK_SHAPES:
@@ -81,7 +85,10 @@ class Simulator:
         self.account = Account(gated=bool(gated))
         if balance_yuan is not None:
             self.set_wallet(balance_yuan=balance_yuan)
-        self._api = Api(self.world, dialect, stock_shape, lambda: self.url, self.account)
+        self.service_ports = service_ports
+        self._service_servers: dict[str, tuple[SimHTTPServer, threading.Thread]] = {}
+        self._api = Api(self.world, dialect, stock_shape, lambda: self.url, self.account,
+                        self.service_address if service_ports else None)
         self._requests: deque[tuple[str, str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self._requests_lock = threading.Lock()
         # container uuid -> semaphore bounding how many /svc requests it serves at once
@@ -121,8 +128,28 @@ class Simulator:
         self._server.server_close()
         for thread in self._threads:
             thread.join()
+        with self._service_slots_lock:
+            service_servers, self._service_servers = list(self._service_servers.values()), {}
+        for server, thread in service_servers:
+            server.shutdown()
+            server.server_close()
+            thread.join()
         self._server = None
         self._threads = []
+
+    def service_address(self, container_uuid: str) -> str:
+        """With service_ports: the base URL of the container's own service port (opened on first use)."""
+        with self._service_slots_lock:
+            known = self._service_servers.get(container_uuid)
+            if known is None:
+                server = SimHTTPServer((self.host, 0), self, self._api, self._faults, self.dialect,
+                                       container_uuid=container_uuid)
+                thread = threading.Thread(target=server.serve_forever, args=(SERVE_POLL_SECONDS,),
+                                          name=f"sim-svc-{container_uuid}", daemon=True)
+                thread.start()
+                known = self._service_servers[container_uuid] = (server, thread)
+        host, port = known[0].server_address[:2]
+        return f"http://{host}:{port}"
 
     def __enter__(self) -> "Simulator":
         return self.start()

@@ -97,9 +97,11 @@ class SimHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], sim: "Simulator", api: Api,
-                 faults: FaultInjector, dialect: str) -> None:
+                 faults: FaultInjector, dialect: str, container_uuid: str | None = None) -> None:
         super().__init__(address, SimRequestHandler)
         self.sim, self.api, self.faults, self.dialect = sim, api, faults, dialect
+        # Set: this server is that container's own service port (Simulator service_ports).
+        self.container_uuid = container_uuid
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client hanging up (timeouts in tests, Ctrl-C) is routine, not a traceback.
@@ -163,7 +165,9 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             self._send_json(error.http_status, envelope(error.code, error.msg))
             return
         try:
-            if url.path.startswith("/svc/"):
+            if self.server.container_uuid is not None:  # a container's own port: all of it is its service
+                self._handle_service(method, f"/svc/{self.server.container_uuid}{url.path}", body)
+            elif url.path.startswith("/svc/"):
                 self._handle_service(method, url.path, body)
             elif url.path == "/_sim" or url.path.startswith("/_sim/"):
                 self._handle_control(method, url.path, body)

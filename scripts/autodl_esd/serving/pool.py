@@ -36,6 +36,14 @@ Sources:
   ``discover_services.py`` endpoint, at most every ``refresh_interval`` seconds.
 * ``ServicePool.from_services(items)``: a fixed list of registry items; push
   later changes with ``pool.update(items_or_registry)``.
+* ``ServicePool.from_redis(url, deployment_uuid)``: the registry that
+  ``discover_services.py --watch --redis URL`` keeps in Redis, followed by
+  pub/sub notification (each change applied as it arrives). With
+  ``shared_inflight=True`` the in-flight counts live in Redis too, so
+  ``least_inflight`` balances across every client of the deployment, at one
+  Redis round trip per lease and one per release. Needs the ``redis`` package
+  and this module inside the bundle (``scripts/`` on ``sys.path``); call
+  ``pool.close()`` when done.
 * ``ServicePool(source=fn)``: any callable returning a registry dict (see
   ``schemas/registry.schema.json``) or a bare list of items, or ``None`` for
   "unchanged". Use it for your own discovery.
@@ -126,6 +134,7 @@ class Lease:
         self._pool = pool
         self._replica = replica
         self._released = False
+        self._shared_id: Optional[str] = None  # the lease in the shared counts, if any
         self.service = replica.service
 
     def release(self, failed: bool = False) -> None:
@@ -156,6 +165,10 @@ class ServicePool:
         caused by the caller's own bad input.
     clock: monotonic clock in seconds (injectable for tests).
     logger: where refresh warnings go (default: the ``service_pool`` logger).
+    shared_inflight: an object keeping in-flight counts shared with other
+        clients (``acquire(candidates) -> (index, lease_id)``,
+        ``release(container_uuid, lease_id)``), e.g. from_redis's; when it
+        fails the pool falls back to its own counts and logs a warning.
     """
 
     def __init__(
@@ -168,6 +181,7 @@ class ServicePool:
         is_failure: Optional[Callable[[BaseException], bool]] = None,
         clock: Callable[[], float] = time.monotonic,
         logger: Optional[logging.Logger] = None,
+        shared_inflight: Any = None,
     ):
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; valid policies: {', '.join(POLICIES)}")
@@ -189,6 +203,9 @@ class ServicePool:
         self._draining: dict[str, _Replica] = {}  # left the registry, leases still out
         self._round_robin_next = 0
         self._next_refresh_at = float("-inf")
+        self._shared = shared_inflight
+        self._shared_error: Optional[str] = None
+        self._closers: list[Callable[[], Any]] = []
         if source is not None:
             self.refresh(force=True)
 
@@ -212,6 +229,36 @@ class ServicePool:
         pool = cls(**kwargs)
         pool.update(list(services))
         return pool
+
+    @classmethod
+    def from_redis(cls, url: str, deployment_uuid: str, **kwargs) -> "ServicePool":
+        """Pool following the Redis registry by notification; see the module
+        docstring. ``key_prefix``, ``shared_inflight`` (bool), ``lease_ttl``
+        (seconds a lease counts at most) plus the usual keyword arguments."""
+        try:  # absolute, so a copy of this file works too while the bundle is on sys.path
+            from autodl_esd.serving.redis_registry import pool_from_redis
+        except ImportError as exc:  # a copied pool.py without the bundle
+            raise ImportError(
+                "ServicePool.from_redis needs this module inside the autodl-elastic-deploy "
+                "bundle (scripts/ on sys.path) and the redis package "
+                "(pip install -r requirements-scaleout.txt)"
+            ) from exc
+        return pool_from_redis(cls, url, deployment_uuid, **kwargs)
+
+    def add_closer(self, closer: Callable[[], Any]) -> None:
+        """Run ``closer`` on ``close()`` (background followers, connections)."""
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        """Stop following the source (from_redis); the pool keeps its last set."""
+        while self._closers:
+            self._closers.pop()()
+
+    def __enter__(self) -> "ServicePool":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # ---- registry -----------------------------------------------------
 
@@ -287,10 +334,38 @@ class ServicePool:
         """
         self.refresh()
         excluded = set(exclude)
+        if self._shared is not None:
+            return self._lease_shared(excluded)
         with self._lock:
             replica = self._pick(excluded)
             replica.inflight += 1
             return Lease(self, replica)
+
+    def _lease_shared(self, excluded: set[str]) -> Lease:
+        # Choose the candidates locally, let the shared counts decide between them
+        # (one round trip, outside the lock), then count the lease here as well.
+        with self._lock:
+            if self.policy == "least_inflight":
+                candidates = self._pick(excluded, candidates=True)
+            else:
+                candidates = [self._pick(excluded)]
+        lease_id = None
+        index = 0
+        try:
+            index, lease_id = self._shared.acquire([r.container_uuid for r in candidates])
+            self._shared_error = None
+        except Exception as exc:  # shared counts unreachable: balance on our own counts
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._shared_error:
+                self._log.warning("shared in-flight counts unavailable, using this client's own: %s", message)
+            self._shared_error = message
+            index = min(range(len(candidates)), key=lambda i: candidates[i].inflight)
+        with self._lock:
+            replica = candidates[index]
+            replica.inflight += 1
+            lease = Lease(self, replica)
+            lease._shared_id = lease_id
+            return lease
 
     def call(self, fn: Callable[[Service], T], retries: int = 1) -> T:
         """Run ``fn(service)`` under a lease; when it raises a replica failure,
@@ -351,7 +426,9 @@ class ServicePool:
 
     # ---- internals (called with self._lock held unless noted) ---------
 
-    def _pick(self, excluded: set[str]) -> _Replica:
+    def _pick(self, excluded: set[str], candidates: bool = False):
+        """The replica to use; with ``candidates``, the (one or two) replicas
+        least_inflight would compare, for shared counts to decide between."""
         now = self._clock()
         healthy = [r for uuid, r in self._replicas.items() if r.healthy and uuid not in excluded]
         if not healthy:
@@ -360,9 +437,10 @@ class ServicePool:
         if not ready:
             # Every replica failed recently; the one ejected longest ago is the
             # best bet, and trying beats failing the request outright.
-            return min(healthy, key=lambda r: r.ejected_at)
+            fallback = min(healthy, key=lambda r: r.ejected_at)
+            return [fallback] if candidates else fallback
         if len(ready) == 1:
-            return ready[0]
+            return [ready[0]] if candidates else ready[0]
         if self.policy == "round_robin":
             replica = ready[self._round_robin_next % len(ready)]
             self._round_robin_next += 1
@@ -373,6 +451,8 @@ class ServicePool:
         # minimum, without herding every concurrent caller onto the same replica.
         # sample() returns the pair in random order, so min() breaks ties randomly.
         first, second = self._rng.sample(ready, 2)
+        if candidates:
+            return [first, second]
         return min((first, second), key=lambda r: r.inflight)
 
     def _why_none(self) -> str:
@@ -403,6 +483,13 @@ class ServicePool:
                 replica.completed += 1
             if replica.inflight == 0 and self._draining.get(replica.container_uuid) is replica:
                 del self._draining[replica.container_uuid]
+        shared_id = lease._shared_id
+        if shared_id is not None:
+            try:  # outside the lock: a network round trip
+                self._shared.release(replica.container_uuid, shared_id)
+            except Exception as exc:  # the lease expires on its own (lease_ttl)
+                self._log.warning("could not release shared in-flight lease (it expires on its own): %s: %s",
+                                  type(exc).__name__, exc)
 
 
 # ---- registry parsing -------------------------------------------------

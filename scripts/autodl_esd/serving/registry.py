@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -253,6 +253,8 @@ class WatchOptions:
     max_cycles: int | None = None
     duration: float | None = None
     health: HealthTracker | None = None
+    # Called with every registry published (after --out is written): Redis, HAProxy (scale-out).
+    sinks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
 
 
 class RegistryWatcher:
@@ -360,6 +362,12 @@ class RegistryWatcher:
         if self.options.out:
             write_atomically(self.options.out, document)
         self.document = document
+        for sink in self.options.sinks:
+            sink(document)
+
+    def forget_position(self) -> None:
+        """Start over from a full listing on the next cycle (e.g. after standing by)."""
+        self._offset, self._resync_due = None, True
 
     def run(self) -> str:
         """Cycle until a bound is reached, `stop_event` is set or a signal arrives; says which."""

@@ -1,0 +1,546 @@
+"""The registry and the load counts in Redis, for a service called from more than one machine.
+
+Keys of one deployment D under a prefix P (all in one Redis Cluster hash slot, `{P:D}`):
+
+- `{P:D}:registry`   the registry document (schemas/registry.schema.json) as JSON, replaced
+                     with one SET, so a reader gets the old set or the new one, never half.
+- `{P:D}:changes`    pub/sub channel: the new document, published whenever the set of
+                     replicas (or their health, or the stale flag) changes.
+- `{P:D}:heartbeat`  the active watcher's name and time, with a TTL. A registry without a
+                     heartbeat comes from a dead watcher: readers mark it stale, never empty it.
+- `{P:D}:watcher`    the lock that makes one watcher of many poll the AutoDL API.
+- `{P:D}:inflight:<container_uuid>`  the leases on that replica (sorted set, score = expiry).
+
+Everything here talks to Redis through the `redis` package (never by hand); it is imported
+lazily, so nothing on a --help path needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid as uuid_module
+from typing import Any, Callable, Optional
+
+from ..deps import require
+
+DEFAULT_KEY_PREFIX = "autodl-esd"
+# A Redis on the LAN answers in well under a millisecond; 5 s separates a slow one from a
+# dead one without letting a blackholed connection stall a watcher cycle for long.
+SOCKET_TIMEOUT_SECONDS = 5.0
+# A lease outlives any sensible request (a long generation, a streamed answer) yet a
+# crashed client's leases stop counting within minutes.
+DEFAULT_LEASE_TTL_SECONDS = 300.0
+# A reader that lost Redis retries this often: quick to recover, yet a dead Redis costs one
+# connection attempt per second per reader, not a busy loop.
+RECONNECT_SECONDS = 1.0
+# The reader checks the heartbeat this often between notifications (the watcher refreshes it
+# every cycle); a dead watcher is noticed within this much after its heartbeat expires.
+HEARTBEAT_CHECK_SECONDS = 1.0
+
+log = logging.getLogger("service_pool")
+
+STALE_HEARTBEAT_REASON = "注册表的 watcher 心跳已过期 (没有 watcher 在更新它): 这是最后一次的注册表, 副本可能已变化"
+
+
+def connect(url: str) -> Any:
+    """A Redis client for redis://, rediss:// or unix:// URLs (answers as str)."""
+    redis = require("redis")
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                                socket_connect_timeout=SOCKET_TIMEOUT_SECONDS, health_check_interval=30)
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """What a Redis call raises when the server is unreachable, slow or refuses."""
+    redis = require("redis")
+    return (redis.RedisError, OSError)
+
+
+def describe_url(url: str) -> str:
+    """The URL without a password (for output and logs)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
+
+
+class RedisKeys:
+    """The key names of one deployment (see the module docstring)."""
+
+    def __init__(self, deployment_uuid: str, prefix: str = DEFAULT_KEY_PREFIX) -> None:
+        if not prefix or any(ch in prefix for ch in "{} \n"):
+            raise ValueError(f"key prefix must be non-empty without braces or spaces: {prefix!r}")
+        base = f"{{{prefix}:{deployment_uuid}}}"
+        self.registry = f"{base}:registry"
+        self.channel = f"{base}:changes"
+        self.heartbeat = f"{base}:heartbeat"
+        self.lock = f"{base}:watcher"
+        self._inflight = f"{base}:inflight:"
+
+    def inflight(self, container_uuid: str) -> str:
+        return self._inflight + container_uuid
+
+
+def watcher_name() -> str:
+    """Who holds the lock / writes the heartbeat: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid_module.uuid4().hex[:8]}"
+
+
+def membership(document: dict[str, Any]) -> Any:
+    """What readers act on: the replicas and the stale flag (not the timestamps)."""
+    return (json.dumps(document.get("services"), sort_keys=True), bool(document.get("stale")), document.get("stale_reason"))
+
+
+class LostLock(RuntimeError):
+    """Another watcher holds the lock now: this one must not publish."""
+
+
+# --- the one active watcher -------------------------------------------------------------
+
+
+class WatcherLock:
+    """A Redis lock with a TTL: held while renewed, free for another once it lapses.
+
+    redis-py's Lock keeps a random token in the key and renews/releases with server-side
+    scripts that check it, so a watcher never extends or frees a lock someone else took.
+    """
+
+    def __init__(self, client: Any, keys: RedisKeys, ttl: float) -> None:
+        self.client = client
+        self.name = keys.lock
+        self.ttl = ttl
+        self._lock = client.lock(keys.lock, timeout=ttl, blocking=False, thread_local=False)
+
+    @property
+    def token(self) -> Optional[str]:
+        token = self._lock.local.token
+        return token.decode() if isinstance(token, bytes) else token
+
+    def try_acquire(self) -> bool:
+        return bool(self._lock.acquire(blocking=False))
+
+    def renew(self) -> bool:
+        """Reset the TTL; False when the lock lapsed and is (or was) taken by another."""
+        redis = require("redis")
+        if self.token is None:
+            return False
+        try:
+            self._lock.reacquire()
+            return True
+        except redis.exceptions.LockError:
+            self._lock.local.token = None
+            return False
+
+    def release(self) -> None:
+        redis = require("redis")
+        if self.token is None:
+            return
+        try:
+            self._lock.release()
+        except redis.exceptions.LockError:
+            pass  # lapsed already: nothing of ours to free
+        self._lock.local.token = None
+
+    def holder(self) -> Optional[str]:
+        return self.client.get(self.name)
+
+
+# --- writing the registry ---------------------------------------------------------------
+
+
+class RegistryPublisher:
+    """Writes each registry the watcher builds to Redis (a `WatchOptions.sinks` entry).
+
+    One transaction sets the document and the heartbeat and, when the replica set changed,
+    publishes it. With a `lock`, the transaction WATCHes the lock key and first checks that
+    this watcher still holds it, so a watcher that lost the lock mid-cycle cannot overwrite
+    what the new active one wrote.
+    """
+
+    def __init__(self, client: Any, keys: RedisKeys, heartbeat_ttl: float, name: str, lock: WatcherLock | None = None) -> None:
+        self.client = client
+        self.keys = keys
+        self.heartbeat_ttl = heartbeat_ttl
+        self.name = name
+        self.lock = lock
+        self.published = 0
+        self.notifications = 0
+        self.last_error: Optional[str] = None
+        self._last_membership: Any = None
+
+    def __call__(self, document: dict[str, Any]) -> None:
+        body = json.dumps(document, ensure_ascii=False)
+        heartbeat = json.dumps({"watcher": self.name, "at": document.get("generated_at"), "ttl_seconds": self.heartbeat_ttl})
+        changed = membership(document) != self._last_membership
+        ttl_ms = max(1, int(self.heartbeat_ttl * 1000))
+
+        def write(pipe: Any) -> None:
+            if self.lock is not None and pipe.get(self.lock.name) != self.lock.token:
+                raise LostLock(f"lock {self.lock.name} is held by {pipe.get(self.lock.name)!r}")
+            pipe.multi()
+            pipe.set(self.keys.registry, body)
+            pipe.set(self.keys.heartbeat, heartbeat, px=ttl_ms)
+            if changed:
+                pipe.publish(self.keys.channel, body)
+
+        watched = [self.lock.name] if self.lock is not None else []
+        self.client.transaction(write, *watched)
+        self.published += 1
+        if changed:
+            self.notifications += 1
+        self._last_membership = membership(document)
+
+    def forget(self) -> None:
+        """The next document is announced even if unchanged (after a takeover)."""
+        self._last_membership = None
+
+
+def read_registry(client: Any, keys: RedisKeys) -> Optional[dict[str, Any]]:
+    """The registry in Redis, marked stale when no watcher heartbeat is alive; None if absent."""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.registry)
+    pipe.exists(keys.heartbeat)
+    body, alive = pipe.execute()
+    if body is None:
+        return None
+    document = json.loads(body)
+    return document if alive else mark_stale(document, STALE_HEARTBEAT_REASON)
+
+
+def mark_stale(document: dict[str, Any], reason: str) -> dict[str, Any]:
+    if document.get("stale"):
+        return document
+    return {**document, "stale": True, "stale_reason": reason}
+
+
+# --- following the registry (readers) ---------------------------------------------------
+
+
+class RegistrySubscription:
+    """Keeps a consumer (e.g. `ServicePool.update`) current from Redis, by notification.
+
+    A background thread subscribes to the change channel first and then reads the key, so
+    no change falls between the two; every notification is applied as it arrives. Between
+    notifications it checks the heartbeat; a lapsed one marks the last registry stale (the
+    replicas stay). A lost connection is retried every RECONNECT_SECONDS, keeping the last
+    good set meanwhile.
+    """
+
+    def __init__(self, client: Any, keys: RedisKeys, consumer: Callable[[dict[str, Any]], None],
+                 on_error: Callable[[Optional[str]], None] | None = None,
+                 heartbeat_check_seconds: float = HEARTBEAT_CHECK_SECONDS) -> None:
+        self.client = client
+        self.keys = keys
+        self.consumer = consumer
+        self.on_error = on_error or (lambda message: None)
+        self.heartbeat_check_seconds = heartbeat_check_seconds
+        self.notifications = 0
+        self.document: Optional[dict[str, Any]] = None
+        self._closed = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="registry-subscription", daemon=True)
+
+    def start(self, wait: float = SOCKET_TIMEOUT_SECONDS) -> "RegistrySubscription":
+        """Start following; wait up to `wait` s for the first read (so a pool can lease at once)."""
+        self._thread.start()
+        self._ready.wait(wait)
+        return self
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=SOCKET_TIMEOUT_SECONDS)
+
+    def _apply(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.consumer(document)
+
+    def _follow(self) -> None:
+        errors = redis_errors()
+        while not self._closed.is_set():
+            pubsub = self.client.pubsub()
+            try:
+                pubsub.subscribe(self.keys.channel)
+                # Read the key only once the server confirmed the subscription: a change
+                # published in between is then either in what we read or in a notification.
+                confirmed = None
+                while confirmed is None or confirmed.get("type") != "subscribe":
+                    confirmed = pubsub.get_message(timeout=SOCKET_TIMEOUT_SECONDS)
+                    if confirmed is None:
+                        raise TimeoutError("no SUBSCRIBE confirmation from Redis")
+                self._check_heartbeat(initial=True)
+                self.on_error(None)
+                self._ready.set()
+                next_check = time.monotonic() + self.heartbeat_check_seconds
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=min(self.heartbeat_check_seconds, 0.5))
+                    if message and message.get("type") == "message":
+                        self.notifications += 1
+                        self._apply(json.loads(message["data"]))  # a notification: the watcher is alive
+                        next_check = time.monotonic() + self.heartbeat_check_seconds
+                    elif time.monotonic() >= next_check:
+                        self._check_heartbeat()
+                        next_check = time.monotonic() + self.heartbeat_check_seconds
+            except errors as problem:
+                self.on_error(f"Redis: {type(problem).__name__}: {problem}")
+                self._ready.set()  # the caller gets an empty pool with last_refresh_error, not a hang
+                self._closed.wait(RECONNECT_SECONDS)
+            except ValueError as problem:  # a non-JSON message on our channel: skip it, keep following
+                self.on_error(f"bad registry in Redis: {problem}")
+            finally:
+                try:
+                    pubsub.close()
+                except errors:
+                    pass
+
+    def _check_heartbeat(self, initial: bool = False) -> None:
+        document = read_registry(self.client, self.keys)
+        if document is None:
+            return  # no watcher ever wrote this deployment: nothing to follow yet
+        if initial or self.document is None or membership(document) != membership(self.document):
+            self._apply(document)
+
+
+# --- shared in-flight counts ------------------------------------------------------------
+
+# Picks the candidate with the fewest live leases and records a lease on it, in one round
+# trip. Server time (TIME), not the clients', dates the leases, so clients on machines with
+# skewed clocks agree on what has expired.
+_LEASE_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local best, best_count = 1, nil
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local count = redis.call('ZCARD', key)
+  if best_count == nil or count < best_count then
+    best, best_count = i, count
+  end
+end
+redis.call('ZADD', KEYS[best], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[best], ttl)
+return {best - 1, best_count}
+"""
+
+_COUNT_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local counts = {}
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  counts[i] = redis.call('ZCARD', key)
+end
+return counts
+"""
+
+
+class SharedInflight:
+    """Per-replica in-flight counts shared by every pool of a deployment, in Redis.
+
+    `acquire(candidates)` picks the least loaded of the candidates (across all clients) and
+    records a lease on it: one round trip. `release` removes the lease: one round trip.
+    Each lease expires after `lease_ttl` seconds, so a client killed mid-request leaks
+    nothing for longer than that.
+    """
+
+    def __init__(self, client: Any, keys: RedisKeys, lease_ttl: float = DEFAULT_LEASE_TTL_SECONDS) -> None:
+        if lease_ttl <= 0:
+            raise ValueError("lease_ttl must be > 0")
+        self.client = client
+        self.keys = keys
+        self.lease_ttl = lease_ttl
+        self._lease = client.register_script(_LEASE_SCRIPT)
+        self._count = client.register_script(_COUNT_SCRIPT)
+
+    def acquire(self, candidates: list[str]) -> tuple[int, str]:
+        """(index of the chosen candidate, lease id)."""
+        lease_id = uuid_module.uuid4().hex
+        index, _ = self._lease(keys=[self.keys.inflight(c) for c in candidates],
+                               args=[lease_id, max(1, int(self.lease_ttl * 1000))])
+        return int(index), lease_id
+
+    def release(self, container_uuid: str, lease_id: str) -> None:
+        self.client.zrem(self.keys.inflight(container_uuid), lease_id)
+
+    def counts(self, container_uuids: list[str]) -> dict[str, int]:
+        """Live leases per replica, as every client sees them."""
+        if not container_uuids:
+            return {}
+        values = self._count(keys=[self.keys.inflight(c) for c in container_uuids])
+        return dict(zip(container_uuids, (int(v) for v in values)))
+
+
+# --- ServicePool.from_redis -------------------------------------------------------------
+
+
+def pool_from_redis(pool_class: Any, url: str, deployment_uuid: str, key_prefix: str = DEFAULT_KEY_PREFIX,
+                    shared_inflight: bool = False, lease_ttl: float = DEFAULT_LEASE_TTL_SECONDS, **kwargs: Any) -> Any:
+    """A ServicePool following the Redis registry by notification (see ServicePool.from_redis)."""
+    client = connect(url)
+    keys = RedisKeys(deployment_uuid, key_prefix)
+    if shared_inflight:
+        kwargs["shared_inflight"] = SharedInflight(client, keys, lease_ttl)
+    pool = pool_class(**kwargs)
+
+    def consume(document: dict[str, Any]) -> None:
+        try:
+            pool.update(document)
+        except ValueError as problem:
+            pool.last_refresh_error = f"ValueError: {problem}"
+
+    def report(message: Optional[str]) -> None:
+        if message and message != pool.last_refresh_error:
+            pool._log.warning("service registry in Redis unavailable, keeping last good set: %s", message)
+        pool.last_refresh_error = message
+
+    subscription = RegistrySubscription(client, keys, consume, report).start()
+    pool.subscription = subscription
+    pool.add_closer(subscription.close)
+    pool.add_closer(client.close)
+    return pool
+
+
+# --- discover_services --watch --redis --------------------------------------------------
+
+
+class RedisWatch:
+    """Runs a RegistryWatcher while this process holds the watcher lock; stands by otherwise.
+
+    Active: each cycle polls AutoDL (through the watcher), renews the lock and publishes the
+    registry to Redis (fenced by the lock) and to the local sinks (--out, --haproxy-socket).
+    Standby: tries the lock each interval and meanwhile feeds the local sinks from the
+    registry in Redis, so every machine's HAProxy follows while only one polls the API.
+    A lapsed lock (the active one died or hung) is taken over on the next try.
+    """
+
+    def __init__(self, watcher: Any, client: Any, keys: RedisKeys, lock_ttl: float, local_sinks: list[Callable[[dict], None]],
+                 progress: Any) -> None:
+        self.watcher = watcher
+        self.client = client
+        self.keys = keys
+        self.name = watcher_name()
+        self.lock = WatcherLock(client, keys, lock_ttl)
+        self.publisher = RegistryPublisher(client, keys, lock_ttl, self.name, self.lock)
+        self.local_sinks = local_sinks
+        self.progress = progress
+        self.active = False
+        self.rounds = self.active_cycles = self.standby_rounds = self.takeovers = self.lost = 0
+        self.redis_error: Optional[str] = None
+        self._followed: Any = None
+        watcher.options.sinks = [self._guard("Redis", self._publish)] + [self._guard("HAProxy/输出", sink) for sink in local_sinks]
+
+    def _guard(self, what: str, sink: Callable[[dict], None]) -> Callable[[dict], None]:
+        def guarded(document: dict) -> None:
+            try:
+                sink(document)
+            except LostLock:
+                raise
+            except Exception as problem:  # a sink's outage must not stop the watcher
+                self._note_error(f"{what}: {type(problem).__name__}: {problem}")
+        return guarded
+
+    def _publish(self, document: dict) -> None:
+        try:
+            self.publisher(document)
+            self._note_error(None)
+        except LostLock:
+            self._step_down("发布时发现锁已被另一个 watcher 持有")
+
+    def _note_error(self, message: Optional[str]) -> None:
+        if message and message != self.redis_error:
+            self.progress.log(f"写入失败 (继续运行): {message}")
+        self.redis_error = message
+
+    def _step_down(self, why: str) -> None:
+        if self.active:
+            self.lost += 1
+            self.progress.log(f"不再是活动 watcher ({why}), 转为备用: 改为跟随 Redis 中的注册表")
+        self.active = False
+        self.watcher.forget_position()
+
+    def _hold_or_try(self) -> None:
+        errors = redis_errors()
+        try:
+            if self.active:
+                if not self.lock.renew():
+                    self._step_down("锁已过期")
+            if not self.active and self.lock.try_acquire():
+                self.active = True
+                self.takeovers += 1
+                self.watcher.forget_position()
+                self.publisher.forget()
+                self.progress.log(f"成为活动 watcher (锁 {self.keys.lock}, TTL {self.lock.ttl:g}s): 由本进程轮询 AutoDL")
+            self._note_error(None)
+        except errors as problem:
+            # Redis unreachable: an active watcher keeps polling (its local sinks still need
+            # the truth); a standby keeps standing by. Either way exactly one polls.
+            self._note_error(f"Redis: {type(problem).__name__}: {problem}")
+
+    def _follow(self) -> None:
+        try:
+            document = read_registry(self.client, self.keys)
+        except redis_errors() as problem:
+            self._note_error(f"Redis: {type(problem).__name__}: {problem}")
+            return
+        except ValueError as problem:
+            self._note_error(f"Redis 中的注册表不是 JSON: {problem}")
+            return
+        if document is None:
+            return
+        self.watcher.document = document  # what --serve answers on a standby
+        if membership(document) != self._followed:
+            self._followed = membership(document)
+            for sink in self.watcher.options.sinks[1:]:
+                sink(document)
+
+    def run(self) -> str:
+        import time as time_module
+
+        from ..errors import Interrupted
+
+        options = self.watcher.options
+        started = time_module.monotonic()
+        try:
+            while True:
+                self.rounds += 1
+                self._hold_or_try()
+                if self.active:
+                    self.active_cycles += 1
+                    self.watcher.cycle()
+                else:
+                    self.standby_rounds += 1
+                    self._follow()
+                if options.max_cycles and self.rounds >= options.max_cycles:
+                    return "max_cycles"
+                wait = options.interval
+                if options.duration:
+                    remaining = options.duration - (time_module.monotonic() - started)
+                    if remaining <= 0:
+                        return "duration"
+                    wait = min(wait, remaining)
+                if self.watcher.stop_event.wait(wait):
+                    return "stopped"
+        except (Interrupted, KeyboardInterrupt) as interruption:
+            return getattr(interruption, "signal_name", "SIGINT")
+        finally:
+            try:
+                self.lock.release()  # a standby takes over on its next try, not after the TTL
+            except redis_errors():
+                pass
+
+    def summary(self, url: str, prefix: str) -> dict[str, Any]:
+        return {
+            "url": describe_url(url), "key_prefix": prefix, "registry_key": self.keys.registry, "channel": self.keys.channel,
+            "watcher": self.name, "role": "active" if self.active else "standby", "lock_ttl_seconds": self.lock.ttl,
+            "active_cycles": self.active_cycles, "standby_rounds": self.standby_rounds, "takeovers": self.takeovers,
+            "lost_lock": self.lost, "published": self.publisher.published, "notifications": self.publisher.notifications,
+            **({"last_error": self.redis_error} if self.redis_error else {}),
+        }

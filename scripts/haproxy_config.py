@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""A complete haproxy.cfg for one deployment; discover_services.py then feeds its backend."""
+
+from __future__ import annotations
+
+import re
+
+from autodl_esd import cli
+
+EXAMPLES = [
+    "python scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out /etc/haproxy/haproxy.cfg --socket /run/haproxy/autodl.sock",
+    "python scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out haproxy.cfg --bind 0.0.0.0:8080 --health-path /health --server-maxconn 1",
+]
+
+# Defaults (reasons beside the values in autodl_esd/serving/haproxy.py; repeated so --help
+# does not import it).
+DEFAULT_BACKEND = "replicas"
+DEFAULT_BIND = "127.0.0.1:8080"
+DEFAULT_METRICS_BIND = "127.0.0.1:8404"
+DEFAULT_SOCKET = "/run/haproxy/autodl.sock"
+DEFAULT_HEALTH_PATH = "/health"
+DEFAULT_CHECK_INTER = "2s"
+DEFAULT_CHECK_FALL = 3
+DEFAULT_CHECK_RISE = 2
+DEFAULT_ERROR_LIMIT = 10
+DEFAULT_LONG_TIMEOUT = "1h"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
+DURATION_PATTERN = re.compile(r"^\d+(us|ms|s|m|h|d)?$")
+ADDRESS_PATTERN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]*|\*):\d{1,5}$")
+
+
+def build_parser() -> cli.JsonArgumentParser:
+    parser = cli.make_parser(
+        "haproxy_config.py",
+        "生成一个部署的完整 haproxy.cfg: 前端监听 --bind, backend 用 balance leastconn (按在途连接数, 适合 GPU 长请求), "
+        "GET --health-path 健康检查, 连接失败/502/503 时 retry-on + option redispatch 换副本重试, "
+        "observe layer7 + error-limit 被动摘除, 长请求与 SSE 流式响应不被超时切断 (--long-timeout), "
+        "内置 Prometheus 指标 (--metrics-bind 的 /metrics, /stats 页面), 运行时接口 stats socket。"
+        "backend 初始为空: 由 discover_services.py --watch --haproxy-socket --haproxy-backend 按容器增删服务器 "
+        "(输出里的 feed_command)。HAProxy 负责转发, 本工具只生成配置。",
+        EXAMPLES,
+    )
+    cli.add_deployment_selector(parser)
+    parser.add_argument("--out", metavar="FILE", help="写入的配置文件 (默认: 只在输出 JSON 的 config 字段里给出)")
+    parser.add_argument("--bind", default=DEFAULT_BIND, metavar="HOST:PORT", help=f"客户端访问的地址 (默认 {DEFAULT_BIND}; 对外用 0.0.0.0:PORT)")
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, metavar="NAME", help=f"backend 名 (默认 {DEFAULT_BACKEND})")
+    parser.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH", help=f"运行时接口 stats socket 路径 (默认 {DEFAULT_SOCKET})")
+    parser.add_argument("--metrics-bind", default=DEFAULT_METRICS_BIND, metavar="HOST:PORT",
+                        help=f"Prometheus /metrics 与 /stats 页面的地址 (默认 {DEFAULT_METRICS_BIND})")
+    parser.add_argument("--health-path", default=DEFAULT_HEALTH_PATH, metavar="PATH", help=f"健康检查路径 (默认 {DEFAULT_HEALTH_PATH})")
+    parser.add_argument("--check-interval", default=DEFAULT_CHECK_INTER, metavar="DUR", help=f"健康检查间隔, HAProxy 时长格式 (默认 {DEFAULT_CHECK_INTER})")
+    parser.add_argument("--check-fall", type=cli.positive_int, default=DEFAULT_CHECK_FALL, metavar="N", help=f"连续失败几次判定下线 (默认 {DEFAULT_CHECK_FALL})")
+    parser.add_argument("--check-rise", type=cli.positive_int, default=DEFAULT_CHECK_RISE, metavar="N", help=f"连续成功几次恢复 (默认 {DEFAULT_CHECK_RISE})")
+    parser.add_argument("--error-limit", type=cli.positive_int, default=DEFAULT_ERROR_LIMIT, metavar="N",
+                        help=f"请求连续出错几次被动摘除 (observe layer7, 默认 {DEFAULT_ERROR_LIMIT})")
+    parser.add_argument("--server-maxconn", type=cli.non_negative_int, default=0, metavar="N",
+                        help="每个副本同时处理的请求上限, 多余的在 HAProxy 排队 (默认 0 = 不限; GPU 一次一批时设 1)")
+    parser.add_argument("--long-timeout", default=DEFAULT_LONG_TIMEOUT, metavar="DUR",
+                        help=f"client/server/tunnel 超时: 长请求与 SSE 不会被切断 (默认 {DEFAULT_LONG_TIMEOUT})")
+    return parser
+
+
+def handle(args, ctx: cli.Context) -> dict:
+    problems = []
+    for flag, value, pattern in (("--backend", args.backend, NAME_PATTERN), ("--check-interval", args.check_interval, DURATION_PATTERN),
+                                 ("--long-timeout", args.long_timeout, DURATION_PATTERN),
+                                 ("--bind", args.bind, ADDRESS_PATTERN), ("--metrics-bind", args.metrics_bind, ADDRESS_PATTERN)):
+        if not pattern.match(value):
+            problems.append(f"{flag} {value!r}")
+    if not args.socket.startswith("/") or any(ch.isspace() for ch in args.socket):
+        problems.append(f"--socket {args.socket!r} (需要不含空格的绝对路径)")
+    if not args.health_path.startswith("/") or any(ch.isspace() for ch in args.health_path):
+        problems.append(f"--health-path {args.health_path!r} (需要以 / 开头、不含空格)")
+    if problems:
+        raise cli.UsageError(f"参数无效: {'; '.join(problems)}",
+                             "名字只用字母数字 _.:-; 时长如 2s / 500ms / 1h; 地址如 127.0.0.1:8080 或 0.0.0.0:8080。")
+    from pathlib import Path
+
+    from autodl_esd.serving import haproxy
+
+    deployment_uuid = args.deployment_uuid
+    if deployment_uuid is not None and not re.match(r"^[0-9a-f]{15}$", deployment_uuid):
+        raise cli.UsageError(f"--deployment-uuid {deployment_uuid!r} 不是 15 位小写十六进制。")
+    if deployment_uuid is None:  # --name / --config: one look at the deployment list
+        from autodl_esd.resolve import resolve_from_args
+
+        deployment_uuid = resolve_from_args(ctx.client(), args)["uuid"]
+    options = haproxy.server_options(args.check_interval, args.check_fall, args.check_rise, args.error_limit, args.server_maxconn)
+    config = haproxy.render_config(deployment_uuid=deployment_uuid, bind=args.bind, backend=args.backend, socket_path=args.socket,
+                                   metrics_bind=args.metrics_bind, health_path=args.health_path, options=options,
+                                   long_timeout=args.long_timeout)
+    if args.out:
+        target = Path(args.out)
+        if not target.parent.is_dir():
+            raise cli.UsageError(f"--out 的目录不存在: {target.parent}")
+        target.write_text(config, encoding="utf-8")
+    feed = (f"python scripts/discover_services.py --deployment-uuid {deployment_uuid} --watch "
+            f"--haproxy-socket {args.socket} --haproxy-backend {args.backend} --health-path {args.health_path} "
+            f"--haproxy-server-options '{options}'")
+    return {
+        "deployment_uuid": deployment_uuid, "out": args.out, "bind": args.bind, "backend": args.backend, "socket": args.socket,
+        "metrics_url": f"http://{args.metrics_bind}/metrics", "server_options": options,
+        "check_command": f"haproxy -c -f {args.out or 'haproxy.cfg'}",
+        "start_command": f"haproxy -f {args.out or 'haproxy.cfg'}",
+        "feed_command": feed,
+        **({} if args.out else {"config": config}),
+    }
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    cli.script_main(main)

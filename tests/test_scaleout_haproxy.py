@@ -1,0 +1,149 @@
+"""HAProxy as the gateway: haproxy_config.py writes a config HAProxy accepts, and
+discover_services.py --haproxy-socket keeps a real HAProxy's backend equal to the running
+containers of a simulated deployment (each container on its own port: service_ports)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import ROOT
+from real_servers import haproxy_server, require_binary, wait_for  # noqa: F401 - fixtures
+
+# Watcher polling interval in these tests (real seconds).
+INTERVAL = 0.1
+# Scheduling slack on a shared 2-core machine for "within one interval".
+SLACK_SECONDS = 1.5
+EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+
+
+def test_server_addresses_from_service_urls():
+    from autodl_esd.serving import haproxy
+
+    assert haproxy.server_address("http://127.0.0.1:8081") == haproxy.ServerAddress("127.0.0.1", 8081, None)
+    tls = haproxy.server_address("https://127.0.0.1")
+    assert (tls.port, tls.tls_host) == (443, "127.0.0.1") and "sni str(127.0.0.1)" in tls.options()
+    with pytest.raises(ValueError, match="路径"):
+        haproxy.server_address("http://127.0.0.1:8080/svc/abc/p6006")
+    assert haproxy.server_name("833f1cd5a764fa3-0a0a0a0a0a-ab12 x") == "833f1cd5a764fa3-0a0a0a0a0a-ab12_x"
+
+
+def test_haproxy_config_script_writes_a_config_haproxy_accepts(run, tmp_path, result_validator):
+    binary = require_binary("haproxy")
+    out = tmp_path / "haproxy.cfg"
+    code, result, _ = run("haproxy_config.py", "--deployment-uuid", "833f1cd5a764fa3", "--out", str(out),
+                          "--socket", str(tmp_path / "admin.sock"), "--server-maxconn", "1", "--health-path", "/healthz", "--quiet")
+    assert code == 0, result
+    result_validator.validate(result)
+    config = out.read_text(encoding="utf-8")
+    for needed in ("balance leastconn", "option httpchk GET /healthz", "retry-on conn-failure", "option redispatch",
+                   "observe layer7", "error-limit", "prometheus-exporter", "level admin", "timeout server 1h", "maxconn 1"):
+        assert needed in config, needed
+    assert "--haproxy-socket" in result["feed_command"] and result["server_options"] in result["feed_command"]
+    checked = subprocess.run([binary, "-c", "-f", str(out)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_haproxy_config_rejects_bad_names_before_writing(run, tmp_path):
+    code, result, _ = run("haproxy_config.py", "--deployment-uuid", "833f1cd5a764fa3", "--backend", "bad name",
+                          "--out", str(tmp_path / "x.cfg"), "--quiet")
+    assert code == 1 and result["error_type"] == "usage_error" and "--backend" in result["message"]
+    assert not (tmp_path / "x.cfg").exists()
+
+
+@pytest.fixture
+def deploy(run, tmp_path):
+    def submit(replica_num: int) -> str:
+        config = dict(copy.deepcopy(EXAMPLE), replica_num=replica_num)
+        path = tmp_path / "service.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        code, out, _ = run("queue_submit.py", str(path), "--interval", "0.05", "--wait-running", "--quiet")
+        assert code == 0, out
+        return out["deployment_uuid"]
+
+    return submit
+
+
+def running_uuids(instance, deployment_uuid) -> set[str]:
+    return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}
+
+
+def test_haproxy_backend_follows_churn_and_a_crash_mid_traffic_costs_no_request(sim, deploy, run, haproxy_server):
+    from autodl_esd.serving import haproxy
+
+    instance = sim(service_ports=True)
+    deployment_uuid = deploy(2)
+    proxy = haproxy_server(deployment_uuid=deployment_uuid)
+    runtime = haproxy.RuntimeApi(str(proxy.socket_path))
+    finished: dict = {}
+    watcher = threading.Thread(target=lambda: finished.update(result=run(
+        "discover_services.py", "--deployment-uuid", deployment_uuid, "--watch", "--interval", str(INTERVAL), "--duration", "6",
+        "--haproxy-socket", str(proxy.socket_path), "--haproxy-backend", "replicas",
+        "--haproxy-server-options", proxy.settings["options"], "--quiet")))
+    watcher.start()
+
+    def in_haproxy() -> set[str]:
+        return {name for name, server in runtime.servers("replicas").items() if not server["admin_state"] & haproxy.ADMIN_MAINT_BITS}
+
+    answers: list = []
+    failures: list = []
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(proxy.url + "/predict", timeout=10) as response:
+                    answers.append(json.loads(response.read())["container_uuid"])
+            except (urllib.error.URLError, OSError) as problem:
+                failures.append(repr(problem))
+
+    try:
+        first = running_uuids(instance, deployment_uuid)
+        wait_for(lambda: in_haproxy() == first, 5, "HAProxy to hold both replicas")
+        clients = [threading.Thread(target=traffic) for _ in range(4)]
+        for client in clients:
+            client.start()
+        wait_for(lambda: set(answers) == first, 5, "requests through HAProxy to reach both replicas")
+
+        victim = sorted(first)[0]
+        instance.crash_container(victim)
+        crashed_at = time.monotonic()
+        wait_for(lambda: victim not in in_haproxy(), 5, "HAProxy to stop sending to the crashed replica")
+        assert time.monotonic() - crashed_at <= INTERVAL + SLACK_SECONDS
+        served_before_replacement = len(answers)
+
+        wait_for(lambda: len(running_uuids(instance, deployment_uuid)) == 2
+                 and in_haproxy() == running_uuids(instance, deployment_uuid), 10, "HAProxy to add the replacement")
+        replacement = (running_uuids(instance, deployment_uuid) - first).pop()
+        wait_for(lambda: replacement in answers[served_before_replacement:], 5, "traffic to reach the replacement")
+        wait_for(lambda: victim not in runtime.servers("replicas"), 5, "the left server to be deleted once idle")
+        stop.set()
+        for client in clients:
+            client.join(timeout=15)
+    finally:
+        stop.set()
+        watcher.join(timeout=15)
+    assert not failures, f"{len(failures)} client requests failed (retry-on + redispatch should hide the crash): {failures[:3]}"
+    assert set(answers) <= first | {replacement}
+    stats = {row["svname"]: row for row in runtime.stats("replicas")}
+    assert set(stats) == running_uuids(instance, deployment_uuid)
+    with urllib.request.urlopen(proxy.metrics_url, timeout=5) as response:
+        assert "haproxy_server_" in response.read().decode()
+    code, summary, _ = finished["result"]
+    assert code == 0, summary
+    assert summary["haproxy"]["added"] == 3 and summary["haproxy"]["removed"] == 1
+
+
+def test_watch_says_when_the_haproxy_socket_is_not_there(sim, deploy, run, tmp_path):
+    sim(service_ports=True)
+    deployment_uuid = deploy(1)
+    code, out, _ = run("discover_services.py", "--deployment-uuid", deployment_uuid, "--watch", "--max-cycles", "1",
+                       "--haproxy-socket", str(tmp_path / "none.sock"), "--haproxy-backend", "replicas", "--quiet")
+    assert code == 1 and out["error_type"] == "usage_error" and "HAProxy" in out["message"]

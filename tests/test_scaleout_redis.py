@@ -1,0 +1,377 @@
+"""The registry, the watcher lock and the shared in-flight counts in a real redis-server.
+
+Unit-level tests drive serving.redis_registry directly; the end-to-end ones run
+discover_services.py --watch --redis against the simulator, with pools in other processes.
+Every wait is bounded; the Redis server is one per session, each test under its own prefix.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, SCRIPTS
+from real_servers import key_prefix, redis_server, wait_for  # noqa: F401 - fixtures
+
+pytest.importorskip("redis")
+
+DEPLOYMENT = "833f1cd5a764fa3"
+# Watcher polling interval in the end-to-end tests (real seconds).
+INTERVAL = 0.1
+# Scheduling slack on a shared 2-core machine for "within one interval / one TTL".
+SLACK_SECONDS = 1.5
+EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+
+
+def registry(uuids, stale=False):
+    document = {"status": "success", "deployment_uuid": DEPLOYMENT, "generated_at": "2026-12-01T12:00:00+08:00",
+                "services": [{"container_uuid": u, "url": f"http://127.0.0.1:9/{u}", "machine_id": None, "gpu_name": None,
+                              "since": "2026-12-01T12:00:00+08:00", "healthy": True} for u in uuids]}
+    if stale:
+        document.update(stale=True, stale_reason="API down")
+    return document
+
+
+def pool_uuids(pool) -> set[str]:
+    return {s.container_uuid for s in pool.services()}
+
+
+@pytest.fixture
+def rr(redis_server, key_prefix):
+    from autodl_esd.serving import redis_registry
+
+    client = redis_registry.connect(redis_server.url)
+    yield redis_registry, client, redis_registry.RedisKeys(DEPLOYMENT, key_prefix)
+    client.close()
+
+
+def test_pool_follows_each_change_by_notification_not_by_polling(redis_server, key_prefix, rr):
+    from service_pool import ServicePool
+
+    module, client, keys = rr
+    publish = module.RegistryPublisher(client, keys, heartbeat_ttl=30, name="test")
+    publish(registry(["a-1", "b-2"]))
+    pool = ServicePool.from_redis(redis_server.url, DEPLOYMENT, key_prefix=key_prefix, refresh_interval=3600)
+    try:
+        assert pool_uuids(pool) == {"a-1", "b-2"}  # read at start
+        publish(registry(["b-2", "c-3"]))
+        wait_for(lambda: pool_uuids(pool) == {"b-2", "c-3"}, 2, "the pool to apply the notification")
+        assert pool.subscription.notifications == 1
+        # An unchanged set is not announced again (the heartbeat is still refreshed).
+        publish(registry(["b-2", "c-3"]))
+        assert publish.notifications == 2 and publish.published == 3
+        assert json.loads(client.get(keys.heartbeat))["watcher"] == "test"
+    finally:
+        pool.close()
+
+
+def test_dead_watcher_makes_the_registry_stale_never_empty(redis_server, key_prefix, rr):
+    from service_pool import ServicePool
+
+    module, client, keys = rr
+    module.RegistryPublisher(client, keys, heartbeat_ttl=0.3, name="test")(registry(["a-1"]))
+    pool = ServicePool.from_redis(redis_server.url, DEPLOYMENT, key_prefix=key_prefix)
+    try:
+        pool.subscription.heartbeat_check_seconds = 0.1
+        assert not pool.registry_info.get("stale")
+        wait_for(lambda: pool.registry_info.get("stale"), 3, "the lapsed heartbeat to mark the registry stale")
+        assert pool_uuids(pool) == {"a-1"}
+        assert "心跳" in pool.registry_info["stale_reason"]
+        assert module.read_registry(client, keys)["stale"] is True
+    finally:
+        pool.close()
+
+
+def test_redis_unreachable_keeps_the_last_set_and_says_why():
+    from service_pool import ServicePool
+    from real_servers import free_port
+
+    pool = ServicePool.from_redis(f"redis://127.0.0.1:{free_port()}/0", DEPLOYMENT)
+    try:
+        assert pool.services() == [] and "Redis" in (pool.last_refresh_error or "")
+    finally:
+        pool.close()
+
+
+def test_one_lock_holder_and_takeover_after_the_ttl(rr):
+    module, client, keys = rr
+    first, second = module.WatcherLock(client, keys, ttl=0.4), module.WatcherLock(client, keys, ttl=0.4)
+    assert first.try_acquire() and not second.try_acquire()
+    assert first.renew() and not second.try_acquire()
+    time.sleep(0.5)  # the first stops renewing (killed, hung): the lock lapses
+    assert second.try_acquire()
+    assert not first.renew(), "the old holder learns it lost the lock instead of extending someone else's"
+    # ...and its publisher is fenced out: it cannot overwrite what the new active one wrote.
+    stale_writer = module.RegistryPublisher(client, keys, 5, "old", lock=first)
+    with pytest.raises(module.LostLock):
+        stale_writer(registry(["x-1"]))
+    module.RegistryPublisher(client, keys, 5, "new", lock=second)(registry(["y-1"]))
+    assert [s["container_uuid"] for s in json.loads(client.get(keys.registry))["services"]] == ["y-1"]
+
+
+def test_shared_counts_pick_the_replica_other_clients_do_not_use(rr):
+    module, client, keys = rr
+    shared = module.SharedInflight(client, keys, lease_ttl=30)
+    index, lease_a = shared.acquire(["r-1", "r-2"])
+    chosen = ["r-1", "r-2"][index]
+    other_index, lease_b = shared.acquire(["r-1", "r-2"])
+    assert ["r-1", "r-2"][other_index] != chosen  # another client's lease counts
+    assert shared.counts(["r-1", "r-2"]) == {"r-1": 1, "r-2": 1}
+    shared.release(chosen, lease_a)
+    shared.release(["r-1", "r-2"][other_index], lease_b)
+    assert shared.counts(["r-1", "r-2"]) == {"r-1": 0, "r-2": 0}
+
+
+def test_a_lease_never_released_stops_counting_after_its_ttl(rr):
+    module, client, keys = rr
+    shared = module.SharedInflight(client, keys, lease_ttl=0.3)
+    shared.acquire(["r-1"])
+    assert shared.counts(["r-1"]) == {"r-1": 1}
+    time.sleep(0.4)
+    assert shared.counts(["r-1"]) == {"r-1": 0}
+    assert not client.exists(keys.inflight("r-1")), "the key itself expires too"
+
+
+def test_pool_falls_back_to_its_own_counts_when_shared_counts_fail(caplog):
+    from service_pool import ServicePool
+
+    class Down:
+        def acquire(self, candidates):
+            raise ConnectionError("redis down")
+
+        def release(self, uuid, lease_id):
+            raise AssertionError("never called without a lease id")
+
+    pool = ServicePool.from_services(registry(["a-1", "b-2"])["services"], shared_inflight=Down(), seed=1)
+    with pool.lease() as first, pool.lease() as second:
+        assert first.container_uuid != second.container_uuid  # local least_inflight still works
+    assert "shared in-flight counts unavailable" in caplog.text
+
+
+# --- end to end: discover_services --watch --redis with the simulator --------------------
+
+
+@pytest.fixture
+def deploy(run, tmp_path):
+    def submit(replica_num: int) -> str:
+        config = dict(copy.deepcopy(EXAMPLE), replica_num=replica_num)
+        path = tmp_path / "service.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        code, out, _ = run("queue_submit.py", str(path), "--interval", "0.05", "--wait-running", "--quiet")
+        assert code == 0, out
+        return out["deployment_uuid"]
+
+    return submit
+
+
+def running_uuids(instance, deployment_uuid) -> set[str]:
+    return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}
+
+
+def start_watcher(instance, deployment_uuid, redis_url, prefix, *extra) -> subprocess.Popen:
+    env = {**os.environ, "AUTODL_HOST": instance.url, "AUTODL_TOKEN": instance.token}
+    return subprocess.Popen([sys.executable, str(SCRIPTS / "discover_services.py"), "--deployment-uuid", deployment_uuid,
+                             "--watch", "--interval", str(INTERVAL), "--redis", redis_url, "--key-prefix", prefix,
+                             "--duration", "20", "--quiet", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# A client on "another machine": its own process and Redis connection, printing the set
+# its pool holds every time it changes.
+POOL_PROCESS = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from service_pool import ServicePool
+pool = ServicePool.from_redis(sys.argv[2], sys.argv[3], key_prefix=sys.argv[4])
+seen = None
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    now = sorted(s.container_uuid for s in pool.services())
+    if now != seen:
+        seen = now
+        print(json.dumps(now), flush=True)
+    time.sleep(0.005)
+"""
+
+
+class LineReader:
+    """The last line a child printed, read in a thread."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.last = None
+        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.thread.start()
+
+    def _read(self, process) -> None:
+        for line in process.stdout:
+            self.last = set(json.loads(line))
+
+
+def test_redis_registry_follows_churn_and_pools_on_two_machines_see_the_same_set(sim, deploy, redis_server, key_prefix):
+    instance = sim()
+    deployment_uuid = deploy(2)
+    watcher = start_watcher(instance, deployment_uuid, redis_server.url, key_prefix)
+    pools = [subprocess.Popen([sys.executable, "-c", POOL_PROCESS, str(SCRIPTS), redis_server.url, deployment_uuid, key_prefix],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    readers = [LineReader(p) for p in pools]
+    try:
+        first = running_uuids(instance, deployment_uuid)
+        wait_for(lambda: all(r.last == first for r in readers), 10, "both pools to hold the running set")
+        victim = sorted(first)[0]
+        instance.crash_container(victim)
+        crashed_at = time.monotonic()
+        wait_for(lambda: all(r.last is not None and victim not in r.last for r in readers), 5, "both pools to drop the crashed one")
+        assert time.monotonic() - crashed_at <= INTERVAL + SLACK_SECONDS
+        wait_for(lambda: len(running_uuids(instance, deployment_uuid)) == 2
+                 and all(r.last == running_uuids(instance, deployment_uuid) for r in readers), 10, "both pools to add the replacement")
+    finally:
+        for process in pools:
+            process.kill()
+            process.wait(timeout=5)
+        watcher.send_signal(signal.SIGTERM)
+        out, err = watcher.communicate(timeout=10)
+    summary = json.loads(out)
+    assert summary["status"] == "success", summary
+    assert summary["redis"]["role"] == "active" and summary["redis"]["notifications"] >= 3
+    assert redis_server.url.split("@")[-1] in summary["redis"]["url"]
+
+
+def heartbeat_pid(client, keys):
+    body = client.get(keys.heartbeat)
+    return int(json.loads(body)["watcher"].split(":")[1]) if body else None
+
+
+def test_two_watchers_poll_the_api_once_and_a_standby_takes_over_within_one_ttl(sim, deploy, redis_server, key_prefix, rr):
+    module, client, _ = rr
+    instance = sim()
+    deployment_uuid = deploy(2)
+    keys = module.RedisKeys(deployment_uuid, key_prefix)
+    ttl = 1.0
+    watchers = {}
+    for _ in range(2):
+        process = start_watcher(instance, deployment_uuid, redis_server.url, key_prefix, "--lock-ttl", str(ttl))
+        watchers[process.pid] = process
+    try:
+        active_pid = wait_for(lambda: heartbeat_pid(client, keys), 10, "a watcher to become active")
+        time.sleep(0.3)  # both running now
+        before = len([r for r in instance.request_log() if "event/list" in r[1]])
+        time.sleep(1.0)
+        polls = len([r for r in instance.request_log() if "event/list" in r[1]]) - before
+        # One watcher at 0.1 s polls ~10 times a second; two would poll ~20.
+        assert polls <= 1.0 / INTERVAL * 1.4, f"{polls} event polls in 1 s: more than one watcher polls the API"
+
+        watchers[active_pid].kill()  # SIGKILL: no chance to release the lock
+        killed_at = time.monotonic()
+        standby_pid = next(pid for pid in watchers if pid != active_pid)
+        wait_for(lambda: heartbeat_pid(client, keys) == standby_pid, ttl + INTERVAL + SLACK_SECONDS + 2, "the standby to take over")
+        assert time.monotonic() - killed_at <= ttl + INTERVAL + SLACK_SECONDS
+
+        # The new active one keeps the registry current.
+        victim = sorted(running_uuids(instance, deployment_uuid))[0]
+        instance.crash_container(victim)
+        wait_for(lambda: victim not in {s["container_uuid"] for s in json.loads(client.get(keys.registry))["services"]}, 5,
+                 "the new active watcher to deregister a crash")
+    finally:
+        for process in watchers.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        results = {pid: process.communicate(timeout=10) for pid, process in watchers.items()}
+    summary = json.loads(results[standby_pid][0])
+    assert summary["redis"]["takeovers"] == 1 and summary["redis"]["standby_rounds"] >= 1
+
+
+# A client whose request hangs on a replica until it is killed (SIGKILL, mid-request).
+HANGING_CLIENT = """
+import sys, urllib.request
+sys.path.insert(0, sys.argv[1])
+from service_pool import ServicePool
+pool = ServicePool.from_redis(sys.argv[2], sys.argv[3], key_prefix=sys.argv[4], shared_inflight=True, lease_ttl=float(sys.argv[5]))
+with pool.lease() as service:
+    print(service.container_uuid, flush=True)
+    urllib.request.urlopen(service.url + "/slow", timeout=60).read()
+"""
+
+
+def test_shared_counts_balance_two_clients_and_a_killed_client_leaks_nothing(sim, deploy, redis_server, key_prefix, rr):
+    from service_pool import ServicePool
+
+    module, client, _ = rr
+    instance = sim()
+    deployment_uuid = deploy(2)
+    keys = module.RedisKeys(deployment_uuid, key_prefix)
+    for machine in {c["machine_id"] for c in instance.containers(deployment_uuid)}:
+        instance.set_machine_concurrency(machine, 1)  # a GPU serving one request at a time
+        instance.set_machine_latency(machine, 0.05)
+    watcher = start_watcher(instance, deployment_uuid, redis_server.url, key_prefix)
+    shared = module.SharedInflight(client, keys)
+    try:
+        wait_for(lambda: client.exists(keys.registry), 10, "the registry in Redis")
+        pools = [ServicePool.from_redis(redis_server.url, deployment_uuid, key_prefix=key_prefix, shared_inflight=True, seed=i)
+                 for i in range(2)]
+        uuids = sorted(running_uuids(instance, deployment_uuid))
+        overlaps = []
+
+        def fetch(service):
+            overlaps.append(max(shared.counts(uuids).values()))
+            with urllib.request.urlopen(service.url + "/predict", timeout=10) as response:
+                return json.loads(response.read())
+
+        def client_loop(pool):
+            for _ in range(15):
+                pool.call(fetch, retries=0)
+
+        threads = [threading.Thread(target=client_loop, args=(pool,)) for pool in pools]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        # Two clients, one request each at a time, two replicas: with shared counts they never
+        # land on the same replica (independent pools would, about half the time).
+        assert len(overlaps) == 30 and max(overlaps) == 1, overlaps
+        assert shared.counts(uuids) == {u: 0 for u in uuids}
+        for pool in pools:
+            pool.close()
+
+        # A client killed mid-request: its lease counts until its TTL, then nothing is left.
+        for machine in {c["machine_id"] for c in instance.containers(deployment_uuid)}:
+            instance.set_machine_latency(machine, 5)
+        hanging = subprocess.Popen([sys.executable, "-c", HANGING_CLIENT, str(SCRIPTS), redis_server.url, deployment_uuid,
+                                    key_prefix, "0.8"], stdout=subprocess.PIPE, text=True)
+        leased = hanging.stdout.readline().strip()
+        assert shared.counts(uuids)[leased] == 1
+        hanging.kill()
+        hanging.wait(timeout=5)
+        wait_for(lambda: shared.counts(uuids) == {u: 0 for u in uuids}, 3, "the dead client's lease to expire")
+    finally:
+        for machine in {c["machine_id"] for c in instance.containers(deployment_uuid)}:
+            instance.set_machine_latency(machine, 0)
+        watcher.send_signal(signal.SIGTERM)
+        watcher.communicate(timeout=10)
+
+
+def test_watch_redis_flags_are_checked_before_anything_runs(run):
+    code, out, _ = run("discover_services.py", "--deployment-uuid", DEPLOYMENT, "--redis", "redis://127.0.0.1:9/0")
+    assert code == 1 and out["error_type"] == "usage_error" and "--watch" in out["message"]
+    code, out, _ = run("discover_services.py", "--deployment-uuid", DEPLOYMENT, "--watch", "--lock-ttl", "5")
+    assert code == 1 and out["error_type"] == "usage_error" and "--redis" in out["message"]
+    code, out, _ = run("discover_services.py", "--deployment-uuid", DEPLOYMENT, "--watch", "--haproxy-socket", "/tmp/x.sock")
+    assert code == 1 and "--haproxy-backend" in out["message"]
+
+
+def test_unreachable_redis_is_a_clear_error_without_the_password(sim, deploy, run):
+    from real_servers import free_port
+
+    sim()
+    deployment_uuid = deploy(1)
+    code, out, err = run("discover_services.py", "--deployment-uuid", deployment_uuid, "--watch", "--max-cycles", "1",
+                         "--redis", f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0", "--quiet")
+    assert code == 1 and out["error_type"] == "usage_error" and "Redis" in out["message"]
+    assert "s3cret-pass" not in json.dumps(out) + err

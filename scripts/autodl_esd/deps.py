@@ -84,7 +84,8 @@ def require(module_name: str) -> ModuleType:
         return importlib.import_module(module_name)
     except ImportError:
         distribution = _DISTRIBUTIONS.get(module_name, module_name)
-        command = install_command(SKILL_ROOT / _REQUIREMENTS.get(module_name, "requirements.txt"))
+        extra = _REQUIREMENTS.get(module_name)
+        command = install_command(SKILL_ROOT / extra if extra else None)
         venv_note = f" 之后用 {venv_python()} 运行脚本 (用别的 python 运行时脚本也会自动切换到它)。"
         raise AutoDLError(
             ErrorType.DEPENDENCY_MISSING,

@@ -24,6 +24,13 @@ output:
     {"status": "success", "url": "http://127.0.0.1:PORT", "token": "sim-token"}
   bad arguments or a bad cluster file give {"status": "error", ...} instead.
 
+timestamps:
+  every timestamp the simulator answers (created_at, started_at, events, ...) is +08:00 like
+  the platform's; the clock starts at the wall-clock time the simulator starts and then runs
+  --speed simulated seconds per real second, so with --speed > 1 it runs AHEAD of the wall
+  clock (at --speed 60, one real minute later it shows one hour later). Compare timestamps
+  with each other, not with your own clock; POST /_sim/advance jumps it further ahead.
+
 exit codes:
   0  stopped by SIGINT/SIGTERM
   1  bad arguments (usage_error) or unusable cluster file (config_error)
@@ -83,7 +90,8 @@ def build_parser() -> JsonArgumentParser:
     parser.add_argument("--token", default=None, help="token clients must send (default: sim-token)")
     parser.add_argument("--cluster", default=None, help="cluster JSON file (default: the bundled cluster)")
     parser.add_argument("--speed", type=float, default=None,
-                        help="simulated seconds per real second, 0 < S <= 1e6 (default 60)")
+                        help="simulated seconds per real second, 0 < S <= 1e6 (default 60); timestamps start "
+                             "at the wall clock and run ahead of it when > 1 (see timestamps below)")
     parser.add_argument("--seed", type=int, default=0, help="seed for ids, crashes and faults (default 0)")
     parser.add_argument("--faults", default=None, help="fault SPEC, see below")
     parser.add_argument("--dialect", choices=("private", "public", "both"), default="both",

@@ -41,7 +41,7 @@ def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "discover_services.py",
         "服务发现: 列出部署中运行中容器的服务地址 (注册表, 格式见 schemas/registry.schema.json)。"
-        "默认查询一次并输出注册表; --watch 持续保持最新: 按事件 offset 增量注册/注销, 每 --resync-every "
+        "默认查询一次并输出注册表 (不加 --health-path 时 healthy 为 null, 表示未检查); --watch 持续保持最新: 按事件 offset 增量注册/注销, 每 --resync-every "
         "轮全量同步一次, 可选健康检查 (连续 --health-failures 次失败标记 healthy=false, 副本保留, "
         "service_pool 跳过它, 恢复后重新为 true), 原子写入 --out 文件, 可选本机 HTTP 接口 "
         "(GET /services, GET /pick?policy=...)。接口暂时失败时保留上一次的注册表并标记 stale, 不会清空。"
@@ -55,7 +55,9 @@ def build_parser() -> cli.JsonArgumentParser:
                         help=f"--watch 轮询事件的间隔秒数, 可为小数 (默认 {DEFAULT_INTERVAL_SECONDS:g})")
     parser.add_argument("--out", metavar="FILE", help="--watch 每轮原子写入注册表的文件 (读者永远读到完整的 JSON)")
     parser.add_argument("--serve", metavar="HOST:PORT", help="--watch 时在本机回环地址提供 GET /services 与 GET /pick (如 127.0.0.1:8765; 端口 0 自动选择)")
-    parser.add_argument("--health-path", metavar="PATH", help="--watch 时每轮 GET <服务地址><PATH> 做健康检查, 如 /health (默认不检查)")
+    parser.add_argument("--health-path", metavar="PATH",
+                        help="GET <服务地址><PATH> 做健康检查, 如 /health: 单次查询时探测一次 (healthy true/false), "
+                             "--watch 时每轮探测; 不指定时单次查询的 healthy 为 null (未检查)")
     parser.add_argument("--health-timeout", type=cli.positive_seconds, default=DEFAULT_HEALTH_TIMEOUT_SECONDS, metavar="S",
                         help=f"单次健康检查超时秒数 (默认 {DEFAULT_HEALTH_TIMEOUT_SECONDS:g})")
     parser.add_argument("--health-failures", type=cli.positive_int, default=DEFAULT_HEALTH_FAILURES, metavar="K",
@@ -85,7 +87,7 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.serving import registry
     from autodl_esd.resolve import resolve_from_args
 
-    watch_only = [flag for flag, value in (("--out", args.out), ("--serve", args.serve), ("--health-path", args.health_path),
+    watch_only = [flag for flag, value in (("--out", args.out), ("--serve", args.serve),
                                            ("--max-cycles", args.max_cycles), ("--duration", args.duration),
                                            ("--redis", args.redis), ("--haproxy-socket", args.haproxy_socket)) if value]
     if watch_only and not args.watch:
@@ -106,12 +108,13 @@ def handle(args, ctx: cli.Context) -> dict:
 
     client = ctx.client()
     deployment_uuid = resolve_from_args(client, args)["uuid"]
-    if not args.watch:
-        return registry.build_registry(client, deployment_uuid, args.port, ctx.progress)
-
     health = None
     if args.health_path:
-        health = registry.HealthTracker(args.health_path, args.health_timeout, args.health_failures)
+        # One-shot: a single probe decides (there is no "in a row" in one look).
+        failures = args.health_failures if args.watch else 1
+        health = registry.HealthTracker(args.health_path, args.health_timeout, failures)
+    if not args.watch:
+        return registry.build_registry(client, deployment_uuid, args.port, ctx.progress, health=health)
     from autodl_esd.polling import floor_interval
 
     interval = floor_interval(args.interval, client.host, ctx.progress)

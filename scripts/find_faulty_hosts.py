@@ -8,7 +8,7 @@ from autodl_esd import cli
 EXAMPLES = [
     "python scripts/find_faulty_hosts.py --name my-service",
     "python scripts/find_faulty_hosts.py --name my-service --lookback-hours 6 --min-failures 2",
-    'python scripts/find_faulty_hosts.py --name my-service --apply --yes --comment "容器频繁异常退出"',
+    'python scripts/find_faulty_hosts.py --name my-service --apply --yes --machine-id 4f1c2a9be0 --comment "容器频繁异常退出"',
     "python scripts/find_faulty_hosts.py --name my-job --min-uptime 60   # Job: 低于正常任务时长",
 ]
 
@@ -36,7 +36,8 @@ def build_parser() -> cli.JsonArgumentParser:
         "包括用户主动停止的 (缩容、stop_container.py), 所以拉黑前要先看证据。"
         "列出失败数 >= --min-failures 的主机及证据 (容器、状态、起止时间、运行时长; 每台最多 --max-evidence 条, "
         "evidence_total 是总数)。--apply --yes 通过每台主机上最近失败的容器把它加入调度黑名单 (已在上面运行的容器"
-        "不受影响); 只加 --apply 时返回 confirmation_required 并列出将拉黑的主机。",
+        "不受影响); 只加 --apply 时返回 confirmation_required 并列出将拉黑的主机。输出的 as_of 是证据截止的平台时间; "
+        "预览与执行之间证据可能变化, 用 --machine-id (可重复) 只拉黑预览中确认过的主机, 不在当前列表中的会被拒绝。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
@@ -49,6 +50,8 @@ def build_parser() -> cli.JsonArgumentParser:
     parser.add_argument("--max-evidence", type=cli.positive_int, default=DEFAULT_MAX_EVIDENCE, metavar="N",
                         help=f"每台主机最多列出最近 N 条失败证据 (默认 {DEFAULT_MAX_EVIDENCE}; evidence_total 是总数)")
     parser.add_argument("--apply", action="store_true", help="把报告的主机加入调度黑名单 (需同时加 --yes)")
+    parser.add_argument("--machine-id", action="append", metavar="M",
+                        help="--apply 时只拉黑这台主机 (可重复; 取自预览的 details.would_blacklist); 不在当前故障列表中则拒绝执行")
     cli.add_confirmation_flag(parser)
     cli.add_blacklist_flags(parser, comment_help="黑名单备注 (默认说明失败次数)")
     return parser
@@ -64,11 +67,14 @@ def handle(args, ctx: cli.Context) -> dict:
         apply_blacklist,
         blacklist_plan,
         confirmation_hint,
+        evidence_as_of,
+        machine_id_flags,
+        select_named_machines,
     )
     from autodl_esd.resolve import deployment_summary, resolve_from_args
 
     apply_only = [flag for flag, value in (("--yes", args.yes), ("--comment", args.comment),
-                                           ("--expire-minutes", args.expire_minutes)) if value]
+                                           ("--expire-minutes", args.expire_minutes), ("--machine-id", args.machine_id)) if value]
     if apply_only and not args.apply:
         # Otherwise `--yes` alone reads as "blacklist them" and silently does nothing.
         raise cli.UsageError(f"{', '.join(apply_only)} 只在 --apply 时有效。",
@@ -81,10 +87,12 @@ def handle(args, ctx: cli.Context) -> dict:
     machines = analyse_machines(deployment, containers, events, min_uptime=args.min_uptime,
                                 lookback=timedelta(hours=args.lookback_hours), max_evidence=args.max_evidence)
     faulty = [m for m in machines if m["failures"] >= args.min_failures]
+    as_of = evidence_as_of(containers, events)
     ctx.progress.log(f"检查了 {len(containers)} 个容器 / {len(machines)} 台有停止容器的主机, {len(faulty)} 台达到阈值")
     result = cli.list_result(
         faulty,
         deployment=deployment_summary(deployment),
+        as_of=as_of,
         thresholds={"lookback_hours": args.lookback_hours, "min_failures": args.min_failures, "min_uptime_seconds": args.min_uptime,
                     "max_evidence": args.max_evidence},
         containers_examined=len(containers),
@@ -94,15 +102,21 @@ def handle(args, ctx: cli.Context) -> dict:
     replica_set = deployment.get("deployment_type") == "ReplicaSet"
     if replica_set and faulty:
         result["caveat"] = REPLICA_SET_CAVEAT
-    if not args.apply or not faulty:
+    if not args.apply:
         return result
-    plan = [blacklist_plan(machine, args.comment) for machine in faulty]
+    chosen, left_out = select_named_machines(faulty, args.machine_id, as_of)
+    if not chosen:
+        return result
+    plan = [blacklist_plan(machine, args.comment) for machine in chosen]
     if not args.yes:
         raise cli.confirmation_required(
-            f"把 {len(plan)} 台主机加入调度黑名单", {"would_blacklist": plan},
+            f"把 {len(plan)} 台主机加入调度黑名单",
+            {"would_blacklist": plan, "as_of": as_of, "machine_id_flags": machine_id_flags(plan), "not_named": left_out},
             hint=confirmation_hint(plan, replica_set, args.expire_minutes),
         )
-    return {**result, **apply_blacklist(client, plan, args.expire_minutes, ctx.progress)}
+    if left_out:
+        ctx.progress.log(f"未用 --machine-id 指定, 不拉黑: {', '.join(left_out)}")
+    return {**result, **apply_blacklist(client, plan, args.expire_minutes, ctx.progress), "not_named": left_out}
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ EXAMPLES = [
     "python scripts/list_deployments.py",
     "python scripts/list_deployments.py --status running",
     "python scripts/list_deployments.py --name my-service",
+    "python scripts/list_deployments.py --name-glob 'demo-*'",
 ]
 
 
@@ -19,7 +20,10 @@ def build_parser() -> cli.JsonArgumentParser:
         "deployment_uuid); 模板内存在 *_gb 中换算为 GB, 价格在 *_yuan 中换算为 元/小时, 原始值保留。",
         EXAMPLES,
     )
-    parser.add_argument("--name", metavar="NAME", help="按名称精确匹配")
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--name", metavar="NAME", help="按名称精确匹配")
+    names.add_argument("--name-glob", metavar="PATTERN",
+                       help="按 shell 通配符匹配整个名称 (* ? [...]; 区分大小写), 如 'demo-*' 不会匹配 mydemo-x; 记得加引号")
     parser.add_argument("--status", choices=("running", "stopped"), help="只看运行中或已停止的部署")
     parser.add_argument("--deployment-uuid", metavar="UUID", help="只看这一个部署")
     return parser
@@ -29,6 +33,13 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
     from autodl_esd.resolve import deployment_view
 
+    if args.name_glob:
+        from autodl_esd.resolve import deployments_matching
+
+        deployments = deployments_matching(ctx.client(), args.name_glob, status=args.status)
+        if args.deployment_uuid:
+            deployments = [d for d in deployments if d.get("uuid") == args.deployment_uuid]
+        return cli.list_result([deployment_view(d) for d in deployments], name_glob=args.name_glob)
     deployments = api.list_deployments(ctx.client(), name=args.name, status=args.status, deployment_uuid=args.deployment_uuid)
     return cli.list_result([deployment_view(d) for d in deployments])
 

@@ -152,6 +152,24 @@ def test_memory_in_bytes_hints_the_gb_value(field, gb):
     assert re.search(rf"\b{gb}\b", problem["hint"]), problem
 
 
+def test_memory_ceiling_in_bytes_says_what_the_range_filters_and_warns_when_it_fits_no_host():
+    """17179869184 bytes is 16 GB; as memory_size_to that is below every common per-GPU share."""
+    problem = only_problem(with_template(private(), memory_size_to=17179869184), "container_template.memory_size_to")
+    assert "16" in problem["hint"] and "gpu_num" in problem["hint"] and "挑主机" in problem["hint"]
+    assert "排除几乎所有主机" in problem["hint"]
+    roomy = only_problem(with_template(private(), memory_size_to=256 * 1024**3), "container_template.memory_size_to")
+    assert "排除几乎所有主机" not in roomy["hint"], "a generous ceiling gets no warning"
+
+
+def test_low_ceilings_are_lint_warnings():
+    from autodl_esd.lint import lint_config
+
+    config = with_template(private(), memory_size_to=16, cpu_num_to=4)
+    codes = {w["code"] for w in lint_config(config)}
+    assert {"low_memory_ceiling", "low_cpu_ceiling"} <= codes
+    assert not {"low_memory_ceiling", "low_cpu_ceiling"} & {w["code"] for w in lint_config(private())}
+
+
 @pytest.mark.parametrize(
     "field,value,expected",
     [("price_to", 9.5, 9500), ("price_from", 0.1, 100), ("price_to", 9.0, 9000), ("price_from", 0.25, 250)],

@@ -131,8 +131,52 @@ def test_one_shot_lists_running_containers_only(run, platform, result_validator,
     result_validator.validate(document)
     assert [s["container_uuid"] for s in document["services"]] == [first]
     service = document["services"][0]
-    assert service["url"].endswith("/p6006") and service["machine_id"] == MACHINE_A and service["healthy"] is True
+    assert service["url"].endswith("/p6006") and service["machine_id"] == MACHINE_A
+    assert service["healthy"] is None, "one look without --health-path checked nothing: unknown, not true"
     assert service["since"] == "2026-11-25T12:00:00+08:00"
+
+
+@pytest.fixture
+def health_server():
+    """A loopback server: /good/health answers 200, anything else 503."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if self.path == "/good/health" else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_one_shot_with_health_path_probes_each_replica_once(run, platform, health_server, registry_validator, result_validator):
+    good, bad = platform.start(MACHINE_A, 1), platform.start(MACHINE_B, 2)
+    platform.containers[good]["info"]["service_6006_port_url"] = health_server + "/good"
+    platform.containers[bad]["info"]["service_6006_port_url"] = health_server + "/bad"
+
+    code, document, _ = run("discover_services.py", "--deployment-uuid", DEP, "--health-path", "/health", "--quiet")
+
+    assert code == 0, document
+    registry_validator.validate(document)
+    result_validator.validate(document)
+    assert {s["container_uuid"]: s["healthy"] for s in document["services"]} == {good: True, bad: False}
+
+
+def test_pool_treats_an_unprobed_replica_as_usable():
+    from autodl_esd.serving.pool import ServicePool
+
+    item = {"container_uuid": container_uuid(MACHINE_A, 1), "url": "https://a.example", "machine_id": MACHINE_A,
+            "gpu_name": None, "since": "2026-11-25T12:00:00+08:00", "healthy": None}
+    assert ServicePool.from_services([item]).lease().service.container_uuid == item["container_uuid"]
 
 
 def test_one_shot_port_6008_picks_that_url(run, platform):

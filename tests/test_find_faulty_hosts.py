@@ -245,3 +245,53 @@ def test_blacklist_flags_without_apply_are_a_usage_error(run, flags, result_vali
     assert (code, document["error_type"]) == (1, "usage_error"), document
     result_validator.validate(document)
     assert "--apply" in document["message"]
+
+
+# --- preview vs apply: as_of and --machine-id ---------------------------------------------
+
+
+def test_output_says_the_platform_time_its_evidence_runs_to(run, platform, result_validator):
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--quiet")
+
+    assert code == 0, document
+    # The newest stamp read: stopped(GOOD, 8) stopped 5 minutes ago; every other stamp is older.
+    assert document["as_of"] == at(5)
+    assert document["as_of"].endswith("+08:00")
+
+
+def test_the_preview_names_the_machine_id_flags_that_apply_exactly_it(run, platform, result_validator):
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--apply")
+
+    assert (code, document["error_type"]) == (1, "confirmation_required")
+    assert document["details"]["machine_id_flags"] == f"--machine-id {OTHER} --machine-id {BAD}"
+    assert document["details"]["as_of"] == at(5)
+    assert f"--machine-id {OTHER} --machine-id {BAD}" in document["hint"]
+
+
+def test_apply_with_machine_id_blacklists_only_the_named_machine(run, platform, result_validator):
+    platform.post(url(BLACKLIST), json=envelope(None), match=[matchers.json_params_matcher(
+        {"deployment_container_uuid": f"{DEP}-{BAD}-00000001"}, strict_match=False)])
+    platform.get(url(BLACKLIST), json=envelope([{"machine_id": BAD}]))
+
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--apply", "--yes", "--machine-id", BAD)
+
+    assert code == 0, document
+    result_validator.validate(document)
+    assert [a["machine_id"] for a in document["applied"]] == [BAD]
+    assert document["not_named"] == [OTHER], "a machine that became faulty after the preview is left alone"
+    assert sum(1 for call in platform.calls if call.request.method == "POST" and call.request.url.endswith(BLACKLIST)) == 1
+
+
+def test_apply_refuses_a_named_machine_that_is_not_faulty_now(run, platform, result_validator):
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--apply", "--yes",
+                            "--machine-id", BAD, "--machine-id", GOOD)
+
+    assert (code, document["error_type"]) == (1, "usage_error"), document
+    result_validator.validate(document)
+    assert document["details"]["not_faulty_now"] == [GOOD]
+    assert not any(call.request.url.endswith(BLACKLIST) for call in platform.calls), "nothing is blacklisted"
+
+
+def test_machine_id_without_apply_is_a_usage_error(run, result_validator):
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--machine-id", BAD)
+    assert (code, document["error_type"]) == (1, "usage_error")

@@ -101,8 +101,9 @@ def test_base_image_that_cannot_be_listed_is_a_warning_not_an_error(run, api, tm
 
 
 def test_public_base_image_is_not_looked_up(run, api, tmp_path):
-    api.post(url("/api/v1/dev/machine/region/gpu_stock"), json=stock())
+    api.post(url("/api/v1/dev/machine/region/gpu_stock"), json=stock())  # every host: do the GPU types exist
     api.post(DEPLOYMENTS, json=page([]))
+    api.post(url("/api/v1/dev/machine/region/gpu_stock"), json=stock())  # hosts the config's filters accept
     api.post(WALLET, json=wallet())
 
     code, out, _ = run("queue_submit.py", base_image_config(tmp_path, "public"), "--dry-run", "--quiet")

@@ -57,6 +57,11 @@ TRAPS = [
     ("relative_path_without_cd", "python app.py ; cd /root", "cd /root ; python app.py"),
     ("bare_python3", "python3 /root/app.py", f"{PY} /root/app.py"),
     ("bare_python3", "cd /root && python3 app.py", "cd /root && /usr/bin/python3 app.py"),
+    ("bare_python", "cd /root && python app.py --port 6006", f"cd /root && {PY} app.py --port 6006"),
+    ("bare_python", "nohup python /root/app.py > /root/log 2>&1 & sleep infinity", f"nohup {PY} /root/app.py > /root/log 2>&1 & sleep infinity"),
+    ("service_binds_loopback", f"{PY} /root/app.py --host 127.0.0.1 --port 6006", f"{PY} /root/app.py --host 0.0.0.0 --port 6006"),
+    ("service_binds_loopback", f"{PY} -m vllm.entrypoints.openai.api_server --host=localhost --port 6006", f"{PY} -m vllm.entrypoints.openai.api_server --port 6006"),
+    ("service_binds_loopback", "/root/miniconda3/bin/gunicorn -b 127.0.0.1:6006 app:app", "/root/miniconda3/bin/gunicorn -b 0.0.0.0:6006 app:app"),
     ("network_without_turbo", f"pip install vllm && {PY} /root/app.py", f"source /etc/network_turbo ; pip install vllm && {PY} /root/app.py"),
     ("network_without_turbo", "git clone https://github.com/x/y /root/y", "source /etc/network_turbo && git clone https://github.com/x/y /root/y"),
     ("network_without_turbo", "huggingface-cli download Qwen/Qwen2-7B", "source /etc/network_turbo; huggingface-cli download Qwen/Qwen2-7B"),
@@ -212,3 +217,18 @@ def test_lint_never_blocks_validation():
 ])
 def test_replicaset_service_should_listen_on_6006_or_6008(deployment_type, cmd, warned):
     assert ("service_port_not_in_cmd" in cmd_codes(cmd, deployment_type)) is warned
+
+
+def test_bare_python_and_python3_both_warn_as_the_docs_say():
+    """SKILL.md recommends the interpreter's full path; lint says so for both bare forms."""
+    assert "bare_python" in cmd_codes("python /root/app.py --port 6006")
+    assert "bare_python3" in cmd_codes("python3 /root/app.py --port 6006")
+    assert not {"bare_python", "bare_python3"} & set(cmd_codes(f"{PY} /root/app.py --port 6006"))
+    skill = (ROOT / "SKILL.md").read_text(encoding="utf-8")
+    assert "bare_python" in skill, "the docs name the warning an agent will see"
+
+
+def test_loopback_bind_is_a_replicaset_warning_only():
+    cmd = f"{PY} /root/app.py --host 127.0.0.1 --port 6006"
+    assert "service_binds_loopback" not in cmd_codes(cmd, "Job")
+    assert "service_binds_loopback" not in cmd_codes(f"curl -s http://localhost:6006/health ; {PY} /root/app.py --host 0.0.0.0 --port 6006")

@@ -157,6 +157,21 @@ def test_list_deployments_rejects_unknown_status(run, result_validator):
     assert (code, document["error_type"]) == (1, "usage_error")
 
 
+def test_list_deployments_name_glob_matches_whole_names_only(run, api, result_validator):
+    names = ["demo-a", "demo-b", "mydemo-x", "Demo-c", "demo", "prod-demo-1"]
+    api.post(DEPLOYMENTS, json=page([deployment(uuid=f"{n:015x}", name=name) for n, name in enumerate(names, 1)]),
+             match=[list_body()])
+    code, document, _ = run("list_deployments.py", "--name-glob", "demo-*")
+    ok(code, document, result_validator)
+    assert [item["name"] for item in document["items"]] == ["demo-a", "demo-b"], "never a substring, case-sensitive"
+    assert document["name_glob"] == "demo-*"
+
+
+def test_list_deployments_name_and_name_glob_exclude_each_other(run, result_validator):
+    code, document, _ = run("list_deployments.py", "--name", "a", "--name-glob", "a*")
+    assert (code, document["error_type"]) == (1, "usage_error")
+
+
 def test_list_deployments_empty(run, api, result_validator):
     api.post(DEPLOYMENTS, json=page([]))
     code, document, _ = run("list_deployments.py")

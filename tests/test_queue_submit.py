@@ -36,7 +36,7 @@ CONFIG = {
         "price_from": 100,
         "price_to": 9000,
         "image_uuid": IMAGE_UUID,
-        "cmd": "cd /root && python app.py --port 6006",
+        "cmd": "cd /root && /root/miniconda3/bin/python app.py --port 6006",
     },
 }
 
@@ -313,11 +313,62 @@ def test_region_stock_is_summed_over_dc_list(run, api, config_file):
     for region, idle in (("westDC2", 0), ("westDC3", 1)):
         api.post(REGION_STOCK, json=stock_list(idle), match=[matchers.json_params_matcher({"region_sign": region})])
     api.post(DEPLOYMENTS, json=deployments())
+    filters = {key: template[key] for key in ("gpu_name_set", "cuda_v_from", "cuda_v_to", "cpu_num_from", "cpu_num_to",
+                                              "memory_size_from", "memory_size_to", "price_from", "price_to")}
+    for region, idle in (("westDC2", 0), ("westDC3", 1)):
+        api.post(REGION_STOCK, json=stock_list(idle), match=[matchers.json_params_matcher({"region_sign": region, **filters})])
 
     code, out, _ = run("queue_submit.py", config_file(config), "--dry-run", *FAST)
 
     assert code == 0 and out["dialect"] == "public"
     assert out["stock"] == {"RTX 4090": {"idle": 1, "total": 16}}
+    assert out["stock_filtered_by_config"] is True
+
+
+def test_public_dry_run_counts_only_hosts_the_filters_accept(run, api, config_file, result_validator):
+    """Idle cards exist, but not on a host within memory_size_to: would_submit_now says no, and why."""
+    config = copy.deepcopy(CONFIG)
+    template = config["container_template"]
+    del template["cuda_v"]
+    template.update({"dc_list": ["westDC2"], "cuda_v_from": 118, "cuda_v_to": 128, "memory_size_to": 16})
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
+    api.post(REGION_STOCK, json=stock_list(5), match=[matchers.json_params_matcher({"region_sign": "westDC2"})])
+    api.post(DEPLOYMENTS, json=deployments())
+    api.post(REGION_STOCK, json=envelope([]), match=[matchers.json_params_matcher(
+        {"region_sign": "westDC2", "memory_size_to": 16}, strict_match=False)])
+
+    code, out, _ = run("queue_submit.py", config_file(config), "--dry-run", *FAST)
+
+    assert code == 0, out
+    result_validator.validate(out)
+    assert out["would_submit_now"] is False and out["gpu_name"] is None
+    codes = [w["code"] for w in out["warnings"]]
+    assert "filters_exclude_idle_hosts" in codes and "low_memory_ceiling" in codes
+    hint = next(w["hint"] for w in out["warnings"] if w["code"] == "filters_exclude_idle_hosts")
+    assert "memory_size_to=16" in hint
+
+
+def test_no_capacity_suggestion_names_upper_bounds_and_the_likely_culprit(run, api, config_file, result_validator):
+    config = copy.deepcopy(CONFIG)
+    config["container_template"].update(memory_size_to=16, price_to=500)
+    expect_checks(api, idle=4)
+    for attempt in range(3):
+        api.post(CREATE, json=envelope(code="BadRequest", msg="当前算力规格暂无库存"),
+                 match=[matchers.json_params_matcher(config)])
+        if attempt < 2:
+            api.get(STOCK, json=stock_list(4))
+
+    code, out, _ = run("queue_submit.py", config_file(config), *FAST)
+
+    assert (code, out["error_type"]) == (3, "submission_error"), out
+    result_validator.validate(out)
+    assert out["details"]["failure_kind"] == "no_capacity"
+    suggestion = out["details"]["suggestion"]
+    for name in ("memory_size_to", "cpu_num_to", "price_to", "cuda_v"):
+        assert name in suggestion
+    assert "memory_size_to=16" in suggestion and "price_to=500" in suggestion
+    likely = {f["field"] for f in out["details"]["capacity_filters"] if f["likely"]}
+    assert likely == {"container_template.memory_size_to", "container_template.price_to"}
 
 
 def test_invalid_config_fails_before_any_network_call(run, config_file, mocked, result_validator):

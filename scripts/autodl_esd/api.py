@@ -74,9 +74,12 @@ def global_stock(client: ApiClient) -> tuple[StockByGpu, Any]:
     return normalize_stock(raw), raw
 
 
-def region_stock(client: ApiClient, regions: list[str]) -> tuple[StockByGpu, dict[str, Any]]:
-    """Stock summed over regions; the endpoint takes one `region_sign` per call."""
-    raw_by_region = {region: client.post(REGION_STOCK_PATH, {"region_sign": region}) for region in regions}
+def region_stock(
+    client: ApiClient, regions: list[str], filters: dict[str, Any] | None = None
+) -> tuple[StockByGpu, dict[str, Any]]:
+    """Stock summed over regions; the endpoint takes one `region_sign` per call, plus optional
+    template filters (gpu_name_set, cpu/memory/price/CUDA ranges) to count only hosts that fit."""
+    raw_by_region = {region: client.post(REGION_STOCK_PATH, {**(filters or {}), "region_sign": region}) for region in regions}
     return merge_stock(normalize_stock(raw) for raw in raw_by_region.values()), raw_by_region
 
 

@@ -55,6 +55,16 @@ def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> Js
     return parser
 
 
+def _described_as(schema: dict[str, Any]) -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
+    """Attach the JSON Schema of what an argparse type accepts (the MCP tools are built from it)."""
+
+    def attach(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+        parse.json_schema = schema  # type: ignore[attr-defined]
+        return parse
+
+    return attach
+
+
 # Every duration flag (--interval, --timeout, --sim-busy, --health-timeout, ...) is a finite
 # number of seconds no longer than this: 30 days is past any wait that makes sense, and it
 # keeps nan/inf/1e308 out of sleeps, deadlines and socket timeouts.
@@ -78,21 +88,25 @@ def _seconds(text: str, *, allow_zero: bool) -> float:
     return _bounded_number(text, allow_zero=allow_zero, maximum=MAX_DURATION_SECONDS, unit="秒数")
 
 
+@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_SECONDS})
 def positive_seconds(text: str) -> float:
     """argparse type for durations: fractional seconds, 0 < S <= 30 days."""
     return _seconds(text, allow_zero=False)
 
 
+@_described_as({"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS})
 def non_negative_seconds(text: str) -> float:
     """argparse type for limits where 0 means 'no limit': 0 <= S <= 30 days."""
     return _seconds(text, allow_zero=True)
 
 
+@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LOOKBACK_HOURS})
 def positive_hours(text: str) -> float:
     """argparse type for look-back windows in hours: 0 < H <= one year."""
     return _bounded_number(text, allow_zero=False, maximum=MAX_LOOKBACK_HOURS, unit="小时数")
 
 
+@_described_as({"type": "number", "exclusiveMinimum": 0})
 def positive_float(text: str) -> float:
     """argparse type for amounts and limits (yuan, hours, minutes): a finite number > 0."""
     try:
@@ -116,11 +130,13 @@ def _integer(text: str, minimum: int, maximum: int | None = None) -> int:
     return value
 
 
+@_described_as({"type": "integer", "minimum": 1})
 def positive_int(text: str) -> int:
     """argparse type for counts and page numbers: an integer >= 1."""
     return _integer(text, 1)
 
 
+@_described_as({"type": "integer", "minimum": 0})
 def non_negative_int(text: str) -> int:
     """argparse type for offsets and replica counts: an integer >= 0."""
     return _integer(text, 0)
@@ -133,7 +149,7 @@ def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
         return _integer(text, minimum, maximum)
 
     parse.__name__ = f"integer {minimum}..{maximum}"
-    return parse
+    return _described_as({"type": "integer", "minimum": minimum, "maximum": maximum})(parse)
 
 
 def add_deployment_selector(parser: argparse.ArgumentParser, required: bool = True) -> None:

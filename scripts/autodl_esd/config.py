@@ -20,6 +20,7 @@ from .deps import SKILL_ROOT, require
 from .errors import AutoDLError, ErrorType
 from .units import (
     KNOWN_CUDA_CODES,
+    TYPICAL_MEMORY_GB_PER_GPU,
     cuda_code_for,
     gb_hint_for_bytes,
     looks_like_bytes,
@@ -101,6 +102,17 @@ def _cuda_hint(value: Any) -> str:
     return f"已知代码: {known} (118 = CUDA 11.8; 私有云 cuda_v 另可用 0 表示不限)"
 
 
+def _memory_bytes_hint(field: str, value: int) -> str:
+    """The GB value, what the range filters, and a warning when that ceiling fits few hosts."""
+    gb = gb_hint_for_bytes(value)
+    hint = (f"换算为 {gb} (GB)。注意: memory_size_from/to 筛选的是容器分到的内存 (主机每卡内存份额 × gpu_num), "
+            "只用来挑主机, 不是容器的内存上限。")
+    if field.endswith("_to") and gb < TYPICAL_MEMORY_GB_PER_GPU:
+        hint += (f" {gb} GB 低于常见主机每卡 {TYPICAL_MEMORY_GB_PER_GPU} GB 起的份额: 作为上限会排除几乎所有主机 "
+                 "(创建报 当前算力规格暂无库存); 不想限制就写一个宽松的上限 (如 256 × gpu_num), 最低需要写在 memory_size_from。")
+    return hint
+
+
 def _explain(error: Any) -> list[Problem]:
     """Turn one jsonschema error into problems with Chinese messages and a fix."""
     parts = list(error.absolute_path)
@@ -138,11 +150,7 @@ def _explain(error: Any) -> list[Problem]:
     if field.startswith("cuda_v") and kind in ("type", "enum"):
         return [{"path": path, "message": f"CUDA 代码无效: {value!r}", "hint": _cuda_hint(value)}]
     if field.startswith("memory_size") and looks_like_bytes(value):
-        return [{
-            "path": path,
-            "message": f"内存 {value} 看起来是字节数, 这里的单位是 GB",
-            "hint": f"应写 {gb_hint_for_bytes(value)} (GB)。",
-        }]
+        return [{"path": path, "message": f"内存 {value} 看起来是字节数, 这里的单位是 GB", "hint": _memory_bytes_hint(field, value)}]
     if field.startswith("price") and kind == "type" and isinstance(value, float):
         return [{
             "path": path,

@@ -24,8 +24,9 @@ from typing import Any
 from . import api
 from .containers import STOPPING_STATUSES
 from .effects import Change, apply_change
-from .errors import AutoDLError
+from .errors import AutoDLError, ErrorType
 from .output import Progress
+from .platform_time import in_platform_zone
 from .resolve import BLACKLIST_EXPIRY_NOTE, blacklist_expiry, verify_blacklisted
 
 RUNNING = "running"
@@ -77,6 +78,19 @@ def failure_reason(timeline: dict[str, Any], deployment_type: str | None, min_up
     if deployment_type == REPLICA_SET:
         return "exited"
     return None
+
+
+def evidence_as_of(containers: list[dict[str, Any]], events: list[dict[str, Any]]) -> str | None:
+    """The platform time the evidence runs to: the latest stamp in the records and events read.
+
+    A preview and a later --apply read the platform at different moments; comparing their
+    as_of says whether the apply saw newer evidence than the user agreed to.
+    """
+    stamps = [parse_timestamp(event.get("created_at")) for event in events]
+    for container in containers:
+        stamps += [parse_timestamp(container.get(key)) for key in ("created_at", "started_at", "stopped_at", "updated_at")]
+    latest = max((stamp for stamp in stamps if stamp), default=None)
+    return in_platform_zone(latest) if latest else None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -155,6 +169,31 @@ def analyse_machines(
 
 # --- blacklisting the machines found --------------------------------------------------
 
+def machine_id_flags(plan: list[dict]) -> str:
+    """The --machine-id flags that make --apply --yes act on exactly these machines."""
+    return " ".join(f"--machine-id {step['machine_id']}" for step in plan)
+
+
+def select_named_machines(faulty: list[dict], named: list[str] | None, as_of: str | None) -> tuple[list[dict], list[str]]:
+    """(the faulty machines the user named, the faulty ones left out); named machines that
+    are not faulty now are refused: the evidence moved since the preview (`as_of`)."""
+    if not named:
+        return faulty, []
+    by_id = {machine["machine_id"]: machine for machine in faulty}
+    missing = [machine_id for machine_id in dict.fromkeys(named) if machine_id not in by_id]
+    if missing:
+        raise AutoDLError(
+            ErrorType.USAGE_ERROR,
+            f"--machine-id 指定的主机不在当前的故障主机列表中: {', '.join(missing)}; 什么都没有拉黑。",
+            "证据在预览之后变了 (时间窗滑动、阈值不同或部署不同): 不加 --apply 重新运行查看当前列表 "
+            "(details.faulty_now), 与用户确认后再用 --machine-id 指定。",
+            {"not_faulty_now": missing, "faulty_now": list(by_id), "as_of": as_of},
+        )
+    chosen = [by_id[machine_id] for machine_id in dict.fromkeys(named)]
+    left_out = [machine["machine_id"] for machine in faulty if machine["machine_id"] not in set(named)]
+    return chosen, left_out
+
+
 def confirmation_hint(plan: list[dict], replica_set: bool, expire_minutes: int | None) -> str:
     """What --yes would do, host by host, for the user to agree to."""
     hosts = "; ".join(
@@ -165,7 +204,8 @@ def confirmation_hint(plan: list[dict], replica_set: bool, expire_minutes: int |
     check = REPLICA_SET_CAVEAT if replica_set else "先看 items[].evidence (不加 --apply 运行时输出) 确认失败属实。"
     return (
         f"加 --yes 会把这些主机加入调度黑名单: {hosts}。之后不再往它们调度新容器, 已在上面运行的容器不受影响; "
-        f"{expiry}{check} 把这些告诉用户, 得到明确同意后加 --yes 重新执行。"
+        f"{expiry}{check} 把这些告诉用户, 得到明确同意后加 --yes {machine_id_flags(plan)} 重新执行 "
+        "(--machine-id 保证只拉黑这里列出的主机, 即使之后又有新的主机达到阈值)。"
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .units import TYPICAL_CPU_PER_GPU, TYPICAL_MEMORY_GB_PER_GPU
+
 Warning_ = dict[str, str]
 
 CMD_PATH = "container_template.cmd"
@@ -26,6 +28,14 @@ _RELATIVE_SCRIPT = re.compile(
     r"|(?:^|[;&|]\s*)(\./[\w./-]+)"
 )
 _BARE_PYTHON3 = re.compile(r"(?:^|[;&|]\s*)python3\b")
+# `python` with no directory: whichever interpreter PATH finds first (usually the base env).
+_BARE_PYTHON = re.compile(r"(?:^|[;&|]\s*|\bnohup\s+|\bexec\s+)python(?![\w.-])")
+# A server told to listen on loopback only: the platform's port mapping cannot reach it.
+_LOOPBACK_BIND = re.compile(
+    r"(?:--host|--bind|--ip|--listen|--address|--addr|--server[-_]name|--server[-_]address|-b|-H)(?:=|\s+)"
+    r"[\"']?(?:127\.0\.0\.1|localhost)\b"
+    r"|(?<![\w/.-])(?:127\.0\.0\.1|localhost):600[68]\b(?!\S*/)"
+)
 _NETWORK_FETCH = re.compile(r"\bpip3?\s+install\b|\bgit\s+clone\b|huggingface-cli\s+download|\bhf\s+download\b|snapshot_download")
 _NETWORK_TURBO = re.compile(r"/etc/network_turbo")
 # Only ports 6006 and 6008 of a container get a service address.
@@ -38,6 +48,13 @@ MEMORY_FLOOR_WARN_GB_PER_GPU = 16
 CPU_FLOOR_WARN_PER_GPU = 16
 # Below 0.1 yuan/hour no GPU host exists; a value this small is usually yuan, not yuan x 1000.
 PRICE_TO_WARN_BELOW = 100
+# Ceilings below units.TYPICAL_*_PER_GPU x gpu_num exclude most hosts: a memory_size_to of
+# 16 for one GPU fits almost no host (an agent's three creates failed with 当前算力规格暂无库存
+# exactly so).
+# Current-generation GPUs rent from about 1 yuan/hour; a price_to below that leaves few hosts.
+TYPICAL_MIN_PRICE_UNITS = 1000
+# Many hosts' drivers stop at CUDA 12.2-12.4; requiring a newer one excludes a large share.
+CUDA_FLOOR_LIKELY_EXCLUDES = 124
 
 
 def _warning(code: str, path: str, message: str, hint: str) -> Warning_:
@@ -84,6 +101,20 @@ def lint_cmd(cmd: str, deployment_type: str | None) -> list[Warning_]:
             "AutoDL 镜像常常只有 python 没有 python3, 裸 python3 可能报 command not found (退出码 127)。",
             "用解释器的完整路径, 如 /root/miniconda3/bin/python。",
         ))
+    if _BARE_PYTHON.search(cmd):
+        warnings.append(_warning(
+            "bare_python", CMD_PATH,
+            "cmd 用裸 python (没有路径): 它是 PATH 上的第一个解释器, 通常是 miniconda 基础环境, "
+            "不一定是装了你依赖的那个环境 (cmd 里 conda activate 也不生效)。",
+            "按文档写解释器的完整路径, 如 /root/miniconda3/bin/python (基础环境) 或 "
+            "/root/miniconda3/envs/my-env/bin/python; 确认镜像基础环境就是你要的, 可忽略本警告。",
+        ))
+    if deployment_type == "ReplicaSet" and _LOOPBACK_BIND.search(cmd):
+        warnings.append(_warning(
+            "service_binds_loopback", CMD_PATH,
+            "cmd 让服务只监听 127.0.0.1 / localhost: 平台的端口映射从容器外访问, 连不上回环地址, 服务地址会一直不可用。",
+            "监听所有地址: 如 `--host 0.0.0.0 --port 6006`。",
+        ))
     if _NETWORK_FETCH.search(cmd) and not _NETWORK_TURBO.search(cmd):
         warnings.append(_warning(
             "network_without_turbo", CMD_PATH,
@@ -125,6 +156,16 @@ def lint_config(config: dict[str, Any]) -> list[Warning_]:
             f"price_to={template['price_to']} 即 {template['price_to'] / 1000} 元/小时, 低于任何 GPU 的价格。",
             f"价格单位是 元×1000/小时: 若想表示 {template['price_to']} 元/小时, 应写 {template['price_to'] * 1000}。",
         ))
+    for stem, typical, unit in (("memory_size", TYPICAL_MEMORY_GB_PER_GPU, "GB"), ("cpu_num", TYPICAL_CPU_PER_GPU, "vCPU")):
+        ceiling = template[f"{stem}_to"]
+        if ceiling < typical * gpu_num:
+            warnings.append(_warning(
+                f"low_{stem.split('_')[0]}_ceiling", f"container_template.{stem}_to",
+                f"{stem}_to={ceiling} {unit} 低于常见主机给 {gpu_num} 张卡的份额 (约每卡 {typical} {unit} 起): "
+                "范围筛选的是容器分到的份额 (主机每卡份额 × gpu_num), 上限太低会排除几乎所有主机, 创建报 当前算力规格暂无库存。",
+                f"上限不是\"我只要这么多\": 容器总会拿到主机每卡份额 × gpu_num; 不想限制就放宽 {stem}_to (如 "
+                f"{max(ceiling, 256 if stem == 'memory_size' else 128) * gpu_num}), 只用 {stem}_from 表示最低需要。",
+            ))
     if deployment_type == "Container" and ("replica_num" in config or "parallelism_num" in config):
         warnings.append(_warning(
             "container_ignores_counts", "replica_num",
@@ -154,3 +195,57 @@ def lint_config(config: dict[str, Any]) -> list[Warning_]:
                 "私有云上去掉它们; 若目标是公有云, 请在 container_template 中加 dc_list。",
             ))
     return warnings
+
+
+# --- why a create found no capacity ----------------------------------------------------
+
+def capacity_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every template filter that can exclude all hosts with free cards, each with `likely`:
+    whether this config's value is one that commonly does (see the TYPICAL_* constants).
+
+    The platform says only 当前算力规格暂无库存; naming every bound, the upper ones included,
+    keeps an agent from relaxing the floors while a ceiling is the culprit.
+    """
+    template = config.get("container_template") or {}
+    gpu_num = template.get("gpu_num") if isinstance(template.get("gpu_num"), int) else 1
+    found: list[dict[str, Any]] = []
+
+    def add(field: str, why: str, likely: bool) -> None:
+        if field in template:
+            found.append({"field": f"container_template.{field}", "value": template[field], "why": why, "likely": bool(likely)})
+
+    def number(field: str) -> Any:
+        value = template.get(field)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    memory_from, memory_to = number("memory_size_from"), number("memory_size_to")
+    cpu_from, cpu_to = number("cpu_num_from"), number("cpu_num_to")
+    price_to = number("price_to")
+    add("memory_size_from", f"下限高于主机每卡内存份额 × gpu_num ({gpu_num}) 的主机都被排除",
+        memory_from is not None and memory_from > MEMORY_FLOOR_WARN_GB_PER_GPU * gpu_num)
+    add("memory_size_to", f"上限低于主机每卡内存份额 × gpu_num 的主机都被排除, 常见每卡 {TYPICAL_MEMORY_GB_PER_GPU} GB 起",
+        memory_to is not None and memory_to < TYPICAL_MEMORY_GB_PER_GPU * gpu_num)
+    add("cpu_num_from", "下限高于主机每卡 CPU 份额 × gpu_num 的主机都被排除",
+        cpu_from is not None and cpu_from > CPU_FLOOR_WARN_PER_GPU * gpu_num)
+    add("cpu_num_to", f"上限低于主机每卡 CPU 份额 × gpu_num 的主机都被排除, 常见每卡 {TYPICAL_CPU_PER_GPU} vCPU 起",
+        cpu_to is not None and cpu_to < TYPICAL_CPU_PER_GPU * gpu_num)
+    add("price_to", "上限低于主机价格 (元×1000/小时) 的主机都被排除",
+        price_to is not None and price_to < TYPICAL_MIN_PRICE_UNITS)
+    add("price_from", "下限高于主机价格的主机都被排除", False)
+    for field in ("cuda_v", "cuda_v_from"):
+        code = number(field)
+        add(field, "驱动支持的 CUDA 低于它的主机都被排除", code is not None and code >= CUDA_FLOOR_LIKELY_EXCLUDES)
+    add("cuda_v_to", "CUDA 上限: 若平台按上限筛选, 驱动更新的主机会被排除", False)
+    return found
+
+
+def no_capacity_suggestion(config: dict[str, Any]) -> str:
+    """The submission_error suggestion for no_capacity: the likely culprits first, then every filter."""
+    filters = capacity_filters(config)
+    likely = [f"{item['field'].split('.')[-1]}={item['value']} ({item['why']})" for item in filters if item["likely"]]
+    every = ", ".join(item["field"].split(".")[-1] for item in filters)
+    text = "库存显示有空闲卡, 但它们所在的主机可能都不满足配置的筛选条件 (范围筛选的是容器分到的份额 = 主机每卡份额 × gpu_num)。"
+    if likely:
+        text += "这个配置最可能卡在: " + "; ".join(likely) + "。"
+    text += f"能把所有主机都排除的条件 (上限和下限都算): {every}; 逐个放宽 (先放宽上面点名的), 或增加可选 GPU 型号。"
+    return text

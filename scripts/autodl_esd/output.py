@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from typing import Any, TextIO
 
 from .errors import EXIT_SUCCESS, AutoDLError
+from .platform_time import clock_text
 
 REDACTED = "***"
 
@@ -101,7 +101,8 @@ class Progress:
     """Progress and log lines on stderr.
 
     On a terminal the waiting status is one live line rewritten in place; elsewhere (CI,
-    an agent capturing stderr) each update is a plain line so logs stay readable.
+    an agent capturing stderr) each update is a plain line so logs stay readable. Lines are
+    stamped in the platform's zone (+08:00), like every timestamp in the JSON output.
     """
 
     def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
@@ -117,7 +118,7 @@ class Progress:
         if self.quiet:
             return
         self._close_live_line()
-        self.stream.write(f"[{time.strftime('%H:%M:%S')}] {scrub(message)}\n")
+        self.stream.write(f"[{clock_text()}] {scrub(message)}\n")
         self.stream.flush()
 
     def status(self, message: str) -> None:
@@ -127,7 +128,7 @@ class Progress:
         if not self._is_tty:
             self.log(message)
             return
-        self.stream.write(f"\r\x1b[2K[{time.strftime('%H:%M:%S')}] {scrub(message)}")
+        self.stream.write(f"\r\x1b[2K[{clock_text()}] {scrub(message)}")
         self.stream.flush()
         self._live_line_open = True
 

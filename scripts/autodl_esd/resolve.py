@@ -86,6 +86,15 @@ def deployments_named(client: Any, name: str) -> list[dict[str, Any]]:
     return [d for d in api.list_deployments(client, name=name) if d.get("name") == name]
 
 
+def deployments_matching(client: Any, pattern: str, status: str | None = None) -> list[dict[str, Any]]:
+    """Deployments whose WHOLE name matches a shell-style pattern (`demo-*` never catches
+    `mydemo-x`), case-sensitive like --name. The platform has no pattern filter: list all."""
+    from fnmatch import fnmatchcase
+
+    return [d for d in api.list_deployments(client, status=status)
+            if isinstance(d.get("name"), str) and fnmatchcase(d["name"], pattern)]
+
+
 # JSON type names as a user reads them in a message about a config file's top level.
 JSON_TYPE_NAMES = {list: "数组", str: "字符串", int: "数字", float: "数字", bool: "布尔值", type(None): "null"}
 

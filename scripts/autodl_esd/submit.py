@@ -17,7 +17,7 @@ from . import api
 from .config import build_request, dialect_of
 from .containers import container_summary
 from .errors import ApiError, AutoDLError, ErrorType, Interrupted
-from .lint import lint_config
+from .lint import capacity_filters, lint_config, no_capacity_suggestion
 from .output import Progress
 from .polling import PollFailures
 from .stock import StockByGpu, first_fit, requested_stock, similar_gpu_names
@@ -36,6 +36,9 @@ MAX_IMAGES_LISTED = 50
 # the answer. Recognised by the platform's code or by the wording of its message.
 PARAMETER_ERROR_CODES = {"RequestParameterIsWrong"}
 PARAMETER_ERROR_FRAGMENTS = ("参数", "不支持", "缺少", "不存在", "格式")
+# Template fields the region stock endpoint accepts as filters (api-reference.md, 地区 GPU 库存).
+STOCK_FILTER_KEYS = ("gpu_name_set", "cuda_v_from", "cuda_v_to", "cpu_num_from", "cpu_num_to",
+                     "memory_size_from", "memory_size_to", "price_from", "price_to")
 # Hosts whose dialect is known, to catch a config written for the other cloud.
 HOST_DIALECTS = {"api.autodl.com": "public", "private.autodl.com": "private"}
 
@@ -179,6 +182,16 @@ class Submitter:
                 "hint": (f"你是否想写: {meant}; " if meant else "") + f"可用型号: {sorted(stock)}",
             })
 
+    def _filter_warnings(self, unfiltered: StockByGpu, filtered: StockByGpu) -> None:
+        """Idle cards exist, but none on a host the config's filters accept: say which filters."""
+        idle_anywhere = any(f["idle"] >= self.gpu_num for f in requested_stock(unfiltered, self.gpu_names).values())
+        if idle_anywhere and first_fit(filtered, self.gpu_names, self.gpu_num) is None:
+            self.warnings.append({
+                "code": "filters_exclude_idle_hosts", "path": "container_template",
+                "message": "所选型号有空闲卡, 但按配置的 CPU/内存/价格/CUDA 范围筛选后没有: 现在提交会一直等库存 (或创建失败)。",
+                "hint": no_capacity_suggestion(self.config),
+            })
+
     def check_name_free(self) -> None:
         same_name = api.list_deployments(self.client, name=self.config["name"])
         self._names_before = {d.get("uuid") for d in same_name}
@@ -200,9 +213,18 @@ class Submitter:
 
     # --- waiting ----------------------------------------------------------------------
 
-    def poll_stock(self) -> StockByGpu:
-        stock, _raw = api.gpu_stock(self.client, self.regions)
+    def poll_stock(self, filtered: bool = True) -> StockByGpu:
+        """Stock of the requested types. Region stock (public dialect) takes the template's own
+        filters, so what it counts is what this config can get; `filtered=False` counts every
+        host (to tell a misspelt GPU name from one the filters exclude)."""
+        if not self.regions:
+            stock, _raw = api.global_stock(self.client)
+            return stock
+        stock, _raw = api.region_stock(self.client, self.regions, self.stock_filters() if filtered else None)
         return stock
+
+    def stock_filters(self) -> dict[str, Any]:
+        return {key: self.template[key] for key in STOCK_FILTER_KEYS if key in self.template}
 
     def _describe(self, stock: StockByGpu) -> str:
         wanted = requested_stock(stock, self.gpu_names)
@@ -325,8 +347,7 @@ class Submitter:
             ),
             "no_capacity": (
                 f"库存显示有空闲, 但创建部署连续失败 {len(failures)} 次: {last['msg']}",
-                "空闲卡所在主机可能不满足 price/cpu/memory/CUDA 条件: 放宽 price_to、降低 cpu_num_from 与 "
-                "memory_size_from、放宽 CUDA 要求或增加可选 GPU 型号" + see_warnings,
+                no_capacity_suggestion(self.config) + see_warnings.lstrip("; ").lstrip("。"),
             ),
         }[last["kind"]]
         return AutoDLError(
@@ -340,6 +361,7 @@ class Submitter:
                 "retryable": last["kind"] == "platform_fault",
                 "warnings": self.warnings,
                 "suggestion": suggestion,
+                **({"capacity_filters": capacity_filters(self.config)} if last["kind"] == "no_capacity" else {}),
             },
         )
 
@@ -388,9 +410,12 @@ class Submitter:
     def run(self) -> dict[str, Any]:
         try:
             self.check_image()
-            stock = self.poll_stock()
+            stock = self.poll_stock(filtered=False)
             self.check_gpu_types(stock)
             self.check_name_free()
+            if self.regions:
+                unfiltered, stock = stock, self.poll_stock()
+                self._filter_warnings(unfiltered, stock)
         except ApiError as error:
             error.hint = "此时还没有创建任何部署, 稍后重新运行同一命令即可。" + error.hint
             raise
@@ -405,6 +430,7 @@ class Submitter:
                 **summary,
                 "request": self.request,
                 "stock": requested_stock(stock, self.gpu_names),
+                "stock_filtered_by_config": bool(self.regions),
                 "would_submit_now": fit is not None,
                 "gpu_name": fit,
                 "warnings": self.warnings,

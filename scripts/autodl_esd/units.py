@@ -19,6 +19,12 @@ KNOWN_CUDA_CODES = (111, 113, 116, 117, 118, 120, 121, 122, 124, 126, 128)
 # No host offers this much memory per container; a larger "GB" value is almost surely bytes.
 MAX_PLAUSIBLE_MEMORY_GB = 65536
 
+# The low end of a common host's share per GPU (a host's CPU and memory split evenly per
+# card; common units are 8-16 vCPU and 30-60 GB). A ceiling below share x gpu_num fits
+# almost no host: the range filters the container's share, not what it needs.
+TYPICAL_MEMORY_GB_PER_GPU = 30
+TYPICAL_CPU_PER_GPU = 8
+
 _VERSION = re.compile(r"^\s*(\d{1,2})\.(\d)\s*$")
 
 

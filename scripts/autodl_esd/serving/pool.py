@@ -51,7 +51,7 @@ Sources:
 A refresh that fails (file briefly missing, endpoint down, bad JSON) keeps the
 last good set of replicas; ``pool.last_refresh_error`` says what went wrong.
 Replicas are identified by ``container_uuid``, never by URL. Only replicas
-whose ``healthy`` is true (or missing) are picked. If every healthy replica is
+whose ``healthy`` is true, null (not probed) or missing are picked. If every healthy replica is
 ejected, the one ejected longest ago is used rather than failing; an empty
 registry raises ``NoReplicaAvailable``. All methods are thread-safe.
 """
@@ -519,6 +519,8 @@ def _parse_item(item: Any) -> Optional[tuple[Service, bool]]:
         return None
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return None
+    if healthy is None:
+        healthy = True  # null: nobody probed it (one-shot discover_services), not known bad
     if not isinstance(healthy, bool):
         return None  # "false" as a string must not read as healthy
     machine_id = item.get("machine_id")

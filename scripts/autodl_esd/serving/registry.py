@@ -28,7 +28,6 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +39,7 @@ from ..containers import STOPPING_STATUSES, primary_service_url
 from ..deps import SKILL_ROOT, require
 from ..errors import AutoDLError, Interrupted
 from ..output import Progress
+from ..platform_time import now_timestamp
 
 REGISTRY_SCHEMA = SKILL_ROOT / "schemas" / "registry.schema.json"
 RUNNING = "running"
@@ -50,22 +50,12 @@ MACHINE_ID_PATTERN = re.compile(r"^[0-9a-f]{10}$")
 SERVE_POLL_SECONDS = 0.1
 
 
-# AutoDL runs on China Standard Time and stamps everything (started_at, since, events) with
-# +08:00. Our own stamps (generated_at, resynced_at, a fallback since) use the same offset,
-# whatever this machine's zone, so one document never mixes +00:00 and +08:00.
-PLATFORM_TZ = timezone(timedelta(hours=8))
-
 # The endpoint's pools read the registry this process builds; their (English) library
 # warnings, e.g. "registry is stale", repeat what the watcher already logs in Chinese, so
 # they go nowhere instead of onto the script's stderr.
 QUIET_POOL_LOG = logging.getLogger(__name__ + ".endpoint_pool")
 QUIET_POOL_LOG.addHandler(logging.NullHandler())
 QUIET_POOL_LOG.propagate = False
-
-
-def now_timestamp() -> str:
-    """Now, as the platform writes it: RFC 3339 seconds with +08:00."""
-    return datetime.now(PLATFORM_TZ).isoformat(timespec="seconds")
 
 
 def _timestamp_or_now(value: Any) -> str:
@@ -141,9 +131,24 @@ def validate_registry(document: dict[str, Any]) -> None:
         raise ValueError(f"registry breaks registry.schema.json at '{where}': {errors[0].message}")
 
 
-def build_registry(client: Any, deployment_uuid: str, port: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """The registry as of now, from one full container listing."""
+def build_registry(
+    client: Any,
+    deployment_uuid: str,
+    port: int | None = None,
+    progress: Progress | None = None,
+    health: "HealthTracker | None" = None,
+) -> dict[str, Any]:
+    """The registry as of now, from one full container listing.
+
+    One look cannot know health without asking: with `health` each replica is probed once
+    (healthy true/false); without it `healthy` is null (unknown), never an unchecked true.
+    """
     services = running_services(client, deployment_uuid, port, progress)
+    if health is None:
+        for entry in services.values():
+            entry["healthy"] = None
+    elif services:
+        health.update(services)
     document = registry_document(deployment_uuid, list(services.values()), resynced_at=now_timestamp())
     validate_registry(document)
     return document

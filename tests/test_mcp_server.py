@@ -1,0 +1,268 @@
+"""The MCP server end to end: the SDK's own client over stdio, a real handshake.
+
+One server process serves the whole module (start-up is about a second, mostly importing the
+SDK); it talks to a simulator started here, so the tests can read the simulator's request log
+and stop it afterwards. Each tool call runs the script as a child process, as in production.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import ROOT, SIM_SPEED
+
+mcp = pytest.importorskip("mcp", reason="pip install -r requirements-mcp.txt")
+simulator = pytest.importorskip("simulator")
+
+from anyio.from_thread import start_blocking_portal  # noqa: E402
+from mcp.client.stdio import stdio_client  # noqa: E402
+
+from autodl_esd import mcp_tools  # noqa: E402
+
+TOKEN = "mcp-test-token-5f0c9e1d2b7a"
+SERVICE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+RESULT_SCHEMA = jsonschema.Draft202012Validator(json.loads((ROOT / "schemas" / "result.schema.json").read_text(encoding="utf-8")))
+MUTATING_POSTS = {"/api/v1/dev/deployment", "/api/v1/dev/deployment/blacklist"}
+FAST = {"interval": 0.05}
+
+
+def mutating_requests(log):
+    return [(method, path) for method, path, _ in log
+            if method in ("PUT", "DELETE") or (method == "POST" and path in MUTATING_POSTS)]
+
+
+class Session:
+    """A connected MCP client, driven from synchronous tests through a blocking portal."""
+
+    def __init__(self, portal, client, stderr_path: Path) -> None:
+        self.portal, self.client, self.stderr_path = portal, client, stderr_path
+        self.seen: list[str] = []  # every result text and progress message, for the secret check
+
+    def call(self, name, arguments=None, progress=None):
+        async def on_progress(value, total, message):
+            self.seen.append(message or "")
+            if progress:
+                progress(message or "")
+
+        result = self.portal.call(lambda: self.client.call_tool(name, arguments, progress_callback=on_progress))
+        text = result.content[0].text
+        self.seen.append(text)
+        document = result.structured_content
+        assert json.loads(text) == document
+        RESULT_SCHEMA.validate(document)
+        assert result.is_error is (document["status"] == "error")
+        return document
+
+    def ok(self, name, arguments=None):
+        document = self.call(name, arguments)
+        assert document["status"] == "success", document
+        return document
+
+    def start(self, name, arguments, progress):
+        async def on_progress(value, total, message):
+            self.seen.append(message or "")
+            progress(message or "")
+
+        return self.portal.start_task_soon(lambda: self.client.call_tool(name, arguments, progress_callback=on_progress))
+
+
+def start_session(portal, args, env, tmp_path):
+    stderr_path = tmp_path / "server.stderr"
+    errlog = stderr_path.open("w", encoding="utf-8")
+    params = mcp.StdioServerParameters(command=sys.executable, args=[str(ROOT / "scripts" / "mcp_server.py"), *args],
+                                       env=env, cwd=str(tmp_path))
+    client_cm = portal.wrap_async_context_manager(mcp.Client(stdio_client(params, errlog=errlog)))
+    return client_cm, errlog, stderr_path
+
+
+@pytest.fixture(scope="module")
+def platform():
+    instance = simulator.Simulator(token=TOKEN, speed=SIM_SPEED, seed=3).start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="module")
+def session(platform, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("mcp")
+    env = {"AUTODL_HOST": platform.url, "AUTODL_TOKEN": TOKEN}
+    with start_blocking_portal() as portal:
+        client_cm, errlog, stderr_path = start_session(portal, [], env, tmp_path)
+        with client_cm as client:
+            yield Session(portal, client, stderr_path)
+        errlog.close()
+
+
+@pytest.fixture(scope="module")
+def service(session, platform):
+    """A running two-replica ReplicaSet created through the queue_submit tool."""
+    config = {**copy.deepcopy(SERVICE), "name": "mcp-service"}
+    document = session.ok("queue_submit", {"config": config, "confirm": True, "wait_running": True, **FAST})
+    assert len(document["containers"]) == 2
+    return document
+
+
+def test_handshake_lists_one_tool_per_script_with_valid_schemas(session):
+    tools = {tool.name: tool for tool in session.portal.call(session.client.list_tools).tools}
+    assert set(tools) == {*mcp_tools.build_catalog(), "interrupted_calls"}
+    for name, tool in tools.items():
+        jsonschema.Draft202012Validator.check_schema(tool.input_schema)
+        hints = tool.annotations
+        assert hints.read_only_hint is not None and hints.idempotent_hint is not None and hints.open_world_hint is not None
+        if not hints.read_only_hint:
+            assert hints.destructive_hint is not None
+            assert "confirm" in tool.input_schema["properties"], name
+    assert tools["stop_deployment"].annotations.destructive_hint is True
+    assert tools["list_images"].annotations.read_only_hint is True
+    assert tools["set_replicas"].annotations.idempotent_hint is False
+    assert tools["queue_submit"].input_schema["properties"]["interval"]["exclusiveMinimum"] == 0
+    assert tools["list_containers"].input_schema["properties"]["status"]["items"]["enum"]
+
+
+def test_read_tools_answer_from_the_simulator(session, service):
+    name = "mcp-service"
+    assert session.ok("list_images")["count"] >= 1
+    assert "RTX 4090" in session.ok("gpu_stock")["stock"]
+    assert session.ok("validate_config", {"config": "examples/replicaset-service.json"})["valid"] is True
+    assert session.ok("validate_config", {"config": SERVICE})["valid"] is True
+    assert [d["name"] for d in session.ok("list_deployments", {"name": name})["items"]] == [name]
+    containers = session.ok("list_containers", {"name": name, "status": ["running"]})
+    assert containers["count"] == 2
+    assert session.ok("container_events", {"deployment_uuid": service["deployment_uuid"]})["count"] >= 2
+    assert len(session.ok("discover_services", {"name": name})["services"]) == 2
+    assert session.ok("find_faulty_hosts", {"name": name})["count"] == 0
+    assert session.ok("list_blacklist")["status"] == "success"
+    assert session.ok("wallet_balance")["balance_yuan"] is not None
+    assert session.ok("cost_report", {"name": name})["status"] == "success"
+    assert "backend replicas" in session.ok("haproxy_config", {"name": name})["config"]
+
+
+def test_passwords_stay_redacted_unless_show_password(session, service):
+    hidden = session.ok("list_containers", {"name": "mcp-service"})["items"][0]
+    shown = session.ok("list_containers", {"name": "mcp-service", "show_password": True})["items"][0]
+    assert hidden["info"]["root_password"] == "***"
+    assert shown["info"]["root_password"] not in ("***", "")
+
+
+def test_mutating_tools_without_confirm_make_no_mutating_request(session, platform, service):
+    before = len(platform.request_log())
+    uuid = service["deployment_uuid"]
+    container = service["containers"][0]["container_uuid"]
+    previews = {
+        "stop_deployment": {"deployment_uuid": uuid},
+        "delete_deployment": {"deployment_uuid": uuid},
+        "set_replicas": {"deployment_uuid": uuid, "replica_num": 3},
+        "stop_container": {"container_uuid": container, "decrease_one_replica_num": True},
+        "blacklist_host": {"container_uuid": container},
+    }
+    for name, arguments in {**previews, "set_replicas ": {"deployment_uuid": uuid, "replica_num": 0}}.items():
+        document = session.call(name.strip(), arguments)
+        assert document["error_type"] == "confirmation_required", (name, document)
+    dry = session.ok("queue_submit", {"config": {**SERVICE, "name": "never-created"}, **FAST})
+    assert dry["dry_run"] is True
+    applied = session.call("find_faulty_hosts", {"name": "mcp-service", "apply": True})
+    assert applied["status"] == "success" and applied["applied"] == []  # nothing faulty: nothing to apply
+    assert mutating_requests(platform.request_log()[before:]) == []
+    assert [d["name"] for d in platform.deployments()].count("never-created") == 0
+    # The script's own preview names what would stop; the server's preview names the command.
+    stop = session.call("stop_deployment", {"deployment_uuid": uuid})
+    assert stop["details"]["live_container_count"] == 2
+    scale = session.call("set_replicas", {"deployment_uuid": uuid, "replica_num": 3})
+    assert scale["details"]["would_run"].endswith("--replica-num=3 --yes")
+
+
+def test_confirm_true_acts_and_reads_back(session, platform, service):
+    before = len(platform.request_log())
+    document = session.ok("set_replicas", {"deployment_uuid": service["deployment_uuid"], "replica_num": 3, "confirm": True})
+    assert document["replica_num"] == 3 and document["verified"] is True
+    assert mutating_requests(platform.request_log()[before:]) == [("PUT", "/api/v1/dev/deployment/replica_num")]
+
+
+def test_malformed_arguments_give_usage_error_not_a_protocol_crash(session):
+    cases = [
+        ("list_images", {"page_index": "two"}),
+        ("list_images", {"page_index": 0}),
+        ("list_images", {"no_such_flag": True}),
+        ("set_replicas", {"name": "x"}),
+        ("list_containers", {"name": "x", "status": ["sleeping"]}),
+        ("queue_submit", {"config": "examples/replicaset-service.json", "interval": -1}),
+        ("list_containers", {"name": "x", "deployment_uuid": "y"}),  # mutually exclusive: argparse says so
+        ("no_such_tool", {}),
+    ]
+    for name, arguments in cases:
+        document = session.call(name, arguments)
+        assert document["error_type"] == "usage_error", (name, arguments, document)
+        assert document["message"]
+    missing = session.call("set_replicas", {"name": "x"})
+    assert "replica_num" in missing["message"]
+    assert session.ok("gpu_stock")  # the connection is still fine
+
+
+def test_cancelled_stock_wait_ends_like_sigint(session, platform):
+    platform.occupy("RTX 4090", 10_000)
+    platform.occupy("RTX A5000", 10_000)
+    waiting = threading.Event()
+    try:
+        config = {**SERVICE, "name": "mcp-waits-for-stock"}
+        future = session.start("queue_submit", {"config": config, "confirm": True, **FAST},
+                               lambda message: "等待" in message and waiting.set())
+        assert waiting.wait(20), "no progress notification while waiting for stock"
+        future.cancel()
+        interrupted = wait_for_interrupted(session, "mcp-waits-for-stock")
+    finally:
+        platform.release_occupied()
+    assert interrupted["result"]["error_type"] == "interrupted"
+    assert "deployment_uuid" not in interrupted["result"]["details"]
+    assert "mcp-waits-for-stock" not in [d["name"] for d in platform.deployments()]
+
+
+def test_cancelled_wait_for_containers_reports_the_deployment_uuid(session, platform):
+    # More replicas than the cluster has cards: the deployment is created, the wait never ends.
+    config = {**SERVICE, "name": "mcp-too-big", "replica_num": 60}
+    waiting = threading.Event()
+    future = session.start("queue_submit", {"config": config, "confirm": True, "wait_running": True, **FAST},
+                           lambda message: "等待容器运行" in message and waiting.set())
+    assert waiting.wait(20), "no progress notification while waiting for containers"
+    future.cancel()
+    interrupted = wait_for_interrupted(session, "mcp-too-big")
+    created = [d["uuid"] for d in platform.deployments() if d["name"] == "mcp-too-big"]
+    assert interrupted["result"]["error_type"] == "interrupted"
+    assert [interrupted["result"]["details"]["deployment_uuid"]] == created
+
+
+def wait_for_interrupted(session, deployment_name, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for item in session.ok("interrupted_calls")["items"]:
+            if deployment_name in json.dumps(item["arguments"], ensure_ascii=False):
+                return item
+        time.sleep(0.05)
+    pytest.fail(f"no interrupted call recorded for {deployment_name}")
+
+
+def test_the_token_never_appears_in_results_progress_or_logs(session):
+    # Runs after the others in this module: everything they saw is in session.seen.
+    assert session.seen
+    assert not [text for text in session.seen if TOKEN in text]
+    assert TOKEN not in session.stderr_path.read_text(encoding="utf-8")
+
+
+def test_sim_mode_needs_no_token(tmp_path):
+    """--sim: one embedded simulator behind every tool, no token in the environment."""
+    with start_blocking_portal() as portal:
+        client_cm, errlog, _ = start_session(portal, ["--sim"], {}, tmp_path)
+        with client_cm as client:
+            sim_session = Session(portal, client, tmp_path / "server.stderr")
+            assert "RTX 4090" in sim_session.ok("gpu_stock")["stock"]
+            created = sim_session.ok("queue_submit", {"config": "examples/replicaset-service.json", "confirm": True})
+            listed = sim_session.ok("list_deployments")["items"]
+            assert [d["uuid"] for d in listed] == [created["deployment_uuid"]]
+        errlog.close()

@@ -66,9 +66,31 @@ def expect_checks(api, idle=0):
     api.post(DEPLOYMENTS, json=deployments(), match=[matchers.json_params_matcher({"name": "svc", "page_index": 1, "page_size": 100})])
 
 
-def expect_create(api, **kwargs):
+@pytest.fixture(autouse=True)
+def fake_time(monkeypatch):
+    """Waits advance a fake clock; the reconcile's grace is 0 unless a test sets one, so a
+    reconcile makes exactly effects.MIN_LOOKS looks (tests set that to what they register)."""
+    from autodl_esd import effects, submit
+
+    now = [0.0]
+    monkeypatch.setattr(effects, "_now", lambda: now[0])
+    monkeypatch.setattr(effects, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    monkeypatch.setattr(submit, "in_flight_grace_seconds", lambda client: 0.0)
+    monkeypatch.setattr(effects, "MIN_LOOKS", 1)
+    return now
+
+
+def same_name(*uuids, status="running"):
+    return deployments([{"uuid": uuid, "name": "svc", "status": status} for uuid in uuids])
+
+
+def expect_create(api, before=None, after=None, **kwargs):
+    """The name check right before the create, the create, and (for a created one) the look
+    for duplicates after it."""
     if "body" not in kwargs:
         kwargs.setdefault("json", envelope({"deployment_uuid": NEW_UUID}))
+    created = "body" not in kwargs and kwargs.get("status", 200) == 200 and kwargs["json"].get("code") == "Success"
+    api.post(DEPLOYMENTS, json=before or deployments())
     api.post(
         CREATE,
         match=[
@@ -77,6 +99,8 @@ def expect_create(api, **kwargs):
         ],
         **kwargs,
     )
+    if created:
+        api.post(DEPLOYMENTS, json=after or same_name(NEW_UUID))
 
 
 def create_calls(api):
@@ -226,7 +250,9 @@ def test_multi_gpu_container_needs_that_many_idle_cards(run, api, config_file):
     config["container_template"]["gpu_num"] = 4
     expect_checks(api, idle=2)
     api.get(STOCK, json=stock_list(4))
+    api.post(DEPLOYMENTS, json=deployments())
     api.post(CREATE, json=envelope({"deployment_uuid": NEW_UUID}), match=[matchers.json_params_matcher(config)])
+    api.post(DEPLOYMENTS, json=same_name(NEW_UUID))
 
     code, out, _ = run("queue_submit.py", config_file(config), *FAST)
 
@@ -241,7 +267,8 @@ def test_multi_gpu_container_needs_that_many_idle_cards(run, api, config_file):
 def test_ambiguous_create_is_reconciled_by_name_before_any_retry(run, api, config_file, ambiguous, result_validator):
     expect_checks(api, idle=3)
     expect_create(api, **ambiguous)
-    api.post(DEPLOYMENTS, json=deployments([{"uuid": NEW_UUID, "name": "svc", "status": "running"}]))
+    api.post(DEPLOYMENTS, json=same_name(NEW_UUID))  # the reconcile finds it
+    api.post(DEPLOYMENTS, json=same_name(NEW_UUID))  # the look for duplicates: only it
 
     code, out, err = run("queue_submit.py", config_file(), "--interval", "0.01")
 
@@ -253,9 +280,9 @@ def test_ambiguous_create_is_reconciled_by_name_before_any_retry(run, api, confi
 
 
 def test_ambiguous_create_not_found_is_retried(run, api, config_file, monkeypatch):
-    from autodl_esd import submit
+    from autodl_esd import effects
 
-    monkeypatch.setattr(submit, "RECONCILE_LOOKUPS", 1)
+    monkeypatch.setattr(effects, "MIN_LOOKS", 1)
     expect_checks(api, idle=3)
     expect_create(api, body=requests.exceptions.ReadTimeout("read timed out"))
     api.post(DEPLOYMENTS, json=deployments())  # reconcile: nothing there
@@ -269,17 +296,17 @@ def test_ambiguous_create_not_found_is_retried(run, api, config_file, monkeypatc
 
 
 def test_reconcile_ignores_same_name_deployments_that_existed_before(run, api, config_file, monkeypatch):
-    from autodl_esd import submit
+    from autodl_esd import effects
 
-    monkeypatch.setattr(submit, "RECONCILE_LOOKUPS", 1)
+    monkeypatch.setattr(effects, "MIN_LOOKS", 1)
     old = {"uuid": "aaaaaaaaaaaaaaa", "name": "svc", "status": "stopped"}
     api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
     api.get(STOCK, json=stock_list(3))
     api.post(DEPLOYMENTS, json=deployments([old]))
-    expect_create(api, status=503, json=envelope(code="ServiceUnavailable"))
-    api.post(DEPLOYMENTS, json=deployments([old]))
+    expect_create(api, before=deployments([old]), status=503, json=envelope(code="ServiceUnavailable"))
+    api.post(DEPLOYMENTS, json=deployments([old]))  # reconcile: only the old one
     api.get(STOCK, json=stock_list(3))
-    expect_create(api)
+    expect_create(api, before=deployments([old]), after=deployments([old, {"uuid": NEW_UUID, "name": "svc", "status": "running"}]))
 
     code, out, _ = run("queue_submit.py", config_file(), *FAST)
 
@@ -353,6 +380,7 @@ def test_no_capacity_suggestion_names_upper_bounds_and_the_likely_culprit(run, a
     config["container_template"].update(memory_size_to=16, price_to=500)
     expect_checks(api, idle=4)
     for attempt in range(3):
+        api.post(DEPLOYMENTS, json=deployments())
         api.post(CREATE, json=envelope(code="BadRequest", msg="当前算力规格暂无库存"),
                  match=[matchers.json_params_matcher(config)])
         if attempt < 2:
@@ -483,7 +511,9 @@ def test_wait_running_ends_when_a_short_job_already_finished(run, api, config_fi
     job = copy.deepcopy(CONFIG)
     job.update(deployment_type="Job", replica_num=1, parallelism_num=1)
     expect_checks(api, idle=3)
+    api.post(DEPLOYMENTS, json=deployments())
     api.post(CREATE, json=envelope({"deployment_uuid": NEW_UUID}), match=[matchers.json_params_matcher(job)])
+    api.post(DEPLOYMENTS, json=same_name(NEW_UUID))
     api.post(EVENTS, json=page([]))
     api.post(CONTAINERS, json=page([]))
     api.post(DEPLOYMENTS, json=deployments([{"uuid": NEW_UUID, "name": "svc", "status": "stopped"}]),
@@ -558,6 +588,7 @@ def test_submission_error_carries_the_warnings_that_may_explain_it(run, api, con
     refused = envelope(code="BadRequest", msg="当前算力规格暂无库存")
     expect_checks(api, idle=3)
     for attempt in range(3):
+        api.post(DEPLOYMENTS, json=deployments())
         api.post(CREATE, json=refused)
         if attempt < 2:
             api.get(STOCK, json=stock_list(3))
@@ -592,9 +623,9 @@ def test_a_create_refused_for_its_parameters_is_not_retried(run, api, config_fil
 
 
 def test_repeated_platform_faults_on_create_say_retry_later(run, api, config_file, monkeypatch, result_validator):
-    from autodl_esd import submit
+    from autodl_esd import effects
 
-    monkeypatch.setattr(submit, "RECONCILE_LOOKUPS", 1)
+    monkeypatch.setattr(effects, "MIN_LOOKS", 1)
     expect_checks(api, idle=3)
     for attempt in range(3):
         expect_create(api, status=503, json=envelope(code="ServiceUnavailable", msg="服务暂时不可用"))
@@ -610,10 +641,10 @@ def test_repeated_platform_faults_on_create_say_retry_later(run, api, config_fil
 
 
 def test_an_unknown_create_outcome_that_cannot_be_checked_is_never_retried(run, api, config_file, monkeypatch, result_validator):
-    from autodl_esd import http, submit
+    from autodl_esd import effects, http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
-    monkeypatch.setattr(submit, "RECONCILE_LOOKUPS", 2)
+    monkeypatch.setattr(effects, "MIN_LOOKS", 2)
     expect_checks(api, idle=3)
     expect_create(api, body=requests.exceptions.ReadTimeout("read timed out"))
     api.post(DEPLOYMENTS, status=503, json=envelope(code="ServiceUnavailable"))

@@ -258,11 +258,13 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
             sys.stderr.write(scrub(traceback.format_exc()))
         details = dict(context.partial) if context else {}
         details["exception"] = scrub(f"{type(bug).__name__}: {bug}")
+        # What was already sent comes first: the bug does not undo a create or a change.
+        sent = details.pop("interrupt_hint", None)
         return emit_error(
             AutoDLError(
                 ErrorType.INTERNAL_ERROR,
                 "脚本内部错误。",
-                "加 --debug 重新运行可在 stderr 看到 traceback; 请把输出反馈给维护者。",
+                (sent + " " if sent else "") + "加 --debug 重新运行可在 stderr 看到 traceback; 请把输出反馈给维护者。",
                 details,
             )
         )

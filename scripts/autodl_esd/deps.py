@@ -25,7 +25,8 @@ REQUIREMENTS = SKILL_ROOT / "requirements.txt"
 REEXEC_MARKER = "AUTODL_ESD_REEXEC"
 
 # Import name -> pip distribution name (they differ for python-dotenv).
-_DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema", "redis": "redis"}
+_DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema", "redis": "redis",
+                  "aiohttp": "aiohttp", "prometheus_client": "prometheus-client"}
 # Optional packages come from their own requirements file (scale-out: Redis).
 _REQUIREMENTS = {"redis": "requirements-scaleout.txt"}
 # What every script needs (requirements.txt); only these decide a re-exec under .venv.

@@ -88,8 +88,8 @@ def watch(
     grace_seconds: float,
     waiting_for: str = "",
     progress: Progress | None = None,
-    min_looks: int = MIN_LOOKS,
-    pause: float = LOOK_PAUSE_SECONDS,
+    min_looks: int | None = None,
+    pause: float | None = None,
     sleep: Callable[[float], None] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Looks:
@@ -100,6 +100,8 @@ def watch(
     """
     sleep = sleep or _sleep
     clock = clock or _now
+    min_looks = MIN_LOOKS if min_looks is None else min_looks
+    pause = LOOK_PAUSE_SECONDS if pause is None else pause
     started = clock()
     looks = answered = 0
     value: Any = None
@@ -159,7 +161,7 @@ def apply_change(
         partial.update(change.ids)
         # An interrupt from here on must say the change may have happened.
         partial.update(took_effect="unknown", change=change.what, check=change.check,
-                       interrupt_hint=f"中断时{change.what}的请求可能已经发出, 是否生效未知: 先用 {change.check} 查看, 不要直接重复执行。")
+                       interrupt_hint=f"{change.what}的请求已经发出, 是否生效未知: 先用 {change.check} 查看, 不要直接重复执行。")
     try:
         change.send()
     except ApiError as error:

@@ -8,14 +8,14 @@ deployment up by name; re-running the command must never buy a second deployment
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from . import api
+from . import api, effects
 from .config import build_request, dialect_of
 from .containers import container_summary
+from .effects import in_flight_grace_seconds, watch
 from .errors import ApiError, AutoDLError, ErrorType, Interrupted
 from .lint import capacity_filters, lint_config, no_capacity_suggestion
 from .output import Progress
@@ -25,9 +25,6 @@ from .stock import StockByGpu, first_fit, requested_stock, similar_gpu_names
 # Three tries cover a race with another tenant for the last cards; more than that means
 # the conditions (price/cpu/memory ranges) exclude every host that has free cards.
 MAX_CREATE_ATTEMPTS = 3
-# After an ambiguous create, the deployment may take a moment to be listed.
-RECONCILE_LOOKUPS = 3
-RECONCILE_PAUSE_SECONDS = 1.0
 # Image pulls on a cold host can take several minutes; 15 minutes covers a large image.
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 900.0
 # How many image names to put in an image_not_found error; enough to pick from.
@@ -82,8 +79,8 @@ class Submitter:
         options: SubmitOptions,
         progress: Progress,
         partial: dict[str, Any],
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.client = client
         self.config = config
@@ -92,13 +89,19 @@ class Submitter:
         self.options = options
         self.progress = progress
         self.partial = partial  # reported on interrupt
-        self.clock = clock
-        self.sleep = sleep
+        # effects' indirections (looked up at call time) so tests can run on a fake clock.
+        self.clock = clock or (lambda: effects._now())
+        self.sleep = sleep or (lambda seconds: effects._sleep(seconds))
         self.regions: list[str] | None = self.template.get("dc_list")
         self.gpu_names: list[str] = self.template["gpu_name_set"]
         self.gpu_num: int = self.template["gpu_num"]
         self.warnings = lint_config(config) + self._dialect_warnings()
-        self._names_before: set[str] = set()
+        # Same-name deployments listed right before this run's first create was sent.
+        self._known_before_send: set[Any] = set()
+        self._sent_creates = 0
+        self._ambiguous_creates = 0
+        self._recovered_by: dict[str, Any] | None = None
+        self._reconcile_report: dict[str, Any] | None = None
 
     def _dialect_warnings(self) -> list[dict[str, str]]:
         host = urlsplit(getattr(self.client, "host", "") or "").hostname or ""
@@ -193,8 +196,7 @@ class Submitter:
             })
 
     def check_name_free(self) -> None:
-        same_name = api.list_deployments(self.client, name=self.config["name"])
-        self._names_before = {d.get("uuid") for d in same_name}
+        same_name = self._same_name()
         live = [d for d in same_name if d.get("status") != "stopped"]
         if len(same_name) > len(live):
             self.warnings.append({
@@ -258,35 +260,145 @@ class Submitter:
                 failures.record(error)
 
     # --- submitting -------------------------------------------------------------------
+    #
+    # The exactly-once rule. Immediately before every create the name is looked up again;
+    # the uuids seen then (`_known_before_send`, taken before this run's FIRST create) are
+    # the deployments this run cannot have made. A deployment with our name that is not
+    # among them appeared after this run's create was sent: after an ambiguous create it
+    # is taken as that create having landed ("recovered", `recovered_by` says so). Any
+    # other live one with our name is somebody else's: deployment_exists, never adopted.
+
+    def _same_name(self) -> list[dict[str, Any]]:
+        # The list's name filter is not documented as exact; a record without a name is kept.
+        return [d for d in api.list_deployments(self.client, name=self.config["name"]) if d.get("name", self.config["name"]) == self.config["name"]]
+
+    def _new_since_send(self, same_name: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [d for d in same_name if d.get("uuid") not in self._known_before_send]
+
+    def _lookup_command(self) -> str:
+        return f"python scripts/list_deployments.py --name {self.config['name']}"
+
+    def check_before_create(self) -> str | None:
+        """The name check right before a create: a uuid when an earlier ambiguous create of
+        this run has landed meanwhile; deployment_exists when another live one appeared."""
+        same_name = self._same_name()
+        if self._sent_creates == 0:
+            self._known_before_send = {d.get("uuid") for d in same_name}
+            live = [d for d in same_name if d.get("status") != "stopped"]
+            if live and not self.options.allow_duplicate_name:
+                raise self._exists_error(live, "在等待库存期间出现了同名部署 (可能是同一配置的另一次运行)")
+            return None
+        new = self._new_since_send(same_name)
+        if new and self._ambiguous_creates:
+            self.progress.log(f"提交前再次按名称核对: 之前结果不明的创建已经落地 ({new[0].get('uuid')})")
+            return self._adopt(new, "found_before_retry")
+        live_new = [d for d in new if d.get("status") != "stopped"]
+        if live_new and not self.options.allow_duplicate_name:
+            raise self._exists_error(live_new, "本次的创建都被平台明确拒绝, 但期间出现了同名部署 (不是本次创建的)")
+        return None
+
+    def _check_failed(self, error: ApiError) -> ApiError:
+        """The name check before a create failed: nothing more is sent; say what was."""
+        maybe = self._ambiguous_creates > 0
+        error.details.update(may_have_been_created=maybe, name=self.config["name"])
+        if maybe:
+            error.details["lookup"] = self._lookup_command()
+            error.hint = (f"之前一次结果不明的创建可能已经落地, 不要直接重新提交: 先用 {self._lookup_command()} 核对。"
+                          + error.hint)
+        else:
+            error.hint = "本次没有创建任何部署 (创建前的同名检查失败), 稍后重新运行同一命令即可。" + error.hint
+        return error
+
+    def _exists_error(self, live: list[dict[str, Any]], why: str) -> AutoDLError:
+        return AutoDLError(
+            ErrorType.DEPLOYMENT_EXISTS,
+            f"{why}: {self.config['name']} ({live[0].get('uuid')}), 本次没有创建。",
+            "不要重复提交: 用 list_containers.py --deployment-uuid 查看这个部署; "
+            "确实需要第二个同名部署时加 --allow-duplicate-name。",
+            {"deployment_uuid": live[0].get("uuid"), "live_deployments": [d.get("uuid") for d in live],
+             "may_have_been_created": False, "name": self.config["name"]},
+        )
+
+    def _adopt(self, new: list[dict[str, Any]], how: str) -> str:
+        """Take the oldest deployment that appeared after our create was sent as ours."""
+        ordered = sorted(new, key=lambda d: (str(d.get("created_at") or ""), str(d.get("uuid"))))
+        self._recovered_by = {
+            "rule": "name_lookup_after_send",
+            "how": how,
+            "explanation": "按名称查到的这个部署不在本次第一次发出创建请求之前的同名列表中, 即它是在本次创建请求发出之后才出现的, "
+            "所以认定为本次结果不明的创建已经落地。",
+            "known_before_send": sorted(str(u) for u in self._known_before_send),
+        }
+        return str(ordered[0].get("uuid"))
+
+    def _mark_create_sent(self) -> None:
+        """From here until the outcome is known, any exit says the create may have landed."""
+        self.partial.update(
+            may_have_been_created=True, name=self.config["name"], lookup=self._lookup_command(),
+            interrupt_hint=f"创建请求已经发出, 部署可能已创建: 先用 {self._lookup_command()} 核对, 不要重新提交。",
+        )
+
+    def _settle_create(self, deployment_uuid: str | None) -> None:
+        if deployment_uuid:
+            self.partial["deployment_uuid"] = deployment_uuid
+            self.partial["interrupt_hint"] = f"部署已创建 ({deployment_uuid}): 用 list_containers.py --deployment-uuid {deployment_uuid} 查看, 不要重新提交。"
+        else:
+            for key in ("interrupt_hint", "lookup"):
+                self.partial.pop(key, None)
+        self.partial["may_have_been_created"] = bool(deployment_uuid)
 
     def reconcile(self) -> tuple[str | None, bool]:
-        """(a deployment with our name that did not exist before our create, whether the
-        platform could be asked at all): a lookup that never answered proves nothing."""
-        answered = False
-        for lookup in range(RECONCILE_LOOKUPS):
-            if lookup:
-                self.sleep(RECONCILE_PAUSE_SECONDS)
-            try:
-                same_name = api.list_deployments(self.client, name=self.config["name"])
-            except ApiError as error:
-                self.progress.log(f"核对是否已创建失败: {error.message}")
-                continue
-            answered = True
-            new = [d.get("uuid") for d in same_name if d.get("uuid") not in self._names_before]
-            if new:
-                return new[0], True
-        return None, answered
+        """After an ambiguous create: (a deployment of ours that landed, whether the platform
+        answered at all). Looks for the HTTP timeout plus a margin, a fresh list each time,
+        so a create still in flight has landed before anything is retried."""
+        looks = watch(
+            self._same_name,
+            lambda same_name: bool(self._new_since_send(same_name)),
+            grace_seconds=in_flight_grace_seconds(self.client),
+            waiting_for=f"等待可能仍在途中的创建请求落地 (按名称 {self.config['name']} 查看)",
+            progress=self.progress,
+            sleep=self.sleep,
+            clock=self.clock,
+        )
+        self._reconcile_report = looks.report()
+        if looks.found:
+            return self._adopt(self._new_since_send(looks.value), "reconcile_after_ambiguous_create"), True
+        if looks.last_error and not looks.answered:
+            self.progress.log(f"核对是否已创建失败: {looks.last_error}")
+        return None, looks.answered > 0
+
+    def _look_once_after_interrupt(self) -> None:
+        """One look on the way out (a second signal is ignored meanwhile): name the uuid if it landed."""
+        try:
+            new = self._new_since_send(self._same_name())
+        except AutoDLError:
+            return
+        if new:
+            self._settle_create(self._adopt(new, "found_while_exiting"))
 
     def create_once(self) -> tuple[str | None, ApiError | None, bool]:
         """(deployment_uuid, error, recovered) for one create attempt."""
+        self._mark_create_sent()
+        self._sent_creates += 1
         try:
-            return api.create_deployment(self.client, self.request), None, False
+            return self._create_and_reconcile()
+        except Interrupted:
+            if self.partial.get("may_have_been_created") and "deployment_uuid" not in self.partial:
+                self._look_once_after_interrupt()
+            raise
+
+    def _create_and_reconcile(self) -> tuple[str | None, ApiError | None, bool]:
+        try:
+            deployment_uuid = api.create_deployment(self.client, self.request)
         except ApiError as error:
             if not error.ambiguous:
+                self._settle_create(None)
                 return None, error, False
-            self.progress.log(f"创建请求结果不明 ({error.msg}), 先按名称核对是否已创建……")
+            self._ambiguous_creates += 1
+            self.progress.log(f"创建请求结果不明 ({error.msg}), 先按名称核对是否已创建 (最多约 {in_flight_grace_seconds(self.client):.0f} 秒)……")
             found, answered = self.reconcile()
             if found:
+                self._settle_create(found)
                 return found, None, True
             if not answered:
                 # Creating again could buy a second deployment; stop and let a person check.
@@ -296,32 +408,75 @@ class Submitter:
                     msg=error.msg,
                     http_status=error.http_status,
                     retryable=False,
-                    hint=f"部署可能已经创建: 稍后用 list_deployments.py --name {self.config['name']} 核对; "
+                    hint=f"部署可能已经创建, 不要重新提交: 稍后用 {self._lookup_command()} 核对; "
                     "确认没有再重新运行本命令 (同名检查会阻止重复提交)。",
                 )
-                unknown.details.update(may_have_been_created=True, name=self.config["name"])
+                unknown.details.update(may_have_been_created=True, name=self.config["name"], lookup=self._lookup_command())
                 raise unknown from None
+            self._settle_create(None)
             return None, error, False
-        except Interrupted:
-            # Stopped mid-create: the request may have landed; report it if so.
-            found, _answered = self.reconcile()
-            if found:
-                self.partial["deployment_uuid"] = found
-            raise
+        self._settle_create(deployment_uuid)
+        return deployment_uuid, None, False
+
+    def find_duplicates(self, deployment_uuid: str) -> list[dict[str, Any]]:
+        """Every deployment with our name that appeared after this run's first create was sent,
+        when there is more than one (e.g. a late landing create, or another run of this config).
+
+        Reported, never stopped here: the platform keeps no per-request id, so nothing proves
+        this run made both (another run of the same config, or a person, may have made one).
+        """
+        try:
+            new = self._new_since_send(self._same_name())
+        except AutoDLError as error:
+            self.progress.log(f"创建后按名称复查失败 ({error.message}), 无法确认是否有重复部署。")
+            self.warnings.append({
+                "code": "duplicates_unchecked", "path": "name",
+                "message": "创建后按名称复查失败, 无法确认是否有重复的同名部署。",
+                "hint": f"用 {self._lookup_command()} 看一眼: 应当只有 {deployment_uuid} 一个新部署。",
+            })
+            return []
+        if not any(d.get("uuid") == deployment_uuid for d in new):
+            new.append({"uuid": deployment_uuid, "name": self.config["name"]})
+        if len(new) < 2:
+            return []
+        ordered = sorted(new, key=lambda d: (str(d.get("created_at") or "~"), d.get("uuid") != deployment_uuid, str(d.get("uuid"))))
+        keep = ordered[0].get("uuid")
+        duplicates = [{
+            "deployment_uuid": d.get("uuid"), "created_at": d.get("created_at"), "status": d.get("status"),
+            "reported": d.get("uuid") == deployment_uuid, "newer": index > 0, "keep": index == 0,
+        } for index, d in enumerate(ordered)]
+        extra = [d["deployment_uuid"] for d in duplicates if not d["keep"]]
+        self.warnings.append({
+            "code": "duplicate_deployments", "path": "name",
+            "message": f"本次提交后出现了 {len(duplicates)} 个同名部署 {[d['deployment_uuid'] for d in duplicates]} "
+            "(一个结果不明的创建后来落地了, 或同一配置的另一次运行也创建了): 会重复计费。",
+            "hint": f"保留最早的 {keep}, 停止较新的: "
+            + "; ".join(f"python scripts/stop_deployment.py --deployment-uuid {uuid} --yes" for uuid in extra)
+            + " (先把 details.duplicates 告诉用户)。",
+        })
+        self.progress.log(f"警告: 发现重复的同名部署 {extra} (保留 {keep})")
+        return duplicates
 
     def submit(self, stock: StockByGpu, started: float) -> tuple[str, bool, float]:
         failures: list[dict[str, Any]] = []
         while True:
             stock, gpu_name = self.wait_for_stock(stock, started)
             waited = self.clock() - started
+            try:
+                landed = self.check_before_create()
+            except ApiError as error:
+                raise self._check_failed(error) from None
+            if landed:
+                self._settle_create(landed)
+                return landed, True, waited
             self.progress.log(f"{gpu_name} 有足够空闲卡, 提交部署 {self.config['name']} (第 {len(failures) + 1} 次)")
             deployment_uuid, error, recovered = self.create_once()
             if deployment_uuid:
-                self.partial["deployment_uuid"] = deployment_uuid
                 return deployment_uuid, recovered, waited
             assert error is not None
             kind = failure_kind(error)
-            failures.append({"code": error.code, "msg": error.msg, "http_status": error.http_status, "kind": kind})
+            failures.append({"code": error.code, "msg": error.msg, "http_status": error.http_status, "kind": kind,
+                             "ambiguous": error.ambiguous})
             self.progress.log(f"创建失败 ({len(failures)}/{MAX_CREATE_ATTEMPTS}): {error.msg or error.message}")
             if kind == "rejected" or len(failures) >= MAX_CREATE_ATTEMPTS:
                 raise self._submission_error(failures)
@@ -362,6 +517,10 @@ class Submitter:
                 "warnings": self.warnings,
                 "suggestion": suggestion,
                 **({"capacity_filters": capacity_filters(self.config)} if last["kind"] == "no_capacity" else {}),
+                # Ambiguous attempts were looked up by name for longer than they could take to land.
+                "may_have_been_created": False,
+                "name": self.config["name"],
+                **({"reconcile": self._reconcile_report} if self._reconcile_report else {}),
             },
         )
 
@@ -444,8 +603,29 @@ class Submitter:
             "waited_seconds": round(waited, 1),
             **summary,
             "recovered": recovered,
-            "warnings": self.warnings,
         }
+        if recovered and self._recovered_by:
+            result["recovered_by"] = self._recovered_by
+        duplicates = self.find_duplicates(deployment_uuid)
+        if duplicates:
+            result["duplicates"] = duplicates
+            self.partial["duplicates"] = duplicates
+        result["warnings"] = self.warnings
         if self.options.wait_running:
-            result.update(self.wait_until_running(deployment_uuid))
+            try:
+                result.update(self.wait_until_running(deployment_uuid))
+            except AutoDLError as error:
+                raise self._after_create(error, deployment_uuid) from None
         return result
+
+    def _after_create(self, error: AutoDLError, deployment_uuid: str) -> AutoDLError:
+        """A failure once the deployment exists still names it and says not to resubmit."""
+        error.details.setdefault("deployment_uuid", deployment_uuid)
+        error.details["deployment_created"] = True
+        if error.error_type is not ErrorType.STARTUP_TIMEOUT:
+            error.message = f"部署已创建 ({deployment_uuid}), 但跟踪容器启动时出错: {error.message}"
+            error.hint = (f"部署已经存在, 不要重新提交: 稍后用 list_containers.py --deployment-uuid {deployment_uuid} "
+                          "或 container_events.py 查看容器。" + (f" ({error.hint})" if error.hint else ""))
+            if isinstance(error, ApiError):
+                error.details["retryable"] = False  # retrying the command would not retry the follow-up
+        return error

@@ -1,0 +1,235 @@
+"""The autoscaling decision as a pure function: load history + config + state -> decision.
+
+Ray Serve's split: the policy knows nothing about HTTP, the platform or threads, so every
+rule is tested with tables of inputs and no cluster (tests/test_autoscale_policy.py). The
+controller (`serving.autoscaler`) feeds it samples and carries its state between calls.
+
+Rules, in the order they apply:
+
+1. Load is averaged over the look-back window; desired = ceil(load / target_inflight).
+2. Hysteresis: while load / (current x target) stays within +-TOLERANCE of 1, desired is
+   the current count, so noise around a boundary never moves it.
+3. Clamps: [min, max], then the money caps (hourly cost at the replicas' price; an
+   exhausted budget pins it to the floor). Caps are hard limits: they win over min.
+4. Scale-to-zero (min 0 only): no request for `scale_to_zero_after` and no load -> 0.
+5. Never act while a previous change is converging (containers still starting); the hold
+   timers restart once it has converged, so a load measured while capacity was short (a
+   queue that the new replicas will drain) cannot trigger a second step on its own.
+6. Up when desired > current has held for `upscale_delay` (at once from zero: a request is
+   waiting and nothing can serve it); down when desired < current has held for
+   `downscale_delay`, one replica per step, the timer restarting after each step, so
+   capacity never falls faster than requests stop arriving.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+# Ray Serve's defaults (target_ongoing_requests 2, upscale_delay_s 30, downscale_delay_s
+# 600, look_back_period_s 30): users of the field know them, and nothing on AutoDL argues
+# for other values except start-up time, which the converging rule already covers.
+DEFAULT_TARGET_INFLIGHT = 2.0
+DEFAULT_UPSCALE_DELAY = 30.0
+DEFAULT_DOWNSCALE_DELAY = 600.0
+DEFAULT_LOOK_BACK = 30.0
+DEFAULT_MIN_REPLICAS = 1
+# Kubernetes HPA's default tolerance (0.1): a ratio of load to capacity within 10 % of 1
+# is "on target". Without it a load hovering at a boundary (4.0 +- noise at target 2)
+# flips desired between 2 and 3 on every sample.
+TOLERANCE = 0.1
+
+ACTIONS = ("hold", "scale_up", "scale_down", "wait")
+
+
+@dataclass(frozen=True)
+class AutoscaleConfig:
+    min_replicas: int = DEFAULT_MIN_REPLICAS
+    max_replicas: int = 4
+    target_inflight: float = DEFAULT_TARGET_INFLIGHT
+    look_back: float = DEFAULT_LOOK_BACK
+    upscale_delay: float = DEFAULT_UPSCALE_DELAY
+    downscale_delay: float = DEFAULT_DOWNSCALE_DELAY
+    # None: the downscale delay, as Ray Serve's downscale_to_zero_delay_s defaults to it.
+    scale_to_zero_after: Optional[float] = None
+    max_hourly_cost: Optional[float] = None  # yuan per hour
+    budget: Optional[float] = None  # yuan, spent since the autoscaler started
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
+            raise ValueError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got [{self.min_replicas}, {self.max_replicas}]")
+        if not self.target_inflight > 0:
+            raise ValueError("target_inflight must be > 0")
+        for name in ("look_back", "upscale_delay", "downscale_delay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("scale_to_zero_after", "max_hourly_cost", "budget"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    @property
+    def zero_after(self) -> float:
+        return self.downscale_delay if self.scale_to_zero_after is None else self.scale_to_zero_after
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # controller clock, seconds
+    load: float  # in flight + queued (see autoscaler.load_of)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the controller knows right now besides the load."""
+
+    current: int  # replica_num the platform holds
+    converging: bool = False  # containers of the last change still starting
+    last_request_at: Optional[float] = None  # None: no request since the start
+    started_at: float = 0.0  # when the autoscaler started (idle time counts from here)
+    price_per_replica: Optional[float] = None  # yuan per hour; None: unknown
+    spent: float = 0.0  # yuan since the start
+    zero_refused: bool = False  # the platform refused replica_num 0 (floor becomes 1)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """Carried between calls: since when the wish to move has held."""
+
+    above_since: Optional[float] = None
+    below_since: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int  # what the load asks for, after clamps and caps
+    current: int
+    action: str  # one of ACTIONS
+    target: int  # replica_num to set now (== current unless scaling)
+    reason: str
+    load: float  # averaged over the look-back
+    limits: dict = field(default_factory=dict)  # effective floor/ceiling and what set them
+    held_seconds: Optional[float] = None  # on a delay hold: how long the wish has held so far
+
+    def as_dict(self) -> dict:
+        shown = {"desired": self.desired, "current": self.current, "action": self.action, "target": self.target,
+                 "reason": self.reason, "load": round(self.load, 3), **self.limits}
+        if self.held_seconds is not None:
+            shown["held_seconds"] = round(self.held_seconds, 1)
+        return shown
+
+
+def average_load(samples: Iterable[Sample], now: float, look_back: float) -> float:
+    """Mean of the samples in (now - look_back, now]; the newest one when the window is empty."""
+    chosen = [s.load for s in samples if now - look_back < s.at <= now]
+    if chosen:
+        return sum(chosen) / len(chosen)
+    latest = None
+    for sample in samples:
+        if sample.at <= now and (latest is None or sample.at >= latest.at):
+            latest = sample
+    return latest.load if latest else 0.0
+
+
+def raw_desired(load: float, current: int, target_inflight: float) -> int:
+    """ceil(load / target), held at `current` within the tolerance band."""
+    if current > 0 and load > 0 and abs(load / (current * target_inflight) - 1) <= TOLERANCE:
+        return current
+    # The epsilon keeps 4.0000001 / 2 from asking for a third replica.
+    return max(0, math.ceil(load / target_inflight - 1e-9))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The effective bounds and what set them."""
+
+    floor: int
+    ceiling: int
+    floor_reason: str = "min_replicas"
+    ceiling_reason: str = "max_replicas"
+    limited_by: tuple = ()  # the constraints tighter than --min/--max-replicas
+
+    def as_dict(self) -> dict:
+        shown = {"floor": self.floor, "ceiling": self.ceiling}
+        if self.limited_by:
+            shown["limited_by"] = list(self.limited_by)
+        return shown
+
+
+def hourly_cap_replicas(max_hourly_cost: Optional[float], price_per_replica: Optional[float]) -> Optional[int]:
+    """How many replicas `max_hourly_cost` yuan per hour buys (None: no cap, or the price is unknown)."""
+    if max_hourly_cost is None or not price_per_replica:
+        return None
+    return int(max_hourly_cost / price_per_replica + 1e-9)  # the epsilon: 6.0 / 2.0 buys 3, not 2
+
+
+def limits(config: AutoscaleConfig, observed: Observed) -> Limits:
+    """Floor and ceiling after min/max, the zero fallback and the money caps."""
+    floor, floor_reason = config.min_replicas, "min_replicas"
+    ceiling, ceiling_reason = config.max_replicas, "max_replicas"
+    limited_by = []
+    if floor == 0 and observed.zero_refused:
+        floor, floor_reason = 1, "zero_refused"
+        limited_by.append("zero_refused")
+    affordable = hourly_cap_replicas(config.max_hourly_cost, observed.price_per_replica)
+    if affordable is not None and affordable < ceiling:
+        ceiling, ceiling_reason = affordable, "hourly_cost_cap"
+        limited_by.append("hourly_cost_cap")
+    if config.budget is not None and observed.spent >= config.budget:
+        ceiling, ceiling_reason = min(ceiling, floor), "budget_exhausted"
+        limited_by.append("budget_exhausted")
+    if floor > ceiling:  # a money cap is a hard limit: it wins over min
+        floor, floor_reason = ceiling, ceiling_reason
+    return Limits(floor, ceiling, floor_reason, ceiling_reason, tuple(limited_by))
+
+
+def decide(config: AutoscaleConfig, samples: Sequence[Sample], observed: Observed, state: PolicyState, now: float) -> tuple[Decision, PolicyState]:
+    """The decision for `now` and the state to pass to the next call."""
+    load = average_load(samples, now, config.look_back)
+    current = observed.current
+    bounds = limits(config, observed)
+    idle_since = observed.last_request_at if observed.last_request_at is not None else observed.started_at
+    if bounds.floor == 0 and load == 0 and now - idle_since >= config.zero_after:
+        wanted, reason = 0, "idle"
+    else:
+        wanted, reason = raw_desired(load, current, config.target_inflight), "load"
+        if wanted == 0 and bounds.floor == 0:
+            wanted = min(1, current)  # no load, but not idle for long enough: keep one
+    if wanted > bounds.ceiling:
+        desired, reason = bounds.ceiling, bounds.ceiling_reason
+    elif wanted < bounds.floor:
+        desired, reason = bounds.floor, bounds.floor_reason
+    else:
+        desired = wanted
+
+    def out(action: str, target: int, why: str, next_state: PolicyState = PolicyState(), held: Optional[float] = None) -> tuple[Decision, PolicyState]:
+        return Decision(desired, current, action, target, why, load, bounds.as_dict(), held), next_state
+
+    # Out of bounds (a cap just tightened, the budget ran out, someone scaled by hand):
+    # correct it now; waiting out a delay would keep paying beyond a hard limit.
+    if current > bounds.ceiling:
+        return out("scale_down", bounds.ceiling, bounds.ceiling_reason)
+    if observed.converging:
+        return out("wait", current, "converging")
+    if current < bounds.floor:
+        return out("scale_up", bounds.floor, bounds.floor_reason)
+    if desired > current:
+        since = state.above_since if state.above_since is not None else now
+        if current == 0:
+            # A request is waiting and nothing can serve it: the delay guards against
+            # noise between replica counts, and there is no such noise at zero.
+            return out("scale_up", desired, "from_zero")
+        if now - since >= config.upscale_delay:
+            return out("scale_up", desired, reason)
+        return out("hold", current, "upscale_delay", PolicyState(above_since=since), now - since)
+    if desired < current:
+        since = state.below_since if state.below_since is not None else now
+        if reason == "idle":
+            # No request at all for zero_after: nothing can be hurt by going straight to
+            # zero, so the one-step rule (which protects requests still arriving) yields.
+            return out("scale_down", 0, reason)
+        if now - since >= config.downscale_delay:
+            return out("scale_down", current - 1, reason)
+        return out("hold", current, "downscale_delay", PolicyState(below_since=since), now - since)
+    return out("hold", current, "on_target" if reason == "load" else reason)

@@ -1,0 +1,275 @@
+"""queue_submit's exactly-once rule against a mocked API.
+
+- an ambiguous create is looked up by name for the HTTP timeout plus a margin (several fresh
+  looks) before anything is retried;
+- the name is checked again right before every create; another run's live deployment is
+  deployment_exists, never adopted; one that appeared after this run's create was sent is;
+- after a create, a second deployment of this run's name is reported as `duplicates`;
+- from the moment a create was sent every outcome carries the uuid or
+  `may_have_been_created: true` with the name to look it up by.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import requests
+import responses
+
+from api_fakes import CONTAINERS, DEPLOYMENTS, EVENTS, STOCK, api, page  # noqa: F401 (fixture)
+from conftest import envelope
+from test_queue_submit import (  # noqa: F401 (fake_time is an autouse fixture)
+    CREATE,
+    FAST,
+    NEW_UUID,
+    config_file,
+    create_calls,
+    deployments,
+    expect_checks,
+    expect_create,
+    fake_time,
+    same_name,
+    stock_list,
+)
+
+LATE_UUID = "5b6c7d8e9f0a1b2"
+OTHER_RUN = "0f1e2d3c4b5a697"
+TIMEOUT = {"body": requests.exceptions.ReadTimeout("read timed out")}
+
+
+@pytest.fixture
+def real_grace(monkeypatch):
+    """The reconcile's real grace: AUTODL_HTTP_TIMEOUT 1 s + the margin, on the fake clock."""
+    from autodl_esd import effects, submit
+
+    monkeypatch.setenv("AUTODL_HTTP_TIMEOUT", "1")
+    monkeypatch.setattr(submit, "in_flight_grace_seconds", effects.in_flight_grace_seconds)
+    monkeypatch.setattr(effects, "MIN_LOOKS", 3)
+    return 1 + effects.IN_FLIGHT_MARGIN_SECONDS
+
+
+def looks(api, answer, count):
+    for _ in range(count):
+        api.post(DEPLOYMENTS, json=answer)
+
+
+def test_a_create_landing_late_is_found_within_the_grace_period(run, api, config_file, real_grace, fake_time):
+    expect_checks(api, idle=3)
+    expect_create(api, **TIMEOUT)
+    looks(api, deployments(), 4)  # four fresh looks see nothing yet
+    api.post(DEPLOYMENTS, json=same_name(NEW_UUID))  # the fifth sees it land
+    api.post(DEPLOYMENTS, json=same_name(NEW_UUID))  # the look for duplicates
+
+    code, out, err = run("queue_submit.py", config_file(), "--interval", "0.01")
+
+    assert code == 0, out
+    assert out["deployment_uuid"] == NEW_UUID and out["recovered"] is True
+    assert out["recovered_by"]["rule"] == "name_lookup_after_send" and out["recovered_by"]["known_before_send"] == []
+    assert len(create_calls(api)) == 1
+    assert "等待可能仍在途中的创建请求落地" in err and "最多再看" in err
+
+
+def test_no_retry_before_the_grace_period_has_passed(run, api, config_file, real_grace, fake_time):
+    sent_at = []
+    expect_checks(api, idle=3)
+    api.post(DEPLOYMENTS, json=deployments())
+
+    def lost(_request):
+        sent_at.append(fake_time[0])
+        raise requests.exceptions.ReadTimeout("read timed out")
+
+    api.add_callback(responses.POST, CREATE, callback=lost)
+    looks(api, deployments(), int(real_grace) + 1)  # one look a second until the grace has passed
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, json=deployments())  # the check right before the retry
+
+    def created(_request):
+        sent_at.append(fake_time[0])
+        return 200, {}, json.dumps(envelope({"deployment_uuid": NEW_UUID}))
+
+    api.add_callback(responses.POST, CREATE, callback=created)
+    api.post(DEPLOYMENTS, json=same_name(NEW_UUID))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 0 and out["recovered"] is False and "duplicates" not in out
+    assert sent_at[1] - sent_at[0] >= real_grace
+
+
+def test_the_check_before_a_retry_adopts_a_create_that_landed_meanwhile(run, api, config_file):
+    expect_checks(api, idle=3)
+    expect_create(api, **TIMEOUT)
+    api.post(DEPLOYMENTS, json=deployments())  # reconcile: not yet
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, json=same_name(LATE_UUID))  # right before the retry: it landed
+    api.post(DEPLOYMENTS, json=same_name(LATE_UUID))  # the look for duplicates
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 0 and out["deployment_uuid"] == LATE_UUID and out["recovered"] is True
+    assert out["recovered_by"]["how"] == "found_before_retry"
+    assert len(create_calls(api)) == 1
+
+
+def test_a_late_first_create_beside_the_retry_is_reported_as_duplicates(run, api, config_file, result_validator):
+    expect_checks(api, idle=3)
+    expect_create(api, **TIMEOUT)
+    api.post(DEPLOYMENTS, json=deployments())  # reconcile: nothing
+    api.get(STOCK, json=stock_list(3))
+    both = deployments([
+        {"uuid": LATE_UUID, "name": "svc", "status": "running", "created_at": "2026-01-05T20:34:07+08:00"},
+        {"uuid": NEW_UUID, "name": "svc", "status": "running", "created_at": "2026-01-05T20:34:09+08:00"},
+    ])
+    expect_create(api, after=both)
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 0 and out["deployment_uuid"] == NEW_UUID
+    by_uuid = {d["deployment_uuid"]: d for d in out["duplicates"]}
+    assert by_uuid[LATE_UUID]["keep"] is True and by_uuid[LATE_UUID]["newer"] is False
+    assert by_uuid[NEW_UUID]["newer"] is True and by_uuid[NEW_UUID]["reported"] is True
+    [warning] = [w for w in out["warnings"] if w["code"] == "duplicate_deployments"]
+    assert f"stop_deployment.py --deployment-uuid {NEW_UUID} --yes" in warning["hint"]
+    result_validator.validate(out)
+
+
+def test_another_runs_deployment_before_the_create_is_deployment_exists(run, api, config_file, result_validator):
+    """Two runs of one config: the second finds the first's deployment right before its create."""
+    expect_checks(api, idle=0)
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, json=same_name(OTHER_RUN))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 1 and out["error_type"] == "deployment_exists"
+    assert out["details"]["deployment_uuid"] == OTHER_RUN and out["details"]["may_have_been_created"] is False
+    assert not create_calls(api)
+    result_validator.validate(out)
+
+
+def test_another_runs_deployment_after_a_clear_refusal_is_not_adopted(run, api, config_file, result_validator):
+    expect_checks(api, idle=3)
+    expect_create(api, json=envelope(code="BadRequest", msg="当前算力规格暂无库存"))
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, json=same_name(OTHER_RUN))  # ours was refused: this one is not ours
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 1 and out["error_type"] == "deployment_exists"
+    assert out["details"]["deployment_uuid"] == OTHER_RUN
+    assert len(create_calls(api)) == 1
+    result_validator.validate(out)
+
+
+def test_interrupt_during_the_reconcile_says_it_may_have_been_created(run, api, config_file, result_validator):
+    expect_checks(api, idle=3)
+    expect_create(api, **TIMEOUT)
+
+    def interrupt(_request):
+        os.kill(os.getpid(), signal.SIGINT)
+        return 200, {}, json.dumps(deployments())
+
+    api.add_callback(responses.POST, DEPLOYMENTS, callback=interrupt)
+    api.post(DEPLOYMENTS, json=deployments())  # the one look on the way out: still nothing
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 130 and out["error_type"] == "interrupted"
+    details = out["details"]
+    assert details["may_have_been_created"] is True and details["name"] == "svc"
+    assert "list_deployments.py --name svc" in out["hint"] and "不要重新提交" in out["hint"]
+    result_validator.validate(out)
+
+
+def test_interrupt_during_the_reconcile_names_the_uuid_found_on_the_way_out(run, api, config_file, result_validator):
+    expect_checks(api, idle=3)
+    expect_create(api, **TIMEOUT)
+
+    def interrupt(_request):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 200, {}, json.dumps(deployments())
+
+    api.add_callback(responses.POST, DEPLOYMENTS, callback=interrupt)
+    api.post(DEPLOYMENTS, json=same_name(LATE_UUID))  # it landed meanwhile
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 130 and out["details"]["deployment_uuid"] == LATE_UUID
+    assert out["details"]["may_have_been_created"] is True
+    assert LATE_UUID in out["hint"]
+    result_validator.validate(out)
+
+
+def test_interrupt_during_the_create_call_itself(run, api, config_file, result_validator):
+    expect_checks(api, idle=3)
+    api.post(DEPLOYMENTS, json=deployments())
+
+    def interrupt(_request):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise requests.exceptions.ConnectionError("Connection reset by peer")
+
+    api.add_callback(responses.POST, CREATE, callback=interrupt)
+    api.post(DEPLOYMENTS, json=same_name(NEW_UUID))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 130 and out["details"]["deployment_uuid"] == NEW_UUID
+    result_validator.validate(out)
+
+
+@pytest.mark.parametrize("failing", [EVENTS, CONTAINERS])
+def test_a_failure_while_following_still_names_the_deployment(run, api, config_file, failing, monkeypatch, result_validator):
+    from autodl_esd import http
+
+    monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
+    expect_checks(api, idle=3)
+    expect_create(api)
+    if failing == CONTAINERS:
+        api.post(EVENTS, json=page([]))
+    api.post(failing, status=503, json=envelope(code="ServiceUnavailable"))
+
+    code, out, _ = run("queue_submit.py", config_file(), "--wait-running", *FAST)
+
+    assert code == 3 and out["error_type"] == "api_error"
+    details = out["details"]
+    assert details["deployment_uuid"] == NEW_UUID and details["deployment_created"] is True
+    assert details["retryable"] is False
+    assert "不要重新提交" in out["hint"] and NEW_UUID in out["message"]
+    result_validator.validate(out)
+
+
+def test_submission_error_says_nothing_was_created(run, api, config_file, result_validator):
+    refused = envelope(code="BadRequest", msg="当前算力规格暂无库存")
+    expect_checks(api, idle=3)
+    for attempt in range(3):
+        expect_create(api, json=refused)
+        if attempt < 2:
+            api.get(STOCK, json=stock_list(3))
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 3 and out["error_type"] == "submission_error"
+    assert out["details"]["may_have_been_created"] is False and out["details"]["name"] == "svc"
+    result_validator.validate(out)
+
+
+def test_a_failed_check_before_a_retry_says_the_earlier_create_may_have_landed(run, api, config_file, monkeypatch, result_validator):
+    from autodl_esd import http
+
+    monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
+    expect_checks(api, idle=3)
+    expect_create(api, **TIMEOUT)
+    api.post(DEPLOYMENTS, json=deployments())  # reconcile: nothing yet
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, status=503, json=envelope(code="ServiceUnavailable"))  # the check before the retry
+
+    code, out, _ = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 3 and out["error_type"] == "api_error"
+    assert out["details"]["may_have_been_created"] is True and out["details"]["name"] == "svc"
+    assert "list_deployments.py --name svc" in out["hint"]
+    assert len(create_calls(api)) == 1
+    result_validator.validate(out)

@@ -453,7 +453,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 choice = {"index": 0, "delta": delta, "finish_reason": "length" if last else None}
             else:
                 choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": "length" if last else None}
-            self._write_chunk(b"data: " + json.dumps({**base, "object": kind, "choices": [choice]}).encode() + b"\n\n")
+            self._write_chunk(b"data: " + json.dumps({**base, "object": kind, "choices": [choice]}, allow_nan=False).encode() + b"\n\n")
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from autodl_esd import cli
+from autodl_esd.serving.autoscale_cli import add_autoscale_arguments
 
 EXAMPLES = [
     "python scripts/serve_gateway.py --name my-service",
@@ -81,6 +82,7 @@ def build_parser() -> cli.JsonArgumentParser:
                         help="从环境变量 VAR 读取网关 token: 客户端须带 Authorization: Bearer <token> (含 /_gateway/*); 监听非回环地址时必需")
     parser.add_argument("--allow-host", action="append", metavar="NAME",
                         help="除回环地址外还接受的 Host 请求头主机名 (可重复; 防 DNS rebinding)")
+    add_autoscale_arguments(parser)
     return parser
 
 

@@ -189,6 +189,7 @@ class _JsonErrorServer(web.Server):
 @dataclass
 class _Totals:
     requests: int = 0
+    proxied: int = 0  # requests for the replicas (not /_gateway/*), counted on arrival: the autoscaler's idle clock
     retries: int = 0
     by_status_class: dict[str, int] = field(default_factory=lambda: {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0, "other": 0})
     queue_rejections: int = 0
@@ -432,6 +433,7 @@ class Gateway:
             return error_response(404, "not_found", f"网关没有这个路径: {request.method} {path}",
                                   f"网关自己的接口: GET {STATUS_PATH}, GET {METRICS_PATH}; 其他路径转发给副本。",
                                   {"path": path, "available_paths": [STATUS_PATH, METRICS_PATH]})
+        self.totals.proxied += 1
         return await self._proxy(request, outcome)
 
     async def _read_body(self, request: web.BaseRequest) -> tuple[bytes | None, Any]:

@@ -98,19 +98,32 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
 
     require("aiohttp")  # dependency_missing with the install command, before anything else
     require("prometheus_client")
+    from .autoscale_cli import check_autoscale_arguments
+
     options = build_options(args)
+    check_autoscale_arguments(args)  # before anything is contacted
     source = build_source(args, ctx, options)
+    autoscaler = None
+    if args.autoscale:  # the deployment, its bounds and --yes, before anything listens
+        from .autoscaler import prepare_gateway_autoscaler
+
+        autoscaler = prepare_gateway_autoscaler(args, ctx, options.deployment_uuid)
     from .gateway import Gateway
 
     progress = ctx.progress
     gateway = Gateway(source, options, log=progress.log, access_log=None if args.quiet else progress.log)
+    if autoscaler is not None:
+        gateway.add_extension(autoscaler)
     source.start()
     if hasattr(source, "wait_first") and not source.wait_first(FIRST_REGISTRY_WAIT_SECONDS):
         progress.log("还没有拿到第一份注册表, 先开始监听: 请求会排队等待副本")
     try:
-        return asyncio.run(_serve(gateway, options, progress))
+        summary = asyncio.run(_serve(gateway, options, progress))
     finally:
         source.stop()
+    if autoscaler is not None:
+        summary["autoscaler"] = autoscaler.final or autoscaler.autoscaler.summary()
+    return summary
 
 
 async def _serve(gateway: Any, options: Any, progress: Any) -> dict[str, Any]:

@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+# os.path, not pathlib: pathlib costs more than a bare interpreter start (--help stays fast).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "scripts"))
 
 from autodl_esd import cli  # noqa: E402
 

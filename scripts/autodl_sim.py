@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import json
 import signal
 import sys
-import threading
 
 EPILOG = """\
 examples:
@@ -107,6 +104,8 @@ def build_parser() -> JsonArgumentParser:
 
 
 def emit(document: dict) -> None:
+    import json  # here and below, not at the top: --help stays as fast as a bare start
+
     print(json.dumps(document, ensure_ascii=False, allow_nan=False), flush=True)
 
 
@@ -120,6 +119,8 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
+        import ipaddress
+
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail("usage_error", f"无法监听 {args.host}:{args.port}：{exc.strerror or exc}",
                     "换一个端口，或用 --port 0 自动选择")
+
+    import threading
 
     stop_requested = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

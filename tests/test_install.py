@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from autodl_esd import deps
+from autodl_esd import deps, skill_venv
 from autodl_esd.errors import AutoDLError, ErrorType
 from conftest import ROOT
 
@@ -86,23 +86,38 @@ def test_an_existing_skill_venv_is_where_packages_go(skill_root):
 
 def test_reexec_needs_a_command_line_a_venv_and_no_marker(skill_root, monkeypatch):
     calls = []
+    venv = skill_root / "skill" / ".venv"
+    monkeypatch.setattr(skill_venv, "VENV_DIR", str(venv))
+    monkeypatch.setattr(skill_venv, "running_in", lambda venv: False)
     monkeypatch.setattr(os, "execv", lambda *args: calls.append(args))
-    monkeypatch.setattr(deps, "_missing_runtime_module", lambda: "requests")
-    monkeypatch.delenv(deps.REEXEC_MARKER, raising=False)
-    deps.reexec_in_skill_venv()
+    monkeypatch.setattr(skill_venv, "missing_runtime_module", lambda: "requests")
+    monkeypatch.delenv(skill_venv.REEXEC_MARKER, raising=False)
+    skill_venv.reexec_in_skill_venv()
     assert calls == []  # no .venv yet
-    python = skill_root / "skill" / ".venv" / "bin" / "python"
+    python = venv / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text("", encoding="utf-8")
-    deps.reexec_in_skill_venv()
+    skill_venv.reexec_in_skill_venv()
     assert calls and calls[0][0] == str(python) and calls[0][1][0] == str(python)
-    assert os.environ[deps.REEXEC_MARKER] == "1"
-    deps.reexec_in_skill_venv()  # the re-executed process never re-executes again
+    assert os.environ[skill_venv.REEXEC_MARKER] == "1"
+    skill_venv.reexec_in_skill_venv()  # the re-executed process never re-executes again
     assert len(calls) == 1
 
 
+def test_nothing_missing_means_no_reexec(skill_root, monkeypatch):
+    venv = skill_root / "skill" / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("", encoding="utf-8")
+    monkeypatch.setattr(skill_venv, "VENV_DIR", str(venv))
+    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail("re-executed with every package present"))
+    monkeypatch.delenv(skill_venv.REEXEC_MARKER, raising=False)
+    skill_venv.reexec_in_skill_venv()
+
+
 def test_in_process_runs_never_reexec(run, monkeypatch):
-    monkeypatch.setattr(deps, "reexec_in_skill_venv", lambda: pytest.fail("re-executed an in-process call"))
+    from autodl_esd import cli
+
+    monkeypatch.setattr(cli, "reexec_in_skill_venv", lambda: pytest.fail("re-executed an in-process call"))
     assert run("validate_config.py", str(ROOT / "examples" / "replicaset-service.json"))[0] == 0
 
 
@@ -188,7 +203,7 @@ def test_fresh_install_runs_the_readme_demo(tmp_path):
 
     # The marker stops a second re-exec: with it set, the same interpreter reports the gap.
     looped = subprocess.run([base, "scripts/validate_config.py", "examples/replicaset-service.json"], cwd=bundle,
-                            env={"PATH": os.environ.get("PATH", ""), deps.REEXEC_MARKER: "1"},
+                            env={"PATH": os.environ.get("PATH", ""), skill_venv.REEXEC_MARKER: "1"},
                             capture_output=True, text=True, timeout=60)
     answer = json.loads(looped.stdout)
     assert (looped.returncode, answer["error_type"]) == (1, "dependency_missing")

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
-import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
 
-from .deps import reexec_in_skill_venv
 from .errors import EXIT_CODE_EPILOG, AutoDLError, ErrorType, Interrupted
 from .output import Progress, emit_error, emit_success, scrub
+from .skill_venv import reexec_in_skill_venv
+
+# `--help` must start about as fast as the interpreter: this module imports only what
+# argparse needs anyway. typing, dataclasses and traceback each cost more than a bare start
+# in a fresh venv, so annotations stay strings and the rest is imported where used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Sequence
 
 
 class UsageError(AutoDLError):
@@ -38,6 +43,19 @@ class JsonArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"命令行参数错误: {message}", f"{usage}; 运行 --help 查看说明与示例。")
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter with the width given, so argparse does not import shutil (and
+    its compression modules) just to ask for the terminal size."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 80  # not a terminal: the width shutil would fall back to
+    return argparse.RawDescriptionHelpFormatter(prog, width=max(columns - 2, 20))
+
+
 def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> JsonArgumentParser:
     epilog = ""
     if examples:
@@ -46,7 +64,7 @@ def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> Js
         prog=prog,
         description=description,
         epilog=epilog + EXIT_CODE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_help_formatter,
     )
     parser.add_argument("--quiet", action="store_true", help="不在 stderr 输出进度日志")
     parser.add_argument(
@@ -190,7 +208,7 @@ def list_result(items: list[Any], **extra: Any) -> dict[str, Any]:
 
 def add_blacklist_flags(parser: argparse.ArgumentParser, comment_help: str) -> None:
     """--comment and --expire-minutes, as the blacklist endpoint takes them."""
-    from .api import BLACKLIST_MAX_EXPIRE_MINUTES
+    from .units import BLACKLIST_MAX_EXPIRE_MINUTES
 
     parser.add_argument("--comment", metavar="TEXT", help=comment_help)
     parser.add_argument(
@@ -201,17 +219,18 @@ def add_blacklist_flags(parser: argparse.ArgumentParser, comment_help: str) -> N
     )
 
 
-@dataclass
 class Context:
     """Per-run services handed to a script's handler."""
 
-    args: argparse.Namespace
-    progress: Progress
-    # Filled in by handlers as they go, so an interrupt can still report it.
-    partial: dict[str, Any] = field(default_factory=dict)
-    # Set to talk to somewhere other than AUTODL_HOST (the embedded simulator).
-    settings: Any = None
-    _client: Any = None
+    def __init__(self, args: argparse.Namespace, progress: Progress, partial: dict[str, Any] | None = None,
+                 settings: Any = None) -> None:
+        self.args = args
+        self.progress = progress
+        # Filled in by handlers as they go, so an interrupt can still report it.
+        self.partial: dict[str, Any] = {} if partial is None else partial
+        # Set to talk to somewhere other than AUTODL_HOST (the embedded simulator).
+        self.settings = settings
+        self._client: Any = None
 
     def client(self) -> Any:
         """The authenticated API client (token and host resolved on first use)."""
@@ -223,7 +242,7 @@ class Context:
         return self._client
 
 
-Handler = Callable[[argparse.Namespace, Context], dict[str, Any]]
+Handler = "Callable[[argparse.Namespace, Context], dict[str, Any]]"  # a handler's type, for readers
 
 
 def _raise_interrupted(signum: int, _frame: Any) -> None:
@@ -263,6 +282,8 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
     except Exception as bug:  # noqa: BLE001 - the contract is one JSON document, always
         progress.close()
         if context is not None and getattr(context.args, "debug", False):
+            import traceback
+
             sys.stderr.write(scrub(traceback.format_exc()))
         details = dict(context.partial) if context else {}
         details["exception"] = scrub(f"{type(bug).__name__}: {bug}")

@@ -3,39 +3,32 @@ JSON error with an install command that works where the interpreter is when one 
 
 The skill installs into a virtual environment at its root, `<SKILL_DIR>/.venv` (the README's
 first command creates it): on Debian/Ubuntu the system Python is "externally managed"
-(PEP 668) and refuses `pip install`. A script started by another interpreter (a bare
-`python` on PATH) that lacks a dependency re-executes itself once under
-`<SKILL_DIR>/.venv/bin/python` when that exists (`reexec_in_skill_venv`); the environment
-variable AUTODL_ESD_REEXEC marks the second run so it can never loop.
+(PEP 668) and refuses `pip install`. The re-exec into that .venv lives in `skill_venv`.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from . import skill_venv
 from .errors import AutoDLError, ErrorType
 
 SKILL_ROOT = Path(__file__).resolve().parents[2]
-VENV_DIR = SKILL_ROOT / ".venv"
+VENV_DIR = Path(skill_venv.VENV_DIR)
 REQUIREMENTS = SKILL_ROOT / "requirements.txt"
-REEXEC_MARKER = "AUTODL_ESD_REEXEC"
 
 # Import name -> pip distribution name (they differ for python-dotenv).
 _DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema", "redis": "redis",
                   "aiohttp": "aiohttp", "prometheus_client": "prometheus-client"}
 # Optional packages come from their own requirements file (scale-out: Redis).
 _REQUIREMENTS = {"redis": "requirements-scaleout.txt"}
-# What every script needs (requirements.txt); only these decide a re-exec under .venv.
-_CORE_MODULES = ("requests", "dotenv", "jsonschema")
 
 
 def venv_python(venv: Path | None = None) -> Path:
-    venv = VENV_DIR if venv is None else venv  # looked up at call time (tests move it)
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    return Path(skill_venv.venv_python(str(VENV_DIR if venv is None else venv)))
 
 
 def _in_a_virtualenv() -> bool:
@@ -43,10 +36,7 @@ def _in_a_virtualenv() -> bool:
 
 
 def _running_in(venv: Path) -> bool:
-    try:
-        return Path(sys.prefix).resolve() == venv.resolve()
-    except OSError:
-        return False
+    return skill_venv.running_in(str(venv))
 
 
 def _stdlib_dir() -> Path:
@@ -100,34 +90,3 @@ def require(module_name: str) -> ModuleType:
                 "skill_venv": str(VENV_DIR),
             },
         ) from None
-
-
-def _missing_runtime_module() -> str | None:
-    import importlib.util
-
-    for name in _CORE_MODULES:
-        if importlib.util.find_spec(name) is None:
-            return name
-    return None
-
-
-def reexec_in_skill_venv() -> None:
-    """Before anything runs: if a runtime dependency cannot be imported here and the skill's
-    .venv exists, replace this process with the same command under the .venv's python.
-
-    Called once at the start of an entry script's command-line run (never for in-process
-    calls). No loop: the re-executed process carries AUTODL_ESD_REEXEC and never re-executes;
-    if the .venv lacks the package too, `require` answers dependency_missing as usual.
-    """
-    target = venv_python()
-    if os.environ.get(REEXEC_MARKER) or _running_in(VENV_DIR) or not target.exists():
-        return
-    if _missing_runtime_module() is None:
-        return
-    argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    os.environ[REEXEC_MARKER] = "1"
-    sys.stderr.flush()
-    try:
-        os.execv(str(target), [str(target), *argv[1:]])
-    except OSError:
-        del os.environ[REEXEC_MARKER]  # not runnable (e.g. a broken venv): report as usual

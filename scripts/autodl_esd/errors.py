@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Any
+from enum import Enum  # already loaded: `re` (which argparse imports) is built on enum
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ErrorType(str, Enum):

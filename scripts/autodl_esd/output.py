@@ -7,13 +7,22 @@ line of defence behind the code that never puts them there in the first place.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-from typing import Any, TextIO
 
 from .errors import EXIT_SUCCESS, AutoDLError
-from .platform_time import clock_text
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+
+def clock_text() -> str:
+    """The time shown in log lines, in the platform's zone (imported on first use: --help
+    never logs, and datetime is not free at start-up)."""
+    from .platform_time import clock_text as platform_clock_text
+
+    return platform_clock_text()
 
 REDACTED = "***"
 
@@ -24,6 +33,8 @@ def _spellings(secret: str) -> set[str]:
     """The ways a secret can appear in text: as written, as repr() and JSON escape it
     (a token holding a newline shows up as `abc\\ndef` in an exception message), and each
     of those JSON-escaped again (that message inside our JSON document)."""
+    import json
+
     forms = {
         secret,
         repr(secret)[1:-1],
@@ -63,6 +74,8 @@ def _finite(value: Any) -> Any:
 
 def to_json(document: Any, **options: Any) -> str:
     """Strict JSON (never NaN/Infinity, which JSON does not have) of an output document."""
+    import json  # here, not at the top: --help never writes JSON
+
     try:
         return json.dumps(document, allow_nan=False, default=str, **options)
     except ValueError:
@@ -95,7 +108,7 @@ def emit_success(payload: dict[str, Any]) -> int:
 def emit_line(document: dict[str, Any]) -> None:
     """One compact JSON line on stdout before the final document, for long-running servers
     (the gateway's "ready" line, like the simulator's): a reader can act on it at once."""
-    sys.stdout.write(scrub(json.dumps(document, ensure_ascii=False, allow_nan=False)) + "\n")
+    sys.stdout.write(scrub(to_json(document, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 

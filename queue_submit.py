@@ -214,6 +214,8 @@ def _start_guard(args, ctx: cli.Context, deployment_uuid: str) -> dict:
         guard.check_request(deployment, limits, "stop", None)
         state = guard.new_state(client, deployment, limits, "stop", None, args.notify, interval)
         files = guard.save_new(state)
+        from pathlib import Path  # here, not at the top: see the sys.path line
+
         started = guard.detach(files, Path(__file__).resolve().parent / "scripts" / "guard_deployment.py", ctx.progress)
     except AutoDLError as error:
         return _guard_warning(f"守护没有启动: {error.message}", error.hint + " 手动启动守护:", command)

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ from .. import api
 from ..containers import STOPPING_STATUSES
 from ..effects import Change, apply_change
 from ..errors import ApiError, AutoDLError, ErrorType
-from ..output import Progress
+from ..output import Progress, to_json
 from ..resolve import deployment_by_uuid
 from ..stock import requested_stock
 from ..units import yuan_from_price_units
@@ -230,7 +229,7 @@ def deployment_gone(deployment_uuid: str) -> AutoDLError:
 
 
 def _emit_stderr(record: dict) -> None:
-    print(json.dumps(record, ensure_ascii=False), file=sys.stderr, flush=True)
+    print(to_json(record, ensure_ascii=False), file=sys.stderr, flush=True)  # strict JSON, NaN as null
 
 
 class Autoscaler:

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = ["requests>=2.28", "python-dotenv>=1.0", "jsonschema>=4.18"]
+# ///
 """Validate a deployment config, wait for GPU stock, and create the deployment exactly once."""
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+# os.path, not pathlib: pathlib costs more than a bare interpreter start (--help stays fast).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "scripts"))
 
 from autodl_esd import cli  # noqa: E402
 
@@ -221,6 +226,8 @@ def _start_guard(args, ctx: cli.Context, deployment_uuid: str) -> dict:
         guard.check_request(deployment, limits, "stop", None)
         state = guard.new_state(client, deployment, limits, "stop", None, args.notify, interval)
         files = guard.save_new(state)
+        from pathlib import Path  # here, not at the top: see the sys.path line
+
         started = guard.detach(files, Path(__file__).resolve().parent / "scripts" / "guard_deployment.py", ctx.progress)
     except AutoDLError as error:
         return _guard_warning(f"守护没有启动: {error.message}", error.hint + " 手动启动守护:", command)

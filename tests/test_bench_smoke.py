@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 BENCHES = [
-    ("startup.py", ["--runs", "1"]),
+    ("startup.py", ["--runs", "1", "--python", sys.executable]),  # a full run builds a fresh venv
     ("simulator.py", ["--requests", "20", "--trials", "1"]),
     ("load_balancing.py", ["--requests", "16", "--threads", "2", "--trials", "1"]),
     ("gateway.py", ["--requests", "20", "--seconds", "0.3", "--policy-requests", "16", "--streams", "4", "--direct-clients", "1"]),

@@ -88,7 +88,7 @@ def detached():
 # --- confirmation and input ------------------------------------------------------------------
 
 def test_without_yes_it_says_what_will_be_stopped_and_when(sim, run, result_validator):
-    sim()
+    simulator = sim()
     uuid = submit(run)["deployment_uuid"]
     code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "2", "--quiet")
     assert (code, out["error_type"]) == (1, "confirmation_required")
@@ -96,6 +96,10 @@ def test_without_yes_it_says_what_will_be_stopped_and_when(sim, run, result_vali
     assert "运行满 2 小时" in out["details"]["plan"] and "停止整个部署" in out["details"]["plan"]
     assert out["details"]["live_container_count"] == 2
     assert guard_states() == []  # nothing written, nothing started
+
+    simulator.advance(3 * HOUR)  # a limit already passed is said to act at once
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "2", "--quiet")
+    assert "已经超过, 守护启动后立即执行" in out["details"]["plan"]
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -312,6 +316,8 @@ def test_killed_and_restarted_it_still_acts_once_and_only_once(sim, run, detache
 
     code, resumed, _ = run("guard_deployment.py", "--resume", started["guard_id"], "--detach", "--quiet")
     assert code == 0, resumed
+    code, twice, _ = run("guard_deployment.py", "--resume", started["guard_id"], "--detach", "--quiet")
+    assert code == 0 and twice["detached"] is False  # running or ended: no second process
     final = wait_for(lambda: next((s for s in guard_states() if s["status"] == "acted"), None))
     assert final["outcome"]["took_effect"] is True
     assert deployment_of(simulator, uuid)["status"] == "stopped"

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from api_fakes import api, fast_read_back  # noqa: F401 (fixtures)
 from conftest import ROOT
 
 SERVICE = str(ROOT / "examples" / "replicaset-service.json")
@@ -483,3 +484,21 @@ def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, 
     assert acted_at - last["answered_at"] >= 0.59 and last["answered_at"] >= traffic_until - 0.2
     assert deployment_of(simulator, uuid)["replica_num"] == 1
     assert replica_requests(simulator, uuid) == [{"deployment_uuid": uuid, "replica_num": 1}]
+
+
+# --- with a mocked platform ------------------------------------------------------------------
+
+def test_a_stop_the_platform_refuses_is_tried_three_times_then_reported(run, api):
+    from api_fakes import DEP_UUID, OPERATE, deployment, expect_deployment
+    from conftest import envelope
+
+    old = deployment(created_at="2026-01-05T20:00:00+08:00")  # long past a 1 h limit
+    expect_deployment(api, old)  # resolving --deployment-uuid
+    for _ in range(3):
+        expect_deployment(api, old)  # the guard's look before acting
+        api.put(OPERATE, json=envelope(code="BadRequest", msg="部署状态不允许停止"))
+
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", DEP_UUID, "--max-runtime", "1", "--yes", *FAST)
+
+    assert code == 0 and out["guard_status"] == "action_failed", out
+    assert out["outcome"]["took_effect"] is False and "拒绝" in out["message"]

@@ -9,6 +9,8 @@ EXAMPLES = [
     "python scripts/delete_deployment.py --name old-job               # 只说明会删除什么",
     "python scripts/delete_deployment.py --name old-job --yes",
     "python scripts/delete_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
+    "python scripts/delete_deployment.py --name-glob 'demo-*'        # 预览全部匹配, 给出 details.expect_uuids",
+    "python scripts/delete_deployment.py --name-glob 'demo-*' --yes --expect-uuids 833f1cd5a764fa3,53a677bb3e281b8",
 ]
 
 
@@ -17,10 +19,12 @@ def build_parser() -> cli.JsonArgumentParser:
         "delete_deployment.py",
         "删除部署 (未停止的会先被停止)。不加 --yes 时什么都不做, 返回 confirmation_required 并列出"
         "会删除的部署与会停掉的容器; 加 --yes 才执行, 然后确认它已从部署列表消失 (verified); "
-        "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown)。",
+        "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown)。"
+        "--name-glob 一次删除名称匹配的全部部署: 先预览, 用户同意后加 --yes --expect-uuids (预览给出), "
+        "匹配集合变了就不执行; 结果 items[] 是每个部署的 outcome (done/failed) 与 took_effect。",
         EXAMPLES,
     )
-    cli.add_deployment_selector(parser)
+    cli.add_deployment_selector(parser, name_glob=True)
     cli.add_confirmation_flag(parser)
     return parser
 
@@ -32,24 +36,23 @@ ALREADY_DELETED_HINT = "如果刚刚删除过这个部署 (例如上一次删除
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.effects import Change, apply_change
-    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, require_confirmation, resolve_from_args
+    from autodl_esd.effects import apply_change
+    from autodl_esd.resolve import deployment_impact, require_confirmation, resolve_from_args
 
     client = ctx.client()
+    if args.name_glob:
+        from autodl_esd.bulk import run_bulk
+
+        return run_bulk(client, ctx, pattern=args.name_glob, yes=args.yes, expected_text=args.expect_uuids,
+                        verb="删除", action="delete_deployment", change_for=lambda d: delete_change(client, d["uuid"]))
+    if args.expect_uuids:
+        raise cli.UsageError("--expect-uuids 只和 --name-glob 一起用。")
     deployment = resolve_from_args(client, args, gone_hint=ALREADY_DELETED_HINT)
     impact = deployment_impact(client, deployment)
     require_confirmation(args.yes, "删除", deployment, impact, "delete_deployment")
 
     uuid = deployment["uuid"]
-    _after, verification = apply_change(Change(
-        what=f"删除部署 {uuid}",
-        send=lambda: api.delete_deployment(client, uuid),
-        fetch=lambda: deployment_by_uuid(client, uuid),
-        done=lambda d: d is None,
-        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
-        ids={"deployment_uuid": uuid},
-    ), client, ctx.progress, ctx.partial)
+    _after, verification = apply_change(delete_change(client, uuid), client, ctx.progress, ctx.partial)
     ctx.progress.log(f"已删除部署 {uuid}")
     return {
         "deployment_uuid": uuid,
@@ -57,6 +60,21 @@ def handle(args, ctx: cli.Context) -> dict:
         **verification,
         **impact,
     }
+
+
+def delete_change(client, uuid: str):
+    from autodl_esd import api
+    from autodl_esd.effects import Change
+    from autodl_esd.resolve import deployment_by_uuid
+
+    return Change(
+        what=f"删除部署 {uuid}",
+        send=lambda: api.delete_deployment(client, uuid),
+        fetch=lambda: deployment_by_uuid(client, uuid),
+        done=lambda d: d is None,
+        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+        ids={"deployment_uuid": uuid},
+    )
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,8 @@ EXAMPLES = [
     "python scripts/stop_deployment.py --name my-service            # 只说明会停掉什么",
     "python scripts/stop_deployment.py --name my-service --yes",
     "python scripts/stop_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
+    "python scripts/stop_deployment.py --name-glob 'demo-*'          # 预览全部匹配, 给出 details.expect_uuids",
+    "python scripts/stop_deployment.py --name-glob 'demo-*' --yes --expect-uuids 833f1cd5a764fa3,53a677bb3e281b8",
 ]
 
 
@@ -18,19 +20,19 @@ def build_parser() -> cli.JsonArgumentParser:
         "停止整个部署: 停掉它的全部容器, 不再调度 (停止后不能恢复, 只能重新提交)。不加 --yes 时什么都不做, "
         "返回 confirmation_required 并列出会停掉的部署与容器; 加 --yes 才执行, 然后读回部署状态 (verified); "
         "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown); "
-        "containers_before_stop 是停止前的容器快照 (其中的 status 是停止前的状态)。",
+        "containers_before_stop 是停止前的容器快照 (其中的 status 是停止前的状态)。"
+        "--name-glob 一次停止名称匹配的全部部署: 先预览, 用户同意后加 --yes --expect-uuids (预览给出), "
+        "匹配集合变了就不执行; 结果 items[] 是每个部署的 outcome (done/skipped/failed) 与 took_effect。",
         EXAMPLES,
     )
-    cli.add_deployment_selector(parser)
+    cli.add_deployment_selector(parser, name_glob=True)
     cli.add_confirmation_flag(parser)
     return parser
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.effects import Change, apply_change
+    from autodl_esd.effects import apply_change
     from autodl_esd.resolve import (
-        deployment_by_uuid,
         deployment_impact,
         deployment_summary,
         require_confirmation,
@@ -38,6 +40,14 @@ def handle(args, ctx: cli.Context) -> dict:
     )
 
     client = ctx.client()
+    if args.name_glob:
+        from autodl_esd.bulk import run_bulk
+
+        return run_bulk(client, ctx, pattern=args.name_glob, yes=args.yes, expected_text=args.expect_uuids,
+                        verb="停止", action="stop_deployment", change_for=lambda d: stop_change(client, d["uuid"]),
+                        skip_reason=lambda d: "已经是 stopped 状态" if d.get("status") == "stopped" else None)
+    if args.expect_uuids:
+        raise cli.UsageError("--expect-uuids 只和 --name-glob 一起用。")
     deployment = resolve_from_args(client, args)
     if deployment.get("status") == "stopped":
         return {"deployment_uuid": deployment["uuid"], "changed": False, "verified": True,
@@ -46,14 +56,7 @@ def handle(args, ctx: cli.Context) -> dict:
     require_confirmation(args.yes, "停止", deployment, impact, "stop_deployment")
 
     uuid = deployment["uuid"]
-    after, verification = apply_change(Change(
-        what=f"停止部署 {uuid}",
-        send=lambda: api.stop_deployment(client, uuid),
-        fetch=lambda: deployment_by_uuid(client, uuid),
-        done=lambda d: d is None or d.get("status") == "stopped",
-        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
-        ids={"deployment_uuid": uuid},
-    ), client, ctx.progress, ctx.partial)
+    after, verification = apply_change(stop_change(client, uuid), client, ctx.progress, ctx.partial)
     ctx.progress.log(f"已停止部署 {uuid}")
     return {
         "deployment_uuid": uuid,
@@ -65,6 +68,21 @@ def handle(args, ctx: cli.Context) -> dict:
         "containers_before_stop": impact["live_containers"],
         "containers_before_stop_count": impact["live_container_count"],
     }
+
+
+def stop_change(client, uuid: str):
+    from autodl_esd import api
+    from autodl_esd.effects import Change
+    from autodl_esd.resolve import deployment_by_uuid
+
+    return Change(
+        what=f"停止部署 {uuid}",
+        send=lambda: api.stop_deployment(client, uuid),
+        fetch=lambda: deployment_by_uuid(client, uuid),
+        done=lambda d: d is None or d.get("status") == "stopped",
+        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+        ids={"deployment_uuid": uuid},
+    )
 
 
 def main(argv=None) -> int:

@@ -355,3 +355,14 @@ def test_a_replica_failing_health_is_replaced_and_with_blacklist_faulty_its_mach
     assert candidate["blacklist"]["took_effect"] is True
     assert [m["machine_id"] for m in h.sim.machines() if m["blacklisted"]] == ["0c0c0c0c0c"]
     assert h.replica_num() == 1
+
+
+def test_converging_is_our_own_change_still_starting_and_gives_up_on_a_stuck_start():
+    from autodl_esd.serving.autoscaler import PlatformView, STARTUP_PATIENCE_SECONDS
+
+    scaler = Autoscaler(ReplicaScaler(None, deployment_record(2)), AutoscaleConfig(), LoadSnapshot, clock=lambda: 0.0)
+    starting = PlatformView(replica_num=2, status="running", running=[{}], starting=1, live=2, price_per_replica=None, hourly_rate=0)
+    assert not scaler._converging(starting, 10)  # a replacement the ReplicaSet started itself
+    scaler.last_change_at = 100.0
+    assert scaler._converging(starting, 130)
+    assert not scaler._converging(starting, 100 + STARTUP_PATIENCE_SECONDS + 1)  # stuck: decide again

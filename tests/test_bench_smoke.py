@@ -18,11 +18,20 @@ BENCHES = [
     ("simulator.py", ["--requests", "20", "--trials", "1"]),
     ("load_balancing.py", ["--requests", "16", "--threads", "2", "--trials", "1"]),
     ("exactly_once_soak.py", ["--runs", "1", "--parallel", "1", "--modes", "create_error_after_commit"]),
+    ("scale_out.py", ["--requests", "3", "--threads", "1", "--sequential", "20", "--leases", "20"]),
 ]
+# Benches that start real servers: they run wherever the scale-out tests do.
+NEEDS_SERVERS = {"scale_out.py": ("redis-server", "haproxy")}
 
 
 @pytest.mark.parametrize("script,argv", BENCHES, ids=[b[0] for b in BENCHES])
 def test_bench_runs_and_prints_a_table(script, argv):
+    if script in NEEDS_SERVERS:
+        from real_servers import require_binary
+
+        pytest.importorskip("redis")
+        for name in NEEDS_SERVERS[script]:
+            require_binary(name)
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *argv],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -194,3 +194,17 @@ def write_tool_tables() -> None:
 
 if __name__ == "__main__":
     write_tool_tables()
+
+
+@pytest.mark.parametrize(("name", "took_effect", "may_have_been_created"), [
+    ("list_images", None, None), ("stop_deployment", "unknown", None), ("queue_submit", "unknown", True)])
+def test_a_child_killed_after_the_grace_says_what_is_unknown(name, took_effect, may_have_been_created):
+    from autodl_esd.mcp_app import _ChildOutput
+    from autodl_esd.output import Progress
+
+    child = type("Child", (), {"returncode": -9})()
+    output = _ChildOutput(child, None, CATALOG[name], f"python {name}.py", Progress(quiet=True))
+    document = output.document(killed=True)
+    assert document["error_type"] == "interrupted"
+    assert document["details"].get("took_effect") == took_effect
+    assert document["details"].get("may_have_been_created") == may_have_been_created

@@ -137,6 +137,9 @@ def test_read_tools_answer_from_the_simulator(session, service):
     containers = session.ok("list_containers", {"name": name, "status": ["running"]})
     assert containers["count"] == 2
     assert session.ok("container_events", {"deployment_uuid": service["deployment_uuid"]})["count"] >= 2
+    followed = session.ok("container_events", {"name": name, "follow": True, "count": 2, "interval": 0.05, "timeout": 10})
+    assert followed["reached"] is True
+    assert session.call("ddp_overview", {"name": name})["status"] in ("success", "error")
     assert len(session.ok("discover_services", {"name": name})["services"]) == 2
     assert session.ok("find_faulty_hosts", {"name": name})["count"] == 0
     assert session.ok("list_blacklist")["status"] == "success"
@@ -177,6 +180,10 @@ def test_mutating_tools_without_confirm_make_no_mutating_request(session, platfo
     assert stop["details"]["live_container_count"] == 2
     scale = session.call("set_replicas", {"deployment_uuid": uuid, "replica_num": 3})
     assert scale["details"]["would_run"].endswith("--replica-num=3 --yes")
+    assert scale["details"]["deployment"]["replica_num"] == 2  # what it would change, read first
+    stop_one = session.call("stop_container", {"container_uuid": container})
+    assert stop_one["details"]["container"]["status"] == "running"
+    assert mutating_requests(platform.request_log()[before:]) == []
 
 
 def test_confirm_true_acts_and_reads_back(session, platform, service):
@@ -215,6 +222,8 @@ def test_cancelled_stock_wait_ends_like_sigint(session, platform):
         future = session.start("queue_submit", {"config": config, "confirm": True, **FAST},
                                lambda message: "等待" in message and waiting.set())
         assert waiting.wait(20), "no progress notification while waiting for stock"
+        second = session.call("queue_submit", {"config": config, "confirm": True, **FAST})
+        assert second["error_type"] == "usage_error" and "另一个 queue_submit" in second["message"]
         future.cancel()
         interrupted = wait_for_interrupted(session, "mcp-waits-for-stock")
     finally:

@@ -375,3 +375,12 @@ def test_unreachable_redis_is_a_clear_error_without_the_password(sim, deploy, ru
                          "--redis", f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0", "--quiet")
     assert code == 1 and out["error_type"] == "usage_error" and "Redis" in out["message"]
     assert "s3cret-pass" not in json.dumps(out) + err
+
+
+@pytest.mark.parametrize("script", ["discover_services.py", "haproxy_config.py"])
+def test_help_imports_neither_redis_nor_the_scale_out_modules(script):
+    probe = (f"import sys, runpy; sys.path.insert(0, {str(SCRIPTS)!r}); sys.argv = [{script!r}, '--help']\n"
+             f"try:\n    runpy.run_path({str(SCRIPTS / script)!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print([m for m in ('redis', 'autodl_esd.serving.redis_registry', 'autodl_esd.serving.haproxy') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:] + done.stderr[-500:]

@@ -134,12 +134,20 @@ def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
     return _described_as({"type": "integer", "minimum": minimum, "maximum": maximum})(parse)
 
 
-def add_deployment_selector(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """--deployment-uuid | --name | --config: the three ways to name one deployment."""
+def add_deployment_selector(parser: argparse.ArgumentParser, required: bool = True, name_glob: bool = False) -> None:
+    """--deployment-uuid | --name | --config: the three ways to name one deployment
+    (and, for stop/delete, --name-glob for many, confirmed with --expect-uuids)."""
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--deployment-uuid", metavar="UUID", help="部署 UUID (15 位十六进制)")
     group.add_argument("--name", metavar="NAME", help="按部署名称精确匹配 (重名时报错并列出候选)")
     group.add_argument("--config", metavar="FILE", help="按部署配置文件中的 name 查找")
+    if name_glob:
+        group.add_argument("--name-glob", metavar="PATTERN",
+                           help="一次处理名称匹配 shell 通配符的全部部署 (匹配整个名称, 区分大小写; 'demo-*' 不会匹配 mydemo-x; "
+                                "记得加引号)。不加 --yes 时预览每个匹配的状态与运行中的容器; 确认时加 --yes --expect-uuids")
+        parser.add_argument("--expect-uuids", metavar="U1,U2,...",
+                            help="与 --name-glob --yes 一起用: 预览给出的 details.expect_uuids; 匹配集合与它不同时不执行, "
+                                 "再次返回 confirmation_required 并列出差别")
 
 
 def add_confirmation_flag(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ from .errors import AutoDLError, ErrorType
 SKILL_ROOT = Path(__file__).resolve().parents[2]
 
 # Import name -> pip distribution name (they differ for python-dotenv).
-_DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema", "redis": "redis"}
+_DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema", "redis": "redis",
+                  "aiohttp": "aiohttp", "prometheus_client": "prometheus-client"}
 # Optional packages come from their own requirements file (scale-out: Redis).
 _REQUIREMENTS = {"redis": "requirements-scaleout.txt"}
 

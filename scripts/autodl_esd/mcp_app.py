@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -102,7 +103,7 @@ class ToolRunner:
                 arguments.setdefault(key, value)
         mode = tool.mode(arguments)
         if mode == mcp_tools.SERVER_PREVIEWS and not confirm:
-            return self._preview(tool, arguments)
+            return self._preview(tool, arguments, await self._preview_context(arguments))
         guard = self._submission_guard(tool, arguments, confirm)
         if isinstance(guard, dict):
             return guard
@@ -112,15 +113,43 @@ class ToolRunner:
             if guard:
                 self._submitting.discard(guard)
 
-    def _preview(self, tool: mcp_tools.Tool, arguments: dict[str, Any]) -> dict[str, Any]:
-        """confirmation_required for a script that would act at once: nothing is run."""
+    def _preview(self, tool: mcp_tools.Tool, arguments: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        """confirmation_required for a script that would act at once: the mutating script is not run."""
         return AutoDLError(
             ErrorType.CONFIRMATION_REQUIRED,
             f"{tool.name} ({tool.policy.title}) 会改变平台状态; confirm 为 false, 什么都没有做。",
-            "把 details 中将执行的操作告诉用户, 得到明确同意后加 confirm: true 重新调用。",
+            "把 details 中将执行的操作 (would_run) 和它作用的对象告诉用户, 得到明确同意后加 confirm: true 重新调用。",
             {"tool": tool.name, "arguments": arguments, "would_run": tool.command_line(arguments, confirm=True),
-             "destructive": tool.policy.destructive},
+             "destructive": tool.policy.destructive, **context},
         ).to_dict()
+
+    async def _preview_context(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """What a previewed call would act on, read with the read-only list tools."""
+
+        async def quiet(_message: str) -> None:
+            return None
+
+        container_uuid = arguments.get("container_uuid")
+        if isinstance(container_uuid, str) and "list_containers" in self.tools:
+            # A container UUID starts with its deployment's UUID (15 hex digits).
+            listed = await self._run(self.tools["list_containers"], {"deployment_uuid": container_uuid[:15], "released": True},
+                                     False, quiet)
+            found = [c for c in listed.get("items", []) if c.get("container_uuid") == container_uuid]
+            if found:
+                keys = ("container_uuid", "deployment_uuid", "status", "machine_id", "gpu_name", "data_center")
+                return {"container": {key: found[0].get(key) for key in keys}}
+            return {"container": None, "lookup": listed.get("message") or "没有找到这个容器"}
+        selector = {key: arguments[key] for key in ("deployment_uuid", "name") if isinstance(arguments.get(key), str)}
+        if not selector and _config_name(arguments.get("config")):
+            selector = {"name": _config_name(arguments.get("config"))}
+        if selector and "list_deployments" in self.tools:
+            listed = await self._run(self.tools["list_deployments"], selector, False, quiet)
+            items = listed.get("items", [])
+            if len(items) == 1:
+                keys = ("deployment_uuid", "name", "deployment_type", "status", "replica_num", "running_num")
+                return {"deployment": {key: items[0].get(key) for key in keys}}
+            return {"deployment": None, "lookup": listed.get("message") or f"找到 {len(items)} 个匹配的部署"}
+        return {}
 
     def _submission_guard(self, tool: mcp_tools.Tool, arguments: dict[str, Any], confirm: bool) -> str | dict | None:
         """One real queue_submit per deployment name at a time: a second one while the first
@@ -155,7 +184,7 @@ class ToolRunner:
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 cwd=str(SKILL_ROOT), env=self._child_env(), preexec_fn=_die_with_parent(),
             )
-            output = _ChildOutput(child, report, tool.name, self.log)
+            output = _ChildOutput(child, report, tool, tool.command_line(arguments, confirm=confirm), self.log)
             try:
                 await output.communicate()
             except BaseException:
@@ -205,9 +234,12 @@ class ToolRunner:
 class _ChildOutput:
     """Collects a child's stdout and turns its stderr lines into progress reports."""
 
-    def __init__(self, child: asyncio.subprocess.Process, report: ProgressReporter, tool_name: str, log: Progress) -> None:
+    def __init__(self, child: asyncio.subprocess.Process, report: ProgressReporter, tool: mcp_tools.Tool,
+                 command: str, log: Progress) -> None:
         self.child = child
-        self.tool_name = tool_name
+        self.tool = tool
+        self.tool_name = tool.name
+        self.command = command
         self.log = log
         self.report = report
         self.stdout = bytearray()
@@ -242,13 +274,7 @@ class _ChildOutput:
         except json.JSONDecodeError:
             pass
         if killed:
-            return AutoDLError(
-                ErrorType.INTERRUPTED,
-                "操作被取消, 脚本在宽限时间内没有结束, 已被强制终止; 它的结果未知。",
-                "如果这是 queue_submit 等改变平台的调用, 部署可能已经创建: 用 list_deployments 按名称核对, "
-                "确认没有再重新提交。",
-                {"took_effect": "unknown", "may_have_been_created": True, "signal": "SIGKILL"},
-            ).to_dict()
+            return self._killed_document()
         return AutoDLError(
             ErrorType.INTERNAL_ERROR,
             "脚本没有输出 JSON 文档。",
@@ -257,11 +283,27 @@ class _ChildOutput:
         ).to_dict()
 
 
+    def _killed_document(self) -> dict[str, Any]:
+        """The result of a child that outlived the interrupt grace: what is known is that nothing is."""
+        policy = self.tool.policy
+        details: dict[str, Any] = {"signal": "SIGKILL"}
+        hint = "这是只读调用, 没有改变任何东西: 可以直接重新调用。"
+        if policy.mutating:
+            details["took_effect"] = "unknown"
+            hint = f"改动可能已经生效: 先用列表工具核对 (等同命令: {self.command}), 确认没有生效再重新调用。"
+        if self.tool.name == "queue_submit":
+            details["may_have_been_created"] = True
+            hint = "部署可能已经创建: 用 list_deployments 按配置中的 name 核对, 确认没有再重新提交。"
+        return AutoDLError(ErrorType.INTERRUPTED, "操作被取消, 脚本在宽限时间内没有结束, 已被强制终止; 它的结果未知。",
+                           hint, details).to_dict()
+
+
+# "[12:00:01] message" or "[12:00:01+08:00] message" -> "message": the client stamps its own time.
+_LOG_STAMP = re.compile(r"^\[\d{2}:\d{2}:\d{2}[^\]]{0,12}\] ")
+
+
 def _progress_text(line: str) -> str:
-    # "[12:00:01] message" -> "message": the client stamps its own time.
-    if line.startswith("[") and line[9:11] == "] ":
-        line = line[11:]
-    return line[:PROGRESS_MESSAGE_LIMIT]
+    return _LOG_STAMP.sub("", line, count=1)[:PROGRESS_MESSAGE_LIMIT]
 
 
 def _die_with_parent() -> Callable[[], None] | None:

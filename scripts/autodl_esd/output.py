@@ -46,6 +46,13 @@ def emit_success(payload: dict[str, Any]) -> int:
     return EXIT_SUCCESS
 
 
+def emit_line(document: dict[str, Any]) -> None:
+    """One compact JSON line on stdout before the final document, for long-running servers
+    (the gateway's "ready" line, like the simulator's): a reader can act on it at once."""
+    sys.stdout.write(scrub(json.dumps(document, ensure_ascii=False, allow_nan=False)) + "\n")
+    sys.stdout.flush()
+
+
 def emit_error(error: AutoDLError) -> int:
     _write_json(error.to_dict())
     return error.error_type.exit_code

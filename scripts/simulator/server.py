@@ -5,7 +5,9 @@ Three route families share one ThreadingHTTPServer:
 - `/api/...`   the platform API. Header `Authorization: <token>` (raw, no Bearer), JSON
                envelope `{"code", "msg", "data", "request_id"}`, business errors as HTTP 200.
 - `/svc/<container_uuid>/...`  the container's own service (no auth), answering only while
-               the container runs, after the machine's latency.
+               the container runs, after the machine's latency. Like a model server it also
+               speaks OpenAI (`POST /v1/completions`, `/v1/chat/completions`, SSE with
+               `"stream": true`) and reports its queue at `GET /metrics` in vLLM's format.
 - `/_sim/...`  test controls for a simulator in another process (token required).
 """
 
@@ -15,6 +17,7 @@ import json
 import re
 from email.utils import format_datetime
 import sys
+import threading
 import time
 import traceback
 import uuid as uuid_lib
@@ -84,6 +87,22 @@ GATEWAY_TIMEOUT_PAGE = (
 # default proxy read timeout is 60 s, shortened so a stuck test fails in bounded time.
 SERVICE_QUEUE_TIMEOUT_SECONDS = 30.0
 MAX_BODY_BYTES = 1024 * 1024
+# OpenAI routes: tokens generated when the request names no max_tokens (OpenAI's default for
+# completions is 16), and the most one request may ask for, so a test cannot hold a slot long.
+DEFAULT_COMPLETION_TOKENS = 16
+MAX_COMPLETION_TOKENS = 512
+OPENAI_ROUTES = ("/v1/completions", "/v1/chat/completions")
+# What GET /metrics answers: the two gauges of vLLM's Prometheus page a router reads (the
+# real page has many more). A fixed template of a model server's output, not an exporter.
+VLLM_METRICS_PAGE = (
+    "# HELP vllm:num_requests_running Number of requests currently running on GPU.\n"
+    "# TYPE vllm:num_requests_running gauge\n"
+    'vllm:num_requests_running{{model_name="{model}"}} {running:.1f}\n'
+    "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+    "# TYPE vllm:num_requests_waiting gauge\n"
+    'vllm:num_requests_waiting{{model_name="{model}"}} {waiting:.1f}\n'
+)
+SIM_MODEL = "autodl-sim"
 FAULT_MESSAGES = {500: ("InternalError", "服务器内部错误"), 503: ("ServiceUnavailable", "服务暂时不可用，请稍后重试")}
 
 
@@ -102,6 +121,20 @@ class SimHTTPServer(ThreadingHTTPServer):
         self.sim, self.api, self.faults, self.dialect = sim, api, faults, dialect
         # Set: this server is that container's own service port (Simulator service_ports).
         self.container_uuid = container_uuid
+        # container uuid -> [running, waiting] /svc requests, for GET /metrics
+        self.service_load: dict[str, list[int]] = {}
+        self.service_load_lock = threading.Lock()
+
+    def count_service(self, container_uuid: str, running: int = 0, waiting: int = 0) -> None:
+        with self.service_load_lock:
+            load = self.service_load.setdefault(container_uuid, [0, 0])
+            load[0] += running
+            load[1] += waiting
+
+    def service_load_of(self, container_uuid: str) -> tuple[int, int]:
+        with self.service_load_lock:
+            running, waiting = self.service_load.get(container_uuid, (0, 0))
+            return running, waiting
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client hanging up (timeouts in tests, Ctrl-C) is routine, not a traceback.
@@ -316,14 +349,37 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             else:  # like the platform's proxy in front of a stopped container
                 self._send(502, BAD_GATEWAY_PAGE.encode(), "text/html")
             return
+        if subpath == "/metrics" and method == "GET":
+            # A model server's metrics answer at once, however busy its GPU is.
+            active, queued = self.server.service_load_of(running.uuid)
+            page = VLLM_METRICS_PAGE.format(model=SIM_MODEL, running=active, waiting=queued)
+            self._send(200, page.encode(), "text/plain; version=0.0.4; charset=utf-8")
+            return
+        completion = None
+        if subpath in OPENAI_ROUTES and method == "POST":
+            try:
+                completion = self._completion_request(body)
+            except ApiError as error:
+                self._send_json(400, {"error": {"message": error.msg, "type": "invalid_request_error"}})
+                return
         slot = self.server.sim.service_slot(running.uuid, concurrency)
-        if slot is not None and not slot.acquire(timeout=SERVICE_QUEUE_TIMEOUT_SECONDS):
+        self.server.count_service(running.uuid, waiting=1)
+        try:
+            acquired = slot is None or slot.acquire(timeout=SERVICE_QUEUE_TIMEOUT_SECONDS)
+        finally:
+            self.server.count_service(running.uuid, waiting=-1)
+        if not acquired:
             # A gateway gives up on an upstream that never picks the request up.
             self._send(504, GATEWAY_TIMEOUT_PAGE.encode(), "text/html")
             return
+        self.server.count_service(running.uuid, running=1)
         try:
+            if completion is not None:
+                self._serve_completion(subpath, completion, running, latency)
+                return
             time.sleep(latency)  # outside the lock: a slow host must not stall the whole API
         finally:
+            self.server.count_service(running.uuid, running=-1)
             if slot is not None:
                 slot.release()
 
@@ -338,6 +394,73 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 "port": int(port_prefix.group(1)) if port_prefix else None,
                 "served_at": world.clock.timestamp(world.clock.now()),
             })
+
+    def _completion_request(self, body: bytes) -> dict[str, Any]:
+        params = self._parse_json(body, http_status=400)
+        tokens = params.get("max_tokens", params.get("max_completion_tokens", DEFAULT_COMPLETION_TOKENS))
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_COMPLETION_TOKENS:
+            raise ApiError("InvalidRequest", f"max_tokens must be an integer 1..{MAX_COMPLETION_TOKENS}", 400)
+        return {"tokens": tokens, "stream": params.get("stream") is True, "model": str(params.get("model") or SIM_MODEL)}
+
+    def _still_running(self, container_uuid: str) -> bool:
+        world = self.server.sim.world
+        with world.lock:
+            world.sync()
+            try:
+                return world.container(container_uuid).status == lc.RUNNING
+            except NotFound:
+                return False
+
+    def _serve_completion(self, subpath: str, request: dict[str, Any], container: Container, latency: float) -> None:
+        """An OpenAI answer of `tokens` tokens, one every `latency` seconds (the machine's step).
+
+        Streamed: server-sent events in chunked encoding, one event per token, then
+        `data: [DONE]`. If the container stops mid-answer the connection is cut without the
+        final chunk, as when a model server's process dies.
+        """
+        chat = subpath == "/v1/chat/completions"
+        created = int(time.time())
+        answer_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid_lib.uuid4().hex[:12]}"
+        words = [f" tok{i}" for i in range(request["tokens"])]
+        base = {"id": answer_id, "created": created, "model": request["model"], "system_fingerprint": container.uuid}
+        if not request["stream"]:
+            for _ in words:
+                time.sleep(latency)
+                if not self._still_running(container.uuid):
+                    self.close_connection = True
+                    return
+            text = "".join(words)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"} if chat
+                      else {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"})
+            usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
+            self._send_json(200, {**base, "object": "chat.completion" if chat else "text_completion",
+                                  "choices": [choice], "usage": usage})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        for index, word in enumerate(words):
+            time.sleep(latency)
+            if not self._still_running(container.uuid):
+                self.close_connection = True  # no terminating chunk: the client sees a cut stream
+                return
+            last = index == len(words) - 1
+            if chat:
+                delta = {"role": "assistant", "content": word} if index == 0 else {"content": word}
+                choice = {"index": 0, "delta": delta, "finish_reason": "length" if last else None}
+            else:
+                choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": "length" if last else None}
+            self._write_chunk(b"data: " + json.dumps({**base, "object": kind, "choices": [choice]}).encode() + b"\n\n")
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")
+
+    def _write_chunk(self, data: bytes) -> None:
+        # HTTP/1.1 chunked framing (RFC 9112 7.1): the stdlib server has no writer for it.
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
 
     def _serve_files(self, method: str, container: Container, body: bytes) -> None:
         """GET lists the container's files; POST {path: content} writes some."""

@@ -38,6 +38,10 @@ STARTING_STATUSES = ("creating", "created", "starting", "oss_merged")
 # list; until they do (or this many seconds pass) the change counts as converging, so the
 # next tick does not read "0 starting" as "done" and act again.
 PLACEMENT_GRACE_SECONDS = 60.0
+# Containers of our own change still starting after this long are stuck (a broken image, a
+# host that never finishes): decisions resume rather than wait forever. A cold image pull on
+# AutoDL takes minutes; fifteen of them is beyond any healthy start.
+STARTUP_PATIENCE_SECONDS = 900.0
 # A replica is replaced after this many failure episodes (the gateway ejecting it after a
 # failed request) within FAULTY_WINDOW_SECONDS: one or two are what a retry on another
 # replica absorbs; three in ten minutes is a broken container, not bad luck.
@@ -342,10 +346,14 @@ class Autoscaler:
         return self._record(record, now)
 
     def _converging(self, view: PlatformView, now: float) -> bool:
-        if view.starting > 0:
+        """Our last change is still being carried out. Replacements the ReplicaSet starts on its
+        own (a crashed container) do not hold decisions back; only our own change does."""
+        if self.last_change_at is None:
+            return False
+        since = now - self.last_change_at
+        if view.starting > 0 and since < STARTUP_PATIENCE_SECONDS:
             return True
-        recently_changed = self.last_change_at is not None and now - self.last_change_at < PLACEMENT_GRACE_SECONDS
-        return recently_changed and view.live != view.replica_num and not self.pending
+        return since < PLACEMENT_GRACE_SECONDS and view.live != view.replica_num and not self.pending
 
     def _apply(self, decision: Decision, view: PlatformView, now: float) -> dict:
         target = decision.target
@@ -384,6 +392,7 @@ class Autoscaler:
         result["target"] = target
         result["applied"] = outcome.get("took_effect") is True
         if result["applied"]:
+            view.replica_num = target  # read back: the platform holds it now
             self.changes += 1
             self.last_change_at = now
             self.max_replica_num_set = max(self.max_replica_num_set, target)
@@ -587,7 +596,7 @@ def snapshot_of(gateway: Any) -> LoadSnapshot:
             healthy=replica.healthy,
         ))
     return LoadSnapshot(queued=table.queued, inflight=sum(r.inflight for r in table.all_replicas()),
-                        replicas=tuple(replicas), requests_total=gateway.totals.requests)
+                        replicas=tuple(replicas), requests_total=gateway.totals.proxied)
 
 
 class GatewayAutoscaler:

@@ -39,9 +39,10 @@ Sources:
 * ``ServicePool.from_redis(url, deployment_uuid)``: the registry that
   ``discover_services.py --watch --redis URL`` keeps in Redis, followed by
   pub/sub notification (each change applied as it arrives). With
-  ``shared_inflight=True`` the in-flight counts live in Redis too, so
-  ``least_inflight`` balances across every client of the deployment, at one
-  Redis round trip per lease and one per release. Needs the ``redis`` package
+  ``shared_inflight=True`` the in-flight counts live in Redis too, and
+  ``least_inflight`` takes the replica with the fewest requests in flight from
+  ALL clients (chosen atomically in Redis), at one Redis round trip per lease
+  and one per release. Needs the ``redis`` package
   and this module inside the bundle (``scripts/`` on ``sys.path``); call
   ``pool.close()`` when done.
 * ``ServicePool(source=fn)``: any callable returning a registry dict (see
@@ -86,6 +87,10 @@ DEFAULT_REFRESH_INTERVAL = 2.0
 # The endpoint is on loopback and answers in milliseconds; a hung endpoint must
 # not stall the request that happens to trigger the refresh for long.
 DEFAULT_ENDPOINT_TIMEOUT = 2.0
+
+# Shared counts compare at most this many replicas per lease: a server-side scan of a few
+# dozen small sets costs microseconds; beyond that a random sample is as good.
+MAX_SHARED_CANDIDATES = 32
 
 T = TypeVar("T")
 Registry = Any  # a registry dict, or a bare list of service items
@@ -342,7 +347,7 @@ class ServicePool:
             return Lease(self, replica)
 
     def _lease_shared(self, excluded: set[str]) -> Lease:
-        # Choose the candidates locally, let the shared counts decide between them
+        # Choose the candidates locally, let the shared counts pick among them
         # (one round trip, outside the lock), then count the lease here as well.
         with self._lock:
             if self.policy == "least_inflight":
@@ -427,8 +432,8 @@ class ServicePool:
     # ---- internals (called with self._lock held unless noted) ---------
 
     def _pick(self, excluded: set[str], candidates: bool = False):
-        """The replica to use; with ``candidates``, the (one or two) replicas
-        least_inflight would compare, for shared counts to decide between."""
+        """The replica to use; with ``candidates``, the replicas for the shared
+        counts to choose the least loaded of (every ready one, in random order)."""
         now = self._clock()
         healthy = [r for uuid, r in self._replicas.items() if r.healthy and uuid not in excluded]
         if not healthy:
@@ -450,9 +455,11 @@ class ServicePool:
         # Power of two choices: nearly as good as scanning for the global
         # minimum, without herding every concurrent caller onto the same replica.
         # sample() returns the pair in random order, so min() breaks ties randomly.
-        first, second = self._rng.sample(ready, 2)
         if candidates:
-            return [first, second]
+            # The shared counts pick atomically on fresh numbers, so no herding: the
+            # global minimum beats two random choices (capped: one script call each).
+            return self._rng.sample(ready, min(len(ready), MAX_SHARED_CANDIDATES))
+        first, second = self._rng.sample(ready, 2)
         return min((first, second), key=lambda r: r.inflight)
 
     def _why_none(self) -> str:

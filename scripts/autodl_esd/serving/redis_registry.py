@@ -289,10 +289,14 @@ class RegistrySubscription:
                         self._check_heartbeat()
                         next_check = time.monotonic() + self.heartbeat_check_seconds
             except errors as problem:
+                if self._closed.is_set():
+                    break
                 self.on_error(f"Redis: {type(problem).__name__}: {problem}")
                 self._ready.set()  # the caller gets an empty pool with last_refresh_error, not a hang
                 self._closed.wait(RECONNECT_SECONDS)
             except ValueError as problem:  # a non-JSON message on our channel: skip it, keep following
+                if self._closed.is_set():
+                    break
                 self.on_error(f"bad registry in Redis: {problem}")
             finally:
                 try:
@@ -403,8 +407,8 @@ def pool_from_redis(pool_class: Any, url: str, deployment_uuid: str, key_prefix:
 
     subscription = RegistrySubscription(client, keys, consume, report).start()
     pool.subscription = subscription
+    pool.add_closer(client.close)  # closers run last-added first: stop following, then disconnect
     pool.add_closer(subscription.close)
-    pool.add_closer(client.close)
     return pool
 
 

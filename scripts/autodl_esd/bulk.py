@@ -1,0 +1,140 @@
+"""Stop or delete every deployment whose name matches a pattern, exactly the set the user saw.
+
+`--name-glob 'demo-*'` without `--yes` previews: every match with its state and live
+containers, and `expect_uuids`, the set to confirm. With `--yes --expect-uuids U1,U2` the
+deployments are listed again; only when the matches are still exactly that set is each one
+stopped/deleted, one change at a time through `effects.apply_change`. A set that changed
+(a new `demo-x`, one already deleted) is `confirmation_required` again with the difference,
+and nothing is done. `--yes` without `--expect-uuids` is a preview too: acting on whatever
+matches at that moment is not acting on what the user agreed to.
+
+The result has one outcome per deployment (`done`, `skipped` or `failed`, with
+`took_effect`); an interrupt reports the outcomes so far and the one in flight.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .cli import UsageError, confirmation_required
+from .effects import Change, apply_change
+from .errors import ApiError, AutoDLError
+from .resolve import deployment_impact, deployment_summary, deployments_matching
+
+# The uuid list an agent pastes back; comma separated so it is one shell word.
+UUID_SEPARATOR = ","
+
+
+def parse_expected(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    uuids = [part.strip() for part in text.split(UUID_SEPARATOR) if part.strip()]
+    from .resolve import DEPLOYMENT_UUID_PATTERN
+
+    bad = [uuid for uuid in uuids if not DEPLOYMENT_UUID_PATTERN.match(uuid)]
+    if bad:
+        raise UsageError(f"--expect-uuids 中有格式不对的部署 UUID: {', '.join(bad)}",
+                         "原样使用预览输出的 details.expect_uuids (逗号分隔的 15 位十六进制 UUID)。")
+    return sorted(set(uuids))
+
+
+def preview_item(client: Any, deployment: dict[str, Any]) -> dict[str, Any]:
+    """One match as the user must see it: its state and the containers it would stop."""
+    impact = deployment_impact(client, deployment)
+    return {**impact["deployment"], "live_containers": impact["live_containers"],
+            "live_container_count": impact["live_container_count"]}
+
+
+def run_bulk(
+    client: Any,
+    ctx: Any,
+    *,
+    pattern: str,
+    yes: bool,
+    expected_text: str | None,
+    verb: str,
+    action: str,
+    change_for: Callable[[dict[str, Any]], Change],
+    skip_reason: Callable[[dict[str, Any]], str | None] = lambda deployment: None,
+) -> dict[str, Any]:
+    """Preview, or act on exactly the confirmed set; the script's result."""
+    expected = parse_expected(expected_text)
+    matches = deployments_matching(client, pattern)
+    uuids = sorted(d["uuid"] for d in matches)
+    if not yes or expected is None:
+        if not matches:
+            return _nothing_matches(pattern)
+        items = [preview_item(client, d) for d in matches]
+        live = sum(item["live_container_count"] for item in items)
+        expect = UUID_SEPARATOR.join(uuids)
+        raise confirmation_required(
+            f"{verb}名称匹配 {pattern!r} 的 {len(matches)} 个部署 (共 {live} 个容器在运行或启动中)",
+            {"action": action, "name_glob": pattern, "matches": items, "count": len(items), "expect_uuids": expect},
+            hint=f"把 details.matches 中的每个部署 (名称、状态、运行中的容器) 告诉用户, 得到明确同意后加 "
+            f"--yes --expect-uuids {expect} 重新执行: 只会{verb}这些部署; 届时匹配的集合若有变化, 会再次返回 "
+            "confirmation_required 并列出差别, 什么都不做。",
+        )
+    if uuids != expected:
+        added = [d for d in matches if d["uuid"] not in set(expected)]
+        removed = [uuid for uuid in expected if uuid not in set(uuids)]
+        raise confirmation_required(
+            f"名称匹配 {pattern!r} 的部署与确认时不同 (新增 {len(added)} 个, 不再匹配 {len(removed)} 个), 没有{verb}任何部署",
+            {"action": action, "name_glob": pattern, "added": [preview_item(client, d) for d in added],
+             "removed": removed, "expected_uuids": expected, "matches": [deployment_summary(d) for d in matches],
+             "count": len(matches), "expect_uuids": UUID_SEPARATOR.join(uuids)},
+            hint="把差别 (details.added / details.removed) 告诉用户; 同意按现在的集合执行时, 用 details.expect_uuids "
+            "作为 --expect-uuids 重新执行。",
+        )
+    return _apply_each(client, ctx, pattern, matches, verb, change_for, skip_reason)
+
+
+def _nothing_matches(pattern: str) -> dict[str, Any]:
+    return {"name_glob": pattern, "items": [], "count": 0, "done": 0, "skipped": 0, "failed": 0,
+            "note": f"没有名称匹配 {pattern!r} 的部署, 什么都没有做 (通配符匹配整个名称, 区分大小写)。"}
+
+
+def _apply_each(
+    client: Any, ctx: Any, pattern: str, matches: list[dict[str, Any]], verb: str,
+    change_for: Callable[[dict[str, Any]], Change], skip_reason: Callable[[dict[str, Any]], str | None],
+) -> dict[str, Any]:
+    outcomes: list[dict[str, Any]] = []
+    pending = [d["uuid"] for d in matches]
+    # An interrupt reports what happened to each deployment so far and which were not touched.
+    ctx.partial.update(name_glob=pattern, outcomes=outcomes, not_sent=pending)
+    for deployment in sorted(matches, key=lambda d: d["uuid"]):
+        uuid = deployment["uuid"]
+        pending.remove(uuid)
+        # status_before: read before the change (a "running" here is not a failed stop).
+        summary = {"deployment_uuid": uuid, "name": deployment.get("name"),
+                   "deployment_type": deployment.get("deployment_type"), "status_before": deployment.get("status")}
+        reason = skip_reason(deployment)
+        if reason:
+            outcomes.append({**summary, "outcome": "skipped", "took_effect": False, "reason": reason})
+            continue
+        in_flight: dict[str, Any] = {}
+        ctx.partial["in_flight"] = in_flight
+        try:
+            _after, report = apply_change(change_for(deployment), client, ctx.progress, in_flight)
+        except AutoDLError as error:
+            outcomes.append({**summary, "outcome": "failed", "took_effect": error.details.get("took_effect", False),
+                             "error_type": error.error_type.value, "message": error.message, "hint": error.hint,
+                             **({"check": error.details["check"]} if "check" in error.details else {})})
+            ctx.progress.log(f"{verb}部署 {uuid} 失败: {error.message}")
+            continue
+        finally:
+            ctx.partial.pop("in_flight", None)
+        outcomes.append({**summary, "outcome": "done", **report})
+        ctx.progress.log(f"已{verb}部署 {uuid} ({deployment.get('name')})")
+    counts = {kind: sum(1 for o in outcomes if o["outcome"] == kind) for kind in ("done", "skipped", "failed")}
+    result = {"name_glob": pattern, "items": outcomes, "count": len(outcomes), **counts}
+    if counts["failed"]:
+        first = next(o for o in outcomes if o["outcome"] == "failed")
+        failure = ApiError(
+            f"{verb} {len(outcomes)} 个匹配 {pattern!r} 的部署: {counts['done']} 个成功, {counts['failed']} 个失败。",
+            msg=first["message"], retryable=False,
+            hint="逐个查看 details.items 的 outcome 与 took_effect: took_effect 为 unknown 的先按其 check 查看; "
+            "确认没有生效的可以用同一命令重新预览再执行 (已完成的不会再匹配或会被跳过)。",
+        )
+        failure.details.update(result)
+        raise failure
+    return result

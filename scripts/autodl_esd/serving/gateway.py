@@ -1,0 +1,677 @@
+"""The serving gateway: one stable HTTP endpoint in front of a deployment's replicas.
+
+Runs beside the client (a sidecar), as AutoDL's guide recommends client-side discovery: any
+client (OpenAI SDK, curl, a Java app) talks to one URL; the gateway picks a replica per
+request, streams bodies both ways, retries on another replica, and queues when every replica
+is busy. Built on aiohttp (the standard library's threaded server cannot reach the latency
+and concurrency targets; see bench/gateway.py), imported only here.
+
+The seams, so the autoscaler, a Redis registry and shared counts plug in without edits here:
+
+- Replicas come from a `sources.ReplicaSource` (in-process watcher, registry file, registry
+  URL; a Redis source implements the same three methods). The gateway reads `current()` on
+  every tick (`REGISTRY_TICK_SECONDS`) and never blocks on it.
+- The choice is a `policies.Policy` (`select_replica` + start/finish/load-report hooks).
+- Counts, ejection and the request queue live in `replicas.ReplicaTable`; in-flight counts
+  shared across gateways go through its `replicas.InflightLedger` (pass `ledger=`).
+- `Gateway.load()` is the autoscaler's input: in-flight, queued, reported running/waiting,
+  replicas by state, registry staleness. `Gateway.add_extension(ext)` runs a
+  `GatewayExtension` (e.g. the autoscaler) on the gateway's loop: `start(gateway)`/`stop()`
+  coroutines, `status()` shown under `extensions.<name>` in /_gateway/status, and
+  `collect()` yielding extra prometheus_client metric families for /_gateway/metrics.
+
+HTTP surface: every path is proxied except `/_gateway/status` (JSON) and `/_gateway/metrics`
+(Prometheus text, OpenTelemetry-style names: `http_server_request_duration_seconds`,
+`http_server_active_requests`, `gateway_*`). Errors the gateway itself answers use the
+project's error shape: {"status": "error", "error_type", "message", "hint", "details"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import aiohttp
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
+from yarl import URL
+
+from .policies import POLICIES, LoadReportError, parse_load_report
+from .replicas import NoReplicas, Overloaded, ReplicaTable, Ticket
+from .sources import RegistryView, ReplicaSource
+
+STATUS_PATH = "/_gateway/status"
+METRICS_PATH = "/_gateway/metrics"
+GATEWAY_PREFIX = "/_gateway/"
+
+# How often the loop looks at the source for a new registry: reading it is an attribute
+# access, so 0.1 s costs nothing and keeps a replaced replica out within 0.1 s of its removal.
+REGISTRY_TICK_SECONDS = 0.1
+# Request bodies up to this size are kept so a failed attempt can be replayed on another
+# replica; larger ones stream straight through and are not retried (they may be uploads).
+REPLAY_LIMIT_BYTES = 1024 * 1024
+# Largest request body accepted at all (413 above): generous for prompts and images, and a
+# bound on what a hostile Content-Length can make the gateway stream or hold.
+MAX_REQUEST_BODY_BYTES = 256 * 1024 * 1024
+# A client that stops sending its body for this long is holding a slot for nothing (408).
+BODY_IDLE_TIMEOUT_SECONDS = 30.0
+# Idle keep-alive connections (and ones that never finish their request line or headers)
+# are closed after this long; nginx's keepalive_timeout is 75 s, a sidecar needs less.
+IDLE_CONNECTION_SECONDS = 60.0
+# Connecting to a replica on a private network takes milliseconds; 5 s means it is gone.
+CONNECT_TIMEOUT_SECONDS = 5.0
+# Request line and each header field (aiohttp's defaults, like nginx's 8 KB buffers); longer
+# ones get 400/431 before any replica is involved.
+# After an early answer (413, 408) aiohttp keeps reading the unread body so the client can
+# see the answer before the connection closes; a stalled client must not hold it for long.
+LINGER_SECONDS = 1.0
+MAX_LINE_BYTES = 8190
+MAX_FIELD_BYTES = 8190
+# A load poll that takes longer than this is a replica too busy to report; its last report
+# is kept (aged) and the poll is not stacked behind itself.
+LOAD_POLL_TIMEOUT_SECONDS = 2.0
+HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
+# A load report older than this many poll intervals no longer describes the replica's queue.
+REPORT_MAX_AGE_INTERVALS = 3
+# Buckets of http_server_request_duration_seconds: OpenTelemetry's defaults for HTTP
+# servers, extended to minutes because an LLM answer can take that long.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0, 120.0, 300.0)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+# RFC 9110 7.6.1: connection-specific headers are not forwarded (plus what Connection names).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                        "transfer-encoding", "upgrade", "proxy-connection"})
+
+
+@dataclass
+class GatewayOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    policy: str = "least_inflight"
+    health_path: str | None = None
+    load_path: str | None = None
+    interval: float = 1.0
+    retries: int = 2
+    upstream_timeout: float = 300.0
+    max_inflight_per_replica: int = 0
+    max_queue: int = 256
+    queue_timeout: float = 30.0
+    drain_seconds: float = 30.0
+    eject_seconds: float = 10.0
+    auth_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    never_forward: tuple[str, ...] = ()  # secrets (the AutoDL token) no header may carry out
+    idle_timeout: float = IDLE_CONNECTION_SECONDS
+    body_idle_timeout: float = BODY_IDLE_TIMEOUT_SECONDS
+    deployment_uuid: str | None = None
+    seed: int | None = None
+
+
+class GatewayExtension:
+    """Runs inside the gateway (e.g. the autoscaler). Override what you need."""
+
+    name = "extension"
+
+    async def start(self, gateway: "Gateway") -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def collect(self) -> Iterable[Any]:
+        """Extra prometheus_client metric families (e.g. GaugeMetricFamily) for /_gateway/metrics."""
+        return ()
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_of(header: str) -> str:
+    """The host name of a Host header value (IPv6 literals keep no brackets), lower case."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def error_document(error_type: str, message: str, hint: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"status": "error", "error_type": error_type, "message": message, "hint": hint, "details": details or {}}
+
+
+def json_response(status: int, document: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    response = web.Response(status=status, text=json.dumps(document, ensure_ascii=False, allow_nan=False),
+                            content_type="application/json", charset="utf-8", headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def error_response(status: int, error_type: str, message: str, hint: str, details: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return json_response(status, error_document(error_type, message, hint, {"http_status": status, **(details or {})}), headers)
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    """aiohttp answers malformed requests (bad request line, huge headers, bad Content-Length)
+    itself; this makes those answers the project's JSON error shape instead of text/HTML."""
+
+    def handle_error(self, request, status=500, exc=None, message=None):  # type: ignore[override]
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        kind = "bad_request" if 400 <= status < 500 else "internal_error"
+        response = error_response(status, kind, "请求格式不正确, 网关无法解析。" if kind == "bad_request" else "网关内部错误。",
+                                  "检查请求行、请求头大小 (单个不超过 8 KB) 与 Content-Length。", {"reason": message or ""})
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+@dataclass
+class _Totals:
+    requests: int = 0
+    proxied: int = 0  # requests for the replicas (not /_gateway/*), counted on arrival: the autoscaler's idle clock
+    retries: int = 0
+    by_status_class: dict[str, int] = field(default_factory=lambda: {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0, "other": 0})
+    queue_rejections: int = 0
+    aborted_streams: int = 0
+
+
+class Gateway:
+    def __init__(self, source: ReplicaSource, options: GatewayOptions, *, ledger: Any = None,
+                 log: Callable[[str], None] | None = None, access_log: Callable[[str], None] | None = None) -> None:
+        if options.policy not in POLICIES:
+            raise ValueError(f"unknown policy {options.policy!r}")
+        self.source = source
+        self.options = options
+        self.log = log or (lambda message: None)
+        self.access_log = access_log
+        rng = random.Random(options.seed)
+        self.report_max_age = REPORT_MAX_AGE_INTERVALS * options.interval
+        policy_class = POLICIES[options.policy]
+        self.policy = (policy_class(rng, max_report_age=self.report_max_age) if options.policy == "queue_aware"
+                       else policy_class(rng))
+        self.table = ReplicaTable(
+            self.policy, max_inflight_per_replica=options.max_inflight_per_replica, max_queue=options.max_queue,
+            queue_timeout=options.queue_timeout, eject_seconds=options.eject_seconds,
+            probe_before_readmit=bool(options.health_path), ledger=ledger, on_change=self.log)
+        self.extensions: list[GatewayExtension] = []
+        self.totals = _Totals()
+        self.active_requests = 0
+        self.url = ""
+        self.started_at = time.time()
+        self._view: RegistryView | None = None
+        self._never_forward = tuple(secret for secret in options.never_forward if secret)
+        self._auth = ("Bearer " + options.auth_token).encode() if options.auth_token else None
+        self._check_host = bool(options.allowed_hosts) or is_loopback_host(options.host)
+        self._allowed_hosts = frozenset(h.lower().strip("[]") for h in options.allowed_hosts)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.BaseRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._polling: set[str] = set()
+        self._probing: set[str] = set()
+        self._idle: asyncio.Event | None = None  # created on the loop in start()
+        self._metrics = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def add_extension(self, extension: GatewayExtension) -> None:
+        self.extensions.append(extension)
+
+    async def start(self) -> str:
+        """Bind and serve; returns the URL. Binding errors (OSError) propagate."""
+        from .metrics import GatewayMetrics
+
+        self._metrics = GatewayMetrics(self)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                                              skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
+        self._refresh_registry()
+        server = _JsonErrorServer(self._handle, keepalive_timeout=self.options.idle_timeout, access_log=None,
+                                  max_line_size=MAX_LINE_BYTES, max_field_size=MAX_FIELD_BYTES, auto_decompress=False,
+                                  lingering_time=LINGER_SECONDS)
+        self._runner = web.ServerRunner(server, handle_signals=False)
+        await self._runner.setup()
+        # backlog: the many short connections of a benchmark or a burst must not be refused.
+        self._site = web.TCPSite(self._runner, self.options.host, self.options.port, backlog=1024, reuse_address=True)
+        try:
+            await self._site.start()
+        except BaseException:
+            await self._close_resources()
+            raise
+        sockets = self._runner.addresses
+        bound_host, bound_port = sockets[0][:2]
+        self.url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
+        self._tasks = [asyncio.create_task(self._registry_loop(), name="gateway-registry"),
+                       asyncio.create_task(self._upkeep_loop(), name="gateway-upkeep")]
+        for extension in self.extensions:
+            await extension.start(self)
+        return self.url
+
+    async def drain(self, seconds: float | None = None) -> bool:
+        """Stop accepting, wait up to `seconds` for in-flight requests; True when all finished."""
+        seconds = self.options.drain_seconds if seconds is None else seconds
+        if self._site is not None:
+            await self._site.stop()  # closes the listening socket: new connections are refused
+            self._site = None
+        for waiter in list(self.table._waiters):  # queued requests get their 503 now
+            if not waiter.future.done():
+                waiter.future.set_exception(Overloaded("网关正在关闭"))
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        for extension in self.extensions:
+            try:
+                await extension.stop()
+            except Exception as error:  # one extension's bug must not keep the gateway up
+                self.log(f"扩展 {extension.name} 停止出错: {error}")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self._close_resources()
+
+    async def _close_resources(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ---- background ----------------------------------------------------------------------
+
+    def _refresh_registry(self) -> None:
+        view = self.source.current()
+        if view is not None and view is not self._view:
+            self._view = view
+            self.table.update(view.services)
+
+    async def _registry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REGISTRY_TICK_SECONDS)
+            try:
+                self._refresh_registry()
+                self.table.dispatch()  # an ejection that ended may free a queued request
+            except Exception as error:  # a bad registry item must not stop the refreshes
+                self.log(f"读取注册表出错, 保留当前副本: {type(error).__name__}: {error}")
+
+    async def _upkeep_loop(self) -> None:
+        while True:
+            if self.options.load_path:
+                for replica in list(self.table.replicas.values()):
+                    if replica.container_uuid not in self._polling:
+                        self._polling.add(replica.container_uuid)
+                        asyncio.create_task(self._poll_load(replica))
+            if self.options.health_path:
+                for replica in self.table.due_for_probe():
+                    if replica.container_uuid not in self._probing:
+                        self._probing.add(replica.container_uuid)
+                        asyncio.create_task(self._probe(replica))
+            await asyncio.sleep(self.options.interval)
+
+    async def _get(self, url: str, timeout: float) -> tuple[int, bytes, str]:
+        assert self._session is not None
+        async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as response:
+            body = await response.content.read(2 * 1024 * 1024)
+            return response.status, body, response.headers.get("Content-Type", "")
+
+    async def _poll_load(self, replica) -> None:
+        try:
+            status, body, content_type = await self._get(replica.url + self.options.load_path,
+                                                         min(LOAD_POLL_TIMEOUT_SECONDS, max(self.options.interval, 0.5)))
+            if status != 200:
+                raise LoadReportError(f"HTTP {status}")
+            self.table.record_report(replica, parse_load_report(body, content_type, time.monotonic()))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, LoadReportError) as error:
+            replica.report_error = f"{type(error).__name__}: {error}"
+        finally:
+            self._polling.discard(replica.container_uuid)
+
+    async def _probe(self, replica) -> None:
+        try:
+            status, _, _ = await self._get(replica.url + self.options.health_path, HEALTH_PROBE_TIMEOUT_SECONDS)
+            ok = 200 <= status < 300
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            ok = False
+        finally:
+            self._probing.discard(replica.container_uuid)
+        if ok:
+            self.table.readmit(replica)
+        else:
+            self.table.probe_failed(replica)
+
+    # ---- request handling ----------------------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        self.active_requests += 1
+        self._idle.clear()
+        outcome = {"served_by": None, "retries": 0}
+        status = 500
+        try:
+            response = await self._route(request, outcome)
+            status = response.status
+            return response
+        except (ConnectionError, asyncio.CancelledError):
+            status = 499  # the client went away (nginx's convention)
+            raise
+        finally:
+            self.active_requests -= 1
+            if self.active_requests == 0:
+                self._idle.set()
+            elapsed = time.perf_counter() - started
+            self._count(request.method, status, elapsed)
+            if self.access_log is not None:
+                self.access_log(f"{request.remote} \"{request.method} {request.rel_url.path}\" {status} "
+                                f"{elapsed * 1000:.1f}ms served_by={outcome['served_by'] or '-'} retries={outcome['retries']}")
+
+    def _count(self, method: str, status: int, elapsed: float) -> None:
+        self.totals.requests += 1
+        key = f"{status // 100}xx" if 200 <= status < 600 else "other"
+        self.totals.by_status_class[key] = self.totals.by_status_class.get(key, 0) + 1
+        self._metrics.observe(method if method in KNOWN_METHODS else "_OTHER", status, elapsed)
+
+    def _host_allowed(self, request: web.BaseRequest) -> bool:
+        if not self._check_host:
+            return True
+        header = request.headers.get("Host")
+        if not header:
+            return True  # HTTP/1.0 clients; a browser always sends Host
+        host = host_of(header)
+        return host in self._allowed_hosts or is_loopback_host(host)
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
+        if self._auth is None:
+            return True
+        given = request.headers.get("Authorization", "").strip().encode("utf-8", "replace")
+        return hmac.compare_digest(given, self._auth)
+
+    async def _route(self, request: web.BaseRequest, outcome: dict[str, Any]) -> web.StreamResponse:
+        if not self._host_allowed(request):
+            return error_response(421, "bad_request", f"不接受的 Host 请求头: {request.headers.get('Host')!r}。",
+                                  "网关只接受本机回环地址 (localhost / 127.0.0.1 / ::1) 作为 Host, 防止 DNS rebinding; "
+                                  "需要其他主机名时用 --allow-host 加上。", {"host": request.headers.get("Host")})
+        if not self._authorized(request):
+            return error_response(401, "unauthorized", "缺少或错误的 Authorization: Bearer <token>。",
+                                  "网关监听在非回环地址时需要认证: 请求头加 Authorization: Bearer <--auth-token-env 指定的变量的值>。",
+                                  headers={"WWW-Authenticate": "Bearer"})
+        path = request.rel_url.path
+        if path.startswith(GATEWAY_PREFIX):
+            if path == STATUS_PATH and request.method in ("GET", "HEAD"):
+                return json_response(200, self.status())
+            if path == METRICS_PATH and request.method in ("GET", "HEAD"):
+                body, content_type = self._metrics.render()
+                response = web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+                return response
+            return error_response(404, "not_found", f"网关没有这个路径: {request.method} {path}",
+                                  f"网关自己的接口: GET {STATUS_PATH}, GET {METRICS_PATH}; 其他路径转发给副本。",
+                                  {"path": path, "available_paths": [STATUS_PATH, METRICS_PATH]})
+        self.totals.proxied += 1
+        return await self._proxy(request, outcome)
+
+    async def _read_body(self, request: web.BaseRequest) -> tuple[bytes | None, Any]:
+        """(replayable body, None) or (None, async iterator streaming a large body)."""
+        if not request.body_exists:
+            return b"", None
+        length = request.content_length
+        if length is not None and length > MAX_REQUEST_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_REQUEST_BODY_BYTES, actual_size=length)
+        content = request.content
+        timeout = self.options.body_idle_timeout
+        chunks: list[bytes] = []
+        size = 0
+        while size <= REPLAY_LIMIT_BYTES:
+            chunk = await asyncio.wait_for(content.readany(), timeout)
+            if not chunk:
+                return b"".join(chunks), None
+            chunks.append(chunk)
+            size += len(chunk)
+
+        async def rest():
+            total = size
+            for chunk in chunks:
+                yield chunk
+            while True:
+                chunk = await asyncio.wait_for(content.readany(), timeout)
+                if not chunk:
+                    return
+                total += len(chunk)
+                if total > MAX_REQUEST_BODY_BYTES:
+                    raise web.HTTPRequestEntityTooLarge(max_size=MAX_REQUEST_BODY_BYTES, actual_size=total)
+                yield chunk
+
+        return None, rest()
+
+    def _upstream_headers(self, request: web.BaseRequest) -> CIMultiDict:
+        named = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
+        headers = CIMultiDict()
+        for name, value in request.headers.items():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in named or lower in ("host", "content-length"):
+                continue
+            if lower == "authorization" and self._auth is not None:
+                continue  # the gateway's own credential stays here
+            if self._never_forward and any(secret in value for secret in self._never_forward):
+                continue  # e.g. the AutoDL token pasted into a header: never to a replica
+            headers.add(name, value)
+        peer = request.remote or ""
+        previous = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
+        headers["X-Forwarded-Proto"] = request.scheme
+        if request.headers.get("Host"):
+            headers["X-Forwarded-Host"] = request.headers["Host"]
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        return headers
+
+    async def _proxy(self, request: web.BaseRequest, outcome: dict[str, Any]) -> web.StreamResponse:
+        try:
+            body, stream = await self._read_body(request)
+        except asyncio.TimeoutError:
+            response = error_response(408, "bad_request", "请求体发送中断 (超时)。", "客户端需要连续发送完整的请求体。")
+            response.force_close()  # the rest of the body may still arrive: this connection is done
+            return response
+        except web.HTTPRequestEntityTooLarge:
+            response = error_response(413, "bad_request", f"请求体超过 {MAX_REQUEST_BODY_BYTES} 字节。", "减小请求体。",
+                                      {"max_bytes": MAX_REQUEST_BODY_BYTES})
+            response.force_close()  # the unread body makes this connection unusable
+            return response
+        headers = self._upstream_headers(request)
+        if body is not None and request.content_length is None:
+            headers["Content-Length"] = str(len(body))  # a chunked request re-sent with its length
+        tried: frozenset = frozenset()
+        attempts = 1 + (self.options.retries if stream is None else 0)
+        last_failure: str | None = None
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_SECONDS,
+                                        sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=self.options.upstream_timeout)
+        for attempt in range(attempts):
+            try:
+                ticket = await self.table.acquire(tried)
+            except NoReplicas as reason:
+                if last_failure is not None:
+                    return self._upstream_failed(last_failure, tried)
+                return error_response(503, "no_replicas", f"没有可用副本: {reason}",
+                                      "副本可能还在启动、健康检查未通过或已全部停止; 稍后重试, 或查看 GET /_gateway/status。",
+                                      {"queue_timeout_seconds": self.options.queue_timeout},
+                                      {"Retry-After": self._retry_after()})
+            except Overloaded as reason:
+                self.totals.queue_rejections += 1
+                return error_response(503, "overloaded", f"所有副本都在满负荷处理, 请求未能排上: {reason}",
+                                      "稍后重试 (见 Retry-After), 或增加副本 / 调大 --max-queue、--queue-timeout。",
+                                      {"queue_depth": self.table.queued, "max_queue": self.options.max_queue},
+                                      {"Retry-After": self._retry_after()})
+            replica = ticket.replica
+            tried = tried | {replica.container_uuid}
+            outcome["served_by"] = replica.container_uuid
+            can_retry = attempt + 1 < attempts
+            url = URL(replica.url + request.raw_path, encoded=True)
+            try:
+                upstream = await self._session.request(request.method, url, headers=headers,
+                                                       data=body if stream is None else stream,
+                                                       allow_redirects=False, timeout=timeout, compress=None)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+                last_failure = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                self._failed(ticket, "failure", last_failure)
+                if can_retry and self.table.could_serve(tried):
+                    self._retried(replica, outcome)
+                    continue
+                return self._upstream_failed(last_failure, tried)
+            except BaseException:
+                self.table.finish(ticket, "cancelled")
+                raise
+            if upstream.status in RETRY_STATUSES and can_retry and self.table.could_serve(tried):
+                last_failure = f"HTTP {upstream.status}"
+                upstream.release()
+                self._failed(ticket, "error", last_failure)
+                self._retried(replica, outcome)
+                continue
+            return await self._relay(request, upstream, ticket)
+        return self._upstream_failed(last_failure or "no attempt", tried)  # not reached: the loop returns
+
+    def _retried(self, replica, outcome: dict[str, Any]) -> None:
+        replica.retries += 1
+        self.totals.retries += 1
+        outcome["retries"] += 1
+
+    def _failed(self, ticket: Ticket, outcome: str, reason: str) -> None:
+        self.table.eject(ticket.replica, reason)
+        self.table.finish(ticket, outcome)
+
+    def _retry_after(self) -> str:
+        # Long enough for a queue to move or a replica to start being probed; whole seconds (RFC 9110).
+        return str(max(1, math.ceil(self.options.interval)))
+
+    def _upstream_failed(self, reason: str, tried: frozenset) -> web.Response:
+        return error_response(502, "upstream_error", f"副本没有给出响应: {reason}",
+                              "网关已在其他副本上重试; 查看 GET /_gateway/status 中各副本的状态, 稍后重试。",
+                              {"reason": reason, "tried": sorted(tried)})
+
+    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, ticket: Ticket) -> web.StreamResponse:
+        """Stream the replica's answer to the client chunk by chunk; nothing is retried from here."""
+        named = {token.strip().lower() for token in upstream.headers.get("Connection", "").split(",")}
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream.headers.items():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in named or lower == "content-length":
+                continue
+            response.headers.add(name, value)
+        response.headers["X-Served-By"] = ticket.replica.container_uuid
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        outcome = "error" if upstream.status >= 500 else "success"
+        try:
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                    asyncio.TimeoutError) as error:
+                # The replica died (or stalled) mid-answer: end this client's stream with an
+                # error (no final chunk, connection closed), never a hang; eject the replica.
+                outcome = "failure"
+                self.table.eject(ticket.replica, f"响应中途断开: {type(error).__name__}")
+                self.totals.aborted_streams += 1
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+            return response
+        except (ConnectionError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
+            outcome = "cancelled"  # the client went away: not the replica's fault
+            upstream.close()
+            raise
+        finally:
+            upstream.release()
+            self.table.finish(ticket, outcome)
+
+    # ---- what status, metrics and an autoscaler read -------------------------------------
+
+    def registry_state(self) -> dict[str, Any]:
+        view = self._view
+        error = self.source.last_error()
+        if view is None:
+            return {"source": self.source.description, "age_seconds": None, "stale": True,
+                    "stale_reason": error or "还没有读到注册表", "generated_at": None}
+        age = max(0.0, time.monotonic() - view.read_at)
+        reason = view.stale_reason
+        if reason is None and age > self.source.stale_after:
+            reason = f"注册表已 {age:.1f} 秒没有更新 (超过 {self.source.stale_after:g} 秒)"
+        if reason is None and error:
+            reason = f"读取注册表失败: {error}"
+        return {"source": self.source.description, "age_seconds": round(age, 3), "stale": reason is not None,
+                "stale_reason": reason, "generated_at": view.generated_at}
+
+    def load(self) -> dict[str, Any]:
+        """The autoscaler's input (see the module docstring)."""
+        load = self.table.load(self.report_max_age)
+        load["registry_stale"] = self.registry_state()["stale"]
+        load["active_requests"] = self.active_requests
+        return load
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        replicas = []
+        for replica in self.table.all_replicas():
+            report = replica.report
+            replicas.append({
+                "container_uuid": replica.container_uuid, "url": replica.url, "machine_id": replica.machine_id,
+                "gpu_name": replica.gpu_name, "state": replica.state(now), "healthy": replica.healthy,
+                "inflight": replica.inflight, "remote_inflight": replica.remote_inflight,
+                "ejected_for_seconds": round(max(0.0, replica.ejected_until - now), 3) if replica.ejected_until else None,
+                "ejections": replica.ejections, "retries": replica.retries, "requests": dict(replica.outcomes),
+                "load_report": None if report is None else {"running": report.running, "waiting": report.waiting,
+                                                            "age_seconds": round(now - report.at, 3)},
+                "load_report_error": replica.report_error,
+            })
+        totals = self.totals
+        return {
+            "status": "success",
+            "url": self.url,
+            "deployment_uuid": self.options.deployment_uuid or (self._view.deployment_uuid if self._view else None),
+            "policy": self.options.policy,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "registry": self.registry_state(),
+            "queue": {"depth": self.table.queued, "max": self.options.max_queue, "timeout_seconds": self.options.queue_timeout,
+                      "max_inflight_per_replica": self.options.max_inflight_per_replica or None},
+            "load": self.load(),
+            "replicas": replicas,
+            "totals": {"requests": totals.requests, "active": self.active_requests, "retries": totals.retries,
+                       "by_status_class": dict(totals.by_status_class), "queue_rejections": totals.queue_rejections,
+                       "aborted_streams": totals.aborted_streams},
+            "extensions": {extension.name: extension.status() for extension in self.extensions},
+        }
+
+    def summary(self) -> dict[str, Any]:
+        totals = self.totals
+        return {"url": self.url, "deployment_uuid": self.status()["deployment_uuid"], "requests": totals.requests,
+                "retries": totals.retries, "by_status_class": dict(totals.by_status_class),
+                "queue_rejections": totals.queue_rejections, "aborted_streams": totals.aborted_streams,
+                "replicas": [{"container_uuid": r.container_uuid, "requests": dict(r.outcomes), "ejections": r.ejections}
+                             for r in self.table.all_replicas()]}

@@ -1,0 +1,212 @@
+"""Where the gateway learns its replicas: one small interface, several sources.
+
+A `ReplicaSource` runs on its own thread(s) and keeps the last good registry. The gateway's
+event loop calls `current()` every tick; it must return at once (no I/O) with a
+`RegistryView`, or None before the first good read. A source never empties the replica set on
+a failure: it keeps the last good services and says why they are stale.
+
+- `WatcherSource`: the in-process `RegistryWatcher` (events offset, resync, health probes),
+  the same one `discover_services.py --watch` runs.
+- `FileSource`: a registry file another watcher keeps (`--out`), re-read when it changes.
+- `UrlSource`: a registry endpoint (`discover_services.py --serve`), `GET <url>/services`.
+- `StaticSource`: a fixed list, replaced with `set()` (tests, your own discovery).
+
+Staleness is noticed when reads are merely slow, not only when they fail: a view whose last
+good read (or, for a file, its last write) is older than `stale_after` seconds is stale. A
+new source (e.g. Redis) subclasses `PollingSource` and implements `fetch()`, or implements
+`start`/`stop`/`current` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from .pool import _parse_registry
+
+# A registry endpoint is on loopback and answers in milliseconds; a hung one must not hold
+# the source's thread for long (the gateway serves the last good set meanwhile anyway).
+ENDPOINT_TIMEOUT_SECONDS = 2.0
+# A registry file is a few KB per replica; more than this is not a registry.
+MAX_REGISTRY_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RegistryView:
+    """The replicas as a source last saw them."""
+
+    services: tuple[dict[str, Any], ...]
+    deployment_uuid: str | None
+    read_at: float  # time.monotonic() of the last good read (file: of its last write)
+    stale_reason: str | None = None  # what the registry itself says (e.g. the API failed)
+    generated_at: str | None = None
+
+
+class ReplicaSource:
+    """Interface. `current()` is called on the event loop: it must not block."""
+
+    description = ""
+    stale_after = float("inf")
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def current(self) -> RegistryView | None:
+        raise NotImplementedError
+
+    def last_error(self) -> str | None:
+        """Why the last read failed, or None."""
+        return None
+
+
+def view_from_document(document: dict[str, Any], read_at: float) -> RegistryView:
+    """A RegistryView of a registry document; raises ValueError when it is not one."""
+    items, info = _parse_registry(document)
+    stale_reason = (info.get("stale_reason") or "注册表标记为 stale") if info.get("stale") else None
+    return RegistryView(tuple(item for item in items if isinstance(item, dict)), info.get("deployment_uuid"),
+                        read_at, stale_reason, info.get("generated_at"))
+
+
+class PollingSource(ReplicaSource):
+    """Calls `fetch()` on a daemon thread every `interval` seconds and keeps the last good view.
+
+    `fetch()` returns a RegistryView, None for "unchanged since the last read", or raises.
+    """
+
+    def __init__(self, interval: float, stale_after: float) -> None:
+        self.interval = interval
+        self.stale_after = stale_after
+        self._view: RegistryView | None = None
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def fetch(self) -> RegistryView | None:
+        raise NotImplementedError
+
+    def poll_once(self) -> None:
+        try:
+            view = self.fetch()
+            if view is not None:
+                self._view = view
+            self._error = None
+        except Exception as error:  # any failure: keep the last good view and say why
+            self._error = f"{type(error).__name__}: {error}"
+
+    def start(self) -> None:
+        self.poll_once()  # so the gateway starts with replicas when the source is up
+        self._thread = threading.Thread(target=self._loop, name=f"registry-{type(self).__name__}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def current(self) -> RegistryView | None:
+        return self._view
+
+    def last_error(self) -> str | None:
+        return self._error
+
+
+class FileSource(PollingSource):
+    def __init__(self, path: str, interval: float, stale_after: float) -> None:
+        super().__init__(interval, stale_after)
+        self.path = path
+        self.description = f"registry file {path}"
+        self._seen: tuple[int, int, int] | None = None
+
+    def fetch(self) -> RegistryView | None:
+        stat = os.stat(self.path)
+        # The file's age is the writer's heartbeat: the watcher rewrites it every cycle.
+        written_at = time.monotonic() - max(0.0, time.time() - stat.st_mtime)
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if signature == self._seen and self._view is not None:
+            return None
+        if stat.st_size > MAX_REGISTRY_BYTES:
+            raise ValueError(f"{self.path} is larger than {MAX_REGISTRY_BYTES} bytes")
+        with open(self.path, encoding="utf-8") as handle:
+            view = view_from_document(json.load(handle), written_at)
+        self._seen = signature
+        return view
+
+
+class UrlSource(PollingSource):
+    def __init__(self, url: str, interval: float, stale_after: float) -> None:
+        super().__init__(interval, stale_after)
+        base = url.rstrip("/")
+        self.url = base if base.endswith("/services") else base + "/services"
+        self.description = f"registry endpoint {self.url}"
+
+    def fetch(self) -> RegistryView:
+        request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=ENDPOINT_TIMEOUT_SECONDS) as response:
+                document = json.loads(response.read(MAX_REGISTRY_BYTES).decode("utf-8"))
+        except urllib.error.HTTPError as error:
+            raise OSError(f"GET {self.url}: HTTP {error.code}") from None
+        return view_from_document(document, time.monotonic())
+
+
+class WatcherSource(ReplicaSource):
+    """Runs a `registry.RegistryWatcher` on a daemon thread; its document is the view."""
+
+    def __init__(self, watcher: Any, stale_after: float) -> None:
+        self.watcher = watcher
+        self.stale_after = stale_after
+        self.description = f"in-process watcher of deployment {watcher.deployment_uuid}"
+        self._thread: threading.Thread | None = None
+        self._document: dict[str, Any] | None = None
+        self._view: RegistryView | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.watcher.run, name="registry-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.watcher.stop_event.set()
+
+    def wait_first(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.watcher.document is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.watcher.document is not None
+
+    def current(self) -> RegistryView | None:
+        document = self.watcher.document
+        if document is None:
+            return None
+        if document is not self._document:
+            self._document = document
+            self._view = view_from_document(document, getattr(self.watcher, "published_at", time.monotonic()))
+        return self._view
+
+
+class StaticSource(ReplicaSource):
+    """A fixed list of registry items, replaced with `set()` (tests, or your own discovery)."""
+
+    description = "static list"
+
+    def __init__(self, services: list[dict[str, Any]] | None = None, deployment_uuid: str | None = None) -> None:
+        self.deployment_uuid = deployment_uuid
+        self._view: RegistryView | None = None
+        if services is not None:
+            self.set(services)
+
+    def set(self, services: list[dict[str, Any]], stale_reason: str | None = None) -> None:
+        self._view = RegistryView(tuple(services), self.deployment_uuid, time.monotonic(), stale_reason)
+
+    def current(self) -> RegistryView | None:
+        return self._view

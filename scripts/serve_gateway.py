@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""The serving gateway: one stable URL in front of a deployment's replicas, for any client."""
+
+from __future__ import annotations
+
+from autodl_esd import cli
+from autodl_esd.serving.autoscale_cli import add_autoscale_arguments
+
+EXAMPLES = [
+    "python scripts/serve_gateway.py --name my-service",
+    "python scripts/serve_gateway.py --name my-llm --port 6008 --policy queue_aware --load-path /metrics --health-path /health",
+    "python scripts/serve_gateway.py --registry registry.json --listen 127.0.0.1:8000 --max-inflight-per-replica 4",
+    "python scripts/serve_gateway.py --registry-url http://127.0.0.1:8765 --listen 0.0.0.0:8000 --auth-token-env GATEWAY_TOKEN",
+]
+
+# Defaults live here so --help imports nothing heavy (aiohttp, prometheus_client, the watcher).
+POLICY_CHOICES = ("least_inflight", "queue_aware", "round_robin", "random")
+DEFAULT_LISTEN = "127.0.0.1:8000"
+# Load reports and registry changes matter on the scale of a request; 1 s keeps routing
+# current without polling a replica's /metrics more than once a second.
+DEFAULT_INTERVAL_SECONDS = 1.0
+# Two more replicas after the first: enough to ride out one dead container and one that is
+# just leaving, without turning one bad request into a storm.
+DEFAULT_RETRIES = 2
+# Longest wait for the replica's response headers and between body chunks; an LLM answer
+# without streaming can take minutes, a hung replica is cut off after this.
+DEFAULT_UPSTREAM_TIMEOUT_SECONDS = 300.0
+# Requests allowed to wait for a replica at once; beyond this they get 503 at once.
+DEFAULT_MAX_QUEUE = 256
+# A queued request gets a 503 after this long: long enough for a busy GPU to free up or a
+# replica to be added, short enough for a client's own timeout to see a clear answer.
+DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
+# In-flight requests get this long to finish after SIGTERM (a streamed LLM answer).
+DEFAULT_DRAIN_SECONDS = 30.0
+# A replica that failed a request is skipped this long, then probed (with --health-path).
+DEFAULT_EJECT_SECONDS = 10.0
+
+
+def build_parser() -> cli.JsonArgumentParser:
+    parser = cli.make_parser(
+        "serve_gateway.py",
+        "服务网关: 在部署的副本前提供一个固定地址, 任何客户端 (OpenAI SDK、curl、Java/Go 应用、浏览器) 都可以用。"
+        "每个请求按策略选一个副本转发 (任意方法与路径; 请求体与响应体流式转发, SSE 逐块到达), 加 X-Served-By 响应头; "
+        "连接失败、首字节前超时或副本返回 502/503/504 时换一个副本重试; 失败的副本摘除一段时间, 健康检查通过后恢复; "
+        "副本都满载时请求排队, 超时返回 503 (JSON, 带 Retry-After)。GET /_gateway/status 查看状态, "
+        "GET /_gateway/metrics 为 Prometheus 指标。默认只监听本机回环地址; 监听其他地址必须用 --auth-token-env。"
+        "就绪时 stdout 输出一行 JSON (url); Ctrl-C / SIGTERM 停止接收、等待进行中的请求后输出汇总 (退出码 0)。",
+        EXAMPLES,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--deployment-uuid", metavar="UUID", help="部署 UUID: 网关自己发现副本 (与 discover_services.py --watch 相同)")
+    source.add_argument("--name", metavar="NAME", help="按部署名称精确匹配")
+    source.add_argument("--config", metavar="FILE", help="按部署配置文件中的 name 查找")
+    source.add_argument("--registry", metavar="FILE", help="读取另一个 discover_services.py --watch --out 维护的注册表文件")
+    source.add_argument("--registry-url", metavar="URL", help="读取 discover_services.py --serve 的注册表接口, 如 http://127.0.0.1:8765")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                        help=f"监听地址 (默认 {DEFAULT_LISTEN}; 端口 0 自动选择; IPv6 写 [::1]:8000)")
+    parser.add_argument("--port", type=int, choices=(6006, 6008), help="用副本哪个端口的服务地址 (默认 6006, 没有时用 6008)")
+    parser.add_argument("--policy", choices=POLICY_CHOICES, default=POLICY_CHOICES[0],
+                        help="选副本的策略: least_inflight (默认, 两选一取在途请求少的), queue_aware (按副本自己报告的排队, "
+                             "需 --load-path), round_robin, random")
+    parser.add_argument("--health-path", metavar="P", help="健康检查路径, 如 /health: 被摘除的副本通过检查后才恢复")
+    parser.add_argument("--load-path", metavar="P", help="负载报告路径, 如 /metrics (vLLM 的 vllm:num_requests_running/waiting) "
+                                                       "或返回 {\"running\": N, \"waiting\": M} 的 JSON")
+    parser.add_argument("--interval", type=cli.positive_seconds, default=DEFAULT_INTERVAL_SECONDS, metavar="S",
+                        help=f"轮询负载报告、注册表与健康检查的间隔秒数 (默认 {DEFAULT_INTERVAL_SECONDS:g})")
+    parser.add_argument("--retries", type=cli.int_between(0, 10), default=DEFAULT_RETRIES, metavar="N",
+                        help=f"失败后在其他副本上重试的次数 (默认 {DEFAULT_RETRIES}; 请求体超过 1 MiB 时不重试)")
+    parser.add_argument("--upstream-timeout", type=cli.positive_seconds, default=DEFAULT_UPSTREAM_TIMEOUT_SECONDS, metavar="S",
+                        help=f"等副本响应头、以及响应体两块之间的最长秒数 (默认 {DEFAULT_UPSTREAM_TIMEOUT_SECONDS:g})")
+    parser.add_argument("--max-inflight-per-replica", type=cli.non_negative_int, default=0, metavar="N",
+                        help="每个副本最多同时处理几个本网关的请求, 满了就排队 (默认 0 = 不限)")
+    parser.add_argument("--max-queue", type=cli.non_negative_int, default=DEFAULT_MAX_QUEUE, metavar="N",
+                        help=f"最多排队的请求数, 超过直接 503 (默认 {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--queue-timeout", type=cli.positive_seconds, default=DEFAULT_QUEUE_TIMEOUT_SECONDS, metavar="S",
+                        help=f"排队最长秒数, 超过返回 503 (默认 {DEFAULT_QUEUE_TIMEOUT_SECONDS:g}); 没有副本时请求也在队列里等")
+    parser.add_argument("--drain-seconds", type=cli.non_negative_seconds, default=DEFAULT_DRAIN_SECONDS, metavar="S",
+                        help=f"收到停止信号后等待进行中请求的最长秒数 (默认 {DEFAULT_DRAIN_SECONDS:g})")
+    parser.add_argument("--eject-seconds", type=cli.positive_seconds, default=DEFAULT_EJECT_SECONDS, metavar="S",
+                        help=f"请求失败的副本被摘除的秒数 (默认 {DEFAULT_EJECT_SECONDS:g})")
+    parser.add_argument("--auth-token-env", metavar="VAR",
+                        help="从环境变量 VAR 读取网关 token: 客户端须带 Authorization: Bearer <token> (含 /_gateway/*); 监听非回环地址时必需")
+    parser.add_argument("--allow-host", action="append", metavar="NAME",
+                        help="除回环地址外还接受的 Host 请求头主机名 (可重复; 防 DNS rebinding)")
+    add_autoscale_arguments(parser)
+    return parser
+
+
+def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd.serving.serve import serve
+
+    return serve(args, ctx)
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    cli.script_main(main)

@@ -1,0 +1,205 @@
+"""The autoscaler inside the gateway, with real requests: the simulator's replicas serve
+`service_concurrency` requests at once like GPUs, time runs 200x (a container starts in
+~0.15 s), and the autoscaler's windows are a fraction of a second. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, SCRIPTS
+
+pytest.importorskip("simulator")
+pytest.importorskip("aiohttp")
+
+GPU = "RTX 4090"
+CLUSTER = {
+    "machines": [{"machine_id": "0d0d0d0d0d", "region": "westDC2", "gpu_name": GPU, "gpu_num": 4, "cpu_num": 48,
+                  "memory_gb": 240, "price": 2000, "max_cuda": 124, "latency_seconds": 0.05, "service_concurrency": 2}],
+    "images": [{"image_uuid": "image-db8346e037", "name": "llm"}],
+}
+REQUEST = {
+    "name": "autoscale-gateway", "deployment_type": "ReplicaSet", "replica_num": 1, "reuse_container": False,
+    "container_template": {"gpu_name_set": [GPU], "gpu_num": 1, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
+                           "memory_size_from": 1, "memory_size_to": 256, "price_from": 100, "price_to": 3000,
+                           "image_uuid": "image-db8346e037", "cmd": "python server.py --port 6006"},
+}
+
+
+def client():
+    from autodl_esd.http import ApiClient
+    from autodl_esd.settings import load_settings
+
+    return ApiClient(load_settings())
+
+
+def deploy(instance, replicas: int) -> str:
+    from autodl_esd import api
+
+    uuid = api.create_deployment(client(), {**REQUEST, "replica_num": replicas})
+    instance.wait_until(lambda: running(instance, uuid) == replicas, 5)
+    return uuid
+
+
+def running(instance, uuid: str) -> int:
+    return sum(1 for c in instance.containers(uuid) if c["status"] == "running")
+
+
+def replica_num(instance, uuid: str) -> int:
+    return next(d for d in instance.deployments() if d["uuid"] == uuid)["replica_num"]
+
+
+class InProcessGateway:
+    """A gateway (with the autoscaler extension) on its own event loop thread."""
+
+    def __init__(self, deployment_uuid: str, config, queue_timeout: float = 10.0):
+        from autodl_esd import api
+        from autodl_esd.serving.autoscaler import Autoscaler, GatewayAutoscaler, ReplicaScaler
+        from autodl_esd.serving.gateway import Gateway, GatewayOptions
+        from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
+        from autodl_esd.serving.sources import WatcherSource
+
+        self.lines: list[dict] = []
+        watcher = RegistryWatcher(client(), deployment_uuid, WatchOptions(interval=0.05, resync_every=10))
+        self.source = WatcherSource(watcher, stale_after=1.0)
+        options = GatewayOptions(host="127.0.0.1", port=0, interval=0.1, queue_timeout=queue_timeout,
+                                 deployment_uuid=deployment_uuid)
+        self.gateway = Gateway(self.source, options)
+        deployment = api.list_deployments(client(), deployment_uuid=deployment_uuid)[0]
+        self.autoscaler = Autoscaler(ReplicaScaler(client(), deployment), config, lambda: None, interval=0.05,
+                                     emit=self.lines.append)
+        self.extension = GatewayAutoscaler(self.autoscaler)
+        self.gateway.add_extension(self.extension)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "InProcessGateway":
+        self.thread.start()
+        self.source.start()
+        self.source.wait_first(5)
+        self.url = asyncio.run_coroutine_threadsafe(self.gateway.start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.gateway.stop(), self.loop).result(30)
+        self.source.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    def get(self, path: str, timeout: float = 15.0) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+
+def fire(gateway: InProcessGateway, count: int, threads: int) -> list[int]:
+    """`count` requests from `threads` clients at once; their HTTP statuses."""
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for _ in range(n):
+            status, _ = gateway.get("/predict")
+            with lock:
+                statuses.append(status)
+
+    workers = [threading.Thread(target=worker, args=(count // threads,)) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    return statuses
+
+
+def test_load_through_the_gateway_scales_up_and_back_down_and_status_and_metrics_show_it(sim):
+    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    config = AutoscaleConfig(min_replicas=1, max_replicas=3, target_inflight=2, look_back=0.3, upscale_delay=0.2,
+                             downscale_delay=0.6)
+    with InProcessGateway(uuid, config) as gw:
+        statuses = fire(gw, 120, 8)  # 8 clients at once on 2-slot replicas: load 8 -> wants 4, max 3
+        assert statuses.count(200) == len(statuses)
+        assert max(line.get("target", 0) for line in gw.lines if line["action"] == "scale_up") <= 3
+        assert replica_num(instance, uuid) >= 2
+        status, document = gw.get("/_gateway/status")
+        shown = document["extensions"]["autoscaler"]
+        assert shown["enabled"] is True and shown["last_decision"]["current"] >= 2
+        with urllib.request.urlopen(gw.url + "/_gateway/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert "gateway_autoscaler_desired_replicas" in metrics and "gateway_autoscaler_current_replicas" in metrics
+        instance.wait_until(lambda: replica_num(instance, uuid) == 1, 10)  # idle: one step at a time back to min
+    downs = [line for line in gw.lines if line["action"] == "scale_down"]
+    assert [line["target"] for line in downs] == sorted((line["target"] for line in downs), reverse=True)
+    assert all(line["current"] - line["target"] == 1 for line in downs)
+    assert gw.extension.final["final_replica_num"] == 1 and gw.extension.final["left_at_last_size"] is True
+
+
+def test_scale_to_zero_and_the_first_request_after_it_is_held_then_served(sim):
+    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    config = AutoscaleConfig(min_replicas=0, max_replicas=2, scale_to_zero_after=0.3, look_back=0.2, upscale_delay=0.2,
+                             downscale_delay=5)
+    with InProcessGateway(uuid, config, queue_timeout=10) as gw:
+        # Someone watching /_gateway/status meanwhile is not traffic: it must not keep a replica up.
+        instance.wait_until(lambda: gw.get("/_gateway/status")[0] == 200 and replica_num(instance, uuid) == 0
+                            and running(instance, uuid) == 0, 10)
+        # The gateway learns of the stopped container from the registry a moment later.
+        instance.wait_until(lambda: not gw.get("/_gateway/status")[1]["replicas"], 5)
+        began = time.monotonic()
+        statuses = fire(gw, 4, 4)  # arrive at zero replicas: queued while one starts
+        assert statuses == [200, 200, 200, 200]
+        assert time.monotonic() - began < 10
+        assert any(line.get("reason") == "from_zero" for line in gw.lines)
+        assert any(line.get("reason") == "idle" and line.get("target") == 0 for line in gw.lines)
+
+
+def test_serve_gateway_autoscale_asks_for_yes_with_its_bounds_and_leaves_the_last_size_on_sigterm(sim, run, tmp_path):
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    code, out, _ = run("serve_gateway.py", "--deployment-uuid", uuid, "--autoscale", "--max-replicas", "3",
+                       "--max-hourly-cost", "5", "--listen", "127.0.0.1:0", "--quiet")
+    assert code == 1 and out["error_type"] == "confirmation_required"
+    bounds = out["details"]
+    assert bounds["max_replicas"] == 3 and bounds["effective_max_replicas"] == 2  # 5 yuan/h at 2 yuan a replica
+    assert bounds["price_per_replica_yuan"] == 2.0 and replica_num(instance, uuid) == 1
+
+    code, out, _ = run("serve_gateway.py", "--deployment-uuid", uuid, "--min-replicas", "2")
+    assert code == 1 and out["error_type"] == "usage_error"  # autoscale flags need --autoscale
+
+    env = {**os.environ, "PYTHONPATH": str(SCRIPTS)}
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "serve_gateway.py"), "--deployment-uuid", uuid, "--autoscale", "--yes",
+         "--min-replicas", "2", "--max-replicas", "3", "--listen", "127.0.0.1:0", "--interval", "0.1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        ready = json.loads(process.stdout.readline())
+        assert ready["status"] == "success"
+        instance.wait_until(lambda: replica_num(instance, uuid) == 2, 10)  # below min: corrected at once
+        with urllib.request.urlopen(ready["url"] + "/_gateway/status", timeout=5) as response:
+            shown = json.loads(response.read())["extensions"]["autoscaler"]
+        assert shown["config"]["min_replicas"] == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    summary = json.loads(out)
+    assert summary["status"] == "success"
+    assert summary["autoscaler"]["final_replica_num"] == 2 == replica_num(instance, uuid)
+    assert summary["autoscaler"]["left_at_last_size"] is True
+    decisions = [json.loads(line) for line in err.splitlines() if line.startswith('{"event": "autoscale"')]
+    assert decisions and decisions[0]["action"] == "scale_up" and decisions[0]["reason"] == "min_replicas"

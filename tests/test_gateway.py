@@ -1,0 +1,402 @@
+"""The serving gateway in-process: policies, the replica table and queue, proxying, retries,
+ejection, streaming failures, security, hostile clients. Upstreams are tiny aiohttp servers
+on loopback port 0; the simulator end to end is in test_gateway_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("aiohttp")
+pytest.importorskip("prometheus_client")
+
+import requests  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from gateway_harness import LoopThread, item  # noqa: E402
+
+
+@pytest.fixture
+def loop_thread():
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+def static(*items):
+    from autodl_esd.serving.sources import StaticSource
+
+    return StaticSource(list(items))
+
+
+def counting(name: str, hits: list, status: int = 200, delay: float = 0.0):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        hits.append({"name": name, "path": request.path_qs, "headers": dict(request.headers), "body": body})
+        if delay:
+            await asyncio.sleep(delay)
+        return web.json_response({"name": name}, status=status)
+
+    return handler
+
+
+# ---- load reports and policies -------------------------------------------------------------
+
+
+def test_load_report_reads_vllm_prometheus_text_and_json():
+    from autodl_esd.serving.policies import LoadReportError, parse_load_report
+
+    text = ("# TYPE vllm:num_requests_running gauge\n"
+            'vllm:num_requests_running{model_name="a"} 2.0\nvllm:num_requests_running{model_name="b"} 1.0\n'
+            "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"a\"} 4.0\n")
+    report = parse_load_report(text.encode(), "text/plain; version=0.0.4", at=1.0)
+    assert (report.running, report.waiting, report.queue) == (3.0, 4.0, 7.0)
+    assert parse_load_report(b'{"running": 1, "waiting": 5}', "application/json", at=0).queue == 6
+    for bad in (b"<html>oops</html>", b'{"running": -1}', b'{"running": "x"}', b"[1, 2]", b"other_metric 1\n"):
+        with pytest.raises(LoadReportError):
+            parse_load_report(bad, "", at=0)
+
+
+def table(policy_name="least_inflight", **kwargs):
+    from autodl_esd.serving.policies import POLICIES
+    from autodl_esd.serving.replicas import ReplicaTable
+
+    return ReplicaTable(POLICIES[policy_name](random.Random(1)), **kwargs)
+
+
+def test_queue_aware_scores_the_report_plus_what_was_sent_since():
+    from autodl_esd.serving.policies import LoadReport
+
+    t = table("queue_aware")
+    t.update([item("a", "http://a"), item("b", "http://b")])
+    a, b = t.replicas["a"], t.replicas["b"]
+    t.record_report(a, LoadReport(running=1, waiting=5, at=time.monotonic()))
+    t.record_report(b, LoadReport(running=1, waiting=0, at=time.monotonic()))
+    picks = [t.try_start().replica.container_uuid for _ in range(5)]
+    # b scores 1, 2, 3, 4, 5 after each send; a stays at 6
+    assert picks == ["b"] * 5
+    assert b.sent_since_report == 5
+    t.record_report(b, LoadReport(running=6, waiting=3, at=time.monotonic()))
+    assert b.sent_since_report == 0
+    assert t.try_start().replica.container_uuid == "a"
+
+
+def test_counts_never_go_negative_or_leak_when_a_replica_leaves_mid_request():
+    t = table()
+    t.update([item("a", "http://a")])
+    tickets = [t.try_start() for _ in range(3)]
+    t.update([])  # the replica leaves with three requests in flight
+    assert "a" in t.draining and t.draining["a"].inflight == 3
+    for ticket in tickets:
+        t.finish(ticket, "failure")
+        t.finish(ticket, "failure")  # twice is harmless
+    assert t.draining == {} and tickets[0].replica.inflight == 0
+    assert tickets[0].replica.outcomes["failure"] == 3
+
+
+def test_ejected_replica_waits_for_a_probe_then_returns():
+    clock = [100.0]
+    t = table(eject_seconds=5, probe_before_readmit=True, clock=lambda: clock[0])
+    t.update([item("a", "http://a"), item("b", "http://b")])
+    a = t.replicas["a"]
+    t.eject(a, "test")
+    assert [r.container_uuid for r in t.candidates()] == ["b"]
+    clock[0] += 6
+    assert t.due_for_probe() == [a]
+    assert [r.container_uuid for r in t.candidates()] == ["b"]  # still out until a good probe
+    t.readmit(a)
+    assert {r.container_uuid for r in t.candidates()} == {"a", "b"}
+
+
+def test_every_replica_ejected_still_serves_the_one_ejected_longest_ago():
+    clock = [0.0]
+    t = table(eject_seconds=30, clock=lambda: clock[0])
+    t.update([item("a", "http://a"), item("b", "http://b")])
+    t.eject(t.replicas["a"], "x")
+    clock[0] += 1
+    t.eject(t.replicas["b"], "y")
+    assert [r.container_uuid for r in t.candidates()] == ["a"]
+    assert t.candidates(frozenset({"a"}))[0].container_uuid == "b"
+
+
+def test_queue_serves_in_order_when_room_appears_and_refuses_when_full():
+    from autodl_esd.serving.replicas import NoReplicas, Overloaded
+
+    async def scenario():
+        t = table(max_inflight_per_replica=1, max_queue=2, queue_timeout=5)
+        t.update([item("a", "http://a")])
+        first = await t.acquire()
+        second = asyncio.create_task(t.acquire())
+        third = asyncio.create_task(t.acquire())
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await t.acquire()  # the queue holds two
+        assert t.queued == 2
+        t.finish(first, "success")
+        got = await asyncio.wait_for(second, 1)
+        assert not third.done()
+        t.finish(got, "success")
+        t.finish(await asyncio.wait_for(third, 1), "success")
+        assert t.replicas["a"].inflight == 0
+
+        empty = table(max_queue=4, queue_timeout=0.05)
+        with pytest.raises(NoReplicas):
+            await empty.acquire()
+        late = asyncio.create_task(empty.acquire())
+        await asyncio.sleep(0.01)
+        empty.queue_timeout = 5
+        empty.update([item("z", "http://z")])  # a scale-up serves the queued request
+        assert (await asyncio.wait_for(late, 1)).replica.container_uuid == "z"
+
+    asyncio.run(scenario())
+
+
+# ---- proxying ------------------------------------------------------------------------------
+
+
+def test_proxy_forwards_method_path_query_body_and_headers(loop_thread):
+    hits: list = []
+    url = loop_thread.upstream(counting("a", hits))
+    gateway = loop_thread.gateway(static(item("ctr-a", url + "/root")))
+    response = requests.post(gateway.url + "/v1/x?q=1&r=%2F", data=b"hello", timeout=5,
+                             headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1", "X-Keep": "yes",
+                                      "X-Forwarded-For": "10.0.0.9"})
+    assert response.status_code == 200 and response.json() == {"name": "a"}
+    assert response.headers["X-Served-By"] == "ctr-a"
+    hit = hits[0]
+    assert hit["path"] == "/root/v1/x?q=1&r=%2F" and hit["body"] == b"hello"
+    assert hit["headers"]["X-Keep"] == "yes" and "X-Secret-Hop" not in hit["headers"]
+    assert hit["headers"]["X-Forwarded-For"] == "10.0.0.9, 127.0.0.1"
+    assert hit["headers"]["X-Forwarded-Proto"] == "http"
+
+
+def dead_url() -> str:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_a_failure_is_retried_on_a_different_replica_and_the_failed_one_is_ejected(loop_thread):
+    hits: list = []
+    bad_hits: list = []
+    good = loop_thread.upstream(counting("good", hits))
+    unavailable = loop_thread.upstream(counting("busy", bad_hits, status=503))
+    gateway = loop_thread.gateway(static(item("dead", dead_url()), item("busy", unavailable), item("good", good)),
+                                  policy="round_robin", retries=2, eject_seconds=60)
+    for _ in range(6):
+        response = requests.post(gateway.url + "/p", data=b"payload", timeout=5)
+        assert response.status_code == 200 and response.headers["X-Served-By"] == "good"
+    assert len(hits) == 6 and all(hit["body"] == b"payload" for hit in hits)
+    assert len(bad_hits) <= 1  # ejected after its first 503
+    status = requests.get(gateway.url + "/_gateway/status", timeout=5).json()
+    states = {r["container_uuid"]: r for r in status["replicas"]}
+    assert states["dead"]["state"] == "ejected" and states["dead"]["ejections"] == 1
+    assert status["totals"]["retries"] >= 2
+
+
+def test_retries_exhausted_answer_502_in_the_error_shape(loop_thread):
+    gateway = loop_thread.gateway(static(item("d1", dead_url()), item("d2", dead_url())), retries=5)
+    response = requests.get(gateway.url + "/x", timeout=5)
+    assert response.status_code == 502
+    body = response.json()
+    assert body["status"] == "error" and body["error_type"] == "upstream_error"
+    assert sorted(body["details"]["tried"]) == ["d1", "d2"]  # each tried once, never twice
+
+
+def test_a_response_that_started_is_never_retried_and_the_client_sees_the_cut(loop_thread):
+    hits: list = []
+
+    async def dies_mid_stream(request):
+        hits.append(1)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b"data: first\n\n")
+        await asyncio.sleep(0.05)
+        request.transport.close()  # the process died
+        return response
+
+    other: list = []
+    gateway = loop_thread.gateway(static(item("dying", loop_thread.upstream(dies_mid_stream)),
+                                         item("other", loop_thread.upstream(counting("other", other)))),
+                                  policy="round_robin", retries=2)
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        with requests.get(gateway.url + "/stream", stream=True, timeout=5) as response:
+            assert response.headers["X-Served-By"] == "dying"
+            for _ in response.iter_content(None):
+                pass
+    assert time.monotonic() - started < 3  # ended, not hung
+    assert len(hits) == 1 and other == []  # not replayed anywhere
+    # the next request goes elsewhere (the dying replica is ejected)
+    assert requests.get(gateway.url + "/x", timeout=5).headers["X-Served-By"] == "other"
+
+
+def test_streamed_chunks_reach_the_client_as_the_replica_writes_them(loop_thread):
+    async def slow_stream(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for index in range(5):
+            await response.write(f"data: {index}\n\n".encode())
+            await asyncio.sleep(0.1)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    gateway = loop_thread.gateway(static(item("s", loop_thread.upstream(slow_stream))))
+    arrivals = []
+    started = time.monotonic()
+    with requests.get(gateway.url + "/v1/completions", stream=True, timeout=5) as response:
+        for line in response.iter_lines():
+            if line:
+                arrivals.append((time.monotonic() - started, line))
+    assert arrivals[-1][1] == b"data: [DONE]"
+    assert arrivals[0][0] < 0.25 and arrivals[-1][0] > 0.45  # first well before the last was produced
+
+
+def test_zero_replicas_queue_then_answer_503_no_replicas(loop_thread):
+    gateway = loop_thread.gateway(static(), queue_timeout=0.3, max_queue=8)
+    started = time.monotonic()
+    response = requests.get(gateway.url + "/x", timeout=5)
+    assert response.status_code == 503 and time.monotonic() - started >= 0.25
+    assert response.json()["error_type"] == "no_replicas" and response.headers["Retry-After"].isdigit()
+
+
+def test_zero_replicas_then_a_scale_up_serves_the_queued_request(loop_thread):
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = static()
+    hits: list = []
+    url = loop_thread.upstream(counting("late", hits))
+    gateway = loop_thread.gateway(source, queue_timeout=5, max_queue=8)
+    with ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(requests.get, gateway.url + "/x", timeout=10)
+        deadline = time.monotonic() + 3
+        while loop_thread.call(lambda: gateway.table.queued) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert gateway.status()["queue"]["depth"] == 1
+        loop_thread.call(lambda: source.set([item("late", url)]))
+        response = pending.result(5)
+    assert response.status_code == 200 and response.headers["X-Served-By"] == "late"
+
+
+def test_backpressure_answers_503_overloaded_with_retry_after(loop_thread):
+    from concurrent.futures import ThreadPoolExecutor
+
+    hits: list = []
+    gateway = loop_thread.gateway(static(item("one", loop_thread.upstream(counting("one", hits, delay=0.5)))),
+                                  max_inflight_per_replica=1, max_queue=1, queue_timeout=0.2)
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: requests.get(gateway.url + "/x", timeout=5), range(3)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 503, 503]
+    refused = [a for a in answers if a.status_code == 503]
+    assert all(a.json()["error_type"] == "overloaded" and "Retry-After" in a.headers for a in refused)
+
+
+# ---- security ------------------------------------------------------------------------------
+
+
+def test_host_header_must_be_loopback(loop_thread):
+    gateway = loop_thread.gateway(static())
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+        response = requests.get(gateway.url + "/_gateway/status", headers={"Host": host}, timeout=5)
+        assert response.status_code == 421 and response.json()["error_type"] == "bad_request"
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        assert requests.get(gateway.url + "/_gateway/status", headers={"Host": host}, timeout=5).status_code == 200
+    allowed = loop_thread.gateway(static(), allowed_hosts=("gw.internal",))
+    assert requests.get(allowed.url + "/_gateway/status", headers={"Host": "gw.internal:8000"}, timeout=5).status_code == 200
+
+
+def test_auth_token_is_checked_stripped_and_the_autodl_token_never_forwarded(loop_thread):
+    hits: list = []
+    url = loop_thread.upstream(counting("a", hits))
+    gateway = loop_thread.gateway(static(item("a", url)), auth_token="gateway-secret-0123456789",
+                                  never_forward=("autodl-token-abcdef123456",))
+    assert requests.get(gateway.url + "/x", timeout=5).status_code == 401
+    assert requests.get(gateway.url + "/_gateway/status", timeout=5).status_code == 401
+    assert requests.get(gateway.url + "/x", headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 401
+    good = {"Authorization": "Bearer gateway-secret-0123456789", "X-Api-Key": "autodl-token-abcdef123456"}
+    assert requests.get(gateway.url + "/x", headers=good, timeout=5).status_code == 200
+    assert "Authorization" not in hits[0]["headers"] and "X-Api-Key" not in hits[0]["headers"]
+    status = requests.get(gateway.url + "/_gateway/status", headers=good, timeout=5).text
+    metrics = requests.get(gateway.url + "/_gateway/metrics", headers=good, timeout=5).text
+    for text in (status, metrics):
+        assert "gateway-secret" not in text and "autodl-token" not in text
+
+
+def test_non_loopback_listen_requires_auth(run):
+    code, out, _ = run("serve_gateway.py", "--registry-url", "http://127.0.0.1:9", "--listen", "0.0.0.0:0")
+    assert code == 1 and out["error_type"] == "usage_error" and "--auth-token-env" in out["message"]
+
+
+# ---- hostile clients -----------------------------------------------------------------------
+
+
+def raw_exchange(url: str, payload: bytes, timeout: float = 3.0) -> bytes:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+        connection.sendall(payload)
+        chunks = []
+        try:
+            while True:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+
+def test_malformed_and_hostile_requests_get_4xx_json_and_others_are_still_served(loop_thread):
+    hits: list = []
+    gateway = loop_thread.gateway(static(item("a", loop_thread.upstream(counting("a", hits)))), idle_timeout=0.5,
+                                  body_idle_timeout=0.5)
+    cases = {
+        "bad content-length": b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+        "huge content-length": b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999999999\r\n\r\nab",
+        "oversized header": b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+        "garbage": b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n",
+    }
+    for name, payload in cases.items():
+        answer = raw_exchange(gateway.url, payload)
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert re.match(rb"HTTP/1\.[01] 4\d\d ", status_line), (name, answer[:200])
+        body = answer.split(b"\r\n\r\n", 1)[1]
+        assert json.loads(body)["status"] == "error", name
+    # half a request, then silence: the gateway answers 408 or closes, within its bounds
+    started = time.monotonic()
+    stalled_body = raw_exchange(gateway.url, b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")
+    stalled_headers = raw_exchange(gateway.url, b"GET /x HTTP/1.1\r\nHost: 127.0.0")
+    assert time.monotonic() - started < 3
+    assert re.match(rb"HTTP/1\.[01] 408 ", stalled_body) and stalled_headers == b""
+    assert hits == []  # nothing half-sent reached a replica
+    assert requests.get(gateway.url + "/ok", timeout=5).status_code == 200
+
+
+def test_status_and_metrics_use_the_documented_names(loop_thread):
+    hits: list = []
+    gateway = loop_thread.gateway(static(item("ctr-a", loop_thread.upstream(counting("a", hits)))))
+    requests.get(gateway.url + "/x", timeout=5)
+    metrics = requests.get(gateway.url + "/_gateway/metrics", timeout=5)
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {family.name: family for family in text_string_to_metric_families(metrics.text)}
+    for name in ("http_server_request_duration_seconds", "http_server_active_requests", "gateway_replica_inflight",
+                 "gateway_replica_requests", "gateway_replica_retries", "gateway_replica_ejections", "gateway_queue_depth",
+                 "gateway_replicas", "gateway_registry_stale"):
+        assert name in families, name
+    assert families["http_server_request_duration_seconds"].type == "histogram"
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in families["gateway_replica_requests"].samples}
+    assert samples[("gateway_replica_requests_total", (("container_uuid", "ctr-a"), ("outcome", "success")))] == 1
+    status = requests.get(gateway.url + "/_gateway/status", timeout=5).json()
+    assert status["status"] == "success" and status["registry"]["stale"] is False
+    assert set(status["load"]) >= {"inflight", "queued", "reported_running", "reported_waiting", "replicas_by_state"}
+    assert requests.get(gateway.url + "/_gateway/nope", timeout=5).json()["error_type"] == "not_found"

@@ -1,0 +1,206 @@
+"""The gateway end to end against the simulator: replicas replaced under a stable URL, SSE
+through it, a crash mid-stream, queue_aware reading vLLM-style /metrics, and the script's
+lifecycle (ready line, SIGTERM drain, final summary). Every wait is bounded."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import ROOT, SCRIPTS
+
+pytest.importorskip("aiohttp")
+pytest.importorskip("simulator")
+
+import requests  # noqa: E402
+
+from gateway_harness import LoopThread  # noqa: E402
+
+EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+# Watcher and gateway poll interval in these tests (real seconds).
+INTERVAL = 0.1
+
+
+@pytest.fixture
+def deploy(run, tmp_path):
+    def submit(replica_num: int) -> str:
+        config = copy.deepcopy(EXAMPLE)
+        config["replica_num"] = replica_num
+        path = tmp_path / "service.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        code, out, _ = run("queue_submit.py", str(path), "--interval", "0.05", "--wait-running", "--quiet")
+        assert code == 0, out
+        return out["deployment_uuid"]
+
+    return submit
+
+
+@pytest.fixture
+def loop_thread():
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+def running(instance, deployment_uuid) -> list[dict]:
+    return [c for c in instance.containers(deployment_uuid) if c["status"] == "running"]
+
+
+def watched_gateway(loop_thread, instance, deployment_uuid, **options):
+    from autodl_esd.http import ApiClient
+    from autodl_esd.serving.registry import HealthTracker, RegistryWatcher, WatchOptions
+    from autodl_esd.serving.sources import WatcherSource
+    from autodl_esd.settings import Settings
+
+    client = ApiClient(Settings(host=instance.url, http_timeout=5, token=instance.token))
+    health = HealthTracker("/health", 1.0, 2) if options.pop("watch_health", False) else None
+    watcher = RegistryWatcher(client, deployment_uuid, WatchOptions(interval=INTERVAL, resync_every=5, health=health))
+    source = WatcherSource(watcher, stale_after=3 * INTERVAL)
+    source.start()
+    assert source.wait_first(5)
+    gateway = loop_thread.gateway(source, deployment_uuid=deployment_uuid, interval=INTERVAL, **options)
+    loop_thread._cleanups.append(lambda: _stop_source(source))
+    return gateway
+
+
+async def _stop_source(source):
+    source.stop()
+
+
+def test_the_stable_url_serves_while_replicas_are_replaced(sim, deploy, loop_thread):
+    instance = sim()
+    deployment_uuid = deploy(2)
+    gateway = watched_gateway(loop_thread, instance, deployment_uuid, retries=2, eject_seconds=5)
+    first = {c["uuid"] for c in running(instance, deployment_uuid)}
+    answers, served = [], set()
+    session = requests.Session()
+
+    def crash_one_then_another():
+        for victim in sorted(first):
+            time.sleep(0.4)
+            instance.crash_container(victim)
+
+    chaos = threading.Thread(target=crash_one_then_another)
+    chaos.start()
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        response = session.get(gateway.url + "/predict", timeout=5)
+        answers.append(response.status_code)
+        served.add(response.headers.get("X-Served-By"))
+        time.sleep(0.01)
+    chaos.join()
+    # the ReplicaSet controller replaces both; wait until the gateway routes to a new one
+    instance.wait_until(lambda: session.get(gateway.url + "/predict", timeout=5).headers["X-Served-By"] not in first, 5)
+    assert set(answers) == {200}, answers  # every request answered, failures retried elsewhere
+    assert len(answers) > 20
+    status = session.get(gateway.url + "/_gateway/status", timeout=5).json()
+    assert all(r["inflight"] == 0 for r in status["replicas"])
+
+
+def test_sse_streams_through_and_a_crash_mid_stream_ends_the_client_stream(sim, deploy, loop_thread):
+    instance = sim()
+    deployment_uuid = deploy(2)
+    for machine in {c["machine_id"] for c in running(instance, deployment_uuid)}:
+        instance.set_machine_latency(machine, 0.05)
+    gateway = watched_gateway(loop_thread, instance, deployment_uuid, policy="round_robin")
+    body = {"model": "m", "prompt": "hi", "max_tokens": 8, "stream": True}
+    arrivals = []
+    started = time.monotonic()
+    with requests.post(gateway.url + "/v1/completions", json=body, stream=True, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line:
+                arrivals.append((time.monotonic() - started, line))
+    assert arrivals[-1][1] == b"data: [DONE]" and len(arrivals) == 9
+    assert arrivals[0][0] < arrivals[-1][0] - 0.2  # the first token came well before the last
+    whole = requests.post(gateway.url + "/v1/chat/completions", json={"messages": [], "max_tokens": 3}, timeout=5).json()
+    assert whole["object"] == "chat.completion" and whole["choices"][0]["message"]["content"] == " tok0 tok1 tok2"
+
+    with requests.post(gateway.url + "/v1/completions", json={**body, "max_tokens": 40}, stream=True, timeout=5) as response:
+        victim = response.headers["X-Served-By"]
+        lines = response.iter_lines()
+        next(lines)
+        instance.crash_container(victim)
+        started = time.monotonic()
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            for _ in lines:
+                pass
+        assert time.monotonic() - started < 2
+    after = requests.post(gateway.url + "/v1/completions", json={**body, "stream": False}, timeout=5)
+    assert after.status_code == 200 and after.headers["X-Served-By"] != victim
+
+
+def test_queue_aware_prefers_the_replica_with_the_shorter_reported_queue(sim, deploy, loop_thread):
+    instance = sim()
+    deployment_uuid = deploy(2)
+    containers = running(instance, deployment_uuid)
+    for container in containers:
+        instance.set_machine_concurrency(container["machine_id"], 1)
+        instance.set_machine_latency(container["machine_id"], 0.04)
+    gateway = watched_gateway(loop_thread, instance, deployment_uuid, policy="queue_aware", load_path="/metrics")
+    busy = containers[0]
+    busy_url = f"{instance.url}/svc/{busy['uuid']}/p6006/v1/completions"
+    # Other clients (not through this gateway) pile work onto the busy replica: 5 requests
+    # of 8 steps, served one at a time; this gateway's own in-flight counts cannot see them.
+    with ThreadPoolExecutor(5) as others:
+        for _ in range(5):
+            others.submit(requests.post, busy_url, json={"max_tokens": 8}, timeout=30)
+        instance.wait_until(lambda: (loop_thread.call(lambda: gateway.table.replicas[busy["uuid"]].report) or None)
+                            and gateway.table.replicas[busy["uuid"]].report.waiting >= 3, 3)
+        served = [requests.get(gateway.url + "/predict", timeout=10).headers["X-Served-By"] for _ in range(6)]
+        reports = {r["container_uuid"]: r["load_report"] for r in gateway.status()["replicas"]}
+    assert served.count(busy["uuid"]) == 0, (served, reports)
+
+
+def start_gateway_script(*argv, env=None):
+    process = subprocess.Popen([sys.executable, str(SCRIPTS / "serve_gateway.py"), *argv],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    ready = json.loads(process.stdout.readline() or "{}")
+    return process, ready
+
+
+def test_the_script_prints_ready_drains_on_sigterm_and_summarizes(sim, deploy):
+    instance = sim()
+    deployment_uuid = deploy(1)
+    for container in running(instance, deployment_uuid):
+        instance.set_machine_latency(container["machine_id"], 0.05)
+    process, ready = start_gateway_script("--deployment-uuid", deployment_uuid, "--listen", "127.0.0.1:0",
+                                          "--interval", "0.2", "--drain-seconds", "5", "--quiet")
+    try:
+        assert ready["status"] == "success" and ready["deployment_uuid"] == deployment_uuid, ready
+        url = ready["url"]
+        assert requests.get(url + "/predict", timeout=5).status_code == 200
+        with requests.post(url + "/v1/completions", json={"max_tokens": 12, "stream": True}, stream=True, timeout=5) as response:
+            lines = response.iter_lines()
+            next(lines)
+            process.send_signal(signal.SIGTERM)  # mid-stream: the stream still completes
+            rest = [line for line in lines if line]
+        assert rest[-1] == b"data: [DONE]"
+        out, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["status"] == "success" and summary["stopped_by"] == "SIGTERM" and summary["drained"] is True
+    assert summary["requests"] == 2 and summary["by_status_class"]["2xx"] == 2
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(url + "/predict", timeout=2)
+
+
+def test_an_unknown_deployment_is_a_json_error_before_anything_listens(sim, run):
+    sim()
+    code, out, _ = run("serve_gateway.py", "--name", "no-such-service", "--listen", "127.0.0.1:0", "--quiet")
+    assert code == 1 and out["error_type"] == "not_found"
+    code, out, _ = run("serve_gateway.py", "--registry", "/nonexistent/registry.json", "--quiet")
+    assert code == 1 and out["error_type"] == "usage_error"

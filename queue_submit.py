@@ -15,6 +15,7 @@ EXAMPLES = [
     "python queue_submit.py examples/replicaset-service.json --dry-run",
     "python queue_submit.py examples/job-training.json --interval 30 --timeout 3600",
     "python queue_submit.py examples/replicaset-service.json --wait-running",
+    "python queue_submit.py examples/job-training.json --max-hourly-cost 20 --max-runtime 6 --notify   # 预算上限 + 6 小时后自动停止",
 ]
 
 
@@ -35,6 +36,14 @@ def build_parser() -> cli.JsonArgumentParser:
     money = parser.add_argument_group("费用与时间 (创建前显示每小时费用上下限; 守护在部署创建后自动停止它)")
     money.add_argument("--max-hourly-cost", type=cli.positive_float, metavar="Y",
                        help="最坏情况每小时费用 (元) 超过 Y 时拒绝提交 (validation_error, 不调用任何接口)")
+    money.add_argument("--max-runtime", type=cli.positive_float, metavar="H",
+                       help="创建后为该部署启动后台守护: 运行满 H 小时就停止它 (同 guard_deployment.py --max-runtime; 给出即视为确认)")
+    money.add_argument("--max-cost", type=cli.positive_float, metavar="Y",
+                       help="创建后为该部署启动后台守护: 创建起花费达到 Y 元就停止它 (同 guard_deployment.py --max-cost)")
+    money.add_argument("--guard-interval", type=cli.positive_seconds, metavar="S",
+                       help="守护的检查间隔秒数 (默认 60; 对真实平台至少 1 秒)")
+    money.add_argument("--notify", action="store_true",
+                       help="发微信通知: 已提交、容器已运行、Job 已结束、等待超时; 守护执行时也通知 (失败只记警告)")
     sim = parser.add_argument_group("本地模拟器 (不需要令牌, 不调用真实平台)")
     sim.add_argument("--sim", action="store_true", help="在内置的本地 AutoDL 模拟器上运行整个流程")
     sim.add_argument("--sim-cluster", metavar="FILE", help="模拟器集群文件 (默认 scripts/simulator/default_cluster.json)")
@@ -99,16 +108,116 @@ def _submit(args, ctx: cli.Context, config: dict, default_interval: float) -> di
         show_password=args.show_password,
     )
     from autodl_esd.cost import cost_bounds
+    from autodl_esd.errors import AutoDLError, ErrorType
 
     cost = cost_bounds(config)  # offline: shown (stderr, result) before anything is submitted
     ctx.progress.log(f"费用: 每小时 {cost['hourly_yuan']['min']:g}..{cost['hourly_yuan']['max']:g} 元 ({cost['note']})")
-    result = Submitter(client, config, options, ctx.progress, ctx.partial).run()
+    notices = Notices(args, client, config, ctx)
+    if not args.dry_run:
+        options.on_created = notices.created
+    try:
+        result = Submitter(client, config, options, ctx.progress, ctx.partial).run()
+    except AutoDLError as error:
+        if error.error_type in (ErrorType.TIMEOUT, ErrorType.STARTUP_TIMEOUT):
+            notices.send(f"等待超时: {config['name']}", error.message)
+            error.details.update(notices.report())
+        raise
     if args.dry_run:
         result.update(_balance_plan(client, cost, ctx.progress, result))
-    elif result.get("containers") and result.get("deployment_uuid"):
-        cost = _observed_cost(client, result["deployment_uuid"], cost)
+        if args.max_runtime or args.max_cost:
+            result["guard_plan"] = _guard_plan(args, config)
+    else:
+        if result.get("containers") and result.get("deployment_uuid"):
+            cost = _observed_cost(client, result["deployment_uuid"], cost)
+        if result.get("deployment_finished"):
+            notices.send(f"已结束: {config['name']}", f"部署 {result['deployment_uuid']} 的容器已运行完毕。")
+        elif args.wait_running:
+            notices.send(f"容器已运行: {config['name']}", f"部署 {result['deployment_uuid']}: {len(result.get('containers') or [])} 个容器在运行。")
+        if args.max_runtime or args.max_cost:
+            started = _start_guard(args, ctx, result["deployment_uuid"])
+            result["guard"] = started["guard"]
+            if started.get("guard_warning"):
+                ctx.progress.log(f"警告 [guard_not_started] {started['guard_warning']['message']}")
+                notices.warnings.append(started["guard_warning"])
     result["cost"] = cost
+    result.update(notices.report())
+    result["warnings"] = result.get("warnings", []) + notices.warnings
     return result
+
+
+class Notices:
+    """--notify: WeChat messages at the milestones; a failure is a warning, never an error."""
+
+    def __init__(self, args, client, config: dict, ctx: cli.Context) -> None:
+        self.enabled = bool(args.notify)
+        self.client, self.config, self.ctx = client, config, ctx
+        self.sent: list[dict] = []
+        self.warnings: list[dict] = []
+
+    def created(self, deployment_uuid: str) -> None:
+        self.send(f"已提交: {self.config['name']}", f"GPU 库存已满足, 已创建部署 {deployment_uuid} ({self.config['deployment_type']})。")
+
+    def send(self, title: str, content: str) -> None:
+        if not self.enabled:
+            return
+        from autodl_esd.notify import notify_quietly
+
+        outcome = notify_quietly(self.client.settings, title, content, self.config["name"], self.ctx.progress)
+        self.sent.append({"title": outcome["title"], "sent": outcome["sent"]})
+        if outcome.get("warning"):
+            self.warnings.append(outcome["warning"])
+
+    def report(self) -> dict:
+        return {"notifications": self.sent} if self.enabled else {}
+
+
+def _guard_limits(args):
+    from autodl_esd.guard import Limits
+
+    return Limits(max_runtime_hours=args.max_runtime, max_cost_yuan=args.max_cost)
+
+
+def _guard_plan(args, config: dict) -> str:
+    """What the guard started after the create will do (shown by the dry run)."""
+    from autodl_esd.guard import describe_plan
+
+    return describe_plan({"limits": _guard_limits(args).__dict__, "action": "stop", "floor": None,
+                          "deployment_name": config["name"], "deployment_uuid": "创建后的部署"})
+
+
+def _start_guard(args, ctx: cli.Context, deployment_uuid: str) -> dict:
+    """A detached guard for the deployment just created. A guard that cannot start is a
+    warning: the deployment exists and must be reported, never turned into an error."""
+    from autodl_esd import guard
+    from autodl_esd.errors import AutoDLError
+    from autodl_esd.polling import floor_interval
+    from autodl_esd.resolve import deployment_by_uuid, read_back
+
+    command = (f"python scripts/guard_deployment.py --deployment-uuid {deployment_uuid}"
+               + (f" --max-runtime {args.max_runtime:g}" if args.max_runtime else "")
+               + (f" --max-cost {args.max_cost:g}" if args.max_cost else "") + " --yes --detach")
+    if args.sim:
+        return _guard_warning(
+            "模拟器随本次运行结束, 没有启动守护。", "在真实平台上运行时会启动; 想演示守护, 单独启动 autodl_sim.py 再运行。", command)
+    client = ctx.client()
+    try:
+        deployment, _ = read_back(lambda: deployment_by_uuid(client, deployment_uuid), lambda d: d is not None)
+        if deployment is None:
+            return _guard_warning(f"部署 {deployment_uuid} 还没出现在部署列表里, 没有启动守护。", "稍后手动启动守护:", command)
+        interval = floor_interval(args.guard_interval or guard.DEFAULT_INTERVAL_SECONDS, client.host, ctx.progress)
+        limits = _guard_limits(args)
+        guard.check_request(deployment, limits, "stop", None)
+        state = guard.new_state(client, deployment, limits, "stop", None, args.notify, interval)
+        files = guard.save_new(state)
+        started = guard.detach(files, Path(__file__).resolve().parent / "scripts" / "guard_deployment.py", ctx.progress)
+    except AutoDLError as error:
+        return _guard_warning(f"守护没有启动: {error.message}", error.hint + " 手动启动守护:", command)
+    return {"guard": started}
+
+
+def _guard_warning(message: str, hint: str, command: str) -> dict:
+    return {"guard": None, "guard_warning": {"code": "guard_not_started", "path": "--max-runtime/--max-cost",
+                                             "message": message, "hint": f"{hint} {command}"}}
 
 
 def _balance_plan(client, cost: dict, progress, result: dict) -> dict:

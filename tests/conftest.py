@@ -33,6 +33,9 @@ def isolated_env(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AUTODL_TOKEN", TEST_TOKEN)
     monkeypatch.setenv("AUTODL_HOST", TEST_HOST)
+    # Guards and notification counts write state; never into the repo or the user's home.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("AUTODL_WECHAT_HOST", raising=False)
     monkeypatch.setattr(settings, "ENV_FILE", tmp_path / "no.env")
     monkeypatch.setattr(http, "_sleep", lambda seconds: None)
     output._secrets.clear()

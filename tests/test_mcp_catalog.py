@@ -163,7 +163,7 @@ def test_annotations_are_truthful():
             assert "confirm" in tool.input_schema["properties"], name
             assert "destructiveHint" in hints, name
     destructive = {n for n, t in CATALOG.items() if t.policy.destructive}
-    assert destructive == {"set_replicas", "stop_container", "stop_deployment", "delete_deployment"}
+    assert destructive == {"set_replicas", "stop_container", "stop_deployment", "delete_deployment", "guard_deployment"}
     assert not CATALOG["set_replicas"].policy.idempotent
     assert not CATALOG["queue_submit"].policy.idempotent
     assert CATALOG["validate_config"].annotations["openWorldHint"] is False

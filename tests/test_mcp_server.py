@@ -45,6 +45,8 @@ class Session:
     def __init__(self, portal, client, stderr_path: Path) -> None:
         self.portal, self.client, self.stderr_path = portal, client, stderr_path
         self.seen: list[str] = []  # every result text and progress message, for the secret check
+        self.called: set[str] = set()
+        self.previewed: set[str] = set()  # mutating tools called without confirm
 
     def call(self, name, arguments=None, progress=None):
         async def on_progress(value, total, message):
@@ -52,6 +54,9 @@ class Session:
             if progress:
                 progress(message or "")
 
+        self.called.add(name)
+        if not (arguments or {}).get("confirm"):
+            self.previewed.add(name)
         result = self.portal.call(lambda: self.client.call_tool(name, arguments, progress_callback=on_progress))
         text = result.content[0].text
         self.seen.append(text)
@@ -255,6 +260,16 @@ def wait_for_interrupted(session, deployment_name, timeout=20.0):
                 return item
         time.sleep(0.05)
     pytest.fail(f"no interrupted call recorded for {deployment_name}")
+
+
+def test_every_tool_was_exercised_here(session):
+    """A new script's tool needs a call above: read tools in the read test, mutating ones in the
+    no-confirm test (and its preview must make no mutating request)."""
+    catalog = mcp_tools.build_catalog()
+    read_only = {name for name, tool in catalog.items() if not tool.policy.mutating}
+    mutating = set(catalog) - read_only
+    assert read_only <= session.called, f"read tools never called over MCP: {sorted(read_only - session.called)}"
+    assert mutating <= session.previewed, f"mutating tools never called without confirm: {sorted(mutating - session.previewed)}"
 
 
 def test_the_token_never_appears_in_results_progress_or_logs(session):

@@ -98,6 +98,14 @@ def _find_faulty_hosts_mode(arguments: Mapping[str, Any]) -> str:
     return SCRIPT_PREVIEWS if arguments.get("apply") else READ
 
 
+def _guard_mode(arguments: Mapping[str, Any]) -> str:
+    # --list only reads; creating a guard previews itself without --yes (what will stop, when);
+    # --cancel / --resume act at once on a local guard.
+    if arguments.get("list"):
+        return READ
+    return SERVER_PREVIEWS if arguments.get("cancel") or arguments.get("resume") else SCRIPT_PREVIEWS
+
+
 READ_ONLY = dict(read_only=True, idempotent=True)
 
 POLICIES: dict[str, ToolPolicy] = {
@@ -116,6 +124,12 @@ POLICIES: dict[str, ToolPolicy] = {
     "discover_services.py": ToolPolicy("服务发现 (一次)", **READ_ONLY, hidden=WATCH_HIDDEN),
     "wallet_balance.py": ToolPolicy("查询账户余额", **READ_ONLY),
     "cost_report.py": ToolPolicy("已花费用报告", **READ_ONLY),
+    # Schedules a stop (or scale-down) of a deployment; one guard per deployment.
+    "guard_deployment.py": ToolPolicy("守护部署 (到时/超支/空闲时停止)", read_only=False, destructive=True,
+                                      idempotent=False, mode=_guard_mode),
+    # Every call sends one more message and uses the daily quota.
+    "notify.py": ToolPolicy("发微信通知", read_only=False, destructive=False, idempotent=False,
+                            mode=_always(SERVER_PREVIEWS)),
     # Without --out it only returns the config text (the `config` field): nothing is written.
     "haproxy_config.py": ToolPolicy("生成 haproxy.cfg", **READ_ONLY, hidden={
         "out": "the tool returns the config in the result's `config` field; writing files is for the script",
@@ -346,7 +360,8 @@ def build_tool(name: str, script: Path, policy: ToolPolicy) -> Tool:
                              if {a.dest for a in g._group_actions} >= set(members))
         description += f"\n参数 {' / '.join(members)} {'必须且只能给一个' if group_required else '最多给一个'}。"
     if policy.mutating:
-        description += "\n会改变平台状态: confirm 默认 false, 只返回预览 (queue_submit 为 dry run), 不做改变。"
+        description += ("\n会改变平台状态: confirm 默认 false, 只返回预览 (queue_submit 为 dry run), 不做改变; "
+                        "说明中的 --yes 即 confirm: true。")
     description += f"\n等同于命令 python {script.relative_to(SKILL_ROOT).as_posix()}; 结果是脚本输出的同一个 JSON 文档。"
     input_schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Tool(name, script, policy, description, options, exclusive_groups, has_yes, input_schema)

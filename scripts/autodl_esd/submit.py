@@ -59,6 +59,8 @@ class SubmitOptions:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
     allow_duplicate_name: bool = False
     show_password: bool = False
+    # Called once with the deployment_uuid right after the create (queue_submit --notify).
+    on_created: Callable[[str], None] | None = None
 
 
 def target_running(config: dict[str, Any]) -> int:
@@ -598,6 +600,8 @@ class Submitter:
         started = self.clock()
         deployment_uuid, recovered, waited = self.submit(stock, started)
         self.progress.log(f"部署已创建: {deployment_uuid}" + (" (核对后确认)" if recovered else ""))
+        if self.options.on_created:
+            self.options.on_created(deployment_uuid)
         result: dict[str, Any] = {
             "deployment_uuid": deployment_uuid,
             "waited_seconds": round(waited, 1),

@@ -13,6 +13,7 @@ Three route families share one ThreadingHTTPServer:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from email.utils import format_datetime
@@ -106,6 +107,16 @@ SIM_MODEL = "autodl-sim"
 FAULT_MESSAGES = {500: ("InternalError", "服务器内部错误"), 503: ("ServiceUnavailable", "服务暂时不可用，请稍后重试")}
 
 
+def _is_loopback_name(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def envelope(code: str, msg: str, data: Any = None) -> dict[str, Any]:
     return {"code": code, "msg": msg, "data": data, "request_id": uuid_lib.uuid4().hex}
 
@@ -150,6 +161,9 @@ class SimRequestHandler(BaseHTTPRequestHandler):
     # delayed ACK stalls every response by ~40 ms.
     disable_nagle_algorithm = True
     server_version = "AutoDLSim/1.0"
+    # An idle keep-alive connection (or one stalled mid-request) is closed after this long:
+    # longer than any pause a test or a pooled client makes, short enough to bound a stall.
+    timeout = 60.0
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The Date header in simulated time, so clients can read the platform's clock
@@ -188,8 +202,40 @@ class SimRequestHandler(BaseHTTPRequestHandler):
 
     # ----- plumbing ----------------------------------------------------------------------
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Malformed requests, oversized lines, unknown methods: the JSON envelope, never
+        the standard library's HTML page."""
+        self.close_connection = True
+        try:
+            self._send_json(code, envelope("RequestParameterIsWrong", f"请求无法解析：{message or code}"))
+        except OSError:
+            pass  # the client is gone
+
+    def _host_refused(self) -> bool:
+        """A loopback simulator refuses Host names a web page could rebind to it: any domain
+        (dotted) name other than *.localhost, any non-loopback address. Single-label names
+        (a container's service name in a test network) cannot come from a public DNS."""
+        if not _is_loopback_name(str(self.server.server_address[0])):
+            return False
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host.startswith("["):
+            host = host[1:host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.rsplit(":", 1)[0]
+        if not host or _is_loopback_name(host):
+            return False
+        try:
+            ipaddress.ip_address(host)
+            return True  # another machine's address
+        except ValueError:
+            return "." in host.rstrip(".")
+
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
+        if self._host_refused():
+            self.close_connection = True
+            self._send_json(421, envelope("Forbidden", f"不接受的 Host 请求头：{self.headers.get('Host')}（只接受本机回环地址）"))
+            return
         try:
             body = self._read_body()
         except ApiError as error:

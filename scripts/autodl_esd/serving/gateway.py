@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import math
 import random
@@ -44,6 +43,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..loopback import host_header_allowed, is_loopback_name
 from .policies import POLICIES, LoadReportError, parse_load_report
 from .replicas import NoReplicas, Overloaded, ReplicaTable, Ticket
 from .sources import RegistryView, ReplicaSource
@@ -134,23 +134,6 @@ class GatewayExtension:
         return ()
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def host_of(header: str) -> str:
-    """The host name of a Host header value (IPv6 literals keep no brackets), lower case."""
-    value = header.strip().lower()
-    if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
-
-
 def error_document(error_type: str, message: str, hint: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"status": "error", "error_type": error_type, "message": message, "hint": hint, "details": details or {}}
 
@@ -222,7 +205,7 @@ class Gateway:
         self._view: RegistryView | None = None
         self._never_forward = tuple(secret for secret in options.never_forward if secret)
         self._auth = ("Bearer " + options.auth_token).encode() if options.auth_token else None
-        self._check_host = bool(options.allowed_hosts) or is_loopback_host(options.host)
+        self._check_host = bool(options.allowed_hosts) or is_loopback_name(options.host)
         self._allowed_hosts = frozenset(h.lower().strip("[]") for h in options.allowed_hosts)
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.BaseRunner | None = None
@@ -401,11 +384,7 @@ class Gateway:
     def _host_allowed(self, request: web.BaseRequest) -> bool:
         if not self._check_host:
             return True
-        header = request.headers.get("Host")
-        if not header:
-            return True  # HTTP/1.0 clients; a browser always sends Host
-        host = host_of(header)
-        return host in self._allowed_hosts or is_loopback_host(host)
+        return host_header_allowed(request.headers.get("Host"), self._allowed_hosts)
 
     def _authorized(self, request: web.BaseRequest) -> bool:
         if self._auth is None:

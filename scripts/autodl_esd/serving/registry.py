@@ -10,7 +10,12 @@ the URL a client calls. `serving.pool` (imported by users as `service_pool`) rea
   a missed event, optionally probe each replica over HTTP. A failing API never empties the
   registry: the last good one is kept and marked `stale`.
 - `write_atomically`: readers of the file never see half a registry.
-- `RegistryEndpoint`: GET /services and GET /pick on a loopback port.
+- `RegistryEndpoint`: GET /services and GET /pick on a loopback port (IPv4 or IPv6 loopback;
+  only loopback Host headers; idle connections time out; errors in the JSON error shape).
+
+A hung API never stalls the watcher: each cycle runs the API poll and the health probes on
+worker threads that do not wait for each other, waits for them at most `cycle_deadline`
+seconds, then publishes what it has; an API poll still running then marks the registry stale.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -38,6 +44,7 @@ from .. import api
 from ..containers import STOPPING_STATUSES, primary_service_url
 from ..deps import SKILL_ROOT, require
 from ..errors import AutoDLError, Interrupted
+from ..loopback import host_header_allowed
 from ..output import Progress
 from ..platform_time import now_timestamp
 
@@ -48,6 +55,14 @@ TIMESTAMP_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|
 MACHINE_ID_PATTERN = re.compile(r"^[0-9a-f]{10}$")
 # stop() waits for the endpoint's serve loop to notice; 0.1 s keeps Ctrl-C snappy at no cost.
 SERVE_POLL_SECONDS = 0.1
+# A cycle waits this many intervals for the API poll before publishing the last good registry
+# marked stale: one slow answer is not an outage, three intervals of silence is worth saying.
+CYCLE_DEADLINE_INTERVALS = 3
+# ...but never less than this: one call to a loaded API takes a few hundred milliseconds, and a
+# sub-second --interval must not flag every slightly slow answer.
+MIN_CYCLE_DEADLINE_SECONDS = 1.0
+# The endpoint drops a connection idle this long (a client that stalls mid-request included).
+ENDPOINT_IDLE_SECONDS = 10.0
 
 
 # The endpoint's pools read the registry this process builds; their (English) library
@@ -278,10 +293,53 @@ class RegistryWatcher:
         self._resynced_at: str | None = None
         self._resync_due = True
         self._stale_reason: str | None = None
+        self._overrun_reason: str | None = None
+        self.published_at: float | None = None  # time.monotonic() of the last publish
+        self._lock = threading.Lock()  # membership changes vs. probes vs. publishing
+        self._jobs: dict[str, _Job] = {}
+        self._publish_problem: str | None = None
+        self._probed: set[str] = set()  # the replicas the last health probe round covered
+
+    @property
+    def cycle_deadline(self) -> float:
+        return max(MIN_CYCLE_DEADLINE_SECONDS, CYCLE_DEADLINE_INTERVALS * self.options.interval)
 
     # One look at the platform; the first (and the one after a failure) lists everything.
     def cycle(self) -> None:
+        """Poll the API and probe the replicas side by side; publish within `cycle_deadline`."""
         self.cycles += 1
+        deadline = time.monotonic() + self.cycle_deadline
+        api_job = self._job("api", self._poll_api)
+        probe_job = self._job("probe", self._probe) if self.options.health is not None else None
+        if probe_job is not None and probe_job.wait(deadline) and not api_job.done.is_set():
+            self._publish()  # health news goes out even while the API is slow
+        finished = api_job.wait(deadline)
+        if finished:
+            api_job.raise_bug()
+            if probe_job is not None and probe_job.wait(deadline) and self._unprobed():
+                # Replicas the API just registered get their first probe in this cycle too.
+                probe_job = self._job("probe", self._probe)
+                probe_job.wait(deadline)
+            if self._overrun_reason:
+                self._overrun_reason = None
+                if not self._stale_reason:
+                    self.progress.log("AutoDL API 已返回, 注册表恢复为最新")
+        elif not self._overrun_reason:
+            self._overrun_reason = (f"查询 AutoDL 超过 {self.cycle_deadline:g} 秒仍未返回 (接口缓慢或无响应), "
+                                    "注册表是上一次的结果")
+            self.progress.log(self._overrun_reason)
+        if probe_job is not None and probe_job.done.is_set():
+            probe_job.raise_bug()
+        self._publish()
+
+    def _job(self, name: str, work: Callable[[], None]) -> "_Job":
+        """The job `name` still running from an earlier cycle, or a new one started now."""
+        job = self._jobs.get(name)
+        if job is None or job.done.is_set():
+            job = self._jobs[name] = _Job(work, f"registry-{name}")
+        return job
+
+    def _poll_api(self) -> None:
         try:
             if self._offset is None:
                 # Skip the history: the full listing below says what is running now.
@@ -298,10 +356,20 @@ class RegistryWatcher:
                 self.progress.log(f"查询 AutoDL 失败, 保留上一次的注册表 (标记 stale): {error.message}")
             self._stale_reason = error.message
             self._resync_due = True  # whatever was missed meanwhile, the next listing heals it
-        if self.options.health is not None and self.services:
-            for uuid, healthy in self.options.health.update(self.services):
-                self.progress.log(f"{'健康检查通过, healthy=true' if healthy else '健康检查连续失败, healthy=false'}: {uuid}")
-        self._publish()
+
+    def _unprobed(self) -> bool:
+        with self._lock:
+            return bool(set(self.services) - self._probed)
+
+    def _probe(self) -> None:
+        with self._lock:
+            services = dict(self.services)
+            self._probed = set(services)
+        if not services:
+            return
+        changes = self.options.health.update(services)  # sets healthy on the shared entries
+        for uuid, healthy in changes:
+            self.progress.log(f"{'健康检查通过, healthy=true' if healthy else '健康检查连续失败, healthy=false'}: {uuid}")
 
     def _apply_events(self) -> None:
         events, self._offset = api.list_events(self.client, self.deployment_uuid, offset=self._offset or 0)
@@ -332,12 +400,14 @@ class RegistryWatcher:
     def _register(self, entry: dict[str, Any], why: str) -> None:
         if self.options.health is not None:
             entry["healthy"] = False  # until its first probe succeeds (see HealthTracker)
-        self.services[entry["container_uuid"]] = entry
+        with self._lock:
+            self.services[entry["container_uuid"]] = entry
         self.registered += 1
         self.progress.log(f"注册 {entry['container_uuid']} {entry['url']} ({why})")
 
     def _deregister(self, uuid: str, why: str) -> None:
-        self.services.pop(uuid, None)
+        with self._lock:
+            self.services.pop(uuid, None)
         self.deregistered += 1
         self.progress.log(f"注销 {uuid} ({why})")
 
@@ -357,18 +427,50 @@ class RegistryWatcher:
             self.progress.log(f"全量同步: {len(fresh)} 个在运行, 新增 {len(added)}, 移除 {len(removed)}")
 
     def _publish(self) -> None:
-        document = registry_document(
-            self.deployment_uuid,
-            [dict(entry) for entry in self.services.values()],
-            resynced_at=self._resynced_at,
-            stale_reason=self._stale_reason,
-        )
-        validate_registry(document)
+        with self._lock:
+            services = [dict(entry) for entry in self.services.values()]
+        document = registry_document(self.deployment_uuid, services, resynced_at=self._resynced_at,
+                                     stale_reason=self._stale_reason or self._overrun_reason)
+        try:
+            validate_registry(document)
+        except ValueError as problem:
+            document = self._without_unfit_records(document, problem)
+            if document is None:
+                return  # keep the last good registry (already logged)
         if self.options.out:
-            write_atomically(self.options.out, document)
+            try:
+                write_atomically(self.options.out, document)
+            except OSError as problem:  # e.g. the --out directory was removed: go on, say so once
+                self._log_publish_problem(f"写入 {self.options.out} 失败, 文件保留上一次的内容, 继续轮询: "
+                                          f"{problem.strerror or problem}")
+            else:
+                self._log_publish_problem(None)
         self.document = document
+        self.published_at = time.monotonic()
         for sink in self.options.sinks:
             sink(document)
+
+    def _without_unfit_records(self, document: dict[str, Any], problem: ValueError) -> dict[str, Any] | None:
+        """The document without the service records that break the schema (logged), or None."""
+        fit = []
+        for service in document["services"]:
+            try:
+                validate_registry({**document, "services": [service]})
+                fit.append(service)
+            except ValueError as unfit:
+                self._log_publish_problem(f"容器 {service.get('container_uuid')!r} 的记录不符合注册表格式, 未发布: {unfit}")
+        candidate = {**document, "services": fit}
+        try:
+            validate_registry(candidate)
+            return candidate
+        except ValueError:
+            self._log_publish_problem(f"注册表不符合格式, 保留上一次的注册表: {problem}")
+            return None
+
+    def _log_publish_problem(self, message: str | None) -> None:
+        if message and message != self._publish_problem:
+            self.progress.log(message)
+        self._publish_problem = message
 
     def forget_position(self) -> None:
         """Start over from a full listing on the next cycle (e.g. after standing by)."""
@@ -401,8 +503,35 @@ class RegistryWatcher:
             "deregistered": self.deregistered,
             "services": list(self.services.values()),
             "out": self.options.out,
-            **({"stale": True, "stale_reason": self._stale_reason} if self._stale_reason else {}),
+            **({"stale": True, "stale_reason": self._stale_reason or self._overrun_reason}
+               if self._stale_reason or self._overrun_reason else {}),
         }
+
+
+class _Job:
+    """One piece of a cycle on its own daemon thread: a hung call blocks only itself."""
+
+    def __init__(self, work: Callable[[], None], name: str) -> None:
+        self.done = threading.Event()
+        self.bug: BaseException | None = None
+        self._work = work
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as bug:  # re-raised on the cycle's thread (a bug, not an API error)
+            self.bug = bug
+        finally:
+            self.done.set()
+
+    def wait(self, deadline: float) -> bool:
+        return self.done.wait(max(0.0, deadline - time.monotonic()))
+
+    def raise_bug(self) -> None:
+        if self.bug is not None:
+            bug, self.bug = self.bug, None
+            raise bug
 
 
 # --- the loopback endpoint ------------------------------------------------------------
@@ -435,12 +564,15 @@ class RegistryEndpoint:
     service_pool should embed the pool (from_endpoint) instead.
     """
 
-    def __init__(self, host: str, port: int, registry: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(self, host: str, port: int, registry: Callable[[], dict[str, Any] | None],
+                 allowed_hosts: tuple[str, ...] = ()) -> None:
         from .pool import POLICIES, ServicePool
 
         self.registry = registry
+        self.allowed_hosts = allowed_hosts
         self.pools = {policy: ServicePool(policy=policy, refresh_interval=0, source=registry, logger=QUIET_POOL_LOG) for policy in POLICIES}
-        self.server = ThreadingHTTPServer((host, port), _handler_for(self))
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self.server = server_class((host, port), _handler_for(self))
         self.server.daemon_threads = True
         bound_host, bound_port = self.server.server_address[:2]
         self.url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
@@ -505,18 +637,44 @@ def _unavailable(message: str, hint: str) -> dict[str, Any]:
     return _error_body("api_error", message, hint, {"code": None, "msg": message, "http_status": 503, "retryable": True})
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def _handler_for(endpoint: RegistryEndpoint) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # A connection that sends nothing (or half a request) for this long is dropped.
+        timeout = ENDPOINT_IDLE_SECONDS
+
         def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+            if not host_header_allowed(self.headers.get("Host"), endpoint.allowed_hosts):
+                self._reply(421, _error_body("usage_error", f"不接受的 Host 请求头: {self.headers.get('Host')!r}。",
+                                             "注册表接口只接受本机回环地址 (localhost / 127.0.0.1 / ::1) 作为 Host, 防止 DNS rebinding。",
+                                             {"host": self.headers.get("Host")}))
+                return
             parts = urlsplit(self.path)
             status, body = endpoint.answer(parts.path.rstrip("/") or "/", parse_qs(parts.query))
-            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            self._reply(status, body)
+
+        def _reply(self, status: int, body: dict[str, Any]) -> None:
+            payload = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(payload)
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            # Malformed requests, unsupported methods, oversized lines: JSON, not the stdlib's HTML page.
+            self.close_connection = True
+            try:
+                self._reply(code, _error_body("usage_error", f"请求无法处理: HTTP {code} {message or ''}".strip(),
+                                              "注册表接口只支持 GET /services 与 GET /pick。",
+                                              {"http_status": code, "reason": explain or message or ""}))
+            except OSError:
+                pass  # the client is gone
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
             pass  # stdout/stderr belong to the script's contract; requests are not progress

@@ -37,7 +37,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def build_options(args: Any) -> Any:
-    from .gateway import GatewayOptions, is_loopback_host
+    from ..loopback import is_loopback_name
+    from .gateway import GatewayOptions
 
     host, port = parse_listen(args.listen)
     token = None
@@ -49,7 +50,7 @@ def build_options(args: Any) -> Any:
         if len(token) < 16:
             raise UsageError(f"{args.auth_token_env} 太短 ({len(token)} 个字符), 至少 16 个。", "用 openssl rand -hex 24 生成一个。")
         register_secret(token)
-    if not is_loopback_host(host) and token is None:
+    if not is_loopback_name(host) and token is None:
         raise UsageError(f"监听非回环地址 {host} 需要认证: 加 --auth-token-env VAR。",
                          "不需要对外提供时用默认的 127.0.0.1; 对外时设置一个随机 token 的环境变量并用 --auth-token-env 指定。")
     if args.registry_url and urlsplit(args.registry_url).scheme not in ("http", "https"):

@@ -1,0 +1,597 @@
+"""Guards: a watchdog that stops (or scales down) a deployment someone forgot.
+
+A guard watches ONE deployment (by uuid) and acts once when a limit is reached:
+
+- run time: the deployment has existed for `max_runtime_hours` (from its `created_at`, on
+  the platform's clock);
+- spend: its containers have cost `max_cost_yuan` since the guard started;
+- idleness (services): the gateway's metrics show no request for `idle_minutes`.
+
+The action is `stop` (the whole deployment) or `scale-to` (a ReplicaSet down to a floor).
+
+It outlives the agent's session: its state lives in a file under the state directory
+(`$XDG_STATE_HOME/autodl-elastic-deploy/guards`, else `<skill root>/.state/guards`, which git
+ignores), beside its log and a lock the running guard holds. A guard restarted after a crash
+reads that state and goes on; the lock makes sure only one process runs a guard.
+
+Exactly once: the intent is written to the state file before the change is sent, and the
+outcome after. A guard that finds an intent without an outcome (it crashed in between)
+reads the deployment: a change already visible is the outcome; a `stop` that is not
+visible is sent again (same uuid, stopping twice is the same as once); a `scale-to` that
+is not visible is NOT sent again (someone may have scaled since) and ends `took_effect:
+unknown`. Before acting it re-reads the deployment by uuid and checks it is the same one
+(same created_at): it never stops a different deployment.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from . import api
+from .deps import SKILL_ROOT
+from .state import state_root, write_json_atomically
+from .errors import ApiError, AutoDLError, ErrorType, Interrupted
+from .output import Progress
+from .spend import container_spend
+from .timeline import iso, parse_timestamp, platform_now
+
+# Run-time limits are hours: checking once a minute overshoots by at most a minute of the
+# deployment's rate, and keeps a guard's API use negligible.
+DEFAULT_INTERVAL_SECONDS = 60.0
+# A detached guard proves it started by taking its lock; a Python start-up takes well under
+# a second, ten leaves room for a loaded machine.
+DETACH_START_TIMEOUT_SECONDS = 10.0
+DETACH_POLL_SECONDS = 0.05
+
+ACTIONS = ("stop", "scale-to")
+# Statuses: running ones, and the final ones (the guard will never act again).
+CREATED, WATCHING, ACTING = "created", "watching", "acting"
+# A stop the platform refused (nothing happened) is tried again at the next checks, this
+# many times in all, before the guard gives up and says so.
+MAX_ACTION_REFUSALS = 3
+FINAL_STATUSES = ("acted", "action_unconfirmed", "action_failed", "deployment_finished", "deployment_stopped", "deployment_gone", "cancelled")
+
+
+def guards_dir() -> Path:
+    return state_root() / "guards"
+
+
+# --- the state file ------------------------------------------------------------------------
+
+
+@dataclass
+class GuardFiles:
+    guard_id: str
+    directory: Path
+
+    @property
+    def state(self) -> Path:
+        return self.directory / f"{self.guard_id}.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.directory / f"{self.guard_id}.lock"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / f"{self.guard_id}.log"
+
+    @property
+    def cancel(self) -> Path:
+        return self.directory / f"{self.guard_id}.cancel"
+
+
+def files_for(guard_id: str) -> GuardFiles:
+    return GuardFiles(guard_id, guards_dir())
+
+
+def write_state(files: GuardFiles, state: dict[str, Any]) -> None:
+    write_json_atomically(files.state, state)
+
+
+def read_state(files: GuardFiles) -> dict[str, Any]:
+    try:
+        return json.loads(files.state.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AutoDLError(ErrorType.NOT_FOUND, f"没有这个守护: {files.guard_id}",
+                          "用 guard_deployment.py --list 查看全部守护及其 guard_id。",
+                          {"guard_id": files.guard_id, "state_dir": str(files.directory)}) from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise AutoDLError(ErrorType.CONFIG_ERROR, f"守护状态文件无法读取: {files.state} ({error})",
+                          "文件可能被手工改坏; 取消该守护 (--cancel) 后重新创建。",
+                          {"path": str(files.state)}) from None
+
+
+class GuardLock:
+    """An exclusive flock held for as long as a guard process runs."""
+
+    def __init__(self, files: GuardFiles) -> None:
+        self.files = files
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.files.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def is_running(files: GuardFiles) -> bool:
+    """Whether some process holds the guard's lock right now."""
+    probe = GuardLock(files)
+    if not files.lock.exists():
+        return False
+    if probe.acquire():
+        probe.release()
+        return False
+    return True
+
+
+def new_guard_id(deployment_uuid: str) -> str:
+    return f"g-{deployment_uuid}-{secrets.token_hex(3)}"
+
+
+def all_states() -> list[dict[str, Any]]:
+    directory = guards_dir()
+    if not directory.is_dir():
+        return []
+    states = []
+    for path in sorted(directory.glob("g-*.json")):
+        try:
+            states.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            states.append({"guard_id": path.stem, "status": "unreadable", "state_file": str(path)})
+    return states
+
+
+# --- the decision (pure) ---------------------------------------------------------------------
+
+
+@dataclass
+class Limits:
+    max_runtime_hours: float | None = None
+    max_cost_yuan: float | None = None
+    idle_minutes: float | None = None
+    idle_url: str | None = None
+
+
+@dataclass
+class Observation:
+    deployment: dict[str, Any] | None
+    containers: list[dict[str, Any]]
+    now: datetime  # platform time
+    idle_seconds: float | None = None  # None: not watched, or the metrics could not be read
+
+
+@dataclass
+class Verdict:
+    """`end` (a final status, nothing to do), `act` (a reason), or neither (keep watching)."""
+
+    end: str | None = None
+    act: str | None = None
+    message: str = ""
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def judge(state: dict[str, Any], seen: Observation) -> Verdict:
+    """What the guard should do given what the platform shows now."""
+    deployment = seen.deployment
+    uuid = state["deployment_uuid"]
+    if deployment is None or deployment.get("uuid") != uuid:
+        return Verdict(end="deployment_gone", message=f"部署 {uuid} 已不存在 (被删除), 守护结束, 没有执行任何操作。")
+    created = parse_timestamp(deployment.get("created_at"))
+    if state.get("deployment_created_at") and deployment.get("created_at") != state["deployment_created_at"]:
+        return Verdict(end="deployment_gone", message=f"部署 {uuid} 的创建时间与守护记录的不同, 不是同一个部署: 守护结束, 没有执行任何操作。")
+    if deployment.get("status") == "stopped":
+        if deployment.get("deployment_type") in ("Job", "Container"):
+            return Verdict(end="deployment_finished", message=f"部署 {uuid} ({deployment.get('deployment_type')}) 已结束, 守护结束。")
+        return Verdict(end="deployment_stopped", message=f"部署 {uuid} 已被停止 (不是守护停的), 守护结束。")
+
+    limits = Limits(**state["limits"])
+    figures: dict[str, Any] = {"checked_at": iso(seen.now)}
+    verdict = Verdict(figures=figures)
+    if limits.max_runtime_hours is not None and created is not None:
+        runtime = (seen.now - created).total_seconds() / 3600.0
+        figures.update(runtime_hours=round(runtime, 3), runtime_left_hours=round(max(0.0, limits.max_runtime_hours - runtime), 3),
+                       runtime_deadline=iso(created + timedelta(hours=limits.max_runtime_hours)))
+        if runtime >= limits.max_runtime_hours:
+            verdict.act = "max_runtime"
+            verdict.message = f"部署已运行 {runtime:.2f} 小时, 达到上限 {limits.max_runtime_hours:g} 小时。"
+    if limits.max_cost_yuan is not None and not verdict.act:
+        since = parse_timestamp(state.get("started_platform_at"))
+        spent = sum(row["cost_yuan"] or 0.0 for row in (container_spend(c, seen.now, since) for c in seen.containers))
+        rate = sum((c.get("price") or 0) / 1000 for c in seen.containers if c.get("status") == "running")
+        figures.update(spent_yuan=round(spent, 3), budget_left_yuan=round(max(0.0, limits.max_cost_yuan - spent), 3),
+                       current_hourly_yuan=round(rate, 3))
+        if rate > 0:
+            figures["budget_left_hours"] = round(max(0.0, limits.max_cost_yuan - spent) / rate, 3)
+        if spent >= limits.max_cost_yuan:
+            verdict.act = "max_cost"
+            verdict.message = f"自守护启动以来已花费 {spent:.2f} 元, 达到上限 {limits.max_cost_yuan:g} 元。"
+    if limits.idle_minutes is not None and not verdict.act:
+        if seen.idle_seconds is None:
+            figures["idle_minutes"] = None
+        else:
+            idle = seen.idle_seconds / 60.0
+            figures.update(idle_minutes=round(idle, 3), idle_minutes_left=round(max(0.0, limits.idle_minutes - idle), 3))
+            if idle >= limits.idle_minutes:
+                verdict.act = "idle"
+                verdict.message = f"网关指标显示已有 {idle:.1f} 分钟没有请求, 达到上限 {limits.idle_minutes:g} 分钟。"
+    return verdict
+
+
+def describe_plan(state: dict[str, Any]) -> str:
+    """One Chinese sentence: what will be done, and when (for confirmations and --list)."""
+    limits = Limits(**state["limits"])
+    when = []
+    if limits.max_runtime_hours is not None:
+        created = parse_timestamp(state.get("deployment_created_at"))
+        deadline = f" (约 {iso(created + timedelta(hours=limits.max_runtime_hours))})" if created else ""
+        when.append(f"部署运行满 {limits.max_runtime_hours:g} 小时{deadline}")
+    if limits.max_cost_yuan is not None:
+        when.append(f"自守护启动起花费达到 {limits.max_cost_yuan:g} 元")
+    if limits.idle_minutes is not None:
+        when.append(f"网关 {limits.idle_url} 连续 {limits.idle_minutes:g} 分钟没有请求")
+    action = (f"把 ReplicaSet 副本数缩到 {state['floor']}" if state["action"] == "scale-to" else "停止整个部署 (全部容器, 不可恢复)")
+    return f"当{' 或 '.join(when)}时, {action}: {state.get('deployment_name')} ({state['deployment_uuid']})。"
+
+
+# --- the running guard ---------------------------------------------------------------------
+
+
+class Guard:
+    """One guard process: observe, judge, act once, record every step in the state file."""
+
+    def __init__(self, client: Any, files: GuardFiles, progress: Progress,
+                 notify: Callable[[str, str], dict[str, Any] | None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client = client
+        self.files = files
+        self.progress = progress
+        self.notify = notify
+        self.sleep = sleep
+        self.state = read_state(files)
+        self.lock = GuardLock(files)
+
+    def save(self, **changes: Any) -> None:
+        self.state.update(changes)
+        self.state["updated_at"] = iso(datetime.now().astimezone())
+        write_state(self.files, self.state)
+
+    def run(self) -> dict[str, Any]:
+        if self.state.get("status") in FINAL_STATUSES:
+            return self.result()
+        if not self.lock.acquire():
+            raise AutoDLError(ErrorType.USAGE_ERROR, f"守护 {self.files.guard_id} 已经在运行 (pid {self.state.get('pid')})。",
+                              "不需要再启动它; 用 --list 查看状态。", {"guard_id": self.files.guard_id, "pid": self.state.get("pid")})
+        try:
+            self.save(pid=os.getpid(), status=self.state.get("status") if self.state.get("status") == ACTING else WATCHING)
+            return self._loop()
+        except Interrupted:
+            if self.files.cancel.exists() and self.state.get("status") != ACTING:
+                self._finish("cancelled", "守护已被取消 (--cancel), 没有执行任何操作。" if not self.state.get("outcome") else "守护已被取消。")
+                return self.result()
+            self.save(pid=None)  # stopped by a signal: stays resumable with --resume
+            raise
+        finally:
+            self.lock.release()
+
+    def _loop(self) -> dict[str, Any]:
+        from .idle import IdleTracker, read_activity
+
+        tracker = IdleTracker.from_state(self.state.get("idle"))
+        while True:
+            if self.files.cancel.exists():
+                self._finish("cancelled", "守护已被取消 (--cancel), 没有执行任何操作。")
+                return self.result()
+            if self.state.get("status") == ACTING:  # crashed between intent and outcome
+                self._settle_interrupted_action()
+                return self.result()
+            try:
+                seen = self._observe(tracker, read_activity)
+            except AutoDLError as error:
+                # Unreachable platform: keep the last figures, try again; run time keeps
+                # counting on the platform's timestamps, so nothing is lost by waiting.
+                failures = int(self.state.get("consecutive_failures") or 0) + 1
+                self.save(consecutive_failures=failures, last_error=error.message)
+                self.progress.log(f"查询失败 ({failures} 次): {error.message} 下次再试。")
+                self.sleep(self.state["interval_seconds"])
+                continue
+            verdict = judge(self.state, seen)
+            self.save(last_check=verdict.figures or self.state.get("last_check"), consecutive_failures=0, last_error=None,
+                      idle=tracker.to_state())
+            if verdict.end:
+                self._finish(verdict.end, verdict.message)
+                return self.result()
+            if verdict.act:
+                self._act(verdict.act, verdict.message)
+                if self.state.get("status") in FINAL_STATUSES:
+                    return self.result()
+            self.sleep(self.state["interval_seconds"])
+
+    def _observe(self, tracker: Any, read_activity: Callable[[str], Any]) -> Observation:
+        from .resolve import deployment_by_uuid
+
+        uuid = self.state["deployment_uuid"]
+        deployment = deployment_by_uuid(self.client, uuid)
+        containers: list[dict[str, Any]] = []
+        if deployment is not None and self.state["limits"].get("max_cost_yuan") is not None:
+            containers = api.list_containers(self.client, uuid, released=True)
+        idle_seconds = None
+        url = self.state["limits"].get("idle_url")
+        if url and self.state["limits"].get("idle_minutes") is not None:
+            try:
+                idle_seconds = tracker.observe(read_activity(url))
+            except AutoDLError as error:
+                # Unknown is not idle: a gateway we cannot read is never a reason to stop.
+                self.progress.log(f"{error.message} 本次不计空闲。")
+        return Observation(deployment, containers, platform_now(self.client), idle_seconds)
+
+    # --- acting, exactly once ----------------------------------------------------------
+
+    def _change(self) -> Any:
+        from .effects import Change
+        from .resolve import deployment_by_uuid
+
+        uuid, floor = self.state["deployment_uuid"], self.state.get("floor")
+        fetch = lambda: deployment_by_uuid(self.client, uuid)  # noqa: E731
+        check = f"python scripts/list_deployments.py --deployment-uuid {uuid}"
+        if self.state["action"] == "scale-to":
+            return Change(what=f"守护把部署 {uuid} 的副本数缩到 {floor}",
+                          send=lambda: api.set_replica_num(self.client, uuid, floor), fetch=fetch,
+                          done=lambda d: d is not None and d.get("replica_num") == floor, check=check,
+                          ids={"deployment_uuid": uuid})
+        return Change(what=f"守护停止部署 {uuid}", send=lambda: api.stop_deployment(self.client, uuid), fetch=fetch,
+                      done=lambda d: d is None or d.get("status") == "stopped", check=check, ids={"deployment_uuid": uuid})
+
+    def _act(self, reason: str, message: str) -> None:
+        from .effects import apply_change
+
+        change = self._change()
+        self.progress.log(f"{message} 执行: {change.what}")
+        # The intent first: a crash from here on is settled by reading back, never by guessing.
+        self.save(status=ACTING, acting={"reason": reason, "message": message, "what": change.what,
+                                          "sent_at": iso(platform_now(self.client))})
+        try:
+            _after, report = apply_change(change, self.client, self.progress)
+        except AutoDLError as error:
+            took_effect = error.details.get("took_effect", "unknown")
+            if took_effect is False and not getattr(error, "ambiguous", False):
+                # Refused before anything happened: nothing was done, so trying again later
+                # is not acting twice.
+                refusals = int(self.state.get("action_refusals") or 0) + 1
+                if refusals < MAX_ACTION_REFUSALS:
+                    self.save(status=WATCHING, acting=None, action_refusals=refusals, last_error=error.message)
+                    self.progress.log(f"{change.what}被平台拒绝 ({refusals}/{MAX_ACTION_REFUSALS}): {error.message} 稍后再试。")
+                    return
+                self._finish("action_failed", f"{message} 但{change.what}连续被平台拒绝: {error.message}",
+                             outcome={"took_effect": False, "error": error.to_dict()})
+                return
+            if took_effect is True:
+                report = {"took_effect": True, "verified": True}
+            else:
+                self._finish("action_unconfirmed", f"{message} {error.message}",
+                             outcome={"took_effect": took_effect, "error": error.to_dict(), "check": change.check})
+                return
+        self._finish("acted", f"{message} 已{change.what.removeprefix('守护')}。", outcome=report)
+
+    def _settle_interrupted_action(self) -> None:
+        """The guard died after writing its intent: find out from the platform what happened."""
+        from .resolve import deployment_by_uuid
+
+        change = self._change()
+        intent = self.state.get("acting") or {}
+        try:
+            deployment = deployment_by_uuid(self.client, self.state["deployment_uuid"])
+        except AutoDLError as error:
+            self.save(last_error=error.message)
+            raise
+        if change.done(deployment):
+            self._finish("acted", f"{intent.get('message', '')} (守护重启后读回确认: {change.what}已生效。)",
+                         outcome={"took_effect": True, "verified": True, "settled_after_restart": True})
+        elif self.state["action"] == "stop" and deployment is not None:
+            # Stopping the same uuid twice is the same as once: finish the job.
+            self.progress.log("重启后发现停止尚未生效, 重新发送停止 (同一部署, 重复停止无副作用)。")
+            self.save(status=WATCHING)
+            self._act(intent.get("reason", "restart"), intent.get("message", ""))
+        else:
+            self._finish("action_unconfirmed",
+                         f"守护在缩容请求前后中断, 重启后副本数不是 {self.state.get('floor')}: 不知道请求是否发出过, 为免覆盖别人的改动不再发送。",
+                         outcome={"took_effect": "unknown", "check": change.check,
+                                  "replica_num": None if deployment is None else deployment.get("replica_num")})
+
+    def _finish(self, status: str, message: str, outcome: dict[str, Any] | None = None) -> None:
+        self.progress.log(message)
+        changes: dict[str, Any] = {"status": status, "message": message, "ended_at": iso(platform_now(self.client)), "pid": None}
+        if outcome is not None:
+            changes["outcome"] = outcome
+        if self.state.get("notify") and not (status == "cancelled"):
+            changes["notification"] = self.notify(f"守护: {GUARD_TITLES.get(status, status)}", message) if self.notify else None
+        self.save(**changes)
+
+    def result(self) -> dict[str, Any]:
+        return guard_view(self.state, self.files)
+
+
+GUARD_TITLES = {
+    "acted": "已执行", "action_unconfirmed": "操作结果未确认", "action_failed": "操作被拒绝", "deployment_finished": "部署已结束",
+    "deployment_stopped": "部署已被停止", "deployment_gone": "部署已不存在", "cancelled": "已取消",
+}
+
+
+def guard_view(state: dict[str, Any], files: GuardFiles | None = None) -> dict[str, Any]:
+    """What --list and every guard result show."""
+    files = files or files_for(state.get("guard_id", "?"))
+    alive = is_running(files) if files.state.exists() else False
+    shown = {
+        "guard_id": state.get("guard_id"),
+        "deployment_uuid": state.get("deployment_uuid"),
+        "deployment_name": state.get("deployment_name"),
+        # Not "status": that key is the output envelope's success/error.
+        "guard_status": state.get("status"),
+        "alive": alive,
+        "pid": state.get("pid") if alive else None,
+        "action": state.get("action"),
+        "floor": state.get("floor"),
+        "limits": state.get("limits"),
+        "plan": describe_plan(state) if state.get("limits") and state.get("action") else None,
+        "last_check": state.get("last_check"),
+        "message": state.get("message"),
+        "outcome": state.get("outcome"),
+        "notification": state.get("notification"),
+        "created_at": state.get("created_at"),
+        "ended_at": state.get("ended_at"),
+        "state_file": str(files.state),
+        "log_file": str(files.log),
+    }
+    if state.get("last_error"):
+        shown["last_error"] = state["last_error"]
+    if state.get("status") in (CREATED, WATCHING, ACTING) and not alive:
+        shown["hint"] = f"守护进程不在运行 (可能机器重启或进程被杀): 用 guard_deployment.py --resume {state.get('guard_id')} --detach 接着运行, 它会从状态文件继续。"
+    return shown
+
+
+# --- creating, detaching, cancelling -------------------------------------------------------
+
+
+def new_state(client: Any, deployment: dict[str, Any], limits: Limits, action: str, floor: int | None,
+              notify: bool, interval_seconds: float) -> dict[str, Any]:
+    """The state of a guard about to start (nothing written yet)."""
+    uuid = deployment["uuid"]
+    return {
+        "guard_id": new_guard_id(uuid),
+        "deployment_uuid": uuid,
+        "deployment_name": deployment.get("name"),
+        "deployment_type": deployment.get("deployment_type"),
+        "deployment_created_at": deployment.get("created_at"),
+        "host": getattr(client, "host", None),
+        "limits": dataclasses_asdict(limits),
+        "action": action,
+        "floor": floor if action == "scale-to" else None,
+        "notify": bool(notify),
+        "interval_seconds": interval_seconds,
+        "created_at": iso(datetime.now().astimezone()),
+        # Spend counts from here, on the platform's clock.
+        "started_platform_at": iso(platform_now(client)),
+        "status": "created",
+        "pid": None,
+    }
+
+
+def dataclasses_asdict(limits: Limits) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(limits)
+
+
+def check_request(deployment: dict[str, Any], limits: Limits, action: str, floor: int | None) -> None:
+    """Refuse a guard that could never act as asked (usage_error, nothing written)."""
+    from .cli import UsageError
+
+    if limits.max_runtime_hours is None and limits.max_cost_yuan is None and limits.idle_minutes is None:
+        raise UsageError("守护至少需要一个条件: --max-runtime H、--max-cost Y 或 --idle-minutes M (配 --idle-url)。")
+    if (limits.idle_minutes is None) != (limits.idle_url is None):
+        raise UsageError("--idle-minutes 与 --idle-url 要一起给出: 空闲是从网关的指标地址 (如 http://127.0.0.1:8000/_gateway/metrics) 读出来的。")
+    if action == "scale-to" and deployment.get("deployment_type") != "ReplicaSet":
+        raise UsageError(f"--action scale-to 只适用于 ReplicaSet; 这个部署是 {deployment.get('deployment_type')}。",
+                         "Job / Container 请用 --action stop (默认)。")
+    if action == "scale-to" and floor is None:
+        raise UsageError("--action scale-to 需要 --floor N (缩到的副本数)。")
+    if deployment.get("status") == "stopped":
+        raise UsageError(f"部署 {deployment['uuid']} 已经停止, 不需要守护。")
+    for state in all_states():
+        if state.get("deployment_uuid") == deployment["uuid"] and state.get("status") not in FINAL_STATUSES:
+            raise UsageError(f"部署 {deployment['uuid']} 已有守护 {state.get('guard_id')} (状态 {state.get('status')})。",
+                             "一个部署只需一个守护: 用 --list 查看它; 要换条件先 --cancel 它再创建。",
+                             {"guard_id": state.get("guard_id")})
+
+
+def save_new(state: dict[str, Any]) -> GuardFiles:
+    files = files_for(state["guard_id"])
+    write_state(files, state)
+    return files
+
+
+def detach(files: GuardFiles, script: Path, progress: Progress) -> dict[str, Any]:
+    """Start `script --resume ID` in its own session, logging to the guard's log file; wait
+    until it holds the guard's lock (it really runs) and return its view."""
+    import subprocess
+    import sys
+
+    files.directory.mkdir(parents=True, exist_ok=True)
+    with open(files.log, "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, str(script), "--resume", files.guard_id],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(SKILL_ROOT),
+            start_new_session=True,  # survives the agent's terminal and its Ctrl-C
+        )
+    deadline = time.monotonic() + DETACH_START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if is_running(files) and read_state(files).get("pid") == child.pid:
+            progress.log(f"守护 {files.guard_id} 已在后台运行 (pid {child.pid}), 日志: {files.log}")
+            return guard_view(read_state(files), files)
+        if child.poll() is not None:
+            state = read_state(files)
+            if state.get("status") in FINAL_STATUSES:  # it ended at once (e.g. limit already reached)
+                return guard_view(state, files)
+            break
+        time.sleep(DETACH_POLL_SECONDS)
+    tail = files.log.read_text(encoding="utf-8", errors="replace")[-2000:] if files.log.exists() else ""
+    raise AutoDLError(ErrorType.INTERNAL_ERROR, f"后台守护没有启动起来: {files.guard_id}",
+                      f"看日志 {files.log}; 可以用 --resume {files.guard_id} 在前台运行它查看原因。",
+                      {"guard_id": files.guard_id, "log_tail": tail, "exit_code": child.poll()})
+
+
+
+
+def cancel(guard_id: str, progress: Progress) -> dict[str, Any]:
+    """End a guard: a marker it reads, plus SIGTERM to the process holding its lock."""
+    import signal
+
+    files = files_for(guard_id)
+    state = read_state(files)
+    if state.get("status") in FINAL_STATUSES:
+        return {**guard_view(state, files), "changed": False, "note": "守护已经结束, 无需取消。"}
+    if state.get("status") == ACTING:
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"守护 {guard_id} 正在执行操作, 现在不能取消。",
+                          "稍后用 --list 查看结果。", {"guard_id": guard_id})
+    files.cancel.write_text(iso(datetime.now().astimezone()) or "", encoding="utf-8")
+    if is_running(files) and state.get("pid"):
+        try:
+            os.kill(int(state["pid"]), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + DETACH_START_TIMEOUT_SECONDS
+        while is_running(files) and time.monotonic() < deadline:
+            time.sleep(DETACH_POLL_SECONDS)
+        state = read_state(files)
+    if state.get("status") not in FINAL_STATUSES:  # not running: settle the file ourselves
+        lock = GuardLock(files)
+        if lock.acquire():
+            try:
+                state.update(status="cancelled", message="守护已被取消 (--cancel), 没有执行任何操作。", pid=None,
+                             ended_at=iso(datetime.now().astimezone()))
+                write_state(files, state)
+            finally:
+                lock.release()
+    progress.log(f"守护 {guard_id} 已取消")
+    return {**guard_view(read_state(files), files), "changed": True}

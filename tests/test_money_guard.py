@@ -1,0 +1,389 @@
+"""guard_deployment.py: stops a forgotten deployment once, on run time, spend or idleness.
+
+End to end on the simulator: simulated hours pass with `advance()`, guards check every
+0.05 s. Detached guards are real background processes; every one a test starts is ended
+(cancelled or killed by pid) before the test returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import ROOT
+
+SERVICE = str(ROOT / "examples" / "replicaset-service.json")
+FAST = ("--interval", "0.05", "--quiet")
+HOUR = 3600.0
+
+
+def submit(run, config=SERVICE, *extra):
+    code, out, _ = run("queue_submit.py", config, "--wait-running", "--interval", "0.05", "--quiet", *extra)
+    assert code == 0, out
+    return out
+
+
+def operate_requests(simulator, uuid):
+    return [p for m, path, p in simulator.request_log() if path == "/api/v1/dev/deployment/operate" and p and p.get("deployment_uuid") == uuid]
+
+
+def replica_requests(simulator, uuid):
+    return [p for m, path, p in simulator.request_log() if path == "/api/v1/dev/deployment/replica_num" and p and p.get("deployment_uuid") == uuid]
+
+
+def deployment_of(simulator, uuid):
+    return next((d for d in simulator.deployments() if d["uuid"] == uuid), None)
+
+
+def guard_states():
+    from autodl_esd import guard
+
+    return guard.all_states()
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def watching():
+    return [s for s in guard_states() if s.get("status") == "watching" and s.get("last_check")]
+
+
+def in_background(action):
+    """Run `action` once the guard has made a first check (so it runs in the guard's loop)."""
+    def body():
+        wait_for(watching)
+        action()
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def detached():
+    """Kill every detached guard a test leaves running (by the pid it recorded)."""
+    yield
+    for state in guard_states():
+        pid = state.get("pid")
+        if pid and state.get("status") not in ("acted", "cancelled"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# --- confirmation and input ------------------------------------------------------------------
+
+def test_without_yes_it_says_what_will_be_stopped_and_when(sim, run, result_validator):
+    sim()
+    uuid = submit(run)["deployment_uuid"]
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "2", "--quiet")
+    assert (code, out["error_type"]) == (1, "confirmation_required")
+    result_validator.validate(out)
+    assert "运行满 2 小时" in out["details"]["plan"] and "停止整个部署" in out["details"]["plan"]
+    assert out["details"]["live_container_count"] == 2
+    assert guard_states() == []  # nothing written, nothing started
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    ([], "至少需要一个条件"),
+    (["--idle-minutes", "5"], "--idle-url"),
+    (["--max-runtime", "1", "--action", "scale-to"], "--floor"),
+])
+def test_a_guard_that_could_never_act_is_refused(sim, run, argv, fragment):
+    sim()
+    uuid = submit(run)["deployment_uuid"]
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, *argv, "--yes", "--quiet")
+    assert (code, out["error_type"]) == (1, "usage_error") and fragment in out["message"]
+
+
+def test_list_is_empty_at_first(run):
+    code, out, _ = run("guard_deployment.py", "--list", "--quiet")
+    assert code == 0 and out["items"] == [] and out["count"] == 0
+
+
+# --- acting ---------------------------------------------------------------------------------
+
+def test_stops_after_max_runtime(sim, run, result_validator):
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+    in_background(lambda: simulator.advance(1.1 * HOUR))
+
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "1", "--yes", *FAST)
+
+    assert code == 0, out
+    result_validator.validate(out)
+    assert out["guard_status"] == "acted" and out["outcome"]["took_effect"] is True
+    assert "1 小时" in out["message"]
+    assert deployment_of(simulator, uuid)["status"] == "stopped"
+    assert len(operate_requests(simulator, uuid)) == 1
+
+
+def test_stops_when_spend_since_start_reaches_max_cost(sim, run):
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+    in_background(lambda: simulator.advance(2 * HOUR))  # two replicas, ~1.9 yuan/h each
+
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-cost", "5", "--yes", *FAST)
+
+    assert code == 0, out
+    assert out["guard_status"] == "acted" and "花费" in out["message"]
+    assert out["last_check"]["spent_yuan"] >= 5
+    assert deployment_of(simulator, uuid)["status"] == "stopped"
+
+
+class MetricsServer:
+    """A stand-in for the gateway's /_gateway/metrics, rendered by prometheus_client."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+
+        self.registry = CollectorRegistry()
+        self.requests = Histogram("http_server_request_duration_seconds", "request time", ["route"], registry=self.registry)
+        self.active = Gauge("http_server_active_requests", "in flight", registry=self.registry)
+        render = lambda: generate_latest(self.registry)  # noqa: E731
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = render()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/_gateway/metrics"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_scales_down_a_service_idle_on_the_gateway_metrics(sim, run):
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+    metrics = MetricsServer()
+    last_request = {}
+
+    def traffic():
+        for _ in range(6):  # requests for ~0.3 s, then silence
+            metrics.requests.labels(route="/v1/chat/completions").observe(0.01)
+            last_request["at"] = time.monotonic()
+            time.sleep(0.05)
+
+    threading.Thread(target=traffic, daemon=True).start()
+    try:
+        code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--idle-minutes", "0.01",
+                           "--idle-url", metrics.url, "--action", "scale-to", "--floor", "1", "--yes", *FAST)
+    finally:
+        metrics.close()
+
+    assert code == 0, out
+    assert out["guard_status"] == "acted" and "没有请求" in out["message"]
+    assert time.monotonic() - last_request["at"] >= 0.6  # idle 0.01 min = 0.6 s after the last one
+    assert deployment_of(simulator, uuid)["replica_num"] == 1
+    assert replica_requests(simulator, uuid) == [{"deployment_uuid": uuid, "replica_num": 1}]
+
+
+def test_requests_in_flight_are_not_idle():
+    from autodl_esd.idle import Activity, IdleTracker
+
+    tracker = IdleTracker()
+    assert tracker.observe(Activity(10, 0), now=0) == 0
+    assert tracker.observe(Activity(10, 0), now=30) == 30
+    assert tracker.observe(Activity(10, 1), now=60) == 0  # a long request, still running
+    assert tracker.observe(Activity(10, 0), now=90) == 30
+    assert tracker.observe(Activity(3, 0), now=100) == 0  # the gateway restarted: counts moved
+
+
+def test_a_page_without_the_request_histogram_is_not_idle():
+    from autodl_esd.idle import parse_activity
+
+    with pytest.raises(ValueError):
+        parse_activity("# HELP up up\n# TYPE up gauge\nup 1\n")
+    with pytest.raises(ValueError):
+        parse_activity("this is { not prometheus\n")
+
+
+def test_a_job_that_finishes_ends_its_guard(sim, run, tmp_path):
+    simulator = sim()
+    job = json.loads((ROOT / "examples" / "job-training.json").read_text(encoding="utf-8"))
+    job["container_template"]["cmd"] = "sleep 600"
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job), encoding="utf-8")
+    uuid = submit(run, str(path))["deployment_uuid"]
+    in_background(lambda: simulator.advance(HOUR))
+
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "5", "--yes", *FAST)
+
+    assert code == 0 and out["guard_status"] == "deployment_finished", out
+    assert operate_requests(simulator, uuid) == []
+
+
+def test_a_deployment_deleted_meanwhile_ends_the_guard_saying_so(sim, run):
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+
+    def delete():
+        with simulator.world.lock:
+            simulator.world.delete_deployment(simulator.world.deployment(uuid))
+
+    in_background(delete)
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "1", "--yes", *FAST)
+
+    assert code == 0 and out["guard_status"] == "deployment_gone", out
+    assert "不存在" in out["message"]
+    assert operate_requests(simulator, uuid) == []
+
+
+# --- outliving the session: detach, list, kill, resume, cancel --------------------------------
+
+def test_killed_and_restarted_it_still_acts_once_and_only_once(sim, run, detached):
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+    code, started, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "1", "--yes", "--detach", *FAST)
+    assert code == 0 and started["alive"] and started["pid"], started
+    assert started["state_file"].startswith(os.environ["XDG_STATE_HOME"])
+
+    code, listed, _ = run("guard_deployment.py", "--list", "--quiet")
+    [item] = listed["items"]
+    assert item["alive"] and item["limits"]["max_runtime_hours"] == 1
+
+    os.kill(started["pid"], signal.SIGKILL)  # a crash, not a cancel
+    wait_for(lambda: not run("guard_deployment.py", "--list", "--quiet")[1]["items"][0]["alive"])
+    simulator.advance(1.5 * HOUR)  # the limit passes while nothing watches
+    _, listed, _ = run("guard_deployment.py", "--list", "--quiet")
+    assert "--resume" in listed["items"][0]["hint"] and operate_requests(simulator, uuid) == []
+
+    code, resumed, _ = run("guard_deployment.py", "--resume", started["guard_id"], "--detach", "--quiet")
+    assert code == 0, resumed
+    final = wait_for(lambda: next((s for s in guard_states() if s["status"] == "acted"), None))
+    assert final["outcome"]["took_effect"] is True
+    assert deployment_of(simulator, uuid)["status"] == "stopped"
+
+    code, again, _ = run("guard_deployment.py", "--resume", started["guard_id"], "--quiet")  # a second restart
+    assert code == 0 and again["guard_status"] == "acted"
+    assert len(operate_requests(simulator, uuid)) == 1
+
+
+def _crash_mid_action(run, simulator, uuid, action_args):
+    """A guard whose intent is on file but whose outcome is not (it died while sending)."""
+    from autodl_esd import guard
+
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "9", *action_args, "--yes", "--detach", *FAST)
+    assert code == 0, out
+    run("guard_deployment.py", "--cancel", out["guard_id"], "--quiet")
+    files = guard.files_for(out["guard_id"])
+    files.cancel.unlink()
+    state = guard.read_state(files)
+    state.update(status="acting", acting={"reason": "max_runtime", "message": "部署已运行 9 小时。", "what": "…"}, pid=None)
+    guard.write_state(files, state)
+    return out["guard_id"]
+
+
+def test_a_guard_that_died_after_its_stop_landed_does_not_send_it_again(sim, run, detached):
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+    guard_id = _crash_mid_action(run, simulator, uuid, [])
+    run("stop_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")  # the request that landed
+    before = len(operate_requests(simulator, uuid))
+
+    code, out, _ = run("guard_deployment.py", "--resume", guard_id, "--quiet")
+
+    assert code == 0 and out["guard_status"] == "acted", out
+    assert out["outcome"]["settled_after_restart"] is True
+    assert len(operate_requests(simulator, uuid)) == before
+
+
+def test_a_scale_down_of_unknown_fate_is_not_sent_again(sim, run, detached):
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+    guard_id = _crash_mid_action(run, simulator, uuid, ["--action", "scale-to", "--floor", "1"])
+
+    code, out, _ = run("guard_deployment.py", "--resume", guard_id, "--quiet")
+
+    assert code == 0 and out["guard_status"] == "action_unconfirmed", out
+    assert out["outcome"]["took_effect"] == "unknown"
+    assert replica_requests(simulator, uuid) == []
+
+
+def test_cancel_ends_a_detached_guard_without_acting(sim, run, detached):
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+    code, started, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "1", "--yes", "--detach", *FAST)
+    assert code == 0, started
+    code, second, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-cost", "1", "--yes", "--quiet")
+    assert (code, second["error_type"]) == (1, "usage_error")  # one guard per deployment
+
+    code, cancelled, _ = run("guard_deployment.py", "--cancel", started["guard_id"], "--quiet")
+
+    assert code == 0 and cancelled["guard_status"] == "cancelled" and not cancelled["alive"], cancelled
+    simulator.advance(2 * HOUR)
+    time.sleep(0.2)
+    assert operate_requests(simulator, uuid) == [] and deployment_of(simulator, uuid)["status"] == "running"
+    assert wait_for(lambda: not _pid_alive(started["pid"]))
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of this test process counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+# --- the decision itself ---------------------------------------------------------------------
+
+def _state(**limits):
+    from autodl_esd import guard
+
+    return {"deployment_uuid": "833f1cd5a764fa3", "deployment_created_at": "2026-01-05T20:00:00+08:00",
+            "started_platform_at": "2026-01-05T21:00:00+08:00", "action": "stop", "floor": None,
+            "limits": {**guard.Limits().__dict__, **limits}}
+
+
+@pytest.mark.parametrize("deployment, containers, now, limits, end, act", [
+    (None, [], "2026-01-05T22:00:00+08:00", {"max_runtime_hours": 1}, "deployment_gone", None),
+    ({"uuid": "833f1cd5a764fa3", "created_at": "2026-01-06T00:00:00+08:00", "status": "running"}, [],
+     "2026-01-06T02:00:00+08:00", {"max_runtime_hours": 1}, "deployment_gone", None),  # same uuid, other deployment
+    ({"uuid": "833f1cd5a764fa3", "created_at": "2026-01-05T20:00:00+08:00", "status": "running"}, [],
+     "2026-01-05T20:59:00+08:00", {"max_runtime_hours": 1}, None, None),
+    ({"uuid": "833f1cd5a764fa3", "created_at": "2026-01-05T20:00:00+08:00", "status": "running"}, [],
+     "2026-01-05T21:00:00+08:00", {"max_runtime_hours": 1}, None, "max_runtime"),
+    # 2 yuan/h since 20:00, but spend counts from the guard's start at 21:00: 2 yuan by 22:00
+    ({"uuid": "833f1cd5a764fa3", "created_at": "2026-01-05T20:00:00+08:00", "status": "running"},
+     [{"status": "running", "price": 2000, "started_at": "2026-01-05T20:00:00+08:00", "stopped_at": None}],
+     "2026-01-05T22:00:00+08:00", {"max_cost_yuan": 2.5}, None, None),
+    ({"uuid": "833f1cd5a764fa3", "created_at": "2026-01-05T20:00:00+08:00", "status": "running"},
+     [{"status": "running", "price": 2000, "started_at": "2026-01-05T20:00:00+08:00", "stopped_at": None}],
+     "2026-01-05T22:30:00+08:00", {"max_cost_yuan": 2.5}, None, "max_cost"),
+    ({"uuid": "833f1cd5a764fa3", "created_at": "2026-01-05T20:00:00+08:00", "status": "stopped", "deployment_type": "ReplicaSet"}, [],
+     "2026-01-05T22:00:00+08:00", {"max_runtime_hours": 1}, "deployment_stopped", None),
+])
+def test_judge(deployment, containers, now, limits, end, act):
+    from autodl_esd.guard import Observation, judge
+    from autodl_esd.timeline import parse_timestamp
+
+    verdict = judge(_state(**limits), Observation(deployment, containers, parse_timestamp(now)))
+    assert (verdict.end, verdict.act) == (end, act)

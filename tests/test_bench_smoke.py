@@ -18,7 +18,10 @@ BENCHES = [
     ("simulator.py", ["--requests", "20", "--trials", "1"]),
     ("load_balancing.py", ["--requests", "16", "--threads", "2", "--trials", "1"]),
     ("exactly_once_soak.py", ["--runs", "1", "--parallel", "1", "--modes", "create_error_after_commit"]),
+    ("simulator_memory.py", ["--count", "3"]),
+    ("autoscale.py", ["--day-seconds", "3", "--peak-rps", "10"]),
     ("scale_out.py", ["--requests", "3", "--threads", "1", "--sequential", "20", "--leases", "20"]),
+    ("mcp_overhead.py", ["--calls", "1"]),
 ]
 # Benches that start real servers: they run wherever the scale-out tests do.
 NEEDS_SERVERS = {"scale_out.py": ("redis-server", "haproxy")}

@@ -114,6 +114,8 @@ def test_tool_arguments_become_the_same_command_line_values(name, confirm):
     for key, value in arguments.items():
         expected = options[key].action.type(value) if private_type(options[key]) else value
         assert getattr(parsed, key) == expected, f"{name}.{key}"
+    for key, value in tool.policy.forced.items():
+        assert getattr(parsed, key) == value, f"{name}.{key} is forced"
     mode = tool.mode(arguments)
     if tool.has_yes:
         assert parsed.yes is (confirm and mode in (mcp_tools.SCRIPT_PREVIEWS, mcp_tools.SERVER_PREVIEWS))

@@ -30,7 +30,7 @@ from autodl_esd import mcp_tools  # noqa: E402
 TOKEN = "mcp-test-token-5f0c9e1d2b7a"
 SERVICE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 RESULT_SCHEMA = jsonschema.Draft202012Validator(json.loads((ROOT / "schemas" / "result.schema.json").read_text(encoding="utf-8")))
-MUTATING_POSTS = {"/api/v1/dev/deployment", "/api/v1/dev/deployment/blacklist"}
+MUTATING_POSTS = {"/api/v1/dev/deployment", "/api/v1/dev/deployment/blacklist", "/api/v1/wechat/message/send"}
 FAST = {"interval": 0.05}
 
 
@@ -171,6 +171,8 @@ def test_mutating_tools_without_confirm_make_no_mutating_request(session, platfo
         "stop_container": {"container_uuid": container, "decrease_one_replica_num": True},
         "blacklist_host": {"container_uuid": container},
     }
+    previews["guard_deployment"] = {"deployment_uuid": uuid, "max_runtime": 6}
+    previews["notify"] = {"title": "测试", "content": "不会发出", "name": "mcp-service"}
     for name, arguments in {**previews, "set_replicas ": {"deployment_uuid": uuid, "replica_num": 0}}.items():
         document = session.call(name.strip(), arguments)
         assert document["error_type"] == "confirmation_required", (name, document)
@@ -279,14 +281,36 @@ def test_the_token_never_appears_in_results_progress_or_logs(session):
     assert TOKEN not in session.stderr_path.read_text(encoding="utf-8")
 
 
-def test_sim_mode_needs_no_token(tmp_path):
-    """--sim: one embedded simulator behind every tool, no token in the environment."""
+def processes_mentioning(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def test_sim_mode_needs_no_token_and_a_closed_session_leaves_no_child(tmp_path):
+    """--sim: one embedded simulator behind every tool, no token in the environment. A client
+    that hangs up mid-call interrupts the script (no orphan left waiting to create)."""
+    too_big = tmp_path / "orphan-check-too-big.json"
+    too_big.write_text(json.dumps({**SERVICE, "name": "too-big", "replica_num": 60}), encoding="utf-8")
+    waiting = threading.Event()
     with start_blocking_portal() as portal:
-        client_cm, errlog, _ = start_session(portal, ["--sim"], {}, tmp_path)
+        client_cm, errlog, stderr_path = start_session(portal, ["--sim"], {}, tmp_path)
         with client_cm as client:
-            sim_session = Session(portal, client, tmp_path / "server.stderr")
+            sim_session = Session(portal, client, stderr_path)
             assert "RTX 4090" in sim_session.ok("gpu_stock")["stock"]
             created = sim_session.ok("queue_submit", {"config": "examples/replicaset-service.json", "confirm": True})
             listed = sim_session.ok("list_deployments")["items"]
             assert [d["uuid"] for d in listed] == [created["deployment_uuid"]]
+            future = sim_session.start("queue_submit", {"config": str(too_big), "confirm": True, "wait_running": True},
+                                       lambda message: "等待容器运行" in message and waiting.set())
+            assert waiting.wait(20)
+            assert processes_mentioning(too_big.name)
         errlog.close()
+    assert future.cancelled() or future.exception() is not None
+    assert processes_mentioning(too_big.name) == []
+    assert "工具 queue_submit 被取消" in stderr_path.read_text(encoding="utf-8")

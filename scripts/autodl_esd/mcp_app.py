@@ -103,7 +103,7 @@ class ToolRunner:
                 arguments.setdefault(key, value)
         mode = tool.mode(arguments)
         if mode == mcp_tools.SERVER_PREVIEWS and not confirm:
-            return self._preview(tool, arguments, await self._preview_context(arguments))
+            return self._preview(tool, arguments, await self._preview_context(tool, arguments))
         guard = self._submission_guard(tool, arguments, confirm)
         if isinstance(guard, dict):
             return guard
@@ -123,13 +123,15 @@ class ToolRunner:
              "destructive": tool.policy.destructive, **context},
         ).to_dict()
 
-    async def _preview_context(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    async def _preview_context(self, tool: mcp_tools.Tool, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """What a previewed call would act on, read with the read-only list tools."""
 
         async def quiet(_message: str) -> None:
             return None
 
         container_uuid = arguments.get("container_uuid")
+        if not ({"container_uuid", "deployment_uuid"} & set(tool.input_schema["properties"])):
+            return {}  # not about a deployment (notify's --name is a message field)
         if isinstance(container_uuid, str) and "list_containers" in self.tools:
             # A container UUID starts with its deployment's UUID (15 hex digits).
             listed = await self._run(self.tools["list_containers"], {"deployment_uuid": container_uuid[:15], "released": True},
@@ -426,6 +428,7 @@ def build_server(runner: ToolRunner) -> Any:
     instructions = (
         "AutoDL 弹性部署的全部操作, 每个工具对应 skill 中的一个脚本, 结果是脚本的同一个 JSON 文档 "
         "(status / error_type 契约见 SKILL.md)。改变平台的工具默认只预览, 得到用户同意后加 confirm: true。"
+        "取消的调用没有回复: 用 interrupted_calls 查看它的结果 (可能含 deployment_uuid), 再决定是否重新提交。"
         + (" 当前连接的是本地模拟器, 不花钱。" if runner.simulated else "")
     )
     return Server(SERVER_NAME, version=SERVER_VERSION, instructions=instructions,

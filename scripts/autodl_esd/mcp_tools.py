@@ -75,6 +75,8 @@ class ToolPolicy:
     hidden: Mapping[str, str] = field(default_factory=dict)
     # Defaults that apply only when the server runs --sim (the scripts' own --sim defaults).
     sim_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # Flags the server always passes (and hides; give the reason in `hidden`).
+    forced: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def mutating(self) -> bool:
@@ -125,8 +127,11 @@ POLICIES: dict[str, ToolPolicy] = {
     "wallet_balance.py": ToolPolicy("查询账户余额", **READ_ONLY),
     "cost_report.py": ToolPolicy("已花费用报告", **READ_ONLY),
     # Schedules a stop (or scale-down) of a deployment; one guard per deployment.
+    # A guard must outlive the tool call (and the MCP session, whose end interrupts every
+    # child): the server always detaches it.
     "guard_deployment.py": ToolPolicy("守护部署 (到时/超支/空闲时停止)", read_only=False, destructive=True,
-                                      idempotent=False, mode=_guard_mode),
+                                      idempotent=False, mode=_guard_mode, forced={"detach": True},
+                                      hidden={"detach": "always on: a guard must outlive the tool call and the session"}),
     # Every call sends one more message and uses the daily quota.
     "notify.py": ToolPolicy("发微信通知", read_only=False, destructive=False, idempotent=False,
                             mode=_always(SERVER_PREVIEWS)),
@@ -244,6 +249,7 @@ class Tool:
     policy: ToolPolicy
     description: str
     options: list[Option]
+    forced_options: list[Option]
     exclusive_groups: list[list[str]]
     has_yes: bool
     input_schema: dict[str, Any]
@@ -275,7 +281,8 @@ class Tool:
         """
         argv: list[str] = []
         positionals: list[str] = []
-        for option in self.options:
+        arguments = {**arguments, **self.policy.forced}
+        for option in [*self.options, *self.forced_options]:
             if option.dest not in arguments or arguments[option.dest] is None:
                 continue
             value = config_paths.get(option.dest, arguments[option.dest])
@@ -315,12 +322,16 @@ def build_tool(name: str, script: Path, policy: ToolPolicy) -> Tool:
     parser: argparse.ArgumentParser = module.build_parser()
     hidden = {**COMMON_HIDDEN, **policy.hidden}
     options: list[Option] = []
+    forced_options: list[Option] = []
     properties: dict[str, Any] = {}
     required: list[str] = []
     has_yes = False
     for action in parser._actions:
         if action.dest == "yes" and action.option_strings:
             has_yes = True
+            continue
+        if action.dest in policy.forced:
+            forced_options.append(Option(action.dest, action))
             continue
         if action.dest in hidden or action.help == argparse.SUPPRESS:
             continue
@@ -364,7 +375,10 @@ def build_tool(name: str, script: Path, policy: ToolPolicy) -> Tool:
                         "说明中的 --yes 即 confirm: true。")
     description += f"\n等同于命令 python {script.relative_to(SKILL_ROOT).as_posix()}; 结果是脚本输出的同一个 JSON 文档。"
     input_schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
-    return Tool(name, script, policy, description, options, exclusive_groups, has_yes, input_schema)
+    missing = set(policy.forced) - {option.dest for option in forced_options}
+    if missing:
+        raise UnsupportedArgument(f"{name}: forced flags the parser lacks: {sorted(missing)}")
+    return Tool(name, script, policy, description, options, forced_options, exclusive_groups, has_yes, input_schema)
 
 
 def tool_name(script_name: str) -> str:

@@ -230,6 +230,7 @@ def decide(config: AutoscaleConfig, samples: Sequence[Sample], observed: Observe
             # zero, so the one-step rule (which protects requests still arriving) yields.
             return out("scale_down", 0, reason)
         if now - since >= config.downscale_delay:
-            return out("scale_down", current - 1, reason)
+            # Stepping down toward min is the load's doing; "min_replicas" is for holding there.
+            return out("scale_down", current - 1, "load" if reason == "min_replicas" else reason)
         return out("hold", current, "downscale_delay", PolicyState(below_since=since), now - since)
     return out("hold", current, "on_target" if reason == "load" else reason)

@@ -337,11 +337,11 @@ class Autoscaler:
         if self.pending:
             record["pending"] = True
             record.update({key: value for key, value in self.pending.items() if key != "since"})
-        else:
-            shortfall = view.replica_num - view.live
-            if shortfall > 0 and not observed.converging:
-                record["pending"] = True
-                record["pending_reason"] = "placing"
+        elif view.replica_num > view.live and not record.get("applied") and not observed.converging:
+            # The platform holds more than runs and nothing of ours is starting: it cannot
+            # place them (stock taken after our check, or a replacement waiting for a card).
+            record["pending"] = True
+            record["pending_reason"] = "placing"
         record["spent_yuan"] = round(self.spent, 4)
         return self._record(record, now)
 
@@ -455,7 +455,9 @@ class Autoscaler:
         with self.lock:
             self.last_decision = record
             key = (record.get("action"), record.get("reason"), record.get("target"), record.get("pending_reason"))
-            changed = force or record.get("action") in ("scale_up", "scale_down", "replace") or key != self._last_emitted_key
+            # Every change is logged; a wish that stays pending (no stock) only when it starts.
+            acted = record.get("action") in ("scale_up", "scale_down", "replace") and record.get("applied") is not False
+            changed = force or acted or key != self._last_emitted_key
             if changed:
                 self._last_emitted_key = key
                 self.recent.append(record)

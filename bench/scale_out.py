@@ -14,9 +14,9 @@ replicas that serve one request at a time, one fast and three slow:
   - HAProxy leastconn, and HAProxy leastconn with maxconn 1 per server (queueing in HAProxy).
   p50/p95/mean latency and how many requests each replica served.
 
+  - one serve_gateway.py (following the Redis registry) that all three clients call.
 Section (b): requests/s and added latency, one replica answering at once (no queueing):
-direct to the replica, through HAProxy, and through the Python gateway when
-scripts/serve_gateway.py is present.
+direct to the replica, through HAProxy, and through the Python gateway (serve_gateway.py).
 
 Section (c): what shared in-flight counts cost per request (lease + release, no HTTP):
 local counts vs Redis on loopback.
@@ -231,6 +231,8 @@ def balance_section(sim, deployment_uuid: str, redis_url: str, proxies: dict[str
     rows = []
     modes = [("independent pools (own counts)", "independent", ""), ("shared in-flight counts (Redis)", "shared", ""),
              ("HAProxy leastconn", "haproxy", proxies["leastconn"]), ("HAProxy leastconn + maxconn 1", "haproxy", proxies["maxconn1"])]
+    if proxies.get("gateway"):
+        modes.append(("one serve_gateway.py (least_inflight)", "haproxy", proxies["gateway"]))
     for label, mode, proxy_url in modes:
         results = run_clients(mode, redis_url, deployment_uuid, proxy_url, requests, threads)
         latencies = [r[0] for r in results]
@@ -269,31 +271,21 @@ def sequential(url: str, requests: int, threads: int) -> tuple[float, float]:
     return len(samples) / (time.perf_counter() - started), statistics.mean(samples)
 
 
-def gateway_url(sim, deployment_uuid: str, registry_file: Path, stack: list) -> str | None:
-    """Start scripts/serve_gateway.py when this checkout has it; its URL, or None."""
-    gateway = SCRIPTS_DIR / "serve_gateway.py"
-    if not gateway.exists():
+def start_gateway(redis_url: str, deployment_uuid: str, stack: list) -> str | None:
+    """scripts/serve_gateway.py following the Redis registry; its URL, or None without aiohttp."""
+    try:
+        import aiohttp  # noqa: F401 - the gateway's own dependency
+    except ImportError:
         return None
-    port = free_port()
-    env = {**os.environ, "AUTODL_HOST": sim.url, "AUTODL_TOKEN": sim.token}
-    process = subprocess.Popen([sys.executable, str(gateway), "--deployment-uuid", deployment_uuid, "--listen", f"127.0.0.1:{port}",
-                                "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "AUTODL_TOKEN": ""}  # it follows Redis, it never calls the API
+    process = subprocess.Popen([sys.executable, str(SCRIPTS_DIR / "serve_gateway.py"), "--deployment-uuid", deployment_uuid,
+                                "--registry-redis", redis_url, "--key-prefix", KEY_PREFIX, "--listen", "127.0.0.1:0", "--quiet"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stack.append(process)
-    url = f"http://127.0.0.1:{port}"
-
-    def answers():
-        if process.poll() is not None:
-            return "exited"
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/predict")
-            ok = connection.getresponse().status == 200
-            connection.close()
-            return ok
-        except OSError:
-            return False
-
-    return url if wait_for(answers, "the gateway") is True else None
+    ready = json.loads(process.stdout.readline() or "{}")
+    if ready.get("status") != "success":
+        raise SystemExit(f"serve_gateway.py did not start: {ready}")
+    return ready["url"]
 
 
 def overhead_section(sim, deployment_uuid: str, direct: str, proxy: str, gateway: str | None, requests: int) -> list[tuple]:
@@ -365,13 +357,12 @@ def main(argv: list[str] | None = None) -> int:
                 stack.append(process)
                 proxies[name], sockets[name] = url, (socket_path, options)
             env = {**os.environ, "AUTODL_HOST": sim.url, "AUTODL_TOKEN": sim.token}
-            registry_file = directory / "registry.json"
             for name, (socket_path, options) in sockets.items():
                 feed = [sys.executable, str(SCRIPTS_DIR / "discover_services.py"), "--deployment-uuid", deployment_uuid, "--watch",
                         "--interval", str(WATCH_INTERVAL), "--haproxy-socket", socket_path, "--haproxy-backend", "replicas",
                         "--haproxy-server-options", options, "--quiet"]
-                if name == "leastconn":  # this one also keeps the Redis registry (and a file for the gateway)
-                    feed += ["--redis", redis_url, "--key-prefix", KEY_PREFIX, "--out", str(registry_file)]
+                if name == "leastconn":  # this one also keeps the Redis registry (for the pools and the gateway)
+                    feed += ["--redis", redis_url, "--key-prefix", KEY_PREFIX]
                 stack.append(subprocess.Popen(feed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             from autodl_esd.serving import haproxy, redis_registry
 
@@ -382,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for(lambda: len(haproxy.RuntimeApi(socket_path).servers("replicas")) == len(MACHINES), "HAProxy servers")
             client.close()
             time.sleep(1.5)  # first health checks pass
+            gateway = start_gateway(redis_url, deployment_uuid, stack)
+            if gateway:
+                proxies["gateway"] = gateway
 
             for machine in MACHINES:
                 sim.set_machine_latency(machine, SLOW_SECONDS)
@@ -398,14 +392,13 @@ def main(argv: list[str] | None = None) -> int:
                 sim.set_machine_latency(machine, 0)
                 sim.set_machine_concurrency(machine, 0)
             direct = sim.service_address(sim.containers(deployment_uuid)[0]["uuid"])
-            gateway = gateway_url(sim, deployment_uuid, registry_file, stack)
             print_markdown_table(
                 f"(b) {args.sequential} keep-alive GETs per row, replicas answering at once (loopback; mean latency per request)",
                 ("client threads", "path", "requests/s", "mean ms", "added ms"),
                 overhead_section(sim, deployment_uuid, direct, proxies["leastconn"], gateway, args.sequential),
             )
             if gateway is None:
-                print("\n(serve_gateway.py is not in this checkout: no gateway row)")
+                print("\n(aiohttp is not installed: no serve_gateway.py rows)")
 
             print_markdown_table(
                 f"(c) cost of shared in-flight counts: {args.leases} lease+release pairs, no HTTP",

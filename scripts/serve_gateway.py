@@ -11,6 +11,7 @@ EXAMPLES = [
     "python scripts/serve_gateway.py --name my-llm --port 6008 --policy queue_aware --load-path /metrics --health-path /health",
     "python scripts/serve_gateway.py --registry registry.json --listen 127.0.0.1:8000 --max-inflight-per-replica 4",
     "python scripts/serve_gateway.py --registry-url http://127.0.0.1:8765 --listen 0.0.0.0:8000 --auth-token-env GATEWAY_TOKEN",
+    "python scripts/serve_gateway.py --deployment-uuid 833f1cd5a764fa3 --registry-redis redis://10.0.0.5:6379/0",
 ]
 
 # Defaults live here so --help imports nothing heavy (aiohttp, prometheus_client, the watcher).
@@ -53,6 +54,13 @@ def build_parser() -> cli.JsonArgumentParser:
     source.add_argument("--config", metavar="FILE", help="按部署配置文件中的 name 查找")
     source.add_argument("--registry", metavar="FILE", help="读取另一个 discover_services.py --watch --out 维护的注册表文件")
     source.add_argument("--registry-url", metavar="URL", help="读取 discover_services.py --serve 的注册表接口, 如 http://127.0.0.1:8765")
+    parser.add_argument("--registry-redis", metavar="URL",
+                        help="跟随 discover_services.py --watch --redis 写在 Redis 里的注册表 (按变化通知, 不轮询), "
+                             "部署由 --deployment-uuid / --name / --config 指定; 网关自己不再轮询 AutoDL")
+    parser.add_argument("--key-prefix", default="autodl-esd", metavar="P", help="--registry-redis 的键前缀 (默认 autodl-esd, 与 discover_services.py 相同)")
+    parser.add_argument("--shared-inflight", action="store_true",
+                        help="与其他网关和 service_pool (shared_inflight=True) 在 Redis 中共享每个副本的在途请求数, "
+                             "least_inflight / queue_aware 看到所有客户端的负载 (需 --registry-redis; 每轮约 50 ms 同步一次, 不阻塞请求)")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                         help=f"监听地址 (默认 {DEFAULT_LISTEN}; 端口 0 自动选择; IPv6 写 [::1]:8000)")
     parser.add_argument("--port", type=int, choices=(6006, 6008), help="用副本哪个端口的服务地址 (默认 6006, 没有时用 6008)")

@@ -62,7 +62,7 @@ def replica_num(instance, uuid: str) -> int:
 class InProcessGateway:
     """A gateway (with the autoscaler extension) on its own event loop thread."""
 
-    def __init__(self, deployment_uuid: str, config, queue_timeout: float = 10.0):
+    def __init__(self, deployment_uuid: str, config, queue_timeout: float = 10.0, load_path: str | None = None):
         from autodl_esd import api
         from autodl_esd.serving.autoscaler import Autoscaler, GatewayAutoscaler, ReplicaScaler
         from autodl_esd.serving.gateway import Gateway, GatewayOptions
@@ -73,7 +73,7 @@ class InProcessGateway:
         watcher = RegistryWatcher(client(), deployment_uuid, WatchOptions(interval=0.05, resync_every=10))
         self.source = WatcherSource(watcher, stale_after=1.0)
         options = GatewayOptions(host="127.0.0.1", port=0, interval=0.1, queue_timeout=queue_timeout,
-                                 deployment_uuid=deployment_uuid)
+                                 deployment_uuid=deployment_uuid, load_path=load_path)
         self.gateway = Gateway(self.source, options)
         deployment = api.list_deployments(client(), deployment_uuid=deployment_uuid)[0]
         self.autoscaler = Autoscaler(ReplicaScaler(client(), deployment), config, lambda: None, interval=0.05,
@@ -159,8 +159,9 @@ def test_scale_to_zero_and_the_first_request_after_it_is_held_then_served(sim):
         # Someone watching /_gateway/status meanwhile is not traffic: it must not keep a replica up.
         instance.wait_until(lambda: gw.get("/_gateway/status")[0] == 200 and replica_num(instance, uuid) == 0
                             and running(instance, uuid) == 0, 10)
-        # The gateway learns of the stopped container from the registry a moment later.
-        instance.wait_until(lambda: not gw.get("/_gateway/status")[1]["replicas"], 5)
+        # Routing stopped before the scale to zero (the registry only follows a moment later):
+        # a request arriving now waits in the queue instead of reaching a stopping container.
+        assert [r for r in gw.get("/_gateway/status")[1]["replicas"] if r["state"] != "draining"] == []
         began = time.monotonic()
         statuses = fire(gw, 4, 4)  # arrive at zero replicas: queued while one starts
         assert statuses == [200, 200, 200, 200]
@@ -203,3 +204,31 @@ def test_serve_gateway_autoscale_asks_for_yes_with_its_bounds_and_leaves_the_las
     assert summary["autoscaler"]["left_at_last_size"] is True
     decisions = [json.loads(line) for line in err.splitlines() if line.startswith('{"event": "autoscale"')]
     assert decisions and decisions[0]["action"] == "scale_up" and decisions[0]["reason"] == "min_replicas"
+
+
+def test_with_load_path_load_from_other_clients_counts(sim):
+    """Clients that call the replica directly never pass the gateway; its /metrics report does."""
+    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    replica_url = next(c for c in instance.containers(uuid) if c["status"] == "running")["info"]["service_url"]
+    config = AutoscaleConfig(min_replicas=1, max_replicas=3, look_back=0.3, upscale_delay=0.2, downscale_delay=30)
+    stop = threading.Event()
+
+    def direct_client() -> None:
+        while not stop.is_set():
+            urllib.request.urlopen(replica_url + "/predict", timeout=10).read()
+
+    with InProcessGateway(uuid, config, load_path="/metrics") as gw:
+        others = [threading.Thread(target=direct_client) for _ in range(6)]
+        for other in others:
+            other.start()
+        try:
+            instance.wait_until(lambda: replica_num(instance, uuid) >= 2, 10)
+        finally:
+            stop.set()
+            for other in others:
+                other.join(10)
+        up = next(line for line in gw.lines if line["action"] == "scale_up")
+        assert up["load"] >= 3 and gw.gateway.totals.proxied == 0  # none of it came through the gateway

@@ -366,3 +366,41 @@ def test_converging_is_our_own_change_still_starting_and_gives_up_on_a_stuck_sta
     scaler.last_change_at = 100.0
     assert scaler._converging(starting, 130)
     assert not scaler._converging(starting, 100 + STARTUP_PATIENCE_SECONDS + 1)  # stuck: decide again
+
+
+def test_stopped_while_a_change_is_on_its_way_the_summary_says_so_and_guesses_no_size():
+    scaler = Autoscaler(ReplicaScaler(None, deployment_record(2)), AutoscaleConfig(), LoadSnapshot, clock=lambda: 0.0)
+    scaler.change_in_flight = {"replica_num_from": 2, "replica_num_to": 3, "took_effect": "unknown",
+                               "check": f"python scripts/list_deployments.py --deployment-uuid {UUID}"}
+    summary = scaler.summary()
+    assert summary["final_replica_num"] is None and summary["change_in_flight"]["took_effect"] == "unknown"
+    assert "list_deployments.py" in summary["note"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--deployment-uuid", UUID, "--min-replicas", "2"], "--autoscale"),
+    (["--registry", "r.json", "--autoscale"], "--registry"),
+    (["--deployment-uuid", UUID, "--autoscale", "--min-replicas", "3", "--max-replicas", "2"], "--min-replicas 3"),
+    (["--deployment-uuid", UUID, "--autoscale", "--scale-to-zero-after", "60"], "--min-replicas 0"),
+    (["--deployment-uuid", UUID, "--autoscale", "--budget", "-1"], "--budget"),
+])
+def test_autoscale_flags_that_make_no_sense_are_usage_errors_before_any_call(run, argv, says):
+    pytest.importorskip("aiohttp")
+    code, out, _ = run("serve_gateway.py", *argv, "--listen", "127.0.0.1:0")
+    assert code == 1 and out["error_type"] == "usage_error"
+    assert says in out["message"] + out.get("hint", "")
+
+
+def test_scale_to_zero_is_skipped_when_the_gateway_sees_a_request_arrive_and_routing_is_restored_on_failure(harness):
+    h = harness(AutoscaleConfig(min_replicas=0, max_replicas=2, scale_to_zero_after=60))
+    calls = []
+    h.scaler.before_zero = lambda: calls.append("detach") or False  # a request just came in
+    h.scaler.zero_failed = lambda: calls.append("reattach")
+    h.run(100, load=0)
+    assert h.replica_num() == 1 and calls and set(calls) == {"detach"}
+    skipped = [line for line in h.lines if line.get("not_applied_because") == "request_arrived"]
+    assert len(skipped) == 1  # logged once, not every tick
+    h.scaler.before_zero = lambda: True
+    h.scaler.scaler.set_replicas = lambda target: {"requested_replica_num": target, "took_effect": False, "refused": False}
+    h.run(STEP)
+    assert calls[-1] == "reattach"  # the change did not land: route to the replicas again

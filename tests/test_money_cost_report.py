@@ -74,7 +74,7 @@ def test_an_empty_account_is_a_success_with_zeros(run, api, result_validator):
     assert code == 0, out
     result_validator.validate(out)
     assert out["count"] == 0 and out["items"] == []
-    assert out["totals"] == {"deployments": 0, "containers": 0, "cost_yuan": 0, "run_hours": 0,
+    assert out["totals"] == {"deployments": 0, "containers": 0, "cost_yuan": 0, "container_hours": 0,
                              "current_hourly_yuan": 0, "running_containers": 0}
 
 

@@ -146,7 +146,8 @@ def test_stops_when_spend_since_start_reaches_max_cost(sim, run):
 
 
 class MetricsServer:
-    """A stand-in for the gateway's /_gateway/metrics, rendered by prometheus_client."""
+    """A stand-in for the gateway's /_gateway/metrics, rendered by prometheus_client; like the
+    gateway it counts each scrape as a request (in flight while rendering, finished after)."""
 
     def __init__(self):
         from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
@@ -154,7 +155,13 @@ class MetricsServer:
         self.registry = CollectorRegistry()
         self.requests = Histogram("http_server_request_duration_seconds", "request time", ["route"], registry=self.registry)
         self.active = Gauge("http_server_active_requests", "in flight", registry=self.registry)
-        render = lambda: generate_latest(self.registry)  # noqa: E731
+        def render():
+            self.active.inc()
+            try:
+                return generate_latest(self.registry)
+            finally:
+                self.active.dec()
+                self.requests.labels(route="/_gateway/metrics").observe(0.001)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
@@ -206,12 +213,14 @@ def test_scales_down_a_service_idle_on_the_gateway_metrics(sim, run):
 def test_requests_in_flight_are_not_idle():
     from autodl_esd.idle import Activity, IdleTracker
 
+    # Each reading is a scrape the gateway counts: 1 in flight now, +1 finished by the next.
     tracker = IdleTracker()
-    assert tracker.observe(Activity(10, 0), now=0) == 0
-    assert tracker.observe(Activity(10, 0), now=30) == 30
-    assert tracker.observe(Activity(10, 1), now=60) == 0  # a long request, still running
-    assert tracker.observe(Activity(10, 0), now=90) == 30
-    assert tracker.observe(Activity(3, 0), now=100) == 0  # the gateway restarted: counts moved
+    assert tracker.observe(Activity(10, 1), now=0) == 0
+    assert tracker.observe(Activity(11, 1), now=30) == 30  # only our own previous scrape
+    assert tracker.observe(Activity(12, 2), now=60) == 0  # someone else's request in flight
+    assert tracker.observe(Activity(14, 1), now=90) == 0  # ... it finished (+1 ours, +1 theirs)
+    assert tracker.observe(Activity(15, 1), now=120) == 30
+    assert tracker.observe(Activity(3, 1), now=130) == 0  # the gateway restarted: counts moved
 
 
 def test_a_page_without_the_request_histogram_is_not_idle():
@@ -387,3 +396,56 @@ def test_judge(deployment, containers, now, limits, end, act):
 
     verdict = judge(_state(**limits), Observation(deployment, containers, parse_timestamp(now)))
     assert (verdict.end, verdict.act) == (end, act)
+
+
+# --- against the real serving gateway --------------------------------------------------------
+
+def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, run):
+    """serve_gateway's own /_gateway/metrics: the guard's scrapes do not count as traffic,
+    steady traffic keeps the service up, silence for --idle-minutes scales it down."""
+    pytest.importorskip("aiohttp")
+    import requests
+
+    from autodl_esd.http import ApiClient
+    from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
+    from autodl_esd.serving.sources import WatcherSource
+    from autodl_esd.settings import Settings
+    from gateway_harness import LoopThread
+
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+    loop = LoopThread()
+    source = None
+    try:
+        client = ApiClient(Settings(host=simulator.url, http_timeout=5, token=simulator.token))
+        source = WatcherSource(RegistryWatcher(client, uuid, WatchOptions(interval=0.1, resync_every=5)), stale_after=0.3)
+        source.start()
+        assert source.wait_first(5)
+        gateway = loop.gateway(source, deployment_uuid=uuid, interval=0.1)
+        traffic_until = time.monotonic() + 1.5  # requests every 0.1 s: never 0.6 s idle
+        last = {}
+
+        def traffic():
+            session = requests.Session()
+            while time.monotonic() < traffic_until:
+                assert session.get(gateway.url + "/predict", timeout=5).status_code == 200
+                last["answered_at"] = time.monotonic()
+                time.sleep(0.1)
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+        code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--idle-minutes", "0.01",
+                           "--idle-url", gateway.url + "/_gateway/metrics", "--action", "scale-to", "--floor", "1",
+                           "--yes", *FAST)
+        acted_at = time.monotonic()
+        sender.join(5)
+    finally:
+        if source is not None:
+            loop.call(source.stop)
+        loop.close()
+
+    assert code == 0 and out["guard_status"] == "acted", out
+    # Not while traffic flowed (1.5 s of it), and 0.01 min after the last request was answered.
+    assert acted_at - last["answered_at"] >= 0.59 and last["answered_at"] >= traffic_until - 0.2
+    assert deployment_of(simulator, uuid)["replica_num"] == 1
+    assert replica_requests(simulator, uuid) == [{"deployment_uuid": uuid, "replica_num": 1}]

@@ -384,3 +384,104 @@ def test_help_imports_neither_redis_nor_the_scale_out_modules(script):
              "print([m for m in ('redis', 'autodl_esd.serving.redis_registry', 'autodl_esd.serving.haproxy') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:] + done.stderr[-500:]
+
+
+def test_gateway_follows_the_redis_registry_by_notification(sim, deploy, redis_server, key_prefix):
+    pytest.importorskip("aiohttp")
+    instance = sim()
+    deployment_uuid = deploy(2)
+    watcher = start_watcher(instance, deployment_uuid, redis_server.url, key_prefix)
+    # The gateway gets no AutoDL token: it must not poll the API itself.
+    env = {**os.environ, "AUTODL_TOKEN": "", "AUTODL_HOST": "http://127.0.0.1:9"}
+    gateway = subprocess.Popen([sys.executable, str(SCRIPTS / "serve_gateway.py"), "--deployment-uuid", deployment_uuid,
+                                "--registry-redis", redis_server.url, "--key-prefix", key_prefix, "--listen", "127.0.0.1:0",
+                                "--interval", "30", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(gateway.stdout.readline() or "{}")
+        assert ready.get("status") == "success", gateway.stderr.read() if gateway.poll() is not None else ready
+
+        def served_by() -> set[str]:
+            seen = set()
+            for _ in range(8):
+                with urllib.request.urlopen(ready["url"] + "/predict", timeout=10) as response:
+                    seen.add(response.headers["X-Served-By"])
+            return seen
+
+        first = running_uuids(instance, deployment_uuid)
+        wait_for(lambda: served_by() == first, 10, "the gateway to route to both replicas")
+        victim = sorted(first)[0]
+        instance.crash_container(victim)
+        # --interval 30: only a notification (not the gateway's own poll) can bring the change in time.
+        wait_for(lambda: len(running_uuids(instance, deployment_uuid)) == 2
+                 and served_by() == running_uuids(instance, deployment_uuid), 10, "the gateway to follow the churn")
+        with urllib.request.urlopen(ready["url"] + "/_gateway/status", timeout=5) as response:
+            status = json.loads(response.read())
+        assert "Redis" in json.dumps(status, ensure_ascii=False)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        out, _ = gateway.communicate(timeout=15)
+        watcher.send_signal(signal.SIGTERM)
+        watcher.communicate(timeout=10)
+    assert json.loads(out)["status"] == "success"
+
+
+def start_gateway(deployment_uuid, redis_url, prefix, *extra):
+    env = {**os.environ, "AUTODL_TOKEN": "", "AUTODL_HOST": "http://127.0.0.1:9"}
+    process = subprocess.Popen([sys.executable, str(SCRIPTS / "serve_gateway.py"), "--deployment-uuid", deployment_uuid,
+                                "--registry-redis", redis_url, "--key-prefix", prefix, "--listen", "127.0.0.1:0", "--quiet", *extra],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready = json.loads(process.stdout.readline() or "{}")
+    assert ready.get("status") == "success", process.stderr.read() if process.poll() is not None else ready
+    return process, ready["url"]
+
+
+def get(url, path="/predict", timeout=10):
+    with urllib.request.urlopen(url + path, timeout=timeout) as response:
+        return response.headers.get("X-Served-By"), json.loads(response.read())
+
+
+def test_gateways_with_shared_inflight_see_each_others_requests(sim, deploy, redis_server, key_prefix):
+    pytest.importorskip("aiohttp")
+    instance = sim()
+    deployment_uuid = deploy(2)
+    machines = {c["uuid"]: c["machine_id"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}
+    watcher = start_watcher(instance, deployment_uuid, redis_server.url, key_prefix)
+    gateways = []
+    try:
+        for _ in range(2):
+            gateways.append(start_gateway(deployment_uuid, redis_server.url, key_prefix, "--shared-inflight"))
+        (a, a_url), (b, b_url) = gateways
+        wait_for(lambda: len({get(b_url)[0] for _ in range(6)}) == 2, 10, "gateway B to know both replicas")
+        for machine in machines.values():
+            instance.set_machine_latency(machine, 3)
+        hanging = threading.Thread(target=get, args=(a_url,))
+        hanging.start()  # a slow request through gateway A
+
+        from autodl_esd.serving import redis_registry
+
+        client = redis_registry.connect(redis_server.url)
+        shared = redis_registry.SharedInflight(client, redis_registry.RedisKeys(deployment_uuid, key_prefix))
+
+        def remote_counts():
+            return shared.counts(sorted(machines))
+
+        busy = wait_for(lambda: next((u for u, n in remote_counts().items() if n == 1), None), 3,
+                        "gateway A's request to be counted in Redis")
+        other = next(u for u in machines if u != busy)
+        # Gateway B reads the shared counts every LEDGER_REFRESH_SECONDS (50 ms); ten of them
+        # is slack for a loaded 2-core machine.
+        time.sleep(10 * redis_registry.LEDGER_REFRESH_SECONDS)
+        instance.set_machine_latency(machines[other], 0.01)
+        served = [get(b_url)[0] for _ in range(4)]
+        assert served == [other] * 4, (busy, served)  # B keeps off the replica A is using
+        hanging.join(timeout=10)
+        wait_for(lambda: set(remote_counts().values()) == {0}, 3, "A's finished request to stop counting")
+        client.close()
+    finally:
+        for machine in machines.values():
+            instance.set_machine_latency(machine, 0)
+        for process, _ in gateways:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=15)
+        watcher.send_signal(signal.SIGTERM)
+        watcher.communicate(timeout=10)

@@ -246,13 +246,13 @@ def describe_plan(state: dict[str, Any]) -> str:
     if limits.max_runtime_hours is not None:
         created = parse_timestamp(state.get("deployment_created_at"))
         deadline = f" (约 {iso(created + timedelta(hours=limits.max_runtime_hours))})" if created else ""
-        when.append(f"部署运行满 {limits.max_runtime_hours:g} 小时{deadline}")
+        when.append(f"部署运行满 {limits.max_runtime_hours:g} 小时{deadline} ")
     if limits.max_cost_yuan is not None:
         when.append(f"自守护启动起花费达到 {limits.max_cost_yuan:g} 元")
     if limits.idle_minutes is not None:
         when.append(f"网关 {limits.idle_url} 连续 {limits.idle_minutes:g} 分钟没有请求")
     action = (f"把 ReplicaSet 副本数缩到 {state['floor']}" if state["action"] == "scale-to" else "停止整个部署 (全部容器, 不可恢复)")
-    return f"当{' 或 '.join(when)}时, {action}: {state.get('deployment_name')} ({state['deployment_uuid']})。"
+    return f"当{' 或 '.join(w.strip() for w in when)} 时, {action}: {state.get('deployment_name')} ({state['deployment_uuid']})。"
 
 
 # --- the running guard ---------------------------------------------------------------------
@@ -392,7 +392,7 @@ class Guard:
                 self._finish("action_unconfirmed", f"{message} {error.message}",
                              outcome={"took_effect": took_effect, "error": error.to_dict(), "check": change.check})
                 return
-        self._finish("acted", f"{message} 已{change.what.removeprefix('守护')}。", outcome=report)
+        self._finish("acted", f"{message}已{change.what.removeprefix('守护')}。", outcome=report)
 
     def _settle_interrupted_action(self) -> None:
         """The guard died after writing its intent: find out from the platform what happened."""

@@ -5,6 +5,13 @@ histogram: its `_count` samples count finished requests) and `http_server_active
 (a gauge of requests in flight) at `/_gateway/metrics`. A service is idle while the request
 count does not move and nothing is in flight. The text is parsed by prometheus_client (the
 format has escaping and type rules not worth re-implementing).
+
+The gateway counts every request it serves, its own metrics page included: while the page
+renders, the scrape itself is the one request in flight, and once answered it adds one to
+the count. So the guard discounts exactly its own scrape: one active request, and one more
+finished request per reading since the last. (Another scraper, e.g. a Prometheus server,
+then keeps the service looking busy: the safe direction. `--idle-url` must be the
+gateway's page, which counts scrapes this way.)
 """
 
 from __future__ import annotations
@@ -18,14 +25,16 @@ from .errors import AutoDLError, ErrorType
 
 REQUEST_HISTOGRAM = "http_server_request_duration_seconds"
 ACTIVE_REQUESTS = "http_server_active_requests"
+# Requests of our own in each reading: the scrape in flight, and (once done) its count.
+OWN_REQUESTS_PER_READING = 1
 # A metrics page answers at once or the gateway is in trouble; don't hold the guard's loop.
 METRICS_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass
 class Activity:
-    requests_total: float  # finished requests since the gateway started
-    active: float  # requests in flight now
+    requests_total: float  # finished requests since the gateway started (scrapes included)
+    active: float  # requests in flight now (this scrape included)
 
 
 def parse_activity(text: str) -> Activity:
@@ -74,9 +83,12 @@ class IdleTracker:
     def observe(self, activity: Activity, now: float | None = None) -> float:
         """Record one reading; returns the seconds the service has been idle (0 if busy)."""
         now = time.time() if now is None else now
-        moved = self.last_total is None or activity.requests_total != self.last_total
+        # Our previous scrape finished since then: one request is ours (see the module doc).
+        moved = (self.last_total is None or activity.requests_total < self.last_total
+                 or activity.requests_total > self.last_total + OWN_REQUESTS_PER_READING)
         self.last_total = activity.requests_total
-        if activity.active > 0 or moved or self.quiet_since is None:
+        others_active = activity.active - OWN_REQUESTS_PER_READING
+        if others_active > 0 or moved or self.quiet_since is None:
             # Busy, a request finished since last time, or the first reading: idle starts now.
             self.quiet_since = now
             return 0.0

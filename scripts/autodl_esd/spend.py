@@ -76,7 +76,8 @@ def deployment_spend(deployment: dict[str, Any], containers: Iterable[dict[str, 
         "deployment_type": deployment.get("deployment_type"),
         "status": deployment.get("status"),
         "cost_yuan": round(sum(r["cost_yuan"] or 0.0 for r in rows), 3),
-        "run_hours": round(sum(r["run_hours"] for r in rows), 4),
+        # Summed over containers: two containers for an hour are two container-hours.
+        "container_hours": round(sum(r["run_hours"] for r in rows), 4),
         "current_hourly_yuan": round(sum(r["hourly_yuan"] or 0.0 for r in running), 3),
         "running_containers": len(running),
         "price_estimates_yuan": round(yuan_from_price_units(estimates), 3)
@@ -98,7 +99,7 @@ def spend_report(client: Any, deployments: list[dict[str, Any]], now_of: Any, si
             "deployments": len(items),
             "containers": sum(i["container_count"] for i in items),
             "cost_yuan": round(sum(i["cost_yuan"] for i in items), 3),
-            "run_hours": round(sum(i["run_hours"] for i in items), 4),
+            "container_hours": round(sum(i["container_hours"] for i in items), 4),
             "current_hourly_yuan": round(sum(i["current_hourly_yuan"] for i in items), 3),
             "running_containers": sum(i["running_containers"] for i in items),
         },

@@ -61,6 +61,9 @@ RECENT_DECISIONS = 20
 # Between ticks the gateway extension looks this often for a request waiting at zero
 # replicas, so a scale from zero starts within 0.1 s instead of up to a whole interval.
 WAKE_POLL_SECONDS = 0.1
+# Detaching the replicas runs on the gateway's loop, which answers within milliseconds;
+# a loop that does not answer in 5 s is stuck, and scaling to zero then waits a tick.
+DETACH_WAIT_SECONDS = 5.0
 # On stop, a tick that is mid-change gets this long to finish (a lost answer is read back
 # for the HTTP timeout plus a margin), so the summary reports a settled size.
 STOP_WAIT_SECONDS = 60.0
@@ -285,6 +288,11 @@ class Autoscaler:
         self._stopping = threading.Event()
         self._last_emitted_key: Optional[tuple] = None
         self.decisions_by_action: dict[str, int] = {}
+        self.change_in_flight: Optional[dict] = None  # a replica_num change sent, outcome not yet known
+        # Set by the gateway extension: stop routing to the replicas before scaling to zero
+        # (False: a request just came in, do not scale to zero), and undo that if it failed.
+        self.before_zero: Optional[Callable[[], bool]] = None
+        self.zero_failed: Optional[Callable[[], None]] = None
 
     # ---- one step --------------------------------------------------------
 
@@ -379,6 +387,11 @@ class Autoscaler:
             result["last_stock"] = stock
         else:
             self.pending = None
+        if target == 0 and self.before_zero is not None and not self.before_zero():
+            result.update({"applied": False, "not_applied_because": "request_arrived"})
+            return result
+        self.change_in_flight = {"replica_num_from": view.replica_num, "replica_num_to": target, "took_effect": "unknown",
+                                 "check": f"python scripts/list_deployments.py --deployment-uuid {self.scaler.deployment_uuid}"}
         outcome = self.scaler.set_replicas(target)
         if target == 0 and outcome.get("refused"):
             if not self.zero_refused:
@@ -388,6 +401,9 @@ class Autoscaler:
             if view.replica_num != 1:
                 outcome = {"fallback_from": 0, **self.scaler.set_replicas(1)}
                 target = 1
+        self.change_in_flight = None
+        if decision.target == 0 and self.zero_failed is not None and not (target == 0 and outcome.get("took_effect") is True):
+            self.zero_failed()  # still serving with replicas: route to them again
         result["outcome"] = outcome
         result["target"] = target
         result["applied"] = outcome.get("took_effect") is True
@@ -544,6 +560,14 @@ class Autoscaler:
     def summary(self) -> dict:
         view = self.view
         last = view.replica_num if view else None
+        if self.change_in_flight is not None:
+            # Stopped while a change was on its way: what is known, never a guess.
+            change = dict(self.change_in_flight)
+            return {"final_replica_num": None, "left_at_last_size": True, "change_in_flight": change,
+                    "note": f"自动扩缩容停止时, 把副本数从 {change['replica_num_from']} 改为 {change['replica_num_to']} 的请求已发出, "
+                    f"是否生效未知: 先用 {change['check']} 查看, 不要直接重复。",
+                    "changes": self.changes, "spent_yuan": round(self.spent, 4), "zero_refused": self.zero_refused,
+                    "blacklist_candidates": list(self.blacklist_candidates.values())}
         return {
             "final_replica_num": last,
             "left_at_last_size": True,
@@ -616,7 +640,35 @@ class GatewayAutoscaler:
 
     async def start(self, gateway: Any) -> None:
         self.gateway = gateway
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="autoscaler")
+        self._loop_ref = asyncio.get_running_loop()
+        self.autoscaler.before_zero = lambda: self._on_loop(self._detach_replicas)
+        self.autoscaler.zero_failed = lambda: self._on_loop(self._reattach_replicas)
+        self._task = self._loop_ref.create_task(self._loop(), name="autoscaler")
+
+    def _on_loop(self, action: Callable[[], Any]) -> Any:
+        """Run `action` on the gateway's loop (its replica table has no locks) and wait for it."""
+        async def call() -> Any:
+            return action()
+
+        try:
+            return asyncio.run_coroutine_threadsafe(call(), self._loop_ref).result(DETACH_WAIT_SECONDS)
+        except Exception as error:  # a stuck or closing loop: do not scale to zero this tick
+            self.autoscaler._log(f"网关事件循环没有响应 ({type(error).__name__}), 这次不缩到 0")
+            return False
+
+    def _detach_replicas(self) -> bool:
+        """Before scaling to zero: stop routing to the replicas, so a request arriving while
+        the registry still lists them waits in the queue (and triggers a scale from zero)
+        instead of reaching a container that is being stopped. False if one is in flight."""
+        table = self.gateway.table
+        if table.queued or any(replica.inflight for replica in table.all_replicas()):
+            return False
+        table.update([])
+        return True
+
+    def _reattach_replicas(self) -> None:
+        self.gateway._view = None  # the next look at the source re-applies the registry
+        self.gateway._refresh_registry()
 
     def _waiting_at_zero(self) -> bool:
         view = self.autoscaler.view
@@ -695,7 +747,11 @@ def prepare_gateway_autoscaler(args: Any, ctx: Any, deployment_uuid: Optional[st
     check_autoscale_arguments(args)
     if not args.autoscale:
         return None
-    client = ctx.client()
+    from ..http import ApiClient
+
+    # Its own client: the autoscaler calls the platform from a worker thread while the
+    # registry watcher uses ctx.client() from its own; a requests.Session is not shared.
+    client = ApiClient(ctx.client().settings, progress=ctx.progress)
     deployment = deployment_by_uuid(client, deployment_uuid) if deployment_uuid else None
     if deployment is None:
         raise deployment_gone(str(deployment_uuid))

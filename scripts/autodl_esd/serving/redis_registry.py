@@ -548,3 +548,212 @@ class RedisWatch:
             "lost_lock": self.lost, "published": self.publisher.published, "notifications": self.publisher.notifications,
             **({"last_error": self.redis_error} if self.redis_error else {}),
         }
+
+
+# --- serve_gateway.py --registry-redis -------------------------------------------------
+
+
+def redis_source(url: str, deployment_uuid: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> Any:
+    """A gateway replica source following the Redis registry by notification."""
+    from .sources import ReplicaSource, view_from_document
+
+    class RedisSource(ReplicaSource):
+        """The registry discover_services.py --watch --redis keeps, applied as each change arrives.
+
+        Staleness comes from the registry itself and from the watcher's heartbeat (a lapsed
+        one marks it stale), not from the age of the last notification: a quiet deployment
+        sends none, and that is not a fault.
+        """
+
+        stale_after = float("inf")
+
+        def __init__(self) -> None:
+            self.client = connect(url)
+            self.keys = RedisKeys(deployment_uuid, key_prefix)
+            self.description = f"Redis {describe_url(url)} {self.keys.registry}"
+            self._view: Any = None
+            self._error: Optional[str] = None
+            self._subscription = RegistrySubscription(self.client, self.keys, self._consume, self._report)
+
+        def _consume(self, document: dict[str, Any]) -> None:
+            try:
+                self._view = view_from_document(document, time.monotonic())
+            except ValueError as problem:
+                self._error = f"ValueError: {problem}"
+
+        def _report(self, message: Optional[str]) -> None:
+            self._error = message
+
+        def start(self) -> None:
+            self._subscription.start()
+
+        def wait_first(self, timeout: float) -> bool:
+            deadline = time.monotonic() + timeout
+            while self._view is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return self._view is not None
+
+        def stop(self) -> None:
+            self._subscription.close()
+            self.client.close()
+
+        def current(self) -> Any:
+            return self._view
+
+        def last_error(self) -> Optional[str]:
+            return self._error
+
+    return RedisSource()
+
+
+# --- serve_gateway.py --shared-inflight ------------------------------------------------
+
+# The gateway's ledger refreshes other gateways' counts this often (and writes its own
+# leases at once): a few round trips a second, while a burst of requests sees counts at
+# most this old on top of its own exact ones.
+LEDGER_REFRESH_SECONDS = 0.05
+
+# Records leases (or renews their expiry) without choosing: ARGV = ttl ms, then key index /
+# lease id pairs; KEYS = the replicas' lease sets.
+_RECORD_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local key = KEYS[tonumber(ARGV[i])]
+  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl)
+end
+return #ARGV
+"""
+
+
+class RedisInflightLedger:
+    """`replicas.InflightLedger` in Redis: in-flight counts shared by several gateways.
+
+    The gateway's event loop must never wait on Redis, so its calls only touch memory: a
+    started request queues a lease, a finished one queues its removal, and
+    `remote_inflight` answers from a cache. A background thread writes the queue and reads
+    every replica's count in one pipeline each LEDGER_REFRESH_SECONDS, and renews this
+    gateway's live leases every third of `lease_ttl`, so a long stream keeps counting while
+    a crashed gateway's leases expire within `lease_ttl`. Same keys as `SharedInflight`, so
+    pools and gateways see each other's requests.
+    """
+
+    def __init__(self, url: str, deployment_uuid: str, key_prefix: str = DEFAULT_KEY_PREFIX,
+                 lease_ttl: float = DEFAULT_LEASE_TTL_SECONDS, refresh: float = LEDGER_REFRESH_SECONDS) -> None:
+        import collections
+        import queue
+
+        self.client = connect(url)
+        self.keys = RedisKeys(deployment_uuid, key_prefix)
+        self.lease_ttl = lease_ttl
+        self.refresh = refresh
+        self.last_error: Optional[str] = None
+        self._record = self.client.register_script(_RECORD_SCRIPT)
+        self._count = self.client.register_script(_COUNT_SCRIPT)
+        self._pending: Any = queue.SimpleQueue()  # ("start" | "finish", uuid)
+        self._own: dict[str, Any] = collections.defaultdict(collections.deque)  # uuid -> our live lease ids (written)
+        self._totals: dict[str, int] = {}
+        self._own_written: dict[str, int] = {}
+        self._known: set[str] = set()
+        self._known_lock = threading.Lock()  # the loop adds, the thread copies; held for microseconds
+        self._closed = threading.Event()
+        self._renewed_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="redis-inflight-ledger", daemon=True)
+        self._thread.start()
+
+    # Called on the event loop: memory only.
+    def request_started(self, container_uuid: str) -> None:
+        self._pending.put(("start", container_uuid))
+
+    def request_finished(self, container_uuid: str) -> None:
+        self._pending.put(("finish", container_uuid))
+
+    def remote_inflight(self, container_uuid: str) -> int:
+        if container_uuid not in self._known:
+            with self._known_lock:
+                self._known.add(container_uuid)
+        return max(0, self._totals.get(container_uuid, 0) - self._own_written.get(container_uuid, 0))
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=SOCKET_TIMEOUT_SECONDS)
+        try:  # our leases end with us; leaving them would count against the replicas for lease_ttl
+            pipe = self.client.pipeline(transaction=False)
+            for uuid, leases in self._own.items():
+                if leases:
+                    pipe.zrem(self.keys.inflight(uuid), *leases)
+            pipe.execute()
+        except redis_errors():
+            pass
+        self.client.close()
+
+    # The background thread.
+    def _run(self) -> None:
+        import queue
+
+        errors = redis_errors()
+        while not self._closed.is_set():
+            try:
+                self._pending_item = self._pending.get(timeout=self.refresh)
+            except queue.Empty:
+                self._pending_item = None
+            try:
+                self._flush()
+                self.last_error = None
+            except errors as problem:  # counts go stale (local ones still work); retried next round
+                self.last_error = f"Redis: {type(problem).__name__}: {problem}"
+                self._closed.wait(RECONNECT_SECONDS)
+            except Exception as problem:  # a bug must not silently stop the sharing: say it, keep going
+                self.last_error = f"{type(problem).__name__}: {problem}"
+                log.warning("shared in-flight ledger: %s", self.last_error)
+                self._closed.wait(RECONNECT_SECONDS)
+
+    def _flush(self) -> None:
+        import queue
+
+        items = [self._pending_item] if self._pending_item else []
+        self._pending_item = None
+        while True:
+            try:
+                items.append(self._pending.get_nowait())
+            except queue.Empty:
+                break
+        started: list[tuple[str, str]] = []
+        finished: list[tuple[str, str]] = []
+        with self._known_lock:
+            self._known.update(uuid for _, uuid in items)
+            known = sorted(self._known)
+        for kind, uuid in items:
+            if kind == "start":
+                started.append((uuid, uuid_module.uuid4().hex))
+            else:
+                pending_start = next((i for i, (u, _) in enumerate(started) if u == uuid), None)
+                if pending_start is not None:  # started and finished within one round: never written
+                    started.pop(pending_start)
+                elif self._own[uuid]:
+                    finished.append((uuid, self._own[uuid].popleft()))
+        renew = time.monotonic() - self._renewed_at >= self.lease_ttl / 3
+        writes = [(u, lease) for u, leases in self._own.items() for lease in leases] if renew else []
+        writes += started
+        pipe = self.client.pipeline(transaction=False)
+        if writes:
+            index = {u: i + 1 for i, u in enumerate(sorted({u for u, _ in writes}))}
+            args: list[Any] = [max(1, int(self.lease_ttl * 1000))]
+            for u, lease in writes:
+                args += [index[u], lease]
+            self._record(keys=[self.keys.inflight(u) for u in sorted(index)], args=args, client=pipe)
+        for u, lease in finished:
+            pipe.zrem(self.keys.inflight(u), lease)
+        if known:
+            self._count(keys=[self.keys.inflight(u) for u in known], client=pipe)
+        results = pipe.execute() if (writes or finished or known) else []
+        if renew:
+            self._renewed_at = time.monotonic()
+        for u, lease in started:
+            self._own[u].append(lease)
+        if known:
+            counts = results[-1]
+            self._own_written = {u: len(self._own[u]) for u in known}
+            self._totals = dict(zip(known, (int(c) for c in counts)))

@@ -53,6 +53,13 @@ def build_options(args: Any) -> Any:
     if not is_loopback_name(host) and token is None:
         raise UsageError(f"监听非回环地址 {host} 需要认证: 加 --auth-token-env VAR。",
                          "不需要对外提供时用默认的 127.0.0.1; 对外时设置一个随机 token 的环境变量并用 --auth-token-env 指定。")
+    if getattr(args, "registry_redis", None) and (args.registry or args.registry_url):
+        raise UsageError("--registry-redis 与 --registry / --registry-url 不能同时用: 注册表只能有一个来源。",
+                         "用 --registry-redis 时用 --deployment-uuid / --name / --config 指定部署。")
+    if not getattr(args, "registry_redis", None) and getattr(args, "key_prefix", "autodl-esd") != "autodl-esd":
+        raise UsageError("--key-prefix 需要和 --registry-redis 一起使用。")
+    if getattr(args, "shared_inflight", False) and not getattr(args, "registry_redis", None):
+        raise UsageError("--shared-inflight 需要 --registry-redis (在途计数放在同一个 Redis 里)。")
     if args.registry_url and urlsplit(args.registry_url).scheme not in ("http", "https"):
         raise UsageError(f"--registry-url 不是 http(s) 地址: {args.registry_url!r}", "例: --registry-url http://127.0.0.1:8765")
     for flag, path in (("--health-path", args.health_path), ("--load-path", args.load_path)):
@@ -78,6 +85,8 @@ def build_source(args: Any, ctx: Any, options: Any) -> Any:
         return sources.FileSource(args.registry, min(args.interval, 1.0), stale_after)
     if args.registry_url:
         return sources.UrlSource(args.registry_url, min(args.interval, 1.0), stale_after)
+    if getattr(args, "registry_redis", None):
+        return redis_source(args, ctx, options)
 
     from ..polling import floor_interval
     from ..resolve import resolve_from_args
@@ -92,6 +101,29 @@ def build_source(args: Any, ctx: Any, options: Any) -> Any:
     interval = floor_interval(args.interval, client.host, ctx.progress)
     watch = WatchOptions(interval=interval, resync_every=RESYNC_EVERY, port=args.port, health=health)
     return sources.WatcherSource(RegistryWatcher(client, deployment_uuid, watch, ctx.progress), STALE_AFTER_INTERVALS * interval)
+
+
+def redis_source(args: Any, ctx: Any, options: Any) -> Any:
+    """--registry-redis: follow the registry another watcher keeps in Redis (scale-out)."""
+    from . import redis_registry
+
+    deployment_uuid = args.deployment_uuid
+    if deployment_uuid is None:  # --name / --config: one look at the deployment list
+        from ..resolve import resolve_from_args
+
+        deployment_uuid = resolve_from_args(ctx.client(), args)["uuid"]
+    options.deployment_uuid = deployment_uuid
+    ctx.partial["deployment_uuid"] = deployment_uuid
+    register_secret(urlsplit(args.registry_redis).password)
+    shown = redis_registry.describe_url(args.registry_redis)
+    try:
+        source = redis_registry.redis_source(args.registry_redis, deployment_uuid, args.key_prefix)
+        source.client.ping()
+    except ValueError as problem:  # not a redis:// URL, or a bad prefix
+        raise UsageError(f"--registry-redis / --key-prefix 无效: {problem}", "格式: redis://[:密码@]主机:端口/库") from None
+    except redis_registry.redis_errors() as problem:
+        raise UsageError(f"连不上 Redis {shown}: {problem}", "确认 redis-server 在运行、地址端口与密码正确。", {"redis": shown}) from None
+    return source
 
 
 def serve(args: Any, ctx: Any) -> dict[str, Any]:
@@ -112,7 +144,12 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
     from .gateway import Gateway
 
     progress = ctx.progress
-    gateway = Gateway(source, options, log=progress.log, access_log=None if args.quiet else progress.log)
+    ledger = None
+    if getattr(args, "shared_inflight", False):  # counts shared with other gateways and pools, in Redis
+        from .redis_registry import RedisInflightLedger
+
+        ledger = RedisInflightLedger(args.registry_redis, options.deployment_uuid, args.key_prefix)
+    gateway = Gateway(source, options, ledger=ledger, log=progress.log, access_log=None if args.quiet else progress.log)
     if autoscaler is not None:
         gateway.add_extension(autoscaler)
     source.start()
@@ -122,6 +159,8 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
         summary = asyncio.run(_serve(gateway, options, progress))
     finally:
         source.stop()
+        if ledger is not None:
+            ledger.close()
     if autoscaler is not None:
         summary["autoscaler"] = autoscaler.final or autoscaler.autoscaler.summary()
     return summary

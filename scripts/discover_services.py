@@ -107,14 +107,16 @@ def handle(args, ctx: cli.Context) -> dict:
             raise cli.UsageError(f"--out 无效: {problem}", "换一个已存在且可写的目录中的文件。") from None
 
     client = ctx.client()
-    deployment_uuid = resolve_from_args(client, args)["uuid"]
+    deployment = resolve_from_args(client, args)
+    deployment_uuid = deployment["uuid"]
     health = None
     if args.health_path:
         # One-shot: a single probe decides (there is no "in a row" in one look).
         failures = args.health_failures if args.watch else 1
         health = registry.HealthTracker(args.health_path, args.health_timeout, failures)
     if not args.watch:
-        return registry.build_registry(client, deployment_uuid, args.port, ctx.progress, health=health)
+        document = registry.build_registry(client, deployment_uuid, args.port, ctx.progress, health=health)
+        return {**document, "warnings": _single_machine(document, deployment)}
     from autodl_esd.polling import floor_interval
 
     interval = floor_interval(args.interval, client.host, ctx.progress)
@@ -209,6 +211,15 @@ def haproxy_sink(args, deployment_uuid: str, ctx: cli.Context):
     options = args.haproxy_server_options or haproxy.DEFAULT_SERVER_OPTIONS
     ctx.progress.log(f"同步 HAProxy backend {args.haproxy_backend} (运行时接口 {args.haproxy_socket})")
     return haproxy.BackendSync(runtime, args.haproxy_backend, deployment_uuid, options, ctx.progress)
+
+
+def _single_machine(document: dict, deployment: dict) -> list:
+    """single_machine: every running replica on one host (one failure takes the service down)."""
+    from autodl_esd.containers import single_machine_warning
+
+    running = [{"uuid": s["container_uuid"], "machine_id": s["machine_id"], "status": "running"} for s in document["services"]]
+    warning = single_machine_warning(running, deployment)
+    return [warning] if warning else []
 
 
 def main(argv=None) -> int:

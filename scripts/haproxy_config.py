@@ -95,7 +95,7 @@ def handle(args, ctx: cli.Context) -> dict:
             raise cli.UsageError(f"--out 的目录不存在: {target.parent}")
         target.write_text(config, encoding="utf-8")
     feed = (f"python scripts/discover_services.py --deployment-uuid {deployment_uuid} --watch "
-            f"--haproxy-socket {args.socket} --haproxy-backend {args.backend} --health-path {args.health_path} "
+            f"--haproxy-socket {args.socket} --haproxy-backend {args.backend} "
             f"--haproxy-server-options '{options}'")
     return {
         "deployment_uuid": deployment_uuid, "out": args.out, "bind": args.bind, "backend": args.backend, "socket": args.socket,

@@ -32,7 +32,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
-    from autodl_esd.containers import container_view
+    from autodl_esd.containers import container_view, single_machine_warning
     from autodl_esd.resolve import deployment_summary, resolve_from_args
 
     deployment = resolve_from_args(ctx.client(), args)
@@ -40,7 +40,8 @@ def handle(args, ctx: cli.Context) -> dict:
         ctx.client(), deployment["uuid"], statuses=args.status, released=True if args.released else None
     )
     items = [container_view(c, args.show_password) for c in containers]
-    return cli.list_result(items, deployment=deployment_summary(deployment))
+    warning = single_machine_warning(containers, deployment)
+    return cli.list_result(items, deployment=deployment_summary(deployment), warnings=[warning] if warning else [])
 
 
 def main(argv=None) -> int:

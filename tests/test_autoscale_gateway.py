@@ -141,6 +141,7 @@ def test_load_through_the_gateway_scales_up_and_back_down_and_status_and_metrics
         with urllib.request.urlopen(gw.url + "/_gateway/metrics", timeout=5) as response:
             metrics = response.read().decode()
         assert "gateway_autoscaler_desired_replicas" in metrics and "gateway_autoscaler_current_replicas" in metrics
+        assert "gateway_autoscaler_last_decision{action=" in metrics and "gateway_autoscaler_pending{reason=" in metrics
         instance.wait_until(lambda: replica_num(instance, uuid) == 1, 10)  # idle: one step at a time back to min
     downs = [line for line in gw.lines if line["action"] == "scale_down"]
     assert [line["target"] for line in downs] == sorted((line["target"] for line in downs), reverse=True)

@@ -400,3 +400,118 @@ def test_status_and_metrics_use_the_documented_names(loop_thread):
     assert status["status"] == "success" and status["registry"]["stale"] is False
     assert set(status["load"]) >= {"inflight", "queued", "reported_running", "reported_waiting", "replicas_by_state"}
     assert requests.get(gateway.url + "/_gateway/nope", timeout=5).json()["error_type"] == "not_found"
+
+
+def test_queue_aware_weights_the_queue_by_each_replicas_time_per_request():
+    from autodl_esd.serving.policies import LoadReport
+
+    t = table("queue_aware")
+    t.update([item("fast", "http://f"), item("slow", "http://s")])
+    fast, slow = t.replicas["fast"], t.replicas["slow"]
+    fast.service_seconds, slow.service_seconds = 0.01, 0.06
+    now = time.monotonic()
+    t.record_report(fast, LoadReport(running=1, waiting=3, at=now))  # (4+1) x 10 ms = 50 ms
+    t.record_report(slow, LoadReport(running=1, waiting=0, at=now))  # (1+1) x 60 ms = 120 ms
+    assert t.try_start().replica is fast
+    slow.service_seconds = None  # not measured yet: plain queue length decides
+    assert t.try_start().replica is slow
+
+
+def test_service_time_is_learned_from_durations_divided_by_the_work_ahead():
+    clock = [0.0]
+    t = table(clock=lambda: clock[0])
+    t.update([item("a", "http://a")])
+    first, second = t.try_start(), t.try_start()  # the second had one request ahead of it
+    clock[0] = 0.1
+    t.finish(first, "success")
+    clock[0] = 0.2
+    t.finish(second, "success")
+    assert first.ahead == 0 and second.ahead == 1
+    assert t.replicas["a"].service_seconds == pytest.approx(0.1)
+
+
+def test_an_ejected_replica_returns_after_a_good_health_probe(loop_thread):
+    state = {"healthy": False, "fail": True}
+
+    async def flaky(request):
+        if request.path == "/health":
+            return web.json_response({"ok": state["healthy"]}, status=200 if state["healthy"] else 503)
+        return web.json_response({}, status=503 if state["fail"] else 200)
+
+    other: list = []
+    gateway = loop_thread.gateway(static(item("flaky", loop_thread.upstream(flaky)),
+                                         item("steady", loop_thread.upstream(counting("steady", other)))),
+                                  policy="round_robin", eject_seconds=0.2, health_path="/health", interval=0.05)
+    for _ in range(4):
+        assert requests.get(gateway.url + "/x", timeout=5).headers["X-Served-By"] == "steady"
+
+    def flaky_state():
+        return next(r for r in gateway.status()["replicas"] if r["container_uuid"] == "flaky")
+
+    assert flaky_state()["state"] == "ejected" and flaky_state()["ejections"] == 1
+    time.sleep(0.5)  # cool-down over, but its probe still fails: stays out
+    assert flaky_state()["state"] == "ejected"
+    state.update(healthy=True, fail=False)
+    deadline = time.monotonic() + 3
+    while flaky_state()["state"] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flaky_state()["state"] == "ready"
+    served = {requests.get(gateway.url + "/x", timeout=5).headers["X-Served-By"] for _ in range(4)}
+    assert served == {"flaky", "steady"}
+
+
+def test_a_stale_registry_keeps_serving_the_last_good_set_and_says_so(loop_thread):
+    hits: list = []
+    source = static(item("a", loop_thread.upstream(counting("a", hits))))
+    gateway = loop_thread.gateway(source)
+    loop_thread.call(lambda: source.set([item("a", source.current().services[0]["url"])], stale_reason="查询 AutoDL 失败"))
+    time.sleep(0.3)
+    assert requests.get(gateway.url + "/x", timeout=5).status_code == 200
+    status = requests.get(gateway.url + "/_gateway/status", timeout=5).json()
+    assert status["registry"]["stale"] is True and "AutoDL" in status["registry"]["stale_reason"]
+    assert "gateway_registry_stale 1.0" in requests.get(gateway.url + "/_gateway/metrics", timeout=5).text
+
+
+def test_a_registry_file_that_stops_being_rewritten_is_flagged_stale(loop_thread, tmp_path):
+    from autodl_esd.serving.registry import registry_document, write_atomically
+    from autodl_esd.serving.sources import FileSource
+
+    hits: list = []
+    url = loop_thread.upstream(counting("a", hits))
+    uuid = "833f1cd5a764fa3-aaaaaaaaaa-00000001"
+    path = tmp_path / "registry.json"
+    write_atomically(path, registry_document("833f1cd5a764fa3", [item(uuid, url)]))
+    source = FileSource(str(path), interval=0.05, stale_after=0.4)
+    source.start()
+    try:
+        gateway = loop_thread.gateway(source)
+        assert requests.get(gateway.url + "/x", timeout=5).headers["X-Served-By"] == uuid
+        assert gateway.status()["registry"]["stale"] is False
+        time.sleep(0.6)  # the watcher that writes the file is gone (or its poll hangs)
+        registry = gateway.status()["registry"]
+        assert registry["stale"] is True and "没有更新" in registry["stale_reason"]
+        assert requests.get(gateway.url + "/x", timeout=5).status_code == 200  # the last good set
+    finally:
+        source.stop()
+
+
+def test_the_in_process_watcher_never_lets_the_autodl_token_out(sim, run, monkeypatch):
+    import argparse
+
+    from autodl_esd import cli
+    from autodl_esd.serving import serve
+
+    instance = sim()
+    code, out, _ = run("queue_submit.py", str(__import__("conftest").ROOT / "examples" / "replicaset-service.json"),
+                       "--wait-running", "--interval", "0.05", "--quiet")
+    assert code == 0, out
+    args = argparse.Namespace(listen="127.0.0.1:0", auth_token_env=None, registry=None, registry_url=None, health_path=None,
+                              load_path=None, policy="least_inflight", interval=0.1, retries=2, upstream_timeout=5.0,
+                              max_inflight_per_replica=0, max_queue=4, queue_timeout=1.0, drain_seconds=1.0,
+                              eject_seconds=1.0, allow_host=None, deployment_uuid=out["deployment_uuid"], name=None,
+                              config=None, port=None)
+    ctx = cli.Context(args=args, progress=__import__("autodl_esd.output", fromlist=["Progress"]).Progress(quiet=True))
+    options = serve.build_options(args)
+    source = serve.build_source(args, ctx, options)
+    assert instance.token in options.never_forward and options.deployment_uuid == out["deployment_uuid"]
+    assert source.description.endswith(out["deployment_uuid"])

@@ -79,12 +79,12 @@ class Session:
         return self.portal.start_task_soon(lambda: self.client.call_tool(name, arguments, progress_callback=on_progress))
 
 
-def start_session(portal, args, env, tmp_path):
+def start_session(portal, args, env, tmp_path, mode="auto"):
     stderr_path = tmp_path / "server.stderr"
     errlog = stderr_path.open("w", encoding="utf-8")
     params = mcp.StdioServerParameters(command=sys.executable, args=[str(ROOT / "scripts" / "mcp_server.py"), *args],
                                        env=env, cwd=str(tmp_path))
-    client_cm = portal.wrap_async_context_manager(mcp.Client(stdio_client(params, errlog=errlog)))
+    client_cm = portal.wrap_async_context_manager(mcp.Client(stdio_client(params, errlog=errlog), mode=mode))
     return client_cm, errlog, stderr_path
 
 
@@ -102,6 +102,7 @@ def session(platform, tmp_path_factory):
     with start_blocking_portal() as portal:
         client_cm, errlog, stderr_path = start_session(portal, [], env, tmp_path)
         with client_cm as client:
+            assert client.protocol_version >= "2026"
             yield Session(portal, client, stderr_path)
         errlog.close()
 
@@ -299,8 +300,11 @@ def test_sim_mode_needs_no_token_and_a_closed_session_leaves_no_child(tmp_path):
     too_big.write_text(json.dumps({**SERVICE, "name": "too-big", "replica_num": 60}), encoding="utf-8")
     waiting = threading.Event()
     with start_blocking_portal() as portal:
-        client_cm, errlog, stderr_path = start_session(portal, ["--sim"], {}, tmp_path)
+        # The initialize handshake of 2025-era clients (desktop apps today); the module's
+        # other session negotiates the current protocol.
+        client_cm, errlog, stderr_path = start_session(portal, ["--sim"], {}, tmp_path, mode="legacy")
         with client_cm as client:
+            assert client.protocol_version < "2026"
             sim_session = Session(portal, client, stderr_path)
             assert "RTX 4090" in sim_session.ok("gpu_stock")["stock"]
             created = sim_session.ok("queue_submit", {"config": "examples/replicaset-service.json", "confirm": True})

@@ -132,6 +132,27 @@ def test_stops_after_max_runtime(sim, run, result_validator):
     assert len(operate_requests(simulator, uuid)) == 1
 
 
+def test_an_unreachable_platform_delays_the_stop_until_it_answers_again(sim, run):
+    simulator = sim()
+    uuid = submit(run)["deployment_uuid"]
+
+    def outage_while_the_limit_passes():
+        simulator.set_faults("error_rate=1")  # every API call answers 5xx
+        simulator.advance(1.5 * HOUR)
+        time.sleep(0.5)
+        assert operate_requests(simulator, uuid) == []  # nothing could be sent meanwhile
+        simulator.set_faults(None)
+
+    thread = in_background(outage_while_the_limit_passes)
+    code, out, stderr = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "1", "--yes", "--interval", "0.05")
+    thread.join(5)
+
+    assert code == 0 and out["guard_status"] == "acted", out
+    assert "查询失败" in stderr  # it kept going through the outage
+    assert out["last_check"]["runtime_hours"] >= 1.5  # counted on the platform's timestamps
+    assert len(operate_requests(simulator, uuid)) == 1
+
+
 def test_stops_when_spend_since_start_reaches_max_cost(sim, run):
     simulator = sim()
     uuid = submit(run)["deployment_uuid"]
@@ -245,6 +266,13 @@ def test_a_job_that_finishes_ends_its_guard(sim, run, tmp_path):
 
     assert code == 0 and out["guard_status"] == "deployment_finished", out
     assert operate_requests(simulator, uuid) == []
+    # The Job's end as queue_submit --wait-finished reports it (waiting.wait_finished, when present).
+    try:
+        import autodl_esd.waiting  # noqa: F401
+    except ImportError:
+        assert out["job_end"] is None
+    else:
+        assert out["job_end"]["finished"] is True and len(out["job_end"]["containers"]) == 4
 
 
 def test_a_deployment_deleted_meanwhile_ends_the_guard_saying_so(sim, run):

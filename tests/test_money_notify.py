@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 
-import pytest
 import responses
 from responses import matchers
 

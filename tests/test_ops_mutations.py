@@ -14,6 +14,7 @@ from conftest import envelope
 from api_fakes import (  # noqa: F401 (fixtures)
     AUTH,
     BLACKLIST,
+    CONTAINERS,
     CONTAINER_UUID,
     DEP_UUID,
     DEPLOYMENT,
@@ -298,8 +299,13 @@ def test_blacklist_host_names_the_machine_and_verifies(run, api, result_validato
     expect_container(api, container(status="shutdown"))
     api.post(BLACKLIST, json=envelope(None), match=[body(deployment_container_uuid=CONTAINER_UUID, comment="启动慢", expire_in_minutes=4320), AUTH])
     api.get(BLACKLIST, json=envelope([ENTRY]))
+    expect_containers(api, [container(), container(uuid=f"{DEP_UUID}-{MACHINE}-00000002", status="shutdown"),
+                            container(uuid=f"{DEP_UUID}-0123456789-00000003", machine="0123456789")])
     code, document, _ = run("blacklist_host.py", "--container-uuid", CONTAINER_UUID, "--comment", "启动慢", "--expire-minutes", "4320")
     ok(code, document, result_validator)
+    # Only the live container on the blacklisted machine is left there; moving it keeps replica_num.
+    assert [c["container_uuid"] for c in document["still_on_machine"]] == [CONTAINER_UUID]
+    assert document["move_commands"] == [f"python scripts/stop_container.py --container-uuid {CONTAINER_UUID}"]
     assert (document["machine_id"], document["data_center"], document["gpu_name"]) == (MACHINE, "westDC2", "RTX 4090")
     assert (document["verified"], document["blacklist_entry"]) == (True, ENTRY)
     assert (document["expire_in_minutes"], document["expire_default"]) == (4320, False)
@@ -309,8 +315,10 @@ def test_blacklist_host_private_cloud_cannot_verify(run, api, result_validator):
     expect_container(api, container())
     api.post(BLACKLIST, json=envelope(None), match=[body(deployment_container_uuid=CONTAINER_UUID)])
     api.get(BLACKLIST, status=404, body="404 page not found")
+    api.post(CONTAINERS, status=502, body="bad gateway")  # the look after the blacklisting fails: still a success
     code, document, _ = run("blacklist_host.py", "--container-uuid", CONTAINER_UUID)
     ok(code, document, result_validator)
+    assert document["still_on_machine"] == [] and document["still_on_machine_error"]
     assert document["verified"] is False and document["read_back_error"]
     # No flag: the integer the platform applies, flagged as its default; the private-cloud note is text.
     assert (document["expire_in_minutes"], document["expire_default"]) == (1440, True)

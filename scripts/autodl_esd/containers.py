@@ -90,3 +90,27 @@ def container_summary(container: dict[str, Any], show_password: bool = False) ->
     if "root_password" in info:
         summary["root_password"] = info["root_password"] if show_password else REDACTED
     return summary
+
+
+def machine_of(container: dict[str, Any]) -> str | None:
+    """The machine a container runs on: its record's machine_id, else the middle of its uuid."""
+    uuid = container.get("uuid") or ""
+    return container.get("machine_id") or (uuid.split("-")[1] if uuid.count("-") == 2 else None)
+
+
+def single_machine_warning(containers: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, str] | None:
+    """A warning when every running replica of a ReplicaSet shares one machine: one host
+    failure (or blacklisting) takes the whole service down at once."""
+    if deployment.get("deployment_type") not in (None, "ReplicaSet"):
+        return None
+    running = [c for c in containers if c.get("status") == "running"]
+    machines = {machine_of(c) for c in running}
+    if len(running) < 2 or len(machines) != 1 or None in machines:
+        return None
+    machine = next(iter(machines))
+    return {
+        "code": "single_machine", "path": "machine_id",
+        "message": f"全部 {len(running)} 个运行中的副本都在同一台主机 {machine} 上: 这台主机出故障时服务整体不可用。",
+        "hint": f"想分散时: blacklist_host.py --container-uuid <其中一个> --move-replicas --yes 把主机 {machine} 拉黑并把"
+                "副本挪走 (会短暂减少可用副本); 或接受现状 (同一主机延迟更低)。",
+    }

@@ -30,7 +30,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +38,7 @@ from typing import Any, Callable
 from . import api
 from .deps import SKILL_ROOT
 from .state import state_root, write_json_atomically
-from .errors import ApiError, AutoDLError, ErrorType, Interrupted
+from .errors import AutoDLError, ErrorType, Interrupted
 from .output import Progress
 from .spend import container_spend
 from .timeline import iso, parse_timestamp, platform_now
@@ -320,7 +320,8 @@ class Guard:
             self.save(last_check=verdict.figures or self.state.get("last_check"), consecutive_failures=0, last_error=None,
                       idle=tracker.to_state())
             if verdict.end:
-                self._finish(verdict.end, verdict.message)
+                end = job_end_report(self.client, self.state["deployment_uuid"], self.progress) if verdict.end == "deployment_finished" else None
+                self._finish(verdict.end, verdict.message, job_end=end)
                 return self.result()
             if verdict.act:
                 self._act(verdict.act, verdict.message)
@@ -419,17 +420,38 @@ class Guard:
                          outcome={"took_effect": "unknown", "check": change.check,
                                   "replica_num": None if deployment is None else deployment.get("replica_num")})
 
-    def _finish(self, status: str, message: str, outcome: dict[str, Any] | None = None) -> None:
+    def _finish(self, status: str, message: str, outcome: dict[str, Any] | None = None,
+                job_end: dict[str, Any] | None = None) -> None:
         self.progress.log(message)
         changes: dict[str, Any] = {"status": status, "message": message, "ended_at": iso(platform_now(self.client)), "pid": None}
         if outcome is not None:
             changes["outcome"] = outcome
+        if job_end is not None:
+            changes["job_end"] = job_end
         if self.state.get("notify") and not (status == "cancelled"):
             changes["notification"] = self.notify(f"守护: {GUARD_TITLES.get(status, status)}", message) if self.notify else None
         self.save(**changes)
 
     def result(self) -> dict[str, Any]:
         return guard_view(self.state, self.files)
+
+
+def job_end_report(client: Any, deployment_uuid: str, progress: Progress) -> dict[str, Any] | None:
+    """How a finished Job/Container ended, as `queue_submit.py --wait-finished` reports it
+    (the shared `waiting.wait_finished`; it returns at once for a stopped deployment).
+
+    Seam: that function is being added by another change; until it is on this branch the
+    guard reports the end without it (None). Never raises: the guard's end is already known.
+    """
+    try:
+        from .waiting import wait_finished
+    except ImportError:
+        return None
+    try:
+        # The deployment is stopped: this reads it once, no waiting (interval/timeout unused).
+        return wait_finished(client, deployment_uuid, timeout=DEFAULT_INTERVAL_SECONDS, interval=1.0, progress=progress)
+    except AutoDLError as error:
+        return {"error": error.message}
 
 
 GUARD_TITLES = {
@@ -457,6 +479,7 @@ def guard_view(state: dict[str, Any], files: GuardFiles | None = None) -> dict[s
         "last_check": state.get("last_check"),
         "message": state.get("message"),
         "outcome": state.get("outcome"),
+        "job_end": state.get("job_end"),
         "notification": state.get("notification"),
         "created_at": state.get("created_at"),
         "ended_at": state.get("ended_at"),
@@ -484,7 +507,7 @@ def new_state(client: Any, deployment: dict[str, Any], limits: Limits, action: s
         "deployment_type": deployment.get("deployment_type"),
         "deployment_created_at": deployment.get("created_at"),
         "host": getattr(client, "host", None),
-        "limits": dataclasses_asdict(limits),
+        "limits": asdict(limits),
         "action": action,
         "floor": floor if action == "scale-to" else None,
         "notify": bool(notify),
@@ -495,12 +518,6 @@ def new_state(client: Any, deployment: dict[str, Any], limits: Limits, action: s
         "status": "created",
         "pid": None,
     }
-
-
-def dataclasses_asdict(limits: Limits) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(limits)
 
 
 def check_request(deployment: dict[str, Any], limits: Limits, action: str, floor: int | None) -> None:

@@ -244,3 +244,51 @@ def apply_blacklist(client: Any, plan: list[dict], expire_minutes: int | None, p
     for step in applied:
         step["blacklist_entry"] = entries[step["machine_id"]]
     return {"applied": applied, **verification, "expiry_note": BLACKLIST_EXPIRY_NOTE}
+
+
+# --- replicas left on a blacklisted machine --------------------------------------------
+
+def still_on_machine(client: Any, deployment_uuid: str, machine_id: str) -> list[dict[str, Any]]:
+    """The deployment's live containers on `machine_id`: a blacklisting does not move them."""
+    from .containers import LIVE_STATUSES, container_summary, machine_of
+
+    return [container_summary(c) for c in api.list_containers(client, deployment_uuid)
+            if c.get("status") in LIVE_STATUSES and machine_of(c) == machine_id]
+
+
+def move_command(container_uuid: str) -> str:
+    # Without --decrease-one-replica-num the platform schedules a replacement, and the
+    # blacklist keeps that replacement off this machine.
+    return f"python scripts/stop_container.py --container-uuid {container_uuid}"
+
+
+def move_replicas(client: Any, containers: list[dict[str, Any]], deployment_uuid: str, progress: Progress,
+                  partial: dict[str, Any]) -> list[dict[str, Any]]:
+    """Stop each container (a replacement lands elsewhere); one outcome per container."""
+    from .containers import STOPPING_STATUSES
+    from .resolve import resolve_container
+
+    outcomes: list[dict[str, Any]] = []
+    partial["moved"] = outcomes
+    for container in containers:
+        uuid = container["container_uuid"]
+        in_flight: dict[str, Any] = {}
+        partial["moving"] = in_flight
+        try:
+            _after, report = apply_change(Change(
+                what=f"停止容器 {uuid} (让替补容器调度到其他主机)",
+                send=lambda uuid=uuid: api.stop_container(client, uuid, decrease_one_replica_num=False),
+                fetch=lambda uuid=uuid: resolve_container(client, uuid, deployment_uuid),
+                done=lambda record: record.get("status") in STOPPING_STATUSES,
+                check=f"python scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",
+                ids={"container_uuid": uuid},
+            ), client, progress, in_flight)
+        except AutoDLError as error:
+            outcomes.append({"container_uuid": uuid, "outcome": "failed", "took_effect": error.details.get("took_effect", False),
+                             "error_type": error.error_type.value, "message": error.message})
+            continue
+        finally:
+            partial.pop("moving", None)
+        outcomes.append({"container_uuid": uuid, "outcome": "done", **report})
+        progress.log(f"已停止容器 {uuid}, 平台会在其他主机上补一个")
+    return outcomes

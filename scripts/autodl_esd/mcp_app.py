@@ -98,6 +98,9 @@ class ToolRunner:
                 {"errors": problems},
             )
         confirm = bool(arguments.pop("confirm", False))
+        for dest in ("config",):  # a path as a user types it; the script sees no shell to expand ~
+            if isinstance(arguments.get(dest), str):
+                arguments[dest] = os.path.expanduser(arguments[dest])
         if self.simulated:
             for key, value in tool.policy.sim_defaults.items():
                 arguments.setdefault(key, value)

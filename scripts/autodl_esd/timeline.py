@@ -13,6 +13,8 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from .platform_time import PLATFORM_TZ, in_platform_zone
+
 
 def parse_timestamp(value: Any) -> datetime | None:
     """An API timestamp as an aware datetime; None for null, empty or unreadable values.
@@ -45,7 +47,7 @@ def parse_since(text: str) -> datetime:
     except ValueError:
         raise ValueError(f"不是 ISO 时间: {text!r} (示例: 2026-12-01 或 2026-12-01T08:00:00+08:00)") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone(timedelta(hours=8)))
+        parsed = parsed.replace(tzinfo=PLATFORM_TZ)
     return parsed
 
 
@@ -70,4 +72,4 @@ def iso(moment: datetime | None) -> str | None:
     """A datetime shown in the platform's zone (+08:00), whole seconds."""
     if moment is None:
         return None
-    return moment.astimezone(timezone(timedelta(hours=8))).replace(microsecond=0).isoformat()
+    return in_platform_zone(moment)

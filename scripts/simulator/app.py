@@ -233,6 +233,12 @@ class Simulator:
                 slot = self._service_slots[container_uuid] = threading.BoundedSemaphore(concurrency)
             return slot
 
+    def set_faults(self, faults: str | dict | None) -> None:
+        """Replace the fault SPEC while serving (e.g. an outage: "error_rate=1", later None)."""
+        spec = FaultSpec.parse(faults)
+        self.fault_spec = spec
+        self._faults.spec = spec
+
     def set_wallet(self, balance_yuan: float | None = None, voucher_yuan: float | None = None,
                    wechat_bound: bool | None = None, gated: bool | None = None) -> None:
         """Set the balance as of now (past spend is kept in `accumulate`), vouchers, whether

@@ -292,6 +292,7 @@ class Autoscaler:
         # Set by the gateway extension: stop routing to the replicas before scaling to zero
         # (False: a request just came in, do not scale to zero), and undo that if it failed.
         self.before_zero: Optional[Callable[[], bool]] = None
+        self._budget_said = False
         self.zero_failed: Optional[Callable[[], None]] = None
 
     # ---- one step --------------------------------------------------------
@@ -332,6 +333,10 @@ class Autoscaler:
             zero_refused=self.zero_refused,
         )
         decision, next_state = decide(self.config, list(self.samples), observed, self.state, now)
+        if "budget_exhausted" in decision.limits.get("limited_by", ()) and not self._budget_said:
+            self._budget_said = True
+            self._log(f"预算 {self.config.budget:g} 元已用完 (已花 {self.spent:.2f} 元): 副本数降到最少 {decision.limits['floor']} 个, "
+                      "不再扩容; 最少副本仍在计费, 要完全停下用 set_replicas.py / stop_deployment.py")
         record = {**decision.as_dict(), "running": len(view.running), "starting": view.starting}
         if decision.action in ("scale_up", "scale_down") and decision.target != view.replica_num:
             record.update(self._apply(decision, view, now))
@@ -725,6 +730,12 @@ class GatewayAutoscaler:
         pending = GaugeMetricFamily("gateway_autoscaler_pending", "1 while a scale-up waits (label reason)", labels=["reason"])
         pending.add_metric([values["pending_reason"] or ""], values["pending"])
         yield pending
+        last = self.autoscaler.last_decision or {}
+        if last:
+            info = GaugeMetricFamily("gateway_autoscaler_last_decision", "The latest decision (1), by action and reason",
+                                     labels=["action", "reason"])
+            info.add_metric([str(last.get("action")), str(last.get("reason"))], 1)
+            yield info
         decisions = CounterMetricFamily("gateway_autoscaler_decisions", "Decisions logged, by action", labels=["action"])
         for action, count in sorted(values["decisions"].items()):
             decisions.add_metric([action], count)

@@ -66,6 +66,11 @@ BODY_IDLE_TIMEOUT_SECONDS = 30.0
 # Idle keep-alive connections (and ones that never finish their request line or headers)
 # are closed after this long; nginx's keepalive_timeout is 75 s, a sidecar needs less.
 IDLE_CONNECTION_SECONDS = 60.0
+# Answers of known length up to this size are read whole and sent in one write; larger or
+# unknown-length ones (SSE, chunked) stream chunk by chunk as the replica writes them.
+SMALL_BODY_BYTES = 64 * 1024
+# Distinct Host header values whose verdict is remembered (clients send one or two).
+HOST_VERDICT_CACHE = 64
 # Connecting to a replica on a private network takes milliseconds; 5 s means it is gone.
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Request line and each header field (aiohttp's defaults, like nginx's 8 KB buffers); longer
@@ -207,6 +212,9 @@ class Gateway:
         self._auth = ("Bearer " + options.auth_token).encode() if options.auth_token else None
         self._check_host = bool(options.allowed_hosts) or is_loopback_name(options.host)
         self._allowed_hosts = frozenset(h.lower().strip("[]") for h in options.allowed_hosts)
+        self._host_verdicts: dict[str | None, bool] = {}
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_SECONDS,
+                                              sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=options.upstream_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.BaseRunner | None = None
         self._site: web.TCPSite | None = None
@@ -384,7 +392,13 @@ class Gateway:
     def _host_allowed(self, request: web.BaseRequest) -> bool:
         if not self._check_host:
             return True
-        return host_header_allowed(request.headers.get("Host"), self._allowed_hosts)
+        header = request.headers.get("Host")
+        allowed = self._host_verdicts.get(header)
+        if allowed is None:
+            allowed = host_header_allowed(header, self._allowed_hosts)
+            if len(self._host_verdicts) < HOST_VERDICT_CACHE:  # bounded: Host is client-chosen
+                self._host_verdicts[header] = allowed
+        return allowed
 
     def _authorized(self, request: web.BaseRequest) -> bool:
         if self._auth is None:
@@ -488,8 +502,7 @@ class Gateway:
         tried: frozenset = frozenset()
         attempts = 1 + (self.options.retries if stream is None else 0)
         last_failure: str | None = None
-        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_SECONDS,
-                                        sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=self.options.upstream_timeout)
+        timeout = self._timeout
         for attempt in range(attempts):
             try:
                 ticket = await self.table.acquire(tried)
@@ -554,17 +567,22 @@ class Gateway:
 
     async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, ticket: Ticket) -> web.StreamResponse:
         """Stream the replica's answer to the client chunk by chunk; nothing is retried from here."""
-        named = {token.strip().lower() for token in upstream.headers.get("Connection", "").split(",")}
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        named = {token.strip().lower() for token in upstream.headers.get("Connection", "").split(",")} \
+            if "Connection" in upstream.headers else ()
+        headers = CIMultiDict()
         for name, value in upstream.headers.items():
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in named or lower == "content-length":
                 continue
-            response.headers.add(name, value)
-        response.headers["X-Served-By"] = ticket.replica.container_uuid
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
+            headers.add(name, value)
+        headers["X-Served-By"] = ticket.replica.container_uuid
         outcome = "error" if upstream.status >= 500 else "success"
+        length = upstream.content_length
+        if length is not None and length <= SMALL_BODY_BYTES and request.method != "HEAD":
+            return await self._relay_small(upstream, ticket, headers, outcome)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None:
+            response.content_length = length
         try:
             await response.prepare(request)
             try:
@@ -589,6 +607,26 @@ class Gateway:
         finally:
             upstream.release()
             self.table.finish(ticket, outcome)
+
+    async def _relay_small(self, upstream: aiohttp.ClientResponse, ticket: Ticket, headers: CIMultiDict,
+                           outcome: str) -> web.StreamResponse:
+        """A small answer of known length goes out in one write (headers and body together):
+        half the system calls of streaming it, which is most of a small request's cost."""
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                asyncio.TimeoutError) as error:
+            outcome = "failure"  # it answered, so the request may have run: never replayed
+            self.table.eject(ticket.replica, f"响应中途断开: {type(error).__name__}")
+            return self._upstream_failed(f"{type(error).__name__}: 响应体未完整到达", frozenset({ticket.replica.container_uuid}))
+        except BaseException:
+            outcome = "cancelled"
+            upstream.close()
+            raise
+        finally:
+            upstream.release()
+            self.table.finish(ticket, outcome)
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
     # ---- what status, metrics and an autoscaler read -------------------------------------
 

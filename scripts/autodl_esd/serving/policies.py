@@ -103,6 +103,12 @@ class Policy:
     def select_replica(self, candidates: Sequence["Replica"]) -> "Replica":
         raise NotImplementedError
 
+    def load_of(self, replica: "Replica") -> float:
+        """The work ahead of a new request on `replica`, as this policy sees it (before it is
+        sent); the table divides a request's duration by this + 1 to learn the replica's
+        time per request (`Replica.service_seconds`)."""
+        return replica.inflight + replica.remote_inflight
+
     def on_request_start(self, replica: "Replica") -> None:
         """A request was just sent to `replica` (its counters are already updated)."""
 
@@ -155,7 +161,9 @@ class Random(Policy):
 
 class QueueAware(Policy):
     """The replica's own load report decides: reported running+waiting plus what this gateway
-    sent since that report. Without a fresh report it falls back to in-flight counts.
+    sent since that report (without a fresh report: in-flight counts). Once every candidate
+    has a measured time per request, the queue is weighted by it — the expected wait — so a
+    GPU twice as fast may carry a queue twice as long.
 
     Every replica is scored (there are few, and a GPU queue is worth a full look); ties are
     broken at random so gateways reading the same report do not all pick the same replica.
@@ -175,9 +183,14 @@ class QueueAware(Policy):
             return replica.inflight + replica.remote_inflight
         return report.queue + replica.sent_since_report
 
+    def load_of(self, replica: "Replica") -> float:
+        return self.score(replica, self.clock())
+
     def select_replica(self, candidates):
         now = self.clock()
-        scored = [(self.score(r, now), self.rng.random(), r) for r in candidates]
+        timed = all(r.service_seconds for r in candidates)
+        scored = [((self.score(r, now) + 1) * (r.service_seconds if timed else 1.0), self.rng.random(), r)
+                  for r in candidates]
         return min(scored, key=lambda item: item[:2])[2]
 
 

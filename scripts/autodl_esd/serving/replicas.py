@@ -80,6 +80,7 @@ class Replica:
         self.awaiting_probe = False
         self.ejections = 0
         self.retries = 0  # requests that failed here and were retried elsewhere
+        self.service_seconds: float | None = None  # learned time per request (EWMA)
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
 
     def is_ejected(self, now: float) -> bool:
@@ -104,7 +105,14 @@ class Ticket:
 
     replica: Replica
     generation: int
+    ahead: float = 0.0  # the policy's load_of(replica) when the request was sent
+    started_at: float = 0.0
     finished: bool = False
+
+
+# Weight of the newest duration sample in Replica.service_seconds: about the last ten
+# requests count, so a replica that slows down (thermal, a longer prompt mix) is noticed.
+SERVICE_TIME_WEIGHT = 0.2
 
 
 @dataclass
@@ -205,11 +213,12 @@ class ReplicaTable:
         return self.start(self.policy.select_replica(candidates))
 
     def start(self, replica: Replica) -> Ticket:
+        ahead = self.policy.load_of(replica)
         replica.inflight += 1
         replica.sent_since_report += 1
         self.ledger.request_started(replica.container_uuid)
         self.policy.on_request_start(replica)
-        return Ticket(replica, replica.report_generation)
+        return Ticket(replica, replica.report_generation, ahead, self.clock())
 
     async def acquire(self, exclude: frozenset = frozenset()) -> Ticket:
         """A ticket now, or after waiting in the queue; raises NoReplicas / Overloaded."""
@@ -281,6 +290,10 @@ class ReplicaTable:
         if ticket.generation == replica.report_generation:
             replica.sent_since_report = max(0, replica.sent_since_report - 1)
         self.ledger.request_finished(replica.container_uuid)
+        if outcome == "success":
+            sample = max(0.0, self.clock() - ticket.started_at) / (ticket.ahead + 1)
+            previous = replica.service_seconds
+            replica.service_seconds = sample if previous is None else previous + SERVICE_TIME_WEIGHT * (sample - previous)
         if outcome is not None:
             replica.outcomes[outcome] += 1
             self.policy.on_request_finish(replica, outcome)

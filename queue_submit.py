@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = ["requests>=2.28", "python-dotenv>=1.0", "jsonschema>=4.18"]
+# ///
 """Validate a deployment config, wait for GPU stock, and create the deployment exactly once."""
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+# os.path, not pathlib: pathlib costs more than a bare interpreter start (--help stays fast).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "scripts"))
 
 from autodl_esd import cli  # noqa: E402
 
@@ -113,14 +118,28 @@ def _submit(args, ctx: cli.Context, config: dict, default_interval: float) -> di
     cost = cost_bounds(config)  # offline: shown (stderr, result) before anything is submitted
     ctx.progress.log(f"费用: 每小时 {cost['hourly_yuan']['min']:g}..{cost['hourly_yuan']['max']:g} 元 ({cost['note']})")
     notices = Notices(args, client, config, ctx)
+    guarded: dict = {}
+
+    def created(deployment_uuid: str) -> None:
+        # Right after the create, before any wait: a guard must not depend on the wait succeeding.
+        notices.created(deployment_uuid)
+        if args.max_runtime or args.max_cost:
+            guarded.update(_start_guard(args, ctx, deployment_uuid))
+            ctx.partial["guard"] = guarded["guard"]  # an interrupt from here on still names it
+            if guarded.get("guard_warning"):
+                ctx.progress.log(f"警告 [guard_not_started] {guarded['guard_warning']['message']}")
+                notices.warnings.append(guarded["guard_warning"])
+
     if not args.dry_run:
-        options.on_created = notices.created
+        options.on_created = created
     try:
         result = Submitter(client, config, options, ctx.progress, ctx.partial).run()
     except AutoDLError as error:
         if error.error_type in (ErrorType.TIMEOUT, ErrorType.STARTUP_TIMEOUT):
             notices.send(f"等待超时: {config['name']}", error.message)
             error.details.update(notices.report())
+        if guarded:
+            error.details["guard"] = guarded["guard"]
         raise
     if args.dry_run:
         result.update(_balance_plan(client, cost, ctx.progress, result))
@@ -129,16 +148,14 @@ def _submit(args, ctx: cli.Context, config: dict, default_interval: float) -> di
     else:
         if result.get("containers") and result.get("deployment_uuid"):
             cost = _observed_cost(client, result["deployment_uuid"], cost)
-        if result.get("deployment_finished"):
-            notices.send(f"已结束: {config['name']}", f"部署 {result['deployment_uuid']} 的容器已运行完毕。")
+        finish = result.get("finish")  # --wait-finished's report
+        if result.get("deployment_finished") or finish:
+            how = "全部容器已运行完毕" if (finish or {}).get("finished", True) else "部署已停止 (未全部完成)"
+            notices.send(f"已结束: {config['name']}", f"部署 {result['deployment_uuid']}: {how}。")
         elif args.wait_running:
             notices.send(f"容器已运行: {config['name']}", f"部署 {result['deployment_uuid']}: {len(result.get('containers') or [])} 个容器在运行。")
         if args.max_runtime or args.max_cost:
-            started = _start_guard(args, ctx, result["deployment_uuid"])
-            result["guard"] = started["guard"]
-            if started.get("guard_warning"):
-                ctx.progress.log(f"警告 [guard_not_started] {started['guard_warning']['message']}")
-                notices.warnings.append(started["guard_warning"])
+            result["guard"] = guarded.get("guard")
     result["cost"] = cost
     result.update(notices.report())
     result["warnings"] = result.get("warnings", []) + notices.warnings
@@ -209,6 +226,8 @@ def _start_guard(args, ctx: cli.Context, deployment_uuid: str) -> dict:
         guard.check_request(deployment, limits, "stop", None)
         state = guard.new_state(client, deployment, limits, "stop", None, args.notify, interval)
         files = guard.save_new(state)
+        from pathlib import Path  # here, not at the top: see the sys.path line
+
         started = guard.detach(files, Path(__file__).resolve().parent / "scripts" / "guard_deployment.py", ctx.progress)
     except AutoDLError as error:
         return _guard_warning(f"守护没有启动: {error.message}", error.hint + " 手动启动守护:", command)

@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import json
 import signal
 import sys
-import threading
 
 EPILOG = """\
 examples:
@@ -53,6 +50,9 @@ test controls (JSON body, same Authorization token, same envelope as the API):
 """
 
 
+MAX_SPEED = 1e6
+
+
 class UsageError(Exception):
     pass
 
@@ -87,8 +87,8 @@ def build_parser() -> JsonArgumentParser:
     parser.add_argument("--token", default=None, help="token clients must send (default: sim-token)")
     parser.add_argument("--cluster", default=None, help="cluster JSON file (default: the bundled cluster)")
     parser.add_argument("--speed", type=float, default=None,
-                        help="simulated seconds per real second (default 60); timestamps start at the wall clock "
-                             "and run ahead of it when > 1 (see timestamps below)")
+                        help="simulated seconds per real second, 0 < S <= 1e6 (default 60); timestamps start "
+                             "at the wall clock and run ahead of it when > 1 (see timestamps below)")
     parser.add_argument("--seed", type=int, default=0, help="seed for ids, crashes and faults (default 0)")
     parser.add_argument("--faults", default=None, help="fault SPEC, see below")
     parser.add_argument("--dialect", choices=("private", "public", "both"), default="both",
@@ -104,7 +104,9 @@ def build_parser() -> JsonArgumentParser:
 
 
 def emit(document: dict) -> None:
-    print(json.dumps(document, ensure_ascii=False), flush=True)
+    import json  # here and below, not at the top: --help stays as fast as a bare start
+
+    print(json.dumps(document, ensure_ascii=False, allow_nan=False), flush=True)
 
 
 def fail(error_type: str, message: str, hint: str, **details: object) -> int:
@@ -117,6 +119,8 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
+        import ipaddress
+
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
@@ -131,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     from simulator import DEFAULT_TOKEN, ClusterConfigError, Simulator
     from simulator.app import DEFAULT_SPEED
 
-    if args.speed is not None and args.speed <= 0:
-        return fail("usage_error", "--speed 必须大于 0", "例如 --speed 60（模拟 1 分钟 = 真实 1 秒）")
+    # nan/inf would freeze or explode the simulated clock; past 10^6 timestamps outrun any test.
+    if args.speed is not None and not (0 < args.speed <= MAX_SPEED):
+        return fail("usage_error", f"--speed 必须是有限数, 0 < 速度 <= {MAX_SPEED:g}",
+                    "例如 --speed 60（模拟 1 分钟 = 真实 1 秒）")
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}, not loopback; the token travels in clear",
               file=sys.stderr)
@@ -154,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail("usage_error", f"无法监听 {args.host}:{args.port}：{exc.strerror or exc}",
                     "换一个端口，或用 --port 0 自动选择")
+
+    import threading
 
     stop_requested = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -41,8 +41,8 @@ def build_parser() -> cli.JsonArgumentParser:
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
-    parser.add_argument("--lookback-hours", type=cli.positive_seconds, default=DEFAULT_LOOKBACK_HOURS, metavar="H",
-                        help=f"只看最近 H 小时内停止的容器 (默认 {DEFAULT_LOOKBACK_HOURS:g})")
+    parser.add_argument("--lookback-hours", type=cli.positive_hours, default=DEFAULT_LOOKBACK_HOURS, metavar="H",
+                        help=f"只看最近 H 小时内停止的容器, 0 < H <= {cli.MAX_LOOKBACK_HOURS} (默认 {DEFAULT_LOOKBACK_HOURS:g})")
     parser.add_argument("--min-failures", type=cli.positive_int, default=DEFAULT_MIN_FAILURES, metavar="K",
                         help=f"失败数达到 K 的主机才报告 (默认 {DEFAULT_MIN_FAILURES})")
     parser.add_argument("--min-uptime", type=cli.non_negative_seconds, default=DEFAULT_MIN_UPTIME_SECONDS, metavar="S",

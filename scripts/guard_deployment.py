@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from autodl_esd import cli
 
 EXAMPLES = [
@@ -90,7 +88,7 @@ def _create(args, ctx: cli.Context) -> dict:
     files = guard.save_new(state)
     ctx.progress.log(f"守护 {state['guard_id']}: {plan}")
     if args.detach:
-        return {**guard.detach(files, Path(__file__).resolve(), ctx.progress), "detached": True}
+        return {**guard.detach(files, _this_script(), ctx.progress), "detached": True}
     return _run(ctx, files)
 
 
@@ -106,7 +104,7 @@ def _resume(args, ctx: cli.Context) -> dict:
     if args.detach:
         if state.get("status") in guard.FINAL_STATUSES:
             return guard.guard_view(state, files)
-        return {**guard.detach(files, Path(__file__).resolve(), ctx.progress), "detached": True}
+        return {**guard.detach(files, _this_script(), ctx.progress), "detached": True}
     return _run(ctx, files)
 
 
@@ -124,6 +122,13 @@ def _run(ctx: cli.Context, files) -> dict:
     result = guard.Guard(client, files, ctx.progress, notify).run()
     warning = (result.get("notification") or {}).get("warning")
     return {**result, "warnings": [warning] if warning else []}
+
+
+
+def _this_script():
+    from pathlib import Path  # here: pathlib costs more than the interpreter start (--help)
+
+    return Path(__file__).resolve()
 
 
 def main(argv=None) -> int:

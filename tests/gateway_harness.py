@@ -30,7 +30,7 @@ class LoopThread:
         """A one-route aiohttp server answering every path with `handler`; returns its URL."""
 
         async def start():
-            app = web.Application()
+            app = web.Application(client_max_size=64 * 1024 * 1024)  # large-body tests
             app.router.add_route("*", "/{tail:.*}", handler)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 BENCHES = [
-    ("startup.py", ["--runs", "1"]),
+    ("startup.py", ["--runs", "1", "--python", sys.executable]),  # a full run builds a fresh venv
     ("simulator.py", ["--requests", "20", "--trials", "1"]),
     ("load_balancing.py", ["--requests", "16", "--threads", "2", "--trials", "1"]),
     ("exactly_once_soak.py", ["--runs", "1", "--parallel", "1", "--modes", "create_error_after_commit"]),

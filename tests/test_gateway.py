@@ -515,3 +515,44 @@ def test_the_in_process_watcher_never_lets_the_autodl_token_out(sim, run, monkey
     source = serve.build_source(args, ctx, options)
     assert instance.token in options.never_forward and options.deployment_uuid == out["deployment_uuid"]
     assert source.description.endswith(out["deployment_uuid"])
+
+
+def test_a_body_over_the_replay_limit_streams_through_and_is_not_retried(loop_thread):
+    from autodl_esd.serving.gateway import REPLAY_LIMIT_BYTES
+
+    hits: list = []
+    big = b"x" * (REPLAY_LIMIT_BYTES + 4096)
+    good = loop_thread.upstream(counting("good", hits))
+    gateway = loop_thread.gateway(static(item("good", good)), retries=2)
+    response = requests.post(gateway.url + "/upload", data=big, timeout=10)
+    assert response.status_code == 200 and hits[0]["body"] == big  # streamed through whole
+
+    dead_first = loop_thread.gateway(static(item("dead", dead_url()), item("good", good)), policy="round_robin", retries=2)
+    answers = [requests.post(dead_first.url + "/upload", data=big, timeout=10) for _ in range(2)]
+    assert sorted(a.status_code for a in answers) == [200, 502]  # the one that hit the dead replica is not replayed
+    small = requests.post(dead_first.url + "/upload", data=b"small", timeout=10)
+    assert small.status_code == 200  # a replayable body is retried
+
+
+def test_the_registry_endpoint_feeds_the_gateway_and_one_access_log_line_per_request(loop_thread):
+    from autodl_esd.serving.gateway import Gateway, GatewayOptions
+    from autodl_esd.serving.registry import RegistryEndpoint, registry_document
+    from autodl_esd.serving.sources import UrlSource
+
+    hits: list = []
+    url = loop_thread.upstream(counting("a", hits))
+    uuid = "833f1cd5a764fa3-aaaaaaaaaa-00000001"
+    endpoint = RegistryEndpoint("127.0.0.1", 0, registry=lambda: registry_document("833f1cd5a764fa3", [item(uuid, url)])).start()
+    source = UrlSource(endpoint.url, interval=0.05, stale_after=1.0)
+    source.start()
+    lines: list[str] = []
+    gateway = Gateway(source, GatewayOptions(host="127.0.0.1", port=0, interval=0.1), access_log=lines.append)
+    try:
+        loop_thread.run(gateway.start())
+        assert requests.get(gateway.url + "/v1/models?x=1", timeout=5).headers["X-Served-By"] == uuid
+        assert gateway.status()["registry"]["source"].startswith("registry endpoint")
+        assert len(lines) == 1 and '"GET /v1/models" 200' in lines[0] and f"served_by={uuid}" in lines[0]
+    finally:
+        loop_thread.run(gateway.stop())
+        source.stop()
+        endpoint.stop()

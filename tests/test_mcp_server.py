@@ -150,6 +150,7 @@ def test_read_tools_answer_from_the_simulator(session, service):
     assert session.ok("find_faulty_hosts", {"name": name})["count"] == 0
     assert session.ok("list_blacklist")["status"] == "success"
     assert session.ok("wallet_balance")["balance_yuan"] is not None
+    assert session.ok("doctor")["ready"] is True
     assert session.ok("cost_report", {"name": name})["status"] == "success"
     assert "backend replicas" in session.ok("haproxy_config", {"name": name})["config"]
 

@@ -145,3 +145,37 @@ def test_guard_not_started_with_sim_is_a_warning(run):
     code, out, _ = run("queue_submit.py", SERVICE, "--sim", "--max-runtime", "1", "--quiet")
     assert code == 0 and out["guard"] is None, out
     assert "guard_not_started" in [w["code"] for w in out["warnings"]]
+
+
+def test_the_guard_starts_right_after_the_create_even_when_a_wait_then_fails(sim, run):
+    sim(speed=1)  # real time: containers take ~30 s to start, far beyond --startup-timeout
+    code, out, _ = run("queue_submit.py", SERVICE, "--wait-running", "--startup-timeout", "0.5", "--max-runtime", "1",
+                       "--guard-interval", "0.05", "--interval", "0.05", "--quiet")
+    assert (code, out["error_type"]) == (2, "startup_timeout"), out
+    started = out["details"]["guard"]
+    try:
+        assert started["alive"] and started["deployment_uuid"] == out["details"]["deployment_uuid"]
+    finally:
+        code, cancelled, _ = run("guard_deployment.py", "--cancel", started["guard_id"], "--quiet")
+    assert code == 0 and cancelled["guard_status"] == "cancelled"
+
+
+def test_queue_submit_notifies_a_finished_job(sim, run, tmp_path):
+    import json
+
+    from conftest import load_script, script_path
+
+    parser = load_script(script_path("queue_submit.py")).build_parser()
+    if not any("--wait-finished" in action.option_strings for action in parser._actions):
+        import pytest
+
+        pytest.skip("queue_submit --wait-finished is not on this branch yet")
+    simulator = sim()
+    job = json.loads((ROOT / "examples" / "job-training.json").read_text(encoding="utf-8"))
+    job["container_template"]["cmd"] = "sleep 60"
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job), encoding="utf-8")
+    code, out, _ = run("queue_submit.py", str(path), "--wait-finished", "--notify", "--interval", "0.05", "--quiet")
+    assert code == 0, out
+    assert titles(simulator)[-1] == "已结束: resnet-batch-training"
+    assert "全部容器已运行完毕" in simulator.wechat_messages()[-1]["content"]

@@ -184,3 +184,15 @@ def test_the_simulator_checks_host_and_answers_malformed_requests_in_json(sim):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b" 414 " in head.split(b"\r\n")[0] and json.loads(body)["code"] == "RequestParameterIsWrong"
+
+
+def test_discover_services_serves_on_ipv6_loopback(platform, run):
+    platform.start(MACHINE_A, 1)
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 on this machine")
+    code, out, _ = run("discover_services.py", "--deployment-uuid", DEP, "--watch", "--interval", "0.05",
+                       "--max-cycles", "2", "--serve", "[::1]:0", "--quiet")
+    assert code == 0, out
+    assert out["serve"].startswith("http://[::1]:")

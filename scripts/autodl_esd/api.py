@@ -28,8 +28,9 @@ PAGE_SIZE = 100
 MAX_PAGES = 1000
 # Keys of a list response besides `list`, returned when a caller asks for one page.
 PAGING_KEYS = ("page_index", "page_size", "max_page", "offset", "result_total")
-# Public-cloud limits of the blacklist's expire_in_minutes: 1 minute to 30 days.
-BLACKLIST_MAX_EXPIRE_MINUTES = 43200
+# Public-cloud limits of the blacklist's expire_in_minutes (1 minute to 30 days) live in
+# units, where the argument parser reads them without importing the HTTP client.
+from .units import BLACKLIST_MAX_EXPIRE_MINUTES  # noqa: E402,F401
 
 
 def iter_pages(client: ApiClient, path: str, body: dict[str, Any] | None = None, page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:

@@ -17,13 +17,17 @@ import math
 import os
 import signal
 import sys
-import threading
-import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
 
 from .errors import EXIT_CODE_EPILOG, AutoDLError, ErrorType, Interrupted
 from .output import Progress, emit_error, emit_success, scrub
+from .skill_venv import reexec_in_skill_venv
+
+# `--help` must start about as fast as the interpreter: this module imports only what
+# argparse needs anyway. typing, dataclasses and traceback each cost more than a bare start
+# in a fresh venv, so annotations stay strings and the rest is imported where used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Sequence
 
 
 class UsageError(AutoDLError):
@@ -39,6 +43,19 @@ class JsonArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"命令行参数错误: {message}", f"{usage}; 运行 --help 查看说明与示例。")
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter with the width given, so argparse does not import shutil (and
+    its compression modules) just to ask for the terminal size."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 80  # not a terminal: the width shutil would fall back to
+    return argparse.RawDescriptionHelpFormatter(prog, width=max(columns - 2, 20))
+
+
 def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> JsonArgumentParser:
     epilog = ""
     if examples:
@@ -47,7 +64,7 @@ def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> Js
         prog=prog,
         description=description,
         epilog=epilog + EXIT_CODE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_help_formatter,
     )
     parser.add_argument("--quiet", action="store_true", help="不在 stderr 输出进度日志")
     parser.add_argument(
@@ -66,26 +83,45 @@ def _described_as(schema: dict[str, Any]) -> Callable[[Callable[[str], Any]], Ca
     return attach
 
 
-def _seconds(text: str, *, allow_zero: bool) -> float:
+# Every duration flag (--interval, --timeout, --sim-busy, --health-timeout, ...) is a finite
+# number of seconds no longer than this: 30 days is past any wait that makes sense, and it
+# keeps nan/inf/1e308 out of sleeps, deadlines and socket timeouts.
+MAX_DURATION_SECONDS = 30 * 86400
+# --lookback-hours: the platform keeps event history for a bounded time; a year covers it.
+MAX_LOOKBACK_HOURS = 365 * 24
+
+
+def _bounded_number(text: str, *, allow_zero: bool, maximum: float, unit: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
-    if value < 0 or (value == 0 and not allow_zero):
-        raise argparse.ArgumentTypeError(f"必须{'不小于' if allow_zero else '大于'} 0: {text!r}")
+    low = "0 <=" if allow_zero else "0 <"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or value > maximum:
+        raise argparse.ArgumentTypeError(f"必须是有限数, 范围 {low} {unit} <= {maximum:g}: {text!r}")
     return value
 
 
-@_described_as({"type": "number", "exclusiveMinimum": 0})
+def _seconds(text: str, *, allow_zero: bool) -> float:
+    return _bounded_number(text, allow_zero=allow_zero, maximum=MAX_DURATION_SECONDS, unit="秒数")
+
+
+@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_SECONDS})
 def positive_seconds(text: str) -> float:
-    """argparse type for durations: fractional seconds, strictly positive."""
+    """argparse type for durations: fractional seconds, 0 < S <= 30 days."""
     return _seconds(text, allow_zero=False)
 
 
-@_described_as({"type": "number", "minimum": 0})
+@_described_as({"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS})
 def non_negative_seconds(text: str) -> float:
-    """argparse type for limits where 0 means 'no limit'."""
+    """argparse type for limits where 0 means 'no limit': 0 <= S <= 30 days."""
     return _seconds(text, allow_zero=True)
+
+
+@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LOOKBACK_HOURS})
+def positive_hours(text: str) -> float:
+    """argparse type for look-back windows in hours: 0 < H <= one year."""
+    return _bounded_number(text, allow_zero=False, maximum=MAX_LOOKBACK_HOURS, unit="小时数")
 
 
 @_described_as({"type": "number", "exclusiveMinimum": 0})
@@ -172,7 +208,7 @@ def list_result(items: list[Any], **extra: Any) -> dict[str, Any]:
 
 def add_blacklist_flags(parser: argparse.ArgumentParser, comment_help: str) -> None:
     """--comment and --expire-minutes, as the blacklist endpoint takes them."""
-    from .api import BLACKLIST_MAX_EXPIRE_MINUTES
+    from .units import BLACKLIST_MAX_EXPIRE_MINUTES
 
     parser.add_argument("--comment", metavar="TEXT", help=comment_help)
     parser.add_argument(
@@ -183,17 +219,18 @@ def add_blacklist_flags(parser: argparse.ArgumentParser, comment_help: str) -> N
     )
 
 
-@dataclass
 class Context:
     """Per-run services handed to a script's handler."""
 
-    args: argparse.Namespace
-    progress: Progress
-    # Filled in by handlers as they go, so an interrupt can still report it.
-    partial: dict[str, Any] = field(default_factory=dict)
-    # Set to talk to somewhere other than AUTODL_HOST (the embedded simulator).
-    settings: Any = None
-    _client: Any = None
+    def __init__(self, args: argparse.Namespace, progress: Progress, partial: dict[str, Any] | None = None,
+                 settings: Any = None) -> None:
+        self.args = args
+        self.progress = progress
+        # Filled in by handlers as they go, so an interrupt can still report it.
+        self.partial: dict[str, Any] = {} if partial is None else partial
+        # Set to talk to somewhere other than AUTODL_HOST (the embedded simulator).
+        self.settings = settings
+        self._client: Any = None
 
     def client(self) -> Any:
         """The authenticated API client (token and host resolved on first use)."""
@@ -205,7 +242,7 @@ class Context:
         return self._client
 
 
-Handler = Callable[[argparse.Namespace, Context], dict[str, Any]]
+Handler = "Callable[[argparse.Namespace, Context], dict[str, Any]]"  # a handler's type, for readers
 
 
 # Set by the first SIGINT/SIGTERM, and when the final document starts being written: from
@@ -245,10 +282,11 @@ def _interrupted_during_startup(signum: int, _frame: Any) -> None:
 def install_startup_handlers() -> None:
     """Interrupts from the first statements on get JSON: called when cli is imported by an
     entry script, before its slower imports (requests, jsonschema) and its parser."""
-    if threading.current_thread() is not threading.main_thread():
-        return
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupted_during_startup)
+        try:
+            signal.signal(signum, _interrupted_during_startup)
+        except ValueError:
+            return  # not the main thread: signals are not ours to handle
 
 
 def is_entry_script(path: str | None) -> bool:
@@ -263,6 +301,8 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
     """Parse, run the handler, print exactly one JSON document, return the exit code."""
     global _exiting
     _exiting = False
+    if argv is None:  # a real command line, not an in-process call
+        reexec_in_skill_venv()
     progress = Progress()
     context: Context | None = None
     previous_handlers = _install_signal_handlers()
@@ -297,6 +337,8 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         _begin_exit()
         progress.close()
         if context is not None and getattr(context.args, "debug", False):
+            import traceback
+
             sys.stderr.write(scrub(traceback.format_exc()))
         details = dict(context.partial) if context else {}
         details["exception"] = scrub(f"{type(bug).__name__}: {bug}")
@@ -337,9 +379,11 @@ def script_main(main: Callable[[Sequence[str] | None], int]) -> None:
     signal instead of with this exit code; an ignored signal stays ignored.)
     """
     code = main(None)
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
             signal.signal(signum, signal.SIG_IGN)
+        except ValueError:
+            break  # not the main thread
     sys.exit(code)
 
 

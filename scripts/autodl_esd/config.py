@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from . import strict_json
 from .deps import SKILL_ROOT, require
 from .errors import AutoDLError, ErrorType
 from .units import (
@@ -30,6 +31,8 @@ SCHEMA_DIR = SKILL_ROOT / "schemas"
 DEPLOYMENT_SCHEMA = SCHEMA_DIR / "deployment.schema.json"
 RANGES = ("cpu_num", "memory_size", "price", "cuda_v")
 TEMPLATE = "container_template"
+# The schema's pattern for strings that must hold something besides whitespace.
+NOT_BLANK = "\\S"
 
 Problem = dict[str, str]
 
@@ -39,31 +42,13 @@ def load_schema(path: Path = DEPLOYMENT_SCHEMA) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a config file; missing/unreadable/not-JSON files are config_error."""
-    config_path = Path(path)
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AutoDLError(ErrorType.CONFIG_ERROR, f"配置文件不存在: {path}", "检查路径; 示例配置在 examples/ 目录。", {"path": str(path)}) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise AutoDLError(ErrorType.CONFIG_ERROR, f"无法读取配置文件: {path} ({error})", "确认文件可读且为 UTF-8 编码。", {"path": str(path)}) from None
-    if not text.strip():
-        raise AutoDLError(
-            ErrorType.CONFIG_ERROR,
-            f"配置文件是空的: {path}",
-            "从 examples/ 复制一个示例配置再修改。",
-            {"path": str(path)},
-        )
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise AutoDLError(
-            ErrorType.CONFIG_ERROR,
-            f"配置文件不是合法 JSON: 第 {error.lineno} 行第 {error.colno} 列: {error.msg}",
-            "JSON 不允许注释和末尾逗号, 字符串必须用双引号。",
-            {"path": str(path), "line": error.lineno, "column": error.colno},
-        ) from None
+def load_config(path: str | Path) -> Any:
+    """Read a config file: a small regular UTF-8 JSON file, else config_error.
+
+    Numbers no field can hold (NaN, 1e400, 30-digit integers) come back as markers that
+    `validate_config` reports with their path.
+    """
+    return strict_json.loads(strict_json.read_small_file(path), path)
 
 
 def dialect_of(config: dict[str, Any]) -> str:
@@ -177,24 +162,26 @@ def _explain(error: Any) -> list[Problem]:
         wanted = error.validator_value
         wanted_text = expected.get(wanted, str(wanted)) if isinstance(wanted, str) else str(wanted)
         hint = "去掉引号, 写成数字。" if isinstance(value, str) and wanted == "integer" else f"改为{wanted_text}。"
-        return [{"path": path, "message": f"类型错误: 应为{wanted_text}, 收到 {json.dumps(value, ensure_ascii=False)}", "hint": hint}]
+        return [{"path": path, "message": f"类型错误: 应为{wanted_text}, 收到 {json.dumps(value, ensure_ascii=False, allow_nan=False)}", "hint": hint}]
     if kind == "enum":
-        options = ", ".join(json.dumps(option, ensure_ascii=False) for option in error.validator_value)
+        options = ", ".join(json.dumps(option, ensure_ascii=False, allow_nan=False) for option in error.validator_value)
         close = difflib.get_close_matches(str(value), [str(option) for option in error.validator_value], n=1, cutoff=0.6)
         hint = f"你是否想写 {close[0]!r}? 可选值: {options}" if close else f"可选值: {options}"
-        return [{"path": path, "message": f"取值无效: {json.dumps(value, ensure_ascii=False)}", "hint": hint}]
+        return [{"path": path, "message": f"取值无效: {json.dumps(value, ensure_ascii=False, allow_nan=False)}", "hint": hint}]
     if kind == "minimum":
         return [{"path": path, "message": f"不能小于 {error.validator_value}, 收到 {value}", "hint": f"改为 >= {error.validator_value} 的整数。"}]
     if kind == "maximum":
-        return [{"path": path, "message": f"不能大于 {error.validator_value}, 收到 {value}", "hint": f"改为 <= {error.validator_value} 的整数。"}]
+        return [{"path": path, "message": f"不能大于 {error.validator_value}, 收到 {value}", "hint": f"改为 <= {error.validator_value} 的整数。字段说明: {error.schema.get('description', '')}".rstrip(": ")}]
     if kind == "minItems":
         return [{"path": path, "message": "列表不能为空", "hint": "至少填写一项; GPU 型号用 gpu_stock.py 查看。"}]
     if kind == "uniqueItems":
         return [{"path": path, "message": "列表中有重复项", "hint": "删除重复的值。"}]
     if kind == "minLength":
         return [{"path": path, "message": "不能为空字符串", "hint": "填写有效内容。"}]
+    if kind == "pattern" and error.validator_value == NOT_BLANK:
+        return [{"path": path, "message": "不能只有空白字符", "hint": "填写实际内容; 平台会拒绝空白的值。"}]
     if kind == "pattern":
-        return [{"path": path, "message": f"格式不对: {value!r}", "hint": "镜像 UUID 形如 image-db8346e037 或 base-image-l2t43iu6uk; 用 list_images.py 查看 (不要填镜像名称)。"}]
+        return [{"path": path, "message": f"格式不对: {json.dumps(value, ensure_ascii=False, allow_nan=False)}", "hint": "镜像 UUID 形如 image-db8346e037 或 base-image-l2t43iu6uk (前后不能有空格或换行); 用 list_images.py 查看 (不要填镜像名称)。"}]
     return [{"path": path, "message": error.message, "hint": "对照 schemas/deployment.schema.json 修正。"}]
 
 
@@ -202,12 +189,34 @@ def _is_strict_integer(_checker: Any, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+def _ecma_pattern(_validator: Any, pattern: str, instance: Any, _schema: Any) -> Any:
+    """`pattern` with ECMA-262 semantics, as JSON Schema specifies: `$` is the end of the
+    string. Python's `$` also matches before a final newline, so "image-x\\n" would pass."""
+    if not isinstance(instance, str):
+        return
+    match = _compiled(pattern).search(instance)
+    if match is None or (pattern.endswith("$") and match.end() != len(instance)):
+        jsonschema = require("jsonschema")
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@lru_cache(maxsize=None)
+def _compiled(pattern: str) -> Any:
+    import re
+
+    return re.compile(pattern)
+
+
 def _validator() -> Any:
     jsonschema = require("jsonschema")
     base = jsonschema.Draft202012Validator
     # JSON Schema counts 9.0 as an integer; the API's Int fields reject it, and a price of
     # 9.0 is the classic "yuan instead of yuan x 1000" mistake, so integers must be ints.
-    strict = jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", _is_strict_integer))
+    strict = jsonschema.validators.extend(
+        base,
+        validators={"pattern": _ecma_pattern},
+        type_checker=base.TYPE_CHECKER.redefine("integer", _is_strict_integer),
+    )
     return strict(load_schema())
 
 
@@ -251,6 +260,11 @@ def _semantic_problems(config: dict[str, Any], flagged: set[str] | frozenset[str
 
 def validate_config(config: Any) -> list[Problem]:
     """Every problem of the config, empty when it is valid."""
+    # Values no request can carry (NaN, huge numbers, lone surrogates, deep nesting) are
+    # reported alone: the schema checks below would trip over them.
+    unusable = strict_json.unusable_value_problems(config)
+    if unusable:
+        return unusable
     problems = _schema_problems(config)
     if isinstance(config, dict):
         flagged = {problem["path"] for problem in problems}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (--help imports this module)
+if TYPE_CHECKING:
+    from typing import Any
 
 from .output import REDACTED
 from .units import gb_from_bytes

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Any
+from enum import Enum  # already loaded: `re` (which argparse imports) is built on enum
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ErrorType(str, Enum):
@@ -55,6 +58,7 @@ EXIT_CODE_EPILOG = """\
   3    平台错误 (submission_error, api_error)
   4    内部错误 (internal_error)
   130  被中断 (interrupted)
+秒数参数 (--interval, --timeout 等) 可为小数, 必须是有限数且不超过 2592000 (30 天)。
 stdout 永远只有一个 JSON 对象; 进度日志在 stderr。"""
 
 

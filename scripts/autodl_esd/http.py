@@ -159,7 +159,7 @@ class ApiClient:
                 method,
                 url,
                 params=params,
-                data=None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                data=None if body is None else json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8"),
                 timeout=timeout,
             )
         except requests.exceptions.ConnectTimeout:
@@ -170,6 +170,14 @@ class ApiClient:
             # A refused connection never reached the server; a reset may have.
             sent = "Connection refused" not in str(error) and "NewConnectionError" not in str(error)
             raise self._transport_error(path, "网络连接失败", ambiguous=sent) from None
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader, ValueError) as error:
+            # Refused while preparing the request, before anything was sent. The library's
+            # message may quote a header value (the token), so only the type is reported.
+            raise ApiError(
+                f"请求 {path} 无法构造 ({type(error).__name__}), 未发送。",
+                msg=type(error).__name__,
+                hint=f"检查 AUTODL_HOST ({self.host}) 与 AUTODL_TOKEN 是否含有空格、换行等非法字符。",
+            ) from None
         return self._parse(method, path, response)
 
     def _transport_error(self, path: str, what: str, *, ambiguous: bool) -> ApiError:

@@ -181,6 +181,7 @@ class ToolRunner:
             for dest, value in arguments.items():
                 if isinstance(value, dict):
                     path = Path(workdir) / f"{dest}.json"
+                    # allow-nan: the config reader reports NaN with its path (a validation_error)
                     path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
                     config_paths[dest] = str(path)
             argv = tool.argv_for(arguments, confirm=confirm, config_paths=config_paths)
@@ -424,7 +425,7 @@ def build_server(runner: ToolRunner) -> Any:
             await ctx.session.report_progress(sent, None, message)
 
         document = await runner.call(params.name, params.arguments, report)
-        text = json.dumps(document, ensure_ascii=False, indent=2)
+        text = json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False)
         return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=document,
                                     is_error=document.get("status") != "success")
 

@@ -7,34 +7,93 @@ line of defence behind the code that never puts them there in the first place.
 
 from __future__ import annotations
 
-import json
+import math
 import sys
-from typing import Any, TextIO
 
 from .errors import EXIT_SUCCESS, AutoDLError
-from .platform_time import clock_text
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+
+def clock_text() -> str:
+    """The time shown in log lines, in the platform's zone (imported on first use: --help
+    never logs, and datetime is not free at start-up)."""
+    from .platform_time import clock_text as platform_clock_text
+
+    return platform_clock_text()
 
 REDACTED = "***"
 
 _secrets: set[str] = set()
 
 
+def _spellings(secret: str) -> set[str]:
+    """The ways a secret can appear in text: as written, as repr() and JSON escape it
+    (a token holding a newline shows up as `abc\\ndef` in an exception message), and each
+    of those JSON-escaped again (that message inside our JSON document)."""
+    import json
+
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        secret.encode("unicode_escape").decode("ascii"),
+        json.dumps(secret, allow_nan=False)[1:-1],
+        repr(secret.encode("utf-8", "surrogatepass"))[2:-1],
+    }
+    return forms | {json.dumps(form, ensure_ascii=False, allow_nan=False)[1:-1] for form in forms} | {
+        json.dumps(form, allow_nan=False)[1:-1] for form in forms
+    }
+
+
 def register_secret(value: str | None) -> None:
     """Remember a value that must never appear in stdout or stderr."""
     # Very short strings would scrub innocent text; real tokens are long.
     if value and len(value) >= 6:
-        _secrets.add(value)
+        _secrets.update(_spellings(value))
 
 
 def scrub(text: str) -> str:
-    for secret in _secrets:
+    # Longest first, so a short spelling never leaves part of a longer one behind.
+    for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
 
 
+def _finite(value: Any) -> Any:
+    """The document with NaN/Infinity replaced by null: stdout stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def to_json(document: Any, **options: Any) -> str:
+    """Strict JSON (never NaN/Infinity, which JSON does not have) of an output document."""
+    import json  # here, not at the top: --help never writes JSON
+
+    try:
+        return json.dumps(document, allow_nan=False, default=str, **options)
+    except ValueError:
+        # Inputs are checked to be finite, so this is a bug upstream; keep the document
+        # (it may carry a deployment_uuid) rather than lose it to an internal_error.
+        return json.dumps(_finite(document), allow_nan=False, default=str, **options)
+
+
 def _write_json(document: dict[str, Any], stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
-    stream.write(scrub(json.dumps(document, ensure_ascii=False, indent=2, default=str)) + "\n")
+    text = scrub(to_json(document, ensure_ascii=False, indent=2)) + "\n"
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        # A lone surrogate (or a stream that cannot take Chinese): \u escapes are still
+        # the same JSON, and writing them cannot fail half-way through the document.
+        text = scrub(to_json(document, ensure_ascii=True, indent=2)) + "\n"
+    stream.write(text)
     stream.flush()
 
 
@@ -49,7 +108,7 @@ def emit_success(payload: dict[str, Any]) -> int:
 def emit_line(document: dict[str, Any]) -> None:
     """One compact JSON line on stdout before the final document, for long-running servers
     (the gateway's "ready" line, like the simulator's): a reader can act on it at once."""
-    sys.stdout.write(scrub(json.dumps(document, ensure_ascii=False, allow_nan=False)) + "\n")
+    sys.stdout.write(scrub(to_json(document, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 

@@ -25,6 +25,9 @@ MAX_PLAUSIBLE_MEMORY_GB = 65536
 TYPICAL_MEMORY_GB_PER_GPU = 30
 TYPICAL_CPU_PER_GPU = 8
 
+# Public-cloud limits of the blacklist's expire_in_minutes: 1 minute to 30 days.
+BLACKLIST_MAX_EXPIRE_MINUTES = 43200
+
 _VERSION = re.compile(r"^\s*(\d{1,2})\.(\d)\s*$")
 
 

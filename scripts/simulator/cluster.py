@@ -38,7 +38,10 @@ host and reports that real allocation. Request ranges only select hosts.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,13 +170,55 @@ def load_cluster(source: str | Path | dict | None) -> ClusterSpec:
     if isinstance(source, dict):
         return _parse_cluster(source, "cluster")
     path = Path(source)
+    return _parse_cluster(_read_cluster_json(path), str(path))
+
+
+# A cluster file lists a few dozen machines; anything bigger is the wrong file (or /dev/zero).
+MAX_CLUSTER_FILE_BYTES = 4 * 1024 * 1024
+# No cluster figure needs more digits; int() itself refuses over 4,300 with a ValueError.
+MAX_INT_DIGITS = 18
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"integer {text[:12]}... has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _read_cluster_json(path: Path) -> Any:
+    """The parsed file: a regular UTF-8 JSON file of bounded size, else ClusterConfigError."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        # O_NONBLOCK: a FIFO with no writer must not hang the start-up; it is refused below.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ClusterConfigError(str(path), [f"cannot read file: {exc.strerror or exc}"]) from exc
-    except json.JSONDecodeError as exc:
-        raise ClusterConfigError(str(path), [f"not valid JSON: {exc}"]) from exc
-    return _parse_cluster(raw, str(path))
+        raise ClusterConfigError(str(path), [f"cannot read file: {exc.strerror or exc}"]) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ClusterConfigError(str(path), ["not a regular file"])
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_CLUSTER_FILE_BYTES + 1)
+    if len(data) > MAX_CLUSTER_FILE_BYTES:
+        raise ClusterConfigError(str(path), [f"larger than {MAX_CLUSTER_FILE_BYTES} bytes"])
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
+                          parse_float=_finite_float, parse_int=_bounded_int)
+    except UnicodeDecodeError as exc:
+        raise ClusterConfigError(str(path), [f"not UTF-8 (byte {exc.start})"]) from None
+    except RecursionError:
+        raise ClusterConfigError(str(path), ["not valid JSON: nested too deeply"]) from None
+    except ValueError as exc:  # JSONDecodeError included
+        raise ClusterConfigError(str(path), [f"not valid JSON: {exc}"]) from None
 
 
 def _parse_cluster(raw: Any, source: str) -> ClusterSpec:

@@ -284,7 +284,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     def _send_json(self, status: int, document: Any) -> None:
-        self._send(status, json.dumps(document, ensure_ascii=False).encode(), "application/json; charset=utf-8")
+        self._send(status, json.dumps(document, ensure_ascii=False, allow_nan=False).encode(), "application/json; charset=utf-8")
 
     def _auth_error(self) -> ApiError | None:
         # Whitespace around a header value is not part of it (RFC 9110 5.5); a token pasted
@@ -504,7 +504,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 choice = {"index": 0, "delta": delta, "finish_reason": "length" if last else None}
             else:
                 choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": "length" if last else None}
-            self._write_chunk(b"data: " + json.dumps({**base, "object": kind, "choices": [choice]}).encode() + b"\n\n")
+            self._write_chunk(b"data: " + json.dumps({**base, "object": kind, "choices": [choice]}, allow_nan=False).encode() + b"\n\n")
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ from .. import api
 from ..containers import STOPPING_STATUSES
 from ..effects import Change, apply_change
 from ..errors import ApiError, AutoDLError, ErrorType
-from ..output import Progress
+from ..output import Progress, to_json
 from ..resolve import deployment_by_uuid
 from ..stock import requested_stock
 from ..units import yuan_from_price_units
@@ -230,7 +229,7 @@ def deployment_gone(deployment_uuid: str) -> AutoDLError:
 
 
 def _emit_stderr(record: dict) -> None:
-    print(json.dumps(record, ensure_ascii=False), file=sys.stderr, flush=True)
+    print(to_json(record, ensure_ascii=False), file=sys.stderr, flush=True)  # strict JSON, NaN as null
 
 
 class Autoscaler:
@@ -268,7 +267,6 @@ class Autoscaler:
         self.last_decision: Optional[dict] = None
         self.recent: deque[dict] = deque(maxlen=RECENT_DECISIONS)
         self.changes = 0  # replica_num changes that took effect
-        self.max_replica_num_set = 0
         self.spent = 0.0  # yuan
         self._last_rate: Optional[float] = None
         self._last_spend_at: Optional[float] = None
@@ -304,9 +302,10 @@ class Autoscaler:
         load = load_of(snapshot)
         with self.lock:
             self.samples.append(Sample(now, load))
-            if snapshot.requests_total != self._requests_seen or load > 0:
-                if snapshot.requests_total != self._requests_seen or self.last_request_at is None:
-                    self.last_request_at = now
+            # A request arrived since the last tick (the counter moved), or one is in flight
+            # already at the first tick: the idle clock for scale-to-zero restarts.
+            if snapshot.requests_total != self._requests_seen or (load > 0 and self.last_request_at is None):
+                self.last_request_at = now
                 self._requests_seen = snapshot.requests_total
         try:
             view = self.scaler.observe()
@@ -416,7 +415,6 @@ class Autoscaler:
             view.replica_num = target  # read back: the platform holds it now
             self.changes += 1
             self.last_change_at = now
-            self.max_replica_num_set = max(self.max_replica_num_set, target)
         elif outcome.get("took_effect") == "unknown":
             self.last_change_at = now  # may have landed: treat as converging, never resend blindly
         return result

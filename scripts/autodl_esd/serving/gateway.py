@@ -162,6 +162,8 @@ class _JsonErrorRequestHandler(RequestHandler):
     def handle_error(self, request, status=500, exc=None, message=None):  # type: ignore[override]
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
+        if status >= 500:  # a bug of ours: keep its traceback on stderr (never on stdout)
+            self.log_exception("gateway error handling %s %s", request.method, request.path, exc_info=exc)
         kind = "bad_request" if 400 <= status < 500 else "internal_error"
         response = error_response(status, kind, "请求格式不正确, 网关无法解析。" if kind == "bad_request" else "网关内部错误。",
                                   "检查请求行、请求头大小 (单个不超过 8 KB) 与 Content-Length。", {"reason": message or ""})

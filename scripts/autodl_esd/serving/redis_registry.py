@@ -96,7 +96,7 @@ def watcher_name() -> str:
 
 def membership(document: dict[str, Any]) -> Any:
     """What readers act on: the replicas and the stale flag (not the timestamps)."""
-    return (json.dumps(document.get("services"), sort_keys=True), bool(document.get("stale")), document.get("stale_reason"))
+    return (json.dumps(document.get("services"), sort_keys=True, allow_nan=False), bool(document.get("stale")), document.get("stale_reason"))
 
 
 class LostLock(RuntimeError):
@@ -177,8 +177,8 @@ class RegistryPublisher:
         self._last_membership: Any = None
 
     def __call__(self, document: dict[str, Any]) -> None:
-        body = json.dumps(document, ensure_ascii=False)
-        heartbeat = json.dumps({"watcher": self.name, "at": document.get("generated_at"), "ttl_seconds": self.heartbeat_ttl})
+        body = json.dumps(document, ensure_ascii=False, allow_nan=False)
+        heartbeat = json.dumps({"watcher": self.name, "at": document.get("generated_at"), "ttl_seconds": self.heartbeat_ttl}, allow_nan=False)
         changed = membership(document) != self._last_membership
         ttl_ms = max(1, int(self.heartbeat_ttl * 1000))
 

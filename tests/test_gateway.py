@@ -583,3 +583,9 @@ def test_bad_flags_are_usage_errors_before_anything_listens(run, monkeypatch, ar
     source = [] if any(a.startswith("--registry") for a in argv) else ["--registry-url", "http://127.0.0.1:9"]
     code, out, _ = run("serve_gateway.py", *source, *argv, "--quiet")
     assert code == 1 and out["error_type"] == "usage_error" and fragment in out["message"] + out["hint"], out
+
+
+def test_registry_health_false_is_skipped_and_null_means_not_probed_so_usable():
+    t = table()
+    t.update([item("probed-bad", "http://a", healthy=False), {**item("unprobed", "http://b"), "healthy": None}])
+    assert [r.container_uuid for r in t.candidates()] == ["unprobed"]

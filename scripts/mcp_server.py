@@ -70,8 +70,11 @@ def _serve(args) -> int:
         require("anyio")
     except AutoDLError as error:
         # The client sees a server that would not start; the reason is on both streams.
-        error.hint = "执行: pip install -r requirements-mcp.txt"
-        error.details["install_command"] = error.hint.removeprefix("执行: ")
+        from autodl_esd.deps import SKILL_ROOT
+
+        install = f"python3 -m pip install -r {SKILL_ROOT / 'requirements-mcp.txt'}"
+        error.hint = f"用 MCP 客户端配置里的同一个解释器执行: {install}"
+        error.details["install_command"] = install
         log.log(error.message + "; " + error.hint)
         return emit_error(error)
 

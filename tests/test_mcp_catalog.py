@@ -210,3 +210,32 @@ def test_a_child_killed_after_the_grace_says_what_is_unknown(name, took_effect, 
     assert document["error_type"] == "interrupted"
     assert document["details"].get("took_effect") == took_effect
     assert document["details"].get("may_have_been_created") == may_have_been_created
+
+
+def test_without_the_sdk_the_server_says_dependency_missing(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "mcp"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('not installed')\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "mcp_server.py")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, stdin=subprocess.DEVNULL, timeout=60)
+    document = json.loads(done.stdout)
+    assert done.returncode == 1 and document["error_type"] == "dependency_missing"
+    assert "requirements-mcp.txt" in document["details"]["install_command"]
+    assert "requirements-mcp.txt" in done.stderr
+
+
+def test_list_tools_prints_one_json_document_without_starting_a_server():
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "mcp_server.py"), "--list-tools"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    document = json.loads(done.stdout)
+    assert done.returncode == 0 and document["count"] == len(CATALOG)
+    assert {item["name"] for item in document["items"]} == set(CATALOG)

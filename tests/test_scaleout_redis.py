@@ -136,9 +136,23 @@ def test_a_lease_never_released_stops_counting_after_its_ttl(rr):
     shared = module.SharedInflight(client, keys, lease_ttl=0.3)
     shared.acquire(["r-1"])
     assert shared.counts(["r-1"]) == {"r-1": 1}
+    shared.close()  # the client is gone: nobody renews its lease any more
     time.sleep(0.4)
     assert shared.counts(["r-1"]) == {"r-1": 0}
     assert not client.exists(keys.inflight("r-1")), "the key itself expires too"
+
+
+def test_a_live_clients_long_request_keeps_counting_past_the_ttl(rr):
+    module, client, keys = rr
+    shared = module.SharedInflight(client, keys, lease_ttl=0.3)
+    try:
+        _, lease = shared.acquire(["r-1"])
+        time.sleep(0.8)  # well past the TTL: the renewer kept it
+        assert shared.counts(["r-1"]) == {"r-1": 1}
+        shared.release("r-1", lease)
+        assert shared.counts(["r-1"]) == {"r-1": 0}
+    finally:
+        shared.close()
 
 
 def test_pool_falls_back_to_its_own_counts_when_shared_counts_fail(caplog):

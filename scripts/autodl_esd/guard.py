@@ -239,13 +239,18 @@ def judge(state: dict[str, Any], seen: Observation) -> Verdict:
     return verdict
 
 
-def describe_plan(state: dict[str, Any]) -> str:
-    """One Chinese sentence: what will be done, and when (for confirmations and --list)."""
+def describe_plan(state: dict[str, Any], now: datetime | None = None) -> str:
+    """One Chinese sentence: what will be done, and when (for confirmations and --list).
+    With `now` (platform time), a run-time deadline already passed is said to act at once."""
     limits = Limits(**state["limits"])
     when = []
     if limits.max_runtime_hours is not None:
         created = parse_timestamp(state.get("deployment_created_at"))
-        deadline = f" (约 {iso(created + timedelta(hours=limits.max_runtime_hours))})" if created else ""
+        deadline = ""
+        if created:
+            due = created + timedelta(hours=limits.max_runtime_hours)
+            late = "; 已经超过, 守护启动后立即执行" if now is not None and due <= now else ""
+            deadline = f" (约 {iso(due)}{late})"
         when.append(f"部署运行满 {limits.max_runtime_hours:g} 小时{deadline} ")
     if limits.max_cost_yuan is not None:
         when.append(f"自守护启动起花费达到 {limits.max_cost_yuan:g} 元")

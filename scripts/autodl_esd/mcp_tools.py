@@ -126,7 +126,7 @@ POLICIES: dict[str, ToolPolicy] = {
     "discover_services.py": ToolPolicy("服务发现 (一次)", **READ_ONLY, hidden=WATCH_HIDDEN),
     "wallet_balance.py": ToolPolicy("查询账户余额", **READ_ONLY),
     # Read calls only (one with a made-up token, to see what a rejection looks like).
-    "doctor.py": ToolPolicy("首次使用检查 (只读)", **READ_ONLY),
+    "doctor.py": ToolPolicy("首次使用检查 (只读)", **READ_ONLY, hidden={"sim": SIM_HIDDEN["sim"]}),
     "cost_report.py": ToolPolicy("已花费用报告", **READ_ONLY),
     # Schedules a stop (or scale-down) of a deployment; one guard per deployment.
     # A guard must outlive the tool call (and the MCP session, whose end interrupts every

@@ -239,7 +239,8 @@ class ServicePool:
     def from_redis(cls, url: str, deployment_uuid: str, **kwargs) -> "ServicePool":
         """Pool following the Redis registry by notification; see the module
         docstring. ``key_prefix``, ``shared_inflight`` (bool), ``lease_ttl``
-        (seconds a lease counts at most) plus the usual keyword arguments."""
+        (seconds a crashed client's lease keeps counting; live leases are
+        renewed) plus the usual keyword arguments."""
         try:  # absolute, so a copy of this file works too while the bundle is on sys.path
             from autodl_esd.serving.redis_registry import pool_from_redis
         except ImportError as exc:  # a copied pool.py without the bundle

@@ -32,9 +32,9 @@ DEFAULT_KEY_PREFIX = "autodl-esd"
 # A Redis on the LAN answers in well under a millisecond; 5 s separates a slow one from a
 # dead one without letting a blackholed connection stall a watcher cycle for long.
 SOCKET_TIMEOUT_SECONDS = 5.0
-# A lease outlives any sensible request (a long generation, a streamed answer) yet a
-# crashed client's leases stop counting within minutes.
-DEFAULT_LEASE_TTL_SECONDS = 300.0
+# A live client renews its leases every third of this, so a long generation or stream keeps
+# counting; a crashed client's leases stop counting within a minute.
+DEFAULT_LEASE_TTL_SECONDS = 60.0
 # A reader that lost Redis retries this often: quick to recover, yet a dead Redis costs one
 # connection attempt per second per reader, not a busy loop.
 RECONNECT_SECONDS = 1.0
@@ -305,6 +305,11 @@ class RegistrySubscription:
                     pass
 
     def _check_heartbeat(self, initial: bool = False) -> None:
+        # Between notifications only the heartbeat is looked at (one EXISTS); the document
+        # is read again when the watcher died or came back, or at (re)subscription.
+        alive = bool(self.client.exists(self.keys.heartbeat))
+        if not initial and self.document is not None and alive != bool(self.document.get("stale_reason") == STALE_HEARTBEAT_REASON):
+            return
         document = read_registry(self.client, self.keys)
         if document is None:
             return  # no watcher ever wrote this deployment: nothing to follow yet
@@ -346,13 +351,30 @@ return counts
 """
 
 
+# Records leases (or renews their expiry) without choosing: ARGV = ttl ms, then key index /
+# lease id pairs; KEYS = the replicas' lease sets.
+_RECORD_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local key = KEYS[tonumber(ARGV[i])]
+  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl)
+end
+return #ARGV
+"""
+
+
 class SharedInflight:
     """Per-replica in-flight counts shared by every pool of a deployment, in Redis.
 
     `acquire(candidates)` picks the least loaded of the candidates (across all clients) and
     records a lease on it: one round trip. `release` removes the lease: one round trip.
-    Each lease expires after `lease_ttl` seconds, so a client killed mid-request leaks
-    nothing for longer than that.
+    Each lease expires `lease_ttl` seconds after it was last renewed; a thread renews this
+    client's live leases every `lease_ttl / 3` (one round trip for all of them), so a long
+    request keeps counting while a client killed mid-request leaks nothing for longer than
+    `lease_ttl`.
     """
 
     def __init__(self, client: Any, keys: RedisKeys, lease_ttl: float = DEFAULT_LEASE_TTL_SECONDS) -> None:
@@ -363,16 +385,52 @@ class SharedInflight:
         self.lease_ttl = lease_ttl
         self._lease = client.register_script(_LEASE_SCRIPT)
         self._count = client.register_script(_COUNT_SCRIPT)
+        self._record = client.register_script(_RECORD_SCRIPT)
+        self._live: dict[str, str] = {}  # lease id -> container uuid, for renewal
+        # Held while renewing, so a release never races a renewal that would bring it back.
+        self._live_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._renewer: Optional[threading.Thread] = None
 
     def acquire(self, candidates: list[str]) -> tuple[int, str]:
         """(index of the chosen candidate, lease id)."""
         lease_id = uuid_module.uuid4().hex
         index, _ = self._lease(keys=[self.keys.inflight(c) for c in candidates],
                                args=[lease_id, max(1, int(self.lease_ttl * 1000))])
+        with self._live_lock:
+            self._live[lease_id] = candidates[int(index)]
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew_forever, name="shared-inflight-renewer", daemon=True)
+                self._renewer.start()
         return int(index), lease_id
 
     def release(self, container_uuid: str, lease_id: str) -> None:
+        with self._live_lock:
+            self._live.pop(lease_id, None)
         self.client.zrem(self.keys.inflight(container_uuid), lease_id)
+
+    def close(self) -> None:
+        """Stop renewing (leases still out then expire after lease_ttl)."""
+        self._closed.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=SOCKET_TIMEOUT_SECONDS)
+
+    def _renew_forever(self) -> None:
+        errors = redis_errors()
+        while not self._closed.wait(self.lease_ttl / 3):
+            with self._live_lock:
+                live = list(self._live.items())
+                if not live:
+                    continue
+                uuids = sorted({uuid for _, uuid in live})
+                index = {uuid: i + 1 for i, uuid in enumerate(uuids)}
+                args: list[Any] = [max(1, int(self.lease_ttl * 1000))]
+                for lease_id, uuid in live:
+                    args += [index[uuid], lease_id]
+                try:
+                    self._record(keys=[self.keys.inflight(u) for u in uuids], args=args)
+                except errors as problem:  # tried again in lease_ttl / 3; meanwhile they may lapse
+                    log.warning("could not renew shared in-flight leases: %s: %s", type(problem).__name__, problem)
 
     def counts(self, container_uuids: list[str]) -> dict[str, int]:
         """Live leases per replica, as every client sees them."""
@@ -390,8 +448,9 @@ def pool_from_redis(pool_class: Any, url: str, deployment_uuid: str, key_prefix:
     """A ServicePool following the Redis registry by notification (see ServicePool.from_redis)."""
     client = connect(url)
     keys = RedisKeys(deployment_uuid, key_prefix)
-    if shared_inflight:
-        kwargs["shared_inflight"] = SharedInflight(client, keys, lease_ttl)
+    shared = SharedInflight(client, keys, lease_ttl) if shared_inflight else None
+    if shared is not None:
+        kwargs["shared_inflight"] = shared
     pool = pool_class(**kwargs)
 
     def consume(document: dict[str, Any]) -> None:
@@ -408,6 +467,8 @@ def pool_from_redis(pool_class: Any, url: str, deployment_uuid: str, key_prefix:
     subscription = RegistrySubscription(client, keys, consume, report).start()
     pool.subscription = subscription
     pool.add_closer(client.close)  # closers run last-added first: stop following, then disconnect
+    if shared is not None:
+        pool.add_closer(shared.close)
     pool.add_closer(subscription.close)
     return pool
 
@@ -612,20 +673,6 @@ def redis_source(url: str, deployment_uuid: str, key_prefix: str = DEFAULT_KEY_P
 # leases at once): a few round trips a second, while a burst of requests sees counts at
 # most this old on top of its own exact ones.
 LEDGER_REFRESH_SECONDS = 0.05
-
-# Records leases (or renews their expiry) without choosing: ARGV = ttl ms, then key index /
-# lease id pairs; KEYS = the replicas' lease sets.
-_RECORD_SCRIPT = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
-  local key = KEYS[tonumber(ARGV[i])]
-  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ttl)
-end
-return #ARGV
-"""
 
 
 class RedisInflightLedger:

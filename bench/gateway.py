@@ -275,7 +275,7 @@ async def closed_loop(gateway_urls: list[str], clients_per_gateway: int, request
 # ---- section 3: streams --------------------------------------------------------------------
 
 
-async def hold_streams(gateway: GatewayProcess, count: int):
+async def hold_streams(gateway: GatewayProcess, count: int, events: int, gap: float):
     import aiohttp
 
     peak = {"VmRSS": 0, "VmHWM": 0}
@@ -293,9 +293,9 @@ async def hold_streams(gateway: GatewayProcess, count: int):
         async def one():
             nonlocal complete, errors
             try:
-                async with session.get(gateway.url + f"/stream?n={STREAM_EVENTS}&gap={STREAM_GAP_SECONDS}") as response:
-                    events = [line async for line in response.content if line.strip()]
-                    if response.status == 200 and len(events) == STREAM_EVENTS + 1 and events[-1].strip() == b"data: [DONE]":
+                async with session.get(gateway.url + f"/stream?n={events}&gap={gap}") as response:
+                    lines = [line async for line in response.content if line.strip()]
+                    if response.status == 200 and len(lines) == events + 1 and lines[-1].strip() == b"data: [DONE]":
                         complete += 1
                     else:
                         errors += 1
@@ -323,6 +323,10 @@ def main() -> int:
     parser.add_argument("--policy-clients", type=int, default=6, help="closed-loop clients per gateway (policies)")
     parser.add_argument("--direct-clients", type=int, default=4, help="clients loading one replica straight (policies)")
     parser.add_argument("--streams", type=int, default=256, help="concurrent streams (section 3)")
+    parser.add_argument("--scenarios", type=int, default=3, choices=(1, 2, 3),
+                        help="policy scenarios to run: 1 gateway, + 2 gateways, + direct clients")
+    parser.add_argument("--stream-events", type=int, default=STREAM_EVENTS, help="events per stream (section 3)")
+    parser.add_argument("--stream-gap", type=float, default=STREAM_GAP_SECONDS, help="seconds between events")
     parser.add_argument("--upstream", type=int, metavar="GPUS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream is not None:
@@ -358,9 +362,9 @@ def main() -> int:
                              ("path", "requests/s", "errors", "gateway CPU"), rows)
         print(f"- load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-        complete, errors, wall, peak = asyncio.run(hold_streams(gateway, args.streams))
+        complete, errors, wall, peak = asyncio.run(hold_streams(gateway, args.streams, args.stream_events, args.stream_gap))
         print_markdown_table(f"Streams: {args.streams} concurrent SSE streams through one gateway "
-                             f"({STREAM_EVENTS} events, one per {STREAM_GAP_SECONDS:g} s)",
+                             f"({args.stream_events} events, one per {args.stream_gap:g} s)",
                              ("streams", "complete", "errors", "wall s", "gateway VmRSS peak MB", "VmHWM MB"),
                              [(str(args.streams), str(complete), str(errors), f"{wall:.2f}",
                                f"{peak['VmRSS'] / 1024:.1f}", f"{peak['VmHWM'] / 1024:.1f}")])
@@ -372,7 +376,8 @@ def main() -> int:
         names = {f"{'0' * 15}-{i:010x}-{i:08x}": f"{GPU_SECONDS[i] * 1000:.0f}ms" for i in range(len(gpus))}
         rows = []
         results: dict[tuple[int, str], float] = {}
-        scenarios = (("1 gateway", 1, 0), ("2 gateways", 2, 0), ("1 gateway + direct clients", 1, args.direct_clients))
+        scenarios = (("1 gateway", 1, 0), ("2 gateways", 2, 0),
+                     ("1 gateway + direct clients", 1, args.direct_clients))[:args.scenarios]
         for label, gateway_count, direct_clients in scenarios:
             for policy in POLICIES:
                 extra = ["--policy", policy, "--interval", str(POLICY_INTERVAL)]

@@ -69,6 +69,7 @@ def _create(args, ctx: cli.Context) -> dict:
     from autodl_esd import guard
     from autodl_esd.polling import floor_interval
     from autodl_esd.resolve import deployment_impact, resolve_from_args
+    from autodl_esd.timeline import platform_now
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)
@@ -76,7 +77,7 @@ def _create(args, ctx: cli.Context) -> dict:
     guard.check_request(deployment, limits, args.action, args.floor)
     interval = floor_interval(args.interval or guard.DEFAULT_INTERVAL_SECONDS, client.host, ctx.progress)
     state = guard.new_state(client, deployment, limits, args.action, args.floor, args.notify, interval)
-    plan = guard.describe_plan(state)
+    plan = guard.describe_plan(state, now=platform_now(client))
     if not args.yes:
         impact = deployment_impact(client, deployment)
         raise cli.confirmation_required(
@@ -102,8 +103,9 @@ def _resume(args, ctx: cli.Context) -> dict:
         raise cli.UsageError(f"守护 {args.resume} 是为 {state['host']} 创建的, 现在的 AUTODL_HOST 是 {client.host}。",
                              "守护只在它创建时的平台上运行: 把 AUTODL_HOST 改回去再 --resume。", {"guard_id": args.resume})
     if args.detach:
-        if state.get("status") in guard.FINAL_STATUSES:
-            return guard.guard_view(state, files)
+        if state.get("status") in guard.FINAL_STATUSES or guard.is_running(files):
+            # Ended, or already running: nothing to start (a second process could not take the lock).
+            return {**guard.guard_view(state, files), "detached": False}
         return {**guard.detach(files, _this_script(), ctx.progress), "detached": True}
     return _run(ctx, files)
 

@@ -62,7 +62,7 @@ def replica_num(instance, uuid: str) -> int:
 class InProcessGateway:
     """A gateway (with the autoscaler extension) on its own event loop thread."""
 
-    def __init__(self, deployment_uuid: str, config, queue_timeout: float = 10.0, load_path: str | None = None):
+    def __init__(self, deployment_uuid: str, config, queue_timeout: float = 10.0, load_path: str | None = None, **options):
         from autodl_esd import api
         from autodl_esd.serving.autoscaler import Autoscaler, GatewayAutoscaler, ReplicaScaler
         from autodl_esd.serving.gateway import Gateway, GatewayOptions
@@ -73,7 +73,7 @@ class InProcessGateway:
         watcher = RegistryWatcher(client(), deployment_uuid, WatchOptions(interval=0.05, resync_every=10))
         self.source = WatcherSource(watcher, stale_after=1.0)
         options = GatewayOptions(host="127.0.0.1", port=0, interval=0.1, queue_timeout=queue_timeout,
-                                 deployment_uuid=deployment_uuid, load_path=load_path)
+                                 deployment_uuid=deployment_uuid, load_path=load_path, **options)
         self.gateway = Gateway(self.source, options)
         deployment = api.list_deployments(client(), deployment_uuid=deployment_uuid)[0]
         self.autoscaler = Autoscaler(ReplicaScaler(client(), deployment), config, lambda: None, interval=0.05,
@@ -101,7 +101,11 @@ class InProcessGateway:
             with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+            body = error.read()
+            try:
+                return error.code, json.loads(body or b"{}")
+            except ValueError:  # a replica's own error page, passed through
+                return error.code, {}
 
 
 def fire(gateway: InProcessGateway, count: int, threads: int) -> list[int]:
@@ -233,3 +237,26 @@ def test_with_load_path_load_from_other_clients_counts(sim):
                 other.join(10)
         up = next(line for line in gw.lines if line["action"] == "scale_up")
         assert up["load"] >= 3 and gw.gateway.totals.proxied == 0  # none of it came through the gateway
+
+
+def test_a_replica_that_keeps_failing_requests_is_replaced_and_its_machine_reported(sim):
+    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    instance.set_machine_latency("0d0d0d0d0d", 0.5)  # every answer comes after the gateway gave up
+    config = AutoscaleConfig(min_replicas=1, max_replicas=1)
+    with InProcessGateway(uuid, config, upstream_timeout=0.1, retries=0, eject_seconds=0.05) as gw:
+        first = next(c["uuid"] for c in instance.containers(uuid) if c["status"] == "running")
+
+        def replaced(count: int) -> bool:
+            gw.get("/predict", timeout=5)
+            return len([line for line in gw.lines if line["action"] == "replace"]) >= count
+
+        instance.wait_until(lambda: replaced(1), 15)
+        record = next(line for line in gw.lines if line["action"] == "replace")
+        assert record["container_uuid"] == first and record["reason"] == "repeated_failures"
+        assert record["outcome"]["took_effect"] is True and replica_num(instance, uuid) == 1
+        instance.wait_until(lambda: replaced(2), 15)  # the replacement lands on the same (slow) machine
+        candidates = gw.get("/_gateway/status")[1]["extensions"]["autoscaler"]["blacklist_candidates"]
+        assert [c["machine_id"] for c in candidates] == ["0d0d0d0d0d"] and "blacklist" not in candidates[0]

@@ -556,3 +556,36 @@ def test_the_registry_endpoint_feeds_the_gateway_and_one_access_log_line_per_req
         loop_thread.run(gateway.stop())
         source.stop()
         endpoint.stop()
+
+
+def test_a_replica_silent_past_the_upstream_timeout_is_retried_elsewhere(loop_thread):
+    slow_hits: list = []
+    fast_hits: list = []
+    gateway = loop_thread.gateway(static(item("slow", loop_thread.upstream(counting("slow", slow_hits, delay=2.0))),
+                                         item("fast", loop_thread.upstream(counting("fast", fast_hits)))),
+                                  policy="round_robin", upstream_timeout=0.2, retries=1)
+    started = time.monotonic()
+    served = [requests.get(gateway.url + "/x", timeout=5).headers["X-Served-By"] for _ in range(2)]
+    assert served == ["fast", "fast"] and time.monotonic() - started < 1.5
+    assert len(slow_hits) == 1  # timed out once, then ejected
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--listen", "nonsense"], "--listen"),
+    (["--listen", "127.0.0.1:99999"], "--listen"),
+    (["--health-path", "health"], "--health-path"),
+    (["--registry-url", "ftp://x"], "--registry-url"),
+    (["--auth-token-env", "GATEWAY_TEST_EMPTY"], "GATEWAY_TEST_EMPTY"),
+    (["--interval", "-1"], "--interval"),
+])
+def test_bad_flags_are_usage_errors_before_anything_listens(run, monkeypatch, argv, fragment):
+    monkeypatch.setenv("GATEWAY_TEST_EMPTY", "")
+    source = [] if any(a.startswith("--registry") for a in argv) else ["--registry-url", "http://127.0.0.1:9"]
+    code, out, _ = run("serve_gateway.py", *source, *argv, "--quiet")
+    assert code == 1 and out["error_type"] == "usage_error" and fragment in out["message"] + out["hint"], out
+
+
+def test_registry_health_false_is_skipped_and_null_means_not_probed_so_usable():
+    t = table()
+    t.update([item("probed-bad", "http://a", healthy=False), {**item("unprobed", "http://b"), "healthy": None}])
+    assert [r.container_uuid for r in t.candidates()] == ["unprobed"]

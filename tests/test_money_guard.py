@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from api_fakes import api, fast_read_back  # noqa: F401 (fixtures)
 from conftest import ROOT
 
 SERVICE = str(ROOT / "examples" / "replicaset-service.json")
@@ -88,7 +89,7 @@ def detached():
 # --- confirmation and input ------------------------------------------------------------------
 
 def test_without_yes_it_says_what_will_be_stopped_and_when(sim, run, result_validator):
-    sim()
+    simulator = sim()
     uuid = submit(run)["deployment_uuid"]
     code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "2", "--quiet")
     assert (code, out["error_type"]) == (1, "confirmation_required")
@@ -96,6 +97,10 @@ def test_without_yes_it_says_what_will_be_stopped_and_when(sim, run, result_vali
     assert "运行满 2 小时" in out["details"]["plan"] and "停止整个部署" in out["details"]["plan"]
     assert out["details"]["live_container_count"] == 2
     assert guard_states() == []  # nothing written, nothing started
+
+    simulator.advance(3 * HOUR)  # a limit already passed is said to act at once
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "2", "--quiet")
+    assert "已经超过, 守护启动后立即执行" in out["details"]["plan"]
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -312,6 +317,8 @@ def test_killed_and_restarted_it_still_acts_once_and_only_once(sim, run, detache
 
     code, resumed, _ = run("guard_deployment.py", "--resume", started["guard_id"], "--detach", "--quiet")
     assert code == 0, resumed
+    code, twice, _ = run("guard_deployment.py", "--resume", started["guard_id"], "--detach", "--quiet")
+    assert code == 0 and twice["detached"] is False  # running or ended: no second process
     final = wait_for(lambda: next((s for s in guard_states() if s["status"] == "acted"), None))
     assert final["outcome"]["took_effect"] is True
     assert deployment_of(simulator, uuid)["status"] == "stopped"
@@ -400,6 +407,18 @@ def _state(**limits):
             "limits": {**guard.Limits().__dict__, **limits}}
 
 
+def test_a_scale_down_never_scales_up():
+    from autodl_esd.guard import Observation, judge
+    from autodl_esd.timeline import parse_timestamp
+
+    state = {**_state(max_runtime_hours=1), "action": "scale-to", "floor": 2}
+    deployment = {"uuid": "833f1cd5a764fa3", "created_at": "2026-01-05T20:00:00+08:00", "status": "running", "replica_num": 1}
+    verdict = judge(state, Observation(deployment, [], parse_timestamp("2026-01-05T22:00:00+08:00")))
+    assert (verdict.end, verdict.act) == ("not_needed", None) and "无需缩容" in verdict.message
+    verdict = judge(state, Observation({**deployment, "replica_num": 3}, [], parse_timestamp("2026-01-05T22:00:00+08:00")))
+    assert verdict.act == "max_runtime"
+
+
 @pytest.mark.parametrize("deployment, containers, now, limits, end, act", [
     (None, [], "2026-01-05T22:00:00+08:00", {"max_runtime_hours": 1}, "deployment_gone", None),
     ({"uuid": "833f1cd5a764fa3", "created_at": "2026-01-06T00:00:00+08:00", "status": "running"}, [],
@@ -477,3 +496,21 @@ def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, 
     assert acted_at - last["answered_at"] >= 0.59 and last["answered_at"] >= traffic_until - 0.2
     assert deployment_of(simulator, uuid)["replica_num"] == 1
     assert replica_requests(simulator, uuid) == [{"deployment_uuid": uuid, "replica_num": 1}]
+
+
+# --- with a mocked platform ------------------------------------------------------------------
+
+def test_a_stop_the_platform_refuses_is_tried_three_times_then_reported(run, api):
+    from api_fakes import DEP_UUID, OPERATE, deployment, expect_deployment
+    from conftest import envelope
+
+    old = deployment(created_at="2026-01-05T20:00:00+08:00")  # long past a 1 h limit
+    expect_deployment(api, old)  # resolving --deployment-uuid
+    for _ in range(3):
+        expect_deployment(api, old)  # the guard's look before acting
+        api.put(OPERATE, json=envelope(code="BadRequest", msg="部署状态不允许停止"))
+
+    code, out, _ = run("guard_deployment.py", "--deployment-uuid", DEP_UUID, "--max-runtime", "1", "--yes", *FAST)
+
+    assert code == 0 and out["guard_status"] == "action_failed", out
+    assert out["outcome"]["took_effect"] is False and "拒绝" in out["message"]

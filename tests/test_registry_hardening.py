@@ -196,3 +196,16 @@ def test_discover_services_serves_on_ipv6_loopback(platform, run):
                        "--max-cycles", "2", "--serve", "[::1]:0", "--quiet")
     assert code == 0, out
     assert out["serve"].startswith("http://[::1]:")
+
+
+def test_malformed_records_and_events_are_skipped_not_fatal(platform, make_watcher):
+    good = platform.start(MACHINE_A, 1)
+    odd = platform.start(MACHINE_B, 2)
+    platform.containers[odd]["info"] = "not an object"
+    platform.containers["x"] = {"uuid": 12345, "status": "running", "info": {"service_6006_port_url": "https://h"}}
+    watcher = make_watcher()
+    watcher.cycle()
+    platform.events.append("not an event")
+    platform.events.append({"deployment_container_uuid": None, "status": "running"})
+    watcher.cycle()
+    assert [s["container_uuid"] for s in watcher.document["services"]] == [good]

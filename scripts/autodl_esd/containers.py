@@ -38,6 +38,8 @@ def containers_in_status(events: list[dict[str, Any]], status: str) -> list[str]
 
 def service_urls(container: dict[str, Any]) -> dict[str, str]:
     info = container.get("info") or {}
+    if not isinstance(info, dict):
+        return {}  # a malformed record has no usable service URL
     return {key: info[key] for key in SERVICE_URL_KEYS if info.get(key)}
 
 

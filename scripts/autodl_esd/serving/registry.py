@@ -84,8 +84,8 @@ def service_entry(container: dict[str, Any], port: int | None = None) -> dict[st
     """The registry item of a running container, or None when it has no usable URL."""
     url = primary_service_url(container, port)
     uuid = container.get("uuid")
-    if not uuid or not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        return None
+    if not isinstance(uuid, str) or not uuid or not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return None  # a record we cannot use (missing or odd fields) is not registered
     machine_id = container.get("machine_id")
     if not isinstance(machine_id, str) or not MACHINE_ID_PATTERN.match(machine_id):
         machine_id = uuid.split("-")[1] if uuid.count("-") == 2 else machine_id
@@ -103,7 +103,7 @@ def running_services(client: Any, deployment_uuid: str, port: int | None, progre
     """container uuid -> registry item, for every running container with a service URL."""
     services: dict[str, dict[str, Any]] = {}
     for container in api.list_containers(client, deployment_uuid, statuses=[RUNNING]):
-        if container.get("status") != RUNNING:
+        if not isinstance(container, dict) or container.get("status") != RUNNING:
             continue  # the status filter is a request, not a promise
         entry = service_entry(container, port)
         if entry is None:
@@ -375,6 +375,8 @@ class RegistryWatcher:
         events, self._offset = api.list_events(self.client, self.deployment_uuid, offset=self._offset or 0)
         last_status: dict[str, str] = {}
         for event in events:  # oldest first: the last running/stopping status of each container wins
+            if not isinstance(event, dict):
+                continue  # not an event record: nothing to learn from it
             uuid, status = event.get("deployment_container_uuid"), event.get("status")
             # Only these two kinds decide membership: sources disagree whether oss_merged
             # comes before or after running (api-reference.md), and it must not hide a running.

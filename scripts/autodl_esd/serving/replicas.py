@@ -168,7 +168,8 @@ class ReplicaTable:
             replica.url = url.rstrip("/")
             replica.machine_id = item.get("machine_id")
             replica.gpu_name = item.get("gpu_name")
-            replica.healthy = item.get("healthy", True) is True
+            # true or null (not probed) is usable; only an explicit false (a failing probe) is not
+            replica.healthy = item.get("healthy") is not False
             replica.in_registry = True
             fresh[uuid] = replica
         for uuid, replica in self.replicas.items():

@@ -59,6 +59,9 @@ class SubmitOptions:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
     allow_duplicate_name: bool = False
     show_password: bool = False
+    # Follow a Job/Container until finished (0 = no limit; queue_submit --wait-finished).
+    wait_finished: bool = False
+    finish_timeout: float = 0.0
     # Called once with the deployment_uuid right after the create (queue_submit --notify).
     on_created: Callable[[str], None] | None = None
 
@@ -542,10 +545,16 @@ class Submitter:
                     "target_running": target,
                     "containers": [container_summary(c, self.options.show_password) for c in running],
                 }
-            if not containers and self._deployment_finished(deployment_uuid):
-                # A Job/Container can finish between two polls; nothing more will start.
+            finished = self._finished_deployment(deployment_uuid) if not containers else None
+            if finished is not None:
+                # A Job/Container can finish before the first look: say so with the counts,
+                # never a bare success with no containers.
+                from .waiting import finish_counts
+
+                self.progress.log(f"部署 {deployment_uuid} 在第一次查看前就已结束 (finished_num={finished.get('finished_num')})")
                 return {"target_running": target, "containers": [], "deployment_finished": True,
-                        "ever_running": len(ever_running)}
+                        "finished_before_running": True, "ever_running": len(ever_running),
+                        "counts": finish_counts(finished)}
             if self.clock() >= deadline:
                 raise AutoDLError(
                     ErrorType.STARTUP_TIMEOUT,
@@ -562,9 +571,16 @@ class Submitter:
             self.progress.status(f"等待容器运行 {len(running)}/{target}: {phases}")
             self.sleep(self.options.interval)
 
-    def _deployment_finished(self, deployment_uuid: str) -> bool:
-        found = api.list_deployments(self.client, deployment_uuid=deployment_uuid)
-        return bool(found) and all(d.get("status") == "stopped" for d in found)
+    def _finished_deployment(self, deployment_uuid: str) -> dict[str, Any] | None:
+        """The deployment's list item when it has stopped (its work is over), else None."""
+        found = [d for d in api.list_deployments(self.client, deployment_uuid=deployment_uuid) if d.get("uuid") == deployment_uuid]
+        return found[0] if found and all(d.get("status") == "stopped" for d in found) else None
+
+    def wait_until_finished(self, deployment_uuid: str) -> dict[str, Any]:
+        from .waiting import wait_finished
+
+        return wait_finished(self.client, deployment_uuid, timeout=self.options.finish_timeout,
+                             interval=self.options.interval, progress=self.progress)
 
     # --- the whole run ----------------------------------------------------------------
 
@@ -618,6 +634,11 @@ class Submitter:
         if self.options.wait_running:
             try:
                 result.update(self.wait_until_running(deployment_uuid))
+            except AutoDLError as error:
+                raise self._after_create(error, deployment_uuid) from None
+        if self.options.wait_finished:
+            try:
+                result["finish"] = self.wait_until_finished(deployment_uuid)
             except AutoDLError as error:
                 raise self._after_create(error, deployment_uuid) from None
         return result

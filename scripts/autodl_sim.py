@@ -39,7 +39,7 @@ faults SPEC (comma separated key=value):
 test controls (JSON body, same Authorization token, same envelope as the API):
   GET  /_sim/state                               clock, machines, deployments, containers
   GET  /_sim/requests                            recent API requests seen
-  POST /_sim/advance  {"seconds": S}             jump simulated time forward
+  POST /_sim/advance  {"seconds": S}             jump simulated time forward (at most a year)
   POST /_sim/occupy   {"gpu_name": G, "count": N, "seconds": S}   other tenants take GPUs
   POST /_sim/release                             give every occupied GPU back
   POST /_sim/crash    {"container_uuid": U, "exit_code": 1}       a container dies now

@@ -145,3 +145,37 @@ def test_sim_flag_runs_the_demo_without_a_token(run, config_file, monkeypatch, r
     assert len(out["containers"]) == EXAMPLE["replica_num"]
     assert "本地模拟器已启动" in err
     result_validator.validate(out)
+
+
+def test_two_runs_of_one_config_buy_one_deployment(sim, config_file, result_validator):
+    """An agent re-runs a command that "seemed stuck": both runs wait for stock; when it
+    frees, the name check right before each create makes the later one deployment_exists.
+    (If both checks fall before either create lands, both runs report `duplicates`.)"""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    instance = sim()
+    for gpu in EXAMPLE["container_template"]["gpu_name_set"]:
+        instance.occupy(gpu, 1000)
+    path = config_file()
+    env = {**os.environ, "AUTODL_HOST": instance.url, "AUTODL_TOKEN": instance.token}
+    command = [sys.executable, str(ROOT / "queue_submit.py"), path, "--interval", "0.1", "--quiet", "--timeout", "60"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiting = lambda: len([r for r in instance.request_log() if r[1] == "/api/v1/dev/machine/gpu_stock"])
+    instance.wait_until(lambda: waiting() >= 2, timeout=60)
+    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = waiting()
+    instance.wait_until(lambda: waiting() >= before + 4, timeout=60)  # both are polling now
+    instance.release_occupied()
+    documents = [json.loads(p.communicate(timeout=90)[0]) for p in (first, second)]
+    for document in documents:
+        result_validator.validate(document)
+    uuids = sorted(d["uuid"] for d in instance.deployments())
+    if len(uuids) == 1:
+        outcomes = sorted(d.get("error_type", "success") for d in documents)
+        assert outcomes == ["deployment_exists", "success"], documents
+        assert {d.get("deployment_uuid") or d["details"]["deployment_uuid"] for d in documents} == set(uuids)
+    else:  # both checks raced ahead of both creates: each run says so
+        assert all(sorted(x["deployment_uuid"] for x in d["duplicates"]) == uuids for d in documents), documents

@@ -407,6 +407,18 @@ def _state(**limits):
             "limits": {**guard.Limits().__dict__, **limits}}
 
 
+def test_a_scale_down_never_scales_up():
+    from autodl_esd.guard import Observation, judge
+    from autodl_esd.timeline import parse_timestamp
+
+    state = {**_state(max_runtime_hours=1), "action": "scale-to", "floor": 2}
+    deployment = {"uuid": "833f1cd5a764fa3", "created_at": "2026-01-05T20:00:00+08:00", "status": "running", "replica_num": 1}
+    verdict = judge(state, Observation(deployment, [], parse_timestamp("2026-01-05T22:00:00+08:00")))
+    assert (verdict.end, verdict.act) == ("not_needed", None) and "无需缩容" in verdict.message
+    verdict = judge(state, Observation({**deployment, "replica_num": 3}, [], parse_timestamp("2026-01-05T22:00:00+08:00")))
+    assert verdict.act == "max_runtime"
+
+
 @pytest.mark.parametrize("deployment, containers, now, limits, end, act", [
     (None, [], "2026-01-05T22:00:00+08:00", {"max_runtime_hours": 1}, "deployment_gone", None),
     ({"uuid": "833f1cd5a764fa3", "created_at": "2026-01-06T00:00:00+08:00", "status": "running"}, [],

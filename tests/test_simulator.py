@@ -793,3 +793,67 @@ def test_service_concurrency_queues_requests_like_a_busy_gpu():
         assert serialized >= 0.4, "with concurrency 1 the second request waits for the first"
         with pytest.raises(ValueError):
             sim.set_machine_concurrency(container["machine_id"], -1)
+
+
+# ----- bounded memory ---------------------------------------------------------------------------
+
+def test_unauthenticated_requests_are_not_logged_and_big_bodies_are_summarised(sim):
+    big = {"name": "x" * 200_000}
+    for _ in range(5):
+        assert call(sim, "POST", CREATE, big, token="wrong").status_code == 401
+    assert sim.request_log() == []
+    call(sim, "POST", "/api/v1/dev/deployment/list", big)
+    [(method, path, params)] = sim.request_log()
+    assert (method, path) == ("POST", "/api/v1/dev/deployment/list")
+    assert params["truncated"] is True and params["size"] > 200_000 and len(params["head"]) <= 200
+    ok(sim, "POST", "/api/v1/dev/deployment/list", {"page_size": 3})
+    assert sim.request_log()[-1][2] == {"page_size": 3}  # small bodies stay inspectable
+
+
+def test_files_per_container_are_capped(monkeypatch):
+    from simulator import server
+
+    monkeypatch.setattr(server, "MAX_FILE_BYTES_PER_CONTAINER", 300_000)
+    with Simulator(speed=1, seed=7) as sim:
+        uuid = create(sim)
+        sim.advance(SECONDS_TO_RUNNING)
+        [container] = live(sim, uuid)
+        url = f"{sim.url}/svc/{container['uuid']}/files"
+        assert requests.post(url, json={"/a": "x" * 200_000}, timeout=5).status_code == 200
+        refused = requests.post(url, json={"/b": "y" * 200_000}, timeout=5)
+        assert refused.status_code == 413 and "at most" in refused.json()["error"]
+        assert "/b" not in requests.get(url, timeout=5).json()["files"]  # nothing half-written
+        assert requests.post(url, json={"/a": "small"}, timeout=5).status_code == 200  # overwriting frees room
+
+
+@pytest.mark.parametrize("seconds", [1e300, -1, "nan", "inf", 400 * 86400])
+def test_advance_is_bounded_and_listings_keep_working(sim, seconds):
+    response = call(sim, "POST", "/_sim/advance", {"seconds": seconds})
+    assert response.status_code == 400 and "one year" in response.json()["msg"]
+    ok(sim, "POST", "/api/v1/dev/deployment/list", {})
+    assert ok(sim, "POST", "/_sim/advance", {"seconds": 365 * 86400})["now"] >= 365 * 86400
+    ok(sim, "POST", "/api/v1/dev/deployment/list", {})
+
+
+def test_old_events_are_trimmed_and_offsets_stay_absolute(monkeypatch):
+    from simulator import world as world_module
+
+    monkeypatch.setattr(world_module, "EVENTS_KEPT_PER_DEPLOYMENT", 20)
+    monkeypatch.setattr(world_module, "EVENTS_TRIM_CHUNK", 5)
+    with Simulator(speed=1, seed=7) as sim:
+        uuid = create(sim, replica_num=2)
+        for _ in range(6):  # each restart cycle adds several events per container
+            sim.advance(SECONDS_TO_RUNNING)
+            for container in live(sim, uuid):
+                sim.crash_container(container["uuid"])
+        page = ok(sim, "POST", "/api/v1/dev/deployment/container/event/list",
+                  {"deployment_uuid": uuid, "page_index": 1, "page_size": 100})
+        total, kept = page["result_total"], len(page["list"])
+        assert kept <= 20 < total
+        assert page["offset"] == total - kept  # starts at the oldest event still kept
+        tail = ok(sim, "POST", "/api/v1/dev/deployment/container/event/list",
+                  {"deployment_uuid": uuid, "page_index": 1, "page_size": 100, "offset": total - 3})
+        assert tail["list"] == page["list"][-3:]  # an absolute offset still means the same events
+        deployment = sim.world.deployment(uuid)
+        ok(sim, "DELETE", CREATE, {"deployment_uuid": uuid})
+        assert deployment.events == [] and deployment.events_base >= total  # the stop on delete adds some

@@ -245,12 +245,62 @@ class Context:
 Handler = "Callable[[argparse.Namespace, Context], dict[str, Any]]"  # a handler's type, for readers
 
 
+# Set by the first SIGINT/SIGTERM, and when the final document starts being written: from
+# then on a signal is ignored, so the document being written stays the only one and a
+# second Ctrl-C cannot kill the process halfway through its way out (exit code 130 stays).
+_exiting = False
+
+
 def _raise_interrupted(signum: int, _frame: Any) -> None:
+    global _exiting
+    if _exiting:
+        return
+    _exiting = True
     raise Interrupted(signal.Signals(signum).name)
+
+
+def _begin_exit() -> None:
+    global _exiting
+    _exiting = True
+
+
+def _interrupted_during_startup(signum: int, _frame: Any) -> None:
+    """A signal before `run` took over (imports, building the parser): nothing was sent yet,
+    so say so in the one JSON document and leave at once."""
+    if _exiting:
+        return  # the document is already out
+    _begin_exit()
+    emit_error(AutoDLError(
+        ErrorType.INTERRUPTED,
+        "操作在启动过程中被中断, 什么都没有做。",
+        "还没有调用任何接口, 可以直接重新运行。",
+        {"signal": signal.Signals(signum).name},
+    ))
+    os._exit(ErrorType.INTERRUPTED.exit_code)
+
+
+def install_startup_handlers() -> None:
+    """Interrupts from the first statements on get JSON: called when cli is imported by an
+    entry script, before its slower imports (requests, jsonschema) and its parser."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(signum, _interrupted_during_startup)
+        except ValueError:
+            return  # not the main thread: signals are not ours to handle
+
+
+def is_entry_script(path: str | None) -> bool:
+    """Whether `path` (the __main__ file) is one of the bundle's scripts: the root or scripts/."""
+    if not path:
+        return False
+    scripts = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.abspath(path)) in (scripts, os.path.dirname(scripts))
 
 
 def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] | None = None) -> int:
     """Parse, run the handler, print exactly one JSON document, return the exit code."""
+    global _exiting
+    _exiting = False
     if argv is None:  # a real command line, not an in-process call
         reexec_in_skill_venv()
     progress = Progress()
@@ -262,15 +312,19 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         context = Context(args=args, progress=progress)
         payload = handler(args, context)
         progress.close()
+        _begin_exit()
         return emit_success(payload)
     except SystemExit as exit_request:
         # argparse --help/--version print for people and exit 0; keep that behaviour.
+        _begin_exit()
         progress.close()
         return int(exit_request.code or 0)
     except AutoDLError as error:
         progress.close()
+        _begin_exit()
         return emit_error(error)
     except (Interrupted, KeyboardInterrupt) as interruption:
+        _begin_exit()
         progress.close()
         details = dict(context.partial) if context else {}
         details["signal"] = getattr(interruption, "signal_name", "SIGINT")
@@ -280,6 +334,7 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         )
         return emit_error(AutoDLError(ErrorType.INTERRUPTED, "操作被中断。", hint, details))
     except Exception as bug:  # noqa: BLE001 - the contract is one JSON document, always
+        _begin_exit()
         progress.close()
         if context is not None and getattr(context.args, "debug", False):
             import traceback
@@ -317,6 +372,21 @@ def _restore_signal_handlers(previous: dict[int, Any]) -> None:
 
 
 def script_main(main: Callable[[Sequence[str] | None], int]) -> None:
-    """`if __name__ == "__main__": script_main(main)` — exit with main's code."""
-    sys.exit(main(None))
+    """`if __name__ == "__main__": script_main(main)` — exit with main's code.
 
+    The document is out by now; signals are ignored for the way out. (Interpreter shutdown
+    puts the default handlers back, and a second Ctrl-C would then end the process by
+    signal instead of with this exit code; an ignored signal stays ignored.)
+    """
+    code = main(None)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(signum, signal.SIG_IGN)
+        except ValueError:
+            break  # not the main thread
+    sys.exit(code)
+
+
+# An entry script imports this module first: from here on an interrupt gets its JSON.
+if is_entry_script(getattr(sys.modules.get("__main__"), "__file__", None)):
+    install_startup_handlers()

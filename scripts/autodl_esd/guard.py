@@ -57,7 +57,7 @@ CREATED, WATCHING, ACTING = "created", "watching", "acting"
 # A stop the platform refused (nothing happened) is tried again at the next checks, this
 # many times in all, before the guard gives up and says so.
 MAX_ACTION_REFUSALS = 3
-FINAL_STATUSES = ("acted", "action_unconfirmed", "action_failed", "deployment_finished", "deployment_stopped", "deployment_gone", "cancelled")
+FINAL_STATUSES = ("acted", "not_needed", "action_unconfirmed", "action_failed", "deployment_finished", "deployment_stopped", "deployment_gone", "cancelled")
 
 
 def guards_dir() -> Path:
@@ -236,6 +236,11 @@ def judge(state: dict[str, Any], seen: Observation) -> Verdict:
             if idle >= limits.idle_minutes:
                 verdict.act = "idle"
                 verdict.message = f"网关指标显示已有 {idle:.1f} 分钟没有请求, 达到上限 {limits.idle_minutes:g} 分钟。"
+    floor, replicas = state.get("floor"), deployment.get("replica_num")
+    if verdict.act and state.get("action") == "scale-to" and isinstance(replicas, int) and isinstance(floor, int) and replicas <= floor:
+        # Already at or below the floor (someone scaled down): "scaling to" it would add replicas.
+        return Verdict(end="not_needed", figures=figures,
+                       message=f"{verdict.message} 但副本数已是 {replicas} (不多于 {floor}), 无需缩容, 守护结束, 没有发送任何改动。")
     return verdict
 
 
@@ -460,7 +465,7 @@ def job_end_report(client: Any, deployment_uuid: str, progress: Progress) -> dic
 
 
 GUARD_TITLES = {
-    "acted": "已执行", "action_unconfirmed": "操作结果未确认", "action_failed": "操作被拒绝", "deployment_finished": "部署已结束",
+    "acted": "已执行", "not_needed": "无需执行", "action_unconfirmed": "操作结果未确认", "action_failed": "操作被拒绝", "deployment_finished": "部署已结束",
     "deployment_stopped": "部署已被停止", "deployment_gone": "部署已不存在", "cancelled": "已取消",
 }
 

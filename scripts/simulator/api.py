@@ -142,22 +142,25 @@ def read_range(params: dict, prefix: str, *, required: bool) -> tuple[int, int]:
     return low, high
 
 
-def paginate(items: list, params: dict, render: Callable[[Any], Any] = lambda item: item) -> dict[str, Any]:
+def paginate(items: list, params: dict, render: Callable[[Any], Any] = lambda item: item,
+             base: int = 0) -> dict[str, Any]:
     """One page of `items`; only that page goes through `render`, so a long history (a
-    crash loop's events) costs a poller one page of formatting, not the whole list."""
+    crash loop's events) costs a poller one page of formatting, not the whole list.
+    `base` counts items trimmed from the front: `offset` stays absolute (offset < base
+    starts at the oldest item still kept) and result_total counts the trimmed ones too."""
     page_index = max(1, read_int(params, "page_index", default=1))
     page_size = read_int(params, "page_size", default=DEFAULT_PAGE_SIZE, minimum=1,
                          maximum=MAX_PAGE_SIZE)
     offset = read_int(params, "offset", default=0)
-    remaining = items[offset:]
+    remaining = items[max(0, offset - base):]
     start = (page_index - 1) * page_size
     return {
         "list": [render(item) for item in remaining[start:start + page_size]],
         "page_index": page_index,
         "page_size": page_size,
         "max_page": math.ceil(len(remaining) / page_size),
-        "offset": offset,
-        "result_total": len(items),
+        "offset": max(offset, base),  # where this page starts: past trimmed items when offset < base
+        "result_total": base + len(items),
     }
 
 
@@ -446,9 +449,12 @@ class Api:
         with self.world.lock:
             self.world.sync()
             deployment = self._deployment(params)
-            events = [e for e in deployment.events
-                      if not container_uuid or e.container_uuid == container_uuid]
-            return paginate(events, params, self._event_view)
+            if container_uuid:
+                events = [e for e in deployment.events if e.container_uuid == container_uuid]
+                base = deployment.events_trimmed_by_container.get(container_uuid, 0)
+            else:
+                events, base = deployment.events, deployment.events_base
+            return paginate(events, params, self._event_view, base=base)
 
     def _event_view(self, event: Event) -> dict:
         return {"deployment_container_uuid": event.container_uuid, "status": event.status,

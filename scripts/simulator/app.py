@@ -32,6 +32,13 @@ DEFAULT_TOKEN = "sim-token"
 # The request log keeps this many most recent /api requests: far more than any test or
 # bench inspects, while a poller running for days cannot grow the process without bound.
 REQUEST_LOG_LIMIT = 10_000
+# A logged request keeps its parsed body only up to this size (a create is ~1-2 KB); a
+# larger one is logged as its size and first bytes, so the log stays bounded in bytes too.
+REQUEST_LOG_BODY_BYTES = 4096
+REQUEST_LOG_HEAD_CHARS = 200
+# One advance may jump at most a year of simulated time: far beyond any test, and the
+# clock's timestamps stay formattable (1e300 s would break every listing for good).
+MAX_ADVANCE_SECONDS = 366 * 86400.0
 DIALECTS = ("private", "public", "both")
 STOCK_SHAPES = ("list", "dict")
 
@@ -164,7 +171,10 @@ class Simulator:
     # ----- test controls ---------------------------------------------------------------------
 
     def advance(self, seconds: float) -> None:
-        """Jump simulated time forward by `seconds` and run everything that falls due."""
+        """Jump simulated time forward by `seconds` (0..MAX_ADVANCE_SECONDS) and run everything that falls due."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+                or not 0 <= seconds <= MAX_ADVANCE_SECONDS:
+            raise ValueError(f"seconds must be a finite number between 0 and {MAX_ADVANCE_SECONDS:g} (one year)")
         self.clock.advance(seconds)
         self.world.sync()
 
@@ -284,9 +294,10 @@ class Simulator:
             ]
 
     def request_log(self) -> list[tuple[str, str, Any]]:
-        """The last REQUEST_LOG_LIMIT /api requests, oldest first, as (method, path, params):
-        the parsed JSON body, or for a GET its query parameters (None when there were none,
-        or the body was not JSON)."""
+        """The last REQUEST_LOG_LIMIT authenticated /api requests, oldest first, as (method,
+        path, params): the parsed JSON body, or for a GET its query parameters (None when there
+        were none, or the body was not JSON); a body over REQUEST_LOG_BODY_BYTES is
+        {"truncated": true, "size": bytes, "head": first characters}."""
         with self._requests_lock:
             return list(self._requests)
 
@@ -317,6 +328,9 @@ class Simulator:
     def record_request(self, method: str, path: str, body: bytes, query: dict) -> None:
         if method == "GET":
             params: Any = query or None
+        elif len(body) > REQUEST_LOG_BODY_BYTES:
+            params = {"truncated": True, "size": len(body),
+                      "head": body[:REQUEST_LOG_HEAD_CHARS].decode("utf-8", "replace")}
         else:
             try:
                 params = json.loads(body) if body.strip() else None

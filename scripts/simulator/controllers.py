@@ -66,6 +66,10 @@ class Deployment:
     completions: int = 0  # Job: containers that exited 0
     containers_started: int = 0
     events: list[Event] = field(default_factory=list)
+    # Events trimmed from the front (see World.record_event): offsets stay absolute, so
+    # event i of the history is events[i - events_base]; per container likewise.
+    events_base: int = 0
+    events_trimmed_by_container: dict[str, int] = field(default_factory=dict)
 
     @property
     def deployment_type(self) -> str:

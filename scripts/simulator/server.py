@@ -88,6 +88,10 @@ GATEWAY_TIMEOUT_PAGE = (
 # default proxy read timeout is 60 s, shortened so a stuck test fails in bounded time.
 SERVICE_QUEUE_TIMEOUT_SECONDS = 30.0
 MAX_BODY_BYTES = 1024 * 1024
+# What /svc/<uuid>/files keeps per container: enough for the checkpoints and markers tests
+# write, and a bound on what repeated POSTs (each up to MAX_BODY_BYTES) can pile up.
+MAX_FILES_PER_CONTAINER = 1000
+MAX_FILE_BYTES_PER_CONTAINER = 4 * 1024 * 1024
 # OpenAI routes: tokens generated when the request names no max_tokens (OpenAI's default for
 # completions is 16), and the most one request may ask for, so a test cannot hold a slot long.
 DEFAULT_COMPLETION_TOKENS = 16
@@ -311,16 +315,17 @@ class SimRequestHandler(BaseHTTPRequestHandler):
     # ----- /api ----------------------------------------------------------------------------
 
     def _handle_api(self, method: str, path: str, query: dict, body: bytes) -> None:
-        self.server.sim.record_request(method, path, body, query)
         try:
+            # Authenticated first: an anonymous client cannot fill the request log.
+            auth_error = self._auth_error()
+            if auth_error:
+                raise auth_error
+            self.server.sim.record_request(method, path, body, query)
             self._answer_api(method, path, query, body)
         except ApiError as error:
             self._send_json(error.http_status, envelope(error.code, error.msg))
 
     def _answer_api(self, method: str, path: str, query: dict, body: bytes) -> None:
-        auth_error = self._auth_error()
-        if auth_error:
-            raise auth_error
         faults = self.server.faults
         status = faults.error_status()
         if status == 502:
@@ -518,7 +523,13 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 except ApiError as error:
                     self._send_json(400, {"error": error.msg})
                     return
-                container.files.update({str(k): str(v) for k, v in updates.items()})
+                written = {**container.files, **{str(k): str(v) for k, v in updates.items()}}
+                size = sum(len(k) + len(v) for k, v in written.items())
+                if len(written) > MAX_FILES_PER_CONTAINER or size > MAX_FILE_BYTES_PER_CONTAINER:
+                    self._send_json(413, {"error": f"container storage full: at most {MAX_FILES_PER_CONTAINER} files, "
+                                                   f"{MAX_FILE_BYTES_PER_CONTAINER} bytes per container"})
+                    return
+                container.files = written
             files = dict(container.files)
         self._send_json(200, {"files": files})
 

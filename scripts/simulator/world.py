@@ -36,6 +36,11 @@ REUSE_POOL_SECONDS = 7 * 24 * 3600
 MAX_STEPS_PER_SYNC = 100_000
 # Exit code of a container stopped on request (SIGTERM's conventional 128 + 15).
 STOPPED_EXIT_CODE = 143
+# Events kept per deployment: a poller following from its offset never falls that far
+# behind, while a crash-looping deployment cannot grow the simulator without bound. Trimmed
+# a chunk at a time so appending stays cheap.
+EVENTS_KEPT_PER_DEPLOYMENT = 10_000
+EVENTS_TRIM_CHUNK = 1_000
 # SSH and custom-service ports are drawn from the range a proxy host hands out.
 PORT_RANGE = (20000, 60000)
 
@@ -194,7 +199,7 @@ class World:
         container.status = status
         container.updated_at = at
         deployment = self.deployments[container.deployment_uuid]
-        deployment.events.append(Event(container.uuid, status, at))
+        self.record_event(deployment, Event(container.uuid, status, at))
 
     def _stop(self, container: Container, exit_code: int, reason: str) -> bool:
         """Ask a live container to stop now; False when it is already stopping/stopped."""
@@ -290,7 +295,7 @@ class World:
         self.containers[container.uuid] = container
         self._live[container.uuid] = container
         deployment.containers_started += 1
-        deployment.events.append(Event(container.uuid, lc.CREATING, self.now))
+        self.record_event(deployment, Event(container.uuid, lc.CREATING, self.now))
         return True
 
     # ----- operations used by the API and the test controls ---------------------------
@@ -357,6 +362,22 @@ class World:
         with self.lock:
             self.stop_deployment(deployment)
             deployment.deleted = True
+            # Nobody can ask for a deleted deployment's events any more (404): free them.
+            deployment.events_base += len(deployment.events)
+            deployment.events.clear()
+            deployment.events_trimmed_by_container.clear()
+
+    def record_event(self, deployment: Deployment, event: Event) -> None:
+        """Append an event; past EVENTS_KEPT_PER_DEPLOYMENT the oldest are dropped (a crash
+        loop runs for days), the way a platform keeps a bounded history."""
+        deployment.events.append(event)
+        if len(deployment.events) > EVENTS_KEPT_PER_DEPLOYMENT:
+            dropped = deployment.events[:EVENTS_TRIM_CHUNK]
+            del deployment.events[:EVENTS_TRIM_CHUNK]
+            deployment.events_base += len(dropped)
+            for old in dropped:
+                trimmed = deployment.events_trimmed_by_container
+                trimmed[old.container_uuid] = trimmed.get(old.container_uuid, 0) + 1
 
     def add_blacklist(self, container: Container, minutes: float, comment: str) -> None:
         with self.lock:

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Exactly-once soak: queue_submit many times under each simulator fault mode, then count.
+
+For every fault mode a fresh simulator is started; `--runs` submits (each its own name,
+`--parallel` at a time, each a real `queue_submit.py` process with a short
+AUTODL_HTTP_TIMEOUT) run against it. After the last one ends, the soak waits for requests
+still sleeping inside the simulator to commit, then counts deployments per name and sets
+each against what that run printed:
+
+  reported      one deployment, and the output names its uuid
+  flagged       one deployment, the output says may_have_been_created (uuid not known)
+  none, error   no deployment, an error output
+  DUPLICATE     two or more deployments of one run
+  UNREPORTED    a deployment exists, the output neither names it nor flags it
+  PHANTOM       the output names a uuid that does not exist
+
+The exactly-once rule holds when DUPLICATE, UNREPORTED and PHANTOM are all zero. The
+small version of this soak runs in the test suite (tests/test_exactly_once_soak.py, with
+the reconcile margin shortened in-process); this one uses the real margin.
+
+    python3 bench/exactly_once_soak.py                     # 30 runs per mode, the issue's figures
+    python3 bench/exactly_once_soak.py --runs 5 --modes slow
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from simulator import Simulator  # noqa: E402
+
+# (name, fault SPEC, AUTODL_HTTP_TIMEOUT, extra queue_submit flags): the scenarios of the
+# exactly-once issue plus the slow-before-commit race on purpose (commit_delay).
+MODES: dict[str, tuple[str, float, tuple[str, ...]]] = {
+    "slow": ("slow_rate=0.3,slow_seconds=5", 1.0, ()),
+    "errors_wait_running": ("error_rate=0.5", 2.0, ("--wait-running",)),
+    "errors": ("error_rate=0.3", 2.0, ()),
+    "create_slow_after_commit": ("create_slow_seconds=3", 1.0, ()),
+    "create_error_after_commit": ("create_error_after_commit=1", 2.0, ()),
+    "commit_delay": ("commit_delay_seconds=3,commit_delay_rate=0.5", 1.0, ()),
+    "all_at_once": ("error_rate=0.2,slow_rate=0.2,slow_seconds=3,create_slow_seconds=2,"
+                    "create_error_after_commit=2,commit_delay_seconds=2,commit_delay_rate=0.3", 1.0, ("--wait-running",)),
+}
+OUTCOMES = ("reported", "flagged", "none, error", "DUPLICATE", "UNREPORTED", "PHANTOM")
+# Simulated seconds per real second: container start-up (image pull) takes well under a
+# real second, so --wait-running finishes quickly while faults still hit every call.
+SIM_SPEED = 200.0
+# Ample cards so no run waits for stock because of the others (8 hosts x 8 RTX 4090).
+HOSTS, CARDS_PER_HOST = 8, 8
+# Bounded runs: a run that waits longer than this is a bug worth seeing, not a hang.
+RUN_TIMEOUT_SECONDS = 240.0
+
+
+def cluster() -> dict[str, Any]:
+    default = json.loads((ROOT / "scripts" / "simulator" / "default_cluster.json").read_text(encoding="utf-8"))
+    machine = next(m for m in default["machines"] if m["gpu_name"] == "RTX 4090")
+    machines = [{**machine, "machine_id": f"{index:010x}", "gpu_num": CARDS_PER_HOST} for index in range(HOSTS)]
+    return {**default, "machines": machines, "background_load": []}
+
+
+def config(name: str) -> dict[str, Any]:
+    base = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+    return {**copy.deepcopy(base), "name": name, "replica_num": 1}
+
+
+def classify(deployments: list[dict[str, Any]], name: str, document: dict[str, Any]) -> str:
+    """One run's outcome from the deployments named after it and what it printed."""
+    ours = {d["uuid"] for d in deployments if d["name"] == name}
+    details = document.get("details") or {}
+    reported = document.get("deployment_uuid") or details.get("deployment_uuid")
+    if len(ours) >= 2:
+        return "DUPLICATE"
+    if reported and reported not in ours and document.get("error_type") != "deployment_exists":
+        return "PHANTOM"
+    if not ours:
+        return "none, error" if document.get("status") == "error" else "PHANTOM"
+    if reported in ours:
+        return "reported"
+    if details.get("may_have_been_created") is True and details.get("name") == name:
+        return "flagged"
+    return "UNREPORTED"
+
+
+def settle_seconds(spec: str) -> float:
+    """How long requests can still sleep inside the simulator after the last run ended."""
+    values = dict(part.split("=") for part in spec.split(",") if part)
+    return sum(float(values.get(key, 0)) for key in ("slow_seconds", "commit_delay_seconds", "create_slow_seconds")) + 1.0
+
+
+Runner = Callable[[str, Path, float, tuple[str, ...]], tuple[int, dict[str, Any]]]
+
+
+def subprocess_runner(sim: Simulator) -> Runner:
+    def run(name: str, path: Path, http_timeout: float, flags: tuple[str, ...]) -> tuple[int, dict[str, Any]]:
+        env = {**os.environ, "AUTODL_HOST": sim.url, "AUTODL_TOKEN": sim.token, "AUTODL_HTTP_TIMEOUT": str(http_timeout)}
+        done = subprocess.run([sys.executable, str(ROOT / "queue_submit.py"), str(path), "--interval", "0.2", "--quiet",
+                               "--timeout", "60", *flags], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS)
+        return done.returncode, json.loads(done.stdout)
+
+    return run
+
+
+def soak_mode(mode: str, runs: int, parallel: int, workdir: Path, runner_for: Callable[[Simulator], Runner] = subprocess_runner,
+              spec: str | None = None, http_timeout: float | None = None) -> dict[str, Any]:
+    """Run one fault mode; returns {outcome: count, "runs": [(name, outcome, error_type)], "seconds": wall}."""
+    default_spec, default_timeout, flags = MODES[mode]
+    spec = spec or default_spec
+    http_timeout = http_timeout or default_timeout
+    started = time.monotonic()
+    with Simulator(cluster=cluster(), speed=SIM_SPEED, seed=len(mode), faults=spec) as sim:
+        runner = runner_for(sim)
+        names = [f"soak-{mode.replace('_', '-')}-{index}" for index in range(runs)]
+        paths = {}
+        for name in names:
+            paths[name] = workdir / f"{name}.json"
+            paths[name].write_text(json.dumps(config(name), ensure_ascii=False), encoding="utf-8")
+        if parallel > 1:
+            with ThreadPoolExecutor(parallel) as pool:
+                documents = dict(zip(names, pool.map(lambda n: runner(n, paths[n], http_timeout, flags)[1], names)))
+        else:
+            documents = {name: runner(name, paths[name], http_timeout, flags)[1] for name in names}
+        time.sleep(settle_seconds(spec))  # let requests still sleeping in the simulator commit
+        deployments = sim.deployments()
+    tally: dict[str, Any] = {outcome: 0 for outcome in OUTCOMES}
+    tally["runs"] = []
+    for name in names:
+        outcome = classify(deployments, name, documents[name])
+        tally[outcome] += 1
+        tally["runs"].append((name, outcome, documents[name].get("error_type")))
+    tally["seconds"] = time.monotonic() - started
+    return tally
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=30, help="submits per fault mode (default 30)")
+    parser.add_argument("--parallel", type=int, default=6, help="submits at once (default 6)")
+    parser.add_argument("--modes", nargs="*", choices=sorted(MODES), default=list(MODES), help="fault modes (default all)")
+    args = parser.parse_args()
+    print(f"exactly-once soak: {args.runs} runs per mode, {args.parallel} at a time\n")
+    print("| mode | faults, AUTODL_HTTP_TIMEOUT | " + " | ".join(OUTCOMES) + " | seconds |")
+    print("|---|---|" + "---|" * len(OUTCOMES) + "---|")
+    with tempfile.TemporaryDirectory() as workdir:
+        for mode in args.modes:
+            spec, timeout, flags = MODES[mode]
+            tally = soak_mode(mode, args.runs, args.parallel, Path(workdir))
+            where = f"`{spec}`, {timeout:g} s" + (" " + " ".join(flags) if flags else "")
+            print(f"| {mode} | {where} | " + " | ".join(str(tally[o]) for o in OUTCOMES) + f" | {tally['seconds']:.0f} |",
+                  flush=True)
+            for name, outcome, error_type in tally["runs"]:
+                if outcome in ("DUPLICATE", "UNREPORTED", "PHANTOM"):
+                    print(f"    {name}: {outcome} ({error_type})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

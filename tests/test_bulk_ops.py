@@ -96,6 +96,9 @@ def test_a_failure_on_one_deployment_is_reported_per_deployment(run, monkeypatch
     from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, deployment, page
     from conftest import envelope
 
+    from autodl_esd import resolve
+
+    monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)  # the read-backs need no real pauses
     first, second = "aaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbb"
     matches = [deployment(uuid=first, name="demo-1"), deployment(uuid=second, name="demo-2")]
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:

@@ -36,6 +36,11 @@ def build_parser() -> cli.JsonArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="只做校验、检查与一次库存查询, 输出将提交的请求体, 不创建")
     parser.add_argument("--wait-running", action="store_true", help="提交后等待容器进入 running 并输出服务地址与 SSH 命令")
     parser.add_argument("--startup-timeout", type=cli.positive_seconds, default=900.0, metavar="S", help="--wait-running 最多等待秒数 (默认 900)")
+    parser.add_argument("--wait-finished", action="store_true",
+                        help="Job / Container: 提交后跟踪到 finished_num 达到目标 (Job 为 replica_num, Container 为 1) 或部署停止, "
+                             "输出计数与每个容器的运行时长 (finish); 平台不报告退出码, 程序是否成功要看它自己的输出")
+    parser.add_argument("--finish-timeout", type=cli.non_negative_seconds, default=0.0, metavar="S",
+                        help="--wait-finished 最多等待秒数, 0 为不限 (默认 0); 超时返回 startup_timeout 和 deployment_uuid, 部署仍在运行, 不要重新提交")
     parser.add_argument("--show-password", action="store_true", help="--wait-running 输出中显示 root 密码 (默认隐藏)")
     parser.add_argument("--allow-duplicate-name", action="store_true", help="已有同名运行中部署时仍然提交 (默认拒绝, 防止重复购买)")
     money = parser.add_argument_group("费用与时间 (创建前显示每小时费用上下限; 守护在部署创建后自动停止它)")
@@ -61,6 +66,9 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.config import load_and_validate
 
     config = load_and_validate(args.config)  # fails before any network call
+    if args.wait_finished and config.get("deployment_type") == "ReplicaSet":
+        raise cli.UsageError("--wait-finished 只适用于 Job / Container: ReplicaSet 是一直运行的服务, 没有\"完成\"。",
+                             "ReplicaSet 用 --wait-running 等容器运行。")
     _refuse_over_budget(args, config)
     if args.sim:
         return _handle_simulated(args, ctx, config)
@@ -109,6 +117,8 @@ def _submit(args, ctx: cli.Context, config: dict, default_interval: float) -> di
         dry_run=args.dry_run,
         wait_running=args.wait_running,
         startup_timeout=args.startup_timeout,
+        wait_finished=args.wait_finished,
+        finish_timeout=args.finish_timeout,
         allow_duplicate_name=args.allow_duplicate_name,
         show_password=args.show_password,
     )

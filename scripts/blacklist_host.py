@@ -40,8 +40,6 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.errors import AutoDLError
     from autodl_esd.host_health import move_command, move_replicas, still_on_machine
 
-    if args.yes and not args.move_replicas:
-        raise cli.UsageError("--yes 只和 --move-replicas 一起用 (拉黑本身不需要确认)。")
     client = ctx.client()
     container = resolve_container(client, args.container_uuid)
     machine = {key: container.get(key) for key in ("machine_id", "data_center", "gpu_name")}

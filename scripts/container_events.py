@@ -11,6 +11,7 @@ EXAMPLES = [
     "python scripts/container_events.py --name my-service",
     "python scripts/container_events.py --deployment-uuid 833f1cd5a764fa3 --offset 12",
     "python scripts/container_events.py --name my-service --follow --until running --count 2 --timeout 900",
+    "python scripts/container_events.py --name my-job --follow --until finished --timeout 7200   # 等 Job 跑完",
     "python scripts/container_events.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30",
 ]
 
@@ -29,14 +30,17 @@ def build_parser() -> cli.JsonArgumentParser:
         "container_events.py",
         "查询部署的容器事件 (每个事件: 容器 UUID、进入的状态、时间; 按时间正序)。输出 next_offset, "
         "下次加 --offset NEXT_OFFSET 只取新事件。--follow 持续轮询, 直到 --count 个不同容器进入 "
-        "--until 状态 (默认 running; 之后又停止的不算); 超过 --timeout 返回 startup_timeout (退出码 2)。",
+        "--until 状态 (默认 running; 之后又停止的不算); 超过 --timeout 返回 startup_timeout (退出码 2)。"
+        "--until finished (Job / Container): 跟踪到部署的 finished_num 达到目标 (Job 为 replica_num, Container 为 1) "
+        "或部署停止, 输出计数与每个容器的运行时长 (finish); 平台不报告退出码, 程序是否成功要看它自己的输出。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser, required=False)
     parser.add_argument("--container-uuid", metavar="UUID", help="只看这个容器的事件; 不指定部署时从容器 UUID 推出部署")
     parser.add_argument("--offset", type=cli.non_negative_int, default=0, metavar="N", help="跳过前 N 个事件 (上次输出的 next_offset), 默认 0")
     parser.add_argument("--follow", action="store_true", help="持续轮询新事件, 直到达到 --until/--count 或超时")
-    parser.add_argument("--until", choices=CONTAINER_STATUSES, default="running", metavar="STATUS", help=f"--follow 等待的状态: {', '.join(CONTAINER_STATUSES)} (默认 running)")
+    parser.add_argument("--until", choices=(*CONTAINER_STATUSES, "finished"), default="running", metavar="STATUS",
+                        help=f"--follow 等待的状态: {', '.join(CONTAINER_STATUSES)} (默认 running), 或 finished (Job / Container 跑完)")
     parser.add_argument("--count", type=cli.positive_int, metavar="N",
                         help="--follow 需要多少个不同容器达到该状态 (默认: ReplicaSet 为 replica_num, Job 为 min(parallelism_num, replica_num), Container 为 1; 指定 --container-uuid 时为 1)")
     parser.add_argument("--interval", type=cli.positive_seconds, default=DEFAULT_INTERVAL_SECONDS, metavar="S", help="--follow 轮询间隔秒数, 可为小数 (默认 5)")
@@ -67,7 +71,16 @@ def handle(args, ctx: cli.Context) -> dict:
         )
     events, next_offset = api.list_events(client, deployment_uuid, offset=args.offset, container_uuid=args.container_uuid)
     result = {"deployment_uuid": deployment_uuid, "offset": args.offset, "next_offset": next_offset}
-    if args.follow:
+    if args.follow and args.until == "finished":
+        from autodl_esd.polling import floor_interval
+        from autodl_esd.waiting import wait_finished
+
+        if args.container_uuid or args.count:
+            raise cli.UsageError("--until finished 跟踪整个部署, 不能和 --container-uuid / --count 一起用。")
+        result["finish"] = wait_finished(client, deployment_uuid, timeout=args.timeout, progress=ctx.progress,
+                                         interval=floor_interval(args.interval, client.host, ctx.progress))
+        events, result["next_offset"] = api.list_events(client, deployment_uuid, offset=args.offset)
+    elif args.follow:
         result.update(follow(args, ctx, deployment, events, next_offset))
         events = result.pop("events")
     return cli.list_result(events, **result)

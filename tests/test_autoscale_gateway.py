@@ -185,6 +185,10 @@ def test_serve_gateway_autoscale_asks_for_yes_with_its_bounds_and_leaves_the_las
     assert bounds["max_replicas"] == 3 and bounds["effective_max_replicas"] == 2  # 5 yuan/h at 2 yuan a replica
     assert bounds["price_per_replica_yuan"] == 2.0 and replica_num(instance, uuid) == 1
 
+    code, out, _ = run("serve_gateway.py", "--deployment-uuid", uuid, "--autoscale", "--max-hourly-cost", "1.5",
+                       "--listen", "127.0.0.1:0", "--quiet")
+    assert code == 1 and out["error_type"] == "usage_error" and "一个副本都不够" in out["message"]
+
     code, out, _ = run("serve_gateway.py", "--deployment-uuid", uuid, "--min-replicas", "2")
     assert code == 1 and out["error_type"] == "usage_error"  # autoscale flags need --autoscale
 

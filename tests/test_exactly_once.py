@@ -273,3 +273,19 @@ def test_a_failed_check_before_a_retry_says_the_earlier_create_may_have_landed(r
     assert "list_deployments.py --name svc" in out["hint"]
     assert len(create_calls(api)) == 1
     result_validator.validate(out)
+
+
+def test_recovered_says_how_it_matched_and_when_the_deployment_was_created(run, api, config_file, real_grace, fake_time):
+    landed = {"uuid": NEW_UUID, "name": "svc", "status": "running", "created_at": "2099-01-01T12:00:00+08:00"}
+    expect_checks(api, idle=3)
+    expect_create(api, **TIMEOUT)
+    api.post(DEPLOYMENTS, json=deployments([landed]))  # the first look sees it
+    api.post(DEPLOYMENTS, json=deployments([landed]))  # the look for duplicates
+
+    code, out, _ = run("queue_submit.py", config_file(), "--interval", "0.01", "--quiet")
+
+    assert code == 0 and out["recovered"] is True, out
+    how = out["recovered_by"]
+    assert how["matched_on"] == {"name": "svc", "not_listed_before_first_send": True}
+    assert how["deployment_created_at"] == "2099-01-01T12:00:00+08:00"
+    assert how["submit_started_at"].endswith("+08:00") and how["created_after_submit_began"] is True

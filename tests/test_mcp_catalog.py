@@ -118,7 +118,7 @@ def test_tool_arguments_become_the_same_command_line_values(name, confirm):
         assert getattr(parsed, key) == value, f"{name}.{key} is forced"
     mode = tool.mode(arguments)
     if tool.has_yes:
-        assert parsed.yes is (confirm and mode in (mcp_tools.SCRIPT_PREVIEWS, mcp_tools.SERVER_PREVIEWS))
+        assert parsed.yes is (confirm and mode == mcp_tools.SCRIPT_PREVIEWS)
     if mode == mcp_tools.DRY_RUN:
         assert parsed.dry_run is (not confirm)
 
@@ -165,7 +165,8 @@ def test_annotations_are_truthful():
             assert "confirm" in tool.input_schema["properties"], name
             assert "destructiveHint" in hints, name
     destructive = {n for n, t in CATALOG.items() if t.policy.destructive}
-    assert destructive == {"set_replicas", "stop_container", "stop_deployment", "delete_deployment", "guard_deployment"}
+    assert destructive == {"set_replicas", "stop_container", "stop_deployment", "delete_deployment", "guard_deployment",
+                           "blacklist_host"}
     assert not CATALOG["set_replicas"].policy.idempotent
     assert not CATALOG["queue_submit"].policy.idempotent
     assert CATALOG["validate_config"].annotations["openWorldHint"] is False

@@ -188,7 +188,7 @@ def test_mutating_tools_without_confirm_make_no_mutating_request(session, platfo
     stop = session.call("stop_deployment", {"deployment_uuid": uuid})
     assert stop["details"]["live_container_count"] == 2
     scale = session.call("set_replicas", {"deployment_uuid": uuid, "replica_num": 3})
-    assert scale["details"]["would_run"].endswith("--replica-num=3 --yes")
+    assert scale["details"]["would_run"].endswith("--replica-num=3")
     assert scale["details"]["deployment"]["replica_num"] == 2  # what it would change, read first
     stop_one = session.call("stop_container", {"container_uuid": container})
     assert stop_one["details"]["container"]["status"] == "running"
@@ -200,6 +200,12 @@ def test_confirm_true_acts_and_reads_back(session, platform, service):
     document = session.ok("set_replicas", {"deployment_uuid": service["deployment_uuid"], "replica_num": 3, "confirm": True})
     assert document["replica_num"] == 3 and document["verified"] is True
     assert mutating_requests(platform.request_log()[before:]) == [("PUT", "/api/v1/dev/deployment/replica_num")]
+    # A script that acts without --yes (and refuses a stray one) gets none.
+    container = service["containers"][0]["container_uuid"]
+    blacklisted = session.ok("blacklist_host", {"container_uuid": container, "confirm": True})
+    assert blacklisted["machine_id"] == service["containers"][0]["machine_id"]
+    moving = session.call("blacklist_host", {"container_uuid": container, "move_replicas": True})
+    assert moving["error_type"] == "confirmation_required"
 
 
 def test_malformed_arguments_give_usage_error_not_a_protocol_crash(session):
@@ -254,6 +260,11 @@ def test_cancelled_wait_for_containers_reports_the_deployment_uuid(session, plat
     created = [d["uuid"] for d in platform.deployments() if d["name"] == "mcp-too-big"]
     assert interrupted["result"]["error_type"] == "interrupted"
     assert [interrupted["result"]["details"]["deployment_uuid"]] == created
+    # Clean up with confirm: true, which the scripts see as --yes.
+    stopped = session.ok("stop_deployment", {"deployment_uuid": created[0], "confirm": True})
+    assert stopped["changed"] is True
+    assert session.ok("delete_deployment", {"deployment_uuid": created[0], "confirm": True})["deleted"] is True
+    assert "mcp-too-big" not in [d["name"] for d in platform.deployments()]
 
 
 def wait_for_interrupted(session, deployment_name, timeout=20.0):

@@ -247,6 +247,9 @@ def test_requests_in_flight_are_not_idle():
     assert tracker.observe(Activity(14, 1), now=90) == 0  # ... it finished (+1 ours, +1 theirs)
     assert tracker.observe(Activity(15, 1), now=120) == 30
     assert tracker.observe(Activity(3, 1), now=130) == 0  # the gateway restarted: counts moved
+    # A guard restarted from its state file goes on counting the same quiet spell.
+    restarted = IdleTracker.from_state(json.loads(json.dumps(tracker.to_state())))
+    assert restarted.observe(Activity(4, 1), now=190) == 60
 
 
 def test_a_page_without_the_request_histogram_is_not_idle():

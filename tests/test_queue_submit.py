@@ -516,13 +516,17 @@ def test_wait_running_ends_when_a_short_job_already_finished(run, api, config_fi
     api.post(DEPLOYMENTS, json=same_name(NEW_UUID))
     api.post(EVENTS, json=page([]))
     api.post(CONTAINERS, json=page([]))
-    api.post(DEPLOYMENTS, json=deployments([{"uuid": NEW_UUID, "name": "svc", "status": "stopped"}]),
+    api.post(DEPLOYMENTS, json=deployments([{"uuid": NEW_UUID, "name": "svc", "status": "stopped", "replica_num": 1,
+                                              "running_num": 0, "starting_num": 0, "finished_num": 1}]),
              match=[matchers.json_params_matcher({"deployment_uuid": NEW_UUID, "page_index": 1, "page_size": 100})])
 
     code, out, _ = run("queue_submit.py", config_file(job), "--wait-running", *FAST)
 
     assert code == 0, out
     assert out["deployment_finished"] is True and out["containers"] == []
+    # Not a bare success with no containers: it says the Job finished first, with the counts.
+    assert out["finished_before_running"] is True
+    assert (out["counts"]["status"], out["counts"]["finished_num"]) == ("stopped", 1)
     result_validator.validate(out)
 
 

@@ -75,8 +75,3 @@ def test_move_replicas_needs_yes_then_moves_them_off_the_machine(service, run, r
     assert document["still_on_machine"] == []
     instance.wait_until(lambda: sum(1 for c in instance.containers(uuid) if c["status"] == "running") == 2, 5)
     assert {c["machine_id"] for c in instance.containers(uuid) if c["status"] == "running"} == {SMALL}
-
-
-def test_yes_without_move_replicas_is_a_usage_error(run):
-    code, document, _ = run("blacklist_host.py", "--container-uuid", f"{'a' * 15}-{BIG}-00000001", "--yes")
-    assert (code, document["error_type"]) == (1, "usage_error")

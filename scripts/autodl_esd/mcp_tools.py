@@ -96,6 +96,10 @@ def _set_replicas_mode(arguments: Mapping[str, Any]) -> str:
     return SCRIPT_PREVIEWS if arguments.get("replica_num") == 0 else SERVER_PREVIEWS
 
 
+def _blacklist_host_mode(arguments: Mapping[str, Any]) -> str:
+    return SCRIPT_PREVIEWS if arguments.get("move_replicas") else SERVER_PREVIEWS
+
+
 def _find_faulty_hosts_mode(arguments: Mapping[str, Any]) -> str:
     return SCRIPT_PREVIEWS if arguments.get("apply") else READ
 
@@ -155,9 +159,10 @@ POLICIES: dict[str, ToolPolicy] = {
     # A second delete finds nothing and says the first took effect.
     "delete_deployment.py": ToolPolicy("删除部署", read_only=False, destructive=True, idempotent=True,
                                        mode=_always(SCRIPT_PREVIEWS)),
-    # Adds an entry (scheduling avoids the host): additive, but every call adds another.
-    "blacklist_host.py": ToolPolicy("把主机加入调度黑名单", read_only=False, destructive=False, idempotent=False,
-                                    mode=_always(SERVER_PREVIEWS)),
+    # Adds an entry (scheduling avoids the host), at once; every call adds another. With
+    # --move-replicas it also stops the deployment's containers there (its own preview).
+    "blacklist_host.py": ToolPolicy("把主机加入调度黑名单", read_only=False, destructive=True, idempotent=False,
+                                    mode=_blacklist_host_mode),
     "find_faulty_hosts.py": ToolPolicy("找出故障主机 (可拉黑)", read_only=False, destructive=False, idempotent=False,
                                        mode=_find_faulty_hosts_mode),
 }
@@ -300,7 +305,8 @@ class Tool:
         mode = self.mode(arguments)
         if mode == DRY_RUN and not confirm:
             argv.append("--dry-run")
-        if confirm and self.has_yes and mode in (SCRIPT_PREVIEWS, SERVER_PREVIEWS):
+        # --yes only where the script asks for it; elsewhere it acts without (and may refuse it).
+        if confirm and self.has_yes and mode == SCRIPT_PREVIEWS:
             argv.append("--yes")
         if positionals:
             argv += ["--", *positionals]

@@ -17,8 +17,10 @@ from .config import build_request, dialect_of
 from .containers import container_summary
 from .effects import in_flight_grace_seconds, watch
 from .errors import ApiError, AutoDLError, ErrorType, Interrupted
+from .evidence import compare_config, existing_deployment
 from .lint import capacity_filters, lint_config, no_capacity_suggestion
-from .output import Progress
+from .output import REDACTED, Progress
+from .platform_time import now_timestamp
 from .polling import PollFailures
 from .stock import StockByGpu, first_fit, requested_stock, similar_gpu_names
 
@@ -59,8 +61,30 @@ class SubmitOptions:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
     allow_duplicate_name: bool = False
     show_password: bool = False
+    # Follow a Job/Container until finished (0 = no limit; queue_submit --wait-finished).
+    wait_finished: bool = False
+    finish_timeout: float = 0.0
     # Called once with the deployment_uuid right after the create (queue_submit --notify).
     on_created: Callable[[str], None] | None = None
+
+
+def duplicate_check(config: dict[str, Any], live: list[dict[str, Any]], allowed: bool) -> dict[str, Any]:
+    """The dry run's answer to "would the name check refuse this?" (none, or the live one)."""
+    if not live:
+        return {"result": "none", "would_refuse": False}
+    return {"result": "exists", "would_refuse": not allowed, "existing": existing_deployment(config, live[0]),
+            "live_deployments": [d.get("uuid") for d in live],
+            **({"note": "--allow-duplicate-name: 仍会提交第二个同名部署"} if allowed else {})}
+
+
+def created_after(created_at: Any, started_at: str | None) -> bool | None:
+    """Whether the platform stamped the deployment after this run began (None: unreadable)."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(created_at).replace("Z", "+00:00")) >= datetime.fromisoformat(str(started_at))
+    except (TypeError, ValueError):
+        return None
 
 
 def target_running(config: dict[str, Any]) -> int:
@@ -103,6 +127,9 @@ class Submitter:
         self._sent_creates = 0
         self._ambiguous_creates = 0
         self._recovered_by: dict[str, Any] | None = None
+        # Set by run(); +08:00 like the platform's created_at, so the two compare.
+        self.submit_started_at: str | None = None
+        self.duplicate_check: dict[str, Any] = {"result": "none", "would_refuse": False}
         self._reconcile_report: dict[str, Any] | None = None
 
     def _dialect_warnings(self) -> list[dict[str, str]]:
@@ -187,6 +214,15 @@ class Submitter:
                 "hint": (f"你是否想写: {meant}; " if meant else "") + f"可用型号: {sorted(stock)}",
             })
 
+    def http_request(self) -> dict[str, Any]:
+        """The create exactly as it would be sent; the token is never shown."""
+        return {
+            "method": "POST",
+            "url": str(getattr(self.client, "host", "") or "").rstrip("/") + api.DEPLOYMENT_PATH,
+            "headers": {"Authorization": REDACTED, "Content-Type": "application/json"},
+            "body": self.request,
+        }
+
     def _filter_warnings(self, unfiltered: StockByGpu, filtered: StockByGpu) -> None:
         """Idle cards exist, but none on a host the config's filters accept: say which filters."""
         idle_anywhere = any(f["idle"] >= self.gpu_num for f in requested_stock(unfiltered, self.gpu_names).values())
@@ -206,13 +242,20 @@ class Submitter:
                 "message": f"已有 {len(same_name) - len(live)} 个同名的已停止部署; 提交后按 --name 查找会有歧义。",
                 "hint": "后续操作用输出里的 deployment_uuid; 旧部署不再需要时用 delete_deployment.py 删除, 或给新部署换个名字。",
             })
-        if live and not self.options.allow_duplicate_name:
+        self.duplicate_check = duplicate_check(self.config, live, self.options.allow_duplicate_name)
+        if live and not self.options.allow_duplicate_name and not self.options.dry_run:
+            evidence = existing_deployment(self.config, live[0])
+            same = {True: "配置与本次相同 (same_config: true), 很可能就是上一次提交的结果",
+                    False: "但配置与本次不同 (same_config: false, 见 details.differences), 可能是另一个同名部署",
+                    None: "无法比较配置"}[evidence["same_config"]]
             raise AutoDLError(
                 ErrorType.DEPLOYMENT_EXISTS,
-                f"已有同名部署在运行: {self.config['name']} ({live[0].get('uuid')})",
-                "这很可能是上一次提交的结果, 不要重复提交: 用 list_containers.py 查看它; "
+                f"已有同名部署在运行: {self.config['name']} ({live[0].get('uuid')}, {evidence['status']}, "
+                f"创建于 {evidence['created_at']}); {same}。本次没有创建。",
+                "不要重复提交: 用 list_containers.py --deployment-uuid 查看它; "
                 "确实需要第二个同名部署时加 --allow-duplicate-name。",
-                {"deployment_uuid": live[0].get("uuid"), "live_deployments": [d.get("uuid") for d in live]},
+                {**{k: v for k, v in evidence.items() if k != "name"},
+                 "live_deployments": [d.get("uuid") for d in live]},
             )
 
     # --- waiting ----------------------------------------------------------------------
@@ -312,26 +355,33 @@ class Submitter:
         return error
 
     def _exists_error(self, live: list[dict[str, Any]], why: str) -> AutoDLError:
+        evidence = existing_deployment(self.config, live[0])
         return AutoDLError(
             ErrorType.DEPLOYMENT_EXISTS,
-            f"{why}: {self.config['name']} ({live[0].get('uuid')}), 本次没有创建。",
+            f"{why}: {self.config['name']} ({live[0].get('uuid')}, 创建于 {evidence['created_at']}), 本次没有创建。",
             "不要重复提交: 用 list_containers.py --deployment-uuid 查看这个部署; "
             "确实需要第二个同名部署时加 --allow-duplicate-name。",
-            {"deployment_uuid": live[0].get("uuid"), "live_deployments": [d.get("uuid") for d in live],
+            {**evidence, "live_deployments": [d.get("uuid") for d in live],
              "may_have_been_created": False, "name": self.config["name"]},
         )
 
     def _adopt(self, new: list[dict[str, Any]], how: str) -> str:
         """Take the oldest deployment that appeared after our create was sent as ours."""
         ordered = sorted(new, key=lambda d: (str(d.get("created_at") or ""), str(d.get("uuid"))))
+        chosen = ordered[0]
         self._recovered_by = {
             "rule": "name_lookup_after_send",
             "how": how,
+            "matched_on": {"name": self.config["name"], "not_listed_before_first_send": True},
+            "submit_started_at": self.submit_started_at,
+            "deployment_created_at": chosen.get("created_at"),
+            "created_after_submit_began": created_after(chosen.get("created_at"), self.submit_started_at),
+            **{k: v for k, v in compare_config(self.config, chosen).items()},
             "explanation": "按名称查到的这个部署不在本次第一次发出创建请求之前的同名列表中, 即它是在本次创建请求发出之后才出现的, "
             "所以认定为本次结果不明的创建已经落地。",
             "known_before_send": sorted(str(u) for u in self._known_before_send),
         }
-        return str(ordered[0].get("uuid"))
+        return str(chosen.get("uuid"))
 
     def _mark_create_sent(self) -> None:
         """From here until the outcome is known, any exit says the create may have landed."""
@@ -542,10 +592,16 @@ class Submitter:
                     "target_running": target,
                     "containers": [container_summary(c, self.options.show_password) for c in running],
                 }
-            if not containers and self._deployment_finished(deployment_uuid):
-                # A Job/Container can finish between two polls; nothing more will start.
+            finished = self._finished_deployment(deployment_uuid) if not containers else None
+            if finished is not None:
+                # A Job/Container can finish before the first look: say so with the counts,
+                # never a bare success with no containers.
+                from .waiting import finish_counts
+
+                self.progress.log(f"部署 {deployment_uuid} 在第一次查看前就已结束 (finished_num={finished.get('finished_num')})")
                 return {"target_running": target, "containers": [], "deployment_finished": True,
-                        "ever_running": len(ever_running)}
+                        "finished_before_running": True, "ever_running": len(ever_running),
+                        "counts": finish_counts(finished)}
             if self.clock() >= deadline:
                 raise AutoDLError(
                     ErrorType.STARTUP_TIMEOUT,
@@ -562,13 +618,21 @@ class Submitter:
             self.progress.status(f"等待容器运行 {len(running)}/{target}: {phases}")
             self.sleep(self.options.interval)
 
-    def _deployment_finished(self, deployment_uuid: str) -> bool:
-        found = api.list_deployments(self.client, deployment_uuid=deployment_uuid)
-        return bool(found) and all(d.get("status") == "stopped" for d in found)
+    def _finished_deployment(self, deployment_uuid: str) -> dict[str, Any] | None:
+        """The deployment's list item when it has stopped (its work is over), else None."""
+        found = [d for d in api.list_deployments(self.client, deployment_uuid=deployment_uuid) if d.get("uuid") == deployment_uuid]
+        return found[0] if found and all(d.get("status") == "stopped" for d in found) else None
+
+    def wait_until_finished(self, deployment_uuid: str) -> dict[str, Any]:
+        from .waiting import wait_finished
+
+        return wait_finished(self.client, deployment_uuid, timeout=self.options.finish_timeout,
+                             interval=self.options.interval, progress=self.progress)
 
     # --- the whole run ----------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        self.submit_started_at = now_timestamp()
         try:
             self.check_image()
             stock = self.poll_stock(filtered=False)
@@ -586,13 +650,16 @@ class Submitter:
 
         if self.options.dry_run:
             fit = first_fit(stock, self.gpu_names, self.gpu_num)
+            refused = self.duplicate_check["would_refuse"]
             return {
                 "dry_run": True,
                 **summary,
                 "request": self.request,
+                "http_request": self.http_request(),
+                "duplicate_check": self.duplicate_check,
                 "stock": requested_stock(stock, self.gpu_names),
                 "stock_filtered_by_config": bool(self.regions),
-                "would_submit_now": fit is not None,
+                "would_submit_now": fit is not None and not refused,
                 "gpu_name": fit,
                 "warnings": self.warnings,
             }
@@ -618,6 +685,11 @@ class Submitter:
         if self.options.wait_running:
             try:
                 result.update(self.wait_until_running(deployment_uuid))
+            except AutoDLError as error:
+                raise self._after_create(error, deployment_uuid) from None
+        if self.options.wait_finished:
+            try:
+                result["finish"] = self.wait_until_finished(deployment_uuid)
             except AutoDLError as error:
                 raise self._after_create(error, deployment_uuid) from None
         return result

@@ -174,7 +174,9 @@ def limits(config: AutoscaleConfig, observed: Observed) -> Limits:
         limited_by.append("zero_refused")
     affordable = hourly_cap_replicas(config.max_hourly_cost, observed.price_per_replica)
     if affordable is not None and affordable < ceiling:
-        ceiling, ceiling_reason = affordable, "hourly_cost_cap"
+        # Zero stays opt-in: a cap that no longer buys one replica (prices rose after the
+        # start-up check) keeps one unless --min-replicas 0 allowed zero.
+        ceiling, ceiling_reason = max(affordable, 0 if config.min_replicas == 0 else 1), "hourly_cost_cap"
         limited_by.append("hourly_cost_cap")
     if config.budget is not None and observed.spent >= config.budget:
         ceiling, ceiling_reason = min(ceiling, floor), "budget_exhausted"

@@ -595,6 +595,8 @@ def startup_bounds(config: AutoscaleConfig, scaler: ReplicaScaler, current: int)
         "max_replicas": config.max_replicas,
         "effective_max_replicas": ceiling,
         "price_per_replica_yuan": price,
+        # The containers' reported price, or before any runs the template's price_to (the most one may cost).
+        "price_source": "containers" if scaler.last_price else ("template_price_to" if price is not None else None),
         "max_hourly_cost_yuan": None if price is None else round(ceiling * price, 4),
         "budget_yuan": config.budget,
     }
@@ -779,6 +781,11 @@ def prepare_gateway_autoscaler(args: Any, ctx: Any, deployment_uuid: Optional[st
     except ValueError as problem:
         raise AutoDLError(ErrorType.USAGE_ERROR, f"自动扩缩容参数不成立: {problem}", "检查 --min-replicas / --max-replicas 等参数。", {}) from None
     bounds = startup_bounds(config, scaler, current)
+    if bounds["effective_max_replicas"] == 0 and config.min_replicas > 0:
+        raise AutoDLError(ErrorType.USAGE_ERROR,
+                          f"--max-hourly-cost {config.max_hourly_cost:g} 元连一个副本都不够 (单价 {bounds['price_per_replica_yuan']} 元/小时"
+                          + (", 还没有运行的容器, 按模板的 price_to 计" if bounds["price_source"] == "template_price_to" else "") + ")。",
+                          "调高 --max-hourly-cost; 或明确允许缩到 0 (--min-replicas 0)。", bounds)
     if bounds["effective_max_replicas"] < config.min_replicas:
         bounds["warning"] = (f"--max-hourly-cost {config.max_hourly_cost:g} 按单价 {bounds['price_per_replica_yuan']} 元/小时只够 "
                              f"{bounds['effective_max_replicas']} 个副本, 少于 --min-replicas {config.min_replicas}: 花费上限优先。")

@@ -58,8 +58,12 @@ def build_venv(directory: Path) -> str:
     print(f"building a fresh venv in {directory} ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(directory)], check=True, timeout=VENV_BUILD_TIMEOUT_SECONDS)
     python = str(directory / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(ROOT / "requirements.txt")],
-                   check=True, timeout=VENV_BUILD_TIMEOUT_SECONDS, stdout=subprocess.DEVNULL)
+    installed = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(ROOT / "requirements.txt")],
+        timeout=VENV_BUILD_TIMEOUT_SECONDS, capture_output=True, text=True,
+    )
+    if installed.returncode != 0:  # pip's output only when it matters
+        raise SystemExit(f"pip install failed:\n{installed.stdout[-2000:]}{installed.stderr[-2000:]}")
     return python
 
 

@@ -51,6 +51,7 @@ test controls (JSON body, same Authorization token, same envelope as the API):
 
 
 MAX_SPEED = 1e6
+MAX_BALANCE_YUAN = 1e9
 
 
 class UsageError(Exception):
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     from simulator import DEFAULT_TOKEN, ClusterConfigError, Simulator
     from simulator.app import DEFAULT_SPEED
 
+    # A wallet of nan/inf (or past 10^9 yuan) would make every balance answer non-JSON or absurd.
+    if args.balance_yuan is not None and not (0 <= args.balance_yuan <= MAX_BALANCE_YUAN):
+        return fail("usage_error", f"--balance-yuan 必须是有限数, 0 <= 余额 <= {MAX_BALANCE_YUAN:g}", "例如 --balance-yuan 500")
     # nan/inf would freeze or explode the simulated clock; past 10^6 timestamps outrun any test.
     if args.speed is not None and not (0 < args.speed <= MAX_SPEED):
         return fail("usage_error", f"--speed 必须是有限数, 0 < 速度 <= {MAX_SPEED:g}",

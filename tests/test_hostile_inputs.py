@@ -366,3 +366,44 @@ def test_every_json_dump_in_the_bundle_refuses_nan():
                    for kw in node.keywords)
     ]
     assert not missing, f"json.dump(s) without allow_nan=False: {missing}"
+
+
+# Checked after parsing, with their own usage_error (see the simulator tests above).
+CHECKED_IN_MAIN = {("autodl_sim.py", "--speed"), ("autodl_sim.py", "--balance-yuan")}
+
+
+def _typed_options():
+    from conftest import load_script
+
+    for path in [ROOT / "queue_submit.py", *sorted(SCRIPTS.glob("*.py"))]:
+        if "def build_parser" not in path.read_text(encoding="utf-8"):
+            continue
+        for action in load_script(path).build_parser()._actions:
+            if action.type is not None and not action.choices and action.option_strings:
+                yield path.name, action.option_strings[-1], action.type
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "9" * 5000])
+def test_every_numeric_flag_of_every_script_refuses_non_finite_and_absurd_values(value):
+    import argparse
+
+    accepted = []
+    for script, option, parse in _typed_options():
+        if (script, option) in CHECKED_IN_MAIN:
+            continue
+        try:
+            result = parse(value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError):
+            continue
+        if isinstance(result, (int, float)):
+            accepted.append(f"{script} {option}={value[:12]} -> {result!r:.20}")
+    assert not accepted, accepted
+
+
+@pytest.mark.parametrize("balance", ["nan", "inf", "-1", "1e300"])
+def test_simulator_balance_must_be_finite_and_bounded(capsys, balance):
+    from conftest import load_script
+
+    code = load_script(SCRIPTS / "autodl_sim.py").main(["--balance-yuan", balance])
+    document = strict_loads(capsys.readouterr().out)
+    assert (code, document["error_type"]) == (1, "usage_error")

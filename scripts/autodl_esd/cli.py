@@ -124,16 +124,15 @@ def positive_hours(text: str) -> float:
     return _bounded_number(text, allow_zero=False, maximum=MAX_LOOKBACK_HOURS, unit="小时数")
 
 
-@_described_as({"type": "number", "exclusiveMinimum": 0})
+# Amounts and limits (yuan, hours, minutes) stay at or below this: far past any real budget
+# or run time, and small enough that timedelta and money arithmetic never overflow.
+MAX_AMOUNT = 1e9
+
+
+@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_AMOUNT})
 def positive_float(text: str) -> float:
-    """argparse type for amounts and limits (yuan, hours, minutes): a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"必须是大于 0 的有限数: {text!r}")
-    return value
+    """argparse type for amounts and limits (yuan, hours, minutes): 0 < X <= 1e9, finite."""
+    return _bounded_number(text, allow_zero=False, maximum=MAX_AMOUNT, unit="数值")
 
 
 def _integer(text: str, minimum: int, maximum: int | None = None) -> int:

@@ -58,7 +58,8 @@ EXIT_CODE_EPILOG = """\
   3    平台错误 (submission_error, api_error)
   4    内部错误 (internal_error)
   130  被中断 (interrupted)
-秒数参数 (--interval, --timeout 等) 可为小数, 必须是有限数且不超过 2592000 (30 天)。
+秒数参数 (--interval, --timeout 等) 可为小数, 必须是有限数且不超过 2592000 (30 天);
+金额、小时、分钟类参数是不超过 1e9 的有限正数。
 stdout 永远只有一个 JSON 对象; 进度日志在 stderr。"""
 
 

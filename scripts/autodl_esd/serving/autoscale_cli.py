@@ -31,8 +31,8 @@ def positive_number(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"需要一个数字, 收到 {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"需要大于 0 的数, 收到 {text!r}")
+    if not 0 < value <= cli.MAX_AMOUNT:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"需要大于 0 且不超过 {cli.MAX_AMOUNT:g} 的数, 收到 {text!r}")
     return value
 
 
@@ -41,8 +41,8 @@ def non_negative_number(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"需要一个数字, 收到 {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"需要大于等于 0 的数, 收到 {text!r}")
+    if not 0 <= value <= cli.MAX_AMOUNT:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"需要 0 到 {cli.MAX_AMOUNT:g} 之间的数, 收到 {text!r}")
     return value
 
 

@@ -147,3 +147,22 @@ def test_watch_says_when_the_haproxy_socket_is_not_there(sim, deploy, run, tmp_p
     code, out, _ = run("discover_services.py", "--deployment-uuid", deployment_uuid, "--watch", "--max-cycles", "1",
                        "--haproxy-socket", str(tmp_path / "none.sock"), "--haproxy-backend", "replicas", "--quiet")
     assert code == 1 and out["error_type"] == "usage_error" and "HAProxy" in out["message"]
+
+
+def test_an_haproxy_restart_is_retried_next_cycle_and_the_servers_come_back(haproxy_server, tmp_path):
+    from autodl_esd.serving import haproxy
+
+    proxy = haproxy_server()
+    document = {"services": [{"container_uuid": "0" * 15 + "-0a0a0a0a0a-aaaa", "url": "http://127.0.0.1:9", "healthy": True}]}
+    sync = haproxy.BackendSync(haproxy.RuntimeApi(str(tmp_path / "not-yet.sock")), "replicas", "0" * 15,
+                               proxy.settings["options"])
+    sync(document)  # HAProxy not reachable: no exception, the watcher goes on
+    assert "不可用" in sync.last_error and sync.added == 0
+    sync.api = haproxy.RuntimeApi(str(proxy.socket_path))
+    sync(document)
+    assert sync.last_error is None and set(sync.api.servers("replicas")) == {"0" * 15 + "-0a0a0a0a0a-aaaa"}
+    proxy.stop()  # a restart loses the runtime-added servers...
+    restarted = haproxy_server(**{key: value for key, value in proxy.settings.items() if key != "socket_path"})
+    sync.api = haproxy.RuntimeApi(str(restarted.socket_path))
+    sync(document)  # ...and the next cycle adds them back
+    assert set(sync.api.servers("replicas")) == {"0" * 15 + "-0a0a0a0a0a-aaaa"} and sync.added == 2

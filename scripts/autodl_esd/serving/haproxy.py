@@ -187,12 +187,26 @@ class BackendSync:
         self.progress = progress or Progress(quiet=True)
         self.added = self.removed = self.drained = self.updated = 0
         self.skipped: dict[str, str] = {}
+        self.last_error: Optional[str] = None
         self._ours: set[str] = set()
 
     def _mine(self, name: str) -> bool:
         return name in self._ours or name.startswith(f"{self.deployment_uuid}-")
 
     def __call__(self, document: dict[str, Any]) -> None:
+        """Sync once; an HAProxy that is down or restarting is retried on the next registry."""
+        try:
+            self.sync(document)
+        except RuntimeApiError as problem:
+            if str(problem) != self.last_error:
+                self.progress.log(f"HAProxy 同步失败, 下一轮重试: {problem}")
+            self.last_error = str(problem)
+            return
+        if self.last_error:
+            self.progress.log("HAProxy 同步恢复")
+        self.last_error = None
+
+    def sync(self, document: dict[str, Any]) -> None:
         desired: dict[str, tuple[ServerAddress, bool, str]] = {}
         for entry in document.get("services") or []:
             name = server_name(entry["container_uuid"])
@@ -248,7 +262,8 @@ class BackendSync:
     def summary(self) -> dict[str, Any]:
         return {"backend": self.backend, "socket": self.api.socket_path, "added": self.added, "removed": self.removed,
                 "drained": self.drained, "address_changes": self.updated,
-                **({"skipped": self.skipped} if self.skipped else {})}
+                **({"skipped": self.skipped} if self.skipped else {}),
+                **({"last_error": self.last_error} if self.last_error else {})}
 
 
 # --- haproxy.cfg ------------------------------------------------------------------------

@@ -84,15 +84,22 @@ def test_the_stable_url_serves_while_replicas_are_replaced(sim, deploy, loop_thr
     answers, served = [], set()
     session = requests.Session()
 
+    def serving_replicas() -> set:
+        return {r["container_uuid"] for r in gateway.status()["replicas"] if r["state"] == "ready"}
+
     def crash_one_then_another():
-        for victim in sorted(first):
-            time.sleep(0.4)
-            instance.crash_container(victim)
+        # the second crash waits until the first replacement serves: two replicas, one at a time
+        one, other = sorted(first)
+        time.sleep(0.4)
+        instance.crash_container(one)
+        instance.wait_until(lambda: serving_replicas() - first, 5)
+        time.sleep(0.2)
+        instance.crash_container(other)
 
     chaos = threading.Thread(target=crash_one_then_another)
     chaos.start()
     deadline = time.monotonic() + 2.5
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline or chaos.is_alive():
         response = session.get(gateway.url + "/predict", timeout=5)
         answers.append(response.status_code)
         served.add(response.headers.get("X-Served-By"))
@@ -134,7 +141,7 @@ def test_sse_streams_through_and_a_crash_mid_stream_ends_the_client_stream(sim, 
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
             for _ in lines:
                 pass
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 4  # cut, not the 300 s upstream timeout
     after = requests.post(gateway.url + "/v1/completions", json={**body, "stream": False}, timeout=5)
     assert after.status_code == 200 and after.headers["X-Served-By"] != victim
 
@@ -155,7 +162,7 @@ def test_queue_aware_prefers_the_replica_with_the_shorter_reported_queue(sim, de
         for _ in range(5):
             others.submit(requests.post, busy_url, json={"max_tokens": 8}, timeout=30)
         instance.wait_until(lambda: (loop_thread.call(lambda: gateway.table.replicas[busy["uuid"]].report) or None)
-                            and gateway.table.replicas[busy["uuid"]].report.waiting >= 3, 3)
+                            and gateway.table.replicas[busy["uuid"]].report.waiting >= 3, 5)
         served = [requests.get(gateway.url + "/predict", timeout=10).headers["X-Served-By"] for _ in range(6)]
         reports = {r["container_uuid"]: r["load_report"] for r in gateway.status()["replicas"]}
     assert served.count(busy["uuid"]) == 0, (served, reports)

@@ -62,7 +62,7 @@ def test_a_hung_api_does_not_stall_the_cycle_or_the_probes_and_is_flagged_stale(
         watcher.cycle()
         watcher.cycle()  # the hung poll is not stacked: the second cycle waits on the same one
         elapsed = time.monotonic() - started
-        assert elapsed < 1.5, elapsed  # two deadlines of 0.2 s, not the API's timeout
+        assert elapsed < 4, elapsed  # two deadlines of 0.2 s (plus a busy machine), not the 10 s hang
         assert watcher.document["stale"] is True and "仍未返回" in watcher.document["stale_reason"]
         assert len(probes) == 2  # the probes went on while the API hung
         assert watcher.document["services"][0]["container_uuid"] == uuid  # the last good set is kept

@@ -69,6 +69,7 @@ IDLE_CONNECTION_SECONDS = 60.0
 # Answers of known length up to this size are read whole and sent in one write; larger or
 # unknown-length ones (SSE, chunked) stream chunk by chunk as the replica writes them.
 SMALL_BODY_BYTES = 64 * 1024
+DNS_CACHE_SECONDS = 300
 # Distinct Host header values whose verdict is remembered (clients send one or two).
 HOST_VERDICT_CACHE = 64
 # Connecting to a replica on a private network takes milliseconds; 5 s means it is gone.
@@ -223,6 +224,7 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self._polling: set[str] = set()
         self._probing: set[str] = set()
+        self._background: set[asyncio.Task] = set()  # load polls and health probes in flight
         self._idle: asyncio.Event | None = None  # created on the loop in start()
         self._metrics = None
 
@@ -238,7 +240,9 @@ class Gateway:
         self._metrics = GatewayMetrics(self)
         self._idle = asyncio.Event()
         self._idle.set()
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        # limit=0: the gateway's own queue bounds concurrency, not the connection pool. Replica
+        # host names change rarely; their DNS answers are reused for DNS_CACHE_SECONDS.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=DNS_CACHE_SECONDS, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                                               skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
         self._refresh_registry()
@@ -284,9 +288,10 @@ class Gateway:
                 await extension.stop()
             except Exception as error:  # one extension's bug must not keep the gateway up
                 self.log(f"扩展 {extension.name} 停止出错: {error}")
-        for task in self._tasks:
+        pending = [*self._tasks, *self._background]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         self._tasks = []
         await self._close_resources()
 
@@ -321,13 +326,19 @@ class Gateway:
                 for replica in list(self.table.replicas.values()):
                     if replica.container_uuid not in self._polling:
                         self._polling.add(replica.container_uuid)
-                        asyncio.create_task(self._poll_load(replica))
+                        self._spawn(self._poll_load(replica))
             if self.options.health_path:
                 for replica in self.table.due_for_probe():
                     if replica.container_uuid not in self._probing:
                         self._probing.add(replica.container_uuid)
-                        asyncio.create_task(self._probe(replica))
+                        self._spawn(self._probe(replica))
             await asyncio.sleep(self.options.interval)
+
+    def _spawn(self, coroutine: Any) -> None:
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _get(self, url: str, timeout: float) -> tuple[int, bytes, str]:
         assert self._session is not None

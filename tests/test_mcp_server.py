@@ -208,6 +208,18 @@ def test_confirm_true_acts_and_reads_back(session, platform, service):
     assert moving["error_type"] == "confirmation_required"
 
 
+def test_a_job_followed_to_the_end_reports_progress(session):
+    job = json.loads((ROOT / "examples" / "job-training.json").read_text(encoding="utf-8"))
+    config = {**job, "name": "mcp-job", "replica_num": 2, "parallelism_num": 2,
+              "container_template": {**job["container_template"], "cmd": "sleep 20"}}
+    messages = []
+    document = session.call("queue_submit", {"config": config, "confirm": True, "wait_finished": True,
+                                             "finish_timeout": 60, **FAST}, progress=messages.append)
+    assert document["status"] == "success", document
+    assert document["finish"]["finished"] is True and document["finish"]["counts"]["finished_num"] == 2
+    assert messages  # the wait was reported as it went
+
+
 def test_malformed_arguments_give_usage_error_not_a_protocol_crash(session):
     cases = [
         ("list_images", {"page_index": "two"}),

@@ -27,6 +27,12 @@ timestamps:
   --speed simulated seconds per real second, so with --speed > 1 it runs AHEAD of the wall
   clock (at --speed 60, one real minute later it shows one hour later). Compare timestamps
   with each other, not with your own clock; POST /_sim/advance jumps it further ahead.
+  Durations elapse faster too: limits counted on the platform clock (guard_deployment.py
+  --max-runtime / --max-cost, queue_submit.py --max-runtime) end --speed times sooner in
+  real time (at --speed 30 a 3-hour --max-runtime stops the deployment ~6 real minutes
+  later), while --interval / --guard-interval stay REAL seconds. A guard measures the
+  platform clock's rate (shown as platform_clock_rate + clock_note) and never sleeps past
+  a deadline it can compute.
 
 exit codes:
   0  stopped by SIGINT/SIGTERM

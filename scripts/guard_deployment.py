@@ -59,7 +59,7 @@ def handle(args, ctx: cli.Context) -> dict:
     if args.list:
         return cli.list_result([guard.guard_view(state) for state in guard.all_states()], state_dir=str(guard.guards_dir()))
     if args.cancel:
-        return guard.cancel(args.cancel, ctx.progress)
+        return guard.cancel(args.cancel, ctx.progress, _client_or_none(ctx))
     if args.resume:
         return _resume(args, ctx)
     return _create(args, ctx)
@@ -125,6 +125,16 @@ def _run(ctx: cli.Context, files) -> dict:
     warning = (result.get("notification") or {}).get("warning")
     return {**result, "warnings": [warning] if warning else []}
 
+
+
+def _client_or_none(ctx: cli.Context):
+    """A client to date a cancel on the platform's clock; cancelling works without a token."""
+    from autodl_esd.errors import AutoDLError
+
+    try:
+        return ctx.client()
+    except AutoDLError:
+        return None
 
 
 def _this_script():

@@ -50,6 +50,22 @@ DEFAULT_INTERVAL_SECONDS = 60.0
 # a second, ten leaves room for a loaded machine.
 DETACH_START_TIMEOUT_SECONDS = 10.0
 DETACH_POLL_SECONDS = 0.05
+# A check is never scheduled past a deadline the guard can compute: it sleeps
+# min(interval, time left), time left converted to real seconds with the platform clock's
+# observed rate (the simulator's runs `--speed` times faster). Until the rate is known the
+# guard cannot convert, so its first sleep is short: one second is one extra read, bounds
+# the overshoot of that first sleep, and at --speed 30 already spans 30 platform seconds.
+RATE_PROBE_SECONDS = 1.0
+# The Date header has whole-second resolution: a rate measured over fewer platform seconds
+# than this could be off by more than 5%, so the guard assumes 1.0 until it has this much.
+RATE_MIN_PLATFORM_SECONDS = 20.0
+# Aim a little early (rate taken 5% higher) and re-check: landing just before a deadline
+# costs one short extra check, landing after it overshoots.
+RATE_SAFETY = 1.05
+# Near a deadline the guard still sleeps at least this long (no busy loop on a rate error).
+MIN_SLEEP_SECONDS = 0.2
+# A rate this far from 1 is worth telling the user about (a simulator, or a skewed clock).
+RATE_NOTE_THRESHOLD = 1.5
 
 ACTIONS = ("stop", "scale-to")
 # Statuses: running ones, and the final ones (the guard will never act again).
@@ -265,6 +281,32 @@ def describe_plan(state: dict[str, Any], now: datetime | None = None) -> str:
     return f"当{' 或 '.join(w.strip() for w in when)} 时, {action}: {state.get('deployment_name')} ({state['deployment_uuid']})。"
 
 
+def next_sleep(interval: float, figures: dict[str, Any], rate: float | None, probing: bool = False) -> float:
+    """Real seconds until the next check: the interval, but never past the nearest deadline
+    the figures give (run time and budget are platform hours, idleness is real minutes)."""
+    per_real = max(rate or 1.0, 1e-6) * RATE_SAFETY
+    left: list[float] = []
+    if figures.get("runtime_left_hours") is not None:
+        left.append(figures["runtime_left_hours"] * 3600.0 / per_real)
+    if figures.get("budget_left_hours") is not None:
+        left.append(figures["budget_left_hours"] * 3600.0 / per_real)
+    if figures.get("idle_minutes_left") is not None:
+        left.append(figures["idle_minutes_left"] * 60.0)
+    if probing:  # rate not known yet: look again soon to measure it
+        left.append(RATE_PROBE_SECONDS)
+    if not left:
+        return interval
+    return min(interval, max(MIN_SLEEP_SECONDS, min(left)))
+
+
+def clock_note(rate: float | None) -> str | None:
+    """Chinese note when the platform clock runs at a different pace (the simulator)."""
+    if rate is None or (1 / RATE_NOTE_THRESHOLD) < rate < RATE_NOTE_THRESHOLD:
+        return None
+    return (f"平台时钟约是本机的 {rate:.3g} 倍速 (模拟器 --speed?): 时长与花费限制按平台时间计, "
+            f"真实时间约为平台时间的 1/{rate:.3g}; 守护的下次检查按这个速度提前, 不会睡过期限。")
+
+
 # --- the running guard ---------------------------------------------------------------------
 
 
@@ -273,18 +315,25 @@ class Guard:
 
     def __init__(self, client: Any, files: GuardFiles, progress: Progress,
                  notify: Callable[[str, str], dict[str, Any] | None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.files = files
         self.progress = progress
         self.notify = notify
         self.sleep = sleep
+        self.monotonic = monotonic
+        # (real monotonic seconds, platform time) of this process's first observation.
+        self._first_sample: tuple[float, datetime] | None = None
+        self._probed = False
         self.state = read_state(files)
         self.lock = GuardLock(files)
 
     def save(self, **changes: Any) -> None:
         self.state.update(changes)
-        self.state["updated_at"] = iso(datetime.now().astimezone())
+        # A heartbeat for whoever reads the file on this machine: local clock, named so.
+        self.state.pop("updated_at", None)
+        self.state["updated_at_local"] = iso(datetime.now().astimezone())
         write_state(self.files, self.state)
 
     def run(self) -> dict[str, Any]:
@@ -326,9 +375,10 @@ class Guard:
                 self.progress.log(f"查询失败 ({failures} 次): {error.message} 下次再试。")
                 self.sleep(self.state["interval_seconds"])
                 continue
+            rate = self._measure_rate(seen.now)
             verdict = judge(self.state, seen)
             self.save(last_check=verdict.figures or self.state.get("last_check"), consecutive_failures=0, last_error=None,
-                      idle=tracker.to_state())
+                      idle=tracker.to_state(), **({"platform_clock_rate": round(rate, 3)} if rate is not None else {}))
             if verdict.end:
                 end = job_end_report(self.client, self.state["deployment_uuid"], self.progress) if verdict.end == "deployment_finished" else None
                 self._finish(verdict.end, verdict.message, job_end=end)
@@ -337,7 +387,24 @@ class Guard:
                 self._act(verdict.act, verdict.message)
                 if self.state.get("status") in FINAL_STATUSES:
                     return self.result()
-            self.sleep(self.state["interval_seconds"])
+            probing = rate is None and not self._probed
+            self._probed = True
+            # A rate a previous run of this guard measured is better than assuming 1.0.
+            self.sleep(next_sleep(self.state["interval_seconds"], verdict.figures,
+                                  rate if rate is not None else self.state.get("platform_clock_rate"), probing=probing))
+
+    def _measure_rate(self, platform: datetime) -> float | None:
+        """Platform seconds per real second since this process's first check, or None
+        while too few platform seconds have passed to tell."""
+        real = self.monotonic()
+        if self._first_sample is None:
+            self._first_sample = (real, platform)
+            return None
+        real_elapsed = real - self._first_sample[0]
+        platform_elapsed = (platform - self._first_sample[1]).total_seconds()
+        if real_elapsed <= 0 or platform_elapsed < RATE_MIN_PLATFORM_SECONDS:
+            return None
+        return platform_elapsed / real_elapsed
 
     def _observe(self, tracker: Any, read_activity: Callable[[str], Any]) -> Observation:
         from .resolve import deployment_by_uuid
@@ -491,11 +558,19 @@ def guard_view(state: dict[str, Any], files: GuardFiles | None = None) -> dict[s
         "outcome": state.get("outcome"),
         "job_end": state.get("job_end"),
         "notification": state.get("notification"),
+        # Platform clock (like the containers' started_at); the *_local twins are this machine's.
         "created_at": state.get("created_at"),
         "ended_at": state.get("ended_at"),
+        "created_at_local": state.get("created_at_local"),
+        "platform_clock_rate": state.get("platform_clock_rate"),
         "state_file": str(files.state),
         "log_file": str(files.log),
     }
+    if state.get("ended_at_local"):
+        shown["ended_at_local"] = state["ended_at_local"]
+    note = clock_note(state.get("platform_clock_rate"))
+    if note:
+        shown["clock_note"] = note
     if state.get("last_error"):
         shown["last_error"] = state["last_error"]
     if state.get("status") in (CREATED, WATCHING, ACTING) and not alive:
@@ -522,7 +597,10 @@ def new_state(client: Any, deployment: dict[str, Any], limits: Limits, action: s
         "floor": floor if action == "scale-to" else None,
         "notify": bool(notify),
         "interval_seconds": interval_seconds,
-        "created_at": iso(datetime.now().astimezone()),
+        # Every timestamp of the record is on the platform's clock (as containers' are);
+        # the local one is named so.
+        "created_at": iso(platform_now(client)),
+        "created_at_local": iso(datetime.now().astimezone()),
         # Spend counts from here, on the platform's clock.
         "started_platform_at": iso(platform_now(client)),
         "status": "created",
@@ -590,8 +668,24 @@ def detach(files: GuardFiles, script: Path, progress: Progress) -> dict[str, Any
 
 
 
-def cancel(guard_id: str, progress: Progress) -> dict[str, Any]:
-    """End a guard: a marker it reads, plus SIGTERM to the process holding its lock."""
+def platform_now_or_none(client: Any, deployment_uuid: str | None) -> str | None:
+    """The platform's time from one cheap read, or None when it cannot be read: a record's
+    timestamps stay on one clock, so a guard settled offline gets no made-up platform time."""
+    from .resolve import deployment_by_uuid
+
+    if client is None:
+        return None
+    try:
+        deployment_by_uuid(client, deployment_uuid or "")
+    except AutoDLError:  # cancelling never fails on a clock read
+        return None
+    return iso(platform_now(client)) if getattr(client, "last_server_date", None) else None
+
+
+def cancel(guard_id: str, progress: Progress, client: Any = None) -> dict[str, Any]:
+    """End a guard: a marker it reads, plus SIGTERM to the process holding its lock.
+    A guard that is not running is settled here; `client` (optional) dates it on the
+    platform's clock."""
     import signal
 
     files = files_for(guard_id)
@@ -616,7 +710,8 @@ def cancel(guard_id: str, progress: Progress) -> dict[str, Any]:
         if lock.acquire():
             try:
                 state.update(status="cancelled", message="守护已被取消 (--cancel), 没有执行任何操作。", pid=None,
-                             ended_at=iso(datetime.now().astimezone()))
+                             ended_at=platform_now_or_none(client, state.get("deployment_uuid")),
+                             ended_at_local=iso(datetime.now().astimezone()))
                 write_state(files, state)
             finally:
                 lock.release()

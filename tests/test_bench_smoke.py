@@ -19,6 +19,7 @@ BENCHES = [
     ("load_balancing.py", ["--requests", "16", "--threads", "2", "--trials", "1"]),
     ("exactly_once_soak.py", ["--runs", "1", "--parallel", "1", "--modes", "create_error_after_commit"]),
     ("simulator_memory.py", ["--count", "3"]),
+    ("signal_trials.py", ["--trials", "0"]),
     ("gateway.py", ["--requests", "20", "--seconds", "0.3", "--policy-requests", "16", "--streams", "4", "--scenarios", "1",
                     "--stream-events", "3", "--stream-gap", "0.02"]),
     ("autoscale.py", ["--day-seconds", "3", "--peak-rps", "10"]),

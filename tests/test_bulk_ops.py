@@ -96,6 +96,9 @@ def test_a_failure_on_one_deployment_is_reported_per_deployment(run, monkeypatch
     from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, deployment, page
     from conftest import envelope
 
+    from autodl_esd import resolve
+
+    monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)  # the read-backs need no real pauses
     first, second = "aaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbb"
     matches = [deployment(uuid=first, name="demo-1"), deployment(uuid=second, name="demo-2")]
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
@@ -124,3 +127,36 @@ def test_a_failure_on_one_deployment_is_reported_per_deployment(run, monkeypatch
 def test_expect_uuids_without_glob_is_a_usage_error(run):
     code, document, _ = run("stop_deployment.py", "--name", "x", "--expect-uuids", "aaaaaaaaaaaaaaa")
     assert (code, document["error_type"]) == (1, "usage_error")
+
+
+def test_an_interrupt_mid_batch_says_what_happened_to_each_deployment(run, monkeypatch, result_validator):
+    import responses
+
+    from api_fakes import CONTAINERS, DEPLOYMENTS, deployment, page
+    from autodl_esd import api
+    from autodl_esd.errors import Interrupted
+
+    first, second, third = "aaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbb", "ccccccccccccccc"
+    matches = [deployment(uuid=u, name=f"demo-{n}") for n, u in enumerate((first, second, third))]
+    sent = []
+
+    def delete(client, uuid):
+        sent.append(uuid)
+        if uuid == second:
+            raise Interrupted("SIGTERM")  # the signal arrives while this delete is in flight
+        matches[:] = [d for d in matches if d["uuid"] != uuid]
+
+    monkeypatch.setattr(api, "delete_deployment", delete)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback("POST", DEPLOYMENTS, callback=lambda request: (200, {}, json.dumps(page(
+            [d for d in matches if json.loads(request.body).get("deployment_uuid") in (None, d["uuid"])]))),
+            content_type="application/json")
+        mock.post(CONTAINERS, json=page([]))
+        code, document, _ = run("delete_deployment.py", "--name-glob", "demo-*", "--yes",
+                                "--expect-uuids", f"{first},{second},{third}", "--quiet")
+    assert (code, document["error_type"]) == (130, "interrupted"), document
+    result_validator.validate(document)
+    details = document["details"]
+    assert [(o["deployment_uuid"], o["outcome"]) for o in details["outcomes"]] == [(first, "done")]
+    assert details["in_flight"]["deployment_uuid"] == second and details["in_flight"]["took_effect"] == "unknown"
+    assert details["not_sent"] == [third] and sent == [first, second]

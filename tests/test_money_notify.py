@@ -6,12 +6,28 @@ import os
 import signal
 import time
 
+import pytest
 import responses
 from responses import matchers
 
 from conftest import ROOT, TEST_TOKEN, envelope
 
 SERVICE = str(ROOT / "examples" / "replicaset-service.json")
+
+
+@pytest.fixture
+def detached():
+    """Kill every detached guard a test leaves running (by the pid its state recorded), even
+    when the test failed before it could cancel it."""
+    yield
+    from autodl_esd import guard
+
+    for state in guard.all_states():
+        if state.get("pid"):
+            try:
+                os.kill(state["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def titles(simulator):
@@ -117,7 +133,7 @@ def test_dry_run_shows_the_guard_it_would_start(sim, run):
     assert "运行满 6 小时" in out["guard_plan"] and "50 元" in out["guard_plan"]
 
 
-def test_queue_submit_starts_a_guard_that_stops_the_deployment_and_notifies(sim, run):
+def test_queue_submit_starts_a_guard_that_stops_the_deployment_and_notifies(sim, run, detached):
     from autodl_esd import guard
 
     simulator = sim()
@@ -147,7 +163,7 @@ def test_guard_not_started_with_sim_is_a_warning(run):
     assert "guard_not_started" in [w["code"] for w in out["warnings"]]
 
 
-def test_the_guard_starts_right_after_the_create_even_when_a_wait_then_fails(sim, run):
+def test_the_guard_starts_right_after_the_create_even_when_a_wait_then_fails(sim, run, detached):
     sim(speed=1)  # real time: containers take ~30 s to start, far beyond --startup-timeout
     code, out, _ = run("queue_submit.py", SERVICE, "--wait-running", "--startup-timeout", "0.5", "--max-runtime", "1",
                        "--guard-interval", "0.05", "--interval", "0.05", "--quiet")
@@ -167,8 +183,6 @@ def test_queue_submit_notifies_a_finished_job(sim, run, tmp_path):
 
     parser = load_script(script_path("queue_submit.py")).build_parser()
     if not any("--wait-finished" in action.option_strings for action in parser._actions):
-        import pytest
-
         pytest.skip("queue_submit --wait-finished is not on this branch yet")
     simulator = sim()
     job = json.loads((ROOT / "examples" / "job-training.json").read_text(encoding="utf-8"))

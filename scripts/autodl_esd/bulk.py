@@ -19,7 +19,7 @@ from typing import Any, Callable
 from .cli import UsageError, confirmation_required
 from .effects import Change, apply_change
 from .errors import ApiError, AutoDLError
-from .resolve import deployment_impact, deployment_summary, deployments_matching
+from .resolve import DEPLOYMENT_UUID_PATTERN, deployment_impact, deployment_summary, deployments_matching
 
 # The uuid list an agent pastes back; comma separated so it is one shell word.
 UUID_SEPARATOR = ","
@@ -29,8 +29,6 @@ def parse_expected(text: str | None) -> list[str] | None:
     if text is None:
         return None
     uuids = [part.strip() for part in text.split(UUID_SEPARATOR) if part.strip()]
-    from .resolve import DEPLOYMENT_UUID_PATTERN
-
     bad = [uuid for uuid in uuids if not DEPLOYMENT_UUID_PATTERN.match(uuid)]
     if bad:
         raise UsageError(f"--expect-uuids 中有格式不对的部署 UUID: {', '.join(bad)}",
@@ -113,16 +111,18 @@ def _apply_each(
             continue
         in_flight: dict[str, Any] = {}
         ctx.partial["in_flight"] = in_flight
+        # An interrupt (not an AutoDLError) leaves `in_flight` in the partial result: it says
+        # this deployment's change may have been sent (took_effect unknown).
         try:
             _after, report = apply_change(change_for(deployment), client, ctx.progress, in_flight)
         except AutoDLError as error:
+            ctx.partial.pop("in_flight", None)
             outcomes.append({**summary, "outcome": "failed", "took_effect": error.details.get("took_effect", False),
                              "error_type": error.error_type.value, "message": error.message, "hint": error.hint,
                              **({"check": error.details["check"]} if "check" in error.details else {})})
             ctx.progress.log(f"{verb}部署 {uuid} 失败: {error.message}")
             continue
-        finally:
-            ctx.partial.pop("in_flight", None)
+        ctx.partial.pop("in_flight", None)
         outcomes.append({**summary, "outcome": "done", **report})
         ctx.progress.log(f"已{verb}部署 {uuid} ({deployment.get('name')})")
     counts = {kind: sum(1 for o in outcomes if o["outcome"] == kind) for kind in ("done", "skipped", "failed")}

@@ -284,11 +284,11 @@ def move_replicas(client: Any, containers: list[dict[str, Any]], deployment_uuid
                 ids={"container_uuid": uuid},
             ), client, progress, in_flight)
         except AutoDLError as error:
+            partial.pop("moving", None)
             outcomes.append({"container_uuid": uuid, "outcome": "failed", "took_effect": error.details.get("took_effect", False),
                              "error_type": error.error_type.value, "message": error.message})
             continue
-        finally:
-            partial.pop("moving", None)
+        partial.pop("moving", None)  # an interrupt keeps it: that stop may have been sent
         outcomes.append({"container_uuid": uuid, "outcome": "done", **report})
         progress.log(f"已停止容器 {uuid}, 平台会在其他主机上补一个")
     return outcomes

@@ -37,6 +37,7 @@ ALREADY_DELETED_HINT = "如果刚刚删除过这个部署 (例如上一次删除
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.effects import apply_change
+    from autodl_esd.guard import guards_watching
     from autodl_esd.resolve import deployment_impact, require_confirmation, resolve_from_args
 
     client = ctx.client()
@@ -59,6 +60,7 @@ def handle(args, ctx: cli.Context) -> dict:
         "deleted": True,
         **verification,
         **impact,
+        **guards_watching(uuid),  # guards on it end at their next check; listed so none looks stuck
     }
 
 

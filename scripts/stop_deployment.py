@@ -32,6 +32,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.effects import apply_change
+    from autodl_esd.guard import guards_watching
     from autodl_esd.resolve import (
         deployment_impact,
         deployment_summary,
@@ -67,6 +68,7 @@ def handle(args, ctx: cli.Context) -> dict:
         # the name says so, so a "running" status here is not mistaken for a failed stop.
         "containers_before_stop": impact["live_containers"],
         "containers_before_stop_count": impact["live_container_count"],
+        **guards_watching(uuid),  # guards on it end at their next check; listed so none looks stuck
     }
 
 

@@ -72,3 +72,31 @@ def test_a_guard_record_uses_the_platform_clock_for_every_timestamp(sim, run):
     assert (created - local).total_seconds() > HOUR  # the local one is there, and named so
     state = guard.read_state(guard.files_for(out["guard_id"]))
     assert "updated_at" not in state and state["updated_at_local"]
+
+
+# --- stop/delete tell about the guards watching the deployment ------------------------------
+
+@pytest.mark.parametrize("script", ["stop_deployment.py", "delete_deployment.py"])
+def test_stop_and_delete_name_the_guards_that_will_end_at_their_next_check(sim, run, script):
+    sim()
+    uuid = submit(run)
+    code, started, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "100",
+                           "--interval", "30", "--yes", "--detach", "--quiet")
+    assert code == 0, started
+    try:
+        code, out, _ = run(script, "--deployment-uuid", uuid, "--yes", "--quiet")
+        assert code == 0, out
+        assert out["guards"] == [{"guard_id": started["guard_id"], "guard_status": "watching", "alive": True,
+                                  "interval_seconds": 30.0}]
+        assert "下一次检查" in out["guards_note"] and "--cancel" in out["guards_note"]
+        # Read only: the guard itself is untouched.
+        assert guard.read_state(guard.files_for(started["guard_id"]))["status"] == "watching"
+    finally:
+        run("guard_deployment.py", "--cancel", started["guard_id"], "--quiet")
+
+
+def test_stop_without_guards_says_nothing_about_guards(sim, run):
+    sim()
+    uuid = submit(run)
+    code, out, _ = run("stop_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")
+    assert code == 0 and "guards" not in out

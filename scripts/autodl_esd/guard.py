@@ -578,6 +578,26 @@ def guard_view(state: dict[str, Any], files: GuardFiles | None = None) -> dict[s
     return shown
 
 
+def guards_watching(deployment_uuid: str) -> dict[str, Any]:
+    """For a stop/delete result: the guards still watching this deployment (read from the
+    state files only, nothing changed). They are not cancelled here: each re-reads the
+    deployment at its next check, sees it stopped/gone and ends without acting, which also
+    records how it ended; cancelling would skip that record and race a guard mid-check."""
+    guards = []
+    for state in all_states():
+        if state.get("deployment_uuid") != deployment_uuid or state.get("status") in FINAL_STATUSES:
+            continue
+        files = files_for(state.get("guard_id", "?"))
+        guards.append({"guard_id": state.get("guard_id"), "guard_status": state.get("status"),
+                       "alive": is_running(files), "interval_seconds": state.get("interval_seconds")})
+    if not guards:
+        return {}
+    return {"guards": guards,
+            "guards_note": "这些守护仍显示 watching: 它们在下一次检查时 (最多 interval_seconds 秒后) 发现部署已停止/删除, "
+                           "自行结束 (deployment_stopped / deployment_gone), 不会执行任何操作; 不必处理。"
+                           "想立即结束: python scripts/guard_deployment.py --cancel GUARD_ID。"}
+
+
 # --- creating, detaching, cancelling -------------------------------------------------------
 
 

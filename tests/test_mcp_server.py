@@ -49,6 +49,14 @@ class Session:
         self.previewed: set[str] = set()  # mutating tools called without confirm
 
     def call(self, name, arguments=None, progress=None):
+        return self._checked(self.portal.call(lambda: self._send(name, arguments, progress)))
+
+    def call_many(self, calls):
+        """Several calls in flight at once on the one session, as an agent may send them."""
+        futures = [self.portal.start_task_soon(lambda c=c: self._send(*c, None)) for c in calls]
+        return [self._checked(future.result(timeout=120)) for future in futures]
+
+    async def _send(self, name, arguments, progress):
         async def on_progress(value, total, message):
             self.seen.append(message or "")
             if progress:
@@ -57,7 +65,9 @@ class Session:
         self.called.add(name)
         if not (arguments or {}).get("confirm"):
             self.previewed.add(name)
-        result = self.portal.call(lambda: self.client.call_tool(name, arguments, progress_callback=on_progress))
+        return await self.client.call_tool(name, arguments, progress_callback=on_progress)
+
+    def _checked(self, result):
         text = result.content[0].text
         self.seen.append(text)
         document = result.structured_content
@@ -135,24 +145,36 @@ def test_handshake_lists_one_tool_per_script_with_valid_schemas(session):
 
 def test_read_tools_answer_from_the_simulator(session, service):
     name = "mcp-service"
-    assert session.ok("list_images")["count"] >= 1
-    assert "RTX 4090" in session.ok("gpu_stock")["stock"]
-    assert session.ok("validate_config", {"config": "examples/replicaset-service.json"})["valid"] is True
-    assert session.ok("validate_config", {"config": SERVICE})["valid"] is True
-    assert [d["name"] for d in session.ok("list_deployments", {"name": name})["items"]] == [name]
-    containers = session.ok("list_containers", {"name": name, "status": ["running"]})
-    assert containers["count"] == 2
-    assert session.ok("container_events", {"deployment_uuid": service["deployment_uuid"]})["count"] >= 2
-    followed = session.ok("container_events", {"name": name, "follow": True, "count": 2, "interval": 0.05, "timeout": 10})
-    assert followed["reached"] is True
-    assert session.call("ddp_overview", {"name": name})["status"] in ("success", "error")
-    assert len(session.ok("discover_services", {"name": name})["services"]) == 2
-    assert session.ok("find_faulty_hosts", {"name": name})["count"] == 0
-    assert session.ok("list_blacklist")["status"] == "success"
-    assert session.ok("wallet_balance")["balance_yuan"] is not None
-    assert session.ok("doctor")["ready"] is True
-    assert session.ok("cost_report", {"name": name})["status"] == "success"
-    assert "backend replicas" in session.ok("haproxy_config", {"name": name})["config"]
+    (images, stock, by_path, inline, deployments, containers, events, followed, ddp, services, faulty, blacklist,
+     wallet, doctor, cost, haproxy) = session.call_many([
+        ("list_images", {}),
+        ("gpu_stock", {}),
+        ("validate_config", {"config": "examples/replicaset-service.json"}),
+        ("validate_config", {"config": SERVICE}),
+        ("list_deployments", {"name": name}),
+        ("list_containers", {"name": name, "status": ["running"]}),
+        ("container_events", {"deployment_uuid": service["deployment_uuid"]}),
+        ("container_events", {"name": name, "follow": True, "count": 2, "interval": 0.05, "timeout": 10}),
+        ("ddp_overview", {"name": name}),
+        ("discover_services", {"name": name}),
+        ("find_faulty_hosts", {"name": name}),
+        ("list_blacklist", {}),
+        ("wallet_balance", {}),
+        ("doctor", {}),
+        ("cost_report", {"name": name}),
+        ("haproxy_config", {"name": name}),
+    ])
+    ok = [images, stock, by_path, inline, deployments, containers, events, followed, services, faulty, blacklist,
+          wallet, doctor, cost, haproxy]
+    assert all(document["status"] == "success" for document in ok), [d for d in ok if d["status"] != "success"]
+    assert images["count"] >= 1 and "RTX 4090" in stock["stock"]
+    assert by_path["valid"] is True and inline["valid"] is True
+    assert [d["name"] for d in deployments["items"]] == [name]
+    assert containers["count"] == 2 and events["count"] >= 2 and followed["reached"] is True
+    assert ddp["status"] in ("success", "error")  # a ReplicaSet has no DDP packages: either answer is the contract
+    assert len(services["services"]) == 2 and faulty["count"] == 0
+    assert wallet["balance_yuan"] is not None and doctor["ready"] is True
+    assert "backend replicas" in haproxy["config"]
 
 
 def test_passwords_stay_redacted_unless_show_password(session, service):
@@ -166,33 +188,34 @@ def test_mutating_tools_without_confirm_make_no_mutating_request(session, platfo
     before = len(platform.request_log())
     uuid = service["deployment_uuid"]
     container = service["containers"][0]["container_uuid"]
-    previews = {
-        "stop_deployment": {"deployment_uuid": uuid},
-        "delete_deployment": {"deployment_uuid": uuid},
-        "set_replicas": {"deployment_uuid": uuid, "replica_num": 3},
-        "stop_container": {"container_uuid": container, "decrease_one_replica_num": True},
-        "blacklist_host": {"container_uuid": container},
-    }
-    previews["guard_deployment"] = {"deployment_uuid": uuid, "max_runtime": 6}
-    previews["notify"] = {"title": "测试", "content": "不会发出", "name": "mcp-service"}
-    for name, arguments in {**previews, "set_replicas ": {"deployment_uuid": uuid, "replica_num": 0}}.items():
-        document = session.call(name.strip(), arguments)
+    previews = [
+        ("stop_deployment", {"deployment_uuid": uuid}),
+        ("delete_deployment", {"deployment_uuid": uuid}),
+        ("set_replicas", {"deployment_uuid": uuid, "replica_num": 3}),
+        ("set_replicas", {"deployment_uuid": uuid, "replica_num": 0}),
+        ("stop_container", {"container_uuid": container, "decrease_one_replica_num": True}),
+        ("blacklist_host", {"container_uuid": container}),
+        ("guard_deployment", {"deployment_uuid": uuid, "max_runtime": 6}),
+        ("notify", {"title": "测试", "content": "不会发出", "name": "mcp-service"}),
+    ]
+    others = [
+        ("queue_submit", {"config": {**SERVICE, "name": "never-created"}, **FAST}),
+        ("find_faulty_hosts", {"name": "mcp-service", "apply": True}),
+    ]
+    *answers, dry, applied = session.call_many([*previews, *others])
+    for (name, _), document in zip(previews, answers):
         assert document["error_type"] == "confirmation_required", (name, document)
-    dry = session.ok("queue_submit", {"config": {**SERVICE, "name": "never-created"}, **FAST})
-    assert dry["dry_run"] is True
-    applied = session.call("find_faulty_hosts", {"name": "mcp-service", "apply": True})
+    assert dry["status"] == "success" and dry["dry_run"] is True
     assert applied["status"] == "success" and applied["applied"] == []  # nothing faulty: nothing to apply
     assert mutating_requests(platform.request_log()[before:]) == []
     assert [d["name"] for d in platform.deployments()].count("never-created") == 0
-    # The script's own preview names what would stop; the server's preview names the command.
-    stop = session.call("stop_deployment", {"deployment_uuid": uuid})
+    stop, _, scale, _, stop_one, *_ = answers
+    # The script's own preview names what would stop; the server's names the command and,
+    # read first, what it would act on.
     assert stop["details"]["live_container_count"] == 2
-    scale = session.call("set_replicas", {"deployment_uuid": uuid, "replica_num": 3})
     assert scale["details"]["would_run"].endswith("--replica-num=3")
-    assert scale["details"]["deployment"]["replica_num"] == 2  # what it would change, read first
-    stop_one = session.call("stop_container", {"container_uuid": container})
+    assert scale["details"]["deployment"]["replica_num"] == 2
     assert stop_one["details"]["container"]["status"] == "running"
-    assert mutating_requests(platform.request_log()[before:]) == []
 
 
 def test_confirm_true_acts_and_reads_back(session, platform, service):

@@ -42,6 +42,9 @@ SERVER_VERSION = "1.0.0"
 # HTTP calls of up to AUTODL_HTTP_TIMEOUT, 30 s by default). Killing it sooner would lose
 # exactly the deployment_uuid the interrupt exists to report.
 INTERRUPT_GRACE_SECONDS = 90.0
+# asyncio's readline fails on a longer line; progress lines are short, but a --debug style
+# traceback or a big warning must not break the call, so allow far more than any log line.
+STDERR_LINE_LIMIT = 1 << 20
 # A progress message is one log line; longer ones are cut so a client's UI stays readable.
 PROGRESS_MESSAGE_LIMIT = 500
 # How many interrupted calls interrupted_calls remembers (a session rarely has more than a few).
@@ -189,6 +192,7 @@ class ToolRunner:
                 sys.executable, str(tool.script), *argv,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 cwd=str(SKILL_ROOT), env=self._child_env(), preexec_fn=_die_with_parent(),
+                limit=STDERR_LINE_LIMIT,
             )
             output = _ChildOutput(child, report, tool, tool.command_line(arguments, confirm=confirm), self.log)
             try:

@@ -14,7 +14,8 @@ replicas that serve one request at a time, one fast and three slow:
   - HAProxy leastconn, and HAProxy leastconn with maxconn 1 per server (queueing in HAProxy).
   p50/p95/mean latency and how many requests each replica served.
 
-  - one serve_gateway.py (following the Redis registry) that all three clients call.
+  - one serve_gateway.py (following the Redis registry) that all three clients call;
+  - a serve_gateway.py per client, sharing in-flight counts in Redis (--shared-inflight).
 Section (b): requests/s and added latency, one replica answering at once (no queueing):
 direct to the replica, through HAProxy, and through the Python gateway (serve_gateway.py).
 
@@ -214,8 +215,9 @@ if pool is not None:
 
 def run_clients(mode: str, redis_url: str, deployment_uuid: str, proxy_url: str, requests: int, threads: int) -> list:
     start_at = time.time() + START_DELAY_SECONDS
+    proxy_urls = proxy_url.split(",")  # one per client when each has its own gateway
     processes = [subprocess.Popen([sys.executable, "-c", CLIENT, str(SCRIPTS_DIR), mode, redis_url, deployment_uuid, KEY_PREFIX,
-                                   proxy_url, str(requests), str(threads), str(start_at), str(i)],
+                                   proxy_urls[i % len(proxy_urls)], str(requests), str(threads), str(start_at), str(i)],
                                   stdout=subprocess.PIPE, text=True) for i in range(CLIENTS)]
     results = []
     for process in processes:
@@ -233,6 +235,8 @@ def balance_section(sim, deployment_uuid: str, redis_url: str, proxies: dict[str
              ("HAProxy leastconn", "haproxy", proxies["leastconn"]), ("HAProxy leastconn + maxconn 1", "haproxy", proxies["maxconn1"])]
     if proxies.get("gateway"):
         modes.append(("one serve_gateway.py (least_inflight)", "haproxy", proxies["gateway"]))
+    if proxies.get("gateways_shared"):
+        modes.append(("a serve_gateway.py per client, --shared-inflight", "haproxy", proxies["gateways_shared"]))
     for label, mode, proxy_url in modes:
         results = run_clients(mode, redis_url, deployment_uuid, proxy_url, requests, threads)
         latencies = [r[0] for r in results]
@@ -271,7 +275,7 @@ def sequential(url: str, requests: int, threads: int) -> tuple[float, float]:
     return len(samples) / (time.perf_counter() - started), statistics.mean(samples)
 
 
-def start_gateway(redis_url: str, deployment_uuid: str, stack: list) -> str | None:
+def start_gateway(redis_url: str, deployment_uuid: str, stack: list, *extra: str) -> str | None:
     """scripts/serve_gateway.py following the Redis registry; its URL, or None without aiohttp."""
     try:
         import aiohttp  # noqa: F401 - the gateway's own dependency
@@ -279,7 +283,7 @@ def start_gateway(redis_url: str, deployment_uuid: str, stack: list) -> str | No
         return None
     env = {**os.environ, "AUTODL_TOKEN": ""}  # it follows Redis, it never calls the API
     process = subprocess.Popen([sys.executable, str(SCRIPTS_DIR / "serve_gateway.py"), "--deployment-uuid", deployment_uuid,
-                                "--registry-redis", redis_url, "--key-prefix", KEY_PREFIX, "--listen", "127.0.0.1:0", "--quiet"],
+                                "--registry-redis", redis_url, "--key-prefix", KEY_PREFIX, "--listen", "127.0.0.1:0", "--quiet", *extra],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stack.append(process)
     ready = json.loads(process.stdout.readline() or "{}")
@@ -376,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             gateway = start_gateway(redis_url, deployment_uuid, stack)
             if gateway:
                 proxies["gateway"] = gateway
+                proxies["gateways_shared"] = ",".join(start_gateway(redis_url, deployment_uuid, stack, "--shared-inflight")
+                                                      for _ in range(CLIENTS))
 
             for machine in MACHINES:
                 sim.set_machine_latency(machine, SLOW_SECONDS)

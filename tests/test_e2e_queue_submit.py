@@ -179,3 +179,35 @@ def test_two_runs_of_one_config_buy_one_deployment(sim, config_file, result_vali
         assert {d.get("deployment_uuid") or d["details"]["deployment_uuid"] for d in documents} == set(uuids)
     else:  # both checks raced ahead of both creates: each run says so
         assert all(sorted(x["deployment_uuid"] for x in d["duplicates"]) == uuids for d in documents), documents
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_reconcile_still_reports_the_create(sim, config_file, result_validator, signame):
+    """A real process interrupted while it looks for a create that has not landed yet: the
+    one document says the create may have happened (name to look it up by), and the
+    deployment that lands afterwards is exactly that one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    instance = sim(faults="commit_delay_seconds=1.5")
+    env = {**os.environ, "AUTODL_HOST": instance.url, "AUTODL_TOKEN": instance.token, "AUTODL_HTTP_TIMEOUT": "0.3"}
+    child = subprocess.Popen([sys.executable, str(ROOT / "queue_submit.py"), config_file(), "--interval", "0.1"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in child.stderr:  # progress: wait until it is looking for the create
+            if "等待可能仍在途中的创建请求落地" in line:
+                break
+        child.send_signal(getattr(signal, signame))
+        out, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    document = json.loads(out)
+    result_validator.validate(document)
+    assert (child.returncode, document["error_type"]) == (130, "interrupted")
+    details = document["details"]
+    assert details["may_have_been_created"] is True and details["name"] == EXAMPLE["name"]
+    assert "list_deployments.py --name" in document["hint"]
+    landed = instance.wait_until(lambda: instance.deployments(), timeout=10)
+    assert len(landed) == 1 and details.get("deployment_uuid", landed[0]["uuid"]) == landed[0]["uuid"]

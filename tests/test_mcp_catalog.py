@@ -6,7 +6,6 @@ When one of these fails after adding a script or a flag, the message says what t
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import jsonschema

@@ -188,12 +188,17 @@ class ToolRunner:
                     path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
                     config_paths[dest] = str(path)
             argv = tool.argv_for(arguments, confirm=confirm, config_paths=config_paths)
-            child = await asyncio.create_subprocess_exec(
-                sys.executable, str(tool.script), *argv,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                cwd=str(SKILL_ROOT), env=self._child_env(), preexec_fn=_die_with_parent(),
-                limit=STDERR_LINE_LIMIT,
-            )
+            try:
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable, str(tool.script), *argv,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    cwd=str(SKILL_ROOT), env=self._child_env(), preexec_fn=_die_with_parent(),
+                    limit=STDERR_LINE_LIMIT,
+                )
+            except OSError as error:  # nothing was started, so nothing can have happened
+                return AutoDLError(ErrorType.INTERNAL_ERROR, f"无法启动脚本 {tool.script_relative}: {error}",
+                                   "检查服务器进程的资源限制 (进程数、打开文件数) 后重试。",
+                                   {"exception": scrub(repr(error))}).to_dict()
             output = _ChildOutput(child, report, tool, tool.command_line(arguments, confirm=confirm), self.log)
             try:
                 await output.communicate()

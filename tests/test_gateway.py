@@ -590,3 +590,12 @@ def test_registry_health_false_is_skipped_and_null_means_not_probed_so_usable():
     t = table()
     t.update([item("probed-bad", "http://a", healthy=False), {**item("unprobed", "http://b"), "healthy": None}])
     assert [r.container_uuid for r in t.candidates()] == ["unprobed"]
+
+
+def test_a_request_without_a_body_is_forwarded_without_one(loop_thread):
+    hits: list = []
+    gateway = loop_thread.gateway(static(item("a", loop_thread.upstream(counting("a", hits)))))
+    requests.get(gateway.url + "/x", timeout=5)
+    requests.post(gateway.url + "/y", data=b"", timeout=5)  # an explicit empty body stays an empty body
+    assert "Content-Length" not in hits[0]["headers"] and "Transfer-Encoding" not in hits[0]["headers"]
+    assert hits[1]["headers"].get("Content-Length") == "0"

@@ -21,7 +21,6 @@ HEAVY = {
 }
 # Entry scripts whose --help still pulls something heavy, and why (a known gap, reported).
 KNOWN_SLOW_HELP = {
-    "notify.py": "its parser reads limits from autodl_esd.notify, which imports the HTTP client",
     "serve_gateway.py": "its parser imports the autoscale policy (dataclasses)",
 }
 

@@ -11,17 +11,17 @@ a failure becomes a warning in the result.
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
-import json
 import os
 import time
-from typing import Any
 
-from . import api
 from .errors import ApiError, AutoDLError
 from .output import Progress
-from .state import state_root, write_json_atomically
+
+# notify.py's parser reads the limits below, so this module imports nothing heavy at the top
+# (the HTTP client, json, the state directory's pathlib come in where they are used).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_WECHAT_HOST = "https://www.autodl.com"
 # The platform's documented limits (successful messages).
@@ -46,6 +46,8 @@ def wechat_host(settings: Any, environ: Any = None) -> str:
 
 
 def sent_log_path():
+    from .state import state_root
+
     return state_root() / "notify" / "wechat-sent.json"
 
 
@@ -57,17 +59,23 @@ class SendLog:
         self._fd: int | None = None
 
     def __enter__(self) -> "SendLog":
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        import fcntl
+
         assert self._fd is not None
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
 
     def times(self, now: float) -> list[float]:
+        import json
+
         try:
             stamps = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -75,6 +83,8 @@ class SendLog:
         return [t for t in stamps if isinstance(t, (int, float)) and now - t < DAY_SECONDS]
 
     def save(self, stamps: list[float]) -> None:
+        from .state import write_json_atomically
+
         write_json_atomically(self.path, stamps)
 
 
@@ -114,6 +124,9 @@ def release_slot(stamp: float) -> None:
 def send(settings: Any, title: str, content: str | None = None, name: str | None = None,
          progress: Progress | None = None) -> dict[str, Any]:
     """Send one message; raises AutoDLError (rate limit, not bound, platform error)."""
+    import dataclasses
+
+    from . import api
     from .http import ApiClient
 
     title = title.strip()[:MAX_TITLE_CHARS]

@@ -510,7 +510,7 @@ class Gateway:
             response.force_close()  # the unread body makes this connection unusable
             return response
         headers = self._upstream_headers(request)
-        if body is not None and request.content_length is None:
+        if body and request.content_length is None:
             headers["Content-Length"] = str(len(body))  # a chunked request re-sent with its length
         tried: frozenset = frozenset()
         attempts = 1 + (self.options.retries if stream is None else 0)
@@ -539,7 +539,7 @@ class Gateway:
             url = URL(replica.url + request.raw_path, encoded=True)
             try:
                 upstream = await self._session.request(request.method, url, headers=headers,
-                                                       data=body if stream is None else stream,
+                                                       data=stream if stream is not None else (body or None),
                                                        allow_redirects=False, timeout=timeout, compress=None)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 last_failure = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -51,7 +51,7 @@ def build_parser() -> cli.JsonArgumentParser:
     money.add_argument("--max-cost", type=cli.positive_float, metavar="Y",
                        help="创建后为该部署启动后台守护: 创建起花费达到 Y 元就停止它 (同 guard_deployment.py --max-cost)")
     money.add_argument("--guard-interval", type=cli.positive_seconds, metavar="S",
-                       help="守护的检查间隔秒数 (默认 60; 对真实平台至少 1 秒)")
+                       help="守护的检查间隔, 真实秒数 (默认 60; 对真实平台至少 1 秒); 期限更近时守护提前检查")
     money.add_argument("--notify", action="store_true",
                        help="发微信通知: 已提交、容器已运行、Job 已结束、等待超时; 守护执行时也通知 (失败只记警告)")
     sim = parser.add_argument_group("本地模拟器 (不需要令牌, 不调用真实平台)")

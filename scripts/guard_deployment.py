@@ -41,7 +41,7 @@ def build_parser() -> cli.JsonArgumentParser:
     acting.add_argument("--notify", action="store_true", help="执行或结束时发微信通知 (失败只记警告)")
     running = parser.add_argument_group("运行方式与管理")
     running.add_argument("--detach", action="store_true", help="在后台运行并立即返回 guard_id、pid 与日志路径")
-    running.add_argument("--interval", type=cli.positive_seconds, metavar="S", help="检查间隔秒数 (默认 60; 对真实平台至少 1 秒)")
+    running.add_argument("--interval", type=cli.positive_seconds, metavar="S", help="检查间隔, 真实秒数 (默认 60; 对真实平台至少 1 秒)。限制按平台时间计; 期限更近时提前检查 (按测得的平台时钟速率换算, 模拟器 --speed 下平台时间更快)")
     running.add_argument("--list", action="store_true", help="列出本机全部守护: 监视什么、剩余时间/预算、是否在运行")
     running.add_argument("--cancel", metavar="GUARD_ID", help="取消一个守护 (不做任何操作)")
     running.add_argument("--resume", metavar="GUARD_ID", help="从状态文件接着运行一个守护 (崩溃或重启后)")

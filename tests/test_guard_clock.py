@@ -100,3 +100,22 @@ def test_stop_without_guards_says_nothing_about_guards(sim, run):
     uuid = submit(run)
     code, out, _ = run("stop_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")
     assert code == 0 and "guards" not in out
+
+
+def test_queue_submit_shows_the_guard_on_the_same_clock_as_the_containers(sim, run):
+    simulator = sim()
+    simulator.advance(HOUR)  # the platform is an hour ahead of this machine
+    code, out, _ = run("queue_submit.py", SERVICE, "--wait-running", "--interval", "0.05", "--max-runtime", "100",
+                       "--guard-interval", "30", "--quiet")
+    assert code == 0 and out["guard"], out
+    try:
+        created = parse_timestamp(out["guard"]["created_at"])
+        started = [parse_timestamp(c["started_at"]) for c in simulator.containers(out["deployment_uuid"]) if c.get("started_at")]
+        deployment = next(d for d in simulator.deployments() if d["uuid"] == out["deployment_uuid"])
+        # The guard starts right after the create, before the containers run: on one clock
+        # it sits between the deployment's creation and a few platform minutes later.
+        assert parse_timestamp(deployment["created_at"]) - timedelta(seconds=2) <= created
+        assert started and created <= max(started) + timedelta(minutes=5)
+        assert out["guard"]["created_at_local"]
+    finally:
+        run("guard_deployment.py", "--cancel", out["guard"]["guard_id"], "--quiet")

@@ -100,6 +100,24 @@ def test_counts_never_go_negative_or_leak_when_a_replica_leaves_mid_request():
     assert tickets[0].replica.outcomes["failure"] == 3
 
 
+def test_withdrawn_replicas_stay_out_while_the_registry_still_lists_them():
+    # Before a scale to zero the autoscaler withdraws the replicas; the registry keeps listing
+    # the stopping containers for a moment, and a refresh must not route to them again.
+    t = table()
+    t.update([item("a", "http://a")])
+    t.withdraw_all()
+    t.update([item("a", "http://a")])
+    assert t.replicas == {} and t.try_start() is None
+    t.update([item("a", "http://a"), item("new", "http://new")])  # a replacement is usable
+    assert sorted(t.replicas) == ["new"]
+    t.update([item("new", "http://new")])  # "a" left the registry: nothing to remember
+    assert t.withdrawn == set()
+    t.withdraw_all()
+    t.restore()  # the scale to zero failed: route to them again on the next update
+    t.update([item("new", "http://new")])
+    assert sorted(t.replicas) == ["new"]
+
+
 def test_ejected_replica_waits_for_a_probe_then_returns():
     clock = [100.0]
     t = table(eject_seconds=5, probe_before_readmit=True, clock=lambda: clock[0])

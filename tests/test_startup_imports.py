@@ -20,9 +20,7 @@ HEAVY = {
     "urllib.parse", "ipaddress", "threading", "random", "requests", "jsonschema", "dotenv",
 }
 # Entry scripts whose --help still pulls something heavy, and why (a known gap, reported).
-KNOWN_SLOW_HELP = {
-    "serve_gateway.py": "its parser imports the autoscale policy (dataclasses)",
-}
+KNOWN_SLOW_HELP: dict = {}
 
 
 def entry_scripts() -> list:

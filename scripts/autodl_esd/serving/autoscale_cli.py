@@ -1,20 +1,19 @@
 """serve_gateway.py's --autoscale flags, their checks and the confirmation, kept light:
-only argparse and the pure policy are imported here, so --help stays fast."""
+only argparse and the policy's defaults are imported here, so --help stays fast; the
+policy itself loads when a config is built."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from .. import cli
 from ..errors import AutoDLError, ErrorType
-from .autoscale_policy import (
+from .autoscale_defaults import (
     DEFAULT_DOWNSCALE_DELAY,
     DEFAULT_LOOK_BACK,
     DEFAULT_MIN_REPLICAS,
     DEFAULT_TARGET_INFLIGHT,
     DEFAULT_UPSCALE_DELAY,
-    AutoscaleConfig,
 )
 
 # Without --max-replicas: at least what runs now (a default must never shrink a deployment on
@@ -96,6 +95,8 @@ def check_autoscale_arguments(args: Any) -> None:
 
 
 def autoscale_config(args: Any, current_replica_num: int) -> AutoscaleConfig:
+    from .autoscale_policy import AutoscaleConfig
+
     min_replicas = DEFAULT_MIN_REPLICAS if args.min_replicas is None else args.min_replicas
     max_replicas = args.max_replicas if args.max_replicas is not None else max(DEFAULT_MAX_REPLICAS, current_replica_num, min_replicas)
     values = {

@@ -27,14 +27,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
-# Ray Serve's defaults (target_ongoing_requests 2, upscale_delay_s 30, downscale_delay_s
-# 600, look_back_period_s 30): users of the field know them, and nothing on AutoDL argues
-# for other values except start-up time, which the converging rule already covers.
-DEFAULT_TARGET_INFLIGHT = 2.0
-DEFAULT_UPSCALE_DELAY = 30.0
-DEFAULT_DOWNSCALE_DELAY = 600.0
-DEFAULT_LOOK_BACK = 30.0
-DEFAULT_MIN_REPLICAS = 1
+from .autoscale_defaults import (  # noqa: F401  (re-exported: the policy's defaults)
+    DEFAULT_DOWNSCALE_DELAY,
+    DEFAULT_LOOK_BACK,
+    DEFAULT_MIN_REPLICAS,
+    DEFAULT_TARGET_INFLIGHT,
+    DEFAULT_UPSCALE_DELAY,
+)
 # Kubernetes HPA's default tolerance (0.1): a ratio of load to capacity within 10 % of 1
 # is "on target". Without it a load hovering at a boundary (4.0 +- noise at target 2)
 # flips desired between 2 and 3 on every sample.

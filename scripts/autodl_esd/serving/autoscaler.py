@@ -668,10 +668,13 @@ class GatewayAutoscaler:
         table = self.gateway.table
         if table.queued or any(replica.inflight for replica in table.all_replicas()):
             return False
-        table.update([])
+        # Withdrawn, not just emptied: the registry lists these containers until they stop,
+        # and a refresh meanwhile must not route to them again.
+        table.withdraw_all()
         return True
 
     def _reattach_replicas(self) -> None:
+        self.gateway.table.restore()
         self.gateway._view = None  # the next look at the source re-applies the registry
         self.gateway._refresh_registry()
 

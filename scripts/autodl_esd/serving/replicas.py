@@ -148,16 +148,25 @@ class ReplicaTable:
         self.replicas: dict[str, Replica] = {}
         self.draining: dict[str, Replica] = {}
         self._waiters: deque[_Waiter] = deque()
+        # Containers taken out of routing although the registry may still list them (the
+        # autoscaler's scale to zero): registry updates do not bring them back; they leave
+        # this set once the registry drops them, or when `restore` is called.
+        self.withdrawn: set[str] = set()
         self.queue_rejections = 0  # answered 503 from the queue (full or timed out)
 
     # ---- membership ----------------------------------------------------------------------
 
     def update(self, items: Iterable[dict[str, Any]]) -> None:
         """Make the registry items the set of replicas (items without uuid or URL are skipped)."""
+        items = list(items)
+        listed = {item.get("container_uuid") for item in items}
+        self.withdrawn &= listed
         fresh: dict[str, Replica] = {}
         for item in items:
             uuid, url = item.get("container_uuid"), item.get("url")
             if not isinstance(uuid, str) or not uuid or not isinstance(url, str) or uuid in fresh:
+                continue
+            if uuid in self.withdrawn:
                 continue
             replica = self.replicas.get(uuid) or self.draining.pop(uuid, None)
             if replica is None:
@@ -183,6 +192,15 @@ class ReplicaTable:
                 self.on_change(f"副本离开注册表 {uuid}")
         self.replicas = fresh
         self.dispatch()
+
+    def withdraw_all(self) -> None:
+        """Stop routing to every replica until the registry drops it (or `restore`)."""
+        withdrawn = self.withdrawn | set(self.replicas)
+        self.update([])
+        self.withdrawn = withdrawn
+
+    def restore(self) -> None:
+        self.withdrawn.clear()
 
     def all_replicas(self) -> list[Replica]:
         return [*self.replicas.values(), *self.draining.values()]

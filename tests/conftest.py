@@ -123,3 +123,23 @@ def envelope(data: Any = None, code: str = "Success", msg: str = "") -> dict[str
 
 def url(path: str) -> str:
     return TEST_HOST + path
+
+
+@pytest.fixture
+def deploy(run, tmp_path) -> Callable[[int], str]:
+    """Submit the ReplicaSet example with `replica_num` replicas (to the `sim` fixture's
+    simulator) and wait until they run; returns the deployment uuid."""
+    example = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+
+    def submit(replica_num: int) -> str:
+        path = tmp_path / "service.json"
+        path.write_text(json.dumps(dict(example, replica_num=replica_num)), encoding="utf-8")
+        code, out, _ = run("queue_submit.py", str(path), "--interval", "0.05", "--wait-running", "--quiet")
+        assert code == 0, out
+        return out["deployment_uuid"]
+
+    return submit
+
+
+def running_uuids(instance, deployment_uuid) -> set[str]:
+    return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}

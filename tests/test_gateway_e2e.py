@@ -4,7 +4,6 @@ lifecycle (ready line, SIGTERM drain, final summary). Every wait is bounded."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -25,23 +24,8 @@ import requests  # noqa: E402
 
 from gateway_harness import LoopThread  # noqa: E402
 
-EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 # Watcher and gateway poll interval in these tests (real seconds).
 INTERVAL = 0.1
-
-
-@pytest.fixture
-def deploy(run, tmp_path):
-    def submit(replica_num: int) -> str:
-        config = copy.deepcopy(EXAMPLE)
-        config["replica_num"] = replica_num
-        path = tmp_path / "service.json"
-        path.write_text(json.dumps(config), encoding="utf-8")
-        code, out, _ = run("queue_submit.py", str(path), "--interval", "0.05", "--wait-running", "--quiet")
-        assert code == 0, out
-        return out["deployment_uuid"]
-
-    return submit
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ containers of a simulated deployment (each container on its own port: service_po
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import threading
@@ -14,14 +13,13 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, running_uuids
 from real_servers import haproxy_server, require_binary, wait_for  # noqa: F401 - fixtures
 
 # Watcher polling interval in these tests (real seconds).
 INTERVAL = 0.1
 # Scheduling slack on a shared 2-core machine for "within one interval".
 SLACK_SECONDS = 1.5
-EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 
 
 def test_server_addresses_from_service_urls():
@@ -56,23 +54,6 @@ def test_haproxy_config_rejects_bad_names_before_writing(run, tmp_path):
                           "--out", str(tmp_path / "x.cfg"), "--quiet")
     assert code == 1 and result["error_type"] == "usage_error" and "--backend" in result["message"]
     assert not (tmp_path / "x.cfg").exists()
-
-
-@pytest.fixture
-def deploy(run, tmp_path):
-    def submit(replica_num: int) -> str:
-        config = dict(copy.deepcopy(EXAMPLE), replica_num=replica_num)
-        path = tmp_path / "service.json"
-        path.write_text(json.dumps(config), encoding="utf-8")
-        code, out, _ = run("queue_submit.py", str(path), "--interval", "0.05", "--wait-running", "--quiet")
-        assert code == 0, out
-        return out["deployment_uuid"]
-
-    return submit
-
-
-def running_uuids(instance, deployment_uuid) -> set[str]:
-    return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}
 
 
 def test_haproxy_backend_follows_churn_and_a_crash_mid_traffic_costs_no_request(sim, deploy, run, haproxy_server):

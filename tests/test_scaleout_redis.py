@@ -7,7 +7,6 @@ Every wait is bounded; the Redis server is one per session, each test under its 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -19,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, SCRIPTS
+from conftest import ROOT, SCRIPTS, running_uuids
 from real_servers import key_prefix, redis_server, wait_for  # noqa: F401 - fixtures
 
 pytest.importorskip("redis")
@@ -29,7 +28,6 @@ DEPLOYMENT = "833f1cd5a764fa3"
 INTERVAL = 0.1
 # Scheduling slack on a shared 2-core machine for "within one interval / one TTL".
 SLACK_SECONDS = 1.5
-EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 
 
 def registry(uuids, stale=False):
@@ -172,23 +170,6 @@ def test_pool_falls_back_to_its_own_counts_when_shared_counts_fail(caplog):
 
 
 # --- end to end: discover_services --watch --redis with the simulator --------------------
-
-
-@pytest.fixture
-def deploy(run, tmp_path):
-    def submit(replica_num: int) -> str:
-        config = dict(copy.deepcopy(EXAMPLE), replica_num=replica_num)
-        path = tmp_path / "service.json"
-        path.write_text(json.dumps(config), encoding="utf-8")
-        code, out, _ = run("queue_submit.py", str(path), "--interval", "0.05", "--wait-running", "--quiet")
-        assert code == 0, out
-        return out["deployment_uuid"]
-
-    return submit
-
-
-def running_uuids(instance, deployment_uuid) -> set[str]:
-    return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}
 
 
 def start_watcher(instance, deployment_uuid, redis_url, prefix, *extra) -> subprocess.Popen:

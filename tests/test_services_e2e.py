@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, running_uuids
 
 pytest.importorskip("simulator")
 
@@ -25,24 +25,6 @@ INTERVAL = 0.1
 FOLLOW_SLACK_SECONDS = 1.0
 EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 FAULTY, HEALTHY = "0a0a0a0a0a", "0b0b0b0b0b"
-
-
-@pytest.fixture
-def deploy(run, tmp_path):
-    def submit(replica_num: int) -> str:
-        config = copy.deepcopy(EXAMPLE)
-        config["replica_num"] = replica_num
-        path = tmp_path / "service.json"
-        path.write_text(json.dumps(config), encoding="utf-8")
-        code, out, _ = run("queue_submit.py", str(path), "--interval", "0.05", "--wait-running", "--quiet")
-        assert code == 0, out
-        return out["deployment_uuid"]
-
-    return submit
-
-
-def running_uuids(instance, deployment_uuid) -> set[str]:
-    return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}
 
 
 def registry_uuids(path) -> set[str]:

@@ -241,21 +241,6 @@ def test_a_failure_while_following_still_names_the_deployment(run, api, config_f
     result_validator.validate(out)
 
 
-def test_submission_error_says_nothing_was_created(run, api, config_file, result_validator):
-    refused = envelope(code="BadRequest", msg="当前算力规格暂无库存")
-    expect_checks(api, idle=3)
-    for attempt in range(3):
-        expect_create(api, json=refused)
-        if attempt < 2:
-            api.get(STOCK, json=stock_list(3))
-
-    code, out, _ = run("queue_submit.py", config_file(), *FAST)
-
-    assert code == 3 and out["error_type"] == "submission_error"
-    assert out["details"]["may_have_been_created"] is False and out["details"]["name"] == "svc"
-    result_validator.validate(out)
-
-
 def test_a_failed_check_before_a_retry_says_the_earlier_create_may_have_landed(run, api, config_file, monkeypatch, result_validator):
     from autodl_esd import http
 

@@ -326,6 +326,8 @@ def test_three_clear_create_failures_are_a_submission_error(run, api, config_fil
     assert code == 3 and out["error_type"] == "submission_error"
     assert out["details"]["api_response"]["msg"] == "当前算力规格暂无库存"
     assert len(out["details"]["attempts"]) == 3
+    # Every create was answered with a refusal: nothing can exist under this name.
+    assert out["details"]["may_have_been_created"] is False and out["details"]["name"] == "svc"
     assert out["details"]["suggestion"]
     assert len(create_calls(api)) == 3
     result_validator.validate(out)

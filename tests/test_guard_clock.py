@@ -4,6 +4,8 @@ clock (the local one is named `*_local`)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import timedelta
 
 import pytest
@@ -83,6 +85,10 @@ def test_stop_and_delete_name_the_guards_that_will_end_at_their_next_check(sim, 
     code, started, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "100",
                            "--interval", "30", "--yes", "--detach", "--quiet")
     assert code == 0, started
+    # Hold the guard still: left running, its next look (1 s later, to measure the clock
+    # rate) can land after the stop on a loaded machine and end it, which is not the point here.
+    guard_pid = guard.read_state(guard.files_for(started["guard_id"]))["pid"]
+    os.kill(guard_pid, signal.SIGSTOP)
     try:
         code, out, _ = run(script, "--deployment-uuid", uuid, "--yes", "--quiet")
         assert code == 0, out
@@ -92,6 +98,7 @@ def test_stop_and_delete_name_the_guards_that_will_end_at_their_next_check(sim, 
         # Read only: the guard itself is untouched.
         assert guard.read_state(guard.files_for(started["guard_id"]))["status"] == "watching"
     finally:
+        os.kill(guard_pid, signal.SIGCONT)
         run("guard_deployment.py", "--cancel", started["guard_id"], "--quiet")
 
 

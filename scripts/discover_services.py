@@ -57,7 +57,7 @@ def build_parser() -> cli.JsonArgumentParser:
     parser.add_argument("--serve", metavar="HOST:PORT", help="--watch 时在本机回环地址提供 GET /services 与 GET /pick (如 127.0.0.1:8765; 端口 0 自动选择)")
     parser.add_argument("--health-path", metavar="PATH",
                         help="GET <服务地址><PATH> 做健康检查, 如 /health: 单次查询时探测一次 (healthy true/false), "
-                             "--watch 时每轮探测; 不指定时单次查询的 healthy 为 null (未检查)")
+                             "--watch 时每轮探测; 不指定时 healthy 为 null (未检查; 单次和 --watch 相同)")
     parser.add_argument("--health-timeout", type=cli.positive_seconds, default=DEFAULT_HEALTH_TIMEOUT_SECONDS, metavar="S",
                         help=f"单次健康检查超时秒数 (默认 {DEFAULT_HEALTH_TIMEOUT_SECONDS:g})")
     parser.add_argument("--health-failures", type=cli.positive_int, default=DEFAULT_HEALTH_FAILURES, metavar="K",

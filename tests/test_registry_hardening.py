@@ -209,3 +209,13 @@ def test_malformed_records_and_events_are_skipped_not_fatal(platform, make_watch
     platform.events.append({"deployment_container_uuid": None, "status": "running"})
     watcher.cycle()
     assert [s["container_uuid"] for s in watcher.document["services"]] == [good]
+
+
+def test_a_watch_without_health_checks_says_unknown_like_the_one_shot_listing(platform, make_watcher):
+    platform.start(MACHINE_A, 1)
+    watcher = make_watcher()
+    watcher.cycle()
+    assert [s["healthy"] for s in watcher.document["services"]] == [None]  # not an unchecked true
+    platform.start(MACHINE_B, 1)
+    watcher.cycle()
+    assert [s["healthy"] for s in watcher.document["services"]] == [None, None]

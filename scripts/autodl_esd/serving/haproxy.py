@@ -211,7 +211,7 @@ class BackendSync:
         for entry in document.get("services") or []:
             name = server_name(entry["container_uuid"])
             try:
-                desired[name] = (server_address(entry["url"]), bool(entry.get("healthy", True)), entry["container_uuid"])
+                desired[name] = (server_address(entry["url"]), entry.get("healthy") is not False, entry["container_uuid"])
             except ValueError as problem:
                 if self.skipped.get(name) != str(problem):
                     self.progress.log(f"HAProxy: 跳过 {entry['container_uuid']}: {problem}")

@@ -97,7 +97,7 @@ def service_entry(container: dict[str, Any], port: int | None = None) -> dict[st
         "machine_id": machine_id,
         "gpu_name": container.get("gpu_name") or None,
         "since": _timestamp_or_now(container.get("started_at")),
-        "healthy": True,
+        "healthy": None,  # unknown until a health probe says otherwise (see HealthTracker)
     }
 
 
@@ -161,10 +161,7 @@ def build_registry(
     (healthy true/false); without it `healthy` is null (unknown), never an unchecked true.
     """
     services = running_services(client, deployment_uuid, port, progress)
-    if health is None:
-        for entry in services.values():
-            entry["healthy"] = None
-    elif services:
+    if health is not None and services:
         health.update(services)
     document = registry_document(deployment_uuid, list(services.values()), resynced_at=now_timestamp())
     validate_registry(document)

@@ -26,6 +26,7 @@ from ..effects import Change, apply_change
 from ..errors import ApiError, AutoDLError, ErrorType
 from ..output import Progress, to_json
 from ..resolve import deployment_by_uuid
+from ..spend import BILLING_STATUSES
 from ..stock import requested_stock
 from ..units import yuan_from_price_units
 from .autoscale_policy import AutoscaleConfig, Decision, Observed, PolicyState, Sample, decide, hourly_cap_replicas
@@ -106,7 +107,7 @@ class PlatformView:
     starting: int
     live: int  # starting + running (what counts as a replica)
     price_per_replica: Optional[float]  # yuan per hour, the dearest running container
-    hourly_rate: float  # yuan per hour being paid now (running containers)
+    hourly_rate: float  # yuan per hour being paid now (running and shutting-down containers)
 
 
 def _price_yuan(container: dict) -> Optional[float]:
@@ -146,6 +147,9 @@ class ReplicaScaler:
         prices = [p for p in (_price_yuan(c) for c in running) if p]
         if prices:
             self.last_price = max(prices)
+        # Paid now: what the platform bills, as cost_report counts it (a container shutting
+        # down still holds its GPUs until stopped_at).
+        billing = [p for p in (_price_yuan(c) for c in containers if c.get("status") in BILLING_STATUSES) if p]
         return PlatformView(
             replica_num=int(deployment.get("replica_num") or 0),
             status=str(deployment.get("status")),
@@ -153,7 +157,7 @@ class ReplicaScaler:
             starting=starting,
             live=len(running) + starting,
             price_per_replica=self.last_price or self.price_ceiling,
-            hourly_rate=sum(prices),
+            hourly_rate=sum(billing),
         )
 
     def stock(self) -> tuple[int, dict]:

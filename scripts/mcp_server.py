@@ -69,13 +69,9 @@ def _serve(args) -> int:
         require("mcp")
         require("anyio")
     except AutoDLError as error:
-        # The client sees a server that would not start; the reason is on both streams.
-        from autodl_esd.deps import SKILL_ROOT
-
-        install = f"python3 -m pip install -r {SKILL_ROOT / 'requirements-mcp.txt'}"
-        error.hint = f"用 MCP 客户端配置里的同一个解释器执行: {install}"
-        error.details["install_command"] = install
-        log.log(error.message + "; " + error.hint)
+        # The client sees a server that would not start; the reason is on both streams. The
+        # install command suits this interpreter (PEP 668 aware): the one the client runs.
+        log.log(error.message + " " + error.hint)
         return emit_error(error)
 
     import anyio
@@ -87,12 +83,23 @@ def _serve(args) -> int:
         if args.sim:
             return _serve_simulated(args, runner)
         mcp_app.known_secrets({})
-        log.log(f"MCP 服务器已启动 (stdio), {len(runner.tools)} 个工具; 真实平台, 令牌取自环境变量或 .env")
+        log.log(f"MCP 服务器已启动 (stdio), {runner.tool_count} 个工具; 连到 {_platform_host()} (AUTODL_HOST), 令牌取自环境变量或 .env")
         anyio.run(mcp_app.serve_stdio, runner)
     except AutoDLError as error:
         log.log(error.message)
         return emit_error(error)
     return 0
+
+
+def _platform_host() -> str:
+    """Where the tools will connect, for the start-up line; a token problem is each tool's to report."""
+    from autodl_esd.errors import AutoDLError
+    from autodl_esd.settings import load_settings
+
+    try:
+        return load_settings().host
+    except AutoDLError:
+        return "AUTODL_HOST 或默认平台"
 
 
 def _serve_simulated(args, runner) -> int:
@@ -105,7 +112,7 @@ def _serve_simulated(args, runner) -> int:
         runner.env_overrides = {"AUTODL_HOST": settings.host, "AUTODL_TOKEN": settings.token}
         runner.simulated = True
         mcp_app.known_secrets(runner.env_overrides)
-        runner.log.log(f"MCP 服务器已启动 (stdio), {len(runner.tools)} 个工具; 全部连到本地模拟器 {settings.host}")
+        runner.log.log(f"MCP 服务器已启动 (stdio), {runner.tool_count} 个工具; 全部连到本地模拟器 {settings.host}")
         anyio.run(mcp_app.serve_stdio, runner)
     return 0
 

@@ -141,6 +141,9 @@ def test_handshake_lists_one_tool_per_script_with_valid_schemas(session):
     assert tools["set_replicas"].annotations.idempotent_hint is False
     assert tools["queue_submit"].input_schema["properties"]["interval"]["exclusiveMinimum"] == 0
     assert tools["list_containers"].input_schema["properties"]["status"]["items"]["enum"]
+    # The start-up line counts what tools/list answers and names where the tools connect.
+    started = session.stderr_path.read_text(encoding="utf-8")
+    assert f"{len(tools)} 个工具; 连到 http://127.0.0.1:" in started, started
 
 
 def test_read_tools_answer_from_the_simulator(session, service):

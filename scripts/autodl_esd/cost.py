@@ -20,7 +20,7 @@ from .units import yuan_from_price_units
 LOW_BALANCE_HOURS = 3.0
 
 PRICE_BASIS = "price_from/price_to 是每张 GPU 每小时的基础价格 (接口单位 元×1000, 如 9000 = 9 元/卡/时)"
-CONTAINER_PRICE_BASIS = "容器的 price 按该容器每小时的价格计 (元×1000); 来源未说明是否按卡, 与 price_estimates 一致"
+CONTAINER_PRICE_BASIS = "容器的 price 按该容器每小时的价格计 (元×1000); 来源未说明是否按卡; 与部署的 price_estimates (list_deployments 的 price_estimates_yuan) 口径相同"
 
 
 def concurrent_containers(config: dict[str, Any]) -> int:
@@ -60,7 +60,8 @@ def cost_bounds(config: dict[str, Any]) -> dict[str, Any]:
         "hourly_yuan": {"min": _yuan(low * gpu_num * running), "max": worst},
         "worst_case_hourly_yuan": worst,
         "expected_hourly_yuan": None,
-        "expected_basis": "创建前平台不报实际价格 (库存接口不含价格): 实际单价在 price_from..price_to 之间, 以容器运行后的 price 为准。",
+        "expected_basis": ("创建前平台不报实际价格 (库存接口不含价格): 实际单价在 price_from..price_to 之间, 以容器运行后的 price 为准; "
+                           "price_to 就是你愿意付的单卡上限, 调低它即收窄最坏情况。"),
         "note": notes.get(kind, notes["Container"]),
     }
 

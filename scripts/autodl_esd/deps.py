@@ -23,8 +23,8 @@ REQUIREMENTS = SKILL_ROOT / "requirements.txt"
 # Import name -> pip distribution name (they differ for python-dotenv).
 _DISTRIBUTIONS = {"requests": "requests", "dotenv": "python-dotenv", "jsonschema": "jsonschema", "redis": "redis",
                   "aiohttp": "aiohttp", "prometheus_client": "prometheus-client"}
-# Optional packages come from their own requirements file (scale-out: Redis).
-_REQUIREMENTS = {"redis": "requirements-scaleout.txt"}
+# Optional packages come from their own requirements file (scale-out: Redis; the MCP server).
+_REQUIREMENTS = {"redis": "requirements-scaleout.txt", "mcp": "requirements-mcp.txt", "anyio": "requirements-mcp.txt"}
 
 
 def venv_python(venv: Path | None = None) -> Path:

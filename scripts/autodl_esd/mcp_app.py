@@ -81,6 +81,11 @@ class ToolRunner:
     interrupted: list[InterruptedCall] = field(default_factory=list)
     _submitting: set[str] = field(default_factory=set)
 
+    @property
+    def tool_count(self) -> int:
+        """What tools/list answers: one per script plus interrupted_calls."""
+        return len(self.tools) + 1
+
     # ----- one call ---------------------------------------------------------------------------
 
     async def call(self, name: str, arguments: Mapping[str, Any] | None, report: ProgressReporter) -> dict[str, Any]:

@@ -90,7 +90,7 @@ class InProcessGateway:
     def __enter__(self) -> "InProcessGateway":
         self.thread.start()
         self.source.start()
-        self.source.wait_first(5)
+        assert self.source.wait_first(WAIT_SECONDS)
         self.url = asyncio.run_coroutine_threadsafe(self.gateway.start(), self.loop).result(10)
         return self
 

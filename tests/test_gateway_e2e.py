@@ -53,7 +53,7 @@ def watched_gateway(loop_thread, instance, deployment_uuid, **options):
     watcher = RegistryWatcher(client, deployment_uuid, WatchOptions(interval=INTERVAL, resync_every=5, health=health))
     source = WatcherSource(watcher, stale_after=3 * INTERVAL)
     source.start()
-    assert source.wait_first(5)
+    assert source.wait_first(WAIT_SECONDS)
     gateway = loop_thread.gateway(source, deployment_uuid=deployment_uuid, interval=INTERVAL, **options)
     loop_thread._cleanups.append(lambda: _stop_source(source))
     return gateway

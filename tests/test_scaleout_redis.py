@@ -418,7 +418,7 @@ def test_gateway_follows_the_redis_registry_by_notification(sim, deploy, redis_s
     env = {**os.environ, "AUTODL_TOKEN": "", "AUTODL_HOST": "http://127.0.0.1:9"}
     gateway = subprocess.Popen([sys.executable, str(SCRIPTS / "serve_gateway.py"), "--deployment-uuid", deployment_uuid,
                                 "--registry-redis", redis_server.url, "--key-prefix", key_prefix, "--listen", "127.0.0.1:0",
-                                "--interval", "30", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--interval", "120", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready = json.loads(gateway.stdout.readline() or "{}")
         assert ready.get("status") == "success", gateway.stderr.read() if gateway.poll() is not None else ready
@@ -431,12 +431,12 @@ def test_gateway_follows_the_redis_registry_by_notification(sim, deploy, redis_s
             return seen
 
         first = running_uuids(instance, deployment_uuid)
-        wait_for(lambda: served_by() == first, 10, "the gateway to route to both replicas")
+        wait_for(lambda: served_by() == first, WAIT_SECONDS, "the gateway to route to both replicas")
         victim = sorted(first)[0]
         instance.crash_container(victim)
-        # --interval 30: only a notification (not the gateway's own poll) can bring the change in time.
+        # --interval 120: only a notification (not the gateway's own poll) can bring the change in time.
         wait_for(lambda: len(running_uuids(instance, deployment_uuid)) == 2
-                 and served_by() == running_uuids(instance, deployment_uuid), 10, "the gateway to follow the churn")
+                 and served_by() == running_uuids(instance, deployment_uuid), WAIT_SECONDS, "the gateway to follow the churn")
         with urllib.request.urlopen(ready["url"] + "/_gateway/status", timeout=5) as response:
             status = json.loads(response.read())
         assert "Redis" in json.dumps(status, ensure_ascii=False)

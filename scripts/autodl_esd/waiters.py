@@ -100,7 +100,7 @@ def waiting_marker(host: str, name: str, deployment_type: str | None) -> Iterato
         now = datetime.now().astimezone().replace(microsecond=0)
         os.write(fd, json.dumps({"pid": os.getpid(), "started_at": now.isoformat(), "started_epoch": time.time(),
                                  "host": host, "name": name, "deployment_type": deployment_type},
-                                ensure_ascii=False).encode("utf-8"))
+                                ensure_ascii=False, allow_nan=False).encode("utf-8"))
     except OSError:
         if fd is not None:
             os.close(fd)

@@ -148,6 +148,10 @@ def handle(args, ctx: cli.Context) -> dict:
         result["redis"] = redis_watch.summary(args.redis, args.key_prefix)
     if haproxy_sync:
         result["haproxy"] = haproxy_sync.summary()
+        warning = haproxy_sync.warning()
+        if warning:
+            ctx.progress.log(f"HAProxy: {len(haproxy_sync.ever_skipped)} 个副本 HAProxy 无法转发, 被跳过, 没有加入 backend {args.haproxy_backend}")
+            result["warnings"] = [warning]
     return result
 
 

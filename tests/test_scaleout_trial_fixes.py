@@ -78,7 +78,7 @@ from pathlib import Path  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 from conftest import SCRIPTS, load_script, running_uuids  # noqa: E402
-from real_servers import free_port, haproxy_server, require_binary, stop, wait_for  # noqa: E402,F401 - fixtures
+from real_servers import free_port, haproxy_server, key_prefix, redis_server, require_binary, stop, wait_for  # noqa: E402,F401 - fixtures
 
 
 def watcher_parser():
@@ -219,3 +219,203 @@ def test_the_documented_haproxy_workflow_runs_on_the_simulator_cli(run, tmp_path
         except subprocess.TimeoutExpired:
             simulator.kill()
             simulator.wait(timeout=5)
+
+
+# --- 3. a watch ends with its deployment ----------------------------------------------------
+
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import requests  # noqa: E402
+
+CONTAINER = "833f1cd5a764fa3-0a0a0a0a0a-00000001"
+
+
+class ScriptedPlatform:
+    """What the watcher asks, answered from a script: events, running containers, the deployment."""
+
+    def __init__(self, monkeypatch, deployment_answers):
+        from autodl_esd import resolve
+        from autodl_esd.serving import registry
+
+        self.events: list = [{"deployment_container_uuid": CONTAINER, "status": "running"}]
+        self.running = [{"uuid": CONTAINER, "status": "running", "machine_id": "0a0a0a0a0a",
+                         "info": {"service_url": "http://127.0.0.1:9"}}]
+        self.events_error = None
+        self.answers = list(deployment_answers)
+        self.looks = 0
+        monkeypatch.setattr(registry.api, "list_events", self.list_events)
+        monkeypatch.setattr(registry.api, "list_containers", lambda client, uuid, **filters: list(self.running))
+        monkeypatch.setattr(resolve, "deployment_by_uuid", self.deployment_by_uuid)
+
+    def list_events(self, client, uuid, offset=0, container_uuid=None):
+        if self.events_error is not None:
+            raise self.events_error
+        return self.events[offset:], len(self.events)
+
+    def deployment_by_uuid(self, client, uuid):
+        self.looks += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def stop_all(self):
+        self.events.append({"deployment_container_uuid": CONTAINER, "status": "shutting_down"})
+        self.running = []
+
+
+def scripted_watcher(tmp_path):
+    from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
+
+    return RegistryWatcher(object(), "833f1cd5a764fa3", WatchOptions(interval=0.05, resync_every=1000, out=str(tmp_path / "r.json")))
+
+
+def stopped(status="stopped"):
+    return {"uuid": "833f1cd5a764fa3", "status": status}
+
+
+def test_watch_ends_only_after_consecutive_answers_not_on_one_hiccup_or_an_error(monkeypatch, tmp_path):
+    from autodl_esd.errors import ApiError
+
+    timeout = ApiError("请求超时", retryable=True, ambiguous=True)
+    platform = ScriptedPlatform(monkeypatch, [stopped(), stopped("running"), stopped(), timeout, stopped()])
+    watcher = scripted_watcher(tmp_path)
+    watcher.cycle()
+    watcher.cycle()
+    assert list(watcher.services) == [CONTAINER] and platform.looks == 0  # replicas running: nothing to ask
+    platform.stop_all()
+    watcher.cycle()  # the last replica left: look 1 says stopped
+    watcher.cycle()  # look 2 says running (a lagging read): the count starts over
+    assert watcher.ended is None and platform.looks == 2
+    platform.events.append({"deployment_container_uuid": CONTAINER, "status": "shutdown"})
+    watcher.cycle()  # a stop event: look again, stopped (1)
+    watcher.cycle()  # the look times out: not an answer, neither counts nor resets
+    assert watcher.ended is None and platform.looks == 4
+    watcher.cycle()  # stopped (2): the end
+    assert watcher.ended == "deployment_stopped" and platform.looks == 5
+    written = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert written["services"] == [] and written["ended"] == "deployment_stopped" and "stale" not in written
+    assert "已停止" in written["ended_reason"]
+
+
+def test_watch_of_a_deleted_deployment_ends_gone_but_an_api_outage_never_ends_it(monkeypatch, tmp_path):
+    from autodl_esd.errors import ApiError
+
+    platform = ScriptedPlatform(monkeypatch, [None, None])
+    watcher = scripted_watcher(tmp_path)
+    watcher.cycle()
+    platform.events_error = ApiError("HTTP 502", http_status=502, retryable=True)
+    for _ in range(4):
+        watcher.cycle()
+    assert watcher.ended is None and platform.looks == 0 and watcher.document["stale"] is True
+    assert [s["container_uuid"] for s in watcher.document["services"]] == [CONTAINER]  # kept through the outage
+    platform.events_error = ApiError("未查询到相关部署", code="RecordNotFoundError", msg="未查询到相关部署")
+    watcher.cycle()
+    assert watcher.ended is None and watcher.document["services"]  # one answer: kept, still stale
+    watcher.cycle()
+    assert watcher.ended == "deployment_gone" and watcher.document["services"] == [] and "stale" not in watcher.document
+    from autodl_esd.serving.registry import validate_registry
+
+    validate_registry(watcher.document)
+
+
+def test_discover_services_watch_ends_when_its_deployment_is_stopped(sim, deploy, tmp_path, result_validator):
+    instance = sim()
+    deployment_uuid = deploy(2)
+    out = tmp_path / "registry.json"
+    watch = subprocess.Popen([sys.executable, str(SCRIPTS / "discover_services.py"), "--deployment-uuid", deployment_uuid, "--watch",
+                              "--interval", "0.1", "--duration", "60", "--out", str(out), "--quiet"],
+                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: out.exists() and len(json.loads(out.read_text(encoding="utf-8"))["services"]) == 2, 20, "the registry")
+        answer = requests.put(instance.url + "/api/v1/dev/deployment/operate", json={"deployment_uuid": deployment_uuid, "operate": "stop"},
+                              headers={"Authorization": instance.token}, timeout=5).json()
+        assert answer["code"] == "Success", answer
+        summary, err = watch.communicate(timeout=30)
+    finally:
+        stop(watch)
+    assert watch.returncode == 0, err
+    summary = json.loads(summary)
+    result_validator.validate(summary)
+    assert summary["stopped_by"] == "deployment_stopped" and summary["services"] == [] and "stale" not in summary
+    assert "已停止" in summary["ended_reason"]
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert written["services"] == [] and written["ended"] == "deployment_stopped"
+
+
+def test_in_process_gateway_ends_when_its_deployment_is_deleted(sim, deploy):
+    pytest.importorskip("aiohttp")
+    instance = sim()
+    deployment_uuid = deploy(1)
+    gateway = subprocess.Popen([sys.executable, str(SCRIPTS / "serve_gateway.py"), "--deployment-uuid", deployment_uuid,
+                                "--listen", "127.0.0.1:0", "--interval", "0.1", "--drain-seconds", "2", "--quiet"],
+                               env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(gateway.stdout.readline() or "{}")
+        assert ready.get("status") == "success", ready
+        assert requests.get(ready["url"] + "/predict", timeout=5).status_code == 200
+        answer = requests.delete(instance.url + "/api/v1/dev/deployment", json={"deployment_uuid": deployment_uuid},
+                                 headers={"Authorization": instance.token}, timeout=5).json()
+        assert answer["code"] == "Success", answer
+        out, err = gateway.communicate(timeout=30)
+    finally:
+        stop(gateway)
+    assert gateway.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stopped_by"] == "deployment_gone" and "已不存在" in summary["ended_reason"]
+
+
+def test_a_follower_gateway_keeps_listening_and_says_why_there_are_no_replicas(tmp_path):
+    """A gateway reading someone else's registry (file, URL, Redis) does not own the watch: it stays up."""
+    pytest.importorskip("aiohttp")
+    from gateway_harness import LoopThread
+
+    from autodl_esd.serving.sources import FileSource
+
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"status": "success", "deployment_uuid": "833f1cd5a764fa3", "generated_at": "2026-12-02T09:00:00+08:00",
+                                    "services": [], "ended": "deployment_gone", "ended_reason": "部署 833f1cd5a764fa3 已不存在 (被删除)"}),
+                        encoding="utf-8")
+    source = FileSource(str(registry), 0.05, 1.0)
+    source.start()
+    loop = LoopThread()
+    try:
+        gateway = loop.gateway(source, interval=0.05, queue_timeout=0.2)
+        answer = requests.get(gateway.url + "/predict", timeout=5)
+        assert answer.status_code == 503 and answer.json()["error_type"] == "no_replicas"
+        assert "已不存在" in answer.json()["message"]
+        state = requests.get(gateway.url + "/_gateway/status", timeout=5).json()["registry"]
+        assert state["ended"] == "deployment_gone" and state["stale"] is False
+        assert gateway.ended_by is None
+    finally:
+        loop.close()
+        source.stop()
+
+
+def test_redis_watchers_active_and_standby_both_end_and_the_registry_is_final(sim, deploy, redis_server, key_prefix):
+    from autodl_esd.serving import redis_registry
+
+    instance = sim()
+    deployment_uuid = deploy(1)
+    watchers = [subprocess.Popen([sys.executable, str(SCRIPTS / "discover_services.py"), "--deployment-uuid", deployment_uuid,
+                                  "--watch", "--interval", "0.1", "--redis", redis_server.url, "--key-prefix", key_prefix,
+                                  "--duration", "60", "--quiet"], env=dict(os.environ), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    keys = redis_registry.RedisKeys(deployment_uuid, key_prefix)
+    try:
+        wait_for(lambda: (redis_registry.read_registry(redis_server.client, keys) or {}).get("services"), 20, "the registry in Redis")
+        answer = requests.put(instance.url + "/api/v1/dev/deployment/operate", json={"deployment_uuid": deployment_uuid, "operate": "stop"},
+                              headers={"Authorization": instance.token}, timeout=5).json()
+        assert answer["code"] == "Success", answer
+        results = [watcher.communicate(timeout=30) for watcher in watchers]
+    finally:
+        for watcher in watchers:
+            stop(watcher)
+    summaries = [json.loads(out) for out, _ in results]
+    assert [w.returncode for w in watchers] == [0, 0], [err[-500:] for _, err in results]
+    assert [s["stopped_by"] for s in summaries] == ["deployment_stopped"] * 2
+    assert sorted(s["redis"]["role"] for s in summaries) == ["active", "standby"]
+    time.sleep(0.1)
+    final = redis_registry.read_registry(redis_server.client, keys)  # the heartbeat is gone: still not stale
+    assert final["ended"] == "deployment_stopped" and final["services"] == [] and "stale" not in final

@@ -211,6 +211,9 @@ class Gateway:
         self.url = ""
         self.started_at = time.time()
         self._view: RegistryView | None = None
+        # Set when an in-process watch ended with its deployment (deployment_stopped / _gone).
+        self.ended_by: str | None = None
+        self.stop_event: asyncio.Event | None = None
         self._never_forward = tuple(secret for secret in options.never_forward if secret)
         self._auth = ("Bearer " + options.auth_token).encode() if options.auth_token else None
         self._check_host = bool(options.allowed_hosts) or is_loopback_name(options.host)
@@ -308,8 +311,20 @@ class Gateway:
     def _refresh_registry(self) -> None:
         view = self.source.current()
         if view is not None and view is not self._view:
+            ended_now = view.ended and not (self._view and self._view.ended)
             self._view = view
             self.table.update(view.services)
+            if ended_now:
+                self._deployment_ended(view)
+
+    def _deployment_ended(self, view: RegistryView) -> None:
+        if self.source.ends_with_deployment:
+            self.ended_by = view.ended
+            self.log(f"{view.ended_reason} 网关随之停止 (stopped_by {view.ended})")
+            if self.stop_event is not None:
+                self.stop_event.set()
+        else:
+            self.log(f"注册表说部署已结束 ({view.ended}): {view.ended_reason} 请求将返回 503 no_replicas")
 
     async def _registry_loop(self) -> None:
         while True:
@@ -522,7 +537,9 @@ class Gateway:
             except NoReplicas as reason:
                 if last_failure is not None:
                     return self._upstream_failed(last_failure, tried)
-                return error_response(503, "no_replicas", f"没有可用副本: {reason}",
+                ended = self._view.ended_reason if self._view is not None and self._view.ended else None
+                return error_response(503, "no_replicas", f"没有可用副本: {ended or reason}",
+                                      "部署已停止或删除, 不会再有副本; 换用别的部署。" if ended else
                                       "副本可能还在启动、健康检查未通过或已全部停止; 稍后重试, 或查看 GET /_gateway/status。",
                                       {"queue_timeout_seconds": self.options.queue_timeout},
                                       {"Retry-After": self._retry_after()})
@@ -655,6 +672,9 @@ class Gateway:
             reason = f"注册表已 {age:.1f} 秒没有更新 (超过 {self.source.stale_after:g} 秒)"
         if reason is None and error:
             reason = f"读取注册表失败: {error}"
+        if view.ended:  # final: the watcher stopped on purpose, its silence is not staleness
+            return {"source": self.source.description, "age_seconds": round(age, 3), "stale": False, "stale_reason": None,
+                    "generated_at": view.generated_at, "ended": view.ended, "ended_reason": view.ended_reason}
         return {"source": self.source.description, "age_seconds": round(age, 3), "stale": reason is not None,
                 "stale_reason": reason, "generated_at": view.generated_at}
 

@@ -99,7 +99,7 @@ def test_job_runs_to_completion(sim, run, config_file):
     assert code == 0, out
     deployment = instance.wait_until(
         lambda: next((d for d in instance.deployments() if d["uuid"] == out["deployment_uuid"] and d["finished_num"] >= 3), None),
-        timeout=10,
+        timeout=30,
     )
     assert deployment["status"] == "stopped"
     finished = [c for c in instance.containers(out["deployment_uuid"]) if c["exit_code"] == 0]
@@ -209,5 +209,5 @@ def test_a_signal_during_the_reconcile_still_reports_the_create(sim, config_file
     details = document["details"]
     assert details["may_have_been_created"] is True and details["name"] == EXAMPLE["name"]
     assert "list_deployments.py --name" in document["hint"]
-    landed = instance.wait_until(lambda: instance.deployments(), timeout=10)
+    landed = instance.wait_until(lambda: instance.deployments(), timeout=30)
     assert len(landed) == 1 and details.get("deployment_uuid", landed[0]["uuid"]) == landed[0]["uuid"]

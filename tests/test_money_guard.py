@@ -48,7 +48,7 @@ def guard_states():
     return guard.all_states()
 
 
-def wait_for(predicate, timeout=10.0):
+def wait_for(predicate, timeout=30.0):  # generous for a loaded machine; polls, so fast when idle
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -141,17 +141,31 @@ def test_an_unreachable_platform_delays_the_stop_until_it_answers_again(sim, run
     simulator = sim()
     uuid = submit(run)["deployment_uuid"]
 
+    problems = []
+
+    def failed_checks():
+        return max([s.get("consecutive_failures") or 0 for s in guard_states()] or [0])
+
     def outage_while_the_limit_passes():
-        simulator.set_faults("error_rate=1")  # every API call answers 5xx
-        simulator.advance(1.5 * HOUR)
-        time.sleep(0.5)
-        assert operate_requests(simulator, uuid) == []  # nothing could be sent meanwhile
-        simulator.set_faults(None)
+        try:
+            simulator.set_faults("error_rate=1")  # every API call answers 5xx
+            # A check that failed began after the outage did: no read from before it (whose
+            # answer would carry the advanced clock) is still in flight when time moves.
+            wait_for(lambda: failed_checks() >= 1)
+            simulator.advance(1.5 * HOUR)
+            seen = failed_checks()
+            wait_for(lambda: failed_checks() >= seen + 2)  # it looked again past the limit...
+            assert operate_requests(simulator, uuid) == []  # ... and could send nothing
+        except BaseException as error:  # noqa: BLE001 (re-raised in the test's thread)
+            problems.append(error)
+        finally:
+            simulator.set_faults(None)  # never leave the guard failing forever
 
     thread = in_background(outage_while_the_limit_passes)
     code, out, stderr = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "1", "--yes", "--interval", "0.05")
-    thread.join(5)
+    thread.join(30)
 
+    assert not problems, problems
     assert code == 0 and out["guard_status"] == "acted", out
     assert "查询失败" in stderr  # it kept going through the outage
     assert out["last_check"]["runtime_hours"] >= 1.5  # counted on the platform's timestamps
@@ -173,15 +187,22 @@ def test_stops_when_spend_since_start_reaches_max_cost(sim, run):
 
 class MetricsServer:
     """A stand-in for the gateway's /_gateway/metrics, rendered by prometheus_client; like the
-    gateway it counts each scrape as a request (in flight while rendering, finished after)."""
+    gateway it counts each scrape as a request (in flight while rendering, finished after).
 
-    def __init__(self):
+    `before_render(scrape_number)` runs first on each scrape: traffic placed between the
+    guard's scrapes, so what each scrape sees does not depend on thread scheduling."""
+
+    def __init__(self, before_render=lambda number: None):
         from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
         self.registry = CollectorRegistry()
         self.requests = Histogram("http_server_request_duration_seconds", "request time", ["route"], registry=self.registry)
         self.active = Gauge("http_server_active_requests", "in flight", registry=self.registry)
+        self.scrapes = 0
+
         def render():
+            self.scrapes += 1
+            before_render(self.scrapes)
             self.active.inc()
             try:
                 return generate_latest(self.registry)
@@ -213,16 +234,14 @@ class MetricsServer:
 def test_scales_down_a_service_idle_on_the_gateway_metrics(sim, run):
     simulator = sim()
     uuid = submit(run)["deployment_uuid"]
-    metrics = MetricsServer()
     last_request = {}
 
-    def traffic():
-        for _ in range(6):  # requests for ~0.3 s, then silence
+    def traffic(scrape_number):
+        if scrape_number <= 6:  # a request before each of the first six scrapes, then silence
             metrics.requests.labels(route="/v1/chat/completions").observe(0.01)
             last_request["at"] = time.monotonic()
-            time.sleep(0.05)
 
-    threading.Thread(target=traffic, daemon=True).start()
+    metrics = MetricsServer(before_render=traffic)
     try:
         code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--idle-minutes", "0.01",
                            "--idle-url", metrics.url, "--action", "scale-to", "--floor", "1", "--yes", *FAST)
@@ -231,6 +250,7 @@ def test_scales_down_a_service_idle_on_the_gateway_metrics(sim, run):
 
     assert code == 0, out
     assert out["guard_status"] == "acted" and "没有请求" in out["message"]
+    assert metrics.scrapes > 6  # it saw the traffic, then the silence
     assert time.monotonic() - last_request["at"] >= 0.6  # idle 0.01 min = 0.6 s after the last one
     assert deployment_of(simulator, uuid)["replica_num"] == 1
     assert replica_requests(simulator, uuid) == [{"deployment_uuid": uuid, "replica_num": 1}]
@@ -450,12 +470,13 @@ def test_judge(deployment, containers, now, limits, end, act):
 
 # --- against the real serving gateway --------------------------------------------------------
 
-def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, run):
+def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, run, monkeypatch):
     """serve_gateway's own /_gateway/metrics: the guard's scrapes do not count as traffic,
     steady traffic keeps the service up, silence for --idle-minutes scales it down."""
     pytest.importorskip("aiohttp")
     import requests
 
+    from autodl_esd import idle
     from autodl_esd.http import ApiClient
     from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
     from autodl_esd.serving.sources import WatcherSource
@@ -472,23 +493,26 @@ def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, 
         source.start()
         assert source.wait_first(5)
         gateway = loop.gateway(source, deployment_uuid=uuid, interval=0.1)
-        traffic_until = time.monotonic() + 1.5  # requests every 0.1 s: never 0.6 s idle
-        last = {}
+        # Steady traffic for 1.5 s: one request through the gateway between each two of the
+        # guard's scrapes (sent just before each scrape, so a loaded machine cannot open a
+        # 0.6 s gap in it), then silence.
+        traffic_until = time.monotonic() + 1.5
+        session = requests.Session()
+        last, scrapes = {}, {"with_traffic": 0}
+        read_activity = idle.read_activity
 
-        def traffic():
-            session = requests.Session()
-            while time.monotonic() < traffic_until:
+        def scrape_after_a_request(url):
+            if time.monotonic() < traffic_until:
                 assert session.get(gateway.url + "/predict", timeout=5).status_code == 200
                 last["answered_at"] = time.monotonic()
-                time.sleep(0.1)
+                scrapes["with_traffic"] += 1
+            return read_activity(url)
 
-        sender = threading.Thread(target=traffic, daemon=True)
-        sender.start()
+        monkeypatch.setattr(idle, "read_activity", scrape_after_a_request)
         code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--idle-minutes", "0.01",
                            "--idle-url", gateway.url + "/_gateway/metrics", "--action", "scale-to", "--floor", "1",
                            "--yes", *FAST)
         acted_at = time.monotonic()
-        sender.join(5)
     finally:
         if source is not None:
             loop.call(source.stop)
@@ -496,7 +520,8 @@ def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, 
 
     assert code == 0 and out["guard_status"] == "acted", out
     # Not while traffic flowed (1.5 s of it), and 0.01 min after the last request was answered.
-    assert acted_at - last["answered_at"] >= 0.59 and last["answered_at"] >= traffic_until - 0.2
+    assert scrapes["with_traffic"] >= 3 and acted_at >= traffic_until
+    assert acted_at - last["answered_at"] >= 0.59
     assert deployment_of(simulator, uuid)["replica_num"] == 1
     assert replica_requests(simulator, uuid) == [{"deployment_uuid": uuid, "replica_num": 1}]
 

@@ -122,7 +122,7 @@ def test_stopping_a_container_without_decrease_gets_a_replacement(sim, ok, submi
     first = running(instance, uuid)[0]["uuid"]
     result = ok("stop_container.py", "--container-uuid", first)
     assert result["verified"] is True and result["replica_num"] == 1  # unchanged, reported as a number
-    replacement = instance.wait_until(lambda: [c for c in running(instance, uuid) if c["uuid"] != first], timeout=10)
+    replacement = instance.wait_until(lambda: [c for c in running(instance, uuid) if c["uuid"] != first], timeout=30)
     assert replacement
 
 

@@ -92,7 +92,11 @@ def test_follow_does_not_count_a_replica_that_ran_and_stopped(run, api, result_v
     crashed = [event(CONTAINER_UUID, "running"), event(CONTAINER_UUID, "shutting_down"), event(C2, "running")]
     events_from(api, 0, crashed)
     events_from(api, 3, [])
-    code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", "--timeout", "0.05", *FAST)
+    # The timeout leaves room for the one registered poll even on a loaded machine (0.05 s did
+    # not: a stall before the first poll timed out without it); the 0.05 s interval keeps the
+    # failing polls after it (nothing more is registered) under the ten-in-a-row limit.
+    code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", "--timeout", "0.3",
+                            "--interval", "0.05", "--quiet")
     assert (code, document["error_type"]) == (2, "startup_timeout"), document
     result_validator.validate(document)
     assert document["details"]["reached_containers"] == [C2]
@@ -128,7 +132,8 @@ def test_follow_timeout_is_startup_timeout_with_the_offset_to_continue(run, mock
     mocked.post(DEPLOYMENTS, json=envelope({"list": [deployment()], "max_page": 1}))
     mocked.post(EVENTS, json=envelope({"list": [event(CONTAINER_UUID, "starting")]}), match=[body(deployment_uuid=DEP_UUID, page_index=1, page_size=100, offset=0)])
     mocked.post(EVENTS, json=envelope({"list": []}), match=[body(deployment_uuid=DEP_UUID, page_index=1, page_size=100, offset=1)])
-    code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", "--timeout", "0.05", *FAST)
+    # Room for at least one poll from offset 1 (the strict mock wants it) on a loaded machine.
+    code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", "--timeout", "0.3", *FAST)
     assert (code, document["error_type"]) == (2, "startup_timeout")
     result_validator.validate(document)
     details = document["details"]

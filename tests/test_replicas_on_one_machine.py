@@ -73,5 +73,5 @@ def test_move_replicas_needs_yes_then_moves_them_off_the_machine(service, run, r
     result_validator.validate(document)
     assert [(m["outcome"], m["took_effect"]) for m in document["moved"]] == [("done", True)] * 2
     assert document["still_on_machine"] == []
-    instance.wait_until(lambda: sum(1 for c in instance.containers(uuid) if c["status"] == "running") == 2, 5)
+    instance.wait_until(lambda: sum(1 for c in instance.containers(uuid) if c["status"] == "running") == 2, 30)
     assert {c["machine_id"] for c in instance.containers(uuid) if c["status"] == "running"} == {SMALL}

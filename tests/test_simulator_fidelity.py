@@ -94,7 +94,7 @@ def running_containers(sim, deployment_uuid, count):
                    {"deployment_uuid": deployment_uuid, "page_index": 1, "page_size": 10})
         running = [c for c in data["list"] if c["status"] == "running"]
         return running if len(running) >= count else None
-    return sim.wait_until(ready, timeout=5)
+    return sim.wait_until(ready, timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -322,9 +322,10 @@ class Simulator:
         with self._requests_lock:
             return list(self._requests)
 
-    def wait_until(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    def wait_until(self, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Poll `predicate()` until it returns something truthy (returned) or raise
-        TimeoutError after `timeout` real seconds."""
+        TimeoutError after `timeout` real seconds (generous by default: a loaded CI machine
+        can take seconds for what takes 0.1 s here, and polling keeps the normal case fast)."""
         deadline = time.monotonic() + timeout
         while True:
             result = predicate()

@@ -17,7 +17,8 @@ def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "list_deployments.py",
         "列出部署 (默认拉取全部分页)。每项的 uuid 即其他脚本的 --deployment-uuid (也复制为 "
-        "deployment_uuid); 模板内存在 *_gb 中换算为 GB, 价格在 *_yuan 中换算为 元/小时, 原始值保留。",
+        "deployment_uuid); 模板内存在 *_gb 中换算为 GB, 价格在 *_yuan 中换算为 元/小时, 原始值保留。"
+        "price_estimates_yuan 是正在运行的容器现在每小时的费率之和, 没有容器运行时为 0, 不是已花的钱 (已花多少用 cost_report.py)。",
         EXAMPLES,
     )
     names = parser.add_mutually_exclusive_group()
@@ -31,6 +32,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import api
+    from autodl_esd.cost import PRICE_ESTIMATES_BASIS
     from autodl_esd.resolve import deployment_view
 
     if args.name_glob:
@@ -39,9 +41,10 @@ def handle(args, ctx: cli.Context) -> dict:
         deployments = deployments_matching(ctx.client(), args.name_glob, status=args.status)
         if args.deployment_uuid:
             deployments = [d for d in deployments if d.get("uuid") == args.deployment_uuid]
-        return cli.list_result([deployment_view(d) for d in deployments], name_glob=args.name_glob)
+        return cli.list_result([deployment_view(d) for d in deployments], name_glob=args.name_glob,
+                               price_estimates_basis=PRICE_ESTIMATES_BASIS)
     deployments = api.list_deployments(ctx.client(), name=args.name, status=args.status, deployment_uuid=args.deployment_uuid)
-    return cli.list_result([deployment_view(d) for d in deployments])
+    return cli.list_result([deployment_view(d) for d in deployments], price_estimates_basis=PRICE_ESTIMATES_BASIS)
 
 
 def main(argv=None) -> int:

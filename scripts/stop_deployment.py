@@ -20,9 +20,10 @@ def build_parser() -> cli.JsonArgumentParser:
         "停止整个部署: 停掉它的全部容器, 不再调度 (停止后不能恢复, 只能重新提交)。不加 --yes 时什么都不做, "
         "返回 confirmation_required 并列出会停掉的部署与容器; 加 --yes 才执行, 然后读回部署状态 (verified); "
         "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown); "
-        "containers_before_stop 是停止前的容器快照 (其中的 status 是停止前的状态)。"
+        "containers_before_stop 是停止前的容器快照 (其中的 status 是停止前的状态); cost_so_far_yuan 是停止前算出的已花费用 "
+        "(与 cost_report.py 同一算法, 依据在 cost_so_far.basis); guards 列出仍在监视它的守护。"
         "--name-glob 一次停止名称匹配的全部部署: 先预览, 用户同意后加 --yes --expect-uuids (预览给出), "
-        "匹配集合变了就不执行; 结果 items[] 是每个部署的 outcome (done/skipped/failed) 与 took_effect。",
+        "匹配集合变了就不执行; 结果 items[] 是每个部署的 outcome (done/skipped/failed)、took_effect、cost_so_far_yuan 与 guards。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser, name_glob=True)
@@ -53,7 +54,7 @@ def handle(args, ctx: cli.Context) -> dict:
     if deployment.get("status") == "stopped":
         return {"deployment_uuid": deployment["uuid"], "changed": False, "verified": True,
                 "note": "部署已经是 stopped 状态, 没有再次停止。", "deployment": deployment_summary(deployment)}
-    impact = deployment_impact(client, deployment)
+    impact = deployment_impact(client, deployment, with_cost=True)
     require_confirmation(args.yes, "停止", deployment, impact, "stop_deployment")
 
     uuid = deployment["uuid"]
@@ -68,6 +69,9 @@ def handle(args, ctx: cli.Context) -> dict:
         # the name says so, so a "running" status here is not mistaken for a failed stop.
         "containers_before_stop": impact["live_containers"],
         "containers_before_stop_count": impact["live_container_count"],
+        # Read before the stop, the same figure cost_report gives (which still sees a stopped one).
+        "cost_so_far_yuan": impact["cost_so_far_yuan"],
+        "cost_so_far": impact["cost_so_far"],
         **guards_watching(uuid),  # guards on it end at their next check; listed so none looks stuck
     }
 

@@ -23,6 +23,10 @@ soak = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(soak)
 
 # Scaled-down faults: every delay is below the 1.0 s grace (0.3 s timeout + 0.7 s margin).
+# The grace starts when the client gives up (0.3 s after sending), so the last look is ~1.3 s
+# after the send; a create held back by several faults at once must land well before that:
+# in all_at_once slow (0.4) + commit delay (0.4) is at most 0.8 s, the same 0.5 s to spare as
+# the slow mode (0.6 + 0.5 left 0.2 s, too little when a loaded machine is slow to commit).
 SCALED = {
     "slow": ("slow_rate=0.3,slow_seconds=0.8", 0.3),
     "errors_wait_running": ("error_rate=0.5", 0.5),
@@ -30,8 +34,8 @@ SCALED = {
     "create_slow_after_commit": ("create_slow_seconds=0.6", 0.3),
     "create_error_after_commit": ("create_error_after_commit=1", 0.5),
     "commit_delay": ("commit_delay_seconds=0.6,commit_delay_rate=0.5", 0.3),
-    "all_at_once": ("error_rate=0.2,slow_rate=0.2,slow_seconds=0.6,create_slow_seconds=0.4,"
-                    "create_error_after_commit=2,commit_delay_seconds=0.5,commit_delay_rate=0.3", 0.3),
+    "all_at_once": ("error_rate=0.2,slow_rate=0.2,slow_seconds=0.4,create_slow_seconds=0.4,"
+                    "create_error_after_commit=2,commit_delay_seconds=0.4,commit_delay_rate=0.3", 0.3),
 }
 RUNS_PER_MODE = 3
 

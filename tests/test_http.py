@@ -323,16 +323,18 @@ def test_create_deployment_is_not_idempotent(mocked, client, waits):
     assert caught.value.ambiguous is True
 
 
-def _refused_port() -> int:
-    """A loopback port nothing listens on (bound then closed)."""
+@pytest.fixture
+def refused_port():
+    """A loopback port nothing listens on: bound but never listening, and held for the whole
+    test (a port closed again could be taken by another process's server meanwhile)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        yield probe.getsockname()[1]
 
 
-def test_real_connection_refused_is_not_ambiguous(monkeypatch, waits):
+def test_real_connection_refused_is_not_ambiguous(monkeypatch, waits, refused_port):
     """A real refused connect (no mock) never reached the server: safe to retry a create."""
-    monkeypatch.setenv("AUTODL_HOST", f"http://127.0.0.1:{_refused_port()}")
+    monkeypatch.setenv("AUTODL_HOST", f"http://127.0.0.1:{refused_port}")
     client = http.ApiClient(load_settings())
     with pytest.raises(ApiError) as caught:
         client.post(api.DEPLOYMENT_PATH, {"name": "x"}, idempotent=False)

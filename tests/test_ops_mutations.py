@@ -225,6 +225,7 @@ def test_destructive_without_yes_describes_and_does_nothing(run, api, script, re
 def test_stop_deployment_with_yes(run, api, result_validator):
     expect_deployment(api, deployment())
     expect_containers(api, [container()])
+    expect_containers(api, [container()], released=True)  # the cost so far, read before the stop
     api.put(OPERATE, json=envelope(None), match=[body(deployment_uuid=DEP_UUID, operate="stop"), AUTH])
     expect_deployment(api, deployment(status="stopped"))
     code, document, _ = run("stop_deployment.py", "--deployment-uuid", DEP_UUID, "--yes")
@@ -253,6 +254,7 @@ def test_stop_deployment_ambiguous_name_never_stops(run, api, result_validator):
 def test_delete_deployment_with_yes(run, api, result_validator):
     expect_deployment(api, deployment(status="stopped"))
     expect_containers(api, [])
+    expect_containers(api, [], released=True)  # the last cost figure, read before the delete
     api.delete(DEPLOYMENT, json=envelope(None), match=[body(deployment_uuid=DEP_UUID), AUTH])
     expect_deployment(api, None)
     code, document, _ = run("delete_deployment.py", "--deployment-uuid", DEP_UUID, "--yes")

@@ -65,7 +65,10 @@ PRIVATE_CREATE = {
 
 @pytest.fixture(scope="module")
 def sim():
-    with Simulator(token=TOKEN, speed=1000, seed=11) as simulator:
+    # Simulated time stands (all but) still: running_containers steps it. At speed 1000 the
+    # samples' `sleep 100` ran 0.1 real seconds, a window a poll on a loaded machine can miss
+    # (the Job's two containers then finish unseen and the wait fails).
+    with Simulator(token=TOKEN, speed=0.001, seed=11) as simulator:
         yield simulator
 
 
@@ -93,7 +96,10 @@ def running_containers(sim, deployment_uuid, count):
         data = api(sim, "POST", "/api/v1/dev/deployment/container/list",
                    {"deployment_uuid": deployment_uuid, "page_index": 1, "page_size": 10})
         running = [c for c in data["list"] if c["status"] == "running"]
-        return running if len(running) >= count else None
+        if len(running) >= count:
+            return running
+        sim.advance(5)  # toward the end of start-up (29 s); `sleep 100` runs for 20 such steps
+        return None
     return sim.wait_until(ready, timeout=30)
 
 

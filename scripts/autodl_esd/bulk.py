@@ -9,7 +9,8 @@ and nothing is done. `--yes` without `--expect-uuids` is a preview too: acting o
 matches at that moment is not acting on what the user agreed to.
 
 The result has one outcome per deployment (`done`, `skipped` or `failed`, with
-`took_effect`); an interrupt reports the outcomes so far and the one in flight.
+`took_effect`, `cost_so_far_yuan` read before the change, and the `guards` still watching
+it); an interrupt reports the outcomes so far and the one in flight.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .cli import UsageError, confirmation_required
 from .effects import Change, apply_change
 from .errors import ApiError, AutoDLError
 from .resolve import DEPLOYMENT_UUID_PATTERN, deployment_impact, deployment_summary, deployments_matching
+from .spend import cost_before_change
 
 # The uuid list an agent pastes back; comma separated so it is one shell word.
 UUID_SEPARATOR = ","
@@ -86,6 +88,14 @@ def run_bulk(
     return _apply_each(client, ctx, pattern, matches, verb, change_for, skip_reason)
 
 
+def _guards_of(uuid: str) -> dict[str, Any]:
+    """`guards` for one item, as the single stop/delete lists them (the note is said once, on top)."""
+    from .guard import guards_watching
+
+    watching = guards_watching(uuid)
+    return {"guards": watching["guards"]} if watching else {}
+
+
 def _nothing_matches(pattern: str) -> dict[str, Any]:
     return {"name_glob": pattern, "items": [], "count": 0, "done": 0, "skipped": 0, "failed": 0,
             "note": f"没有名称匹配 {pattern!r} 的部署, 什么都没有做 (通配符匹配整个名称, 区分大小写)。"}
@@ -101,14 +111,18 @@ def _apply_each(
     ctx.partial.update(name_glob=pattern, outcomes=outcomes, not_sent=pending)
     for deployment in sorted(matches, key=lambda d: d["uuid"]):
         uuid = deployment["uuid"]
-        pending.remove(uuid)
         # status_before: read before the change (a "running" here is not a failed stop).
         summary = {"deployment_uuid": uuid, "name": deployment.get("name"),
                    "deployment_type": deployment.get("deployment_type"), "status_before": deployment.get("status")}
         reason = skip_reason(deployment)
         if reason:
+            pending.remove(uuid)
             outcomes.append({**summary, "outcome": "skipped", "took_effect": False, "reason": reason})
             continue
+        # Read before the change (still `not_sent` if interrupted here): after a delete,
+        # cost_report no longer sees the deployment, so this is its last cost figure.
+        summary.update(cost_before_change(client, deployment))
+        pending.remove(uuid)
         in_flight: dict[str, Any] = {}
         ctx.partial["in_flight"] = in_flight
         # An interrupt (not an AutoDLError) leaves `in_flight` in the partial result: it says
@@ -119,14 +133,21 @@ def _apply_each(
             ctx.partial.pop("in_flight", None)
             outcomes.append({**summary, "outcome": "failed", "took_effect": error.details.get("took_effect", False),
                              "error_type": error.error_type.value, "message": error.message, "hint": error.hint,
-                             **({"check": error.details["check"]} if "check" in error.details else {})})
+                             **({"check": error.details["check"]} if "check" in error.details else {}),
+                             **_guards_of(uuid)})
             ctx.progress.log(f"{verb}部署 {uuid} 失败: {error.message}")
             continue
         ctx.partial.pop("in_flight", None)
-        outcomes.append({**summary, "outcome": "done", **report})
+        outcomes.append({**summary, "outcome": "done", **report, **_guards_of(uuid)})
         ctx.progress.log(f"已{verb}部署 {uuid} ({deployment.get('name')})")
     counts = {kind: sum(1 for o in outcomes if o["outcome"] == kind) for kind in ("done", "skipped", "failed")}
-    result = {"name_glob": pattern, "items": outcomes, "count": len(outcomes), **counts}
+    result = {"name_glob": pattern, "items": outcomes, "count": len(outcomes), **counts,
+              # What the whole batch had cost before the change (items whose read failed count 0).
+              "cost_so_far_yuan": round(sum(o.get("cost_so_far_yuan") or 0.0 for o in outcomes), 3)}
+    if any(o.get("guards") for o in outcomes):
+        from .guard import GUARDS_NOTE
+
+        result["guards_note"] = "items[].guards 列出的" + GUARDS_NOTE
     if counts["failed"]:
         first = next(o for o in outcomes if o["outcome"] == "failed")
         failure = ApiError(

@@ -7,7 +7,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 from .output import REDACTED
-from .units import gb_from_bytes
+from .units import gb_from_bytes, yuan_from_price_units
 
 # Keys of a container's `info` that carry a reachable service address, in the order a
 # client should prefer them (public cloud names first; the private cloud uses service_url).
@@ -52,7 +52,8 @@ def primary_service_url(container: dict[str, Any], port: int | None = None) -> s
 
 
 def redact_container(container: dict[str, Any], show_password: bool = False) -> dict[str, Any]:
-    """The API record with `root_password` hidden and memory also given in GB."""
+    """The API record with `root_password` hidden, memory also in GB and price also in yuan
+    per hour (`price_yuan`, named like list_deployments' `*_yuan`)."""
     shown = dict(container)
     info = dict(shown.get("info") or {})
     if "root_password" in info and not show_password:
@@ -61,6 +62,9 @@ def redact_container(container: dict[str, Any], show_password: bool = False) -> 
         shown["info"] = info
     if isinstance(shown.get("memory_size"), int):
         shown["memory_size_gb"] = gb_from_bytes(shown["memory_size"])
+    price = shown.get("price")
+    if isinstance(price, (int, float)) and not isinstance(price, bool):
+        shown["price_yuan"] = round(yuan_from_price_units(price), 3)
     return shown
 
 

@@ -20,7 +20,10 @@ from .units import yuan_from_price_units
 LOW_BALANCE_HOURS = 3.0
 
 PRICE_BASIS = "price_from/price_to 是每张 GPU 每小时的基础价格 (接口单位 元×1000, 如 9000 = 9 元/卡/时)"
-CONTAINER_PRICE_BASIS = "容器的 price 按该容器每小时的价格计 (元×1000); 来源未说明是否按卡; 与部署的 price_estimates (list_deployments 的 price_estimates_yuan) 口径相同"
+# price_estimates is a rate, not a total: a finished Job shows 0 beside a non-zero cost_yuan.
+PRICE_ESTIMATES_BASIS = ("部署的 price_estimates (list_deployments/cost_report 的 price_estimates_yuan) 是它正在运行的容器"
+                         "现在每小时的费率之和 (元/时), 不是已花的钱: 没有容器在运行时为 0 (如 Job 已结束), 已花多少看 cost_report.py 的 cost_yuan")
+CONTAINER_PRICE_BASIS = ("容器的 price 是该容器每小时的价格 (元×1000; 来源未说明是否按卡); " + PRICE_ESTIMATES_BASIS)
 
 
 def concurrent_containers(config: dict[str, Any]) -> int:

@@ -592,10 +592,12 @@ def guards_watching(deployment_uuid: str) -> dict[str, Any]:
                        "alive": is_running(files), "interval_seconds": state.get("interval_seconds")})
     if not guards:
         return {}
-    return {"guards": guards,
-            "guards_note": "这些守护仍显示 watching: 它们在下一次检查时 (最多 interval_seconds 秒后) 发现部署已停止/删除, "
-                           "自行结束 (deployment_stopped / deployment_gone), 不会执行任何操作; 不必处理。"
-                           "想立即结束: python scripts/guard_deployment.py --cancel GUARD_ID。"}
+    return {"guards": guards, "guards_note": "这些" + GUARDS_NOTE}
+
+
+GUARDS_NOTE = ("守护仍显示 watching: 它们在下一次检查时 (最多 interval_seconds 秒后) 发现部署已停止/删除, "
+               "自行结束 (deployment_stopped / deployment_gone), 不会执行任何操作; 不必处理。"
+               "想立即结束: python scripts/guard_deployment.py --cancel GUARD_ID。")
 
 
 # --- creating, detaching, cancelling -------------------------------------------------------

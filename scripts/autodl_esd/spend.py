@@ -13,7 +13,8 @@ from typing import Any, Iterable
 
 from . import api
 from .cost import CONTAINER_PRICE_BASIS
-from .timeline import iso, parse_timestamp
+from .errors import AutoDLError
+from .timeline import iso, parse_timestamp, platform_now
 from .units import yuan_from_price_units
 
 # Statuses in which a container without stopped_at is still billing (it holds its GPUs).
@@ -105,5 +106,44 @@ def spend_report(client: Any, deployments: list[dict[str, Any]], now_of: Any, si
         },
         "since": iso(since),
         "as_of": iso(now),
-        "basis": "费用 = 运行时长 (started_at 到 stopped_at, 仍在运行的算到平台当前时间) × 容器 price; " + CONTAINER_PRICE_BASIS,
+        "basis": SPEND_BASIS,
     }
+
+
+SPEND_BASIS = "费用 = 运行时长 (started_at 到 stopped_at, 仍在运行的算到平台当前时间) × 容器 price; " + CONTAINER_PRICE_BASIS
+
+
+def _merged(earlier: Iterable[dict[str, Any]], later: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Both reads of the container list, one record per container, the later read winning."""
+    by_uuid: dict[Any, dict[str, Any]] = {}
+    for record in (*earlier, *later):
+        by_uuid[record.get("uuid") or id(record)] = record
+    return list(by_uuid.values())
+
+
+def cost_before_change(client: Any, deployment: dict[str, Any], seen: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """What a deployment has cost so far, for a stop/delete result: cost_report's computation
+    on the container records (released ones included) read right before the change.
+
+    After a delete the platform no longer lists the deployment, so cost_report shows
+    nothing for it: this is the last figure anyone can get. One extra container-list read
+    (paged, usually one page). `seen` are records already read (the live list), merged in
+    case `released: true` answers only the released ones. A failed read is reported in
+    the result, never an error: the stop/delete the user asked for matters more."""
+    try:
+        records = _merged(seen, api.list_containers(client, deployment["uuid"], released=True))
+    except AutoDLError as error:
+        return {"cost_so_far_yuan": None, "cost_so_far": {
+            "error": error.message,
+            "hint": "没能读到容器记录, 没有算出已花费用; 停止后可用 cost_report.py 查看, 删除后平台不再列出这个部署。"}}
+    now = platform_now(client)
+    spend = deployment_spend(deployment, records, now)
+    return {"cost_so_far_yuan": spend["cost_yuan"], "cost_so_far": {
+        "as_of": iso(now),
+        "container_hours": spend["container_hours"],
+        "container_count": spend["container_count"],
+        "hourly_yuan_before": spend["current_hourly_yuan"],
+        "basis": "与 cost_report.py 的 cost_yuan 同一算法 (运行时长 × 容器 price), 用停止/删除请求发出前读到的容器记录 "
+                 "(含已释放的) 算到 as_of; 此后到容器真正停下的几秒仍按 hourly_yuan_before 计费。删除后 cost_report.py "
+                 "不再列出这个部署, 这就是它最后的花费。",
+    }}

@@ -57,17 +57,17 @@ def add_autoscale_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target-inflight", type=positive_number, default=None, metavar="X",
                        help=f"每个副本的目标在途请求数: 期望副本数 = ceil(负载 / X) (默认 {DEFAULT_TARGET_INFLIGHT:g}, 同 Ray Serve)")
     group.add_argument("--look-back", type=non_negative_number, default=None, metavar="S",
-                       help=f"负载取最近多少秒的平均 (默认 {DEFAULT_LOOK_BACK:g})")
+                       help=f"负载取最近多少秒 (本机真实秒) 的平均 (默认 {DEFAULT_LOOK_BACK:g})")
     group.add_argument("--upscale-delay", type=non_negative_number, default=None, metavar="S",
-                       help=f"需要扩容的状态持续多少秒才扩 (默认 {DEFAULT_UPSCALE_DELAY:g}; 从 0 扩容不等)")
+                       help=f"需要扩容的状态持续多少秒 (本机真实秒) 才扩 (默认 {DEFAULT_UPSCALE_DELAY:g}; 从 0 扩容不等)")
     group.add_argument("--downscale-delay", type=non_negative_number, default=None, metavar="S",
-                       help=f"需要缩容的状态持续多少秒才缩, 每次只缩 1 个 (默认 {DEFAULT_DOWNSCALE_DELAY:g})")
+                       help=f"需要缩容的状态持续多少秒 (本机真实秒) 才缩, 每次只缩 1 个 (默认 {DEFAULT_DOWNSCALE_DELAY:g})")
     group.add_argument("--scale-to-zero-after", type=non_negative_number, default=None, metavar="S",
-                       help="--min-replicas 0 时: 多少秒没有请求就缩到 0 (默认等于 --downscale-delay)")
+                       help="--min-replicas 0 时: 多少秒 (本机真实秒) 没有请求就缩到 0 (默认等于 --downscale-delay)")
     group.add_argument("--max-hourly-cost", type=positive_number, default=None, metavar="YUAN",
                        help="每小时最多花多少元: 副本数上限 = 这个数 / 容器报告的单价 (硬上限, 优先于 --min-replicas)")
     group.add_argument("--budget", type=positive_number, default=None, metavar="YUAN",
-                       help="从启动起最多花多少元 (容器运行时长 x 单价): 花完后缩到最少副本数, 允许时缩到 0")
+                       help="从启动起最多花多少元 (容器运行时长 x 单价, 时长按平台时钟计, 与 cost_report.py 一致): 花完后缩到最少副本数, 允许时缩到 0")
     group.add_argument("--blacklist-faulty", action="store_true",
                        help="同一台主机上的副本反复故障时把主机加入调度黑名单 (默认只报告候选)")
     if not any(action.dest == "yes" for action in parser._actions):

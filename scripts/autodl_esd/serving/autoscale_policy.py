@@ -110,12 +110,19 @@ class Decision:
     load: float  # averaged over the look-back
     limits: dict = field(default_factory=dict)  # effective floor/ceiling and what set them
     held_seconds: Optional[float] = None  # on a delay hold: how long the wish has held so far
+    act_in_seconds: Optional[float] = None  # on a delay hold: how long until it may act if the wish stays
+    wanted: Optional[int] = None  # what the load alone asks for, when a bound changed it into `desired`
 
     def as_dict(self) -> dict:
         shown = {"desired": self.desired, "current": self.current, "action": self.action, "target": self.target,
-                 "reason": self.reason, "load": round(self.load, 3), **self.limits}
+                 "reason": self.reason, "load": round(self.load, 3)}
+        if self.wanted is not None and self.wanted != self.desired:
+            shown["wanted"] = self.wanted
+        shown.update(self.limits)
         if self.held_seconds is not None:
             shown["held_seconds"] = round(self.held_seconds, 1)
+        if self.act_in_seconds is not None:
+            shown["act_in_seconds"] = round(self.act_in_seconds, 1)
         return shown
 
 
@@ -186,26 +193,38 @@ def limits(config: AutoscaleConfig, observed: Observed) -> Limits:
 
 
 def decide(config: AutoscaleConfig, samples: Sequence[Sample], observed: Observed, state: PolicyState, now: float) -> tuple[Decision, PolicyState]:
-    """The decision for `now` and the state to pass to the next call."""
+    """The decision for `now` and the state to pass to the next call.
+
+    `reason` says what moves the count (the load, idleness, a bound the current count is
+    outside of); a bound that only trims the load's wish is reported beside it, in
+    `limited_by` (with `wanted`), so a scale-up 2 -> 3 that the load wanted to 4 reads
+    `reason: load, wanted: 4, limited_by: [max_replicas]`."""
     load = average_load(samples, now, config.look_back)
     current = observed.current
     bounds = limits(config, observed)
     idle_since = observed.last_request_at if observed.last_request_at is not None else observed.started_at
     if bounds.floor == 0 and load == 0 and now - idle_since >= config.zero_after:
-        wanted, reason = 0, "idle"
+        wanted, wish = 0, "idle"
     else:
-        wanted, reason = raw_desired(load, current, config.target_inflight), "load"
+        wanted, wish = raw_desired(load, current, config.target_inflight), "load"
         if wanted == 0 and bounds.floor == 0:
             wanted = min(1, current)  # no load, but not idle for long enough: keep one
+    capped_by = None  # the bound that trimmed the wish
     if wanted > bounds.ceiling:
-        desired, reason = bounds.ceiling, bounds.ceiling_reason
+        desired, capped_by = bounds.ceiling, bounds.ceiling_reason
     elif wanted < bounds.floor:
-        desired, reason = bounds.floor, bounds.floor_reason
+        desired, capped_by = bounds.floor, bounds.floor_reason
     else:
         desired = wanted
+    shown_limits = bounds.as_dict()
+    if capped_by is not None and capped_by not in bounds.limited_by:
+        shown_limits["limited_by"] = [*bounds.limited_by, capped_by]
 
-    def out(action: str, target: int, why: str, next_state: PolicyState = PolicyState(), held: Optional[float] = None) -> tuple[Decision, PolicyState]:
-        return Decision(desired, current, action, target, why, load, bounds.as_dict(), held), next_state
+    def out(action: str, target: int, why: str, next_state: PolicyState = PolicyState(), held: Optional[float] = None,
+            delay: Optional[float] = None) -> tuple[Decision, PolicyState]:
+        act_in = None if held is None or delay is None else max(delay - held, 0.0)
+        return Decision(desired, current, action, target, why, load, shown_limits, held, act_in,
+                        wanted if capped_by is not None else None), next_state
 
     # Out of bounds (a cap just tightened, the budget ran out, someone scaled by hand):
     # correct it now; waiting out a delay would keep paying beyond a hard limit.
@@ -222,16 +241,17 @@ def decide(config: AutoscaleConfig, samples: Sequence[Sample], observed: Observe
             # noise between replica counts, and there is no such noise at zero.
             return out("scale_up", desired, "from_zero")
         if now - since >= config.upscale_delay:
-            return out("scale_up", desired, reason)
-        return out("hold", current, "upscale_delay", PolicyState(above_since=since), now - since)
+            return out("scale_up", desired, wish)
+        return out("hold", current, "upscale_delay", PolicyState(above_since=since), now - since, config.upscale_delay)
     if desired < current:
         since = state.below_since if state.below_since is not None else now
-        if reason == "idle":
+        if wish == "idle":
             # No request at all for zero_after: nothing can be hurt by going straight to
             # zero, so the one-step rule (which protects requests still arriving) yields.
-            return out("scale_down", 0, reason)
+            return out("scale_down", 0, wish)
         if now - since >= config.downscale_delay:
             # Stepping down toward min is the load's doing; "min_replicas" is for holding there.
-            return out("scale_down", current - 1, "load" if reason == "min_replicas" else reason)
-        return out("hold", current, "downscale_delay", PolicyState(below_since=since), now - since)
-    return out("hold", current, "on_target" if reason == "load" else reason)
+            return out("scale_down", current - 1, wish)
+        return out("hold", current, "downscale_delay", PolicyState(below_since=since), now - since, config.downscale_delay)
+    # At the count wanted, or held at a bound the load pushes against: that bound is why.
+    return out("hold", current, capped_by or ("on_target" if wish == "load" else wish))

@@ -26,10 +26,12 @@ from ..effects import Change, apply_change
 from ..errors import ApiError, AutoDLError, ErrorType
 from ..output import Progress, to_json
 from ..resolve import deployment_by_uuid
+from ..spend import BILLING_STATUSES
 from ..stock import requested_stock
 from ..units import yuan_from_price_units
 from .autoscale_policy import AutoscaleConfig, Decision, Observed, PolicyState, Sample, decide, hourly_cap_replicas
 from .registry import now_timestamp
+from .spend_meter import SpendMeter, platform_seconds
 
 RUNNING = "running"
 STARTING_STATUSES = ("creating", "created", "starting", "oss_merged")
@@ -105,7 +107,7 @@ class PlatformView:
     starting: int
     live: int  # starting + running (what counts as a replica)
     price_per_replica: Optional[float]  # yuan per hour, the dearest running container
-    hourly_rate: float  # yuan per hour being paid now (running containers)
+    hourly_rate: float  # yuan per hour being paid now (running and shutting-down containers)
 
 
 def _price_yuan(container: dict) -> Optional[float]:
@@ -145,6 +147,9 @@ class ReplicaScaler:
         prices = [p for p in (_price_yuan(c) for c in running) if p]
         if prices:
             self.last_price = max(prices)
+        # Paid now: what the platform bills, as cost_report counts it (a container shutting
+        # down still holds its GPUs until stopped_at).
+        billing = [p for p in (_price_yuan(c) for c in containers if c.get("status") in BILLING_STATUSES) if p]
         return PlatformView(
             replica_num=int(deployment.get("replica_num") or 0),
             status=str(deployment.get("status")),
@@ -152,7 +157,7 @@ class ReplicaScaler:
             starting=starting,
             live=len(running) + starting,
             price_per_replica=self.last_price or self.price_ceiling,
-            hourly_rate=sum(prices),
+            hourly_rate=sum(billing),
         )
 
     def stock(self) -> tuple[int, dict]:
@@ -267,9 +272,7 @@ class Autoscaler:
         self.last_decision: Optional[dict] = None
         self.recent: deque[dict] = deque(maxlen=RECENT_DECISIONS)
         self.changes = 0  # replica_num changes that took effect
-        self.spent = 0.0  # yuan
-        self._last_rate: Optional[float] = None
-        self._last_spend_at: Optional[float] = None
+        self.meter = SpendMeter()  # yuan, on the platform's clock
         self._requests_seen = 0
         self.last_request_at: Optional[float] = None
         self.last_change_at: Optional[float] = None
@@ -419,13 +422,14 @@ class Autoscaler:
             self.last_change_at = now  # may have landed: treat as converging, never resend blindly
         return result
 
+    @property
+    def spent(self) -> float:
+        return self.meter.spent
+
     def _account_spend(self, view: PlatformView, now: float) -> None:
-        """Spend = running time x price, summed between observations. The dearer of the two
-        ends' rates is charged for the gap, so the budget is never under-counted."""
-        if self._last_spend_at is not None:
-            rate = max(view.hourly_rate, self._last_rate or 0.0)
-            self.spent += rate * max(now - self._last_spend_at, 0.0) / 3600.0
-        self._last_spend_at, self._last_rate = now, view.hourly_rate
+        """Spend = running time x price between observations, timed on the platform's clock
+        (the Date header of the answers just read), as the platform bills; see spend_meter."""
+        self.meter.observe(view.hourly_rate, platform_seconds(self.scaler.client), now, time.monotonic())
 
     def _faulty_reason(self, replica: ReplicaLoad, now: float) -> Optional[str]:
         """Why this replica should be replaced now, or None. Updates the failure history."""
@@ -525,7 +529,7 @@ class Autoscaler:
                 "recent_decisions": list(self.recent),
                 "pending": bool(self.pending),
                 "changes": self.changes,
-                "spent_yuan": round(self.spent, 4),
+                **self.meter.shown(),
                 "price_per_replica_yuan": view.price_per_replica if view else None,
                 "zero_refused": self.zero_refused,
                 "blacklist_candidates": list(self.blacklist_candidates.values()),
@@ -569,7 +573,7 @@ class Autoscaler:
             return {"final_replica_num": None, "left_at_last_size": True, "change_in_flight": change,
                     "note": f"自动扩缩容停止时, 把副本数从 {change['replica_num_from']} 改为 {change['replica_num_to']} 的请求已发出, "
                     f"是否生效未知: 先用 {change['check']} 查看, 不要直接重复。",
-                    "changes": self.changes, "spent_yuan": round(self.spent, 4), "zero_refused": self.zero_refused,
+                    "changes": self.changes, **self.meter.shown(), "zero_refused": self.zero_refused,
                     "blacklist_candidates": list(self.blacklist_candidates.values())}
         return {
             "final_replica_num": last,
@@ -577,7 +581,7 @@ class Autoscaler:
             "note": f"自动扩缩容已停止, 部署保持在最后的副本数 {last}, 没有在退出时缩容或停止。"
             "需要停掉时用 set_replicas.py 或 stop_deployment.py。",
             "changes": self.changes,
-            "spent_yuan": round(self.spent, 4),
+            **self.meter.shown(),
             "zero_refused": self.zero_refused,
             "blacklist_candidates": list(self.blacklist_candidates.values()),
         }
@@ -725,7 +729,7 @@ class GatewayAutoscaler:
             ("gateway_autoscaler_current_replicas", "replica_num the platform holds", values["current"]),
             ("gateway_autoscaler_running_replicas", "Containers running", values["running"]),
             ("gateway_autoscaler_load", "Load averaged over the look-back (in flight + queued)", values["load"]),
-            ("gateway_autoscaler_spent_yuan", "Spent since the autoscaler started (running time x price), yuan", values["spent_yuan"]),
+            ("gateway_autoscaler_spent_yuan", "Spent since the autoscaler started (running time x price, on the platform's clock), yuan", values["spent_yuan"]),
         ]
         for name, documentation, value in gauges:
             if value is not None:

@@ -24,6 +24,14 @@ HTTP surface: every path is proxied except `/_gateway/status` (JSON) and `/_gate
 (Prometheus text, OpenTelemetry-style names: `http_server_request_duration_seconds`,
 `http_server_active_requests`, `gateway_*`). Errors the gateway itself answers use the
 project's error shape: {"status": "error", "error_type", "message", "hint", "details"}.
+
+What the counters count (status `totals` and the exit summary; see `_Totals`): `requests` are
+requests for the replicas (every path outside /_gateway/), each once however many attempts;
+the gateway's own endpoints are `gateway_endpoint_requests`. Once nothing is in flight,
+requests = sent_to_replicas + answered_by_gateway = the sum of by_status_class, and the
+replicas' per-outcome counts (`replicas[]` plus `departed_replicas[]`) add up to
+sent_to_replicas + retries. The Prometheus series keep OpenTelemetry's meaning (every HTTP
+request, scrapes included: the guard's idle check relies on that, see idle.py).
 """
 
 from __future__ import annotations
@@ -179,9 +187,12 @@ class _JsonErrorServer(web.Server):
 
 @dataclass
 class _Totals:
-    requests: int = 0
-    proxied: int = 0  # requests for the replicas (not /_gateway/*), counted on arrival: the autoscaler's idle clock
-    retries: int = 0
+    requests: int = 0  # requests for the replicas (paths outside /_gateway/), on arrival
+    proxied: int = 0  # of those, past the Host/auth checks (counted on arrival): the autoscaler's idle clock
+    sent_to_replicas: int = 0  # finished requests that reached at least one replica
+    answered_by_gateway: int = 0  # finished requests no replica saw (refused, no replica in time, bad body, client left while queued)
+    gateway_endpoint_requests: int = 0  # /_gateway/status, /_gateway/metrics and other /_gateway/ paths
+    retries: int = 0  # extra attempts on another replica (a request's attempts = 1 + its retries)
     by_status_class: dict[str, int] = field(default_factory=lambda: {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0, "other": 0})
     queue_rejections: int = 0
     aborted_streams: int = 0
@@ -207,7 +218,8 @@ class Gateway:
             probe_before_readmit=bool(options.health_path), ledger=ledger, on_change=self.log)
         self.extensions: list[GatewayExtension] = []
         self.totals = _Totals()
-        self.active_requests = 0
+        self.active_requests = 0  # requests for the replicas in flight (the gateway's own endpoints not counted)
+        self.http_active_requests = 0  # every HTTP request in flight (Prometheus http_server_active_requests)
         self.url = ""
         self.started_at = time.time()
         self._view: RegistryView | None = None
@@ -390,7 +402,11 @@ class Gateway:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        self.active_requests += 1
+        own = request.rel_url.path.startswith(GATEWAY_PREFIX)
+        self.http_active_requests += 1
+        if not own:
+            self.active_requests += 1
+            self.totals.requests += 1
         self._idle.clear()
         outcome = {"served_by": None, "retries": 0}
         status = 500
@@ -402,19 +418,28 @@ class Gateway:
             status = 499  # the client went away (nginx's convention)
             raise
         finally:
-            self.active_requests -= 1
-            if self.active_requests == 0:
+            self.http_active_requests -= 1
+            if not own:
+                self.active_requests -= 1
+            if self.http_active_requests == 0:
                 self._idle.set()
             elapsed = time.perf_counter() - started
-            self._count(request.method, status, elapsed)
+            self._count(request.method, status, elapsed, own, outcome["served_by"] is not None)
             if self.access_log is not None:
                 self.access_log(f"{request.remote} \"{request.method} {request.rel_url.path}\" {status} "
                                 f"{elapsed * 1000:.1f}ms served_by={outcome['served_by'] or '-'} retries={outcome['retries']}")
 
-    def _count(self, method: str, status: int, elapsed: float) -> None:
-        self.totals.requests += 1
-        key = f"{status // 100}xx" if 200 <= status < 600 else "other"
-        self.totals.by_status_class[key] = self.totals.by_status_class.get(key, 0) + 1
+    def _count(self, method: str, status: int, elapsed: float, own: bool, reached_replica: bool) -> None:
+        totals = self.totals
+        if own:
+            totals.gateway_endpoint_requests += 1
+        else:
+            key = f"{status // 100}xx" if 200 <= status < 600 else "other"
+            totals.by_status_class[key] = totals.by_status_class.get(key, 0) + 1
+            if reached_replica:
+                totals.sent_to_replicas += 1
+            else:
+                totals.answered_by_gateway += 1
         self._metrics.observe(method if method in KNOWN_METHODS else "_OTHER", status, elapsed)
 
     def _host_allowed(self, request: web.BaseRequest) -> bool:
@@ -700,7 +725,6 @@ class Gateway:
                                                             "age_seconds": round(now - report.at, 3)},
                 "load_report_error": replica.report_error,
             })
-        totals = self.totals
         return {
             "status": "success",
             "url": self.url,
@@ -712,16 +736,38 @@ class Gateway:
                       "max_inflight_per_replica": self.options.max_inflight_per_replica or None},
             "load": self.load(),
             "replicas": replicas,
-            "totals": {"requests": totals.requests, "active": self.active_requests, "retries": totals.retries,
-                       "by_status_class": dict(totals.by_status_class), "queue_rejections": totals.queue_rejections,
-                       "aborted_streams": totals.aborted_streams},
+            "departed_replicas": self._departed(),
+            **self._departed_beyond(),
+            "totals": {**self._totals(), "active": self.active_requests},
             "extensions": {extension.name: extension.status() for extension in self.extensions},
         }
 
-    def summary(self) -> dict[str, Any]:
+    def _totals(self) -> dict[str, Any]:
         totals = self.totals
-        return {"url": self.url, "deployment_uuid": self.status()["deployment_uuid"], "requests": totals.requests,
-                "retries": totals.retries, "by_status_class": dict(totals.by_status_class),
-                "queue_rejections": totals.queue_rejections, "aborted_streams": totals.aborted_streams,
-                "replicas": [{"container_uuid": r.container_uuid, "requests": dict(r.outcomes), "ejections": r.ejections}
-                             for r in self.table.all_replicas()]}
+        return {"requests": totals.requests, "sent_to_replicas": totals.sent_to_replicas,
+                "answered_by_gateway": totals.answered_by_gateway, "retries": totals.retries,
+                "by_status_class": dict(totals.by_status_class), "queue_rejections": totals.queue_rejections,
+                "aborted_streams": totals.aborted_streams, "gateway_endpoint_requests": totals.gateway_endpoint_requests}
+
+    def _departed(self) -> list[dict[str, Any]]:
+        """Replicas that left (scale-down, replaced), with the counts they took with them."""
+        now = self.table.clock()
+        return [{"container_uuid": r.container_uuid, "machine_id": r.machine_id, "requests": dict(r.outcomes),
+                 "retries": r.retries, "ejections": r.ejections,
+                 "departed_seconds_ago": round(max(0.0, now - r.departed_at), 3) if r.departed_at is not None else None}
+                for r in self.table.departed.values()]
+
+    def _departed_beyond(self) -> dict[str, Any]:
+        beyond = self.table.departed_beyond
+        if not beyond["replicas"]:
+            return {}
+        return {"departed_replicas_not_listed": {"replicas": beyond["replicas"], "requests": dict(beyond["requests"]),
+                                                 "retries": beyond["retries"], "ejections": beyond["ejections"]}}
+
+    def summary(self) -> dict[str, Any]:
+        return {"url": self.url, "deployment_uuid": self.status()["deployment_uuid"], **self._totals(),
+                "replicas": [{"container_uuid": r.container_uuid, "requests": dict(r.outcomes), "retries": r.retries,
+                              "ejections": r.ejections} for r in self.table.all_replicas()],
+                "departed_replicas": [{key: entry[key] for key in ("container_uuid", "requests", "retries", "ejections")}
+                                      for entry in self._departed()],
+                **self._departed_beyond()}

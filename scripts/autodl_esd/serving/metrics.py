@@ -87,7 +87,8 @@ class GatewayMetrics:
                                   ["http_request_method", "http_response_status_code"], buckets=DURATION_BUCKETS,
                                   registry=self.registry)
         self.active = Gauge("http_server_active_requests", "Number of active HTTP server requests.", registry=self.registry)
-        self.active.set_function(lambda: gateway.active_requests)
+        # OpenTelemetry's meaning: every HTTP request in flight, this scrape included (idle.py counts on it).
+        self.active.set_function(lambda: gateway.http_active_requests)
         self.registry.register(_TableCollector(gateway))
         self._children: dict[tuple[str, int], Any] = {}
 

@@ -15,6 +15,9 @@ One `ReplicaTable` per gateway, touched only from its event loop (no locks):
   health probes, the end of the cool-down brings it back.
 - `load()` is what an autoscaler reads: in-flight, queued, reported running/waiting, replicas
   by state.
+- A replica that has left for good (scale-down, a replaced container) moves to `departed`
+  with its counters, so the gateway's totals still add up after it; one that comes back
+  continues its counters.
 
 `InflightLedger` is the seam for sharing in-flight counts across gateways (e.g. in Redis):
 the table calls `request_started`/`request_finished` and copies `remote_inflight(uuid)` into
@@ -32,6 +35,10 @@ from typing import Any, Callable, Iterable
 from .policies import LoadReport, Policy
 
 OUTCOMES = ("success", "error", "failure", "cancelled")
+# Departed replicas kept by name (status and the summary list them); older ones are folded
+# into one aggregate. An autoscaler replacing a replica every few minutes stays within this
+# for hours, and a status document stays small whatever the churn.
+DEPARTED_KEPT = 100
 STATES = ("ready", "ejected", "unhealthy", "draining")
 
 
@@ -82,6 +89,7 @@ class Replica:
         self.retries = 0  # requests that failed here and were retried elsewhere
         self.service_seconds: float | None = None  # learned time per request (EWMA)
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.departed_at: float | None = None  # when it left the table for good (clock)
 
     def is_ejected(self, now: float) -> bool:
         if self.ejected_until is None:
@@ -153,6 +161,9 @@ class ReplicaTable:
         # this set once the registry drops them, or when `restore` is called.
         self.withdrawn: set[str] = set()
         self.queue_rejections = 0  # answered 503 from the queue (full or timed out)
+        self.departed: dict[str, Replica] = {}  # left for good, newest last (at most DEPARTED_KEPT)
+        # Replicas beyond DEPARTED_KEPT, summed: totals keep adding up however many left.
+        self.departed_beyond = {"replicas": 0, "requests": dict.fromkeys(OUTCOMES, 0), "retries": 0, "ejections": 0}
 
     # ---- membership ----------------------------------------------------------------------
 
@@ -168,7 +179,7 @@ class ReplicaTable:
                 continue
             if uuid in self.withdrawn:
                 continue
-            replica = self.replicas.get(uuid) or self.draining.pop(uuid, None)
+            replica = self.replicas.get(uuid) or self.draining.pop(uuid, None) or self.departed.pop(uuid, None)
             if replica is None:
                 replica = Replica(uuid)
                 self.on_change(f"副本加入 {uuid} {url}")
@@ -190,6 +201,7 @@ class ReplicaTable:
                 self.on_change(f"副本离开注册表 {uuid}, 等 {replica.inflight} 个进行中的请求结束")
             else:
                 self.on_change(f"副本离开注册表 {uuid}")
+                self._depart(replica)
         self.replicas = fresh
         self.dispatch()
 
@@ -204,6 +216,19 @@ class ReplicaTable:
 
     def all_replicas(self) -> list[Replica]:
         return [*self.replicas.values(), *self.draining.values()]
+
+    def _depart(self, replica: Replica) -> None:
+        replica.departed_at = self.clock()
+        self.departed.pop(replica.container_uuid, None)
+        self.departed[replica.container_uuid] = replica
+        while len(self.departed) > DEPARTED_KEPT:
+            oldest = self.departed.pop(next(iter(self.departed)))
+            beyond = self.departed_beyond
+            beyond["replicas"] += 1
+            beyond["retries"] += oldest.retries
+            beyond["ejections"] += oldest.ejections
+            for outcome, count in oldest.outcomes.items():
+                beyond["requests"][outcome] += count
 
     # ---- selection -----------------------------------------------------------------------
 
@@ -318,6 +343,7 @@ class ReplicaTable:
             self.policy.on_request_finish(replica, outcome)
         if replica.inflight == 0 and self.draining.get(replica.container_uuid) is replica:
             del self.draining[replica.container_uuid]
+            self._depart(replica)
         self.dispatch()
 
     def eject(self, replica: Replica, reason: str) -> None:

@@ -381,9 +381,10 @@ def test_a_follower_gateway_keeps_listening_and_says_why_there_are_no_replicas(t
     source.start()
     loop = LoopThread()
     try:
-        gateway = loop.gateway(source, interval=0.05, queue_timeout=0.2)
-        answer = requests.get(gateway.url + "/predict", timeout=5)
+        gateway = loop.gateway(source, interval=0.05, queue_timeout=30)  # answered at once all the same
+        answer = requests.get(gateway.url + "/predict", timeout=10)  # not queued for 30 s: nothing will come
         assert answer.status_code == 503 and answer.json()["error_type"] == "no_replicas"
+        assert answer.json()["details"]["ended"] == "deployment_gone"
         assert "已不存在" in answer.json()["message"]
         state = requests.get(gateway.url + "/_gateway/status", timeout=5).json()["registry"]
         assert state["ended"] == "deployment_gone" and state["stale"] is False

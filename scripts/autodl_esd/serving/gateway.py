@@ -538,6 +538,10 @@ class Gateway:
         return headers
 
     async def _proxy(self, request: web.BaseRequest, outcome: dict[str, Any]) -> web.StreamResponse:
+        view = self._view
+        if view is not None and view.ended:  # final: no replica will come, so no point queueing
+            return error_response(503, "no_replicas", f"没有可用副本: {view.ended_reason}",
+                                  "部署已停止或删除, 不会再有副本; 换用别的部署。", {"ended": view.ended})
         try:
             body, stream = await self._read_body(request)
         except asyncio.TimeoutError:
@@ -562,9 +566,7 @@ class Gateway:
             except NoReplicas as reason:
                 if last_failure is not None:
                     return self._upstream_failed(last_failure, tried)
-                ended = self._view.ended_reason if self._view is not None and self._view.ended else None
-                return error_response(503, "no_replicas", f"没有可用副本: {ended or reason}",
-                                      "部署已停止或删除, 不会再有副本; 换用别的部署。" if ended else
+                return error_response(503, "no_replicas", f"没有可用副本: {reason}",
                                       "副本可能还在启动、健康检查未通过或已全部停止; 稍后重试, 或查看 GET /_gateway/status。",
                                       {"queue_timeout_seconds": self.options.queue_timeout},
                                       {"Retry-After": self._retry_after()})

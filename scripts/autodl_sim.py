@@ -12,6 +12,7 @@ examples:
   python scripts/autodl_sim.py
   python scripts/autodl_sim.py --speed 600 --faults "error_rate=0.1,create_slow_seconds=3"
   python scripts/autodl_sim.py --dialect private --stock-shape dict --cluster my_cluster.json
+  python scripts/autodl_sim.py --speed 30 --service-ports auto      # for HAProxy: one host:port per replica
 
   then point the skill at it:
   AUTODL_HOST=<url from the ready line> AUTODL_TOKEN=sim-token python queue_submit.py examples/...
@@ -33,6 +34,13 @@ timestamps:
   later), while --interval / --guard-interval stay REAL seconds. A guard measures the
   platform clock's rate (shown as platform_clock_rate + clock_note) and never sleeps past
   a deadline it can compute.
+
+service ports:
+  by default every container's service shares the simulator's port and is selected by path
+  (<url>/svc/<container_uuid>/p6006); the pool and serve_gateway.py route to such URLs, but
+  HAProxy cannot (it needs a host:port per server). --service-ports auto gives every
+  container its own port on --host (--service-ports 9100-9199: from that range), and the
+  service URLs carry no path, like the private cloud's proxy_host:custom_port.
 
 exit codes:
   0  stopped by SIGINT/SIGTERM
@@ -82,6 +90,16 @@ def port_number(text: str) -> int:
     return port
 
 
+def service_ports(text: str) -> bool | tuple[int, int]:
+    """argparse type: "auto" (the system picks each port) or a LOW-HIGH port range."""
+    if text == "auto":
+        return True
+    low, sep, high = text.partition("-")
+    if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected auto or LOW-HIGH (1 <= LOW <= HIGH <= 65535), got {text!r}")
+    return int(low), int(high)
+
+
 def build_parser() -> JsonArgumentParser:
     parser = JsonArgumentParser(
         prog="autodl_sim.py",
@@ -105,6 +123,9 @@ def build_parser() -> JsonArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     parser.add_argument("--balance-yuan", type=float, default=None,
                         help="wallet balance at start in yuan (default 500); running containers draw it down")
+    parser.add_argument("--service-ports", type=service_ports, default=None, metavar="auto|LOW-HIGH",
+                        help="give every container's service its own port (URLs without a path, which HAProxy "
+                             "needs): auto = free ports, LOW-HIGH = from that range (default: one shared port, /svc/<uuid> paths)")
     parser.add_argument("--gated", action="store_true",
                         help="account without enterprise verification: deployment routes answer 无当前资源访问权限")
     return parser
@@ -158,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             speed=args.speed or DEFAULT_SPEED, seed=args.seed, faults=args.faults,
             host=args.host, port=args.port, dialect=args.dialect,
             stock_shape=args.stock_shape, verbose=args.verbose,
-            balance_yuan=args.balance_yuan, gated=args.gated,
+            balance_yuan=args.balance_yuan, gated=args.gated, service_ports=args.service_ports or False,
         )
     except ClusterConfigError as exc:
         return fail("config_error", "集群文件不可用", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",

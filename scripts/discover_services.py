@@ -45,7 +45,8 @@ def build_parser() -> cli.JsonArgumentParser:
         "轮全量同步一次, 可选健康检查 (连续 --health-failures 次失败标记 healthy=false, 副本保留, "
         "service_pool 跳过它, 恢复后重新为 true), 原子写入 --out 文件, 可选本机 HTTP 接口 "
         "(GET /services, GET /pick?policy=...)。接口暂时失败时保留上一次的注册表并标记 stale, 不会清空。"
-        "Ctrl-C / SIGTERM 正常结束 (退出码 0), 输出汇总。",
+        "部署被停止或删除 (平台连续 2 次明确这样回答; 接口错误不算) 时发布空注册表 (ended) 并结束, "
+        "stopped_by 为 deployment_stopped / deployment_gone。Ctrl-C / SIGTERM 正常结束 (退出码 0), 输出汇总。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
@@ -148,6 +149,10 @@ def handle(args, ctx: cli.Context) -> dict:
         result["redis"] = redis_watch.summary(args.redis, args.key_prefix)
     if haproxy_sync:
         result["haproxy"] = haproxy_sync.summary()
+        warning = haproxy_sync.warning()
+        if warning:
+            ctx.progress.log(f"HAProxy: {len(haproxy_sync.ever_skipped)} 个副本 HAProxy 无法转发, 被跳过, 没有加入 backend {args.haproxy_backend}")
+            result["warnings"] = [warning]
     return result
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 from autodl_esd import cli
 
@@ -37,7 +38,9 @@ def build_parser() -> cli.JsonArgumentParser:
         "observe layer7 + error-limit 被动摘除, 长请求与 SSE 流式响应不被超时切断 (--long-timeout), "
         "内置 Prometheus 指标 (--metrics-bind 的 /metrics, /stats 页面), 运行时接口 stats socket。"
         "backend 初始为空: 由 discover_services.py --watch --haproxy-socket --haproxy-backend 按容器增删服务器 "
-        "(输出里的 feed_command)。HAProxy 负责转发, 本工具只生成配置。",
+        "(输出里的 feed_command, 可在任意目录直接粘贴运行)。HAProxy 负责转发, 本工具只生成配置。"
+        "生成前看一眼运行中副本的服务地址: 地址带路径 (如模拟器默认的 /svc/<uuid>/p6006) 时 HAProxy 无法转发到它们, "
+        "warnings 里的 haproxy_cannot_route 说明怎么办 (查不到时 service_urls_checked 为 null)。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
@@ -47,7 +50,8 @@ def build_parser() -> cli.JsonArgumentParser:
     parser.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH", help=f"运行时接口 stats socket 路径 (默认 {DEFAULT_SOCKET})")
     parser.add_argument("--metrics-bind", default=DEFAULT_METRICS_BIND, metavar="HOST:PORT",
                         help=f"Prometheus /metrics 与 /stats 页面的地址 (默认 {DEFAULT_METRICS_BIND})")
-    parser.add_argument("--health-path", default=DEFAULT_HEALTH_PATH, metavar="PATH", help=f"健康检查路径 (默认 {DEFAULT_HEALTH_PATH})")
+    parser.add_argument("--health-path", metavar="PATH",
+                        help=f"健康检查路径 (默认 {DEFAULT_HEALTH_PATH}); 指定时 feed_command 的 watcher 也按它探测 (healthy=false 的副本排空)")
     parser.add_argument("--check-interval", default=DEFAULT_CHECK_INTER, metavar="DUR", help=f"健康检查间隔, HAProxy 时长格式 (默认 {DEFAULT_CHECK_INTER})")
     parser.add_argument("--check-fall", type=cli.positive_int, default=DEFAULT_CHECK_FALL, metavar="N", help=f"连续失败几次判定下线 (默认 {DEFAULT_CHECK_FALL})")
     parser.add_argument("--check-rise", type=cli.positive_int, default=DEFAULT_CHECK_RISE, metavar="N", help=f"连续成功几次恢复 (默认 {DEFAULT_CHECK_RISE})")
@@ -57,6 +61,11 @@ def build_parser() -> cli.JsonArgumentParser:
                         help="每个副本同时处理的请求上限, 多余的在 HAProxy 排队 (默认 0 = 不限; GPU 一次一批时设 1)")
     parser.add_argument("--long-timeout", default=DEFAULT_LONG_TIMEOUT, metavar="DUR",
                         help=f"client/server/tunnel 超时: 长请求与 SSE 不会被切断 (默认 {DEFAULT_LONG_TIMEOUT})")
+    feed = parser.add_argument_group("feed_command 里的 watcher (discover_services.py --watch)")
+    feed.add_argument("--port", type=int, choices=(6006, 6008), help="用副本哪个端口的服务地址 (默认 6006, 没有时用 6008 / service_url)")
+    feed.add_argument("--redis", metavar="URL",
+                      help="多台机器各跑一个 HAProxy 时: watcher 经这个 Redis 选出一个轮询 AutoDL, 其余跟随 (redis://主机:端口/库)")
+    feed.add_argument("--key-prefix", metavar="P", help="--redis 的键前缀 (默认与 discover_services.py 相同)")
     return parser
 
 
@@ -69,8 +78,13 @@ def handle(args, ctx: cli.Context) -> dict:
             problems.append(f"{flag} {value!r}")
     if not args.socket.startswith("/") or any(ch.isspace() for ch in args.socket):
         problems.append(f"--socket {args.socket!r} (需要不含空格的绝对路径)")
-    if not args.health_path.startswith("/") or any(ch.isspace() for ch in args.health_path):
-        problems.append(f"--health-path {args.health_path!r} (需要以 / 开头、不含空格)")
+    health_path = args.health_path or DEFAULT_HEALTH_PATH
+    if not health_path.startswith("/") or any(ch.isspace() for ch in health_path):
+        problems.append(f"--health-path {health_path!r} (需要以 / 开头、不含空格)")
+    if args.key_prefix is not None and not args.redis:
+        problems.append("--key-prefix (需要和 --redis 一起使用)")
+    if args.redis is not None and not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        problems.append(f"--redis {args.redis!r} (格式: redis://[:密码@]主机:端口/库)")
     if problems:
         raise cli.UsageError(f"参数无效: {'; '.join(problems)}",
                              "名字只用字母数字 _.:-; 时长如 2s / 500ms / 1h; 地址如 127.0.0.1:8080 或 0.0.0.0:8080。")
@@ -87,26 +101,76 @@ def handle(args, ctx: cli.Context) -> dict:
         deployment_uuid = resolve_from_args(ctx.client(), args)["uuid"]
     options = haproxy.server_options(args.check_interval, args.check_fall, args.check_rise, args.error_limit, args.server_maxconn)
     config = haproxy.render_config(deployment_uuid=deployment_uuid, bind=args.bind, backend=args.backend, socket_path=args.socket,
-                                   metrics_bind=args.metrics_bind, health_path=args.health_path, options=options,
+                                   metrics_bind=args.metrics_bind, health_path=health_path, options=options,
                                    long_timeout=args.long_timeout)
     if args.out:
         target = Path(args.out)
         if not target.parent.is_dir():
             raise cli.UsageError(f"--out 的目录不存在: {target.parent}")
         target.write_text(config, encoding="utf-8")
-    feed = (f"python scripts/discover_services.py --deployment-uuid {deployment_uuid} --watch "
-            f"--haproxy-socket {args.socket} --haproxy-backend {args.backend} "
-            f"--haproxy-server-options '{options}'")
+    feed, feed_note = feed_command(args, deployment_uuid, options)
+    checked, warnings = routing_warnings(ctx, deployment_uuid, args.port)
     return {
         "deployment_uuid": deployment_uuid, "out": args.out, "bind": args.bind, "backend": args.backend, "socket": args.socket,
         "metrics_url": f"http://{args.metrics_bind}/metrics", "server_options": options,
-        "check_command": f"haproxy -c -f {args.out or 'haproxy.cfg'}",
-        "start_command": f"haproxy -f {args.out or 'haproxy.cfg'}",
+        "check_command": f"haproxy -c -f {shlex.quote(args.out or 'haproxy.cfg')}",
+        "start_command": f"haproxy -f {shlex.quote(args.out or 'haproxy.cfg')}",
         "feed_command": feed,
+        **({"feed_command_note": feed_note} if feed_note else {}),
+        "service_urls_checked": checked,
+        "warnings": warnings,
         **({} if args.out else {"config": config}),
     }
 
 
+def feed_command(args, deployment_uuid: str, options: str) -> tuple[str, str | None]:
+    """The watcher command that feeds this HAProxy, pasteable from any directory."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    script = Path(__file__).resolve().parent / "discover_services.py"
+    words = ["python", str(script), "--deployment-uuid", deployment_uuid, "--watch",
+             "--haproxy-socket", args.socket, "--haproxy-backend", args.backend, "--haproxy-server-options", options]
+    if args.port:
+        words += ["--port", str(args.port)]
+    if args.health_path:
+        words += ["--health-path", args.health_path]
+    note = None
+    if args.redis:
+        redis_url = args.redis
+        parts = urlsplit(redis_url)
+        if parts.password is not None:  # never print a secret: a placeholder the user fills in
+            host = parts.netloc.rsplit("@", 1)[1]
+            redis_url = parts._replace(netloc=f"{parts.username or ''}:REDIS_PASSWORD@{host}").geturl()
+            note = "feed_command 里的 REDIS_PASSWORD 是占位符: 运行前换成 Redis 密码。"
+        words += ["--redis", redis_url]
+        if args.key_prefix:
+            words += ["--key-prefix", args.key_prefix]
+    return shlex.join(words), note
+
+
+def routing_warnings(ctx: cli.Context, deployment_uuid: str, port) -> tuple:
+    """(how many running replicas' URLs were checked, or None; warnings): haproxy_cannot_route
+    when the deployment's replicas have URLs HAProxy cannot route to.
+
+    One look at the running containers, with the URL the watcher would register; when the
+    platform cannot be asked (no token, offline) the config is written without the check.
+    """
+    from autodl_esd import api
+    from autodl_esd.containers import primary_service_url
+    from autodl_esd.errors import AutoDLError
+    from autodl_esd.serving import haproxy
+
+    try:
+        running = api.list_containers(ctx.client(), deployment_uuid, statuses=["running"])
+    except AutoDLError as error:
+        ctx.progress.log(f"没能查看部署的服务地址, 未检查 HAProxy 能否转发到副本: {error.message}")
+        return None, []
+    urls = [url for url in (primary_service_url(c, port) for c in running if isinstance(c, dict) and c.get("status") == "running") if url]
+    warning = haproxy.routing_warning(urls)
+    if warning:
+        ctx.progress.log(f"警告: {warning['message']} {warning['hint']}")
+    return len(urls), ([warning] if warning else [])
 def main(argv=None) -> int:
     return cli.run(build_parser(), handle, argv)
 

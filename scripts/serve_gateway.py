@@ -45,7 +45,9 @@ def build_parser() -> cli.JsonArgumentParser:
         "连接失败、首字节前超时或副本返回 502/503/504 时换一个副本重试; 失败的副本摘除一段时间, 健康检查通过后恢复; "
         "副本都满载时请求排队, 超时返回 503 (JSON, 带 Retry-After)。GET /_gateway/status 查看状态, "
         "GET /_gateway/metrics 为 Prometheus 指标。默认只监听本机回环地址; 监听其他地址必须用 --auth-token-env。"
-        "就绪时 stdout 输出一行 JSON (url); Ctrl-C / SIGTERM 停止接收、等待进行中的请求后输出汇总 (退出码 0)。",
+        "就绪时 stdout 输出一行 JSON (url); Ctrl-C / SIGTERM 停止接收、等待进行中的请求后输出汇总 (退出码 0)。"
+        "自己发现副本时 (--deployment-uuid / --name / --config), 部署被停止或删除后网关同样结束 "
+        "(stopped_by deployment_stopped / deployment_gone); 读注册表 (--registry*) 时继续监听, 返回 503 no_replicas 并说明部署已结束。",
         EXAMPLES,
     )
     source = parser.add_mutually_exclusive_group(required=True)

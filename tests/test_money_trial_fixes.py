@@ -188,3 +188,149 @@ def test_bulk_results_without_guards_have_no_guard_note(sim, run, tmp_path):
                         "--expect-uuids", out["deployment_uuid"], "--quiet")
     assert code == 0, done
     assert "guards_note" not in done and "guards" not in done["items"][0]
+
+
+# --- 5. a second queue_submit for the same name hears about the first ----------------------
+
+SERVICE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+
+
+def _markers():
+    from autodl_esd.state import state_root
+
+    return sorted((state_root() / "queue_waiting").glob("*/*.json"))
+
+
+def _occupy_all(instance):
+    for gpu in SERVICE["container_template"]["gpu_name_set"]:
+        instance.occupy(gpu, 1000)
+
+
+def test_a_second_run_while_the_first_waits_says_so_at_once_and_on_timeout(sim, run, tmp_path, result_validator):
+    import os
+    import subprocess
+    import sys
+
+    instance = sim()
+    _occupy_all(instance)
+    path = _write(tmp_path, "rs", SERVICE)
+    first = subprocess.Popen([sys.executable, str(ROOT / "queue_submit.py"), path, "--wait-running", "--interval", "0.2", "--quiet"],
+                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        instance.wait_until(lambda: _markers(), timeout=60)  # the first is waiting now
+
+        code, second, err = run("queue_submit.py", path, "--wait-running", "--interval", "0.1", "--timeout", "0.3")
+
+        assert (code, second["error_type"]) == (2, "timeout"), second
+        result_validator.validate(second)
+        assert f"另一个 queue_submit (pid {first.pid}, 自 " in second["message"] and "不要重复提交" in second["message"]
+        assert second["details"]["waiting_runs"][0]["pid"] == first.pid
+        assert second["details"]["waiting_runs"][0]["still_waiting"] is True
+        # Said at once, before this run's own wait began.
+        lines = err.splitlines()
+        said = next(i for i, line in enumerate(lines) if "another_run_waiting" in line)
+        waits = next(i for i, line in enumerate(lines) if "等待库存" in line)
+        assert said < waits and f"pid {first.pid}" in lines[said]
+        assert len(_markers()) == 1, "the second run's own marker is gone; the first's stays"
+        assert first.poll() is None, "the first run is untouched"
+    finally:
+        first.kill()  # SIGKILL: its marker stays behind, unlocked
+        first.communicate(timeout=60)
+    # A marker left by a run that is gone is ignored: no warning, and the wait is as before.
+    code, third, _ = run("queue_submit.py", path, "--interval", "0.1", "--timeout", "0.3", "--quiet")
+    assert third["error_type"] == "timeout" and "另一个" not in third["message"] and "waiting_runs" not in third["details"]
+    assert instance.deployments() == [], "nothing was bought by any of the three"
+
+
+def test_a_stale_marker_is_ignored_and_cleared(run, tmp_path):
+    import os
+    import time
+
+    from autodl_esd import waiters
+
+    directory = waiters.marker_dir("http://h", "rs")
+    directory.mkdir(parents=True)
+    stale = directory / "99999999-deadbeef.json"
+    stale.write_text(json.dumps({"pid": 99999999, "host": "http://h", "name": "rs", "started_epoch": 1}), encoding="utf-8")
+    assert waiters.live_waiters("http://h", "rs") == []
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    assert waiters.live_waiters("http://h", "rs") == [] and not stale.exists()
+
+
+def test_a_live_marker_is_seen_and_removed_when_its_run_ends():
+    from autodl_esd import waiters
+
+    with waiters.waiting_marker("http://h", "rs", "ReplicaSet") as mine:
+        assert mine is not None and mine.exists()
+        [seen] = waiters.live_waiters("http://h", "rs")
+        assert seen["name"] == "rs" and seen["pid"] and seen["started_at"]
+        assert waiters.live_waiters("http://h", "rs", exclude=mine) == []
+        assert waiters.live_waiters("http://other", "rs") == [] and waiters.live_waiters("http://h", "rs2") == []
+    assert not mine.exists() and waiters.live_waiters("http://h", "rs") == []
+
+
+def test_deployment_exists_names_the_run_that_is_waiting(sim, run, deploy, tmp_path):
+    from autodl_esd import waiters
+
+    instance = sim()
+    deploy(1)  # a deployment with this name already exists
+    path = _write(tmp_path, "rs", SERVICE)
+    with waiters.waiting_marker(instance.url, SERVICE["name"], "ReplicaSet"):  # another run, mid-wait
+        code, out, err = run("queue_submit.py", path, "--interval", "0.1")
+    assert (code, out["error_type"]) == (1, "deployment_exists"), out
+    assert "也在等待同名部署" in out["message"] and out["details"]["waiting_runs"][0]["still_waiting"] is True
+    assert "another_run_waiting" in err
+
+
+def test_a_dry_run_warns_about_a_waiting_run_too(sim, run, tmp_path):
+    from autodl_esd import waiters
+
+    instance = sim()
+    path = _write(tmp_path, "rs", SERVICE)
+    with waiters.waiting_marker(instance.url, SERVICE["name"], "ReplicaSet"):
+        code, out, _ = run("queue_submit.py", path, "--dry-run", "--quiet")
+    assert code == 0, out
+    [warning] = [w for w in out["warnings"] if w["code"] == "another_run_waiting"]
+    assert "不要重复提交" in warning["message"] and warning["waiting_runs"][0]["deployment_type"] == "ReplicaSet"
+
+
+def test_the_wait_says_per_replica_and_what_it_waits_for(sim, run, tmp_path):
+    instance = sim()
+    _occupy_all(instance)
+    path = _write(tmp_path, "rs", dict(SERVICE, replica_num=2))
+    code, out, err = run("queue_submit.py", path, "--interval", "0.1", "--timeout", "0.3", "--wait-running")
+    assert out["error_type"] == "timeout"
+    assert "需要 1 卡" not in err
+    assert "每个副本 1 卡 × 2 个, 够 1 个副本即提交" in err
+    assert "其余副本由平台在创建后陆续调度" in err and "--wait-running 之后再等它们全部运行" in err
+
+
+# --- 6. the guard confirmation rule: queue_submit's run is the approval, guard_deployment asks --
+
+def test_queue_submit_guards_only_what_it_created_while_guard_deployment_asks_first(sim, run, deploy, tmp_path):
+    from autodl_esd import guard
+
+    sim()
+    other = deploy(1)  # somebody's running service, same account
+    path = _write(tmp_path, "guarded", dict(SERVICE, name="guarded-run", replica_num=1))
+
+    # No --yes on queue_submit (it has none): the run itself is the approved spend.
+    code, out, _ = run("queue_submit.py", path, "--interval", "0.05", "--max-runtime", "100", "--guard-interval", "30", "--quiet")
+    assert code == 0, out
+    try:
+        assert out["guard"] and out["guard"]["deployment_uuid"] == out["deployment_uuid"] != other
+        watched = {s["deployment_uuid"] for s in guard.all_states() if s.get("status") not in guard.FINAL_STATUSES}
+        assert watched == {out["deployment_uuid"]}, "never a guard on a deployment this run did not create"
+
+        # An existing deployment: guard_deployment without --yes only describes its plan.
+        code, asked, _ = run("guard_deployment.py", "--deployment-uuid", other, "--max-runtime", "100", "--quiet")
+        assert (code, asked["error_type"]) == (1, "confirmation_required"), asked
+        assert {s["deployment_uuid"] for s in guard.all_states()} == {out["deployment_uuid"]}, "nothing written"
+    finally:
+        run("guard_deployment.py", "--cancel", out["guard"]["guard_id"], "--quiet")
+
+
+def test_the_confirmation_rule_is_documented_where_both_are_described():
+    skill = (ROOT / "SKILL.md").read_text(encoding="utf-8")
+    reference = (ROOT / "api-reference.md").read_text(encoding="utf-8")
+    assert "这次提交本身就是用户批准的花费" in skill and "这次提交本身就是用户批准的花费" in reference

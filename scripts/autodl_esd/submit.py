@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from . import api, effects
+from . import api, effects, waiters
 from .config import build_request, dialect_of
 from .containers import container_summary
 from .effects import in_flight_grace_seconds, watch
@@ -131,6 +131,10 @@ class Submitter:
         self.submit_started_at: str | None = None
         self.duplicate_check: dict[str, Any] = {"result": "none", "would_refuse": False}
         self._reconcile_report: dict[str, Any] | None = None
+        # Other queue_submit runs seen waiting for this name (waiters.py; advisory only).
+        self._host = str(getattr(client, "host", "") or "")
+        self.other_waiters: list[dict[str, Any]] = []
+        self._marker: Any = None
 
     def _dialect_warnings(self) -> list[dict[str, str]]:
         host = urlsplit(getattr(self.client, "host", "") or "").hostname or ""
@@ -276,11 +280,32 @@ class Submitter:
     def _describe(self, stock: StockByGpu) -> str:
         wanted = requested_stock(stock, self.gpu_names)
         figures = ", ".join(f"{name} 空闲 {f['idle']}/{f['total']}" for name, f in wanted.items()) or "无库存数据"
-        return f"需要 {self.gpu_num} 卡; {figures}"
+        return f"{self._need()}; {figures}"
+
+    def _need(self) -> str:
+        """What the wait is for, short: a create needs room for ONE container (first_fit), the
+        platform schedules the other replicas after it (a ReplicaSet's 2 x 1 card is not "2 cards")."""
+        count = target_running(self.config)
+        unit = {"ReplicaSet": "副本", "Job": "容器"}.get(self.config["deployment_type"])
+        if unit is None or count <= 1:
+            return f"需要 {self.gpu_num} 卡"
+        return f"每个{unit} {self.gpu_num} 卡 × {count} 个, 够 1 个{unit}即提交"
+
+    def _explain_wait(self) -> str:
+        """The same, said once in full when the wait begins."""
+        count = target_running(self.config)
+        unit = {"ReplicaSet": "副本", "Job": "容器"}.get(self.config["deployment_type"])
+        if unit is None or count <= 1:
+            return f"等待库存: 某个所选型号空闲 ≥ {self.gpu_num} 卡时提交。"
+        extra = "; --wait-running 之后再等它们全部运行" if self.options.wait_running else ""
+        return (f"等待库存: 每个{unit} {self.gpu_num} 卡, 同时运行 {count} 个; 某个所选型号空闲 ≥ {self.gpu_num} 卡 "
+                f"(够 1 个{unit}) 时就提交, 其余{unit}由平台在创建后陆续调度{extra}。")
 
     def wait_for_stock(self, stock: StockByGpu, started: float) -> tuple[StockByGpu, str]:
         """Poll until a requested type has gpu_num idle cards; returns (stock, gpu_name)."""
         failures = PollFailures(self.progress, "查询库存")
+        if first_fit(stock, self.gpu_names, self.gpu_num) is None:
+            self.progress.log(self._explain_wait())
         while True:
             fit = first_fit(stock, self.gpu_names, self.gpu_num)
             if fit:
@@ -631,8 +656,47 @@ class Submitter:
 
     # --- the whole run ----------------------------------------------------------------
 
+    def _note_other_waiters(self) -> dict[str, Any] | None:
+        """Another run already waiting for this name: said at once (progress), kept for the result."""
+        self.other_waiters = waiters.live_waiters(self._host, self.config["name"])
+        if not self.other_waiters:
+            return None
+        warning = waiters.warning_for(self.other_waiters, self.config["name"])
+        self.progress.log(f"警告 [{warning['code']}] {warning['message']} {warning['hint']}")
+        return warning
+
+    def _mention_other_waiters(self, error: AutoDLError) -> None:
+        """A timeout or deployment_exists names the other runs waiting for this name."""
+        if error.error_type not in (ErrorType.TIMEOUT, ErrorType.DEPLOYMENT_EXISTS):
+            return
+        now = waiters.live_waiters(self._host, self.config["name"], exclude=self._marker)
+        live = {w.get("pid") for w in now}
+        seen = now + [w for w in self.other_waiters if w.get("pid") not in live]
+        if not seen:
+            return
+        first = seen[0]
+        error.details["waiting_runs"] = [{"pid": w.get("pid"), "started_at": w.get("started_at"),
+                                          "still_waiting": w.get("pid") in live} for w in seen]
+        if error.error_type is ErrorType.TIMEOUT and now:
+            error.message += f" {waiters.describe(first)}仍在等待同名部署 {self.config['name']}: 它拿到库存就会创建; 不要重复提交。"
+            error.hint = f"等那个运行的结果; 不想要了就结束它 (kill {first.get('pid')})。" + error.hint
+        elif error.error_type is ErrorType.TIMEOUT:
+            error.message += f" 本次开始时{waiters.describe(first)}也在等待同名部署 (现在已结束): 先看它的结果再决定是否重新提交。"
+        elif now:
+            error.message += f" {waiters.describe(first)}也在等待同名部署 (它创建前的同名检查同样会发现这个部署); 不要重复提交。"
+        else:
+            error.message += f" 本次开始时{waiters.describe(first)}正在等待同名部署: 这个部署很可能就是它创建的; 不要重复提交。"
+
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        except AutoDLError as error:
+            self._mention_other_waiters(error)
+            raise
+
+    def _run(self) -> dict[str, Any]:
         self.submit_started_at = now_timestamp()
+        another_run = self._note_other_waiters()  # local files only: before any network call
         try:
             self.check_image()
             stock = self.poll_stock(filtered=False)
@@ -646,6 +710,8 @@ class Submitter:
             raise
         for warning in self.warnings:
             self.progress.log(f"警告 [{warning['code']}] {warning['message']} {warning['hint']}")
+        if another_run:
+            self.warnings.append(another_run)  # logged above already, when it was found
         summary = {"name": self.config["name"], "deployment_type": self.config["deployment_type"], "dialect": dialect_of(self.config)}
 
         if self.options.dry_run:
@@ -665,7 +731,11 @@ class Submitter:
             }
 
         started = self.clock()
-        deployment_uuid, recovered, waited = self.submit(stock, started)
+        # While this run may still create, others see it waiting (advisory; never consulted
+        # by the exactly-once logic, whose source of truth is the name check before a create).
+        with waiters.waiting_marker(self._host, self.config["name"], self.config["deployment_type"]) as self._marker:
+            deployment_uuid, recovered, waited = self.submit(stock, started)
+        self._marker = None
         self.progress.log(f"部署已创建: {deployment_uuid}" + (" (核对后确认)" if recovered else ""))
         if self.options.on_created:
             self.options.on_created(deployment_uuid)

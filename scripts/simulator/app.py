@@ -62,10 +62,12 @@ class Simulator:
             draw it down as simulated time passes.
         gated: an account without enterprise verification: elastic-deployment routes answer
             BadRequest 无当前资源访问权限; images, stock, wallet and WeChat still work.
-        service_ports: give every container's service its own loopback port (URLs without
+        service_ports: give every container's service its own port on `host` (URLs without
             a path, like the private cloud's proxy_host:custom_port), so a proxy such as
-            HAProxy can address each replica as host:port. Default: one shared port, with
-            /svc/<container_uuid> paths.
+            HAProxy can address each replica as host:port. True: ports the system picks;
+            (low, high): ports from that range (a free one per container; the system picks
+            once the range is used up). Default: one shared port, with /svc/<container_uuid>
+            paths.
 
     Test controls below are thread-safe and may be called while clients are connected.
     """
@@ -74,7 +76,8 @@ class Simulator:
                  speed: float = DEFAULT_SPEED, seed: int = 0, faults: str | dict | None = None,
                  *, host: str = "127.0.0.1", port: int = 0, dialect: str = "both",
                  stock_shape: str = "list", verbose: bool = False,
-                 balance_yuan: float | None = None, gated: bool = False, service_ports: bool = False) -> None:
+                 balance_yuan: float | None = None, gated: bool = False,
+                 service_ports: bool | tuple[int, int] = False) -> None:
         if dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}")
         if stock_shape not in STOCK_SHAPES:
@@ -92,6 +95,10 @@ class Simulator:
         self.account = Account(gated=bool(gated))
         if balance_yuan is not None:
             self.set_wallet(balance_yuan=balance_yuan)
+        if isinstance(service_ports, tuple):
+            low, high = service_ports
+            if not 1 <= low <= high <= 65535:
+                raise ValueError("service_ports range must be 1 <= low <= high <= 65535")
         self.service_ports = service_ports
         self._service_servers: dict[str, tuple[SimHTTPServer, threading.Thread]] = {}
         self._api = Api(self.world, dialect, stock_shape, lambda: self.url, self.account,
@@ -149,14 +156,28 @@ class Simulator:
         with self._service_slots_lock:
             known = self._service_servers.get(container_uuid)
             if known is None:
-                server = SimHTTPServer((self.host, 0), self, self._api, self._faults, self.dialect,
-                                       container_uuid=container_uuid)
+                server = self._service_server(container_uuid)
                 thread = threading.Thread(target=server.serve_forever, args=(SERVE_POLL_SECONDS,),
                                           name=f"sim-svc-{container_uuid}", daemon=True)
                 thread.start()
                 known = self._service_servers[container_uuid] = (server, thread)
         host, port = known[0].server_address[:2]
         return f"http://{host}:{port}"
+
+    def _service_server(self, container_uuid: str) -> SimHTTPServer:
+        """A server for one container's service: on a free port of the range, else one the system picks."""
+        candidates = [0]
+        if isinstance(self.service_ports, tuple):
+            taken = {server.server_address[1] for server, _ in self._service_servers.values()}
+            candidates = [port for port in range(self.service_ports[0], self.service_ports[1] + 1) if port not in taken] + [0]
+        for port in candidates:
+            try:
+                return SimHTTPServer((self.host, port), self, self._api, self._faults, self.dialect,
+                                     container_uuid=container_uuid)
+            except OSError:
+                if port == 0:
+                    raise
+        raise AssertionError("unreachable: port 0 either binds or raises")
 
     def __enter__(self) -> "Simulator":
         return self.start()

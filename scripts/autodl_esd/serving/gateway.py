@@ -223,6 +223,9 @@ class Gateway:
         self.url = ""
         self.started_at = time.time()
         self._view: RegistryView | None = None
+        # Set when an in-process watch ended with its deployment (deployment_stopped / _gone).
+        self.ended_by: str | None = None
+        self.stop_event: asyncio.Event | None = None
         self._never_forward = tuple(secret for secret in options.never_forward if secret)
         self._auth = ("Bearer " + options.auth_token).encode() if options.auth_token else None
         self._check_host = bool(options.allowed_hosts) or is_loopback_name(options.host)
@@ -320,8 +323,20 @@ class Gateway:
     def _refresh_registry(self) -> None:
         view = self.source.current()
         if view is not None and view is not self._view:
+            ended_now = view.ended and not (self._view and self._view.ended)
             self._view = view
             self.table.update(view.services)
+            if ended_now:
+                self._deployment_ended(view)
+
+    def _deployment_ended(self, view: RegistryView) -> None:
+        if self.source.ends_with_deployment:
+            self.ended_by = view.ended
+            self.log(f"{view.ended_reason} 网关随之停止 (stopped_by {view.ended})")
+            if self.stop_event is not None:
+                self.stop_event.set()
+        else:
+            self.log(f"注册表说部署已结束 ({view.ended}): {view.ended_reason} 请求将返回 503 no_replicas")
 
     async def _registry_loop(self) -> None:
         while True:
@@ -523,6 +538,10 @@ class Gateway:
         return headers
 
     async def _proxy(self, request: web.BaseRequest, outcome: dict[str, Any]) -> web.StreamResponse:
+        view = self._view
+        if view is not None and view.ended:  # final: no replica will come, so no point queueing
+            return error_response(503, "no_replicas", f"没有可用副本: {view.ended_reason}",
+                                  "部署已停止或删除, 不会再有副本; 换用别的部署。", {"ended": view.ended})
         try:
             body, stream = await self._read_body(request)
         except asyncio.TimeoutError:
@@ -680,6 +699,9 @@ class Gateway:
             reason = f"注册表已 {age:.1f} 秒没有更新 (超过 {self.source.stale_after:g} 秒)"
         if reason is None and error:
             reason = f"读取注册表失败: {error}"
+        if view.ended:  # final: the watcher stopped on purpose, its silence is not staleness
+            return {"source": self.source.description, "age_seconds": round(age, 3), "stale": False, "stale_reason": None,
+                    "generated_at": view.generated_at, "ended": view.ended, "ended_reason": view.ended_reason}
         return {"source": self.source.description, "age_seconds": round(age, 3), "stale": reason is not None,
                 "stale_reason": reason, "generated_at": view.generated_at}
 

@@ -76,8 +76,9 @@ def server_address(url: str) -> ServerAddress:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"不是 http(s) 地址: {url}")
-    if parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"地址带路径 {parts.path!r}: HAProxy 不能按副本改写路径, 需要每个副本独立的 主机:端口")
+    problem = path_problem(url)
+    if problem:
+        raise ValueError(problem)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname
     try:
@@ -90,6 +91,32 @@ def server_address(url: str) -> ServerAddress:
         infos.sort(key=lambda info: info[0] != socket.AF_INET)  # IPv4 first: what most proxies listen on
         address = infos[0][4][0]
     return ServerAddress(address, port, host if parts.scheme == "https" else None)
+
+
+def path_problem(url: str) -> Optional[str]:
+    """Why HAProxy cannot use this service URL as a server because of its path, or None."""
+    parts = urlsplit(url)
+    if parts.path not in ("", "/") or parts.query:
+        return f"地址带路径 {parts.path!r}: HAProxy 不能按副本改写路径, 需要每个副本独立的 主机:端口"
+    return None
+
+
+def routing_warning(urls: list[str], replicas: Optional[int] = None) -> Optional[dict[str, str]]:
+    """The `warnings` item when some service URLs select the replica by path (HAProxy would answer 503).
+
+    `replicas`: how many replicas there are in all, when `urls` are not all of them.
+    """
+    unroutable = [url for url in urls if path_problem(url)]
+    if not unroutable:
+        return None
+    total = len(urls) if replicas is None else replicas
+    return {
+        "code": "haproxy_cannot_route", "path": "services[].url",
+        "message": (f"{len(unroutable)}/{total} 个副本的服务地址带路径 (如 {unroutable[0]}): HAProxy 只能按 主机:端口 "
+                    "转发, 不能转到这些副本, watcher 会跳过它们; 没有别的副本时前端一直返回 503。"),
+        "hint": ("改用 serve_gateway.py (按完整地址转发, 带路径也可以), 或让每个副本有独立的 主机:端口: "
+                 "私有云的 service_url (proxy_host:custom_port); 模拟器用 autodl_sim.py --service-ports auto 启动。"),
+    }
 
 
 class RuntimeApiError(RuntimeError):
@@ -186,7 +213,9 @@ class BackendSync:
         self.options = options
         self.progress = progress or Progress(quiet=True)
         self.added = self.removed = self.drained = self.updated = 0
-        self.skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}  # replicas in the registry now that HAProxy cannot route to: name -> why
+        self.ever_skipped: dict[str, str] = {}  # every replica skipped in this run: name -> its URL
+        self.ever_seen: set[str] = set()
         self.last_error: Optional[str] = None
         self._ours: set[str] = set()
 
@@ -208,14 +237,24 @@ class BackendSync:
 
     def sync(self, document: dict[str, Any]) -> None:
         desired: dict[str, tuple[ServerAddress, bool, str]] = {}
+        skipped: dict[str, str] = {}
         for entry in document.get("services") or []:
             name = server_name(entry["container_uuid"])
+            self.ever_seen.add(name)
             try:
                 desired[name] = (server_address(entry["url"]), entry.get("healthy") is not False, entry["container_uuid"])
             except ValueError as problem:
                 if self.skipped.get(name) != str(problem):
                     self.progress.log(f"HAProxy: 跳过 {entry['container_uuid']}: {problem}")
-                self.skipped[name] = str(problem)
+                    warning = routing_warning([entry["url"]])
+                    if warning and not self.ever_skipped:
+                        self.progress.log(f"HAProxy: 跳过的副本收不到请求; {warning['hint']}")
+                skipped[name] = str(problem)
+                self.ever_skipped[name] = entry["url"]
+        if not document.get("stale"):  # while stale, the last good view of who is skipped stands
+            self.skipped = skipped
+        else:
+            self.skipped.update(skipped)
         current = self.api.servers(self.backend)
         for name, (address, healthy, uuid) in desired.items():
             server = f"{self.backend}/{name}"
@@ -260,10 +299,17 @@ class BackendSync:
                     self.progress.log(f"HAProxy: 删除 {server}")
 
     def summary(self) -> dict[str, Any]:
+        """Counts of the run; `skipped_replicas`: replicas HAProxy could not route to (ever),
+        `skipped`: those still in the registry at the end, with why."""
         return {"backend": self.backend, "socket": self.api.socket_path, "added": self.added, "removed": self.removed,
                 "drained": self.drained, "address_changes": self.updated,
+                "skipped_replicas": len(self.ever_skipped),
                 **({"skipped": self.skipped} if self.skipped else {}),
                 **({"last_error": self.last_error} if self.last_error else {})}
+
+    def warning(self) -> Optional[dict[str, str]]:
+        """haproxy_cannot_route when this run skipped replicas (for the watcher's final summary)."""
+        return routing_warning(list(self.ever_skipped.values()), len(self.ever_seen)) if self.ever_skipped else None
 
 
 # --- haproxy.cfg ------------------------------------------------------------------------

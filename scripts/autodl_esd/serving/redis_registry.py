@@ -95,8 +95,9 @@ def watcher_name() -> str:
 
 
 def membership(document: dict[str, Any]) -> Any:
-    """What readers act on: the replicas and the stale flag (not the timestamps)."""
-    return (json.dumps(document.get("services"), sort_keys=True, allow_nan=False), bool(document.get("stale")), document.get("stale_reason"))
+    """What readers act on: the replicas, the stale flag and the end (not the timestamps)."""
+    return (json.dumps(document.get("services"), sort_keys=True, allow_nan=False), bool(document.get("stale")), document.get("stale_reason"),
+            document.get("ended"))
 
 
 class LostLock(RuntimeError):
@@ -212,7 +213,8 @@ def read_registry(client: Any, keys: RedisKeys) -> Optional[dict[str, Any]]:
     if body is None:
         return None
     document = json.loads(body)
-    return document if alive else mark_stale(document, STALE_HEARTBEAT_REASON)
+    # An ended registry is final: its watcher stopped on purpose, its heartbeat lapses.
+    return document if alive or document.get("ended") else mark_stale(document, STALE_HEARTBEAT_REASON)
 
 
 def mark_stale(document: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -561,6 +563,10 @@ class RedisWatch:
         if document is None:
             return
         self.watcher.document = document  # what --serve answers on a standby
+        if document.get("ended") and not self.watcher.ended:
+            self.watcher.ended, self.watcher.ended_reason = document["ended"], document.get("ended_reason")
+            self.progress.log(f"活动 watcher 已确认部署结束, 本 watcher 也结束: {document.get('ended_reason')}")
+            self._followed = None  # feed the sinks the empty registry below
         if membership(document) != self._followed:
             self._followed = membership(document)
             for sink in self.watcher.options.sinks[1:]:
@@ -576,13 +582,20 @@ class RedisWatch:
         try:
             while True:
                 self.rounds += 1
+                if not self.active:
+                    # Follow first: an ended registry (the active watcher's word) ends this
+                    # watcher too, before it could take the released lock and start polling.
+                    self._follow()
+                    if self.watcher.ended:
+                        return self.watcher.ended
                 self._hold_or_try()
                 if self.active:
                     self.active_cycles += 1
                     self.watcher.cycle()
+                    if self.watcher.ended:
+                        return self.watcher.ended
                 else:
                     self.standby_rounds += 1
-                    self._follow()
                 if options.max_cycles and self.rounds >= options.max_cycles:
                     return "max_cycles"
                 wait = options.interval

@@ -47,6 +47,7 @@ from ..errors import AutoDLError, Interrupted
 from ..loopback import host_header_allowed
 from ..output import Progress
 from ..platform_time import now_timestamp
+from ..resolve import is_record_not_found
 
 REGISTRY_SCHEMA = SKILL_ROOT / "schemas" / "registry.schema.json"
 RUNNING = "running"
@@ -63,6 +64,12 @@ CYCLE_DEADLINE_INTERVALS = 3
 MIN_CYCLE_DEADLINE_SECONDS = 1.0
 # The endpoint drops a connection idle this long (a client that stalls mid-request included).
 ENDPOINT_IDLE_SECONDS = 10.0
+# A watch ends when this many looks in a row (one per cycle) say the deployment is stopped or
+# gone: one answer may be a lagging read, two an interval apart are the platform's word. An
+# API error in between neither counts nor resets (it is not an answer).
+END_AFTER_LOOKS = 2
+# Why a watch ended with its deployment (the guard's names for the same ends).
+DEPLOYMENT_STOPPED, DEPLOYMENT_GONE = "deployment_stopped", "deployment_gone"
 
 
 # The endpoint's pools read the registry this process builds; their (English) library
@@ -122,6 +129,8 @@ def registry_document(
     *,
     resynced_at: str | None = None,
     stale_reason: str | None = None,
+    ended: str | None = None,
+    ended_reason: str | None = None,
 ) -> dict[str, Any]:
     document: dict[str, Any] = {"status": "success", "deployment_uuid": deployment_uuid, "generated_at": now_timestamp()}
     if resynced_at:
@@ -129,6 +138,9 @@ def registry_document(
     if stale_reason:
         document["stale"] = True
         document["stale_reason"] = stale_reason
+    if ended:
+        document["ended"] = ended
+        document["ended_reason"] = ended_reason or ended
     document["services"] = services
     return document
 
@@ -298,6 +310,11 @@ class RegistryWatcher:
         self._jobs: dict[str, _Job] = {}
         self._publish_problem: str | None = None
         self._probed: set[str] = set()  # the replicas the last health probe round covered
+        # The deployment's end: (verdict, looks in a row) while unconfirmed; `ended` once confirmed.
+        self._end_looks: tuple[str, int] | None = None
+        self._look_due = False  # a container stopped since the last look
+        self.ended: str | None = None
+        self.ended_reason: str | None = None
 
     @property
     def cycle_deadline(self) -> float:
@@ -339,22 +356,61 @@ class RegistryWatcher:
         return job
 
     def _poll_api(self) -> None:
+        if self.ended:
+            return
         try:
+            had_services = bool(self.services)
             if self._offset is None:
                 # Skip the history: the full listing below says what is running now.
                 _, self._offset = api.list_events(self.client, self.deployment_uuid, offset=0)
             else:
                 self._apply_events()
-            if self._resync_due or self.cycles % self.options.resync_every == 0:
+            resync = self._resync_due or self.cycles % self.options.resync_every == 0
+            if resync:
                 self._resync()
             if self._stale_reason:
                 self.progress.log("AutoDL API 恢复, 注册表已更新")
             self._stale_reason = None
+            # A stop takes every replica away: when the last one left, and at each full
+            # listing while none runs (scaled to zero), ask whether the deployment still runs.
+            look_due, self._look_due = self._look_due, False
+            if not self.services and (had_services or resync or look_due or self._end_looks):
+                self._look_at_deployment()
+            elif self._end_looks:
+                self._end_looks = None  # replicas again: whatever it was, it is not over
         except AutoDLError as error:
             if not self._stale_reason:
                 self.progress.log(f"查询 AutoDL 失败, 保留上一次的注册表 (标记 stale): {error.message}")
             self._stale_reason = error.message
             self._resync_due = True  # whatever was missed meanwhile, the next listing heals it
+            if is_record_not_found(error):  # "未查询到相关部署": a definite answer, worth a look
+                self._look_at_deployment()
+
+    def _look_at_deployment(self) -> None:
+        """One look at the deployment; ends the watch after END_AFTER_LOOKS in a row say it ended."""
+        from ..resolve import deployment_by_uuid
+
+        try:
+            deployment = deployment_by_uuid(self.client, self.deployment_uuid)
+        except AutoDLError:
+            return  # no answer: neither counts nor resets
+        if deployment is None:
+            verdict, reason = DEPLOYMENT_GONE, f"部署 {self.deployment_uuid} 已不存在 (被删除)"
+        elif deployment.get("status") == "stopped":
+            verdict, reason = DEPLOYMENT_STOPPED, f"部署 {self.deployment_uuid} 已停止, 不会再有副本运行"
+        else:
+            self._end_looks = None
+            return
+        looks = self._end_looks[1] + 1 if self._end_looks and self._end_looks[0] == verdict else 1
+        self._end_looks = (verdict, looks)
+        if looks < END_AFTER_LOOKS:
+            self.progress.log(f"平台回答: {reason} (第 {looks} 次); 再确认 {END_AFTER_LOOKS - looks} 次后结束 watch")
+            return
+        for uuid in list(self.services):
+            self._deregister(uuid, reason)
+        self._stale_reason = None
+        self.ended, self.ended_reason = verdict, f"{reason} (连续 {looks} 次确认): 注册表已清空, watcher 结束。"
+        self.progress.log(self.ended_reason)
 
     def _unprobed(self) -> bool:
         with self._lock:
@@ -381,6 +437,8 @@ class RegistryWatcher:
             # comes before or after running (api-reference.md), and it must not hide a running.
             if uuid and (status == RUNNING or status in STOPPING_STATUSES):
                 last_status[uuid] = status
+            if status in STOPPING_STATUSES:
+                self._look_due = True  # a stop's containers leave over a few cycles: look again then
         for uuid, status in last_status.items():
             if status == RUNNING and uuid not in self.services:
                 self._register_from_record(uuid)
@@ -431,7 +489,8 @@ class RegistryWatcher:
         with self._lock:
             services = [dict(entry) for entry in self.services.values()]
         document = registry_document(self.deployment_uuid, services, resynced_at=self._resynced_at,
-                                     stale_reason=self._stale_reason or self._overrun_reason)
+                                     stale_reason=None if self.ended else self._stale_reason or self._overrun_reason,
+                                     ended=self.ended, ended_reason=self.ended_reason)
         try:
             validate_registry(document)
         except ValueError as problem:
@@ -483,6 +542,8 @@ class RegistryWatcher:
         try:
             while True:
                 self.cycle()
+                if self.ended:
+                    return self.ended
                 if self.options.max_cycles and self.cycles >= self.options.max_cycles:
                     return "max_cycles"
                 wait = self.options.interval
@@ -505,7 +566,8 @@ class RegistryWatcher:
             "services": list(self.services.values()),
             "out": self.options.out,
             **({"stale": True, "stale_reason": self._stale_reason or self._overrun_reason}
-               if self._stale_reason or self._overrun_reason else {}),
+               if (self._stale_reason or self._overrun_reason) and not self.ended else {}),
+            **({"ended_reason": self.ended_reason} if self.ended else {}),
         }
 
 

@@ -187,12 +187,15 @@ async def _serve(gateway: Any, options: Any, progress: Any) -> dict[str, Any]:
         except (ValueError, RuntimeError, NotImplementedError):
             pass  # not the main thread (tests): stop via gateway_stop_event
     gateway.stop_event = stop
+    if gateway.ended_by:  # the deployment ended before the loop got here
+        stop.set()
     emit_line({"status": "success", "url": url, "deployment_uuid": options.deployment_uuid, "policy": options.policy,
                "status_url": url + "/_gateway/status", "metrics_url": url + "/_gateway/metrics"})
     progress.log(f"网关已就绪: {url} (策略 {options.policy}); Ctrl-C 停止")
     try:
         await stop.wait()
-        progress.log(f"收到 {caught[0] if caught else 'stop'}, 停止接受新连接, 等待进行中的请求 (最多 {options.drain_seconds:g} 秒)")
+        progress.log(f"收到 {caught[0] if caught else gateway.ended_by or 'stop'}, 停止接受新连接, "
+                     f"等待进行中的请求 (最多 {options.drain_seconds:g} 秒)")
         active_at_stop = gateway.active_requests
         drained = await gateway.drain()
     finally:
@@ -202,5 +205,6 @@ async def _serve(gateway: Any, options: Any, progress: Any) -> dict[str, Any]:
                 loop.remove_signal_handler(signum)
             except (ValueError, RuntimeError, NotImplementedError):
                 pass
-    return {**gateway.summary(), "stopped_by": caught[0] if caught else "stop", "drained": drained,
-            "active_at_stop": active_at_stop}
+    ended = {"ended_reason": gateway.registry_state().get("ended_reason")} if gateway.ended_by and not caught else {}
+    return {**gateway.summary(), "stopped_by": caught[0] if caught else gateway.ended_by or "stop", "drained": drained,
+            "active_at_stop": active_at_stop, **ended}

@@ -46,6 +46,8 @@ class RegistryView:
     read_at: float  # time.monotonic() of the last good read (file: of its last write)
     stale_reason: str | None = None  # what the registry itself says (e.g. the API failed)
     generated_at: str | None = None
+    ended: str | None = None  # deployment_stopped / deployment_gone: the watcher ended with its deployment
+    ended_reason: str | None = None
 
 
 class ReplicaSource:
@@ -53,6 +55,10 @@ class ReplicaSource:
 
     description = ""
     stale_after = float("inf")
+    # True when this source's watch belongs to the gateway (in-process): when the registry
+    # ends with its deployment, the gateway ends too. A follower of someone else's watcher
+    # keeps listening and answers 503 no_replicas with the reason.
+    ends_with_deployment = False
 
     def start(self) -> None:
         pass
@@ -72,8 +78,10 @@ def view_from_document(document: dict[str, Any], read_at: float) -> RegistryView
     """A RegistryView of a registry document; raises ValueError when it is not one."""
     items, info = _parse_registry(document)
     stale_reason = (info.get("stale_reason") or "注册表标记为 stale") if info.get("stale") else None
+    ended = info.get("ended") if isinstance(info.get("ended"), str) else None
     return RegistryView(tuple(item for item in items if isinstance(item, dict)), info.get("deployment_uuid"),
-                        read_at, stale_reason, info.get("generated_at"))
+                        read_at, None if ended else stale_reason, info.get("generated_at"),
+                        ended, (info.get("ended_reason") or ended) if ended else None)
 
 
 class PollingSource(ReplicaSource):
@@ -162,6 +170,8 @@ class UrlSource(PollingSource):
 
 class WatcherSource(ReplicaSource):
     """Runs a `registry.RegistryWatcher` on a daemon thread; its document is the view."""
+
+    ends_with_deployment = True
 
     def __init__(self, watcher: Any, stale_after: float) -> None:
         self.watcher = watcher

@@ -404,7 +404,7 @@ class RegistryWatcher:
         looks = self._end_looks[1] + 1 if self._end_looks and self._end_looks[0] == verdict else 1
         self._end_looks = (verdict, looks)
         if looks < END_AFTER_LOOKS:
-            self.progress.log(f"{reason}? 下一轮再确认一次")
+            self.progress.log(f"平台回答: {reason} (第 {looks} 次); 再确认 {END_AFTER_LOOKS - looks} 次后结束 watch")
             return
         for uuid in list(self.services):
             self._deregister(uuid, reason)

@@ -376,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             for socket_path, _ in sockets.values():
                 wait_for(lambda: len(haproxy.RuntimeApi(socket_path).servers("replicas")) == len(MACHINES), "HAProxy servers")
             client.close()
-            time.sleep(1.5)  # first health checks pass
+            for socket_path, _ in sockets.values():  # first health checks pass (a fixed wait was short on a loaded machine)
+                wait_for(lambda: [row["status"] for row in haproxy.RuntimeApi(socket_path).stats("replicas")] == ["UP"] * len(MACHINES),
+                         "HAProxy's health checks to pass")
             gateway = start_gateway(redis_url, deployment_uuid, stack)
             if gateway:
                 proxies["gateway"] = gateway

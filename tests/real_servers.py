@@ -21,6 +21,14 @@ import pytest
 START_TIMEOUT_SECONDS = 10.0
 
 
+# HAProxy's health checks in the tests: without `timeout check` the whole check must answer
+# within `inter`, and the simulator answering them shares a loaded 2-core machine with the
+# test's own traffic. 200 ms and one miss marked replicas DOWN under load (the "both
+# replicas" wait timed out; all DOWN is a 503); 1 s and two misses in a row do not.
+CHECK_INTER = "1s"
+CHECK_FALL = 2
+
+
 def require_binary(name: str) -> str:
     path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
     if path:
@@ -136,7 +144,7 @@ def haproxy_server(tmp_path):
         port, metrics_port = free_port(), free_port()
         settings = dict(deployment_uuid="0" * 15, bind=f"127.0.0.1:{port}", backend="replicas", socket_path=str(socket_path),
                         metrics_bind=f"127.0.0.1:{metrics_port}", health_path="/health",
-                        options=haproxy.server_options("200ms", 1, 1, 10))
+                        options=haproxy.server_options(CHECK_INTER, CHECK_FALL, 1, 10))
         settings.update(overrides)
         server = HaproxyServer(directory, haproxy.render_config(**settings), socket_path)
         server.url = f"http://127.0.0.1:{port}"

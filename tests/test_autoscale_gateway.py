@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +29,9 @@ CLUSTER = {
                   "memory_gb": 240, "price": 2000, "max_cuda": 124, "latency_seconds": 0.05, "service_concurrency": 2}],
     "images": [{"image_uuid": "image-db8346e037", "name": "llm"}],
 }
+# Waits poll and end as soon as their condition holds; the bound is for a loaded machine.
+WAIT_SECONDS = 30
+
 REQUEST = {
     "name": "autoscale-gateway", "deployment_type": "ReplicaSet", "replica_num": 1, "reuse_container": False,
     "container_template": {"gpu_name_set": [GPU], "gpu_num": 1, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
@@ -47,7 +51,7 @@ def deploy(instance, replicas: int) -> str:
     from autodl_esd import api
 
     uuid = api.create_deployment(client(), {**REQUEST, "replica_num": replicas})
-    instance.wait_until(lambda: running(instance, uuid) == replicas, 5)
+    instance.wait_until(lambda: running(instance, uuid) == replicas, WAIT_SECONDS)
     return uuid
 
 
@@ -86,7 +90,7 @@ class InProcessGateway:
     def __enter__(self) -> "InProcessGateway":
         self.thread.start()
         self.source.start()
-        self.source.wait_first(5)
+        assert self.source.wait_first(WAIT_SECONDS)
         self.url = asyncio.run_coroutine_threadsafe(self.gateway.start(), self.loop).result(10)
         return self
 
@@ -95,6 +99,24 @@ class InProcessGateway:
         self.source.stop()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+    @contextlib.contextmanager
+    def autoscaler_paused(self):
+        """Hold the autoscaler's next tick (the gateway serves on) while the test looks, so a
+        scale-down cannot land between the test's steps on a slow machine."""
+        gate = threading.Lock()
+        tick = self.autoscaler.tick
+
+        def gated_tick(*args, **kwargs):
+            with gate:
+                return tick(*args, **kwargs)
+
+        with gate:
+            self.autoscaler.tick = gated_tick
+            try:
+                yield
+            finally:
+                self.autoscaler.tick = tick
 
     def get(self, path: str, timeout: float = 15.0) -> tuple[int, dict]:
         try:
@@ -136,17 +158,20 @@ def test_load_through_the_gateway_scales_up_and_back_down_and_status_and_metrics
                              downscale_delay=0.6)
     with InProcessGateway(uuid, config) as gw:
         statuses = fire(gw, 120, 8)  # 8 clients at once on 2-slot replicas: load 8 -> wants 4, max 3
-        assert statuses.count(200) == len(statuses)
-        assert max(line.get("target", 0) for line in gw.lines if line["action"] == "scale_up") <= 3
-        assert replica_num(instance, uuid) >= 2
-        status, document = gw.get("/_gateway/status")
-        shown = document["extensions"]["autoscaler"]
-        assert shown["enabled"] is True and shown["last_decision"]["current"] >= 2
-        with urllib.request.urlopen(gw.url + "/_gateway/metrics", timeout=5) as response:
-            metrics = response.read().decode()
-        assert "gateway_autoscaler_desired_replicas" in metrics and "gateway_autoscaler_current_replicas" in metrics
-        assert "gateway_autoscaler_last_decision{action=" in metrics and "gateway_autoscaler_pending{reason=" in metrics
-        instance.wait_until(lambda: replica_num(instance, uuid) == 1, 10)  # idle: one step at a time back to min
+        # Idle, the autoscaler steps down every 0.6 s: paused from the end of the load until
+        # the scaled-up size has been read, however slowly the test gets through it.
+        with gw.autoscaler_paused():
+            assert statuses.count(200) == len(statuses)
+            assert max(line.get("target", 0) for line in gw.lines if line["action"] == "scale_up") <= 3
+            assert replica_num(instance, uuid) >= 2
+            status, document = gw.get("/_gateway/status")
+            shown = document["extensions"]["autoscaler"]
+            assert shown["enabled"] is True and shown["last_decision"]["current"] >= 2
+            with urllib.request.urlopen(gw.url + "/_gateway/metrics", timeout=5) as response:
+                metrics = response.read().decode()
+            assert "gateway_autoscaler_desired_replicas" in metrics and "gateway_autoscaler_current_replicas" in metrics
+            assert "gateway_autoscaler_last_decision{action=" in metrics and "gateway_autoscaler_pending{reason=" in metrics
+        instance.wait_until(lambda: replica_num(instance, uuid) == 1, WAIT_SECONDS)  # idle: one step at a time back to min
     downs = [line for line in gw.lines if line["action"] == "scale_down"]
     assert [line["target"] for line in downs] == sorted((line["target"] for line in downs), reverse=True)
     assert all(line["current"] - line["target"] == 1 for line in downs)
@@ -160,17 +185,17 @@ def test_scale_to_zero_and_the_first_request_after_it_is_held_then_served(sim):
     uuid = deploy(instance, 1)
     config = AutoscaleConfig(min_replicas=0, max_replicas=2, scale_to_zero_after=0.3, look_back=0.2, upscale_delay=0.2,
                              downscale_delay=5)
-    with InProcessGateway(uuid, config, queue_timeout=10) as gw:
+    with InProcessGateway(uuid, config, queue_timeout=WAIT_SECONDS) as gw:
         # Someone watching /_gateway/status meanwhile is not traffic: it must not keep a replica up.
         instance.wait_until(lambda: gw.get("/_gateway/status")[0] == 200 and replica_num(instance, uuid) == 0
-                            and running(instance, uuid) == 0, 10)
+                            and running(instance, uuid) == 0, WAIT_SECONDS)
         # Routing stopped before the scale to zero (the registry only follows a moment later):
         # a request arriving now waits in the queue instead of reaching a stopping container.
         assert [r for r in gw.get("/_gateway/status")[1]["replicas"] if r["state"] != "draining"] == []
         began = time.monotonic()
         statuses = fire(gw, 4, 4)  # arrive at zero replicas: queued while one starts
         assert statuses == [200, 200, 200, 200]
-        assert time.monotonic() - began < 10
+        assert time.monotonic() - began < WAIT_SECONDS  # held in the queue, within its timeout
         assert any(line.get("reason") == "from_zero" for line in gw.lines)
         assert any(line.get("reason") == "idle" and line.get("target") == 0 for line in gw.lines)
 
@@ -200,7 +225,7 @@ def test_serve_gateway_autoscale_asks_for_yes_with_its_bounds_and_leaves_the_las
     try:
         ready = json.loads(process.stdout.readline())
         assert ready["status"] == "success"
-        instance.wait_until(lambda: replica_num(instance, uuid) == 2, 10)  # below min: corrected at once
+        instance.wait_until(lambda: replica_num(instance, uuid) == 2, WAIT_SECONDS)  # below min: corrected at once
         with urllib.request.urlopen(ready["url"] + "/_gateway/status", timeout=5) as response:
             shown = json.loads(response.read())["extensions"]["autoscaler"]
         assert shown["config"]["min_replicas"] == 2
@@ -234,13 +259,15 @@ def test_with_load_path_load_from_other_clients_counts(sim):
         for other in others:
             other.start()
         try:
-            instance.wait_until(lambda: replica_num(instance, uuid) >= 2, 10)
+            instance.wait_until(lambda: replica_num(instance, uuid) >= 2, WAIT_SECONDS)
         finally:
             stop.set()
             for other in others:
                 other.join(10)
         up = next(line for line in gw.lines if line["action"] == "scale_up")
-        assert up["load"] >= 3 and gw.gateway.totals.proxied == 0  # none of it came through the gateway
+        # More load than one replica's target (the policy's look-back average: a slow start of
+        # the clients can leave it anywhere above 2, not always 3), none of it through the gateway.
+        assert up["load"] > config.target_inflight and gw.gateway.totals.proxied == 0
 
 
 def test_a_replica_that_keeps_failing_requests_is_replaced_and_its_machine_reported(sim):
@@ -257,10 +284,10 @@ def test_a_replica_that_keeps_failing_requests_is_replaced_and_its_machine_repor
             gw.get("/predict", timeout=5)
             return len([line for line in gw.lines if line["action"] == "replace"]) >= count
 
-        instance.wait_until(lambda: replaced(1), 15)
+        instance.wait_until(lambda: replaced(1), WAIT_SECONDS)
         record = next(line for line in gw.lines if line["action"] == "replace")
         assert record["container_uuid"] == first and record["reason"] == "repeated_failures"
         assert record["outcome"]["took_effect"] is True and replica_num(instance, uuid) == 1
-        instance.wait_until(lambda: replaced(2), 15)  # the replacement lands on the same (slow) machine
+        instance.wait_until(lambda: replaced(2), WAIT_SECONDS)  # the replacement lands on the same (slow) machine
         candidates = gw.get("/_gateway/status")[1]["extensions"]["autoscaler"]["blacklist_candidates"]
         assert [c["machine_id"] for c in candidates] == ["0d0d0d0d0d"] and "blacklist" not in candidates[0]

@@ -201,8 +201,10 @@ class Harness:
 @pytest.fixture
 def harness(sim):
     def make(config: AutoscaleConfig, replica_num: int = 1, cluster: dict = CLUSTER, **kwargs) -> Harness:
-        # speed 1: simulated time moves only when the test advances it (plus real ms).
-        return Harness(sim(cluster=cluster, speed=1.0), config, replica_num, **kwargs)
+        # Simulated time moves only when the test advances it: at speed 1 every real second
+        # of a loaded machine also counted, eating into the delays the tests measure (a
+        # 100 s step under a 120 s downscale delay); 1 ms a real second is nothing.
+        return Harness(sim(cluster=cluster, speed=0.001), config, replica_num, **kwargs)
 
     return make
 

@@ -86,6 +86,16 @@ class FakePlatform:
                 self.events.append({"deployment_container_uuid": uuid, "status": phase, "created_at": "2026-11-25T12:05:00+08:00"})
 
 
+@pytest.fixture(autouse=True)
+def generous_cycle_deadline(monkeypatch):
+    """A watch cycle ends as soon as its jobs do; its deadline (at least 1 s) is for a hung
+    API, which no test here has: on a loaded machine a mocked poll must not look overrun
+    (stale) where a test expects the fresh registry."""
+    from autodl_esd.serving import registry
+
+    monkeypatch.setattr(registry, "MIN_CYCLE_DEADLINE_SECONDS", 30.0)
+
+
 @pytest.fixture
 def platform(mocked):
     mocked.assert_all_requests_are_fired = False  # a test may never need, e.g., the deployment list

@@ -219,12 +219,14 @@ class LineReader:
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.last = None
+        self.seen: list[set] = []  # every set it printed, in order
         self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
         self.thread.start()
 
     def _read(self, process) -> None:
         for line in process.stdout:
             self.last = set(json.loads(line))
+            self.seen.append(self.last)
 
 
 def test_redis_registry_follows_churn_and_pools_on_two_machines_see_the_same_set(sim, deploy, redis_server, key_prefix):
@@ -254,7 +256,13 @@ def test_redis_registry_follows_churn_and_pools_on_two_machines_see_the_same_set
         out, err = watcher.communicate(timeout=10)
     summary = json.loads(out)
     assert summary["status"] == "success", summary
-    assert summary["redis"]["role"] == "active" and summary["redis"]["notifications"] >= 3
+    # One notification per published change: the first set, the crash, the replacement; on a
+    # loaded machine one poll can see the crash and the replacement together (one change).
+    # A pool that saw the set with one replica saw that change announced on its own.
+    survivor = first - {victim}
+    apart = any(survivor in reader.seen for reader in readers)
+    assert summary["redis"]["role"] == "active" and summary["redis"]["notifications"] >= (3 if apart else 2), (
+        summary["redis"], [reader.seen for reader in readers])
     assert redis_server.url.split("@")[-1] in summary["redis"]["url"]
 
 

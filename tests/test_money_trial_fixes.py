@@ -334,3 +334,41 @@ def test_the_confirmation_rule_is_documented_where_both_are_described():
     skill = (ROOT / "SKILL.md").read_text(encoding="utf-8")
     reference = (ROOT / "api-reference.md").read_text(encoding="utf-8")
     assert "这次提交本身就是用户批准的花费" in skill and "这次提交本身就是用户批准的花费" in reference
+
+
+def test_the_cost_figure_costs_one_extra_container_list_read(run, monkeypatch):
+    """Single delete: the live list (what would stop) and one released=True read (the cost)."""
+    import responses
+
+    from api_fakes import DEPLOYMENT
+    from conftest import envelope
+
+    from autodl_esd import resolve
+
+    monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)
+    listed = [deployment(status="stopped")]
+    bodies = []
+
+    def containers(request):
+        bodies.append(json.loads(request.body))
+        return 200, {}, json.dumps(page([released_container()]))
+
+    def delete(request):
+        listed.clear()
+        return 200, {}, json.dumps(envelope(None))
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback("POST", DEPLOYMENTS, callback=lambda request: (200, {}, json.dumps(page(listed))),
+                          content_type="application/json")
+        mock.add_callback("POST", CONTAINERS, callback=containers, content_type="application/json")
+        mock.add_callback("DELETE", DEPLOYMENT, callback=delete, content_type="application/json")
+        code, out, _ = run("delete_deployment.py", "--deployment-uuid", DEP_UUID, "--yes", "--quiet")
+    assert code == 0, out
+    assert [b.get("released") for b in bodies] == [None, True]
+    assert out["cost_so_far_yuan"] == 1.0  # half an hour at 2 yuan/h
+
+
+def released_container() -> dict:
+    item = container(status="shutdown")
+    item.update(price=2000, started_at="2026-01-05T20:00:00+08:00", stopped_at="2026-01-05T20:30:00+08:00")
+    return item

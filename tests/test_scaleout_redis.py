@@ -219,12 +219,14 @@ class LineReader:
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.last = None
+        self.seen: list[set] = []  # every set it printed, in order
         self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
         self.thread.start()
 
     def _read(self, process) -> None:
         for line in process.stdout:
             self.last = set(json.loads(line))
+            self.seen.append(self.last)
 
 
 def test_redis_registry_follows_churn_and_pools_on_two_machines_see_the_same_set(sim, deploy, redis_server, key_prefix):
@@ -254,7 +256,13 @@ def test_redis_registry_follows_churn_and_pools_on_two_machines_see_the_same_set
         out, err = watcher.communicate(timeout=10)
     summary = json.loads(out)
     assert summary["status"] == "success", summary
-    assert summary["redis"]["role"] == "active" and summary["redis"]["notifications"] >= 3
+    # One notification per published change: the first set, the crash, the replacement; on a
+    # loaded machine one poll can see the crash and the replacement together (one change).
+    # A pool that saw the set with one replica saw that change announced on its own.
+    survivor = first - {victim}
+    apart = any(survivor in reader.seen for reader in readers)
+    assert summary["redis"]["role"] == "active" and summary["redis"]["notifications"] >= (3 if apart else 2), (
+        summary["redis"], [reader.seen for reader in readers])
     assert redis_server.url.split("@")[-1] in summary["redis"]["url"]
 
 
@@ -268,7 +276,9 @@ def test_two_watchers_poll_the_api_once_and_a_standby_takes_over_within_one_ttl(
     instance = sim()
     deployment_uuid = deploy(2)
     keys = module.RedisKeys(deployment_uuid, key_prefix)
-    ttl = 1.0
+    # 2 s: the watcher that took over renews every 0.1 s, so only a 1.9 s stall of it can
+    # lose the lock (1 s was lost once under heavy load, and taken back: two takeovers).
+    ttl = 2.0
 
     def resolved() -> int:  # each watcher looks its deployment up once, before it watches
         return len([r for r in instance.request_log() if r[1] == "/api/v1/dev/deployment/list"])
@@ -307,7 +317,9 @@ def test_two_watchers_poll_the_api_once_and_a_standby_takes_over_within_one_ttl(
                 process.send_signal(signal.SIGTERM)
         results = {pid: process.communicate(timeout=10) for pid, process in watchers.items()}
     summary = json.loads(results[standby_pid][0])
-    assert summary["redis"]["takeovers"] == 1 and summary["redis"]["standby_rounds"] >= 1
+    # One takeover, and any more only after a loss it reported (a stall past the TTL).
+    redis_summary = summary["redis"]
+    assert redis_summary["takeovers"] == 1 + redis_summary["lost_lock"] and redis_summary["standby_rounds"] >= 1, redis_summary
 
 
 # A client whose request hangs on a replica until it is killed (SIGKILL, mid-request).

@@ -30,7 +30,7 @@ from ..spend import BILLING_STATUSES
 from ..stock import requested_stock
 from ..units import yuan_from_price_units
 from .autoscale_policy import AutoscaleConfig, Decision, Observed, PolicyState, Sample, decide, hourly_cap_replicas
-from .registry import now_timestamp
+from .registry import DEPLOYMENT_GONE, DEPLOYMENT_STOPPED, now_timestamp
 from .spend_meter import SpendMeter, platform_seconds
 
 RUNNING = "running"
@@ -222,6 +222,16 @@ class ReplicaScaler:
             ids={"machine_id": machine_id},
         ))
         return {"machine_id": machine_id, "container_uuid": container_uuid, **outcome}
+
+
+# The autoscaler's exit note when the deployment was ended by someone else (the watch's
+# stopped_by names): its containers are stopped, so no "left at size N, stop it yourself".
+DEPLOYMENT_ENDED_NOTES = {
+    DEPLOYMENT_STOPPED: "部署已被其他方停止 (例如 --max-cost 守护、stop_deployment.py 或控制台), 自动扩缩容随之结束; "
+    "它的容器已停止, 不再产生费用, 无需再停止。需要服务时用 queue_submit.py 重新提交。",
+    DEPLOYMENT_GONE: "部署已被其他方删除 (例如 delete_deployment.py 或控制台), 自动扩缩容随之结束; "
+    "它不再产生费用, 无需再停止。需要服务时用 queue_submit.py 重新提交。",
+}
 
 
 def deployment_gone(deployment_uuid: str) -> AutoDLError:
@@ -564,7 +574,21 @@ class Autoscaler:
             "load": decision.get("load"),
         }
 
-    def summary(self) -> dict:
+    def summary(self, ended_by: Optional[str] = None) -> dict:
+        """ended_by: deployment_stopped / deployment_gone when the run ended because someone else
+        (the --max-cost guard, stop/delete_deployment.py, the console) stopped or deleted the
+        deployment: then nothing is left running to stop, and the summary must not say so."""
+        if ended_by in DEPLOYMENT_ENDED_NOTES:
+            return {
+                "final_replica_num": None,  # stopped or deleted: no size was left running
+                "left_at_last_size": False,
+                "deployment_ended": ended_by,
+                "note": DEPLOYMENT_ENDED_NOTES[ended_by],
+                "changes": self.changes,
+                **self.meter.shown(),
+                "zero_refused": self.zero_refused,
+                "blacklist_candidates": list(self.blacklist_candidates.values()),
+            }
         view = self.view
         last = view.replica_num if view else None
         if self.change_in_flight is not None:

@@ -1,0 +1,89 @@
+"""Fixes from the third new-user trial: what the gateway, deletes, autoscale confirmation and
+the Redis watchers say after a deployment is stopped by someone else."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SCRIPTS
+
+# Polls end as soon as their condition holds; the bound is for a loaded 2-core machine.
+WAIT_SECONDS = 30
+
+GPU = "RTX 4090"
+CLUSTER = {
+    "machines": [{"machine_id": "0d0d0d0d0d", "region": "westDC2", "gpu_name": GPU, "gpu_num": 4, "cpu_num": 48,
+                  "memory_gb": 240, "price": 2000, "max_cuda": 124, "latency_seconds": 0.05, "service_concurrency": 2}],
+    "images": [{"image_uuid": "image-db8346e037", "name": "llm"}],
+}
+REQUEST = {
+    "name": "trial3", "deployment_type": "ReplicaSet", "replica_num": 1, "reuse_container": False,
+    "container_template": {"gpu_name_set": [GPU], "gpu_num": 1, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
+                           "memory_size_from": 1, "memory_size_to": 256, "price_from": 100, "price_to": 3000,
+                           "image_uuid": "image-db8346e037", "cmd": "python server.py --port 6006"},
+}
+
+
+def client():
+    from autodl_esd.http import ApiClient
+    from autodl_esd.settings import load_settings
+
+    return ApiClient(load_settings())
+
+
+def deploy(instance, replicas: int) -> str:
+    from autodl_esd import api
+
+    uuid = api.create_deployment(client(), {**REQUEST, "replica_num": replicas})
+    instance.wait_until(lambda: sum(1 for c in instance.containers(uuid) if c["status"] == "running") == replicas,
+                        WAIT_SECONDS)
+    return uuid
+
+
+# ---- 1. the autoscaler's exit summary after someone else stopped the deployment ----------
+
+def test_autoscaler_summary_after_deployment_ended_does_not_claim_a_size_left_running():
+    from autodl_esd.serving.autoscaler import Autoscaler
+
+    autoscaler = Autoscaler.__new__(Autoscaler)  # summary() reads only its counters
+    from autodl_esd.serving.spend_meter import SpendMeter
+
+    autoscaler.view, autoscaler.change_in_flight, autoscaler.changes = None, None, 0
+    autoscaler.meter, autoscaler.zero_refused, autoscaler.blacklist_candidates = SpendMeter(), False, {}
+    for ended in ("deployment_stopped", "deployment_gone"):
+        summary = autoscaler.summary(ended)
+        assert summary["left_at_last_size"] is False and summary["deployment_ended"] == ended
+        assert "最后的副本数" not in summary["note"] and "不再产生费用" in summary["note"]
+    assert autoscaler.summary()["left_at_last_size"] is True  # Ctrl-C: the size is left as it was
+
+
+def test_serve_gateway_autoscale_ends_with_a_stopped_deployment_and_says_nothing_bills(sim):
+    pytest.importorskip("aiohttp")
+    from autodl_esd import api
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    env = {**os.environ, "PYTHONPATH": str(SCRIPTS)}
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "serve_gateway.py"), "--deployment-uuid", uuid, "--autoscale", "--yes",
+         "--max-replicas", "2", "--listen", "127.0.0.1:0", "--interval", "0.1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        ready = json.loads(process.stdout.readline())
+        assert ready["status"] == "success"
+        api.stop_deployment(client(), uuid)  # as the --max-cost guard does
+        out, err = process.communicate(timeout=WAIT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    summary = json.loads(out)
+    assert summary["status"] == "success" and summary["stopped_by"] == "deployment_stopped", err[-2000:]
+    shown = summary["autoscaler"]
+    assert shown["left_at_last_size"] is False and shown["deployment_ended"] == "deployment_stopped"
+    assert "需要停掉时" not in shown["note"] and "不再产生费用" in shown["note"]

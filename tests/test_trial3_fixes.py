@@ -87,3 +87,41 @@ def test_serve_gateway_autoscale_ends_with_a_stopped_deployment_and_says_nothing
     shown = summary["autoscaler"]
     assert shown["left_at_last_size"] is False and shown["deployment_ended"] == "deployment_stopped"
     assert "需要停掉时" not in shown["note"] and "不再产生费用" in shown["note"]
+
+
+# ---- 2. `guards`: a list when any guard watches, absent otherwise, on every path ----------
+
+def _watching_guard(uuid: str, name: str) -> str:
+    from autodl_esd import guard
+
+    state = guard.new_state(None, {"uuid": uuid, "name": name, "deployment_type": "ReplicaSet"},
+                            guard.Limits(max_runtime_hours=100), "stop", None, False, 30.0)
+    state["status"] = "watching"  # between two checks: it has not yet seen the stop
+    guard.save_new(state)
+    return state["guard_id"]
+
+
+def test_stopping_an_already_stopped_deployment_still_lists_the_guards_watching_it(sim, run):
+    from autodl_esd import api
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    api.stop_deployment(client(), uuid)
+    guard_id = _watching_guard(uuid, "trial3")
+
+    code, single, _ = run("stop_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")
+    assert code == 0 and single["changed"] is False
+    assert [g["guard_id"] for g in single["guards"]] == [guard_id] and "guards_note" in single
+
+    code, bulk, _ = run("stop_deployment.py", "--name-glob", "trial3*", "--yes", "--expect-uuids", uuid, "--quiet")
+    assert code == 0 and bulk["items"][0]["outcome"] == "skipped", bulk
+    assert [g["guard_id"] for g in bulk["items"][0]["guards"]] == [guard_id] and "guards_note" in bulk
+
+
+def test_the_docs_say_guards_is_absent_when_none_watch():
+    from conftest import ROOT as root
+
+    skill = (root / "SKILL.md").read_text(encoding="utf-8")
+    reference = (root / "api-reference.md").read_text(encoding="utf-8")
+    assert "没有时不出现该字段" in skill and "有守护在监视时才有" in skill
+    assert '"guards" in result' in reference

@@ -125,3 +125,23 @@ def test_the_docs_say_guards_is_absent_when_none_watch():
     reference = (root / "api-reference.md").read_text(encoding="utf-8")
     assert "没有时不出现该字段" in skill and "有守护在监视时才有" in skill
     assert '"guards" in result' in reference
+
+
+# ---- 3. the autoscale confirmation shows the template's worst case beside today's price ----
+
+def test_autoscale_confirmation_shows_expected_and_template_worst_case(sim, run):
+    pytest.importorskip("aiohttp")
+    from autodl_esd.cost import cost_bounds
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    code, out, _ = run("serve_gateway.py", "--deployment-uuid", uuid, "--autoscale", "--max-replicas", "3",
+                       "--listen", "127.0.0.1:0", "--quiet")
+    assert code == 1 and out["error_type"] == "confirmation_required", out
+    details = out["details"]
+    assert details["price_source"] == "containers" and details["max_hourly_cost_yuan"] == 6.0  # 2 yuan x 3 today
+    # The same figure a dry-run of the config at 3 replicas gives: 3 yuan/card x 1 card x 3.
+    dry_run = cost_bounds({**REQUEST, "replica_num": 3})["worst_case_hourly_yuan"]
+    assert details["worst_case_hourly_yuan"] == dry_run == 9.0
+    assert details["worst_case"]["replicas"] == 3 and details["worst_case"]["gpu_num"] == 1
+    assert "6 元/小时" in out["message"] and "最坏情况 9 元/小时" in out["message"]

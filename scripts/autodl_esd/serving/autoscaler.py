@@ -132,6 +132,7 @@ class ReplicaScaler:
         price_to = template.get("price_to")
         # Before any container runs, the template's price ceiling is the most one can cost.
         self.price_ceiling = yuan_from_price_units(price_to) if isinstance(price_to, (int, float)) and price_to > 0 else None
+        self.template = template
         self.last_price: Optional[float] = None
         self._log = log
 
@@ -628,12 +629,35 @@ def startup_bounds(config: AutoscaleConfig, scaler: ReplicaScaler, current: int)
         "max_hourly_cost_yuan": None if price is None else round(ceiling * price, 4),
         "budget_yuan": config.budget,
     }
+    worst = template_worst_case(scaler, config.max_replicas)
+    if worst is not None:
+        bounds["worst_case_hourly_yuan"] = worst["worst_case_hourly_yuan"]
+        bounds["worst_case"] = worst
     if config.max_hourly_cost is not None:
         bounds["hourly_cost_cap_yuan"] = config.max_hourly_cost
     if config.min_replicas == 0:
         bounds["scale_to_zero_after"] = config.zero_after
     return bounds
 
+
+
+def template_worst_case(scaler: ReplicaScaler, replicas: int) -> Optional[dict]:
+    """The most the template allows at `replicas` (price_to per card x gpu_num x replicas), the
+    same figure the config's dry-run gives; today's container price may be far below it."""
+    from ..cost import cost_bounds
+
+    template = scaler.template
+    price_to = template.get("price_to")
+    if not isinstance(price_to, (int, float)) or isinstance(price_to, bool) or price_to <= 0:
+        return None
+    price_from = template.get("price_from")
+    bounds = cost_bounds({"deployment_type": "ReplicaSet", "replica_num": replicas, "container_template": {
+        "gpu_num": scaler.gpu_num, "price_to": price_to,
+        "price_from": price_from if isinstance(price_from, (int, float)) and 0 <= price_from <= price_to else 0}})
+    return {"worst_case_hourly_yuan": bounds["worst_case_hourly_yuan"], "replicas": replicas,
+            "per_gpu_hourly_yuan_max": bounds["per_gpu_hourly_yuan"]["max"], "gpu_num": bounds["gpu_num"],
+            "basis": "模板的 price_to (每卡每小时上限) × gpu_num × max_replicas, 与配置 dry-run 的最坏情况同一算法; "
+                     "平台可能按这个上限内的任何价格分配容器"}
 
 
 def snapshot_of(gateway: Any) -> LoadSnapshot:

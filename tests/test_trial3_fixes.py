@@ -202,3 +202,28 @@ def test_a_standby_watcher_says_who_holds_the_lock_and_when_it_takes_over(sim, r
     assert -2 == redis_client.ttl(keys.heartbeat) or 0 < redis_client.ttl(keys.heartbeat) <= 2  # gone, or lapsing
     final = redis_registry.read_registry(redis_client, keys)
     assert final["ended"] == "deployment_stopped" and "stale" not in final
+
+
+# ---- 5. docs: where sent messages are on the simulator; what --max-cost counts from ------
+
+def test_skill_says_where_simulated_wechat_messages_are_and_what_max_cost_counts_from(sim):
+    import urllib.request
+
+    skill = (ROOT / "SKILL.md").read_text(encoding="utf-8")
+    reference = (ROOT / "api-reference.md").read_text(encoding="utf-8")
+    assert "/_sim/wechat" in skill and "/_sim/wechat" in reference
+    assert "花费从守护启动算起" in skill and "cost_report.py" in skill
+    assert "从守护启动时算起" in reference and "全程花费" in reference
+    # The route and shape the docs name are the simulator's.
+    from autodl_esd import api
+
+    instance = sim()
+    api.send_wechat_message(client(), "标题", "正文", "任务")
+    request = urllib.request.Request(instance.url + "/_sim/wechat", headers={"Authorization": instance.token})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        envelope = json.loads(answer.read())
+    assert envelope["code"] == "Success"
+    messages = envelope["data"]
+    assert [{key: m[key] for key in ("title", "name", "content")} for m in messages] == [
+        {"title": "标题", "name": "任务", "content": "正文"}]
+    assert "at" in messages[0]

@@ -39,6 +39,7 @@ ALREADY_DELETED_HINT = "如果刚刚删除过这个部署 (例如上一次删除
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.effects import apply_change
+    from autodl_esd.errors import AutoDLError
     from autodl_esd.guard import guards_watching
     from autodl_esd.resolve import deployment_impact, require_confirmation, resolve_from_args
 
@@ -56,7 +57,11 @@ def handle(args, ctx: cli.Context) -> dict:
     require_confirmation(args.yes, "删除", deployment, impact, "delete_deployment")
 
     uuid = deployment["uuid"]
-    _after, verification = apply_change(delete_change(client, uuid), client, ctx.progress, ctx.partial)
+    try:
+        _after, verification = apply_change(delete_change(client, uuid), client, ctx.progress, ctx.partial)
+    except AutoDLError as error:  # the same `guards` rule on the failure path: listed when any watch
+        error.details.update(guards_watching(uuid))
+        raise
     ctx.progress.log(f"已删除部署 {uuid}")
     return {
         "deployment_uuid": uuid,

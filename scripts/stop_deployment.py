@@ -33,6 +33,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.effects import apply_change
+    from autodl_esd.errors import AutoDLError
     from autodl_esd.guard import guards_watching
     from autodl_esd.resolve import (
         deployment_impact,
@@ -59,7 +60,11 @@ def handle(args, ctx: cli.Context) -> dict:
     require_confirmation(args.yes, "停止", deployment, impact, "stop_deployment")
 
     uuid = deployment["uuid"]
-    after, verification = apply_change(stop_change(client, uuid), client, ctx.progress, ctx.partial)
+    try:
+        after, verification = apply_change(stop_change(client, uuid), client, ctx.progress, ctx.partial)
+    except AutoDLError as error:  # the same `guards` rule on the failure path: listed when any watch
+        error.details.update(guards_watching(uuid))
+        raise
     ctx.progress.log(f"已停止部署 {uuid}")
     return {
         "deployment_uuid": uuid,

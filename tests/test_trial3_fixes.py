@@ -227,3 +227,32 @@ def test_skill_says_where_simulated_wechat_messages_are_and_what_max_cost_counts
     assert [{key: m[key] for key in ("title", "name", "content")} for m in messages] == [
         {"title": "标题", "name": "任务", "content": "正文"}]
     assert "at" in messages[0]
+
+
+def test_before_any_container_runs_a_replica_costs_up_to_price_to_times_its_cards():
+    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+    from autodl_esd.serving.autoscaler import ReplicaScaler, startup_bounds
+
+    deployment = {"uuid": "d" * 15, "name": "svc", "deployment_type": "ReplicaSet", "status": "running", "replica_num": 1,
+                  "template": {"gpu_name_set": [GPU], "gpu_num": 2, "price_from": 100, "price_to": 3000}}
+    bounds = startup_bounds(AutoscaleConfig(min_replicas=1, max_replicas=3, max_hourly_cost=13), ReplicaScaler(None, deployment), 1)
+    assert bounds["price_source"] == "template_price_to" and bounds["price_per_replica_yuan"] == 6.0  # 3 yuan x 2 cards
+    assert bounds["effective_max_replicas"] == 2  # 13 yuan/h buys two 6-yuan replicas, not four 3-yuan ones
+    assert bounds["worst_case_hourly_yuan"] == 18.0 and bounds["worst_case"]["gpu_num"] == 2
+
+
+def test_a_refused_stop_still_lists_the_guards_watching(sim, run, monkeypatch):
+    from autodl_esd import api
+    from autodl_esd.errors import ApiError
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    guard_id = _watching_guard(uuid, "trial3")
+
+    def refused(client, deployment_uuid):
+        raise ApiError("平台拒绝了停止", msg="refused", retryable=False)
+
+    monkeypatch.setattr(api, "stop_deployment", refused)
+    code, out, _ = run("stop_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")
+    assert code != 0 and out["status"] == "error", out
+    assert [g["guard_id"] for g in out["details"]["guards"]] == [guard_id], out

@@ -130,8 +130,10 @@ class ReplicaScaler:
         self.gpu_num = int(template.get("gpu_num") or 1)
         self.regions = list(deployment.get("dc_list") or template.get("dc_list") or [])
         price_to = template.get("price_to")
-        # Before any container runs, the template's price ceiling is the most one can cost.
-        self.price_ceiling = yuan_from_price_units(price_to) if isinstance(price_to, (int, float)) and price_to > 0 else None
+        # Before any container runs, the template's price ceiling is the most one can cost:
+        # price_to is per card, so a replica of gpu_num cards costs up to gpu_num times it.
+        self.price_ceiling = (yuan_from_price_units(price_to) * self.gpu_num
+                              if isinstance(price_to, (int, float)) and price_to > 0 else None)
         self.template = template
         self.last_price: Optional[float] = None
         self._log = log

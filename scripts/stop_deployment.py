@@ -53,7 +53,8 @@ def handle(args, ctx: cli.Context) -> dict:
     deployment = resolve_from_args(client, args)
     if deployment.get("status") == "stopped":
         return {"deployment_uuid": deployment["uuid"], "changed": False, "verified": True,
-                "note": "部署已经是 stopped 状态, 没有再次停止。", "deployment": deployment_summary(deployment)}
+                "note": "部署已经是 stopped 状态, 没有再次停止。", "deployment": deployment_summary(deployment),
+                **guards_watching(deployment["uuid"])}  # the same rule on every path: listed when any, else absent
     impact = deployment_impact(client, deployment, with_cost=True)
     require_confirmation(args.yes, "停止", deployment, impact, "stop_deployment")
 

@@ -117,7 +117,7 @@ def _apply_each(
         reason = skip_reason(deployment)
         if reason:
             pending.remove(uuid)
-            outcomes.append({**summary, "outcome": "skipped", "took_effect": False, "reason": reason})
+            outcomes.append({**summary, "outcome": "skipped", "took_effect": False, "reason": reason, **_guards_of(uuid)})
             continue
         # Read before the change (still `not_sent` if interrupted here): after a delete,
         # cost_report no longer sees the deployment, so this is its last cost figure.

@@ -116,11 +116,15 @@ def require_autoscale_confirmation(args: Any, bounds: dict) -> None:
     if bounds.get("min_replicas") == 0:
         details["zero_caveat"] = ZERO_CAVEAT
     cost = bounds.get("max_hourly_cost_yuan")
-    spend = f", 最多约 {cost:g} 元/小时" if isinstance(cost, (int, float)) else ""
+    worst = bounds.get("worst_case_hourly_yuan")
+    basis = "按当前容器单价" if bounds.get("price_source") == "containers" else "按模板单价上限"
+    spend = f", 预计最多约 {cost:g} 元/小时 ({basis} × {bounds['effective_max_replicas']} 个副本)" if isinstance(cost, (int, float)) else ""
+    if isinstance(worst, (int, float)):
+        spend += f", 模板允许的最坏情况 {worst:g} 元/小时 (price_to × gpu_num × {bounds['max_replicas']} 个副本)"
     raise AutoDLError(
         ErrorType.CONFIRMATION_REQUIRED,
         f"自动扩缩容会按负载调整部署 {bounds['deployment_uuid']} 的副本数, 范围 {bounds['min_replicas']}-{bounds['effective_max_replicas']} "
         f"(当前 {bounds['current_replica_num']}){spend}, 会购买容器; 未加 --yes, 什么都没有做。",
-        "把 details 中的范围、单价和花费上限告诉用户, 得到同意后加 --yes 重新执行; 想限制花费用 --max-hourly-cost / --budget。",
+        "把 details 中的范围、单价、花费上限和最坏情况 (worst_case_hourly_yuan) 告诉用户, 得到同意后加 --yes 重新执行; 想限制花费用 --max-hourly-cost / --budget。",
         details,
     )

@@ -30,7 +30,7 @@ from ..spend import BILLING_STATUSES
 from ..stock import requested_stock
 from ..units import yuan_from_price_units
 from .autoscale_policy import AutoscaleConfig, Decision, Observed, PolicyState, Sample, decide, hourly_cap_replicas
-from .registry import now_timestamp
+from .registry import DEPLOYMENT_GONE, DEPLOYMENT_STOPPED, now_timestamp
 from .spend_meter import SpendMeter, platform_seconds
 
 RUNNING = "running"
@@ -132,6 +132,7 @@ class ReplicaScaler:
         price_to = template.get("price_to")
         # Before any container runs, the template's price ceiling is the most one can cost.
         self.price_ceiling = yuan_from_price_units(price_to) if isinstance(price_to, (int, float)) and price_to > 0 else None
+        self.template = template
         self.last_price: Optional[float] = None
         self._log = log
 
@@ -222,6 +223,16 @@ class ReplicaScaler:
             ids={"machine_id": machine_id},
         ))
         return {"machine_id": machine_id, "container_uuid": container_uuid, **outcome}
+
+
+# The autoscaler's exit note when the deployment was ended by someone else (the watch's
+# stopped_by names): its containers are stopped, so no "left at size N, stop it yourself".
+DEPLOYMENT_ENDED_NOTES = {
+    DEPLOYMENT_STOPPED: "部署已被其他方停止 (例如 --max-cost 守护、stop_deployment.py 或控制台), 自动扩缩容随之结束; "
+    "它的容器已停止, 不再产生费用, 无需再停止。需要服务时用 queue_submit.py 重新提交。",
+    DEPLOYMENT_GONE: "部署已被其他方删除 (例如 delete_deployment.py 或控制台), 自动扩缩容随之结束; "
+    "它不再产生费用, 无需再停止。需要服务时用 queue_submit.py 重新提交。",
+}
 
 
 def deployment_gone(deployment_uuid: str) -> AutoDLError:
@@ -564,7 +575,21 @@ class Autoscaler:
             "load": decision.get("load"),
         }
 
-    def summary(self) -> dict:
+    def summary(self, ended_by: Optional[str] = None) -> dict:
+        """ended_by: deployment_stopped / deployment_gone when the run ended because someone else
+        (the --max-cost guard, stop/delete_deployment.py, the console) stopped or deleted the
+        deployment: then nothing is left running to stop, and the summary must not say so."""
+        if ended_by in DEPLOYMENT_ENDED_NOTES:
+            return {
+                "final_replica_num": None,  # stopped or deleted: no size was left running
+                "left_at_last_size": False,
+                "deployment_ended": ended_by,
+                "note": DEPLOYMENT_ENDED_NOTES[ended_by],
+                "changes": self.changes,
+                **self.meter.shown(),
+                "zero_refused": self.zero_refused,
+                "blacklist_candidates": list(self.blacklist_candidates.values()),
+            }
         view = self.view
         last = view.replica_num if view else None
         if self.change_in_flight is not None:
@@ -604,12 +629,35 @@ def startup_bounds(config: AutoscaleConfig, scaler: ReplicaScaler, current: int)
         "max_hourly_cost_yuan": None if price is None else round(ceiling * price, 4),
         "budget_yuan": config.budget,
     }
+    worst = template_worst_case(scaler, config.max_replicas)
+    if worst is not None:
+        bounds["worst_case_hourly_yuan"] = worst["worst_case_hourly_yuan"]
+        bounds["worst_case"] = worst
     if config.max_hourly_cost is not None:
         bounds["hourly_cost_cap_yuan"] = config.max_hourly_cost
     if config.min_replicas == 0:
         bounds["scale_to_zero_after"] = config.zero_after
     return bounds
 
+
+
+def template_worst_case(scaler: ReplicaScaler, replicas: int) -> Optional[dict]:
+    """The most the template allows at `replicas` (price_to per card x gpu_num x replicas), the
+    same figure the config's dry-run gives; today's container price may be far below it."""
+    from ..cost import cost_bounds
+
+    template = scaler.template
+    price_to = template.get("price_to")
+    if not isinstance(price_to, (int, float)) or isinstance(price_to, bool) or price_to <= 0:
+        return None
+    price_from = template.get("price_from")
+    bounds = cost_bounds({"deployment_type": "ReplicaSet", "replica_num": replicas, "container_template": {
+        "gpu_num": scaler.gpu_num, "price_to": price_to,
+        "price_from": price_from if isinstance(price_from, (int, float)) and 0 <= price_from <= price_to else 0}})
+    return {"worst_case_hourly_yuan": bounds["worst_case_hourly_yuan"], "replicas": replicas,
+            "per_gpu_hourly_yuan_max": bounds["per_gpu_hourly_yuan"]["max"], "gpu_num": bounds["gpu_num"],
+            "basis": "模板的 price_to (每卡每小时上限) × gpu_num × max_replicas, 与配置 dry-run 的最坏情况同一算法; "
+                     "平台可能按这个上限内的任何价格分配容器"}
 
 
 def snapshot_of(gateway: Any) -> LoadSnapshot:

@@ -47,6 +47,13 @@ log = logging.getLogger("service_pool")
 STALE_HEARTBEAT_REASON = "注册表的 watcher 心跳已过期 (没有 watcher 在更新它): 这是最后一次的注册表, 副本可能已变化"
 
 
+# An ended registry (deployment_stopped / deployment_gone) is kept this long, then Redis drops
+# it: long enough for standbys, gateways and HAProxy syncs that were down a while to read the
+# ended state and end too, short enough that a shared Redis does not collect one per deployment.
+# (The heartbeat needs nothing extra: it always lapses one lock TTL after its last write.)
+ENDED_REGISTRY_TTL_SECONDS = 3600
+
+
 def connect(url: str) -> Any:
     """A Redis client for redis://, rediss:// or unix:// URLs (answers as str)."""
     redis = require("redis")
@@ -187,7 +194,8 @@ class RegistryPublisher:
             if self.lock is not None and pipe.get(self.lock.name) != self.lock.token:
                 raise LostLock(f"lock {self.lock.name} is held by {pipe.get(self.lock.name)!r}")
             pipe.multi()
-            pipe.set(self.keys.registry, body)
+            # Live: no TTL (a dead watcher's last registry stays, marked stale by readers).
+            pipe.set(self.keys.registry, body, ex=ENDED_REGISTRY_TTL_SECONDS if document.get("ended") else None)
             pipe.set(self.keys.heartbeat, heartbeat, px=ttl_ms)
             if changed:
                 pipe.publish(self.keys.channel, body)
@@ -502,6 +510,8 @@ class RedisWatch:
         self.rounds = self.active_cycles = self.standby_rounds = self.takeovers = self.lost = 0
         self.redis_error: Optional[str] = None
         self._followed: Any = None
+        self._standby_said: Any = None  # the holder last named in a standby line (said once per holder)
+        self._standby_since: Optional[float] = None
         watcher.options.sinks = [self._guard("Redis", self._publish)] + [self._guard("HAProxy/输出", sink) for sink in local_sinks]
 
     def _guard(self, what: str, sink: Callable[[dict], None]) -> Callable[[dict], None]:
@@ -544,12 +554,50 @@ class RedisWatch:
                 self.takeovers += 1
                 self.watcher.forget_position()
                 self.publisher.forget()
-                self.progress.log(f"成为活动 watcher (锁 {self.keys.lock}, TTL {self.lock.ttl:g}s): 由本进程轮询 AutoDL")
+                self.progress.log(f"成为活动 watcher (锁 {self.keys.lock}, TTL {self.lock.ttl:g}s): 由本进程轮询 AutoDL"
+                                  + self._takeover_note())
+                self._standby_said, self._standby_since = None, None
+            elif not self.active:
+                self._say_standby()
             self._note_error(None)
         except errors as problem:
             # Redis unreachable: an active watcher keeps polling (its local sinks still need
             # the truth); a standby keeps standing by. Either way exactly one polls.
             self._note_error(f"Redis: {type(problem).__name__}: {problem}")
+
+    def _active_holder(self) -> tuple[Optional[str], Optional[float]]:
+        """Who is the active watcher (its heartbeat's name; the lock itself holds a random
+        token) and in how many seconds its lock lapses unless renewed."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.heartbeat)
+        pipe.pttl(self.keys.lock)
+        body, pttl = pipe.execute()
+        try:
+            name = json.loads(body).get("watcher") if body else None
+        except (ValueError, AttributeError):
+            name = None
+        return name, (round(pttl / 1000, 1) if isinstance(pttl, int) and pttl >= 0 else None)
+
+    def _say_standby(self) -> None:
+        """One line when this watcher is (or becomes) a standby, and again if the holder changes."""
+        name, remaining = self._active_holder()
+        if self._standby_since is None:
+            self._standby_since = time.monotonic()
+        # Said already for this holder, or its heartbeat just lapsed (a dying holder, not a new one).
+        if self._standby_said is not None and ((name or "") == self._standby_said or name is None):
+            return
+        self._standby_said = name or ""
+        holder = f"由 {name} 持有" if name else "已被另一个 watcher 持有 (它还没写心跳)"
+        lapse = f", {remaining:g}s 后过期 (持有者每轮续期)" if remaining is not None else ""
+        self.progress.log(f"本进程是备用 watcher ({self.name}): 锁 {self.keys.lock} {holder}{lapse}; "
+                          f"不轮询 AutoDL, 跟随 Redis 中的注册表; 锁释放或过期 (TTL {self.lock.ttl:g}s) 后自动接管")
+
+    def _takeover_note(self) -> str:
+        if self._standby_since is None:
+            return ""
+        waited = time.monotonic() - self._standby_since
+        before = f" {self._standby_said}" if self._standby_said else ""
+        return f"; 接管: 之前的活动 watcher{before} 的锁已释放或过期, 本进程备用了 {waited:.1f}s"
 
     def _follow(self) -> None:
         try:

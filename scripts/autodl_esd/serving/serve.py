@@ -162,7 +162,11 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
         if ledger is not None:
             ledger.close()
     if autoscaler is not None:
-        summary["autoscaler"] = autoscaler.final or autoscaler.autoscaler.summary()
+        from .autoscaler import DEPLOYMENT_ENDED_NOTES
+
+        ended_by = summary.get("stopped_by") if summary.get("stopped_by") in DEPLOYMENT_ENDED_NOTES else None
+        summary["autoscaler"] = (autoscaler.autoscaler.summary(ended_by) if ended_by
+                                 else autoscaler.final or autoscaler.autoscaler.summary())
     return summary
 
 

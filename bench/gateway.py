@@ -38,9 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = ROOT / "scripts"
 # Per-request service time of the four "GPU" replicas (seconds): one fast, three slower.
 GPU_SECONDS = (0.01, 0.03, 0.03, 0.06)
+# Batching replicas (the vLLM case): equal GPUs, each request 50 ms, up to 16 at once, each
+# 5 % slower per other request in the batch: ten at once take 1.45x one alone.
+BATCH_SECONDS, BATCH_SIZE, BATCH_SLOWDOWN = 0.05, 16, 0.05
 POLICIES = ("round_robin", "least_inflight", "queue_aware")
 # Load reports are polled this often in the policy section: a GPU request takes 10-60 ms.
 POLICY_INTERVAL = 0.05
+# Ten clients on four batching replicas: about what the new-user trial ran (10 curl loops).
+BATCH_CLIENTS = 10
 STREAM_EVENTS, STREAM_GAP_SECONDS = 20, 0.1
 # Any single wait longer than this is a failure, not a slow answer.
 WAIT_LIMIT_SECONDS = 30.0
@@ -50,7 +55,8 @@ WAIT_LIMIT_SECONDS = 30.0
 
 
 def upstream_main(gpus: int) -> None:
-    """Serve: one plain replica (/small, /stream) and `gpus` one-at-a-time replicas; print URLs."""
+    """Serve: one plain replica (/small, /stream), `gpus` one-at-a-time replicas and `gpus`
+    batching ones; print their URLs."""
     from aiohttp import web
 
     async def small(request):
@@ -67,8 +73,10 @@ def upstream_main(gpus: int) -> None:
         await response.write(b"data: [DONE]\n\n")
         return response
 
-    def gpu_app(seconds: float):
-        slot = asyncio.Semaphore(1)
+    def gpu_app(seconds: float, batch: int = 1):
+        """One request at a time (batch 1), or a batching engine like vLLM: up to `batch` at
+        once, each slowed by BATCH_SLOWDOWN per other request in the batch."""
+        slot = asyncio.Semaphore(batch)
         load = {"running": 0, "waiting": 0}
 
         async def work(request):
@@ -78,7 +86,7 @@ def upstream_main(gpus: int) -> None:
                 load["waiting"] -= 1
                 load["running"] += 1
                 try:
-                    await asyncio.sleep(seconds)
+                    await asyncio.sleep(seconds * (1 + BATCH_SLOWDOWN * (load["running"] - 1)))
                 finally:
                     load["running"] -= 1
             return web.Response(body=b'{"ok":true}', content_type="application/json")
@@ -98,7 +106,9 @@ def upstream_main(gpus: int) -> None:
         plain.router.add_get("/small", small)
         plain.router.add_get("/stream", stream)
         urls = []
-        for app in [plain] + [gpu_app(GPU_SECONDS[i % len(GPU_SECONDS)]) for i in range(gpus)]:
+        apps = [plain] + [gpu_app(GPU_SECONDS[i % len(GPU_SECONDS)]) for i in range(gpus)]
+        apps += [gpu_app(BATCH_SECONDS, BATCH_SIZE) for _ in range(gpus)]
+        for app in apps:
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
@@ -338,7 +348,7 @@ def main() -> int:
     gateways: list[GatewayProcess] = []
     try:
         urls = json.loads(upstream.stdout.readline())
-        plain, gpus = urls[0], urls[1:]
+        plain, gpus, batching = urls[0], urls[1:1 + len(GPU_SECONDS)], urls[1 + len(GPU_SECONDS):]
         folder = tempfile.mkdtemp(prefix="bench-gateway-")
         print(f"# bench/gateway.py on {os.cpu_count()} cores; replicas and load generator share them")
 
@@ -404,6 +414,26 @@ def main() -> int:
         for label, _, _ in scenarios:
             ratio = results[(label, "queue_aware")] / results[(label, "least_inflight")]
             print(f"- {label}: queue_aware p95 = {ratio:.2f} x least_inflight p95")
+
+        # Batching replicas: a policy that learns "time per request" by dividing by the queue
+        # would see the busiest replica as the fastest and pile onto it.
+        batch_registry = registry_file(batching, folder, "batching.json")
+        rows = []
+        for policy in ("least_inflight", "queue_aware"):
+            extra = ["--policy", policy, "--interval", str(POLICY_INTERVAL)] + (["--load-path", "/metrics"] if policy == "queue_aware" else [])
+            started = [GatewayProcess(batch_registry, *extra)]
+            gateways.extend(started)
+            time.sleep(3 * POLICY_INTERVAL)
+            latencies, served, errors, wall = asyncio.run(
+                closed_loop([started[0].url], BATCH_CLIENTS, args.policy_requests))
+            started[0].kill()
+            gateways.clear()
+            counts = sorted(served.values(), reverse=True) + [0] * (len(batching) - len(served))
+            rows.append((policy, ms(percentile(latencies, 0.5)), ms(percentile(latencies, 0.95)), str(errors),
+                         " / ".join(map(str, counts)), f"{counts[0] / max(sum(counts), 1):.0%}"))
+        print_markdown_table(f"Batching replicas: {len(batching)} equal engines ({BATCH_SECONDS * 1000:.0f} ms, up to {BATCH_SIZE} at once), "
+                             f"{BATCH_CLIENTS} closed-loop clients, {args.policy_requests} requests",
+                             ("policy", "p50 ms", "p95 ms", "errors", "served per replica (most first)", "busiest share"), rows)
     finally:
         for g in gateways:
             g.kill()

@@ -141,5 +141,23 @@ def deploy(run, tmp_path) -> Callable[[int], str]:
     return submit
 
 
+@pytest.fixture
+def recorded_watchers(monkeypatch) -> list:
+    """Every RegistryWatcher a script creates in this test, so the test can stop a watch
+    through its `stop_event` once it has seen what it needs (a fixed --duration could run
+    out on a loaded machine before the last step)."""
+    from autodl_esd.serving import registry
+
+    watchers: list = []
+
+    class RecordedWatcher(registry.RegistryWatcher):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            watchers.append(self)
+
+    monkeypatch.setattr(registry, "RegistryWatcher", RecordedWatcher)
+    return watchers
+
+
 def running_uuids(instance, deployment_uuid) -> set[str]:
     return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}

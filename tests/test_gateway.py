@@ -488,17 +488,63 @@ def test_queue_aware_weights_the_queue_by_each_replicas_time_per_request():
     assert t.try_start().replica is slow
 
 
-def test_service_time_is_learned_from_durations_divided_by_the_work_ahead():
+def test_service_time_is_learned_from_requests_that_ran_alone():
     clock = [0.0]
     t = table(clock=lambda: clock[0])
     t.update([item("a", "http://a")])
     first, second = t.try_start(), t.try_start()  # the second had one request ahead of it
     clock[0] = 0.1
     t.finish(first, "success")
-    clock[0] = 0.2
+    clock[0] = 0.15  # served beside the first (a batching engine): says nothing of one alone
     t.finish(second, "success")
     assert first.ahead == 0 and second.ahead == 1
     assert t.replicas["a"].service_seconds == pytest.approx(0.1)
+    third = t.try_start()
+    clock[0] = 0.35
+    t.finish(third, "success")  # alone again: 0.2 s, averaged in
+    assert 0.1 < t.replicas["a"].service_seconds < 0.2
+
+
+def test_until_a_request_ran_alone_the_plain_duration_stands_in():
+    clock = [0.0]
+    t = table(clock=lambda: clock[0])
+    t.update([item("a", "http://a")])
+    busy = [t.try_start() for _ in range(4)]
+    clock[0] = 0.4
+    t.finish(busy[-1], "success")  # three ahead of it: over-states, never under-states
+    assert t.replicas["a"].service_seconds == pytest.approx(0.4)
+    for ticket in busy[:-1]:
+        t.finish(ticket, "cancelled")  # (a cancelled request teaches nothing)
+    alone = t.try_start()
+    clock[0] = 0.5
+    t.finish(alone, "success")
+    assert t.replicas["a"].service_seconds == pytest.approx(0.1)  # replaced, not averaged
+
+
+def test_queue_aware_does_not_pile_onto_a_batching_replica():
+    """A batching engine finishes ten requests in about the time of one: queue_aware must
+    still send new work to the replica with the shorter queue (it piled 377 of 448 requests
+    onto one of four replicas before)."""
+    from autodl_esd.serving.policies import LoadReport
+
+    clock = [0.0]
+    t = table("queue_aware", clock=lambda: clock[0])
+    t.update([item("a", "http://a"), item("b", "http://b")])
+    a, b = t.replicas["a"], t.replicas["b"]
+    for replica in (a, b):  # each served one request alone in 0.1 s
+        t.record_report(replica, LoadReport(running=0, waiting=0, at=clock[0]))
+        ticket = t.start(replica)
+        clock[0] += 0.1
+        t.finish(ticket, "success")
+    t.record_report(a, LoadReport(running=9, waiting=0, at=clock[0]))
+    batch = [t.start(a) for _ in range(9)]
+    clock[0] += 0.12  # nine at once, barely slower than one
+    for ticket in batch:
+        t.finish(ticket, "success")
+    t.record_report(a, LoadReport(running=5, waiting=0, at=clock[0]))
+    t.record_report(b, LoadReport(running=0, waiting=0, at=clock[0]))
+    assert a.service_seconds == pytest.approx(0.1) and b.service_seconds == pytest.approx(0.1)
+    assert all(t.try_start().replica is b for _ in range(3))
 
 
 def test_an_ejected_replica_returns_after_a_good_health_probe(loop_thread):

@@ -62,23 +62,14 @@ def test_haproxy_config_rejects_bad_names_before_writing(run, tmp_path):
 
 
 def test_haproxy_backend_follows_churn_and_a_crash_mid_traffic_costs_no_request(sim, deploy, run, haproxy_server,
-                                                                               monkeypatch):
-    from autodl_esd.serving import haproxy, registry
+                                                                               recorded_watchers):
+    from autodl_esd.serving import haproxy
 
     instance = sim(service_ports=True)
     deployment_uuid = deploy(2)
     proxy = haproxy_server(deployment_uuid=deployment_uuid)
     runtime = haproxy.RuntimeApi(str(proxy.socket_path))
-    # The watch runs until the test has seen what it needs and stops it (its stop_event),
-    # not for a fixed --duration a loaded machine could run out before the last step.
-    watchers: list = []
-
-    class RecordedWatcher(registry.RegistryWatcher):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            watchers.append(self)
-
-    monkeypatch.setattr(registry, "RegistryWatcher", RecordedWatcher)
+    watchers = recorded_watchers  # stopped through their stop_event once the test is done
     finished: dict = {}
     watcher = threading.Thread(target=lambda: finished.update(result=run(
         "discover_services.py", "--deployment-uuid", deployment_uuid, "--watch", "--interval", str(INTERVAL),

@@ -44,23 +44,13 @@ def fetch(service) -> dict:
         return json.loads(response.read())
 
 
-def test_registry_follows_a_crash_and_the_pool_reaches_only_running_replicas(sim, deploy, run, tmp_path, monkeypatch):
-    from autodl_esd.serving import registry
+def test_registry_follows_a_crash_and_the_pool_reaches_only_running_replicas(sim, deploy, run, tmp_path, recorded_watchers):
     from service_pool import ServicePool
 
     instance = sim()
     deployment_uuid = deploy(2)
     out = tmp_path / "registry.json"
-    # The watch runs until the test stops it (its stop_event), not for a fixed --duration a
-    # loaded machine could run out before the last step.
-    watchers: list = []
-
-    class RecordedWatcher(registry.RegistryWatcher):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            watchers.append(self)
-
-    monkeypatch.setattr(registry, "RegistryWatcher", RecordedWatcher)
+    watchers = recorded_watchers  # stopped through their stop_event once the test is done
     finished: dict = {}
     watcher = threading.Thread(target=lambda: finished.update(result=run(
         "discover_services.py", "--deployment-uuid", deployment_uuid, "--watch", "--interval", str(INTERVAL),

@@ -105,8 +105,8 @@ class Policy:
 
     def load_of(self, replica: "Replica") -> float:
         """The work ahead of a new request on `replica`, as this policy sees it (before it is
-        sent); the table divides a request's duration by this + 1 to learn the replica's
-        time per request (`Replica.service_seconds`)."""
+        sent); the table learns the replica's time per request (`Replica.service_seconds`)
+        from requests that had none ahead (replicas.learn_service_time)."""
         return replica.inflight + replica.remote_inflight
 
     def on_request_start(self, replica: "Replica") -> None:
@@ -162,8 +162,10 @@ class Random(Policy):
 class QueueAware(Policy):
     """The replica's own load report decides: reported running+waiting plus what this gateway
     sent since that report (without a fresh report: in-flight counts). Once every candidate
-    has a measured time per request, the queue is weighted by it — the expected wait — so a
-    GPU twice as fast may carry a queue twice as long.
+    has a measured time per request (from requests that ran alone), the queue is weighted by
+    it — the expected wait on a one-at-a-time server, so a GPU twice as fast may carry a
+    queue twice as long; on a batching engine, whose queue costs less than that, the weight
+    only spreads the load more evenly.
 
     Every replica is scored (there are few, and a GPU queue is worth a full look); ties are
     broken at random so gateways reading the same report do not all pick the same replica.

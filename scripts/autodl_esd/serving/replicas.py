@@ -87,7 +87,8 @@ class Replica:
         self.awaiting_probe = False
         self.ejections = 0
         self.retries = 0  # requests that failed here and were retried elsewhere
-        self.service_seconds: float | None = None  # learned time per request (EWMA)
+        self.service_seconds: float | None = None  # learned time per request (EWMA, see finish)
+        self.service_measured_alone = False  # service_seconds comes from requests that ran alone
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.departed_at: float | None = None  # when it left the table for good (clock)
 
@@ -121,6 +122,27 @@ class Ticket:
 # Weight of the newest duration sample in Replica.service_seconds: about the last ten
 # requests count, so a replica that slows down (thermal, a longer prompt mix) is noticed.
 SERVICE_TIME_WEIGHT = 0.2
+
+
+def learn_service_time(replica: Replica, duration: float, ahead: float) -> None:
+    """Learn a replica's time per request from requests that had it to themselves.
+
+    Dividing a contended request's duration by the work ahead of it is right only for a
+    server that takes one request at a time. A batching engine (vLLM) serves ten requests
+    in little more than the time of one, so that quotient makes the busiest replica look
+    the fastest and queue_aware would pile everything onto it. A request with nothing
+    ahead measures the replica itself, whatever its engine. Until one has, the plain
+    duration stands in: it can only over-state the time, so it draws less traffic until
+    a request runs alone."""
+    alone = ahead < 1
+    if replica.service_measured_alone and not alone:
+        return
+    previous = replica.service_seconds
+    if previous is None or (alone and not replica.service_measured_alone):
+        replica.service_seconds = duration  # the first sample, or the first one taken alone
+    else:
+        replica.service_seconds = previous + SERVICE_TIME_WEIGHT * (duration - previous)
+    replica.service_measured_alone = replica.service_measured_alone or alone
 
 
 @dataclass
@@ -335,9 +357,7 @@ class ReplicaTable:
             replica.sent_since_report = max(0, replica.sent_since_report - 1)
         self.ledger.request_finished(replica.container_uuid)
         if outcome == "success":
-            sample = max(0.0, self.clock() - ticket.started_at) / (ticket.ahead + 1)
-            previous = replica.service_seconds
-            replica.service_seconds = sample if previous is None else previous + SERVICE_TIME_WEIGHT * (sample - previous)
+            learn_service_time(replica, max(0.0, self.clock() - ticket.started_at), ticket.ahead)
         if outcome is not None:
             replica.outcomes[outcome] += 1
             self.policy.on_request_finish(replica, outcome)

@@ -47,10 +47,10 @@ def client():
     return ApiClient(load_settings())
 
 
-def deploy(instance, replicas: int) -> str:
+def deploy(instance, replicas: int, **overrides) -> str:
     from autodl_esd import api
 
-    uuid = api.create_deployment(client(), {**REQUEST, "replica_num": replicas})
+    uuid = api.create_deployment(client(), {**REQUEST, "replica_num": replicas, **overrides})
     instance.wait_until(lambda: running(instance, uuid) == replicas, WAIT_SECONDS)
     return uuid
 

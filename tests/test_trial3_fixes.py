@@ -13,37 +13,16 @@ import pytest
 from conftest import ROOT, SCRIPTS
 from real_servers import key_prefix, redis_server, wait_for  # noqa: F401 - fixtures
 
-# Polls end as soon as their condition holds; the bound is for a loaded 2-core machine.
-WAIT_SECONDS = 30
+# The autoscale end-to-end tests' one-machine cluster and ReplicaSet, under this file's name
+# (the --name-glob tests select it).
+from test_autoscale_gateway import CLUSTER, GPU, WAIT_SECONDS, client  # noqa: E402,F401
+from test_autoscale_gateway import REQUEST as AUTOSCALE_REQUEST, deploy as deploy_named  # noqa: E402
 
-GPU = "RTX 4090"
-CLUSTER = {
-    "machines": [{"machine_id": "0d0d0d0d0d", "region": "westDC2", "gpu_name": GPU, "gpu_num": 4, "cpu_num": 48,
-                  "memory_gb": 240, "price": 2000, "max_cuda": 124, "latency_seconds": 0.05, "service_concurrency": 2}],
-    "images": [{"image_uuid": "image-db8346e037", "name": "llm"}],
-}
-REQUEST = {
-    "name": "trial3", "deployment_type": "ReplicaSet", "replica_num": 1, "reuse_container": False,
-    "container_template": {"gpu_name_set": [GPU], "gpu_num": 1, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
-                           "memory_size_from": 1, "memory_size_to": 256, "price_from": 100, "price_to": 3000,
-                           "image_uuid": "image-db8346e037", "cmd": "python server.py --port 6006"},
-}
-
-
-def client():
-    from autodl_esd.http import ApiClient
-    from autodl_esd.settings import load_settings
-
-    return ApiClient(load_settings())
+REQUEST = {**AUTOSCALE_REQUEST, "name": "trial3"}
 
 
 def deploy(instance, replicas: int) -> str:
-    from autodl_esd import api
-
-    uuid = api.create_deployment(client(), {**REQUEST, "replica_num": replicas})
-    instance.wait_until(lambda: sum(1 for c in instance.containers(uuid) if c["status"] == "running") == replicas,
-                        WAIT_SECONDS)
-    return uuid
+    return deploy_named(instance, replicas, name=REQUEST["name"])
 
 
 # ---- 1. the autoscaler's exit summary after someone else stopped the deployment ----------

@@ -139,17 +139,10 @@ def test_the_autoscaler_charges_platform_seconds_not_local_ones(mocked):
 
 # ---- against the simulator: the autoscaler's spend is what cost_report.py says ---------------
 
-CLUSTER = {
-    "machines": [{"machine_id": "0c0c0c0c0c", "region": "westDC2", "gpu_name": GPU, "gpu_num": 6, "cpu_num": 48,
-                  "memory_gb": 240, "price": 2000, "max_cuda": 124, "latency_seconds": 0.0}],
-    "images": [{"image_uuid": "image-db8346e037", "name": "llm"}],
-}
-REQUEST = {
-    "name": "spend-clock", "deployment_type": "ReplicaSet", "replica_num": 1, "reuse_container": False,
-    "container_template": {"gpu_name_set": [GPU], "gpu_num": 1, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
-                           "memory_size_from": 1, "memory_size_to": 256, "price_from": 100, "price_to": 3000,
-                           "image_uuid": "image-db8346e037", "cmd": "python server.py --port 6006"},
-}
+# The autoscaler tests' one 6-card machine and ReplicaSet, under this test's name.
+from test_autoscaler import CLUSTER, REQUEST as AUTOSCALE_REQUEST  # noqa: E402
+
+REQUEST = {**AUTOSCALE_REQUEST, "name": "spend-clock"}
 
 
 def test_at_speed_the_autoscalers_spend_agrees_with_cost_report_for_the_same_window(sim, run):

@@ -271,6 +271,16 @@ def test_a_live_marker_is_seen_and_removed_when_its_run_ends():
         assert waiters.live_waiters("http://h", "rs", exclude=mine) == []
         assert waiters.live_waiters("http://other", "rs") == [] and waiters.live_waiters("http://h", "rs2") == []
     assert not mine.exists() and waiters.live_waiters("http://h", "rs") == []
+    assert not mine.parent.exists()  # no empty folder left behind per deployment name
+
+
+def test_a_marker_folder_stays_while_another_run_still_waits_in_it():
+    from autodl_esd import waiters
+
+    with waiters.waiting_marker("http://h", "rs", "ReplicaSet") as first:
+        with waiters.waiting_marker("http://h", "rs", "ReplicaSet") as second:
+            assert first.parent == second.parent
+        assert first.exists() and [w["pid"] for w in waiters.live_waiters("http://h", "rs")]
 
 
 def test_deployment_exists_names_the_run_that_is_waiting(sim, run, deploy, tmp_path):

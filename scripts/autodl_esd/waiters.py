@@ -112,6 +112,10 @@ def waiting_marker(host: str, name: str, deployment_type: str | None) -> Iterato
         if fd is not None:
             _unlink(path)  # before closing: nobody sees it unlocked
             os.close(fd)
+            try:
+                directory.rmdir()  # one folder per name would pile up; kept while others wait
+            except OSError:
+                pass
 
 
 def _unlink(path: Path) -> None:

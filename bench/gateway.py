@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tables import percentile, print_markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = ROOT / "scripts"
 # Per-request service time of the four "GPU" replicas (seconds): one fast, three slower.
@@ -124,22 +126,8 @@ def upstream_main(gpus: int) -> None:
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
-
-
-def print_markdown_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    print(f"\n{title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    sys.stdout.flush()
 
 
 def registry_file(urls: list[str], folder: str, name: str) -> str:

@@ -32,6 +32,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tables import percentile, print_markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = ROOT / "scripts"
 MACHINES = ("1a1a1a1a1a", "2b2b2b2b2b", "3c3c3c3c3c", "4d4d4d4d4d")
@@ -84,11 +86,6 @@ def api_client(sim):
 
     # Loopback simulator: anything slower than a few seconds is a hang, not a slow answer.
     return ApiClient(Settings(token=sim.token, host=sim.url, http_timeout=5.0))
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def run_stream(pool, requests: int, threads: int) -> tuple[list[float], float]:
@@ -201,14 +198,6 @@ def discovery_section(sim, deployment_uuid: str, trials: int) -> list[tuple[str,
             rows.append((f"{interval:g}", label, f"{len(ok)}/{len(samples)}",
                          f"{statistics.mean(ok):.3f}" if ok else "-", f"{max(ok):.3f}" if ok else "-"))
     return rows
-
-
-def print_markdown_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    print(f"\n{title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tables import percentile, print_markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = ROOT / "scripts"
 MACHINES = ("1a1a1a1a1a", "2b2b2b2b2b", "3c3c3c3c3c", "4d4d4d4d4d")
@@ -158,11 +160,6 @@ def deploy(sim, replicas: int) -> str:
     if result.get("status") != "success":
         raise SystemExit(f"deploy failed: {result}")
     return result["deployment_uuid"]
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 # One client machine: its own process, threads, pool (or HAProxy). Prints one JSON line.
@@ -324,15 +321,6 @@ def lease_cost_section(redis_url: str, leases: int) -> list[tuple]:
         rows.append((label, f"{per * 1e6:.0f}", "0" if not kwargs else "2 (lease: 1 script call, release: 1 ZREM)"))
     client.close()
     return rows
-
-
-def print_markdown_table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
-    print(f"\n{title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from typing import Any, Awaitable, Callable
 
+import pytest
 from aiohttp import web
 
 
@@ -78,3 +79,11 @@ class LoopThread:
 def item(uuid: str, url: str, healthy: bool = True) -> dict[str, Any]:
     return {"container_uuid": uuid, "url": url, "machine_id": None, "gpu_name": None,
             "since": "2026-01-01T00:00:00+08:00", "healthy": healthy}
+
+
+@pytest.fixture
+def loop_thread():
+    """An event loop on its own thread for the test's servers and clients; closed after."""
+    thread = LoopThread()
+    yield thread
+    thread.close()

@@ -20,14 +20,7 @@ pytest.importorskip("prometheus_client")
 import requests  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from gateway_harness import LoopThread, item  # noqa: E402
-
-
-@pytest.fixture
-def loop_thread():
-    thread = LoopThread()
-    yield thread
-    thread.close()
+from gateway_harness import item, loop_thread  # noqa: E402,F401 - loop_thread is a fixture
 
 
 def static(*items):

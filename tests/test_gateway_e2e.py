@@ -22,20 +22,13 @@ pytest.importorskip("simulator")
 
 import requests  # noqa: E402
 
-from gateway_harness import LoopThread  # noqa: E402
+from gateway_harness import loop_thread  # noqa: E402,F401 - loop_thread is a fixture
 
 # Watcher and gateway poll interval in these tests (real seconds).
 INTERVAL = 0.1
 # Waits poll and end as soon as their condition holds (well under a second idle); the
 # bound is for a loaded 2-core CI machine.
 WAIT_SECONDS = 30
-
-
-@pytest.fixture
-def loop_thread():
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 def running(instance, deployment_uuid) -> list[dict]:

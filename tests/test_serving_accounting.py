@@ -238,13 +238,7 @@ aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("prometheus_client")
 
 
-@pytest.fixture
-def loop_thread():
-    from gateway_harness import LoopThread
-
-    thread = LoopThread()
-    yield thread
-    thread.close()
+from gateway_harness import loop_thread  # noqa: E402,F401 - a fixture
 
 
 def replica_handler(name: str, fail_first: int = 0):

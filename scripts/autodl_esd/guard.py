@@ -25,8 +25,6 @@ unknown`. Before acting it re-reads the deployment by uuid and checks it is the 
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import secrets
 import time
@@ -36,8 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import api
-from .deps import SKILL_ROOT
-from .state import state_root, write_json_atomically
+from .background import JobFiles, JobLock, is_running, read_record, records_in, spawn, stop_process, write_record
+from .state import state_root
 from .errors import AutoDLError, ErrorType, Interrupted
 from .output import Progress
 from .spend import container_spend
@@ -46,10 +44,6 @@ from .timeline import iso, parse_timestamp, platform_now
 # Run-time limits are hours: checking once a minute overshoots by at most a minute of the
 # deployment's rate, and keeps a guard's API use negligible.
 DEFAULT_INTERVAL_SECONDS = 60.0
-# A detached guard proves it started by taking its lock; a Python start-up takes well under
-# a second, ten leaves room for a loaded machine.
-DETACH_START_TIMEOUT_SECONDS = 10.0
-DETACH_POLL_SECONDS = 0.05
 # A check is never scheduled past a deadline the guard can compute: it sleeps
 # min(interval, time left), time left converted to real seconds with the platform clock's
 # observed rate (the simulator's runs `--speed` times faster). Until the rate is known the
@@ -83,26 +77,12 @@ def guards_dir() -> Path:
 # --- the state file ------------------------------------------------------------------------
 
 
-@dataclass
-class GuardFiles:
-    guard_id: str
-    directory: Path
+class GuardFiles(JobFiles):
+    """A guard's record, lock, log and cancel marker (background.JobFiles under guards/)."""
 
     @property
-    def state(self) -> Path:
-        return self.directory / f"{self.guard_id}.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.directory / f"{self.guard_id}.lock"
-
-    @property
-    def log(self) -> Path:
-        return self.directory / f"{self.guard_id}.log"
-
-    @property
-    def cancel(self) -> Path:
-        return self.directory / f"{self.guard_id}.cancel"
+    def guard_id(self) -> str:
+        return self.job_id
 
 
 def files_for(guard_id: str) -> GuardFiles:
@@ -110,56 +90,21 @@ def files_for(guard_id: str) -> GuardFiles:
 
 
 def write_state(files: GuardFiles, state: dict[str, Any]) -> None:
-    write_json_atomically(files.state, state)
+    write_record(files, state)
 
 
 def read_state(files: GuardFiles) -> dict[str, Any]:
     try:
-        return json.loads(files.state.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AutoDLError(ErrorType.NOT_FOUND, f"没有这个守护: {files.guard_id}",
-                          "用 guard_deployment.py --list 查看全部守护及其 guard_id。",
-                          {"guard_id": files.guard_id, "state_dir": str(files.directory)}) from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise AutoDLError(ErrorType.CONFIG_ERROR, f"守护状态文件无法读取: {files.state} ({error})",
-                          "文件可能被手工改坏; 取消该守护 (--cancel) 后重新创建。",
-                          {"path": str(files.state)}) from None
+        return read_record(files, "守护", "guard_deployment.py --list")
+    except AutoDLError as error:
+        if error.error_type is ErrorType.NOT_FOUND:
+            error.details = {"guard_id": files.guard_id, "state_dir": str(files.directory)}
+        else:
+            error.hint = "文件可能被手工改坏; 取消该守护 (--cancel) 后重新创建。"
+        raise
 
 
-class GuardLock:
-    """An exclusive flock held for as long as a guard process runs."""
-
-    def __init__(self, files: GuardFiles) -> None:
-        self.files = files
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        self.files.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def is_running(files: GuardFiles) -> bool:
-    """Whether some process holds the guard's lock right now."""
-    probe = GuardLock(files)
-    if not files.lock.exists():
-        return False
-    if probe.acquire():
-        probe.release()
-        return False
-    return True
+GuardLock = JobLock
 
 
 def new_guard_id(deployment_uuid: str) -> str:
@@ -167,16 +112,8 @@ def new_guard_id(deployment_uuid: str) -> str:
 
 
 def all_states() -> list[dict[str, Any]]:
-    directory = guards_dir()
-    if not directory.is_dir():
-        return []
-    states = []
-    for path in sorted(directory.glob("g-*.json")):
-        try:
-            states.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError):
-            states.append({"guard_id": path.stem, "status": "unreadable", "state_file": str(path)})
-    return states
+    return [record if record is not None else {"guard_id": path.stem, "status": "unreadable", "state_file": str(path)}
+            for path, record in records_in(guards_dir(), "g-*.json")]
 
 
 # --- the decision (pure) ---------------------------------------------------------------------
@@ -659,35 +596,18 @@ def save_new(state: dict[str, Any]) -> GuardFiles:
 
 
 def detach(files: GuardFiles, script: Path, progress: Progress) -> dict[str, Any]:
-    """Start `script --resume ID` in its own session, logging to the guard's log file; wait
-    until it holds the guard's lock (it really runs) and return its view."""
-    import subprocess
-    import sys
-
-    files.directory.mkdir(parents=True, exist_ok=True)
-    with open(files.log, "ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, str(script), "--resume", files.guard_id],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(SKILL_ROOT),
-            start_new_session=True,  # survives the agent's terminal and its Ctrl-C
-        )
-    deadline = time.monotonic() + DETACH_START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if is_running(files) and read_state(files).get("pid") == child.pid:
-            progress.log(f"守护 {files.guard_id} 已在后台运行 (pid {child.pid}), 日志: {files.log}")
-            return guard_view(read_state(files), files)
-        if child.poll() is not None:
-            state = read_state(files)
-            if state.get("status") in FINAL_STATUSES:  # it ended at once (e.g. limit already reached)
-                return guard_view(state, files)
-            break
-        time.sleep(DETACH_POLL_SECONDS)
-    tail = files.log.read_text(encoding="utf-8", errors="replace")[-2000:] if files.log.exists() else ""
-    raise AutoDLError(ErrorType.INTERNAL_ERROR, f"后台守护没有启动起来: {files.guard_id}",
-                      f"看日志 {files.log}; 可以用 --resume {files.guard_id} 在前台运行它查看原因。",
-                      {"guard_id": files.guard_id, "log_tail": tail, "exit_code": child.poll()})
-
-
+    """Start `script --resume ID` in the background; wait until it holds the guard's lock
+    (it really runs) and return its view."""
+    try:
+        state, pid = spawn(files, [str(script), "--resume", files.guard_id],
+                           lambda record: is_running(files), "守护")
+    except AutoDLError as error:
+        error.hint += f" 可以用 --resume {files.guard_id} 在前台运行它查看原因。"
+        error.details["guard_id"] = files.guard_id
+        raise
+    if state.get("status") not in FINAL_STATUSES:
+        progress.log(f"守护 {files.guard_id} 已在后台运行 (pid {pid}), 日志: {files.log}")
+    return guard_view(state, files)
 
 
 def platform_now_or_none(client: Any, deployment_uuid: str | None) -> str | None:
@@ -708,7 +628,6 @@ def cancel(guard_id: str, progress: Progress, client: Any = None) -> dict[str, A
     """End a guard: a marker it reads, plus SIGTERM to the process holding its lock.
     A guard that is not running is settled here; `client` (optional) dates it on the
     platform's clock."""
-    import signal
 
     files = files_for(guard_id)
     state = read_state(files)
@@ -717,15 +636,9 @@ def cancel(guard_id: str, progress: Progress, client: Any = None) -> dict[str, A
     if state.get("status") == ACTING:
         raise AutoDLError(ErrorType.USAGE_ERROR, f"守护 {guard_id} 正在执行操作, 现在不能取消。",
                           "稍后用 --list 查看结果。", {"guard_id": guard_id})
-    files.cancel.write_text(iso(datetime.now().astimezone()) or "", encoding="utf-8")
+    files.request_cancel()
     if is_running(files) and state.get("pid"):
-        try:
-            os.kill(int(state["pid"]), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + DETACH_START_TIMEOUT_SECONDS
-        while is_running(files) and time.monotonic() < deadline:
-            time.sleep(DETACH_POLL_SECONDS)
+        stop_process(files, state["pid"])
         state = read_state(files)
     if state.get("status") not in FINAL_STATUSES:  # not running: settle the file ourselves
         lock = GuardLock(files)

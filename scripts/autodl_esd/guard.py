@@ -480,6 +480,10 @@ def guard_view(state: dict[str, Any], files: GuardFiles | None = None) -> dict[s
     alive = is_running(files) if files.state.exists() else False
     shown = {
         "guard_id": state.get("guard_id"),
+        # The fields every background job shows (jobs.py): its id, kind and state.
+        "run_id": state.get("guard_id"),
+        "kind": "guard",
+        "state": state.get("status"),
         "deployment_uuid": state.get("deployment_uuid"),
         "deployment_name": state.get("deployment_name"),
         # Not "status": that key is the output envelope's success/error.

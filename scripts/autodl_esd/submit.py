@@ -1,13 +1,19 @@
 """queue_submit's engine: check, wait for GPU stock, create exactly once, optionally follow.
 
 The platform does not queue: a create while no host fits simply fails. So we poll stock
-and submit when a requested GPU type has enough idle cards. A create whose answer is lost
-(timeout, reset, 5xx) may still have happened, so before any retry we look the
-deployment up by name; re-running the command must never buy a second deployment.
+and submit when a requested GPU type has enough idle cards.
+
+A create is sent again only after an answer that proves the first created nothing (the
+platform's HTTP 200 business error, a refusal before the request went out). A create whose
+answer is lost (timeout, reset, 5xx) may land minutes later, so it is never sent again:
+the deployment is looked up by name until it appears or the reconcile window passes, and
+then the run ends saying it may have been created. The run's progress is reported through
+`on_state` so a durable record (submission.py) can resume it after a crash.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -40,6 +46,11 @@ STOCK_FILTER_KEYS = ("gpu_name_set", "cuda_v_from", "cuda_v_to", "cpu_num_from",
                      "memory_size_from", "memory_size_to", "price_from", "price_to")
 # Hosts whose dialect is known, to catch a config written for the other cloud.
 HOST_DIALECTS = {"api.autodl.com": "public", "private.autodl.com": "private"}
+# How long after the last create was sent a deployment it made may still appear. Measured
+# on the simulator, creates committed up to 30 s after a 1 s client timeout; a real
+# platform under load may be slower still. Five minutes of fresh looks (one a second)
+# cost nothing next to buying a deployment twice. `--reconcile-window` changes it.
+DEFAULT_RECONCILE_WINDOW_SECONDS = 300.0
 
 
 def failure_kind(error: ApiError) -> str:
@@ -66,6 +77,16 @@ class SubmitOptions:
     finish_timeout: float = 0.0
     # Called once with the deployment_uuid right after the create (queue_submit --notify).
     on_created: Callable[[str], None] | None = None
+    # After an ambiguous create: how long (from the send) to look for it by name.
+    reconcile_window: float = DEFAULT_RECONCILE_WINDOW_SECONDS
+    # Called with (state, fields) at each step, before the step's effect (submission.py's record).
+    on_state: Callable[[str, dict[str, Any]], None] | None = None
+    # Asked before each poll and before a create: True ends a waiting run with nothing sent.
+    cancel_requested: Callable[[], bool] | None = None
+
+
+class SubmissionCancelled(Exception):
+    """A waiting run was asked to end (jobs.py --cancel); no create was sent."""
 
 
 def duplicate_check(config: dict[str, Any], live: list[dict[str, Any]], allowed: bool) -> dict[str, Any]:
@@ -126,11 +147,14 @@ class Submitter:
         self._known_before_send: set[Any] = set()
         self._sent_creates = 0
         self._ambiguous_creates = 0
+        self._last_send_clock: float | None = None  # self.clock() when the last create was sent
+        self._last_send_epoch: float | None = None  # the same on the wall clock (the record's)
         self._recovered_by: dict[str, Any] | None = None
         # Set by run(); +08:00 like the platform's created_at, so the two compare.
         self.submit_started_at: str | None = None
         self.duplicate_check: dict[str, Any] = {"result": "none", "would_refuse": False}
         self._reconcile_report: dict[str, Any] | None = None
+        self._reconcile_answered = True
         # Other queue_submit runs seen waiting for this name (waiters.py; advisory only).
         self._host = str(getattr(client, "host", "") or "")
         self.other_waiters: list[dict[str, Any]] = []
@@ -307,6 +331,9 @@ class Submitter:
         if first_fit(stock, self.gpu_names, self.gpu_num) is None:
             self.progress.log(self._explain_wait())
         while True:
+            self._stop_if_cancelled()
+            self._state("waiting", last_stock=requested_stock(stock, self.gpu_names),
+                        waited_seconds=round(self.clock() - started, 1))
             fit = first_fit(stock, self.gpu_names, self.gpu_num)
             if fit:
                 return stock, fit
@@ -329,6 +356,14 @@ class Submitter:
             except ApiError as error:
                 failures.record(error)
 
+    def _state(self, state: str, **fields: Any) -> None:
+        if self.options.on_state:
+            self.options.on_state(state, fields)
+
+    def _stop_if_cancelled(self) -> None:
+        if self._sent_creates == 0 and self.options.cancel_requested and self.options.cancel_requested():
+            raise SubmissionCancelled()
+
     # --- submitting -------------------------------------------------------------------
     #
     # The exactly-once rule. Immediately before every create the name is looked up again;
@@ -348,35 +383,26 @@ class Submitter:
     def _lookup_command(self) -> str:
         return f"python scripts/list_deployments.py --name {self.config['name']}"
 
-    def check_before_create(self) -> str | None:
-        """The name check right before a create: a uuid when an earlier ambiguous create of
-        this run has landed meanwhile; deployment_exists when another live one appeared."""
+    def check_before_create(self) -> None:
+        """The name check right before a create: deployment_exists when a live one appeared."""
         same_name = self._same_name()
         if self._sent_creates == 0:
             self._known_before_send = {d.get("uuid") for d in same_name}
             live = [d for d in same_name if d.get("status") != "stopped"]
             if live and not self.options.allow_duplicate_name:
                 raise self._exists_error(live, "在等待库存期间出现了同名部署 (可能是同一配置的另一次运行)")
-            return None
-        new = self._new_since_send(same_name)
-        if new and self._ambiguous_creates:
-            self.progress.log(f"提交前再次按名称核对: 之前结果不明的创建已经落地 ({new[0].get('uuid')})")
-            return self._adopt(new, "found_before_retry")
-        live_new = [d for d in new if d.get("status") != "stopped"]
+            return
+        # Every earlier create of this run was refused outright (an ambiguous one is never
+        # followed by another send), so a new one with our name is somebody else's.
+        live_new = [d for d in self._new_since_send(same_name) if d.get("status") != "stopped"]
         if live_new and not self.options.allow_duplicate_name:
             raise self._exists_error(live_new, "本次的创建都被平台明确拒绝, 但期间出现了同名部署 (不是本次创建的)")
-        return None
 
     def _check_failed(self, error: ApiError) -> ApiError:
-        """The name check before a create failed: nothing more is sent; say what was."""
-        maybe = self._ambiguous_creates > 0
-        error.details.update(may_have_been_created=maybe, name=self.config["name"])
-        if maybe:
-            error.details["lookup"] = self._lookup_command()
-            error.hint = (f"之前一次结果不明的创建可能已经落地, 不要直接重新提交: 先用 {self._lookup_command()} 核对。"
-                          + error.hint)
-        else:
-            error.hint = "本次没有创建任何部署 (创建前的同名检查失败), 稍后重新运行同一命令即可。" + error.hint
+        """The name check before a create failed: nothing is sent. Every earlier create of
+        this run was refused outright, so nothing was created."""
+        error.details.update(may_have_been_created=False, name=self.config["name"])
+        error.hint = "本次没有创建任何部署 (创建前的同名检查失败), 稍后重新运行同一命令即可。" + error.hint
         return error
 
     def _exists_error(self, live: list[dict[str, Any]], why: str) -> AutoDLError:
@@ -424,14 +450,21 @@ class Submitter:
                 self.partial.pop(key, None)
         self.partial["may_have_been_created"] = bool(deployment_uuid)
 
-    def reconcile(self) -> tuple[str | None, bool]:
-        """After an ambiguous create: (a deployment of ours that landed, whether the platform
-        answered at all). Looks for the HTTP timeout plus a margin, a fresh list each time,
-        so a create still in flight has landed before anything is retried."""
+    def reconcile_window_left(self) -> float:
+        """Seconds of the reconcile window still to run, counted from the last create sent."""
+        if self._last_send_clock is None:
+            return self.options.reconcile_window
+        return max(0.0, self.options.reconcile_window - (self.clock() - self._last_send_clock))
+
+    def reconcile(self) -> str | None:
+        """After an ambiguous create: the deployment of ours that landed, found by fresh
+        listings by name until the reconcile window (from the send) has passed; else None."""
+        window = self.reconcile_window_left()
+        self._state("reconciling", reconcile_until_epoch=time.time() + window)
         looks = watch(
             self._same_name,
             lambda same_name: bool(self._new_since_send(same_name)),
-            grace_seconds=in_flight_grace_seconds(self.client),
+            grace_seconds=window,
             waiting_for=f"等待可能仍在途中的创建请求落地 (按名称 {self.config['name']} 查看)",
             progress=self.progress,
             sleep=self.sleep,
@@ -439,10 +472,11 @@ class Submitter:
         )
         self._reconcile_report = looks.report()
         if looks.found:
-            return self._adopt(self._new_since_send(looks.value), "reconcile_after_ambiguous_create"), True
+            return self._adopt(self._new_since_send(looks.value), "reconcile_after_ambiguous_create")
         if looks.last_error and not looks.answered:
             self.progress.log(f"核对是否已创建失败: {looks.last_error}")
-        return None, looks.answered > 0
+        self._reconcile_answered = looks.answered > 0 or looks.looks == 0
+        return None
 
     def _look_once_after_interrupt(self) -> None:
         """One look on the way out (a second signal is ignored meanwhile): name the uuid if it landed."""
@@ -454,9 +488,15 @@ class Submitter:
             self._settle_create(self._adopt(new, "found_while_exiting"))
 
     def create_once(self) -> tuple[str | None, ApiError | None, bool]:
-        """(deployment_uuid, error, recovered) for one create attempt."""
-        self._mark_create_sent()
+        """(deployment_uuid, error, recovered) for one create attempt. An error is returned
+        only when it proves nothing was created; an ambiguous one raises may_have_been_created
+        once the reconcile window has passed without the deployment appearing."""
+        self._stop_if_cancelled()
         self._sent_creates += 1
+        self._last_send_clock, self._last_send_epoch = self.clock(), time.time()
+        # Written before the send: a crash from here on leaves a record that reconciles first.
+        self._state("submitting", **self.snapshot())
+        self._mark_create_sent()
         try:
             return self._create_and_reconcile()
         except Interrupted:
@@ -472,28 +512,80 @@ class Submitter:
                 self._settle_create(None)
                 return None, error, False
             self._ambiguous_creates += 1
-            self.progress.log(f"创建请求结果不明 ({error.msg}), 先按名称核对是否已创建 (最多约 {in_flight_grace_seconds(self.client):.0f} 秒)……")
-            found, answered = self.reconcile()
+            self.progress.log(f"创建请求结果不明 ({error.msg}): 不会再次发送创建; 按名称核对是否已创建 "
+                              f"(最多约 {self.reconcile_window_left():.0f} 秒)……")
+            found = self.reconcile()
             if found:
                 self._settle_create(found)
                 return found, None, True
-            if not answered:
-                # Creating again could buy a second deployment; stop and let a person check.
-                unknown = ApiError(
-                    f"创建请求结果不明, 且无法按名称核对 (部署列表接口也失败): {error.msg}",
-                    code=error.code,
-                    msg=error.msg,
-                    http_status=error.http_status,
-                    retryable=False,
-                    hint=f"部署可能已经创建, 不要重新提交: 稍后用 {self._lookup_command()} 核对; "
-                    "确认没有再重新运行本命令 (同名检查会阻止重复提交)。",
-                )
-                unknown.details.update(may_have_been_created=True, name=self.config["name"], lookup=self._lookup_command())
-                raise unknown from None
-            self._settle_create(None)
-            return None, error, False
+            raise self.may_have_been_created(error)
         self._settle_create(deployment_uuid)
         return deployment_uuid, None, False
+
+    def may_have_been_created(self, error: ApiError | None = None) -> AutoDLError:
+        """The end of a run whose create was sent and never answered, and whose deployment did
+        not appear within the reconcile window: it may still appear; never invite a resubmit."""
+        report = self._reconcile_report or {}
+        if self._reconcile_answered:
+            seen = f"之后按名称核对了约 {report.get('looked_for_seconds', 0):g} 秒 ({report.get('looks', 0)} 次) 仍未看到这个部署"
+        else:
+            seen = f"之后按名称核对时部署列表接口也一直失败 ({report.get('read_back_error', '')})"
+        cause = f" ({error.msg or error.message})" if error is not None else ""
+        failure = AutoDLError(
+            ErrorType.SUBMISSION_ERROR,
+            f"创建请求已发出但结果不明{cause}, {seen}: 部署可能已经创建, 也可能稍后才出现。"
+            "为避免重复购买, 没有再次发送创建请求。",
+            f"不要重新提交: 部署出现时它就是本次创建的。稍后用 {self._lookup_command()} 核对 "
+            "(提交记录的 jobs.py --status 也会再核对一次)。",
+            {
+                "may_have_been_created": True,
+                "name": self.config["name"],
+                "lookup": self._lookup_command(),
+                "retryable": False,
+                "failure_kind": "outcome_unknown",
+                "creates_sent": self._sent_creates,
+                "known_before_send": sorted(str(u) for u in self._known_before_send),
+                "reconcile": report,
+                "warnings": self.warnings,
+                **({"api_response": {"code": error.code, "msg": error.msg, "http_status": error.http_status}}
+                   if error is not None else {}),
+            },
+        )
+        return failure
+
+    # --- the state a record keeps (submission.py) --------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a resumed run needs to go on exactly where this one is."""
+        return {
+            "creates_sent": self._sent_creates,
+            "ambiguous_creates": self._ambiguous_creates,
+            "known_before_send": sorted(str(u) for u in self._known_before_send),
+            "last_create_sent_epoch": self._last_send_epoch,
+            "submit_started_at": self.submit_started_at,
+        }
+
+    def restore(self, record: dict[str, Any]) -> None:
+        """Continue from a record's snapshot (a resumed run, in a new process)."""
+        self._sent_creates = int(record.get("creates_sent") or 0)
+        self._ambiguous_creates = int(record.get("ambiguous_creates") or 0)
+        self._known_before_send = set(record.get("known_before_send") or [])
+        self.submit_started_at = record.get("submit_started_at") or self.submit_started_at
+        sent = record.get("last_create_sent_epoch")
+        if isinstance(sent, (int, float)):
+            self._last_send_epoch = float(sent)
+            self._last_send_clock = self.clock() - max(0.0, time.time() - float(sent))
+
+    def recover_after_restart(self) -> tuple[str, bool]:
+        """A record left mid-create (crash, kill -9, reboot): reconcile by name, never send.
+        Returns (deployment_uuid, recovered); raises may_have_been_created."""
+        self.progress.log(f"上次运行在创建请求发出后中断: 先按名称 {self.config['name']} 核对, 不会再次发送创建。")
+        self._mark_create_sent()
+        found = self.reconcile()
+        if not found:
+            raise self.may_have_been_created()
+        self._settle_create(found)
+        return found, True
 
     def find_duplicates(self, deployment_uuid: str) -> list[dict[str, Any]]:
         """Every deployment with our name that appeared after this run's first create was sent,
@@ -540,12 +632,9 @@ class Submitter:
             stock, gpu_name = self.wait_for_stock(stock, started)
             waited = self.clock() - started
             try:
-                landed = self.check_before_create()
+                self.check_before_create()
             except ApiError as error:
                 raise self._check_failed(error) from None
-            if landed:
-                self._settle_create(landed)
-                return landed, True, waited
             self.progress.log(f"{gpu_name} 有足够空闲卡, 提交部署 {self.config['name']} (第 {len(failures) + 1} 次)")
             deployment_uuid, error, recovered = self.create_once()
             if deployment_uuid:
@@ -574,7 +663,7 @@ class Submitter:
                 "这不是库存问题, 重试也不会成功: 按 details.api_response.msg 修正配置" + see_warnings,
             ),
             "platform_fault": (
-                f"平台连续 {len(failures)} 次出错, 未能创建部署 (已按名称核对, 没有创建): {last['msg']}",
+                f"平台连续 {len(failures)} 次在处理前就拒绝或无法连接, 没有创建部署: {last['msg']}",
                 "平台暂时故障, 配置本身不一定有问题: 稍后重新运行同一命令 (同名检查会防止重复创建)。",
             ),
             "no_capacity": (
@@ -594,7 +683,8 @@ class Submitter:
                 "warnings": self.warnings,
                 "suggestion": suggestion,
                 **({"capacity_filters": capacity_filters(self.config)} if last["kind"] == "no_capacity" else {}),
-                # Ambiguous attempts were looked up by name for longer than they could take to land.
+                # Only answers that prove nothing was created get here (an ambiguous one ends
+                # the run as may_have_been_created instead).
                 "may_have_been_created": False,
                 "name": self.config["name"],
                 **({"reconcile": self._reconcile_report} if self._reconcile_report else {}),
@@ -665,7 +755,7 @@ class Submitter:
         self.progress.log(f"警告 [{warning['code']}] {warning['message']} {warning['hint']}")
         return warning
 
-    def _mention_other_waiters(self, error: AutoDLError) -> None:
+    def mention_other_waiters(self, error: AutoDLError) -> None:
         """A timeout or deployment_exists names the other runs waiting for this name."""
         if error.error_type not in (ErrorType.TIMEOUT, ErrorType.DEPLOYMENT_EXISTS):
             return
@@ -691,10 +781,20 @@ class Submitter:
         try:
             return self._run()
         except AutoDLError as error:
-            self._mention_other_waiters(error)
+            self.mention_other_waiters(error)
             raise
 
     def _run(self) -> dict[str, Any]:
+        stock = self.prepare()
+        if self.options.dry_run:
+            return self.dry_run_result(stock)
+        return self.proceed(stock)
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.config["name"], "deployment_type": self.config["deployment_type"], "dialect": dialect_of(self.config)}
+
+    def prepare(self) -> StockByGpu:
+        """Everything before the wait (no create): image, GPU types, the name, one stock read."""
         self.submit_started_at = now_timestamp()
         another_run = self._note_other_waiters()  # local files only: before any network call
         try:
@@ -712,37 +812,55 @@ class Submitter:
             self.progress.log(f"警告 [{warning['code']}] {warning['message']} {warning['hint']}")
         if another_run:
             self.warnings.append(another_run)  # logged above already, when it was found
-        summary = {"name": self.config["name"], "deployment_type": self.config["deployment_type"], "dialect": dialect_of(self.config)}
+        return stock
 
-        if self.options.dry_run:
-            fit = first_fit(stock, self.gpu_names, self.gpu_num)
-            refused = self.duplicate_check["would_refuse"]
-            return {
-                "dry_run": True,
-                **summary,
-                "request": self.request,
-                "http_request": self.http_request(),
-                "duplicate_check": self.duplicate_check,
-                "stock": requested_stock(stock, self.gpu_names),
-                "stock_filtered_by_config": bool(self.regions),
-                "would_submit_now": fit is not None and not refused,
-                "gpu_name": fit,
-                "warnings": self.warnings,
-            }
+    def dry_run_result(self, stock: StockByGpu) -> dict[str, Any]:
+        fit = first_fit(stock, self.gpu_names, self.gpu_num)
+        refused = self.duplicate_check["would_refuse"]
+        return {
+            "dry_run": True,
+            **self.summary(),
+            "request": self.request,
+            "http_request": self.http_request(),
+            "duplicate_check": self.duplicate_check,
+            "stock": requested_stock(stock, self.gpu_names),
+            "stock_filtered_by_config": bool(self.regions),
+            "would_submit_now": fit is not None and not refused,
+            "gpu_name": fit,
+            "warnings": self.warnings,
+        }
 
-        started = self.clock()
+    def proceed(self, stock: StockByGpu | None, waited_before: float = 0.0) -> dict[str, Any]:
+        """Wait for stock, create once, follow. `stock` None: a resumed run polls first;
+        `waited_before`: seconds an earlier process of this run already waited."""
+        started = self.clock() - waited_before
+        if stock is None:
+            stock = self._first_poll()
         # While this run may still create, others see it waiting (advisory; never consulted
         # by the exactly-once logic, whose source of truth is the name check before a create).
         with waiters.waiting_marker(self._host, self.config["name"], self.config["deployment_type"]) as self._marker:
             deployment_uuid, recovered, waited = self.submit(stock, started)
         self._marker = None
+        return self.created(deployment_uuid, recovered, waited)
+
+    def _first_poll(self) -> StockByGpu:
+        try:
+            return self.poll_stock()
+        except ApiError as error:
+            self.progress.log(f"查询库存失败: {error.message} 继续等待。")
+            return {}
+
+    def created(self, deployment_uuid: str, recovered: bool, waited: float) -> dict[str, Any]:
+        """The deployment exists: say so, look for duplicates, follow it as asked."""
         self.progress.log(f"部署已创建: {deployment_uuid}" + (" (核对后确认)" if recovered else ""))
+        self._state("submitted", deployment_uuid=deployment_uuid, recovered=recovered,
+                    **({"recovered_by": self._recovered_by} if recovered and self._recovered_by else {}))
         if self.options.on_created:
             self.options.on_created(deployment_uuid)
         result: dict[str, Any] = {
             "deployment_uuid": deployment_uuid,
             "waited_seconds": round(waited, 1),
-            **summary,
+            **self.summary(),
             "recovered": recovered,
         }
         if recovered and self._recovered_by:
@@ -752,12 +870,18 @@ class Submitter:
             result["duplicates"] = duplicates
             self.partial["duplicates"] = duplicates
         result["warnings"] = self.warnings
+        return self.follow(deployment_uuid, result)
+
+    def follow(self, deployment_uuid: str, result: dict[str, Any]) -> dict[str, Any]:
+        """--wait-running / --wait-finished on a deployment that exists."""
         if self.options.wait_running:
+            self._state("submitted", phase="wait_running")
             try:
                 result.update(self.wait_until_running(deployment_uuid))
             except AutoDLError as error:
                 raise self._after_create(error, deployment_uuid) from None
         if self.options.wait_finished:
+            self._state("submitted", phase="wait_finished")
             try:
                 result["finish"] = self.wait_until_finished(deployment_uuid)
             except AutoDLError as error:

@@ -1,7 +1,8 @@
 """queue_submit's exactly-once rule against a mocked API.
 
-- an ambiguous create is looked up by name for the HTTP timeout plus a margin (several fresh
-  looks) before anything is retried;
+- an ambiguous create is never sent again: it is looked up by name (fresh looks) until it
+  appears or the reconcile window passes, then the run ends `may_have_been_created`;
+- a create is sent again only after an answer that proves nothing was created;
 - the name is checked again right before every create; another run's live deployment is
   deployment_exists, never adopted; one that appeared after this run's create was sent is;
 - after a create, a second deployment of this run's name is reported as `duplicates`;
@@ -40,15 +41,18 @@ OTHER_RUN = "0f1e2d3c4b5a697"
 TIMEOUT = {"body": requests.exceptions.ReadTimeout("read timed out")}
 
 
+# A reconcile window of a few (fake) seconds: several looks, one a second.
+WINDOW_SECONDS = 6.0
+
+
 @pytest.fixture
 def real_grace(monkeypatch):
-    """The reconcile's real grace: AUTODL_HTTP_TIMEOUT 1 s + the margin, on the fake clock."""
+    """A reconcile window of WINDOW_SECONDS on the fake clock (the default is minutes)."""
     from autodl_esd import effects, submit
 
-    monkeypatch.setenv("AUTODL_HTTP_TIMEOUT", "1")
-    monkeypatch.setattr(submit, "in_flight_grace_seconds", effects.in_flight_grace_seconds)
+    monkeypatch.setattr(submit, "DEFAULT_RECONCILE_WINDOW_SECONDS", WINDOW_SECONDS)
     monkeypatch.setattr(effects, "MIN_LOOKS", 3)
-    return 1 + effects.IN_FLIGHT_MARGIN_SECONDS
+    return WINDOW_SECONDS
 
 
 def looks(api, answer, count):
@@ -56,7 +60,7 @@ def looks(api, answer, count):
         api.post(DEPLOYMENTS, json=answer)
 
 
-def test_a_create_landing_late_is_found_within_the_grace_period(run, api, config_file, real_grace, fake_time):
+def test_a_create_landing_late_is_found_within_the_reconcile_window(run, api, config_file, real_grace, fake_time):
     expect_checks(api, idle=3)
     expect_create(api, **TIMEOUT)
     looks(api, deployments(), 4)  # four fresh looks see nothing yet
@@ -72,7 +76,7 @@ def test_a_create_landing_late_is_found_within_the_grace_period(run, api, config
     assert "等待可能仍在途中的创建请求落地" in err and "最多再看" in err
 
 
-def test_no_retry_before_the_grace_period_has_passed(run, api, config_file, real_grace, fake_time):
+def test_an_ambiguous_create_is_never_sent_again(run, api, config_file, real_grace, fake_time, result_validator):
     sent_at = []
     expect_checks(api, idle=3)
     api.post(DEPLOYMENTS, json=deployments())
@@ -82,45 +86,37 @@ def test_no_retry_before_the_grace_period_has_passed(run, api, config_file, real
         raise requests.exceptions.ReadTimeout("read timed out")
 
     api.add_callback(responses.POST, CREATE, callback=lost)
-    looks(api, deployments(), int(real_grace) + 1)  # one look a second until the grace has passed
+    looks(api, deployments(), int(real_grace) + 1)  # one look a second until the window has passed
+
+    code, out, err = run("queue_submit.py", config_file(), *FAST)
+
+    assert code == 3 and out["error_type"] == "submission_error"
+    details = out["details"]
+    assert details["may_have_been_created"] is True and details["name"] == "svc" and details["retryable"] is False
+    assert details["reconcile"]["looked_for_seconds"] >= real_grace
+    assert len(sent_at) == 1 and len(create_calls(api)) == 1
+    assert "不要重新提交" in out["hint"] and "重新运行" not in out["hint"]
+    result_validator.validate(out)
+
+
+def test_a_create_refused_outright_is_sent_again(run, api, config_file, result_validator):
+    """An HTTP 200 business error proves nothing was created: the next create may go."""
+    expect_checks(api, idle=3)
+    expect_create(api, json=envelope(code="BadRequest", msg="当前算力规格暂无库存"))
     api.get(STOCK, json=stock_list(3))
-    api.post(DEPLOYMENTS, json=deployments())  # the check right before the retry
-
-    def created(_request):
-        sent_at.append(fake_time[0])
-        return 200, {}, json.dumps(envelope({"deployment_uuid": NEW_UUID}))
-
-    api.add_callback(responses.POST, CREATE, callback=created)
-    api.post(DEPLOYMENTS, json=same_name(NEW_UUID))
+    expect_create(api)
 
     code, out, _ = run("queue_submit.py", config_file(), *FAST)
 
-    assert code == 0 and out["recovered"] is False and "duplicates" not in out
-    assert sent_at[1] - sent_at[0] >= real_grace
+    assert code == 0 and out["deployment_uuid"] == NEW_UUID and out["recovered"] is False
+    assert len(create_calls(api)) == 2
+    result_validator.validate(out)
 
 
-def test_the_check_before_a_retry_adopts_a_create_that_landed_meanwhile(run, api, config_file):
+def test_another_runs_create_landing_beside_ours_is_reported_as_duplicates(run, api, config_file, result_validator):
     expect_checks(api, idle=3)
-    expect_create(api, **TIMEOUT)
-    api.post(DEPLOYMENTS, json=deployments())  # reconcile: not yet
-    api.get(STOCK, json=stock_list(3))
-    api.post(DEPLOYMENTS, json=same_name(LATE_UUID))  # right before the retry: it landed
-    api.post(DEPLOYMENTS, json=same_name(LATE_UUID))  # the look for duplicates
-
-    code, out, _ = run("queue_submit.py", config_file(), *FAST)
-
-    assert code == 0 and out["deployment_uuid"] == LATE_UUID and out["recovered"] is True
-    assert out["recovered_by"]["how"] == "found_before_retry"
-    assert len(create_calls(api)) == 1
-
-
-def test_a_late_first_create_beside_the_retry_is_reported_as_duplicates(run, api, config_file, result_validator):
-    expect_checks(api, idle=3)
-    expect_create(api, **TIMEOUT)
-    api.post(DEPLOYMENTS, json=deployments())  # reconcile: nothing
-    api.get(STOCK, json=stock_list(3))
     both = deployments([
-        {"uuid": LATE_UUID, "name": "svc", "status": "running", "created_at": "2026-01-05T20:34:07+08:00"},
+        {"uuid": OTHER_RUN, "name": "svc", "status": "running", "created_at": "2026-01-05T20:34:07+08:00"},
         {"uuid": NEW_UUID, "name": "svc", "status": "running", "created_at": "2026-01-05T20:34:09+08:00"},
     ])
     expect_create(api, after=both)
@@ -129,7 +125,7 @@ def test_a_late_first_create_beside_the_retry_is_reported_as_duplicates(run, api
 
     assert code == 0 and out["deployment_uuid"] == NEW_UUID
     by_uuid = {d["deployment_uuid"]: d for d in out["duplicates"]}
-    assert by_uuid[LATE_UUID]["keep"] is True and by_uuid[LATE_UUID]["newer"] is False
+    assert by_uuid[OTHER_RUN]["keep"] is True and by_uuid[OTHER_RUN]["newer"] is False
     assert by_uuid[NEW_UUID]["newer"] is True and by_uuid[NEW_UUID]["reported"] is True
     [warning] = [w for w in out["warnings"] if w["code"] == "duplicate_deployments"]
     assert f"stop_deployment.py --deployment-uuid {NEW_UUID} --yes" in warning["hint"]
@@ -241,21 +237,21 @@ def test_a_failure_while_following_still_names_the_deployment(run, api, config_f
     result_validator.validate(out)
 
 
-def test_a_failed_check_before_a_retry_says_the_earlier_create_may_have_landed(run, api, config_file, monkeypatch, result_validator):
+def test_a_failed_check_before_a_retry_says_nothing_was_created(run, api, config_file, monkeypatch, result_validator):
+    """Only refusals come before a retry, so a failed name check then means nothing exists."""
     from autodl_esd import http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
     expect_checks(api, idle=3)
-    expect_create(api, **TIMEOUT)
-    api.post(DEPLOYMENTS, json=deployments())  # reconcile: nothing yet
+    expect_create(api, json=envelope(code="BadRequest", msg="当前算力规格暂无库存"))
     api.get(STOCK, json=stock_list(3))
     api.post(DEPLOYMENTS, status=503, json=envelope(code="ServiceUnavailable"))  # the check before the retry
 
     code, out, _ = run("queue_submit.py", config_file(), *FAST)
 
     assert code == 3 and out["error_type"] == "api_error"
-    assert out["details"]["may_have_been_created"] is True and out["details"]["name"] == "svc"
-    assert "list_deployments.py --name svc" in out["hint"]
+    assert out["details"]["may_have_been_created"] is False and out["details"]["name"] == "svc"
+    assert "本次没有创建任何部署" in out["hint"]
     assert len(create_calls(api)) == 1
     result_validator.validate(out)
 

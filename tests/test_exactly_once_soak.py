@@ -1,10 +1,12 @@
 """The exactly-once soak, small: queue_submit under every fault mode, then count deployments.
 
-bench/exactly_once_soak.py is the full version (30 runs per mode, real processes, the
-real reconcile margin, the README's table). Here each mode gets a few in-process runs
-with times scaled down (HTTP timeout 0.3 s, the reconcile margin 0.7 s, a look every
-0.2 s, faults shorter than that grace), and the same classifier: no run may end with two deployments, a
-deployment its output does not mention, or a uuid that does not exist.
+bench/exactly_once_soak.py is the full version (30 runs per mode, real processes, late
+commits of 9-30 s, the README's table). Here each mode gets a few in-process runs with
+times scaled down (HTTP timeout 0.3 s, a reconcile window of 4 s, a look every 0.2 s; late
+commits 1.5 and 3 s after the send, far past the old grace of timeout + margin), the
+detached kill -9 / SIGTERM + resume cases with real background processes, and the same
+classifier: no run may end with two deployments, a deployment its output does not
+mention, or a uuid that does not exist.
 """
 
 from __future__ import annotations
@@ -36,14 +38,19 @@ SCALED = {
     "commit_delay": ("commit_delay_seconds=0.6,commit_delay_rate=0.5", 0.3),
     "all_at_once": ("error_rate=0.2,slow_rate=0.2,slow_seconds=0.4,create_slow_seconds=0.4,"
                     "create_error_after_commit=2,commit_delay_seconds=0.4,commit_delay_rate=0.3", 0.3),
+    "late_commit_9": ("commit_delay_seconds=1.5", 0.3),
+    "late_commit_30": ("commit_delay_seconds=3", 0.3),
 }
+# The scaled reconcile window: past the latest scaled commit (3 s) with room for a loaded machine.
+WINDOW_SECONDS = 4.0
 RUNS_PER_MODE = 3
 
 
 @pytest.mark.parametrize("mode", sorted(SCALED))
 def test_no_duplicate_and_no_unreported_create_under_faults(mode, run, monkeypatch, tmp_path, result_validator):
-    from autodl_esd import effects
+    from autodl_esd import effects, submit
 
+    monkeypatch.setattr(submit, "DEFAULT_RECONCILE_WINDOW_SECONDS", WINDOW_SECONDS)
     monkeypatch.setattr(effects, "IN_FLIGHT_MARGIN_SECONDS", 0.7)
     monkeypatch.setattr(effects, "LOOK_PAUSE_SECONDS", 0.2)  # still several looks within the grace
     faults, http_timeout = SCALED[mode]
@@ -75,3 +82,17 @@ def test_the_classifier_catches_each_failure():
     assert soak.classify(one + [{"uuid": "b" * 15, "name": "n"}], "n", {"status": "success", "deployment_uuid": "a" * 15}) == "DUPLICATE"
     assert soak.classify([], "n", {"status": "success", "deployment_uuid": "a" * 15}) == "PHANTOM"
     assert soak.classify([], "n", {"status": "error", "details": {}}) == "none, error"
+
+
+@pytest.mark.parametrize("mode", sorted(soak.DETACHED_SIGNALS))
+def test_a_detached_submit_signalled_at_any_moment_then_resumed_creates_once(mode, tmp_path):
+    """Real background processes: the signal lands before the create, during it (its answer
+    held back 1 s) and after it, in turn; `jobs.py --resume` then finishes each run."""
+    moments = iter([0.0, 0.4, 1.2])
+    tally = soak.soak_mode(mode, 3, 1, tmp_path, lambda sim: soak.detached_runner(
+        sim, soak.DETACHED_SIGNALS[mode], tmp_path / "state", lambda: next(moments), interval=0.05, window=WINDOW_SECONDS),
+        spec="create_slow_seconds=1", http_timeout=0.5)
+
+    bad = [entry for entry in tally["runs"] if entry[1] in ("DUPLICATE", "UNREPORTED", "PHANTOM")]
+    assert not bad, json.dumps(tally["runs"], ensure_ascii=False)
+    assert tally["reported"] + tally["flagged"] == 3

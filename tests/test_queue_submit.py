@@ -68,14 +68,14 @@ def expect_checks(api, idle=0):
 
 @pytest.fixture(autouse=True)
 def fake_time(monkeypatch):
-    """Waits advance a fake clock; the reconcile's grace is 0 unless a test sets one, so a
+    """Waits advance a fake clock; the reconcile window is 0 unless a test sets one, so a
     reconcile makes exactly effects.MIN_LOOKS looks (tests set that to what they register)."""
     from autodl_esd import effects, submit
 
     now = [0.0]
     monkeypatch.setattr(effects, "_now", lambda: now[0])
     monkeypatch.setattr(effects, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
-    monkeypatch.setattr(submit, "in_flight_grace_seconds", lambda client: 0.0)
+    monkeypatch.setattr(submit, "DEFAULT_RECONCILE_WINDOW_SECONDS", 0.0)
     monkeypatch.setattr(effects, "MIN_LOOKS", 1)
     return now
 
@@ -279,20 +279,22 @@ def test_ambiguous_create_is_reconciled_by_name_before_any_retry(run, api, confi
     result_validator.validate(out)
 
 
-def test_ambiguous_create_not_found_is_retried(run, api, config_file, monkeypatch):
+def test_ambiguous_create_not_found_is_never_sent_again(run, api, config_file, monkeypatch, result_validator):
     from autodl_esd import effects
 
     monkeypatch.setattr(effects, "MIN_LOOKS", 1)
     expect_checks(api, idle=3)
     expect_create(api, body=requests.exceptions.ReadTimeout("read timed out"))
-    api.post(DEPLOYMENTS, json=deployments())  # reconcile: nothing there
-    api.get(STOCK, json=stock_list(3))
-    expect_create(api)
+    api.post(DEPLOYMENTS, json=deployments())  # reconcile: nothing there (yet)
 
     code, out, _ = run("queue_submit.py", config_file(), *FAST)
 
-    assert code == 0 and out["recovered"] is False
-    assert len(create_calls(api)) == 2
+    assert code == 3 and out["error_type"] == "submission_error"
+    assert out["details"]["may_have_been_created"] is True and out["details"]["retryable"] is False
+    assert out["details"]["name"] == "svc" and out["details"]["failure_kind"] == "outcome_unknown"
+    assert "不要重新提交" in out["hint"] and "重新运行" not in out["hint"]
+    assert len(create_calls(api)) == 1
+    result_validator.validate(out)
 
 
 def test_reconcile_ignores_same_name_deployments_that_existed_before(run, api, config_file, monkeypatch):
@@ -303,14 +305,17 @@ def test_reconcile_ignores_same_name_deployments_that_existed_before(run, api, c
     api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID}]))
     api.get(STOCK, json=stock_list(3))
     api.post(DEPLOYMENTS, json=deployments([old]))
+    monkeypatch.setattr(effects, "MIN_LOOKS", 2)
+    landed = deployments([old, {"uuid": NEW_UUID, "name": "svc", "status": "running"}])
     expect_create(api, before=deployments([old]), status=503, json=envelope(code="ServiceUnavailable"))
     api.post(DEPLOYMENTS, json=deployments([old]))  # reconcile: only the old one
-    api.get(STOCK, json=stock_list(3))
-    expect_create(api, before=deployments([old]), after=deployments([old, {"uuid": NEW_UUID, "name": "svc", "status": "running"}]))
+    api.post(DEPLOYMENTS, json=landed)  # then ours lands
+    api.post(DEPLOYMENTS, json=landed)  # the look for duplicates
 
     code, out, _ = run("queue_submit.py", config_file(), *FAST)
 
-    assert code == 0 and out["deployment_uuid"] == NEW_UUID and out["recovered"] is False
+    assert code == 0 and out["deployment_uuid"] == NEW_UUID and out["recovered"] is True
+    assert len(create_calls(api)) == 1
 
 
 def test_three_clear_create_failures_are_a_submission_error(run, api, config_file, result_validator):
@@ -634,8 +639,8 @@ def test_repeated_platform_faults_on_create_say_retry_later(run, api, config_fil
     monkeypatch.setattr(effects, "MIN_LOOKS", 1)
     expect_checks(api, idle=3)
     for attempt in range(3):
-        expect_create(api, status=503, json=envelope(code="ServiceUnavailable", msg="服务暂时不可用"))
-        api.post(DEPLOYMENTS, json=deployments())  # reconcile: not created
+        # 429: refused before any work was done, so each one proves nothing was created.
+        expect_create(api, status=429, json=envelope(code="TooManyRequests", msg="请求过于频繁"))
         if attempt < 2:
             api.get(STOCK, json=stock_list(3))
 

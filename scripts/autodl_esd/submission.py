@@ -33,8 +33,8 @@ from .output import Progress
 from .polling import floor_interval
 from .state import state_root
 from .stock import requested_stock
-from .submit import (DEFAULT_RECONCILE_WINDOW_SECONDS, DEFAULT_STARTUP_TIMEOUT_SECONDS, SubmissionCancelled,
-                     SubmitOptions, Submitter)
+from . import submit as submit_engine
+from .submit import DEFAULT_STARTUP_TIMEOUT_SECONDS, SubmissionCancelled, SubmitOptions, Submitter
 
 KIND = "submit"
 WAITING, SUBMITTING, RECONCILING, SUBMITTED = "waiting", "submitting", "reconciling", "submitted"
@@ -66,7 +66,7 @@ def jobs_command(flag: str, run_id: str) -> str:
 class Request:
     """What queue_submit was asked to do, kept in the record so a resumed run does the same."""
 
-    interval: float
+    interval: float = 30.0
     timeout: float = 0.0
     wait_running: bool = False
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
@@ -74,7 +74,7 @@ class Request:
     finish_timeout: float = 0.0
     allow_duplicate_name: bool = False
     show_password: bool = False
-    reconcile_window: float = DEFAULT_RECONCILE_WINDOW_SECONDS
+    reconcile_window: float | None = None  # None: submit.DEFAULT_RECONCILE_WINDOW_SECONDS
     notify: bool = False
     max_runtime: float | None = None
     max_cost: float | None = None
@@ -91,8 +91,13 @@ class Request:
             interval=self.interval, timeout=self.timeout, dry_run=dry_run, wait_running=self.wait_running,
             startup_timeout=self.startup_timeout, wait_finished=self.wait_finished, finish_timeout=self.finish_timeout,
             allow_duplicate_name=self.allow_duplicate_name, show_password=self.show_password,
-            reconcile_window=self.reconcile_window,
+            reconcile_window=self.window,
         )
+
+    @property
+    def window(self) -> float:
+        # Looked up at call time: tests shorten the default for every run at once.
+        return submit_engine.DEFAULT_RECONCILE_WINDOW_SECONDS if self.reconcile_window is None else self.reconcile_window
 
     @property
     def guarded(self) -> bool:
@@ -171,7 +176,7 @@ def _plan(submitter: Submitter, stock: Any) -> dict[str, Any]:
 
 def start_detached(files: JobFiles, progress: Progress) -> dict[str, Any]:
     """Start `jobs.py --run RUN_ID` in the background and return the record's view once it runs."""
-    record, pid = background.spawn(files, [background.script_path("jobs.py"), "--run", files.job_id, "--quiet"],
+    record, pid = background.spawn(files, [background.script_path("jobs.py"), "--run", files.job_id],
                                    lambda record: is_running(files), "提交")
     progress.log(f"提交 {files.job_id} 已在后台运行 (pid {pid}), 日志: {files.log}; "
                  f"用 {jobs_command('--status', files.job_id)} --wait 60 查看进展")
@@ -396,7 +401,7 @@ def status(files: JobFiles, client: Any, progress: Progress) -> dict[str, Any]:
 def _final_look_due(record: dict[str, Any]) -> bool:
     """The last look for duplicates is made once the reconcile window after the last send has passed."""
     sent = record.get("last_create_sent_epoch")
-    window = (record.get("request") or {}).get("reconcile_window", DEFAULT_RECONCILE_WINDOW_SECONDS)
+    window = Request.from_record(record.get("request") or {"interval": 0}).window
     return "final_look" not in record and isinstance(sent, (int, float)) and time.time() >= sent + window
 
 

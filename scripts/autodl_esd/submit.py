@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from . import api, effects, waiters
 from .config import build_request, dialect_of
 from .containers import container_summary
-from .effects import in_flight_grace_seconds, watch
+from .effects import watch
 from .errors import ApiError, AutoDLError, ErrorType, Interrupted
 from .evidence import compare_config, existing_deployment
 from .lint import capacity_filters, lint_config, no_capacity_suggestion
@@ -531,8 +531,11 @@ class Submitter:
         else:
             seen = f"之后按名称核对时部署列表接口也一直失败 ({report.get('read_back_error', '')})"
         cause = f" ({error.msg or error.message})" if error is not None else ""
+        answer = {"code": getattr(error, "code", None), "msg": getattr(error, "msg", None),
+                  "http_status": getattr(error, "http_status", None)}
         failure = AutoDLError(
-            ErrorType.SUBMISSION_ERROR,
+            # The platform could not even be read: the API's failure, as any other.
+            ErrorType.SUBMISSION_ERROR if self._reconcile_answered else ErrorType.API_ERROR,
             f"创建请求已发出但结果不明{cause}, {seen}: 部署可能已经创建, 也可能稍后才出现。"
             "为避免重复购买, 没有再次发送创建请求。",
             f"不要重新提交: 部署出现时它就是本次创建的。稍后用 {self._lookup_command()} 核对 "
@@ -547,8 +550,9 @@ class Submitter:
                 "known_before_send": sorted(str(u) for u in self._known_before_send),
                 "reconcile": report,
                 "warnings": self.warnings,
-                **({"api_response": {"code": error.code, "msg": error.msg, "http_status": error.http_status}}
-                   if error is not None else {}),
+                "api_response": answer,
+                **answer,  # an api_error's own fields
+                "suggestion": "等它出现: 部署出现时就是本次创建的, 直接使用它; 期间不要用同一配置再提交。",
             },
         )
         return failure

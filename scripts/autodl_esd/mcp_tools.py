@@ -112,6 +112,12 @@ def _guard_mode(arguments: Mapping[str, Any]) -> str:
     return SERVER_PREVIEWS if arguments.get("cancel") or arguments.get("resume") else SCRIPT_PREVIEWS
 
 
+def _jobs_mode(arguments: Mapping[str, Any]) -> str:
+    # --cancel / --resume act at once on local background work; the rest only read records
+    # (--status may look a submission's name up on the platform, which is a read).
+    return SERVER_PREVIEWS if arguments.get("cancel") or arguments.get("resume") else READ
+
+
 READ_ONLY = dict(read_only=True, idempotent=True)
 
 POLICIES: dict[str, ToolPolicy] = {
@@ -139,6 +145,9 @@ POLICIES: dict[str, ToolPolicy] = {
                                       idempotent=False, mode=_guard_mode, forced={"detach": True},
                                       hidden={"detach": "always on: a guard must outlive the tool call and the session"}),
     # Every call sends one more message and uses the daily quota.
+    # Background work (detached submits, guards, gateways, watchers) outlives the tool call.
+    "jobs.py": ToolPolicy("后台任务: 查看 / 等待 / 取消 / 继续", read_only=False, destructive=False, idempotent=False,
+                          mode=_jobs_mode, hidden={"run": "the background process's own entry: never called by hand"}),
     "notify.py": ToolPolicy("发微信通知", read_only=False, destructive=False, idempotent=False,
                             mode=_always(SERVER_PREVIEWS)),
     # Without --out it only returns the config text (the `config` field): nothing is written.

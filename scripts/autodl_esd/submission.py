@@ -254,7 +254,7 @@ class Run:
                 self.progress.log(f"继续跟踪已创建的部署 {uuid}")
                 result = submitter.follow(uuid, {"deployment_uuid": uuid, **submitter.summary(),
                                                  "recovered": bool(resume.get("recovered")), "warnings": submitter.warnings})
-            elif resume.get("creates_sent"):
+            elif resume.get("state") in (SUBMITTING, RECONCILING):  # a create may be in flight
                 uuid, recovered = submitter.recover_after_restart()
                 result = submitter.created(uuid, recovered, float(resume.get("waited_seconds") or 0))
             else:
@@ -320,7 +320,7 @@ class Run:
         if self.files is None:
             return
         record = read(self.files)
-        if self.files.cancel_requested() and record.get("state") == WAITING and not record.get("creates_sent"):
+        if self.files.cancel_requested() and record.get("state") == WAITING:
             self.save(state=CANCELLED, done=True, pid=None, ended_at_local=local_now(), may_have_been_created=False,
                       message="已取消 (--cancel), 没有发出创建请求。")
             self.partial.update(state=CANCELLED, may_have_been_created=False)
@@ -354,7 +354,7 @@ def resume_in_process(files: JobFiles, client: Any, progress: Progress, partial:
     request = Request.from_record(record.get("request") or {})
     config = record["config"]
     partial.update(run_id=files.job_id, name=config.get("name"), state_file=str(files.state))
-    if record.get("creates_sent"):
+    if record.get("state") in (SUBMITTING, RECONCILING):
         partial.update(may_have_been_created=True, lookup=f"python3 scripts/list_deployments.py --name {config.get('name')}")
     submitter = Submitter(client, config, request.submit_options(), progress, partial)
     submitter.warnings = list(record.get("warnings") or submitter.warnings)
@@ -467,7 +467,7 @@ def cancel(files: JobFiles) -> dict[str, Any]:
     record = read(files)
     if record.get("done"):
         return {**view(record, files), "changed": False, "note": "这个提交已经结束, 无需取消。"}
-    if record.get("creates_sent") or record.get("state") in CREATE_SENT_STATES:
+    if record.get("state") in CREATE_SENT_STATES:
         return {**view(record, files), "changed": False,
                 "note": "创建请求已经发出, 取消不能撤回它: 提交记录保留, 它会继续核对/跟踪到结束。"
                         "不想要这个部署时, 等 deployment_uuid 出现后用 stop_deployment.py 停止。"}
@@ -475,7 +475,7 @@ def cancel(files: JobFiles) -> dict[str, Any]:
     if is_running(files):
         background.stop_process(files, record.get("pid"))
     record = read(files)
-    if record.get("state") != CANCELLED and not record.get("creates_sent"):
+    if record.get("state") == WAITING:
         lock = JobLock(files)
         if lock.acquire():
             try:

@@ -361,7 +361,8 @@ class Submitter:
             self.options.on_state(state, fields)
 
     def _stop_if_cancelled(self) -> None:
-        if self._sent_creates == 0 and self.options.cancel_requested and self.options.cancel_requested():
+        # Asked only while nothing is in flight: waiting, or right before a create.
+        if self.options.cancel_requested and self.options.cancel_requested():
             raise SubmissionCancelled()
 
     # --- submitting -------------------------------------------------------------------

@@ -110,15 +110,16 @@ SCALE_DOWN_NOTE = ("stopped_by_scale_down 中的容器是缩容停掉的: find_f
 def _wait(client, ctx: cli.Context, uuid: str, args, live_before: list) -> dict:
     from autodl_esd.containers import container_summary
     from autodl_esd.errors import AutoDLError
-    from autodl_esd.polling import floor_interval
+    from autodl_esd.polling import ReadErrors, floor_interval
     from autodl_esd.waiting import stopped_since, wait_running_count
 
     ctx.partial.update(deployment_uuid=uuid, took_effect=True)  # an interrupt mid-wait: the scale is done
     ctx.partial.pop("interrupt_hint", None)
     interval = floor_interval(args.interval, client.host, ctx.progress)
+    read_errors = ReadErrors(ctx.progress, "查询容器")
     try:
         running, live_now, waited = wait_running_count(client, uuid, args.replica_num, timeout=args.timeout,
-                                                       interval=interval, progress=ctx.progress)
+                                                       interval=interval, progress=ctx.progress, read_errors=read_errors)
     except AutoDLError as error:  # the scale itself was done; only the wait failed
         error.details.update(took_effect=True, replica_num=args.replica_num)
         raise
@@ -130,6 +131,7 @@ def _wait(client, ctx: cli.Context, uuid: str, args, live_before: list) -> dict:
         "running": [container_summary(c) for c in running],
         "stopped_by_scale_down": stopped,
         **({"scale_down_note": SCALE_DOWN_NOTE} if stopped else {}),
+        **({"warnings": [read_errors.warning()]} if read_errors.failures else {}),
     }
 
 

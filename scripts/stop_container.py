@@ -66,6 +66,13 @@ def handle(args, ctx: cli.Context) -> dict:
         replicas_ok = expected_replicas is None or (after_deployment or {}).get("replica_num") == expected_replicas
         return after.get("status") in STOPPING_STATUSES and replicas_ok
 
+    def seen(state: tuple[dict, dict | None]) -> dict:
+        after, after_deployment = state
+        shown = {"container_status": after.get("status")}
+        if expected_replicas is not None:
+            shown["replica_num"] = (after_deployment or {}).get("replica_num")
+        return shown
+
     state, verification = apply_change(Change(
         what=f"停止容器 {container['uuid']}" + (" 并把副本数减 1" if args.decrease_one_replica_num else ""),
         send=lambda: api.stop_container(
@@ -77,6 +84,7 @@ def handle(args, ctx: cli.Context) -> dict:
         ),
         fetch=fetch,
         done=done,
+        seen=seen,
         check=f"python scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",
         ids={"container_uuid": container["uuid"], "deployment_uuid": deployment_uuid},
         # Each call with decrease_one_replica_num lowers replica_num once more.

@@ -94,7 +94,9 @@ def test_a_lost_answer_is_read_back_and_reported_not_resent(mocked, monkeypatch)
         mocked.add("PUT", url(api.REPLICA_NUM_PATH), status=504, json=envelope(None, code="GatewayTimeout"))
     mocked.add("POST", url(api.DEPLOYMENTS_PATH), json=envelope({"list": [deployment_record(1)], "max_page": 1}))
     outcome = ReplicaScaler(client(), deployment_record(1)).set_replicas(2)
-    assert outcome["took_effect"] is False and outcome["refused"] is False  # looked past the grace period: not landed
+    # Not visible within the grace period is no proof: it may still land, and is not resent.
+    assert outcome["took_effect"] == "unknown" and outcome["refused"] is False
+    assert outcome["last_seen"] == {"status": "running", "replica_num": 1}
     assert outcome["check"].startswith("python scripts/list_deployments.py")
     puts = [call for call in mocked.calls if call.request.method == "PUT"]
     assert len(puts) == 4  # the client's own retries of an absolute value; the scaler sent it once

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from .. import api
 from ..containers import STOPPING_STATUSES
-from ..effects import Change, apply_change
+from ..effects import Change, apply_change, took_effect_of
 from ..errors import ApiError, AutoDLError, ErrorType
 from ..output import Progress, to_json
 from ..resolve import deployment_by_uuid
@@ -179,8 +179,8 @@ class ReplicaScaler:
             _, report = apply_change(change, self.client, self.progress)
             return report
         except ApiError as error:
-            outcome = {key: error.details[key] for key in ("took_effect", "check", "answer_lost") if key in error.details}
-            outcome.setdefault("took_effect", False)
+            outcome = {key: error.details[key] for key in ("check", "answer_lost", "last_seen") if key in error.details}
+            outcome["took_effect"] = took_effect_of(error)  # false only for a refusal
             outcome["error"] = {"code": error.code, "msg": error.msg, "message": error.message}
             outcome["refused"] = not error.ambiguous
             return outcome

@@ -22,8 +22,8 @@ DEFAULT_WAIT_INTERVAL_SECONDS = 5.0
 def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "set_replicas.py",
-        "设置 ReplicaSet 部署的副本数 (立即扩缩容), 然后从部署列表读回新值 (verified); "
-        "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown)。"
+        "设置 ReplicaSet 部署的副本数 (立即扩缩容), 然后从部署列表读回新值 (verified)。"
+        + cli.TOOK_EFFECT_HELP +
         "只适用于 ReplicaSet; Job / Container 部署会直接报错并说明原因。"
         "设为 0 会停掉全部容器, 和停止一样是破坏性操作: 不加 --yes 时什么都不做, 返回 confirmation_required "
         "并列出会停掉的容器; 其他值不需要 --yes。能否设为 0 各来源说法不一, 想全部停下请用 stop_deployment.py。"

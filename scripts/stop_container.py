@@ -14,8 +14,9 @@ EXAMPLES = [
 def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "stop_container.py",
-        "停止一个容器, 然后读回它的状态 (verified); 请求的应答丢失时 (超时等) 读回确认是否已生效, "
-        "用 took_effect 报告 (true/false/unknown)。ReplicaSet 默认会补一个新容器; "
+        "停止一个容器, 然后读回它的状态 (verified)。"
+        + cli.TOOK_EFFECT_HELP +
+        "ReplicaSet 默认会补一个新容器; "
         "加 --decrease-one-replica-num 同时把副本数减 1, 不再补。--no-cache 与 --cmd-before-shutdown "
         "是公有云字段, 只在指定时发送。",
         EXAMPLES,

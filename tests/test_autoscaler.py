@@ -102,6 +102,23 @@ def test_a_lost_answer_is_read_back_and_reported_not_resent(mocked, monkeypatch)
     assert len(puts) == 4  # the client's own retries of an absolute value; the scaler sent it once
 
 
+@pytest.mark.parametrize(("listed", "took_effect"), [
+    ({"status": 404, "body": "404 page not found"}, "unknown"),  # private cloud: no list to look at
+    ({"json": envelope([{"machine_id": "0c0c0c0c0c"}])}, True),
+])
+def test_a_blacklisting_whose_answer_was_lost_is_true_only_when_seen(mocked, monkeypatch, listed, took_effect):
+    from autodl_esd import effects
+
+    now = [0.0]
+    monkeypatch.setattr(effects, "_now", lambda: now[0])
+    monkeypatch.setattr(effects, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    mocked.add("POST", url(api.BLACKLIST_PATH), status=503, json=envelope(None, code="ServiceUnavailable"))
+    mocked.add("GET", url(api.BLACKLIST_PATH), **listed)
+    outcome = ReplicaScaler(client(), deployment_record(1)).blacklist(f"{UUID}-0c0c0c0c0c-00000001", "0c0c0c0c0c")
+    assert outcome["took_effect"] == took_effect
+    assert outcome.get("refused", False) is False  # a lost answer is never a refusal
+
+
 def test_zero_refused_falls_back_to_one_and_says_so_once(mocked):
     """The platform's acceptance of replica_num 0 is unsettled: a refusal means the floor is 1."""
     containers = {"list": [{"uuid": f"{UUID}-0c0c0c0c0c-0000000{i}", "status": "running", "price": 2000, "machine_id": "0c0c0c0c0c"} for i in range(2)], "max_page": 1}

@@ -19,8 +19,9 @@ So every mutating script sends through `apply_change`, which
 
 `false` is only ever a proof: the platform refused. Not seeing a change after a lost answer
 is no proof that it did not happen: the platform can commit a write long after the client
-gave up (measured: 15 s late with a 1 s client timeout), and nothing bounds how late. A
-foreground script does not wait minutes to find out, so it says "unknown".
+gave up, and nothing bounds how late (the simulator's `commit_delay_seconds=15` with a 1 s
+client timeout shows it). A foreground script does not wait minutes to find out, so it
+says "unknown".
 
 `watch` is the looking part on its own; queue_submit's reconcile-by-name uses it too.
 """

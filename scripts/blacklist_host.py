@@ -17,8 +17,9 @@ def build_parser() -> cli.JsonArgumentParser:
         "blacklist_host.py",
         "把某个容器所在的主机加入调度黑名单: 之后不再往这台主机调度容器 (已在上面运行的容器不受影响)。"
         "先查出容器所在主机并在输出中说明 (machine_id, data_center, gpu_name)。默认 24 小时后自动解除; "
-        "--expire-minutes 只有公有云支持 (私有云固定 24 小时)。请求的应答丢失时 (超时等) 读回黑名单确认是否已生效, "
-        "用 took_effect 报告 (true/false/unknown; 私有云没有黑名单列表接口, 只能是 unknown)。"
+        "--expire-minutes 只有公有云支持 (私有云固定 24 小时)。"
+        + cli.TOOK_EFFECT_HELP +
+        "应答丢失时读回黑名单确认 (私有云没有黑名单列表接口, 只能是 unknown)。"
         "之后列出该部署仍在这台主机上的容器 (still_on_machine) 和挪走它们的命令 (move_commands: 不加 "
         "--decrease-one-replica-num 停止, 平台补的新容器会落到其他主机); --move-replicas --yes 直接执行 (不加 --yes 时"
         "什么都不做, 返回 confirmation_required 列出会停掉的容器)。",

@@ -77,9 +77,21 @@ def handle(args, ctx: cli.Context) -> dict:
 
         if args.container_uuid or args.count:
             raise cli.UsageError("--until finished 跟踪整个部署, 不能和 --container-uuid / --count 一起用。")
-        result["finish"] = wait_finished(client, deployment_uuid, timeout=args.timeout, progress=ctx.progress,
-                                         interval=floor_interval(args.interval, client.host, ctx.progress))
-        events, result["next_offset"] = api.list_events(client, deployment_uuid, offset=args.offset)
+        from autodl_esd.errors import ApiError
+        from autodl_esd.polling import ReadErrors
+
+        finish = wait_finished(client, deployment_uuid, timeout=args.timeout, progress=ctx.progress,
+                               interval=floor_interval(args.interval, client.host, ctx.progress))
+        warnings = finish.pop("warnings", [])
+        result["finish"] = finish
+        try:
+            events, result["next_offset"] = api.list_events(client, deployment_uuid, offset=args.offset)
+        except ApiError as error:  # the finish is known; a failed last look must not discard it
+            errors = ReadErrors(ctx.progress, "查询事件")
+            errors.record(error)
+            warnings.append(errors.warning())
+        if warnings:
+            result["warnings"] = warnings
     elif args.follow:
         result.update(follow(args, ctx, deployment, events, next_offset))
         events = result.pop("events")
@@ -91,12 +103,12 @@ def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) 
     from autodl_esd import api
     from autodl_esd.containers import containers_in_status
     from autodl_esd.errors import ApiError, AutoDLError, ErrorType
-    from autodl_esd.polling import PollFailures, floor_interval
+    from autodl_esd.polling import ReadErrors, failed_reads_text, floor_interval
     from autodl_esd.submit import target_running
 
     interval = floor_interval(args.interval, ctx.client().host, ctx.progress)
     target = args.count or (1 if args.container_uuid else target_running(deployment))
-    started, failures, reached = time.monotonic(), PollFailures(ctx.progress, "查询事件"), []
+    started, errors, reached = time.monotonic(), ReadErrors(ctx.progress, "查询事件"), []
     while True:
         reached = containers_in_status(events, args.until)
         elapsed = time.monotonic() - started
@@ -105,22 +117,24 @@ def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) 
             "reached_containers": reached, "elapsed_seconds": round(elapsed, 1),
         }
         if len(reached) >= target:
-            return {**outcome, "reached": True}
+            warning = errors.warning()
+            return {**outcome, "reached": True, **({"warnings": [warning]} if warning else {})}
         if args.timeout and elapsed >= args.timeout:
             raise AutoDLError(
                 ErrorType.STARTUP_TIMEOUT,
-                f"{args.timeout:g} 秒内只有 {len(reached)}/{target} 个容器进入 {args.until}。",
+                f"{args.timeout:g} 秒内只有 {len(reached)}/{target} 个容器进入 {args.until}; 部署 {deployment['uuid']} 仍然存在。"
+                + failed_reads_text(errors),
                 "部署仍然存在, 不要重新提交: 看 details.events 卡在哪个阶段, 或加 --offset NEXT_OFFSET 继续跟踪; "
                 "容器反复失败时用 list_containers.py --released 查看所在主机。",
-                {"deployment_uuid": deployment["uuid"], "reached": False, **outcome},
+                {"deployment_uuid": deployment["uuid"], "reached": False, **outcome, **errors.details()},
             )
         ctx.progress.status(f"等待 {target} 个容器进入 {args.until}: 已有 {len(reached)} 个, {elapsed:.0f}s")
         time.sleep(min(interval, args.timeout - elapsed) if args.timeout else interval)
         try:
             new, offset = api.list_events(ctx.client(), deployment["uuid"], offset=offset, container_uuid=args.container_uuid)
-            failures.reset()
+            errors.reset()
         except ApiError as error:
-            failures.record(error)
+            errors.record(error)
             continue
         for event in new:
             ctx.progress.log(f"{event.get('deployment_container_uuid')} → {event.get('status')} ({event.get('created_at')})")

@@ -18,8 +18,8 @@ def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "delete_deployment.py",
         "删除部署 (未停止的会先被停止)。不加 --yes 时什么都不做, 返回 confirmation_required 并列出"
-        "会删除的部署与会停掉的容器; 加 --yes 才执行, 然后确认它已从部署列表消失 (verified); "
-        "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown)。"
+        "会删除的部署与会停掉的容器; 加 --yes 才执行, 然后确认它已从部署列表消失 (verified)。"
+        + cli.TOOK_EFFECT_HELP +
         "删除后 cost_report.py 不再列出这个部署: 结果的 cost_so_far_yuan 就是它最后的花费 (删除前按 cost_report 同一算法算出, "
         "依据在 cost_so_far.basis); guards 列出仍在监视它的守护。"
         "--name-glob 一次删除名称匹配的全部部署: 先预览, 用户同意后加 --yes --expect-uuids (预览给出), "

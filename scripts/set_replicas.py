@@ -22,8 +22,8 @@ DEFAULT_WAIT_INTERVAL_SECONDS = 5.0
 def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "set_replicas.py",
-        "设置 ReplicaSet 部署的副本数 (立即扩缩容), 然后从部署列表读回新值 (verified); "
-        "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown)。"
+        "设置 ReplicaSet 部署的副本数 (立即扩缩容), 然后从部署列表读回新值 (verified)。"
+        + cli.TOOK_EFFECT_HELP +
         "只适用于 ReplicaSet; Job / Container 部署会直接报错并说明原因。"
         "设为 0 会停掉全部容器, 和停止一样是破坏性操作: 不加 --yes 时什么都不做, 返回 confirmation_required "
         "并列出会停掉的容器; 其他值不需要 --yes。能否设为 0 各来源说法不一, 想全部停下请用 stop_deployment.py。"
@@ -110,15 +110,16 @@ SCALE_DOWN_NOTE = ("stopped_by_scale_down 中的容器是缩容停掉的: find_f
 def _wait(client, ctx: cli.Context, uuid: str, args, live_before: list) -> dict:
     from autodl_esd.containers import container_summary
     from autodl_esd.errors import AutoDLError
-    from autodl_esd.polling import floor_interval
+    from autodl_esd.polling import ReadErrors, floor_interval
     from autodl_esd.waiting import stopped_since, wait_running_count
 
     ctx.partial.update(deployment_uuid=uuid, took_effect=True)  # an interrupt mid-wait: the scale is done
     ctx.partial.pop("interrupt_hint", None)
     interval = floor_interval(args.interval, client.host, ctx.progress)
+    read_errors = ReadErrors(ctx.progress, "查询容器")
     try:
         running, live_now, waited = wait_running_count(client, uuid, args.replica_num, timeout=args.timeout,
-                                                       interval=interval, progress=ctx.progress)
+                                                       interval=interval, progress=ctx.progress, read_errors=read_errors)
     except AutoDLError as error:  # the scale itself was done; only the wait failed
         error.details.update(took_effect=True, replica_num=args.replica_num)
         raise
@@ -130,6 +131,7 @@ def _wait(client, ctx: cli.Context, uuid: str, args, live_before: list) -> dict:
         "running": [container_summary(c) for c in running],
         "stopped_by_scale_down": stopped,
         **({"scale_down_note": SCALE_DOWN_NOTE} if stopped else {}),
+        **({"warnings": [read_errors.warning()]} if read_errors.failures else {}),
     }
 
 

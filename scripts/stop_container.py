@@ -14,8 +14,9 @@ EXAMPLES = [
 def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "stop_container.py",
-        "停止一个容器, 然后读回它的状态 (verified); 请求的应答丢失时 (超时等) 读回确认是否已生效, "
-        "用 took_effect 报告 (true/false/unknown)。ReplicaSet 默认会补一个新容器; "
+        "停止一个容器, 然后读回它的状态 (verified)。"
+        + cli.TOOK_EFFECT_HELP +
+        "ReplicaSet 默认会补一个新容器; "
         "加 --decrease-one-replica-num 同时把副本数减 1, 不再补。--no-cache 与 --cmd-before-shutdown "
         "是公有云字段, 只在指定时发送。",
         EXAMPLES,
@@ -66,6 +67,13 @@ def handle(args, ctx: cli.Context) -> dict:
         replicas_ok = expected_replicas is None or (after_deployment or {}).get("replica_num") == expected_replicas
         return after.get("status") in STOPPING_STATUSES and replicas_ok
 
+    def seen(state: tuple[dict, dict | None]) -> dict:
+        after, after_deployment = state
+        shown = {"container_status": after.get("status")}
+        if expected_replicas is not None:
+            shown["replica_num"] = (after_deployment or {}).get("replica_num")
+        return shown
+
     state, verification = apply_change(Change(
         what=f"停止容器 {container['uuid']}" + (" 并把副本数减 1" if args.decrease_one_replica_num else ""),
         send=lambda: api.stop_container(
@@ -77,6 +85,7 @@ def handle(args, ctx: cli.Context) -> dict:
         ),
         fetch=fetch,
         done=done,
+        seen=seen,
         check=f"python scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",
         ids={"container_uuid": container["uuid"], "deployment_uuid": deployment_uuid},
         # Each call with decrease_one_replica_num lowers replica_num once more.

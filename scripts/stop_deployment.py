@@ -18,8 +18,8 @@ def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "stop_deployment.py",
         "停止整个部署: 停掉它的全部容器, 不再调度 (停止后不能恢复, 只能重新提交)。不加 --yes 时什么都不做, "
-        "返回 confirmation_required 并列出会停掉的部署与容器; 加 --yes 才执行, 然后读回部署状态 (verified); "
-        "请求的应答丢失时 (超时等) 读回确认是否已生效, 用 took_effect 报告 (true/false/unknown); "
+        "返回 confirmation_required 并列出会停掉的部署与容器; 加 --yes 才执行, 然后读回部署状态 (verified)。"
+        + cli.TOOK_EFFECT_HELP +
         "containers_before_stop 是停止前的容器快照 (其中的 status 是停止前的状态); cost_so_far_yuan 是停止前算出的已花费用 "
         "(与 cost_report.py 同一算法, 依据在 cost_so_far.basis); guards 列出仍在监视它的守护。"
         "--name-glob 一次停止名称匹配的全部部署: 先预览, 用户同意后加 --yes --expect-uuids (预览给出), "

@@ -94,10 +94,29 @@ def test_a_lost_answer_is_read_back_and_reported_not_resent(mocked, monkeypatch)
         mocked.add("PUT", url(api.REPLICA_NUM_PATH), status=504, json=envelope(None, code="GatewayTimeout"))
     mocked.add("POST", url(api.DEPLOYMENTS_PATH), json=envelope({"list": [deployment_record(1)], "max_page": 1}))
     outcome = ReplicaScaler(client(), deployment_record(1)).set_replicas(2)
-    assert outcome["took_effect"] is False and outcome["refused"] is False  # looked past the grace period: not landed
+    # Not visible within the grace period is no proof: it may still land, and is not resent.
+    assert outcome["took_effect"] == "unknown" and outcome["refused"] is False
+    assert outcome["last_seen"] == {"status": "running", "replica_num": 1}
     assert outcome["check"].startswith("python scripts/list_deployments.py")
     puts = [call for call in mocked.calls if call.request.method == "PUT"]
     assert len(puts) == 4  # the client's own retries of an absolute value; the scaler sent it once
+
+
+@pytest.mark.parametrize(("listed", "took_effect"), [
+    ({"status": 404, "body": "404 page not found"}, "unknown"),  # private cloud: no list to look at
+    ({"json": envelope([{"machine_id": "0c0c0c0c0c"}])}, True),
+])
+def test_a_blacklisting_whose_answer_was_lost_is_true_only_when_seen(mocked, monkeypatch, listed, took_effect):
+    from autodl_esd import effects
+
+    now = [0.0]
+    monkeypatch.setattr(effects, "_now", lambda: now[0])
+    monkeypatch.setattr(effects, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    mocked.add("POST", url(api.BLACKLIST_PATH), status=503, json=envelope(None, code="ServiceUnavailable"))
+    mocked.add("GET", url(api.BLACKLIST_PATH), **listed)
+    outcome = ReplicaScaler(client(), deployment_record(1)).blacklist(f"{UUID}-0c0c0c0c0c-00000001", "0c0c0c0c0c")
+    assert outcome["took_effect"] == took_effect
+    assert outcome.get("refused", False) is False  # a lost answer is never a refusal
 
 
 def test_zero_refused_falls_back_to_one_and_says_so_once(mocked):

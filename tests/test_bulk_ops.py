@@ -160,3 +160,42 @@ def test_an_interrupt_mid_batch_says_what_happened_to_each_deployment(run, monke
     assert [(o["deployment_uuid"], o["outcome"]) for o in details["outcomes"]] == [(first, "done")]
     assert details["in_flight"]["deployment_uuid"] == second and details["in_flight"]["took_effect"] == "unknown"
     assert details["not_sent"] == [third] and sent == [first, second]
+
+
+def test_a_lost_answer_on_one_deployment_is_unknown_not_false(run, monkeypatch, result_validator):
+    """A delete whose answer was lost and whose effect is not visible yet: took_effect
+    unknown with how to check (the platform may still carry it out), never false."""
+    import responses
+
+    from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, deployment, page
+    from conftest import envelope
+
+    from autodl_esd import effects
+
+    now = [0.0]
+    monkeypatch.setattr(effects, "_now", lambda: now[0])
+    monkeypatch.setattr(effects, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    lost, answered = "aaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbb"
+    matches = [deployment(uuid=lost, name="demo-1"), deployment(uuid=answered, name="demo-2")]
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback("POST", DEPLOYMENTS, callback=lambda request: (200, {}, json.dumps(page(
+            [d for d in matches if json.loads(request.body).get("deployment_uuid") in (None, d["uuid"])]))),
+            content_type="application/json")
+        mock.post(CONTAINERS, json=page([]))
+
+        def delete(request):
+            uuid = json.loads(request.body)["deployment_uuid"]
+            if uuid == lost:
+                return 503, {}, json.dumps(envelope(None, code="ServiceUnavailable", msg="服务暂时不可用"))
+            matches[:] = [d for d in matches if d["uuid"] != uuid]
+            return 200, {}, json.dumps(envelope(None))
+
+        mock.add_callback("DELETE", DEPLOYMENT, callback=delete, content_type="application/json")
+        code, document, _ = run("delete_deployment.py", "--name-glob", "demo-*", "--yes",
+                                "--expect-uuids", f"{lost},{answered}", "--quiet")
+    assert (code, document["error_type"]) == (3, "api_error"), document
+    result_validator.validate(document)
+    items = {item["deployment_uuid"]: item for item in document["details"]["items"]}
+    assert (items[lost]["outcome"], items[lost]["took_effect"]) == ("failed", "unknown")
+    assert items[lost]["check"] == f"python scripts/list_deployments.py --deployment-uuid {lost}"
+    assert (items[answered]["outcome"], items[answered]["took_effect"]) == ("done", True)

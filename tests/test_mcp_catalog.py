@@ -212,6 +212,17 @@ def test_a_child_killed_after_the_grace_says_what_is_unknown(name, took_effect, 
     assert document["details"].get("may_have_been_created") == may_have_been_created
 
 
+@pytest.mark.parametrize(("name", "advice"), [("stop_deployment", "重新调用也无害"), ("stop_container", "不要直接重复调用")])
+def test_a_killed_mutation_says_whether_it_may_be_repeated(name, advice):
+    """Unknown may still land: only a repeat-safe (idempotent) change is said to be safe to resend."""
+    from autodl_esd.mcp_app import _ChildOutput
+    from autodl_esd.output import Progress
+
+    child = type("Child", (), {"returncode": -9})()
+    document = _ChildOutput(child, None, CATALOG[name], f"python {name}.py", Progress(quiet=True)).document(killed=True)
+    assert document["details"]["took_effect"] == "unknown" and advice in document["hint"]
+
+
 def test_without_the_sdk_the_server_says_dependency_missing(tmp_path):
     import json
     import os

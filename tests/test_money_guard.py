@@ -540,3 +540,28 @@ def test_a_stop_the_platform_refuses_is_tried_three_times_then_reported(run, api
 
     assert code == 0 and out["guard_status"] == "action_failed", out
     assert out["outcome"]["took_effect"] is False and "拒绝" in out["message"]
+
+
+def test_a_stop_whose_answer_is_lost_and_not_yet_visible_is_unconfirmed_not_failed(run, monkeypatch):
+    """Not seeing the stop after a lost answer is no refusal: action_unconfirmed, took_effect
+    unknown with how to check, and the guard does not count it as refused and try again."""
+    import responses
+
+    from api_fakes import DEP_UUID, DEPLOYMENTS, OPERATE, deployment, page
+    from conftest import envelope
+
+    from autodl_esd import effects
+
+    now = [0.0]
+    monkeypatch.setattr(effects, "_now", lambda: now[0])
+    monkeypatch.setattr(effects, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    old = deployment(created_at="2026-01-05T20:00:00+08:00")  # long past a 1 h limit
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.post(DEPLOYMENTS, json=page([old]))  # the stop never becomes visible
+        mock.put(OPERATE, status=503, json=envelope(None, code="ServiceUnavailable", msg="服务暂时不可用"))
+        code, out, _ = run("guard_deployment.py", "--deployment-uuid", DEP_UUID, "--max-runtime", "1", "--yes", *FAST)
+        sent = [c for c in mock.calls if c.request.url == OPERATE]
+
+    assert code == 0 and out["guard_status"] == "action_unconfirmed", out
+    assert out["outcome"]["took_effect"] == "unknown" and "list_deployments.py" in out["outcome"]["check"]
+    assert len(sent) == 4  # one stop, retried by the HTTP client only (an absolute change)

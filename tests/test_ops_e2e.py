@@ -211,3 +211,34 @@ def test_changes_that_commit_after_the_client_gave_up_report_took_effect(sim, ok
     deleted = ok("delete_deployment.py", "--deployment-uuid", uuid, "--yes")
     assert (deleted["took_effect"], deleted["verified"]) == (True, True)
     assert instance.deployments() == []
+
+
+def test_a_relative_stop_that_commits_after_the_look_is_unknown_never_false(sim, ok, run, submit, monkeypatch, result_validator):
+    """The measured bug: the platform commits a stop with --decrease-one-replica-num seconds
+    after the script stopped looking. The output must not say took_effect false (that
+    invites a rerun that decrements again): it says unknown, and the one request lands once."""
+    from autodl_esd import effects
+
+    instance = sim()
+    uuid, _ = submit(SERVICE, "--wait-running", replica_num=2, name="late-stop")
+    # Grace 0.5 s timeout + 0.5 s margin: the look ends ~1.5 s after the send, far before
+    # the commit 6 s after it (slack for a loaded machine, which only makes the look later).
+    monkeypatch.setenv("AUTODL_HTTP_TIMEOUT", "0.5")
+    monkeypatch.setattr(effects, "IN_FLIGHT_MARGIN_SECONDS", 0.5)
+    monkeypatch.setattr(effects, "LOOK_PAUSE_SECONDS", 0.1)  # still several looks within the grace
+    instance.set_faults("commit_delay_seconds=6")
+
+    victim = running(instance, uuid)[0]
+    code, document, _ = run("stop_container.py", "--container-uuid", victim["uuid"], "--decrease-one-replica-num", "--quiet")
+    assert (code, document["error_type"]) == (3, "api_error"), document
+    result_validator.validate(document)
+    details = document["details"]
+    assert details["took_effect"] == "unknown", details
+    assert details["last_seen"] == {"container_status": "running", "replica_num": 2}
+    assert "不要直接重复执行" in document["hint"] and details["check"] in document["hint"]
+
+    # The write lands later, once: replica_num goes down by exactly one.
+    instance.wait_until(lambda: instance.deployments()[0]["replica_num"] != 2)
+    assert instance.deployments()[0]["replica_num"] == 1
+    stops = [r for r in instance.request_log() if r[:2] == ("PUT", "/api/v1/dev/deployment/container/stop")]
+    assert len(stops) == 1

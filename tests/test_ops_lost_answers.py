@@ -2,8 +2,9 @@
 
 The platform may have carried out a stop, delete, scale, container stop or blacklisting
 whose answer never came (timeout, reset, 5xx). Each script then looks again for longer than
-the request could still be in flight and reports `took_effect: true` (a success),
-`false` or `"unknown"` (errors), with a hint that never invites a blind repeat.
+the request usually lands and reports `took_effect: true` (a success) or `"unknown"`
+(an error with what it last read): not seeing a change proves nothing, the platform can
+commit it later. `false` is reserved for a refusal. The hint never invites a blind repeat.
 """
 
 from __future__ import annotations
@@ -81,17 +82,21 @@ def test_stop_whose_answers_all_timed_out_but_happened_is_a_success(run, mocked,
     assert len(calls(mocked, "PUT", OPERATE)) == 4  # an absolute stop may be retried by the client
 
 
-def test_scale_not_visible_after_the_grace_period_did_not_take_effect(run, mocked, result_validator, fake_time):
+def test_scale_not_visible_after_the_grace_period_is_unknown_with_what_was_read(run, mocked, result_validator, fake_time):
     deployments_by_uuid(mocked, deployment(replica_num=2))
     mocked.put(REPLICA_NUM, **UNAVAILABLE)
     code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", "4", "--quiet")
     failed(code, document, result_validator, "api_error", exit_code=3)
     details = document["details"]
-    assert details["took_effect"] is False and details["deployment_uuid"] == DEP_UUID
+    # Not seen is no proof it did not happen: the platform may commit the write later.
+    assert details["took_effect"] == "unknown" and details["deployment_uuid"] == DEP_UUID
+    assert details["last_seen"] == {"status": "running", "replica_num": 2, "running_num": 2}
+    assert "尚未看到变化" in document["message"] and "仍在途中" in document["message"]
     # Looked for at least the HTTP timeout plus the margin, with several fresh reads.
     assert details["looked_for_seconds"] >= 1 + 5 and details["looks"] >= 3
     assert details["looks_answered"] == details["looks"]
-    assert "重新执行同一命令" in document["hint"]  # an absolute count: repeating is harmless
+    assert "list_deployments.py" in document["hint"]
+    assert "重新执行同一命令也无害" in document["hint"]  # an absolute count: repeating is harmless
 
 
 def test_a_refused_change_did_not_take_effect_and_is_not_read_back(run, mocked, result_validator):
@@ -119,15 +124,19 @@ def test_stop_container_with_decrease_is_sent_once_and_unknown_says_do_not_repea
     assert len(calls(mocked, "PUT", STOP_CONTAINER)) == 1
 
 
-def test_stop_container_false_after_grace_tells_to_check_before_repeating(run, mocked, result_validator):
+def test_stop_container_not_visible_after_grace_is_unknown_and_tells_not_to_repeat(run, mocked, result_validator):
     lookup = [list_body(deployment_uuid=DEP_UUID, container_uuid=CONTAINER_UUID, released=True)]
     mocked.post(CONTAINERS, json=page([container()]), match=lookup)
     deployments_by_uuid(mocked, deployment(replica_num=3))
     mocked.put(STOP_CONTAINER, **UNAVAILABLE)
     code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID, "--decrease-one-replica-num", "--quiet")
     failed(code, document, result_validator, "api_error", exit_code=3)
-    assert document["details"]["took_effect"] is False
-    assert "先用" in document["hint"] and "不是无害的" in document["hint"]
+    details = document["details"]
+    assert details["took_effect"] == "unknown"
+    assert details["last_seen"] == {"container_status": "running", "replica_num": 3}
+    assert details["looks_answered"] == details["looks"] >= 3 and details["looked_for_seconds"] >= 1 + 5
+    assert "不要直接重复执行" in document["hint"] and "list_containers.py" in document["hint"]
+    assert len(calls(mocked, "PUT", STOP_CONTAINER)) == 1
 
 
 def test_blacklist_on_the_private_cloud_with_a_lost_answer_is_unknown(run, mocked, result_validator):
@@ -193,3 +202,44 @@ def test_find_faulty_hosts_apply_with_a_lost_answer_reports_took_effect(monkeypa
              "failures": 3, "failure_reasons": {}, "comment": "x"}]
     result = host_health.apply_blacklist(object(), plan, None, Progress(quiet=True))
     assert [step["machine_id"] for step in result["applied"]] == [MACHINE] and result["verified"] is True
+
+
+def test_a_refused_relative_change_did_not_take_effect(run, mocked, result_validator):
+    """An HTTP 200 business error is the platform's own no: false, nothing read back, sent once."""
+    lookup = [list_body(deployment_uuid=DEP_UUID, container_uuid=CONTAINER_UUID, released=True)]
+    mocked.post(CONTAINERS, json=page([container()]), match=lookup)
+    deployments_by_uuid(mocked, deployment(replica_num=3))
+    mocked.put(STOP_CONTAINER, json=envelope(None, code="BadRequest", msg="容器状态不允许停止"))
+    code, document, _ = run("stop_container.py", "--container-uuid", CONTAINER_UUID, "--decrease-one-replica-num", "--quiet")
+    failed(code, document, result_validator, "api_error", exit_code=3)
+    assert document["details"]["took_effect"] is False and "last_seen" not in document["details"]
+    assert len(calls(mocked, "PUT", STOP_CONTAINER)) == 1
+    assert len(calls(mocked, "POST", CONTAINERS)) == 1  # the lookup only: a refusal needs no look
+
+
+def test_an_error_without_took_effect_is_unknown_never_false():
+    """Consumers (bulk, move_replicas, the autoscaler, guards) read took_effect through one
+    rule: false only when the error says the platform refused."""
+    from autodl_esd.effects import took_effect_of
+    from autodl_esd.errors import ApiError
+
+    assert took_effect_of(ApiError("lost", ambiguous=True)) == "unknown"
+    refused = ApiError("no")
+    refused.details["took_effect"] = False
+    assert took_effect_of(refused) is False
+
+
+def test_move_replicas_with_a_lost_answer_reports_unknown_with_how_to_check(monkeypatch):
+    from autodl_esd import api, host_health, resolve
+    from autodl_esd.errors import ApiError
+    from autodl_esd.output import Progress
+
+    def lost(*_args, **_kwargs):
+        raise ApiError("timeout", msg="等待响应超时", retryable=True, ambiguous=True)
+
+    monkeypatch.setattr(api, "stop_container", lost)
+    monkeypatch.setattr(resolve, "resolve_container", lambda client, uuid, deployment_uuid=None: container())
+    partial: dict = {}
+    moved = host_health.move_replicas(object(), [{"container_uuid": CONTAINER_UUID}], DEP_UUID, Progress(quiet=True), partial)
+    assert [(m["outcome"], m["took_effect"]) for m in moved] == [("failed", "unknown")]
+    assert moved[0]["check"].startswith("python scripts/list_containers.py")

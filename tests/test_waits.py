@@ -116,3 +116,129 @@ def test_container_events_follow_until_finished_for_an_existing_job(sim, run, tm
     result_validator.validate(document)
     assert document["finish"]["finished"] is True and document["finish"]["counts"]["finished_num"] >= 2
     assert any(event["status"] == "shutdown" for event in document["items"])
+
+
+# ---- reads that fail on the way: counted, logged, never fatal before the deadline ----------
+
+def answers(*steps):
+    """A `responses` callback answering (status, body) steps in order; the last one repeats."""
+    queue = list(steps)
+
+    def callback(_request):
+        status, body = queue.pop(0) if len(queue) > 1 else queue[0]
+        return status, {}, json.dumps(body)
+
+    return callback
+
+
+def failed_reads(count: int) -> list:
+    """`count` failed reads: a 503 on every attempt of the HTTP client's retries."""
+    from autodl_esd import http
+    from conftest import envelope
+
+    return [(503, envelope(None, code="ServiceUnavailable", msg="服务暂时不可用"))] * (count * http.MAX_ATTEMPTS)
+
+
+def test_set_replicas_wait_keeps_reading_through_failures_and_warns(run, result_validator):
+    import responses
+
+    from api_fakes import CONTAINERS, DEP_UUID, DEPLOYMENTS, REPLICA_NUM, container, deployment, page
+    from conftest import envelope
+
+    from autodl_esd.polling import MAX_CONSECUTIVE_POLL_FAILURES
+
+    reads = MAX_CONSECUTIVE_POLL_FAILURES + 2  # more in a row than the old limit allowed
+    two = [container(f"{DEP_UUID}-0a0a0a0a0a-0000000{i}") for i in range(2)]
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.add_callback("POST", DEPLOYMENTS, content_type="application/json",
+                          callback=answers((200, page([deployment(replica_num=2)])), (200, page([deployment(replica_num=1)]))))
+        # The snapshot before the change answers; then the wait's reads fail, then one runs.
+        mock.add_callback("POST", CONTAINERS, content_type="application/json",
+                          callback=answers((200, page(two)), *failed_reads(reads), (200, page(two[:1]))))
+        mock.put(REPLICA_NUM, json=envelope(None))
+        code, document, err = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", "1", "--wait",
+                                  "--interval", "0.01", "--timeout", "60")
+    assert code == 0, document
+    result_validator.validate(document)
+    assert document["reached"] is True and len(document["running"]) == 1
+    [warning] = document["warnings"]
+    assert (warning["code"], warning["failures"]) == ("follow_read_errors", reads)
+    assert "503" in warning["last_error"] and warning["message"] and warning["hint"]
+    assert f"查询容器失败 (第 {reads} 次)" in err and "继续等待" in err
+
+
+def test_container_events_follow_failing_until_the_deadline_is_startup_timeout_with_the_last_error(run, result_validator):
+    import responses
+
+    from api_fakes import DEP_UUID, DEPLOYMENTS, EVENTS, deployment, page
+    from conftest import envelope
+
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.post(DEPLOYMENTS, json=page([deployment()]))
+        # The first read answers; every later one fails.
+        mock.add_callback("POST", EVENTS, content_type="application/json",
+                          callback=answers((200, envelope({"list": []})), *failed_reads(1)))
+        code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", "--count", "1",
+                                "--interval", "0.01", "--timeout", "0.3", "--quiet")
+    assert (code, document["error_type"]) == (2, "startup_timeout"), document
+    result_validator.validate(document)
+    details = document["details"]
+    assert details["deployment_uuid"] == DEP_UUID and "仍然存在" in document["message"]
+    assert details["read_errors"] >= 1 and "503" in details["last_read_error"]
+    assert "不要重新提交" in document["hint"]
+
+
+def test_wait_finished_reads_through_failures_and_an_auth_error_still_ends_at_once(run, result_validator):
+    import responses
+
+    from api_fakes import CONTAINERS, DEP_UUID, DEPLOYMENTS, EVENTS, deployment, page
+    from conftest import envelope
+
+    running = (200, page([deployment(kind="Job", replica_num=1)]))
+    finished = (200, page([deployment(kind="Job", replica_num=1, status="stopped", finished_num=1)]))
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        # The resolve and the first look answer; three reads fail; then the Job has finished.
+        mock.add_callback("POST", DEPLOYMENTS, content_type="application/json",
+                          callback=answers(running, running, *failed_reads(3), finished))
+        mock.post(EVENTS, json=envelope({"list": []}))
+        mock.post(CONTAINERS, json=page([]))
+        code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", "--until", "finished",
+                                "--interval", "0.01", "--timeout", "60", "--quiet")
+    assert code == 0, document
+    result_validator.validate(document)
+    assert document["finish"]["finished"] is True
+    [warning] = document["warnings"]
+    assert (warning["code"], warning["failures"]) == ("follow_read_errors", 3)
+
+    # A rejected token is not a blip: the follow ends at once, whatever its deadline.
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.add_callback("POST", DEPLOYMENTS, content_type="application/json",
+                          callback=answers(running, (401, envelope(None, code="Unauthorized", msg="令牌无效"))))
+        mock.post(EVENTS, json=envelope({"list": []}))
+        code, document, _ = run("container_events.py", "--deployment-uuid", DEP_UUID, "--follow", "--until", "finished",
+                                "--interval", "0.01", "--timeout", "600", "--quiet")
+    assert (code, document["error_type"]) == (1, "auth_error"), document
+    result_validator.validate(document)
+
+
+def test_read_errors_count_log_and_report():
+    import io
+
+    from autodl_esd.errors import ApiError, AutoDLError, ErrorType
+    from autodl_esd.output import Progress
+    from autodl_esd.polling import ReadErrors
+
+    stream = io.StringIO()
+    errors = ReadErrors(Progress(stream=stream), "查询部署")
+    assert (errors.failures, errors.last_error, errors.warning(), errors.details()) == (0, None, None, {})
+    for _ in range(3):
+        errors.record(ApiError("平台暂时不可用。"))
+    errors.reset()
+    errors.record(ApiError("等待响应超时。"))
+    assert errors.failures == 4 and errors.in_a_row == 1 and errors.last_error == "等待响应超时。"
+    assert "查询部署失败 (第 4 次): 等待响应超时。 继续等待。" in stream.getvalue()
+    assert errors.details() == {"read_errors": 4, "last_read_error": "等待响应超时。"}
+    warning = errors.warning()
+    assert (warning["code"], warning["path"], warning["failures"], warning["last_error"]) == ("follow_read_errors", "", 4, "等待响应超时。")
+    with pytest.raises(AutoDLError):  # not a read failure to wait out
+        errors.record(AutoDLError(ErrorType.AUTH_ERROR, "令牌被拒绝"))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .cli import UsageError, confirmation_required
-from .effects import Change, apply_change
+from .effects import Change, apply_change, took_effect_of
 from .errors import ApiError, AutoDLError
 from .resolve import DEPLOYMENT_UUID_PATTERN, deployment_impact, deployment_summary, deployments_matching
 from .spend import cost_before_change
@@ -131,7 +131,7 @@ def _apply_each(
             _after, report = apply_change(change_for(deployment), client, ctx.progress, in_flight)
         except AutoDLError as error:
             ctx.partial.pop("in_flight", None)
-            outcomes.append({**summary, "outcome": "failed", "took_effect": error.details.get("took_effect", False),
+            outcomes.append({**summary, "outcome": "failed", "took_effect": took_effect_of(error),
                              "error_type": error.error_type.value, "message": error.message, "hint": error.hint,
                              **({"check": error.details["check"]} if "check" in error.details else {}),
                              **_guards_of(uuid)})

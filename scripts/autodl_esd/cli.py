@@ -185,6 +185,13 @@ def add_deployment_selector(parser: argparse.ArgumentParser, required: bool = Tr
                                  "再次返回 confirmation_required 并列出差别")
 
 
+# The rule of `took_effect`, said once for every mutating script's --help (and MCP tool).
+TOOK_EFFECT_HELP = (
+    "改动的结果用 took_effect 报告: true 为已生效 (应答丢失时读回看到了变化); false 为平台明确拒绝 / 证实未生效; "
+    "\"unknown\" 为应答丢失 (超时、断连、5xx) 且尚未看到变化, 请求可能仍在途中: 先按 details.check 查看, 不要盲目重复。"
+)
+
+
 def add_confirmation_flag(parser: argparse.ArgumentParser) -> None:
     """--yes: a destructive operation runs only when asked for explicitly."""
     parser.add_argument("--yes", action="store_true", help="确认执行; 不加时只返回 confirmation_required 并说明会发生什么")

@@ -10,12 +10,18 @@ second create buys a second deployment).
 So every mutating script sends through `apply_change`, which
 
 - on an answer: reports `took_effect: true` and reads the new state back (`verified`);
-- on a lost answer: keeps looking (fresh reads) for longer than a request still in flight
-  could take to land (`in_flight_grace_seconds`), then reports what it saw:
-  `took_effect: true` (a success: the change is visible), `false` (still not visible after
-  the grace period) or `unknown` (the platform could not be read), with a hint that says
-  how to check and never suggests repeating a call blindly;
+- on a lost answer: looks again (fresh reads) for about as long as a request still in
+  flight usually takes to land (`in_flight_grace_seconds`) and reports `took_effect: true`
+  (a success) when the change shows up; otherwise `took_effect: "unknown"` with what the
+  last read showed (`last_seen`) and a hint that says how to check and, for a change that
+  is not repeat-safe, never to repeat it blindly;
 - on a refusal: `took_effect: false` (the platform said no before doing anything).
+
+`false` is only ever a proof: the platform refused. Not seeing a change after a lost answer
+is no proof that it did not happen: the platform can commit a write long after the client
+gave up, and nothing bounds how late (the simulator's `commit_delay_seconds=15` with a 1 s
+client timeout shows it). A foreground script does not wait minutes to find out, so it
+says "unknown".
 
 `watch` is the looking part on its own; queue_submit's reconcile-by-name uses it too.
 """
@@ -30,9 +36,10 @@ from typing import Any, Callable
 from .errors import ApiError, AutoDLError
 from .output import Progress
 
-# A request the server accepted just before the client gave up can still be processed
-# after it. Look for at least the HTTP timeout plus this margin (server-side queueing and
-# commit after the client's clock ran out) before concluding that it did not happen.
+# A request the server accepted just before the client gave up is usually processed within
+# moments of it. Look for the HTTP timeout plus this margin (server-side queueing and commit
+# after the client's clock ran out) to find such a change quickly; not seeing it by then
+# proves nothing (a later commit stays possible), so the outcome is "unknown", never false.
 IN_FLIGHT_MARGIN_SECONDS = 5.0
 # Pause between two looks; each look is a fresh list call, so once a second is plenty.
 LOOK_PAUSE_SECONDS = 1.0
@@ -42,6 +49,9 @@ MIN_LOOKS = 3
 FALLBACK_HTTP_TIMEOUT_SECONDS = 30.0
 
 TOOK_EFFECT_VALUES = (True, False, "unknown")
+
+# The fields of a read-back that say where a change stands; `last_seen` keeps only these.
+SEEN_FIELDS = ("status", "replica_num", "running_num")
 
 
 def _sleep(seconds: float) -> None:
@@ -139,6 +149,28 @@ class Change:
     # Whether sending it once more does nothing beyond the first time (stop, delete, an
     # absolute replica count, a blacklist entry). False for relative changes.
     repeat_safe: bool = True
+    # What a read showed, compact, for `last_seen` when the outcome stays unknown
+    # (default: the status/replica_num style fields of what `fetch` returned).
+    seen: Callable[[Any], Any] | None = None
+
+
+def compact_seen(value: Any) -> Any:
+    """A read-back cut to what says where the change stands: None (not found) -> {"exists": false}."""
+    if value is None:
+        return {"exists": False}
+    if isinstance(value, dict):
+        picked = {key: value[key] for key in SEEN_FIELDS if key in value}
+        return picked or {key: compact_seen(item) for key, item in list(value.items())[:5]}
+    if isinstance(value, (list, tuple)):
+        return [compact_seen(item) for item in value[:5]]
+    return value
+
+
+def took_effect_of(error: AutoDLError) -> bool | str:
+    """The `took_effect` an error from `apply_change` carries; "unknown" when it says nothing
+    (false is reported only when the platform refused, never assumed)."""
+    value = error.details.get("took_effect", "unknown")
+    return value if value in TOOK_EFFECT_VALUES else "unknown"
 
 
 def apply_change(
@@ -152,8 +184,8 @@ def apply_change(
     """Send `change` once; (last value read back, report with took_effect and verified).
 
     `verify` replaces the ordinary read-back after an answered change (default: a few
-    looks via resolve.read_back). Raises ApiError carrying `took_effect: false|"unknown"`
-    when the change is not known to have happened.
+    looks via resolve.read_back). Raises an error carrying `took_effect`: false when the
+    platform refused, "unknown" when the answer was lost and the change is not visible yet.
     """
     from .resolve import read_back
 
@@ -191,7 +223,7 @@ def _after_lost_answer(
     change: Change, client: Any, progress: Progress, partial: dict[str, Any] | None, error: ApiError
 ) -> tuple[Any, dict[str, Any]]:
     grace = in_flight_grace_seconds(client)
-    progress.log(f"{change.what}: 平台的应答丢失 ({error.msg or error.message}), 读回确认是否已生效 (最多约 {grace:.0f} 秒)……")
+    progress.log(f"{change.what}: 平台的应答丢失 ({error.msg or error.message}), 读回确认是否已生效 (约 {grace:.0f} 秒)……")
     looks = watch(change.fetch, change.done, grace_seconds=grace, progress=progress,
                   waiting_for=f"等待{change.what}在平台上可见")
     lost = {"code": error.code, "msg": error.msg, "http_status": error.http_status}
@@ -199,23 +231,26 @@ def _after_lost_answer(
         _settle(partial, True)
         progress.log(f"{change.what}: 读回确认已生效。")
         return looks.value, {"took_effect": True, "verified": True, "answer_lost": lost, **looks.report()}
+    # Not seen is not "did not happen": the request may still land (see the module docstring).
+    took_effect = "unknown"
+    seen: dict[str, Any] = {}
     if looks.answered:
-        took_effect: bool | str = False
-        message = (f"{change.what}: 平台的应答丢失, 之后读回 {looks.looks} 次 (约 {looks.elapsed_seconds:.0f} 秒, "
-                   "超过请求还可能在途中的时间) 仍未看到变化, 判断没有生效。")
-        hint = ("可以重新执行同一命令 (脚本会先读取当前状态)。" if change.repeat_safe else
-                f"这个操作重复执行不是无害的: 重新执行前先用 {change.check} 确认当前状态, 确认确实没有生效再执行。")
+        seen["last_seen"] = (change.seen or compact_seen)(looks.value)
+        message = (f"{change.what}: 平台的应答丢失 ({error.msg or error.message}), 之后读回 {looks.looks} 次 "
+                   f"(约 {looks.elapsed_seconds:.0f} 秒) 尚未看到变化; 请求可能仍在途中, 平台可能稍后才执行, 不知道是否会生效。")
     else:
-        took_effect = "unknown"
         message = f"{change.what}: 平台的应答丢失, 之后也无法读取平台状态 ({looks.last_error}), 不知道是否已生效。"
-        hint = (f"稍后先用 {change.check} 查看是否已经生效; 这个操作重复执行结果相同, 确认没有生效时可以重新执行同一命令。"
-                if change.repeat_safe else
-                f"不要直接重复执行 (重复执行不是无害的): 稍后先用 {change.check} 查看是否已经生效, 再决定。")
+    last = " (details.last_seen 是最后一次读到的状态)" if looks.answered else ""
+    hint = (f"稍后用 {change.check} 查看是否已经生效{last}; 这个操作重复执行结果相同, "
+            "重新执行同一命令也无害 (脚本会先读取当前状态)。"
+            if change.repeat_safe else
+            f"不要直接重复执行 (每执行一次就改动一次, 请求可能稍后才生效): 过几分钟先用 {change.check} 查看是否已经生效, "
+            "确认没有生效再决定是否重新执行。")
     _settle(partial, took_effect)
     failure = ApiError(message, code=error.code, msg=error.msg, http_status=error.http_status,
                        retryable=False, ambiguous=True, hint=hint)
     failure.details.update(took_effect=took_effect, change=change.what, check=change.check,
-                           answer_lost=lost, **looks.report())
+                           answer_lost=lost, **seen, **looks.report())
     for key, value in change.ids.items():
         failure.details.setdefault(key, value)
     raise failure from None

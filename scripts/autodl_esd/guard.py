@@ -379,7 +379,7 @@ class Guard:
                       done=lambda d: d is None or d.get("status") == "stopped", check=check, ids={"deployment_uuid": uuid})
 
     def _act(self, reason: str, message: str) -> None:
-        from .effects import apply_change
+        from .effects import apply_change, took_effect_of
 
         change = self._change()
         self.progress.log(f"{message} 执行: {change.what}")
@@ -389,7 +389,8 @@ class Guard:
         try:
             _after, report = apply_change(change, self.client, self.progress)
         except AutoDLError as error:
-            took_effect = error.details.get("took_effect", "unknown")
+            # Only a refusal is "not taken"; a lost answer not yet visible is unconfirmed, never failed.
+            took_effect = took_effect_of(error)
             if took_effect is False and not getattr(error, "ambiguous", False):
                 # Refused before anything happened: nothing was done, so trying again later
                 # is not acting twice.

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import api
 from .containers import STOPPING_STATUSES
-from .effects import Change, apply_change
+from .effects import Change, apply_change, took_effect_of
 from .errors import AutoDLError, ErrorType
 from .output import Progress
 from .platform_time import in_platform_zone
@@ -285,8 +285,9 @@ def move_replicas(client: Any, containers: list[dict[str, Any]], deployment_uuid
             ), client, progress, in_flight)
         except AutoDLError as error:
             partial.pop("moving", None)
-            outcomes.append({"container_uuid": uuid, "outcome": "failed", "took_effect": error.details.get("took_effect", False),
-                             "error_type": error.error_type.value, "message": error.message})
+            outcomes.append({"container_uuid": uuid, "outcome": "failed", "took_effect": took_effect_of(error),
+                             "error_type": error.error_type.value, "message": error.message,
+                             **({"check": error.details["check"]} if "check" in error.details else {})})
             continue
         partial.pop("moving", None)  # an interrupt keeps it: that stop may have been sent
         outcomes.append({"container_uuid": uuid, "outcome": "done", **report})

@@ -310,7 +310,10 @@ class _ChildOutput:
         hint = "这是只读调用, 没有改变任何东西: 可以直接重新调用。"
         if policy.mutating:
             details["took_effect"] = "unknown"
-            hint = f"改动可能已经生效: 先用列表工具核对 (等同命令: {self.command}), 确认没有生效再重新调用。"
+            # The same rule as effects: unknown may still land; only a repeat-safe change may be resent.
+            hint = (f"改动可能已经生效, 也可能稍后才生效: 先用列表工具核对 (等同命令: {self.command}); "
+                    + ("这个操作重复执行结果相同, 重新调用也无害。" if policy.idempotent else
+                       "不要直接重复调用 (每调用一次就改动一次): 过几分钟核对, 确认没有生效再决定。"))
         if self.tool.name == "queue_submit":
             details["may_have_been_created"] = True
             hint = "部署可能已经创建: 用 list_deployments 按配置中的 name 核对, 确认没有再重新提交。"

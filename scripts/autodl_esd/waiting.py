@@ -20,7 +20,7 @@ from . import api
 from .containers import STOPPING_STATUSES
 from .errors import ApiError, AutoDLError, ErrorType
 from .output import Progress
-from .polling import PollFailures
+from .polling import ReadErrors, failed_reads_text
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -95,50 +95,57 @@ def wait_finished(
     """Follow a Job/Container deployment until `finished_num` reaches the target or it stops.
 
     `timeout` 0 waits without limit. Returns the counts, why the wait ended
-    (`target_reached` or `deployment_stopped`) and each container's run time.
+    (`target_reached` or `deployment_stopped`) and each container's run time; `warnings`
+    when some reads failed on the way (they never end the wait before `timeout`).
     """
     clock = clock or Clock()
     started = clock.now()
-    failures = PollFailures(progress, "查询部署")
-    deployment = _deployment(client, deployment_uuid)
-    if deployment.get("deployment_type") == "ReplicaSet":
-        raise AutoDLError(ErrorType.USAGE_ERROR, f"部署 {deployment_uuid} 是 ReplicaSet: 服务一直运行, 没有\"完成\"。",
-                          "等 ReplicaSet 的容器运行用 container_events.py --follow --until running。",
-                          {"deployment_uuid": deployment_uuid, "deployment_type": "ReplicaSet"})
-    goal = target or finish_target(deployment)
+    errors = ReadErrors(progress, "查询部署")
+    deployment: dict[str, Any] | None = None
+    goal: int | None = target
     while True:
-        finished = deployment.get("finished_num") or 0
-        if finished >= goal or deployment.get("status") == STOPPED:
-            ended_by = "target_reached" if finished >= goal else "deployment_stopped"
-            containers = api.list_containers(client, deployment_uuid, released=True)
-            return {
-                "deployment_uuid": deployment_uuid,
-                "finished": finished >= goal,
-                "ended_by": ended_by,
-                "target_finished": goal,
-                "counts": finish_counts(deployment),
-                "containers": [run_record(c) for c in containers],
-                "waited_seconds": round(clock.now() - started, 1),
-                "exit_code_note": NO_EXIT_CODE_NOTE,
-            }
-        elapsed = clock.now() - started
-        if timeout and elapsed >= timeout:
-            raise AutoDLError(
-                ErrorType.STARTUP_TIMEOUT,
-                f"部署 {deployment_uuid} 在 {timeout:g} 秒内只完成了 {finished}/{goal} 个容器, 仍在运行。",
-                "部署已存在并仍在运行 (也在计费), 不要重新提交: 稍后用 container_events.py --deployment-uuid "
-                f"{deployment_uuid} --follow --until finished 继续等, 或用 list_containers.py 查看进度。",
-                {"deployment_uuid": deployment_uuid, "target_finished": goal, "counts": finish_counts(deployment),
-                 "elapsed_seconds": round(elapsed, 1)},
-            )
-        progress.status(f"等待完成 {finished}/{goal}: 运行中 {deployment.get('running_num')}, "
-                        f"启动中 {deployment.get('starting_num')}, {elapsed:.0f}s")
-        clock.sleep(min(interval, timeout - elapsed) if timeout else interval)
         try:
             deployment = _deployment(client, deployment_uuid)
-            failures.reset()
+            if deployment.get("deployment_type") == "ReplicaSet":
+                raise AutoDLError(ErrorType.USAGE_ERROR, f"部署 {deployment_uuid} 是 ReplicaSet: 服务一直运行, 没有\"完成\"。",
+                                  "等 ReplicaSet 的容器运行用 container_events.py --follow --until running。",
+                                  {"deployment_uuid": deployment_uuid, "deployment_type": "ReplicaSet"})
+            goal = target or finish_target(deployment)
+            finished = deployment.get("finished_num") or 0
+            if finished >= goal or deployment.get("status") == STOPPED:
+                containers = api.list_containers(client, deployment_uuid, released=True)
+                errors.reset()
+                return {
+                    "deployment_uuid": deployment_uuid,
+                    "finished": finished >= goal,
+                    "ended_by": "target_reached" if finished >= goal else "deployment_stopped",
+                    "target_finished": goal,
+                    "counts": finish_counts(deployment),
+                    "containers": [run_record(c) for c in containers],
+                    "waited_seconds": round(clock.now() - started, 1),
+                    "exit_code_note": NO_EXIT_CODE_NOTE,
+                    **_warnings(errors),
+                }
+            errors.reset()
         except ApiError as error:
-            failures.record(error)
+            errors.record(error)
+        elapsed = clock.now() - started
+        if timeout and elapsed >= timeout:
+            done = "?" if deployment is None else deployment.get("finished_num") or 0
+            raise AutoDLError(
+                ErrorType.STARTUP_TIMEOUT,
+                f"部署 {deployment_uuid} 在 {timeout:g} 秒内只完成了 {done}/{goal or '?'} 个容器, 部署仍然存在。"
+                + failed_reads_text(errors),
+                "部署已存在并可能仍在运行 (也在计费), 不要重新提交: 稍后用 container_events.py --deployment-uuid "
+                f"{deployment_uuid} --follow --until finished 继续等, 或用 list_containers.py 查看进度。",
+                {"deployment_uuid": deployment_uuid, "target_finished": goal,
+                 "counts": None if deployment is None else finish_counts(deployment),
+                 "elapsed_seconds": round(elapsed, 1), **errors.details()},
+            )
+        if deployment is not None:
+            progress.status(f"等待完成 {deployment.get('finished_num') or 0}/{goal}: 运行中 {deployment.get('running_num')}, "
+                            f"启动中 {deployment.get('starting_num')}, {elapsed:.0f}s")
+        clock.sleep(min(interval, timeout - elapsed) if timeout else interval)
 
 
 def wait_running_count(
@@ -150,34 +157,49 @@ def wait_running_count(
     interval: float,
     progress: Progress,
     clock: Clock | None = None,
+    read_errors: ReadErrors | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
-    """Poll until exactly `target` containers run: (running, live containers, seconds waited)."""
+    """Poll until exactly `target` containers run: (running, live containers, seconds waited).
+
+    Failed reads are recorded in `read_errors` (pass one to report them) and never end the
+    wait before `timeout`; only a successful read can end it.
+    """
     clock = clock or Clock()
     started = clock.now()
-    failures = PollFailures(progress, "查询容器")
-    live: list[dict[str, Any]] = []
+    errors = read_errors or ReadErrors(progress, "查询容器")
+    live: list[dict[str, Any]] | None = None
     while True:
         try:
             live = api.list_containers(client, deployment_uuid)
-            failures.reset()
+            errors.reset()
+            fresh = True
         except ApiError as error:
-            failures.record(error)
-        running = [c for c in live if c.get("status") == RUNNING]
+            errors.record(error)
+            fresh = False
+        running = [c for c in live or [] if c.get("status") == RUNNING]
         elapsed = clock.now() - started
-        if len(running) == target:
-            return running, live, elapsed
+        if fresh and len(running) == target:
+            return running, live or [], elapsed
         if timeout and elapsed >= timeout:
+            seen = "没能读到容器" if live is None else f"运行中的容器是 {len(running)} 个, 还不是 {target} 个"
             raise AutoDLError(
                 ErrorType.STARTUP_TIMEOUT,
-                f"{timeout:g} 秒内运行中的容器是 {len(running)} 个, 还不是 {target} 个。",
+                f"{timeout:g} 秒内{seen}; 部署 {deployment_uuid} 仍然存在。" + failed_reads_text(errors),
                 "副本数已经改好 (平台会继续调整), 不要重复执行: 稍后用 list_containers.py 查看, 或用 "
                 "container_events.py 看新容器卡在哪个阶段。",
-                {"deployment_uuid": deployment_uuid, "running": len(running), "target_running": target,
-                 "statuses": sorted({str(c.get("status")) for c in live}), "elapsed_seconds": round(elapsed, 1)},
+                {"deployment_uuid": deployment_uuid, "running": None if live is None else len(running),
+                 "target_running": target, "statuses": sorted({str(c.get("status")) for c in live or []}),
+                 "elapsed_seconds": round(elapsed, 1), **errors.details()},
             )
-        phases = ", ".join(str(c.get("status")) for c in live) or "无容器"
-        progress.status(f"等待运行中的容器 = {target}: 现在 {len(running)} ({phases}), {elapsed:.0f}s")
+        if live is not None:
+            phases = ", ".join(str(c.get("status")) for c in live) or "无容器"
+            progress.status(f"等待运行中的容器 = {target}: 现在 {len(running)} ({phases}), {elapsed:.0f}s")
         clock.sleep(min(interval, timeout - elapsed) if timeout else interval)
+
+
+def _warnings(errors: ReadErrors) -> dict[str, Any]:
+    warning = errors.warning()
+    return {"warnings": [warning]} if warning else {}
 
 
 def stopped_since(before: list[dict[str, Any]], live_now: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from .. import api
 from ..containers import STOPPING_STATUSES
-from ..effects import Change, apply_change
+from ..effects import Change, apply_change, took_effect_of
 from ..errors import ApiError, AutoDLError, ErrorType
 from ..output import Progress, to_json
 from ..resolve import deployment_by_uuid
@@ -172,15 +172,15 @@ class ReplicaScaler:
 
     # ---- changing ------------------------------------------------------
 
-    def _apply(self, change: Change) -> dict:
+    def _apply(self, change: Change, verify: Optional[Callable[[], tuple]] = None) -> dict:
         """Send one mutation through effects.apply_change: {took_effect, ...} and never raises
         for the platform's answer (a refusal or a lost answer is reported, not thrown)."""
         try:
-            _, report = apply_change(change, self.client, self.progress)
+            _, report = apply_change(change, self.client, self.progress, verify=verify)
             return report
         except ApiError as error:
-            outcome = {key: error.details[key] for key in ("took_effect", "check", "answer_lost") if key in error.details}
-            outcome.setdefault("took_effect", False)
+            outcome = {key: error.details[key] for key in ("check", "answer_lost", "last_seen") if key in error.details}
+            outcome["took_effect"] = took_effect_of(error)  # false only for a refusal
             outcome["error"] = {"code": error.code, "msg": error.msg, "message": error.message}
             outcome["refused"] = not error.ambiguous
             return outcome
@@ -219,11 +219,14 @@ class ReplicaScaler:
         outcome = self._apply(Change(
             what=f"把主机 {machine_id} 加入调度黑名单",
             send=lambda: api.add_to_blacklist(self.client, container_uuid, comment="autoscaler: repeated replica failures"),
-            fetch=lambda: None,
-            done=lambda _: True,  # the private cloud has no list to read back from; the answer is the evidence
+            # Only after a lost answer: the list (public cloud only; on a private cluster the
+            # looks fail and the outcome stays "unknown", never a guessed true).
+            fetch=lambda: api.list_blacklist(self.client),
+            done=lambda entries: any(entry.get("machine_id") == machine_id for entry in entries or []),
+            seen=lambda entries: {"blacklisted": any(entry.get("machine_id") == machine_id for entry in entries or [])},
             check="python scripts/list_blacklist.py",
             ids={"machine_id": machine_id},
-        ))
+        ), verify=lambda: (None, {}))  # an answered add is the evidence: no list to read on a private cluster
         return {"machine_id": machine_id, "container_uuid": container_uuid, **outcome}
 
 

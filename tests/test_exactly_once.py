@@ -217,7 +217,8 @@ def test_interrupt_during_the_create_call_itself(run, api, config_file, result_v
 
 
 @pytest.mark.parametrize("failing", [EVENTS, CONTAINERS])
-def test_a_failure_while_following_still_names_the_deployment(run, api, config_file, failing, monkeypatch, result_validator):
+def test_a_follow_up_whose_reads_keep_failing_ends_at_its_deadline_naming_the_deployment(
+        run, api, config_file, failing, monkeypatch, result_validator):
     from autodl_esd import http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
@@ -225,15 +226,35 @@ def test_a_failure_while_following_still_names_the_deployment(run, api, config_f
     expect_create(api)
     if failing == CONTAINERS:
         api.post(EVENTS, json=page([]))
-    api.post(failing, status=503, json=envelope(code="ServiceUnavailable"))
+    api.post(failing, status=503, json=envelope(code="ServiceUnavailable"))  # then unregistered: connection errors
+
+    code, out, _ = run("queue_submit.py", config_file(), "--wait-running", "--startup-timeout", "1", *FAST)
+
+    assert code == 2 and out["error_type"] == "startup_timeout"
+    details = out["details"]
+    assert details["deployment_uuid"] == NEW_UUID and details["deployment_created"] is True
+    assert details["read_errors"] >= 2 and details["last_read_error"]
+    assert "不要重新提交" in out["hint"]
+    result_validator.validate(out)
+
+
+def test_a_follow_up_goes_on_through_failed_reads_to_success(run, api, config_file, monkeypatch, result_validator):
+    from autodl_esd import http
+
+    monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
+    expect_checks(api, idle=3)
+    expect_create(api)
+    for _ in range(5):  # more failures in a row than the HTTP client's own retries
+        api.post(EVENTS, status=503, json=envelope(code="ServiceUnavailable"))
+    api.post(EVENTS, json=page([]))
+    running = [{"uuid": f"{NEW_UUID}-c{index}", "status": "running"} for index in range(2)]
+    api.post(CONTAINERS, json=page(running))
 
     code, out, _ = run("queue_submit.py", config_file(), "--wait-running", *FAST)
 
-    assert code == 3 and out["error_type"] == "api_error"
-    details = out["details"]
-    assert details["deployment_uuid"] == NEW_UUID and details["deployment_created"] is True
-    assert details["retryable"] is False
-    assert "不要重新提交" in out["hint"] and NEW_UUID in out["message"]
+    assert code == 0 and out["deployment_uuid"] == NEW_UUID and len(out["containers"]) == 2
+    [warning] = [w for w in out["warnings"] if w["code"] == "follow_read_errors"]
+    assert warning["failures"] == 5
     result_validator.validate(out)
 
 

@@ -27,7 +27,7 @@ from .evidence import compare_config, existing_deployment
 from .lint import capacity_filters, lint_config, no_capacity_suggestion
 from .output import REDACTED, Progress
 from .platform_time import now_timestamp
-from .polling import PollFailures
+from .polling import PollFailures, ReadErrors, failed_reads_text
 from .stock import StockByGpu, first_fit, requested_stock, similar_gpu_names
 
 # Three tries cover a race with another tenant for the last cards; more than that means
@@ -699,44 +699,64 @@ class Submitter:
     # --- following --------------------------------------------------------------------
 
     def wait_until_running(self, deployment_uuid: str) -> dict[str, Any]:
+        """Follow until the target number of containers run. A failed read is counted and the
+        follow goes on until --startup-timeout: the deployment exists whatever a read says."""
         target = target_running(self.config)
         deadline = self.clock() + self.options.startup_timeout
         offset, ever_running = 0, set()
+        errors = ReadErrors(self.progress, "查询容器")
+        containers: list[dict[str, Any]] = []
+        running: list[dict[str, Any]] = []
         while True:
-            events, offset = api.list_events(self.client, deployment_uuid, offset=offset)
-            ever_running |= {e.get("deployment_container_uuid") for e in events if e.get("status") == "running"}
-            containers = api.list_containers(self.client, deployment_uuid)
-            running = [c for c in containers if c.get("status") == "running"]
-            if len(ever_running) >= target or len(running) >= target:
-                return {
-                    "target_running": target,
-                    "containers": [container_summary(c, self.options.show_password) for c in running],
-                }
-            finished = self._finished_deployment(deployment_uuid) if not containers else None
-            if finished is not None:
-                # A Job/Container can finish before the first look: say so with the counts,
-                # never a bare success with no containers.
-                from .waiting import finish_counts
+            try:
+                events, offset = api.list_events(self.client, deployment_uuid, offset=offset)
+                ever_running |= {e.get("deployment_container_uuid") for e in events if e.get("status") == "running"}
+                containers = api.list_containers(self.client, deployment_uuid)
+                finished = self._finished_deployment(deployment_uuid) if not containers else None
+            except ApiError as error:
+                errors.record(error)
+            else:
+                errors.reset()
+                running = [c for c in containers if c.get("status") == "running"]
+                if len(ever_running) >= target or len(running) >= target:
+                    return {
+                        "target_running": target,
+                        "containers": [container_summary(c, self.options.show_password) for c in running],
+                        **self._keep_read_warning(errors),
+                    }
+                if finished is not None:
+                    # A Job/Container can finish before the first look: say so with the counts,
+                    # never a bare success with no containers.
+                    from .waiting import finish_counts
 
-                self.progress.log(f"部署 {deployment_uuid} 在第一次查看前就已结束 (finished_num={finished.get('finished_num')})")
-                return {"target_running": target, "containers": [], "deployment_finished": True,
-                        "finished_before_running": True, "ever_running": len(ever_running),
-                        "counts": finish_counts(finished)}
+                    self.progress.log(f"部署 {deployment_uuid} 在第一次查看前就已结束 (finished_num={finished.get('finished_num')})")
+                    return {"target_running": target, "containers": [], "deployment_finished": True,
+                            "finished_before_running": True, "ever_running": len(ever_running),
+                            "counts": finish_counts(finished), **self._keep_read_warning(errors)}
             if self.clock() >= deadline:
                 raise AutoDLError(
                     ErrorType.STARTUP_TIMEOUT,
-                    f"部署已创建, 但 {self.options.startup_timeout:g} 秒内只有 {len(running)}/{target} 个容器运行。",
+                    f"部署已创建, 但 {self.options.startup_timeout:g} 秒内只看到 {len(running)}/{target} 个容器运行。"
+                    + failed_reads_text(errors),
                     "不要重新提交 (部署已存在): 用 container_events.py 查看卡在哪个阶段, 或稍后用 list_containers.py 再看。",
                     {
                         "deployment_uuid": deployment_uuid,
                         "running": len(running),
                         "target_running": target,
                         "statuses": sorted({str(c.get("status")) for c in containers}),
+                        **errors.details(),
                     },
                 )
             phases = ", ".join(f"{c.get('status')}" for c in containers) or "无容器"
             self.progress.status(f"等待容器运行 {len(running)}/{target}: {phases}")
             self.sleep(self.options.interval)
+
+    def _keep_read_warning(self, errors: ReadErrors) -> dict[str, Any]:
+        """Failed reads on the way to a result: a warning in the result's `warnings` (no fields)."""
+        warning = errors.warning()
+        if warning:
+            self.warnings.append(warning)
+        return {}
 
     def _finished_deployment(self, deployment_uuid: str) -> dict[str, Any] | None:
         """The deployment's list item when it has stopped (its work is over), else None."""

@@ -200,6 +200,7 @@ def test_mutating_tools_without_confirm_make_no_mutating_request(session, platfo
         ("blacklist_host", {"container_uuid": container}),
         ("guard_deployment", {"deployment_uuid": uuid, "max_runtime": 6}),
         ("notify", {"title": "测试", "content": "不会发出", "name": "mcp-service"}),
+        ("jobs", {"cancel": "s-20990101-000000-abcdef"}),
     ]
     others = [
         ("queue_submit", {"config": {**SERVICE, "name": "never-created"}, **FAST}),

@@ -12,6 +12,7 @@ EXAMPLES = [
     "python scripts/discover_services.py --deployment-uuid 833f1cd5a764fa3 --watch --serve 127.0.0.1:8765 --port 6008",
     "python scripts/discover_services.py --name my-service --watch --redis redis://10.0.0.5:6379/0",
     "python scripts/discover_services.py --name my-service --watch --haproxy-socket /run/haproxy/autodl.sock --haproxy-backend replicas --health-path /health",
+    "python scripts/discover_services.py --name my-service --watch --out registry.json --detach   # 后台运行, 立即返回 run_id; 停止: jobs.py --cancel ID",
 ]
 
 # Defaults live here, not in autodl_esd.serving.registry, so that --help does not import the
@@ -81,19 +82,38 @@ def build_parser() -> cli.JsonArgumentParser:
                        help="add server 时附加的参数 (默认与 haproxy_config.py 的默认一致: 健康检查 + observe layer7 被动摘除)")
     parser.add_argument("--max-cycles", type=cli.positive_int, metavar="N", help="--watch 最多轮询 N 轮后结束")
     parser.add_argument("--duration", type=cli.positive_seconds, metavar="S", help="--watch 最多运行 S 秒后结束")
+    parser.add_argument("--detach", action="store_true",
+                        help="与 --watch 一起用: 在后台运行 (会话结束后仍在), 先在前台检查参数与部署, 写出第一份注册表后立即返回 "
+                             "run_id (w-...)、pid、registry 与日志路径; 用 scripts/jobs.py --list / --status ID / --cancel ID / --resume ID 管理")
+    parser.add_argument("--job-id", metavar="ID", help="后台进程自己使用 (由 --detach 传入), 不需要手动指定")
     return parser
 
 
 def handle(args, ctx: cli.Context) -> dict:
+    if args.job_id and not args.detach:  # the detached process: the same run, under its job record
+        from autodl_esd import service_jobs
+
+        return service_jobs.run_service(args.job_id, lambda on_ready: discover(args, ctx, on_ready))
+    return discover(args, ctx)
+
+
+def discover(args, ctx: cli.Context, on_ready=None) -> dict:
     from autodl_esd.serving import registry
     from autodl_esd.resolve import resolve_from_args
 
+    if args.detach and args.job_id:
+        raise cli.UsageError("--detach 与 --job-id 不能同时用。", "去掉 --job-id (它只给后台进程自己用)。")
     watch_only = [flag for flag, value in (("--out", args.out), ("--serve", args.serve),
                                            ("--max-cycles", args.max_cycles), ("--duration", args.duration),
-                                           ("--redis", args.redis), ("--haproxy-socket", args.haproxy_socket)) if value]
+                                           ("--redis", args.redis), ("--haproxy-socket", args.haproxy_socket),
+                                           ("--detach", args.detach), ("--job-id", args.job_id)) if value]
     if watch_only and not args.watch:
         raise cli.UsageError(f"{', '.join(watch_only)} 只在 --watch 模式下有效。", "加 --watch, 或去掉这些参数只查询一次。")
     check_scale_out_flags(args)
+    if args.detach:
+        from autodl_esd.service_jobs import refuse_passwords_in
+
+        refuse_passwords_in({"--redis": args.redis})
     serve_at = None
     if args.serve:
         try:
@@ -130,6 +150,11 @@ def handle(args, ctx: cli.Context) -> dict:
     redis_watch = redis_runner(args, watcher, interval, local_sinks, ctx) if args.redis else None
     if redis_watch is None:
         options.sinks.extend(local_sinks)
+    if args.detach:  # every check above passed: the same watch, in the background
+        from autodl_esd import service_jobs
+
+        argv = cli.command_line(build_parser(), args, drop=("detach", "job_id"), paths=("config", "out", "haproxy_socket"))
+        return {**service_jobs.start_detached("watch", "discover_services.py", argv, ctx.progress), "detached": True}
     endpoint = None
     if serve_at:
         try:
@@ -138,6 +163,12 @@ def handle(args, ctx: cli.Context) -> dict:
             raise cli.UsageError(f"--serve {args.serve} 无法监听: {problem.strerror or problem}",
                                  "换一个端口, 或用端口 0 让系统自动选择 (实际地址见输出的 serve)。") from None
         ctx.progress.log(f"注册表接口: {endpoint.url}/services  {endpoint.url}/pick?policy=least_inflight")
+    if on_ready is not None:  # ready once the first registry is out (--out written, --serve answering)
+        from autodl_esd.serving import redis_registry
+
+        ready = {"deployment_uuid": deployment_uuid, "registry": args.out, "url": endpoint.url if endpoint else None,
+                 "redis": redis_registry.describe_url(args.redis) if redis_watch else None}
+        options.on_ready = lambda: on_ready({key: value for key, value in ready.items() if value is not None})
     try:
         stopped_by = redis_watch.run() if redis_watch else watcher.run()
     finally:

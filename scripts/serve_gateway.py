@@ -12,6 +12,7 @@ EXAMPLES = [
     "python scripts/serve_gateway.py --registry registry.json --listen 127.0.0.1:8000 --max-inflight-per-replica 4",
     "python scripts/serve_gateway.py --registry-url http://127.0.0.1:8765 --listen 0.0.0.0:8000 --auth-token-env GATEWAY_TOKEN",
     "python scripts/serve_gateway.py --deployment-uuid 833f1cd5a764fa3 --registry-redis redis://10.0.0.5:6379/0",
+    "python scripts/serve_gateway.py --name my-service --listen 127.0.0.1:0 --detach   # 后台运行, 立即返回 url 与 run_id; 停止: jobs.py --cancel ID",
 ]
 
 # Defaults live here so --help imports nothing heavy (aiohttp, prometheus_client, the watcher).
@@ -92,13 +93,27 @@ def build_parser() -> cli.JsonArgumentParser:
                         help="从环境变量 VAR 读取网关 token: 客户端须带 Authorization: Bearer <token> (含 /_gateway/*); 监听非回环地址时必需")
     parser.add_argument("--allow-host", action="append", metavar="NAME",
                         help="除回环地址外还接受的 Host 请求头主机名 (可重复; 防 DNS rebinding)")
+    parser.add_argument("--detach", action="store_true",
+                        help="在后台运行 (会话结束后仍在): 先在前台检查参数与部署, 就绪后立即返回 url、pid、run_id (gw-...) 与日志路径; "
+                             "用 scripts/jobs.py --list / --status ID / --logs ID / --cancel ID (停止并记录汇总) / --resume ID 管理")
+    parser.add_argument("--job-id", metavar="ID", help="后台进程自己使用 (由 --detach 传入), 不需要手动指定")
     add_autoscale_arguments(parser)
     return parser
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.serving.serve import serve
+    from autodl_esd import service_jobs
+    from autodl_esd.serving.serve import prepare, serve
 
+    if args.detach:
+        if args.job_id:
+            raise cli.UsageError("--detach 与 --job-id 不能同时用。", "去掉 --job-id (它只给后台进程自己用)。")
+        service_jobs.refuse_passwords_in({"--registry-redis": args.registry_redis, "--registry-url": args.registry_url})
+        prepare(args, ctx)  # bad input is an error here, before anything is started
+        argv = cli.command_line(build_parser(), args, drop=("detach", "job_id"), paths=("config", "registry"))
+        return {**service_jobs.start_detached("gateway", "serve_gateway.py", argv, ctx.progress), "detached": True}
+    if args.job_id:
+        return service_jobs.run_service(args.job_id, lambda on_ready: serve(args, ctx, on_ready))
     return serve(args, ctx)
 
 

@@ -225,6 +225,34 @@ def add_blacklist_flags(parser: argparse.ArgumentParser, comment_help: str) -> N
     )
 
 
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 drop: Sequence[str] = (), paths: Sequence[str] = ()) -> list[str]:
+    """The options `args` holds as a command line `parser` reads back to the same values:
+    full flag names (an abbreviation or `--flag=value` typed by the user is spelled out),
+    defaults left out, the options named in `drop` left out, and the values of `paths` made
+    absolute (a background process runs in another directory)."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if action.dest in (*drop, "help"):
+            continue
+        value = getattr(args, action.dest, None)
+        if not action.option_strings:  # none in the scripts that detach; never drop one silently
+            if value is not None:
+                raise ValueError(f"command_line: positional {action.dest!r} is not supported")
+            continue
+        if value is None or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # store_true / store_const: the flag alone says it
+            argv.append(flag)
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            text = repr(item) if isinstance(item, float) else str(item)  # repr: every digit back
+            text = os.path.abspath(text) if action.dest in paths else text
+            argv += [f"{flag}={text}"] if text.startswith("-") else [flag, text]  # "-x" alone reads as a flag
+    return argv
+
+
 class Context:
     """Per-run services handed to a script's handler."""
 

@@ -50,7 +50,7 @@ WATCH_HIDDEN: dict[str, str] = {
     name: "--watch mode runs until stopped; the tool is the one-shot registry (run the script for --watch)"
     for name in ("watch", "interval", "out", "serve", "health_path", "health_timeout", "health_failures",
                  "resync_every", "max_cycles", "duration", "redis", "key_prefix", "lock_ttl", "haproxy_socket",
-                 "haproxy_backend", "haproxy_server_options")
+                 "haproxy_backend", "haproxy_server_options", "detach", "job_id")
 }
 
 # How `confirm` applies to one call (see `ToolPolicy.mode`):

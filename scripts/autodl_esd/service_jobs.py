@@ -10,16 +10,18 @@ arguments kept in the record.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import background
 from .background import JobFiles, JobLock, is_running, local_now
-from .errors import AutoDLError, ErrorType
-from .output import Progress
+from .errors import AutoDLError, ErrorType, Interrupted
+from .output import Progress, scrub, to_json
 from .state import state_root
 
 STARTING, RUNNING, STOPPED, FAILED = "starting", "running", "stopped", "failed"
@@ -35,6 +37,9 @@ def services_dir() -> Path:
 
 
 def files_for(run_id: str) -> JobFiles:
+    if not re.fullmatch(r"(gw|w)-[0-9A-Za-z-]+", run_id):  # it becomes a file name
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"不是后台网关/服务发现的 ID: {run_id!r}",
+                          "ID 形如 gw-20261206-204100-1a2b3c 或 w-...; 用 python3 scripts/jobs.py --list 查看。", {"run_id": run_id})
     return JobFiles(run_id, services_dir())
 
 
@@ -50,14 +55,43 @@ def read(files: JobFiles) -> dict[str, Any]:
     return background.read_record(files, "后台服务", "python3 scripts/jobs.py --list")
 
 
+def refuse_passwords_in(urls: dict[str, str | None]) -> None:
+    """usage_error for a URL flag holding a password: a detached service's command line is
+    kept in its record (to --resume it), and nothing secret is written there."""
+    from urllib.parse import urlsplit
+
+    for flag, url in urls.items():
+        try:
+            password = urlsplit(url).password if url else None
+        except ValueError:
+            continue  # not a URL: the run's own check says so
+        if password:
+            raise AutoDLError(ErrorType.USAGE_ERROR, f"{flag} 的地址里有密码, 不能用 --detach: 后台任务的命令行会写进任务记录。",
+                              f"在前台运行 (如用 systemd / tmux 常驻), 或让 {flag} 指向不需要密码的地址 (本机回环或 unix:// 套接字)。",
+                              {"flag": flag})
+
+
 def start_detached(kind: str, script: str, argv: Sequence[str], progress: Progress) -> dict[str, Any]:
-    """Run `script argv... --job-id ID` in the background; return its record once it is ready."""
+    """Run `script argv... --job-id ID` in the background; return its record once it is ready.
+
+    A service that could not start (its port taken, say) leaves no job behind: its error
+    is this call's error, as the foreground run would have given it.
+    """
     files = files_for(new_run_id(kind))
     args = [arg for arg in argv if arg != "--detach"]
     background.write_record(files, {"run_id": files.job_id, "kind": kind, "state": STARTING, "pid": None,
                                     "script": script, "argv": args, "created_at_local": local_now(),
                                     "log_file": str(files.log), "state_file": str(files.state)})
-    return _spawn(files, progress)
+    try:
+        return _spawn(files, progress)
+    except AutoDLError as error:
+        if not is_running(files):  # one still starting after the wait keeps its record, to be cancelled
+            error.details.setdefault("log_tail", background.log_tail(files))
+            for key in ("run_id", "log_file", "state_file"):
+                error.details.pop(key, None)
+            for path in (files.state, files.lock, files.log):
+                path.unlink(missing_ok=True)
+        raise
 
 
 def _spawn(files: JobFiles, progress: Progress) -> dict[str, Any]:
@@ -66,12 +100,25 @@ def _spawn(files: JobFiles, progress: Progress) -> dict[str, Any]:
     ready, pid = background.spawn(files, [background.script_path(record["script"]), *record["argv"], "--job-id", files.job_id],
                                   lambda r: r.get("state") in (RUNNING, STOPPED, FAILED), WHAT[kind],
                                   timeout=READY_TIMEOUT_SECONDS)
-    if ready.get("state") != RUNNING:
+    summary = ready.get("summary")
+    if isinstance(summary, dict) and summary.get("status") == "error":  # it ended at once, and said why
+        raise _as_error(summary, {"run_id": files.job_id, "log_file": str(files.log)})
+    if ready.get("state") != RUNNING and not (ready.get("state") == STOPPED and summary):
         raise AutoDLError(ErrorType.INTERNAL_ERROR, f"后台{WHAT[kind]}启动后立即结束: {files.job_id}",
                           f"看日志 {files.log} 或 details.summary; 去掉 --detach 在前台运行可直接看到原因。",
                           {**view(ready, files), "log_tail": background.log_tail(files)})
     progress.log(f"{WHAT[kind]} {files.job_id} 已在后台运行 (pid {pid}), 日志: {files.log}; 停止: python3 scripts/jobs.py --cancel {files.job_id}")
     return view(read(files), files)
+
+
+def _as_error(document: dict[str, Any], details: dict[str, Any]) -> AutoDLError:
+    """The detached process's error document as this process's error (same type and words)."""
+    try:
+        error_type = ErrorType(document.get("error_type"))
+    except ValueError:
+        error_type = ErrorType.INTERNAL_ERROR
+    return AutoDLError(error_type, str(document.get("message") or "后台服务启动失败。"), str(document.get("hint") or ""),
+                       {**(document.get("details") or {}), **details})
 
 
 class ServiceRecord:
@@ -85,15 +132,18 @@ class ServiceRecord:
         if not self.lock.acquire():
             raise AutoDLError(ErrorType.USAGE_ERROR, f"后台服务 {self.files.job_id} 已经在运行。",
                               "用 python3 scripts/jobs.py --status ID 查看。", {"run_id": self.files.job_id})
-        self._save(pid=os.getpid(), state=STARTING)
+        # A resumed service starts afresh: the last run's address and summary no longer hold.
+        self._save(pid=os.getpid(), state=STARTING, **dict.fromkeys(_RUN_KEYS))
         return self
 
     def ready(self, document: dict[str, Any]) -> None:
+        document = _scrubbed({**document, "pid": os.getpid()})
         self._save(state=RUNNING, ready=document, started_at_local=local_now(),
                    **{key: document[key] for key in ("url", "registry", "metrics_url") if key in document})
 
     def ended(self, summary: dict[str, Any] | None, failed: bool = False) -> None:
-        self._save(state=FAILED if failed else STOPPED, pid=None, summary=summary, ended_at_local=local_now())
+        # The pid stays: it tells `background.spawn` that this process ran and ended at once.
+        self._save(state=FAILED if failed else STOPPED, summary=_scrubbed(summary), ended_at_local=local_now())
 
     def __exit__(self, *_exc: Any) -> None:
         record = read(self.files)
@@ -104,7 +154,41 @@ class ServiceRecord:
     def _save(self, **changes: Any) -> None:
         record = read(self.files)
         record.update(changes, updated_at_local=local_now())
-        background.write_record(self.files, record)
+        background.write_record(self.files, {key: value for key, value in record.items() if value is not None or key == "pid"})
+
+
+# What one run of a service writes into its record (cleared when it starts again).
+_RUN_KEYS = ("url", "registry", "metrics_url", "ready", "summary", "started_at_local", "ended_at_local")
+
+
+def _scrubbed(document: Any) -> Any:
+    """The document with every registered secret replaced (a last line of defence: nothing
+    secret is put into a record in the first place)."""
+    return None if document is None else json.loads(scrub(to_json(document)))
+
+
+def run_service(run_id: str, serve: Callable[[Callable[[dict[str, Any]], None]], dict[str, Any]]) -> dict[str, Any]:
+    """The detached process: `serve(on_ready)` under the job's record and lock. `on_ready`
+    takes the ready document (url, registry, ...); the summary `serve` returns, or the error
+    it raises, is recorded as how the service ended, then returned or raised as usual."""
+    with ServiceRecord(run_id) as record:
+        try:
+            summary = serve(record.ready)
+        except AutoDLError as error:
+            record.ended(error.to_dict(), failed=error.error_type is not ErrorType.INTERRUPTED)
+            raise
+        except (Interrupted, KeyboardInterrupt) as interruption:  # a signal before serving began
+            record.ended({"status": "error", "error_type": ErrorType.INTERRUPTED.value, "message": "后台服务在就绪前被停止。",
+                          "hint": "需要时用 python3 scripts/jobs.py --resume ID 重新启动。",
+                          "details": {"signal": getattr(interruption, "signal_name", "SIGINT")}})
+            raise
+        except Exception as bug:
+            record.ended({"status": "error", "error_type": ErrorType.INTERNAL_ERROR.value, "message": "脚本内部错误。",
+                          "hint": f"看日志 {record.files.log}; 请把它反馈给维护者。",
+                          "details": {"exception": f"{type(bug).__name__}: {bug}"}}, failed=True)
+            raise
+        record.ended({"status": "success", **summary})
+        return summary
 
 
 def view(record: dict[str, Any], files: JobFiles) -> dict[str, Any]:
@@ -131,7 +215,7 @@ def all_views() -> list[dict[str, Any]]:
     views = []
     for pattern in ("gw-*.json", "w-*.json"):
         for path, record in background.records_in(services_dir(), pattern):
-            views.append(view(record, files_for(path.stem)) if record is not None else
+            views.append(view(record, JobFiles(path.stem, services_dir())) if record is not None else
                          {"run_id": path.stem, "kind": kind_of(path.stem), "state": "unreadable", "state_file": str(path)})
     return views
 
@@ -141,9 +225,15 @@ def stop(run_id: str, progress: Progress) -> dict[str, Any]:
     record = read(files)
     if not is_running(files):
         return {**view(record, files), "changed": False, "note": "进程已不在运行, 无需停止。"}
-    stopped = background.stop_process(files, record.get("pid"), timeout=READY_TIMEOUT_SECONDS)
-    progress.log(f"{WHAT[kind_of(run_id)]} {run_id} 已停止" if stopped else f"{run_id} 没有在 {READY_TIMEOUT_SECONDS:g} 秒内停止")
-    return {**view_of(run_id), "changed": stopped}
+    # A gateway first lets in-flight requests finish (its --drain-seconds, in its ready
+    # document), then writes its summary; the margin is for that and a loaded machine.
+    timeout = READY_TIMEOUT_SECONDS + float((record.get("ready") or {}).get("drain_seconds") or 0)
+    stopped = background.stop_process(files, record.get("pid"), timeout=timeout)
+    progress.log(f"{WHAT[kind_of(run_id)]} {run_id} 已停止" if stopped else f"{run_id} 没有在 {timeout:g} 秒内停止")
+    shown = view_of(run_id)
+    if not stopped:
+        shown["hint"] = f"它还在结束中 (等待进行中的请求); 稍后用 python3 scripts/jobs.py --status {run_id} 查看, 必要时 kill -9 {record.get('pid')}。"
+    return {**shown, "changed": stopped}
 
 
 def restart(run_id: str, progress: Progress) -> dict[str, Any]:

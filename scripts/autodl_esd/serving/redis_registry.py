@@ -644,6 +644,7 @@ class RedisWatch:
                         return self.watcher.ended
                 else:
                     self.standby_rounds += 1
+                self.watcher.first_round_done()
                 if options.max_cycles and self.rounds >= options.max_cycles:
                     return "max_cycles"
                 wait = options.interval

@@ -286,6 +286,9 @@ class WatchOptions:
     health: HealthTracker | None = None
     # Called with every registry published (after --out is written): Redis, HAProxy (scale-out).
     sinks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    # Called once after the first round (the first registry is out, or a standby follows
+    # Redis): a detached watcher is ready then (service_jobs).
+    on_ready: Callable[[], None] | None = None
 
 
 class RegistryWatcher:
@@ -536,12 +539,19 @@ class RegistryWatcher:
         """Start over from a full listing on the next cycle (e.g. after standing by)."""
         self._offset, self._resync_due = None, True
 
+    def first_round_done(self) -> None:
+        """Call `options.on_ready` the first time only."""
+        on_ready, self.options.on_ready = self.options.on_ready, None
+        if on_ready is not None:
+            on_ready()
+
     def run(self) -> str:
         """Cycle until a bound is reached, `stop_event` is set or a signal arrives; says which."""
         started = time.monotonic()
         try:
             while True:
                 self.cycle()
+                self.first_round_done()
                 if self.ended:
                     return self.ended
                 if self.options.max_cycles and self.cycles >= self.options.max_cycles:

@@ -4,6 +4,8 @@ Everything that can be checked (flags, the auth variable, the deployment) is che
 anything listens, so bad input is the usual JSON error. Once listening: one JSON "ready" line
 on stdout; SIGINT/SIGTERM stop accepting, let in-flight requests finish for up to
 --drain-seconds, and the final summary is the script's JSON document (exit 0).
+`--detach` makes the same checks (`prepare`) in the foreground, then the same run goes on
+in the background (service_jobs), its ready document and summary kept in its record.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..cli import UsageError
@@ -126,7 +128,10 @@ def redis_source(args: Any, ctx: Any, options: Any) -> Any:
     return source
 
 
-def serve(args: Any, ctx: Any) -> dict[str, Any]:
+def prepare(args: Any, ctx: Any) -> tuple[Any, Any, Any]:
+    """Every check a run makes before it listens (flags, the auth variable, the deployment,
+    the registry, the autoscaler's --yes): (options, source, autoscaler), nothing started.
+    `--detach` runs it in the foreground, so bad input is a JSON error there."""
     from ..deps import require
 
     require("aiohttp")  # dependency_missing with the install command, before anything else
@@ -141,6 +146,12 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
         from .autoscaler import prepare_gateway_autoscaler
 
         autoscaler = prepare_gateway_autoscaler(args, ctx, options.deployment_uuid)
+    return options, source, autoscaler
+
+
+def serve(args: Any, ctx: Any, on_ready: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Listen until a signal (or the deployment's end); `on_ready` gets the ready line's document."""
+    options, source, autoscaler = prepare(args, ctx)
     from .gateway import Gateway
 
     progress = ctx.progress
@@ -156,7 +167,7 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
     if hasattr(source, "wait_first") and not source.wait_first(FIRST_REGISTRY_WAIT_SECONDS):
         progress.log("还没有拿到第一份注册表, 先开始监听: 请求会排队等待副本")
     try:
-        summary = asyncio.run(_serve(gateway, options, progress))
+        summary = asyncio.run(_serve(gateway, options, progress, on_ready))
     finally:
         source.stop()
         if ledger is not None:
@@ -170,7 +181,7 @@ def serve(args: Any, ctx: Any) -> dict[str, Any]:
     return summary
 
 
-async def _serve(gateway: Any, options: Any, progress: Any) -> dict[str, Any]:
+async def _serve(gateway: Any, options: Any, progress: Any, on_ready: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     try:
         url = await gateway.start()
     except OSError as problem:
@@ -193,10 +204,13 @@ async def _serve(gateway: Any, options: Any, progress: Any) -> dict[str, Any]:
     gateway.stop_event = stop
     if gateway.ended_by:  # the deployment ended before the loop got here
         stop.set()
-    emit_line({"status": "success", "url": url, "deployment_uuid": options.deployment_uuid, "policy": options.policy,
-               "status_url": url + "/_gateway/status", "metrics_url": url + "/_gateway/metrics"})
+    ready = {"status": "success", "url": url, "deployment_uuid": options.deployment_uuid, "policy": options.policy,
+             "status_url": url + "/_gateway/status", "metrics_url": url + "/_gateway/metrics"}
+    emit_line(ready)
     progress.log(f"网关已就绪: {url} (策略 {options.policy}); Ctrl-C 停止")
     try:
+        if on_ready is not None:  # a detached gateway's record (service_jobs)
+            on_ready({**{key: value for key, value in ready.items() if key != "status"}, "drain_seconds": options.drain_seconds})
         await stop.wait()
         progress.log(f"收到 {caught[0] if caught else gateway.ended_by or 'stop'}, 停止接受新连接, "
                      f"等待进行中的请求 (最多 {options.drain_seconds:g} 秒)")

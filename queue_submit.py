@@ -13,7 +13,7 @@ import sys
 # os.path, not pathlib: pathlib costs more than a bare interpreter start (--help stays fast).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "scripts"))
 
-from autodl_esd import cli  # noqa: E402
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python3 queue_submit.py examples/replicaset-service.json --sim --sim-busy 3 --wait-running   # 本地模拟器试跑, 不花钱",
@@ -72,8 +72,8 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import submission
-    from autodl_esd.config import load_and_validate
+    from autodl_esd.deploy import submission
+    from autodl_esd.platform.config import load_and_validate
 
     config = load_and_validate(args.config)  # fails before any network call
     if args.wait_finished and config.get("deployment_type") == "ReplicaSet":
@@ -97,7 +97,7 @@ def handle(args, ctx: cli.Context) -> dict:
     if not args.sim:
         return submission.submit(ctx.client(), config, request, ctx.progress, ctx.partial,
                                  dry_run=args.dry_run, detach=args.detach)
-    from autodl_esd.sandbox import simulated_platform
+    from autodl_esd.core.sandbox import simulated_platform
 
     busy_gpus = config["container_template"]["gpu_name_set"]
     with simulated_platform(ctx.progress, cluster=args.sim_cluster, busy_seconds=args.sim_busy, busy_gpus=busy_gpus) as settings:
@@ -108,8 +108,8 @@ def handle(args, ctx: cli.Context) -> dict:
 
 def _refuse_over_budget(args, config: dict) -> None:
     """--max-hourly-cost: a worst case above the limit is refused before any network call."""
-    from autodl_esd.cost import cost_bounds, over_budget_problem
-    from autodl_esd.errors import AutoDLError, ErrorType
+    from autodl_esd.money.estimate import cost_bounds, over_budget_problem
+    from autodl_esd.core.errors import AutoDLError, ErrorType
 
     if args.max_hourly_cost is None:
         return

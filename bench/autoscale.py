@@ -106,7 +106,7 @@ class Side:
 
 
 async def start_gateway(side: Side, client_factory, hour: float, autoscale: bool, decisions: list) -> None:
-    from autodl_esd import api
+    from autodl_esd.platform import api
     from autodl_esd.serving.autoscale_policy import AutoscaleConfig
     from autodl_esd.serving.autoscaler import Autoscaler, GatewayAutoscaler, ReplicaScaler
     from autodl_esd.serving.gateway import Gateway, GatewayOptions
@@ -200,9 +200,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from autodl_esd import api
-    from autodl_esd.http import ApiClient
-    from autodl_esd.settings import load_settings
+    from autodl_esd.platform import api
+    from autodl_esd.core.http import ApiClient
+    from autodl_esd.core.settings import load_settings
     from simulator import Simulator
 
     hour = args.day_seconds / 24

@@ -81,8 +81,8 @@ def deploy(sim, replicas: int) -> str:
 
 
 def api_client(sim):
-    from autodl_esd.http import ApiClient
-    from autodl_esd.settings import Settings
+    from autodl_esd.core.http import ApiClient
+    from autodl_esd.core.settings import Settings
 
     # Loopback simulator: anything slower than a few seconds is a hang, not a slow answer.
     return ApiClient(Settings(token=sim.token, host=sim.url, http_timeout=5.0))

@@ -4,7 +4,7 @@
 Against one loopback simulator, the same read (`gpu_stock`) three ways, N times each:
 
   - in-process: the script's `main()` called in this process (what an in-process server
-    would cost per call; the server does not do this, see autodl_esd/mcp_app.py);
+    would cost per call; the server does not do this, see autodl_esd/mcp/server.py);
   - subprocess: `python scripts/gpu_stock.py`, as an agent with a shell runs it;
   - MCP tool: `tools/call gpu_stock` over stdio through one server session (the SDK client).
 

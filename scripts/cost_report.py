@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/cost_report.py --name my-service",
@@ -15,7 +15,7 @@ EXAMPLES = [
 def _since(text: str):
     import argparse
 
-    from autodl_esd.timeline import parse_since
+    from autodl_esd.core.clock import parse_since
 
     try:
         return parse_since(text)
@@ -38,10 +38,10 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.resolve import resolve_from_args
-    from autodl_esd.spend import spend_report
-    from autodl_esd.timeline import platform_now
+    from autodl_esd.platform import api
+    from autodl_esd.platform.resolve import resolve_from_args
+    from autodl_esd.money.spend import spend_report
+    from autodl_esd.core.clock import platform_now
 
     selected = args.deployment_uuid or args.name or args.config
     if bool(selected) == bool(args.all):

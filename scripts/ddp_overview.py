@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/ddp_overview.py --name my-service",
@@ -25,8 +25,8 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.resolve import resolve_from_args
+    from autodl_esd.platform import api
+    from autodl_esd.platform.resolve import resolve_from_args
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)

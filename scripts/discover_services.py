@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/discover_services.py --name my-service",
@@ -91,15 +91,15 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     if args.job_id and not args.detach:  # the detached process: the same run, under its job record
-        from autodl_esd import service_jobs
+        from autodl_esd.serving import detached
 
-        return service_jobs.run_service(args.job_id, lambda on_ready: discover(args, ctx, on_ready))
+        return detached.run_service(args.job_id, lambda on_ready: discover(args, ctx, on_ready))
     return discover(args, ctx)
 
 
 def discover(args, ctx: cli.Context, on_ready=None) -> dict:
     from autodl_esd.serving import registry
-    from autodl_esd.resolve import resolve_from_args
+    from autodl_esd.platform.resolve import resolve_from_args
 
     if args.detach and args.job_id:
         raise cli.UsageError("--detach 与 --job-id 不能同时用。", "去掉 --job-id (它只给后台进程自己用)。")
@@ -111,7 +111,7 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
         raise cli.UsageError(f"{', '.join(watch_only)} 只在 --watch 模式下有效。", "加 --watch, 或去掉这些参数只查询一次。")
     check_scale_out_flags(args)
     if args.detach:
-        from autodl_esd.service_jobs import refuse_passwords_in
+        from autodl_esd.serving.detached import refuse_passwords_in
 
         refuse_passwords_in({"--redis": args.redis})
     serve_at = None
@@ -138,7 +138,7 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
     if not args.watch:
         document = registry.build_registry(client, deployment_uuid, args.port, ctx.progress, health=health)
         return {**document, "warnings": _single_machine(document, deployment)}
-    from autodl_esd.polling import floor_interval
+    from autodl_esd.core.polling import floor_interval
 
     interval = floor_interval(args.interval, client.host, ctx.progress)
     options = registry.WatchOptions(interval=interval, port=args.port, resync_every=args.resync_every, out=args.out,
@@ -151,10 +151,10 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
     if redis_watch is None:
         options.sinks.extend(local_sinks)
     if args.detach:  # every check above passed: the same watch, in the background
-        from autodl_esd import service_jobs
+        from autodl_esd.serving import detached
 
         argv = cli.command_line(build_parser(), args, drop=("detach", "job_id"), paths=("config", "out", "haproxy_socket"))
-        return {**service_jobs.start_detached("watch", "discover_services.py", argv, ctx.progress), "detached": True}
+        return {**detached.start_detached("watch", "discover_services.py", argv, ctx.progress), "detached": True}
     endpoint = None
     if serve_at:
         try:
@@ -208,7 +208,7 @@ def redis_runner(args, watcher, interval: float, local_sinks: list, ctx: cli.Con
     """The Redis-backed watch (publish + lock), after checking the server answers."""
     from urllib.parse import urlsplit
 
-    from autodl_esd.output import register_secret
+    from autodl_esd.core.output import register_secret
     from autodl_esd.serving import redis_registry
 
     try:
@@ -251,7 +251,7 @@ def haproxy_sink(args, deployment_uuid: str, ctx: cli.Context):
 
 def _single_machine(document: dict, deployment: dict) -> list:
     """single_machine: every running replica on one host (one failure takes the service down)."""
-    from autodl_esd.containers import single_machine_warning
+    from autodl_esd.platform.containers import single_machine_warning
 
     running = [{"uuid": s["container_uuid"], "machine_id": s["machine_id"], "status": "running"} for s in document["services"]]
     warning = single_machine_warning(running, deployment)

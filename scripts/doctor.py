@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/doctor.py",
@@ -27,12 +27,12 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.doctor import diagnose
+    from autodl_esd.platform.doctor import diagnose
 
     configs = [args.config] if args.config else []
 
     if args.sim:
-        from autodl_esd.sandbox import simulated_platform
+        from autodl_esd.core.sandbox import simulated_platform
 
         with simulated_platform(ctx.progress) as settings:
             ctx.settings = settings

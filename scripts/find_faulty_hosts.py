@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/find_faulty_hosts.py --name my-service",
@@ -60,8 +60,8 @@ def build_parser() -> cli.JsonArgumentParser:
 def handle(args, ctx: cli.Context) -> dict:
     from datetime import timedelta
 
-    from autodl_esd import api
-    from autodl_esd.host_health import (
+    from autodl_esd.platform import api
+    from autodl_esd.platform.host_health import (
         REPLICA_SET_CAVEAT,
         analyse_machines,
         apply_blacklist,
@@ -71,7 +71,7 @@ def handle(args, ctx: cli.Context) -> dict:
         machine_id_flags,
         select_named_machines,
     )
-    from autodl_esd.resolve import deployment_summary, resolve_from_args
+    from autodl_esd.platform.resolve import deployment_summary, resolve_from_args
 
     apply_only = [flag for flag, value in (("--yes", args.yes), ("--comment", args.comment),
                                            ("--expire-minutes", args.expire_minutes), ("--machine-id", args.machine_id)) if value]

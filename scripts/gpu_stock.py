@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/gpu_stock.py",
@@ -26,9 +26,9 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.errors import AutoDLError, ErrorType
-    from autodl_esd.stock import requested_stock, similar_gpu_names
+    from autodl_esd.platform import api
+    from autodl_esd.core.errors import AutoDLError, ErrorType
+    from autodl_esd.platform.stock import requested_stock, similar_gpu_names
 
     stock, raw = api.gpu_stock(ctx.client(), args.region)
     unknown = [name for name in args.gpu or [] if name not in stock]

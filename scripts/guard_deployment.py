@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/guard_deployment.py --name my-job --max-runtime 6                 # 只说明会做什么",
@@ -49,7 +49,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     selected = bool(args.deployment_uuid or args.name or args.config)
     modes = [name for name, on in (("--list", args.list), ("--cancel", args.cancel), ("--resume", args.resume), ("部署选择", selected)) if on]
@@ -66,10 +66,10 @@ def handle(args, ctx: cli.Context) -> dict:
 
 
 def _create(args, ctx: cli.Context) -> dict:
-    from autodl_esd import guard
-    from autodl_esd.polling import floor_interval
-    from autodl_esd.resolve import deployment_impact, resolve_from_args
-    from autodl_esd.timeline import platform_now
+    from autodl_esd.money import guard
+    from autodl_esd.core.polling import floor_interval
+    from autodl_esd.platform.resolve import deployment_impact, resolve_from_args
+    from autodl_esd.core.clock import platform_now
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)
@@ -94,7 +94,7 @@ def _create(args, ctx: cli.Context) -> dict:
 
 
 def _resume(args, ctx: cli.Context) -> dict:
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     files = guard.files_for(args.resume)
     state = guard.read_state(files)
@@ -111,8 +111,8 @@ def _resume(args, ctx: cli.Context) -> dict:
 
 
 def _run(ctx: cli.Context, files) -> dict:
-    from autodl_esd import guard
-    from autodl_esd.notify import notify_quietly
+    from autodl_esd.money import guard
+    from autodl_esd.platform.notify import notify_quietly
 
     client = ctx.client()
     state = guard.read_state(files)
@@ -129,7 +129,7 @@ def _run(ctx: cli.Context, files) -> dict:
 
 def _client_or_none(ctx: cli.Context):
     """A client to date a cancel on the platform's clock; cancelling works without a token."""
-    from autodl_esd.errors import AutoDLError
+    from autodl_esd.core.errors import AutoDLError
 
     try:
         return ctx.client()

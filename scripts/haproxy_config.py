@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out /etc/haproxy/haproxy.cfg --socket /run/haproxy/autodl.sock",
@@ -96,7 +96,7 @@ def handle(args, ctx: cli.Context) -> dict:
     if deployment_uuid is not None and not re.match(r"^[0-9a-f]{15}$", deployment_uuid):
         raise cli.UsageError(f"--deployment-uuid {deployment_uuid!r} 不是 15 位小写十六进制。")
     if deployment_uuid is None:  # --name / --config: one look at the deployment list
-        from autodl_esd.resolve import resolve_from_args
+        from autodl_esd.platform.resolve import resolve_from_args
 
         deployment_uuid = resolve_from_args(ctx.client(), args)["uuid"]
     options = haproxy.server_options(args.check_interval, args.check_fall, args.check_rise, args.error_limit, args.server_maxconn)
@@ -156,9 +156,9 @@ def routing_warnings(ctx: cli.Context, deployment_uuid: str, port) -> tuple:
     One look at the running containers, with the URL the watcher would register; when the
     platform cannot be asked (no token, offline) the config is written without the check.
     """
-    from autodl_esd import api
-    from autodl_esd.containers import primary_service_url
-    from autodl_esd.errors import AutoDLError
+    from autodl_esd.platform import api
+    from autodl_esd.platform.containers import primary_service_url
+    from autodl_esd.core.errors import AutoDLError
     from autodl_esd.serving import haproxy
 
     try:

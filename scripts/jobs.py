@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python3 scripts/jobs.py --list                                  # 本机全部后台任务",
@@ -38,8 +38,9 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import jobs, submission
-    from autodl_esd.state import state_root
+    from autodl_esd import jobs
+    from autodl_esd.deploy import submission
+    from autodl_esd.core.state import state_root
 
     if args.wait and not args.status:
         raise cli.UsageError("--wait 只能和 --status 一起用。")
@@ -64,7 +65,7 @@ def handle(args, ctx: cli.Context) -> dict:
 def _client_or_none(ctx: cli.Context):
     """Status and cancel work from the records alone; a client (when a token is set) lets
     --status look up an unknown outcome on the platform."""
-    from autodl_esd.errors import AutoDLError
+    from autodl_esd.core.errors import AutoDLError
 
     try:
         return ctx.client()

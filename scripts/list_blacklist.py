@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/list_blacklist.py",
@@ -20,8 +20,8 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.errors import ApiError
+    from autodl_esd.platform import api
+    from autodl_esd.core.errors import ApiError
 
     try:
         entries = api.list_blacklist(ctx.client())

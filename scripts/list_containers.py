@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/list_containers.py --name my-service",
@@ -14,7 +14,7 @@ EXAMPLES = [
 
 
 def build_parser() -> cli.JsonArgumentParser:
-    from autodl_esd.containers import CONTAINER_STATUSES
+    from autodl_esd.platform.containers import CONTAINER_STATUSES
 
     parser = cli.make_parser(
         "list_containers.py",
@@ -31,9 +31,9 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.containers import container_view, single_machine_warning
-    from autodl_esd.resolve import deployment_summary, resolve_from_args
+    from autodl_esd.platform import api
+    from autodl_esd.platform.containers import container_view, single_machine_warning
+    from autodl_esd.platform.resolve import deployment_summary, resolve_from_args
 
     deployment = resolve_from_args(ctx.client(), args)
     containers = api.list_containers(

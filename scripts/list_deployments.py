@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/list_deployments.py",
@@ -31,12 +31,12 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.cost import PRICE_ESTIMATES_BASIS
-    from autodl_esd.resolve import deployment_view
+    from autodl_esd.platform import api
+    from autodl_esd.money.estimate import PRICE_ESTIMATES_BASIS
+    from autodl_esd.platform.resolve import deployment_view
 
     if args.name_glob:
-        from autodl_esd.resolve import deployments_matching
+        from autodl_esd.platform.resolve import deployments_matching
 
         deployments = deployments_matching(ctx.client(), args.name_glob, status=args.status)
         if args.deployment_uuid:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/list_images.py",
@@ -28,7 +28,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
+    from autodl_esd.platform import api
 
     def shown(image: dict) -> dict:
         return {**image, "image_name": api.image_name(image)}

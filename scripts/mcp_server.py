@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/mcp_server.py --sim          # 先试这个: 所有工具连到内置模拟器, 不需要令牌, 不花钱",
@@ -31,18 +31,18 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def list_tools(args, ctx: cli.Context) -> dict:
-    from autodl_esd import mcp_tools
+    from autodl_esd.mcp import catalog
 
     items = [
         {"name": tool.name, "script": tool.script_relative, "annotations": tool.annotations,
          "confirm": tool.policy.mutating, "input_schema": tool.input_schema}
-        for tool in mcp_tools.build_catalog().values()
+        for tool in catalog.build_catalog().values()
     ]
-    return cli.list_result(items, not_tools=mcp_tools.NOT_TOOLS)
+    return cli.list_result(items, not_tools=catalog.NOT_TOOLS)
 
 
 def main(argv=None) -> int:
-    from autodl_esd.output import emit_error
+    from autodl_esd.core.output import emit_error
 
     parser = build_parser()
     try:
@@ -60,9 +60,9 @@ def main(argv=None) -> int:
 
 
 def _serve(args) -> int:
-    from autodl_esd.deps import require
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.output import Progress, emit_error
+    from autodl_esd.core.deps import require
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.core.output import Progress, emit_error
 
     log = Progress(quiet=args.quiet)
     try:
@@ -76,15 +76,15 @@ def _serve(args) -> int:
 
     import anyio
 
-    from autodl_esd import mcp_app, mcp_tools
+    from autodl_esd.mcp import server, catalog
 
     try:
-        runner = mcp_app.ToolRunner(tools=mcp_tools.build_catalog(), log=log)
+        runner = server.ToolRunner(tools=catalog.build_catalog(), log=log)
         if args.sim:
             return _serve_simulated(args, runner)
-        mcp_app.known_secrets({})
+        server.known_secrets({})
         log.log(f"MCP 服务器已启动 (stdio), {runner.tool_count} 个工具; 连到 {_platform_host()} (AUTODL_HOST), 令牌取自环境变量或 .env")
-        anyio.run(mcp_app.serve_stdio, runner)
+        anyio.run(server.serve_stdio, runner)
     except AutoDLError as error:
         log.log(error.message)
         return emit_error(error)
@@ -93,8 +93,8 @@ def _serve(args) -> int:
 
 def _platform_host() -> str:
     """Where the tools will connect, for the start-up line; a token problem is each tool's to report."""
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.settings import load_settings
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.core.settings import load_settings
 
     try:
         return load_settings().host
@@ -105,15 +105,15 @@ def _platform_host() -> str:
 def _serve_simulated(args, runner) -> int:
     import anyio
 
-    from autodl_esd import mcp_app
-    from autodl_esd.sandbox import simulated_platform
+    from autodl_esd.mcp import server
+    from autodl_esd.core.sandbox import simulated_platform
 
     with simulated_platform(runner.log, cluster=args.sim_cluster) as settings:
         runner.env_overrides = {"AUTODL_HOST": settings.host, "AUTODL_TOKEN": settings.token}
         runner.simulated = True
-        mcp_app.known_secrets(runner.env_overrides)
+        server.known_secrets(runner.env_overrides)
         runner.log.log(f"MCP 服务器已启动 (stdio), {runner.tool_count} 个工具; 全部连到本地模拟器 {settings.host}")
-        anyio.run(mcp_app.serve_stdio, runner)
+        anyio.run(server.serve_stdio, runner)
     return 0
 
 

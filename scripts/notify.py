@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     'python scripts/notify.py --title "训练完成" --content "resnet-batch-training 的 4 个容器都已结束"',
@@ -11,7 +11,7 @@ EXAMPLES = [
 
 
 def build_parser() -> cli.JsonArgumentParser:
-    from autodl_esd.notify import MAX_TITLE_CHARS, PER_DAY, PER_MINUTE
+    from autodl_esd.platform.notify import MAX_TITLE_CHARS, PER_DAY, PER_MINUTE
 
     parser = cli.make_parser(
         "notify.py",
@@ -27,7 +27,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.notify import send
+    from autodl_esd.platform.notify import send
 
     if not args.title.strip():
         raise cli.UsageError("--title 不能为空。")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 from autodl_esd.serving.autoscale_cli import add_autoscale_arguments
 
 EXAMPLES = [
@@ -102,18 +102,18 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import service_jobs
+    from autodl_esd.serving import detached
     from autodl_esd.serving.serve import prepare, serve
 
     if args.detach:
         if args.job_id:
             raise cli.UsageError("--detach 与 --job-id 不能同时用。", "去掉 --job-id (它只给后台进程自己用)。")
-        service_jobs.refuse_passwords_in({"--registry-redis": args.registry_redis, "--registry-url": args.registry_url})
+        detached.refuse_passwords_in({"--registry-redis": args.registry_redis, "--registry-url": args.registry_url})
         prepare(args, ctx)  # bad input is an error here, before anything is started
         argv = cli.command_line(build_parser(), args, drop=("detach", "job_id"), paths=("config", "registry"))
-        return {**service_jobs.start_detached("gateway", "serve_gateway.py", argv, ctx.progress), "detached": True}
+        return {**detached.start_detached("gateway", "serve_gateway.py", argv, ctx.progress), "detached": True}
     if args.job_id:
-        return service_jobs.run_service(args.job_id, lambda on_ready: serve(args, ctx, on_ready))
+        return detached.run_service(args.job_id, lambda on_ready: serve(args, ctx, on_ready))
     return serve(args, ctx)
 
 

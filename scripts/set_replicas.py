@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/set_replicas.py --name my-service --replica-num 4",
@@ -44,10 +44,15 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.effects import Change, apply_change
-    from autodl_esd.errors import AutoDLError, ErrorType
-    from autodl_esd.resolve import deployment_by_uuid, deployment_impact, deployment_summary, resolve_from_args
+    from autodl_esd.platform import api
+    from autodl_esd.platform.effects import Change, apply_change
+    from autodl_esd.core.errors import AutoDLError, ErrorType
+    from autodl_esd.platform.resolve import (
+        deployment_by_uuid,
+        deployment_impact,
+        deployment_summary,
+        resolve_from_args,
+    )
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)
@@ -108,10 +113,10 @@ SCALE_DOWN_NOTE = ("stopped_by_scale_down 中的容器是缩容停掉的: find_f
 
 
 def _wait(client, ctx: cli.Context, uuid: str, args, live_before: list) -> dict:
-    from autodl_esd.containers import container_summary
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.polling import ReadErrors, floor_interval
-    from autodl_esd.waiting import stopped_since, wait_running_count
+    from autodl_esd.platform.containers import container_summary
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.core.polling import ReadErrors, floor_interval
+    from autodl_esd.platform.follow import stopped_since, wait_running_count
 
     ctx.partial.update(deployment_uuid=uuid, took_effect=True)  # an interrupt mid-wait: the scale is done
     ctx.partial.pop("interrupt_hint", None)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/stop_container.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --decrease-one-replica-num",
@@ -29,10 +29,10 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd import api
-    from autodl_esd.containers import STOPPING_STATUSES, container_summary
-    from autodl_esd.effects import Change, apply_change
-    from autodl_esd.resolve import deployment_by_uuid, deployment_summary, resolve_container
+    from autodl_esd.platform import api
+    from autodl_esd.platform.containers import STOPPING_STATUSES, container_summary
+    from autodl_esd.platform.effects import Change, apply_change
+    from autodl_esd.platform.resolve import deployment_by_uuid, deployment_summary, resolve_container
 
     client = ctx.client()
     container = resolve_container(client, args.container_uuid)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/stop_deployment.py --name my-service            # 只说明会停掉什么",
@@ -32,10 +32,10 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.effects import apply_change
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.guard import guards_watching
-    from autodl_esd.resolve import (
+    from autodl_esd.platform.effects import apply_change
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.money.guard import guards_watching
+    from autodl_esd.platform.resolve import (
         deployment_impact,
         deployment_summary,
         require_confirmation,
@@ -44,7 +44,7 @@ def handle(args, ctx: cli.Context) -> dict:
 
     client = ctx.client()
     if args.name_glob:
-        from autodl_esd.bulk import run_bulk
+        from autodl_esd.deploy.bulk import run_bulk
 
         return run_bulk(client, ctx, pattern=args.name_glob, yes=args.yes, expected_text=args.expect_uuids,
                         verb="停止", action="stop_deployment", change_for=lambda d: stop_change(client, d["uuid"]),
@@ -83,9 +83,9 @@ def handle(args, ctx: cli.Context) -> dict:
 
 
 def stop_change(client, uuid: str):
-    from autodl_esd import api
-    from autodl_esd.effects import Change
-    from autodl_esd.resolve import deployment_by_uuid
+    from autodl_esd.platform import api
+    from autodl_esd.platform.effects import Change
+    from autodl_esd.platform.resolve import deployment_by_uuid
 
     return Change(
         what=f"停止部署 {uuid}",

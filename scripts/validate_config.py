@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/validate_config.py examples/replicaset-service.json",
@@ -22,9 +22,9 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.config import build_request, dialect_of, load_and_validate
-    from autodl_esd.cost import cost_bounds
-    from autodl_esd.lint import lint_config
+    from autodl_esd.platform.config import build_request, dialect_of, load_and_validate
+    from autodl_esd.money.estimate import cost_bounds
+    from autodl_esd.platform.lint import lint_config
 
     config = load_and_validate(args.config)
     return {

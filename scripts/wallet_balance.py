@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autodl_esd import cli
+from autodl_esd.core import cli
 
 EXAMPLES = [
     "python scripts/wallet_balance.py",
@@ -24,8 +24,8 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.cost import LOW_BALANCE_HOURS, balance_cover
-    from autodl_esd.wallet import read_wallet
+    from autodl_esd.money.estimate import LOW_BALANCE_HOURS, balance_cover
+    from autodl_esd.money.wallet import read_wallet
 
     wallet = read_wallet(ctx.client())
     warnings = []

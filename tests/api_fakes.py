@@ -42,7 +42,7 @@ def api():
 
 @pytest.fixture(autouse=True)
 def fast_read_back(monkeypatch):
-    from autodl_esd import resolve
+    from autodl_esd.platform import resolve
 
     monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)
 

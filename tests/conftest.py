@@ -27,7 +27,7 @@ TEST_HOST = "http://127.0.0.1:9"  # loopback, discard port: a leaked real reques
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch, tmp_path):
     """No real .env, a fake token, a loopback host, no real sleeping in retries."""
-    from autodl_esd import http, output, settings
+    from autodl_esd.core import http, output, settings
 
     for name in ("AUTODL_TOKEN", "AUTODL_HOST", "AUTODL_HTTP_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from autodl_esd import api
-from autodl_esd.http import ApiClient
-from autodl_esd.settings import load_settings
+from autodl_esd.platform import api
+from autodl_esd.core.http import ApiClient
+from autodl_esd.core.settings import load_settings
 from conftest import envelope, url
 
 
@@ -27,7 +27,7 @@ def test_blacklist_listing_accepts_a_list_null_or_a_page(mocked):
     ("RTX 4080", []),
 ])
 def test_gpu_name_suggestions_keep_the_model_number(typed, expected):
-    from autodl_esd.stock import similar_gpu_names
+    from autodl_esd.platform.stock import similar_gpu_names
 
     available = ["RTX 4090", "RTX 4090D", "RTX A5000", "NVIDIA A40", "Tesla V100-SXM2-32GB"]
     assert similar_gpu_names(typed, available) == expected
@@ -41,8 +41,8 @@ def test_gpu_name_suggestions_keep_the_model_number(typed, expected):
     ("http://localhost:8000", False),
 ])
 def test_polling_the_real_platform_is_at_least_one_second_apart(host, floored):
-    from autodl_esd.output import Progress
-    from autodl_esd.polling import MIN_REMOTE_POLL_SECONDS, floor_interval
+    from autodl_esd.core.output import Progress
+    from autodl_esd.core.polling import MIN_REMOTE_POLL_SECONDS, floor_interval
 
     assert floor_interval(0.01, host, Progress(quiet=True)) == (MIN_REMOTE_POLL_SECONDS if floored else 0.01)
     assert floor_interval(5.0, host, Progress(quiet=True)) == 5.0

@@ -41,14 +41,14 @@ REQUEST = {
 
 
 def client():
-    from autodl_esd.http import ApiClient
-    from autodl_esd.settings import load_settings
+    from autodl_esd.core.http import ApiClient
+    from autodl_esd.core.settings import load_settings
 
     return ApiClient(load_settings())
 
 
 def deploy(instance, replicas: int, **overrides) -> str:
-    from autodl_esd import api
+    from autodl_esd.platform import api
 
     uuid = api.create_deployment(client(), {**REQUEST, "replica_num": replicas, **overrides})
     instance.wait_until(lambda: running(instance, uuid) == replicas, WAIT_SECONDS)
@@ -67,7 +67,7 @@ class InProcessGateway:
     """A gateway (with the autoscaler extension) on its own event loop thread."""
 
     def __init__(self, deployment_uuid: str, config, queue_timeout: float = 10.0, load_path: str | None = None, **options):
-        from autodl_esd import api
+        from autodl_esd.platform import api
         from autodl_esd.serving.autoscaler import Autoscaler, GatewayAutoscaler, ReplicaScaler
         from autodl_esd.serving.gateway import Gateway, GatewayOptions
         from autodl_esd.serving.registry import RegistryWatcher, WatchOptions

@@ -13,9 +13,9 @@ from responses import matchers
 
 from conftest import envelope, url
 
-from autodl_esd import api
-from autodl_esd.http import ApiClient
-from autodl_esd.settings import load_settings
+from autodl_esd.platform import api
+from autodl_esd.core.http import ApiClient
+from autodl_esd.core.settings import load_settings
 from autodl_esd.serving.autoscale_policy import AutoscaleConfig
 from autodl_esd.serving.autoscaler import (
     Autoscaler,
@@ -85,7 +85,7 @@ def test_a_refused_set_replicas_took_no_effect(mocked):
 
 
 def test_a_lost_answer_is_read_back_and_reported_not_resent(mocked, monkeypatch):
-    from autodl_esd import effects
+    from autodl_esd.platform import effects
 
     now = [0.0]
     monkeypatch.setattr(effects, "_now", lambda: now[0])
@@ -107,7 +107,7 @@ def test_a_lost_answer_is_read_back_and_reported_not_resent(mocked, monkeypatch)
     ({"json": envelope([{"machine_id": "0c0c0c0c0c"}])}, True),
 ])
 def test_a_blacklisting_whose_answer_was_lost_is_true_only_when_seen(mocked, monkeypatch, listed, took_effect):
-    from autodl_esd import effects
+    from autodl_esd.platform import effects
 
     now = [0.0]
     monkeypatch.setattr(effects, "_now", lambda: now[0])

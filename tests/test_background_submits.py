@@ -43,7 +43,8 @@ def started_runs():
     """Run ids whose processes are killed when the test ends (whatever it asserted)."""
     ids: list[str] = []
     yield ids
-    from autodl_esd import background, jobs
+    from autodl_esd.core import background
+    from autodl_esd import jobs
 
     for run_id in ids:
         files = jobs.files_for(run_id)
@@ -168,7 +169,7 @@ def test_kill_9_after_the_create_was_sent_resumes_by_reconciling_never_by_sendin
 def test_resume_after_a_crash_mid_create_never_sends_and_ends_may_have_been_created(sim, run, config_file, monkeypatch,
                                                                                      result_validator):
     """A record left in `submitting` whose create never reached the platform: resume only looks."""
-    from autodl_esd import submission
+    from autodl_esd.deploy import submission
 
     instance = sim()
     monkeypatch.setenv("AUTODL_HTTP_TIMEOUT", "1")

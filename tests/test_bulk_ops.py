@@ -96,7 +96,7 @@ def test_a_failure_on_one_deployment_is_reported_per_deployment(run, monkeypatch
     from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, deployment, page
     from conftest import envelope
 
-    from autodl_esd import resolve
+    from autodl_esd.platform import resolve
 
     monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)  # the read-backs need no real pauses
     first, second = "aaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbb"
@@ -133,8 +133,8 @@ def test_an_interrupt_mid_batch_says_what_happened_to_each_deployment(run, monke
     import responses
 
     from api_fakes import CONTAINERS, DEPLOYMENTS, deployment, page
-    from autodl_esd import api
-    from autodl_esd.errors import Interrupted
+    from autodl_esd.platform import api
+    from autodl_esd.core.errors import Interrupted
 
     first, second, third = "aaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbb", "ccccccccccccccc"
     matches = [deployment(uuid=u, name=f"demo-{n}") for n, u in enumerate((first, second, third))]
@@ -170,7 +170,7 @@ def test_a_lost_answer_on_one_deployment_is_unknown_not_false(run, monkeypatch, 
     from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, deployment, page
     from conftest import envelope
 
-    from autodl_esd import effects
+    from autodl_esd.platform import effects
 
     now = [0.0]
     monkeypatch.setattr(effects, "_now", lambda: now[0])

@@ -16,7 +16,7 @@ CST = timezone(timedelta(hours=8))
 
 
 def test_progress_lines_are_stamped_in_the_platform_zone(monkeypatch):
-    from autodl_esd.output import Progress
+    from autodl_esd.core.output import Progress
 
     monkeypatch.setenv("TZ", "America/New_York")  # a machine far from China
     if hasattr(time, "tzset"):

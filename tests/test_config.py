@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from autodl_esd import config as config_module
-from autodl_esd.config import build_request, dialect_of, load_config, validate_config
-from autodl_esd.errors import AutoDLError, ErrorType
+from autodl_esd.platform import config as config_module
+from autodl_esd.platform.config import build_request, dialect_of, load_config, validate_config
+from autodl_esd.core.errors import AutoDLError, ErrorType
 from conftest import ROOT
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
@@ -162,7 +162,7 @@ def test_memory_ceiling_in_bytes_says_what_the_range_filters_and_warns_when_it_f
 
 
 def test_low_ceilings_are_lint_warnings():
-    from autodl_esd.lint import lint_config
+    from autodl_esd.platform.lint import lint_config
 
     config = with_template(private(), memory_size_to=16, cpu_num_to=4)
     codes = {w["code"] for w in lint_config(config)}

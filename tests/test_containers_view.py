@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api_fakes import CONTAINER_UUID, PASSWORD, container
-from autodl_esd.containers import container_summary, container_view
+from autodl_esd.platform.containers import container_summary, container_view
 
 
 def test_every_view_names_the_container_uuid_the_way_the_flags_do():

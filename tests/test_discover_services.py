@@ -105,8 +105,8 @@ def platform(mocked):
 @pytest.fixture
 def make_watcher(tmp_path):
     from autodl_esd.serving import registry
-    from autodl_esd.http import ApiClient
-    from autodl_esd.settings import load_settings
+    from autodl_esd.core.http import ApiClient
+    from autodl_esd.core.settings import load_settings
 
     def make(**options):
         options.setdefault("out", str(tmp_path / "registry.json"))
@@ -380,7 +380,7 @@ def test_watch_script_bounded_by_max_cycles(run, platform, tmp_path, result_vali
 
 def test_watch_stopped_by_a_signal_ends_normally_with_a_summary(run, platform, monkeypatch, result_validator):
     from autodl_esd.serving import registry
-    from autodl_esd.errors import Interrupted
+    from autodl_esd.core.errors import Interrupted
 
     platform.start(MACHINE_A, 1)
     real_cycle = registry.RegistryWatcher.cycle

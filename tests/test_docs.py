@@ -109,7 +109,7 @@ def json_blocks(name: str) -> list[object]:
 
 @pytest.mark.parametrize("name", ["SKILL.md", "examples.md"])
 def test_every_json_block_is_a_valid_config_or_output(name, result_validator):
-    from autodl_esd.config import validate_config
+    from autodl_esd.platform.config import validate_config
 
     registry_keys = {"deployment_uuid", "generated_at", "services"}
     for block in json_blocks(name):
@@ -122,7 +122,7 @@ def test_every_json_block_is_a_valid_config_or_output(name, result_validator):
 
 
 def test_every_example_config_file_validates():
-    from autodl_esd.config import validate_config
+    from autodl_esd.platform.config import validate_config
 
     files = sorted((ROOT / "examples").glob("*.json"))
     assert len(files) >= 4

@@ -95,7 +95,7 @@ def test_every_script_named_in_the_docs_exists(doc):
 
 def test_a_drifted_command_would_be_caught():
     """The check is real: an unknown flag fails the parser."""
-    from autodl_esd.errors import AutoDLError
+    from autodl_esd.core.errors import AutoDLError
 
     with pytest.raises(AutoDLError):
         parse("scripts/list_containers.py", "--name x --no-such-flag")

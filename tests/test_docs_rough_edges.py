@@ -32,7 +32,7 @@ def test_one_cuda_code_list_and_it_is_the_schema():
     section = API[API.index("### CUDA 代码"):API.index("### GPU 型号名称")]
     documented = [int(code) for code in re.findall(r"^\| `(\d+)` \|", section, re.M)]
     assert documented == sorted(private_codes)
-    from autodl_esd.units import KNOWN_CUDA_CODES
+    from autodl_esd.platform.units import KNOWN_CUDA_CODES
 
     assert list(KNOWN_CUDA_CODES) == [code for code in documented if code]
     assert "已知 `111`" not in API, "no second, partial list"

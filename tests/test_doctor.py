@@ -9,7 +9,7 @@ from email.utils import formatdate
 import pytest
 import requests
 
-from autodl_esd import api
+from autodl_esd.platform import api
 from conftest import ROOT, TEST_TOKEN, envelope, url
 
 PRIVATE_CONFIG = str(ROOT / "examples" / "replicaset-service.json")
@@ -221,7 +221,7 @@ def test_clock_skew_is_warned_and_a_missing_date_is_skipped(mocked, run, result_
 
 
 def test_no_date_header_skips_the_clock_check(monkeypatch, mocked, run, result_validator):
-    from autodl_esd import http
+    from autodl_esd.core import http
 
     register(mocked)
     original = http.ApiClient._parse

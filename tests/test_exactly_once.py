@@ -48,7 +48,8 @@ WINDOW_SECONDS = 6.0
 @pytest.fixture
 def real_grace(monkeypatch):
     """A reconcile window of WINDOW_SECONDS on the fake clock (the default is minutes)."""
-    from autodl_esd import effects, submit
+    from autodl_esd.platform import effects
+    from autodl_esd.deploy import submit
 
     monkeypatch.setattr(submit, "DEFAULT_RECONCILE_WINDOW_SECONDS", WINDOW_SECONDS)
     monkeypatch.setattr(effects, "MIN_LOOKS", 3)
@@ -219,7 +220,7 @@ def test_interrupt_during_the_create_call_itself(run, api, config_file, result_v
 @pytest.mark.parametrize("failing", [EVENTS, CONTAINERS])
 def test_a_follow_up_whose_reads_keep_failing_ends_at_its_deadline_naming_the_deployment(
         run, api, config_file, failing, monkeypatch, result_validator):
-    from autodl_esd import http
+    from autodl_esd.core import http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
     expect_checks(api, idle=3)
@@ -239,7 +240,7 @@ def test_a_follow_up_whose_reads_keep_failing_ends_at_its_deadline_naming_the_de
 
 
 def test_a_follow_up_goes_on_through_failed_reads_to_success(run, api, config_file, monkeypatch, result_validator):
-    from autodl_esd import http
+    from autodl_esd.core import http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
     expect_checks(api, idle=3)
@@ -260,7 +261,7 @@ def test_a_follow_up_goes_on_through_failed_reads_to_success(run, api, config_fi
 
 def test_a_failed_check_before_a_retry_says_nothing_was_created(run, api, config_file, monkeypatch, result_validator):
     """Only refusals come before a retry, so a failed name check then means nothing exists."""
-    from autodl_esd import http
+    from autodl_esd.core import http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
     expect_checks(api, idle=3)

@@ -48,7 +48,8 @@ RUNS_PER_MODE = 3
 
 @pytest.mark.parametrize("mode", sorted(SCALED))
 def test_no_duplicate_and_no_unreported_create_under_faults(mode, run, monkeypatch, tmp_path, result_validator):
-    from autodl_esd import effects, submit
+    from autodl_esd.platform import effects
+    from autodl_esd.deploy import submit
 
     monkeypatch.setattr(submit, "DEFAULT_RECONCILE_WINDOW_SECONDS", WINDOW_SECONDS)
     monkeypatch.setattr(effects, "IN_FLIGHT_MARGIN_SECONDS", 0.7)

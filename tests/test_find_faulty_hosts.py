@@ -38,7 +38,7 @@ def running(machine: str, n: int) -> dict:
 
 
 def analyse(containers, deployment_type="ReplicaSet", events=(), min_uptime=300, lookback_hours=24, **deployment):
-    from autodl_esd.host_health import analyse_machines
+    from autodl_esd.platform.host_health import analyse_machines
 
     deployment = {"uuid": DEP, "deployment_type": deployment_type, **deployment}
     return {m["machine_id"]: m for m in analyse_machines(deployment, containers, list(events), min_uptime=min_uptime,

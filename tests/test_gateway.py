@@ -622,7 +622,7 @@ def test_a_registry_file_that_stops_being_rewritten_is_flagged_stale(loop_thread
 def test_the_in_process_watcher_never_lets_the_autodl_token_out(sim, run, monkeypatch):
     import argparse
 
-    from autodl_esd import cli
+    from autodl_esd.core import cli
     from autodl_esd.serving import serve
 
     instance = sim()
@@ -634,7 +634,7 @@ def test_the_in_process_watcher_never_lets_the_autodl_token_out(sim, run, monkey
                               max_inflight_per_replica=0, max_queue=4, queue_timeout=1.0, drain_seconds=1.0,
                               eject_seconds=1.0, allow_host=None, deployment_uuid=out["deployment_uuid"], name=None,
                               config=None, port=None)
-    ctx = cli.Context(args=args, progress=__import__("autodl_esd.output", fromlist=["Progress"]).Progress(quiet=True))
+    ctx = cli.Context(args=args, progress=__import__("autodl_esd.core.output", fromlist=["Progress"]).Progress(quiet=True))
     options = serve.build_options(args)
     source = serve.build_source(args, ctx, options)
     assert instance.token in options.never_forward and options.deployment_uuid == out["deployment_uuid"]

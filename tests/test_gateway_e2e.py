@@ -36,10 +36,10 @@ def running(instance, deployment_uuid) -> list[dict]:
 
 
 def watched_gateway(loop_thread, instance, deployment_uuid, **options):
-    from autodl_esd.http import ApiClient
+    from autodl_esd.core.http import ApiClient
     from autodl_esd.serving.registry import HealthTracker, RegistryWatcher, WatchOptions
     from autodl_esd.serving.sources import WatcherSource
-    from autodl_esd.settings import Settings
+    from autodl_esd.core.settings import Settings
 
     client = ApiClient(Settings(host=instance.url, http_timeout=5, token=instance.token))
     health = HealthTracker("/health", 1.0, 2) if options.pop("watch_health", False) else None

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 
 from conftest import ROOT
-from autodl_esd import guard
-from autodl_esd.timeline import parse_timestamp
+from autodl_esd.money import guard
+from autodl_esd.core.clock import parse_timestamp
 
 SERVICE = str(ROOT / "examples" / "replicaset-service.json")
 HOUR = 3600.0

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from autodl_esd import output
+from autodl_esd.core import output
 from conftest import ROOT, SCRIPTS
 
 EXAMPLE = ROOT / "examples" / "replicaset-service.json"
@@ -115,7 +115,7 @@ def test_a_directory_is_refused(run, tmp_path):
 
 
 def test_a_config_over_the_documented_size_is_refused(run, tmp_path):
-    from autodl_esd.strict_json import MAX_CONFIG_BYTES
+    from autodl_esd.core.strict_json import MAX_CONFIG_BYTES
 
     config = write(tmp_path, replace('"name": "llm-inference-service"', '"name": "' + "x" * MAX_CONFIG_BYTES + '"'))
     code, document, _ = run("validate_config.py", config)
@@ -210,7 +210,7 @@ def test_numeric_flags_are_finite_and_bounded(run, result_validator, script, arg
 
 
 def test_duration_limit_is_inclusive_and_documented(capsys):
-    from autodl_esd import cli
+    from autodl_esd.core import cli
 
     assert cli.positive_seconds(str(cli.MAX_DURATION_SECONDS)) == cli.MAX_DURATION_SECONDS
     assert cli.non_negative_seconds("0") == 0
@@ -266,7 +266,7 @@ def test_malformed_token_is_refused_before_any_request(run, monkeypatch, result_
 
 
 def test_malformed_token_from_env_file_says_where(run, monkeypatch, tmp_path):
-    from autodl_esd import settings
+    from autodl_esd.core import settings
 
     env_file = tmp_path / ".env"
     env_file.write_text('AUTODL_TOKEN="sk-abcdef\\n0123456789"\n', encoding="utf-8")
@@ -293,9 +293,9 @@ def test_request_library_refusals_never_quote_the_token(monkeypatch):
     """Behind the token check: if requests still refuses a header, only the type is told."""
     import requests
 
-    from autodl_esd.errors import ApiError
-    from autodl_esd.http import ApiClient
-    from autodl_esd.settings import Settings
+    from autodl_esd.core.errors import ApiError
+    from autodl_esd.core.http import ApiClient
+    from autodl_esd.core.settings import Settings
 
     token = "sk-abcdef\n0123456789"
     output.register_secret(token)

@@ -11,9 +11,10 @@ import requests
 import responses
 from responses import matchers
 
-from autodl_esd import api, http
-from autodl_esd.errors import ApiError, AutoDLError, ErrorType
-from autodl_esd.settings import load_settings
+from autodl_esd.platform import api
+from autodl_esd.core import http
+from autodl_esd.core.errors import ApiError, AutoDLError, ErrorType
+from autodl_esd.core.settings import load_settings
 from conftest import ROOT, TEST_TOKEN, envelope, url
 
 EXAMPLE = str(ROOT / "examples" / "replicaset-service.json")
@@ -217,7 +218,7 @@ def test_retry_then_success(client, waits):
 
 
 def test_retries_are_logged_to_stderr_without_the_token(mocked, waits, capsys):
-    from autodl_esd.output import Progress
+    from autodl_esd.core.output import Progress
 
     client = http.ApiClient(load_settings(), progress=Progress(quiet=False))
     mocked.post(url(PATH), status=503, body="busy")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from autodl_esd import deps, skill_venv
-from autodl_esd.errors import AutoDLError, ErrorType
+from autodl_esd.core import deps, skill_venv
+from autodl_esd.core.errors import AutoDLError, ErrorType
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -115,7 +115,7 @@ def test_nothing_missing_means_no_reexec(skill_root, monkeypatch):
 
 
 def test_in_process_runs_never_reexec(run, monkeypatch):
-    from autodl_esd import cli
+    from autodl_esd.core import cli
 
     monkeypatch.setattr(cli, "reexec_in_skill_venv", lambda: pytest.fail("re-executed an in-process call"))
     assert run("validate_config.py", str(ROOT / "examples" / "replicaset-service.json"))[0] == 0

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from autodl_esd.config import validate_config
-from autodl_esd.lint import CMD_PATH, lint_cmd, lint_config
+from autodl_esd.platform.config import validate_config
+from autodl_esd.platform.lint import CMD_PATH, lint_cmd, lint_config
 from conftest import ROOT
 
 PRIVATE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))

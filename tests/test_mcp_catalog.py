@@ -13,36 +13,36 @@ import pytest
 
 from conftest import ROOT
 
-from autodl_esd import mcp_tools
-from autodl_esd.mcp_app import INTERRUPTED_CALLS_TOOL, argument_problems
+from autodl_esd.mcp import catalog
+from autodl_esd.mcp.server import INTERRUPTED_CALLS_TOOL, argument_problems
 
-CATALOG = mcp_tools.build_catalog()
+CATALOG = catalog.build_catalog()
 TABLE_BEGIN = "<!-- mcp-tools:begin -->"
 TABLE_END = "<!-- mcp-tools:end -->"
 
 
 def test_every_entry_script_is_a_tool_or_excluded_with_a_reason():
-    missing = mcp_tools.uncovered_scripts()
+    missing = catalog.uncovered_scripts()
     assert not missing, (
         f"entry scripts without an MCP tool: {missing}. Add a ToolPolicy for each to POLICIES in "
-        "scripts/autodl_esd/mcp_tools.py (title, read_only/destructive/idempotent, mode if it changes the "
+        "scripts/autodl_esd/catalog.py (title, read_only/destructive/idempotent, mode if it changes the "
         "platform), or, for a long-running server or a library, an entry in NOT_TOOLS with the reason; "
         "then rewrite the tool tables in SKILL.md and README.md with: python3 tests/test_mcp_catalog.py"
     )
-    assert set(CATALOG) == {mcp_tools.tool_name(name) for name in mcp_tools.POLICIES}
-    assert not set(mcp_tools.POLICIES) & set(mcp_tools.NOT_TOOLS)
-    assert all(reason for reason in mcp_tools.NOT_TOOLS.values())
+    assert set(CATALOG) == {catalog.tool_name(name) for name in catalog.POLICIES}
+    assert not set(catalog.POLICIES) & set(catalog.NOT_TOOLS)
+    assert all(reason for reason in catalog.NOT_TOOLS.values())
 
 
 def test_policies_name_only_existing_scripts():
-    assert set(mcp_tools.POLICIES) <= set(mcp_tools.entry_scripts())
+    assert set(catalog.POLICIES) <= set(catalog.entry_scripts())
 
 
 @pytest.mark.parametrize("name", CATALOG)
 def test_every_flag_of_the_script_is_a_tool_argument_or_hidden_with_a_reason(name):
     tool = CATALOG[name]
-    parser = mcp_tools.load_script(tool.script).build_parser()
-    hidden = {**mcp_tools.COMMON_HIDDEN, **tool.policy.hidden}
+    parser = catalog.load_script(tool.script).build_parser()
+    hidden = {**catalog.COMMON_HIDDEN, **tool.policy.hidden}
     properties = tool.input_schema["properties"]
     for action in parser._actions:
         if action.dest == "yes":
@@ -84,12 +84,12 @@ def sample(prop: dict):
 PRIVATE_TYPE_SAMPLES = {"since": "2026-12-01"}
 
 
-def private_type(option: mcp_tools.Option) -> bool:
+def private_type(option: catalog.Option) -> bool:
     parse = option.action.type
     return parse not in (None, str, int, float) and not hasattr(parse, "json_schema")
 
 
-def sample_arguments(tool: mcp_tools.Tool) -> dict:
+def sample_arguments(tool: catalog.Tool) -> dict:
     """Every argument at once, one member per mutually exclusive group."""
     skip = {member for group in tool.exclusive_groups for member in group[1:]}
     arguments = {key: sample(prop) for key, prop in tool.input_schema["properties"].items()
@@ -108,7 +108,7 @@ def test_tool_arguments_become_the_same_command_line_values(name, confirm):
     tool = CATALOG[name]
     arguments = sample_arguments(tool)
     assert not argument_problems(tool.input_schema, arguments)
-    parsed = mcp_tools.load_script(tool.script).build_parser().parse_args(tool.argv_for(arguments, confirm=confirm))
+    parsed = catalog.load_script(tool.script).build_parser().parse_args(tool.argv_for(arguments, confirm=confirm))
     options = {option.dest: option for option in tool.options}
     for key, value in arguments.items():
         expected = options[key].action.type(value) if private_type(options[key]) else value
@@ -117,15 +117,15 @@ def test_tool_arguments_become_the_same_command_line_values(name, confirm):
         assert getattr(parsed, key) == value, f"{name}.{key} is forced"
     mode = tool.mode(arguments)
     if tool.has_yes:
-        assert parsed.yes is (confirm and mode == mcp_tools.SCRIPT_PREVIEWS)
-    if mode == mcp_tools.DRY_RUN:
+        assert parsed.yes is (confirm and mode == catalog.SCRIPT_PREVIEWS)
+    if mode == catalog.DRY_RUN:
         assert parsed.dry_run is (not confirm)
 
 
 def test_a_new_flag_shows_up_in_the_tool_by_itself(monkeypatch):
     """The catalog is generated: adding an option to a parser adds the argument."""
     tool = CATALOG["list_images"]
-    module = mcp_tools.load_script(tool.script)
+    module = catalog.load_script(tool.script)
     original = module.build_parser
 
     def with_extra_flag():
@@ -133,15 +133,15 @@ def test_a_new_flag_shows_up_in_the_tool_by_itself(monkeypatch):
         parser.add_argument("--brand-new", type=int, choices=(1, 2), help="新参数")
         return parser
 
-    monkeypatch.setattr(mcp_tools, "load_script", lambda path: type("M", (), {"build_parser": staticmethod(with_extra_flag)}))
-    rebuilt = mcp_tools.build_tool("list_images", tool.script, tool.policy)
+    monkeypatch.setattr(catalog, "load_script", lambda path: type("M", (), {"build_parser": staticmethod(with_extra_flag)}))
+    rebuilt = catalog.build_tool("list_images", tool.script, tool.policy)
     assert rebuilt.input_schema["properties"]["brand_new"]["enum"] == [1, 2]
     assert "--brand-new=2" in rebuilt.argv_for({"brand_new": 2}, confirm=False)
 
 
 def test_every_shared_argparse_type_has_a_schema():
     """cli's argparse types say what they accept; a script's private parser falls back to a string."""
-    from autodl_esd import cli
+    from autodl_esd.core import cli
 
     for name, value in vars(cli).items():
         if callable(value) and getattr(value, "__module__", "") == cli.__name__ and not name.startswith("_") \
@@ -173,7 +173,7 @@ def test_annotations_are_truthful():
 
 def test_the_docs_show_the_tool_table():
     """SKILL.md and README.md carry the generated table between the mcp-tools markers."""
-    expected = mcp_tools.markdown_table(CATALOG)
+    expected = catalog.markdown_table(CATALOG)
     for doc in ("SKILL.md", "README.md"):
         text = (ROOT / doc).read_text(encoding="utf-8")
         assert TABLE_BEGIN in text and TABLE_END in text, f"{doc}: no {TABLE_BEGIN} ... {TABLE_END} block"
@@ -186,7 +186,7 @@ def test_the_docs_show_the_tool_table():
 
 def write_tool_tables() -> None:
     """`python3 tests/test_mcp_catalog.py` rewrites the table in SKILL.md and README.md."""
-    table = mcp_tools.markdown_table(mcp_tools.build_catalog())
+    table = catalog.markdown_table(catalog.build_catalog())
     for doc in ("SKILL.md", "README.md"):
         path = ROOT / doc
         head, rest = path.read_text(encoding="utf-8").split(TABLE_BEGIN, 1)
@@ -201,8 +201,8 @@ if __name__ == "__main__":
 @pytest.mark.parametrize(("name", "took_effect", "may_have_been_created"), [
     ("list_images", None, None), ("stop_deployment", "unknown", None), ("queue_submit", "unknown", True)])
 def test_a_child_killed_after_the_grace_says_what_is_unknown(name, took_effect, may_have_been_created):
-    from autodl_esd.mcp_app import _ChildOutput
-    from autodl_esd.output import Progress
+    from autodl_esd.mcp.server import _ChildOutput
+    from autodl_esd.core.output import Progress
 
     child = type("Child", (), {"returncode": -9})()
     output = _ChildOutput(child, None, CATALOG[name], f"python {name}.py", Progress(quiet=True))
@@ -215,8 +215,8 @@ def test_a_child_killed_after_the_grace_says_what_is_unknown(name, took_effect, 
 @pytest.mark.parametrize(("name", "advice"), [("stop_deployment", "重新调用也无害"), ("stop_container", "不要直接重复调用")])
 def test_a_killed_mutation_says_whether_it_may_be_repeated(name, advice):
     """Unknown may still land: only a repeat-safe (idempotent) change is said to be safe to resend."""
-    from autodl_esd.mcp_app import _ChildOutput
-    from autodl_esd.output import Progress
+    from autodl_esd.mcp.server import _ChildOutput
+    from autodl_esd.core.output import Progress
 
     child = type("Child", (), {"returncode": -9})()
     document = _ChildOutput(child, None, CATALOG[name], f"python {name}.py", Progress(quiet=True)).document(killed=True)

@@ -25,7 +25,7 @@ simulator = pytest.importorskip("simulator")
 from anyio.from_thread import start_blocking_portal  # noqa: E402
 from mcp.client.stdio import stdio_client  # noqa: E402
 
-from autodl_esd import mcp_tools  # noqa: E402
+from autodl_esd.mcp import catalog
 
 TOKEN = "mcp-test-token-5f0c9e1d2b7a"
 SERVICE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
@@ -128,7 +128,7 @@ def service(session, platform):
 
 def test_handshake_lists_one_tool_per_script_with_valid_schemas(session):
     tools = {tool.name: tool for tool in session.portal.call(session.client.list_tools).tools}
-    assert set(tools) == {*mcp_tools.build_catalog(), "interrupted_calls"}
+    assert set(tools) == {*catalog.build_catalog(), "interrupted_calls"}
     for name, tool in tools.items():
         jsonschema.Draft202012Validator.check_schema(tool.input_schema)
         hints = tool.annotations
@@ -319,9 +319,9 @@ def wait_for_interrupted(session, deployment_name, timeout=20.0):
 def test_every_tool_was_exercised_here(session):
     """A new script's tool needs a call above: read tools in the read test, mutating ones in the
     no-confirm test (and its preview must make no mutating request)."""
-    catalog = mcp_tools.build_catalog()
-    read_only = {name for name, tool in catalog.items() if not tool.policy.mutating}
-    mutating = set(catalog) - read_only
+    tools = catalog.build_catalog()
+    read_only = {name for name, tool in tools.items() if not tool.policy.mutating}
+    mutating = set(tools) - read_only
     assert read_only <= session.called, f"read tools never called over MCP: {sorted(read_only - session.called)}"
     assert mutating <= session.previewed, f"mutating tools never called without confirm: {sorted(mutating - session.previewed)}"
 

@@ -45,7 +45,7 @@ def test_validate_config_reports_hourly_bounds_for_each_type_and_dialect(run, na
 
 
 def test_bounds_multiply_per_gpu_price_by_gpus_and_parallel_containers():
-    from autodl_esd.cost import cost_bounds
+    from autodl_esd.money.estimate import cost_bounds
 
     job = example("job-training.json")
     job["container_template"].update(gpu_num=4, price_from=1500, price_to=2500)
@@ -157,7 +157,7 @@ def test_simulator_wallet_control_route(sim):
 
 
 def test_cost_bounds_do_not_depend_on_the_dialect_fields():
-    from autodl_esd.cost import cost_bounds
+    from autodl_esd.money.estimate import cost_bounds
 
     public = example("public-cloud-replicaset.json")
     private = copy.deepcopy(example("replicaset-service.json"))

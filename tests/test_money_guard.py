@@ -43,7 +43,7 @@ def deployment_of(simulator, uuid):
 
 
 def guard_states():
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     return guard.all_states()
 
@@ -257,7 +257,7 @@ def test_scales_down_a_service_idle_on_the_gateway_metrics(sim, run):
 
 
 def test_requests_in_flight_are_not_idle():
-    from autodl_esd.idle import Activity, IdleTracker
+    from autodl_esd.money.idle import Activity, IdleTracker
 
     # Each reading is a scrape the gateway counts: 1 in flight now, +1 finished by the next.
     tracker = IdleTracker()
@@ -273,7 +273,7 @@ def test_requests_in_flight_are_not_idle():
 
 
 def test_a_page_without_the_request_histogram_is_not_idle():
-    from autodl_esd.idle import parse_activity
+    from autodl_esd.money.idle import parse_activity
 
     with pytest.raises(ValueError):
         parse_activity("# HELP up up\n# TYPE up gauge\nup 1\n")
@@ -296,7 +296,7 @@ def test_a_job_that_finishes_ends_its_guard(sim, run, tmp_path):
     assert operate_requests(simulator, uuid) == []
     # The Job's end as queue_submit --wait-finished reports it (waiting.wait_finished, when present).
     try:
-        import autodl_esd.waiting  # noqa: F401
+        import autodl_esd.platform.follow  # noqa: F401
     except ImportError:
         assert out["job_end"] is None
     else:
@@ -353,7 +353,7 @@ def test_killed_and_restarted_it_still_acts_once_and_only_once(sim, run, detache
 
 def _crash_mid_action(run, simulator, uuid, action_args):
     """A guard whose intent is on file but whose outcome is not (it died while sending)."""
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     code, out, _ = run("guard_deployment.py", "--deployment-uuid", uuid, "--max-runtime", "9", *action_args, "--yes", "--detach", *FAST)
     assert code == 0, out
@@ -423,7 +423,7 @@ def _pid_alive(pid):
 # --- the decision itself ---------------------------------------------------------------------
 
 def _state(**limits):
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     return {"deployment_uuid": "833f1cd5a764fa3", "deployment_created_at": "2026-01-05T20:00:00+08:00",
             "started_platform_at": "2026-01-05T21:00:00+08:00", "action": "stop", "floor": None,
@@ -431,8 +431,8 @@ def _state(**limits):
 
 
 def test_a_scale_down_never_scales_up():
-    from autodl_esd.guard import Observation, judge
-    from autodl_esd.timeline import parse_timestamp
+    from autodl_esd.money.guard import Observation, judge
+    from autodl_esd.core.clock import parse_timestamp
 
     state = {**_state(max_runtime_hours=1), "action": "scale-to", "floor": 2}
     deployment = {"uuid": "833f1cd5a764fa3", "created_at": "2026-01-05T20:00:00+08:00", "status": "running", "replica_num": 1}
@@ -461,8 +461,8 @@ def test_a_scale_down_never_scales_up():
      "2026-01-05T22:00:00+08:00", {"max_runtime_hours": 1}, "deployment_stopped", None),
 ])
 def test_judge(deployment, containers, now, limits, end, act):
-    from autodl_esd.guard import Observation, judge
-    from autodl_esd.timeline import parse_timestamp
+    from autodl_esd.money.guard import Observation, judge
+    from autodl_esd.core.clock import parse_timestamp
 
     verdict = judge(_state(**limits), Observation(deployment, containers, parse_timestamp(now)))
     assert (verdict.end, verdict.act) == (end, act)
@@ -476,11 +476,11 @@ def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, 
     pytest.importorskip("aiohttp")
     import requests
 
-    from autodl_esd import idle
-    from autodl_esd.http import ApiClient
+    from autodl_esd.money import idle
+    from autodl_esd.core.http import ApiClient
     from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
     from autodl_esd.serving.sources import WatcherSource
-    from autodl_esd.settings import Settings
+    from autodl_esd.core.settings import Settings
     from gateway_harness import LoopThread
 
     simulator = sim()
@@ -550,7 +550,7 @@ def test_a_stop_whose_answer_is_lost_and_not_yet_visible_is_unconfirmed_not_fail
     from api_fakes import DEP_UUID, DEPLOYMENTS, OPERATE, deployment, page
     from conftest import envelope
 
-    from autodl_esd import effects
+    from autodl_esd.platform import effects
 
     now = [0.0]
     monkeypatch.setattr(effects, "_now", lambda: now[0])

@@ -20,7 +20,7 @@ def detached():
     """Kill every detached guard a test leaves running (by the pid its state recorded), even
     when the test failed before it could cancel it."""
     yield
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     for state in guard.all_states():
         if state.get("pid"):
@@ -55,8 +55,8 @@ def test_notify_goes_to_the_www_host_not_the_developer_host(run, monkeypatch):
 
 
 def test_wechat_host_can_be_set(monkeypatch):
-    from autodl_esd.notify import wechat_host
-    from autodl_esd.settings import Settings
+    from autodl_esd.platform.notify import wechat_host
+    from autodl_esd.core.settings import Settings
 
     real = Settings(host="https://private.autodl.com", http_timeout=30, token="x" * 10)
     assert wechat_host(real, {}) == "https://www.autodl.com"
@@ -77,7 +77,7 @@ def test_local_rate_limit_five_a_minute(sim, run, result_validator):
 
 
 def test_local_rate_limit_fifty_a_day(sim, run):
-    from autodl_esd.notify import SendLog
+    from autodl_esd.platform.notify import SendLog
 
     simulator = sim()
     now = time.time()
@@ -89,7 +89,7 @@ def test_local_rate_limit_fifty_a_day(sim, run):
 
 
 def test_a_refused_message_does_not_use_up_the_quota(sim, run):
-    from autodl_esd.notify import SendLog
+    from autodl_esd.platform.notify import SendLog
 
     simulator = sim()
     simulator.set_wallet(wechat_bound=False)
@@ -134,7 +134,7 @@ def test_dry_run_shows_the_guard_it_would_start(sim, run):
 
 
 def test_queue_submit_starts_a_guard_that_stops_the_deployment_and_notifies(sim, run, detached):
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     simulator = sim()
     code, out, _ = run("queue_submit.py", SERVICE, "--wait-running", "--max-runtime", "1", "--notify",

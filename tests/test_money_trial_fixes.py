@@ -16,7 +16,7 @@ from conftest import ROOT
 # --- 2. price_estimates is a rate, said where it is printed ---------------------------------
 
 def test_the_basis_says_price_estimates_is_the_current_rate_not_the_spend():
-    from autodl_esd.cost import CONTAINER_PRICE_BASIS, PRICE_ESTIMATES_BASIS
+    from autodl_esd.money.estimate import CONTAINER_PRICE_BASIS, PRICE_ESTIMATES_BASIS
 
     assert "口径相同" not in CONTAINER_PRICE_BASIS
     assert PRICE_ESTIMATES_BASIS in CONTAINER_PRICE_BASIS
@@ -33,7 +33,7 @@ def test_list_deployments_says_what_price_estimates_yuan_is(run, api):
 
 
 def test_examples_quote_the_basis_as_the_code_prints_it():
-    from autodl_esd.cost import CONTAINER_PRICE_BASIS
+    from autodl_esd.money.estimate import CONTAINER_PRICE_BASIS
 
     text = (ROOT / "examples.md").read_text(encoding="utf-8")
     assert "口径相同" not in text
@@ -52,7 +52,7 @@ def test_list_containers_gives_price_in_yuan_per_hour(run, api):
 
 
 def test_a_container_without_a_price_gets_no_yuan_figure():
-    from autodl_esd.containers import container_view
+    from autodl_esd.platform.containers import container_view
 
     record = container()
     del record["price"]
@@ -132,8 +132,9 @@ def test_stop_of_a_running_service_carries_its_cost_so_far(sim, run, deploy):
 
 
 def test_a_failed_cost_read_never_blocks_the_delete(run, monkeypatch):
-    from autodl_esd import api, spend
-    from autodl_esd.errors import ApiError
+    from autodl_esd.platform import api
+    from autodl_esd.money import spend
+    from autodl_esd.core.errors import ApiError
 
     real = api.list_containers
 
@@ -150,7 +151,7 @@ def test_a_failed_cost_read_never_blocks_the_delete(run, monkeypatch):
 # --- 4. bulk stop/delete list the guards watching each deployment --------------------------
 
 def _watching_guard(uuid: str, name: str) -> str:
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     state = guard.new_state(None, {"uuid": uuid, "name": name, "deployment_type": "Job"},
                             guard.Limits(max_runtime_hours=100), "stop", None, False, 30.0)
@@ -200,7 +201,7 @@ SERVICE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(e
 
 
 def _markers():
-    from autodl_esd.state import state_root
+    from autodl_esd.core.state import state_root
 
     return sorted((state_root() / "queue_waiting").glob("*/*.json"))
 
@@ -250,46 +251,46 @@ def test_a_stale_marker_is_ignored_and_cleared(run, tmp_path):
     import os
     import time
 
-    from autodl_esd import waiters
+    from autodl_esd.deploy import waiting_runs
 
-    directory = waiters.marker_dir("http://h", "rs")
+    directory = waiting_runs.marker_dir("http://h", "rs")
     directory.mkdir(parents=True)
     stale = directory / "99999999-deadbeef.json"
     stale.write_text(json.dumps({"pid": 99999999, "host": "http://h", "name": "rs", "started_epoch": 1}), encoding="utf-8")
-    assert waiters.live_waiters("http://h", "rs") == []
+    assert waiting_runs.live_waiters("http://h", "rs") == []
     os.utime(stale, (time.time() - 60, time.time() - 60))
-    assert waiters.live_waiters("http://h", "rs") == [] and not stale.exists()
+    assert waiting_runs.live_waiters("http://h", "rs") == [] and not stale.exists()
 
 
 def test_a_live_marker_is_seen_and_removed_when_its_run_ends():
-    from autodl_esd import waiters
+    from autodl_esd.deploy import waiting_runs
 
-    with waiters.waiting_marker("http://h", "rs", "ReplicaSet") as mine:
+    with waiting_runs.waiting_marker("http://h", "rs", "ReplicaSet") as mine:
         assert mine is not None and mine.exists()
-        [seen] = waiters.live_waiters("http://h", "rs")
+        [seen] = waiting_runs.live_waiters("http://h", "rs")
         assert seen["name"] == "rs" and seen["pid"] and seen["started_at"]
-        assert waiters.live_waiters("http://h", "rs", exclude=mine) == []
-        assert waiters.live_waiters("http://other", "rs") == [] and waiters.live_waiters("http://h", "rs2") == []
-    assert not mine.exists() and waiters.live_waiters("http://h", "rs") == []
+        assert waiting_runs.live_waiters("http://h", "rs", exclude=mine) == []
+        assert waiting_runs.live_waiters("http://other", "rs") == [] and waiting_runs.live_waiters("http://h", "rs2") == []
+    assert not mine.exists() and waiting_runs.live_waiters("http://h", "rs") == []
     assert not mine.parent.exists()  # no empty folder left behind per deployment name
 
 
 def test_a_marker_folder_stays_while_another_run_still_waits_in_it():
-    from autodl_esd import waiters
+    from autodl_esd.deploy import waiting_runs
 
-    with waiters.waiting_marker("http://h", "rs", "ReplicaSet") as first:
-        with waiters.waiting_marker("http://h", "rs", "ReplicaSet") as second:
+    with waiting_runs.waiting_marker("http://h", "rs", "ReplicaSet") as first:
+        with waiting_runs.waiting_marker("http://h", "rs", "ReplicaSet") as second:
             assert first.parent == second.parent
-        assert first.exists() and [w["pid"] for w in waiters.live_waiters("http://h", "rs")]
+        assert first.exists() and [w["pid"] for w in waiting_runs.live_waiters("http://h", "rs")]
 
 
 def test_deployment_exists_names_the_run_that_is_waiting(sim, run, deploy, tmp_path):
-    from autodl_esd import waiters
+    from autodl_esd.deploy import waiting_runs
 
     instance = sim()
     deploy(1)  # a deployment with this name already exists
     path = _write(tmp_path, "rs", SERVICE)
-    with waiters.waiting_marker(instance.url, SERVICE["name"], "ReplicaSet"):  # another run, mid-wait
+    with waiting_runs.waiting_marker(instance.url, SERVICE["name"], "ReplicaSet"):  # another run, mid-wait
         code, out, err = run("queue_submit.py", path, "--interval", "0.1")
     assert (code, out["error_type"]) == (1, "deployment_exists"), out
     assert "也在等待同名部署" in out["message"] and out["details"]["waiting_runs"][0]["still_waiting"] is True
@@ -297,11 +298,11 @@ def test_deployment_exists_names_the_run_that_is_waiting(sim, run, deploy, tmp_p
 
 
 def test_a_dry_run_warns_about_a_waiting_run_too(sim, run, tmp_path):
-    from autodl_esd import waiters
+    from autodl_esd.deploy import waiting_runs
 
     instance = sim()
     path = _write(tmp_path, "rs", SERVICE)
-    with waiters.waiting_marker(instance.url, SERVICE["name"], "ReplicaSet"):
+    with waiting_runs.waiting_marker(instance.url, SERVICE["name"], "ReplicaSet"):
         code, out, _ = run("queue_submit.py", path, "--dry-run", "--quiet")
     assert code == 0, out
     [warning] = [w for w in out["warnings"] if w["code"] == "another_run_waiting"]
@@ -322,7 +323,7 @@ def test_the_wait_says_per_replica_and_what_it_waits_for(sim, run, tmp_path):
 # --- 6. the guard confirmation rule: queue_submit's run is the approval, guard_deployment asks --
 
 def test_queue_submit_guards_only_what_it_created_while_guard_deployment_asks_first(sim, run, deploy, tmp_path):
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     sim()
     other = deploy(1)  # somebody's running service, same account
@@ -357,7 +358,7 @@ def test_the_cost_figure_costs_one_extra_container_list_read(run, monkeypatch):
     from api_fakes import DEPLOYMENT
     from conftest import envelope
 
-    from autodl_esd import resolve
+    from autodl_esd.platform import resolve
 
     monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)
     listed = [deployment(status="stopped")]

@@ -217,7 +217,7 @@ def test_a_relative_stop_that_commits_after_the_look_is_unknown_never_false(sim,
     """The measured bug: the platform commits a stop with --decrease-one-replica-num seconds
     after the script stopped looking. The output must not say took_effect false (that
     invites a rerun that decrements again): it says unknown, and the one request lands once."""
-    from autodl_esd import effects
+    from autodl_esd.platform import effects
 
     instance = sim()
     uuid, _ = submit(SERVICE, "--wait-running", replica_num=2, name="late-stop")

@@ -41,7 +41,7 @@ UNAVAILABLE = {"status": 503, "json": envelope(None, code="ServiceUnavailable", 
 @pytest.fixture(autouse=True)
 def fake_time(monkeypatch):
     """effects' looks advance a fake clock instead of sleeping; a 1 s HTTP timeout -> 6 s grace."""
-    from autodl_esd import effects
+    from autodl_esd.platform import effects
 
     now = [0.0]
     monkeypatch.setattr(effects, "_now", lambda: now[0])
@@ -169,8 +169,8 @@ def test_an_answered_change_says_it_took_effect(run, mocked, result_validator):
 
 
 def test_interrupt_while_the_change_is_in_flight_says_it_may_have_happened(run, mocked, result_validator, monkeypatch):
-    from autodl_esd import api
-    from autodl_esd.errors import Interrupted
+    from autodl_esd.platform import api
+    from autodl_esd.core.errors import Interrupted
 
     deployments_by_uuid(mocked, deployment())
     mocked.post(CONTAINERS, json=page([container()]))
@@ -189,9 +189,9 @@ def test_interrupt_while_the_change_is_in_flight_says_it_may_have_happened(run, 
 
 def test_find_faulty_hosts_apply_with_a_lost_answer_reports_took_effect(monkeypatch):
     """The library path (find_faulty_hosts --apply) goes through the same read-back."""
-    from autodl_esd import api, host_health
-    from autodl_esd.errors import ApiError
-    from autodl_esd.output import Progress
+    from autodl_esd.platform import api, host_health
+    from autodl_esd.core.errors import ApiError
+    from autodl_esd.core.output import Progress
 
     def lost(*_args, **_kwargs):
         raise ApiError("timeout", msg="等待响应超时", retryable=True, ambiguous=True)
@@ -220,8 +220,8 @@ def test_a_refused_relative_change_did_not_take_effect(run, mocked, result_valid
 def test_an_error_without_took_effect_is_unknown_never_false():
     """Consumers (bulk, move_replicas, the autoscaler, guards) read took_effect through one
     rule: false only when the error says the platform refused."""
-    from autodl_esd.effects import took_effect_of
-    from autodl_esd.errors import ApiError
+    from autodl_esd.platform.effects import took_effect_of
+    from autodl_esd.core.errors import ApiError
 
     assert took_effect_of(ApiError("lost", ambiguous=True)) == "unknown"
     refused = ApiError("no")
@@ -230,9 +230,9 @@ def test_an_error_without_took_effect_is_unknown_never_false():
 
 
 def test_move_replicas_with_a_lost_answer_reports_unknown_with_how_to_check(monkeypatch):
-    from autodl_esd import api, host_health, resolve
-    from autodl_esd.errors import ApiError
-    from autodl_esd.output import Progress
+    from autodl_esd.platform import api, host_health, resolve
+    from autodl_esd.core.errors import ApiError
+    from autodl_esd.core.output import Progress
 
     def lost(*_args, **_kwargs):
         raise ApiError("timeout", msg="等待响应超时", retryable=True, ambiguous=True)

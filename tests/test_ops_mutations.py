@@ -61,7 +61,7 @@ def test_set_replicas_reads_back_until_the_platform_shows_it(run, api, result_va
 
 
 def test_set_replicas_not_verified_is_said(run, api, result_validator, monkeypatch):
-    from autodl_esd import resolve
+    from autodl_esd.platform import resolve
 
     monkeypatch.setattr(resolve, "READ_BACK_ATTEMPTS", 2)
     expect_deployment(api, deployment(replica_num=2))
@@ -155,7 +155,7 @@ def test_stop_container_public_fields_only_when_asked(run, api, result_validator
 
 
 def test_stop_container_never_reports_a_null_replica_num(run, api, result_validator, monkeypatch):
-    from autodl_esd import resolve
+    from autodl_esd.platform import resolve
 
     monkeypatch.setattr(resolve, "READ_BACK_ATTEMPTS", 1)
     expect_container(api, container())
@@ -263,7 +263,7 @@ def test_delete_deployment_with_yes(run, api, result_validator):
 
 
 def test_delete_deployment_read_back_failure_is_reported_not_raised(run, api, result_validator, monkeypatch):
-    from autodl_esd import resolve
+    from autodl_esd.platform import resolve
 
     monkeypatch.setattr(resolve, "READ_BACK_ATTEMPTS", 1)
     expect_deployment(api, deployment(status="stopped"))

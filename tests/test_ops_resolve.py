@@ -24,14 +24,14 @@ from api_fakes import (  # noqa: F401 (fixtures)
 
 @pytest.fixture
 def client():
-    from autodl_esd.http import ApiClient
-    from autodl_esd.settings import load_settings
+    from autodl_esd.core.http import ApiClient
+    from autodl_esd.core.settings import load_settings
 
     return ApiClient(load_settings())
 
 
 def test_by_uuid(api, client):
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.platform.resolve import resolve_deployment
 
     expect_deployment(api, deployment())
     assert resolve_deployment(client, deployment_uuid=DEP_UUID)["uuid"] == DEP_UUID
@@ -39,8 +39,8 @@ def test_by_uuid(api, client):
 
 def test_by_uuid_ignores_an_unfiltered_answer(api, client):
     """A server that ignores the filter must not make another deployment 'found'."""
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_deployment
 
     expect_deployment(api, deployment(uuid=OTHER_UUID))
     with pytest.raises(AutoDLError) as caught:
@@ -50,8 +50,8 @@ def test_by_uuid_ignores_an_unfiltered_answer(api, client):
 
 def test_malformed_deployment_uuid_is_a_usage_error_before_any_call(api, client):
     """Bad input is usage_error; not_found is kept for a well-formed uuid the platform lacks."""
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_deployment
 
     with pytest.raises(AutoDLError) as caught:  # the strict mock fails on any request
         resolve_deployment(client, deployment_uuid="my-service")
@@ -60,8 +60,8 @@ def test_malformed_deployment_uuid_is_a_usage_error_before_any_call(api, client)
 
 
 def test_malformed_container_uuid_is_a_usage_error_before_any_call(api, client):
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_container
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_container
 
     with pytest.raises(AutoDLError) as caught:
         resolve_container(client, "nonexistent-uuid")
@@ -70,15 +70,15 @@ def test_malformed_container_uuid_is_a_usage_error_before_any_call(api, client):
 
 
 def test_by_unique_name(api, client):
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.platform.resolve import resolve_deployment
 
     expect_deployment(api, deployment(), name="svc")
     assert resolve_deployment(client, name="svc")["uuid"] == DEP_UUID
 
 
 def test_name_match_is_exact(api, client):
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_deployment
 
     expect_deployment(api, deployment(name="svc-2"), name="svc")
     with pytest.raises(AutoDLError) as caught:
@@ -87,8 +87,8 @@ def test_name_match_is_exact(api, client):
 
 
 def test_ambiguous_name_lists_candidates(api, client):
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_deployment
 
     items = [deployment(), deployment(uuid=OTHER_UUID, status="stopped")]
     api.post(DEPLOYMENTS, json=page(items))
@@ -102,7 +102,7 @@ def test_ambiguous_name_lists_candidates(api, client):
 
 
 def test_by_config_name(api, client, tmp_path):
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.platform.resolve import resolve_deployment
 
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"name": "svc", "deployment_type": "ReplicaSet"}), encoding="utf-8")
@@ -111,8 +111,8 @@ def test_by_config_name(api, client, tmp_path):
 
 
 def test_config_without_name_is_config_error(client, tmp_path):
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_deployment
 
     path = tmp_path / "c.json"
     path.write_text("{}", encoding="utf-8")
@@ -123,8 +123,8 @@ def test_config_without_name_is_config_error(client, tmp_path):
 
 
 def test_config_that_is_not_an_object_is_config_error(client, tmp_path):
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_deployment
 
     path = tmp_path / "c.json"
     path.write_text('[{"name": "svc"}]', encoding="utf-8")
@@ -136,8 +136,8 @@ def test_config_that_is_not_an_object_is_config_error(client, tmp_path):
 
 
 def test_missing_config_file_is_config_error(client, tmp_path):
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_deployment
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_deployment
 
     with pytest.raises(AutoDLError) as caught:
         resolve_deployment(client, config_path=str(tmp_path / "nope.json"))
@@ -154,21 +154,21 @@ def test_missing_config_file_is_config_error(client, tmp_path):
     ],
 )
 def test_deployment_uuid_of_container(text, expected):
-    from autodl_esd.resolve import deployment_uuid_of_container
+    from autodl_esd.platform.resolve import deployment_uuid_of_container
 
     assert deployment_uuid_of_container(text) == expected
 
 
 def test_resolve_container_includes_released(api, client):
-    from autodl_esd.resolve import resolve_container
+    from autodl_esd.platform.resolve import resolve_container
 
     expect_containers(api, [container(status="shutdown")], container_uuid=CONTAINER_UUID, released=True)
     assert resolve_container(client, CONTAINER_UUID)["status"] == "shutdown"
 
 
 def test_resolve_container_unknown(api, client):
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_container
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_container
 
     expect_containers(api, [], container_uuid=CONTAINER_UUID, released=True)
     with pytest.raises(AutoDLError) as caught:
@@ -177,8 +177,8 @@ def test_resolve_container_unknown(api, client):
 
 
 def test_resolve_container_record_not_found_code(api, client):
-    from autodl_esd.errors import AutoDLError
-    from autodl_esd.resolve import resolve_container
+    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.platform.resolve import resolve_container
     from conftest import envelope
 
     api.post(CONTAINERS, json=envelope(None, code="RecordNotFoundError", msg="未查询到相关部署"))
@@ -188,8 +188,8 @@ def test_resolve_container_record_not_found_code(api, client):
 
 
 def test_read_back_reports_instead_of_raising(monkeypatch):
-    from autodl_esd.errors import ApiError
-    from autodl_esd.resolve import read_back
+    from autodl_esd.core.errors import ApiError
+    from autodl_esd.platform.resolve import read_back
 
     def failing():
         raise ApiError("读取失败", retryable=True)

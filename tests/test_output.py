@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from autodl_esd import cli, output
-from autodl_esd.errors import EXIT_CODES, ApiError, AutoDLError, ErrorType, Interrupted
+from autodl_esd.core import cli, output
+from autodl_esd.core.errors import EXIT_CODES, ApiError, AutoDLError, ErrorType, Interrupted
 from conftest import ROOT, TEST_TOKEN
 
 RESULT_SCHEMA = json.loads((ROOT / "schemas" / "result.schema.json").read_text(encoding="utf-8"))
@@ -83,7 +83,7 @@ def test_exit_codes_match_spec_table():
 
 
 def test_epilog_lists_every_error_type():
-    from autodl_esd.errors import EXIT_CODE_EPILOG
+    from autodl_esd.core.errors import EXIT_CODE_EPILOG
 
     for member in ErrorType:
         assert member.value in EXIT_CODE_EPILOG

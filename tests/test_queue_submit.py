@@ -70,7 +70,8 @@ def expect_checks(api, idle=0):
 def fake_time(monkeypatch):
     """Waits advance a fake clock; the reconcile window is 0 unless a test sets one, so a
     reconcile makes exactly effects.MIN_LOOKS looks (tests set that to what they register)."""
-    from autodl_esd import effects, submit
+    from autodl_esd.platform import effects
+    from autodl_esd.deploy import submit
 
     now = [0.0]
     monkeypatch.setattr(effects, "_now", lambda: now[0])
@@ -205,7 +206,7 @@ def test_duplicate_name_allowed_on_request_and_stopped_ones_ignored(run, api, co
     {"body": requests.exceptions.ReadTimeout("read timed out")},
 ])
 def test_failed_stock_poll_is_logged_and_the_wait_goes_on(run, api, config_file, failure, monkeypatch):
-    from autodl_esd import http
+    from autodl_esd.core import http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)  # one HTTP try per poll keeps the sequence short
     expect_checks(api, idle=0)
@@ -280,7 +281,7 @@ def test_ambiguous_create_is_reconciled_by_name_before_any_retry(run, api, confi
 
 
 def test_ambiguous_create_not_found_is_never_sent_again(run, api, config_file, monkeypatch, result_validator):
-    from autodl_esd import effects
+    from autodl_esd.platform import effects
 
     monkeypatch.setattr(effects, "MIN_LOOKS", 1)
     expect_checks(api, idle=3)
@@ -298,7 +299,7 @@ def test_ambiguous_create_not_found_is_never_sent_again(run, api, config_file, m
 
 
 def test_reconcile_ignores_same_name_deployments_that_existed_before(run, api, config_file, monkeypatch):
-    from autodl_esd import effects
+    from autodl_esd.platform import effects
 
     monkeypatch.setattr(effects, "MIN_LOOKS", 1)
     old = {"uuid": "aaaaaaaaaaaaaaa", "name": "svc", "status": "stopped"}
@@ -538,7 +539,7 @@ def test_wait_running_ends_when_a_short_job_already_finished(run, api, config_fi
 
 
 def test_a_failed_poll_between_create_attempts_does_not_end_the_run(run, api, config_file, monkeypatch):
-    from autodl_esd import http
+    from autodl_esd.core import http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
     expect_checks(api, idle=3)
@@ -634,7 +635,7 @@ def test_a_create_refused_for_its_parameters_is_not_retried(run, api, config_fil
 
 
 def test_repeated_platform_faults_on_create_say_retry_later(run, api, config_file, monkeypatch, result_validator):
-    from autodl_esd import effects
+    from autodl_esd.platform import effects
 
     monkeypatch.setattr(effects, "MIN_LOOKS", 1)
     expect_checks(api, idle=3)
@@ -652,7 +653,8 @@ def test_repeated_platform_faults_on_create_say_retry_later(run, api, config_fil
 
 
 def test_an_unknown_create_outcome_that_cannot_be_checked_is_never_retried(run, api, config_file, monkeypatch, result_validator):
-    from autodl_esd import effects, http
+    from autodl_esd.platform import effects
+    from autodl_esd.core import http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
     monkeypatch.setattr(effects, "MIN_LOOKS", 2)
@@ -671,7 +673,7 @@ def test_an_unknown_create_outcome_that_cannot_be_checked_is_never_retried(run, 
 
 
 def test_a_failure_before_submitting_says_nothing_was_created(run, api, config_file, monkeypatch):
-    from autodl_esd import http
+    from autodl_esd.core import http
 
     monkeypatch.setattr(http, "MAX_ATTEMPTS", 1)
     api.post(IMAGES, status=503, json=envelope(code="ServiceUnavailable"))

@@ -24,9 +24,9 @@ def platform(mocked):
 
 @pytest.fixture
 def make_watcher(tmp_path):
-    from autodl_esd.http import ApiClient
+    from autodl_esd.core.http import ApiClient
     from autodl_esd.serving import registry
-    from autodl_esd.settings import load_settings
+    from autodl_esd.core.settings import load_settings
 
     def make(**options):
         options.setdefault("out", str(tmp_path / "registry.json"))
@@ -81,7 +81,7 @@ def test_a_hung_api_does_not_stall_the_cycle_or_the_probes_and_is_flagged_stale(
 
 
 def test_the_out_directory_vanishing_is_logged_and_the_watch_goes_on(platform, make_watcher, tmp_path, capsys):
-    from autodl_esd.output import Progress
+    from autodl_esd.core.output import Progress
 
     folder = tmp_path / "gone"
     folder.mkdir()
@@ -100,7 +100,7 @@ def test_the_out_directory_vanishing_is_logged_and_the_watch_goes_on(platform, m
 
 
 def test_a_platform_record_that_breaks_the_schema_is_left_out_and_the_rest_published(platform, make_watcher, capsys):
-    from autodl_esd.output import Progress
+    from autodl_esd.core.output import Progress
 
     good = platform.start(MACHINE_A, 1)
     bad = platform.start(MACHINE_B, 2)

@@ -22,7 +22,7 @@ def write(tmp_path, config, name="config.json") -> str:
 
 
 def test_compare_config_normalises_bytes_and_list_order():
-    from autodl_esd.evidence import compare_config
+    from autodl_esd.platform.evidence import compare_config
 
     config = copy.deepcopy(EXAMPLE)
     template = dict(config["container_template"], memory_size_from=config["container_template"]["memory_size_from"] * 1024**3,

@@ -235,7 +235,7 @@ class ScriptedPlatform:
     """What the watcher asks, answered from a script: events, running containers, the deployment."""
 
     def __init__(self, monkeypatch, deployment_answers):
-        from autodl_esd import resolve
+        from autodl_esd.platform import resolve
         from autodl_esd.serving import registry
 
         self.events: list = [{"deployment_container_uuid": CONTAINER, "status": "running"}]
@@ -276,7 +276,7 @@ def stopped(status="stopped"):
 
 
 def test_watch_ends_only_after_consecutive_answers_not_on_one_hiccup_or_an_error(monkeypatch, tmp_path):
-    from autodl_esd.errors import ApiError
+    from autodl_esd.core.errors import ApiError
 
     timeout = ApiError("请求超时", retryable=True, ambiguous=True)
     platform = ScriptedPlatform(monkeypatch, [stopped(), stopped("running"), stopped(), timeout, stopped()])
@@ -300,7 +300,7 @@ def test_watch_ends_only_after_consecutive_answers_not_on_one_hiccup_or_an_error
 
 
 def test_watch_of_a_deleted_deployment_ends_gone_but_an_api_outage_never_ends_it(monkeypatch, tmp_path):
-    from autodl_esd.errors import ApiError
+    from autodl_esd.core.errors import ApiError
 
     platform = ScriptedPlatform(monkeypatch, [None, None])
     watcher = scripted_watcher(tmp_path)

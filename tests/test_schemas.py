@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from autodl_esd.units import KNOWN_CUDA_CODES
+from autodl_esd.platform.units import KNOWN_CUDA_CODES
 from conftest import ROOT
 
 SCHEMAS = sorted((ROOT / "schemas").glob("*.json"))
@@ -76,7 +76,7 @@ def test_deployment_schema_cuda_codes_match_units():
 
 
 def test_deployment_schema_memory_bound_matches_bytes_detection():
-    from autodl_esd.units import MAX_PLAUSIBLE_MEMORY_GB
+    from autodl_esd.platform.units import MAX_PLAUSIBLE_MEMORY_GB
 
     template = load(ROOT / "schemas" / "deployment.schema.json")["$defs"]["container_template"]["properties"]
     assert template["memory_size_from"]["maximum"] == MAX_PLAUSIBLE_MEMORY_GB

@@ -54,9 +54,9 @@ def pid_alive(pid) -> bool:
 
 
 def records() -> list:
-    from autodl_esd import service_jobs
+    from autodl_esd.serving import detached
 
-    directory = service_jobs.services_dir()
+    directory = detached.services_dir()
     return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(directory.glob("*.json"))] if directory.is_dir() else []
 
 
@@ -185,7 +185,7 @@ def test_bad_input_with_detach_is_answered_in_the_foreground_and_starts_nothing(
 
 
 def test_a_service_that_cannot_start_says_why_and_leaves_no_job(run, tmp_path):
-    from autodl_esd import service_jobs
+    from autodl_esd.serving import detached
 
     registry = tmp_path / "registry.json"
     registry.write_text("{}", encoding="utf-8")
@@ -196,7 +196,7 @@ def test_a_service_that_cannot_start_says_why_and_leaves_no_job(run, tmp_path):
         code, out, _ = run("serve_gateway.py", "--registry", str(registry), "--listen", f"127.0.0.1:{port}", "--detach", QUIET)
     assert (code, out["error_type"]) == (1, "usage_error"), out  # the background process's own answer
     assert "无法监听" in out["message"] and "run_id" not in out["details"]
-    assert records() == [] and not any(service_jobs.services_dir().iterdir())
+    assert records() == [] and not any(detached.services_dir().iterdir())
 
 
 def test_the_gateway_token_stays_in_the_environment_and_out_of_the_record(run, tmp_path, monkeypatch, services):
@@ -225,7 +225,7 @@ def test_the_gateway_token_stays_in_the_environment_and_out_of_the_record(run, t
 def test_the_command_line_kept_for_resume_reads_back_to_the_same_arguments(tmp_path, monkeypatch):
     from conftest import load_script, script_path
 
-    from autodl_esd import cli
+    from autodl_esd.core import cli
 
     monkeypatch.chdir(tmp_path)
     parser = load_script(script_path("serve_gateway.py")).build_parser()

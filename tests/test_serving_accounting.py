@@ -13,10 +13,10 @@ import pytest
 
 from conftest import envelope, url
 
-from autodl_esd import api
-from autodl_esd.http import ApiClient
-from autodl_esd.settings import load_settings
-from autodl_esd.timeline import iso, parse_timestamp, platform_now
+from autodl_esd.platform import api
+from autodl_esd.core.http import ApiClient
+from autodl_esd.core.settings import load_settings
+from autodl_esd.core.clock import iso, parse_timestamp, platform_now
 from autodl_esd.serving.autoscale_policy import AutoscaleConfig, Observed, PolicyState, Sample, decide
 
 HOUR = 3600.0

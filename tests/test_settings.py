@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from autodl_esd import output, settings
-from autodl_esd.errors import AutoDLError, ErrorType
+from autodl_esd.core import output, settings
+from autodl_esd.core.errors import AutoDLError, ErrorType
 from conftest import ROOT, TEST_HOST, TEST_TOKEN
 
 EXAMPLE = str(ROOT / "examples" / "replicaset-service.json")

@@ -89,7 +89,7 @@ def test_a_signal_during_start_up_still_gets_its_document():
     """Before run() takes over (slow imports, the parser), the start-up handler answers."""
     program = (
         "import os, signal, sys, time; sys.path.insert(0, {scripts!r});"
-        "from autodl_esd import cli; cli.install_startup_handlers();"
+        "from autodl_esd.core import cli; cli.install_startup_handlers();"
         "os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
     ).format(scripts=str(SCRIPTS))
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=CHILD_TIMEOUT_SECONDS)
@@ -99,7 +99,7 @@ def test_a_signal_during_start_up_still_gets_its_document():
 
 
 def test_start_up_handlers_are_only_for_the_bundles_entry_scripts():
-    from autodl_esd import cli
+    from autodl_esd.core import cli
 
     assert cli.is_entry_script(str(ROOT / "queue_submit.py"))
     assert cli.is_entry_script(str(SCRIPTS / "list_images.py"))
@@ -111,7 +111,7 @@ def test_start_up_handlers_are_only_for_the_bundles_entry_scripts():
 
 def test_an_entry_script_installs_them_when_it_imports_cli(tmp_path):
     probe = SCRIPTS / "_probe_startup_handlers.py"
-    probe.write_text("import signal\nfrom autodl_esd import cli\nprint(signal.getsignal(signal.SIGTERM).__name__)\n",
+    probe.write_text("import signal\nfrom autodl_esd.core import cli\nprint(signal.getsignal(signal.SIGTERM).__name__)\n",
                      encoding="utf-8")
     try:
         done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=CHILD_TIMEOUT_SECONDS)
@@ -140,7 +140,7 @@ class SignallingStream:
 
 
 def test_a_signal_during_the_final_write_leaves_one_document(monkeypatch):
-    from autodl_esd import cli
+    from autodl_esd.core import cli
 
     stream = SignallingStream()
     monkeypatch.setattr(sys, "stdout", stream)

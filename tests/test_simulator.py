@@ -667,7 +667,7 @@ def test_cli_bad_arguments_are_json():
 def test_paginate_renders_only_the_page():
     # A crash-looping ReplicaSet leaves ~100k events per simulated day; formatting all of
     # them on every poll held the world lock for over a second.
-    from simulator.api import paginate
+    from simulator.routes import paginate
 
     rendered = []
     page = paginate(list(range(100_000)), {"page_index": 2, "page_size": 10, "offset": 5},

@@ -44,7 +44,7 @@ def test_autoscaler_summary_after_deployment_ended_does_not_claim_a_size_left_ru
 
 def test_serve_gateway_autoscale_ends_with_a_stopped_deployment_and_says_nothing_bills(sim):
     pytest.importorskip("aiohttp")
-    from autodl_esd import api
+    from autodl_esd.platform import api
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)
@@ -72,7 +72,7 @@ def test_serve_gateway_autoscale_ends_with_a_stopped_deployment_and_says_nothing
 # ---- 2. `guards`: a list when any guard watches, absent otherwise, on every path ----------
 
 def _watching_guard(uuid: str, name: str) -> str:
-    from autodl_esd import guard
+    from autodl_esd.money import guard
 
     state = guard.new_state(None, {"uuid": uuid, "name": name, "deployment_type": "ReplicaSet"},
                             guard.Limits(max_runtime_hours=100), "stop", None, False, 30.0)
@@ -82,7 +82,7 @@ def _watching_guard(uuid: str, name: str) -> str:
 
 
 def test_stopping_an_already_stopped_deployment_still_lists_the_guards_watching_it(sim, run):
-    from autodl_esd import api
+    from autodl_esd.platform import api
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)
@@ -111,7 +111,7 @@ def test_the_docs_say_guards_is_absent_when_none_watch():
 
 def test_autoscale_confirmation_shows_expected_and_template_worst_case(sim, run):
     pytest.importorskip("aiohttp")
-    from autodl_esd.cost import cost_bounds
+    from autodl_esd.money.estimate import cost_bounds
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)
@@ -140,7 +140,7 @@ def test_a_standby_watcher_says_who_holds_the_lock_and_when_it_takes_over(sim, r
     import signal
     import time
 
-    from autodl_esd import api
+    from autodl_esd.platform import api
     from autodl_esd.serving import redis_registry
 
     instance = sim(cluster=CLUSTER)
@@ -194,7 +194,7 @@ def test_skill_says_where_simulated_wechat_messages_are_and_what_max_cost_counts
     assert "花费从守护启动算起" in skill and "cost_report.py" in skill
     assert "从守护启动时算起" in reference and "全程花费" in reference
     # The route and shape the docs name are the simulator's.
-    from autodl_esd import api
+    from autodl_esd.platform import api
 
     instance = sim()
     api.send_wechat_message(client(), "标题", "正文", "任务")
@@ -221,8 +221,8 @@ def test_before_any_container_runs_a_replica_costs_up_to_price_to_times_its_card
 
 
 def test_a_refused_stop_still_lists_the_guards_watching(sim, run, monkeypatch):
-    from autodl_esd import api
-    from autodl_esd.errors import ApiError
+    from autodl_esd.platform import api
+    from autodl_esd.core.errors import ApiError
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)

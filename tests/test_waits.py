@@ -133,7 +133,7 @@ def answers(*steps):
 
 def failed_reads(count: int) -> list:
     """`count` failed reads: a 503 on every attempt of the HTTP client's retries."""
-    from autodl_esd import http
+    from autodl_esd.core import http
     from conftest import envelope
 
     return [(503, envelope(None, code="ServiceUnavailable", msg="服务暂时不可用"))] * (count * http.MAX_ATTEMPTS)
@@ -145,7 +145,7 @@ def test_set_replicas_wait_keeps_reading_through_failures_and_warns(run, result_
     from api_fakes import CONTAINERS, DEP_UUID, DEPLOYMENTS, REPLICA_NUM, container, deployment, page
     from conftest import envelope
 
-    from autodl_esd.polling import MAX_CONSECUTIVE_POLL_FAILURES
+    from autodl_esd.core.polling import MAX_CONSECUTIVE_POLL_FAILURES
 
     reads = MAX_CONSECUTIVE_POLL_FAILURES + 2  # more in a row than the old limit allowed
     two = [container(f"{DEP_UUID}-0a0a0a0a0a-0000000{i}") for i in range(2)]
@@ -224,9 +224,9 @@ def test_wait_finished_reads_through_failures_and_an_auth_error_still_ends_at_on
 def test_read_errors_count_log_and_report():
     import io
 
-    from autodl_esd.errors import ApiError, AutoDLError, ErrorType
-    from autodl_esd.output import Progress
-    from autodl_esd.polling import ReadErrors
+    from autodl_esd.core.errors import ApiError, AutoDLError, ErrorType
+    from autodl_esd.core.output import Progress
+    from autodl_esd.core.polling import ReadErrors
 
     stream = io.StringIO()
     errors = ReadErrors(Progress(stream=stream), "查询部署")

@@ -2,7 +2,7 @@
 
 A job's id says its kind: `s-...` a submission (submission.py), `g-...` a guard
 (guard.py), `gw-...` a detached gateway and `w-...` a detached registry watcher
-(service_jobs.py). Each kind keeps its own record under the state directory; this module
+(serving/detached.py). Each kind keeps its own record under the state directory; this module
 only routes: list them all, show one, wait for one, cancel, resume, read its log.
 """
 
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import background, guard, submission
-from .errors import AutoDLError, ErrorType
-from .output import Progress
-from .state import state_root
+from .core import background
+from .core.errors import AutoDLError, ErrorType
+from .core.output import Progress
+from .core.state import state_root
+from .deploy import submission
+from .money import guard
 
 KINDS = ("submit", "guard", "gateway", "watch")
 
@@ -38,9 +40,9 @@ def files_for(run_id: str) -> background.JobFiles:
         return submission.files_for(run_id)
     if kind == "guard":
         return guard.files_for(run_id)
-    from . import service_jobs
+    from .serving import detached
 
-    return service_jobs.files_for(run_id)
+    return detached.files_for(run_id)
 
 
 def list_all(kind: str | None = None) -> list[dict[str, Any]]:
@@ -53,9 +55,9 @@ def list_all(kind: str | None = None) -> list[dict[str, Any]]:
         views += [guard.guard_view(state) if state.get("status") != "unreadable" else {**state, "kind": "guard", "run_id": state.get("guard_id")}
                   for state in guard.all_states()]
     if kind in (None, "gateway", "watch"):
-        from . import service_jobs
+        from .serving import detached
 
-        views += [view for view in service_jobs.all_views() if kind in (None, view.get("kind"))]
+        views += [view for view in detached.all_views() if kind in (None, view.get("kind"))]
     return views
 
 
@@ -70,11 +72,11 @@ def status(run_id: str, client: Any, progress: Progress, wait_seconds: float = 0
         if wait_seconds:
             _wait_while_alive(files, wait_seconds, lambda: guard.read_state(files).get("status") in guard.FINAL_STATUSES)
         return guard.guard_view(guard.read_state(files), files)
-    from . import service_jobs
+    from .serving import detached
 
     if wait_seconds:
         _wait_while_alive(files, wait_seconds, lambda: False)
-    return service_jobs.view_of(run_id)
+    return detached.view_of(run_id)
 
 
 def _wait_while_alive(files: background.JobFiles, seconds: float, ended: Any) -> None:
@@ -91,9 +93,9 @@ def cancel(run_id: str, client: Any, progress: Progress) -> dict[str, Any]:
         return submission.cancel(submission.files_for(run_id))
     if kind == "guard":
         return guard.cancel(run_id, progress, client)
-    from . import service_jobs
+    from .serving import detached
 
-    return service_jobs.stop(run_id, progress)
+    return detached.stop(run_id, progress)
 
 
 def resume(run_id: str, client: Any, progress: Progress) -> dict[str, Any]:
@@ -111,9 +113,9 @@ def resume(run_id: str, client: Any, progress: Progress) -> dict[str, Any]:
         from pathlib import Path
 
         return {**guard.detach(files, Path(background.script_path("guard_deployment.py")), progress), "resumed": True}
-    from . import service_jobs
+    from .serving import detached
 
-    return service_jobs.restart(run_id, progress)
+    return detached.restart(run_id, progress)
 
 
 def logs(run_id: str, tail_chars: int) -> dict[str, Any]:

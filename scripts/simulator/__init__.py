@@ -8,7 +8,7 @@ or from the command line with `scripts/autodl_sim.py`. Modules:
 - lifecycle    container statuses, phase durations, how `cmd` sets a lifetime
 - controllers  ReplicaSet / Job / Container rules
 - world        all mutable state behind one lock; placement, reuse pool, blacklist, stock
-- api          endpoint validation and response shapes
+- routes       endpoint validation and response shapes
 - faults       fault SPEC parsing and injection
 - server       HTTP routes, envelope, auth, /svc and /_sim
 - app          the `Simulator` handle and its test controls

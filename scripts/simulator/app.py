@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .account import Account
-from .api import Api, ApiError
+from .routes import Api, ApiError
 from .clock import SimClock
 from .cluster import load_cluster
 from .faults import FaultInjector, FaultSpec

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import lifecycle as lc
 from .account import GATED_MSG, GATED_PATH_PREFIX
-from .api import Api, ApiError
+from .routes import Api, ApiError
 from .controllers import Container
 from .faults import FaultInjector
 from .world import NotFound

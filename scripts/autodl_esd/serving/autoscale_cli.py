@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import cli
-from ..errors import AutoDLError, ErrorType
+from ..core import cli
+from ..core.errors import AutoDLError, ErrorType
 from .autoscale_defaults import (
     DEFAULT_DOWNSCALE_DELAY,
     DEFAULT_LOOK_BACK,

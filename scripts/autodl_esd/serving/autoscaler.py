@@ -20,15 +20,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
-from .. import api
-from ..containers import STOPPING_STATUSES
-from ..effects import Change, apply_change, took_effect_of
-from ..errors import ApiError, AutoDLError, ErrorType
-from ..output import Progress, to_json
-from ..resolve import deployment_by_uuid
-from ..spend import BILLING_STATUSES
-from ..stock import requested_stock
-from ..units import yuan_from_price_units
+from ..platform import api
+from ..platform.containers import STOPPING_STATUSES
+from ..platform.effects import Change, apply_change, took_effect_of
+from ..core.errors import ApiError, AutoDLError, ErrorType
+from ..core.output import Progress, to_json
+from ..platform.resolve import deployment_by_uuid
+from ..money.spend import BILLING_STATUSES
+from ..platform.stock import requested_stock
+from ..platform.units import yuan_from_price_units
 from .autoscale_policy import AutoscaleConfig, Decision, Observed, PolicyState, Sample, decide, hourly_cap_replicas
 from .registry import DEPLOYMENT_GONE, DEPLOYMENT_STOPPED, now_timestamp
 from .spend_meter import SpendMeter, platform_seconds
@@ -649,7 +649,7 @@ def startup_bounds(config: AutoscaleConfig, scaler: ReplicaScaler, current: int)
 def template_worst_case(scaler: ReplicaScaler, replicas: int) -> Optional[dict]:
     """The most the template allows at `replicas` (price_to per card x gpu_num x replicas), the
     same figure the config's dry-run gives; today's container price may be far below it."""
-    from ..cost import cost_bounds
+    from ..money.estimate import cost_bounds
 
     template = scaler.template
     price_to = template.get("price_to")
@@ -812,13 +812,13 @@ def prepare_gateway_autoscaler(args: Any, ctx: Any, deployment_uuid: Optional[st
     """serve_gateway.py --autoscale: check the flags and the deployment, ask for --yes with the
     bounds, and return the extension to add to the gateway (None without --autoscale).
     Everything here runs before the gateway listens, so a refusal is the usual JSON error."""
-    from ..settings import is_loopback_host
+    from ..core.settings import is_loopback_host
     from .autoscale_cli import autoscale_config, check_autoscale_arguments, require_autoscale_confirmation
 
     check_autoscale_arguments(args)
     if not args.autoscale:
         return None
-    from ..http import ApiClient
+    from ..core.http import ApiClient
 
     # Its own client: the autoscaler calls the platform from a worker thread while the
     # registry watcher uses ctx.client() from its own; a requests.Session is not shared.

@@ -51,7 +51,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..loopback import host_header_allowed, is_loopback_name
+from ..core.loopback import host_header_allowed, is_loopback_name
 from .policies import POLICIES, LoadReportError, parse_load_report
 from .replicas import NoReplicas, Overloaded, ReplicaTable, Ticket
 from .sources import RegistryView, ReplicaSource

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from ..output import Progress
+from ..core.output import Progress
 
 # The runtime API answers in microseconds; 5 s tells a stuck HAProxy from a busy one.
 RUNTIME_TIMEOUT_SECONDS = 5.0

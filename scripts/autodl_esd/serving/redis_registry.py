@@ -26,7 +26,7 @@ import time
 import uuid as uuid_module
 from typing import Any, Callable, Optional
 
-from ..deps import require
+from ..core.deps import require
 
 DEFAULT_KEY_PREFIX = "autodl-esd"
 # A Redis on the LAN answers in well under a millisecond; 5 s separates a slow one from a
@@ -623,7 +623,7 @@ class RedisWatch:
     def run(self) -> str:
         import time as time_module
 
-        from ..errors import Interrupted
+        from ..core.errors import Interrupted
 
         options = self.watcher.options
         started = time_module.monotonic()

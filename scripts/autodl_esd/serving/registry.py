@@ -40,14 +40,14 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from .. import api
-from ..containers import STOPPING_STATUSES, primary_service_url
-from ..deps import SKILL_ROOT, require
-from ..errors import AutoDLError, Interrupted
-from ..loopback import host_header_allowed
-from ..output import Progress
-from ..platform_time import now_timestamp
-from ..resolve import is_record_not_found
+from ..platform import api
+from ..platform.containers import STOPPING_STATUSES, primary_service_url
+from ..core.deps import SKILL_ROOT, require
+from ..core.errors import AutoDLError, Interrupted
+from ..core.loopback import host_header_allowed
+from ..core.output import Progress
+from ..core.clock import now_timestamp
+from ..platform.resolve import is_record_not_found
 
 REGISTRY_SCHEMA = SKILL_ROOT / "schemas" / "registry.schema.json"
 RUNNING = "running"
@@ -391,7 +391,7 @@ class RegistryWatcher:
 
     def _look_at_deployment(self) -> None:
         """One look at the deployment; ends the watch after END_AFTER_LOOKS in a row say it ended."""
-        from ..resolve import deployment_by_uuid
+        from ..platform.resolve import deployment_by_uuid
 
         try:
             deployment = deployment_by_uuid(self.client, self.deployment_uuid)

@@ -16,8 +16,8 @@ import signal
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from ..cli import UsageError
-from ..output import emit_line, register_secret
+from ..core.cli import UsageError
+from ..core.output import emit_line, register_secret
 
 # The watcher's and its health check's settings when the gateway watches in-process; the
 # reasons are those of discover_services.py's defaults (same values).
@@ -39,7 +39,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def build_options(args: Any) -> Any:
-    from ..loopback import is_loopback_name
+    from ..core.loopback import is_loopback_name
     from .gateway import GatewayOptions
 
     host, port = parse_listen(args.listen)
@@ -90,8 +90,8 @@ def build_source(args: Any, ctx: Any, options: Any) -> Any:
     if getattr(args, "registry_redis", None):
         return redis_source(args, ctx, options)
 
-    from ..polling import floor_interval
-    from ..resolve import resolve_from_args
+    from ..core.polling import floor_interval
+    from ..platform.resolve import resolve_from_args
     from .registry import HealthTracker, RegistryWatcher, WatchOptions
 
     client = ctx.client()
@@ -111,7 +111,7 @@ def redis_source(args: Any, ctx: Any, options: Any) -> Any:
 
     deployment_uuid = args.deployment_uuid
     if deployment_uuid is None:  # --name / --config: one look at the deployment list
-        from ..resolve import resolve_from_args
+        from ..platform.resolve import resolve_from_args
 
         deployment_uuid = resolve_from_args(ctx.client(), args)["uuid"]
     options.deployment_uuid = deployment_uuid
@@ -132,7 +132,7 @@ def prepare(args: Any, ctx: Any) -> tuple[Any, Any, Any]:
     """Every check a run makes before it listens (flags, the auth variable, the deployment,
     the registry, the autoscaler's --yes): (options, source, autoscaler), nothing started.
     `--detach` runs it in the foreground, so bad input is a JSON error there."""
-    from ..deps import require
+    from ..core.deps import require
 
     require("aiohttp")  # dependency_missing with the install command, before anything else
     require("prometheus_client")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def clock_text() -> str:
     """The time shown in log lines, in the platform's zone (imported on first use: --help
     never logs, and datetime is not free at start-up)."""
-    from .platform_time import clock_text as platform_clock_text
+    from .clock import clock_text as platform_clock_text
 
     return platform_clock_text()
 

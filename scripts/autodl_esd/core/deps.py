@@ -16,7 +16,7 @@ from types import ModuleType
 from . import skill_venv
 from .errors import AutoDLError, ErrorType
 
-SKILL_ROOT = Path(__file__).resolve().parents[2]
+SKILL_ROOT = Path(__file__).resolve().parents[3]
 VENV_DIR = Path(skill_venv.VENV_DIR)
 REQUIREMENTS = SKILL_ROOT / "requirements.txt"
 

@@ -1,9 +1,13 @@
-"""Platform time: parsing the API's timestamps and knowing what time it is on the platform.
+"""The platform's clock: its +08:00 face, its timestamps, and what time it is there.
 
-Run time and spend are measured between the platform's own timestamps (`started_at`,
-`stopped_at`, `created_at`, RFC 3339 with +08:00) and the platform's "now", read from the
-HTTP `Date` header of the latest answer. So a local clock that is off (or the simulator's
-accelerated time) never makes a container look longer or shorter-lived than it is.
+AutoDL runs on China Standard Time and stamps everything (created_at, started_at, events)
+with +08:00. Our own stamps (generated_at, as_of, progress lines) use the same offset,
+whatever this machine's zone, so a reader never compares 12:00+00:00 with 20:00+08:00.
+
+Run time and spend are measured between the platform's own timestamps and the platform's
+"now", read from the HTTP `Date` header of the latest answer. So a local clock that is off
+(or the simulator's accelerated time) never makes a container look longer or shorter-lived
+than it is.
 """
 
 from __future__ import annotations
@@ -13,8 +17,27 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from .platform_time import PLATFORM_TZ, in_platform_zone
+PLATFORM_TZ = timezone(timedelta(hours=8))
 
+
+
+def now() -> datetime:
+    return datetime.now(PLATFORM_TZ)
+
+
+def now_timestamp() -> str:
+    """Now, as the platform writes it: RFC 3339 seconds with +08:00."""
+    return now().isoformat(timespec="seconds")
+
+
+def clock_text() -> str:
+    """HH:MM:SS+08:00 for a progress line."""
+    return now().strftime("%H:%M:%S+08:00")
+
+
+def in_platform_zone(moment: datetime) -> str:
+    """An aware instant as RFC 3339 seconds in +08:00."""
+    return moment.astimezone(PLATFORM_TZ).isoformat(timespec="seconds")
 
 def parse_timestamp(value: Any) -> datetime | None:
     """An API timestamp as an aware datetime; None for null, empty or unreadable values.

@@ -1,7 +1,7 @@
 """Spend so far: run time x price per container (released ones included), per deployment.
 
 A container bills from `started_at` (it reached running) until `stopped_at`; one that is
-still up bills until the platform's "now" (see timeline.platform_now). `--since` clips every
+still up bills until the platform's "now" (see core.clock.platform_now). `--since` clips every
 interval to start no earlier than that instant. Prices are yuan x 1000 per hour, read as the
 container's whole hourly rate (see cost.CONTAINER_PRICE_BASIS).
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable
 
-from . import api
-from .cost import CONTAINER_PRICE_BASIS
-from .errors import AutoDLError
-from .timeline import iso, parse_timestamp, platform_now
-from .units import yuan_from_price_units
+from ..platform import api
+from .estimate import CONTAINER_PRICE_BASIS
+from ..core.errors import AutoDLError
+from ..core.clock import iso, parse_timestamp, platform_now
+from ..platform.units import yuan_from_price_units
 
 # Statuses in which a container without stopped_at is still billing (it holds its GPUs).
 BILLING_STATUSES = ("running", "shutting_down")

@@ -18,11 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import background
-from .background import JobFiles, JobLock, is_running, local_now
-from .errors import AutoDLError, ErrorType, Interrupted
-from .output import Progress, scrub, to_json
-from .state import state_root
+from ..core import background
+from ..core.background import JobFiles, JobLock, is_running, local_now
+from ..core.errors import AutoDLError, ErrorType, Interrupted
+from ..core.output import Progress, scrub, to_json
+from ..core.state import state_root
 
 STARTING, RUNNING, STOPPED, FAILED = "starting", "running", "stopped", "failed"
 PREFIXES = {"gateway": "gw", "watch": "w"}

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import time
 
-from .errors import ApiError, AutoDLError
-from .output import Progress
+from ..core.errors import ApiError, AutoDLError
+from ..core.output import Progress
 
 # notify.py's parser reads the limits below, so this module imports nothing heavy at the top
 # (the HTTP client, json, the state directory's pathlib come in where they are used).
@@ -36,7 +36,7 @@ MAX_TITLE_CHARS = 64
 def wechat_host(settings: Any, environ: Any = None) -> str:
     """AUTODL_WECHAT_HOST, else the simulator's own address when AUTODL_HOST is loopback,
     else https://www.autodl.com."""
-    from .settings import is_loopback_host, normalize_host
+    from ..core.settings import is_loopback_host, normalize_host
 
     environ = os.environ if environ is None else environ
     explicit = (environ.get("AUTODL_WECHAT_HOST") or "").strip()
@@ -46,7 +46,7 @@ def wechat_host(settings: Any, environ: Any = None) -> str:
 
 
 def sent_log_path():
-    from .state import state_root
+    from ..core.state import state_root
 
     return state_root() / "notify" / "wechat-sent.json"
 
@@ -83,7 +83,7 @@ class SendLog:
         return [t for t in stamps if isinstance(t, (int, float)) and now - t < DAY_SECONDS]
 
     def save(self, stamps: list[float]) -> None:
-        from .state import write_json_atomically
+        from ..core.state import write_json_atomically
 
         write_json_atomically(self.path, stamps)
 
@@ -127,7 +127,7 @@ def send(settings: Any, title: str, content: str | None = None, name: str | None
     import dataclasses
 
     from . import api
-    from .http import ApiClient
+    from ..core.http import ApiClient
 
     title = title.strip()[:MAX_TITLE_CHARS]
     host = wechat_host(settings)

@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 from . import api
 from .containers import STOPPING_STATUSES
-from .errors import ApiError, AutoDLError, ErrorType
-from .output import Progress
-from .polling import ReadErrors, failed_reads_text
+from ..core.errors import ApiError, AutoDLError, ErrorType
+from ..core.output import Progress
+from ..core.polling import ReadErrors, failed_reads_text
 
 RUNNING = "running"
 STOPPED = "stopped"

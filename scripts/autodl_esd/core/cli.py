@@ -214,7 +214,7 @@ def list_result(items: list[Any], **extra: Any) -> dict[str, Any]:
 
 def add_blacklist_flags(parser: argparse.ArgumentParser, comment_help: str) -> None:
     """--comment and --expire-minutes, as the blacklist endpoint takes them."""
-    from .units import BLACKLIST_MAX_EXPIRE_MINUTES
+    from ..platform.units import BLACKLIST_MAX_EXPIRE_MINUTES
 
     parser.add_argument("--comment", metavar="TEXT", help=comment_help)
     parser.add_argument(
@@ -327,7 +327,7 @@ def is_entry_script(path: str | None) -> bool:
     """Whether `path` (the __main__ file) is one of the bundle's scripts: the root or scripts/."""
     if not path:
         return False
-    scripts = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    scripts = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return os.path.dirname(os.path.abspath(path)) in (scripts, os.path.dirname(scripts))
 
 

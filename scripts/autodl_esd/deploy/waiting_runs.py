@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from .state import state_root
+from ..core.state import state_root
 
 WAITING_DIR = "queue_waiting"
 # A marker is created and locked in one step; one unlocked for this long is not being

@@ -24,9 +24,9 @@ from typing import Any
 from . import api
 from .containers import STOPPING_STATUSES
 from .effects import Change, apply_change, took_effect_of
-from .errors import AutoDLError, ErrorType
-from .output import Progress
-from .platform_time import in_platform_zone
+from ..core.errors import AutoDLError, ErrorType
+from ..core.output import Progress
+from ..core.clock import in_platform_zone
 from .resolve import BLACKLIST_EXPIRY_NOTE, blacklist_expiry, verify_blacklisted
 
 RUNNING = "running"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-SKILL_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SKILL_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 VENV_DIR = os.path.join(SKILL_ROOT, ".venv")
 REEXEC_MARKER = "AUTODL_ESD_REEXEC"
 # What every script needs (requirements.txt); only these decide a re-exec.

@@ -23,9 +23,9 @@ import time
 from typing import Any, Callable
 
 from . import api
-from .cli import UsageError, confirmation_required
+from ..core.cli import UsageError, confirmation_required
 from .config import load_config
-from .errors import AutoDLError, ErrorType
+from ..core.errors import AutoDLError, ErrorType
 from .units import gb_from_bytes, yuan_from_price_units
 
 DEPLOYMENT_UUID_PATTERN = re.compile(r"^[0-9a-f]{15}$")
@@ -251,7 +251,7 @@ def deployment_impact(client: Any, deployment: dict[str, Any], with_cost: bool =
     live = [container_summary(c) for c in containers if c.get("status") in LIVE_STATUSES]
     impact = {"deployment": deployment_summary(deployment), "live_containers": live, "live_container_count": len(live)}
     if with_cost:
-        from .spend import cost_before_change
+        from ..money.spend import cost_before_change
 
         impact.update(cost_before_change(client, deployment, containers))
     return impact

@@ -15,9 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import strict_json
-from .deps import SKILL_ROOT, require
-from .errors import AutoDLError, ErrorType
+from ..core import strict_json
+from ..core.deps import SKILL_ROOT, require
+from ..core.errors import AutoDLError, ErrorType
 from .units import (
     KNOWN_CUDA_CODES,
     TYPICAL_MEMORY_GB_PER_GPU,

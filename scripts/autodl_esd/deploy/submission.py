@@ -25,14 +25,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import api, background
-from .background import JobFiles, JobLock, is_running, local_now
-from .cost import balance_check, cost_bounds, with_observed_rate
-from .errors import AutoDLError, ErrorType, Interrupted
-from .output import Progress
-from .polling import floor_interval
-from .state import state_root
-from .stock import requested_stock
+from ..platform import api
+from ..core import background
+from ..core.background import JobFiles, JobLock, is_running, local_now
+from ..money.estimate import balance_check, cost_bounds, with_observed_rate
+from ..core.errors import AutoDLError, ErrorType, Interrupted
+from ..core.output import Progress
+from ..core.polling import floor_interval
+from ..core.state import state_root
+from ..platform.stock import requested_stock
 from . import submit as submit_engine
 from .submit import DEFAULT_STARTUP_TIMEOUT_SECONDS, SubmissionCancelled, SubmitOptions, Submitter
 
@@ -580,7 +581,7 @@ class Notices:
     def send(self, title: str, content: str) -> None:
         if not self.enabled:
             return
-        from .notify import notify_quietly
+        from ..platform.notify import notify_quietly
 
         outcome = notify_quietly(self.client.settings, title, content, self.config["name"], self.progress)
         self.sent.append({"title": outcome["title"], "sent": outcome["sent"]})
@@ -592,14 +593,14 @@ class Notices:
 
 
 def _guard_limits(request: Request) -> Any:
-    from .guard import Limits
+    from ..money.guard import Limits
 
     return Limits(max_runtime_hours=request.max_runtime, max_cost_yuan=request.max_cost)
 
 
 def _guard_plan(request: Request, config: dict[str, Any]) -> str:
     """What the guard started after the create will do (shown by the dry run)."""
-    from .guard import describe_plan
+    from ..money.guard import describe_plan
 
     return describe_plan({"limits": _guard_limits(request).__dict__, "action": "stop", "floor": None,
                           "deployment_name": config["name"], "deployment_uuid": "创建后的部署"})
@@ -608,8 +609,8 @@ def _guard_plan(request: Request, config: dict[str, Any]) -> str:
 def start_guard(request: Request, client: Any, deployment_uuid: str, progress: Progress) -> dict[str, Any]:
     """A detached guard for the deployment just created. A guard that cannot start is a
     warning: the deployment exists and must be reported, never turned into an error."""
-    from . import guard
-    from .resolve import deployment_by_uuid, read_back
+    from ..money import guard
+    from ..platform.resolve import deployment_by_uuid, read_back
 
     command = (f"python3 scripts/guard_deployment.py --deployment-uuid {deployment_uuid}"
                + (f" --max-runtime {request.max_runtime:g}" if request.max_runtime else "")

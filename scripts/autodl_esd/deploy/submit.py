@@ -18,17 +18,18 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from . import api, effects, waiters
-from .config import build_request, dialect_of
-from .containers import container_summary
-from .effects import watch
-from .errors import ApiError, AutoDLError, ErrorType, Interrupted
-from .evidence import compare_config, existing_deployment
-from .lint import capacity_filters, lint_config, no_capacity_suggestion
-from .output import REDACTED, Progress
-from .platform_time import now_timestamp
-from .polling import PollFailures, ReadErrors, failed_reads_text
-from .stock import StockByGpu, first_fit, requested_stock, similar_gpu_names
+from ..platform import api, effects
+from . import waiting_runs
+from ..platform.config import build_request, dialect_of
+from ..platform.containers import container_summary
+from ..platform.effects import watch
+from ..core.errors import ApiError, AutoDLError, ErrorType, Interrupted
+from ..platform.evidence import compare_config, existing_deployment
+from ..platform.lint import capacity_filters, lint_config, no_capacity_suggestion
+from ..core.output import REDACTED, Progress
+from ..core.clock import now_timestamp
+from ..core.polling import PollFailures, ReadErrors, failed_reads_text
+from ..platform.stock import StockByGpu, first_fit, requested_stock, similar_gpu_names
 
 # Three tries cover a race with another tenant for the last cards; more than that means
 # the conditions (price/cpu/memory ranges) exclude every host that has free cards.
@@ -155,7 +156,7 @@ class Submitter:
         self.duplicate_check: dict[str, Any] = {"result": "none", "would_refuse": False}
         self._reconcile_report: dict[str, Any] | None = None
         self._reconcile_answered = True
-        # Other queue_submit runs seen waiting for this name (waiters.py; advisory only).
+        # Other queue_submit runs seen waiting for this name (waiting_runs.py; advisory only).
         self._host = str(getattr(client, "host", "") or "")
         self.other_waiters: list[dict[str, Any]] = []
         self._marker: Any = None
@@ -727,7 +728,7 @@ class Submitter:
                 if finished is not None:
                     # A Job/Container can finish before the first look: say so with the counts,
                     # never a bare success with no containers.
-                    from .waiting import finish_counts
+                    from ..platform.follow import finish_counts
 
                     self.progress.log(f"部署 {deployment_uuid} 在第一次查看前就已结束 (finished_num={finished.get('finished_num')})")
                     return {"target_running": target, "containers": [], "deployment_finished": True,
@@ -764,7 +765,7 @@ class Submitter:
         return found[0] if found and all(d.get("status") == "stopped" for d in found) else None
 
     def wait_until_finished(self, deployment_uuid: str) -> dict[str, Any]:
-        from .waiting import wait_finished
+        from ..platform.follow import wait_finished
 
         return wait_finished(self.client, deployment_uuid, timeout=self.options.finish_timeout,
                              interval=self.options.interval, progress=self.progress)
@@ -773,10 +774,10 @@ class Submitter:
 
     def _note_other_waiters(self) -> dict[str, Any] | None:
         """Another run already waiting for this name: said at once (progress), kept for the result."""
-        self.other_waiters = waiters.live_waiters(self._host, self.config["name"])
+        self.other_waiters = waiting_runs.live_waiters(self._host, self.config["name"])
         if not self.other_waiters:
             return None
-        warning = waiters.warning_for(self.other_waiters, self.config["name"])
+        warning = waiting_runs.warning_for(self.other_waiters, self.config["name"])
         self.progress.log(f"警告 [{warning['code']}] {warning['message']} {warning['hint']}")
         return warning
 
@@ -784,7 +785,7 @@ class Submitter:
         """A timeout or deployment_exists names the other runs waiting for this name."""
         if error.error_type not in (ErrorType.TIMEOUT, ErrorType.DEPLOYMENT_EXISTS):
             return
-        now = waiters.live_waiters(self._host, self.config["name"], exclude=self._marker)
+        now = waiting_runs.live_waiters(self._host, self.config["name"], exclude=self._marker)
         live = {w.get("pid") for w in now}
         seen = now + [w for w in self.other_waiters if w.get("pid") not in live]
         if not seen:
@@ -793,14 +794,14 @@ class Submitter:
         error.details["waiting_runs"] = [{"pid": w.get("pid"), "started_at": w.get("started_at"),
                                           "still_waiting": w.get("pid") in live} for w in seen]
         if error.error_type is ErrorType.TIMEOUT and now:
-            error.message += f" {waiters.describe(first)}仍在等待同名部署 {self.config['name']}: 它拿到库存就会创建; 不要重复提交。"
+            error.message += f" {waiting_runs.describe(first)}仍在等待同名部署 {self.config['name']}: 它拿到库存就会创建; 不要重复提交。"
             error.hint = f"等那个运行的结果; 不想要了就结束它 (kill {first.get('pid')})。" + error.hint
         elif error.error_type is ErrorType.TIMEOUT:
-            error.message += f" 本次开始时{waiters.describe(first)}也在等待同名部署 (现在已结束): 先看它的结果再决定是否重新提交。"
+            error.message += f" 本次开始时{waiting_runs.describe(first)}也在等待同名部署 (现在已结束): 先看它的结果再决定是否重新提交。"
         elif now:
-            error.message += f" {waiters.describe(first)}也在等待同名部署 (它创建前的同名检查同样会发现这个部署); 不要重复提交。"
+            error.message += f" {waiting_runs.describe(first)}也在等待同名部署 (它创建前的同名检查同样会发现这个部署); 不要重复提交。"
         else:
-            error.message += f" 本次开始时{waiters.describe(first)}正在等待同名部署: 这个部署很可能就是它创建的; 不要重复提交。"
+            error.message += f" 本次开始时{waiting_runs.describe(first)}正在等待同名部署: 这个部署很可能就是它创建的; 不要重复提交。"
 
     def run(self) -> dict[str, Any]:
         try:
@@ -863,7 +864,7 @@ class Submitter:
             stock = self._first_poll()
         # While this run may still create, others see it waiting (advisory; never consulted
         # by the exactly-once logic, whose source of truth is the name check before a create).
-        with waiters.waiting_marker(self._host, self.config["name"], self.config["deployment_type"]) as self._marker:
+        with waiting_runs.waiting_marker(self._host, self.config["name"], self.config["deployment_type"]) as self._marker:
             deployment_uuid, recovered, waited = self.submit(stock, started)
         self._marker = None
         return self.created(deployment_uuid, recovered, waited)

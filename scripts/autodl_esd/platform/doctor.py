@@ -18,7 +18,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from . import api
-from .errors import ApiError, AutoDLError, ErrorType
+from ..core.errors import ApiError, AutoDLError, ErrorType
 
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 # The platform's enterprise gate on elastic-deployment routes (message seen live).
@@ -59,8 +59,8 @@ def skipped_after(failed: str) -> list[dict[str, Any]]:
 def diagnose(ctx: Any, config_paths: list[str]) -> dict[str, Any]:
     """Run every check with the context's settings (AUTODL_* or the embedded simulator)."""
     from .config import load_config
-    from .http import ApiClient
-    from .settings import Settings, load_settings
+    from ..core.http import ApiClient
+    from ..core.settings import Settings, load_settings
 
     configs = [(path, load_config(path)) for path in config_paths]  # a bad file is config_error
     try:

@@ -33,8 +33,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import ApiError, AutoDLError
-from .output import Progress
+from ..core.errors import ApiError, AutoDLError
+from ..core.output import Progress
 
 # A request the server accepted just before the client gave up is usually processed within
 # moments of it. Look for the HTTP timeout plus this margin (server-side queueing and commit

@@ -33,13 +33,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from . import api
-from .background import JobFiles, JobLock, is_running, read_record, records_in, spawn, stop_process, write_record
-from .state import state_root
-from .errors import AutoDLError, ErrorType, Interrupted
-from .output import Progress
+from ..platform import api
+from ..core.background import JobFiles, JobLock, is_running, read_record, records_in, spawn, stop_process, write_record
+from ..core.state import state_root
+from ..core.errors import AutoDLError, ErrorType, Interrupted
+from ..core.output import Progress
 from .spend import container_spend
-from .timeline import iso, parse_timestamp, platform_now
+from ..core.clock import iso, parse_timestamp, platform_now
 
 # Run-time limits are hours: checking once a minute overshoots by at most a minute of the
 # deployment's rate, and keeps a guard's API use negligible.
@@ -344,7 +344,7 @@ class Guard:
         return platform_elapsed / real_elapsed
 
     def _observe(self, tracker: Any, read_activity: Callable[[str], Any]) -> Observation:
-        from .resolve import deployment_by_uuid
+        from ..platform.resolve import deployment_by_uuid
 
         uuid = self.state["deployment_uuid"]
         deployment = deployment_by_uuid(self.client, uuid)
@@ -364,8 +364,8 @@ class Guard:
     # --- acting, exactly once ----------------------------------------------------------
 
     def _change(self) -> Any:
-        from .effects import Change
-        from .resolve import deployment_by_uuid
+        from ..platform.effects import Change
+        from ..platform.resolve import deployment_by_uuid
 
         uuid, floor = self.state["deployment_uuid"], self.state.get("floor")
         fetch = lambda: deployment_by_uuid(self.client, uuid)  # noqa: E731
@@ -379,7 +379,7 @@ class Guard:
                       done=lambda d: d is None or d.get("status") == "stopped", check=check, ids={"deployment_uuid": uuid})
 
     def _act(self, reason: str, message: str) -> None:
-        from .effects import apply_change, took_effect_of
+        from ..platform.effects import apply_change, took_effect_of
 
         change = self._change()
         self.progress.log(f"{message} 执行: {change.what}")
@@ -412,7 +412,7 @@ class Guard:
 
     def _settle_interrupted_action(self) -> None:
         """The guard died after writing its intent: find out from the platform what happened."""
-        from .resolve import deployment_by_uuid
+        from ..platform.resolve import deployment_by_uuid
 
         change = self._change()
         intent = self.state.get("acting") or {}
@@ -459,7 +459,7 @@ def job_end_report(client: Any, deployment_uuid: str, progress: Progress) -> dic
     guard reports the end without it (None). Never raises: the guard's end is already known.
     """
     try:
-        from .waiting import wait_finished
+        from ..platform.follow import wait_finished
     except ImportError:
         return None
     try:
@@ -574,7 +574,7 @@ def new_state(client: Any, deployment: dict[str, Any], limits: Limits, action: s
 
 def check_request(deployment: dict[str, Any], limits: Limits, action: str, floor: int | None) -> None:
     """Refuse a guard that could never act as asked (usage_error, nothing written)."""
-    from .cli import UsageError
+    from ..core.cli import UsageError
 
     if limits.max_runtime_hours is None and limits.max_cost_yuan is None and limits.idle_minutes is None:
         raise UsageError("守护至少需要一个条件: --max-runtime H、--max-cost Y 或 --idle-minutes M (配 --idle-url)。")
@@ -618,7 +618,7 @@ def detach(files: GuardFiles, script: Path, progress: Progress) -> dict[str, Any
 def platform_now_or_none(client: Any, deployment_uuid: str | None) -> str | None:
     """The platform's time from one cheap read, or None when it cannot be read: a record's
     timestamps stay on one clock, so a guard settled offline gets no made-up platform time."""
-    from .resolve import deployment_by_uuid
+    from ..platform.resolve import deployment_by_uuid
 
     if client is None:
         return None

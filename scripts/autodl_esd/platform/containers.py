@@ -6,7 +6,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (--help i
 if TYPE_CHECKING:
     from typing import Any
 
-from .output import REDACTED
+from ..core.output import REDACTED
 from .units import gb_from_bytes, yuan_from_price_units
 
 # Keys of a container's `info` that carry a reachable service address, in the order a

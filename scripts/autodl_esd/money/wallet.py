@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api
-from .units import yuan_from_price_units
+from ..platform import api
+from ..platform.units import yuan_from_price_units
 
 # Response keys (yuan x 1000) and the names we show them under, in yuan.
 WALLET_FIELDS = {"assets": "balance_yuan", "accumulate": "accumulated_spend_yuan", "voucher_balance": "voucher_balance_yuan"}

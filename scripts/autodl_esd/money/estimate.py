@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .units import yuan_from_price_units
+from ..platform.units import yuan_from_price_units
 
 # "A few hours": below this many hours of balance at the worst-case rate the plan warns,
 # since arrears force-stop every container and a top-up takes a person to act.
@@ -117,7 +117,7 @@ def over_budget_problem(cost: dict[str, Any], max_hourly_yuan: float) -> dict[st
 def balance_check(client: Any, cost: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
     """(the wallet with hours covered at the worst case, warnings). Never raises for the
     wallet itself: a balance that cannot be read is a warning, the plan goes on."""
-    from .errors import AutoDLError
+    from ..core.errors import AutoDLError
     from .wallet import read_wallet
 
     try:

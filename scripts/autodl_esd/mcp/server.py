@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
-from . import mcp_tools
-from .deps import SKILL_ROOT
-from .errors import AutoDLError, ErrorType
-from .output import Progress, register_secret, scrub
+from . import catalog
+from ..core.deps import SKILL_ROOT
+from ..core.errors import AutoDLError, ErrorType
+from ..core.output import Progress, register_secret, scrub
 
 SERVER_NAME = "autodl-elastic-deploy"
 SERVER_VERSION = "1.0.0"
@@ -74,7 +74,7 @@ class InterruptedCall:
 class ToolRunner:
     """Runs tools as child processes; knows the catalog, the children's environment and secrets."""
 
-    tools: dict[str, mcp_tools.Tool]
+    tools: dict[str, catalog.Tool]
     env_overrides: dict[str, str] = field(default_factory=dict)
     simulated: bool = False
     log: Progress = field(default_factory=Progress)
@@ -113,7 +113,7 @@ class ToolRunner:
             for key, value in tool.policy.sim_defaults.items():
                 arguments.setdefault(key, value)
         mode = tool.mode(arguments)
-        if mode == mcp_tools.SERVER_PREVIEWS and not confirm:
+        if mode == catalog.SERVER_PREVIEWS and not confirm:
             return self._preview(tool, arguments, await self._preview_context(tool, arguments))
         guard = self._submission_guard(tool, arguments, confirm)
         if isinstance(guard, dict):
@@ -124,7 +124,7 @@ class ToolRunner:
             if guard:
                 self._submitting.discard(guard)
 
-    def _preview(self, tool: mcp_tools.Tool, arguments: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    def _preview(self, tool: catalog.Tool, arguments: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
         """confirmation_required for a script that would act at once: the mutating script is not run."""
         return AutoDLError(
             ErrorType.CONFIRMATION_REQUIRED,
@@ -134,7 +134,7 @@ class ToolRunner:
              "destructive": tool.policy.destructive, **context},
         ).to_dict()
 
-    async def _preview_context(self, tool: mcp_tools.Tool, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    async def _preview_context(self, tool: catalog.Tool, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """What a previewed call would act on, read with the read-only list tools."""
 
         async def quiet(_message: str) -> None:
@@ -164,7 +164,7 @@ class ToolRunner:
             return {"deployment": None, "lookup": listed.get("message") or f"找到 {len(items)} 个匹配的部署"}
         return {}
 
-    def _submission_guard(self, tool: mcp_tools.Tool, arguments: dict[str, Any], confirm: bool) -> str | dict | None:
+    def _submission_guard(self, tool: catalog.Tool, arguments: dict[str, Any], confirm: bool) -> str | dict | None:
         """One real queue_submit per deployment name at a time: a second one while the first
         can still create would break the exactly-once rule (its name check races the first)."""
         if tool.name != "queue_submit" or not confirm or arguments.get("dry_run"):
@@ -181,7 +181,7 @@ class ToolRunner:
         self._submitting.add(name)
         return name
 
-    async def _run(self, tool: mcp_tools.Tool, arguments: dict[str, Any], confirm: bool,
+    async def _run(self, tool: catalog.Tool, arguments: dict[str, Any], confirm: bool,
                    report: ProgressReporter) -> dict[str, Any]:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="autodl-mcp-") as workdir:
@@ -220,7 +220,7 @@ class ToolRunner:
                      f"(退出码 {child.returncode}, {time.monotonic() - started:.1f} 秒)")
         return document
 
-    async def _interrupt(self, tool: mcp_tools.Tool, arguments: dict[str, Any], confirm: bool,
+    async def _interrupt(self, tool: catalog.Tool, arguments: dict[str, Any], confirm: bool,
                          output: "_ChildOutput") -> dict[str, Any]:
         child = output.child
         if child.returncode is None:
@@ -254,7 +254,7 @@ class ToolRunner:
 class _ChildOutput:
     """Collects a child's stdout and turns its stderr lines into progress reports."""
 
-    def __init__(self, child: asyncio.subprocess.Process, report: ProgressReporter, tool: mcp_tools.Tool,
+    def __init__(self, child: asyncio.subprocess.Process, report: ProgressReporter, tool: catalog.Tool,
                  command: str, log: Progress) -> None:
         self.child = child
         self.tool = tool
@@ -413,9 +413,9 @@ def build_server(runner: ToolRunner) -> Any:
     import mcp_types as types
     from mcp.server.lowlevel import Server
 
-    output_schema = mcp_tools.result_schema()
+    output_schema = catalog.result_schema()
 
-    def to_tool(tool: mcp_tools.Tool) -> Any:
+    def to_tool(tool: catalog.Tool) -> Any:
         return types.Tool(
             name=tool.name, title=tool.policy.title, description=tool.description, input_schema=tool.input_schema,
             output_schema=output_schema, annotations=types.ToolAnnotations(**_annotation_fields(tool.annotations)),
@@ -464,7 +464,7 @@ def _annotation_fields(hints: Mapping[str, Any]) -> dict[str, Any]:
 
 def known_secrets(env_overrides: Mapping[str, str]) -> None:
     """Register the token the children will use, so the server scrubs it too."""
-    from .settings import load_settings
+    from ..core.settings import load_settings
 
     register_secret(env_overrides.get("AUTODL_TOKEN"))
     try:

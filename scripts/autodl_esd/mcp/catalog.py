@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
-from .deps import SKILL_ROOT
+from ..core.deps import SKILL_ROOT
 
 # Entry scripts that are not tools, and why. Keep this list short and the reasons true.
 NOT_TOOLS: dict[str, str] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from .http import ApiClient
+from ..core.http import ApiClient
 from .stock import StockByGpu, merge_stock, normalize_stock
 
 IMAGES_PATH = "/api/v1/dev/image/private/list"
@@ -30,7 +30,7 @@ MAX_PAGES = 1000
 PAGING_KEYS = ("page_index", "page_size", "max_page", "offset", "result_total")
 # Public-cloud limits of the blacklist's expire_in_minutes (1 minute to 30 days) live in
 # units, where the argument parser reads them without importing the HTTP client.
-from .units import BLACKLIST_MAX_EXPIRE_MINUTES  # noqa: E402,F401
+from .units import BLACKLIST_MAX_EXPIRE_MINUTES
 
 
 def iter_pages(client: ApiClient, path: str, body: dict[str, Any] | None = None, page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .deps import require
-from .errors import AutoDLError, ErrorType
+from ..core.deps import require
+from ..core.errors import AutoDLError, ErrorType
 
 REQUEST_HISTOGRAM = "http_server_request_duration_seconds"
 ACTIVE_REQUESTS = "http_server_active_requests"

@@ -138,8 +138,9 @@ def emit(document: dict) -> None:
 
 
 def fail(error_type: str, message: str, hint: str, **details: object) -> int:
-    emit({"status": "error", "error_type": error_type, "message": message, "hint": hint,
-          "details": details})
+    from autodl_esd.core.errors import ErrorType, error_document  # the bundle's one error shape
+
+    emit(error_document(ErrorType(error_type), message, hint, dict(details)))
     return 1
 
 

@@ -32,6 +32,12 @@ EXPECTED_EXIT_CODES = {
     "api_error": 3,
     "internal_error": 4,
     "interrupted": 130,
+    # The serving gateway's HTTP answers (never a script's exit), grouped like their kin.
+    "no_replicas": 3,
+    "overloaded": 3,
+    "upstream_error": 3,
+    "unauthorized": 1,
+    "bad_request": 1,
 }
 
 # The minimum `details` each type must carry for its document to be schema-valid.
@@ -82,11 +88,12 @@ def test_exit_codes_match_spec_table():
     assert set(EXIT_CODES) == set(ErrorType)
 
 
-def test_epilog_lists_every_error_type():
-    from autodl_esd.core.errors import EXIT_CODE_EPILOG
+def test_epilog_lists_every_error_type_a_script_exits_with():
+    from autodl_esd.core.errors import EXIT_CODE_EPILOG, SERVING_ONLY
 
     for member in ErrorType:
-        assert member.value in EXIT_CODE_EPILOG
+        # The gateway's HTTP answers are no exit of a script: --help does not list them.
+        assert (member.value in EXIT_CODE_EPILOG) is (member not in SERVING_ONLY), member
 
 
 # --- every document validates ---------------------------------------------------------

@@ -1,4 +1,10 @@
-"""The closed set of error types every script reports, and their exit codes."""
+"""The closed set of error types the bundle reports, their exit codes, and the error document.
+
+Every JSON error the bundle emits (a script's stdout, the gateway's and the registry
+endpoint's HTTP answers) is built by `error_document` with an `ErrorType`; the same enum is
+listed in schemas/result.schema.json. The exit-code text of every `--help` is generated
+from EXIT_CODES, so the two cannot drift.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,12 @@ class ErrorType(str, Enum):
     API_ERROR = "api_error"
     INTERNAL_ERROR = "internal_error"
     INTERRUPTED = "interrupted"
+    # Answered over HTTP by the serving gateway (never a script's exit; see SERVING_ONLY).
+    NO_REPLICAS = "no_replicas"
+    OVERLOADED = "overloaded"
+    UPSTREAM_ERROR = "upstream_error"
+    UNAUTHORIZED = "unauthorized"
+    BAD_REQUEST = "bad_request"
 
     @property
     def exit_code(self) -> int:
@@ -46,21 +58,47 @@ EXIT_CODES: dict[ErrorType, int] = {
     ErrorType.API_ERROR: 3,
     ErrorType.INTERNAL_ERROR: 4,
     ErrorType.INTERRUPTED: 130,
+    # The gateway's answers, grouped as a script would be if it ever reported one.
+    ErrorType.NO_REPLICAS: 3,
+    ErrorType.OVERLOADED: 3,
+    ErrorType.UPSTREAM_ERROR: 3,
 }
+# Types only the serving gateway answers (with an HTTP status); no script exits with them.
+SERVING_ONLY = frozenset({ErrorType.NO_REPLICAS, ErrorType.OVERLOADED, ErrorType.UPSTREAM_ERROR,
+                          ErrorType.UNAUTHORIZED, ErrorType.BAD_REQUEST})
+EXIT_GROUPS = {EXIT_SUCCESS: "成功", 1: "输入有误", 2: "等待超时", 3: "平台错误", 4: "内部错误", 130: "被中断"}
+# --help is read in a terminal: the list of types wraps before this width.
+EPILOG_WIDTH = 88
 
-EXIT_CODE_EPILOG = """\
-退出码:
-  0    成功
-  1    输入有误 (validation_error, config_error, usage_error, token_missing, auth_error,
-       image_not_found, gpu_type_not_found, deployment_exists, not_found,
-       confirmation_required, dependency_missing)
-  2    等待超时 (timeout, startup_timeout)
-  3    平台错误 (submission_error, api_error)
-  4    内部错误 (internal_error)
-  130  被中断 (interrupted)
-秒数参数 (--interval, --timeout 等) 可为小数, 必须是有限数且不超过 2592000 (30 天);
-金额、小时、分钟类参数是不超过 1e9 的有限正数。
-stdout 永远只有一个 JSON 对象; 进度日志在 stderr。"""
+
+def _exit_code_epilog() -> str:
+    lines = ["退出码:", f"  {EXIT_SUCCESS:<4} {EXIT_GROUPS[EXIT_SUCCESS]}"]
+    for code, label in EXIT_GROUPS.items():
+        names = [t.value for t in ErrorType if EXIT_CODES[t] == code and t not in SERVING_ONLY]
+        if not names:
+            continue
+        line = f"  {code:<4} {label} ("
+        for index, name in enumerate(names):
+            piece = name + (", " if index < len(names) - 1 else ")")
+            if len(line) + len(piece.rstrip()) > EPILOG_WIDTH:
+                lines.append(line.rstrip())
+                line = " " * 7
+            line += piece
+        lines.append(line)
+    return "\n".join(lines + [
+        "秒数参数 (--interval, --timeout 等) 可为小数, 必须是有限数且不超过 2592000 (30 天);",
+        "金额、小时、分钟类参数是不超过 1e9 的有限正数。",
+        "stdout 永远只有一个 JSON 对象; 进度日志在 stderr。",
+    ])
+
+
+EXIT_CODE_EPILOG = _exit_code_epilog()
+
+
+def error_document(error_type: ErrorType, message: str, hint: str = "", details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one shape of every JSON error the bundle emits (schemas/result.schema.json)."""
+    return {"status": "error", "error_type": ErrorType(error_type).value, "message": message, "hint": hint,
+            "details": details or {}}
 
 
 class AutoDLError(Exception):
@@ -80,13 +118,7 @@ class AutoDLError(Exception):
         self.details = details or {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": "error",
-            "error_type": self.error_type.value,
-            "message": self.message,
-            "hint": self.hint,
-            "details": self.details,
-        }
+        return error_document(self.error_type, self.message, self.hint, self.details)
 
 
 class ApiError(AutoDLError):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from ..core import background
 from ..core.background import JobFiles, JobLock, is_running, local_now
-from ..core.errors import AutoDLError, ErrorType, Interrupted
+from ..core.errors import AutoDLError, ErrorType, Interrupted, error_document
 from ..core.output import Progress, scrub, to_json
 from ..core.state import state_root
 
@@ -178,14 +178,13 @@ def run_service(run_id: str, serve: Callable[[Callable[[dict[str, Any]], None]],
             record.ended(error.to_dict(), failed=error.error_type is not ErrorType.INTERRUPTED)
             raise
         except (Interrupted, KeyboardInterrupt) as interruption:  # a signal before serving began
-            record.ended({"status": "error", "error_type": ErrorType.INTERRUPTED.value, "message": "后台服务在就绪前被停止。",
-                          "hint": "需要时用 python3 scripts/jobs.py --resume ID 重新启动。",
-                          "details": {"signal": getattr(interruption, "signal_name", "SIGINT")}})
+            record.ended(error_document(ErrorType.INTERRUPTED, "后台服务在就绪前被停止。",
+                                        "需要时用 python3 scripts/jobs.py --resume ID 重新启动。",
+                                        {"signal": getattr(interruption, "signal_name", "SIGINT")}))
             raise
         except Exception as bug:
-            record.ended({"status": "error", "error_type": ErrorType.INTERNAL_ERROR.value, "message": "脚本内部错误。",
-                          "hint": f"看日志 {record.files.log}; 请把它反馈给维护者。",
-                          "details": {"exception": f"{type(bug).__name__}: {bug}"}}, failed=True)
+            record.ended(error_document(ErrorType.INTERNAL_ERROR, "脚本内部错误。", f"看日志 {record.files.log}; 请把它反馈给维护者。",
+                                        {"exception": f"{type(bug).__name__}: {bug}"}), failed=True)
             raise
         record.ended({"status": "success", **summary})
         return summary

@@ -51,6 +51,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..core.errors import ErrorType, error_document
 from ..core.loopback import host_header_allowed, is_loopback_name
 from .policies import POLICIES, LoadReportError, parse_load_report
 from .replicas import NoReplicas, Overloaded, ReplicaTable, Ticket
@@ -148,10 +149,6 @@ class GatewayExtension:
         return ()
 
 
-def error_document(error_type: str, message: str, hint: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"status": "error", "error_type": error_type, "message": message, "hint": hint, "details": details or {}}
-
-
 def json_response(status: int, document: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
     response = web.Response(status=status, text=json.dumps(document, ensure_ascii=False, allow_nan=False),
                             content_type="application/json", charset="utf-8", headers=headers)
@@ -159,7 +156,7 @@ def json_response(status: int, document: dict[str, Any], headers: dict[str, str]
     return response
 
 
-def error_response(status: int, error_type: str, message: str, hint: str, details: dict[str, Any] | None = None,
+def error_response(status: int, error_type: ErrorType, message: str, hint: str, details: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None) -> web.Response:
     return json_response(status, error_document(error_type, message, hint, {"http_status": status, **(details or {})}), headers)
 
@@ -173,8 +170,8 @@ class _JsonErrorRequestHandler(RequestHandler):
             raise ConnectionError("response already started")
         if status >= 500:  # a bug of ours: keep its traceback on stderr (never on stdout)
             self.log_exception("gateway error handling %s %s", request.method, request.path, exc_info=exc)
-        kind = "bad_request" if 400 <= status < 500 else "internal_error"
-        response = error_response(status, kind, "请求格式不正确, 网关无法解析。" if kind == "bad_request" else "网关内部错误。",
+        kind = ErrorType.BAD_REQUEST if 400 <= status < 500 else ErrorType.INTERNAL_ERROR
+        response = error_response(status, kind, "请求格式不正确, 网关无法解析。" if kind is ErrorType.BAD_REQUEST else "网关内部错误。",
                                   "检查请求行、请求头大小 (单个不超过 8 KB) 与 Content-Length。", {"reason": message or ""})
         response.force_close()
         return response
@@ -461,11 +458,11 @@ class Gateway:
 
     async def _route(self, request: web.BaseRequest, outcome: dict[str, Any]) -> web.StreamResponse:
         if not self._host_allowed(request):
-            return error_response(421, "bad_request", f"不接受的 Host 请求头: {request.headers.get('Host')!r}。",
+            return error_response(421, ErrorType.BAD_REQUEST, f"不接受的 Host 请求头: {request.headers.get('Host')!r}。",
                                   "网关只接受本机回环地址 (localhost / 127.0.0.1 / ::1) 作为 Host, 防止 DNS rebinding; "
                                   "需要其他主机名时用 --allow-host 加上。", {"host": request.headers.get("Host")})
         if not self._authorized(request):
-            return error_response(401, "unauthorized", "缺少或错误的 Authorization: Bearer <token>。",
+            return error_response(401, ErrorType.UNAUTHORIZED, "缺少或错误的 Authorization: Bearer <token>。",
                                   "网关监听在非回环地址时需要认证: 请求头加 Authorization: Bearer <--auth-token-env 指定的变量的值>。",
                                   headers={"WWW-Authenticate": "Bearer"})
         path = request.rel_url.path
@@ -476,7 +473,7 @@ class Gateway:
                 body, content_type = self._metrics.render()
                 response = web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
                 return response
-            return error_response(404, "not_found", f"网关没有这个路径: {request.method} {path}",
+            return error_response(404, ErrorType.NOT_FOUND, f"网关没有这个路径: {request.method} {path}",
                                   f"网关自己的接口: GET {STATUS_PATH}, GET {METRICS_PATH}; 其他路径转发给副本。",
                                   {"path": path, "available_paths": [STATUS_PATH, METRICS_PATH]})
         self.totals.proxied += 1
@@ -540,16 +537,16 @@ class Gateway:
     async def _proxy(self, request: web.BaseRequest, outcome: dict[str, Any]) -> web.StreamResponse:
         view = self._view
         if view is not None and view.ended:  # final: no replica will come, so no point queueing
-            return error_response(503, "no_replicas", f"没有可用副本: {view.ended_reason}",
+            return error_response(503, ErrorType.NO_REPLICAS, f"没有可用副本: {view.ended_reason}",
                                   "部署已停止或删除, 不会再有副本; 换用别的部署。", {"ended": view.ended})
         try:
             body, stream = await self._read_body(request)
         except asyncio.TimeoutError:
-            response = error_response(408, "bad_request", "请求体发送中断 (超时)。", "客户端需要连续发送完整的请求体。")
+            response = error_response(408, ErrorType.BAD_REQUEST, "请求体发送中断 (超时)。", "客户端需要连续发送完整的请求体。")
             response.force_close()  # the rest of the body may still arrive: this connection is done
             return response
         except web.HTTPRequestEntityTooLarge:
-            response = error_response(413, "bad_request", f"请求体超过 {MAX_REQUEST_BODY_BYTES} 字节。", "减小请求体。",
+            response = error_response(413, ErrorType.BAD_REQUEST, f"请求体超过 {MAX_REQUEST_BODY_BYTES} 字节。", "减小请求体。",
                                       {"max_bytes": MAX_REQUEST_BODY_BYTES})
             response.force_close()  # the unread body makes this connection unusable
             return response
@@ -566,13 +563,13 @@ class Gateway:
             except NoReplicas as reason:
                 if last_failure is not None:
                     return self._upstream_failed(last_failure, tried)
-                return error_response(503, "no_replicas", f"没有可用副本: {reason}",
+                return error_response(503, ErrorType.NO_REPLICAS, f"没有可用副本: {reason}",
                                       "副本可能还在启动、健康检查未通过或已全部停止; 稍后重试, 或查看 GET /_gateway/status。",
                                       {"queue_timeout_seconds": self.options.queue_timeout},
                                       {"Retry-After": self._retry_after()})
             except Overloaded as reason:
                 self.totals.queue_rejections += 1
-                return error_response(503, "overloaded", f"所有副本都在满负荷处理, 请求未能排上: {reason}",
+                return error_response(503, ErrorType.OVERLOADED, f"所有副本都在满负荷处理, 请求未能排上: {reason}",
                                       "稍后重试 (见 Retry-After), 或增加副本 / 调大 --max-queue、--queue-timeout。",
                                       {"queue_depth": self.table.queued, "max_queue": self.options.max_queue},
                                       {"Retry-After": self._retry_after()})
@@ -618,7 +615,7 @@ class Gateway:
         return str(max(1, math.ceil(self.options.interval)))
 
     def _upstream_failed(self, reason: str, tried: frozenset) -> web.Response:
-        return error_response(502, "upstream_error", f"副本没有给出响应: {reason}",
+        return error_response(502, ErrorType.UPSTREAM_ERROR, f"副本没有给出响应: {reason}",
                               "网关已在其他副本上重试; 查看 GET /_gateway/status 中各副本的状态, 稍后重试。",
                               {"reason": reason, "tried": sorted(tried)})
 

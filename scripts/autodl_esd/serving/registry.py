@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..platform import api
 from ..platform.containers import STOPPING_STATUSES, primary_service_url
 from ..core.deps import SKILL_ROOT, require
-from ..core.errors import AutoDLError, Interrupted
+from ..core.errors import AutoDLError, ErrorType, Interrupted, error_document
 from ..core.loopback import host_header_allowed
 from ..core.output import Progress
 from ..core.clock import now_timestamp
@@ -667,7 +667,7 @@ class RegistryEndpoint:
 
         document = self.registry()
         if path not in ENDPOINT_PATHS:
-            return 404, _error_body("not_found", f"没有这个路径: {path}", f"可用: {', '.join(ENDPOINT_PATHS)}",
+            return 404, error_document(ErrorType.NOT_FOUND, f"没有这个路径: {path}", f"可用: {', '.join(ENDPOINT_PATHS)}",
                                     {"path": path, "available_paths": list(ENDPOINT_PATHS)})
         if document is None:
             return 503, _unavailable("注册表还没有生成 (第一次查询 AutoDL 尚未完成)。", "稍等一个轮询间隔后重试。")
@@ -676,7 +676,7 @@ class RegistryEndpoint:
         policy = (query.get("policy") or ["least_inflight"])[0]
         pool = self.pools.get(policy)
         if pool is None:
-            return 400, _error_body("usage_error", f"未知策略 {policy!r}。", f"policy 可选: {', '.join(self.pools)}。",
+            return 400, error_document(ErrorType.USAGE_ERROR, f"未知策略 {policy!r}。", f"policy 可选: {', '.join(self.pools)}。",
                                     {"policy": policy, "available_policies": list(self.pools)})
         try:
             lease = pool.lease()
@@ -700,14 +700,9 @@ class RegistryEndpoint:
 ENDPOINT_PATHS = ("/services", "/pick")
 
 
-def _error_body(error_type: str, message: str, hint: str, details: dict[str, Any]) -> dict[str, Any]:
-    """An endpoint error in the scripts' output contract (schemas/result.schema.json)."""
-    return {"status": "error", "error_type": error_type, "message": message, "hint": hint, "details": details}
-
-
 def _unavailable(message: str, hint: str) -> dict[str, Any]:
     """Nothing to hand out yet: temporary, so api_error with retryable (HTTP 503)."""
-    return _error_body("api_error", message, hint, {"code": None, "msg": message, "http_status": 503, "retryable": True})
+    return error_document(ErrorType.API_ERROR, message, hint, {"code": None, "msg": message, "http_status": 503, "retryable": True})
 
 
 class _IPv6Server(ThreadingHTTPServer):
@@ -721,7 +716,7 @@ def _handler_for(endpoint: RegistryEndpoint) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server naming
             if not host_header_allowed(self.headers.get("Host"), endpoint.allowed_hosts):
-                self._reply(421, _error_body("usage_error", f"不接受的 Host 请求头: {self.headers.get('Host')!r}。",
+                self._reply(421, error_document(ErrorType.USAGE_ERROR, f"不接受的 Host 请求头: {self.headers.get('Host')!r}。",
                                              "注册表接口只接受本机回环地址 (localhost / 127.0.0.1 / ::1) 作为 Host, 防止 DNS rebinding。",
                                              {"host": self.headers.get("Host")}))
                 return
@@ -743,7 +738,7 @@ def _handler_for(endpoint: RegistryEndpoint) -> type[BaseHTTPRequestHandler]:
             # Malformed requests, unsupported methods, oversized lines: JSON, not the stdlib's HTML page.
             self.close_connection = True
             try:
-                self._reply(code, _error_body("usage_error", f"请求无法处理: HTTP {code} {message or ''}".strip(),
+                self._reply(code, error_document(ErrorType.USAGE_ERROR, f"请求无法处理: HTTP {code} {message or ''}".strip(),
                                               "注册表接口只支持 GET /services 与 GET /pick。",
                                               {"http_status": code, "reason": explain or message or ""}))
             except OSError:

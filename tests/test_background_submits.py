@@ -95,7 +95,9 @@ def test_a_detached_submit_waits_in_the_background_and_creates_once(sim, run, co
     assert out["kind"] == "submit" and out["state"] == "waiting" and out["alive"] is True and out["pid"]
     assert out["detached"] is True and out["may_have_been_created"] is False
     assert out["plan"]["would_submit_now"] is False and "cost" in out and out["log_file"].endswith(".log")
-    assert "jobs.py --status" in out["next"]
+    assert "jobs.py --status" in out["next"] and out["next"].startswith(f"python3 {ROOT}/scripts/jobs.py")
+    # No --timeout: the background wait has no end but a cancel, and the answer says so.
+    assert out["timeout_seconds"] == 0 and [w["code"] for w in out["warnings"]] == ["wait_without_limit"]
     listed = run("jobs.py", "--list", "--quiet")[1]
     assert [item["run_id"] for item in listed["items"] if item["kind"] == "submit"] == [out["run_id"]]
     assert not creates(instance)
@@ -105,6 +107,7 @@ def test_a_detached_submit_waits_in_the_background_and_creates_once(sim, run, co
 
     result_validator.validate(done)
     assert done["state"] == "submitted" and done["deployment_uuid"] and done["alive"] is False
+    assert done["may_have_been_created"] is False  # a known uuid is no "maybe"
     assert done["result"]["deployment_uuid"] == done["deployment_uuid"]
     assert [d["uuid"] for d in instance.deployments()] == [done["deployment_uuid"]]
     assert len(creates(instance)) == 1
@@ -116,7 +119,8 @@ def test_cancel_ends_a_waiting_submit_without_a_create(sim, run, config_file, st
     instance = sim()
     for gpu in GPUS:
         instance.occupy(gpu, 10_000)
-    out = detach(run, config_file, started_runs)
+    out = detach(run, config_file, started_runs, "--timeout", "600")
+    assert out["timeout_seconds"] == 600 and not out["warnings"]
 
     code, cancelled, _ = run("jobs.py", "--cancel", out["run_id"], "--quiet")
 

@@ -60,7 +60,8 @@ def new_run_id() -> str:
 
 
 def jobs_command(flag: str, run_id: str) -> str:
-    return f"python3 scripts/jobs.py {flag} {run_id}"
+    """A jobs.py command that works from any directory (agents run from their own)."""
+    return f"python3 {background.script_path('jobs.py')} {flag} {run_id}"
 
 
 @dataclass
@@ -138,8 +139,19 @@ def submit(client: Any, config: dict[str, Any], request: Request, progress: Prog
     record.update(detached=True, plan=_plan(submitter, stock), balance=balance.get("balance"))
     background.write_record(files, record)
     view = start_detached(files, progress)
+    warnings = balance["warnings"] + _unbounded_wait_warning(request, files.job_id)
     return {**view, "detached": True, "plan": record["plan"], "cost": cost, "balance": balance.get("balance"),
-            "warnings": balance["warnings"], "next": f"{jobs_command('--status', files.job_id)} --wait 60"}
+            "timeout_seconds": request.timeout, "warnings": warnings,
+            "next": f"{jobs_command('--status', files.job_id)} --wait 60"}
+
+
+def _unbounded_wait_warning(request: Request, run_id: str) -> list[dict[str, Any]]:
+    """A background wait without --timeout goes on until stock frees: said, so it is a choice."""
+    if request.timeout:
+        return []
+    return [{"code": "wait_without_limit", "path": "--timeout",
+             "message": "没有 --timeout: 后台会一直等到有库存才创建 (可能很久), 直到被取消。",
+             "hint": f"不想无限等待就取消后加 --timeout S 重新提交: {jobs_command('--cancel', run_id)}; 或把这一点告诉用户。"}]
 
 
 def new_record(files: JobFiles, client: Any, config: dict[str, Any], request: Request, submitter: Submitter,
@@ -205,8 +217,9 @@ class Run:
         background.write_record(self.files, record)
 
     def _on_state(self, state: str, changes: dict[str, Any]) -> None:
-        # Back to waiting only after answers that prove nothing was created.
-        self.save(state=state, **changes, may_have_been_created=state != WAITING)
+        # "May have": only while a create's outcome is open; a known uuid is no longer a maybe,
+        # and back to waiting only after answers that prove nothing was created.
+        self.save(state=state, **changes, may_have_been_created=state in (SUBMITTING, RECONCILING))
 
     def options_for(self, submitter: Submitter) -> None:
         submitter.options.on_state = self._on_state
@@ -240,7 +253,7 @@ class Run:
             if lock is not None:
                 lock.release()
         self.save(done=True, pid=None, result=result, ended_at_local=local_now(),
-                  deployment_uuid=result.get("deployment_uuid"), may_have_been_created=True)
+                  deployment_uuid=result.get("deployment_uuid"), may_have_been_created=False)
         return {**result, **({"run_id": self.files.job_id} if self.files else {})}
 
     def _run_id(self) -> str | None:
@@ -308,7 +321,7 @@ class Run:
         document = error.to_dict()
         if details.get("deployment_created"):  # created; only the follow-up failed
             self.save(state=SUBMITTED, done=True, pid=None, error=document, ended_at_local=local_now(),
-                      deployment_uuid=details["deployment_uuid"], may_have_been_created=True)
+                      deployment_uuid=details["deployment_uuid"], may_have_been_created=False)
         elif details.get("may_have_been_created"):
             self.save(state=MAY_HAVE_BEEN_CREATED, done=True, pid=None, error=document, ended_at_local=local_now(),
                       may_have_been_created=True)
@@ -340,7 +353,7 @@ def _waited_before(record: dict[str, Any]) -> float:
 
 
 def read(files: JobFiles) -> dict[str, Any]:
-    return background.read_record(files, "提交记录", "python3 scripts/jobs.py --list")
+    return background.read_record(files, "提交记录", f"python3 {background.script_path('jobs.py')} --list")
 
 
 def resume_in_process(files: JobFiles, client: Any, progress: Progress, partial: dict[str, Any]) -> dict[str, Any]:
@@ -356,7 +369,7 @@ def resume_in_process(files: JobFiles, client: Any, progress: Progress, partial:
     config = record["config"]
     partial.update(run_id=files.job_id, name=config.get("name"), state_file=str(files.state))
     if record.get("state") in (SUBMITTING, RECONCILING):
-        partial.update(may_have_been_created=True, lookup=f"python3 scripts/list_deployments.py --name {config.get('name')}")
+        partial.update(may_have_been_created=True, lookup=f"python3 {background.script_path('list_deployments.py')} --name {config.get('name')}")
     submitter = Submitter(client, config, request.submit_options(), progress, partial)
     submitter.warnings = list(record.get("warnings") or submitter.warnings)
     submitter.restore(record)
@@ -443,6 +456,7 @@ def _look_again(files: JobFiles, record: dict[str, Any], client: Any, progress: 
     uuid = new[0].get("uuid")
     progress.log(f"提交 {files.job_id}: 按名称找到了结果不明的创建落地的部署 {uuid}")
     changes = {"state": SUBMITTED, "deployment_uuid": uuid, "recovered": True, "done": True, "last_look": look,
+               "may_have_been_created": False,
                "result": {"deployment_uuid": uuid, "name": name, "deployment_type": record.get("deployment_type"),
                           "recovered": True, "recovered_by": {"rule": "name_lookup_after_send", "how": "status_look",
                                                               "known_before_send": sorted(known)}}}
@@ -528,7 +542,8 @@ def _explain(record: dict[str, Any], files: JobFiles, alive: bool) -> tuple[str,
     """(message, hint) in Chinese: what the state means and the next step."""
     run_id, name, state = files.job_id, record.get("name"), record.get("state")
     status_cmd = f"{jobs_command('--status', run_id)} --wait 60"
-    lookup = f"python3 scripts/list_deployments.py --name {name}"
+    lookup = f"python3 {background.script_path('list_deployments.py')} --name {name}"
+    containers = f"python3 {background.script_path('list_containers.py')} --deployment-uuid {record.get('deployment_uuid')}"
     if state == WAITING:
         if alive:
             return f"正在等待 GPU 库存 (已等约 {record.get('waited_seconds') or 0:g} 秒), 还没有发出创建请求。", f"继续用 {status_cmd} 查看; 不想要了用 {jobs_command('--cancel', run_id)}。"
@@ -543,15 +558,15 @@ def _explain(record: dict[str, Any], files: JobFiles, alive: bool) -> tuple[str,
         uuid = record.get("deployment_uuid")
         if record.get("error"):
             return (f"部署已创建 ({uuid}), 但之后的跟踪出错: {record['error'].get('message')}",
-                    f"不要重新提交: 用 python3 scripts/list_containers.py --deployment-uuid {uuid} 查看。")
+                    f"不要重新提交: 用 {containers} 查看。")
         if not record.get("done"):
             what = {"wait_running": "等待容器运行", "wait_finished": "等待运行完毕"}.get(record.get("phase"), "收尾")
             if alive:
                 return f"部署已创建 ({uuid}), 正在{what}。", f"用 {status_cmd} 等结果; 不要重新提交。"
             return (f"部署已创建 ({uuid}); 跟踪它的进程已结束。",
-                    f"不要重新提交; 继续跟踪: {jobs_command('--resume', run_id)}, 或用 python3 scripts/list_containers.py --deployment-uuid {uuid} 查看。")
+                    f"不要重新提交; 继续跟踪: {jobs_command('--resume', run_id)}, 或用 {containers} 查看。")
         duplicates = f" 注意: 同名部署共 {len(record['duplicates'])} 个 (见 duplicates)。" if record.get("duplicates") else ""
-        return f"部署已创建: {uuid}。{duplicates}", f"用 python3 scripts/list_containers.py --deployment-uuid {uuid} 查看容器; 不要重新提交。"
+        return f"部署已创建: {uuid}。{duplicates}", f"用 {containers} 查看容器; 不要重新提交。"
     if state == MAY_HAVE_BEEN_CREATED:
         return ("创建请求结果不明, 核对窗口内没有看到部署: 它可能已经创建, 也可能稍后才出现。为避免重复购买没有再次发送创建。",
                 f"不要重新提交。稍后再运行 {jobs_command('--status', run_id)} (每次都会按名称再核对一次), 或用 {lookup} 查看。")

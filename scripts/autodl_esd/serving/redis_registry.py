@@ -470,9 +470,7 @@ def pool_from_redis(pool_class: Any, url: str, deployment_uuid: str, key_prefix:
             pool.last_refresh_error = f"ValueError: {problem}"
 
     def report(message: Optional[str]) -> None:
-        if message and message != pool.last_refresh_error:
-            pool._log.warning("service registry in Redis unavailable, keeping last good set: %s", message)
-        pool.last_refresh_error = message
+        pool.source_failed(message, "service registry in Redis unavailable")
 
     subscription = RegistrySubscription(client, keys, consume, report).start()
     pool.subscription = subscription

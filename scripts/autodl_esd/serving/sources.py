@@ -19,22 +19,12 @@ new source (e.g. Redis) subclasses `PollingSource` and implements `fetch()`, or 
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from .pool import _parse_registry
-
-# A registry endpoint is on loopback and answers in milliseconds; a hung one must not hold
-# the source's thread for long (the gateway serves the last good set meanwhile anyway).
-ENDPOINT_TIMEOUT_SECONDS = 2.0
-# A registry file is a few KB per replica; more than this is not a registry.
-MAX_REGISTRY_BYTES = 16 * 1024 * 1024
+from .pool import RegistryFileReader, RegistryUrlReader, parse_registry
 
 
 @dataclass(frozen=True)
@@ -76,7 +66,7 @@ class ReplicaSource:
 
 def view_from_document(document: dict[str, Any], read_at: float) -> RegistryView:
     """A RegistryView of a registry document; raises ValueError when it is not one."""
-    items, info = _parse_registry(document)
+    items, info = parse_registry(document)
     stale_reason = (info.get("stale_reason") or "注册表标记为 stale") if info.get("stale") else None
     ended = info.get("ended") if isinstance(info.get("ended"), str) else None
     return RegistryView(tuple(item for item in items if isinstance(item, dict)), info.get("deployment_uuid"),
@@ -134,38 +124,26 @@ class FileSource(PollingSource):
         super().__init__(interval, stale_after)
         self.path = path
         self.description = f"registry file {path}"
-        self._seen: tuple[int, int, int] | None = None
+        self._read = RegistryFileReader(path)
 
     def fetch(self) -> RegistryView | None:
-        stat = os.stat(self.path)
-        # The file's age is the writer's heartbeat: the watcher rewrites it every cycle.
-        written_at = time.monotonic() - max(0.0, time.time() - stat.st_mtime)
-        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if signature == self._seen and self._view is not None:
+        document = self._read()
+        if document is None:
             return None
-        if stat.st_size > MAX_REGISTRY_BYTES:
-            raise ValueError(f"{self.path} is larger than {MAX_REGISTRY_BYTES} bytes")
-        with open(self.path, encoding="utf-8") as handle:
-            view = view_from_document(json.load(handle), written_at)
-        self._seen = signature
-        return view
+        # The file's age is the writer's heartbeat: the watcher rewrites it every cycle.
+        written_at = time.monotonic() - max(0.0, time.time() - self._read.modified_at)
+        return view_from_document(document, written_at)
 
 
 class UrlSource(PollingSource):
     def __init__(self, url: str, interval: float, stale_after: float) -> None:
         super().__init__(interval, stale_after)
-        base = url.rstrip("/")
-        self.url = base if base.endswith("/services") else base + "/services"
+        self._read = RegistryUrlReader(url)
+        self.url = self._read.url
         self.description = f"registry endpoint {self.url}"
 
     def fetch(self) -> RegistryView:
-        request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=ENDPOINT_TIMEOUT_SECONDS) as response:
-                document = json.loads(response.read(MAX_REGISTRY_BYTES).decode("utf-8"))
-        except urllib.error.HTTPError as error:
-            raise OSError(f"GET {self.url}: HTTP {error.code}") from None
-        return view_from_document(document, time.monotonic())
+        return view_from_document(self._read(), time.monotonic())
 
 
 class WatcherSource(ReplicaSource):

@@ -69,9 +69,9 @@ class InProcessGateway:
     def __init__(self, deployment_uuid: str, config, queue_timeout: float = 10.0, load_path: str | None = None, **options):
         from autodl_esd.platform import api
         from autodl_esd.serving.autoscaler import Autoscaler, GatewayAutoscaler, ReplicaScaler
-        from autodl_esd.serving.gateway import Gateway, GatewayOptions
-        from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
-        from autodl_esd.serving.sources import WatcherSource
+        from autodl_esd.serving.routing.gateway import Gateway, GatewayOptions
+        from autodl_esd.serving.registry.watcher import RegistryWatcher, WatchOptions
+        from autodl_esd.serving.routing.sources import WatcherSource
 
         self.lines: list[dict] = []
         watcher = RegistryWatcher(client(), deployment_uuid, WatchOptions(interval=0.05, resync_every=10))

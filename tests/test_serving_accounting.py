@@ -271,7 +271,7 @@ def assert_reconciles(document: dict, totals: dict) -> None:
 
 def test_gateway_totals_reconcile_after_a_replica_leaves_and_exclude_its_own_endpoints(loop_thread):
     import requests as http
-    from autodl_esd.serving.sources import StaticSource
+    from autodl_esd.serving.routing.sources import StaticSource
     from gateway_harness import item
 
     a = loop_thread.upstream(replica_handler("a"))
@@ -314,7 +314,7 @@ def test_gateway_totals_reconcile_after_a_replica_leaves_and_exclude_its_own_end
 
 def test_a_replica_that_comes_back_continues_its_counts_and_is_no_longer_departed(loop_thread):
     import requests as http
-    from autodl_esd.serving.sources import StaticSource
+    from autodl_esd.serving.routing.sources import StaticSource
     from gateway_harness import item
 
     a = loop_thread.upstream(replica_handler("a"))
@@ -336,8 +336,8 @@ def test_a_replica_that_comes_back_continues_its_counts_and_is_no_longer_departe
 
 
 def test_departed_replicas_beyond_the_kept_ones_are_summed_not_lost():
-    from autodl_esd.serving import replicas as replicas_module
-    from autodl_esd.serving.policies import POLICIES
+    from autodl_esd.serving.routing import replicas as replicas_module
+    from autodl_esd.serving.routing.policies import POLICIES
     from gateway_harness import item
 
     table = replicas_module.ReplicaTable(POLICIES["least_inflight"](random.Random(1)))

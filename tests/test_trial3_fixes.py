@@ -141,7 +141,7 @@ def test_a_standby_watcher_says_who_holds_the_lock_and_when_it_takes_over(sim, r
     import time
 
     from autodl_esd.platform import api
-    from autodl_esd.serving import redis_registry
+    from autodl_esd.serving.registry import redis_store as redis_registry
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Protocol
 from ..platform import api
 from ..platform.containers import STOPPING_STATUSES
 from ..platform.effects import Change, apply_change, took_effect_of
+from ..core.clock import now_timestamp
 from ..core.errors import ApiError, AutoDLError, ErrorType
 from ..core.output import Progress, to_json
 from ..platform.resolve import deployment_by_uuid
@@ -30,7 +31,7 @@ from ..money.spend import BILLING_STATUSES
 from ..platform.stock import requested_stock
 from ..platform.units import yuan_from_price_units
 from .autoscale_policy import AutoscaleConfig, Decision, Observed, PolicyState, Sample, decide, hourly_cap_replicas
-from .registry import DEPLOYMENT_GONE, DEPLOYMENT_STOPPED, now_timestamp
+from .registry.document import DEPLOYMENT_GONE, DEPLOYMENT_STOPPED
 from .spend_meter import SpendMeter, platform_seconds
 
 RUNNING = "running"

@@ -251,7 +251,7 @@ class ServicePool:
         (seconds a crashed client's lease keeps counting; live leases are
         renewed) plus the usual keyword arguments."""
         try:  # absolute, so a copy of this file works too while the bundle is on sys.path
-            from autodl_esd.serving.redis_registry import pool_from_redis
+            from autodl_esd.serving.routing.redis_pool import pool_from_redis
         except ImportError as exc:  # a copied pool.py without the bundle
             raise ImportError(
                 "ServicePool.from_redis needs this module inside the autodl-elastic-deploy "

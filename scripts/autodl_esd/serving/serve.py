@@ -17,7 +17,16 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..core.cli import UsageError
+from ..core.loopback import is_loopback_name
 from ..core.output import emit_line, register_secret
+from ..core.polling import floor_interval
+from ..platform.resolve import resolve_from_args
+from .autoscale_cli import check_autoscale_arguments
+from .registry.redis_store import describe_url, redis_errors
+from .registry.watcher import HealthTracker, RegistryWatcher, WatchOptions
+from .routing.gateway import Gateway, GatewayOptions
+from .routing.ledgers import RedisInflightLedger
+from .routing.sources import FileSource, RedisSource, ReplicaSource, UrlSource, WatcherSource
 
 # The watcher's and its health check's settings when the gateway watches in-process; the
 # reasons are those of discover_services.py's defaults (same values).
@@ -38,10 +47,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def build_options(args: Any) -> Any:
-    from ..core.loopback import is_loopback_name
-    from .gateway import GatewayOptions
-
+def build_options(args: Any) -> GatewayOptions:
     host, port = parse_listen(args.listen)
     token = None
     if args.auth_token_env:
@@ -76,24 +82,17 @@ def build_options(args: Any) -> Any:
         auth_token=token, allowed_hosts=tuple(args.allow_host or ()), never_forward=secrets)
 
 
-def build_source(args: Any, ctx: Any, options: Any) -> Any:
-    from . import sources
-
+def build_source(args: Any, ctx: Any, options: GatewayOptions) -> ReplicaSource:
     stale_after = STALE_AFTER_INTERVALS * args.interval
     if args.registry:
         if not os.path.isfile(args.registry):
             raise UsageError(f"--registry 文件不存在: {args.registry}",
                              "先用 discover_services.py --watch --out FILE 生成注册表, 或改用 --deployment-uuid 让网关自己发现副本。")
-        return sources.FileSource(args.registry, min(args.interval, 1.0), stale_after)
+        return FileSource(args.registry, min(args.interval, 1.0), stale_after)
     if args.registry_url:
-        return sources.UrlSource(args.registry_url, min(args.interval, 1.0), stale_after)
+        return UrlSource(args.registry_url, min(args.interval, 1.0), stale_after)
     if getattr(args, "registry_redis", None):
         return redis_source(args, ctx, options)
-
-    from ..core.polling import floor_interval
-    from ..platform.resolve import resolve_from_args
-    from .registry import HealthTracker, RegistryWatcher, WatchOptions
-
     client = ctx.client()
     deployment_uuid = resolve_from_args(client, args)["uuid"]
     options.deployment_uuid = deployment_uuid
@@ -102,28 +101,24 @@ def build_source(args: Any, ctx: Any, options: Any) -> Any:
     health = HealthTracker(args.health_path, HEALTH_TIMEOUT_SECONDS, HEALTH_FAILURES) if args.health_path else None
     interval = floor_interval(args.interval, client.host, ctx.progress)
     watch = WatchOptions(interval=interval, resync_every=RESYNC_EVERY, port=args.port, health=health)
-    return sources.WatcherSource(RegistryWatcher(client, deployment_uuid, watch, ctx.progress), STALE_AFTER_INTERVALS * interval)
+    return WatcherSource(RegistryWatcher(client, deployment_uuid, watch, ctx.progress), STALE_AFTER_INTERVALS * interval)
 
 
-def redis_source(args: Any, ctx: Any, options: Any) -> Any:
+def redis_source(args: Any, ctx: Any, options: GatewayOptions) -> RedisSource:
     """--registry-redis: follow the registry another watcher keeps in Redis (scale-out)."""
-    from . import redis_registry
-
     deployment_uuid = args.deployment_uuid
     if deployment_uuid is None:  # --name / --config: one look at the deployment list
-        from ..platform.resolve import resolve_from_args
-
         deployment_uuid = resolve_from_args(ctx.client(), args)["uuid"]
     options.deployment_uuid = deployment_uuid
     ctx.partial["deployment_uuid"] = deployment_uuid
     register_secret(urlsplit(args.registry_redis).password)
-    shown = redis_registry.describe_url(args.registry_redis)
+    shown = describe_url(args.registry_redis)
     try:
-        source = redis_registry.redis_source(args.registry_redis, deployment_uuid, args.key_prefix)
+        source = RedisSource(args.registry_redis, deployment_uuid, args.key_prefix)
         source.client.ping()
     except ValueError as problem:  # not a redis:// URL, or a bad prefix
         raise UsageError(f"--registry-redis / --key-prefix 无效: {problem}", "格式: redis://[:密码@]主机:端口/库") from None
-    except redis_registry.redis_errors() as problem:
+    except redis_errors() as problem:
         raise UsageError(f"连不上 Redis {shown}: {problem}", "确认 redis-server 在运行、地址端口与密码正确。", {"redis": shown}) from None
     return source
 
@@ -131,13 +126,8 @@ def redis_source(args: Any, ctx: Any, options: Any) -> Any:
 def prepare(args: Any, ctx: Any) -> tuple[Any, Any, Any]:
     """Every check a run makes before it listens (flags, the auth variable, the deployment,
     the registry, the autoscaler's --yes): (options, source, autoscaler), nothing started.
-    `--detach` runs it in the foreground, so bad input is a JSON error there."""
-    from ..core.deps import require
-
-    require("aiohttp")  # dependency_missing with the install command, before anything else
-    require("prometheus_client")
-    from .autoscale_cli import check_autoscale_arguments
-
+    `--detach` runs it in the foreground, so bad input is a JSON error there (a missing
+    aiohttp or prometheus_client already was, when this module imported the gateway)."""
     options = build_options(args)
     check_autoscale_arguments(args)  # before anything is contacted
     source = build_source(args, ctx, options)
@@ -152,13 +142,9 @@ def prepare(args: Any, ctx: Any) -> tuple[Any, Any, Any]:
 def serve(args: Any, ctx: Any, on_ready: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Listen until a signal (or the deployment's end); `on_ready` gets the ready line's document."""
     options, source, autoscaler = prepare(args, ctx)
-    from .gateway import Gateway
-
     progress = ctx.progress
     ledger = None
     if getattr(args, "shared_inflight", False):  # counts shared with other gateways and pools, in Redis
-        from .redis_registry import RedisInflightLedger
-
         ledger = RedisInflightLedger(args.registry_redis, options.deployment_uuid, args.key_prefix)
     gateway = Gateway(source, options, ledger=ledger, log=progress.log, access_log=None if args.quiet else progress.log)
     if autoscaler is not None:

@@ -1,7 +1,8 @@
-"""Where the gateway learns its replicas: one small interface, several sources.
+"""Where replicas come from: one small interface, several sources, all reading the registry
+through the one parser (`pool.parse_registry`).
 
-A `ReplicaSource` runs on its own thread(s) and keeps the last good registry. The gateway's
-event loop calls `current()` every tick; it must return at once (no I/O) with a
+A gateway's `ReplicaSource` runs on its own thread(s) and keeps the last good registry. The
+gateway's event loop calls `current()` every tick; it must return at once (no I/O) with a
 `RegistryView`, or None before the first good read. A source never empties the replica set on
 a failure: it keeps the last good services and says why they are stale.
 
@@ -9,11 +10,16 @@ a failure: it keeps the last good services and says why they are stale.
   the same one `discover_services.py --watch` runs.
 - `FileSource`: a registry file another watcher keeps (`--out`), re-read when it changes.
 - `UrlSource`: a registry endpoint (`discover_services.py --serve`), `GET <url>/services`.
+- `RedisSource`: the registry `discover_services.py --watch --redis` keeps, by notification.
 - `StaticSource`: a fixed list, replaced with `set()` (tests, your own discovery).
+
+The client pool reads files and endpoints with the same readers (`pool.RegistryFileReader`,
+`pool.RegistryUrlReader`) and follows Redis through the same `RegistrySubscription`
+(`redis_pool`, behind `ServicePool.from_redis`; apart from here because the pool imports it).
 
 Staleness is noticed when reads are merely slow, not only when they fail: a view whose last
 good read (or, for a file, its last write) is older than `stale_after` seconds is stale. A
-new source (e.g. Redis) subclasses `PollingSource` and implements `fetch()`, or implements
+new source subclasses `PollingSource` and implements `fetch()`, or implements
 `start`/`stop`/`current` itself.
 """
 
@@ -22,9 +28,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
-from .pool import RegistryFileReader, RegistryUrlReader, parse_registry
+from ..pool import RegistryFileReader, RegistryUrlReader, parse_registry
+from ..registry.redis_store import DEFAULT_KEY_PREFIX, RedisKeys, RegistrySubscription, connect, describe_url
+
+# How often `wait_first` looks for the first registry: the gateway's start-up waits on it,
+# and 20 ms is below anything a person notices while costing nothing.
+FIRST_VIEW_POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -167,10 +178,7 @@ class WatcherSource(ReplicaSource):
         self.watcher.stop_event.set()
 
     def wait_first(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.watcher.document is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.watcher.document is not None
+        return _wait_for(lambda: self.watcher.document is not None, timeout)
 
     def current(self) -> RegistryView | None:
         document = self.watcher.document
@@ -180,6 +188,49 @@ class WatcherSource(ReplicaSource):
             self._document = document
             self._view = view_from_document(document, getattr(self.watcher, "published_at", time.monotonic()))
         return self._view
+
+
+class RedisSource(ReplicaSource):
+    """The registry discover_services.py --watch --redis keeps, applied as each change arrives
+    (serve_gateway.py --registry-redis).
+
+    Staleness comes from the registry itself and from the watcher's heartbeat (a lapsed
+    one marks it stale), not from the age of the last notification: a quiet deployment
+    sends none, and that is not a fault.
+    """
+
+    def __init__(self, url: str, deployment_uuid: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> None:
+        self.client = connect(url)
+        self.keys = RedisKeys(deployment_uuid, key_prefix)
+        self.description = f"Redis {describe_url(url)} {self.keys.registry}"
+        self._view: RegistryView | None = None
+        self._error: Optional[str] = None
+        self._subscription = RegistrySubscription(self.client, self.keys, self._consume, self._report)
+
+    def _consume(self, document: dict[str, Any]) -> None:
+        try:
+            self._view = view_from_document(document, time.monotonic())
+        except ValueError as problem:
+            self._error = f"ValueError: {problem}"
+
+    def _report(self, message: Optional[str]) -> None:
+        self._error = message
+
+    def start(self) -> None:
+        self._subscription.start()
+
+    def wait_first(self, timeout: float) -> bool:
+        return _wait_for(lambda: self._view is not None, timeout)
+
+    def stop(self) -> None:
+        self._subscription.close()
+        self.client.close()
+
+    def current(self) -> RegistryView | None:
+        return self._view
+
+    def last_error(self) -> Optional[str]:
+        return self._error
 
 
 class StaticSource(ReplicaSource):
@@ -198,3 +249,11 @@ class StaticSource(ReplicaSource):
 
     def current(self) -> RegistryView | None:
         return self._view
+
+
+def _wait_for(ready: Callable[[], bool], timeout: float) -> bool:
+    """Wait up to `timeout` seconds for the first registry (start-up only, never on the loop)."""
+    deadline = time.monotonic() + timeout
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(FIRST_VIEW_POLL_SECONDS)
+    return ready()

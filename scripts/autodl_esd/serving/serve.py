@@ -1,4 +1,5 @@
-"""What scripts/serve_gateway.py runs: flags -> replica source + options -> serve -> summary.
+"""What scripts/serve_gateway.py runs: flags -> replica source + options (+ autoscaler) ->
+serve -> summary.
 
 Everything that can be checked (flags, the auth variable, the deployment) is checked before
 anything listens, so bad input is the usual JSON error. Once listening: one JSON "ready" line
@@ -17,11 +18,19 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..core.cli import UsageError
+from ..core.errors import AutoDLError, ErrorType
+from ..core.http import ApiClient
 from ..core.loopback import is_loopback_name
 from ..core.output import emit_line, register_secret
 from ..core.polling import floor_interval
-from ..platform.resolve import resolve_from_args
-from .autoscale_cli import check_autoscale_arguments
+from ..core.settings import is_loopback_host
+from ..platform.resolve import deployment_by_uuid, resolve_from_args
+from .autoscale.cli import DEFAULT_MAX_REPLICAS, check_autoscale_arguments, require_autoscale_confirmation
+from .autoscale.controller import DEPLOYMENT_ENDED_NOTES, Autoscaler, LoadSnapshot
+from .autoscale.defaults import DEFAULT_MIN_REPLICAS
+from .autoscale.extension import GatewayAutoscaler
+from .autoscale.policy import AutoscaleConfig
+from .autoscale.scaler import ReplicaScaler, deployment_gone, startup_bounds
 from .registry.redis_store import describe_url, redis_errors
 from .registry.watcher import HealthTracker, RegistryWatcher, WatchOptions
 from .routing.gateway import Gateway, GatewayOptions
@@ -37,6 +46,10 @@ HEALTH_FAILURES = 3
 STALE_AFTER_INTERVALS = 3
 # How long start-up waits for the first registry before listening anyway (requests queue).
 FIRST_REGISTRY_WAIT_SECONDS = 10.0
+# The autoscaler reads the deployment and its containers every tick. Against the real
+# platform once every 5 s is plenty for decisions on a 30 s / 600 s scale and keeps its
+# calls well below the watcher's; the loopback simulator keeps --interval (fast tests).
+PLATFORM_MIN_INTERVAL_SECONDS = 5.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -133,10 +146,63 @@ def prepare(args: Any, ctx: Any) -> tuple[Any, Any, Any]:
     source = build_source(args, ctx, options)
     autoscaler = None
     if args.autoscale:  # the deployment, its bounds and --yes, before anything listens
-        from .autoscaler import prepare_gateway_autoscaler
-
-        autoscaler = prepare_gateway_autoscaler(args, ctx, options.deployment_uuid)
+        autoscaler = prepare_autoscaler(args, ctx, options.deployment_uuid)
     return options, source, autoscaler
+
+
+def prepare_autoscaler(args: Any, ctx: Any, deployment_uuid: str | None) -> GatewayAutoscaler:
+    """--autoscale (its flags already checked): check the deployment, ask for --yes with the
+    bounds, and return the extension to add to the gateway. Everything here runs before the
+    gateway listens, so a refusal is the usual JSON error."""
+    # Its own client: the autoscaler calls the platform from a worker thread while the
+    # registry watcher uses ctx.client() from its own; a requests.Session is not shared.
+    client = ApiClient(ctx.client().settings, progress=ctx.progress)
+    deployment = deployment_by_uuid(client, deployment_uuid) if deployment_uuid else None
+    if deployment is None:
+        raise deployment_gone(str(deployment_uuid))
+    details = {"deployment_uuid": deployment_uuid, "deployment_type": deployment.get("deployment_type"), "status": deployment.get("status")}
+    if deployment.get("deployment_type") != "ReplicaSet":
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"部署 {deployment_uuid} 是 {deployment.get('deployment_type')} 类型, 只有 ReplicaSet 能自动扩缩容。",
+                          "去掉 --autoscale 只用网关, 或对 ReplicaSet 部署使用。", details)
+    if deployment.get("status") != "running":
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"部署 {deployment_uuid} 状态是 {deployment.get('status')}, 无法调整副本数。",
+                          "已停止的部署不能恢复; 需要服务时用 queue_submit.py 重新提交。", details)
+    scaler = ReplicaScaler(client, deployment, log=ctx.progress.log, progress=ctx.progress)
+    scaler.observe()  # the containers' reported price, for the bounds below
+    current = int(deployment.get("replica_num") or 0)
+    try:
+        config = autoscale_config(args, current)
+    except ValueError as problem:
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"自动扩缩容参数不成立: {problem}", "检查 --min-replicas / --max-replicas 等参数。", {}) from None
+    bounds = startup_bounds(config, scaler, current)
+    if bounds["effective_max_replicas"] == 0 and config.min_replicas > 0:
+        raise AutoDLError(ErrorType.USAGE_ERROR,
+                          f"--max-hourly-cost {config.max_hourly_cost:g} 元连一个副本都不够 (单价 {bounds['price_per_replica_yuan']} 元/小时"
+                          + (", 还没有运行的容器, 按模板的 price_to 计" if bounds["price_source"] == "template_price_to" else "") + ")。",
+                          "调高 --max-hourly-cost; 或明确允许缩到 0 (--min-replicas 0)。", bounds)
+    if bounds["effective_max_replicas"] < config.min_replicas:
+        bounds["warning"] = (f"--max-hourly-cost {config.max_hourly_cost:g} 按单价 {bounds['price_per_replica_yuan']} 元/小时只够 "
+                             f"{bounds['effective_max_replicas']} 个副本, 少于 --min-replicas {config.min_replicas}: 花费上限优先。")
+    require_autoscale_confirmation(args, bounds)
+    interval = args.interval if is_loopback_host(client.host) else max(args.interval, PLATFORM_MIN_INTERVAL_SECONDS)
+    autoscaler = Autoscaler(scaler, config, lambda: LoadSnapshot(), interval=interval,
+                            blacklist_faulty=args.blacklist_faulty, log=ctx.progress.log)
+    ctx.progress.log(f"自动扩缩容已启用: 副本数 {config.min_replicas}-{bounds['effective_max_replicas']}, 目标每副本 "
+                     f"{config.target_inflight:g} 个在途请求; 每个决策是 stderr 上的一行 JSON")
+    return GatewayAutoscaler(autoscaler)
+
+
+def autoscale_config(args: Any, current_replica_num: int) -> AutoscaleConfig:
+    """The policy's config from the --autoscale flags (defaults for the ones not given)."""
+    min_replicas = DEFAULT_MIN_REPLICAS if args.min_replicas is None else args.min_replicas
+    max_replicas = args.max_replicas if args.max_replicas is not None else max(DEFAULT_MAX_REPLICAS, current_replica_num, min_replicas)
+    values = {
+        "target_inflight": args.target_inflight, "look_back": args.look_back, "upscale_delay": args.upscale_delay,
+        "downscale_delay": args.downscale_delay, "scale_to_zero_after": args.scale_to_zero_after,
+        "max_hourly_cost": args.max_hourly_cost, "budget": args.budget,
+    }
+    return AutoscaleConfig(min_replicas=min_replicas, max_replicas=max_replicas,
+                           **{key: value for key, value in values.items() if value is not None})
 
 
 def serve(args: Any, ctx: Any, on_ready: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -159,8 +225,6 @@ def serve(args: Any, ctx: Any, on_ready: Callable[[dict[str, Any]], None] | None
         if ledger is not None:
             ledger.close()
     if autoscaler is not None:
-        from .autoscaler import DEPLOYMENT_ENDED_NOTES
-
         ended_by = summary.get("stopped_by") if summary.get("stopped_by") in DEPLOYMENT_ENDED_NOTES else None
         summary["autoscaler"] = (autoscaler.autoscaler.summary(ended_by) if ended_by
                                  else autoscaler.final or autoscaler.autoscaler.summary())

@@ -6,7 +6,7 @@ anything listens, so bad input is the usual JSON error. Once listening: one JSON
 on stdout; SIGINT/SIGTERM stop accepting, let in-flight requests finish for up to
 --drain-seconds, and the final summary is the script's JSON document (exit 0).
 `--detach` makes the same checks (`prepare`) in the foreground, then the same run goes on
-in the background (service_jobs), its ready document and summary kept in its record.
+in the background (`detached`), its ready document and summary kept in its record.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ async def _serve(gateway: Any, options: Any, progress: Any, on_ready: Callable[[
     emit_line(ready)
     progress.log(f"网关已就绪: {url} (策略 {options.policy}); Ctrl-C 停止")
     try:
-        if on_ready is not None:  # a detached gateway's record (service_jobs)
+        if on_ready is not None:  # a detached gateway's record (detached.run_service)
             on_ready({**{key: value for key, value in ready.items() if key != "status"}, "drain_seconds": options.drain_seconds})
         await stop.wait()
         progress.log(f"收到 {caught[0] if caught else gateway.ended_by or 'stop'}, 停止接受新连接, "

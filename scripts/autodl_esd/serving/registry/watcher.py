@@ -160,7 +160,7 @@ class WatchOptions:
     # Called with every registry published (after --out is written): Redis, HAProxy (scale-out).
     sinks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     # Called once after the first round (the first registry is out, or a standby follows
-    # Redis): a detached watcher is ready then (service_jobs).
+    # Redis): a detached watcher is ready then (serving.detached).
     on_ready: Callable[[], None] | None = None
 
 

@@ -61,6 +61,8 @@ web = require("aiohttp.web")
 RequestHandler = require("aiohttp.web_protocol").RequestHandler
 CIMultiDict = require("multidict").CIMultiDict
 URL = require("yarl").URL
+# What reading a replica's answer raises when the replica died or stalled mid-answer.
+BROKEN_ANSWER = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, asyncio.TimeoutError)
 
 STATUS_PATH = "/_gateway/status"
 METRICS_PATH = "/_gateway/metrics"
@@ -642,8 +644,7 @@ class Gateway:
             try:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                    asyncio.TimeoutError) as error:
+            except BROKEN_ANSWER as error:
                 # The replica died (or stalled) mid-answer: end this client's stream with an
                 # error (no final chunk, connection closed), never a hang; eject the replica.
                 outcome = "failure"
@@ -668,8 +669,7 @@ class Gateway:
         half the system calls of streaming it, which is most of a small request's cost."""
         try:
             body = await upstream.read()
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                asyncio.TimeoutError) as error:
+        except BROKEN_ANSWER as error:
             outcome = "failure"  # it answered, so the request may have run: never replayed
             self.table.eject(ticket.replica, f"响应中途断开: {type(error).__name__}")
             return self._upstream_failed(f"{type(error).__name__}: 响应体未完整到达", frozenset({ticket.replica.container_uuid}))

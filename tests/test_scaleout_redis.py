@@ -423,7 +423,8 @@ def test_unreachable_redis_is_a_clear_error_without_the_password(sim, deploy, ru
 def test_help_imports_neither_redis_nor_the_scale_out_modules(script):
     probe = (f"import sys, runpy; sys.path.insert(0, {str(SCRIPTS)!r}); sys.argv = [{script!r}, '--help']\n"
              f"try:\n    runpy.run_path({str(SCRIPTS / script)!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             "print([m for m in ('redis', 'autodl_esd.serving.registry.redis_store', 'autodl_esd.serving.registry.redis_watcher', 'autodl_esd.serving.haproxy') if m in sys.modules])")
+             "print([m for m in ('redis', 'autodl_esd.serving.registry.redis_store', 'autodl_esd.serving.registry.redis_watcher', "
+             "'autodl_esd.serving.routing.ledgers', 'autodl_esd.serving.routing.redis_pool', 'autodl_esd.serving.haproxy') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:] + done.stderr[-500:]
 

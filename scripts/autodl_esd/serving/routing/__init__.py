@@ -2,5 +2,5 @@
 (policies, load reports), what is in flight (ledgers, the replica table), and the HTTP gateway
 with its metrics.
 
-Imports nothing itself: `ServicePool.from_redis` reaches `routing.sources` without aiohttp.
+Imports nothing itself: `ServicePool.from_redis` reaches `routing.redis_pool` without aiohttp.
 """

@@ -107,11 +107,13 @@ class Side:
 
 async def start_gateway(side: Side, client_factory, hour: float, autoscale: bool, decisions: list) -> None:
     from autodl_esd.platform import api
-    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
-    from autodl_esd.serving.autoscaler import Autoscaler, GatewayAutoscaler, ReplicaScaler
-    from autodl_esd.serving.gateway import Gateway, GatewayOptions
-    from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
-    from autodl_esd.serving.sources import WatcherSource
+    from autodl_esd.serving.autoscale.controller import Autoscaler
+    from autodl_esd.serving.autoscale.extension import GatewayAutoscaler
+    from autodl_esd.serving.autoscale.policy import AutoscaleConfig
+    from autodl_esd.serving.autoscale.scaler import ReplicaScaler
+    from autodl_esd.serving.routing.gateway import Gateway, GatewayOptions
+    from autodl_esd.serving.registry.watcher import RegistryWatcher, WatchOptions
+    from autodl_esd.serving.routing.sources import WatcherSource
 
     watcher = RegistryWatcher(client_factory(), side.deployment_uuid, WatchOptions(interval=0.05, resync_every=20))
     source = WatcherSource(watcher, stale_after=1.0)

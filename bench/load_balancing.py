@@ -105,7 +105,7 @@ def run_stream(pool, requests: int, threads: int) -> tuple[list[float], float]:
 
 
 def balancing_section(sim, deployment_uuid: str, requests: int, threads: int) -> list[tuple[str, ...]]:
-    from autodl_esd.serving.registry import build_registry
+    from autodl_esd.serving.registry.watcher import build_registry
     from service_pool import ServicePool
 
     for machine in MACHINES:
@@ -179,7 +179,7 @@ def discovery_trial(sim, deployment_uuid: str, watcher, rng: random.Random) -> t
 
 
 def discovery_section(sim, deployment_uuid: str, trials: int) -> list[tuple[str, ...]]:
-    from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
+    from autodl_esd.serving.registry.watcher import RegistryWatcher, WatchOptions
     from discover_services import DEFAULT_RESYNC_EVERY
 
     rng = random.Random(1)

@@ -303,12 +303,13 @@ def overhead_section(sim, deployment_uuid: str, direct: str, proxy: str, gateway
 
 
 def lease_cost_section(redis_url: str, leases: int) -> list[tuple]:
-    from autodl_esd.serving import redis_registry
+    from autodl_esd.serving.registry import redis_store
+    from autodl_esd.serving.routing.ledgers import SharedInflight
     from service_pool import ServicePool
 
     services = [{"container_uuid": f"bench-{i}", "url": f"http://127.0.0.1:9/{i}", "healthy": True} for i in range(4)]
-    client = redis_registry.connect(redis_url)
-    shared = redis_registry.SharedInflight(client, redis_registry.RedisKeys("0" * 15, KEY_PREFIX))
+    client = redis_store.connect(redis_url)
+    shared = SharedInflight(client, redis_store.RedisKeys("0" * 15, KEY_PREFIX))
     rows = []
     for label, kwargs in (("this client's counts", {}), ("shared counts in Redis (loopback)", {"shared_inflight": shared})):
         pool = ServicePool.from_services(services, seed=1, **kwargs)
@@ -356,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "leastconn":  # this one also keeps the Redis registry (for the pools and the gateway)
                     feed += ["--redis", redis_url, "--key-prefix", KEY_PREFIX]
                 stack.append(subprocess.Popen(feed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            from autodl_esd.serving import haproxy, redis_registry
+            from autodl_esd.serving import haproxy
+            from autodl_esd.serving.registry import redis_store as redis_registry
 
             keys = redis_registry.RedisKeys(deployment_uuid, KEY_PREFIX)
             client = redis_registry.connect(redis_url)

@@ -28,8 +28,8 @@ DEFAULT_HEALTH_TIMEOUT_SECONDS = 2.0
 # One lost probe on a loaded GPU server is noise; three in a row (15 s at the default
 # 5 s interval) is a replica that should get no traffic.
 DEFAULT_HEALTH_FAILURES = 3
-# Scale-out defaults (values and reasons: autodl_esd/serving/redis_registry.py and haproxy.py;
-# repeated here so --help imports neither).
+# Scale-out defaults (values and reasons: autodl_esd/serving/registry/redis_store.py and
+# haproxy.py; repeated here so --help imports neither).
 DEFAULT_KEY_PREFIX = "autodl-esd"
 # The lock (and the heartbeat) live three intervals: one slow cycle (API retries) does not
 # hand the watch to a standby, while a dead watcher is replaced within ~15 s at the default
@@ -98,8 +98,10 @@ def handle(args, ctx: cli.Context) -> dict:
 
 
 def discover(args, ctx: cli.Context, on_ready=None) -> dict:
-    from autodl_esd.serving import registry
     from autodl_esd.platform.resolve import resolve_from_args
+    from autodl_esd.serving.registry import document as registry_document
+    from autodl_esd.serving.registry import endpoint as registry_endpoint
+    from autodl_esd.serving.registry import watcher as registry_watcher
 
     if args.detach and args.job_id:
         raise cli.UsageError("--detach 与 --job-id 不能同时用。", "去掉 --job-id (它只给后台进程自己用)。")
@@ -117,13 +119,13 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
     serve_at = None
     if args.serve:
         try:
-            serve_at = registry.parse_loopback_address(args.serve)
+            serve_at = registry_endpoint.parse_loopback_address(args.serve)
         except ValueError as problem:
             raise cli.UsageError(f"--serve 无效: {problem}") from None
 
     if args.out:
         try:
-            registry.check_writable(args.out)
+            registry_document.check_writable(args.out)
         except ValueError as problem:
             raise cli.UsageError(f"--out 无效: {problem}", "换一个已存在且可写的目录中的文件。") from None
 
@@ -134,16 +136,16 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
     if args.health_path:
         # One-shot: a single probe decides (there is no "in a row" in one look).
         failures = args.health_failures if args.watch else 1
-        health = registry.HealthTracker(args.health_path, args.health_timeout, failures)
+        health = registry_watcher.HealthTracker(args.health_path, args.health_timeout, failures)
     if not args.watch:
-        document = registry.build_registry(client, deployment_uuid, args.port, ctx.progress, health=health)
+        document = registry_watcher.build_registry(client, deployment_uuid, args.port, ctx.progress, health=health)
         return {**document, "warnings": _single_machine(document, deployment)}
     from autodl_esd.core.polling import floor_interval
 
     interval = floor_interval(args.interval, client.host, ctx.progress)
-    options = registry.WatchOptions(interval=interval, port=args.port, resync_every=args.resync_every, out=args.out,
-                                    max_cycles=args.max_cycles, duration=args.duration, health=health)
-    watcher = registry.RegistryWatcher(client, deployment_uuid, options, ctx.progress)
+    options = registry_watcher.WatchOptions(interval=interval, port=args.port, resync_every=args.resync_every, out=args.out,
+                                            max_cycles=args.max_cycles, duration=args.duration, health=health)
+    watcher = registry_watcher.RegistryWatcher(client, deployment_uuid, options, ctx.progress)
     ctx.partial["deployment_uuid"] = deployment_uuid
     haproxy_sync = haproxy_sink(args, deployment_uuid, ctx) if args.haproxy_socket else None
     local_sinks = [haproxy_sync] if haproxy_sync else []
@@ -158,16 +160,16 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
     endpoint = None
     if serve_at:
         try:
-            endpoint = registry.RegistryEndpoint(*serve_at, registry=lambda: watcher.document).start()
+            endpoint = registry_endpoint.RegistryEndpoint(*serve_at, registry=lambda: watcher.document).start()
         except OSError as problem:  # port taken, or no such loopback address on this machine
             raise cli.UsageError(f"--serve {args.serve} 无法监听: {problem.strerror or problem}",
                                  "换一个端口, 或用端口 0 让系统自动选择 (实际地址见输出的 serve)。") from None
         ctx.progress.log(f"注册表接口: {endpoint.url}/services  {endpoint.url}/pick?policy=least_inflight")
     if on_ready is not None:  # ready once the first registry is out (--out written, --serve answering)
-        from autodl_esd.serving import redis_registry
+        from autodl_esd.serving.registry import redis_store
 
         ready = {"deployment_uuid": deployment_uuid, "registry": args.out, "url": endpoint.url if endpoint else None,
-                 "redis": redis_registry.describe_url(args.redis) if redis_watch else None}
+                 "redis": redis_store.describe_url(args.redis) if redis_watch else None}
         options.on_ready = lambda: on_ready({key: value for key, value in ready.items() if value is not None})
     try:
         stopped_by = redis_watch.run() if redis_watch else watcher.run()
@@ -209,27 +211,28 @@ def redis_runner(args, watcher, interval: float, local_sinks: list, ctx: cli.Con
     from urllib.parse import urlsplit
 
     from autodl_esd.core.output import register_secret
-    from autodl_esd.serving import redis_registry
+    from autodl_esd.serving.registry import redis_store
+    from autodl_esd.serving.registry.redis_watcher import RedisWatch
 
     try:
         register_secret(urlsplit(args.redis).password)
-        keys = redis_registry.RedisKeys(watcher.deployment_uuid, args.key_prefix)
+        keys = redis_store.RedisKeys(watcher.deployment_uuid, args.key_prefix)
     except ValueError as problem:
         raise cli.UsageError(f"--redis / --key-prefix 无效: {problem}") from None
-    shown = redis_registry.describe_url(args.redis)
+    shown = redis_store.describe_url(args.redis)
     try:
-        client = redis_registry.connect(args.redis)
+        client = redis_store.connect(args.redis)
         client.ping()
     except ValueError as problem:  # not a redis:// URL
         raise cli.UsageError(f"--redis 不是有效的 Redis 地址: {problem}", "格式: redis://[:密码@]主机:端口/库, 如 redis://127.0.0.1:6379/0") from None
-    except redis_registry.redis_errors() as problem:
+    except redis_store.redis_errors() as problem:
         raise cli.UsageError(f"连不上 Redis {shown}: {problem}", "确认 redis-server 在运行、地址端口与密码正确、防火墙放行。",
                              {"redis": shown}) from None
     lock_ttl = args.lock_ttl or max(LOCK_TTL_INTERVALS * interval, MIN_LOCK_TTL_SECONDS)
     if lock_ttl < 2 * interval:  # the interval may have been raised to the platform's floor
         lock_ttl = 2 * interval
     ctx.progress.log(f"注册表写入 Redis {shown} 键 {keys.registry} (通知频道 {keys.channel})")
-    return redis_registry.RedisWatch(watcher, client, keys, lock_ttl, local_sinks, ctx.progress)
+    return RedisWatch(watcher, client, keys, lock_ttl, local_sinks, ctx.progress)
 
 
 def haproxy_sink(args, deployment_uuid: str, ctx: cli.Context):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
-from autodl_esd.serving.autoscale_cli import add_autoscale_arguments
+from autodl_esd.serving.autoscale.cli import add_autoscale_arguments
 
 EXAMPLES = [
     "python scripts/serve_gateway.py --name my-service",

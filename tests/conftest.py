@@ -146,7 +146,7 @@ def recorded_watchers(monkeypatch) -> list:
     """Every RegistryWatcher a script creates in this test, so the test can stop a watch
     through its `stop_event` once it has seen what it needs (a fixed --duration could run
     out on a loaded machine before the last step)."""
-    from autodl_esd.serving import registry
+    from autodl_esd.serving.registry import watcher as registry
 
     watchers: list = []
 

@@ -44,7 +44,7 @@ class LoopThread:
         return self.run(start())
 
     def gateway(self, source: Any, **options: Any) -> Any:
-        from autodl_esd.serving.gateway import Gateway, GatewayOptions
+        from autodl_esd.serving.routing.gateway import Gateway, GatewayOptions
 
         options.setdefault("host", "127.0.0.1")
         options.setdefault("port", 0)

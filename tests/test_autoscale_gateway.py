@@ -68,10 +68,12 @@ class InProcessGateway:
 
     def __init__(self, deployment_uuid: str, config, queue_timeout: float = 10.0, load_path: str | None = None, **options):
         from autodl_esd.platform import api
-        from autodl_esd.serving.autoscaler import Autoscaler, GatewayAutoscaler, ReplicaScaler
-        from autodl_esd.serving.gateway import Gateway, GatewayOptions
-        from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
-        from autodl_esd.serving.sources import WatcherSource
+        from autodl_esd.serving.autoscale.controller import Autoscaler
+        from autodl_esd.serving.autoscale.extension import GatewayAutoscaler
+        from autodl_esd.serving.autoscale.scaler import ReplicaScaler
+        from autodl_esd.serving.routing.gateway import Gateway, GatewayOptions
+        from autodl_esd.serving.registry.watcher import RegistryWatcher, WatchOptions
+        from autodl_esd.serving.routing.sources import WatcherSource
 
         self.lines: list[dict] = []
         watcher = RegistryWatcher(client(), deployment_uuid, WatchOptions(interval=0.05, resync_every=10))
@@ -150,7 +152,7 @@ def fire(gateway: InProcessGateway, count: int, threads: int) -> list[int]:
 
 
 def test_load_through_the_gateway_scales_up_and_back_down_and_status_and_metrics_show_it(sim):
-    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+    from autodl_esd.serving.autoscale.policy import AutoscaleConfig
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)
@@ -179,7 +181,7 @@ def test_load_through_the_gateway_scales_up_and_back_down_and_status_and_metrics
 
 
 def test_scale_to_zero_and_the_first_request_after_it_is_held_then_served(sim):
-    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+    from autodl_esd.serving.autoscale.policy import AutoscaleConfig
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)
@@ -242,7 +244,7 @@ def test_serve_gateway_autoscale_asks_for_yes_with_its_bounds_and_leaves_the_las
 
 def test_with_load_path_load_from_other_clients_counts(sim):
     """Clients that call the replica directly never pass the gateway; its /metrics report does."""
-    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+    from autodl_esd.serving.autoscale.policy import AutoscaleConfig
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)
@@ -271,7 +273,7 @@ def test_with_load_path_load_from_other_clients_counts(sim):
 
 
 def test_a_replica_that_keeps_failing_requests_is_replaced_and_its_machine_reported(sim):
-    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+    from autodl_esd.serving.autoscale.policy import AutoscaleConfig
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)

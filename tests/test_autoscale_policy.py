@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from autodl_esd.serving.autoscale_policy import (
+from autodl_esd.serving.autoscale.policy import (
     AutoscaleConfig,
     Observed,
     PolicyState,

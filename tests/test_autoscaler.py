@@ -16,15 +16,9 @@ from conftest import envelope, url
 from autodl_esd.platform import api
 from autodl_esd.core.http import ApiClient
 from autodl_esd.core.settings import load_settings
-from autodl_esd.serving.autoscale_policy import AutoscaleConfig
-from autodl_esd.serving.autoscaler import (
-    Autoscaler,
-    LoadSnapshot,
-    ReplicaLoad,
-    ReplicaScaler,
-    load_of,
-    startup_bounds,
-)
+from autodl_esd.serving.autoscale.policy import AutoscaleConfig
+from autodl_esd.serving.autoscale.controller import Autoscaler, LoadSnapshot, ReplicaLoad, load_of
+from autodl_esd.serving.autoscale.scaler import ReplicaScaler, startup_bounds
 
 UUID = "a1b2c3d4e5f6a7b"
 GPU = "RTX 4090"
@@ -380,7 +374,8 @@ def test_a_replica_failing_health_is_replaced_and_with_blacklist_faulty_its_mach
 
 
 def test_converging_is_our_own_change_still_starting_and_gives_up_on_a_stuck_start():
-    from autodl_esd.serving.autoscaler import PlatformView, STARTUP_PATIENCE_SECONDS
+    from autodl_esd.serving.autoscale.controller import STARTUP_PATIENCE_SECONDS
+    from autodl_esd.serving.autoscale.scaler import PlatformView
 
     scaler = Autoscaler(ReplicaScaler(None, deployment_record(2)), AutoscaleConfig(), LoadSnapshot, clock=lambda: 0.0)
     starting = PlatformView(replica_num=2, status="running", running=[{}], starting=1, live=2, price_per_replica=None, hourly_rate=0)

@@ -36,7 +36,7 @@ def test_progress_lines_are_stamped_in_the_platform_zone(monkeypatch):
 
 
 def test_registry_generated_at_is_plus_eight():
-    from autodl_esd.serving import registry
+    from autodl_esd.serving.registry import document as registry
 
     document = registry.registry_document("833f1cd5a764fa3", [])
     assert document["generated_at"].endswith("+08:00")

@@ -91,7 +91,7 @@ def generous_cycle_deadline(monkeypatch):
     """A watch cycle ends as soon as its jobs do; its deadline (at least 1 s) is for a hung
     API, which no test here has: on a loaded machine a mocked poll must not look overrun
     (stale) where a test expects the fresh registry."""
-    from autodl_esd.serving import registry
+    from autodl_esd.serving.registry import watcher as registry
 
     monkeypatch.setattr(registry, "MIN_CYCLE_DEADLINE_SECONDS", 30.0)
 
@@ -104,7 +104,7 @@ def platform(mocked):
 
 @pytest.fixture
 def make_watcher(tmp_path):
-    from autodl_esd.serving import registry
+    from autodl_esd.serving.registry import watcher as registry
     from autodl_esd.core.http import ApiClient
     from autodl_esd.core.settings import load_settings
 
@@ -315,7 +315,7 @@ def test_api_down_from_the_start_gives_an_empty_stale_registry(platform, make_wa
 
 
 def test_health_probe_marks_unhealthy_after_k_failures_and_back(platform, make_watcher):
-    from autodl_esd.serving.registry import HealthTracker
+    from autodl_esd.serving.registry.watcher import HealthTracker
 
     uuid = platform.start(MACHINE_A, 1)
     answers = {"ok": True}
@@ -344,7 +344,7 @@ def test_health_probe_marks_unhealthy_after_k_failures_and_back(platform, make_w
 
 
 def test_new_replica_is_unhealthy_until_its_first_probe_succeeds(platform, make_watcher):
-    from autodl_esd.serving.registry import HealthTracker
+    from autodl_esd.serving.registry.watcher import HealthTracker
 
     platform.start(MACHINE_A, 1)
     watcher = make_watcher(health=HealthTracker("/health", 1.0, failures_to_leave=3, check=lambda u, t: False))
@@ -353,7 +353,7 @@ def test_new_replica_is_unhealthy_until_its_first_probe_succeeds(platform, make_
 
 
 def test_probe_against_a_real_socket(tmp_path):
-    from autodl_esd.serving.registry import probe
+    from autodl_esd.serving.registry.watcher import probe
 
     assert probe("http://127.0.0.1:9/health", timeout=0.5) is False  # discard port: refused
 
@@ -379,7 +379,7 @@ def test_watch_script_bounded_by_max_cycles(run, platform, tmp_path, result_vali
 
 
 def test_watch_stopped_by_a_signal_ends_normally_with_a_summary(run, platform, monkeypatch, result_validator):
-    from autodl_esd.serving import registry
+    from autodl_esd.serving.registry import watcher as registry
     from autodl_esd.core.errors import Interrupted
 
     platform.start(MACHINE_A, 1)
@@ -409,7 +409,7 @@ def test_watch_bounded_by_duration(platform, make_watcher):
 
 
 def test_readers_never_see_a_half_written_file(tmp_path):
-    from autodl_esd.serving.registry import write_atomically
+    from autodl_esd.serving.registry.document import write_atomically
 
     path = tmp_path / "registry.json"
     small = {"status": "success", "services": []}
@@ -458,7 +458,8 @@ def get(endpoint_url: str, path: str) -> tuple[int, dict]:
 
 @pytest.fixture
 def endpoint():
-    from autodl_esd.serving.registry import RegistryEndpoint, registry_document
+    from autodl_esd.serving.registry.document import registry_document
+    from autodl_esd.serving.registry.endpoint import RegistryEndpoint
 
     holder = {"document": registry_document(DEP, [service(container_uuid(MACHINE_A, 1)), service(container_uuid(MACHINE_B, 2)),
                                                   service(container_uuid(MACHINE_C, 3), healthy=False)])}
@@ -512,7 +513,7 @@ def test_registry_timestamps_use_the_platform_offset(monkeypatch):
     """generated_at / resynced_at are +08:00 like the platform's since/started_at, whatever TZ says."""
     import time
 
-    from autodl_esd.serving import registry
+    from autodl_esd.serving.registry import document as registry
 
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()

@@ -24,7 +24,7 @@ from gateway_harness import item, loop_thread  # noqa: E402,F401 - loop_thread i
 
 
 def static(*items):
-    from autodl_esd.serving.sources import StaticSource
+    from autodl_esd.serving.routing.sources import StaticSource
 
     return StaticSource(list(items))
 
@@ -44,7 +44,7 @@ def counting(name: str, hits: list, status: int = 200, delay: float = 0.0):
 
 
 def test_load_report_reads_vllm_prometheus_text_and_json():
-    from autodl_esd.serving.policies import LoadReportError, parse_load_report
+    from autodl_esd.serving.routing.load_report import LoadReportError, parse_load_report
 
     text = ("# TYPE vllm:num_requests_running gauge\n"
             'vllm:num_requests_running{model_name="a"} 2.0\nvllm:num_requests_running{model_name="b"} 1.0\n'
@@ -58,14 +58,14 @@ def test_load_report_reads_vllm_prometheus_text_and_json():
 
 
 def table(policy_name="least_inflight", **kwargs):
-    from autodl_esd.serving.policies import POLICIES
-    from autodl_esd.serving.replicas import ReplicaTable
+    from autodl_esd.serving.routing.policies import POLICIES
+    from autodl_esd.serving.routing.replicas import ReplicaTable
 
     return ReplicaTable(POLICIES[policy_name](random.Random(1)), **kwargs)
 
 
 def test_queue_aware_scores_the_report_plus_what_was_sent_since():
-    from autodl_esd.serving.policies import LoadReport
+    from autodl_esd.serving.routing.load_report import LoadReport
 
     t = table("queue_aware")
     t.update([item("a", "http://a"), item("b", "http://b")])
@@ -138,7 +138,7 @@ def test_every_replica_ejected_still_serves_the_one_ejected_longest_ago():
 
 
 def test_queue_serves_in_order_when_room_appears_and_refuses_when_full():
-    from autodl_esd.serving.replicas import NoReplicas, Overloaded
+    from autodl_esd.serving.routing.replicas import NoReplicas, Overloaded
 
     async def scenario():
         t = table(max_inflight_per_replica=1, max_queue=2, queue_timeout=5)
@@ -467,7 +467,7 @@ def test_status_and_metrics_use_the_documented_names(loop_thread):
 
 
 def test_queue_aware_weights_the_queue_by_each_replicas_time_per_request():
-    from autodl_esd.serving.policies import LoadReport
+    from autodl_esd.serving.routing.load_report import LoadReport
 
     t = table("queue_aware")
     t.update([item("fast", "http://f"), item("slow", "http://s")])
@@ -518,7 +518,7 @@ def test_queue_aware_does_not_pile_onto_a_batching_replica():
     """A batching engine finishes ten requests in about the time of one: queue_aware must
     still send new work to the replica with the shorter queue (it piled 377 of 448 requests
     onto one of four replicas before)."""
-    from autodl_esd.serving.policies import LoadReport
+    from autodl_esd.serving.routing.load_report import LoadReport
 
     clock = [0.0]
     t = table("queue_aware", clock=lambda: clock[0])
@@ -591,8 +591,8 @@ def test_a_stale_registry_keeps_serving_the_last_good_set_and_says_so(loop_threa
 
 
 def test_a_registry_file_that_stops_being_rewritten_is_flagged_stale(loop_thread, tmp_path):
-    from autodl_esd.serving.registry import registry_document, write_atomically
-    from autodl_esd.serving.sources import FileSource
+    from autodl_esd.serving.registry.document import registry_document, write_atomically
+    from autodl_esd.serving.routing.sources import FileSource
 
     hits: list = []
     url = loop_thread.upstream(counting("a", hits))
@@ -642,7 +642,7 @@ def test_the_in_process_watcher_never_lets_the_autodl_token_out(sim, run, monkey
 
 
 def test_a_body_over_the_replay_limit_streams_through_and_is_not_retried(loop_thread):
-    from autodl_esd.serving.gateway import REPLAY_LIMIT_BYTES
+    from autodl_esd.serving.routing.gateway import REPLAY_LIMIT_BYTES
 
     hits: list = []
     big = b"x" * (REPLAY_LIMIT_BYTES + 4096)
@@ -659,9 +659,10 @@ def test_a_body_over_the_replay_limit_streams_through_and_is_not_retried(loop_th
 
 
 def test_the_registry_endpoint_feeds_the_gateway_and_one_access_log_line_per_request(loop_thread):
-    from autodl_esd.serving.gateway import Gateway, GatewayOptions
-    from autodl_esd.serving.registry import RegistryEndpoint, registry_document
-    from autodl_esd.serving.sources import UrlSource
+    from autodl_esd.serving.routing.gateway import Gateway, GatewayOptions
+    from autodl_esd.serving.registry.document import registry_document
+    from autodl_esd.serving.registry.endpoint import RegistryEndpoint
+    from autodl_esd.serving.routing.sources import UrlSource
 
     hits: list = []
     url = loop_thread.upstream(counting("a", hits))

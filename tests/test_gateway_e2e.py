@@ -37,8 +37,8 @@ def running(instance, deployment_uuid) -> list[dict]:
 
 def watched_gateway(loop_thread, instance, deployment_uuid, **options):
     from autodl_esd.core.http import ApiClient
-    from autodl_esd.serving.registry import HealthTracker, RegistryWatcher, WatchOptions
-    from autodl_esd.serving.sources import WatcherSource
+    from autodl_esd.serving.registry.watcher import HealthTracker, RegistryWatcher, WatchOptions
+    from autodl_esd.serving.routing.sources import WatcherSource
     from autodl_esd.core.settings import Settings
 
     client = ApiClient(Settings(host=instance.url, http_timeout=5, token=instance.token))
@@ -146,7 +146,7 @@ def test_sse_streams_through_and_a_crash_mid_stream_ends_the_client_stream(sim, 
 
 
 def test_queue_aware_prefers_the_replica_with_the_shorter_reported_queue(sim, deploy, loop_thread, monkeypatch):
-    from autodl_esd.serving import gateway as gateway_module
+    from autodl_esd.serving.routing import gateway as gateway_module
 
     # A report counts for 3 polls (0.3 s here); a loaded machine can poll later than that,
     # and without a fresh report both replicas score their (equal) in-flight counts. Seen

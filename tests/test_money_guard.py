@@ -478,8 +478,8 @@ def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, 
 
     from autodl_esd.money import idle
     from autodl_esd.core.http import ApiClient
-    from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
-    from autodl_esd.serving.sources import WatcherSource
+    from autodl_esd.serving.registry.watcher import RegistryWatcher, WatchOptions
+    from autodl_esd.serving.routing.sources import WatcherSource
     from autodl_esd.core.settings import Settings
     from gateway_harness import LoopThread
 

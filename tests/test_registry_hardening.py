@@ -25,7 +25,7 @@ def platform(mocked):
 @pytest.fixture
 def make_watcher(tmp_path):
     from autodl_esd.core.http import ApiClient
-    from autodl_esd.serving import registry
+    from autodl_esd.serving.registry import watcher as registry
     from autodl_esd.core.settings import load_settings
 
     def make(**options):
@@ -38,7 +38,7 @@ def make_watcher(tmp_path):
 
 
 def test_a_hung_api_does_not_stall_the_cycle_or_the_probes_and_is_flagged_stale(platform, make_watcher, monkeypatch):
-    from autodl_esd.serving import registry
+    from autodl_esd.serving.registry import watcher as registry
 
     # A cycle waits for its jobs at most this long, and no longer than they take: generous
     # while the API answers (a loaded machine must not make a good cycle look overrun),
@@ -116,7 +116,7 @@ def test_a_platform_record_that_breaks_the_schema_is_left_out_and_the_rest_publi
 
 
 def registry_with_one() -> dict:
-    from autodl_esd.serving.registry import registry_document
+    from autodl_esd.serving.registry.document import registry_document
 
     uuid = container_uuid(MACHINE_A, 1)
     return registry_document(DEP, [{"container_uuid": uuid, "url": "https://a.example.com", "machine_id": MACHINE_A,
@@ -134,7 +134,7 @@ def fetch(url: str, host: str | None = None) -> tuple[int, dict]:
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:0", "[::1]:0"])
 def test_endpoint_serves_ipv4_and_ipv6_loopback_and_checks_host(listen):
-    from autodl_esd.serving.registry import RegistryEndpoint, parse_loopback_address
+    from autodl_esd.serving.registry.endpoint import RegistryEndpoint, parse_loopback_address
 
     try:
         endpoint = RegistryEndpoint(*parse_loopback_address(listen), registry=registry_with_one).start()
@@ -152,7 +152,7 @@ def test_endpoint_serves_ipv4_and_ipv6_loopback_and_checks_host(listen):
 
 
 def test_endpoint_answers_bad_requests_in_json_and_drops_idle_connections(monkeypatch):
-    from autodl_esd.serving import registry
+    from autodl_esd.serving.registry import endpoint as registry
 
     monkeypatch.setattr(registry, "ENDPOINT_IDLE_SECONDS", 0.3)
     endpoint = registry.RegistryEndpoint("127.0.0.1", 0, registry=registry_with_one).start()

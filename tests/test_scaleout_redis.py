@@ -1,6 +1,6 @@
 """The registry, the watcher lock and the shared in-flight counts in a real redis-server.
 
-Unit-level tests drive serving.redis_registry directly; the end-to-end ones run
+Unit-level tests drive serving.registry.redis_store directly; the end-to-end ones run
 discover_services.py --watch --redis against the simulator, with pools in other processes.
 Every wait is bounded; the Redis server is one per session, each test under its own prefix.
 """
@@ -51,10 +51,10 @@ def pool_uuids(pool) -> set[str]:
 
 @pytest.fixture
 def rr(redis_server, key_prefix):
-    from autodl_esd.serving import redis_registry
+    from autodl_esd.serving.registry import redis_store
 
-    client = redis_registry.connect(redis_server.url)
-    yield redis_registry, client, redis_registry.RedisKeys(DEPLOYMENT, key_prefix)
+    client = redis_store.connect(redis_server.url)
+    yield redis_store, client, redis_store.RedisKeys(DEPLOYMENT, key_prefix)
     client.close()
 
 
@@ -132,8 +132,10 @@ def test_one_lock_holder_and_takeover_after_the_ttl(rr):
 
 
 def test_shared_counts_pick_the_replica_other_clients_do_not_use(rr):
+    from autodl_esd.serving.routing.ledgers import SharedInflight
+
     module, client, keys = rr
-    shared = module.SharedInflight(client, keys, lease_ttl=30)
+    shared = SharedInflight(client, keys, lease_ttl=30)
     index, lease_a = shared.acquire(["r-1", "r-2"])
     chosen = ["r-1", "r-2"][index]
     other_index, lease_b = shared.acquire(["r-1", "r-2"])
@@ -145,9 +147,11 @@ def test_shared_counts_pick_the_replica_other_clients_do_not_use(rr):
 
 
 def test_a_lease_never_released_stops_counting_after_its_ttl(rr):
+    from autodl_esd.serving.routing.ledgers import SharedInflight
+
     module, client, keys = rr
     # 1 s: longer than any stall between acquiring and counting (0.3 s was not, under load).
-    shared = module.SharedInflight(client, keys, lease_ttl=1.0)
+    shared = SharedInflight(client, keys, lease_ttl=1.0)
     shared.acquire(["r-1"])
     assert shared.counts(["r-1"]) == {"r-1": 1}
     shared.close()  # the client is gone: nobody renews its lease any more
@@ -156,10 +160,12 @@ def test_a_lease_never_released_stops_counting_after_its_ttl(rr):
 
 
 def test_a_live_clients_long_request_keeps_counting_past_the_ttl(rr):
+    from autodl_esd.serving.routing.ledgers import SharedInflight
+
     module, client, keys = rr
     # 1 s, renewed every 1/3 s: a renewal is missed only if the renewer thread stalls 2/3 s
     # (with 0.3 s, a 0.2 s stall on a loaded machine lost the lease).
-    shared = module.SharedInflight(client, keys, lease_ttl=1.0)
+    shared = SharedInflight(client, keys, lease_ttl=1.0)
     try:
         _, lease = shared.acquire(["r-1"])
         time.sleep(2.0)  # two TTLs: the renewer kept it
@@ -336,6 +342,7 @@ with pool.lease() as service:
 
 def test_shared_counts_balance_two_clients_and_a_killed_client_leaks_nothing(sim, deploy, redis_server, key_prefix, rr):
     from service_pool import ServicePool
+    from autodl_esd.serving.routing.ledgers import SharedInflight
 
     module, client, _ = rr
     instance = sim()
@@ -345,7 +352,7 @@ def test_shared_counts_balance_two_clients_and_a_killed_client_leaks_nothing(sim
         instance.set_machine_concurrency(machine, 1)  # a GPU serving one request at a time
         instance.set_machine_latency(machine, 0.05)
     watcher = start_watcher(instance, deployment_uuid, redis_server.url, key_prefix)
-    shared = module.SharedInflight(client, keys)
+    shared = SharedInflight(client, keys)
     try:
         wait_for(lambda: client.exists(keys.registry), 10, "the registry in Redis")
         pools = [ServicePool.from_redis(redis_server.url, deployment_uuid, key_prefix=key_prefix, shared_inflight=True, seed=i)
@@ -416,7 +423,8 @@ def test_unreachable_redis_is_a_clear_error_without_the_password(sim, deploy, ru
 def test_help_imports_neither_redis_nor_the_scale_out_modules(script):
     probe = (f"import sys, runpy; sys.path.insert(0, {str(SCRIPTS)!r}); sys.argv = [{script!r}, '--help']\n"
              f"try:\n    runpy.run_path({str(SCRIPTS / script)!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             "print([m for m in ('redis', 'autodl_esd.serving.redis_registry', 'autodl_esd.serving.haproxy') if m in sys.modules])")
+             "print([m for m in ('redis', 'autodl_esd.serving.registry.redis_store', 'autodl_esd.serving.registry.redis_watcher', "
+             "'autodl_esd.serving.routing.ledgers', 'autodl_esd.serving.routing.redis_pool', 'autodl_esd.serving.haproxy') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:] + done.stderr[-500:]
 
@@ -505,10 +513,11 @@ def test_gateways_with_shared_inflight_see_each_others_requests(sim, deploy, red
         hanging = threading.Thread(target=long_stream, daemon=True)
         hanging.start()
 
-        from autodl_esd.serving import redis_registry
+        from autodl_esd.serving.registry import redis_store
+        from autodl_esd.serving.routing import ledgers
 
-        client = redis_registry.connect(redis_server.url)
-        shared = redis_registry.SharedInflight(client, redis_registry.RedisKeys(deployment_uuid, key_prefix))
+        client = redis_store.connect(redis_server.url)
+        shared = ledgers.SharedInflight(client, redis_store.RedisKeys(deployment_uuid, key_prefix))
 
         def remote_counts():
             return shared.counts(sorted(machines))
@@ -518,7 +527,7 @@ def test_gateways_with_shared_inflight_see_each_others_requests(sim, deploy, red
         other = next(u for u in machines if u != busy)
         # Gateway B reads the shared counts every LEDGER_REFRESH_SECONDS (50 ms); twenty of
         # them is slack for a loaded 2-core machine.
-        time.sleep(20 * redis_registry.LEDGER_REFRESH_SECONDS)
+        time.sleep(20 * ledgers.LEDGER_REFRESH_SECONDS)
         instance.set_machine_latency(machines[other], 0.01)
         served = [get(b_url)[0] for _ in range(4)]
         assert served == [other] * 4, (busy, served)  # B keeps off the replica A is using

@@ -236,7 +236,7 @@ class ScriptedPlatform:
 
     def __init__(self, monkeypatch, deployment_answers):
         from autodl_esd.platform import resolve
-        from autodl_esd.serving import registry
+        from autodl_esd.serving.registry import watcher as registry
 
         self.events: list = [{"deployment_container_uuid": CONTAINER, "status": "running"}]
         self.running = [{"uuid": CONTAINER, "status": "running", "machine_id": "0a0a0a0a0a",
@@ -266,7 +266,7 @@ class ScriptedPlatform:
 
 
 def scripted_watcher(tmp_path):
-    from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
+    from autodl_esd.serving.registry.watcher import RegistryWatcher, WatchOptions
 
     return RegistryWatcher(object(), "833f1cd5a764fa3", WatchOptions(interval=0.05, resync_every=1000, out=str(tmp_path / "r.json")))
 
@@ -315,7 +315,7 @@ def test_watch_of_a_deleted_deployment_ends_gone_but_an_api_outage_never_ends_it
     assert watcher.ended is None and watcher.document["services"]  # one answer: kept, still stale
     watcher.cycle()
     assert watcher.ended == "deployment_gone" and watcher.document["services"] == [] and "stale" not in watcher.document
-    from autodl_esd.serving.registry import validate_registry
+    from autodl_esd.serving.registry.document import validate_registry
 
     validate_registry(watcher.document)
 
@@ -371,7 +371,7 @@ def test_a_follower_gateway_keeps_listening_and_says_why_there_are_no_replicas(t
     pytest.importorskip("aiohttp")
     from gateway_harness import LoopThread
 
-    from autodl_esd.serving.sources import FileSource
+    from autodl_esd.serving.routing.sources import FileSource
 
     registry = tmp_path / "registry.json"
     registry.write_text(json.dumps({"status": "success", "deployment_uuid": "833f1cd5a764fa3", "generated_at": "2026-12-02T09:00:00+08:00",
@@ -395,7 +395,7 @@ def test_a_follower_gateway_keeps_listening_and_says_why_there_are_no_replicas(t
 
 
 def test_redis_watchers_active_and_standby_both_end_and_the_registry_is_final(sim, deploy, redis_server, key_prefix):
-    from autodl_esd.serving import redis_registry
+    from autodl_esd.serving.registry import redis_store as redis_registry
 
     instance = sim()
     deployment_uuid = deploy(1)

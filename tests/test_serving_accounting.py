@@ -17,14 +17,14 @@ from autodl_esd.platform import api
 from autodl_esd.core.http import ApiClient
 from autodl_esd.core.settings import load_settings
 from autodl_esd.core.clock import iso, parse_timestamp, platform_now
-from autodl_esd.serving.autoscale_policy import AutoscaleConfig, Observed, PolicyState, Sample, decide
+from autodl_esd.serving.autoscale.policy import AutoscaleConfig, Observed, PolicyState, Sample, decide
 
 HOUR = 3600.0
 DATE_RESOLUTION_SECONDS = 1.0  # the Date header's whole seconds (spend_meter's constant)
 
 
 def SpendMeter():
-    from autodl_esd.serving.spend_meter import SpendMeter as meter
+    from autodl_esd.serving.autoscale.spend_meter import SpendMeter as meter
 
     return meter()
 
@@ -112,7 +112,8 @@ def deployment_record(replica_num: int) -> dict:
 def test_the_autoscaler_charges_platform_seconds_not_local_ones(mocked):
     """Two looks at the platform 2 local seconds apart whose Date headers are 60 s apart (a
     platform clock at 30x): two replicas at 2 yuan/h cost 4 yuan/h x 60 s, not x 2 s."""
-    from autodl_esd.serving.autoscaler import Autoscaler, LoadSnapshot, ReplicaScaler
+    from autodl_esd.serving.autoscale.controller import Autoscaler, LoadSnapshot
+    from autodl_esd.serving.autoscale.scaler import ReplicaScaler
 
     containers = {"list": [{"uuid": f"{UUID}-0c0c0c0c0c-0000000{i}", "status": "running", "price": 2000} for i in range(2)],
                   "max_page": 1}
@@ -146,7 +147,8 @@ REQUEST = {**AUTOSCALE_REQUEST, "name": "spend-clock"}
 
 
 def test_at_speed_the_autoscalers_spend_agrees_with_cost_report_for_the_same_window(sim, run):
-    from autodl_esd.serving.autoscaler import Autoscaler, LoadSnapshot, ReplicaScaler
+    from autodl_esd.serving.autoscale.controller import Autoscaler, LoadSnapshot
+    from autodl_esd.serving.autoscale.scaler import ReplicaScaler
 
     instance = sim(cluster=CLUSTER)  # 200 platform seconds per real second
     client = ApiClient(load_settings())
@@ -271,7 +273,7 @@ def assert_reconciles(document: dict, totals: dict) -> None:
 
 def test_gateway_totals_reconcile_after_a_replica_leaves_and_exclude_its_own_endpoints(loop_thread):
     import requests as http
-    from autodl_esd.serving.sources import StaticSource
+    from autodl_esd.serving.routing.sources import StaticSource
     from gateway_harness import item
 
     a = loop_thread.upstream(replica_handler("a"))
@@ -314,7 +316,7 @@ def test_gateway_totals_reconcile_after_a_replica_leaves_and_exclude_its_own_end
 
 def test_a_replica_that_comes_back_continues_its_counts_and_is_no_longer_departed(loop_thread):
     import requests as http
-    from autodl_esd.serving.sources import StaticSource
+    from autodl_esd.serving.routing.sources import StaticSource
     from gateway_harness import item
 
     a = loop_thread.upstream(replica_handler("a"))
@@ -336,8 +338,8 @@ def test_a_replica_that_comes_back_continues_its_counts_and_is_no_longer_departe
 
 
 def test_departed_replicas_beyond_the_kept_ones_are_summed_not_lost():
-    from autodl_esd.serving import replicas as replicas_module
-    from autodl_esd.serving.policies import POLICIES
+    from autodl_esd.serving.routing import replicas as replicas_module
+    from autodl_esd.serving.routing.policies import POLICIES
     from gateway_harness import item
 
     table = replicas_module.ReplicaTable(POLICIES["least_inflight"](random.Random(1)))

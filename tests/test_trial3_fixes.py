@@ -28,10 +28,10 @@ def deploy(instance, replicas: int) -> str:
 # ---- 1. the autoscaler's exit summary after someone else stopped the deployment ----------
 
 def test_autoscaler_summary_after_deployment_ended_does_not_claim_a_size_left_running():
-    from autodl_esd.serving.autoscaler import Autoscaler
+    from autodl_esd.serving.autoscale.controller import Autoscaler
 
     autoscaler = Autoscaler.__new__(Autoscaler)  # summary() reads only its counters
-    from autodl_esd.serving.spend_meter import SpendMeter
+    from autodl_esd.serving.autoscale.spend_meter import SpendMeter
 
     autoscaler.view, autoscaler.change_in_flight, autoscaler.changes = None, None, 0
     autoscaler.meter, autoscaler.zero_refused, autoscaler.blacklist_candidates = SpendMeter(), False, {}
@@ -141,7 +141,7 @@ def test_a_standby_watcher_says_who_holds_the_lock_and_when_it_takes_over(sim, r
     import time
 
     from autodl_esd.platform import api
-    from autodl_esd.serving import redis_registry
+    from autodl_esd.serving.registry import redis_store as redis_registry
 
     instance = sim(cluster=CLUSTER)
     uuid = deploy(instance, 1)
@@ -209,8 +209,8 @@ def test_skill_says_where_simulated_wechat_messages_are_and_what_max_cost_counts
 
 
 def test_before_any_container_runs_a_replica_costs_up_to_price_to_times_its_cards():
-    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
-    from autodl_esd.serving.autoscaler import ReplicaScaler, startup_bounds
+    from autodl_esd.serving.autoscale.policy import AutoscaleConfig
+    from autodl_esd.serving.autoscale.scaler import ReplicaScaler, startup_bounds
 
     deployment = {"uuid": "d" * 15, "name": "svc", "deployment_type": "ReplicaSet", "status": "running", "replica_num": 1,
                   "template": {"gpu_name_set": [GPU], "gpu_num": 2, "price_from": 100, "price_to": 3000}}

@@ -55,6 +55,11 @@ Replicas are identified by ``container_uuid``, never by URL. Only replicas
 whose ``healthy`` is true, null (not probed) or missing are picked. If every healthy replica is
 ejected, the one ejected longest ago is used rather than failing; an empty
 registry raises ``NoReplicaAvailable``. All methods are thread-safe.
+
+This file is also where the rest of the bundle reads a registry: ``parse_registry`` is the
+one parser of a registry document, ``RegistryFileReader`` / ``RegistryUrlReader`` the one
+file and endpoint reader (the gateway's replica sources wrap them). They live here because
+this file must stand alone: it imports nothing from the bundle.
 """
 
 from __future__ import annotations
@@ -87,6 +92,10 @@ DEFAULT_REFRESH_INTERVAL = 2.0
 # The endpoint is on loopback and answers in milliseconds; a hung endpoint must
 # not stall the request that happens to trigger the refresh for long.
 DEFAULT_ENDPOINT_TIMEOUT = 2.0
+# A registry is a few KB per replica; a file or an answer larger than this is not one.
+MAX_REGISTRY_BYTES = 16 * 1024 * 1024
+# An endpoint's error answer is a short JSON error document; this much of it says why.
+ERROR_BODY_BYTES = 2000
 
 # Shared counts compare at most this many replicas per lease: a server-side scan of a few
 # dozen small sets costs microseconds; beyond that a random sample is as good.
@@ -219,14 +228,14 @@ class ServicePool:
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs) -> "ServicePool":
         """Pool fed by a registry file, re-read whenever it changes."""
-        return cls(source=_FileSource(path), **kwargs)
+        return cls(source=RegistryFileReader(path), **kwargs)
 
     @classmethod
     def from_endpoint(
         cls, url: str, timeout: float = DEFAULT_ENDPOINT_TIMEOUT, **kwargs
     ) -> "ServicePool":
         """Pool fed by the discover_services endpoint (``GET <url>/services``)."""
-        return cls(source=_EndpointSource(url, timeout), **kwargs)
+        return cls(source=RegistryUrlReader(url, timeout), **kwargs)
 
     @classmethod
     def from_services(cls, services: Iterable[dict], **kwargs) -> "ServicePool":
@@ -242,7 +251,7 @@ class ServicePool:
         (seconds a crashed client's lease keeps counting; live leases are
         renewed) plus the usual keyword arguments."""
         try:  # absolute, so a copy of this file works too while the bundle is on sys.path
-            from autodl_esd.serving.redis_registry import pool_from_redis
+            from autodl_esd.serving.routing.redis_pool import pool_from_redis
         except ImportError as exc:  # a copied pool.py without the bundle
             raise ImportError(
                 "ServicePool.from_redis needs this module inside the autodl-elastic-deploy "
@@ -289,12 +298,14 @@ class ServicePool:
                     self.update(registry)
                 self.last_refresh_error = None
             except Exception as exc:  # any source failure: keep the last good set
-                message = f"{type(exc).__name__}: {exc}"
-                if message != self.last_refresh_error:
-                    self._log.warning("service registry refresh failed, keeping last good set: %s", message)
-                self.last_refresh_error = message
+                self.source_failed(f"{type(exc).__name__}: {exc}")
         finally:
             self._refresh_lock.release()
+
+    def source_failed(self, message: Optional[str], what: str = "service registry refresh failed") -> None:
+        """Say why the source failed (logged once per new reason; the last good set stays),
+        or with None that it works again. Sources that push (from_redis) call it too."""
+        self.last_refresh_error = _say_once(self._log, self.last_refresh_error, message, f"{what}, keeping last good set")
 
     def update(self, registry: Registry) -> None:
         """Replace the set of replicas with a registry dict or a list of items.
@@ -302,7 +313,7 @@ class ServicePool:
         Raises ValueError for a document that is not a registry (the current
         set is then kept). Items without a usable container_uuid/url are skipped.
         """
-        items, info = _parse_registry(registry)
+        items, info = parse_registry(registry)
         services = []
         for item in items:
             parsed = _parse_item(item)
@@ -361,10 +372,8 @@ class ServicePool:
             index, lease_id = self._shared.acquire([r.container_uuid for r in candidates])
             self._shared_error = None
         except Exception as exc:  # shared counts unreachable: balance on our own counts
-            message = f"{type(exc).__name__}: {exc}"
-            if message != self._shared_error:
-                self._log.warning("shared in-flight counts unavailable, using this client's own: %s", message)
-            self._shared_error = message
+            self._shared_error = _say_once(self._log, self._shared_error, f"{type(exc).__name__}: {exc}",
+                                           "shared in-flight counts unavailable, using this client's own")
             index = min(range(len(candidates)), key=lambda i: candidates[i].inflight)
         with self._lock:
             replica = candidates[index]
@@ -500,11 +509,19 @@ class ServicePool:
                                   type(exc).__name__, exc)
 
 
-# ---- registry parsing -------------------------------------------------
+# ---- reading a registry (the bundle's one parser and readers) ------------
 
 
-def _parse_registry(registry: Registry) -> tuple[list, dict]:
-    """(items, top-level info) from a registry dict or a bare list of items."""
+def _say_once(log: logging.Logger, said: Optional[str], message: Optional[str], what: str) -> Optional[str]:
+    """Log ``what: message`` unless it is what was said last; returns the message to remember."""
+    if message and message != said:
+        log.warning("%s: %s", what, message)
+    return message
+
+
+def parse_registry(registry: Registry) -> tuple[list, dict]:
+    """(items, top-level info) from a registry dict or a bare list of items; ValueError
+    for anything else (an error document, no ``services`` list)."""
     if isinstance(registry, list):
         return registry, {}
     if not isinstance(registry, dict):
@@ -537,12 +554,15 @@ def _parse_item(item: Any) -> Optional[tuple[Service, bool]]:
     return Service(uuid, url.rstrip("/"), machine_id, item.get("gpu_name")), healthy
 
 
-class _FileSource:
-    """Reads the registry file only when its inode, mtime or size changed
-    (the writer replaces it atomically, so a rewrite is always a new inode)."""
+class RegistryFileReader:
+    """A registry file, read only when its inode, mtime or size changed (the writer
+    replaces it atomically, so a rewrite is always a new inode). Calling it returns the
+    registry, None when unchanged since the last good read, or raises (missing, too large,
+    not a registry). ``modified_at``: the file's mtime (``time.time()``) at that read."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        self.modified_at: Optional[float] = None
         self._seen: Optional[tuple[int, int, int]] = None
 
     def __call__(self) -> Optional[Registry]:
@@ -550,18 +570,21 @@ class _FileSource:
         signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if signature == self._seen:
             return None
+        if stat.st_size > MAX_REGISTRY_BYTES:
+            raise ValueError(f"{self.path} is larger than {MAX_REGISTRY_BYTES} bytes")
         with open(self.path, encoding="utf-8") as handle:
             registry = json.load(handle)
-        _parse_registry(registry)  # raises for a non-registry before we remember the file
+        parse_registry(registry)  # raises for a non-registry before we remember the file
         # Remember the file only once it parsed, so a half-written one is read again.
         self._seen = signature
+        self.modified_at = stat.st_mtime
         return registry
 
 
-class _EndpointSource:
-    """GET <base>/services on the discover_services loopback endpoint."""
+class RegistryUrlReader:
+    """GET <base>/services on a registry endpoint (``discover_services.py --serve``)."""
 
-    def __init__(self, url: str, timeout: float):
+    def __init__(self, url: str, timeout: float = DEFAULT_ENDPOINT_TIMEOUT):
         url = url.rstrip("/")
         self.url = url if url.endswith("/services") else url + "/services"
         self.timeout = timeout
@@ -570,10 +593,10 @@ class _EndpointSource:
         request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read().decode("utf-8"))
+                return json.loads(response.read(MAX_REGISTRY_BYTES).decode("utf-8"))
         except urllib.error.HTTPError as exc:
             # Say what the endpoint said (e.g. "no registry yet"), not just the code.
-            body = exc.read(2000).decode("utf-8", "replace")
+            body = exc.read(ERROR_BODY_BYTES).decode("utf-8", "replace")
             try:
                 body = json.loads(body).get("message") or body
             except (ValueError, AttributeError):

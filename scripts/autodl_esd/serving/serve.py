@@ -1,11 +1,12 @@
-"""What scripts/serve_gateway.py runs: flags -> replica source + options -> serve -> summary.
+"""What scripts/serve_gateway.py runs: flags -> replica source + options (+ autoscaler) ->
+serve -> summary.
 
 Everything that can be checked (flags, the auth variable, the deployment) is checked before
 anything listens, so bad input is the usual JSON error. Once listening: one JSON "ready" line
 on stdout; SIGINT/SIGTERM stop accepting, let in-flight requests finish for up to
 --drain-seconds, and the final summary is the script's JSON document (exit 0).
 `--detach` makes the same checks (`prepare`) in the foreground, then the same run goes on
-in the background (service_jobs), its ready document and summary kept in its record.
+in the background (`detached`), its ready document and summary kept in its record.
 """
 
 from __future__ import annotations
@@ -17,7 +18,24 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..core.cli import UsageError
+from ..core.errors import AutoDLError, ErrorType
+from ..core.http import ApiClient
+from ..core.loopback import is_loopback_name
 from ..core.output import emit_line, register_secret
+from ..core.polling import floor_interval
+from ..core.settings import is_loopback_host
+from ..platform.resolve import deployment_by_uuid, resolve_from_args
+from .autoscale.cli import DEFAULT_MAX_REPLICAS, check_autoscale_arguments, require_autoscale_confirmation
+from .autoscale.controller import DEPLOYMENT_ENDED_NOTES, Autoscaler, LoadSnapshot
+from .autoscale.defaults import DEFAULT_MIN_REPLICAS
+from .autoscale.extension import GatewayAutoscaler
+from .autoscale.policy import AutoscaleConfig
+from .autoscale.scaler import ReplicaScaler, deployment_gone, startup_bounds
+from .registry.redis_store import describe_url, redis_errors
+from .registry.watcher import HealthTracker, RegistryWatcher, WatchOptions
+from .routing.gateway import Gateway, GatewayOptions
+from .routing.ledgers import RedisInflightLedger
+from .routing.sources import FileSource, RedisSource, ReplicaSource, UrlSource, WatcherSource
 
 # The watcher's and its health check's settings when the gateway watches in-process; the
 # reasons are those of discover_services.py's defaults (same values).
@@ -28,6 +46,10 @@ HEALTH_FAILURES = 3
 STALE_AFTER_INTERVALS = 3
 # How long start-up waits for the first registry before listening anyway (requests queue).
 FIRST_REGISTRY_WAIT_SECONDS = 10.0
+# The autoscaler reads the deployment and its containers every tick. Against the real
+# platform once every 5 s is plenty for decisions on a 30 s / 600 s scale and keeps its
+# calls well below the watcher's; the loopback simulator keeps --interval (fast tests).
+PLATFORM_MIN_INTERVAL_SECONDS = 5.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -38,10 +60,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def build_options(args: Any) -> Any:
-    from ..core.loopback import is_loopback_name
-    from .gateway import GatewayOptions
-
+def build_options(args: Any) -> GatewayOptions:
     host, port = parse_listen(args.listen)
     token = None
     if args.auth_token_env:
@@ -76,24 +95,17 @@ def build_options(args: Any) -> Any:
         auth_token=token, allowed_hosts=tuple(args.allow_host or ()), never_forward=secrets)
 
 
-def build_source(args: Any, ctx: Any, options: Any) -> Any:
-    from . import sources
-
+def build_source(args: Any, ctx: Any, options: GatewayOptions) -> ReplicaSource:
     stale_after = STALE_AFTER_INTERVALS * args.interval
     if args.registry:
         if not os.path.isfile(args.registry):
             raise UsageError(f"--registry 文件不存在: {args.registry}",
                              "先用 discover_services.py --watch --out FILE 生成注册表, 或改用 --deployment-uuid 让网关自己发现副本。")
-        return sources.FileSource(args.registry, min(args.interval, 1.0), stale_after)
+        return FileSource(args.registry, min(args.interval, 1.0), stale_after)
     if args.registry_url:
-        return sources.UrlSource(args.registry_url, min(args.interval, 1.0), stale_after)
+        return UrlSource(args.registry_url, min(args.interval, 1.0), stale_after)
     if getattr(args, "registry_redis", None):
         return redis_source(args, ctx, options)
-
-    from ..core.polling import floor_interval
-    from ..platform.resolve import resolve_from_args
-    from .registry import HealthTracker, RegistryWatcher, WatchOptions
-
     client = ctx.client()
     deployment_uuid = resolve_from_args(client, args)["uuid"]
     options.deployment_uuid = deployment_uuid
@@ -102,28 +114,24 @@ def build_source(args: Any, ctx: Any, options: Any) -> Any:
     health = HealthTracker(args.health_path, HEALTH_TIMEOUT_SECONDS, HEALTH_FAILURES) if args.health_path else None
     interval = floor_interval(args.interval, client.host, ctx.progress)
     watch = WatchOptions(interval=interval, resync_every=RESYNC_EVERY, port=args.port, health=health)
-    return sources.WatcherSource(RegistryWatcher(client, deployment_uuid, watch, ctx.progress), STALE_AFTER_INTERVALS * interval)
+    return WatcherSource(RegistryWatcher(client, deployment_uuid, watch, ctx.progress), STALE_AFTER_INTERVALS * interval)
 
 
-def redis_source(args: Any, ctx: Any, options: Any) -> Any:
+def redis_source(args: Any, ctx: Any, options: GatewayOptions) -> RedisSource:
     """--registry-redis: follow the registry another watcher keeps in Redis (scale-out)."""
-    from . import redis_registry
-
     deployment_uuid = args.deployment_uuid
     if deployment_uuid is None:  # --name / --config: one look at the deployment list
-        from ..platform.resolve import resolve_from_args
-
         deployment_uuid = resolve_from_args(ctx.client(), args)["uuid"]
     options.deployment_uuid = deployment_uuid
     ctx.partial["deployment_uuid"] = deployment_uuid
     register_secret(urlsplit(args.registry_redis).password)
-    shown = redis_registry.describe_url(args.registry_redis)
+    shown = describe_url(args.registry_redis)
     try:
-        source = redis_registry.redis_source(args.registry_redis, deployment_uuid, args.key_prefix)
+        source = RedisSource(args.registry_redis, deployment_uuid, args.key_prefix)
         source.client.ping()
     except ValueError as problem:  # not a redis:// URL, or a bad prefix
         raise UsageError(f"--registry-redis / --key-prefix 无效: {problem}", "格式: redis://[:密码@]主机:端口/库") from None
-    except redis_registry.redis_errors() as problem:
+    except redis_errors() as problem:
         raise UsageError(f"连不上 Redis {shown}: {problem}", "确认 redis-server 在运行、地址端口与密码正确。", {"redis": shown}) from None
     return source
 
@@ -131,34 +139,78 @@ def redis_source(args: Any, ctx: Any, options: Any) -> Any:
 def prepare(args: Any, ctx: Any) -> tuple[Any, Any, Any]:
     """Every check a run makes before it listens (flags, the auth variable, the deployment,
     the registry, the autoscaler's --yes): (options, source, autoscaler), nothing started.
-    `--detach` runs it in the foreground, so bad input is a JSON error there."""
-    from ..core.deps import require
-
-    require("aiohttp")  # dependency_missing with the install command, before anything else
-    require("prometheus_client")
-    from .autoscale_cli import check_autoscale_arguments
-
+    `--detach` runs it in the foreground, so bad input is a JSON error there (a missing
+    aiohttp or prometheus_client already was, when this module imported the gateway)."""
     options = build_options(args)
     check_autoscale_arguments(args)  # before anything is contacted
     source = build_source(args, ctx, options)
     autoscaler = None
     if args.autoscale:  # the deployment, its bounds and --yes, before anything listens
-        from .autoscaler import prepare_gateway_autoscaler
-
-        autoscaler = prepare_gateway_autoscaler(args, ctx, options.deployment_uuid)
+        autoscaler = prepare_autoscaler(args, ctx, options.deployment_uuid)
     return options, source, autoscaler
+
+
+def prepare_autoscaler(args: Any, ctx: Any, deployment_uuid: str | None) -> GatewayAutoscaler:
+    """--autoscale (its flags already checked): check the deployment, ask for --yes with the
+    bounds, and return the extension to add to the gateway. Everything here runs before the
+    gateway listens, so a refusal is the usual JSON error."""
+    # Its own client: the autoscaler calls the platform from a worker thread while the
+    # registry watcher uses ctx.client() from its own; a requests.Session is not shared.
+    client = ApiClient(ctx.client().settings, progress=ctx.progress)
+    deployment = deployment_by_uuid(client, deployment_uuid) if deployment_uuid else None
+    if deployment is None:
+        raise deployment_gone(str(deployment_uuid))
+    details = {"deployment_uuid": deployment_uuid, "deployment_type": deployment.get("deployment_type"), "status": deployment.get("status")}
+    if deployment.get("deployment_type") != "ReplicaSet":
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"部署 {deployment_uuid} 是 {deployment.get('deployment_type')} 类型, 只有 ReplicaSet 能自动扩缩容。",
+                          "去掉 --autoscale 只用网关, 或对 ReplicaSet 部署使用。", details)
+    if deployment.get("status") != "running":
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"部署 {deployment_uuid} 状态是 {deployment.get('status')}, 无法调整副本数。",
+                          "已停止的部署不能恢复; 需要服务时用 queue_submit.py 重新提交。", details)
+    scaler = ReplicaScaler(client, deployment, log=ctx.progress.log, progress=ctx.progress)
+    scaler.observe()  # the containers' reported price, for the bounds below
+    current = int(deployment.get("replica_num") or 0)
+    try:
+        config = autoscale_config(args, current)
+    except ValueError as problem:
+        raise AutoDLError(ErrorType.USAGE_ERROR, f"自动扩缩容参数不成立: {problem}", "检查 --min-replicas / --max-replicas 等参数。", {}) from None
+    bounds = startup_bounds(config, scaler, current)
+    if bounds["effective_max_replicas"] == 0 and config.min_replicas > 0:
+        raise AutoDLError(ErrorType.USAGE_ERROR,
+                          f"--max-hourly-cost {config.max_hourly_cost:g} 元连一个副本都不够 (单价 {bounds['price_per_replica_yuan']} 元/小时"
+                          + (", 还没有运行的容器, 按模板的 price_to 计" if bounds["price_source"] == "template_price_to" else "") + ")。",
+                          "调高 --max-hourly-cost; 或明确允许缩到 0 (--min-replicas 0)。", bounds)
+    if bounds["effective_max_replicas"] < config.min_replicas:
+        bounds["warning"] = (f"--max-hourly-cost {config.max_hourly_cost:g} 按单价 {bounds['price_per_replica_yuan']} 元/小时只够 "
+                             f"{bounds['effective_max_replicas']} 个副本, 少于 --min-replicas {config.min_replicas}: 花费上限优先。")
+    require_autoscale_confirmation(args, bounds)
+    interval = args.interval if is_loopback_host(client.host) else max(args.interval, PLATFORM_MIN_INTERVAL_SECONDS)
+    autoscaler = Autoscaler(scaler, config, lambda: LoadSnapshot(), interval=interval,
+                            blacklist_faulty=args.blacklist_faulty, log=ctx.progress.log)
+    ctx.progress.log(f"自动扩缩容已启用: 副本数 {config.min_replicas}-{bounds['effective_max_replicas']}, 目标每副本 "
+                     f"{config.target_inflight:g} 个在途请求; 每个决策是 stderr 上的一行 JSON")
+    return GatewayAutoscaler(autoscaler)
+
+
+def autoscale_config(args: Any, current_replica_num: int) -> AutoscaleConfig:
+    """The policy's config from the --autoscale flags (defaults for the ones not given)."""
+    min_replicas = DEFAULT_MIN_REPLICAS if args.min_replicas is None else args.min_replicas
+    max_replicas = args.max_replicas if args.max_replicas is not None else max(DEFAULT_MAX_REPLICAS, current_replica_num, min_replicas)
+    values = {
+        "target_inflight": args.target_inflight, "look_back": args.look_back, "upscale_delay": args.upscale_delay,
+        "downscale_delay": args.downscale_delay, "scale_to_zero_after": args.scale_to_zero_after,
+        "max_hourly_cost": args.max_hourly_cost, "budget": args.budget,
+    }
+    return AutoscaleConfig(min_replicas=min_replicas, max_replicas=max_replicas,
+                           **{key: value for key, value in values.items() if value is not None})
 
 
 def serve(args: Any, ctx: Any, on_ready: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Listen until a signal (or the deployment's end); `on_ready` gets the ready line's document."""
     options, source, autoscaler = prepare(args, ctx)
-    from .gateway import Gateway
-
     progress = ctx.progress
     ledger = None
     if getattr(args, "shared_inflight", False):  # counts shared with other gateways and pools, in Redis
-        from .redis_registry import RedisInflightLedger
-
         ledger = RedisInflightLedger(args.registry_redis, options.deployment_uuid, args.key_prefix)
     gateway = Gateway(source, options, ledger=ledger, log=progress.log, access_log=None if args.quiet else progress.log)
     if autoscaler is not None:
@@ -173,8 +225,6 @@ def serve(args: Any, ctx: Any, on_ready: Callable[[dict[str, Any]], None] | None
         if ledger is not None:
             ledger.close()
     if autoscaler is not None:
-        from .autoscaler import DEPLOYMENT_ENDED_NOTES
-
         ended_by = summary.get("stopped_by") if summary.get("stopped_by") in DEPLOYMENT_ENDED_NOTES else None
         summary["autoscaler"] = (autoscaler.autoscaler.summary(ended_by) if ended_by
                                  else autoscaler.final or autoscaler.autoscaler.summary())
@@ -209,7 +259,7 @@ async def _serve(gateway: Any, options: Any, progress: Any, on_ready: Callable[[
     emit_line(ready)
     progress.log(f"网关已就绪: {url} (策略 {options.policy}); Ctrl-C 停止")
     try:
-        if on_ready is not None:  # a detached gateway's record (service_jobs)
+        if on_ready is not None:  # a detached gateway's record (detached.run_service)
             on_ready({**{key: value for key, value in ready.items() if key != "status"}, "drain_seconds": options.drain_seconds})
         await stop.wait()
         progress.log(f"收到 {caught[0] if caught else gateway.ended_by or 'stop'}, 停止接受新连接, "

@@ -19,9 +19,10 @@ One `ReplicaTable` per gateway, touched only from its event loop (no locks):
   with its counters, so the gateway's totals still add up after it; one that comes back
   continues its counters.
 
-`InflightLedger` is the seam for sharing in-flight counts across gateways (e.g. in Redis):
-the table calls `request_started`/`request_finished` and copies `remote_inflight(uuid)` into
-`Replica.remote_inflight`, which `least_inflight` and `queue_aware` add to their scores.
+`ledgers.InflightLedger` is the seam for sharing in-flight counts across gateways (e.g. in
+Redis): the table calls `request_started`/`request_finished` and copies
+`remote_inflight(uuid)` into `Replica.remote_inflight`, which `least_inflight` and
+`queue_aware` add to their scores.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .policies import LoadReport, Policy
+from .ledgers import InflightLedger
+from .load_report import LoadReport
+from .policies import Policy
 
 OUTCOMES = ("success", "error", "failure", "cancelled")
 # Departed replicas kept by name (status and the summary list them); older ones are folded
@@ -48,22 +51,6 @@ class NoReplicas(Exception):
 
 class Overloaded(Exception):
     """Every replica is at its in-flight limit and the queue is full or the wait timed out."""
-
-
-class InflightLedger:
-    """Local ledger: nothing is shared. A shared one (Redis) overrides all three; they are called
-    on the event loop, so they must not block (buffer writes, serve `remote_inflight` from a cache
-    that a background task refreshes)."""
-
-    def request_started(self, container_uuid: str) -> None:
-        pass
-
-    def request_finished(self, container_uuid: str) -> None:
-        pass
-
-    def remote_inflight(self, container_uuid: str) -> int:
-        """In-flight requests other gateways have on this replica."""
-        return 0
 
 
 class Replica:

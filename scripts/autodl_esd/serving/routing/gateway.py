@@ -9,11 +9,11 @@ and concurrency targets; see bench/gateway.py), imported only here.
 The seams, so the autoscaler, a Redis registry and shared counts plug in without edits here:
 
 - Replicas come from a `sources.ReplicaSource` (in-process watcher, registry file, registry
-  URL; a Redis source implements the same three methods). The gateway reads `current()` on
+  URL, Redis). The gateway reads `current()` on
   every tick (`REGISTRY_TICK_SECONDS`) and never blocks on it.
 - The choice is a `policies.Policy` (`select_replica` + start/finish/load-report hooks).
 - Counts, ejection and the request queue live in `replicas.ReplicaTable`; in-flight counts
-  shared across gateways go through its `replicas.InflightLedger` (pass `ledger=`).
+  shared across gateways go through its `ledgers.InflightLedger` (pass `ledger=`).
 - `Gateway.load()` is the autoscaler's input: in-flight, queued, reported running/waiting,
   replicas by state, registry staleness. `Gateway.add_extension(ext)` runs a
   `GatewayExtension` (e.g. the autoscaler) on the gateway's loop: `start(gateway)`/`stop()`
@@ -45,17 +45,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import aiohttp
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDict
-from yarl import URL
-
-from ..core.errors import ErrorType, error_document
-from ..core.loopback import host_header_allowed, is_loopback_name
-from .policies import POLICIES, LoadReportError, parse_load_report
+from ...core.deps import require
+from ...core.errors import ErrorType, error_document
+from ...core.loopback import host_header_allowed, is_loopback_name
+from .load_report import LoadReportError, parse_load_report
+from .metrics import GatewayMetrics
+from .policies import POLICIES
 from .replicas import NoReplicas, Overloaded, ReplicaTable, Ticket
 from .sources import RegistryView, ReplicaSource
+
+# aiohttp loads with this module (serve.py, tests and benches import it to run a gateway): a
+# missing one is the usual dependency_missing answer with the install command, not a traceback.
+aiohttp = require("aiohttp")
+web = require("aiohttp.web")
+RequestHandler = require("aiohttp.web_protocol").RequestHandler
+CIMultiDict = require("multidict").CIMultiDict
+URL = require("yarl").URL
+# What reading a replica's answer raises when the replica died or stalled mid-answer.
+BROKEN_ANSWER = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, asyncio.TimeoutError)
 
 STATUS_PATH = "/_gateway/status"
 METRICS_PATH = "/_gateway/metrics"
@@ -96,9 +103,6 @@ LOAD_POLL_TIMEOUT_SECONDS = 2.0
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 # A load report older than this many poll intervals no longer describes the replica's queue.
 REPORT_MAX_AGE_INTERVALS = 3
-# Buckets of http_server_request_duration_seconds: OpenTelemetry's defaults for HTTP
-# servers, extended to minutes because an LLM answer can take that long.
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0, 120.0, 300.0)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 # RFC 9110 7.6.1: connection-specific headers are not forwarded (plus what Connection names).
@@ -247,8 +251,6 @@ class Gateway:
 
     async def start(self) -> str:
         """Bind and serve; returns the URL. Binding errors (OSError) propagate."""
-        from .metrics import GatewayMetrics
-
         self._metrics = GatewayMetrics(self)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -642,8 +644,7 @@ class Gateway:
             try:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                    asyncio.TimeoutError) as error:
+            except BROKEN_ANSWER as error:
                 # The replica died (or stalled) mid-answer: end this client's stream with an
                 # error (no final chunk, connection closed), never a hang; eject the replica.
                 outcome = "failure"
@@ -668,8 +669,7 @@ class Gateway:
         half the system calls of streaming it, which is most of a small request's cost."""
         try:
             body = await upstream.read()
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                asyncio.TimeoutError) as error:
+        except BROKEN_ANSWER as error:
             outcome = "failure"  # it answered, so the request may have run: never replayed
             self.table.eject(ticket.replica, f"响应中途断开: {type(error).__name__}")
             return self._upstream_failed(f"{type(error).__name__}: 响应体未完整到达", frozenset({ticket.replica.container_uuid}))

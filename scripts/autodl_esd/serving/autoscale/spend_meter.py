@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from ..core.clock import iso, platform_now
+from ...core.clock import iso, platform_now
 
 # The HTTP Date header (RFC 9110 5.6.7) carries whole seconds.
 DATE_RESOLUTION_SECONDS = 1.0

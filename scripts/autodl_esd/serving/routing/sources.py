@@ -1,7 +1,8 @@
-"""Where the gateway learns its replicas: one small interface, several sources.
+"""Where replicas come from: one small interface, several sources, all reading the registry
+through the one parser (`pool.parse_registry`).
 
-A `ReplicaSource` runs on its own thread(s) and keeps the last good registry. The gateway's
-event loop calls `current()` every tick; it must return at once (no I/O) with a
+A gateway's `ReplicaSource` runs on its own thread(s) and keeps the last good registry. The
+gateway's event loop calls `current()` every tick; it must return at once (no I/O) with a
 `RegistryView`, or None before the first good read. A source never empties the replica set on
 a failure: it keeps the last good services and says why they are stale.
 
@@ -9,32 +10,32 @@ a failure: it keeps the last good services and says why they are stale.
   the same one `discover_services.py --watch` runs.
 - `FileSource`: a registry file another watcher keeps (`--out`), re-read when it changes.
 - `UrlSource`: a registry endpoint (`discover_services.py --serve`), `GET <url>/services`.
+- `RedisSource`: the registry `discover_services.py --watch --redis` keeps, by notification.
 - `StaticSource`: a fixed list, replaced with `set()` (tests, your own discovery).
+
+The client pool reads files and endpoints with the same readers (`pool.RegistryFileReader`,
+`pool.RegistryUrlReader`) and follows Redis through the same `RegistrySubscription`
+(`redis_pool`, behind `ServicePool.from_redis`; apart from here because the pool imports it).
 
 Staleness is noticed when reads are merely slow, not only when they fail: a view whose last
 good read (or, for a file, its last write) is older than `stale_after` seconds is stale. A
-new source (e.g. Redis) subclasses `PollingSource` and implements `fetch()`, or implements
+new source subclasses `PollingSource` and implements `fetch()`, or implements
 `start`/`stop`/`current` itself.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
-from .pool import _parse_registry
+from ..pool import RegistryFileReader, RegistryUrlReader, parse_registry
+from ..registry.redis_store import DEFAULT_KEY_PREFIX, RedisKeys, RegistrySubscription, connect, describe_url
 
-# A registry endpoint is on loopback and answers in milliseconds; a hung one must not hold
-# the source's thread for long (the gateway serves the last good set meanwhile anyway).
-ENDPOINT_TIMEOUT_SECONDS = 2.0
-# A registry file is a few KB per replica; more than this is not a registry.
-MAX_REGISTRY_BYTES = 16 * 1024 * 1024
+# How often `wait_first` looks for the first registry: the gateway's start-up waits on it,
+# and 20 ms is below anything a person notices while costing nothing.
+FIRST_VIEW_POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class ReplicaSource:
 
 def view_from_document(document: dict[str, Any], read_at: float) -> RegistryView:
     """A RegistryView of a registry document; raises ValueError when it is not one."""
-    items, info = _parse_registry(document)
+    items, info = parse_registry(document)
     stale_reason = (info.get("stale_reason") or "注册表标记为 stale") if info.get("stale") else None
     ended = info.get("ended") if isinstance(info.get("ended"), str) else None
     return RegistryView(tuple(item for item in items if isinstance(item, dict)), info.get("deployment_uuid"),
@@ -134,38 +135,26 @@ class FileSource(PollingSource):
         super().__init__(interval, stale_after)
         self.path = path
         self.description = f"registry file {path}"
-        self._seen: tuple[int, int, int] | None = None
+        self._read = RegistryFileReader(path)
 
     def fetch(self) -> RegistryView | None:
-        stat = os.stat(self.path)
-        # The file's age is the writer's heartbeat: the watcher rewrites it every cycle.
-        written_at = time.monotonic() - max(0.0, time.time() - stat.st_mtime)
-        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if signature == self._seen and self._view is not None:
+        document = self._read()
+        if document is None:
             return None
-        if stat.st_size > MAX_REGISTRY_BYTES:
-            raise ValueError(f"{self.path} is larger than {MAX_REGISTRY_BYTES} bytes")
-        with open(self.path, encoding="utf-8") as handle:
-            view = view_from_document(json.load(handle), written_at)
-        self._seen = signature
-        return view
+        # The file's age is the writer's heartbeat: the watcher rewrites it every cycle.
+        written_at = time.monotonic() - max(0.0, time.time() - self._read.modified_at)
+        return view_from_document(document, written_at)
 
 
 class UrlSource(PollingSource):
     def __init__(self, url: str, interval: float, stale_after: float) -> None:
         super().__init__(interval, stale_after)
-        base = url.rstrip("/")
-        self.url = base if base.endswith("/services") else base + "/services"
+        self._read = RegistryUrlReader(url)
+        self.url = self._read.url
         self.description = f"registry endpoint {self.url}"
 
     def fetch(self) -> RegistryView:
-        request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=ENDPOINT_TIMEOUT_SECONDS) as response:
-                document = json.loads(response.read(MAX_REGISTRY_BYTES).decode("utf-8"))
-        except urllib.error.HTTPError as error:
-            raise OSError(f"GET {self.url}: HTTP {error.code}") from None
-        return view_from_document(document, time.monotonic())
+        return view_from_document(self._read(), time.monotonic())
 
 
 class WatcherSource(ReplicaSource):
@@ -189,10 +178,7 @@ class WatcherSource(ReplicaSource):
         self.watcher.stop_event.set()
 
     def wait_first(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.watcher.document is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.watcher.document is not None
+        return _wait_for(lambda: self.watcher.document is not None, timeout)
 
     def current(self) -> RegistryView | None:
         document = self.watcher.document
@@ -202,6 +188,49 @@ class WatcherSource(ReplicaSource):
             self._document = document
             self._view = view_from_document(document, getattr(self.watcher, "published_at", time.monotonic()))
         return self._view
+
+
+class RedisSource(ReplicaSource):
+    """The registry discover_services.py --watch --redis keeps, applied as each change arrives
+    (serve_gateway.py --registry-redis).
+
+    Staleness comes from the registry itself and from the watcher's heartbeat (a lapsed
+    one marks it stale), not from the age of the last notification: a quiet deployment
+    sends none, and that is not a fault.
+    """
+
+    def __init__(self, url: str, deployment_uuid: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> None:
+        self.client = connect(url)
+        self.keys = RedisKeys(deployment_uuid, key_prefix)
+        self.description = f"Redis {describe_url(url)} {self.keys.registry}"
+        self._view: RegistryView | None = None
+        self._error: Optional[str] = None
+        self._subscription = RegistrySubscription(self.client, self.keys, self._consume, self._report)
+
+    def _consume(self, document: dict[str, Any]) -> None:
+        try:
+            self._view = view_from_document(document, time.monotonic())
+        except ValueError as problem:
+            self._error = f"ValueError: {problem}"
+
+    def _report(self, message: Optional[str]) -> None:
+        self._error = message
+
+    def start(self) -> None:
+        self._subscription.start()
+
+    def wait_first(self, timeout: float) -> bool:
+        return _wait_for(lambda: self._view is not None, timeout)
+
+    def stop(self) -> None:
+        self._subscription.close()
+        self.client.close()
+
+    def current(self) -> RegistryView | None:
+        return self._view
+
+    def last_error(self) -> Optional[str]:
+        return self._error
 
 
 class StaticSource(ReplicaSource):
@@ -220,3 +249,11 @@ class StaticSource(ReplicaSource):
 
     def current(self) -> RegistryView | None:
         return self._view
+
+
+def _wait_for(ready: Callable[[], bool], timeout: float) -> bool:
+    """Wait up to `timeout` seconds for the first registry (start-up only, never on the loop)."""
+    deadline = time.monotonic() + timeout
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(FIRST_VIEW_POLL_SECONDS)
+    return ready()

@@ -1,14 +1,15 @@
 """serve_gateway.py's --autoscale flags, their checks and the confirmation, kept light:
-only argparse and the policy's defaults are imported here, so --help stays fast; the
-policy itself loads when a config is built."""
+only argparse and the policy's defaults are imported here (serve_gateway.py imports this
+module for its --help, which must not load dataclasses or typing). The config the flags
+make is built where the autoscaler is assembled (serving.serve)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..core import cli
-from ..core.errors import AutoDLError, ErrorType
-from .autoscale_defaults import (
+from ...core import cli
+from ...core.errors import AutoDLError, ErrorType
+from .defaults import (
     DEFAULT_DOWNSCALE_DELAY,
     DEFAULT_LOOK_BACK,
     DEFAULT_MIN_REPLICAS,
@@ -74,7 +75,7 @@ def add_autoscale_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument("--yes", action="store_true", help="确认启动自动扩缩容 (会购买容器); 不加时只返回 confirmation_required 和它会在什么范围内操作")
 
 
-def check_autoscale_arguments(args: Any) -> None:
+def check_autoscale_arguments(args: argparse.Namespace) -> None:
     """usage_error for autoscale flags that make no sense, before anything is contacted."""
     if not getattr(args, "autoscale", False):
         given = [name for name in AUTOSCALE_ONLY if getattr(args, name, None) not in (None, False)]
@@ -94,21 +95,7 @@ def check_autoscale_arguments(args: Any) -> None:
                           "需要空闲时缩到 0 就加 --min-replicas 0 (缩到 0 是显式选择)。", {})
 
 
-def autoscale_config(args: Any, current_replica_num: int) -> AutoscaleConfig:
-    from .autoscale_policy import AutoscaleConfig
-
-    min_replicas = DEFAULT_MIN_REPLICAS if args.min_replicas is None else args.min_replicas
-    max_replicas = args.max_replicas if args.max_replicas is not None else max(DEFAULT_MAX_REPLICAS, current_replica_num, min_replicas)
-    values = {
-        "target_inflight": args.target_inflight, "look_back": args.look_back, "upscale_delay": args.upscale_delay,
-        "downscale_delay": args.downscale_delay, "scale_to_zero_after": args.scale_to_zero_after,
-        "max_hourly_cost": args.max_hourly_cost, "budget": args.budget,
-    }
-    return AutoscaleConfig(min_replicas=min_replicas, max_replicas=max_replicas,
-                           **{key: value for key, value in values.items() if value is not None})
-
-
-def require_autoscale_confirmation(args: Any, bounds: dict) -> None:
+def require_autoscale_confirmation(args: argparse.Namespace, bounds: dict) -> None:
     """confirmation_required (with the bounds it would act within) unless --yes."""
     if getattr(args, "yes", False):
         return

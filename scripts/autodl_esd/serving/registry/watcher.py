@@ -1,111 +1,58 @@
-"""The service registry of one deployment: build it, keep it current, write it, serve it.
-
-A registry (schemas/registry.schema.json) lists the running containers of a deployment with
-the URL a client calls. `serving.pool` (imported by users as `service_pool`) reads it and picks a replica per request.
+"""Keeping one deployment's registry current from the AutoDL API (discover_services.py).
 
 - `build_registry`: one look at the container list (discover_services.py one-shot).
 - `RegistryWatcher`: keeps it current, as AutoDL's best-practice guide describes: poll the
   container events from an offset (a `running` event registers the container, a
   `shutting_down`/`shutdown` one deregisters it), list every container now and then to heal
-  a missed event, optionally probe each replica over HTTP. A failing API never empties the
-  registry: the last good one is kept and marked `stale`.
-- `write_atomically`: readers of the file never see half a registry.
-- `RegistryEndpoint`: GET /services and GET /pick on a loopback port (IPv4 or IPv6 loopback;
-  only loopback Host headers; idle connections time out; errors in the JSON error shape).
+  a missed event, optionally probe each replica over HTTP (`HealthTracker`). A failing API
+  never empties the registry: the last good one is kept and marked `stale`. Each document
+  goes to `--out` (written atomically) and to the `WatchOptions.sinks` (Redis, HAProxy).
 
 A hung API never stalls the watcher: each cycle runs the API poll and the health probes on
 worker threads that do not wait for each other, waits for them at most `cycle_deadline`
 seconds, then publishes what it has; an API poll still running then marks the registry stale.
+The document itself (build, check, write) is `registry.document`.
 """
 
 from __future__ import annotations
 
 import http.client
-import ipaddress
-import json
-import logging
-import os
-import re
-import socket
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
 
-from ..platform import api
-from ..platform.containers import STOPPING_STATUSES, primary_service_url
-from ..core.deps import SKILL_ROOT, require
-from ..core.errors import AutoDLError, ErrorType, Interrupted, error_document
-from ..core.loopback import host_header_allowed
-from ..core.output import Progress
-from ..core.clock import now_timestamp
-from ..platform.resolve import is_record_not_found
+from ...core.clock import now_timestamp
+from ...core.errors import AutoDLError, Interrupted
+from ...core.output import Progress
+from ...platform import api, resolve
+from ...platform.containers import STOPPING_STATUSES
+from .document import (
+    DEPLOYMENT_GONE,
+    DEPLOYMENT_STOPPED,
+    registry_document,
+    service_entry,
+    validate_registry,
+    write_atomically,
+)
 
-REGISTRY_SCHEMA = SKILL_ROOT / "schemas" / "registry.schema.json"
 RUNNING = "running"
-# The registry's timestamp format (RFC 3339 with an explicit offset), as the schema says.
-TIMESTAMP_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
-MACHINE_ID_PATTERN = re.compile(r"^[0-9a-f]{10}$")
-# stop() waits for the endpoint's serve loop to notice; 0.1 s keeps Ctrl-C snappy at no cost.
-SERVE_POLL_SECONDS = 0.1
 # A cycle waits this many intervals for the API poll before publishing the last good registry
 # marked stale: one slow answer is not an outage, three intervals of silence is worth saying.
 CYCLE_DEADLINE_INTERVALS = 3
 # ...but never less than this: one call to a loaded API takes a few hundred milliseconds, and a
 # sub-second --interval must not flag every slightly slow answer.
 MIN_CYCLE_DEADLINE_SECONDS = 1.0
-# The endpoint drops a connection idle this long (a client that stalls mid-request included).
-ENDPOINT_IDLE_SECONDS = 10.0
 # A watch ends when this many looks in a row (one per cycle) say the deployment is stopped or
 # gone: one answer may be a lagging read, two an interval apart are the platform's word. An
 # API error in between neither counts nor resets (it is not an answer).
 END_AFTER_LOOKS = 2
-# Why a watch ended with its deployment (the guard's names for the same ends).
-DEPLOYMENT_STOPPED, DEPLOYMENT_GONE = "deployment_stopped", "deployment_gone"
 
 
-# The endpoint's pools read the registry this process builds; their (English) library
-# warnings, e.g. "registry is stale", repeat what the watcher already logs in Chinese, so
-# they go nowhere instead of onto the script's stderr.
-QUIET_POOL_LOG = logging.getLogger(__name__ + ".endpoint_pool")
-QUIET_POOL_LOG.addHandler(logging.NullHandler())
-QUIET_POOL_LOG.propagate = False
-# No records at all: newer pytest's caplog (9.2) sees records of non-propagating loggers too.
-QUIET_POOL_LOG.disabled = True
-
-
-def _timestamp_or_now(value: Any) -> str:
-    return value if isinstance(value, str) and TIMESTAMP_PATTERN.match(value) else now_timestamp()
-
-
-# --- building -------------------------------------------------------------------------
-
-
-def service_entry(container: dict[str, Any], port: int | None = None) -> dict[str, Any] | None:
-    """The registry item of a running container, or None when it has no usable URL."""
-    url = primary_service_url(container, port)
-    uuid = container.get("uuid")
-    if not isinstance(uuid, str) or not uuid or not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        return None  # a record we cannot use (missing or odd fields) is not registered
-    machine_id = container.get("machine_id")
-    if not isinstance(machine_id, str) or not MACHINE_ID_PATTERN.match(machine_id):
-        machine_id = uuid.split("-")[1] if uuid.count("-") == 2 else machine_id
-    return {
-        "container_uuid": uuid,
-        "url": url,
-        "machine_id": machine_id,
-        "gpu_name": container.get("gpu_name") or None,
-        "since": _timestamp_or_now(container.get("started_at")),
-        "healthy": None,  # unknown until a health probe says otherwise (see HealthTracker)
-    }
+# --- one look -------------------------------------------------------------------------
 
 
 def running_services(client: Any, deployment_uuid: str, port: int | None, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
@@ -121,43 +68,6 @@ def running_services(client: Any, deployment_uuid: str, port: int | None, progre
             continue
         services[entry["container_uuid"]] = entry
     return services
-
-
-def registry_document(
-    deployment_uuid: str,
-    services: list[dict[str, Any]],
-    *,
-    resynced_at: str | None = None,
-    stale_reason: str | None = None,
-    ended: str | None = None,
-    ended_reason: str | None = None,
-) -> dict[str, Any]:
-    document: dict[str, Any] = {"status": "success", "deployment_uuid": deployment_uuid, "generated_at": now_timestamp()}
-    if resynced_at:
-        document["resynced_at"] = resynced_at
-    if stale_reason:
-        document["stale"] = True
-        document["stale_reason"] = stale_reason
-    if ended:
-        document["ended"] = ended
-        document["ended_reason"] = ended_reason or ended
-    document["services"] = services
-    return document
-
-
-@lru_cache(maxsize=1)
-def _registry_validator() -> Any:
-    jsonschema = require("jsonschema")
-    schema = json.loads(REGISTRY_SCHEMA.read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
-
-
-def validate_registry(document: dict[str, Any]) -> None:
-    """Raise ValueError when a document we are about to publish breaks the schema (a bug)."""
-    errors = sorted(_registry_validator().iter_errors(document), key=lambda e: list(e.absolute_path))
-    if errors:
-        where = "/".join(str(part) for part in errors[0].absolute_path)
-        raise ValueError(f"registry breaks registry.schema.json at '{where}': {errors[0].message}")
 
 
 def build_registry(
@@ -178,43 +88,6 @@ def build_registry(
     document = registry_document(deployment_uuid, list(services.values()), resynced_at=now_timestamp())
     validate_registry(document)
     return document
-
-
-# --- writing --------------------------------------------------------------------------
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise ValueError unless `path` can be (re)written by `write_atomically`."""
-    target = Path(path)
-    if target.is_dir():
-        raise ValueError(f"{target} 是一个目录, 需要文件路径")
-    if not target.parent.is_dir():
-        raise ValueError(f"目录不存在: {target.parent}")
-    if not os.access(target.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"目录不可写: {target.parent}")
-
-
-def write_atomically(path: str | os.PathLike, document: dict[str, Any]) -> None:
-    """Replace `path` with the JSON document so a reader sees the old file or the new one.
-
-    The temporary file lives in the same directory (os.replace is atomic only within one
-    file system) and is fsynced first, so a crash cannot leave a renamed but empty file.
-    """
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(document, stream, ensure_ascii=False, indent=2, allow_nan=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:  # also a signal mid-write: never leave the temporary file behind
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --- health ---------------------------------------------------------------------------
@@ -287,7 +160,7 @@ class WatchOptions:
     # Called with every registry published (after --out is written): Redis, HAProxy (scale-out).
     sinks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     # Called once after the first round (the first registry is out, or a standby follows
-    # Redis): a detached watcher is ready then (service_jobs).
+    # Redis): a detached watcher is ready then (serving.detached).
     on_ready: Callable[[], None] | None = None
 
 
@@ -386,15 +259,13 @@ class RegistryWatcher:
                 self.progress.log(f"查询 AutoDL 失败, 保留上一次的注册表 (标记 stale): {error.message}")
             self._stale_reason = error.message
             self._resync_due = True  # whatever was missed meanwhile, the next listing heals it
-            if is_record_not_found(error):  # "未查询到相关部署": a definite answer, worth a look
+            if resolve.is_record_not_found(error):  # "未查询到相关部署": a definite answer, worth a look
                 self._look_at_deployment()
 
     def _look_at_deployment(self) -> None:
         """One look at the deployment; ends the watch after END_AFTER_LOOKS in a row say it ended."""
-        from ..platform.resolve import deployment_by_uuid
-
         try:
-            deployment = deployment_by_uuid(self.client, self.deployment_uuid)
+            deployment = resolve.deployment_by_uuid(self.client, self.deployment_uuid)
         except AutoDLError:
             return  # no answer: neither counts nor resets
         if deployment is None:
@@ -605,146 +476,3 @@ class _Job:
         if self.bug is not None:
             bug, self.bug = self.bug, None
             raise bug
-
-
-# --- the loopback endpoint ------------------------------------------------------------
-
-
-def parse_loopback_address(text: str) -> tuple[str, int]:
-    """HOST:PORT for --serve; only loopback hosts (the registry is not for the network)."""
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"不是 HOST:PORT: {text!r} (例: 127.0.0.1:8765)")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"只能监听本机回环地址 (127.0.0.1 / ::1 / localhost), 不能是 {host!r}: 注册表不应暴露到网络")
-    return host, int(port_text)
-
-
-class RegistryEndpoint:
-    """GET /services (the registry) and GET /pick?policy=... on a loopback port.
-
-    Both say `"stale": true` and `stale_reason` while the registry is the last good one kept
-    through an API failure (/services as part of the registry document).
-
-    /pick leases a replica from a `service_pool.ServicePool` fed by the registry and hands it
-    back at once: the endpoint never sees the caller's request finish, so in-flight counts
-    stay zero and `least_inflight` behaves like two random choices. Clients that can import
-    service_pool should embed the pool (from_endpoint) instead.
-    """
-
-    def __init__(self, host: str, port: int, registry: Callable[[], dict[str, Any] | None],
-                 allowed_hosts: tuple[str, ...] = ()) -> None:
-        from .pool import POLICIES, ServicePool
-
-        self.registry = registry
-        self.allowed_hosts = allowed_hosts
-        self.pools = {policy: ServicePool(policy=policy, refresh_interval=0, source=registry, logger=QUIET_POOL_LOG) for policy in POLICIES}
-        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
-        self.server = server_class((host, port), _handler_for(self))
-        self.server.daemon_threads = True
-        bound_host, bound_port = self.server.server_address[:2]
-        self.url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, args=(SERVE_POLL_SECONDS,), name="registry-endpoint", daemon=True
-        )
-
-    def start(self) -> "RegistryEndpoint":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join()
-
-    def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
-        from .pool import NoReplicaAvailable
-
-        document = self.registry()
-        if path not in ENDPOINT_PATHS:
-            return 404, error_document(ErrorType.NOT_FOUND, f"没有这个路径: {path}", f"可用: {', '.join(ENDPOINT_PATHS)}",
-                                    {"path": path, "available_paths": list(ENDPOINT_PATHS)})
-        if document is None:
-            return 503, _unavailable("注册表还没有生成 (第一次查询 AutoDL 尚未完成)。", "稍等一个轮询间隔后重试。")
-        if path == "/services":
-            return 200, document
-        policy = (query.get("policy") or ["least_inflight"])[0]
-        pool = self.pools.get(policy)
-        if pool is None:
-            return 400, error_document(ErrorType.USAGE_ERROR, f"未知策略 {policy!r}。", f"policy 可选: {', '.join(self.pools)}。",
-                                    {"policy": policy, "available_policies": list(self.pools)})
-        try:
-            lease = pool.lease()
-        except NoReplicaAvailable as reason:
-            return 503, _unavailable(f"没有可用副本: {reason}",
-                                     "副本可能都在启动或健康检查失败; 稍后重试, 或用 GET /services 查看各副本的 healthy。")
-        lease.release()
-        service = lease.service
-        answer = {
-            "status": "success", "policy": policy,
-            "service": {"container_uuid": service.container_uuid, "url": service.url,
-                        "machine_id": service.machine_id, "gpu_name": service.gpu_name},
-        }
-        if document.get("stale"):
-            # The pick comes from the last good registry: replicas may have left since.
-            answer.update(stale=True, stale_reason=document.get("stale_reason"),
-                          note="注册表已过期 (查询 AutoDL 失败, 用的是上一次的结果): 这个副本可能已经不在了, 请求失败时换一个重试。")
-        return 200, answer
-
-
-ENDPOINT_PATHS = ("/services", "/pick")
-
-
-def _unavailable(message: str, hint: str) -> dict[str, Any]:
-    """Nothing to hand out yet: temporary, so api_error with retryable (HTTP 503)."""
-    return error_document(ErrorType.API_ERROR, message, hint, {"code": None, "msg": message, "http_status": 503, "retryable": True})
-
-
-class _IPv6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-def _handler_for(endpoint: RegistryEndpoint) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # A connection that sends nothing (or half a request) for this long is dropped.
-        timeout = ENDPOINT_IDLE_SECONDS
-
-        def do_GET(self) -> None:  # noqa: N802 - the http.server naming
-            if not host_header_allowed(self.headers.get("Host"), endpoint.allowed_hosts):
-                self._reply(421, error_document(ErrorType.USAGE_ERROR, f"不接受的 Host 请求头: {self.headers.get('Host')!r}。",
-                                             "注册表接口只接受本机回环地址 (localhost / 127.0.0.1 / ::1) 作为 Host, 防止 DNS rebinding。",
-                                             {"host": self.headers.get("Host")}))
-                return
-            parts = urlsplit(self.path)
-            status, body = endpoint.answer(parts.path.rstrip("/") or "/", parse_qs(parts.query))
-            self._reply(status, body)
-
-        def _reply(self, status: int, body: dict[str, Any]) -> None:
-            payload = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
-
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-            # Malformed requests, unsupported methods, oversized lines: JSON, not the stdlib's HTML page.
-            self.close_connection = True
-            try:
-                self._reply(code, error_document(ErrorType.USAGE_ERROR, f"请求无法处理: HTTP {code} {message or ''}".strip(),
-                                              "注册表接口只支持 GET /services 与 GET /pick。",
-                                              {"http_status": code, "reason": explain or message or ""}))
-            except OSError:
-                pass  # the client is gone
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-            pass  # stdout/stderr belong to the script's contract; requests are not progress
-
-    return Handler

@@ -2,7 +2,7 @@
 
 Ray Serve's split: the policy knows nothing about HTTP, the platform or threads, so every
 rule is tested with tables of inputs and no cluster (tests/test_autoscale_policy.py). The
-controller (`serving.autoscaler`) feeds it samples and carries its state between calls.
+controller (`autoscale.controller`) feeds it samples and carries its state between calls.
 
 Rules, in the order they apply:
 
@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
-from .autoscale_defaults import (  # noqa: F401  (re-exported: the policy's defaults)
+from .defaults import (  # noqa: F401  (re-exported: the policy's defaults)
     DEFAULT_DOWNSCALE_DELAY,
     DEFAULT_LOOK_BACK,
     DEFAULT_MIN_REPLICAS,
@@ -76,7 +76,7 @@ class AutoscaleConfig:
 @dataclass(frozen=True)
 class Sample:
     at: float  # controller clock, seconds
-    load: float  # in flight + queued (see autoscaler.load_of)
+    load: float  # in flight + queued (see controller.load_of)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.platform.units import BLACKLIST_MAX_EXPIRE_MINUTES
 
 EXAMPLES = [
     'python scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --comment "启动慢"',
@@ -26,7 +27,7 @@ def build_parser() -> cli.JsonArgumentParser:
         EXAMPLES,
     )
     parser.add_argument("--container-uuid", required=True, metavar="UUID", help="运行在问题主机上的容器 UUID (可以是已停止的容器)")
-    cli.add_blacklist_flags(parser, comment_help="备注, 如 启动慢 / 频繁异常退出")
+    cli.add_blacklist_flags(parser, comment_help="备注, 如 启动慢 / 频繁异常退出", max_expire_minutes=BLACKLIST_MAX_EXPIRE_MINUTES)
     parser.add_argument("--move-replicas", action="store_true",
                         help="拉黑后停掉该部署仍在这台主机上的容器 (不减副本数, 替补会调度到其他主机); 需要 --yes")
     cli.add_confirmation_flag(parser)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.platform.units import BLACKLIST_MAX_EXPIRE_MINUTES
 
 EXAMPLES = [
     "python scripts/find_faulty_hosts.py --name my-service",
@@ -53,7 +54,7 @@ def build_parser() -> cli.JsonArgumentParser:
     parser.add_argument("--machine-id", action="append", metavar="M",
                         help="--apply 时只拉黑这台主机 (可重复; 取自预览的 details.would_blacklist); 不在当前故障列表中则拒绝执行")
     cli.add_confirmation_flag(parser)
-    cli.add_blacklist_flags(parser, comment_help="黑名单备注 (默认说明失败次数)")
+    cli.add_blacklist_flags(parser, comment_help="黑名单备注 (默认说明失败次数)", max_expire_minutes=BLACKLIST_MAX_EXPIRE_MINUTES)
     return parser
 
 

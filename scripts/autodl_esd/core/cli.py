@@ -212,16 +212,15 @@ def list_result(items: list[Any], **extra: Any) -> dict[str, Any]:
     return {"items": items, "count": len(items), **extra}
 
 
-def add_blacklist_flags(parser: argparse.ArgumentParser, comment_help: str) -> None:
-    """--comment and --expire-minutes, as the blacklist endpoint takes them."""
-    from ..platform.units import BLACKLIST_MAX_EXPIRE_MINUTES
-
+def add_blacklist_flags(parser: argparse.ArgumentParser, comment_help: str, max_expire_minutes: int) -> None:
+    """--comment and --expire-minutes, as the blacklist endpoint takes them (the limit is the
+    platform's: `platform.units.BLACKLIST_MAX_EXPIRE_MINUTES`)."""
     parser.add_argument("--comment", metavar="TEXT", help=comment_help)
     parser.add_argument(
         "--expire-minutes",
-        type=int_between(1, BLACKLIST_MAX_EXPIRE_MINUTES),
+        type=int_between(1, max_expire_minutes),
         metavar="N",
-        help=f"多少分钟后解除, 1..{BLACKLIST_MAX_EXPIRE_MINUTES} (30 天); 公有云字段, 不指定时平台默认 1440 (24 小时)",
+        help=f"多少分钟后解除, 1..{max_expire_minutes} ({max_expire_minutes // 1440:g} 天); 公有云字段, 不指定时平台默认 1440 (24 小时)",
     )
 
 

@@ -41,7 +41,8 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.platform.effects import apply_change
     from autodl_esd.core.errors import AutoDLError
     from autodl_esd.money.guard import guards_watching
-    from autodl_esd.platform.resolve import deployment_impact, require_confirmation, resolve_from_args
+    from autodl_esd.money.spend import deployment_impact
+    from autodl_esd.platform.resolve import require_confirmation, resolve_from_args
 
     client = ctx.client()
     if args.name_glob:

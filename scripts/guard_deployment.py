@@ -68,7 +68,8 @@ def handle(args, ctx: cli.Context) -> dict:
 def _create(args, ctx: cli.Context) -> dict:
     from autodl_esd.money import guard
     from autodl_esd.core.polling import floor_interval
-    from autodl_esd.platform.resolve import deployment_impact, resolve_from_args
+    from autodl_esd.money.spend import deployment_impact
+    from autodl_esd.platform.resolve import resolve_from_args
     from autodl_esd.core.clock import platform_now
 
     client = ctx.client()

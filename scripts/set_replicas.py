@@ -47,12 +47,8 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.platform import api
     from autodl_esd.platform.effects import Change, apply_change
     from autodl_esd.core.errors import AutoDLError, ErrorType
-    from autodl_esd.platform.resolve import (
-        deployment_by_uuid,
-        deployment_impact,
-        deployment_summary,
-        resolve_from_args,
-    )
+    from autodl_esd.money.spend import deployment_impact
+    from autodl_esd.platform.resolve import deployment_by_uuid, deployment_summary, resolve_from_args
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)

@@ -20,8 +20,8 @@ from typing import Any, Callable
 from ..core.cli import UsageError, confirmation_required
 from ..platform.effects import Change, apply_change, took_effect_of
 from ..core.errors import ApiError, AutoDLError
-from ..platform.resolve import DEPLOYMENT_UUID_PATTERN, deployment_impact, deployment_summary, deployments_matching
-from ..money.spend import cost_before_change
+from ..platform.resolve import DEPLOYMENT_UUID_PATTERN, deployment_summary, deployments_matching
+from ..money.spend import cost_before_change, deployment_impact
 
 # The uuid list an agent pastes back; comma separated so it is one shell word.
 UUID_SEPARATOR = ","

@@ -242,22 +242,6 @@ def resolve_container(client: Any, container_uuid: str, deployment_uuid: str | N
     return found
 
 
-def deployment_impact(client: Any, deployment: dict[str, Any], with_cost: bool = False) -> dict[str, Any]:
-    """What stopping or deleting this deployment would touch: it and its live containers;
-    `with_cost` adds what it has cost so far (spend.cost_before_change)."""
-    from .containers import LIVE_STATUSES, container_summary
-
-    containers = api.list_containers(client, deployment["uuid"])
-    live = [container_summary(c) for c in containers if c.get("status") in LIVE_STATUSES]
-    impact = {"deployment": deployment_summary(deployment), "live_containers": live, "live_container_count": len(live)}
-    if with_cost:
-        from ..money.spend import cost_before_change
-
-        impact.update(cost_before_change(client, deployment, containers))
-    return impact
-
-
-
 def require_confirmation(yes: bool, verb: str, deployment: dict[str, Any], impact: dict[str, Any], action: str) -> None:
     """Without --yes, answer confirmation_required describing what `verb` would touch."""
     if yes:

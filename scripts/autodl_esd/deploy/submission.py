@@ -28,7 +28,8 @@ from typing import Any
 from ..platform import api
 from ..core import background
 from ..core.background import JobFiles, JobLock, is_running, local_now
-from ..money.estimate import balance_check, cost_bounds, with_observed_rate
+from ..money.estimate import cost_bounds, with_observed_rate
+from ..money.wallet import balance_check
 from ..core.errors import AutoDLError, ErrorType, Interrupted
 from ..core.output import Progress
 from ..core.polling import floor_interval

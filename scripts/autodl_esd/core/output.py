@@ -33,7 +33,7 @@ def _spellings(secret: str) -> set[str]:
     """The ways a secret can appear in text: as written, as repr() and JSON escape it
     (a token holding a newline shows up as `abc\\ndef` in an exception message), and each
     of those JSON-escaped again (that message inside our JSON document)."""
-    import json
+    import json  # here, not at the top: --help registers no secret
 
     forms = {
         secret,

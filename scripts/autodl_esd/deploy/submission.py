@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..money import guard
 from ..platform import api
 from ..core import background
 from ..core.background import JobFiles, JobLock, is_running, local_now
@@ -34,6 +35,8 @@ from ..core.errors import AutoDLError, ErrorType, Interrupted
 from ..core.output import Progress
 from ..core.polling import floor_interval
 from ..core.state import state_root
+from ..platform.notify import notify_quietly
+from ..platform.resolve import deployment_by_uuid, read_back
 from ..platform.stock import requested_stock
 from . import submit as submit_engine
 from .submit import DEFAULT_STARTUP_TIMEOUT_SECONDS, SubmissionCancelled, SubmitOptions, Submitter
@@ -582,8 +585,6 @@ class Notices:
     def send(self, title: str, content: str) -> None:
         if not self.enabled:
             return
-        from ..platform.notify import notify_quietly
-
         outcome = notify_quietly(self.client.settings, title, content, self.config["name"], self.progress)
         self.sent.append({"title": outcome["title"], "sent": outcome["sent"]})
         if outcome.get("warning"):
@@ -593,26 +594,19 @@ class Notices:
         return {"notifications": self.sent} if self.enabled else {}
 
 
-def _guard_limits(request: Request) -> Any:
-    from ..money.guard import Limits
-
-    return Limits(max_runtime_hours=request.max_runtime, max_cost_yuan=request.max_cost)
+def _guard_limits(request: Request) -> guard.Limits:
+    return guard.Limits(max_runtime_hours=request.max_runtime, max_cost_yuan=request.max_cost)
 
 
 def _guard_plan(request: Request, config: dict[str, Any]) -> str:
     """What the guard started after the create will do (shown by the dry run)."""
-    from ..money.guard import describe_plan
-
-    return describe_plan({"limits": _guard_limits(request).__dict__, "action": "stop", "floor": None,
+    return guard.describe_plan({"limits": _guard_limits(request).__dict__, "action": "stop", "floor": None,
                           "deployment_name": config["name"], "deployment_uuid": "创建后的部署"})
 
 
 def start_guard(request: Request, client: Any, deployment_uuid: str, progress: Progress) -> dict[str, Any]:
     """A detached guard for the deployment just created. A guard that cannot start is a
     warning: the deployment exists and must be reported, never turned into an error."""
-    from ..money import guard
-    from ..platform.resolve import deployment_by_uuid, read_back
-
     command = (f"python3 scripts/guard_deployment.py --deployment-uuid {deployment_uuid}"
                + (f" --max-runtime {request.max_runtime:g}" if request.max_runtime else "")
                + (f" --max-cost {request.max_cost:g}" if request.max_cost else "") + " --yes --detach")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from fnmatch import fnmatchcase
 from typing import Any, Callable
 
 from . import api
@@ -89,8 +90,6 @@ def deployments_named(client: Any, name: str) -> list[dict[str, Any]]:
 def deployments_matching(client: Any, pattern: str, status: str | None = None) -> list[dict[str, Any]]:
     """Deployments whose WHOLE name matches a shell-style pattern (`demo-*` never catches
     `mydemo-x`), case-sensitive like --name. The platform has no pattern filter: list all."""
-    from fnmatch import fnmatchcase
-
     return [d for d in api.list_deployments(client, status=status)
             if isinstance(d.get("name"), str) and fnmatchcase(d["name"], pattern)]
 

@@ -34,6 +34,7 @@ from ..money.wallet import balance_check
 from ..core.errors import AutoDLError, ErrorType, Interrupted
 from ..core.output import Progress
 from ..core.polling import floor_interval
+from ..core.sandbox import simulated_platform
 from ..core.state import state_root
 from ..platform.notify import notify_quietly
 from ..platform.resolve import deployment_by_uuid, read_back
@@ -144,6 +145,18 @@ def submit(client: Any, config: dict[str, Any], request: Request, progress: Prog
     view = start_detached(files, progress)
     return {**view, "detached": True, "plan": record["plan"], "cost": cost, "balance": balance.get("balance"),
             "warnings": balance["warnings"], "next": f"{jobs_command('--status', files.job_id)} --wait 60"}
+
+
+def submit_simulated(ctx: Any, config: dict[str, Any], request: Request, *, dry_run: bool = False,
+                     cluster: str | None = None, busy_seconds: float = 0.0) -> dict[str, Any]:
+    """queue_submit --sim: the same run against a fresh embedded simulator (`ctx` is the
+    script's cli.Context; its client then talks to the simulator). `busy_seconds`: other
+    tenants hold every requested GPU type that long, to show the wait for stock."""
+    busy_gpus = config["container_template"]["gpu_name_set"]
+    with simulated_platform(ctx.progress, cluster=cluster, busy_seconds=busy_seconds, busy_gpus=busy_gpus) as settings:
+        ctx.settings = settings
+        result = submit(ctx.client(), config, request, ctx.progress, ctx.partial, dry_run=dry_run)
+    return {**result, "simulated": True}
 
 
 def new_record(files: JobFiles, client: Any, config: dict[str, Any], request: Request, submitter: Submitter,

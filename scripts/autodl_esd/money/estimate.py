@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from ..core.errors import AutoDLError, ErrorType
 from ..platform.units import yuan_from_price_units
 
 # "A few hours": below this many hours of balance at the worst-case rate the plan warns,
@@ -112,3 +113,17 @@ def over_budget_problem(cost: dict[str, Any], max_hourly_yuan: float) -> dict[st
         ),
         "hint": "降低 container_template.price_to、gpu_num 或 replica_num / parallelism_num, 或 (用户同意后) 提高 --max-hourly-cost。",
     }
+
+
+def refuse_over_budget(config: dict[str, Any], max_hourly_yuan: float) -> None:
+    """--max-hourly-cost: a worst case above the limit is a validation_error, raised before
+    any network call (nothing has been sent, so nothing needs checking afterwards)."""
+    cost = cost_bounds(config)
+    problem = over_budget_problem(cost, max_hourly_yuan)
+    if problem:
+        raise AutoDLError(
+            ErrorType.VALIDATION_ERROR,
+            f"最坏情况每小时 {cost['worst_case_hourly_yuan']:g} 元, 超过 --max-hourly-cost {max_hourly_yuan:g} 元, 没有提交。",
+            "把 details.cost 告诉用户; 按 details.errors 的 hint 调低配置, 或经用户同意后提高上限。此时尚未调用任何接口。",
+            {"errors": [problem], "cost": cost, "max_hourly_cost_yuan": max_hourly_yuan},
+        )

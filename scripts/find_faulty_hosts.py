@@ -6,6 +6,9 @@ from __future__ import annotations
 from autodl_esd.core import cli
 from autodl_esd.platform.units import BLACKLIST_MAX_EXPIRE_MINUTES
 
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
+
 EXAMPLES = [
     "python scripts/find_faulty_hosts.py --name my-service",
     "python scripts/find_faulty_hosts.py --name my-service --lookback-hours 6 --min-failures 2",
@@ -59,7 +62,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from datetime import timedelta
+    from datetime import timedelta  # here, not at the top: datetime is not free at --help
 
     from autodl_esd.platform import api
     from autodl_esd.platform.host_health import (

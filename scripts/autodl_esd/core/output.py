@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def clock_text() -> str:
     """The time shown in log lines, in the platform's zone (imported on first use: --help
-    never logs, and datetime is not free at start-up)."""
+    never logs, and core.clock loads datetime and email.utils: more than a bare start)."""
     from .clock import clock_text as platform_clock_text
 
     return platform_clock_text()

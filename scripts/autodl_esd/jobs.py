@@ -56,7 +56,7 @@ def list_all(kind: str | None = None) -> list[dict[str, Any]]:
         views += [guard.guard_view(state) if state.get("status") != "unreadable" else {**state, "kind": "guard", "run_id": state.get("guard_id")}
                   for state in guard.all_states()]
     if kind in (None, "gateway", "watch"):
-            views += [view for view in detached.all_views() if kind in (None, view.get("kind"))]
+        views += [view for view in detached.all_views() if kind in (None, view.get("kind"))]
     return views
 
 

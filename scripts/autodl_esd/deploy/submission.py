@@ -614,7 +614,7 @@ def _guard_limits(request: Request) -> guard.Limits:
 def _guard_plan(request: Request, config: dict[str, Any]) -> str:
     """What the guard started after the create will do (shown by the dry run)."""
     return guard.describe_plan({"limits": _guard_limits(request).__dict__, "action": "stop", "floor": None,
-                          "deployment_name": config["name"], "deployment_uuid": "创建后的部署"})
+                                "deployment_name": config["name"], "deployment_uuid": "创建后的部署"})
 
 
 def start_guard(request: Request, client: Any, deployment_uuid: str, progress: Progress) -> dict[str, Any]:

@@ -307,7 +307,7 @@ class Guard:
                 self._settle_interrupted_action()
                 return self.result()
             try:
-                seen = self._observe(tracker, idle.read_activity)
+                seen = self._observe(tracker, idle.read_activity)  # through the module: looked up each round
             except AutoDLError as error:
                 # Unreachable platform: keep the last figures, try again; run time keeps
                 # counting on the platform's timestamps, so nothing is lost by waiting.

@@ -273,6 +273,7 @@ def move_replicas(client: Any, containers: list[dict[str, Any]], deployment_uuid
             _after, report = apply_change(Change(
                 what=f"停止容器 {uuid} (让替补容器调度到其他主机)",
                 send=lambda uuid=uuid: api.stop_container(client, uuid, decrease_one_replica_num=False),
+                # Through the module, like api.*: looked up at each call (tests replace it there).
                 fetch=lambda uuid=uuid: resolve.resolve_container(client, uuid, deployment_uuid),
                 done=lambda record: record.get("status") in STOPPING_STATUSES,
                 check=f"python scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",

@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 import sys
 
-# os.path, not pathlib: pathlib costs more than a bare interpreter start (--help stays fast).
+# This script sits at the skill root, the package under scripts/ (the other entry scripts live
+# there and find it as their own directory). os.path, not pathlib: --help stays fast.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "scripts"))
 
 from autodl_esd.core import cli
+
+# The rest of the package is imported in handle(), after parsing: --help loads only core.cli
+# (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python3 queue_submit.py examples/replicaset-service.json --sim --sim-busy 3 --wait-running   # 本地模拟器试跑, 不花钱",
@@ -73,6 +77,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.deploy import submission
+    from autodl_esd.money.estimate import refuse_over_budget
     from autodl_esd.platform.config import load_and_validate
 
     config = load_and_validate(args.config)  # fails before any network call
@@ -84,7 +89,8 @@ def handle(args, ctx: cli.Context) -> dict:
                              "想试后台提交: 先单独启动 python3 scripts/autodl_sim.py, 按它的输出设置 AUTODL_HOST 与 AUTODL_TOKEN, 再加 --detach。")
     if not args.sim and (args.sim_cluster or args.sim_busy):
         raise cli.UsageError("--sim-cluster 与 --sim-busy 只能和 --sim 一起使用。")
-    _refuse_over_budget(args, config)
+    if args.max_hourly_cost is not None:
+        refuse_over_budget(config, args.max_hourly_cost)
     request = submission.Request(
         interval=args.interval or (0.5 if args.sim else 30.0), timeout=args.timeout,
         wait_running=args.wait_running, startup_timeout=args.startup_timeout,
@@ -94,34 +100,11 @@ def handle(args, ctx: cli.Context) -> dict:
         max_runtime=args.max_runtime, max_cost=args.max_cost, guard_interval=args.guard_interval, simulated=args.sim,
         **({"reconcile_window": args.reconcile_window} if args.reconcile_window else {}),
     )
-    if not args.sim:
-        return submission.submit(ctx.client(), config, request, ctx.progress, ctx.partial,
-                                 dry_run=args.dry_run, detach=args.detach)
-    from autodl_esd.core.sandbox import simulated_platform
-
-    busy_gpus = config["container_template"]["gpu_name_set"]
-    with simulated_platform(ctx.progress, cluster=args.sim_cluster, busy_seconds=args.sim_busy, busy_gpus=busy_gpus) as settings:
-        ctx.settings = settings
-        result = submission.submit(ctx.client(), config, request, ctx.progress, ctx.partial, dry_run=args.dry_run)
-    return {**result, "simulated": True}
-
-
-def _refuse_over_budget(args, config: dict) -> None:
-    """--max-hourly-cost: a worst case above the limit is refused before any network call."""
-    from autodl_esd.money.estimate import cost_bounds, over_budget_problem
-    from autodl_esd.core.errors import AutoDLError, ErrorType
-
-    if args.max_hourly_cost is None:
-        return
-    cost = cost_bounds(config)
-    problem = over_budget_problem(cost, args.max_hourly_cost)
-    if problem:
-        raise AutoDLError(
-            ErrorType.VALIDATION_ERROR,
-            f"最坏情况每小时 {cost['worst_case_hourly_yuan']:g} 元, 超过 --max-hourly-cost {args.max_hourly_cost:g} 元, 没有提交。",
-            "把 details.cost 告诉用户; 按 details.errors 的 hint 调低配置, 或经用户同意后提高上限。此时尚未调用任何接口。",
-            {"errors": [problem], "cost": cost, "max_hourly_cost_yuan": args.max_hourly_cost},
-        )
+    if args.sim:
+        return submission.submit_simulated(ctx, config, request, dry_run=args.dry_run,
+                                           cluster=args.sim_cluster, busy_seconds=args.sim_busy)
+    return submission.submit(ctx.client(), config, request, ctx.progress, ctx.partial,
+                             dry_run=args.dry_run, detach=args.detach)
 
 
 def main(argv=None) -> int:

@@ -145,11 +145,11 @@ def fail(error_type: str, message: str, hint: str, **details: object) -> int:
 
 
 def is_loopback(host: str) -> bool:
+    import ipaddress  # after parsing, like json above
+
     if host == "localhost":
         return True
     try:
-        import ipaddress
-
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
         return fail("usage_error", f"命令行参数错误：{exc}", "运行 python scripts/autodl_sim.py --help 查看用法")
+
+    # After parsing: the simulator (an HTTP server and a whole fake platform) is the slow part.
+    import threading
 
     from simulator import DEFAULT_TOKEN, ClusterConfigError, Simulator
     from simulator.app import DEFAULT_SPEED
@@ -192,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail("usage_error", f"无法监听 {args.host}:{args.port}：{exc.strerror or exc}",
                     "换一个端口，或用 --port 0 自动选择")
-
-    import threading
 
     stop_requested = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.core.errors import AutoDLError
+from autodl_esd.platform.units import BLACKLIST_MAX_EXPIRE_MINUTES
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     'python scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --comment "启动慢"',
@@ -26,7 +31,7 @@ def build_parser() -> cli.JsonArgumentParser:
         EXAMPLES,
     )
     parser.add_argument("--container-uuid", required=True, metavar="UUID", help="运行在问题主机上的容器 UUID (可以是已停止的容器)")
-    cli.add_blacklist_flags(parser, comment_help="备注, 如 启动慢 / 频繁异常退出")
+    cli.add_blacklist_flags(parser, comment_help="备注, 如 启动慢 / 频繁异常退出", max_expire_minutes=BLACKLIST_MAX_EXPIRE_MINUTES)
     parser.add_argument("--move-replicas", action="store_true",
                         help="拉黑后停掉该部署仍在这台主机上的容器 (不减副本数, 替补会调度到其他主机); 需要 --yes")
     cli.add_confirmation_flag(parser)
@@ -36,15 +41,8 @@ def build_parser() -> cli.JsonArgumentParser:
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.platform import api
     from autodl_esd.platform.effects import Change, apply_change
-    from autodl_esd.platform.resolve import (
-        BLACKLIST_EXPIRY_NOTE,
-        blacklist_expiry,
-        resolve_container,
-        verify_blacklisted,
-    )
-
-    from autodl_esd.core.errors import AutoDLError
     from autodl_esd.platform.host_health import move_command, move_replicas, still_on_machine
+    from autodl_esd.platform.resolve import BLACKLIST_EXPIRY_NOTE, blacklist_expiry, resolve_container, verify_blacklisted
 
     client = ctx.client()
     container = resolve_container(client, args.container_uuid)

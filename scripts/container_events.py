@@ -6,6 +6,11 @@ from __future__ import annotations
 import time
 
 from autodl_esd.core import cli
+from autodl_esd.core.errors import ApiError, AutoDLError, ErrorType
+from autodl_esd.platform.containers import CONTAINER_STATUSES, containers_in_status
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/container_events.py --name my-service",
@@ -24,8 +29,6 @@ DEFAULT_TIMEOUT_SECONDS = 900.0
 
 
 def build_parser() -> cli.JsonArgumentParser:
-    from autodl_esd.platform.containers import CONTAINER_STATUSES
-
     parser = cli.make_parser(
         "container_events.py",
         "查询部署的容器事件 (每个事件: 容器 UUID、进入的状态、时间; 按时间正序)。输出 next_offset, "
@@ -49,7 +52,9 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd.core.polling import ReadErrors, floor_interval
     from autodl_esd.platform import api
+    from autodl_esd.platform.follow import wait_finished
     from autodl_esd.platform.resolve import owner_of_container, resolve_deployment, resolve_from_args
 
     client = ctx.client()
@@ -72,14 +77,8 @@ def handle(args, ctx: cli.Context) -> dict:
     events, next_offset = api.list_events(client, deployment_uuid, offset=args.offset, container_uuid=args.container_uuid)
     result = {"deployment_uuid": deployment_uuid, "offset": args.offset, "next_offset": next_offset}
     if args.follow and args.until == "finished":
-        from autodl_esd.core.polling import floor_interval
-        from autodl_esd.platform.follow import wait_finished
-
         if args.container_uuid or args.count:
             raise cli.UsageError("--until finished 跟踪整个部署, 不能和 --container-uuid / --count 一起用。")
-        from autodl_esd.core.errors import ApiError
-        from autodl_esd.core.polling import ReadErrors
-
         finish = wait_finished(client, deployment_uuid, timeout=args.timeout, progress=ctx.progress,
                                interval=floor_interval(args.interval, client.host, ctx.progress))
         warnings = finish.pop("warnings", [])
@@ -100,11 +99,9 @@ def handle(args, ctx: cli.Context) -> dict:
 
 def follow(args, ctx: cli.Context, deployment: dict, events: list, offset: int) -> dict:
     """Poll from `offset` until `--count` distinct containers have reached `--until`."""
-    from autodl_esd.platform import api
-    from autodl_esd.platform.containers import containers_in_status
-    from autodl_esd.core.errors import ApiError, AutoDLError, ErrorType
     from autodl_esd.core.polling import ReadErrors, failed_reads_text, floor_interval
     from autodl_esd.deploy.submit import target_running
+    from autodl_esd.platform import api
 
     interval = floor_interval(args.interval, ctx.client().host, ctx.progress)
     target = args.count or (1 if args.container_uuid else target_running(deployment))

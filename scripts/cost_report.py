@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 from autodl_esd.core import cli
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/cost_report.py --name my-service",
@@ -13,9 +18,7 @@ EXAMPLES = [
 
 
 def _since(text: str):
-    import argparse
-
-    from autodl_esd.core.clock import parse_since
+    from autodl_esd.core.clock import parse_since  # only with --since: core.clock loads datetime
 
     try:
         return parse_since(text)
@@ -38,10 +41,10 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd.core.clock import platform_now
+    from autodl_esd.money.spend import spend_report
     from autodl_esd.platform import api
     from autodl_esd.platform.resolve import resolve_from_args
-    from autodl_esd.money.spend import spend_report
-    from autodl_esd.core.clock import platform_now
 
     selected = args.deployment_uuid or args.name or args.config
     if bool(selected) == bool(args.all):

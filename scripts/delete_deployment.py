@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.core.errors import AutoDLError
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/delete_deployment.py --name old-job               # 只说明会删除什么",
@@ -38,15 +42,14 @@ ALREADY_DELETED_HINT = "如果刚刚删除过这个部署 (例如上一次删除
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.platform.effects import apply_change
-    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.deploy.bulk import run_bulk
     from autodl_esd.money.guard import guards_watching
-    from autodl_esd.platform.resolve import deployment_impact, require_confirmation, resolve_from_args
+    from autodl_esd.money.spend import deployment_impact
+    from autodl_esd.platform.effects import apply_change
+    from autodl_esd.platform.resolve import require_confirmation, resolve_from_args
 
     client = ctx.client()
     if args.name_glob:
-        from autodl_esd.deploy.bulk import run_bulk
-
         return run_bulk(client, ctx, pattern=args.name_glob, yes=args.yes, expected_text=args.expect_uuids,
                         verb="删除", action="delete_deployment", change_for=lambda d: delete_change(client, d["uuid"]))
     if args.expect_uuids:

@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.core.output import register_secret
+from autodl_esd.platform.containers import single_machine_warning
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/discover_services.py --name my-service",
@@ -90,17 +95,20 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    if args.job_id and not args.detach:  # the detached process: the same run, under its job record
-        from autodl_esd.serving import detached
+    from autodl_esd.serving import detached
 
+    if args.job_id and not args.detach:  # the detached process: the same run, under its job record
         return detached.run_service(args.job_id, lambda on_ready: discover(args, ctx, on_ready))
     return discover(args, ctx)
 
 
 def discover(args, ctx: cli.Context, on_ready=None) -> dict:
+    from autodl_esd.core.polling import floor_interval
     from autodl_esd.platform.resolve import resolve_from_args
+    from autodl_esd.serving import detached
     from autodl_esd.serving.registry import document as registry_document
     from autodl_esd.serving.registry import endpoint as registry_endpoint
+    from autodl_esd.serving.registry import redis_store
     from autodl_esd.serving.registry import watcher as registry_watcher
 
     if args.detach and args.job_id:
@@ -113,9 +121,7 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
         raise cli.UsageError(f"{', '.join(watch_only)} 只在 --watch 模式下有效。", "加 --watch, 或去掉这些参数只查询一次。")
     check_scale_out_flags(args)
     if args.detach:
-        from autodl_esd.serving.detached import refuse_passwords_in
-
-        refuse_passwords_in({"--redis": args.redis})
+        detached.refuse_passwords_in({"--redis": args.redis})
     serve_at = None
     if args.serve:
         try:
@@ -140,8 +146,6 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
     if not args.watch:
         document = registry_watcher.build_registry(client, deployment_uuid, args.port, ctx.progress, health=health)
         return {**document, "warnings": _single_machine(document, deployment)}
-    from autodl_esd.core.polling import floor_interval
-
     interval = floor_interval(args.interval, client.host, ctx.progress)
     options = registry_watcher.WatchOptions(interval=interval, port=args.port, resync_every=args.resync_every, out=args.out,
                                             max_cycles=args.max_cycles, duration=args.duration, health=health)
@@ -153,8 +157,6 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
     if redis_watch is None:
         options.sinks.extend(local_sinks)
     if args.detach:  # every check above passed: the same watch, in the background
-        from autodl_esd.serving import detached
-
         argv = cli.command_line(build_parser(), args, drop=("detach", "job_id"), paths=("config", "out", "haproxy_socket"))
         return {**detached.start_detached("watch", "discover_services.py", argv, ctx.progress), "detached": True}
     endpoint = None
@@ -166,8 +168,6 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
                                  "换一个端口, 或用端口 0 让系统自动选择 (实际地址见输出的 serve)。") from None
         ctx.progress.log(f"注册表接口: {endpoint.url}/services  {endpoint.url}/pick?policy=least_inflight")
     if on_ready is not None:  # ready once the first registry is out (--out written, --serve answering)
-        from autodl_esd.serving.registry import redis_store
-
         ready = {"deployment_uuid": deployment_uuid, "registry": args.out, "url": endpoint.url if endpoint else None,
                  "redis": redis_store.describe_url(args.redis) if redis_watch else None}
         options.on_ready = lambda: on_ready({key: value for key, value in ready.items() if value is not None})
@@ -208,9 +208,8 @@ def check_scale_out_flags(args) -> None:
 
 def redis_runner(args, watcher, interval: float, local_sinks: list, ctx: cli.Context):
     """The Redis-backed watch (publish + lock), after checking the server answers."""
-    from urllib.parse import urlsplit
+    from urllib.parse import urlsplit  # here, not at the top: urllib.parse is not free at --help
 
-    from autodl_esd.core.output import register_secret
     from autodl_esd.serving.registry import redis_store
     from autodl_esd.serving.registry.redis_watcher import RedisWatch
 
@@ -254,8 +253,6 @@ def haproxy_sink(args, deployment_uuid: str, ctx: cli.Context):
 
 def _single_machine(document: dict, deployment: dict) -> list:
     """single_machine: every running replica on one host (one failure takes the service down)."""
-    from autodl_esd.platform.containers import single_machine_warning
-
     running = [{"uuid": s["container_uuid"], "machine_id": s["machine_id"], "status": "running"} for s in document["services"]]
     warning = single_machine_warning(running, deployment)
     return [warning] if warning else []

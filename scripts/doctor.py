@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from autodl_esd.core import cli
 
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
+
 EXAMPLES = [
     "python scripts/doctor.py",
     "python scripts/doctor.py --config examples/replicaset-service.json",
@@ -27,13 +30,11 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd.core.sandbox import simulated_platform
     from autodl_esd.platform.doctor import diagnose
 
     configs = [args.config] if args.config else []
-
     if args.sim:
-        from autodl_esd.core.sandbox import simulated_platform
-
         with simulated_platform(ctx.progress) as settings:
             ctx.settings = settings
             return {**diagnose(ctx, configs), "simulated": True}

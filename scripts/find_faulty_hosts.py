@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.platform.units import BLACKLIST_MAX_EXPIRE_MINUTES
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/find_faulty_hosts.py --name my-service",
@@ -53,12 +57,12 @@ def build_parser() -> cli.JsonArgumentParser:
     parser.add_argument("--machine-id", action="append", metavar="M",
                         help="--apply 时只拉黑这台主机 (可重复; 取自预览的 details.would_blacklist); 不在当前故障列表中则拒绝执行")
     cli.add_confirmation_flag(parser)
-    cli.add_blacklist_flags(parser, comment_help="黑名单备注 (默认说明失败次数)")
+    cli.add_blacklist_flags(parser, comment_help="黑名单备注 (默认说明失败次数)", max_expire_minutes=BLACKLIST_MAX_EXPIRE_MINUTES)
     return parser
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from datetime import timedelta
+    from datetime import timedelta  # here, not at the top: datetime is not free at --help
 
     from autodl_esd.platform import api
     from autodl_esd.platform.host_health import (

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.core.errors import AutoDLError, ErrorType
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/gpu_stock.py",
@@ -27,7 +31,6 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.platform import api
-    from autodl_esd.core.errors import AutoDLError, ErrorType
     from autodl_esd.platform.stock import requested_stock, similar_gpu_names
 
     stock, raw = api.gpu_stock(ctx.client(), args.region)

@@ -7,6 +7,11 @@ import re
 import shlex
 
 from autodl_esd.core import cli
+from autodl_esd.core.errors import AutoDLError
+from autodl_esd.platform.containers import primary_service_url
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out /etc/haproxy/haproxy.cfg --socket /run/haproxy/autodl.sock",
@@ -70,6 +75,11 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
+    from pathlib import Path  # after parsing, like the package: pathlib is not free at --help
+
+    from autodl_esd.platform.resolve import resolve_from_args
+    from autodl_esd.serving import haproxy
+
     problems = []
     for flag, value, pattern in (("--backend", args.backend, NAME_PATTERN), ("--check-interval", args.check_interval, DURATION_PATTERN),
                                  ("--long-timeout", args.long_timeout, DURATION_PATTERN),
@@ -88,16 +98,10 @@ def handle(args, ctx: cli.Context) -> dict:
     if problems:
         raise cli.UsageError(f"参数无效: {'; '.join(problems)}",
                              "名字只用字母数字 _.:-; 时长如 2s / 500ms / 1h; 地址如 127.0.0.1:8080 或 0.0.0.0:8080。")
-    from pathlib import Path
-
-    from autodl_esd.serving import haproxy
-
     deployment_uuid = args.deployment_uuid
     if deployment_uuid is not None and not re.match(r"^[0-9a-f]{15}$", deployment_uuid):
         raise cli.UsageError(f"--deployment-uuid {deployment_uuid!r} 不是 15 位小写十六进制。")
     if deployment_uuid is None:  # --name / --config: one look at the deployment list
-        from autodl_esd.platform.resolve import resolve_from_args
-
         deployment_uuid = resolve_from_args(ctx.client(), args)["uuid"]
     options = haproxy.server_options(args.check_interval, args.check_fall, args.check_rise, args.error_limit, args.server_maxconn)
     config = haproxy.render_config(deployment_uuid=deployment_uuid, bind=args.bind, backend=args.backend, socket_path=args.socket,
@@ -125,7 +129,7 @@ def handle(args, ctx: cli.Context) -> dict:
 
 def feed_command(args, deployment_uuid: str, options: str) -> tuple[str, str | None]:
     """The watcher command that feeds this HAProxy, pasteable from any directory."""
-    from pathlib import Path
+    from pathlib import Path  # after parsing, as in handle
     from urllib.parse import urlsplit
 
     script = Path(__file__).resolve().parent / "discover_services.py"
@@ -157,8 +161,6 @@ def routing_warnings(ctx: cli.Context, deployment_uuid: str, port) -> tuple:
     platform cannot be asked (no token, offline) the config is written without the check.
     """
     from autodl_esd.platform import api
-    from autodl_esd.platform.containers import primary_service_url
-    from autodl_esd.core.errors import AutoDLError
     from autodl_esd.serving import haproxy
 
     try:

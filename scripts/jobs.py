@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.core.errors import AutoDLError
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python3 scripts/jobs.py --list                                  # 本机全部后台任务",
@@ -39,8 +43,8 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd import jobs
-    from autodl_esd.deploy import submission
     from autodl_esd.core.state import state_root
+    from autodl_esd.deploy import submission
 
     if args.wait and not args.status:
         raise cli.UsageError("--wait 只能和 --status 一起用。")
@@ -65,8 +69,6 @@ def handle(args, ctx: cli.Context) -> dict:
 def _client_or_none(ctx: cli.Context):
     """Status and cancel work from the records alone; a client (when a token is set) lets
     --status look up an unknown outcome on the platform."""
-    from autodl_esd.core.errors import AutoDLError
-
     try:
         return ctx.client()
     except AutoDLError:

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.platform.containers import CONTAINER_STATUSES, container_view, single_machine_warning
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/list_containers.py --name my-service",
@@ -14,8 +18,6 @@ EXAMPLES = [
 
 
 def build_parser() -> cli.JsonArgumentParser:
-    from autodl_esd.platform.containers import CONTAINER_STATUSES
-
     parser = cli.make_parser(
         "list_containers.py",
         "列出一个部署的容器 (默认拉取全部分页)。每项带 service_urls (可访问的服务地址)、"
@@ -32,7 +34,6 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.platform import api
-    from autodl_esd.platform.containers import container_view, single_machine_warning
     from autodl_esd.platform.resolve import deployment_summary, resolve_from_args
 
     deployment = resolve_from_args(ctx.client(), args)

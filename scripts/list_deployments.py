@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from autodl_esd.core import cli
 
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
+
 EXAMPLES = [
     "python scripts/list_deployments.py",
     "python scripts/list_deployments.py --status running",
@@ -31,13 +34,11 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.platform import api
     from autodl_esd.money.estimate import PRICE_ESTIMATES_BASIS
-    from autodl_esd.platform.resolve import deployment_view
+    from autodl_esd.platform import api
+    from autodl_esd.platform.resolve import deployment_view, deployments_matching
 
     if args.name_glob:
-        from autodl_esd.platform.resolve import deployments_matching
-
         deployments = deployments_matching(ctx.client(), args.name_glob, status=args.status)
         if args.deployment_uuid:
             deployments = [d for d in deployments if d.get("uuid") == args.deployment_uuid]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from autodl_esd.core import cli
 
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
+
 EXAMPLES = [
     "python scripts/list_images.py",
     "python scripts/list_images.py --page-index 2 --page-size 20",

@@ -6,6 +6,11 @@ from __future__ import annotations
 import sys
 
 from autodl_esd.core import cli
+from autodl_esd.core.errors import AutoDLError
+from autodl_esd.core.output import Progress, emit_error
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/mcp_server.py --sim          # 先试这个: 所有工具连到内置模拟器, 不需要令牌, 不花钱",
@@ -42,8 +47,6 @@ def list_tools(args, ctx: cli.Context) -> dict:
 
 
 def main(argv=None) -> int:
-    from autodl_esd.core.output import emit_error
-
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -61,23 +64,17 @@ def main(argv=None) -> int:
 
 def _serve(args) -> int:
     from autodl_esd.core.deps import require
-    from autodl_esd.core.errors import AutoDLError
-    from autodl_esd.core.output import Progress, emit_error
+    from autodl_esd.mcp import catalog, server
 
     log = Progress(quiet=args.quiet)
     try:
-        require("mcp")
-        require("anyio")
+        require("mcp")  # the MCP SDK (requirements-mcp.txt), with anyio: heavy, and only for serving
+        anyio = require("anyio")
     except AutoDLError as error:
         # The client sees a server that would not start; the reason is on both streams. The
         # install command suits this interpreter (PEP 668 aware): the one the client runs.
         log.log(error.message + " " + error.hint)
         return emit_error(error)
-
-    import anyio
-
-    from autodl_esd.mcp import server, catalog
-
     try:
         runner = server.ToolRunner(tools=catalog.build_catalog(), log=log)
         if args.sim:
@@ -93,7 +90,6 @@ def _serve(args) -> int:
 
 def _platform_host() -> str:
     """Where the tools will connect, for the start-up line; a token problem is each tool's to report."""
-    from autodl_esd.core.errors import AutoDLError
     from autodl_esd.core.settings import load_settings
 
     try:
@@ -103,10 +99,10 @@ def _platform_host() -> str:
 
 
 def _serve_simulated(args, runner) -> int:
-    import anyio
+    import anyio  # the MCP SDK's, checked by _serve
 
-    from autodl_esd.mcp import server
     from autodl_esd.core.sandbox import simulated_platform
+    from autodl_esd.mcp import server
 
     with simulated_platform(runner.log, cluster=args.sim_cluster) as settings:
         runner.env_overrides = {"AUTODL_HOST": settings.host, "AUTODL_TOKEN": settings.token}

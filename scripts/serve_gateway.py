@@ -6,6 +6,9 @@ from __future__ import annotations
 from autodl_esd.core import cli
 from autodl_esd.serving.autoscale.cli import add_autoscale_arguments
 
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
+
 EXAMPLES = [
     "python scripts/serve_gateway.py --name my-service",
     "python scripts/serve_gateway.py --name my-llm --port 6008 --policy queue_aware --load-path /metrics --health-path /health",

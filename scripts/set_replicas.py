@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.core.errors import AutoDLError, ErrorType
+from autodl_esd.platform.containers import container_summary
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/set_replicas.py --name my-service --replica-num 4",
@@ -44,15 +49,10 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
+    from autodl_esd.money.spend import deployment_impact
     from autodl_esd.platform import api
     from autodl_esd.platform.effects import Change, apply_change
-    from autodl_esd.core.errors import AutoDLError, ErrorType
-    from autodl_esd.platform.resolve import (
-        deployment_by_uuid,
-        deployment_impact,
-        deployment_summary,
-        resolve_from_args,
-    )
+    from autodl_esd.platform.resolve import deployment_by_uuid, deployment_summary, resolve_from_args
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)
@@ -113,8 +113,6 @@ SCALE_DOWN_NOTE = ("stopped_by_scale_down 中的容器是缩容停掉的: find_f
 
 
 def _wait(client, ctx: cli.Context, uuid: str, args, live_before: list) -> dict:
-    from autodl_esd.platform.containers import container_summary
-    from autodl_esd.core.errors import AutoDLError
     from autodl_esd.core.polling import ReadErrors, floor_interval
     from autodl_esd.platform.follow import stopped_since, wait_running_count
 

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.platform.containers import STOPPING_STATUSES, container_summary
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/stop_container.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --decrease-one-replica-num",
@@ -30,7 +34,6 @@ def build_parser() -> cli.JsonArgumentParser:
 
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.platform import api
-    from autodl_esd.platform.containers import STOPPING_STATUSES, container_summary
     from autodl_esd.platform.effects import Change, apply_change
     from autodl_esd.platform.resolve import deployment_by_uuid, deployment_summary, resolve_container
 

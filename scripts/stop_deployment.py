@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
+from autodl_esd.core.errors import AutoDLError
+
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
     "python scripts/stop_deployment.py --name my-service            # 只说明会停掉什么",
@@ -32,20 +36,14 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.platform.effects import apply_change
-    from autodl_esd.core.errors import AutoDLError
+    from autodl_esd.deploy.bulk import run_bulk
     from autodl_esd.money.guard import guards_watching
-    from autodl_esd.platform.resolve import (
-        deployment_impact,
-        deployment_summary,
-        require_confirmation,
-        resolve_from_args,
-    )
+    from autodl_esd.money.spend import deployment_impact
+    from autodl_esd.platform.effects import apply_change
+    from autodl_esd.platform.resolve import deployment_summary, require_confirmation, resolve_from_args
 
     client = ctx.client()
     if args.name_glob:
-        from autodl_esd.deploy.bulk import run_bulk
-
         return run_bulk(client, ctx, pattern=args.name_glob, yes=args.yes, expected_text=args.expect_uuids,
                         verb="停止", action="stop_deployment", change_for=lambda d: stop_change(client, d["uuid"]),
                         skip_reason=lambda d: "已经是 stopped 状态" if d.get("status") == "stopped" else None)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from autodl_esd.core import cli
 
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
+
 EXAMPLES = [
     "python scripts/validate_config.py examples/replicaset-service.json",
     "python scripts/validate_config.py my-config.json --quiet",
@@ -22,8 +25,8 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from autodl_esd.platform.config import build_request, dialect_of, load_and_validate
     from autodl_esd.money.estimate import cost_bounds
+    from autodl_esd.platform.config import build_request, dialect_of, load_and_validate
     from autodl_esd.platform.lint import lint_config
 
     config = load_and_validate(args.config)

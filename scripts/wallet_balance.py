@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from autodl_esd.core import cli
 
+# The rest of the package is imported in the function that uses it, after parsing: --help
+# loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
+
 EXAMPLES = [
     "python scripts/wallet_balance.py",
     "python scripts/wallet_balance.py --hourly-cost 18   # 余额按每小时 18 元能用多久",

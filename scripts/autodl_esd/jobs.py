@@ -8,6 +8,8 @@ only routes: list them all, show one, wait for one, cancel, resume, read its log
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from .core import background
@@ -16,6 +18,7 @@ from .core.output import Progress
 from .core.state import state_root
 from .deploy import submission
 from .money import guard
+from .serving import detached
 
 KINDS = ("submit", "guard", "gateway", "watch")
 
@@ -40,8 +43,6 @@ def files_for(run_id: str) -> background.JobFiles:
         return submission.files_for(run_id)
     if kind == "guard":
         return guard.files_for(run_id)
-    from .serving import detached
-
     return detached.files_for(run_id)
 
 
@@ -55,8 +56,6 @@ def list_all(kind: str | None = None) -> list[dict[str, Any]]:
         views += [guard.guard_view(state) if state.get("status") != "unreadable" else {**state, "kind": "guard", "run_id": state.get("guard_id")}
                   for state in guard.all_states()]
     if kind in (None, "gateway", "watch"):
-        from .serving import detached
-
         views += [view for view in detached.all_views() if kind in (None, view.get("kind"))]
     return views
 
@@ -72,16 +71,12 @@ def status(run_id: str, client: Any, progress: Progress, wait_seconds: float = 0
         if wait_seconds:
             _wait_while_alive(files, wait_seconds, lambda: guard.read_state(files).get("status") in guard.FINAL_STATUSES)
         return guard.guard_view(guard.read_state(files), files)
-    from .serving import detached
-
     if wait_seconds:
         _wait_while_alive(files, wait_seconds, lambda: False)
     return detached.view_of(run_id)
 
 
 def _wait_while_alive(files: background.JobFiles, seconds: float, ended: Any) -> None:
-    import time
-
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and background.is_running(files) and not ended():
         time.sleep(min(background.POLL_SECONDS * 4, max(0.0, deadline - time.monotonic())))
@@ -93,8 +88,6 @@ def cancel(run_id: str, client: Any, progress: Progress) -> dict[str, Any]:
         return submission.cancel(submission.files_for(run_id))
     if kind == "guard":
         return guard.cancel(run_id, progress, client)
-    from .serving import detached
-
     return detached.stop(run_id, progress)
 
 
@@ -110,11 +103,7 @@ def resume(run_id: str, client: Any, progress: Progress) -> dict[str, Any]:
                               "守护只在它创建时的平台上运行: 把 AUTODL_HOST 改回去再 --resume。", {"run_id": run_id})
         if state.get("status") in guard.FINAL_STATUSES or background.is_running(files):
             return {**guard.guard_view(state, files), "resumed": False}
-        from pathlib import Path
-
         return {**guard.detach(files, Path(background.script_path("guard_deployment.py")), progress), "resumed": True}
-    from .serving import detached
-
     return detached.restart(run_id, progress)
 
 

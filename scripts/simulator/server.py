@@ -23,18 +23,16 @@ import time
 import traceback
 import uuid as uuid_lib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from . import lifecycle as lc
-from .account import GATED_MSG, GATED_PATH_PREFIX
+from .account import GATED_MSG, GATED_PATH_PREFIX, Account
+from .clock import SimClock
 from .routes import Api, ApiError
 from .controllers import Container
 from .faults import FaultInjector
-from .world import NotFound
-
-if TYPE_CHECKING:
-    from .app import Simulator
+from .world import NotFound, World
 
 ALL_DIALECTS = frozenset({"private", "public", "both"})
 PRIVATE_ONLY = frozenset({"private", "both"})
@@ -125,12 +123,29 @@ def envelope(code: str, msg: str, data: Any = None) -> dict[str, Any]:
     return {"code": code, "msg": msg, "data": data, "request_id": uuid_lib.uuid4().hex}
 
 
+class Backend(Protocol):
+    """What the HTTP front end uses of the simulator behind it (`app.Simulator`, which passes
+    itself in): said here, so the front end never imports the app that imports it."""
+
+    token: str
+    verbose: bool
+    clock: SimClock
+    account: Account
+    world: World
+
+    def record_request(self, method: str, path: str, body: bytes, query: dict) -> None: ...
+
+    def service_slot(self, container_uuid: str, concurrency: int) -> threading.BoundedSemaphore | None: ...
+
+    def control(self, method: str, path: str, params: dict) -> Any: ...
+
+
 class SimHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     # Tests and benches open many short connections; the default backlog of 5 drops some.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], sim: "Simulator", api: Api,
+    def __init__(self, address: tuple[str, int], sim: Backend, api: Api,
                  faults: FaultInjector, dialect: str, container_uuid: str | None = None) -> None:
         super().__init__(address, SimRequestHandler)
         self.sim, self.api, self.faults, self.dialect = sim, api, faults, dialect

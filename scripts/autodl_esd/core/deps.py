@@ -9,7 +9,10 @@ first command creates it): on Debian/Ubuntu the system Python is "externally man
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import shlex
 import sys
+import sysconfig
 from pathlib import Path
 from types import ModuleType
 
@@ -40,8 +43,6 @@ def _running_in(venv: Path) -> bool:
 
 
 def _stdlib_dir() -> Path:
-    import sysconfig
-
     return Path(sysconfig.get_path("stdlib"))
 
 
@@ -51,15 +52,11 @@ def is_externally_managed() -> bool:
 
 
 def _has_pip() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("pip") is not None
 
 
 def install_command(requirements_file: Path | None = None) -> str:
     """One command line that installs a requirements file (default: the runtime one)."""
-    import shlex
-
     requirements = shlex.quote(str(REQUIREMENTS if requirements_file is None else requirements_file))
     skill_python = shlex.quote(str(venv_python()))
     if _running_in(VENV_DIR) or venv_python().exists():

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def clock_text() -> str:
     """The time shown in log lines, in the platform's zone (imported on first use: --help
-    never logs, and datetime is not free at start-up)."""
+    never logs, and core.clock loads datetime and email.utils: more than a bare start)."""
     from .clock import clock_text as platform_clock_text
 
     return platform_clock_text()
@@ -33,7 +33,7 @@ def _spellings(secret: str) -> set[str]:
     """The ways a secret can appear in text: as written, as repr() and JSON escape it
     (a token holding a newline shows up as `abc\\ndef` in an exception message), and each
     of those JSON-escaped again (that message inside our JSON document)."""
-    import json
+    import json  # here, not at the top: --help registers no secret
 
     forms = {
         secret,

@@ -31,6 +31,8 @@ def simulated_platform(
     busy_gpus: Iterable[str] = (),
 ) -> Iterator[Settings]:
     """Yield settings that talk to a fresh in-process simulator."""
+    # On demand: the simulator (an HTTP server and a whole fake platform) is only for --sim,
+    # and it is its own package (.importlinter: only this module may import it).
     from simulator import ClusterConfigError, Simulator
 
     try:

@@ -20,8 +20,9 @@ from typing import Any, Callable
 from ..core.cli import UsageError, confirmation_required
 from ..platform.effects import Change, apply_change, took_effect_of
 from ..core.errors import ApiError, AutoDLError
-from ..platform.resolve import DEPLOYMENT_UUID_PATTERN, deployment_impact, deployment_summary, deployments_matching
-from ..money.spend import cost_before_change
+from ..platform.resolve import DEPLOYMENT_UUID_PATTERN, deployment_summary, deployments_matching
+from ..money.guard import GUARDS_NOTE, guards_watching
+from ..money.spend import cost_before_change, deployment_impact
 
 # The uuid list an agent pastes back; comma separated so it is one shell word.
 UUID_SEPARATOR = ","
@@ -90,8 +91,6 @@ def run_bulk(
 
 def _guards_of(uuid: str) -> dict[str, Any]:
     """`guards` for one item, as the single stop/delete lists them (the note is said once, on top)."""
-    from ..money.guard import guards_watching
-
     watching = guards_watching(uuid)
     return {"guards": watching["guards"]} if watching else {}
 
@@ -145,8 +144,6 @@ def _apply_each(
               # What the whole batch had cost before the change (items whose read failed count 0).
               "cost_so_far_yuan": round(sum(o.get("cost_so_far_yuan") or 0.0 for o in outcomes), 3)}
     if any(o.get("guards") for o in outcomes):
-        from ..money.guard import GUARDS_NOTE
-
         result["guards_note"] = "items[].guards 列出的" + GUARDS_NOTE
     if counts["failed"]:
         first = next(o for o in outcomes if o["outcome"] == "failed")

@@ -25,14 +25,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..money import guard
 from ..platform import api
 from ..core import background
 from ..core.background import JobFiles, JobLock, is_running, local_now
-from ..money.estimate import balance_check, cost_bounds, with_observed_rate
+from ..money.estimate import cost_bounds, with_observed_rate
+from ..money.wallet import balance_check
 from ..core.errors import AutoDLError, ErrorType, Interrupted
 from ..core.output import Progress
 from ..core.polling import floor_interval
+from ..core.sandbox import simulated_platform
 from ..core.state import state_root
+from ..platform.notify import notify_quietly
+from ..platform.resolve import deployment_by_uuid, read_back
 from ..platform.stock import requested_stock
 from . import submit as submit_engine
 from .submit import DEFAULT_STARTUP_TIMEOUT_SECONDS, SubmissionCancelled, SubmitOptions, Submitter
@@ -152,6 +157,18 @@ def _unbounded_wait_warning(request: Request, run_id: str) -> list[dict[str, Any
     return [{"code": "wait_without_limit", "path": "--timeout",
              "message": "没有 --timeout: 后台会一直等到有库存才创建 (可能很久), 直到被取消。",
              "hint": f"不想无限等待就取消后加 --timeout S 重新提交: {jobs_command('--cancel', run_id)}; 或把这一点告诉用户。"}]
+
+
+def submit_simulated(ctx: Any, config: dict[str, Any], request: Request, *, dry_run: bool = False,
+                     cluster: str | None = None, busy_seconds: float = 0.0) -> dict[str, Any]:
+    """queue_submit --sim: the same run against a fresh embedded simulator (`ctx` is the
+    script's cli.Context; its client then talks to the simulator). `busy_seconds`: other
+    tenants hold every requested GPU type that long, to show the wait for stock."""
+    busy_gpus = config["container_template"]["gpu_name_set"]
+    with simulated_platform(ctx.progress, cluster=cluster, busy_seconds=busy_seconds, busy_gpus=busy_gpus) as settings:
+        ctx.settings = settings
+        result = submit(ctx.client(), config, request, ctx.progress, ctx.partial, dry_run=dry_run)
+    return {**result, "simulated": True}
 
 
 def new_record(files: JobFiles, client: Any, config: dict[str, Any], request: Request, submitter: Submitter,
@@ -596,8 +613,6 @@ class Notices:
     def send(self, title: str, content: str) -> None:
         if not self.enabled:
             return
-        from ..platform.notify import notify_quietly
-
         outcome = notify_quietly(self.client.settings, title, content, self.config["name"], self.progress)
         self.sent.append({"title": outcome["title"], "sent": outcome["sent"]})
         if outcome.get("warning"):
@@ -607,26 +622,19 @@ class Notices:
         return {"notifications": self.sent} if self.enabled else {}
 
 
-def _guard_limits(request: Request) -> Any:
-    from ..money.guard import Limits
-
-    return Limits(max_runtime_hours=request.max_runtime, max_cost_yuan=request.max_cost)
+def _guard_limits(request: Request) -> guard.Limits:
+    return guard.Limits(max_runtime_hours=request.max_runtime, max_cost_yuan=request.max_cost)
 
 
 def _guard_plan(request: Request, config: dict[str, Any]) -> str:
     """What the guard started after the create will do (shown by the dry run)."""
-    from ..money.guard import describe_plan
-
-    return describe_plan({"limits": _guard_limits(request).__dict__, "action": "stop", "floor": None,
-                          "deployment_name": config["name"], "deployment_uuid": "创建后的部署"})
+    return guard.describe_plan({"limits": _guard_limits(request).__dict__, "action": "stop", "floor": None,
+                                "deployment_name": config["name"], "deployment_uuid": "创建后的部署"})
 
 
 def start_guard(request: Request, client: Any, deployment_uuid: str, progress: Progress) -> dict[str, Any]:
     """A detached guard for the deployment just created. A guard that cannot start is a
     warning: the deployment exists and must be reported, never turned into an error."""
-    from ..money import guard
-    from ..platform.resolve import deployment_by_uuid, read_back
-
     command = (f"python3 scripts/guard_deployment.py --deployment-uuid {deployment_uuid}"
                + (f" --max-runtime {request.max_runtime:g}" if request.max_runtime else "")
                + (f" --max-cost {request.max_cost:g}" if request.max_cost else "") + " --yes --detach")

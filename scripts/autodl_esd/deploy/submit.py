@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from ..platform.containers import container_summary
 from ..platform.effects import watch
 from ..core.errors import ApiError, AutoDLError, ErrorType, Interrupted
 from ..platform.evidence import compare_config, existing_deployment
+from ..platform.follow import finish_counts, wait_finished
 from ..platform.lint import capacity_filters, lint_config, no_capacity_suggestion
 from ..core.output import REDACTED, Progress
 from ..core.clock import now_timestamp
@@ -101,8 +103,6 @@ def duplicate_check(config: dict[str, Any], live: list[dict[str, Any]], allowed:
 
 def created_after(created_at: Any, started_at: str | None) -> bool | None:
     """Whether the platform stamped the deployment after this run began (None: unreadable)."""
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(str(created_at).replace("Z", "+00:00")) >= datetime.fromisoformat(str(started_at))
     except (TypeError, ValueError):
@@ -728,8 +728,6 @@ class Submitter:
                 if finished is not None:
                     # A Job/Container can finish before the first look: say so with the counts,
                     # never a bare success with no containers.
-                    from ..platform.follow import finish_counts
-
                     self.progress.log(f"部署 {deployment_uuid} 在第一次查看前就已结束 (finished_num={finished.get('finished_num')})")
                     return {"target_running": target, "containers": [], "deployment_finished": True,
                             "finished_before_running": True, "ever_running": len(ever_running),
@@ -765,8 +763,6 @@ class Submitter:
         return found[0] if found and all(d.get("status") == "stopped" for d in found) else None
 
     def wait_until_finished(self, deployment_uuid: str) -> dict[str, Any]:
-        from ..platform.follow import wait_finished
-
         return wait_finished(self.client, deployment_uuid, timeout=self.options.finish_timeout,
                              interval=self.options.interval, progress=self.progress)
 

@@ -18,6 +18,7 @@ Progress lines the script writes on stderr become MCP progress notifications.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from . import catalog
 from ..core.deps import SKILL_ROOT
 from ..core.errors import AutoDLError, ErrorType
 from ..core.output import Progress, register_secret, scrub
+from ..core.settings import load_settings
 
 SERVER_NAME = "autodl-elastic-deploy"
 SERVER_VERSION = "1.0.0"
@@ -209,7 +211,7 @@ class ToolRunner:
                 await output.communicate()
             except BaseException:
                 # Cancelled by the client, or the session is ending: stop the child like Ctrl-C.
-                import anyio
+                import anyio  # the MCP SDK's (requirements-mcp.txt): loaded only by a running server
 
                 with anyio.CancelScope(shield=True):
                     document = await self._interrupt(tool, arguments, confirm, output)
@@ -225,7 +227,7 @@ class ToolRunner:
         child = output.child
         if child.returncode is None:
             child.send_signal(signal.SIGINT)
-            import anyio
+            import anyio  # the MCP SDK's (requirements-mcp.txt): loaded only by a running server
 
             with anyio.move_on_after(INTERRUPT_GRACE_SECONDS):
                 await output.communicate(quiet=True)
@@ -335,8 +337,6 @@ def _die_with_parent() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        import ctypes
-
         prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork: nothing imports after
     except (OSError, AttributeError):
         return None
@@ -374,7 +374,7 @@ _TYPE_NAMES = {"string": "字符串", "integer": "整数", "number": "数字", "
 
 def argument_problems(schema: dict[str, Any], arguments: Mapping[str, Any]) -> list[dict[str, str]]:
     """Every way the arguments break the tool's input schema, in Chinese, path first."""
-    import jsonschema
+    import jsonschema  # heavy, and needed only when a tool is called
 
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
@@ -410,6 +410,7 @@ def _problem_text(error: Any, path: str, schema: dict[str, Any]) -> str:
 
 
 def build_server(runner: ToolRunner) -> Any:
+    # The MCP SDK (requirements-mcp.txt): --list-tools and the tests of the catalog run without it.
     import mcp_types as types
     from mcp.server.lowlevel import Server
 
@@ -464,8 +465,6 @@ def _annotation_fields(hints: Mapping[str, Any]) -> dict[str, Any]:
 
 def known_secrets(env_overrides: Mapping[str, str]) -> None:
     """Register the token the children will use, so the server scrubs it too."""
-    from ..core.settings import load_settings
-
     register_secret(env_overrides.get("AUTODL_TOKEN"))
     try:
         register_secret(load_settings().token)
@@ -475,6 +474,7 @@ def known_secrets(env_overrides: Mapping[str, str]) -> None:
 
 async def serve_stdio(runner: ToolRunner) -> None:
     """Serve one client on stdin/stdout until it hangs up or the server gets SIGINT/SIGTERM."""
+    # The MCP SDK (requirements-mcp.txt), as in build_server.
     import anyio
     from mcp.server.stdio import stdio_server
 

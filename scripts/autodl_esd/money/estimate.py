@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from ..core.errors import AutoDLError, ErrorType
 from ..platform.units import yuan_from_price_units
 
 # "A few hours": below this many hours of balance at the worst-case rate the plan warns,
@@ -114,30 +115,15 @@ def over_budget_problem(cost: dict[str, Any], max_hourly_yuan: float) -> dict[st
     }
 
 
-def balance_check(client: Any, cost: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
-    """(the wallet with hours covered at the worst case, warnings). Never raises for the
-    wallet itself: a balance that cannot be read is a warning, the plan goes on."""
-    from ..core.errors import AutoDLError
-    from .wallet import read_wallet
-
-    try:
-        wallet = read_wallet(client)
-    except AutoDLError as error:
-        return None, [{
-            "code": "balance_unavailable", "path": "wallet",
-            "message": f"无法查询账户余额: {error.message}",
-            "hint": "余额不影响提交; 需要时用 wallet_balance.py 单独查看, 或在控制台查看。",
-        }]
-    balance = wallet.get("balance_yuan")
-    if balance is None:
-        return wallet, []
-    cover = balance_cover(balance, cost["worst_case_hourly_yuan"])
-    wallet = {**wallet, **cover}
-    warnings = []
-    if cover["low"]:
-        warnings.append({
-            "code": "low_balance", "path": "wallet",
-            "message": f"余额 {balance:g} 元, 按最坏情况每小时 {cost['worst_case_hourly_yuan']:g} 元只够约 {cover['hours_at_worst_case']:g} 小时 (少于 {LOW_BALANCE_HOURS:g} 小时)。",
-            "hint": "欠费会强制停止全部容器: 先告诉用户并请其充值, 或减少 replica_num / 降低 price_to。",
-        })
-    return wallet, warnings
+def refuse_over_budget(config: dict[str, Any], max_hourly_yuan: float) -> None:
+    """--max-hourly-cost: a worst case above the limit is a validation_error, raised before
+    any network call (nothing has been sent, so nothing needs checking afterwards)."""
+    cost = cost_bounds(config)
+    problem = over_budget_problem(cost, max_hourly_yuan)
+    if problem:
+        raise AutoDLError(
+            ErrorType.VALIDATION_ERROR,
+            f"最坏情况每小时 {cost['worst_case_hourly_yuan']:g} 元, 超过 --max-hourly-cost {max_hourly_yuan:g} 元, 没有提交。",
+            "把 details.cost 告诉用户; 按 details.errors 的 hint 调低配置, 或经用户同意后提高上限。此时尚未调用任何接口。",
+            {"errors": [problem], "cost": cost, "max_hourly_cost_yuan": max_hourly_yuan},
+        )

@@ -33,11 +33,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.cli import UsageError
 from ..platform import api
 from ..core.background import JobFiles, JobLock, is_running, read_record, records_in, spawn, stop_process, write_record
 from ..core.state import state_root
 from ..core.errors import AutoDLError, ErrorType, Interrupted
 from ..core.output import Progress
+from ..platform.effects import Change, apply_change, took_effect_of
+from ..platform.follow import wait_finished
+from ..platform.resolve import deployment_by_uuid
+from . import idle
 from .spend import container_spend
 from ..core.clock import iso, parse_timestamp, platform_now
 
@@ -184,11 +189,12 @@ def judge(state: dict[str, Any], seen: Observation) -> Verdict:
         if seen.idle_seconds is None:
             figures["idle_minutes"] = None
         else:
-            idle = seen.idle_seconds / 60.0
-            figures.update(idle_minutes=round(idle, 3), idle_minutes_left=round(max(0.0, limits.idle_minutes - idle), 3))
-            if idle >= limits.idle_minutes:
+            idle_minutes = seen.idle_seconds / 60.0
+            figures.update(idle_minutes=round(idle_minutes, 3),
+                           idle_minutes_left=round(max(0.0, limits.idle_minutes - idle_minutes), 3))
+            if idle_minutes >= limits.idle_minutes:
                 verdict.act = "idle"
-                verdict.message = f"网关指标显示已有 {idle:.1f} 分钟没有请求, 达到上限 {limits.idle_minutes:g} 分钟。"
+                verdict.message = f"网关指标显示已有 {idle_minutes:.1f} 分钟没有请求, 达到上限 {limits.idle_minutes:g} 分钟。"
     floor, replicas = state.get("floor"), deployment.get("replica_num")
     if verdict.act and state.get("action") == "scale-to" and isinstance(replicas, int) and isinstance(floor, int) and replicas <= floor:
         # Already at or below the floor (someone scaled down): "scaling to" it would add replicas.
@@ -292,9 +298,7 @@ class Guard:
             self.lock.release()
 
     def _loop(self) -> dict[str, Any]:
-        from .idle import IdleTracker, read_activity
-
-        tracker = IdleTracker.from_state(self.state.get("idle"))
+        tracker = idle.IdleTracker.from_state(self.state.get("idle"))
         while True:
             if self.files.cancel.exists():
                 self._finish("cancelled", "守护已被取消 (--cancel), 没有执行任何操作。")
@@ -303,7 +307,7 @@ class Guard:
                 self._settle_interrupted_action()
                 return self.result()
             try:
-                seen = self._observe(tracker, read_activity)
+                seen = self._observe(tracker, idle.read_activity)  # through the module: looked up each round
             except AutoDLError as error:
                 # Unreachable platform: keep the last figures, try again; run time keeps
                 # counting on the platform's timestamps, so nothing is lost by waiting.
@@ -344,8 +348,6 @@ class Guard:
         return platform_elapsed / real_elapsed
 
     def _observe(self, tracker: Any, read_activity: Callable[[str], Any]) -> Observation:
-        from ..platform.resolve import deployment_by_uuid
-
         uuid = self.state["deployment_uuid"]
         deployment = deployment_by_uuid(self.client, uuid)
         containers: list[dict[str, Any]] = []
@@ -363,10 +365,7 @@ class Guard:
 
     # --- acting, exactly once ----------------------------------------------------------
 
-    def _change(self) -> Any:
-        from ..platform.effects import Change
-        from ..platform.resolve import deployment_by_uuid
-
+    def _change(self) -> Change:
         uuid, floor = self.state["deployment_uuid"], self.state.get("floor")
         fetch = lambda: deployment_by_uuid(self.client, uuid)  # noqa: E731
         check = f"python scripts/list_deployments.py --deployment-uuid {uuid}"
@@ -379,8 +378,6 @@ class Guard:
                       done=lambda d: d is None or d.get("status") == "stopped", check=check, ids={"deployment_uuid": uuid})
 
     def _act(self, reason: str, message: str) -> None:
-        from ..platform.effects import apply_change, took_effect_of
-
         change = self._change()
         self.progress.log(f"{message} 执行: {change.what}")
         # The intent first: a crash from here on is settled by reading back, never by guessing.
@@ -412,8 +409,6 @@ class Guard:
 
     def _settle_interrupted_action(self) -> None:
         """The guard died after writing its intent: find out from the platform what happened."""
-        from ..platform.resolve import deployment_by_uuid
-
         change = self._change()
         intent = self.state.get("acting") or {}
         try:
@@ -451,17 +446,11 @@ class Guard:
         return guard_view(self.state, self.files)
 
 
-def job_end_report(client: Any, deployment_uuid: str, progress: Progress) -> dict[str, Any] | None:
+def job_end_report(client: Any, deployment_uuid: str, progress: Progress) -> dict[str, Any]:
     """How a finished Job/Container ended, as `queue_submit.py --wait-finished` reports it
-    (the shared `waiting.wait_finished`; it returns at once for a stopped deployment).
-
-    Seam: that function is being added by another change; until it is on this branch the
-    guard reports the end without it (None). Never raises: the guard's end is already known.
+    (`follow.wait_finished`; it returns at once for a stopped deployment). Never raises:
+    the guard's end is already known.
     """
-    try:
-        from ..platform.follow import wait_finished
-    except ImportError:
-        return None
     try:
         # The deployment is stopped: this reads it once, no waiting (interval/timeout unused).
         return wait_finished(client, deployment_uuid, timeout=DEFAULT_INTERVAL_SECONDS, interval=1.0, progress=progress)
@@ -574,8 +563,6 @@ def new_state(client: Any, deployment: dict[str, Any], limits: Limits, action: s
 
 def check_request(deployment: dict[str, Any], limits: Limits, action: str, floor: int | None) -> None:
     """Refuse a guard that could never act as asked (usage_error, nothing written)."""
-    from ..core.cli import UsageError
-
     if limits.max_runtime_hours is None and limits.max_cost_yuan is None and limits.idle_minutes is None:
         raise UsageError("守护至少需要一个条件: --max-runtime H、--max-cost Y 或 --idle-minutes M (配 --idle-url)。")
     if (limits.idle_minutes is None) != (limits.idle_url is None):
@@ -618,8 +605,6 @@ def detach(files: GuardFiles, script: Path, progress: Progress) -> dict[str, Any
 def platform_now_or_none(client: Any, deployment_uuid: str | None) -> str | None:
     """The platform's time from one cheap read, or None when it cannot be read: a record's
     timestamps stay on one clock, so a guard settled offline gets no made-up platform time."""
-    from ..platform.resolve import deployment_by_uuid
-
     if client is None:
         return None
     try:

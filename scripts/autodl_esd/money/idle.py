@@ -40,7 +40,7 @@ class Activity:
 def parse_activity(text: str) -> Activity:
     """The two figures from a metrics page; a page without the request histogram is an error
     (a wrong URL must not look like an idle service)."""
-    require("prometheus_client")
+    require("prometheus_client")  # heavy, loaded on first use; dependency_missing when absent
     from prometheus_client import parser
     total: float | None = None
     active = 0.0

@@ -15,6 +15,8 @@ from ..platform import api
 from .estimate import CONTAINER_PRICE_BASIS
 from ..core.errors import AutoDLError
 from ..core.clock import iso, parse_timestamp, platform_now
+from ..platform.containers import LIVE_STATUSES, container_summary
+from ..platform.resolve import deployment_summary
 from ..platform.units import yuan_from_price_units
 
 # Statuses in which a container without stopped_at is still billing (it holds its GPUs).
@@ -147,3 +149,14 @@ def cost_before_change(client: Any, deployment: dict[str, Any], seen: Iterable[d
                  "(含已释放的) 算到 as_of; 此后到容器真正停下的几秒仍按 hourly_yuan_before 计费。删除后 cost_report.py "
                  "不再列出这个部署, 这就是它最后的花费。",
     }}
+
+
+def deployment_impact(client: Any, deployment: dict[str, Any], with_cost: bool = False) -> dict[str, Any]:
+    """What stopping or deleting this deployment would touch: it and its live containers;
+    `with_cost` adds what it has cost so far (`cost_before_change`, on the same container read)."""
+    containers = api.list_containers(client, deployment["uuid"])
+    live = [container_summary(c) for c in containers if c.get("status") in LIVE_STATUSES]
+    impact = {"deployment": deployment_summary(deployment), "live_containers": live, "live_container_count": len(live)}
+    if with_cost:
+        impact.update(cost_before_change(client, deployment, containers))
+    return impact

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -202,8 +203,6 @@ def _ecma_pattern(_validator: Any, pattern: str, instance: Any, _schema: Any) ->
 
 @lru_cache(maxsize=None)
 def _compiled(pattern: str) -> Any:
-    import re
-
     return re.compile(pattern)
 
 

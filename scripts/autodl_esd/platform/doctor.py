@@ -18,6 +18,10 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from . import api
+from .config import dialect_of, load_config
+from .stock import normalize_stock
+from ..core.http import ApiClient
+from ..core.settings import Settings, load_settings
 from ..core.errors import ApiError, AutoDLError, ErrorType
 
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
@@ -58,10 +62,6 @@ def skipped_after(failed: str) -> list[dict[str, Any]]:
 
 def diagnose(ctx: Any, config_paths: list[str]) -> dict[str, Any]:
     """Run every check with the context's settings (AUTODL_* or the embedded simulator)."""
-    from .config import load_config
-    from ..core.http import ApiClient
-    from ..core.settings import Settings, load_settings
-
     configs = [(path, load_config(path)) for path in config_paths]  # a bad file is config_error
     try:
         settings = ctx.settings or load_settings()
@@ -264,8 +264,6 @@ class Doctor:
     def _config_dialect(self, dialect: str) -> dict[str, Any]:
         if not self.configs:
             return check("config_dialect", SKIPPED, "没有用 --config 指定配置。", "加 --config FILE 检查配置的方言是否与平台一致。")
-        from .config import dialect_of
-
         results = [{"config": path, "dialect": dialect_of(config)} for path, config in self.configs]
         accepted = {"private": {"private"}, "public": {"public"}, "both": {"private", "public"}}.get(dialect)
         if accepted is None:
@@ -296,8 +294,6 @@ class Doctor:
             return check("stock_shape", FAIL, {"message": stock.error.message, **stock.describe_error()}, "库存接口出错; 稍后重试。")
         raw = stock.data
         shape = "list" if isinstance(raw, list) else "dict" if isinstance(raw, dict) else type(raw).__name__
-        from .stock import normalize_stock
-
         gpus = sorted(normalize_stock(raw))
         if shape not in ("list", "dict"):
             return check("stock_shape", WARN, {"shape": shape}, "库存响应形状未知; 把 gpu_stock.py 的输出反馈给维护者。")

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from ..core.errors import ApiError, AutoDLError
 from ..core.output import Progress
+from .resolve import read_back
 
 # A request the server accepted just before the client gave up is usually processed within
 # moments of it. Look for the HTTP timeout plus this margin (server-side queueing and commit
@@ -187,8 +188,6 @@ def apply_change(
     looks via resolve.read_back). Raises an error carrying `took_effect`: false when the
     platform refused, "unknown" when the answer was lost and the change is not visible yet.
     """
-    from .resolve import read_back
-
     if partial is not None:
         partial.update(change.ids)
         # An interrupt from here on must say the change may have happened.

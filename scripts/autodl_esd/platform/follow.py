@@ -21,6 +21,7 @@ from .containers import STOPPING_STATUSES
 from ..core.errors import ApiError, AutoDLError, ErrorType
 from ..core.output import Progress
 from ..core.polling import ReadErrors, failed_reads_text
+from .resolve import deployment_by_uuid
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -69,8 +70,6 @@ def run_record(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def _deployment(client: Any, deployment_uuid: str) -> dict[str, Any]:
-    from .resolve import deployment_by_uuid
-
     found = deployment_by_uuid(client, deployment_uuid)
     if found is None:
         raise AutoDLError(ErrorType.NOT_FOUND, f"等待期间部署 {deployment_uuid} 不见了 (被删除?)。",

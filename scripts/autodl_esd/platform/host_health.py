@@ -21,8 +21,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import api
-from .containers import STOPPING_STATUSES
+from . import api, resolve
+from .containers import LIVE_STATUSES, STOPPING_STATUSES, container_summary, machine_of
 from .effects import Change, apply_change, took_effect_of
 from ..core.errors import AutoDLError, ErrorType
 from ..core.output import Progress
@@ -250,8 +250,6 @@ def apply_blacklist(client: Any, plan: list[dict], expire_minutes: int | None, p
 
 def still_on_machine(client: Any, deployment_uuid: str, machine_id: str) -> list[dict[str, Any]]:
     """The deployment's live containers on `machine_id`: a blacklisting does not move them."""
-    from .containers import LIVE_STATUSES, container_summary, machine_of
-
     return [container_summary(c) for c in api.list_containers(client, deployment_uuid)
             if c.get("status") in LIVE_STATUSES and machine_of(c) == machine_id]
 
@@ -265,9 +263,6 @@ def move_command(container_uuid: str) -> str:
 def move_replicas(client: Any, containers: list[dict[str, Any]], deployment_uuid: str, progress: Progress,
                   partial: dict[str, Any]) -> list[dict[str, Any]]:
     """Stop each container (a replacement lands elsewhere); one outcome per container."""
-    from .containers import STOPPING_STATUSES
-    from .resolve import resolve_container
-
     outcomes: list[dict[str, Any]] = []
     partial["moved"] = outcomes
     for container in containers:
@@ -278,7 +273,8 @@ def move_replicas(client: Any, containers: list[dict[str, Any]], deployment_uuid
             _after, report = apply_change(Change(
                 what=f"停止容器 {uuid} (让替补容器调度到其他主机)",
                 send=lambda uuid=uuid: api.stop_container(client, uuid, decrease_one_replica_num=False),
-                fetch=lambda uuid=uuid: resolve_container(client, uuid, deployment_uuid),
+                # Through the module, like api.*: looked up at each call (tests replace it there).
+                fetch=lambda uuid=uuid: resolve.resolve_container(client, uuid, deployment_uuid),
                 done=lambda record: record.get("status") in STOPPING_STATUSES,
                 check=f"python scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",
                 ids={"container_uuid": uuid},

@@ -11,33 +11,31 @@ a failure becomes a warning in the result.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import json
 import os
 import time
+from pathlib import Path
+from typing import Any
 
+from . import api
+from .units import WECHAT_MAX_TITLE_CHARS, WECHAT_PER_DAY, WECHAT_PER_MINUTE
 from ..core.errors import ApiError, AutoDLError
+from ..core.http import ApiClient
 from ..core.output import Progress
-
-# notify.py's parser reads the limits below, so this module imports nothing heavy at the top
-# (the HTTP client, json, the state directory's pathlib come in where they are used).
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
+from ..core.settings import is_loopback_host, normalize_host
+from ..core.state import state_root, write_json_atomically
 
 DEFAULT_WECHAT_HOST = "https://www.autodl.com"
-# The platform's documented limits (successful messages).
-PER_MINUTE = 5
-PER_DAY = 50
+# The windows of the platform's limits (units.WECHAT_PER_MINUTE, WECHAT_PER_DAY).
 MINUTE_SECONDS = 60.0
 DAY_SECONDS = 86400.0
-# Longest title we send: a WeChat template title is a line, not a paragraph.
-MAX_TITLE_CHARS = 64
 
 
 def wechat_host(settings: Any, environ: Any = None) -> str:
     """AUTODL_WECHAT_HOST, else the simulator's own address when AUTODL_HOST is loopback,
     else https://www.autodl.com."""
-    from ..core.settings import is_loopback_host, normalize_host
-
     environ = os.environ if environ is None else environ
     explicit = (environ.get("AUTODL_WECHAT_HOST") or "").strip()
     if explicit:
@@ -45,9 +43,7 @@ def wechat_host(settings: Any, environ: Any = None) -> str:
     return settings.host if is_loopback_host(settings.host) else DEFAULT_WECHAT_HOST
 
 
-def sent_log_path():
-    from ..core.state import state_root
-
+def sent_log_path() -> Path:
     return state_root() / "notify" / "wechat-sent.json"
 
 
@@ -59,23 +55,17 @@ class SendLog:
         self._fd: int | None = None
 
     def __enter__(self) -> "SendLog":
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import fcntl
-
         assert self._fd is not None
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
 
     def times(self, now: float) -> list[float]:
-        import json
-
         try:
             stamps = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -83,14 +73,12 @@ class SendLog:
         return [t for t in stamps if isinstance(t, (int, float)) and now - t < DAY_SECONDS]
 
     def save(self, stamps: list[float]) -> None:
-        from ..core.state import write_json_atomically
-
         write_json_atomically(self.path, stamps)
 
 
 def _rate_limited(message: str, retry_after: float, counts: dict[str, int]) -> ApiError:
     error = ApiError(message, code="LocalRateLimit", msg=message, retryable=True,
-                     hint=f"约 {retry_after:.0f} 秒后再发; 平台限制每分钟 {PER_MINUTE} 条、每天 {PER_DAY} 条。")
+                     hint=f"约 {retry_after:.0f} 秒后再发; 平台限制每分钟 {WECHAT_PER_MINUTE} 条、每天 {WECHAT_PER_DAY} 条。")
     error.details.update(rate_limited=True, retry_after_seconds=round(retry_after, 1), sent_counts=counts)
     return error
 
@@ -102,11 +90,11 @@ def reserve_slot(now: float | None = None) -> float:
         stamps = log.times(now)
         minute = sorted(t for t in stamps if now - t < MINUTE_SECONDS)
         counts = {"last_minute": len(minute), "last_day": len(stamps)}
-        if len(minute) >= PER_MINUTE:
-            raise _rate_limited(f"1 分钟内已发送 {len(minute)} 条微信通知, 达到每分钟 {PER_MINUTE} 条的上限, 这条没有发送。",
+        if len(minute) >= WECHAT_PER_MINUTE:
+            raise _rate_limited(f"1 分钟内已发送 {len(minute)} 条微信通知, 达到每分钟 {WECHAT_PER_MINUTE} 条的上限, 这条没有发送。",
                                 MINUTE_SECONDS - (now - minute[0]), counts)
-        if len(stamps) >= PER_DAY:
-            raise _rate_limited(f"24 小时内已发送 {len(stamps)} 条微信通知, 达到每天 {PER_DAY} 条的上限, 这条没有发送。",
+        if len(stamps) >= WECHAT_PER_DAY:
+            raise _rate_limited(f"24 小时内已发送 {len(stamps)} 条微信通知, 达到每天 {WECHAT_PER_DAY} 条的上限, 这条没有发送。",
                                 DAY_SECONDS - (now - min(stamps)), counts)
         log.save([*stamps, now])
     return now
@@ -124,12 +112,7 @@ def release_slot(stamp: float) -> None:
 def send(settings: Any, title: str, content: str | None = None, name: str | None = None,
          progress: Progress | None = None) -> dict[str, Any]:
     """Send one message; raises AutoDLError (rate limit, not bound, platform error)."""
-    import dataclasses
-
-    from . import api
-    from ..core.http import ApiClient
-
-    title = title.strip()[:MAX_TITLE_CHARS]
+    title = title.strip()[:WECHAT_MAX_TITLE_CHARS]
     host = wechat_host(settings)
     stamp = reserve_slot()
     client = ApiClient(dataclasses.replace(settings, host=host), progress=progress)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from fnmatch import fnmatchcase
 from typing import Any, Callable
 
 from . import api
@@ -89,8 +90,6 @@ def deployments_named(client: Any, name: str) -> list[dict[str, Any]]:
 def deployments_matching(client: Any, pattern: str, status: str | None = None) -> list[dict[str, Any]]:
     """Deployments whose WHOLE name matches a shell-style pattern (`demo-*` never catches
     `mydemo-x`), case-sensitive like --name. The platform has no pattern filter: list all."""
-    from fnmatch import fnmatchcase
-
     return [d for d in api.list_deployments(client, status=status)
             if isinstance(d.get("name"), str) and fnmatchcase(d["name"], pattern)]
 
@@ -240,22 +239,6 @@ def resolve_container(client: Any, container_uuid: str, deployment_uuid: str | N
             {"container_uuid": container_uuid, "deployment_uuid": deployment_uuid},
         )
     return found
-
-
-def deployment_impact(client: Any, deployment: dict[str, Any], with_cost: bool = False) -> dict[str, Any]:
-    """What stopping or deleting this deployment would touch: it and its live containers;
-    `with_cost` adds what it has cost so far (spend.cost_before_change)."""
-    from .containers import LIVE_STATUSES, container_summary
-
-    containers = api.list_containers(client, deployment["uuid"])
-    live = [container_summary(c) for c in containers if c.get("status") in LIVE_STATUSES]
-    impact = {"deployment": deployment_summary(deployment), "live_containers": live, "live_container_count": len(live)}
-    if with_cost:
-        from ..money.spend import cost_before_change
-
-        impact.update(cost_before_change(client, deployment, containers))
-    return impact
-
 
 
 def require_confirmation(yes: bool, verb: str, deployment: dict[str, Any], impact: dict[str, Any], action: str) -> None:

@@ -2,6 +2,9 @@
 
 Requests take memory in whole GB, price in yuan x 1000 per hour, CUDA as an integer code
 (118 = CUDA 11.8). Responses report memory in bytes.
+
+Also the platform's documented limits that scripts' parsers quote in --help (blacklist
+expiry, WeChat messages): this module imports only math and re, which argparse loads anyway.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ TYPICAL_CPU_PER_GPU = 8
 
 # Public-cloud limits of the blacklist's expire_in_minutes: 1 minute to 30 days.
 BLACKLIST_MAX_EXPIRE_MINUTES = 43200
+
+# WeChat notifications (POST /api/v1/wechat/message/send): the platform's documented limits
+# on successful messages, and the longest title we send (a template title is a line).
+WECHAT_PER_MINUTE = 5
+WECHAT_PER_DAY = 50
+WECHAT_MAX_TITLE_CHARS = 64
 
 _VERSION = re.compile(r"^\s*(\d{1,2})\.(\d)\s*$")
 

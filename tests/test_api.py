@@ -7,7 +7,7 @@ import pytest
 from autodl_esd.platform import api
 from autodl_esd.core.http import ApiClient
 from autodl_esd.core.settings import load_settings
-from conftest import envelope, url
+from helpers import envelope, url
 
 
 def test_blacklist_listing_accepts_a_list_null_or_a_page(mocked):
@@ -31,7 +31,6 @@ def test_gpu_name_suggestions_keep_the_model_number(typed, expected):
 
     available = ["RTX 4090", "RTX 4090D", "RTX A5000", "NVIDIA A40", "Tesla V100-SXM2-32GB"]
     assert similar_gpu_names(typed, available) == expected
-
 
 
 @pytest.mark.parametrize("host,floored", [

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, SCRIPTS
+from helpers import ROOT, SCRIPTS
 
 pytest.importorskip("simulator")
 pytest.importorskip("aiohttp")

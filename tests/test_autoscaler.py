@@ -11,7 +11,7 @@ import json
 import pytest
 from responses import matchers
 
-from conftest import envelope, url
+from helpers import envelope, url
 
 from autodl_esd.platform import api
 from autodl_esd.core.http import ApiClient

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 BENCHES = [
     ("startup.py", ["--runs", "1", "--python", sys.executable]),  # a full run builds a fresh venv
@@ -33,7 +33,7 @@ NEEDS_SERVERS = {"scale_out.py": ("redis-server", "haproxy")}
 @pytest.mark.parametrize("script,argv", BENCHES, ids=[b[0] for b in BENCHES])
 def test_bench_runs_and_prints_a_table(script, argv):
     if script in NEEDS_SERVERS:
-        from real_servers import require_binary
+        from helpers.servers import require_binary
 
         pytest.importorskip("redis")
         for name in NEEDS_SERVERS[script]:

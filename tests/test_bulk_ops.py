@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytest.importorskip("simulator")
 
@@ -93,8 +93,8 @@ def test_a_failure_on_one_deployment_is_reported_per_deployment(run, monkeypatch
     """One delete refused, the other done: an error whose details carry both outcomes."""
     import responses
 
-    from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, deployment, page
-    from conftest import envelope
+    from helpers.fake_api import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, deployment, page
+    from helpers import envelope
 
     from autodl_esd.platform import resolve
 
@@ -132,7 +132,7 @@ def test_expect_uuids_without_glob_is_a_usage_error(run):
 def test_an_interrupt_mid_batch_says_what_happened_to_each_deployment(run, monkeypatch, result_validator):
     import responses
 
-    from api_fakes import CONTAINERS, DEPLOYMENTS, deployment, page
+    from helpers.fake_api import CONTAINERS, DEPLOYMENTS, deployment, page
     from autodl_esd.platform import api
     from autodl_esd.core.errors import Interrupted
 
@@ -167,8 +167,8 @@ def test_a_lost_answer_on_one_deployment_is_unknown_not_false(run, monkeypatch, 
     unknown with how to check (the platform may still carry it out), never false."""
     import responses
 
-    from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, deployment, page
-    from conftest import envelope
+    from helpers.fake_api import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, deployment, page
+    from helpers import envelope
 
     from autodl_esd.platform import effects
 

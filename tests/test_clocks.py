@@ -10,7 +10,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 
-from conftest import ROOT
+from helpers import ROOT
 
 CST = timezone(timedelta(hours=8))
 

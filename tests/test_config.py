@@ -11,7 +11,7 @@ import pytest
 from autodl_esd.platform import config as config_module
 from autodl_esd.platform.config import build_request, dialect_of, load_config, validate_config
 from autodl_esd.core.errors import AutoDLError, ErrorType
-from conftest import ROOT
+from helpers import ROOT
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
 PRIVATE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))

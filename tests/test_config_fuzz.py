@@ -27,7 +27,7 @@ from hypothesis import strategies as st  # noqa: E402
 from autodl_esd.core import output, strict_json
 from autodl_esd.platform.config import build_request, validate_config
 from autodl_esd.core.errors import AutoDLError, ErrorType
-from conftest import ROOT  # noqa: E402
+from helpers import ROOT  # noqa: E402
 
 FUZZ_CASES = 400
 FUZZ_SEED = 20261201

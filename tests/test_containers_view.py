@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api_fakes import CONTAINER_UUID, PASSWORD, container
+from helpers.fake_api import CONTAINER_UUID, PASSWORD, container
 from autodl_esd.platform.containers import container_summary, container_view
 
 

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, envelope, url
+from helpers import ROOT, envelope, url
 
 DEP = "833f1cd5a764fa3"
 DEPLOYMENTS = "/api/v1/dev/deployment/list"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, load_script
+from helpers import ROOT, load_script
 
 DOCS = ["SKILL.md", "examples.md"]
 FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)

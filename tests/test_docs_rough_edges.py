@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 SKILL = (ROOT / "SKILL.md").read_text(encoding="utf-8")
 EXAMPLES = (ROOT / "examples.md").read_text(encoding="utf-8")

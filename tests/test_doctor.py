@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from autodl_esd.platform import api
-from conftest import ROOT, TEST_TOKEN, envelope, url
+from helpers import ROOT, TEST_TOKEN, envelope, url
 
 PRIVATE_CONFIG = str(ROOT / "examples" / "replicaset-service.json")
 PUBLIC_CONFIG = str(ROOT / "examples" / "public-cloud-replicaset.json")

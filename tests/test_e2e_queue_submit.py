@@ -13,7 +13,7 @@ import json
 import pytest
 import requests
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytest.importorskip("simulator")
 

@@ -20,21 +20,25 @@ import pytest
 import requests
 import responses
 
-from api_fakes import CONTAINERS, DEPLOYMENTS, EVENTS, STOCK, api, page  # noqa: F401 (fixture)
-from conftest import envelope
-from test_queue_submit import (  # noqa: F401 (fake_time is an autouse fixture)
+from helpers import envelope
+from helpers.fake_api import (
+    CONTAINERS,
     CREATE,
+    DEPLOYMENTS,
+    EVENTS,
     FAST,
     NEW_UUID,
-    config_file,
+    STOCK,
     create_calls,
     deployments,
     expect_checks,
     expect_create,
-    fake_time,
+    page,
     same_name,
     stock_list,
 )
+
+pytestmark = pytest.mark.usefixtures("fake_time")
 
 LATE_UUID = "5b6c7d8e9f0a1b2"
 OTHER_RUN = "0f1e2d3c4b5a697"

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def example_configs():

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from responses import matchers
 
-from conftest import envelope, url
+from helpers import envelope, url
 
 DEP = "833f1cd5a764fa3"
 DEPLOYMENTS = "/api/v1/dev/deployment/list"

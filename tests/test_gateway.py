@@ -20,7 +20,7 @@ pytest.importorskip("prometheus_client")
 import requests  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from gateway_harness import item, loop_thread  # noqa: E402,F401 - loop_thread is a fixture
+from helpers.loop_thread import item  # noqa: E402
 
 
 def static(*items):
@@ -626,7 +626,7 @@ def test_the_in_process_watcher_never_lets_the_autodl_token_out(sim, run, monkey
     from autodl_esd.serving import serve
 
     instance = sim()
-    code, out, _ = run("queue_submit.py", str(__import__("conftest").ROOT / "examples" / "replicaset-service.json"),
+    code, out, _ = run("queue_submit.py", str(__import__("helpers").ROOT / "examples" / "replicaset-service.json"),
                        "--wait-running", "--interval", "0.05", "--quiet")
     assert code == 0, out
     args = argparse.Namespace(listen="127.0.0.1:0", auth_token_env=None, registry=None, registry_url=None, health_path=None,

@@ -15,14 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import ROOT, SCRIPTS
+from helpers import ROOT, SCRIPTS
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("simulator")
 
 import requests  # noqa: E402
 
-from gateway_harness import loop_thread  # noqa: E402,F401 - loop_thread is a fixture
 
 # Watcher and gateway poll interval in these tests (real seconds).
 INTERVAL = 0.1

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from autodl_esd.money import guard
 from autodl_esd.core.clock import parse_timestamp
 

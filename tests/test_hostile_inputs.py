@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from autodl_esd.core import output
-from conftest import ROOT, SCRIPTS
+from helpers import ROOT, SCRIPTS
 
 EXAMPLE = ROOT / "examples" / "replicaset-service.json"
 EXAMPLE_TEXT = EXAMPLE.read_text(encoding="utf-8")
@@ -150,7 +150,7 @@ CLUSTER_TEXT = (SCRIPTS / "simulator" / "default_cluster.json").read_text(encodi
     ids=["deep", "nan", "float-overflow", "huge-int", "utf16"],
 )
 def test_hostile_cluster_file_is_config_error_json(tmp_path, capsys, text):
-    from conftest import load_script
+    from helpers import load_script
 
     path = write(tmp_path, text, "cluster.json")
     simulator_main = load_script(SCRIPTS / "autodl_sim.py").main
@@ -164,7 +164,7 @@ def test_hostile_cluster_file_is_config_error_json(tmp_path, capsys, text):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_cluster_fifo_is_refused(tmp_path, capsys):
-    from conftest import load_script
+    from helpers import load_script
 
     fifo = tmp_path / "cluster.fifo"
     os.mkfifo(fifo)
@@ -175,7 +175,7 @@ def test_cluster_fifo_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("speed", ["nan", "inf", "-1", "1e300"])
 def test_simulator_speed_must_be_finite_and_bounded(capsys, speed):
-    from conftest import load_script
+    from helpers import load_script
 
     code = load_script(SCRIPTS / "autodl_sim.py").main(["--speed", speed])
     document = strict_loads(capsys.readouterr().out)
@@ -373,7 +373,7 @@ CHECKED_IN_MAIN = {("autodl_sim.py", "--speed"), ("autodl_sim.py", "--balance-yu
 
 
 def _typed_options():
-    from conftest import load_script
+    from helpers import load_script
 
     for path in [ROOT / "queue_submit.py", *sorted(SCRIPTS.glob("*.py"))]:
         if "def build_parser" not in path.read_text(encoding="utf-8"):
@@ -402,7 +402,7 @@ def test_every_numeric_flag_of_every_script_refuses_non_finite_and_absurd_values
 
 @pytest.mark.parametrize("balance", ["nan", "inf", "-1", "1e300"])
 def test_simulator_balance_must_be_finite_and_bounded(capsys, balance):
-    from conftest import load_script
+    from helpers import load_script
 
     code = load_script(SCRIPTS / "autodl_sim.py").main(["--balance-yuan", balance])
     document = strict_loads(capsys.readouterr().out)

@@ -15,7 +15,7 @@ from autodl_esd.platform import api
 from autodl_esd.core import http
 from autodl_esd.core.errors import ApiError, AutoDLError, ErrorType
 from autodl_esd.core.settings import load_settings
-from conftest import ROOT, TEST_TOKEN, envelope, url
+from helpers import ROOT, TEST_TOKEN, envelope, url
 
 EXAMPLE = str(ROOT / "examples" / "replicaset-service.json")
 PATH = "/api/v1/dev/deployment/list"

@@ -8,8 +8,8 @@ import json
 import pytest
 from responses import matchers
 
-from api_fakes import DEP_UUID, DEPLOYMENTS, IMAGES, STOCK, WALLET, api, deployment, page, wallet  # noqa: F401 (fixture)
-from conftest import ROOT, envelope, url
+from helpers.fake_api import DEP_UUID, DEPLOYMENTS, IMAGES, STOCK, WALLET, deployment, page, wallet
+from helpers import ROOT, envelope, url
 
 SYSTEM_IMAGES = url("/api/v2/image/list")
 DDP = url("/api/v1/dev/deployment/ddp/overview")

@@ -22,7 +22,7 @@ import pytest
 
 from autodl_esd.core import deps, skill_venv
 from autodl_esd.core.errors import AutoDLError, ErrorType
-from conftest import ROOT
+from helpers import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 README_COMMANDS = re.findall(r"```bash\n(.+?)\n```", README)[:2]

@@ -12,7 +12,7 @@ import pytest
 
 from autodl_esd.platform.config import validate_config
 from autodl_esd.platform.lint import CMD_PATH, lint_cmd, lint_config
-from conftest import ROOT
+from helpers import ROOT
 
 PRIVATE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 PY = "/root/miniconda3/bin/python"

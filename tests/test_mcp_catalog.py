@@ -11,7 +11,7 @@ import re
 import jsonschema
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 from autodl_esd.mcp import catalog
 from autodl_esd.mcp.server import INTERRUPTED_CALLS_TOOL, argument_problems

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import ROOT, SIM_SPEED
+from helpers import ROOT, SIM_SPEED
 
 mcp = pytest.importorskip("mcp", reason="pip install -r requirements-mcp.txt")
 simulator = pytest.importorskip("simulator")

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from api_fakes import AUTH, WALLET, api, wallet  # noqa: F401 (fixture)
-from conftest import ROOT
+from helpers.fake_api import AUTH, WALLET, wallet
+from helpers import ROOT
 
 EXAMPLES = ROOT / "examples"
 
@@ -92,7 +92,7 @@ def test_wallet_balance_hours_and_low_balance_warning(run, api):
 
 
 def test_a_wallet_field_missing_is_null_not_zero(run, api):
-    from conftest import envelope
+    from helpers import envelope
 
     api.post(WALLET, json=envelope({"assets": 1000}))
     code, out, _ = run("wallet_balance.py", "--quiet")

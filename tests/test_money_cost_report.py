@@ -6,10 +6,17 @@ import json
 
 import pytest
 
-from api_fakes import (  # noqa: F401 (fixture)
-    CONTAINERS, DEP_UUID, DEPLOYMENTS, api, container, deployment, expect_deployment, list_body, page,
+from helpers.fake_api import (
+    CONTAINERS,
+    DEP_UUID,
+    DEPLOYMENTS,
+    container,
+    deployment,
+    expect_deployment,
+    list_body,
+    page,
 )
-from conftest import ROOT
+from helpers import ROOT
 
 # The platform's clock at the time of the report: 2026-01-05 14:35 UTC = 22:35 +08:00.
 PLATFORM_DATE = "Mon, 05 Jan 2026 14:35:00 GMT"

@@ -16,8 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from api_fakes import api, fast_read_back  # noqa: F401 (fixtures)
-from conftest import ROOT
+
+from helpers import ROOT
+
+pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
 
 SERVICE = str(ROOT / "examples" / "replicaset-service.json")
 FAST = ("--interval", "0.05", "--quiet")
@@ -481,7 +483,7 @@ def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, 
     from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
     from autodl_esd.serving.sources import WatcherSource
     from autodl_esd.core.settings import Settings
-    from gateway_harness import LoopThread
+    from helpers.loop_thread import LoopThread
 
     simulator = sim()
     uuid = submit(run)["deployment_uuid"]
@@ -527,8 +529,8 @@ def test_idle_guard_on_the_real_gateway_waits_out_traffic_then_scales_down(sim, 
 # --- with a mocked platform ------------------------------------------------------------------
 
 def test_a_stop_the_platform_refuses_is_tried_three_times_then_reported(run, api):
-    from api_fakes import DEP_UUID, OPERATE, deployment, expect_deployment
-    from conftest import envelope
+    from helpers.fake_api import DEP_UUID, OPERATE, deployment, expect_deployment
+    from helpers import envelope
 
     old = deployment(created_at="2026-01-05T20:00:00+08:00")  # long past a 1 h limit
     expect_deployment(api, old)  # resolving --deployment-uuid
@@ -547,8 +549,8 @@ def test_a_stop_whose_answer_is_lost_and_not_yet_visible_is_unconfirmed_not_fail
     unknown with how to check, and the guard does not count it as refused and try again."""
     import responses
 
-    from api_fakes import DEP_UUID, DEPLOYMENTS, OPERATE, deployment, page
-    from conftest import envelope
+    from helpers.fake_api import DEP_UUID, DEPLOYMENTS, OPERATE, deployment, page
+    from helpers import envelope
 
     from autodl_esd.platform import effects
 

@@ -10,7 +10,7 @@ import pytest
 import responses
 from responses import matchers
 
-from conftest import ROOT, TEST_TOKEN, envelope
+from helpers import ROOT, TEST_TOKEN, envelope
 
 SERVICE = str(ROOT / "examples" / "replicaset-service.json")
 
@@ -179,7 +179,7 @@ def test_the_guard_starts_right_after_the_create_even_when_a_wait_then_fails(sim
 def test_queue_submit_notifies_a_finished_job(sim, run, tmp_path):
     import json
 
-    from conftest import load_script, script_path
+    from helpers import load_script, script_path
 
     parser = load_script(script_path("queue_submit.py")).build_parser()
     if not any("--wait-finished" in action.option_strings for action in parser._actions):

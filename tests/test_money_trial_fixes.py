@@ -7,10 +7,17 @@ import json
 
 import pytest
 
-from api_fakes import (  # noqa: F401 (fixture)
-    CONTAINERS, DEP_UUID, DEPLOYMENTS, api, container, deployment, expect_deployment, list_body, page,
+from helpers.fake_api import (
+    CONTAINERS,
+    DEP_UUID,
+    DEPLOYMENTS,
+    container,
+    deployment,
+    expect_deployment,
+    list_body,
+    page,
 )
-from conftest import ROOT
+from helpers import ROOT
 
 
 # --- 2. price_estimates is a rate, said where it is printed ---------------------------------
@@ -355,8 +362,8 @@ def test_the_cost_figure_costs_one_extra_container_list_read(run, monkeypatch):
     """Single delete: the live list (what would stop) and one released=True read (the cost)."""
     import responses
 
-    from api_fakes import DEPLOYMENT
-    from conftest import envelope
+    from helpers.fake_api import DEPLOYMENT
+    from helpers import envelope
 
     from autodl_esd.platform import resolve
 

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytest.importorskip("simulator")
 

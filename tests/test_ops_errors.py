@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from conftest import TEST_TOKEN, envelope
-from api_fakes import (  # noqa: F401 (fixtures)
+from helpers import TEST_TOKEN, envelope
+from helpers.fake_api import (
     BLACKLIST,
     CONTAINER_UUID,
     CONTAINERS,
@@ -19,11 +19,11 @@ from api_fakes import (  # noqa: F401 (fixtures)
     IMAGES,
     REPLICA_NUM,
     STOCK,
-    api,
     deployment,
     expect_deployment,
-    fast_read_back,
 )
+
+pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
 
 # script, argv, (method, url) of its first call
 SCRIPTS = [
@@ -82,7 +82,7 @@ def test_token_missing(run, monkeypatch, result_validator, script, argv, first_c
 
 @pytest.mark.parametrize(("script", "argv", "first_call"), SCRIPTS, ids=[s[0] for s in SCRIPTS])
 def test_help_is_instant_and_documents_exit_codes(capsys, script, argv, first_call):
-    from conftest import load_script, script_path
+    from helpers import load_script, script_path
 
     module = load_script(script_path(script))
     assert module.main(["--help"]) == 0

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import envelope
-from api_fakes import (  # noqa: F401 (fixtures)
-    AUTH,
-    CONTAINER_UUID,
-    DEP_UUID,
-    DEPLOYMENTS,
-    EVENTS,
-    api,
-    body,
-    deployment,
-    expect_deployment,
-    fast_read_back,
-)
+from helpers import envelope
+from helpers.fake_api import AUTH, CONTAINER_UUID, DEP_UUID, DEPLOYMENTS, EVENTS, body, deployment, expect_deployment
+
+pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
 
 C2 = f"{DEP_UUID}-0a0a0a0a0a-bbbbbbbb"
 FAST = ("--interval", "0.01", "--quiet")

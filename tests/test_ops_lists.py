@@ -7,8 +7,8 @@ import json
 import pytest
 from responses import matchers
 
-from conftest import envelope
-from api_fakes import (  # noqa: F401 (fixtures)
+from helpers import envelope
+from helpers.fake_api import (
     AUTH,
     BLACKLIST,
     CONTAINER_UUID,
@@ -20,18 +20,18 @@ from api_fakes import (  # noqa: F401 (fixtures)
     PASSWORD,
     REGION_STOCK,
     STOCK,
-    api,
     body,
     container,
     deployment,
     expect_containers,
     expect_deployment,
     failed,
-    fast_read_back,
     list_body,
     ok,
     page,
 )
+
+pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
 
 
 # --- list_images ------------------------------------------------------------------------

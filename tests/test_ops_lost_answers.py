@@ -13,8 +13,8 @@ import requests
 
 import pytest
 
-from conftest import envelope
-from api_fakes import (  # noqa: F401 (fixtures)
+from helpers import envelope
+from helpers.fake_api import (
     BLACKLIST,
     CONTAINER_UUID,
     CONTAINERS,

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from conftest import envelope
-from api_fakes import (  # noqa: F401 (fixtures)
+from helpers import envelope
+from helpers.fake_api import (
     AUTH,
     BLACKLIST,
     CONTAINERS,
@@ -25,17 +25,17 @@ from api_fakes import (  # noqa: F401 (fixtures)
     PASSWORD,
     REPLICA_NUM,
     STOP_CONTAINER,
-    api,
     body,
     container,
     deployment,
     expect_containers,
     expect_deployment,
     failed,
-    fast_read_back,
     ok,
     page,
 )
+
+pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
 
 
 # --- set_replicas -----------------------------------------------------------------------

@@ -6,20 +6,20 @@ import json
 
 import pytest
 
-from api_fakes import (  # noqa: F401 (fixtures)
+from helpers.fake_api import (
     CONTAINER_UUID,
     CONTAINERS,
     DEPLOYMENTS,
     DEP_UUID,
     OTHER_UUID,
-    api,
     container,
     deployment,
     expect_containers,
     expect_deployment,
-    fast_read_back,
     page,
 )
+
+pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
 
 
 @pytest.fixture
@@ -153,6 +153,7 @@ def test_missing_config_file_is_config_error(client, tmp_path):
         ("not-a-container", None),
     ],
 )
+
 def test_deployment_uuid_of_container(text, expected):
     from autodl_esd.platform.resolve import deployment_uuid_of_container
 
@@ -179,7 +180,7 @@ def test_resolve_container_unknown(api, client):
 def test_resolve_container_record_not_found_code(api, client):
     from autodl_esd.core.errors import AutoDLError
     from autodl_esd.platform.resolve import resolve_container
-    from conftest import envelope
+    from helpers import envelope
 
     api.post(CONTAINERS, json=envelope(None, code="RecordNotFoundError", msg="未查询到相关部署"))
     with pytest.raises(AutoDLError) as caught:

@@ -9,7 +9,7 @@ import pytest
 
 from autodl_esd.core import cli, output
 from autodl_esd.core.errors import EXIT_CODES, ApiError, AutoDLError, ErrorType, Interrupted
-from conftest import ROOT, TEST_TOKEN
+from helpers import ROOT, TEST_TOKEN
 
 RESULT_SCHEMA = json.loads((ROOT / "schemas" / "result.schema.json").read_text(encoding="utf-8"))
 

@@ -12,100 +12,31 @@ import requests
 import responses
 from responses import matchers
 
-from api_fakes import CONTAINERS, DEPLOYMENT, DEPLOYMENTS, EVENTS, IMAGES, REGION_STOCK, STOCK, WALLET, api, page, wallet  # noqa: F401 (fixture)
-from conftest import ROOT, TEST_TOKEN, envelope
+from helpers import ROOT, TEST_TOKEN, envelope
+from helpers.fake_api import (
+    CONFIG,
+    CONTAINERS,
+    CREATE,
+    DEPLOYMENTS,
+    EVENTS,
+    FAST,
+    IMAGE_UUID,
+    IMAGES,
+    NEW_UUID,
+    REGION_STOCK,
+    STOCK,
+    WALLET,
+    create_calls,
+    deployments,
+    expect_checks,
+    expect_create,
+    page,
+    same_name,
+    stock_list,
+    wallet,
+)
 
-CREATE = DEPLOYMENT
-
-IMAGE_UUID = "image-db8346e037"
-NEW_UUID = "833f1cd5a764fa3"
-FAST = ("--interval", "0.01", "--quiet")
-
-CONFIG = {
-    "name": "svc",
-    "deployment_type": "ReplicaSet",
-    "replica_num": 2,
-    "container_template": {
-        "gpu_name_set": ["RTX 4090"],
-        "gpu_num": 1,
-        "cuda_v": 118,
-        "cpu_num_from": 1,
-        "cpu_num_to": 100,
-        "memory_size_from": 1,
-        "memory_size_to": 256,
-        "price_from": 100,
-        "price_to": 9000,
-        "image_uuid": IMAGE_UUID,
-        "cmd": "cd /root && /root/miniconda3/bin/python app.py --port 6006",
-    },
-}
-
-
-@pytest.fixture
-def config_file(tmp_path):
-    def write(config=CONFIG):
-        path = tmp_path / "config.json"
-        path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
-        return str(path)
-
-    return write
-
-
-def stock_list(idle, total=8, name="RTX 4090"):
-    return envelope([{name: {"idle_gpu_num": idle, "total_gpu_num": total}}])
-
-
-def deployments(items=()):
-    return envelope({"list": list(items), "page_index": 1, "page_size": 100, "max_page": 1, "result_total": len(items)})
-
-
-def expect_checks(api, idle=0):
-    """Image list, first stock poll, same-name lookup: the calls before any waiting."""
-    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID, "image_name": "app"}]))
-    api.get(STOCK, json=stock_list(idle))
-    api.post(DEPLOYMENTS, json=deployments(), match=[matchers.json_params_matcher({"name": "svc", "page_index": 1, "page_size": 100})])
-
-
-@pytest.fixture(autouse=True)
-def fake_time(monkeypatch):
-    """Waits advance a fake clock; the reconcile window is 0 unless a test sets one, so a
-    reconcile makes exactly effects.MIN_LOOKS looks (tests set that to what they register)."""
-    from autodl_esd.platform import effects
-    from autodl_esd.deploy import submit
-
-    now = [0.0]
-    monkeypatch.setattr(effects, "_now", lambda: now[0])
-    monkeypatch.setattr(effects, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
-    monkeypatch.setattr(submit, "DEFAULT_RECONCILE_WINDOW_SECONDS", 0.0)
-    monkeypatch.setattr(effects, "MIN_LOOKS", 1)
-    return now
-
-
-def same_name(*uuids, status="running"):
-    return deployments([{"uuid": uuid, "name": "svc", "status": status} for uuid in uuids])
-
-
-def expect_create(api, before=None, after=None, **kwargs):
-    """The name check right before the create, the create, and (for a created one) the look
-    for duplicates after it."""
-    if "body" not in kwargs:
-        kwargs.setdefault("json", envelope({"deployment_uuid": NEW_UUID}))
-    created = "body" not in kwargs and kwargs.get("status", 200) == 200 and kwargs["json"].get("code") == "Success"
-    api.post(DEPLOYMENTS, json=before or deployments())
-    api.post(
-        CREATE,
-        match=[
-            matchers.json_params_matcher(CONFIG),
-            matchers.header_matcher({"Authorization": TEST_TOKEN, "Content-Type": "application/json"}),
-        ],
-        **kwargs,
-    )
-    if created:
-        api.post(DEPLOYMENTS, json=after or same_name(NEW_UUID))
-
-
-def create_calls(api):
-    return [c for c in api.calls if c.request.url == CREATE and c.request.method == "POST"]
+pytestmark = pytest.mark.usefixtures("fake_time")
 
 
 def test_waits_for_stock_then_submits_once(run, api, config_file, result_validator):
@@ -505,7 +436,7 @@ def test_sigterm_after_create_reports_the_deployment(run, api, config_file, resu
 
 
 def test_help_lists_flags_and_exit_codes(capsys):
-    from conftest import load_script
+    from helpers import load_script
 
     module = load_script(ROOT / "queue_submit.py")
     assert module.main(["--help"]) == 0

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
 FAST = ("--interval", "0.05", "--quiet")

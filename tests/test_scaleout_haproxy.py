@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, running_uuids
-from real_servers import haproxy_server, require_binary, wait_for  # noqa: F401 - fixtures
+from helpers import ROOT, running_uuids
+from helpers.servers import require_binary, wait_for
 
 # Watcher polling interval in these tests (real seconds).
 INTERVAL = 0.1

@@ -18,8 +18,8 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, SCRIPTS, running_uuids
-from real_servers import key_prefix, redis_server, wait_for  # noqa: F401 - fixtures
+from helpers import ROOT, SCRIPTS, running_uuids
+from helpers.servers import wait_for
 
 pytest.importorskip("redis")
 
@@ -102,7 +102,7 @@ def test_dead_watcher_makes_the_registry_stale_never_empty(redis_server, key_pre
 
 def test_redis_unreachable_keeps_the_last_set_and_says_why():
     from service_pool import ServicePool
-    from real_servers import free_port
+    from helpers.servers import free_port
 
     pool = ServicePool.from_redis(f"redis://127.0.0.1:{free_port()}/0", DEPLOYMENT)
     try:
@@ -402,7 +402,7 @@ def test_watch_redis_flags_are_checked_before_anything_runs(run):
 
 
 def test_unreachable_redis_is_a_clear_error_without_the_password(sim, deploy, run):
-    from real_servers import free_port
+    from helpers.servers import free_port
 
     sim()
     deployment_uuid = deploy(1)

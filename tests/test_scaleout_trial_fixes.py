@@ -77,8 +77,8 @@ import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
-from conftest import SCRIPTS, load_script, running_uuids  # noqa: E402
-from real_servers import free_port, haproxy_server, key_prefix, redis_server, require_binary, stop, wait_for  # noqa: E402,F401 - fixtures
+from helpers import SCRIPTS, load_script, running_uuids  # noqa: E402
+from helpers.servers import free_port, require_binary, stop, wait_for  # noqa: E402
 
 
 def watcher_parser():
@@ -369,7 +369,7 @@ def test_in_process_gateway_ends_when_its_deployment_is_deleted(sim, deploy):
 def test_a_follower_gateway_keeps_listening_and_says_why_there_are_no_replicas(tmp_path):
     """A gateway reading someone else's registry (file, URL, Redis) does not own the watch: it stays up."""
     pytest.importorskip("aiohttp")
-    from gateway_harness import LoopThread
+    from helpers.loop_thread import LoopThread
 
     from autodl_esd.serving.sources import FileSource
 

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from autodl_esd.platform.units import KNOWN_CUDA_CODES
-from conftest import ROOT
+from helpers import ROOT
 
 SCHEMAS = sorted((ROOT / "schemas").glob("*.json"))
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import running_uuids
+from helpers import running_uuids
 
 pytest.importorskip("aiohttp")
 
@@ -223,7 +223,7 @@ def test_the_gateway_token_stays_in_the_environment_and_out_of_the_record(run, t
 
 
 def test_the_command_line_kept_for_resume_reads_back_to_the_same_arguments(tmp_path, monkeypatch):
-    from conftest import load_script, script_path
+    from helpers import load_script, script_path
 
     from autodl_esd.core import cli
 

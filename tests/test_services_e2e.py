@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, running_uuids
+from helpers import ROOT, running_uuids
 
 pytest.importorskip("simulator")
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import envelope, url
+from helpers import envelope, url
 
 from autodl_esd.platform import api
 from autodl_esd.core.http import ApiClient
@@ -238,9 +238,6 @@ aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("prometheus_client")
 
 
-from gateway_harness import loop_thread  # noqa: E402,F401 - a fixture
-
-
 def replica_handler(name: str, fail_first: int = 0):
     from aiohttp import web
 
@@ -272,7 +269,7 @@ def assert_reconciles(document: dict, totals: dict) -> None:
 def test_gateway_totals_reconcile_after_a_replica_leaves_and_exclude_its_own_endpoints(loop_thread):
     import requests as http
     from autodl_esd.serving.sources import StaticSource
-    from gateway_harness import item
+    from helpers.loop_thread import item
 
     a = loop_thread.upstream(replica_handler("a"))
     b = loop_thread.upstream(replica_handler("b", fail_first=1))  # one 503: retried on a
@@ -315,7 +312,7 @@ def test_gateway_totals_reconcile_after_a_replica_leaves_and_exclude_its_own_end
 def test_a_replica_that_comes_back_continues_its_counts_and_is_no_longer_departed(loop_thread):
     import requests as http
     from autodl_esd.serving.sources import StaticSource
-    from gateway_harness import item
+    from helpers.loop_thread import item
 
     a = loop_thread.upstream(replica_handler("a"))
     source = StaticSource([item("a", a)])
@@ -338,7 +335,7 @@ def test_a_replica_that_comes_back_continues_its_counts_and_is_no_longer_departe
 def test_departed_replicas_beyond_the_kept_ones_are_summed_not_lost():
     from autodl_esd.serving import replicas as replicas_module
     from autodl_esd.serving.policies import POLICIES
-    from gateway_harness import item
+    from helpers.loop_thread import item
 
     table = replicas_module.ReplicaTable(POLICIES["least_inflight"](random.Random(1)))
     kept = replicas_module.DEPARTED_KEPT

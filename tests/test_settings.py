@@ -8,7 +8,7 @@ import pytest
 
 from autodl_esd.core import output, settings
 from autodl_esd.core.errors import AutoDLError, ErrorType
-from conftest import ROOT, TEST_HOST, TEST_TOKEN
+from helpers import ROOT, TEST_HOST, TEST_TOKEN
 
 EXAMPLE = str(ROOT / "examples" / "replicaset-service.json")
 

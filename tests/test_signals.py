@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SCRIPTS
+from helpers import ROOT, SCRIPTS
 
 # Bounded waits for the child processes (real seconds; the machine may be loaded).
 CHILD_TIMEOUT_SECONDS = 60.0

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 HEAVY = {
     "typing", "dataclasses", "inspect", "json", "pathlib", "traceback", "datetime", "shutil",

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SCRIPTS
-from real_servers import key_prefix, redis_server, wait_for  # noqa: F401 - fixtures
+from helpers import ROOT, SCRIPTS
+from helpers.servers import wait_for
 
 # The autoscale end-to-end tests' one-machine cluster and ReplicaSet, under this file's name
 # (the --name-glob tests select it).
@@ -99,7 +99,7 @@ def test_stopping_an_already_stopped_deployment_still_lists_the_guards_watching_
 
 
 def test_the_docs_say_guards_is_absent_when_none_watch():
-    from conftest import ROOT as root
+    from helpers import ROOT as root
 
     skill = (root / "SKILL.md").read_text(encoding="utf-8")
     reference = (root / "api-reference.md").read_text(encoding="utf-8")

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytest.importorskip("simulator")
 
@@ -60,7 +60,7 @@ def test_set_replicas_wait_timeout_says_the_scale_took_effect(sim, run, tmp_path
 
 
 def test_set_replicas_help_says_scale_down_stops_count_as_exits(run, capsys):
-    from conftest import load_script, script_path
+    from helpers import load_script, script_path
 
     with pytest.raises(SystemExit):
         load_script(script_path("set_replicas.py")).build_parser().parse_args(["--help"])
@@ -134,7 +134,7 @@ def answers(*steps):
 def failed_reads(count: int) -> list:
     """`count` failed reads: a 503 on every attempt of the HTTP client's retries."""
     from autodl_esd.core import http
-    from conftest import envelope
+    from helpers import envelope
 
     return [(503, envelope(None, code="ServiceUnavailable", msg="服务暂时不可用"))] * (count * http.MAX_ATTEMPTS)
 
@@ -142,8 +142,8 @@ def failed_reads(count: int) -> list:
 def test_set_replicas_wait_keeps_reading_through_failures_and_warns(run, result_validator):
     import responses
 
-    from api_fakes import CONTAINERS, DEP_UUID, DEPLOYMENTS, REPLICA_NUM, container, deployment, page
-    from conftest import envelope
+    from helpers.fake_api import CONTAINERS, DEP_UUID, DEPLOYMENTS, REPLICA_NUM, container, deployment, page
+    from helpers import envelope
 
     from autodl_esd.core.polling import MAX_CONSECUTIVE_POLL_FAILURES
 
@@ -170,8 +170,8 @@ def test_set_replicas_wait_keeps_reading_through_failures_and_warns(run, result_
 def test_container_events_follow_failing_until_the_deadline_is_startup_timeout_with_the_last_error(run, result_validator):
     import responses
 
-    from api_fakes import DEP_UUID, DEPLOYMENTS, EVENTS, deployment, page
-    from conftest import envelope
+    from helpers.fake_api import DEP_UUID, DEPLOYMENTS, EVENTS, deployment, page
+    from helpers import envelope
 
     with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
         mock.post(DEPLOYMENTS, json=page([deployment()]))
@@ -191,8 +191,8 @@ def test_container_events_follow_failing_until_the_deadline_is_startup_timeout_w
 def test_wait_finished_reads_through_failures_and_an_auth_error_still_ends_at_once(run, result_validator):
     import responses
 
-    from api_fakes import CONTAINERS, DEP_UUID, DEPLOYMENTS, EVENTS, deployment, page
-    from conftest import envelope
+    from helpers.fake_api import CONTAINERS, DEP_UUID, DEPLOYMENTS, EVENTS, deployment, page
+    from helpers import envelope
 
     running = (200, page([deployment(kind="Job", replica_num=1)]))
     finished = (200, page([deployment(kind="Job", replica_num=1, status="stopped", finished_num=1)]))

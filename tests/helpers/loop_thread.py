@@ -1,5 +1,6 @@
 """Runs a gateway (and small aiohttp upstreams) on an event loop in a background thread, so
-tests can talk to it with blocking clients. Everything binds 127.0.0.1 port 0."""
+tests can talk to it with blocking clients. Everything binds 127.0.0.1 port 0. The fixture
+`loop_thread` (conftest.py) gives a test one and closes it after."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import threading
 from typing import Any, Awaitable, Callable
 
-import pytest
 from aiohttp import web
 
 
@@ -79,11 +79,3 @@ class LoopThread:
 def item(uuid: str, url: str, healthy: bool = True) -> dict[str, Any]:
     return {"container_uuid": uuid, "url": url, "machine_id": None, "gpu_name": None,
             "since": "2026-01-01T00:00:00+08:00", "healthy": healthy}
-
-
-@pytest.fixture
-def loop_thread():
-    """An event loop on its own thread for the test's servers and clients; closed after."""
-    thread = LoopThread()
-    yield thread
-    thread.close()

@@ -1,7 +1,7 @@
 """Real redis-server and haproxy for the scale-out tests, on loopback ports they pick.
 
 Each server gets a temporary directory for its config and data and is stopped when its
-fixture ends. When a binary is missing the test is skipped with the reason, except in CI
+fixture ends (the fixtures `redis_server`, `haproxy_server` and `key_prefix` are in conftest.py). When a binary is missing the test is skipped with the reason, except in CI
 (CI=true), where .ci/run installs both and a missing one is a failure.
 """
 
@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -95,20 +94,6 @@ class RedisServer:
         stop(self.process)
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    pytest.importorskip("redis")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def key_prefix() -> str:
-    """A prefix of its own per test, so tests sharing the session's Redis never meet."""
-    return f"test-{uuid.uuid4().hex[:8]}"
-
-
 class HaproxyServer:
     def __init__(self, directory: Path, config_text: str, socket_path: Path) -> None:
         self.binary = require_binary("haproxy")
@@ -128,31 +113,3 @@ class HaproxyServer:
 
     def stop(self) -> None:
         stop(self.process)
-
-
-@pytest.fixture
-def haproxy_server(tmp_path):
-    """haproxy_server(render_kwargs) -> HaproxyServer started from serving.haproxy.render_config."""
-    from autodl_esd.serving import haproxy
-
-    started = []
-
-    def start(**overrides):
-        directory = tmp_path / f"haproxy{len(started)}"
-        directory.mkdir()
-        socket_path = directory / "admin.sock"
-        port, metrics_port = free_port(), free_port()
-        settings = dict(deployment_uuid="0" * 15, bind=f"127.0.0.1:{port}", backend="replicas", socket_path=str(socket_path),
-                        metrics_bind=f"127.0.0.1:{metrics_port}", health_path="/health",
-                        options=haproxy.server_options(CHECK_INTER, CHECK_FALL, 1, 10))
-        settings.update(overrides)
-        server = HaproxyServer(directory, haproxy.render_config(**settings), socket_path)
-        server.url = f"http://127.0.0.1:{port}"
-        server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        server.settings = settings
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()

@@ -1,15 +1,14 @@
-"""Fake platform records for the `responses`-based unit tests: endpoint URLs, API records, pages."""
+"""Fake platform records for the `responses`-based unit tests: endpoint URLs, API records, pages.
+
+The `api` fixture (ordered, every call used) and `fast_read_back` are in conftest.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
-import responses
 from responses import matchers
-from responses.registries import OrderedRegistry
 
-from conftest import TEST_TOKEN, envelope, url
+from helpers import TEST_TOKEN, envelope, url
 
 IMAGES = url("/api/v1/dev/image/private/list")
 STOCK = url("/api/v1/dev/machine/gpu_stock")
@@ -31,20 +30,6 @@ MACHINE = "f94411a60c"
 CONTAINER_UUID = f"{DEP_UUID}-{MACHINE}-a394fb30"
 PASSWORD = "s3cret-Root-Pass"
 AUTH = matchers.header_matcher({"Authorization": TEST_TOKEN})
-
-
-@pytest.fixture
-def api():
-    """Ordered responses: calls must happen in exactly the registered order, all of them."""
-    with responses.RequestsMock(registry=OrderedRegistry, assert_all_requests_are_fired=True) as mock:
-        yield mock
-
-
-@pytest.fixture(autouse=True)
-def fast_read_back(monkeypatch):
-    from autodl_esd.platform import resolve
-
-    monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)
 
 
 def page(items: list[Any], page_index: int = 1, max_page: int = 1, **extra: Any) -> dict[str, Any]:
@@ -117,3 +102,74 @@ def failed(code: int, document: dict[str, Any], validator: Any, error_type: str,
 def wallet(assets: int = 500_000, accumulate: int = 0, voucher_balance: int = 0) -> dict[str, Any]:
     """A wallet-balance answer (yuan x 1000); the dry run reads it after its other checks."""
     return envelope({"assets": assets, "accumulate": accumulate, "voucher_balance": voucher_balance})
+
+
+# ---- queue_submit against the fakes (the submit and exactly-once tests) --------------------
+# Its fixtures, `config_file` (writes CONFIG) and `fake_time`, are in conftest.py.
+
+CREATE = DEPLOYMENT  # a create is a POST to the deployment path
+
+IMAGE_UUID = "image-db8346e037"
+NEW_UUID = "833f1cd5a764fa3"
+FAST = ("--interval", "0.01", "--quiet")
+
+CONFIG = {
+    "name": "svc",
+    "deployment_type": "ReplicaSet",
+    "replica_num": 2,
+    "container_template": {
+        "gpu_name_set": ["RTX 4090"],
+        "gpu_num": 1,
+        "cuda_v": 118,
+        "cpu_num_from": 1,
+        "cpu_num_to": 100,
+        "memory_size_from": 1,
+        "memory_size_to": 256,
+        "price_from": 100,
+        "price_to": 9000,
+        "image_uuid": IMAGE_UUID,
+        "cmd": "cd /root && /root/miniconda3/bin/python app.py --port 6006",
+    },
+}
+
+
+def stock_list(idle, total=8, name="RTX 4090"):
+    return envelope([{name: {"idle_gpu_num": idle, "total_gpu_num": total}}])
+
+
+def deployments(items=()):
+    return envelope({"list": list(items), "page_index": 1, "page_size": 100, "max_page": 1, "result_total": len(items)})
+
+
+def expect_checks(api, idle=0):
+    """Image list, first stock poll, same-name lookup: the calls before any waiting."""
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID, "image_name": "app"}]))
+    api.get(STOCK, json=stock_list(idle))
+    api.post(DEPLOYMENTS, json=deployments(), match=[matchers.json_params_matcher({"name": "svc", "page_index": 1, "page_size": 100})])
+
+
+def same_name(*uuids, status="running"):
+    return deployments([{"uuid": uuid, "name": "svc", "status": status} for uuid in uuids])
+
+
+def expect_create(api, before=None, after=None, **kwargs):
+    """The name check right before the create, the create, and (for a created one) the look
+    for duplicates after it."""
+    if "body" not in kwargs:
+        kwargs.setdefault("json", envelope({"deployment_uuid": NEW_UUID}))
+    created = "body" not in kwargs and kwargs.get("status", 200) == 200 and kwargs["json"].get("code") == "Success"
+    api.post(DEPLOYMENTS, json=before or deployments())
+    api.post(
+        CREATE,
+        match=[
+            matchers.json_params_matcher(CONFIG),
+            matchers.header_matcher({"Authorization": TEST_TOKEN, "Content-Type": "application/json"}),
+        ],
+        **kwargs,
+    )
+    if created:
+        api.post(DEPLOYMENTS, json=after or same_name(NEW_UUID))
+
+
+def create_calls(api):
+    return [c for c in api.calls if c.request.url == CREATE and c.request.method == "POST"]

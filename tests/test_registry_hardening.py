@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from test_discover_services import DEP, MACHINE_A, MACHINE_B, FakePlatform, container_uuid  # noqa: F401
+from test_registry import DEP, MACHINE_A, MACHINE_B, FakePlatform, container_uuid  # noqa: F401
 
 
 @pytest.fixture

@@ -105,7 +105,7 @@ def wallet(assets: int = 500_000, accumulate: int = 0, voucher_balance: int = 0)
 
 
 # ---- queue_submit against the fakes (the submit and exactly-once tests) --------------------
-# Its fixtures, `config_file` (writes CONFIG) and `fake_time`, are in conftest.py.
+# Its fixtures, `config_file` (writes CONFIG) and `fake_time`, are in tests/deploy/conftest.py.
 
 CREATE = DEPLOYMENT  # a create is a POST to the deployment path
 

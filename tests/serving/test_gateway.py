@@ -1,6 +1,6 @@
 """The serving gateway in-process: policies, the replica table and queue, proxying, retries,
 ejection, streaming failures, security, hostile clients. Upstreams are tiny aiohttp servers
-on loopback port 0; the simulator end to end is in test_gateway_e2e.py."""
+on loopback port 0; the simulator end to end is in test_serve_gateway.py."""
 
 from __future__ import annotations
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from helpers import ROOT  # puts scripts/ on sys.path, where service_pool lives
 
 from service_pool import NoReplicaAvailable, ServicePool  # noqa: E402
 

@@ -12,15 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
+from helpers import ROOT
 from simulator import ClusterConfigError, Simulator
 from simulator.faults import FaultInjector, FaultSpec
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "sim-token"
 CREATE = "/api/v1/dev/deployment"
 STARTUP_EVENTS = ["creating", "created", "starting", "oss_merged", "running"]

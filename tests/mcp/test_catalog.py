@@ -7,14 +7,19 @@ When one of these fails after adding a script or a flag, the message says what t
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
 
-from helpers import ROOT
+if __name__ == "__main__":  # run as a script (write_tool_tables): pytest is not there to put tests/ on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autodl_esd.mcp import catalog
-from autodl_esd.mcp.server import INTERRUPTED_CALLS_TOOL, argument_problems
+from helpers import ROOT  # noqa: E402
+
+from autodl_esd.mcp import catalog  # noqa: E402
+from autodl_esd.mcp.server import INTERRUPTED_CALLS_TOOL, argument_problems  # noqa: E402
 
 CATALOG = catalog.build_catalog()
 TABLE_BEGIN = "<!-- mcp-tools:begin -->"
@@ -25,9 +30,9 @@ def test_every_entry_script_is_a_tool_or_excluded_with_a_reason():
     missing = catalog.uncovered_scripts()
     assert not missing, (
         f"entry scripts without an MCP tool: {missing}. Add a ToolPolicy for each to POLICIES in "
-        "scripts/autodl_esd/catalog.py (title, read_only/destructive/idempotent, mode if it changes the "
+        "scripts/autodl_esd/mcp/catalog.py (title, read_only/destructive/idempotent, mode if it changes the "
         "platform), or, for a long-running server or a library, an entry in NOT_TOOLS with the reason; "
-        "then rewrite the tool tables in SKILL.md and README.md with: python3 tests/test_mcp_catalog.py"
+        "then rewrite the tool tables in SKILL.md and README.md with: python3 tests/mcp/test_catalog.py"
     )
     assert set(CATALOG) == {catalog.tool_name(name) for name in catalog.POLICIES}
     assert not set(catalog.POLICIES) & set(catalog.NOT_TOOLS)
@@ -179,13 +184,13 @@ def test_the_docs_show_the_tool_table():
         assert TABLE_BEGIN in text and TABLE_END in text, f"{doc}: no {TABLE_BEGIN} ... {TABLE_END} block"
         shown = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
         assert shown == expected, (
-            f"{doc}: the MCP tool table is out of date; rewrite it with: python3 tests/test_mcp_catalog.py\n{expected}"
+            f"{doc}: the MCP tool table is out of date; rewrite it with: python3 tests/mcp/test_catalog.py\n{expected}"
         )
     assert f"`{INTERRUPTED_CALLS_TOOL}`" in (ROOT / "SKILL.md").read_text(encoding="utf-8")
 
 
 def write_tool_tables() -> None:
-    """`python3 tests/test_mcp_catalog.py` rewrites the table in SKILL.md and README.md."""
+    """`python3 tests/mcp/test_catalog.py` rewrites the table in SKILL.md and README.md."""
     table = catalog.markdown_table(catalog.build_catalog())
     for doc in ("SKILL.md", "README.md"):
         path = ROOT / doc

@@ -103,7 +103,7 @@ def test_start_up_handlers_are_only_for_the_bundles_entry_scripts():
 
     assert cli.is_entry_script(str(ROOT / "queue_submit.py"))
     assert cli.is_entry_script(str(SCRIPTS / "list_images.py"))
-    assert not cli.is_entry_script(str(ROOT / "tests" / "test_signals.py"))
+    assert not cli.is_entry_script(str(ROOT / "tests" / "core" / "test_signals.py"))
     assert not cli.is_entry_script(None)
     # Imported by pytest (not an entry script), cli left this process's handlers alone.
     assert signal.getsignal(signal.SIGINT) is not cli._interrupted_during_startup

@@ -528,9 +528,10 @@ def test_help_does_not_import_the_registry():
     """--help stays cheap: the defaults are the entry script's, the registry loads on use."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "discover_services.py"
+    from helpers import SCRIPTS
+
+    script = SCRIPTS / "discover_services.py"
     probe = (
         "import runpy, sys\n"
         f"sys.argv = [{str(script)!r}, '--help']\n"

@@ -158,3 +158,37 @@ def test_limits_report_what_set_them():
 def test_config_rejects_impossible_bounds(bad):
     with pytest.raises(ValueError):
         AutoscaleConfig(**bad)
+
+
+# ---- decision wording ----------------------------------------------------------------------
+
+
+def test_a_scale_up_trimmed_by_max_says_load_with_the_cap_beside_it():
+    config = AutoscaleConfig(min_replicas=1, max_replicas=3, target_inflight=2, upscale_delay=10)
+    decision, _ = decide(config, flat(7.6, 100), Observed(current=2), PolicyState(above_since=80), 100)
+    shown = decision.as_dict()
+    assert (shown["action"], shown["current"], shown["target"], shown["reason"]) == ("scale_up", 2, 3, "load")
+    assert shown["wanted"] == 4 and shown["desired"] == 3 and shown["limited_by"] == ["max_replicas"]
+    # At the cap with the load still pushing, the hold's reason is the cap.
+    held, _ = decide(config, flat(7.6, 100), Observed(current=3), PolicyState(), 100)
+    assert (held.action, held.reason) == ("hold", "max_replicas") and held.as_dict()["limited_by"] == ["max_replicas"]
+    # A money cap that trims the wish is listed once, beside the load.
+    capped, _ = decide(AutoscaleConfig(max_replicas=8, max_hourly_cost=6.5, upscale_delay=0), flat(100, 100),
+                       Observed(current=1, price_per_replica=2.0), PolicyState(), 100)
+    assert capped.reason == "load" and capped.as_dict()["limited_by"] == ["hourly_cost_cap"]
+    # Within the bounds: no wanted, no limited_by.
+    free, _ = decide(config, flat(4.4, 100), Observed(current=1), PolicyState(above_since=0), 100)
+    assert free.reason == "load" and "wanted" not in free.as_dict() and "limited_by" not in free.as_dict()
+
+
+def test_a_delay_hold_says_how_long_it_has_held_and_when_it_may_act():
+    config = AutoscaleConfig(min_replicas=1, max_replicas=3, target_inflight=2, upscale_delay=10, downscale_delay=30)
+    first, state = decide(config, flat(6, 100), Observed(current=1), PolicyState(), 100)
+    assert first.as_dict()["reason"] == "upscale_delay"
+    assert first.as_dict()["held_seconds"] == 0.0 and first.as_dict()["act_in_seconds"] == 10.0
+    later, _ = decide(config, flat(6, 104), Observed(current=1), state, 104)
+    assert later.as_dict()["held_seconds"] == 4.0 and later.as_dict()["act_in_seconds"] == 6.0
+    down, _ = decide(config, flat(0.5, 100), Observed(current=3), PolicyState(below_since=88), 100)
+    assert down.reason == "downscale_delay" and down.as_dict()["act_in_seconds"] == 18.0
+    on_target, _ = decide(config, flat(4, 100), Observed(current=2), PolicyState(), 100)
+    assert "act_in_seconds" not in on_target.as_dict() and "held_seconds" not in on_target.as_dict()

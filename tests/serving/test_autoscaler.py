@@ -1,12 +1,16 @@
 """The autoscaler's actuator and control loop: `responses` for the platform's answers we
 cannot provoke in the simulator (a refused replica_num 0, an ambiguous PUT), and the
 in-process simulator for the rest, with simulated time moved by hand (`advance`), so a
-600 s downscale delay costs no real time.
+600 s downscale delay costs no real time. Its spend follows the platform's clock (the
+Date header) and agrees with cost_report.py; the meter itself is in test_spend_meter.py.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 from responses import matchers
@@ -14,6 +18,7 @@ from responses import matchers
 from helpers import envelope, url
 
 from autodl_esd.platform import api
+from autodl_esd.core.clock import iso, parse_timestamp, platform_now
 from autodl_esd.core.http import ApiClient
 from autodl_esd.core.settings import load_settings
 from autodl_esd.serving.autoscale_policy import AutoscaleConfig
@@ -28,6 +33,8 @@ from autodl_esd.serving.autoscaler import (
 
 UUID = "a1b2c3d4e5f6a7b"
 GPU = "RTX 4090"
+HOUR = 3600.0
+DATE_RESOLUTION_SECONDS = 1.0  # the Date header's whole seconds (spend_meter's constant)
 # One machine of 6 cards at 2 yuan per card-hour: small enough to run out of stock.
 CLUSTER = {
     "machines": [{"machine_id": "0c0c0c0c0c", "region": "westDC2", "gpu_name": GPU, "gpu_num": 6, "cpu_num": 48,
@@ -162,6 +169,92 @@ def test_startup_bounds_say_what_the_autoscaler_may_spend():
     assert bounds["price_per_replica_yuan"] == 3.0  # the template's price_to before a container runs
     assert bounds["effective_max_replicas"] == 2 and bounds["max_hourly_cost_yuan"] == 6.0
     assert bounds["scale_to_zero_after"] == 600
+
+
+# ---- the autoscaler's spend follows the platform's Date header -----------------------------
+
+
+def test_the_autoscaler_charges_platform_seconds_not_local_ones(mocked):
+    """Two looks at the platform 2 local seconds apart whose Date headers are 60 s apart (a
+    platform clock at 30x): two replicas at 2 yuan/h cost 4 yuan/h x 60 s, not x 2 s."""
+    from autodl_esd.serving.autoscaler import Autoscaler, LoadSnapshot, ReplicaScaler
+
+    containers = {"list": [{"uuid": f"{UUID}-0c0c0c0c0c-0000000{i}", "status": "running", "price": 2000} for i in range(2)],
+                  "max_page": 1}
+    start = datetime(2026, 12, 2, 1, 0, 0, tzinfo=timezone.utc)
+    for seconds in (0, 60):
+        date = {"Date": format_datetime(start + timedelta(seconds=seconds), usegmt=True)}
+        mocked.add("POST", url(api.DEPLOYMENTS_PATH), json=envelope({"list": [deployment_record(2)], "max_page": 1}), headers=date)
+        mocked.add("POST", url(api.CONTAINERS_PATH), json=envelope(containers), headers=date)
+    local = [100.0]
+    autoscaler = Autoscaler(ReplicaScaler(ApiClient(load_settings()), deployment_record(2)),
+                            AutoscaleConfig(min_replicas=2, max_replicas=2), LoadSnapshot, clock=lambda: local[0],
+                            emit=lambda record: None)
+    autoscaler.tick()
+    local[0] += 2.0
+    record = autoscaler.tick()
+    expected = 4.0 * 60 / HOUR
+    # Above by the one-second allowance, plus the local time between an answer and its
+    # reading (platform_now adds it: milliseconds, a second allowed for a loaded machine).
+    assert expected <= autoscaler.spent <= expected + 4.0 * (DATE_RESOLUTION_SECONDS + 1.0) / HOUR
+    assert record["spent_yuan"] == round(autoscaler.spent, 4)
+    summary = autoscaler.summary()
+    assert summary["spend_clock"] == "platform" and summary["spent_since"] == "2026-12-02T09:00:00+08:00"
+
+
+# ---- against the simulator: the autoscaler's spend is what cost_report.py says ---------------
+
+# This file's one 6-card machine and ReplicaSet, under this test's name.
+SPEND_CLOCK_REQUEST = {**REQUEST, "name": "spend-clock"}
+
+
+def test_at_speed_the_autoscalers_spend_agrees_with_cost_report_for_the_same_window(sim, run):
+    from autodl_esd.serving.autoscaler import Autoscaler, LoadSnapshot, ReplicaScaler
+
+    instance = sim(cluster=CLUSTER)  # 200 platform seconds per real second
+    client = ApiClient(load_settings())
+    uuid = api.create_deployment(client, SPEND_CLOCK_REQUEST)
+    instance.wait_until(lambda: any(c["status"] == "running" for c in instance.containers(uuid)), 10)
+    deployment = api.list_deployments(client, deployment_uuid=uuid)[0]
+    busy = LoadSnapshot(inflight=4, requests_total=1)  # wants 2 replicas at target 2
+    autoscaler = Autoscaler(ReplicaScaler(client, deployment), AutoscaleConfig(min_replicas=1, max_replicas=2, upscale_delay=0,
+                                                                                look_back=0.1), lambda: busy,
+                            emit=lambda record: None)
+    first_look = iso(platform_now(client))
+    deadline = time.monotonic() + 1.5  # ~300 platform seconds, a scale-up 1 -> 2 early on
+    while time.monotonic() < deadline:
+        autoscaler.tick()
+        time.sleep(0.05)
+    # What a user passes to cost_report.py --since; it starts within the platform second of
+    # the first look.
+    since = autoscaler.summary().get("spent_since", first_look)
+    assert 0 <= (parse_timestamp(since) - parse_timestamp(first_look)).total_seconds() <= 5
+
+    def reported() -> float:
+        code, out, _ = run("cost_report.py", "--deployment-uuid", uuid, "--since", since, "--quiet")
+        assert code == 0, out
+        return out["totals"]["cost_yuan"]
+
+    # The autoscaler's window ends at its last look: cost_report just before and just after
+    # bracket it (each has its own "now"), so a slow machine cannot make this flaky.
+    before = reported()
+    autoscaler.tick()
+    spent = autoscaler.spent
+    after = reported()
+    assert running_count(instance, uuid) == 2
+    assert before > 0.1  # hundreds of platform seconds of 1-2 replicas at 2 yuan/h
+    # Lower: never under the bill (cost_report rounds per container to 0.001 yuan).
+    assert spent >= before - 0.002
+    # Upper: the dearer rate for the gap in which the second replica started, and a second
+    # per rate; a loaded machine's slower ticks make that gap longer, hence 15 %.
+    assert spent <= after * 1.15 + 0.002
+    summary = autoscaler.summary()
+    assert summary["spend_clock"] == "platform" and summary["platform_clock_rate"] > 30
+    assert "倍速" in summary["clock_note"]
+
+
+def running_count(instance, uuid: str) -> int:
+    return sum(1 for c in instance.containers(uuid) if c["status"] == "running")
 
 
 # ---- control loop against the simulator ------------------------------------------------------

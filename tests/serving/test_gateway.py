@@ -1,6 +1,7 @@
 """The serving gateway in-process: policies, the replica table and queue, proxying, retries,
-ejection, streaming failures, security, hostile clients. Upstreams are tiny aiohttp servers
-on loopback port 0; the simulator end to end is in test_serve_gateway.py."""
+ejection, streaming failures, security, hostile clients, request totals that reconcile across
+replicas that left. Upstreams are tiny aiohttp servers on loopback port 0; the simulator end
+to end is in test_serve_gateway.py."""
 
 from __future__ import annotations
 
@@ -733,3 +734,117 @@ def test_a_request_without_a_body_is_forwarded_without_one(loop_thread):
     requests.post(gateway.url + "/y", data=b"", timeout=5)  # an explicit empty body stays an empty body
     assert "Content-Length" not in hits[0]["headers"] and "Transfer-Encoding" not in hits[0]["headers"]
     assert hits[1]["headers"].get("Content-Length") == "0"
+
+
+# ---- totals that add up across replicas that left -------------------------------------------
+
+
+def replica_handler(name: str, fail_first: int = 0):
+    from aiohttp import web
+
+    failures = [fail_first]
+
+    async def handler(request):
+        await request.read()
+        if failures[0] > 0:
+            failures[0] -= 1
+            return web.json_response({"name": name}, status=503)
+        return web.json_response({"name": name})
+
+    return handler
+
+
+def outcome_sum(entries: list[dict]) -> int:
+    return sum(sum(entry["requests"].values()) for entry in entries)
+
+
+def assert_reconciles(document: dict, totals: dict) -> None:
+    """requests = sent + answered by the gateway = the answers by class; the replicas' outcomes
+    (live and departed) = sent + retries."""
+    assert totals["requests"] == totals["sent_to_replicas"] + totals["answered_by_gateway"] + totals.get("active", 0)
+    assert totals["requests"] == sum(totals["by_status_class"].values()) + totals.get("active", 0)
+    assert outcome_sum(document["replicas"]) + outcome_sum(document["departed_replicas"]) == \
+        totals["sent_to_replicas"] + totals["retries"]
+
+
+def test_gateway_totals_reconcile_after_a_replica_leaves_and_exclude_its_own_endpoints(loop_thread):
+    import requests as http
+    from autodl_esd.serving.sources import StaticSource
+    from helpers.loop_thread import item
+
+    a = loop_thread.upstream(replica_handler("a"))
+    b = loop_thread.upstream(replica_handler("b", fail_first=1))  # one 503: retried on a
+    source = StaticSource([item("a", a), item("b", b)])
+    gateway = loop_thread.gateway(source, policy="round_robin")
+    for _ in range(6):
+        assert http.get(gateway.url + "/v1/x", timeout=10).status_code == 200
+    assert http.get(gateway.url + "/_gateway/metrics", timeout=10).status_code == 200
+    refused = http.get(gateway.url + "/v1/x", headers={"Host": "evil.example"}, timeout=10)  # answered by the gateway
+    assert refused.status_code == 421
+    status = http.get(gateway.url + "/_gateway/status", timeout=10).json()
+    # Idle: the status request itself is not a proxied request in flight.
+    assert status["totals"]["active"] == 0 and status["load"]["active_requests"] == 0
+    assert status["totals"]["requests"] == 7 and status["totals"]["gateway_endpoint_requests"] == 1  # this one counts when done
+    assert status["totals"]["retries"] == 1 and status["totals"]["answered_by_gateway"] == 1
+    assert_reconciles(status, status["totals"])
+
+    source.set([item("a", a)])  # b leaves (a scale-down)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not loop_thread.call(lambda: "b" in gateway.table.departed):
+        time.sleep(0.05)
+    for _ in range(3):
+        assert http.get(gateway.url + "/v1/x", timeout=10).status_code == 200
+    status = http.get(gateway.url + "/_gateway/status", timeout=10).json()
+    assert [entry["container_uuid"] for entry in status["departed_replicas"]] == ["b"]
+    assert [entry["container_uuid"] for entry in status["replicas"]] == ["a"]
+    departed = status["departed_replicas"][0]
+    assert departed["requests"]["error"] == 1 and departed["retries"] == 1  # its 503, retried on a; then ejected
+    assert status["totals"]["requests"] == 10 and status["totals"]["gateway_endpoint_requests"] == 2
+    assert_reconciles(status, status["totals"])
+
+    summary = loop_thread.call(gateway.summary)
+    assert summary["requests"] == 10 and summary["departed_replicas"][0]["container_uuid"] == "b"
+    assert_reconciles(summary, summary)
+    metrics = http.get(gateway.url + "/_gateway/metrics", timeout=10).text
+    # Prometheus keeps OpenTelemetry's meaning: this scrape is the one request in flight.
+    assert "http_server_active_requests 1.0" in metrics
+
+
+def test_a_replica_that_comes_back_continues_its_counts_and_is_no_longer_departed(loop_thread):
+    import requests as http
+    from autodl_esd.serving.sources import StaticSource
+    from helpers.loop_thread import item
+
+    a = loop_thread.upstream(replica_handler("a"))
+    source = StaticSource([item("a", a)])
+    gateway = loop_thread.gateway(source)
+    for _ in range(2):
+        assert http.get(gateway.url + "/x", timeout=10).status_code == 200
+    source.set([])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not loop_thread.call(lambda: "a" in gateway.table.departed):
+        time.sleep(0.05)
+    source.set([item("a", a)])
+    while time.monotonic() < deadline and not loop_thread.call(lambda: "a" in gateway.table.replicas):
+        time.sleep(0.05)
+    assert http.get(gateway.url + "/x", timeout=10).status_code == 200
+    summary = loop_thread.call(gateway.summary)
+    assert summary["replicas"][0]["requests"]["success"] == 3 and summary["departed_replicas"] == []
+    assert_reconciles(summary, summary)
+
+
+def test_departed_replicas_beyond_the_kept_ones_are_summed_not_lost():
+    from autodl_esd.serving import replicas as replicas_module
+    from autodl_esd.serving.policies import POLICIES
+    from helpers.loop_thread import item
+
+    table = replicas_module.ReplicaTable(POLICIES["least_inflight"](random.Random(1)))
+    kept = replicas_module.DEPARTED_KEPT
+    for n in range(kept + 5):
+        table.update([item(f"r{n}", f"http://r{n}")])
+        ticket = table.try_start()
+        table.finish(ticket, "success")
+    table.update([])
+    assert len(table.departed) == kept and table.departed_beyond["replicas"] == 5
+    total = sum(r.outcomes["success"] for r in table.departed.values()) + table.departed_beyond["requests"]["success"]
+    assert total == kept + 5

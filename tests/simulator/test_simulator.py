@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import requests
@@ -661,7 +664,7 @@ def test_cli_bad_arguments_are_json():
     assert json.loads(done.stdout)["error_type"] == "usage_error"
 
 
-# ----- review fixes ----------------------------------------------------------------------------
+# ----- requests at the edges: pages, tokens, JSON types, methods, lengths, Host, CLI arguments -
 
 def test_paginate_renders_only_the_page():
     # A crash-looping ReplicaSet leaves ~100k events per simulated day; formatting all of
@@ -818,6 +821,23 @@ def test_service_concurrency_queues_requests_like_a_busy_gpu():
         assert serialized >= 0.4, "with concurrency 1 the second request waits for the first"
         with pytest.raises(ValueError):
             sim.set_machine_concurrency(container["machine_id"], -1)
+
+
+def test_the_simulator_checks_host_and_answers_malformed_requests_in_json(sim):
+    instance = sim  # this module's simulator (conftest's `sim` starts one the same way)
+    port = instance.port
+    request = urllib.request.Request(instance.url + "/api/v1/dev/machine/gpu_stock",
+                                     headers={"Host": "evil.example", "Authorization": instance.token})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 421 and json.loads(refused.value.read())["code"] == "Forbidden"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b" 414 " in head.split(b"\r\n")[0] and json.loads(body)["code"] == "RequestParameterIsWrong"
 
 
 # ----- bounded memory ---------------------------------------------------------------------------

@@ -1,9 +1,14 @@
-"""The shipped example configs follow SKILL.md's own advice (an agent copies them)."""
+"""The shipped example configs follow SKILL.md's own advice (an agent copies them), and the
+registry-watcher recipe of examples.md runs as printed against the simulator."""
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -71,3 +76,29 @@ def test_the_simulated_service_routes_are_documented_where_users_look():
         text = (ROOT / doc).read_text(encoding="utf-8")
         for route in routes:
             assert f"`GET {route}`" in text or f"`POST {route}`" in text, (doc, route)
+
+
+def recipe() -> str:
+    examples = (ROOT / "examples.md").read_text(encoding="utf-8")
+    section = examples[examples.index("### 短任务旁边跑注册表 watcher"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_watcher_recipe_runs_beside_a_short_client(sim, run, tmp_path):
+    """The recipe, as printed, against a simulated ReplicaSet: registry written, client served, watcher ended."""
+    pytest.importorskip("simulator")
+    instance = sim()
+    config = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+    path = tmp_path / "svc.json"
+    path.write_text(json.dumps(copy.deepcopy(config)), encoding="utf-8")
+    code, out, _ = run("queue_submit.py", str(path), "--wait-running", "--interval", "0.05", "--quiet")
+    assert code == 0, out
+    script = recipe().replace('"/path/to/autodl-elastic-deploy"', repr(str(ROOT))).replace('"--interval", "5"', '"--interval", "0.1"')
+    (tmp_path / "client.py").write_text(script, encoding="utf-8")
+    env = {**os.environ, "AUTODL_HOST": instance.url, "AUTODL_TOKEN": instance.token}
+    done = subprocess.run([sys.executable, "client.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert sum(1 for line in printed if "/svc/" in line) == 2, done.stdout  # each prompt went to a replica
+    cycles, registered = map(int, printed[-1].split())
+    assert cycles >= 1 and registered == config["replica_num"]

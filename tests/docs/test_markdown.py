@@ -146,7 +146,7 @@ def test_the_python_client_snippet_in_examples_md_runs(sim, run, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "registry.json").write_text(json.dumps(registry), encoding="utf-8")
 
-    # The client snippet (the watcher recipe also imports service_pool; tests/test_docs_rough_edges.py runs it).
+    # The client snippet (the watcher recipe also imports service_pool; tests/docs/test_examples.py runs it).
     [snippet] = [body for language, body in FENCE.findall(read("examples.md"))
                  if language == "python" and "service_pool" in body and "discover_services.py" not in body]
     exec(compile(snippet.replace("/path/to/autodl-elastic-deploy/scripts", str(ROOT / "scripts")), "examples.md", "exec"), {})

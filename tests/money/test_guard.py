@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 
-from helpers import ROOT
+from helpers import ROOT, sim_service
 
 pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
 
@@ -420,6 +420,55 @@ def _pid_alive(pid):
         return os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:
         return True
+
+
+# --- stop and delete name the guards watching, whatever the deployment's state -------------
+
+WATCHED = "watched-svc"  # a ReplicaSet on helpers.sim_service's one machine
+
+
+def _watching_guard(uuid: str, name: str, deployment_type: str = "ReplicaSet") -> str:
+    from autodl_esd.money import guard
+
+    state = guard.new_state(None, {"uuid": uuid, "name": name, "deployment_type": deployment_type},
+                            guard.Limits(max_runtime_hours=100), "stop", None, False, 30.0)
+    state["status"] = "watching"  # between two checks: it has not yet seen the stop
+    guard.save_new(state)
+    return state["guard_id"]
+
+
+def test_stopping_an_already_stopped_deployment_still_lists_the_guards_watching_it(sim, run):
+    from autodl_esd.platform import api
+
+    instance = sim(cluster=sim_service.CLUSTER)
+    uuid = sim_service.deploy(instance, 1, name=WATCHED)
+    api.stop_deployment(sim_service.client(), uuid)
+    guard_id = _watching_guard(uuid, WATCHED)
+
+    code, single, _ = run("stop_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")
+    assert code == 0 and single["changed"] is False
+    assert [g["guard_id"] for g in single["guards"]] == [guard_id] and "guards_note" in single
+
+    code, bulk, _ = run("stop_deployment.py", "--name-glob", WATCHED + "*", "--yes", "--expect-uuids", uuid, "--quiet")
+    assert code == 0 and bulk["items"][0]["outcome"] == "skipped", bulk
+    assert [g["guard_id"] for g in bulk["items"][0]["guards"]] == [guard_id] and "guards_note" in bulk
+
+
+def test_a_refused_stop_still_lists_the_guards_watching(sim, run, monkeypatch):
+    from autodl_esd.platform import api
+    from autodl_esd.core.errors import ApiError
+
+    instance = sim(cluster=sim_service.CLUSTER)
+    uuid = sim_service.deploy(instance, 1, name=WATCHED)
+    guard_id = _watching_guard(uuid, WATCHED)
+
+    def refused(client, deployment_uuid):
+        raise ApiError("平台拒绝了停止", msg="refused", retryable=False)
+
+    monkeypatch.setattr(api, "stop_deployment", refused)
+    code, out, _ = run("stop_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")
+    assert code != 0 and out["status"] == "error", out
+    assert [g["guard_id"] for g in out["details"]["guards"]] == [guard_id], out
 
 
 # --- the decision itself ---------------------------------------------------------------------

@@ -19,45 +19,10 @@ import urllib.request
 import pytest
 
 from helpers import ROOT, SCRIPTS
+from helpers.sim_service import CLUSTER, REQUEST, WAIT_SECONDS, client, deploy, running
 
 pytest.importorskip("simulator")
 pytest.importorskip("aiohttp")
-
-GPU = "RTX 4090"
-CLUSTER = {
-    "machines": [{"machine_id": "0d0d0d0d0d", "region": "westDC2", "gpu_name": GPU, "gpu_num": 4, "cpu_num": 48,
-                  "memory_gb": 240, "price": 2000, "max_cuda": 124, "latency_seconds": 0.05, "service_concurrency": 2}],
-    "images": [{"image_uuid": "image-db8346e037", "name": "llm"}],
-}
-# Waits poll and end as soon as their condition holds; the bound is for a loaded machine.
-WAIT_SECONDS = 30
-
-REQUEST = {
-    "name": "autoscale-gateway", "deployment_type": "ReplicaSet", "replica_num": 1, "reuse_container": False,
-    "container_template": {"gpu_name_set": [GPU], "gpu_num": 1, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
-                           "memory_size_from": 1, "memory_size_to": 256, "price_from": 100, "price_to": 3000,
-                           "image_uuid": "image-db8346e037", "cmd": "python server.py --port 6006"},
-}
-
-
-def client():
-    from autodl_esd.core.http import ApiClient
-    from autodl_esd.core.settings import load_settings
-
-    return ApiClient(load_settings())
-
-
-def deploy(instance, replicas: int, **overrides) -> str:
-    from autodl_esd.platform import api
-
-    uuid = api.create_deployment(client(), {**REQUEST, "replica_num": replicas, **overrides})
-    instance.wait_until(lambda: running(instance, uuid) == replicas, WAIT_SECONDS)
-    return uuid
-
-
-def running(instance, uuid: str) -> int:
-    return sum(1 for c in instance.containers(uuid) if c["status"] == "running")
-
 
 def replica_num(instance, uuid: str) -> int:
     return next(d for d in instance.deployments() if d["uuid"] == uuid)["replica_num"]
@@ -291,3 +256,49 @@ def test_a_replica_that_keeps_failing_requests_is_replaced_and_its_machine_repor
         instance.wait_until(lambda: replaced(2), WAIT_SECONDS)  # the replacement lands on the same (slow) machine
         candidates = gw.get("/_gateway/status")[1]["extensions"]["autoscaler"]["blacklist_candidates"]
         assert [c["machine_id"] for c in candidates] == ["0d0d0d0d0d"] and "blacklist" not in candidates[0]
+
+
+# ---- serve_gateway.py --autoscale: its confirmation, and its end when someone else stops the deployment
+
+
+def test_autoscale_confirmation_shows_expected_and_template_worst_case(sim, run):
+    from autodl_esd.money.estimate import cost_bounds
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    code, out, _ = run("serve_gateway.py", "--deployment-uuid", uuid, "--autoscale", "--max-replicas", "3",
+                       "--listen", "127.0.0.1:0", "--quiet")
+    assert code == 1 and out["error_type"] == "confirmation_required", out
+    details = out["details"]
+    assert details["price_source"] == "containers" and details["max_hourly_cost_yuan"] == 6.0  # 2 yuan x 3 today
+    # The same figure a dry-run of the config at 3 replicas gives: 3 yuan/card x 1 card x 3.
+    dry_run = cost_bounds({**REQUEST, "replica_num": 3})["worst_case_hourly_yuan"]
+    assert details["worst_case_hourly_yuan"] == dry_run == 9.0
+    assert details["worst_case"]["replicas"] == 3 and details["worst_case"]["gpu_num"] == 1
+    assert "6 元/小时" in out["message"] and "最坏情况 9 元/小时" in out["message"]
+
+
+def test_serve_gateway_autoscale_ends_with_a_stopped_deployment_and_says_nothing_bills(sim):
+    from autodl_esd.platform import api
+
+    instance = sim(cluster=CLUSTER)
+    uuid = deploy(instance, 1)
+    env = {**os.environ, "PYTHONPATH": str(SCRIPTS)}
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "serve_gateway.py"), "--deployment-uuid", uuid, "--autoscale", "--yes",
+         "--max-replicas", "2", "--listen", "127.0.0.1:0", "--interval", "0.1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        ready = json.loads(process.stdout.readline())
+        assert ready["status"] == "success"
+        api.stop_deployment(client(), uuid)  # as the --max-cost guard does
+        out, err = process.communicate(timeout=WAIT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    summary = json.loads(out)
+    assert summary["status"] == "success" and summary["stopped_by"] == "deployment_stopped", err[-2000:]
+    shown = summary["autoscaler"]
+    assert shown["left_at_last_size"] is False and shown["deployment_ended"] == "deployment_stopped"
+    assert "需要停掉时" not in shown["note"] and "不再产生费用" in shown["note"]

@@ -257,6 +257,36 @@ def running_count(instance, uuid: str) -> int:
     return sum(1 for c in instance.containers(uuid) if c["status"] == "running")
 
 
+# ---- what it says when it ends and before anything runs --------------------------------------
+
+
+def test_autoscaler_summary_after_deployment_ended_does_not_claim_a_size_left_running():
+    from autodl_esd.serving.autoscaler import Autoscaler
+
+    autoscaler = Autoscaler.__new__(Autoscaler)  # summary() reads only its counters
+    from autodl_esd.serving.spend_meter import SpendMeter
+
+    autoscaler.view, autoscaler.change_in_flight, autoscaler.changes = None, None, 0
+    autoscaler.meter, autoscaler.zero_refused, autoscaler.blacklist_candidates = SpendMeter(), False, {}
+    for ended in ("deployment_stopped", "deployment_gone"):
+        summary = autoscaler.summary(ended)
+        assert summary["left_at_last_size"] is False and summary["deployment_ended"] == ended
+        assert "最后的副本数" not in summary["note"] and "不再产生费用" in summary["note"]
+    assert autoscaler.summary()["left_at_last_size"] is True  # Ctrl-C: the size is left as it was
+
+
+def test_before_any_container_runs_a_replica_costs_up_to_price_to_times_its_cards():
+    from autodl_esd.serving.autoscale_policy import AutoscaleConfig
+    from autodl_esd.serving.autoscaler import ReplicaScaler, startup_bounds
+
+    deployment = {"uuid": "d" * 15, "name": "svc", "deployment_type": "ReplicaSet", "status": "running", "replica_num": 1,
+                  "template": {"gpu_name_set": [GPU], "gpu_num": 2, "price_from": 100, "price_to": 3000}}
+    bounds = startup_bounds(AutoscaleConfig(min_replicas=1, max_replicas=3, max_hourly_cost=13), ReplicaScaler(None, deployment), 1)
+    assert bounds["price_source"] == "template_price_to" and bounds["price_per_replica_yuan"] == 6.0  # 3 yuan x 2 cards
+    assert bounds["effective_max_replicas"] == 2  # 13 yuan/h buys two 6-yuan replicas, not four 3-yuan ones
+    assert bounds["worst_case_hourly_yuan"] == 18.0 and bounds["worst_case"]["gpu_num"] == 2
+
+
 # ---- control loop against the simulator ------------------------------------------------------
 
 

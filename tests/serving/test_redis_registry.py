@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from helpers import ROOT, SCRIPTS, running_uuids
+from helpers import SCRIPTS, running_uuids, sim_service
 from helpers.servers import wait_for
 
 pytest.importorskip("redis")
@@ -534,3 +534,60 @@ def test_gateways_with_shared_inflight_see_each_others_requests(sim, deploy, red
             process.communicate(timeout=15)
         watcher.send_signal(signal.SIGTERM)
         watcher.communicate(timeout=10)
+
+
+# --- active and standby watchers on the one-machine cluster (helpers.sim_service) ---------
+
+
+def _watcher(deployment_uuid: str, redis_url: str, key_prefix: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPTS / "discover_services.py"), "--deployment-uuid", deployment_uuid,
+                             "--watch", "--interval", "0.1", "--redis", redis_url, "--key-prefix", key_prefix,
+                             "--duration", "60", *extra], env={**os.environ, "PYTHONPATH": str(SCRIPTS)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_standby_watcher_says_who_holds_the_lock_and_when_it_takes_over(sim, redis_server, key_prefix):
+    import signal
+    import time
+
+    from autodl_esd.platform import api
+    from autodl_esd.serving import redis_registry
+
+    instance = sim(cluster=sim_service.CLUSTER)
+    uuid = sim_service.deploy(instance, 1)
+    keys = redis_registry.RedisKeys(uuid, key_prefix)
+    redis_client = redis_server.client
+
+    def active_name():
+        body = redis_client.get(keys.heartbeat)
+        return json.loads(body)["watcher"] if body else None
+
+    # 2 s: a loaded machine's renewals (every 0.1 s) never let it lapse by accident.
+    first = _watcher(uuid, redis_server.url, key_prefix, "--lock-ttl", "2")
+    watchers = [first]
+    try:
+        active = wait_for(active_name, WAIT_SECONDS, "the first watcher to become active")
+        second = _watcher(uuid, redis_server.url, key_prefix, "--lock-ttl", "2")
+        watchers.append(second)
+        time.sleep(1.0)  # the second starts, finds the lock held, stands by
+        first.send_signal(signal.SIGKILL)  # dies without releasing: the lock lapses after its TTL
+        first.communicate(timeout=WAIT_SECONDS)
+        wait_for(lambda: active_name() not in (None, active), WAIT_SECONDS, "the standby to take over")
+        api.stop_deployment(sim_service.client(), uuid)
+        out, err = second.communicate(timeout=WAIT_SECONDS)
+    finally:
+        for process in watchers:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert json.loads(out)["stopped_by"] == "deployment_stopped", err[-2000:]
+    standby_lines = [line for line in err.splitlines() if "备用 watcher" in line]
+    assert standby_lines and active in standby_lines[0] and "跟随 Redis 中的注册表" in standby_lines[0], err[-2000:]
+    takeover = [line for line in err.splitlines() if "成为活动 watcher" in line]
+    assert takeover and "接管" in takeover[0] and active in takeover[0], err[-2000:]
+    # 6: the ended registry expires (an hour), the heartbeat lapses: a shared Redis keeps neither.
+    ttl = redis_client.ttl(keys.registry)
+    assert 0 < ttl <= redis_registry.ENDED_REGISTRY_TTL_SECONDS, ttl
+    assert -2 == redis_client.ttl(keys.heartbeat) or 0 < redis_client.ttl(keys.heartbeat) <= 2  # gone, or lapsing
+    final = redis_registry.read_registry(redis_client, keys)
+    assert final["ended"] == "deployment_stopped" and "stale" not in final

@@ -1,5 +1,6 @@
 """The shipped example configs follow SKILL.md's own advice (an agent copies them), and the
-registry-watcher recipe of examples.md runs as printed against the simulator."""
+registry-watcher recipe of examples.md runs as printed against the simulator, and the price
+basis is quoted as the code prints it."""
 
 from __future__ import annotations
 
@@ -102,3 +103,11 @@ def test_the_watcher_recipe_runs_beside_a_short_client(sim, run, tmp_path):
     assert sum(1 for line in printed if "/svc/" in line) == 2, done.stdout  # each prompt went to a replica
     cycles, registered = map(int, printed[-1].split())
     assert cycles >= 1 and registered == config["replica_num"]
+
+
+def test_examples_quote_the_basis_as_the_code_prints_it():
+    from autodl_esd.money.estimate import CONTAINER_PRICE_BASIS
+
+    text = (ROOT / "examples.md").read_text(encoding="utf-8")
+    assert "口径相同" not in text
+    assert text.count(CONTAINER_PRICE_BASIS) >= 3

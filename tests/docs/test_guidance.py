@@ -102,3 +102,9 @@ def test_skill_says_where_simulated_wechat_messages_are_and_what_max_cost_counts
     assert [{key: m[key] for key in ("title", "name", "content")} for m in messages] == [
         {"title": "标题", "name": "任务", "content": "正文"}]
     assert "at" in messages[0]
+
+
+def test_the_confirmation_rule_is_documented_where_both_are_described():
+    skill = (ROOT / "SKILL.md").read_text(encoding="utf-8")
+    reference = (ROOT / "api-reference.md").read_text(encoding="utf-8")
+    assert "这次提交本身就是用户批准的花费" in skill and "这次提交本身就是用户批准的花费" in reference

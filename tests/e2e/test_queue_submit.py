@@ -13,7 +13,7 @@ import json
 import pytest
 import requests
 
-from helpers import ROOT
+from helpers import ROOT, occupy_all, write_config
 
 pytest.importorskip("simulator")
 
@@ -232,3 +232,14 @@ def test_a_signal_during_the_reconcile_still_reports_the_create(sim, config_file
     assert "list_deployments.py --name" in document["hint"]
     landed = instance.wait_until(lambda: instance.deployments(), timeout=30)
     assert len(landed) == 1 and details.get("deployment_uuid", landed[0]["uuid"]) == landed[0]["uuid"]
+
+
+def test_the_wait_says_per_replica_and_what_it_waits_for(sim, run, tmp_path):
+    instance = sim()
+    occupy_all(instance, EXAMPLE)
+    path = write_config(tmp_path, "rs", dict(EXAMPLE, replica_num=2))
+    code, out, err = run("queue_submit.py", path, "--interval", "0.1", "--timeout", "0.3", "--wait-running")
+    assert out["error_type"] == "timeout"
+    assert "需要 1 卡" not in err
+    assert "每个副本 1 卡 × 2 个, 够 1 个副本即提交" in err
+    assert "其余副本由平台在创建后陆续调度" in err and "--wait-running 之后再等它们全部运行" in err

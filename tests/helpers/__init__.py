@@ -2,7 +2,8 @@
 an entry script. Fixtures live in conftest.py; this package holds no fixtures, and no test
 file imports another test file: what two of them share is here.
 
-- `helpers` (this module): paths, token, host, envelopes, entry scripts, simulator reads.
+- `helpers` (this module): paths, token, host, envelopes, entry scripts, configs written for
+  a test, simulator reads.
 - `helpers.fake_api`: endpoint URLs, platform records and request matchers for the
   `responses`-based tests, and queue_submit's calls against them.
 - `helpers.servers`: real redis-server and haproxy on loopback ports (the scale-out tests).
@@ -16,6 +17,7 @@ as a script (`python3 tests/mcp/test_catalog.py`) imports the package as pytest 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,3 +59,24 @@ def script_path(name: str) -> Path:
 
 def running_uuids(instance, deployment_uuid) -> set[str]:
     return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}
+
+
+def write_config(directory: Path, name: str, config: dict[str, Any]) -> str:
+    """Write a deployment config to DIRECTORY/NAME.json; the path as a script argument."""
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return str(path)
+
+
+def job_config(directory: Path, name: str, cmd: str = "sleep 1800") -> str:
+    """examples/job-training.json as a Job of two containers running `cmd`, written to DIRECTORY."""
+    job = json.loads((ROOT / "examples" / "job-training.json").read_text(encoding="utf-8"))
+    job.update(name=name, replica_num=2, parallelism_num=2)
+    job["container_template"]["cmd"] = cmd
+    return write_config(directory, name, job)
+
+
+def occupy_all(instance, config: dict[str, Any]) -> None:
+    """Take every card of the config's GPU types on a simulator, so a submit waits for stock."""
+    for gpu in config["container_template"]["gpu_name_set"]:
+        instance.occupy(gpu, 1000)

@@ -162,3 +162,15 @@ def test_cost_bounds_do_not_depend_on_the_dialect_fields():
     public = example("public-cloud-replicaset.json")
     private = copy.deepcopy(example("replicaset-service.json"))
     assert cost_bounds(public)["hourly_yuan"] == cost_bounds(private)["hourly_yuan"]
+
+
+# --- price_estimates is a rate, and the basis says so where it is printed ------------------
+
+
+def test_the_basis_says_price_estimates_is_the_current_rate_not_the_spend():
+    from autodl_esd.money.estimate import CONTAINER_PRICE_BASIS, PRICE_ESTIMATES_BASIS
+
+    assert "口径相同" not in CONTAINER_PRICE_BASIS
+    assert PRICE_ESTIMATES_BASIS in CONTAINER_PRICE_BASIS
+    for words in ("正在运行的容器", "每小时的费率", "为 0", "不是已花的钱", "cost_yuan"):
+        assert words in PRICE_ESTIMATES_BASIS

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 
-from helpers import ROOT, sim_service
+from helpers import ROOT, job_config, sim_service, write_config
 
 pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
 
@@ -432,7 +432,7 @@ def _watching_guard(uuid: str, name: str, deployment_type: str = "ReplicaSet") -
 
     state = guard.new_state(None, {"uuid": uuid, "name": name, "deployment_type": deployment_type},
                             guard.Limits(max_runtime_hours=100), "stop", None, False, 30.0)
-    state["status"] = "watching"  # between two checks: it has not yet seen the stop
+    state["status"] = "watching"  # between two checks, not yet seen the stop (no process: alive false)
     guard.save_new(state)
     return state["guard_id"]
 
@@ -469,6 +469,69 @@ def test_a_refused_stop_still_lists_the_guards_watching(sim, run, monkeypatch):
     code, out, _ = run("stop_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")
     assert code != 0 and out["status"] == "error", out
     assert [g["guard_id"] for g in out["details"]["guards"]] == [guard_id], out
+
+
+@pytest.mark.parametrize("script", ["stop_deployment.py", "delete_deployment.py"])
+def test_bulk_results_carry_guards_and_cost_per_item(sim, run, tmp_path, result_validator, script):
+    simulator = sim()
+    uuids = {}
+    for name in ("demo-a", "demo-b"):
+        code, out, _ = run("queue_submit.py", job_config(tmp_path, name, cmd="sleep infinity"), *FAST)
+        assert code == 0, out
+        uuids[name] = out["deployment_uuid"]
+    guard_id = _watching_guard(uuids["demo-a"], "demo-a", "Job")
+    simulator.advance(HOUR)
+    expect = ",".join(sorted(uuids.values()))
+
+    code, done, _ = run(script, "--name-glob", "demo-*", "--yes", "--expect-uuids", expect, "--quiet")
+
+    assert code == 0, done
+    result_validator.validate(done)
+    items = {item["name"]: item for item in done["items"]}
+    assert [g["guard_id"] for g in items["demo-a"]["guards"]] == [guard_id]
+    assert items["demo-a"]["guards"][0]["alive"] is False
+    assert "guards" not in items["demo-b"]
+    assert "下一次检查" in done["guards_note"] and "--cancel" in done["guards_note"]
+    for item in items.values():
+        assert item["outcome"] == "done" and item["cost_so_far_yuan"] > 0, item
+
+
+def test_bulk_results_without_guards_have_no_guard_note(sim, run, tmp_path):
+    sim()
+    code, out, _ = run("queue_submit.py", job_config(tmp_path, "demo-a", cmd="sleep infinity"), *FAST)
+    assert code == 0, out
+    code, done, _ = run("delete_deployment.py", "--name-glob", "demo-*", "--yes",
+                        "--expect-uuids", out["deployment_uuid"], "--quiet")
+    assert code == 0, done
+    assert "guards_note" not in done and "guards" not in done["items"][0]
+
+
+# --- queue_submit's run is the approval; guard_deployment asks first -----------------------
+
+SERVICE_CONFIG = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+
+
+def test_queue_submit_guards_only_what_it_created_while_guard_deployment_asks_first(sim, run, deploy, tmp_path):
+    from autodl_esd.money import guard
+
+    sim()
+    other = deploy(1)  # somebody's running service, same account
+    path = write_config(tmp_path, "guarded", dict(SERVICE_CONFIG, name="guarded-run", replica_num=1))
+
+    # No --yes on queue_submit (it has none): the run itself is the approved spend.
+    code, out, _ = run("queue_submit.py", path, "--interval", "0.05", "--max-runtime", "100", "--guard-interval", "30", "--quiet")
+    assert code == 0, out
+    try:
+        assert out["guard"] and out["guard"]["deployment_uuid"] == out["deployment_uuid"] != other
+        watched = {s["deployment_uuid"] for s in guard.all_states() if s.get("status") not in guard.FINAL_STATUSES}
+        assert watched == {out["deployment_uuid"]}, "never a guard on a deployment this run did not create"
+
+        # An existing deployment: guard_deployment without --yes only describes its plan.
+        code, asked, _ = run("guard_deployment.py", "--deployment-uuid", other, "--max-runtime", "100", "--quiet")
+        assert (code, asked["error_type"]) == (1, "confirmation_required"), asked
+        assert {s["deployment_uuid"] for s in guard.all_states()} == {out["deployment_uuid"]}, "nothing written"
+    finally:
+        run("guard_deployment.py", "--cancel", out["guard"]["guard_id"], "--quiet")
 
 
 # --- the decision itself ---------------------------------------------------------------------

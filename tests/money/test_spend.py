@@ -1,4 +1,6 @@
-"""cost_report.py: run time x price per container (released included), per deployment, totals."""
+"""Spend so far (money/spend.py): cost_report.py's run time x price per container (released
+included), per deployment, totals; and the same figure carried by stop and delete
+(`cost_so_far`), which never blocks them."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from helpers.fake_api import (
     list_body,
     page,
 )
-from helpers import ROOT
+from helpers import ROOT, job_config
 
 # The platform's clock at the time of the report: 2026-01-05 14:35 UTC = 22:35 +08:00.
 PLATFORM_DATE = "Mon, 05 Jan 2026 14:35:00 GMT"
@@ -126,3 +128,117 @@ def test_cost_report_of_a_finished_job_and_a_running_replicaset(sim, run, tmp_pa
     assert service["current_hourly_yuan"] * 4 * 0.999 <= service["cost_yuan"] <= service["current_hourly_yuan"] * service_hours_at_most + 0.01
     # The report agrees with what the simulated wallet was charged (rounding aside).
     assert spent_before * 0.99 <= out["totals"]["cost_yuan"] <= spent_after * 1.01
+
+
+# --- the last cost figure: stop and delete carry the spend so far ----------------------------
+
+FAST = ("--interval", "0.05", "--quiet")
+HOUR = 3600
+
+
+def test_delete_carries_the_figure_cost_report_gave_just_before(sim, run, tmp_path, result_validator):
+    simulator = sim()
+    code, submitted, _ = run("queue_submit.py", job_config(tmp_path, "billed-job"), *FAST)
+    assert code == 0, submitted
+    uuid = submitted["deployment_uuid"]
+    simulator.advance(2 * HOUR)  # both containers ran their half hour and stopped
+    code, report, _ = run("cost_report.py", "--deployment-uuid", uuid, "--quiet")
+    assert code == 0, report
+    before = report["items"][0]["cost_yuan"]
+    assert before > 0 and report["items"][0]["price_estimates_yuan"] == 0.0  # a rate: none runs now
+
+    code, deleted, _ = run("delete_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")
+
+    assert code == 0, deleted
+    result_validator.validate(deleted)
+    assert deleted["cost_so_far_yuan"] == before
+    assert deleted["cost_so_far"]["container_count"] == 2 and deleted["cost_so_far"]["as_of"]
+    assert "cost_report" in deleted["cost_so_far"]["basis"]
+    # ... and it is the last figure: the platform no longer lists the deployment.
+    code, after, _ = run("cost_report.py", "--deployment-uuid", uuid, "--quiet")
+    assert after["error_type"] == "not_found"
+
+
+def test_the_delete_preview_already_shows_the_cost_so_far(sim, run, tmp_path):
+    simulator = sim()
+    code, submitted, _ = run("queue_submit.py", job_config(tmp_path, "billed-job"), *FAST)
+    assert code == 0, submitted
+    simulator.advance(2 * HOUR)
+    code, preview, _ = run("delete_deployment.py", "--deployment-uuid", submitted["deployment_uuid"], "--quiet")
+    assert (code, preview["error_type"]) == (1, "confirmation_required")
+    assert preview["details"]["cost_so_far_yuan"] > 0
+
+
+def test_stop_of_a_running_service_carries_its_cost_so_far(sim, run, deploy):
+    simulator = sim()
+    uuid = deploy(2)
+    simulator.advance(2 * HOUR)
+    reported_from = simulator.now()
+    code, report, _ = run("cost_report.py", "--deployment-uuid", uuid, "--quiet")
+    assert code == 0, report
+    before = report["items"][0]
+
+    code, stopped, _ = run("stop_deployment.py", "--deployment-uuid", uuid, "--yes", "--quiet")
+
+    assert code == 0, stopped
+    # Running containers keep billing between the two reads (simulated seconds): a bit more,
+    # never less, and no more than the platform time between them at the running rate (at
+    # x200 a loaded machine's second between the reads is 200 of them: no fixed 2%).
+    between_hours = (simulator.now() - reported_from) / 3600
+    assert before["cost_yuan"] <= stopped["cost_so_far_yuan"] <= before["cost_yuan"] + before["current_hourly_yuan"] * between_hours + 0.01
+    assert stopped["cost_so_far"]["hourly_yuan_before"] == before["current_hourly_yuan"] > 0
+
+
+def test_a_failed_cost_read_never_blocks_the_delete(run, monkeypatch):
+    from autodl_esd.platform import api
+    from autodl_esd.money import spend
+    from autodl_esd.core.errors import ApiError
+
+    real = api.list_containers
+
+    def failing(client, uuid, **kwargs):
+        if kwargs.get("released"):
+            raise ApiError("平台出错", msg="boom", retryable=True)
+        return real(client, uuid, **kwargs)
+
+    monkeypatch.setattr(api, "list_containers", failing)
+    outcome = spend.cost_before_change(object(), {"uuid": DEP_UUID}, [])
+    assert outcome["cost_so_far_yuan"] is None and "平台出错" in outcome["cost_so_far"]["error"]
+
+
+def test_the_cost_figure_costs_one_extra_container_list_read(run, monkeypatch):
+    """Single delete: the live list (what would stop) and one released=True read (the cost)."""
+    import responses
+
+    from helpers.fake_api import DEPLOYMENT
+    from helpers import envelope
+
+    from autodl_esd.platform import resolve
+
+    monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)
+    listed = [deployment(status="stopped")]
+    bodies = []
+
+    def containers(request):
+        bodies.append(json.loads(request.body))
+        return 200, {}, json.dumps(page([released_container()]))
+
+    def delete(request):
+        listed.clear()
+        return 200, {}, json.dumps(envelope(None))
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback("POST", DEPLOYMENTS, callback=lambda request: (200, {}, json.dumps(page(listed))),
+                          content_type="application/json")
+        mock.add_callback("POST", CONTAINERS, callback=containers, content_type="application/json")
+        mock.add_callback("DELETE", DEPLOYMENT, callback=delete, content_type="application/json")
+        code, out, _ = run("delete_deployment.py", "--deployment-uuid", DEP_UUID, "--yes", "--quiet")
+    assert code == 0, out
+    assert [b.get("released") for b in bodies] == [None, True]
+    assert out["cost_so_far_yuan"] == 1.0  # half an hour at 2 yuan/h
+
+
+def released_container() -> dict:
+    item = container(status="shutdown")
+    item.update(price=2000, started_at="2026-01-05T20:00:00+08:00", stopped_at="2026-01-05T20:30:00+08:00")
+    return item

@@ -1,4 +1,4 @@
-"""How containers are shown: one key name for the container UUID, secrets redacted."""
+"""How containers are shown: one key name for the container UUID, secrets redacted, price in yuan."""
 
 from __future__ import annotations
 
@@ -18,3 +18,10 @@ def test_root_password_is_shown_only_on_request():
     assert container_view(record, show_password=True)["info"]["root_password"] == PASSWORD
     assert record["info"]["root_password"] == PASSWORD, "the API record itself is not modified"
 
+
+def test_a_container_without_a_price_gets_no_yuan_figure():
+    from autodl_esd.platform.containers import container_view
+
+    record = container()
+    del record["price"]
+    assert "price_yuan" not in container_view(record)

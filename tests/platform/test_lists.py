@@ -179,6 +179,14 @@ def test_list_deployments_empty(run, api, result_validator):
     assert document["count"] == 0
 
 
+def test_list_deployments_says_what_price_estimates_yuan_is(run, api):
+    api.post(DEPLOYMENTS, json=page([deployment()]))
+    code, out, _ = run("list_deployments.py", "--quiet")
+    assert code == 0, out
+    assert out["items"][0]["price_estimates_yuan"] == 3.762
+    assert "不是已花的钱" in out["price_estimates_basis"]
+
+
 # --- list_containers --------------------------------------------------------------------
 
 
@@ -267,6 +275,15 @@ def test_list_containers_needs_a_deployment(run, result_validator):
 def test_list_containers_selectors_are_exclusive(run):
     code, document, _ = run("list_containers.py", "--name", "a", "--deployment-uuid", DEP_UUID)
     assert (code, document["error_type"]) == (1, "usage_error")
+
+
+def test_list_containers_gives_price_in_yuan_per_hour(run, api):
+    expect_deployment(api, deployment())
+    api.post(CONTAINERS, json=page([container()]))
+    code, out, _ = run("list_containers.py", "--deployment-uuid", DEP_UUID, "--quiet")
+    assert code == 0, out
+    [item] = out["items"]
+    assert (item["price"], item["price_yuan"]) == (1881, 1.881)
 
 
 # --- list_blacklist ---------------------------------------------------------------------

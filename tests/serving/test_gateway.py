@@ -848,3 +848,34 @@ def test_departed_replicas_beyond_the_kept_ones_are_summed_not_lost():
     assert len(table.departed) == kept and table.departed_beyond["replicas"] == 5
     total = sum(r.outcomes["success"] for r in table.departed.values()) + table.departed_beyond["requests"]["success"]
     assert total == kept + 5
+
+
+# ---- a follower of someone else's registry -------------------------------------------------
+
+
+def test_a_follower_gateway_keeps_listening_and_says_why_there_are_no_replicas(tmp_path):
+    """A gateway reading someone else's registry (file, URL, Redis) does not own the watch: it stays up."""
+    pytest.importorskip("aiohttp")
+    from helpers.loop_thread import LoopThread
+
+    from autodl_esd.serving.sources import FileSource
+
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"status": "success", "deployment_uuid": "833f1cd5a764fa3", "generated_at": "2026-12-02T09:00:00+08:00",
+                                    "services": [], "ended": "deployment_gone", "ended_reason": "部署 833f1cd5a764fa3 已不存在 (被删除)"}),
+                        encoding="utf-8")
+    source = FileSource(str(registry), 0.05, 1.0)
+    source.start()
+    loop = LoopThread()
+    try:
+        gateway = loop.gateway(source, interval=0.05, queue_timeout=30)  # answered at once all the same
+        answer = requests.get(gateway.url + "/predict", timeout=10)  # not queued for 30 s: nothing will come
+        assert answer.status_code == 503 and answer.json()["error_type"] == "no_replicas"
+        assert answer.json()["details"]["ended"] == "deployment_gone"
+        assert "已不存在" in answer.json()["message"]
+        state = requests.get(gateway.url + "/_gateway/status", timeout=5).json()["registry"]
+        assert state["ended"] == "deployment_gone" and state["stale"] is False
+        assert gateway.ended_by is None
+    finally:
+        loop.close()
+        source.stop()

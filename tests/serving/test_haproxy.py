@@ -1,20 +1,27 @@
 """HAProxy as the gateway: haproxy_config.py writes a config HAProxy accepts, and
 discover_services.py --haproxy-socket keeps a real HAProxy's backend equal to the running
-containers of a simulated deployment (each container on its own port: service_ports)."""
+containers of a simulated deployment (each container on its own port: service_ports). Its
+feed_command can be pasted as is, it warns when the replicas are told apart by path (which
+HAProxy cannot route), and the documented workflow runs on the simulator's own CLI."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, running_uuids
-from helpers.servers import require_binary, wait_for
+from helpers import SCRIPTS, load_script, running_uuids
+from helpers.servers import free_port, require_binary, stop, wait_for
 
 # Watcher polling interval in these tests (real seconds).
 INTERVAL = 0.1
@@ -157,3 +164,129 @@ def test_an_haproxy_restart_is_retried_next_cycle_and_the_servers_come_back(hapr
     sync.api = haproxy.RuntimeApi(str(restarted.socket_path))
     sync(document)  # ...and the next cycle adds them back
     assert set(sync.api.servers("replicas")) == {"0" * 15 + "-0a0a0a0a0a-aaaa"} and sync.added == 2
+
+
+# --- haproxy_config.py: a feed_command one can paste, a warning when HAProxy cannot route --------
+
+
+def watcher_parser():
+    return load_script(SCRIPTS / "discover_services.py").build_parser()
+
+
+def test_feed_command_is_pasteable_and_carries_what_this_haproxy_needs(run, tmp_path, result_validator):
+    code, result, err = run("haproxy_config.py", "--deployment-uuid", "833f1cd5a764fa3", "--socket", str(tmp_path / "admin.sock"),
+                            "--backend", "gpu", "--health-path", "/healthz", "--port", "6008", "--server-maxconn", "1",
+                            "--redis", "redis://:s3cret-pass@10.0.0.5:6379/0", "--key-prefix", "team-a")
+    assert code == 0, result
+    result_validator.validate(result)
+    words = shlex.split(result["feed_command"])
+    assert words[0] == "python" and Path(words[1]).is_absolute() and Path(words[1]) == SCRIPTS / "discover_services.py"
+    args = watcher_parser().parse_args(words[2:])
+    assert (args.deployment_uuid, args.watch, args.haproxy_socket, args.haproxy_backend) == (
+        "833f1cd5a764fa3", True, str(tmp_path / "admin.sock"), "gpu")
+    assert args.haproxy_server_options == result["server_options"] and "maxconn 1" in args.haproxy_server_options
+    assert (args.health_path, args.port, args.key_prefix) == ("/healthz", 6008, "team-a")
+    # The password never appears; the command names the placeholder and the note says so.
+    assert args.redis == "redis://:REDIS_PASSWORD@10.0.0.5:6379/0" and "REDIS_PASSWORD" in result["feed_command_note"]
+    assert "s3cret-pass" not in json.dumps(result) + err
+    # The platform could not be asked (a discard port): written anyway, and said so.
+    assert result["service_urls_checked"] is None and result["warnings"] == []
+
+
+def test_feed_command_leaves_out_what_was_not_given(run):
+    code, result, _ = run("haproxy_config.py", "--deployment-uuid", "833f1cd5a764fa3", "--quiet")
+    assert code == 0, result
+    args = watcher_parser().parse_args(shlex.split(result["feed_command"])[2:])
+    assert (args.health_path, args.redis, args.port) == (None, None, None)
+    assert "option httpchk GET /health" in result["config"]  # the config's own check keeps its default
+
+
+def test_haproxy_config_warns_when_the_replicas_are_selected_by_path(sim, deploy, run, result_validator):
+    sim()  # the stock simulator: <url>/svc/<uuid>/p6006
+    deployment_uuid = deploy(2)
+    code, result, err = run("haproxy_config.py", "--deployment-uuid", deployment_uuid)
+    assert code == 0, result
+    result_validator.validate(result)
+    [warning] = result["warnings"]
+    assert warning["code"] == "haproxy_cannot_route" and "2/2" in warning["message"] and "/svc/" in warning["message"]
+    assert "serve_gateway.py" in warning["hint"] and "--service-ports" in warning["hint"]
+    assert result["service_urls_checked"] == 2 and "haproxy_cannot_route" not in err and "HAProxy 只能按" in err
+
+
+def test_haproxy_config_is_quiet_when_every_replica_has_its_own_port(sim, deploy, run):
+    sim(service_ports=True)
+    deployment_uuid = deploy(1)
+    code, result, _ = run("haproxy_config.py", "--deployment-uuid", deployment_uuid, "--quiet")
+    assert code == 0 and result["warnings"] == [] and result["service_urls_checked"] == 1
+
+
+def test_watcher_summary_counts_the_replicas_haproxy_cannot_route_to(sim, deploy, run, haproxy_server):
+    sim()
+    deployment_uuid = deploy(2)
+    proxy = haproxy_server(deployment_uuid=deployment_uuid)
+    code, summary, err = run("discover_services.py", "--deployment-uuid", deployment_uuid, "--watch", "--max-cycles", "2",
+                             "--interval", "0.1", "--haproxy-socket", str(proxy.socket_path), "--haproxy-backend", "replicas")
+    assert code == 0, summary
+    assert summary["haproxy"]["added"] == 0 and summary["haproxy"]["skipped_replicas"] == 2
+    assert len(summary["haproxy"]["skipped"]) == 2
+    assert [w["code"] for w in summary["warnings"]] == ["haproxy_cannot_route"]
+    assert "2 个副本 HAProxy 无法转发" in err and "--service-ports auto" in err
+
+
+def test_the_documented_haproxy_workflow_runs_on_the_simulator_cli(run, tmp_path, monkeypatch):
+    """autodl_sim.py --service-ports auto -> queue_submit -> haproxy_config --out -> haproxy -> feed_command -> requests."""
+    binary = require_binary("haproxy")
+    simulator = subprocess.Popen([sys.executable, str(SCRIPTS / "autodl_sim.py"), "--speed", "200", "--service-ports", "auto"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    started = []
+    try:
+        ready = json.loads(simulator.stdout.readline())
+        monkeypatch.setenv("AUTODL_HOST", ready["url"])
+        monkeypatch.setenv("AUTODL_TOKEN", ready["token"])
+        example = json.loads((SCRIPTS.parent / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+        config_file = tmp_path / "service.json"
+        config_file.write_text(json.dumps(dict(example, replica_num=2)), encoding="utf-8")
+        code, submitted, _ = run("queue_submit.py", str(config_file), "--interval", "0.05", "--wait-running", "--quiet")
+        assert code == 0, submitted
+        deployment_uuid = submitted["deployment_uuid"]
+
+        bind, cfg = f"127.0.0.1:{free_port()}", tmp_path / "haproxy.cfg"
+        code, result, _ = run("haproxy_config.py", "--deployment-uuid", deployment_uuid, "--out", str(cfg), "--bind", bind,
+                              "--metrics-bind", f"127.0.0.1:{free_port()}", "--socket", str(tmp_path / "admin.sock"),
+                              "--check-interval", "200ms", "--health-path", "/health", "--quiet")
+        assert code == 0 and result["warnings"] == [] and result["service_urls_checked"] == 2, result
+        log = open(tmp_path / "haproxy.log", "wb")
+        proxy = subprocess.Popen([binary, "-f", str(cfg), "-db"], stdout=log, stderr=subprocess.STDOUT)
+        started.append(proxy)
+        wait_for(lambda: (tmp_path / "admin.sock").exists() or proxy.poll() is not None, 10, "haproxy's stats socket")
+        assert proxy.poll() is None, (tmp_path / "haproxy.log").read_text(errors="replace")
+
+        words = shlex.split(result["feed_command"])
+        feed = subprocess.Popen([sys.executable, *words[1:], "--interval", "0.2", "--duration", "60", "--quiet"],
+                                cwd="/", env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(feed)
+        containers = set()
+
+        def served() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://{bind}/predict", timeout=5) as response:
+                    containers.add(json.loads(response.read())["container_uuid"])
+            except OSError:
+                pass
+            return len(containers) == 2
+
+        wait_for(served, 20, "requests through HAProxy to reach both replicas")
+        feed.send_signal(signal.SIGTERM)
+        out, _ = feed.communicate(timeout=20)
+        summary = json.loads(out)
+        assert summary["stopped_by"] == "SIGTERM" and summary["haproxy"]["added"] == 2
+        assert summary["haproxy"]["skipped_replicas"] == 0 and "warnings" not in summary
+    finally:
+        for process in reversed(started):
+            stop(process)
+        simulator.send_signal(signal.SIGTERM)
+        try:
+            simulator.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            simulator.kill()
+            simulator.wait(timeout=5)

@@ -1,7 +1,8 @@
 """The registry, the watcher lock and the shared in-flight counts in a real redis-server.
 
 Unit-level tests drive serving.redis_registry directly; the end-to-end ones run
-discover_services.py --watch --redis against the simulator, with pools in other processes.
+discover_services.py --watch --redis against the simulator, with pools in other processes,
+and an active and a standby watcher that both end with their deployment.
 Every wait is bounded; the Redis server is one per session, each test under its own prefix.
 """
 
@@ -17,9 +18,10 @@ import time
 import urllib.request
 
 import pytest
+import requests
 
 from helpers import SCRIPTS, running_uuids, sim_service
-from helpers.servers import wait_for
+from helpers.servers import stop, wait_for
 
 pytest.importorskip("redis")
 
@@ -591,3 +593,31 @@ def test_a_standby_watcher_says_who_holds_the_lock_and_when_it_takes_over(sim, r
     assert -2 == redis_client.ttl(keys.heartbeat) or 0 < redis_client.ttl(keys.heartbeat) <= 2  # gone, or lapsing
     final = redis_registry.read_registry(redis_client, keys)
     assert final["ended"] == "deployment_stopped" and "stale" not in final
+
+
+def test_redis_watchers_active_and_standby_both_end_and_the_registry_is_final(sim, deploy, redis_server, key_prefix):
+    from autodl_esd.serving import redis_registry
+
+    instance = sim()
+    deployment_uuid = deploy(1)
+    watchers = [subprocess.Popen([sys.executable, str(SCRIPTS / "discover_services.py"), "--deployment-uuid", deployment_uuid,
+                                  "--watch", "--interval", "0.1", "--redis", redis_server.url, "--key-prefix", key_prefix,
+                                  "--duration", "60", "--quiet"], env=dict(os.environ), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    keys = redis_registry.RedisKeys(deployment_uuid, key_prefix)
+    try:
+        wait_for(lambda: (redis_registry.read_registry(redis_server.client, keys) or {}).get("services"), 20, "the registry in Redis")
+        answer = requests.put(instance.url + "/api/v1/dev/deployment/operate", json={"deployment_uuid": deployment_uuid, "operate": "stop"},
+                              headers={"Authorization": instance.token}, timeout=5).json()
+        assert answer["code"] == "Success", answer
+        results = [watcher.communicate(timeout=30) for watcher in watchers]
+    finally:
+        for watcher in watchers:
+            stop(watcher)
+    summaries = [json.loads(out) for out, _ in results]
+    assert [w.returncode for w in watchers] == [0, 0], [err[-500:] for _, err in results]
+    assert [s["stopped_by"] for s in summaries] == ["deployment_stopped"] * 2
+    assert sorted(s["redis"]["role"] for s in summaries) == ["active", "standby"]
+    time.sleep(0.1)
+    final = redis_registry.read_registry(redis_server.client, keys)  # the heartbeat is gone: still not stale
+    assert final["ended"] == "deployment_stopped" and final["services"] == [] and "stale" not in final

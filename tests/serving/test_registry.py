@@ -3,22 +3,28 @@
 The fake keeps containers and their events in memory and answers the three endpoints the
 watcher calls, so a test changes the platform between cycles and checks what the registry
 shows after each one. Also: the watcher under a hung API, a vanished --out directory and
-records that break the schema; the loopback endpoint on IPv4 and IPv6, with the Host check,
-idle timeout and JSON errors.
+records that break the schema; a watch that ends with its deployment (stopped or deleted,
+never on an outage); the loopback endpoint on IPv4 and IPv6, with the Host check, idle
+timeout and JSON errors.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+import requests
 
-from helpers import ROOT, envelope, url
+from helpers import ROOT, SCRIPTS, envelope, url
+from helpers.servers import stop, wait_for
 
 DEP = "833f1cd5a764fa3"
 DEPLOYMENTS = "/api/v1/dev/deployment/list"
@@ -461,6 +467,124 @@ def test_a_watch_without_health_checks_says_unknown_like_the_one_shot_listing(pl
     platform.start(MACHINE_B, 1)
     watcher.cycle()
     assert [s["healthy"] for s in watcher.document["services"]] == [None, None]
+
+
+# --- a watch ends with its deployment (stopped or deleted), never on an outage -------------
+
+CONTAINER = "833f1cd5a764fa3-0a0a0a0a0a-00000001"
+
+
+class ScriptedPlatform:
+    """What the watcher asks, answered from a script: events, running containers, the deployment."""
+
+    def __init__(self, monkeypatch, deployment_answers):
+        from autodl_esd.platform import resolve
+        from autodl_esd.serving import registry
+
+        self.events: list = [{"deployment_container_uuid": CONTAINER, "status": "running"}]
+        self.running = [{"uuid": CONTAINER, "status": "running", "machine_id": "0a0a0a0a0a",
+                         "info": {"service_url": "http://127.0.0.1:9"}}]
+        self.events_error = None
+        self.answers = list(deployment_answers)
+        self.looks = 0
+        monkeypatch.setattr(registry.api, "list_events", self.list_events)
+        monkeypatch.setattr(registry.api, "list_containers", lambda client, uuid, **filters: list(self.running))
+        monkeypatch.setattr(resolve, "deployment_by_uuid", self.deployment_by_uuid)
+
+    def list_events(self, client, uuid, offset=0, container_uuid=None):
+        if self.events_error is not None:
+            raise self.events_error
+        return self.events[offset:], len(self.events)
+
+    def deployment_by_uuid(self, client, uuid):
+        self.looks += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def stop_all(self):
+        self.events.append({"deployment_container_uuid": CONTAINER, "status": "shutting_down"})
+        self.running = []
+
+
+def scripted_watcher(tmp_path):
+    from autodl_esd.serving.registry import RegistryWatcher, WatchOptions
+
+    return RegistryWatcher(object(), "833f1cd5a764fa3", WatchOptions(interval=0.05, resync_every=1000, out=str(tmp_path / "r.json")))
+
+
+def stopped(status="stopped"):
+    return {"uuid": "833f1cd5a764fa3", "status": status}
+
+
+def test_watch_ends_only_after_consecutive_answers_not_on_one_hiccup_or_an_error(monkeypatch, tmp_path):
+    from autodl_esd.core.errors import ApiError
+
+    timeout = ApiError("请求超时", retryable=True, ambiguous=True)
+    platform = ScriptedPlatform(monkeypatch, [stopped(), stopped("running"), stopped(), timeout, stopped()])
+    watcher = scripted_watcher(tmp_path)
+    watcher.cycle()
+    watcher.cycle()
+    assert list(watcher.services) == [CONTAINER] and platform.looks == 0  # replicas running: nothing to ask
+    platform.stop_all()
+    watcher.cycle()  # the last replica left: look 1 says stopped
+    watcher.cycle()  # look 2 says running (a lagging read): the count starts over
+    assert watcher.ended is None and platform.looks == 2
+    platform.events.append({"deployment_container_uuid": CONTAINER, "status": "shutdown"})
+    watcher.cycle()  # a stop event: look again, stopped (1)
+    watcher.cycle()  # the look times out: not an answer, neither counts nor resets
+    assert watcher.ended is None and platform.looks == 4
+    watcher.cycle()  # stopped (2): the end
+    assert watcher.ended == "deployment_stopped" and platform.looks == 5
+    written = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert written["services"] == [] and written["ended"] == "deployment_stopped" and "stale" not in written
+    assert "已停止" in written["ended_reason"]
+
+
+def test_watch_of_a_deleted_deployment_ends_gone_but_an_api_outage_never_ends_it(monkeypatch, tmp_path):
+    from autodl_esd.core.errors import ApiError
+
+    platform = ScriptedPlatform(monkeypatch, [None, None])
+    watcher = scripted_watcher(tmp_path)
+    watcher.cycle()
+    platform.events_error = ApiError("HTTP 502", http_status=502, retryable=True)
+    for _ in range(4):
+        watcher.cycle()
+    assert watcher.ended is None and platform.looks == 0 and watcher.document["stale"] is True
+    assert [s["container_uuid"] for s in watcher.document["services"]] == [CONTAINER]  # kept through the outage
+    platform.events_error = ApiError("未查询到相关部署", code="RecordNotFoundError", msg="未查询到相关部署")
+    watcher.cycle()
+    assert watcher.ended is None and watcher.document["services"]  # one answer: kept, still stale
+    watcher.cycle()
+    assert watcher.ended == "deployment_gone" and watcher.document["services"] == [] and "stale" not in watcher.document
+    from autodl_esd.serving.registry import validate_registry
+
+    validate_registry(watcher.document)
+
+
+def test_discover_services_watch_ends_when_its_deployment_is_stopped(sim, deploy, tmp_path, result_validator):
+    instance = sim()
+    deployment_uuid = deploy(2)
+    out = tmp_path / "registry.json"
+    watch = subprocess.Popen([sys.executable, str(SCRIPTS / "discover_services.py"), "--deployment-uuid", deployment_uuid, "--watch",
+                              "--interval", "0.1", "--duration", "60", "--out", str(out), "--quiet"],
+                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: out.exists() and len(json.loads(out.read_text(encoding="utf-8"))["services"]) == 2, 20, "the registry")
+        answer = requests.put(instance.url + "/api/v1/dev/deployment/operate", json={"deployment_uuid": deployment_uuid, "operate": "stop"},
+                              headers={"Authorization": instance.token}, timeout=5).json()
+        assert answer["code"] == "Success", answer
+        summary, err = watch.communicate(timeout=30)
+    finally:
+        stop(watch)
+    assert watch.returncode == 0, err
+    summary = json.loads(summary)
+    result_validator.validate(summary)
+    assert summary["stopped_by"] == "deployment_stopped" and summary["services"] == [] and "stale" not in summary
+    assert "已停止" in summary["ended_reason"]
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert written["services"] == [] and written["ended"] == "deployment_stopped"
 
 
 # --- the loop, the script, signals -------------------------------------------------------

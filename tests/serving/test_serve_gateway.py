@@ -1,6 +1,7 @@
 """The gateway end to end against the simulator: replicas replaced under a stable URL, SSE
 through it, a crash mid-stream, queue_aware reading vLLM-style /metrics, and the script's
-lifecycle (ready line, SIGTERM drain, final summary). Every wait is bounded."""
+lifecycle (ready line, SIGTERM drain, final summary, its end when the deployment is
+deleted). Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from helpers import ROOT, SCRIPTS
+from helpers.servers import stop
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("simulator")
@@ -220,3 +222,25 @@ def test_an_unknown_deployment_is_a_json_error_before_anything_listens(sim, run)
     assert code == 1 and out["error_type"] == "not_found"
     code, out, _ = run("serve_gateway.py", "--registry", "/nonexistent/registry.json", "--quiet")
     assert code == 1 and out["error_type"] == "usage_error"
+
+
+def test_in_process_gateway_ends_when_its_deployment_is_deleted(sim, deploy):
+    pytest.importorskip("aiohttp")
+    instance = sim()
+    deployment_uuid = deploy(1)
+    gateway = subprocess.Popen([sys.executable, str(SCRIPTS / "serve_gateway.py"), "--deployment-uuid", deployment_uuid,
+                                "--listen", "127.0.0.1:0", "--interval", "0.1", "--drain-seconds", "2", "--quiet"],
+                               env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(gateway.stdout.readline() or "{}")
+        assert ready.get("status") == "success", ready
+        assert requests.get(ready["url"] + "/predict", timeout=5).status_code == 200
+        answer = requests.delete(instance.url + "/api/v1/dev/deployment", json={"deployment_uuid": deployment_uuid},
+                                 headers={"Authorization": instance.token}, timeout=5).json()
+        assert answer["code"] == "Success", answer
+        out, err = gateway.communicate(timeout=30)
+    finally:
+        stop(gateway)
+    assert gateway.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stopped_by"] == "deployment_gone" and "已不存在" in summary["ended_reason"]

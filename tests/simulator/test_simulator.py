@@ -15,11 +15,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from helpers import ROOT
+from helpers import ROOT, SCRIPTS
+from helpers.servers import free_port
 from simulator import ClusterConfigError, Simulator
 from simulator.faults import FaultInjector, FaultSpec
 
@@ -635,6 +637,16 @@ def test_bad_cluster_reports_every_problem():
     assert "machine_id" in problems and "gpu_num" in problems and "region" in problems
 
 
+def test_simulator_service_ports_from_a_range_then_system_picked():
+    port = free_port()
+    with Simulator(speed=1, seed=2, service_ports=(port, port)) as sim:
+        first, second = sim.service_address("a" * 15 + "-0a0a0a0a0a-00000001"), sim.service_address("a" * 15 + "-0a0a0a0a0a-00000002")
+    assert urlsplit(first).port == port and urlsplit(first).path == ""
+    assert urlsplit(second).port not in (None, port)
+    with pytest.raises(ValueError):
+        Simulator(service_ports=(10, 5))
+
+
 # ----- CLI -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -662,6 +674,13 @@ def test_cli_bad_arguments_are_json():
                           capture_output=True, text=True, timeout=20)
     assert done.returncode == 1
     assert json.loads(done.stdout)["error_type"] == "usage_error"
+
+
+def test_autodl_sim_rejects_a_bad_service_ports_value():
+    done = subprocess.run([sys.executable, str(SCRIPTS / "autodl_sim.py"), "--service-ports", "9000"], capture_output=True,
+                          text=True, timeout=30)
+    out = json.loads(done.stdout)
+    assert done.returncode == 1 and out["error_type"] == "usage_error" and "--service-ports" in out["message"]
 
 
 # ----- requests at the edges: pages, tokens, JSON types, methods, lengths, Host, CLI arguments -

@@ -12,6 +12,9 @@ its files under the test's own tmp_path.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import uuid
 from typing import Any, Callable
 
@@ -19,6 +22,23 @@ import pytest
 
 from helpers import ROOT, SIM_SPEED, TEST_HOST, TEST_TOKEN, load_script, script_path
 from helpers.servers import CHECK_FALL, CHECK_INTER, HaproxyServer, RedisServer, free_port
+
+HYPOTHESIS_HOME = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    """Hypothesis's pytest plugin caches the constants of our source under ./.hypothesis (the
+    skill root) while collecting, in every xdist worker at once: each pytest process gets a
+    directory of its own instead, removed at the end (a cache; a run recomputes it quickly)."""
+    if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+        config.stash[HYPOTHESIS_HOME] = os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = tempfile.mkdtemp(prefix="hypothesis-")
+
+
+def pytest_unconfigure(config):
+    directory = config.stash.get(HYPOTHESIS_HOME, None)
+    if directory:
+        os.environ.pop("HYPOTHESIS_STORAGE_DIRECTORY", None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -108,7 +108,10 @@ def platform():
 @pytest.fixture(scope="module")
 def session(platform, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("mcp")
-    env = {"AUTODL_HOST": platform.url, "AUTODL_TOKEN": TOKEN}
+    # The SDK starts the server with a bare environment (HOME, PATH, ...), not this process's:
+    # without XDG_STATE_HOME its scripts would keep their records in the skill's own .state/,
+    # a folder every test run (and every xdist worker) would share.
+    env = {"AUTODL_HOST": platform.url, "AUTODL_TOKEN": TOKEN, "XDG_STATE_HOME": str(tmp_path / "state")}
     with start_blocking_portal() as portal:
         client_cm, errlog, stderr_path = start_session(portal, [], env, tmp_path)
         with client_cm as client:
@@ -360,7 +363,8 @@ def test_sim_mode_needs_no_token_and_a_closed_session_leaves_no_child(tmp_path, 
     with start_blocking_portal() as portal:
         # The initialize handshake of 2025-era clients (desktop apps today); the module's
         # other session negotiates the current protocol.
-        client_cm, errlog, stderr_path = start_session(portal, ["--sim"], {}, tmp_path, mode="legacy")
+        client_cm, errlog, stderr_path = start_session(portal, ["--sim"], {"XDG_STATE_HOME": str(tmp_path / "state")}, tmp_path,
+                                                       mode="legacy")  # the records of its runs: this test's own
         with client_cm as client:
             assert client.protocol_version < "2026"
             sim_session = Session(portal, client, stderr_path)

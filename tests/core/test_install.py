@@ -125,7 +125,7 @@ def test_readme_opens_with_two_pasteable_venv_commands():
     for command in README_COMMANDS:
         assert "\n" not in command and command.startswith("python3 -m venv .venv && .venv/bin/python -m pip install -r ")
     assert DEMO_COMMAND.endswith("queue_submit.py examples/replicaset-service.json --sim --sim-busy 3 --wait-running")
-    assert TEST_COMMAND.endswith(".venv/bin/python -m pytest -q")
+    assert TEST_COMMAND.endswith(".venv/bin/python -m pytest -q -n 4 --dist loadfile")  # parallel, a file per worker
     assert ".venv/" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
 
 

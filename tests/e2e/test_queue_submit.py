@@ -173,7 +173,6 @@ def test_two_runs_of_one_config_buy_one_deployment(sim, config_file, result_vali
     import os
     import subprocess
     import sys
-    import time
 
     instance = sim()
     for gpu in EXAMPLE["container_template"]["gpu_name_set"]:

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from helpers.fake_api import AUTH, WALLET, wallet
 from helpers import ROOT
+from helpers.fake_api import AUTH, WALLET, wallet
 
 EXAMPLES = ROOT / "examples"
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from helpers import ROOT, job_config
 from helpers.fake_api import (
     CONTAINERS,
     DEP_UUID,
@@ -18,7 +19,6 @@ from helpers.fake_api import (
     list_body,
     page,
 )
-from helpers import ROOT, job_config
 
 # The platform's clock at the time of the report: 2026-01-05 14:35 UTC = 22:35 +08:00.
 PLATFORM_DATE = "Mon, 05 Jan 2026 14:35:00 GMT"

@@ -8,8 +8,8 @@ import json
 import pytest
 from responses import matchers
 
-from helpers.fake_api import DEP_UUID, DEPLOYMENTS, IMAGES, STOCK, WALLET, deployment, page, wallet
 from helpers import ROOT, envelope, url
+from helpers.fake_api import DEP_UUID, DEPLOYMENTS, STOCK, WALLET, deployment, page, wallet
 
 SYSTEM_IMAGES = url("/api/v2/image/list")
 DDP = url("/api/v1/dev/deployment/ddp/overview")

@@ -11,7 +11,6 @@ from helpers import envelope
 from helpers.fake_api import (
     AUTH,
     BLACKLIST,
-    CONTAINER_UUID,
     CONTAINERS,
     DEP_UUID,
     DEPLOYMENTS,

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers import ROOT, SCRIPTS
+from helpers import SCRIPTS
 from helpers.servers import stop
 
 pytest.importorskip("aiohttp")

@@ -9,6 +9,7 @@ file imports another test file: what two of them share is here.
 - `helpers.servers`: real redis-server and haproxy on loopback ports (the scale-out tests).
 - `helpers.loop_thread`: an event loop on a thread for the gateway and small aiohttp upstreams.
 - `helpers.sim_service`: a one-machine simulated cluster and a ReplicaSet created on it.
+- `helpers.bench`: the benches run small in the suite (the exactly-once soak, smoke runs).
 
 Importing this package puts `scripts/` and the skill root on `sys.path`, so a test file run
 as a script (`python3 tests/mcp/test_catalog.py`) imports the package as pytest does.

@@ -19,8 +19,9 @@ printed (or, detached, what its record finally said):
   PHANTOM       the output names a uuid that does not exist
 
 The exactly-once rule holds when DUPLICATE, UNREPORTED and PHANTOM are all zero. The
-small version of this soak runs in the test suite (tests/test_exactly_once_soak.py, with
-the reconcile margin shortened in-process); this one uses the real margin.
+small version of this soak runs in the test suite (tests/e2e/test_exactly_once_soak.py and
+the two files beside it, with the reconcile margin shortened in-process); this one uses the
+real margin.
 
     python3 bench/exactly_once_soak.py                     # 30 runs per mode, the figures
     python3 bench/exactly_once_soak.py --runs 5 --modes slow

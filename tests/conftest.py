@@ -1,27 +1,44 @@
-"""Shared fixtures: isolated environment, in-process script runs, HTTP mocks.
+"""Fixtures shared by every folder: isolated environment, in-process script runs, HTTP mocks,
+the simulator, real servers, an event loop thread. Plain helpers are in `helpers/`.
 
 Tests never reach the real AutoDL: unit tests mock HTTP with `responses`; end-to-end tests
 start the simulator on a loopback port.
+
+Under pytest-xdist every worker is its own process: a session fixture (the Redis server) is
+one per worker, and every server a fixture starts binds a port the system picks and keeps
+its files under the test's own tmp_path.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
+import os
+import shutil
+import tempfile
+import uuid
 from typing import Any, Callable
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts"
-for entry in (str(SCRIPTS), str(ROOT)):
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
+from helpers import ROOT, SIM_SPEED, TEST_HOST, TEST_TOKEN, load_script, script_path
+from helpers.servers import CHECK_FALL, CHECK_INTER, HaproxyServer, RedisServer, free_port
 
-TEST_TOKEN = "test-token-0123456789"
-TEST_HOST = "http://127.0.0.1:9"  # loopback, discard port: a leaked real request fails fast
+HYPOTHESIS_HOME = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    """Hypothesis's pytest plugin caches the constants of our source under ./.hypothesis (the
+    skill root) while collecting, in every xdist worker at once: each pytest process gets a
+    directory of its own instead, removed at the end (a cache; a run recomputes it quickly)."""
+    if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+        config.stash[HYPOTHESIS_HOME] = os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = tempfile.mkdtemp(prefix="hypothesis-")
+
+
+def pytest_unconfigure(config):
+    directory = config.stash.get(HYPOTHESIS_HOME, None)
+    if directory:
+        os.environ.pop("HYPOTHESIS_STORAGE_DIRECTORY", None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -40,19 +57,6 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.setattr(http, "_sleep", lambda seconds: None)
     output._secrets.clear()
     yield
-
-
-def load_script(path: Path) -> Any:
-    """Import an entry script as a module (scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-def script_path(name: str) -> Path:
-    return ROOT / name if (ROOT / name).is_file() else SCRIPTS / name
 
 
 @pytest.fixture
@@ -89,11 +93,6 @@ def mocked():
         yield mock
 
 
-# End-to-end tests run the simulator at 200 simulated seconds per real second: a ~30 s
-# container start-up takes ~0.15 s, yet every phase is still observed by a 0.05 s poller.
-SIM_SPEED = 200.0
-
-
 @pytest.fixture
 def sim(monkeypatch):
     """sim(**Simulator kwargs) starts a loopback simulator and points the scripts at it.
@@ -115,14 +114,6 @@ def sim(monkeypatch):
     yield start
     for instance in started:
         instance.stop()
-
-
-def envelope(data: Any = None, code: str = "Success", msg: str = "") -> dict[str, Any]:
-    return {"code": code, "msg": msg, "data": data, "request_id": "0" * 32}
-
-
-def url(path: str) -> str:
-    return TEST_HOST + path
 
 
 @pytest.fixture
@@ -159,5 +150,83 @@ def recorded_watchers(monkeypatch) -> list:
     return watchers
 
 
-def running_uuids(instance, deployment_uuid) -> set[str]:
-    return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}
+# ---- the `responses` fakes (records and URLs in helpers/fake_api.py) ----------------------
+
+
+@pytest.fixture
+def api():
+    """Ordered responses: calls must happen in exactly the registered order, all of them."""
+    import responses
+    from responses.registries import OrderedRegistry
+
+    with responses.RequestsMock(registry=OrderedRegistry, assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+@pytest.fixture
+def fast_read_back(monkeypatch):
+    """No real pause between the looks of a read-back after a change (resolve.read_back).
+    A module of tests against the fakes uses it with `pytest.mark.usefixtures`."""
+    from autodl_esd.platform import resolve
+
+    monkeypatch.setattr(resolve, "_sleep", lambda seconds: None)
+
+
+# ---- an event loop on a thread (the gateway tests) -----------------------------------------
+
+
+@pytest.fixture
+def loop_thread():
+    """An event loop on its own thread for the test's servers and clients; closed after."""
+    from helpers.loop_thread import LoopThread
+
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+# ---- real redis-server and haproxy (the scale-out tests; helpers/servers.py) ---------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server per session, which under xdist is one per worker: its own port (the
+    system picks it) and its own directory; tests keep apart by `key_prefix`."""
+    pytest.importorskip("redis")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A prefix of its own per test, so tests sharing the session's Redis never meet."""
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def haproxy_server(tmp_path):
+    """haproxy_server(render_kwargs) -> HaproxyServer started from serving.haproxy.render_config."""
+    from autodl_esd.serving import haproxy
+
+    started = []
+
+    def start(**overrides):
+        directory = tmp_path / f"haproxy{len(started)}"
+        directory.mkdir()
+        socket_path = directory / "admin.sock"
+        port, metrics_port = free_port(), free_port()
+        settings = dict(deployment_uuid="0" * 15, bind=f"127.0.0.1:{port}", backend="replicas", socket_path=str(socket_path),
+                        metrics_bind=f"127.0.0.1:{metrics_port}", health_path="/health",
+                        options=haproxy.server_options(CHECK_INTER, CHECK_FALL, 1, 10))
+        settings.update(overrides)
+        server = HaproxyServer(directory, haproxy.render_config(**settings), socket_path)
+        server.url = f"http://127.0.0.1:{port}"
+        server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        server.settings = settings
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

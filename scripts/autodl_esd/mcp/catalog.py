@@ -6,7 +6,7 @@ by `mcp_server.py --list-tools` in an environment without it.
 A tool's input schema is generated from the script's `build_parser()` at start-up: every
 argparse option becomes a property (type, enum, range, default, the Chinese `--help` text as
 its description), except the few listed in `ToolPolicy.hidden` with the reason. A flag added
-to a script therefore shows up in its tool by itself; `tests/test_mcp_catalog.py` fails when
+to a script therefore shows up in its tool by itself; `tests/mcp/test_catalog.py` fails when
 an entry script has neither a policy here nor a place in `NOT_TOOLS`.
 
 Calling a tool turns the arguments back into the script's argv (`argv_for`), so the tool

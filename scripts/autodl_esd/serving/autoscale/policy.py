@@ -1,7 +1,7 @@
 """The autoscaling decision as a pure function: load history + config + state -> decision.
 
 Ray Serve's split: the policy knows nothing about HTTP, the platform or threads, so every
-rule is tested with tables of inputs and no cluster (tests/test_autoscale_policy.py). The
+rule is tested with tables of inputs and no cluster (tests/serving/test_autoscale_policy.py). The
 controller (`autoscale.controller`) feeds it samples and carries its state between calls.
 
 Rules, in the order they apply:

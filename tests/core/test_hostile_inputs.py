@@ -1,0 +1,409 @@
+"""Hostile files, flags and environment: each is a clear input error with the path at fault.
+
+The error matrix of inputs we can check ourselves: none of them may end as internal_error
+(exit 4), none may print anything but one strict JSON document, and a malformed token is
+refused before any request without its value appearing anywhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autodl_esd.core import output
+from helpers import ROOT, SCRIPTS
+
+EXAMPLE = ROOT / "examples" / "replicaset-service.json"
+EXAMPLE_TEXT = EXAMPLE.read_text(encoding="utf-8")
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN/Infinity, as every other JSON parser does."""
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def write(tmp_path, text: str | bytes, name: str = "config.json"):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def replace(old: str, new: str) -> str:
+    assert old in EXAMPLE_TEXT
+    return EXAMPLE_TEXT.replace(old, new, 1)
+
+
+# --- config files ---------------------------------------------------------------------------
+
+# name, file text, expected error_type, the path expected in details.errors (or None: config_error)
+HOSTILE_CONFIGS = [
+    ("nan", replace('"gpu_num": 1', '"gpu_num": NaN'), "validation_error", "container_template.gpu_num"),
+    ("infinity", replace('"gpu_num": 1', '"gpu_num": Infinity'), "validation_error", "container_template.gpu_num"),
+    ("minus-infinity", replace('"cuda_v": 118', '"cuda_v": -Infinity'), "validation_error", "container_template.cuda_v"),
+    ("float-overflow", replace('"name": "llm-inference-service"', '"name": 1e308'), "validation_error", "name"),
+    ("float-1e400", replace('"gpu_num": 1', '"gpu_num": 1e400'), "validation_error", "container_template.gpu_num"),
+    ("int-5000-digits", replace('"gpu_num": 1', '"gpu_num": ' + "9" * 5000), "validation_error", "container_template.gpu_num"),
+    ("int64-overflow", replace('"gpu_num": 1', f'"gpu_num": {2**63}'), "validation_error", "container_template.gpu_num"),
+    ("gpu-num-too-big", replace('"gpu_num": 1', f'"gpu_num": {2**62}'), "validation_error", "container_template.gpu_num"),
+    ("replicas-2^63", replace('"replica_num": 2', f'"replica_num": {2**63}'), "validation_error", "replica_num"),
+    ("replicas-too-many", replace('"replica_num": 2', '"replica_num": 10001'), "validation_error", "replica_num"),
+    ("price-int32", replace('"price_to": 9000', f'"price_to": {2**31}'), "validation_error", "container_template.price_to"),
+    ("lone-surrogate", replace('"name": "llm-inference-service"', '"name": "demo\\ud800"'), "validation_error", "name"),
+    ("surrogate-key", replace('"name": "llm-inference-service"', '"name": "llm-inference-service", "\\udc80": 1'), "validation_error", "(根)"),
+    ("image-trailing-newline", replace('"image_uuid": "image-db8346e037"', '"image_uuid": "image-db8346e037\\n"'), "validation_error", "container_template.image_uuid"),
+    ("blank-name", replace('"name": "llm-inference-service"', '"name": "   "'), "validation_error", "name"),
+    ("blank-cmd", replace('"cmd": "cd /root/app', '"cmd": "\\t\\n", "x": "cd /root/app'), "validation_error", "container_template.cmd"),
+    ("blank-gpu-name", replace('"gpu_name_set": [', '"gpu_name_set": [" ", '), "validation_error", "container_template.gpu_name_set[0]"),
+    ("deep-within-parser", replace('"name": "llm-inference-service"', '"name": ' + "[" * 40 + "]" * 40), "validation_error", "name" + "[0]" * 32),
+    ("deep-past-recursion", "[" * 100_000 + "]" * 100_000, "config_error", None),
+    ("not-utf8", EXAMPLE_TEXT.replace("llm-inference-service", "demo-\udcff").encode("utf-8", "surrogateescape"), "config_error", None),
+    ("latin1", EXAMPLE_TEXT.replace("llm-inference-service", "démo").encode("latin-1"), "config_error", None),
+]
+
+
+def test_the_unedited_example_is_valid(run, tmp_path):
+    # The table above edits this file; each edit alone must be what makes it invalid.
+    assert run("validate_config.py", write(tmp_path, EXAMPLE_TEXT))[0] == 0
+
+
+@pytest.mark.parametrize(("name", "text", "error_type", "path"), HOSTILE_CONFIGS, ids=[c[0] for c in HOSTILE_CONFIGS])
+@pytest.mark.parametrize("script", ["validate_config.py", "queue_submit.py"])
+def test_hostile_config_is_a_clear_input_error(run, tmp_path, result_validator, script, name, text, error_type, path):
+    config = write(tmp_path, text)
+    code, document, _ = run(script, config, "--quiet")
+    assert (code, document["error_type"]) == (1, error_type), document
+    result_validator.validate(document)
+    if path is None:
+        assert document["details"]["path"] == config
+    else:
+        paths = [problem["path"] for problem in document["details"]["errors"]]
+        assert path in paths, document
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_without_hanging(run, tmp_path, result_validator):
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    code, document, _ = run("validate_config.py", str(fifo))
+    assert (code, document["error_type"]) == (1, "config_error")
+    assert "不是普通文件" in document["message"]
+    result_validator.validate(document)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+@pytest.mark.parametrize("path", ["/dev/zero", "/dev/null"])
+def test_devices_are_refused_without_reading(run, path):
+    code, document, _ = run("validate_config.py", path)
+    assert (code, document["error_type"], document["details"]["path"]) == (1, "config_error", path)
+
+
+def test_a_directory_is_refused(run, tmp_path):
+    code, document, _ = run("validate_config.py", str(tmp_path))
+    assert (code, document["error_type"]) == (1, "config_error")
+
+
+def test_a_config_over_the_documented_size_is_refused(run, tmp_path):
+    from autodl_esd.core.strict_json import MAX_CONFIG_BYTES
+
+    config = write(tmp_path, replace('"name": "llm-inference-service"', '"name": "' + "x" * MAX_CONFIG_BYTES + '"'))
+    code, document, _ = run("validate_config.py", config)
+    assert (code, document["error_type"], document["details"]["max_bytes"]) == (1, "config_error", MAX_CONFIG_BYTES)
+
+
+def test_a_utf8_bom_is_accepted(run, tmp_path):
+    config = write(tmp_path, b"\xef\xbb\xbf" + EXAMPLE_TEXT.encode("utf-8"))
+    assert run("validate_config.py", config)[0] == 0
+
+
+def test_config_selector_reads_files_the_same_way(run, tmp_path):
+    config = write(tmp_path, "[" * 100_000 + "]" * 100_000)
+    code, document, _ = run("list_containers.py", "--config", config)
+    assert (code, document["error_type"]) == (1, "config_error")
+
+
+# --- the simulator's cluster file -------------------------------------------------------------
+
+CLUSTER_TEXT = (SCRIPTS / "simulator" / "default_cluster.json").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        CLUSTER_TEXT.replace('"price": ', '"price": NaN, "x": ', 1),
+        CLUSTER_TEXT.replace('"price": ', '"price": 1e999, "x": ', 1),
+        CLUSTER_TEXT.replace('"price": ', '"price": ' + "9" * 5000 + ', "x": ', 1),
+        b"\xff\xfe" + CLUSTER_TEXT.encode("utf-16-le"),
+    ],
+    ids=["deep", "nan", "float-overflow", "huge-int", "utf16"],
+)
+def test_hostile_cluster_file_is_config_error_json(tmp_path, capsys, text):
+    from helpers import load_script
+
+    path = write(tmp_path, text, "cluster.json")
+    simulator_main = load_script(SCRIPTS / "autodl_sim.py").main
+    code = simulator_main(["--cluster", path])
+    captured = capsys.readouterr()
+    document = strict_loads(captured.out)
+    assert (code, document["error_type"]) == (1, "config_error"), document
+    assert document["details"]["path"] == path
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_cluster_fifo_is_refused(tmp_path, capsys):
+    from helpers import load_script
+
+    fifo = tmp_path / "cluster.fifo"
+    os.mkfifo(fifo)
+    code = load_script(SCRIPTS / "autodl_sim.py").main(["--cluster", str(fifo)])
+    document = strict_loads(capsys.readouterr().out)
+    assert (code, document["error_type"]) == (1, "config_error")
+
+
+@pytest.mark.parametrize("speed", ["nan", "inf", "-1", "1e300"])
+def test_simulator_speed_must_be_finite_and_bounded(capsys, speed):
+    from helpers import load_script
+
+    code = load_script(SCRIPTS / "autodl_sim.py").main(["--speed", speed])
+    document = strict_loads(capsys.readouterr().out)
+    assert (code, document["error_type"]) == (1, "usage_error")
+
+
+# --- numeric flags ----------------------------------------------------------------------------
+
+DEP = "0123456789abcde"
+NUMERIC_FLAGS = [
+    ("queue_submit.py", [str(EXAMPLE), "--interval"]),
+    ("queue_submit.py", [str(EXAMPLE), "--timeout"]),
+    ("queue_submit.py", [str(EXAMPLE), "--startup-timeout"]),
+    ("queue_submit.py", [str(EXAMPLE), "--sim", "--sim-busy"]),
+    ("discover_services.py", ["--deployment-uuid", DEP, "--interval"]),
+    ("discover_services.py", ["--deployment-uuid", DEP, "--health-timeout"]),
+    ("discover_services.py", ["--deployment-uuid", DEP, "--watch", "--duration"]),
+    ("find_faulty_hosts.py", ["--deployment-uuid", DEP, "--lookback-hours"]),
+    ("find_faulty_hosts.py", ["--deployment-uuid", DEP, "--min-uptime"]),
+    ("container_events.py", ["--deployment-uuid", DEP, "--follow", "--timeout"]),
+    ("container_events.py", ["--deployment-uuid", DEP, "--follow", "--interval"]),
+]
+
+
+@pytest.mark.parametrize(("script", "argv"), NUMERIC_FLAGS, ids=[f"{s}{a[-1]}" for s, a in NUMERIC_FLAGS])
+@pytest.mark.parametrize("value", ["nan", "inf", "Infinity", "1e308", "1e12", "-1"])
+def test_numeric_flags_are_finite_and_bounded(run, result_validator, script, argv, value):
+    code, document, _ = run(script, *argv, value)
+    assert (code, document["error_type"]) == (1, "usage_error"), document
+    assert "有限数" in document["message"] or "不是数字" in document["message"], document
+    result_validator.validate(document)
+
+
+def test_duration_limit_is_inclusive_and_documented(capsys):
+    from autodl_esd.core import cli
+
+    assert cli.positive_seconds(str(cli.MAX_DURATION_SECONDS)) == cli.MAX_DURATION_SECONDS
+    assert cli.non_negative_seconds("0") == 0
+    assert cli.positive_hours("8760") == 8760
+    assert str(cli.MAX_DURATION_SECONDS) in cli.EXIT_CODE_EPILOG
+
+
+# --- environment ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["1e300", "nan", "inf", "0", "-5", "3601"])
+def test_http_timeout_must_be_finite_and_bounded(run, monkeypatch, value):
+    monkeypatch.setenv("AUTODL_HTTP_TIMEOUT", value)
+    code, document, _ = run("list_images.py")
+    assert (code, document["error_type"], document["details"]["path"]) == (1, "config_error", "AUTODL_HTTP_TIMEOUT")
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["http://127.0.0.1:99999", "http://127.0.0.1:0", "http://127.0.0.1:-1", "https://api.autodl.com:abc",
+     "https://api.autodl.com/ x", "https://api.auto\ndl.com"],
+)
+def test_host_with_a_bad_port_or_characters_is_config_error(run, monkeypatch, host):
+    monkeypatch.setenv("AUTODL_HOST", host)
+    code, document, _ = run("list_images.py")
+    assert (code, document["error_type"], document["details"]["path"]) == (1, "config_error", "AUTODL_HOST")
+
+
+MALFORMED_TOKENS = [
+    "sk-abcdef\n0123456789",  # a copy-paste that broke the line
+    "sk-abcdef\r0123456789",
+    "sk-abcdef 0123456789",
+    "sk-abcdef\x7f0123456789",
+    "sk-令牌abcdef0123456789",  # not Latin-1: UnicodeEncodeError in the header
+    "sk-abcdef\u00e90123456789",  # Latin-1 but not ASCII
+]
+
+
+def _all_spellings(token: str) -> list[str]:
+    return [token, repr(token)[1:-1], json.dumps(token)[1:-1], json.dumps(token, ensure_ascii=False)[1:-1],
+            token.encode("unicode_escape").decode(), "sk-abcdef", "0123456789"]
+
+
+@pytest.mark.parametrize("token", MALFORMED_TOKENS, ids=range(len(MALFORMED_TOKENS)))
+def test_malformed_token_is_refused_before_any_request(run, monkeypatch, result_validator, token):
+    monkeypatch.setenv("AUTODL_TOKEN", token)
+    code, document, stderr = run("list_images.py", "--debug")  # no mock: a request would fail
+    assert (code, document["error_type"], document["details"]["code"]) == (1, "auth_error", "TokenMalformed")
+    assert "malformed" in document["message"]
+    result_validator.validate(document)
+    text = json.dumps(document, ensure_ascii=False) + json.dumps(document) + stderr
+    for spelling in _all_spellings(token):
+        assert spelling not in text
+
+
+def test_malformed_token_from_env_file_says_where(run, monkeypatch, tmp_path):
+    from autodl_esd.core import settings
+
+    env_file = tmp_path / ".env"
+    env_file.write_text('AUTODL_TOKEN="sk-abcdef\\n0123456789"\n', encoding="utf-8")
+    monkeypatch.delenv("AUTODL_TOKEN")
+    monkeypatch.setattr(settings, "ENV_FILE", env_file)
+    code, document, _ = run("list_images.py")
+    assert (code, document["error_type"], document["details"]["where"]) == (1, "auth_error", str(env_file))
+
+
+def test_malformed_token_in_a_real_process_never_leaks(tmp_path):
+    token = "sk-abcdef\n0123456789"
+    env = {**os.environ, "AUTODL_TOKEN": token, "AUTODL_HOST": "http://127.0.0.1:9"}
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "queue_submit.py"), str(EXAMPLE), "--dry-run", "--debug"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    document = strict_loads(completed.stdout)
+    assert (completed.returncode, document["error_type"]) == (1, "auth_error")
+    for spelling in _all_spellings(token):
+        assert spelling not in completed.stdout + completed.stderr
+
+
+def test_request_library_refusals_never_quote_the_token(monkeypatch):
+    """Behind the token check: if requests still refuses a header, only the type is told."""
+    import requests
+
+    from autodl_esd.core.errors import ApiError
+    from autodl_esd.core.http import ApiClient
+    from autodl_esd.core.settings import Settings
+
+    token = "sk-abcdef\n0123456789"
+    output.register_secret(token)
+    client = ApiClient(Settings(host="http://127.0.0.1:9", http_timeout=1.0, token=token))
+
+    def refuse(*_args, **_kwargs):
+        raise requests.exceptions.InvalidHeader(f"Invalid return character or leading space in header: {token!r}")
+
+    monkeypatch.setattr(client.session, "request", refuse)
+    with pytest.raises(ApiError) as caught:
+        client.get("/api/v1/dev/machine/gpu_stock")
+    text = json.dumps(caught.value.to_dict(), ensure_ascii=False)
+    assert "InvalidHeader" in text and "0123456789" not in text
+    assert not caught.value.ambiguous
+
+
+# --- the scrubber ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("secret", ["sk-abcdef\n0123456789", "sk-abc'def\"0123\\456789", "令牌-abcdef0123456789\t"])
+def test_scrubber_catches_escaped_and_repr_forms(capsys, secret):
+    output.register_secret(secret)
+    exception_text = f"InvalidHeader: header value {secret!r}"
+    output.emit_success({"exception": exception_text, "plain": secret, "bytes": repr(secret.encode("utf-8"))})
+    out = capsys.readouterr().out
+    for spelling in (secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], json.dumps(exception_text)[1:-1]):
+        assert spelling not in out
+    assert out.count(output.REDACTED) >= 3
+
+
+# --- strict JSON on stdout ---------------------------------------------------------------------
+
+def test_stdout_is_strict_json_even_with_non_finite_numbers(capsys):
+    output.emit_success({"ratio": float("nan"), "items": [float("inf"), -float("inf"), 1.5], "deployment_uuid": DEP})
+    document = strict_loads(capsys.readouterr().out)
+    assert document == {"status": "success", "ratio": None, "items": [None, None, 1.5], "deployment_uuid": DEP}
+
+
+def test_lone_surrogates_in_output_are_escaped_not_fatal(capsys):
+    output.emit_success({"name": "demo\ud800", "text": "中文"})
+    document = strict_loads(capsys.readouterr().out)
+    assert document["name"] == "demo\ud800" and document["text"] == "中文"
+
+
+def _json_dump_calls():
+    """json.dump(s) calls that produce a document (stdout, a file, an HTTP body).
+
+    Skipped: calls inside an f-string (a value quoted in a message, never parsed back), and
+    a call whose previous line says `# allow-nan: <why>`."""
+    for path in sorted([*SCRIPTS.rglob("*.py"), ROOT / "queue_submit.py"]):
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        tree = ast.parse(source)
+        in_fstring = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for inner in ast.walk(node)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("dump", "dumps") and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "json" and id(node) not in in_fstring
+                    and "# allow-nan:" not in lines[node.lineno - 2]):
+                yield path, node
+
+
+def test_every_json_dump_in_the_bundle_refuses_nan():
+    """allow_nan=False everywhere: NaN is not JSON, and a reader of ours must never meet it."""
+    missing = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path, node in _json_dump_calls()
+        if not any(kw.arg == "allow_nan" and isinstance(kw.value, ast.Constant) and kw.value.value is False
+                   for kw in node.keywords)
+    ]
+    assert not missing, f"json.dump(s) without allow_nan=False: {missing}"
+
+
+# Checked after parsing, with their own usage_error (see the simulator tests above).
+CHECKED_IN_MAIN = {("autodl_sim.py", "--speed"), ("autodl_sim.py", "--balance-yuan")}
+
+
+def _typed_options():
+    from helpers import load_script
+
+    for path in [ROOT / "queue_submit.py", *sorted(SCRIPTS.glob("*.py"))]:
+        if "def build_parser" not in path.read_text(encoding="utf-8"):
+            continue
+        for action in load_script(path).build_parser()._actions:
+            if action.type is not None and not action.choices and action.option_strings:
+                yield path.name, action.option_strings[-1], action.type
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "9" * 5000])
+def test_every_numeric_flag_of_every_script_refuses_non_finite_and_absurd_values(value):
+    import argparse
+
+    accepted = []
+    for script, option, parse in _typed_options():
+        if (script, option) in CHECKED_IN_MAIN:
+            continue
+        try:
+            result = parse(value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError):
+            continue
+        if isinstance(result, (int, float)):
+            accepted.append(f"{script} {option}={value[:12]} -> {result!r:.20}")
+    assert not accepted, accepted
+
+
+@pytest.mark.parametrize("balance", ["nan", "inf", "-1", "1e300"])
+def test_simulator_balance_must_be_finite_and_bounded(capsys, balance):
+    from helpers import load_script
+
+    code = load_script(SCRIPTS / "autodl_sim.py").main(["--balance-yuan", balance])
+    document = strict_loads(capsys.readouterr().out)
+    assert (code, document["error_type"]) == (1, "usage_error")

@@ -1,0 +1,26 @@
+"""The serving benchmarks still run (tiny sizes); the others are in test_bench_smoke.py.
+
+Each must finish and print its tables; the numbers are the README's, from full runs, never
+asserted here. scale_out.py starts a real redis-server and haproxy, like the scale-out tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.bench import run_bench
+
+BENCHES = [
+    ("load_balancing.py", ["--requests", "16", "--threads", "2", "--trials", "1"]),
+    ("gateway.py", ["--requests", "20", "--seconds", "0.3", "--policy-requests", "16", "--streams", "4", "--scenarios", "1",
+                    "--stream-events", "3", "--stream-gap", "0.02"]),
+    ("autoscale.py", ["--day-seconds", "3", "--peak-rps", "10"]),
+    ("scale_out.py", ["--requests", "3", "--threads", "1", "--sequential", "20", "--leases", "20"]),
+]
+
+
+@pytest.mark.parametrize("script,argv", BENCHES, ids=[b[0] for b in BENCHES])
+def test_bench_runs_and_prints_a_table(script, argv):
+    done = run_bench(script, argv)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "|" in done.stdout or "  " in done.stdout

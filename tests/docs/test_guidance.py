@@ -108,3 +108,14 @@ def test_the_confirmation_rule_is_documented_where_both_are_described():
     skill = (ROOT / "SKILL.md").read_text(encoding="utf-8")
     reference = (ROOT / "api-reference.md").read_text(encoding="utf-8")
     assert "这次提交本身就是用户批准的花费" in skill and "这次提交本身就是用户批准的花费" in reference
+
+
+def test_consent_when_the_user_cannot_be_asked_is_one_rule_among_the_money_rules():
+    money = SKILL[SKILL.index("<!-- SECTION:money -->"):SKILL.index("<!-- /SECTION:money -->")]
+    rule = line_with(money, "用户无法被询问时")
+    # An explicit instruction consents to exactly what it names; the preview still runs and
+    # is checked; the cost and what was done are reported; anything beyond is only offered.
+    assert "明确指示" in rule and "所指明的那一件事" in rule
+    assert "先预览" in rule and "核对" in rule and "费用" in rule and "做了什么" in rule
+    assert "守护" in rule and "更大范围" in rule and "不要做" in rule and "报告里提出" in rule
+    assert SKILL.count("用户无法被询问时") == 1, "one home"

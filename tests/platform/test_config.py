@@ -155,10 +155,36 @@ def test_memory_in_bytes_hints_the_gb_value(field, gb):
 def test_memory_ceiling_in_bytes_says_what_the_range_filters_and_warns_when_it_fits_no_host():
     """17179869184 bytes is 16 GB; as memory_size_to that is below every common per-GPU share."""
     problem = only_problem(with_template(private(), memory_size_to=17179869184), "container_template.memory_size_to")
-    assert "16" in problem["hint"] and "gpu_num" in problem["hint"] and "挑主机" in problem["hint"]
-    assert "排除几乎所有主机" in problem["hint"]
+    assert "16 GB" in problem["message"] and "gpu_num" in problem["hint"] and "挑主机" in problem["hint"]
+    assert "排除几乎所有主机" in problem["message"]
     roomy = only_problem(with_template(private(), memory_size_to=256 * 1024**3), "container_template.memory_size_to")
-    assert "排除几乎所有主机" not in roomy["hint"], "a generous ceiling gets no warning"
+    assert "排除几乎所有主机" not in roomy["message"] + roomy["hint"], "a generous ceiling gets no warning"
+
+
+def recommended(problem):
+    """The values the hint tells the user to write: exactly one, or the agent has to guess."""
+    return [int(value) for value in re.findall(r"应写 [\w.]*:? ?(\d+)", problem["hint"])]
+
+
+@pytest.mark.parametrize("gpu_num,expected", [(1, 256), (2, 512)])
+def test_memory_ceiling_in_bytes_that_would_fit_no_host_gets_one_roomy_recommendation(gpu_num, expected):
+    """Not "换算为 16 (GB)" followed by "16 GB excludes almost every host": one value to write."""
+    config = with_template(private(), gpu_num=gpu_num, memory_size_to=17179869184)
+    problem = only_problem(config, "container_template.memory_size_to")
+    assert recommended(problem) == [expected], problem
+    assert "换算为 16" not in problem["hint"]
+    # The recommendation passes the lint that would otherwise warn about the converted value.
+    from autodl_esd.platform.lint import lint_config
+
+    fixed = with_template(private(), gpu_num=gpu_num, memory_size_to=expected)
+    assert "low_memory_ceiling" not in {w["code"] for w in lint_config(fixed)}
+
+
+@pytest.mark.parametrize("field,gb", [("memory_size_from", 16), ("memory_size_to", 64), ("memory_size_to", 256)])
+def test_memory_in_bytes_that_converts_to_a_sensible_value_recommends_the_conversion(field, gb):
+    problem = only_problem(with_template(private(), **{field: gb * 1024**3}), f"container_template.{field}")
+    assert recommended(problem) == [gb], problem
+    assert f"{gb} GB" in problem["message"]
 
 
 def test_low_ceilings_are_lint_warnings():

@@ -21,6 +21,7 @@ from ..core.deps import SKILL_ROOT, require
 from ..core.errors import AutoDLError, ErrorType
 from .units import (
     KNOWN_CUDA_CODES,
+    ROOMY_MEMORY_GB_PER_GPU,
     TYPICAL_MEMORY_GB_PER_GPU,
     cuda_code_for,
     gb_hint_for_bytes,
@@ -103,18 +104,44 @@ def _cuda_hint(value: Any) -> str:
     return f"已知代码: {known} (118 = CUDA 11.8; 私有云 cuda_v 另可用 0 表示不限)"
 
 
-def _memory_bytes_hint(field: str, value: int) -> str:
-    """The GB value, what the range filters, and a warning when that ceiling fits few hosts."""
+def _memory_bytes_problem(path: str, field: str, value: int, gpu_num: int) -> Problem:
+    """Memory written in bytes: ONE value to write, the same in message and hint.
+
+    The conversion when it is a sensible value; for a ceiling that, converted, would fit
+    almost no host (the range filters the container's share, not what it needs), a roomy
+    ceiling instead: offering the conversion and then warning against it leaves the choice
+    to an agent that has to guess.
+    """
     gb = gb_hint_for_bytes(value)
-    hint = (f"换算为 {gb} (GB)。注意: memory_size_from/to 筛选的是容器分到的内存 (主机每卡内存份额 × gpu_num), "
-            "只用来挑主机, 不是容器的内存上限。")
-    if field.endswith("_to") and gb < TYPICAL_MEMORY_GB_PER_GPU:
-        hint += (f" {gb} GB 低于常见主机每卡 {TYPICAL_MEMORY_GB_PER_GPU} GB 起的份额: 作为上限会排除几乎所有主机 "
-                 "(创建报 当前算力规格暂无库存); 不想限制就写一个宽松的上限 (如 256 × gpu_num), 最低需要写在 memory_size_from。")
-    return hint
+    what = ("memory_size_from/to 筛选的是容器分到的内存 (主机每卡内存份额 × gpu_num), 只用来挑主机, "
+            "不是容器的内存上限")
+    if field.endswith("_to") and gb < TYPICAL_MEMORY_GB_PER_GPU * gpu_num:
+        roomy = ROOMY_MEMORY_GB_PER_GPU * gpu_num
+        return {
+            "path": path,
+            "message": f"内存 {value} 看起来是字节数 (= {gb} GB), 这里的单位是 GB; 但 {gb} GB 作为上限也不合适: "
+                       f"低于常见主机给 {gpu_num} 张卡的份额 (每卡 {TYPICAL_MEMORY_GB_PER_GPU} GB 起), 会排除几乎所有主机 "
+                       "(创建报 当前算力规格暂无库存)",
+            "hint": f"应写 {field}: {roomy} (宽松上限 = {ROOMY_MEMORY_GB_PER_GPU} × gpu_num {gpu_num})。{what}; "
+                    f"容器至少要 {gb} GB 时, 那是下限, 属于 memory_size_from。",
+        }
+    return {"path": path, "message": f"内存 {value} 看起来是字节数 (= {gb} GB), 这里的单位是 GB",
+            "hint": f"应写 {field}: {gb}。注意: {what}。"}
 
 
-def _explain(error: Any) -> list[Problem]:
+def _gpu_num_at(config: Any, parts: list[Any]) -> int:
+    """gpu_num of the template holding the field at `parts` (1 when absent or not a count)."""
+    node = config
+    for part in parts[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return 1
+    gpu_num = node.get("gpu_num") if isinstance(node, dict) else None
+    return gpu_num if isinstance(gpu_num, int) and not isinstance(gpu_num, bool) and gpu_num > 0 else 1
+
+
+def _explain(error: Any, config: Any) -> list[Problem]:
     """Turn one jsonschema error into problems with Chinese messages and a fix."""
     parts = list(error.absolute_path)
     path = _path_text(parts) or "(根)"
@@ -151,7 +178,7 @@ def _explain(error: Any) -> list[Problem]:
     if field.startswith("cuda_v") and kind in ("type", "enum"):
         return [{"path": path, "message": f"CUDA 代码无效: {value!r}", "hint": _cuda_hint(value)}]
     if field.startswith("memory_size") and looks_like_bytes(value):
-        return [{"path": path, "message": f"内存 {value} 看起来是字节数, 这里的单位是 GB", "hint": _memory_bytes_hint(field, value)}]
+        return [_memory_bytes_problem(path, field, value, _gpu_num_at(config, parts))]
     if field.startswith("price") and kind == "type" and isinstance(value, float):
         return [{
             "path": path,
@@ -226,7 +253,7 @@ def _schema_problems(config: Any) -> list[Problem]:
         # if/then/else and allOf wrap the interesting errors; report the leaves.
         leaves = [error] if not error.context else list(error.context)
         for leaf in leaves:
-            for problem in _explain(leaf):
+            for problem in _explain(leaf, config):
                 if problem not in problems:
                     problems.append(problem)
     return problems

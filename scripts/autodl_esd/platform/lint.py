@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .units import TYPICAL_CPU_PER_GPU, TYPICAL_MEMORY_GB_PER_GPU
+from .units import ROOMY_CPU_PER_GPU, ROOMY_MEMORY_GB_PER_GPU, TYPICAL_CPU_PER_GPU, TYPICAL_MEMORY_GB_PER_GPU
 
 Warning_ = dict[str, str]
 
@@ -164,7 +164,7 @@ def lint_config(config: dict[str, Any]) -> list[Warning_]:
                 f"{stem}_to={ceiling} {unit} 低于常见主机给 {gpu_num} 张卡的份额 (约每卡 {typical} {unit} 起): "
                 "范围筛选的是容器分到的份额 (主机每卡份额 × gpu_num), 上限太低会排除几乎所有主机, 创建报 当前算力规格暂无库存。",
                 f"上限不是\"我只要这么多\": 容器总会拿到主机每卡份额 × gpu_num; 不想限制就放宽 {stem}_to (如 "
-                f"{max(ceiling, 256 if stem == 'memory_size' else 128) * gpu_num}), 只用 {stem}_from 表示最低需要。",
+                f"{max(ceiling, ROOMY_MEMORY_GB_PER_GPU if stem == 'memory_size' else ROOMY_CPU_PER_GPU) * gpu_num}), 只用 {stem}_from 表示最低需要。",
             ))
     if deployment_type == "Container" and ("replica_num" in config or "parallelism_num" in config):
         warnings.append(_warning(

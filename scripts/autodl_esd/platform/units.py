@@ -27,6 +27,10 @@ MAX_PLAUSIBLE_MEMORY_GB = 65536
 # almost no host: the range filters the container's share, not what it needs.
 TYPICAL_MEMORY_GB_PER_GPU = 30
 TYPICAL_CPU_PER_GPU = 8
+# A ceiling that excludes no common host, when a config did not mean to limit: above the
+# largest per-GPU shares seen (720 GB / 8 cards = 90 GB; 16-core units), with room to spare.
+ROOMY_MEMORY_GB_PER_GPU = 256
+ROOMY_CPU_PER_GPU = 128
 
 # Public-cloud limits of the blacklist's expire_in_minutes: 1 minute to 30 days.
 BLACKLIST_MAX_EXPIRE_MINUTES = 43200

@@ -15,6 +15,7 @@ EXAMPLES = [
     "python scripts/delete_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
     "python scripts/delete_deployment.py --name-glob 'demo-*'        # 预览全部匹配, 给出 details.expect_uuids",
     "python scripts/delete_deployment.py --name-glob 'demo-*' --yes --expect-uuids 833f1cd5a764fa3,53a677bb3e281b8",
+    "python scripts/delete_deployment.py --name-glob 'demo-*' --exclude demo-keep   # 除 demo-keep 外的全部 demo-*: 预览",
 ]
 
 
@@ -50,10 +51,10 @@ def handle(args, ctx: cli.Context) -> dict:
 
     client = ctx.client()
     if args.name_glob:
-        return run_bulk(client, ctx, pattern=args.name_glob, yes=args.yes, expected_text=args.expect_uuids,
+        return run_bulk(client, ctx, pattern=args.name_glob, exclude=args.exclude, yes=args.yes, expected_text=args.expect_uuids,
                         verb="删除", action="delete_deployment", change_for=lambda d: delete_change(client, d["uuid"]))
-    if args.expect_uuids:
-        raise cli.UsageError("--expect-uuids 只和 --name-glob 一起用。")
+    if args.expect_uuids or args.exclude:
+        raise cli.UsageError(f"{'--expect-uuids' if args.expect_uuids else '--exclude'} 只和 --name-glob 一起用。")
     deployment = resolve_from_args(client, args, gone_hint=ALREADY_DELETED_HINT)
     # with_cost: once deleted, cost_report can no longer see it; this is its last figure.
     impact = deployment_impact(client, deployment, with_cost=True)

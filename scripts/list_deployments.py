@@ -13,6 +13,7 @@ EXAMPLES = [
     "python scripts/list_deployments.py --status running",
     "python scripts/list_deployments.py --name my-service",
     "python scripts/list_deployments.py --name-glob 'demo-*'",
+    "python scripts/list_deployments.py --name-glob 'demo-*' --exclude demo-keep",
 ]
 
 
@@ -28,6 +29,7 @@ def build_parser() -> cli.JsonArgumentParser:
     names.add_argument("--name", metavar="NAME", help="按名称精确匹配")
     names.add_argument("--name-glob", metavar="PATTERN",
                        help="按 shell 通配符匹配整个名称 (* ? [...]; 区分大小写), 如 'demo-*' 不会匹配 mydemo-x; 记得加引号")
+    cli.add_exclude_flag(parser)
     parser.add_argument("--status", choices=("running", "stopped"), help="只看运行中或已停止的部署")
     parser.add_argument("--deployment-uuid", metavar="UUID", help="只看这一个部署")
     return parser
@@ -36,13 +38,17 @@ def build_parser() -> cli.JsonArgumentParser:
 def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.money.estimate import PRICE_ESTIMATES_BASIS
     from autodl_esd.platform import api
-    from autodl_esd.platform.resolve import deployment_view, deployments_matching
+    from autodl_esd.platform.resolve import deployment_summary, deployment_view, deployments_matching, split_excluded
 
+    if args.exclude and not args.name_glob:
+        raise cli.UsageError("--exclude 只和 --name-glob 一起用。")
     if args.name_glob:
-        deployments = deployments_matching(ctx.client(), args.name_glob, status=args.status)
+        deployments, excluded = split_excluded(
+            deployments_matching(ctx.client(), args.name_glob, status=args.status), args.exclude)
         if args.deployment_uuid:
             deployments = [d for d in deployments if d.get("uuid") == args.deployment_uuid]
-        return cli.list_result([deployment_view(d) for d in deployments], name_glob=args.name_glob,
+        shown_excluded = {"exclude": args.exclude, "excluded": [deployment_summary(d) for d in excluded]} if args.exclude else {}
+        return cli.list_result([deployment_view(d) for d in deployments], name_glob=args.name_glob, **shown_excluded,
                                price_estimates_basis=PRICE_ESTIMATES_BASIS)
     deployments = api.list_deployments(ctx.client(), name=args.name, status=args.status, deployment_uuid=args.deployment_uuid)
     return cli.list_result([deployment_view(d) for d in deployments], price_estimates_basis=PRICE_ESTIMATES_BASIS)

@@ -15,6 +15,7 @@ EXAMPLES = [
     "python scripts/stop_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
     "python scripts/stop_deployment.py --name-glob 'demo-*'          # 预览全部匹配, 给出 details.expect_uuids",
     "python scripts/stop_deployment.py --name-glob 'demo-*' --yes --expect-uuids 833f1cd5a764fa3,53a677bb3e281b8",
+    "python scripts/stop_deployment.py --name-glob 'demo-*' --exclude demo-keep   # 除 demo-keep 外的全部 demo-*: 预览",
 ]
 
 
@@ -44,11 +45,11 @@ def handle(args, ctx: cli.Context) -> dict:
 
     client = ctx.client()
     if args.name_glob:
-        return run_bulk(client, ctx, pattern=args.name_glob, yes=args.yes, expected_text=args.expect_uuids,
+        return run_bulk(client, ctx, pattern=args.name_glob, exclude=args.exclude, yes=args.yes, expected_text=args.expect_uuids,
                         verb="停止", action="stop_deployment", change_for=lambda d: stop_change(client, d["uuid"]),
                         skip_reason=lambda d: "已经是 stopped 状态" if d.get("status") == "stopped" else None)
-    if args.expect_uuids:
-        raise cli.UsageError("--expect-uuids 只和 --name-glob 一起用。")
+    if args.expect_uuids or args.exclude:
+        raise cli.UsageError(f"{'--expect-uuids' if args.expect_uuids else '--exclude'} 只和 --name-glob 一起用。")
     deployment = resolve_from_args(client, args)
     if deployment.get("status") == "stopped":
         return {"deployment_uuid": deployment["uuid"], "changed": False, "verified": True,

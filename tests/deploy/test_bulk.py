@@ -69,6 +69,65 @@ def test_glob_preview_then_exactly_the_confirmed_set(sim, run, submit, result_va
         assert all(left[u]["status"] == "stopped" for u in (demo_a, demo_b, demo_c))
 
 
+@pytest.mark.parametrize("script", ["stop_deployment.py", "delete_deployment.py"])
+def test_exclude_takes_exceptions_out_of_the_preview_the_comparison_and_the_acting(
+        sim, run, submit, result_validator, script):
+    """"Every demo-* except demo-keep": the kept one is never offered, compared or touched."""
+    instance = sim()
+    demo_a, demo_b, keep = submit("demo-a"), submit("demo-b"), submit("demo-keep")
+    exclude = ("--exclude", "demo-keep")
+
+    code, preview, _ = run(script, "--name-glob", "demo-*", *exclude, "--quiet")
+    assert (code, preview["error_type"]) == (1, "confirmation_required"), preview
+    result_validator.validate(preview)
+    details = preview["details"]
+    assert {m["deployment_uuid"] for m in details["matches"]} == {demo_a, demo_b}
+    assert [(e["deployment_uuid"], e["name"]) for e in details["excluded"]] == [(keep, "demo-keep")]
+    assert details["expect_uuids"] == ",".join(sorted([demo_a, demo_b])) and details["exclude"] == ["demo-keep"]
+    assert keep not in preview["hint"] and keep not in preview["message"], "no hint offers the one to keep"
+    assert f"--expect-uuids {details['expect_uuids']}" in preview["hint"] and "--exclude" in preview["hint"]
+
+    # The old set (the kept one included) is not what is left after --exclude: nothing is done.
+    everything = ",".join(sorted([demo_a, demo_b, keep]))
+    code, mismatch, _ = run(script, "--name-glob", "demo-*", *exclude, "--yes", "--expect-uuids", everything, "--quiet")
+    assert (code, mismatch["error_type"]) == (1, "confirmation_required"), mismatch
+    result_validator.validate(mismatch)
+    assert mismatch["details"]["removed"] == [keep] and mismatch["details"]["expect_uuids"] == details["expect_uuids"]
+    assert all(d["status"] != "stopped" for d in instance.deployments()), "nothing was stopped"
+
+    code, done, _ = run(script, "--name-glob", "demo-*", *exclude, "--yes", "--expect-uuids", details["expect_uuids"],
+                        "--quiet")
+    assert code == 0, done
+    result_validator.validate(done)
+    assert {item["deployment_uuid"] for item in done["items"]} == {demo_a, demo_b}
+    assert [e["deployment_uuid"] for e in done["excluded"]] == [keep]
+    left = {d["uuid"]: d for d in instance.deployments()}
+    assert keep in left and left[keep]["status"] != "stopped", "the excluded deployment is untouched"
+
+
+def test_exclude_of_every_match_does_nothing_and_says_why(sim, run, submit):
+    sim()
+    keep = submit("demo-keep")
+    code, document, _ = run("delete_deployment.py", "--name-glob", "demo-*", "--exclude", "demo-k*", "--quiet")
+    assert code == 0 and document["count"] == 0, document
+    assert [e["deployment_uuid"] for e in document["excluded"]] == [keep] and "--exclude" in document["note"]
+
+
+def test_list_deployments_takes_the_same_exclude(sim, run, submit):
+    sim()
+    demo_a, _keep = submit("demo-a"), submit("demo-keep")
+    code, document, _ = run("list_deployments.py", "--name-glob", "demo-*", "--exclude", "demo-keep", "--quiet")
+    assert code == 0, document
+    assert [item["uuid"] for item in document["items"]] == [demo_a]
+    assert [e["name"] for e in document["excluded"]] == ["demo-keep"]
+
+
+@pytest.mark.parametrize("script", ["stop_deployment.py", "delete_deployment.py", "list_deployments.py"])
+def test_exclude_without_glob_is_a_usage_error(run, script):
+    code, document, _ = run(script, "--name", "x", "--exclude", "demo-keep")
+    assert (code, document["error_type"]) == (1, "usage_error")
+
+
 def test_stop_glob_skips_deployments_already_stopped(sim, run, submit):
     sim()
     first, second = submit("demo-a"), submit("demo-b")

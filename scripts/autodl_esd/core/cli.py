@@ -181,9 +181,18 @@ def add_deployment_selector(parser: argparse.ArgumentParser, required: bool = Tr
         group.add_argument("--name-glob", metavar="PATTERN",
                            help="一次处理名称匹配 shell 通配符的全部部署 (匹配整个名称, 区分大小写; 'demo-*' 不会匹配 mydemo-x; "
                                 "记得加引号)。不加 --yes 时预览每个匹配的状态与运行中的容器; 确认时加 --yes --expect-uuids")
+        add_exclude_flag(parser)
         parser.add_argument("--expect-uuids", metavar="U1,U2,...",
                             help="与 --name-glob --yes 一起用: 预览给出的 details.expect_uuids; 匹配集合与它不同时不执行, "
                                  "再次返回 confirmation_required 并列出差别")
+
+
+def add_exclude_flag(parser: argparse.ArgumentParser) -> None:
+    """--exclude: the exceptions of a --name-glob ("all demo-* except demo-keep")."""
+    parser.add_argument("--exclude", action="append", metavar="PATTERN",
+                        help="与 --name-glob 一起用: 去掉名称匹配这个 shell 通配符的部署 (同样匹配整个名称, 区分大小写; 可重复), "
+                             "如 --name-glob 'demo-*' --exclude demo-keep; 在预览和 --expect-uuids 比对之前去掉, 预览的 "
+                             "details.excluded 列出被去掉的部署")
 
 
 # The rule of `took_effect`, said once for every mutating script's --help (and MCP tool).

@@ -94,6 +94,15 @@ def deployments_matching(client: Any, pattern: str, status: str | None = None) -
             if isinstance(d.get("name"), str) and fnmatchcase(d["name"], pattern)]
 
 
+def split_excluded(
+    deployments: list[dict[str, Any]], exclude: list[str] | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(kept, excluded): `--exclude` patterns match the WHOLE name, like --name-glob."""
+    patterns = exclude or []
+    excluded = [d for d in deployments if any(fnmatchcase(str(d.get("name")), p) for p in patterns)]
+    return [d for d in deployments if d not in excluded], excluded
+
+
 # JSON type names as a user reads them in a message about a config file's top level.
 JSON_TYPE_NAMES = {list: "数组", str: "字符串", int: "数字", float: "数字", bool: "布尔值", type(None): "null"}
 

@@ -82,7 +82,7 @@ def handle(args, ctx: cli.Context) -> dict:
     if apply_only and not args.apply:
         # Otherwise `--yes` alone reads as "blacklist them" and silently does nothing.
         raise cli.UsageError(f"{', '.join(apply_only)} 只在 --apply 时有效。",
-                             "要拉黑报告的主机请加 --apply --yes; 只想查看则去掉这些参数。")
+                             "要拉黑报告的主机先只加 --apply: 它预览会拉黑哪些主机, 什么都不做; 只想查看则去掉这些参数。")
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)

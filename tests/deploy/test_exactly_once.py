@@ -133,7 +133,8 @@ def test_another_runs_create_landing_beside_ours_is_reported_as_duplicates(run, 
     assert by_uuid[OTHER_RUN]["keep"] is True and by_uuid[OTHER_RUN]["newer"] is False
     assert by_uuid[NEW_UUID]["newer"] is True and by_uuid[NEW_UUID]["reported"] is True
     [warning] = [w for w in out["warnings"] if w["code"] == "duplicate_deployments"]
-    assert f"stop_deployment.py --deployment-uuid {NEW_UUID} --yes" in warning["hint"]
+    assert f"stop_deployment.py --deployment-uuid {NEW_UUID}" in warning["hint"]
+    assert f"{NEW_UUID} --yes" not in warning["hint"], "the stop is offered as a preview, never ready to act"
     result_validator.validate(out)
 
 

@@ -46,6 +46,10 @@ def test_single_machine_is_warned_by_list_containers_and_discover_services(servi
         result_validator.validate(document)
         assert [w["code"] for w in document["warnings"]] == ["single_machine"], script
         assert BIG in document["warnings"][0]["message"]
+        # The only machine the replicas run on may be the only healthy one left: the hint says
+        # what moving them would do and offers no command ready to act on it.
+        hint = document["warnings"][0]["hint"]
+        assert "--yes" not in hint and "全部 2 个副本" in hint and "中断" in hint, hint
 
 
 def test_blacklist_lists_the_replicas_still_on_the_machine_and_how_to_move_them(service, run, result_validator):

@@ -637,7 +637,7 @@ def start_guard(request: Request, client: Any, deployment_uuid: str, progress: P
     warning: the deployment exists and must be reported, never turned into an error."""
     command = (f"python3 scripts/guard_deployment.py --deployment-uuid {deployment_uuid}"
                + (f" --max-runtime {request.max_runtime:g}" if request.max_runtime else "")
-               + (f" --max-cost {request.max_cost:g}" if request.max_cost else "") + " --yes --detach")
+               + (f" --max-cost {request.max_cost:g}" if request.max_cost else "") + " --detach")
     if request.simulated:
         return _guard_warning(
             "模拟器随本次运行结束, 没有启动守护。", "在真实平台上运行时会启动; 想演示守护, 单独启动 autodl_sim.py 再运行。", command)
@@ -658,7 +658,9 @@ def start_guard(request: Request, client: Any, deployment_uuid: str, progress: P
 
 def _guard_warning(message: str, hint: str, command: str) -> dict[str, Any]:
     return {"guard": None, "guard_warning": {"code": "guard_not_started", "path": "--max-runtime/--max-cost",
-                                             "message": message, "hint": f"{hint} {command}"}}
+                                             "message": message,
+                                             "hint": f"{hint} {command} (先这样运行: 它只预览守护何时停止什么 (details.plan); "
+                                                     "这是用户提交时要的守护, 预览与之一致再加 --yes)"}}
 
 
 def _balance_plan(client: Any, cost: dict[str, Any], progress: Progress, result: dict[str, Any]) -> dict[str, Any]:

@@ -625,9 +625,9 @@ class Submitter:
             "code": "duplicate_deployments", "path": "name",
             "message": f"本次提交后出现了 {len(duplicates)} 个同名部署 {[d['deployment_uuid'] for d in duplicates]} "
             "(一个结果不明的创建后来落地了, 或同一配置的另一次运行也创建了): 会重复计费。",
-            "hint": f"保留最早的 {keep}, 停止较新的: "
-            + "; ".join(f"python scripts/stop_deployment.py --deployment-uuid {uuid} --yes" for uuid in extra)
-            + " (先把 details.duplicates 告诉用户)。",
+            "hint": f"先把 details.duplicates 告诉用户; 同意保留最早的 {keep} 时, 停止较新的 (停掉它的全部容器, 不可恢复): "
+            + "; ".join(f"python scripts/stop_deployment.py --deployment-uuid {uuid}" for uuid in extra)
+            + " (不加 --yes 时只预览会停掉什么)。",
         })
         self.progress.log(f"警告: 发现重复的同名部署 {extra} (保留 {keep})")
         return duplicates

@@ -116,9 +116,13 @@ def single_machine_warning(containers: list[dict[str, Any]], deployment: dict[st
     if len(running) < 2 or len(machines) != 1 or None in machines:
         return None
     machine = next(iter(machines))
+    # Only a note: this host may be the one healthy machine left (e.g. just after the
+    # faulty one was blacklisted), so no command that acts on it is offered ready to run.
     return {
         "code": "single_machine", "path": "machine_id",
         "message": f"全部 {len(running)} 个运行中的副本都在同一台主机 {machine} 上: 这台主机出故障时服务整体不可用。",
-        "hint": f"想分散时: blacklist_host.py --container-uuid <其中一个> --move-replicas --yes 把主机 {machine} 拉黑并把"
-                "副本挪走 (会短暂减少可用副本); 或接受现状 (同一主机延迟更低)。",
+        "hint": "只是提醒, 通常接受现状即可 (同一主机延迟更低), 不要为此拉黑这台主机: 它可能是现在唯一能用的主机。"
+                f"用户确实要分散时, 先用 gpu_stock.py 确认别的主机有空闲卡; 拉黑主机 {machine} 并挪走副本 "
+                f"(blacklist_host.py --container-uuid <其中一个> --move-replicas) 会停掉它上面全部 {len(running)} 个副本, "
+                "服务中断到替补在别的主机上运行为止, 没有别的主机可调度时一直中断; 先不加确认运行, 看它的预览。",
     }

@@ -34,7 +34,7 @@ REPLICA_SET = "ReplicaSet"
 
 REPLICA_SET_CAVEAT = (
     "ReplicaSet 的任何退出都计为失败 (reason=exited), 包括用户主动停止的容器 (缩容、set_replicas.py、"
-    "stop_container.py): API 里它们和异常退出看起来一样。--apply --yes 之前先看 items[].evidence (不加 --apply "
+    "stop_container.py): API 里它们和异常退出看起来一样。拉黑 (--apply) 之前先看 items[].evidence (不加 --apply "
     "运行时输出) 的 reason 与 stopped_at, 排除人为停止造成的计数。"
 )
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -85,6 +86,7 @@ def start_detached(kind: str, script: str, argv: Sequence[str], progress: Progre
     try:
         return _spawn(files, progress)
     except AutoDLError as error:
+        _let_an_ended_process_exit(files)
         if not is_running(files):  # one still starting after the wait keeps its record, to be cancelled
             error.details.setdefault("log_tail", background.log_tail(files))
             for key in ("run_id", "log_file", "state_file"):
@@ -92,6 +94,20 @@ def start_detached(kind: str, script: str, argv: Sequence[str], progress: Progre
             for path in (files.state, files.lock, files.log):
                 path.unlink(missing_ok=True)
         raise
+
+
+def _let_an_ended_process_exit(files: JobFiles) -> None:
+    """A service that recorded how it ended still holds its lock for a moment (it releases it
+    on the way out); wait for that, bounded, so the job is not mistaken for one still starting."""
+    deadline = time.monotonic() + background.STOP_TIMEOUT_SECONDS
+    while is_running(files) and time.monotonic() < deadline:
+        try:
+            ended = read(files).get("state") in (STOPPED, FAILED)
+        except AutoDLError:
+            return
+        if not ended:
+            return
+        time.sleep(background.POLL_SECONDS)
 
 
 def _spawn(files: JobFiles, progress: Progress) -> dict[str, Any]:

@@ -26,9 +26,15 @@ def by_name(document: dict) -> dict:
 
 
 def run_doctor(run, result_validator, *argv):
+    """The diagnosis: the success document, or a not-ready error document's details."""
     code, document, stderr = run("doctor.py", "--quiet", *argv)
-    assert code == 0, document
     result_validator.validate(document)
+    if document["status"] == "error":
+        assert code != 0 and document["message"].startswith("未就绪"), document
+        document = document["details"]
+        assert document["ready"] is False
+    else:
+        assert code == 0 and document["ready"] is True, document
     assert [c["name"] for c in document["checks"]] == [
         "settings", "token_present", "token_accepted", "enterprise_gate", "dialect", "config_dialect",
         "optional_routes", "stock_shape", "image_list_key", "clock_skew", "latency",
@@ -90,6 +96,48 @@ def test_gated_account_fails_the_enterprise_gate_only(sim, run, result_validator
     assert document["ready"] is False and document["failed"] == ["enterprise_gate"]
     routes = checks["optional_routes"]["detail"]["routes"]
     assert routes["blacklist_list"] == "gated" and routes["wallet_balance"] == "present"
+
+
+def test_a_gated_account_is_an_error_not_a_success(sim, run, result_validator):
+    sim(gated=True)
+    code, document, _ = run("doctor.py", "--quiet")
+    result_validator.validate(document)
+    assert (code, document["status"], document["error_type"]) == (1, "error", "auth_error")
+    assert document["message"].startswith("未就绪")
+    assert document["details"]["cause"] == "enterprise_gate" and document["details"]["msg"] == "无当前资源访问权限"
+    assert {c["name"] for c in document["details"]["checks"]} >= {"enterprise_gate", "optional_routes"}
+
+
+def test_gate_hint_covers_the_private_and_the_public_cloud(sim, run, result_validator):
+    sim(gated=True)
+    _, checks = run_doctor(run, result_validator)
+    hint = checks["enterprise_gate"]["hint"]
+    assert "私有云" in hint and "公有云" in hint and "企业认证" in hint
+
+
+def test_a_gated_route_is_counted_once_under_the_gate(sim, run, result_validator):
+    sim(gated=True)
+    document, checks = run_doctor(run, result_validator)
+    gated = checks["enterprise_gate"]["detail"]["gated_routes"]
+    assert "blacklist_list" in gated and "ddp_overview" in gated
+    assert checks["optional_routes"]["status"] == "ok", checks["optional_routes"]
+    assert document["summary"]["fail"] == 1 and document["summary"]["warn"] == 0, document["summary"]
+
+
+def test_both_dialects_say_which_to_write_and_why(sim, run, result_validator):
+    sim(dialect="both")
+    _, checks = run_doctor(run, result_validator)
+    detail = checks["dialect"]["detail"]
+    assert detail["dialect"] == "both" and detail["write"] == "private"
+    assert "cuda_v" in detail["why"] and "dc_list" in detail["why"]
+
+
+def test_a_failing_config_dialect_is_a_validation_error(sim, run, result_validator):
+    sim(dialect="private")
+    code, document, _ = run("doctor.py", "--quiet", "--config", PUBLIC_CONFIG)
+    result_validator.validate(document)
+    assert (code, document["error_type"]) == (1, "validation_error")
+    assert document["details"]["errors"][0]["path"] == PUBLIC_CONFIG
 
 
 def test_sim_flag_needs_no_token(run, result_validator, monkeypatch):

@@ -21,6 +21,14 @@ READ_ROUTES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_rate_wait(monkeypatch):
+    """The clock-rate read waits seconds; the tests that measure the rate ask for it."""
+    from autodl_esd.platform import doctor
+
+    monkeypatch.setattr(doctor, "RATE_WINDOW_SECONDS", 0.0)
+
+
 def by_name(document: dict) -> dict:
     return {item["name"]: item for item in document["checks"]}
 
@@ -80,6 +88,33 @@ def test_each_simulator_dialect_is_recognised(sim, run, result_validator, dialec
         document, checks = run_doctor(run, result_validator, "--config", bad_config)
         assert checks["config_dialect"]["status"] == "fail" and document["ready"] is False
         assert checks["config_dialect"]["detail"]["mismatched"] == [bad_config]
+
+
+def test_a_fast_platform_clock_is_a_rate_not_a_skew(sim, run, result_validator, monkeypatch):
+    """The simulator at --speed 60: its Date header runs 60 times as fast as ours, which NTP
+    cannot fix; doctor says so instead of advising it."""
+    import re
+
+    from autodl_esd.platform import doctor
+
+    monkeypatch.setattr(doctor, "RATE_WINDOW_SECONDS", 2.0)
+    sim(speed=60)
+    _, checks = run_doctor(run, result_validator)
+    clock = checks["clock_skew"]
+    assert clock["status"] == "warn"
+    assert 50 <= clock["detail"]["platform_clock_rate"] <= 70, clock
+    times = re.search(r"平台时钟以本机 (\d+) 倍的速度走", clock["hint"])
+    assert times and 50 <= int(times.group(1)) <= 70, clock["hint"]
+    assert "用 ntp 校准" not in clock["hint"]
+
+
+def test_a_platform_clock_at_our_rate_is_fine(sim, run, result_validator, monkeypatch):
+    from autodl_esd.platform import doctor
+
+    monkeypatch.setattr(doctor, "RATE_WINDOW_SECONDS", 3.0)  # the default: a 1x clock reads 0.67x-1.33x
+    sim(speed=1)
+    _, checks = run_doctor(run, result_validator)
+    assert checks["clock_skew"]["status"] == "ok" and 0.4 <= checks["clock_skew"]["detail"]["platform_clock_rate"] <= 1.6
 
 
 def test_dict_stock_shape_is_reported(sim, run, result_validator):

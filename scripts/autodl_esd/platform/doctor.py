@@ -35,6 +35,13 @@ GATE_HINT = ("账号没有弹性部署权限, 按平台处理: 公有云 (api.au
 # More than this between the platform's clock and ours makes local times in logs and
 # "created after" comparisons misleading; NTP keeps real machines within a second.
 CLOCK_SKEW_WARN_SECONDS = 60.0
+# The platform clock's rate is two Date headers this far apart (local seconds), the second
+# read made after a wait if the checks took less. Date has whole seconds, so over 3 s a clock
+# at our rate reads 2-4 s (0.67x-1.33x): outside RATE_WARN_BELOW..RATE_WARN_ABOVE it is the
+# rate that differs, not the reading. Bounded: doctor waits at most this long for it.
+RATE_WINDOW_SECONDS = 3.0
+RATE_WARN_ABOVE = 1.5
+RATE_WARN_BELOW = 0.5
 # A read call slower than this (median) makes short --interval values pointless.
 LATENCY_WARN_SECONDS = 2.0
 # A token no platform issues: its answer shows what a rejected token looks like (401?).
@@ -182,7 +189,8 @@ class Doctor:
             gate["detail"]["gated_routes"] = [name for name, probe in routes.items() if probe.gated]
         checks.append(self._stock_shape(stock))
         checks.append(self._image_list_key(images))
-        checks.append(self._clock_skew())
+        rate = self._clock_rate()
+        checks.append(self._clock_skew(rate))
         checks.append(self._latency())
         questions += self._settled_questions(routes, stock, images, dialect)
         bad_token = self._bad_token_answer()
@@ -328,26 +336,56 @@ class Doctor:
         return check("image_list_key", OK, {"key": keys, "images_on_first_page": len(items),
                                              "note": "名称字段: 公有云 image_name, 私有云 name; 配置里填 image_uuid, 不填名称。"})
 
-    def _clock_skew(self) -> dict[str, Any]:
-        samples = []
-        for probe in self.probes:
-            if not probe.server_date:
-                continue
-            try:
-                server = parsedate_to_datetime(probe.server_date)
-            except (TypeError, ValueError):
-                continue
-            if server.tzinfo is None:
-                server = server.replace(tzinfo=timezone.utc)
-            # Date has whole seconds and is stamped while answering: compare with the local
-            # time at the answer, minus half the call (the moment the server most likely wrote it).
-            local = datetime.fromtimestamp(probe.local_time - probe.seconds / 2, tz=timezone.utc)
-            samples.append((server - local).total_seconds())
+    @staticmethod
+    def _dated(probe: Probe) -> tuple[datetime, float] | None:
+        """(the platform's time, the local epoch seconds) of one answer with a Date header."""
+        if not probe.server_date:
+            return None
+        try:
+            server = parsedate_to_datetime(probe.server_date)
+        except (TypeError, ValueError):
+            return None
+        if server.tzinfo is None:
+            server = server.replace(tzinfo=timezone.utc)
+        # Date has whole seconds and is stamped while answering: compare with the local
+        # time at the answer, minus half the call (the moment the server most likely wrote it).
+        return server, probe.local_time - probe.seconds / 2
+
+    def _clock_rate(self) -> float | None:
+        """Platform seconds per local second, from the first Date header and one read made at
+        least RATE_WINDOW_SECONDS later (a read-only stock read; waits if the checks were quicker)."""
+        if RATE_WINDOW_SECONDS <= 0:
+            return None
+        dated = [d for d in map(self._dated, self.probes) if d is not None]
+        if not dated:
+            return None
+        first_server, first_local = dated[0]
+        wait = first_local + RATE_WINDOW_SECONDS - time.time()
+        if wait > 0:
+            time.sleep(min(wait, RATE_WINDOW_SECONDS))
+        last = self._dated(self.probe("GET", api.GLOBAL_STOCK_PATH))
+        if last is None or last[1] - first_local <= 0:
+            return None
+        return (last[0] - first_server).total_seconds() / (last[1] - first_local)
+
+    def _clock_skew(self, rate: float | None = None) -> dict[str, Any]:
+        samples = [(server - datetime.fromtimestamp(local, tz=timezone.utc)).total_seconds()
+                   for server, local in (d for d in map(self._dated, self.probes) if d is not None)]
         if not samples:
             return check("clock_skew", SKIPPED, "平台响应没有 Date 头, 无法比较时钟。", "")
         skew = statistics.median(samples)
         detail = {"platform_minus_local_seconds": round(skew, 1), "samples": len(samples),
                   "note": "Date 头精确到秒, 误差约 ±1 秒。"}
+        if rate is not None:
+            detail["platform_clock_rate"] = round(rate, 2)
+            detail["rate_window_seconds"] = RATE_WINDOW_SECONDS
+        if rate is not None and not RATE_WARN_BELOW <= rate <= RATE_WARN_ABOVE:
+            # The clocks run at different speeds: no NTP setting fixes that.
+            times = f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}"
+            return check("clock_skew", WARN, detail,
+                         f"平台时钟以本机 {times} 倍的速度走 (本地模拟器 --speed 时就是这样), 两者的差会越来越大, 校准本机时间 (ntp) 没有用。"
+                         "平台时间 (created_at 等) 与本机时间 (*_local 字段、进度行) 不能直接相减; "
+                         "本工具的运行时长与费用按平台时间计算, 不受影响。")
         if abs(skew) > CLOCK_SKEW_WARN_SECONDS:
             return check("clock_skew", WARN, detail,
                          "本机时钟与平台相差较大: 用 ntp 校准本机时间 (本地模拟器 --speed > 1 时平台时间本就跑得更快, 可忽略)。"

@@ -61,7 +61,7 @@ def handle(args, ctx: cli.Context) -> dict:
         raise cli.UsageError("指定一个部署来创建守护, 或 --list / --cancel GUARD_ID / --resume GUARD_ID 之一。",
                              details={"given": modes})
     if args.list:
-        return cli.list_result([guard.guard_view(state) for state in guard.all_states()], state_dir=str(guard.guards_dir()))
+        return cli.list_result([guard.guard_view(state) for state in guard.all_states()])  # cli.run adds state_dir
     if args.cancel:
         return guard.cancel(args.cancel, ctx.progress, _client_or_none(ctx))
     if args.resume:

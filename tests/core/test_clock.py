@@ -28,11 +28,23 @@ def test_progress_lines_are_stamped_in_the_platform_zone(monkeypatch):
         monkeypatch.delenv("TZ")
         if hasattr(time, "tzset"):
             time.tzset()
-    match = re.match(r"^\[(\d{2}):(\d{2}):(\d{2})\+08:00\] hello\n$", stream.getvalue())
+    match = re.match(r"^\[(\d{2}):(\d{2}):(\d{2})\+08:00 本机时间\] hello\n$", stream.getvalue())
     assert match, stream.getvalue()
     stamped = datetime.now(CST).replace(hour=int(match.group(1)), minute=int(match.group(2)), second=int(match.group(3)))
     drift = abs((datetime.now(CST) - stamped).total_seconds())
     assert min(drift, 86400 - drift) < 5, "the stamp is China Standard Time, not this machine's zone"
+
+
+def test_progress_lines_name_the_local_clock_once():
+    from autodl_esd.core.output import Progress
+
+    stream = io.StringIO()
+    progress = Progress(stream=stream)
+    progress.log("first")
+    progress.status("second")
+    first, second = stream.getvalue().splitlines()
+    assert re.match(r"^\[\d{2}:\d{2}:\d{2}\+08:00 本机时间\] first$", first), first
+    assert re.match(r"^\[\d{2}:\d{2}:\d{2}\+08:00\] second$", second), second
 
 
 def test_registry_generated_at_is_plus_eight():

@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
 import responses
+from responses import matchers
 
 from helpers import envelope
 from helpers.fake_api import (
@@ -27,6 +30,8 @@ from helpers.fake_api import (
     DEPLOYMENTS,
     EVENTS,
     FAST,
+    IMAGE_UUID,
+    IMAGES,
     NEW_UUID,
     STOCK,
     create_calls,
@@ -296,4 +301,29 @@ def test_recovered_says_how_it_matched_and_when_the_deployment_was_created(run, 
     how = out["recovered_by"]
     assert how["matched_on"] == {"name": "svc", "not_listed_before_first_send": True}
     assert how["deployment_created_at"] == "2099-01-01T12:00:00+08:00"
-    assert how["submit_started_at"].endswith("+08:00") and how["created_after_submit_began"] is True
+    assert how["submit_started_at_local"].endswith("+08:00") and how["created_after_submit_began"] is True
+    assert "submit_started_at" not in how  # every local time is labelled as such
+
+
+def test_created_after_submit_is_judged_on_the_platforms_clock(run, api, config_file, real_grace, fake_time):
+    """The platform's clock runs an hour behind ours: a deployment it stamped after our first
+    read came back is after the submit began, though before it on this machine's clock."""
+    from email.utils import formatdate
+
+    platform_start = time.time() - 3600
+    landed = {"uuid": NEW_UUID, "name": "svc", "status": "running",
+              "created_at": datetime.fromtimestamp(platform_start + 60, timezone(timedelta(hours=8))).isoformat(timespec="seconds")}
+    api.post(IMAGES, json=page([{"image_uuid": IMAGE_UUID, "image_name": "app"}]),
+             headers={"Date": formatdate(platform_start, usegmt=True)})
+    api.get(STOCK, json=stock_list(3))
+    api.post(DEPLOYMENTS, json=deployments(), match=[matchers.json_params_matcher({"name": "svc", "page_index": 1, "page_size": 100})])
+    expect_create(api, **TIMEOUT)
+    api.post(DEPLOYMENTS, json=deployments([landed]))
+    api.post(DEPLOYMENTS, json=deployments([landed]))
+
+    code, out, _ = run("queue_submit.py", config_file(), "--interval", "0.01", "--quiet")
+
+    assert code == 0 and out["recovered"] is True, out
+    how = out["recovered_by"]
+    assert how["submit_started_at_platform"] < landed["created_at"] < how["submit_started_at_local"]
+    assert how["created_after_submit_began"] is True

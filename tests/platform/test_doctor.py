@@ -21,14 +21,28 @@ READ_ROUTES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_rate_wait(monkeypatch):
+    """The clock-rate read waits seconds; the tests that measure the rate ask for it."""
+    from autodl_esd.platform import doctor
+
+    monkeypatch.setattr(doctor, "RATE_WINDOW_SECONDS", 0.0)
+
+
 def by_name(document: dict) -> dict:
     return {item["name"]: item for item in document["checks"]}
 
 
 def run_doctor(run, result_validator, *argv):
+    """The diagnosis: the success document, or a not-ready error document's details."""
     code, document, stderr = run("doctor.py", "--quiet", *argv)
-    assert code == 0, document
     result_validator.validate(document)
+    if document["status"] == "error":
+        assert code != 0 and document["message"].startswith("未就绪"), document
+        document = document["details"]
+        assert document["ready"] is False
+    else:
+        assert code == 0 and document["ready"] is True, document
     assert [c["name"] for c in document["checks"]] == [
         "settings", "token_present", "token_accepted", "enterprise_gate", "dialect", "config_dialect",
         "optional_routes", "stock_shape", "image_list_key", "clock_skew", "latency",
@@ -76,6 +90,33 @@ def test_each_simulator_dialect_is_recognised(sim, run, result_validator, dialec
         assert checks["config_dialect"]["detail"]["mismatched"] == [bad_config]
 
 
+def test_a_fast_platform_clock_is_a_rate_not_a_skew(sim, run, result_validator, monkeypatch):
+    """The simulator at --speed 60: its Date header runs 60 times as fast as ours, which NTP
+    cannot fix; doctor says so instead of advising it."""
+    import re
+
+    from autodl_esd.platform import doctor
+
+    monkeypatch.setattr(doctor, "RATE_WINDOW_SECONDS", 2.0)
+    sim(speed=60)
+    _, checks = run_doctor(run, result_validator)
+    clock = checks["clock_skew"]
+    assert clock["status"] == "warn"
+    assert 50 <= clock["detail"]["platform_clock_rate"] <= 70, clock
+    times = re.search(r"平台时钟以本机 (\d+) 倍的速度走", clock["hint"])
+    assert times and 50 <= int(times.group(1)) <= 70, clock["hint"]
+    assert "用 ntp 校准" not in clock["hint"]
+
+
+def test_a_platform_clock_at_our_rate_is_fine(sim, run, result_validator, monkeypatch):
+    from autodl_esd.platform import doctor
+
+    monkeypatch.setattr(doctor, "RATE_WINDOW_SECONDS", 3.0)  # the default: a 1x clock reads 0.67x-1.33x
+    sim(speed=1)
+    _, checks = run_doctor(run, result_validator)
+    assert checks["clock_skew"]["status"] == "ok" and 0.4 <= checks["clock_skew"]["detail"]["platform_clock_rate"] <= 1.6
+
+
 def test_dict_stock_shape_is_reported(sim, run, result_validator):
     sim(stock_shape="dict")
     _, checks = run_doctor(run, result_validator)
@@ -90,6 +131,48 @@ def test_gated_account_fails_the_enterprise_gate_only(sim, run, result_validator
     assert document["ready"] is False and document["failed"] == ["enterprise_gate"]
     routes = checks["optional_routes"]["detail"]["routes"]
     assert routes["blacklist_list"] == "gated" and routes["wallet_balance"] == "present"
+
+
+def test_a_gated_account_is_an_error_not_a_success(sim, run, result_validator):
+    sim(gated=True)
+    code, document, _ = run("doctor.py", "--quiet")
+    result_validator.validate(document)
+    assert (code, document["status"], document["error_type"]) == (1, "error", "auth_error")
+    assert document["message"].startswith("未就绪")
+    assert document["details"]["cause"] == "enterprise_gate" and document["details"]["msg"] == "无当前资源访问权限"
+    assert {c["name"] for c in document["details"]["checks"]} >= {"enterprise_gate", "optional_routes"}
+
+
+def test_gate_hint_covers_the_private_and_the_public_cloud(sim, run, result_validator):
+    sim(gated=True)
+    _, checks = run_doctor(run, result_validator)
+    hint = checks["enterprise_gate"]["hint"]
+    assert "私有云" in hint and "公有云" in hint and "企业认证" in hint
+
+
+def test_a_gated_route_is_counted_once_under_the_gate(sim, run, result_validator):
+    sim(gated=True)
+    document, checks = run_doctor(run, result_validator)
+    gated = checks["enterprise_gate"]["detail"]["gated_routes"]
+    assert "blacklist_list" in gated and "ddp_overview" in gated
+    assert checks["optional_routes"]["status"] == "ok", checks["optional_routes"]
+    assert document["summary"]["fail"] == 1 and document["summary"]["warn"] == 0, document["summary"]
+
+
+def test_both_dialects_say_which_to_write_and_why(sim, run, result_validator):
+    sim(dialect="both")
+    _, checks = run_doctor(run, result_validator)
+    detail = checks["dialect"]["detail"]
+    assert detail["dialect"] == "both" and detail["write"] == "private"
+    assert "cuda_v" in detail["why"] and "dc_list" in detail["why"]
+
+
+def test_a_failing_config_dialect_is_a_validation_error(sim, run, result_validator):
+    sim(dialect="private")
+    code, document, _ = run("doctor.py", "--quiet", "--config", PUBLIC_CONFIG)
+    result_validator.validate(document)
+    assert (code, document["error_type"]) == (1, "validation_error")
+    assert document["details"]["errors"][0]["path"] == PUBLIC_CONFIG
 
 
 def test_sim_flag_needs_no_token(run, result_validator, monkeypatch):

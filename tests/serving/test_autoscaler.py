@@ -321,6 +321,7 @@ class Harness:
             view = self.scaler.view
             self.history.append((self.sim.now(), view.replica_num if view else -1, len(view.running) if view else -1))
             assert record["event"] == "autoscale"
+            assert "at_local" in record and "at" not in record  # this machine's clock, labelled
 
     def running(self) -> int:
         return sum(1 for c in self.sim.containers(self.deployment_uuid) if c["status"] == "running")

@@ -350,6 +350,7 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
     progress = Progress()
     context: Context | None = None
     previous_handlers = _install_signal_handlers()
+    _state_dir_used(reset=True)
     try:
         args = parser.parse_args(argv)
         progress.quiet = getattr(args, "quiet", False)
@@ -357,6 +358,9 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         payload = handler(args, context)
         progress.close()
         _begin_exit()
+        state_dir = _state_dir_used()
+        if state_dir and isinstance(payload, dict) and "state_dir" not in payload:
+            payload = {**payload, "state_dir": state_dir}
         return emit_success(payload)
     except SystemExit as exit_request:
         # argparse --help/--version print for people and exit 0; keep that behaviour.
@@ -366,6 +370,9 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
     except AutoDLError as error:
         progress.close()
         _begin_exit()
+        state_dir = _state_dir_used()
+        if state_dir and isinstance(error.details, dict):
+            error.details.setdefault("state_dir", state_dir)
         return emit_error(error)
     except (Interrupted, KeyboardInterrupt) as interruption:
         _begin_exit()
@@ -398,6 +405,20 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         )
     finally:
         _restore_signal_handlers(previous_handlers)
+
+
+def _state_dir_used(reset: bool = False) -> str | None:
+    """The state directory this run used (core.state.state_root), so every result that read
+    or wrote local state names it. Read from sys.modules, not imported: a script that never
+    touches state (and --help) does not load core.state."""
+    state = sys.modules.get(f"{__package__}.state")
+    if state is None:
+        return None
+    if reset:
+        state.last_state_root = None
+        return None
+    root = getattr(state, "last_state_root", None)
+    return None if root is None else str(root)
 
 
 def _install_signal_handlers() -> dict[int, Any]:

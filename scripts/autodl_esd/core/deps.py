@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import shlex
 import sys
 import sysconfig
@@ -55,15 +56,32 @@ def _has_pip() -> bool:
     return importlib.util.find_spec("pip") is not None
 
 
+def _skill_root_writable() -> bool:
+    return os.access(SKILL_ROOT, os.W_OK)
+
+
+def target_venv() -> Path:
+    """Where packages go: the skill's .venv if it exists; else an existing per-user venv;
+    else the .venv when the skill folder is writable, the per-user venv when it is not
+    (skill_venv.reexec_in_skill_venv finds either)."""
+    if VENV_DIR.is_dir():
+        return VENV_DIR
+    user = Path(skill_venv.user_venv_dir())
+    if venv_python(user).exists() or not _skill_root_writable():
+        return user
+    return VENV_DIR
+
+
 def install_command(requirements_file: Path | None = None) -> str:
     """One command line that installs a requirements file (default: the runtime one)."""
     requirements = shlex.quote(str(REQUIREMENTS if requirements_file is None else requirements_file))
-    skill_python = shlex.quote(str(venv_python()))
-    if _running_in(VENV_DIR) or venv_python().exists():
+    venv = target_venv()
+    skill_python = shlex.quote(str(venv_python(venv)))
+    if _running_in(venv) or venv_python(venv).exists():
         return f"{skill_python} -m pip install -r {requirements}"
     if is_externally_managed() or not _has_pip():
         # pip would refuse (PEP 668) or is absent: give the skill its own environment.
-        return f"{shlex.quote(sys.executable)} -m venv {shlex.quote(str(VENV_DIR))} && {skill_python} -m pip install -r {requirements}"
+        return f"{shlex.quote(sys.executable)} -m venv {shlex.quote(str(venv))} && {skill_python} -m pip install -r {requirements}"
     return f"{shlex.quote(sys.executable)} -m pip install -r {requirements}"
 
 
@@ -74,16 +92,17 @@ def require(module_name: str) -> ModuleType:
         distribution = _DISTRIBUTIONS.get(module_name, module_name)
         extra = _REQUIREMENTS.get(module_name)
         command = install_command(SKILL_ROOT / extra if extra else None)
-        venv_note = f" 之后用 {venv_python()} 运行脚本 (用别的 python 运行时脚本也会自动切换到它)。"
+        venv = target_venv()
+        venv_note = f" 之后用 {venv_python(venv)} 运行脚本 (用别的 python 运行时脚本也会自动切换到它)。"
         raise AutoDLError(
             ErrorType.DEPENDENCY_MISSING,
             f"缺少运行依赖: {distribution} (当前解释器 {sys.executable})",
-            f"执行: {command}" + (venv_note if str(VENV_DIR) in command else ""),
+            f"执行: {command}" + (venv_note if str(venv) in command else ""),
             {
                 "missing": distribution,
                 "install_command": command,
                 "python": sys.executable,
                 "externally_managed": is_externally_managed(),
-                "skill_venv": str(VENV_DIR),
+                "skill_venv": str(venv),
             },
         ) from None

@@ -122,13 +122,23 @@ class Progress:
 
     On a terminal the waiting status is one live line rewritten in place; elsewhere (CI,
     an agent capturing stderr) each update is a plain line so logs stay readable. Lines are
-    stamped in the platform's zone (+08:00), like every timestamp in the JSON output.
+    stamped with this machine's clock written in the platform's zone (+08:00), like every
+    timestamp in the JSON output; the first line says so (本机时间).
     """
 
     def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self._live_line_open = False
+        self._clock_named = False
+
+    def _stamp(self) -> str:
+        """The line's time. The first line says it is this machine's clock (本机时间), once:
+        beside platform times (created_at, the simulator's fast clock) it is not theirs."""
+        if self._clock_named:
+            return f"[{clock_text()}]"
+        self._clock_named = True
+        return f"[{clock_text()} 本机时间]"
 
     @property
     def _is_tty(self) -> bool:
@@ -138,7 +148,7 @@ class Progress:
         if self.quiet:
             return
         self._close_live_line()
-        self.stream.write(f"[{clock_text()}] {scrub(message)}\n")
+        self.stream.write(f"{self._stamp()} {scrub(message)}\n")
         self.stream.flush()
 
     def status(self, message: str) -> None:
@@ -148,7 +158,7 @@ class Progress:
         if not self._is_tty:
             self.log(message)
             return
-        self.stream.write(f"\r\x1b[2K[{clock_text()}] {scrub(message)}")
+        self.stream.write(f"\r\x1b[2K{self._stamp()} {scrub(message)}")
         self.stream.flush()
         self._live_line_open = True
 

@@ -1,4 +1,8 @@
-"""The skill's own virtual environment, `<SKILL_DIR>/.venv`, and the one re-exec into it.
+"""The skill's own virtual environment and the one re-exec into it.
+
+Where it is: `<SKILL_DIR>/.venv` when that exists; else, for a skill folder installed
+read-only, the per-user `$XDG_DATA_HOME/autodl-elastic-deploy/venv` (XDG default
+`~/.local/share`).
 
 The README's first command creates the .venv (Debian/Ubuntu's system Python is externally
 managed, PEP 668, and refuses `pip install`). A script started by another interpreter (a
@@ -18,6 +22,21 @@ VENV_DIR = os.path.join(SKILL_ROOT, ".venv")
 REEXEC_MARKER = "AUTODL_ESD_REEXEC"
 # What every script needs (requirements.txt); only these decide a re-exec.
 CORE_MODULES = ("requests", "dotenv", "jsonschema")
+APP_DIR = "autodl-elastic-deploy"
+
+
+def user_venv_dir() -> str:
+    """The per-user venv for a read-only skill folder: $XDG_DATA_HOME (absolute, as the XDG
+    spec requires) else ~/.local/share, then autodl-elastic-deploy/venv."""
+    data = os.environ.get("XDG_DATA_HOME")
+    if not (data and os.path.isabs(data)):
+        data = os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, APP_DIR, "venv")
+
+
+def venv_dir() -> str:
+    """The venv scripts run in: <SKILL_DIR>/.venv if it exists, else the per-user one."""
+    return VENV_DIR if os.path.isdir(VENV_DIR) else user_venv_dir()
 
 
 def venv_python(venv: str | None = None) -> str:
@@ -44,14 +63,15 @@ def missing_runtime_module() -> str | None:
 
 def reexec_in_skill_venv() -> None:
     """Before anything runs: if a runtime package cannot be imported here and the skill's
-    .venv exists, replace this process with the same command under the .venv's python.
+    venv (venv_dir(): its .venv, else the per-user one) exists, replace this process with the same command under the .venv's python.
 
     Called once at the start of an entry script's command-line run (never for in-process
     calls). No loop: the re-executed process carries AUTODL_ESD_REEXEC and never re-executes;
     if the .venv lacks the package too, `deps.require` answers dependency_missing as usual.
     """
-    target = venv_python()
-    if os.environ.get(REEXEC_MARKER) or running_in(VENV_DIR) or not os.path.exists(target):
+    venv = venv_dir()
+    target = venv_python(venv)
+    if os.environ.get(REEXEC_MARKER) or running_in(venv) or not os.path.exists(target):
         return
     if missing_runtime_module() is None:
         return

@@ -1,7 +1,11 @@
 """Where the bundle keeps state that must outlive one run (guards, notification counts).
 
-`$XDG_STATE_HOME/autodl-elastic-deploy` when XDG_STATE_HOME is set (an absolute path, as
-the XDG spec requires), else `<skill root>/.state`, which .gitignore keeps out of the repo.
+In this order: `$XDG_STATE_HOME/autodl-elastic-deploy` when XDG_STATE_HOME is set (an
+absolute path, as the XDG spec requires); else `<skill root>/.state` (kept out of git by
+.gitignore) when the skill folder is writable; else, for a skill installed read-only, the
+XDG default `~/.local/state/autodl-elastic-deploy`. Every result of a script that used it
+names the directory (`state_dir`, added by `core.cli.run` from `last_state_root`), so an
+agent that set XDG_STATE_HOME for one call sees why the next call lists nothing.
 Nothing secret is ever written there.
 """
 
@@ -15,14 +19,30 @@ from typing import Any
 from .deps import SKILL_ROOT
 
 STATE_APP_DIR = "autodl-elastic-deploy"
+# The last directory state_root() answered in this process; core.cli.run reads and resets it.
+last_state_root: Path | None = None
+
+
+def skill_dir_writable(path: Path = SKILL_ROOT) -> bool:
+    """Whether the skill folder may hold `.state` (its own, if it exists). os.access, not a
+    permission-bit check: a read-only mount says no even to root. Tests patch this."""
+    state = path / ".state"
+    return os.access(state if state.exists() else path, os.W_OK)
 
 
 def state_root(environ: Any = None) -> Path:
+    global last_state_root
     environ = os.environ if environ is None else environ
     xdg = environ.get("XDG_STATE_HOME")
     if xdg and os.path.isabs(xdg):
-        return Path(xdg) / STATE_APP_DIR
-    return SKILL_ROOT / ".state"
+        root = Path(xdg) / STATE_APP_DIR
+    elif skill_dir_writable():
+        root = SKILL_ROOT / ".state"
+    else:
+        home = environ.get("HOME") or os.path.expanduser("~")
+        root = Path(home) / ".local" / "state" / STATE_APP_DIR
+    last_state_root = root
+    return root
 
 
 def write_json_atomically(path: Path, document: Any) -> None:

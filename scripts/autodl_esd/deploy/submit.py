@@ -29,7 +29,7 @@ from ..platform.evidence import compare_config, existing_deployment
 from ..platform.follow import finish_counts, wait_finished
 from ..platform.lint import capacity_filters, lint_config, no_capacity_suggestion
 from ..core.output import REDACTED, Progress
-from ..core.clock import now_timestamp
+from ..core.clock import iso, now_timestamp, platform_now
 from ..core.polling import PollFailures, ReadErrors, failed_reads_text
 from ..platform.stock import StockByGpu, first_fit, requested_stock, similar_gpu_names
 
@@ -152,7 +152,10 @@ class Submitter:
         self._last_send_epoch: float | None = None  # the same on the wall clock (the record's)
         self._recovered_by: dict[str, Any] | None = None
         # Set by run(); +08:00 like the platform's created_at, so the two compare.
+        # When this run began, on this machine's clock (labelled _local in results) and on the
+        # platform's (from the Date header): created_at is compared with the platform's.
         self.submit_started_at: str | None = None
+        self.submit_started_at_platform: str | None = None
         self.duplicate_check: dict[str, Any] = {"result": "none", "would_refuse": False}
         self._reconcile_report: dict[str, Any] | None = None
         self._reconcile_answered = True
@@ -426,9 +429,10 @@ class Submitter:
             "rule": "name_lookup_after_send",
             "how": how,
             "matched_on": {"name": self.config["name"], "not_listed_before_first_send": True},
-            "submit_started_at": self.submit_started_at,
+            "submit_started_at_local": self.submit_started_at,
+            "submit_started_at_platform": self.submit_started_at_platform,
             "deployment_created_at": chosen.get("created_at"),
-            "created_after_submit_began": created_after(chosen.get("created_at"), self.submit_started_at),
+            "created_after_submit_began": created_after(chosen.get("created_at"), self.submit_started_at_platform or self.submit_started_at),
             **{k: v for k, v in compare_config(self.config, chosen).items()},
             "explanation": "按名称查到的这个部署不在本次第一次发出创建请求之前的同名列表中, 即它是在本次创建请求发出之后才出现的, "
             "所以认定为本次结果不明的创建已经落地。",
@@ -569,6 +573,7 @@ class Submitter:
             "known_before_send": sorted(str(u) for u in self._known_before_send),
             "last_create_sent_epoch": self._last_send_epoch,
             "submit_started_at": self.submit_started_at,
+            "submit_started_at_platform": self.submit_started_at_platform,
         }
 
     def restore(self, record: dict[str, Any]) -> None:
@@ -577,6 +582,7 @@ class Submitter:
         self._ambiguous_creates = int(record.get("ambiguous_creates") or 0)
         self._known_before_send = set(record.get("known_before_send") or [])
         self.submit_started_at = record.get("submit_started_at") or self.submit_started_at
+        self.submit_started_at_platform = record.get("submit_started_at_platform") or self.submit_started_at_platform
         sent = record.get("last_create_sent_epoch")
         if isinstance(sent, (int, float)):
             self._last_send_epoch = float(sent)
@@ -821,6 +827,8 @@ class Submitter:
         another_run = self._note_other_waiters()  # local files only: before any network call
         try:
             self.check_image()
+            if getattr(self.client, "last_server_date", None):  # the first answer's Date: the platform's start
+                self.submit_started_at_platform = iso(platform_now(self.client))
             stock = self.poll_stock(filtered=False)
             self.check_gpu_types(stock)
             self.check_name_free()

@@ -28,9 +28,20 @@ OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 # The platform's enterprise gate on elastic-deployment routes (message seen live).
 GATE_FRAGMENT = "无当前资源访问权限"
 KNOWN_HOSTS = {"private.autodl.com": "private", "api.autodl.com": "public"}
+# Who opens the gate differs by platform (api-reference.md#鉴权与企业认证).
+GATE_HINT = ("账号没有弹性部署权限, 按平台处理: 公有云 (api.autodl.com) 需要企业认证, 在 AutoDL 控制台完成企业认证后再试; "
+             "私有云 (private.autodl.com) 需要私有云账号: 确认令牌来自私有云账号的控制台 → 设置 → 开发者Token, "
+             "且该账号已开通弹性部署 (找企业的私有云管理员或 AutoDL 商务开通)。镜像、库存、余额接口仍可用。")
 # More than this between the platform's clock and ours makes local times in logs and
 # "created after" comparisons misleading; NTP keeps real machines within a second.
 CLOCK_SKEW_WARN_SECONDS = 60.0
+# The platform clock's rate is two Date headers this far apart (local seconds), the second
+# read made after a wait if the checks took less. Date has whole seconds, so over 3 s a clock
+# at our rate reads 2-4 s (0.67x-1.33x): outside RATE_WARN_BELOW..RATE_WARN_ABOVE it is the
+# rate that differs, not the reading. Bounded: doctor waits at most this long for it.
+RATE_WINDOW_SECONDS = 3.0
+RATE_WARN_ABOVE = 1.5
+RATE_WARN_BELOW = 0.5
 # A read call slower than this (median) makes short --interval values pointless.
 LATENCY_WARN_SECONDS = 2.0
 # A token no platform issues: its answer shows what a rejected token looks like (401?).
@@ -165,17 +176,21 @@ class Doctor:
             return self._result(host, checks, questions, dialect=None)
 
         deployments = self.probe("POST", api.DEPLOYMENTS_PATH, {"page_index": 1, "page_size": 1})
-        checks.append(self._enterprise_gate(deployments))
+        gate = self._enterprise_gate(deployments)
+        checks.append(gate)
         routes = {name: self.probe(method, path, payload) for name, (method, path, payload, _) in OPTIONAL_ROUTES.items()}
         stock = self.probe("GET", api.GLOBAL_STOCK_PATH)
 
         dialect, evidence = self._dialect(host, routes, stock)
-        checks.append(self._dialect_check(dialect, evidence))
+        checks.append(self._dialect_check(dialect, evidence, host))
         checks.append(self._config_dialect(dialect))
-        checks.append(self._optional_routes(routes))
+        checks.append(self._optional_routes(routes, gate_failed=deployments.gated))
+        if deployments.gated:  # a gated route is counted once, under its cause
+            gate["detail"]["gated_routes"] = [name for name, probe in routes.items() if probe.gated]
         checks.append(self._stock_shape(stock))
         checks.append(self._image_list_key(images))
-        checks.append(self._clock_skew())
+        rate = self._clock_rate()
+        checks.append(self._clock_skew(rate))
         checks.append(self._latency())
         questions += self._settled_questions(routes, stock, images, dialect)
         bad_token = self._bad_token_answer()
@@ -215,7 +230,7 @@ class Doctor:
             return check("enterprise_gate", OK, "弹性部署接口可用 (部署列表可读)。")
         if deployments.gated:
             return check("enterprise_gate", FAIL, {"message": "账号没有弹性部署权限 (无当前资源访问权限)", **deployments.describe_error()},
-                         "弹性部署需要企业认证: 在 AutoDL 控制台完成企业认证后再试; 镜像、库存、余额接口仍可用。")
+                         GATE_HINT)
         if deployments.auth_rejected:
             return check("enterprise_gate", FAIL, {"message": "部署列表拒绝了令牌", **deployments.describe_error()},
                          "令牌可读镜像却不能读部署: 确认令牌有弹性部署权限, 或联系平台。")
@@ -250,14 +265,21 @@ class Doctor:
         return host_hint or "unknown", evidence
 
     @staticmethod
-    def _dialect_check(dialect: str, evidence: dict[str, Any]) -> dict[str, Any]:
+    def _dialect_check(dialect: str, evidence: dict[str, Any], host: str = "") -> dict[str, Any]:
         meaning = {
             "private": "私有云方言: 配置用 cuda_v, 不写 dc_list; 库存用全局 GET machine/gpu_stock。",
             "public": "公有云方言: 配置用 dc_list + cuda_v_from/cuda_v_to; 库存按地区查询。",
             "both": "两种方言都接受 (本地模拟器的默认行为)。",
         }
+        if dialect == "both":
+            # Either is accepted here, so the choice is about where the config goes next.
+            write = KNOWN_HOSTS.get(urlsplit(host).hostname or "", "private")
+            why = ("这个平台两种写法都接受, 按配置将来要用的真实平台写: 私有云 (默认 AUTODL_HOST, private.autodl.com) 写 cuda_v、不写 dc_list; "
+                   "公有云 (api.autodl.com) 写 dc_list + cuda_v_from/cuda_v_to。没有别的打算时写 "
+                   + ("私有云方言。" if write == "private" else "公有云方言 (这个地址是公有云)。"))
+            return check("dialect", OK, {"dialect": dialect, "write": write, "why": why, "meaning": meaning[dialect], "evidence": evidence})
         if dialect in meaning:
-            return check("dialect", OK, {"dialect": dialect, "meaning": meaning[dialect], "evidence": evidence})
+            return check("dialect", OK, {"dialect": dialect, "write": dialect, "meaning": meaning[dialect], "evidence": evidence})
         return check("dialect", WARN, {"dialect": dialect, "evidence": evidence},
                      "无法判断方言: 私有云用 https://private.autodl.com, 公有云用 https://api.autodl.com; 见 api-reference.md 的方言对比。")
 
@@ -274,12 +296,15 @@ class Doctor:
                          "私有云配置用 cuda_v 且不写 dc_list; 公有云配置写 dc_list + cuda_v_from/cuda_v_to。按平台方言改写配置 (examples/ 有两种示例)。")
         return check("config_dialect", OK, {"platform": dialect, "configs": results})
 
-    def _optional_routes(self, routes: dict[str, Probe]) -> dict[str, Any]:
+    def _optional_routes(self, routes: dict[str, Probe], gate_failed: bool = False) -> dict[str, Any]:
         found: dict[str, str] = {}
         for name, probe in routes.items():
             present = self._present(probe)
             found[name] = "present" if present and not probe.gated else ("gated" if probe.gated else ("absent" if present is False else "unknown"))
-        absent = [f"{name}: {OPTIONAL_ROUTES[name][3]}" for name, state in found.items() if state != "present"]
+        # When the enterprise gate failed, its routes are that failure (enterprise_gate lists
+        # them as gated_routes), not one more warning each.
+        counted = {"present", "gated"} if gate_failed else {"present"}
+        absent = [f"{name}: {OPTIONAL_ROUTES[name][3]}" for name, state in found.items() if state not in counted]
         detail = {"routes": found}
         if absent:
             return check("optional_routes", WARN, {**detail, "unavailable": absent},
@@ -311,26 +336,56 @@ class Doctor:
         return check("image_list_key", OK, {"key": keys, "images_on_first_page": len(items),
                                              "note": "名称字段: 公有云 image_name, 私有云 name; 配置里填 image_uuid, 不填名称。"})
 
-    def _clock_skew(self) -> dict[str, Any]:
-        samples = []
-        for probe in self.probes:
-            if not probe.server_date:
-                continue
-            try:
-                server = parsedate_to_datetime(probe.server_date)
-            except (TypeError, ValueError):
-                continue
-            if server.tzinfo is None:
-                server = server.replace(tzinfo=timezone.utc)
-            # Date has whole seconds and is stamped while answering: compare with the local
-            # time at the answer, minus half the call (the moment the server most likely wrote it).
-            local = datetime.fromtimestamp(probe.local_time - probe.seconds / 2, tz=timezone.utc)
-            samples.append((server - local).total_seconds())
+    @staticmethod
+    def _dated(probe: Probe) -> tuple[datetime, float] | None:
+        """(the platform's time, the local epoch seconds) of one answer with a Date header."""
+        if not probe.server_date:
+            return None
+        try:
+            server = parsedate_to_datetime(probe.server_date)
+        except (TypeError, ValueError):
+            return None
+        if server.tzinfo is None:
+            server = server.replace(tzinfo=timezone.utc)
+        # Date has whole seconds and is stamped while answering: compare with the local
+        # time at the answer, minus half the call (the moment the server most likely wrote it).
+        return server, probe.local_time - probe.seconds / 2
+
+    def _clock_rate(self) -> float | None:
+        """Platform seconds per local second, from the first Date header and one read made at
+        least RATE_WINDOW_SECONDS later (a read-only stock read; waits if the checks were quicker)."""
+        if RATE_WINDOW_SECONDS <= 0:
+            return None
+        dated = [d for d in map(self._dated, self.probes) if d is not None]
+        if not dated:
+            return None
+        first_server, first_local = dated[0]
+        wait = first_local + RATE_WINDOW_SECONDS - time.time()
+        if wait > 0:
+            time.sleep(min(wait, RATE_WINDOW_SECONDS))
+        last = self._dated(self.probe("GET", api.GLOBAL_STOCK_PATH))
+        if last is None or last[1] - first_local <= 0:
+            return None
+        return (last[0] - first_server).total_seconds() / (last[1] - first_local)
+
+    def _clock_skew(self, rate: float | None = None) -> dict[str, Any]:
+        samples = [(server - datetime.fromtimestamp(local, tz=timezone.utc)).total_seconds()
+                   for server, local in (d for d in map(self._dated, self.probes) if d is not None)]
         if not samples:
             return check("clock_skew", SKIPPED, "平台响应没有 Date 头, 无法比较时钟。", "")
         skew = statistics.median(samples)
         detail = {"platform_minus_local_seconds": round(skew, 1), "samples": len(samples),
                   "note": "Date 头精确到秒, 误差约 ±1 秒。"}
+        if rate is not None:
+            detail["platform_clock_rate"] = round(rate, 2)
+            detail["rate_window_seconds"] = RATE_WINDOW_SECONDS
+        if rate is not None and not RATE_WARN_BELOW <= rate <= RATE_WARN_ABOVE:
+            # The clocks run at different speeds: no NTP setting fixes that.
+            times = f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}"
+            return check("clock_skew", WARN, detail,
+                         f"平台时钟以本机 {times} 倍的速度走 (本地模拟器 --speed 时就是这样), 两者的差会越来越大, 校准本机时间 (ntp) 没有用。"
+                         "平台时间 (created_at 等) 与本机时间 (*_local 字段、进度行) 不能直接相减; "
+                         "本工具的运行时长与费用按平台时间计算, 不受影响。")
         if abs(skew) > CLOCK_SKEW_WARN_SECONDS:
             return check("clock_skew", WARN, detail,
                          "本机时钟与平台相差较大: 用 ntp 校准本机时间 (本地模拟器 --speed > 1 时平台时间本就跑得更快, 可忽略)。"
@@ -390,3 +445,47 @@ class Doctor:
             answer = "未被拒绝: 库存接口不校验令牌"
         return {"question_id": "bad_token_answer", "question": "错误令牌时平台的响应是什么样 (HTTP 401?)", "answer": answer,
                 "how": f"用一个不存在的令牌 ({PROBE_BAD_TOKEN}) 只读请求一次 GET /api/v1/dev/machine/gpu_stock"}
+
+
+# The error a not-ready account answers with, by the first failed check's cause. The
+# enterprise gate is auth_error: the platform itself answers it as a permission refusal
+# (BadRequest 无当前资源访问权限 on the deployment routes), and it is what every script that
+# needs those routes would answer on this account; the agent's next step is the same as for
+# a refused token, asking the user to fix the account. An unreachable or failing platform is
+# api_error; a config in the other dialect is validation_error (the config must change).
+_CAUSE_TYPES = {"settings": ErrorType.CONFIG_ERROR, "token_present": ErrorType.TOKEN_MISSING,
+                "token_accepted": ErrorType.AUTH_ERROR, "enterprise_gate": ErrorType.AUTH_ERROR,
+                "config_dialect": ErrorType.VALIDATION_ERROR, "stock_shape": ErrorType.API_ERROR}
+
+
+def require_ready(result: dict[str, Any]) -> dict[str, Any]:
+    """The diagnosis when the account is ready; otherwise an error document carrying it in
+    `details` (an agent that checks only `status` or the exit code must not read success)."""
+    if result.get("ready"):
+        return result
+    failed = [c for c in result["checks"] if c["status"] == FAIL]
+    first = failed[0]
+    detail = first["detail"] if isinstance(first["detail"], dict) else {"message": str(first["detail"])}
+    named = detail.get("error_type")
+    error_type = ErrorType(named) if named in {t.value for t in ErrorType} else _CAUSE_TYPES.get(first["name"], ErrorType.API_ERROR)
+    details: dict[str, Any] = {key: value for key, value in detail.items() if key not in ("error_type", "message")}
+    details.update(result)  # the checks, summary and the rest of the diagnosis
+    details["cause"] = first["name"]
+    if error_type is ErrorType.AUTH_ERROR:
+        details.setdefault("code", None)
+        details.setdefault("msg", None)
+    elif error_type is ErrorType.API_ERROR:
+        for key in ("code", "msg", "http_status"):
+            details.setdefault(key, None)
+        details.setdefault("retryable", True)
+    elif error_type is ErrorType.CONFIG_ERROR:
+        details.setdefault("path", None)
+    elif error_type is ErrorType.TOKEN_MISSING:
+        details.setdefault("looked_in", [])
+    elif error_type is ErrorType.VALIDATION_ERROR:
+        details["errors"] = [{"path": path, "message": f"配置方言与平台 ({detail.get('platform')}) 不一致", "hint": first["hint"]}
+                             for path in detail.get("mismatched") or ["config"]]
+    reason = detail.get("message") or first["name"]
+    names = ", ".join(c["name"] for c in failed)
+    raise AutoDLError(error_type, f"未就绪: {reason} (未通过的检查: {names})。",
+                      first["hint"] + " 全部检查见 details.checks。", details)

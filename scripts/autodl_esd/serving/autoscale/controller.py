@@ -333,7 +333,7 @@ class Autoscaler:
             self._record(record, now, force=True)
 
     def _record(self, record: dict, now: float, force: bool = False) -> dict:
-        record = {"event": "autoscale", "at": now_timestamp(), "t": round(now - self.started_at, 3), **record}
+        record = {"event": "autoscale", "at_local": now_timestamp(), "t": round(now - self.started_at, 3), **record}
         with self.lock:
             self.last_decision = record
             key = (record.get("action"), record.get("reason"), record.get("target"), record.get("pending_reason"))

@@ -21,7 +21,7 @@ def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "list_containers.py",
         "列出一个部署的容器 (默认拉取全部分页)。每项带 service_urls (可访问的服务地址)、"
-        "memory_size_gb (内存换算为 GB) 与 price_yuan (price 换算为 元/小时, 该容器每小时的价格); info.root_password 默认脱敏为 ***, 加 --show-password 才显示。",
+        "memory_size_gb (内存换算为 GB)、price_yuan (price 换算为 元, 每卡每小时) 与 hourly_yuan (整个容器每小时 = price × gpu_num); info.root_password 默认脱敏为 ***, 加 --show-password 才显示。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)

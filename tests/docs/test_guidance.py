@@ -108,3 +108,11 @@ def test_the_confirmation_rule_is_documented_where_both_are_described():
     skill = (ROOT / "SKILL.md").read_text(encoding="utf-8")
     reference = (ROOT / "api-reference.md").read_text(encoding="utf-8")
     assert "这次提交本身就是用户批准的花费" in skill and "这次提交本身就是用户批准的花费" in reference
+
+
+def test_the_price_basis_is_decided_once_with_its_evidence():
+    """Container `price` is per card: the decision and its evidence live in api-reference.md."""
+    start = API.index("**计费口径 (本工具的决定: 按卡)**")
+    paragraph = API[start:API.index("\n", start)]
+    assert "price × gpu_num" in paragraph.replace("`", "") and "2000" in paragraph and "doctor.py" in paragraph
+    assert "来源未说明是否按卡" not in API

@@ -116,3 +116,8 @@ def test_the_price_basis_is_decided_once_with_its_evidence():
     paragraph = API[start:API.index("\n", start)]
     assert "price × gpu_num" in paragraph.replace("`", "") and "2000" in paragraph and "doctor.py" in paragraph
     assert "来源未说明是否按卡" not in API
+
+
+def test_skill_says_notify_alone_sends_only_the_submit_notice():
+    [line] = [line for line in SKILL.splitlines() if line.startswith("| `--notify` |")]
+    assert "只发 已提交" in line and "`--wait-running`" in line and "`--wait-finished`" in line and "`--detach`" in line

@@ -127,12 +127,22 @@ def cost_before_change(client: Any, deployment: dict[str, Any], seen: Iterable[d
     (paged, usually one page). `seen` are records already read (the live list), merged in
     case `released: true` answers only the released ones. A failed read is reported in
     the result, never an error: the stop/delete the user asked for matters more."""
+    return cost_so_far(client, deployment, seen, basis=(
+        "与 cost_report.py 的 cost_yuan 同一算法 (运行时长 × 容器 price × gpu_num), 用停止/删除请求发出前读到的容器记录 "
+        "(含已释放的) 算到 as_of; 此后到容器真正停下的几秒仍按 hourly_yuan_before 计费。删除后 cost_report.py "
+        "不再列出这个部署, 这就是它最后的花费。"),
+        failed_hint="没能读到容器记录, 没有算出已花费用; 停止后可用 cost_report.py 查看, 删除后平台不再列出这个部署。")
+
+
+def cost_so_far(client: Any, deployment: dict[str, Any], seen: Iterable[dict[str, Any]] = (), *, basis: str,
+                failed_hint: str) -> dict[str, Any]:
+    """`cost_so_far_yuan` and `cost_so_far`: cost_report's figure for one deployment now, from
+    its container records (released ones included; `seen` merged in). A failed read gives
+    None and the error, never an exception: the figure is extra, the caller's result is not."""
     try:
         records = _merged(seen, api.list_containers(client, deployment["uuid"], released=True))
     except AutoDLError as error:
-        return {"cost_so_far_yuan": None, "cost_so_far": {
-            "error": error.message,
-            "hint": "没能读到容器记录, 没有算出已花费用; 停止后可用 cost_report.py 查看, 删除后平台不再列出这个部署。"}}
+        return {"cost_so_far_yuan": None, "cost_so_far": {"error": error.message, "hint": failed_hint}}
     now = platform_now(client)
     spend = deployment_spend(deployment, records, now)
     return {"cost_so_far_yuan": spend["cost_yuan"], "cost_so_far": {
@@ -140,9 +150,7 @@ def cost_before_change(client: Any, deployment: dict[str, Any], seen: Iterable[d
         "container_hours": spend["container_hours"],
         "container_count": spend["container_count"],
         "hourly_yuan_before": spend["current_hourly_yuan"],
-        "basis": "与 cost_report.py 的 cost_yuan 同一算法 (运行时长 × 容器 price × gpu_num), 用停止/删除请求发出前读到的容器记录 "
-                 "(含已释放的) 算到 as_of; 此后到容器真正停下的几秒仍按 hourly_yuan_before 计费。删除后 cost_report.py "
-                 "不再列出这个部署, 这就是它最后的花费。",
+        "basis": basis,
     }}
 
 

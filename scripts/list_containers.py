@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
-from autodl_esd.platform.containers import CONTAINER_STATUSES, container_view, single_machine_warning
+from autodl_esd.platform.containers import CONTAINER_STATUSES, container_view, released_hidden_warning, single_machine_warning
 
 # The rest of the package is imported in the function that uses it, after parsing: --help
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
@@ -41,8 +41,9 @@ def handle(args, ctx: cli.Context) -> dict:
         ctx.client(), deployment["uuid"], statuses=args.status, released=True if args.released else None
     )
     items = [container_view(c, args.show_password) for c in containers]
-    warning = single_machine_warning(containers, deployment)
-    return cli.list_result(items, deployment=deployment_summary(deployment), warnings=[warning] if warning else [])
+    warnings = [single_machine_warning(containers, deployment),
+                None if args.released else released_hidden_warning(items, deployment)]
+    return cli.list_result(items, deployment=deployment_summary(deployment), warnings=[w for w in warnings if w])
 
 
 def main(argv=None) -> int:

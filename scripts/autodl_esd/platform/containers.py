@@ -128,6 +128,25 @@ def machine_of(container: dict[str, Any]) -> str | None:
     return container.get("machine_id") or (uuid.split("-")[1] if uuid.count("-") == 2 else None)
 
 
+def released_hidden_warning(items: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, Any] | None:
+    """An empty list (without --released) of a deployment whose containers have finished:
+    they are released, and only --released lists them. The count is the deployment record's
+    `finished_num` (no extra call); a stopped deployment without it says so without a count."""
+    if items:
+        return None
+    finished = deployment.get("finished_num")
+    finished = finished if isinstance(finished, int) and not isinstance(finished, bool) else None
+    if not finished and not (finished is None and deployment.get("status") == "stopped"):
+        return None
+    how_many = f"{finished} 个" if finished else ""
+    return {
+        "code": "released_containers_hidden", "path": "--released",
+        "message": f"没有未释放的容器, 但这个部署有 {how_many}已结束 (已释放) 的容器: 默认不列出它们。",
+        "hint": "加 --released 列出已释放的容器 (运行时长、机器); 花费看 cost_report.py。",
+        "released_count": finished,
+    }
+
+
 def single_machine_warning(containers: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, str] | None:
     """A warning when every running replica of a ReplicaSet shares one machine: one host
     failure (or blacklisting) takes the whole service down at once."""

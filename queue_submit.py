@@ -37,7 +37,8 @@ def build_parser() -> cli.JsonArgumentParser:
         EXAMPLES,
     )
     parser.add_argument("config", metavar="CONFIG", help="部署配置 JSON 文件 (即创建部署的请求体)")
-    parser.add_argument("--interval", type=cli.positive_seconds, metavar="S", help="库存轮询间隔秒数, 可为小数 (默认 30; --sim 时默认 0.5)")
+    parser.add_argument("--interval", type=cli.positive_seconds, metavar="S", help="库存轮询与提交后跟踪 (--wait-running/--wait-finished) 的间隔秒数, 可为小数 (默认 30; "
+                        "AUTODL_HOST 是本机地址 (如 autodl_sim.py 的模拟器) 时默认 1; --sim 时默认 0.5); 给出的值照用 (对真实平台至少 1 秒)")
     parser.add_argument("--timeout", type=cli.non_negative_seconds, default=0.0, metavar="S", help="最多等待库存的秒数, 0 为不限 (默认 0)")
     parser.add_argument("--dry-run", action="store_true", help="只做校验、检查与一次库存查询, 输出将提交的请求体, 不创建")
     parser.add_argument("--wait-running", action="store_true", help="提交后等待容器进入 running 并输出服务地址与 SSH 命令")
@@ -66,7 +67,9 @@ def build_parser() -> cli.JsonArgumentParser:
     money.add_argument("--guard-interval", type=cli.positive_seconds, metavar="S",
                        help="守护的检查间隔, 真实秒数 (默认 60; 对真实平台至少 1 秒); 期限更近时守护提前检查")
     money.add_argument("--notify", action="store_true",
-                       help="发微信通知: 已提交、容器已运行、Job 已结束、等待超时; 守护执行时也通知 (失败只记警告)")
+                       help="发微信通知 (失败只记警告)。只加 --notify 时只发 已提交 (以及等库存超过 --timeout 时的 等待超时); "
+                            "容器已运行 要同时加 --wait-running, 已结束 (Job/Container) 要同时加 --wait-finished, 跟踪超时也会通知; "
+                            "加 --detach 时这些都由后台进程在事件发生时发送; --max-runtime/--max-cost 的守护执行时也通知")
     sim = parser.add_argument_group("本地模拟器 (不需要令牌, 不调用真实平台)")
     sim.add_argument("--sim", action="store_true", help="在内置的本地 AutoDL 模拟器上运行整个流程")
     sim.add_argument("--sim-cluster", metavar="FILE", help="模拟器集群文件 (默认 scripts/simulator/default_cluster.json)")
@@ -92,7 +95,7 @@ def handle(args, ctx: cli.Context) -> dict:
     if args.max_hourly_cost is not None:
         refuse_over_budget(config, args.max_hourly_cost)
     request = submission.Request(
-        interval=args.interval or (0.5 if args.sim else 30.0), timeout=args.timeout,
+        interval=args.interval or (0.5 if args.sim else None), timeout=args.timeout,
         wait_running=args.wait_running, startup_timeout=args.startup_timeout,
         wait_finished=args.wait_finished, finish_timeout=args.finish_timeout,
         allow_duplicate_name=args.allow_duplicate_name, show_password=args.show_password,

@@ -39,7 +39,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "--min-uptime 秒就退出 (exited_early); ReplicaSet 的任何退出都算异常 (exited, 随部署一起停止的除外), "
         "包括用户主动停止的 (缩容、stop_container.py), 所以拉黑前要先看证据。"
         "列出失败数 >= --min-failures 的主机及证据 (容器、状态、起止时间、运行时长; 每台最多 --max-evidence 条, "
-        "evidence_total 是总数)。--apply --yes 通过每台主机上最近失败的容器把它加入调度黑名单 (已在上面运行的容器"
+        "evidence_total 是总数); hosts_examined 列出检查过的每台主机 (健康的也在内) 及其容器数、运行中数、窗口内停止数、失败数与 verdict。--apply --yes 通过每台主机上最近失败的容器把它加入调度黑名单 (已在上面运行的容器"
         "不受影响); 只加 --apply 时返回 confirmation_required 并列出将拉黑的主机。输出的 as_of 是证据截止的平台时间; "
         "预览与执行之间证据可能变化, 用 --machine-id (可重复) 只拉黑预览中确认过的主机, 不在当前列表中的会被拒绝。",
         EXAMPLES,
@@ -72,6 +72,7 @@ def handle(args, ctx: cli.Context) -> dict:
         blacklist_plan,
         confirmation_hint,
         evidence_as_of,
+        hosts_examined,
         machine_id_flags,
         select_named_machines,
     )
@@ -92,7 +93,8 @@ def handle(args, ctx: cli.Context) -> dict:
                                 lookback=timedelta(hours=args.lookback_hours), max_evidence=args.max_evidence)
     faulty = [m for m in machines if m["failures"] >= args.min_failures]
     as_of = evidence_as_of(containers, events)
-    ctx.progress.log(f"检查了 {len(containers)} 个容器 / {len(machines)} 台有停止容器的主机, {len(faulty)} 台达到阈值")
+    examined = hosts_examined(containers, machines, args.min_failures)
+    ctx.progress.log(f"检查了 {len(containers)} 个容器 / {len(examined)} 台主机 ({len(machines)} 台有停止容器), {len(faulty)} 台达到阈值")
     result = cli.list_result(
         faulty,
         deployment=deployment_summary(deployment),
@@ -100,6 +102,7 @@ def handle(args, ctx: cli.Context) -> dict:
         thresholds={"lookback_hours": args.lookback_hours, "min_failures": args.min_failures, "min_uptime_seconds": args.min_uptime,
                     "max_evidence": args.max_evidence},
         containers_examined=len(containers),
+        hosts_examined=examined,
         below_threshold=[{"machine_id": m["machine_id"], "failures": m["failures"]} for m in machines if m not in faulty],
         applied=[],
     )

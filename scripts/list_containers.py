@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from autodl_esd.core import cli
-from autodl_esd.platform.containers import CONTAINER_STATUSES, container_view, single_machine_warning
+from autodl_esd.platform.containers import CONTAINER_STATUSES, container_view, released_hidden_warning, single_machine_warning
 
 # The rest of the package is imported in the function that uses it, after parsing: --help
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
@@ -21,7 +21,7 @@ def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "list_containers.py",
         "列出一个部署的容器 (默认拉取全部分页)。每项带 service_urls (可访问的服务地址)、"
-        "memory_size_gb (内存换算为 GB) 与 price_yuan (price 换算为 元/小时, 该容器每小时的价格); info.root_password 默认脱敏为 ***, 加 --show-password 才显示。",
+        "memory_size_gb (内存换算为 GB)、price_yuan (price 换算为 元, 每卡每小时) 与 hourly_yuan (整个容器每小时 = price × gpu_num); info.root_password 默认脱敏为 ***, 加 --show-password 才显示。",
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
@@ -41,8 +41,9 @@ def handle(args, ctx: cli.Context) -> dict:
         ctx.client(), deployment["uuid"], statuses=args.status, released=True if args.released else None
     )
     items = [container_view(c, args.show_password) for c in containers]
-    warning = single_machine_warning(containers, deployment)
-    return cli.list_result(items, deployment=deployment_summary(deployment), warnings=[warning] if warning else [])
+    warnings = [single_machine_warning(containers, deployment),
+                None if args.released else released_hidden_warning(items, deployment)]
+    return cli.list_result(items, deployment=deployment_summary(deployment), warnings=[w for w in warnings if w])
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 the enterprise gate.
 
 Billing follows the containers' own records: each container costs its `price` (yuan x 1000
-per hour, the whole container) from `started_at` until `stopped_at` (or now). The balance
+per card-hour) x `gpu_num` from `started_at` until `stopped_at` (or now). The balance
 is the starting balance minus that spend, so it falls as simulated time passes and a low
 balance can be rehearsed. (The real platform force-stops containers in arrears; the
 simulator only lets the balance go negative.)
@@ -52,7 +52,7 @@ class Account:
             if container.started_at is None:
                 continue
             end = container.stopped_at if container.stopped_at is not None else now
-            total += container.price * max(0.0, end - container.started_at) / 3600.0
+            total += container.price * container.gpu_num * max(0.0, end - container.started_at) / 3600.0
         return total
 
     def wallet(self, containers: Any, now: float) -> dict[str, int]:

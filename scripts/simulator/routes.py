@@ -333,7 +333,7 @@ class Api:
             "finished_num": sum(1 for c in own if c.status == lc.SHUTDOWN),
             "image_uuid": spec.image_uuid,
             "template": dict(spec.template),
-            "price_estimates": sum(c.price for c in own if c.status == lc.RUNNING),
+            "price_estimates": sum(c.price * c.gpu_num for c in own if c.status == lc.RUNNING),  # whole hourly rate
             "created_at": self._ts(deployment.created_at),
             "updated_at": self._ts(deployment.updated_at),
             "stopped_at": self._ts(deployment.stopped_at),

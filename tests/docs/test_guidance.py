@@ -119,3 +119,16 @@ def test_consent_when_the_user_cannot_be_asked_is_one_rule_among_the_money_rules
     assert "先预览" in rule and "核对" in rule and "费用" in rule and "做了什么" in rule
     assert "守护" in rule and "更大范围" in rule and "不要做" in rule and "报告里提出" in rule
     assert SKILL.count("用户无法被询问时") == 1, "one home"
+
+
+def test_the_price_basis_is_decided_once_with_its_evidence():
+    """Container `price` is per card: the decision and its evidence live in api-reference.md."""
+    start = API.index("**计费口径 (本工具的决定: 按卡)**")
+    paragraph = API[start:API.index("\n", start)]
+    assert "price × gpu_num" in paragraph.replace("`", "") and "2000" in paragraph and "doctor.py" in paragraph
+    assert "来源未说明是否按卡" not in API
+
+
+def test_skill_says_notify_alone_sends_only_the_submit_notice():
+    [line] = [line for line in SKILL.splitlines() if line.startswith("| `--notify` |")]
+    assert "只发 已提交" in line and "`--wait-running`" in line and "`--wait-finished`" in line and "`--detach`" in line

@@ -174,3 +174,15 @@ def test_the_basis_says_price_estimates_is_the_current_rate_not_the_spend():
     assert PRICE_ESTIMATES_BASIS in CONTAINER_PRICE_BASIS
     for words in ("正在运行的容器", "每小时的费率", "为 0", "不是已花的钱", "cost_yuan"):
         assert words in PRICE_ESTIMATES_BASIS
+
+
+def test_the_running_rate_counts_each_containers_cards():
+    from autodl_esd.money.estimate import CONTAINER_PRICE_BASIS, running_rate
+
+    rate = running_rate([{"status": "running", "gpu_num": 2, "price": 1000},
+                         {"status": "running", "gpu_num": 1, "price": 1881},
+                         {"status": "shutdown", "gpu_num": 8, "price": 1000}])
+    assert rate["hourly_yuan"] == 3.881 and rate["running_containers"] == 2
+    assert "每张 GPU" in CONTAINER_PRICE_BASIS
+    assert "来源未说明" not in CONTAINER_PRICE_BASIS and "price × gpu_num" in CONTAINER_PRICE_BASIS
+

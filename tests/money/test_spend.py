@@ -242,3 +242,29 @@ def released_container() -> dict:
     item = container(status="shutdown")
     item.update(price=2000, started_at="2026-01-05T20:00:00+08:00", stopped_at="2026-01-05T20:30:00+08:00")
     return item
+
+
+def test_a_multi_gpu_container_bills_its_per_card_price_times_its_cards(run, api, result_validator):
+    """Container `price` is per card, like price_from/price_to (api-reference.md, 计费口径)."""
+    two_cards = container()  # started 20:35 +08:00: two hours by 22:35
+    two_cards.update(gpu_num=2, price=1500)
+    expect_deployment(api, deployment())
+    expect_all_containers(api, [two_cards])
+
+    code, out, _ = run("cost_report.py", "--deployment-uuid", DEP_UUID, "--quiet")
+
+    assert code == 0, out
+    result_validator.validate(out)
+    [item] = out["items"]
+    [row] = item["containers"]
+    assert row["price_yuan"] == 1.5 and row["hourly_yuan"] == 3.0
+    assert row["cost_yuan"] == pytest.approx(6.0, abs=0.01)
+    assert item["current_hourly_yuan"] == 3.0
+    assert "price × gpu_num" in out["basis"] and "来源未说明" not in out["basis"]
+
+
+def test_the_container_view_shows_the_per_card_and_the_whole_hourly_price():
+    from autodl_esd.platform.containers import redact_container
+
+    shown = redact_container({"uuid": "c", "gpu_num": 4, "price": 2000})
+    assert shown["price_yuan"] == 2.0 and shown["hourly_yuan"] == 8.0

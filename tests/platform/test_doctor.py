@@ -45,7 +45,7 @@ def run_doctor(run, result_validator, *argv):
         assert code == 0 and document["ready"] is True, document
     assert [c["name"] for c in document["checks"]] == [
         "settings", "token_present", "token_accepted", "enterprise_gate", "dialect", "config_dialect",
-        "optional_routes", "stock_shape", "image_list_key", "clock_skew", "latency",
+        "optional_routes", "stock_shape", "image_list_key", "clock_skew", "latency", "price_basis",
     ]
     assert all(c["status"] in ("ok", "warn", "fail", "skipped") for c in document["checks"])
     return document, by_name(document)
@@ -122,6 +122,43 @@ def test_dict_stock_shape_is_reported(sim, run, result_validator):
     _, checks = run_doctor(run, result_validator)
     assert checks["stock_shape"]["detail"]["shape"] == "dict"
 
+
+
+def test_price_basis_is_checked_on_a_multi_gpu_container(sim, run, result_validator):
+    """The tool reads container `price` per card (api-reference.md, 计费口径); doctor checks it."""
+    simulator = sim()
+    template = {"gpu_name_set": ["RTX 4090"], "gpu_num": 2, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
+                "memory_size_from": 1, "memory_size_to": 256, "price_from": 10, "price_to": 9000,
+                "image_uuid": "image-db8346e037", "cmd": "sleep infinity"}
+    answer = requests.post(simulator.url + api.DEPLOYMENT_PATH, headers={"Authorization": simulator.token}, timeout=5,
+                           json={"name": "two-cards", "deployment_type": "ReplicaSet", "replica_num": 1,
+                                 "container_template": template}).json()
+    assert answer["code"] == "Success", answer
+    simulator.advance(60)
+    _, checks = run_doctor(run, result_validator)
+    found = checks["price_basis"]
+    assert found["status"] == "ok" and found["detail"]["gpu_num"] == 2 and found["detail"]["assumed"] == "per_card"
+
+
+def test_price_basis_warns_when_a_price_fits_the_whole_container_only(mocked, run, result_validator):
+    from helpers.fake_api import container, deployment
+
+    two = deployment()
+    two["template"] = {**(two.get("template") or {}), "gpu_num": 4, "price_from": 1000, "price_to": 2000}
+    item = container()
+    item.update(gpu_num=4, price=6000)  # 4 cards at 1.5 yuan: the whole container's rate
+    register(mocked, {("POST", api.DEPLOYMENTS_PATH): {"json": envelope({"list": [two], "max_page": 1})}})
+    mocked.add("POST", url(api.CONTAINERS_PATH), json=envelope({"list": [item], "max_page": 1}))
+    _, checks = run_doctor(run, result_validator)
+    found = checks["price_basis"]
+    assert found["status"] == "warn" and found["detail"]["fits"] == "per_container"
+    assert "4 倍" in found["hint"]
+
+
+def test_price_basis_is_skipped_without_deployments(mocked, run, result_validator):
+    register(mocked)
+    _, checks = run_doctor(run, result_validator)
+    assert checks["price_basis"]["status"] == "skipped"
 
 def test_gated_account_fails_the_enterprise_gate_only(sim, run, result_validator):
     sim(gated=True)

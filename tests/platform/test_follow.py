@@ -242,3 +242,48 @@ def test_read_errors_count_log_and_report():
     assert (warning["code"], warning["path"], warning["failures"], warning["last_error"]) == ("follow_read_errors", "", 4, "等待响应超时。")
     with pytest.raises(AutoDLError):  # not a read failure to wait out
         errors.record(AutoDLError(ErrorType.AUTH_ERROR, "令牌被拒绝"))
+
+
+def test_wait_finished_reports_what_the_run_cost_as_cost_report_counts_it(sim, run, tmp_path, result_validator):
+    sim()
+    code, out, _ = run("queue_submit.py", job(tmp_path), "--wait-finished", *FAST)
+    assert code == 0, out
+    result_validator.validate(out)
+    assert out["cost_so_far_yuan"] is not None and out["cost_so_far_yuan"] > 0
+    assert out["cost_so_far"]["container_count"] >= 2 and "cost_report.py" in out["cost_so_far"]["basis"]
+    code, report, _ = run("cost_report.py", "--deployment-uuid", out["deployment_uuid"], "--quiet")
+    assert code == 0, report
+    assert report["items"][0]["cost_yuan"] == pytest.approx(out["cost_so_far_yuan"], abs=0.01)
+
+
+def test_without_interval_a_loopback_host_is_polled_every_second(sim, run, tmp_path, monkeypatch):
+    """A silent 30 s sleep is 30 simulated minutes at --speed 60: the simulator gets 1 s."""
+    from autodl_esd.core.polling import DEFAULT_REMOTE_INTERVAL_SECONDS, default_interval
+    from autodl_esd.deploy import submission
+
+    sim()
+    seen = []
+    original = submission.Run.go
+
+    def spy(self, submitter, stock, **kwargs):
+        seen.append((self.request.interval, submitter.options.interval))
+        return original(self, submitter, stock, **kwargs)
+
+    monkeypatch.setattr(submission.Run, "go", spy)
+    code, out, _ = run("queue_submit.py", write(tmp_path, SERVICE, replica_num=1), "--quiet")
+    assert code == 0, out
+    assert seen == [(1.0, 1.0)]
+    code, out, _ = run("queue_submit.py", write(tmp_path, SERVICE, name="given", replica_num=1), "--interval", "0.05", "--quiet")
+    assert code == 0, out
+    assert seen[-1] == (0.05, 0.05)  # an explicit --interval is kept
+    assert default_interval("https://private.autodl.com") == DEFAULT_REMOTE_INTERVAL_SECONDS == 30.0
+
+
+def test_queue_submit_help_says_what_notify_sends_without_a_wait(capsys):
+    from helpers import load_script
+
+    with pytest.raises(SystemExit):
+        load_script(ROOT / "queue_submit.py").build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "只加 --notify 时只发 已提交" in text and "--detach 时这些都由后台进程" in text
+    assert "autodl_sim.py 的模拟器) 时默认 1" in text

@@ -133,6 +133,26 @@ def test_reports_machines_at_the_threshold_with_evidence(run, platform, result_v
     assert set(evidence) == {"container_uuid", "status", "reason", "created_at", "started_at", "stopped_at", "uptime_seconds"}
 
 
+
+def test_every_host_examined_is_listed_with_its_counts_healthy_ones_included(run, mocked, result_validator):
+    healthy = "dddddddddd"
+    mocked.post(url(DEPLOYMENTS), json=envelope({"list": [{"uuid": DEP, "deployment_type": "ReplicaSet"}], "max_page": 1}))
+    mocked.post(url(CONTAINERS), json=envelope({"list": CONTAINER_LIST + [running(healthy, 10), running(healthy, 11)],
+                                                "max_page": 1}))
+    mocked.post(url(EVENTS), json=envelope({"list": []}))
+
+    code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--quiet")
+
+    assert code == 0, document
+    result_validator.validate(document)
+    hosts = {h["machine_id"]: h for h in document["hosts_examined"]}
+    assert set(hosts) == {BAD, OTHER, GOOD, healthy}
+    assert hosts[healthy] == {"machine_id": healthy, "gpu_name": None, "data_center": None, "containers": 2, "live": 2,
+                              "stopped_in_window": 0, "failures": 0, "verdict": "healthy"}
+    assert (hosts[GOOD]["containers"], hosts[GOOD]["live"], hosts[GOOD]["failures"], hosts[GOOD]["verdict"]) == (2, 1, 1, "below_threshold")
+    assert (hosts[OTHER]["failures"], hosts[OTHER]["verdict"]) == (4, "faulty")
+    assert [h["machine_id"] for h in document["hosts_examined"]] == [OTHER, BAD, GOOD, healthy]
+
 def test_min_failures_raises_the_bar(run, platform):
     code, document, _ = run("find_faulty_hosts.py", "--deployment-uuid", DEP, "--min-failures", "4")
     assert code == 0 and [m["machine_id"] for m in document["items"]] == [OTHER]

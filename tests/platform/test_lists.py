@@ -202,6 +202,24 @@ def test_list_containers_redacts_the_password(run, api, result_validator):
     assert document["deployment"]["deployment_uuid"] == DEP_UUID
 
 
+
+def test_an_empty_list_of_a_finished_deployment_points_at_released(run, api, result_validator):
+    expect_deployment(api, deployment(kind="Job", status="stopped", running_num=0, finished_num=3))
+    expect_containers(api, [])
+    code, document, _ = run("list_containers.py", "--deployment-uuid", DEP_UUID)
+    ok(code, document, result_validator)
+    assert document["count"] == 0
+    [warning] = [w for w in document["warnings"] if w["code"] == "released_containers_hidden"]
+    assert warning["released_count"] == 3 and "--released" in warning["hint"] and "3 个" in warning["message"]
+
+
+def test_an_empty_list_of_a_deployment_that_never_ran_has_no_released_hint(run, api, result_validator):
+    expect_deployment(api, deployment(running_num=0))
+    expect_containers(api, [])
+    code, document, _ = run("list_containers.py", "--deployment-uuid", DEP_UUID)
+    ok(code, document, result_validator)
+    assert document["warnings"] == []
+
 def test_list_containers_show_password(run, api, result_validator):
     expect_deployment(api, deployment())
     expect_containers(api, [container()])

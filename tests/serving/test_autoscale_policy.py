@@ -192,3 +192,11 @@ def test_a_delay_hold_says_how_long_it_has_held_and_when_it_may_act():
     assert down.reason == "downscale_delay" and down.as_dict()["act_in_seconds"] == 18.0
     on_target, _ = decide(config, flat(4, 100), Observed(current=2), PolicyState(), 100)
     assert "act_in_seconds" not in on_target.as_dict() and "held_seconds" not in on_target.as_dict()
+
+
+def test_a_replicas_price_counts_every_card():
+    """Container `price` is per card (api-reference.md, 计费口径): a 2-card replica costs twice it."""
+    from autodl_esd.serving.autoscale.scaler import _price_yuan
+
+    assert _price_yuan({"price": 1500, "gpu_num": 2}) == 3.0
+    assert _price_yuan({"price": 1500}) == 1.5 and _price_yuan({"price": 0, "gpu_num": 2}) is None

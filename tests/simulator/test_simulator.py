@@ -921,3 +921,14 @@ def test_old_events_are_trimmed_and_offsets_stay_absolute(monkeypatch):
         deployment = sim.world.deployment(uuid)
         ok(sim, "DELETE", CREATE, {"deployment_uuid": uuid})
         assert deployment.events == [] and deployment.events_base >= total  # the stop on delete adds some
+
+
+def test_a_multi_gpu_containers_price_is_per_card_and_the_rate_counts_every_card(sim):
+    """Container `price` is per card, like price_from/price_to (api-reference.md, 计费口径)."""
+    uuid = create(sim, gpu_num=2)
+    sim.advance(SECONDS_TO_RUNNING)
+    [container] = ok(sim, "POST", "/api/v1/dev/deployment/container/list",
+                     {"deployment_uuid": uuid, "page_index": 1, "page_size": 10})["list"]
+    host = next(m for m in sim.machines() if m["machine_id"] == container["machine_id"])
+    assert container["gpu_num"] == 2 and container["price"] == host["price"]
+    assert deployment(sim, uuid)["price_estimates"] == 2 * host["price"]

@@ -27,6 +27,13 @@ if TYPE_CHECKING:
 # phase takes seconds). The local simulator is exempt: tests poll it every 0.05 s.
 MIN_REMOTE_POLL_SECONDS = 1.0
 
+# queue_submit's stock polls and follow-ups without --interval: every 30 s against the
+# platform (a wait for stock takes minutes to hours; finer gains nothing and costs calls), but
+# every second against a loopback host (the simulator): at --speed 60 a silent 30 s sleep is
+# 30 simulated minutes in which cards can free and be taken again.
+DEFAULT_REMOTE_INTERVAL_SECONDS = 30.0
+DEFAULT_LOOPBACK_INTERVAL_SECONDS = 1.0
+
 # A wait for stock survives API blips; this many failed polls in a row (each already
 # retried by the HTTP client) means the API is down for good and waiting on is pointless.
 MAX_CONSECUTIVE_POLL_FAILURES = 10
@@ -97,6 +104,12 @@ def failed_reads_text(errors: ReadErrors) -> str:
     if not errors.failures:
         return ""
     return f" 期间有 {errors.failures} 次读取失败, 最近一次: {errors.last_error}"
+
+
+def default_interval(host: str) -> float:
+    """The polling interval when none was given: DEFAULT_LOOPBACK_INTERVAL_SECONDS against this
+    machine (the simulator), else DEFAULT_REMOTE_INTERVAL_SECONDS."""
+    return DEFAULT_LOOPBACK_INTERVAL_SECONDS if is_loopback_host(host) else DEFAULT_REMOTE_INTERVAL_SECONDS
 
 
 def floor_interval(interval: float, host: str, progress: Progress) -> float:

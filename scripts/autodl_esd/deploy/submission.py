@@ -30,10 +30,11 @@ from ..platform import api
 from ..core import background
 from ..core.background import JobFiles, JobLock, is_running, local_now
 from ..money.estimate import cost_bounds, with_observed_rate
+from ..money.spend import cost_so_far
 from ..money.wallet import balance_check
 from ..core.errors import AutoDLError, ErrorType, Interrupted
 from ..core.output import Progress
-from ..core.polling import floor_interval
+from ..core.polling import DEFAULT_REMOTE_INTERVAL_SECONDS, default_interval, floor_interval
 from ..core.sandbox import simulated_platform
 from ..core.state import state_root
 from ..platform.notify import notify_quietly
@@ -50,6 +51,8 @@ CREATE_SENT_STATES = (SUBMITTING, RECONCILING, SUBMITTED, MAY_HAVE_BEEN_CREATED)
 FINAL_STATES = (MAY_HAVE_BEEN_CREATED, FAILED, CANCELLED)  # and SUBMITTED once `done`
 # jobs.py --status --wait re-reads the record this often: cheap, and prompt enough.
 STATUS_POLL_SECONDS = 0.2
+WAIT_FINISHED_COST_BASIS = ("与 cost_report.py 的 cost_yuan 同一算法 (运行时长 × 容器 price × gpu_num), 用跟踪结束时读到的容器记录 "
+                            "(含已释放的) 算到 as_of; 容器都已停止时这就是这次运行的花费, 部署本身停止或删除前不再计费。")
 
 
 def submits_dir() -> Path:
@@ -73,7 +76,7 @@ def jobs_command(flag: str, run_id: str) -> str:
 class Request:
     """What queue_submit was asked to do, kept in the record so a resumed run does the same."""
 
-    interval: float = 30.0
+    interval: float | None = None  # None: polling.default_interval of the host, set by submit()
     timeout: float = 0.0
     wait_running: bool = False
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
@@ -95,7 +98,7 @@ class Request:
 
     def submit_options(self, dry_run: bool = False) -> SubmitOptions:
         return SubmitOptions(
-            interval=self.interval, timeout=self.timeout, dry_run=dry_run, wait_running=self.wait_running,
+            interval=DEFAULT_REMOTE_INTERVAL_SECONDS if self.interval is None else self.interval, timeout=self.timeout, dry_run=dry_run, wait_running=self.wait_running,
             startup_timeout=self.startup_timeout, wait_finished=self.wait_finished, finish_timeout=self.finish_timeout,
             allow_duplicate_name=self.allow_duplicate_name, show_password=self.show_password,
             reconcile_window=self.window,
@@ -117,6 +120,8 @@ class Request:
 def submit(client: Any, config: dict[str, Any], request: Request, progress: Progress, partial: dict[str, Any],
            *, dry_run: bool = False, detach: bool = False) -> dict[str, Any]:
     """queue_submit: checks, then the dry run's plan, a detached record, or the whole run here."""
+    if request.interval is None:  # no --interval: 30 s against the platform, 1 s against the simulator
+        request.interval = default_interval(client.host)
     request.interval = floor_interval(request.interval, client.host, progress)
     cost = cost_bounds(config)  # offline: shown (stderr, result) before anything is submitted
     progress.log(f"费用: 每小时 {cost['hourly_yuan']['min']:g}..{cost['hourly_yuan']['max']:g} 元 ({cost['note']})")
@@ -318,6 +323,9 @@ class Run:
         if result.get("containers") and result.get("deployment_uuid"):
             cost = _observed_cost(self.client, result["deployment_uuid"], cost)
         finish = result.get("finish")  # --wait-finished's report
+        if finish:  # what the finished run cost, as cost_report.py counts it (released containers included)
+            result.update(cost_so_far(self.client, {"uuid": result["deployment_uuid"]}, basis=WAIT_FINISHED_COST_BASIS,
+                                      failed_hint="没能读到容器记录, 没有算出费用; 稍后用 cost_report.py 查看。"))
         if result.get("deployment_finished") or finish:
             how = "全部容器已运行完毕" if (finish or {}).get("finished", True) else "部署已停止 (未全部完成)"
             self.notices.send(f"已结束: {self.config['name']}", f"部署 {result['deployment_uuid']}: {how}。")

@@ -5,8 +5,9 @@ Prices on the platform are integers in yuan x 1000 per hour. A config's `price_f
 simulator filters hosts that way), so a container with `gpu_num` cards costs up to
 `price_to x gpu_num`, and a deployment up to that times the containers it runs at once.
 Once containers run, their `price` fields (and the deployment's `price_estimates`) give the
-real rate; sources do not say whether a container's `price` is per card or per container,
-and we read it, like the simulator and `price_estimates`, as the container's hourly rate.
+real rate. A container's `price` is on the same per-card basis as price_from/price_to (the
+decision and its evidence: api-reference.md, 计费口径), so a container costs `price x gpu_num`
+per hour (platform.containers.container_hourly_units).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..core.errors import AutoDLError, ErrorType
+from ..platform.containers import container_hourly_units
 from ..platform.units import yuan_from_price_units
 
 # "A few hours": below this many hours of balance at the worst-case rate the plan warns,
@@ -24,7 +26,8 @@ PRICE_BASIS = "price_from/price_to 是每张 GPU 每小时的基础价格 (接�
 # price_estimates is a rate, not a total: a finished Job shows 0 beside a non-zero cost_yuan.
 PRICE_ESTIMATES_BASIS = ("部署的 price_estimates (list_deployments/cost_report 的 price_estimates_yuan) 是它正在运行的容器"
                          "现在每小时的费率之和 (元/时), 不是已花的钱: 没有容器在运行时为 0 (如 Job 已结束), 已花多少看 cost_report.py 的 cost_yuan")
-CONTAINER_PRICE_BASIS = ("容器的 price 是该容器每小时的价格 (元×1000; 来源未说明是否按卡); " + PRICE_ESTIMATES_BASIS)
+CONTAINER_PRICE_BASIS = ("容器的 price 与 price_from/price_to 同一口径, 是每张 GPU 每小时的价格 (元×1000), "
+                         "容器每小时 = price × gpu_num; " + PRICE_ESTIMATES_BASIS)
 
 
 def concurrent_containers(config: dict[str, Any]) -> int:
@@ -73,12 +76,12 @@ def cost_bounds(config: dict[str, Any]) -> dict[str, Any]:
 def running_rate(containers: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The real hourly rate of the running containers, from their `price` fields."""
     running = [c for c in containers if c.get("status") == "running"]
-    priced = [c for c in running if isinstance(c.get("price"), (int, float)) and not isinstance(c.get("price"), bool)]
+    rates = [r for r in (container_hourly_units(c) for c in running) if r is not None]
     return {
         "running_containers": len(running),
-        "hourly_yuan": _yuan(sum(c["price"] for c in priced)),
+        "hourly_yuan": _yuan(sum(rates)),
         "basis": CONTAINER_PRICE_BASIS,
-        **({"unpriced_containers": len(running) - len(priced)} if len(priced) < len(running) else {}),
+        **({"unpriced_containers": len(running) - len(rates)} if len(rates) < len(running) else {}),
     }
 
 
@@ -88,7 +91,7 @@ def with_observed_rate(cost: dict[str, Any], containers: Iterable[dict[str, Any]
     if not rate["running_containers"]:
         return cost
     return {**cost, "expected_hourly_yuan": rate["hourly_yuan"],
-            "expected_basis": f"{rate['running_containers']} 个运行中容器的 price 之和; " + CONTAINER_PRICE_BASIS}
+            "expected_basis": f"{rate['running_containers']} 个运行中容器的 price × gpu_num 之和; " + CONTAINER_PRICE_BASIS}
 
 
 def balance_cover(balance_yuan: float, worst_case_hourly_yuan: float) -> dict[str, Any]:

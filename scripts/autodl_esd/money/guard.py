@@ -40,7 +40,9 @@ from ..core.state import state_root
 from ..core.errors import AutoDLError, ErrorType, Interrupted
 from ..core.output import Progress
 from ..platform.effects import Change, apply_change, took_effect_of
+from ..platform.containers import container_hourly_units
 from ..platform.follow import wait_finished
+from ..platform.units import yuan_from_price_units
 from ..platform.resolve import deployment_by_uuid
 from . import idle
 from .spend import container_spend
@@ -177,7 +179,7 @@ def judge(state: dict[str, Any], seen: Observation) -> Verdict:
     if limits.max_cost_yuan is not None and not verdict.act:
         since = parse_timestamp(state.get("started_platform_at"))
         spent = sum(row["cost_yuan"] or 0.0 for row in (container_spend(c, seen.now, since) for c in seen.containers))
-        rate = sum((c.get("price") or 0) / 1000 for c in seen.containers if c.get("status") == "running")
+        rate = sum(yuan_from_price_units(container_hourly_units(c) or 0) for c in seen.containers if c.get("status") == "running")
         figures.update(spent_yuan=round(spent, 3), budget_left_yuan=round(max(0.0, limits.max_cost_yuan - spent), 3),
                        current_hourly_yuan=round(rate, 3))
         if rate > 0:

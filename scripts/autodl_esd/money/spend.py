@@ -2,8 +2,8 @@
 
 A container bills from `started_at` (it reached running) until `stopped_at`; one that is
 still up bills until the platform's "now" (see core.clock.platform_now). `--since` clips every
-interval to start no earlier than that instant. Prices are yuan x 1000 per hour, read as the
-container's whole hourly rate (see cost.CONTAINER_PRICE_BASIS).
+interval to start no earlier than that instant. Prices are yuan x 1000 per card-hour, so a
+container bills `price x gpu_num` per hour (see estimate.CONTAINER_PRICE_BASIS).
 """
 
 from __future__ import annotations
@@ -15,19 +15,12 @@ from ..platform import api
 from .estimate import CONTAINER_PRICE_BASIS
 from ..core.errors import AutoDLError
 from ..core.clock import iso, parse_timestamp, platform_now
-from ..platform.containers import LIVE_STATUSES, container_summary
+from ..platform.containers import LIVE_STATUSES, container_hourly_units, container_summary, price_per_card_units
 from ..platform.resolve import deployment_summary
 from ..platform.units import yuan_from_price_units
 
 # Statuses in which a container without stopped_at is still billing (it holds its GPUs).
 BILLING_STATUSES = ("running", "shutting_down")
-
-
-def _price_units(container: dict[str, Any]) -> float | None:
-    price = container.get("price")
-    if isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0:
-        return float(price)
-    return None
 
 
 def billed_interval(container: dict[str, Any], now: datetime, since: datetime | None = None) -> tuple[datetime | None, datetime | None]:
@@ -51,12 +44,14 @@ def billed_interval(container: dict[str, Any], now: datetime, since: datetime | 
 def container_spend(container: dict[str, Any], now: datetime, since: datetime | None = None) -> dict[str, Any]:
     start, end = billed_interval(container, now, since)
     hours = (end - start).total_seconds() / 3600.0 if start and end else 0.0
-    price = _price_units(container)
+    price = container_hourly_units(container)
+    per_card = price_per_card_units(container)
     row = {
         "container_uuid": container.get("uuid"),
         "status": container.get("status"),
         "gpu_name": container.get("gpu_name"),
         "gpu_num": container.get("gpu_num"),
+        "price_yuan": None if per_card is None else round(yuan_from_price_units(per_card), 3),
         "hourly_yuan": None if price is None else round(yuan_from_price_units(price), 3),
         "started_at": container.get("started_at"),
         "stopped_at": container.get("stopped_at"),
@@ -112,7 +107,7 @@ def spend_report(client: Any, deployments: list[dict[str, Any]], now_of: Any, si
     }
 
 
-SPEND_BASIS = "费用 = 运行时长 (started_at 到 stopped_at, 仍在运行的算到平台当前时间) × 容器 price; " + CONTAINER_PRICE_BASIS
+SPEND_BASIS = "费用 = 运行时长 (started_at 到 stopped_at, 仍在运行的算到平台当前时间) × 容器 price × gpu_num; " + CONTAINER_PRICE_BASIS
 
 
 def _merged(earlier: Iterable[dict[str, Any]], later: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -132,12 +127,22 @@ def cost_before_change(client: Any, deployment: dict[str, Any], seen: Iterable[d
     (paged, usually one page). `seen` are records already read (the live list), merged in
     case `released: true` answers only the released ones. A failed read is reported in
     the result, never an error: the stop/delete the user asked for matters more."""
+    return cost_so_far(client, deployment, seen, basis=(
+        "与 cost_report.py 的 cost_yuan 同一算法 (运行时长 × 容器 price × gpu_num), 用停止/删除请求发出前读到的容器记录 "
+        "(含已释放的) 算到 as_of; 此后到容器真正停下的几秒仍按 hourly_yuan_before 计费。删除后 cost_report.py "
+        "不再列出这个部署, 这就是它最后的花费。"),
+        failed_hint="没能读到容器记录, 没有算出已花费用; 停止后可用 cost_report.py 查看, 删除后平台不再列出这个部署。")
+
+
+def cost_so_far(client: Any, deployment: dict[str, Any], seen: Iterable[dict[str, Any]] = (), *, basis: str,
+                failed_hint: str) -> dict[str, Any]:
+    """`cost_so_far_yuan` and `cost_so_far`: cost_report's figure for one deployment now, from
+    its container records (released ones included; `seen` merged in). A failed read gives
+    None and the error, never an exception: the figure is extra, the caller's result is not."""
     try:
         records = _merged(seen, api.list_containers(client, deployment["uuid"], released=True))
     except AutoDLError as error:
-        return {"cost_so_far_yuan": None, "cost_so_far": {
-            "error": error.message,
-            "hint": "没能读到容器记录, 没有算出已花费用; 停止后可用 cost_report.py 查看, 删除后平台不再列出这个部署。"}}
+        return {"cost_so_far_yuan": None, "cost_so_far": {"error": error.message, "hint": failed_hint}}
     now = platform_now(client)
     spend = deployment_spend(deployment, records, now)
     return {"cost_so_far_yuan": spend["cost_yuan"], "cost_so_far": {
@@ -145,9 +150,7 @@ def cost_before_change(client: Any, deployment: dict[str, Any], seen: Iterable[d
         "container_hours": spend["container_hours"],
         "container_count": spend["container_count"],
         "hourly_yuan_before": spend["current_hourly_yuan"],
-        "basis": "与 cost_report.py 的 cost_yuan 同一算法 (运行时长 × 容器 price), 用停止/删除请求发出前读到的容器记录 "
-                 "(含已释放的) 算到 as_of; 此后到容器真正停下的几秒仍按 hourly_yuan_before 计费。删除后 cost_report.py "
-                 "不再列出这个部署, 这就是它最后的花费。",
+        "basis": basis,
     }}
 
 

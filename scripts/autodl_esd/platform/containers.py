@@ -18,6 +18,26 @@ CONTAINER_STATUSES = (*LIVE_STATUSES, "shutting_down", "shutdown")
 STOPPING_STATUSES = ("shutting_down", "shutdown")
 
 
+def price_per_card_units(container: dict[str, Any]) -> float | None:
+    """The container's `price` (yuan x 1000 per card-hour, the same basis as the template's
+    price_from/price_to; api-reference.md, 计费口径), or None when absent or not a number."""
+    price = container.get("price")
+    if isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0:
+        return float(price)
+    return None
+
+
+def container_hourly_units(container: dict[str, Any]) -> float | None:
+    """What the whole container costs per hour (yuan x 1000): its per-card `price` x `gpu_num`.
+    A record without a usable gpu_num counts as one card (every documented sample has it)."""
+    price = price_per_card_units(container)
+    if price is None:
+        return None
+    cards = container.get("gpu_num")
+    cards = cards if isinstance(cards, int) and not isinstance(cards, bool) and cards > 0 else 1
+    return price * cards
+
+
 def containers_in_status(events: list[dict[str, Any]], status: str) -> list[str]:
     """Containers (first-seen order) that reached `status` and, for a live status, have not stopped since.
 
@@ -52,8 +72,9 @@ def primary_service_url(container: dict[str, Any], port: int | None = None) -> s
 
 
 def redact_container(container: dict[str, Any], show_password: bool = False) -> dict[str, Any]:
-    """The API record with `root_password` hidden, memory also in GB and price also in yuan
-    per hour (`price_yuan`, named like list_deployments' `*_yuan`)."""
+    """The API record with `root_password` hidden, memory also in GB and price also in yuan:
+    `price_yuan` per card-hour (the API's `price`) and `hourly_yuan` for the whole container
+    (`price` x `gpu_num`), named like list_deployments' `*_yuan`."""
     shown = dict(container)
     info = dict(shown.get("info") or {})
     if "root_password" in info and not show_password:
@@ -62,9 +83,10 @@ def redact_container(container: dict[str, Any], show_password: bool = False) -> 
         shown["info"] = info
     if isinstance(shown.get("memory_size"), int):
         shown["memory_size_gb"] = gb_from_bytes(shown["memory_size"])
-    price = shown.get("price")
-    if isinstance(price, (int, float)) and not isinstance(price, bool):
+    price = price_per_card_units(shown)
+    if price is not None:
         shown["price_yuan"] = round(yuan_from_price_units(price), 3)
+        shown["hourly_yuan"] = round(yuan_from_price_units(container_hourly_units(shown)), 3)
     return shown
 
 
@@ -104,6 +126,25 @@ def machine_of(container: dict[str, Any]) -> str | None:
     """The machine a container runs on: its record's machine_id, else the middle of its uuid."""
     uuid = container.get("uuid") or ""
     return container.get("machine_id") or (uuid.split("-")[1] if uuid.count("-") == 2 else None)
+
+
+def released_hidden_warning(items: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, Any] | None:
+    """An empty list (without --released) of a deployment whose containers have finished:
+    they are released, and only --released lists them. The count is the deployment record's
+    `finished_num` (no extra call); a stopped deployment without it says so without a count."""
+    if items:
+        return None
+    finished = deployment.get("finished_num")
+    finished = finished if isinstance(finished, int) and not isinstance(finished, bool) else None
+    if not finished and not (finished is None and deployment.get("status") == "stopped"):
+        return None
+    how_many = f"{finished} 个" if finished else ""
+    return {
+        "code": "released_containers_hidden", "path": "--released",
+        "message": f"没有未释放的容器, 但这个部署有 {how_many}已结束 (已释放) 的容器: 默认不列出它们。",
+        "hint": "加 --released 列出已释放的容器 (运行时长、机器); 花费看 cost_report.py。",
+        "released_count": finished,
+    }
 
 
 def single_machine_warning(containers: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, str] | None:

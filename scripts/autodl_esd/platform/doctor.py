@@ -58,7 +58,11 @@ OPTIONAL_ROUTES = {
 
 
 CHECK_NAMES = ("settings", "token_present", "token_accepted", "enterprise_gate", "dialect", "config_dialect",
-               "optional_routes", "stock_shape", "image_list_key", "clock_skew", "latency")
+               "optional_routes", "stock_shape", "image_list_key", "clock_skew", "latency", "price_basis")
+# price_basis reads at most this many deployments (one page) and this many of their multi-GPU
+# ones' container lists: a first-run check stays a handful of reads on a busy account.
+PRICE_BASIS_DEPLOYMENTS = 20
+PRICE_BASIS_CONTAINER_READS = 3
 
 
 def check(name: str, status: str, detail: Any, hint: str = "") -> dict[str, Any]:
@@ -192,6 +196,7 @@ class Doctor:
         rate = self._clock_rate()
         checks.append(self._clock_skew(rate))
         checks.append(self._latency())
+        checks.append(self._price_basis(deployments, stock))
         questions += self._settled_questions(routes, stock, images, dialect)
         bad_token = self._bad_token_answer()
         if bad_token:
@@ -401,6 +406,63 @@ class Doctor:
         if median > LATENCY_WARN_SECONDS:
             return check("latency", WARN, detail, "请求较慢: queue_submit.py 的 --interval 不要小于单次请求时间; 必要时调大 AUTODL_HTTP_TIMEOUT。")
         return check("latency", OK, detail)
+
+    @staticmethod
+    def _stock_price(stock: Probe, gpu_name: Any) -> float | None:
+        """A per-card price the stock reports for this GPU model, if its entry carries one."""
+        raw = stock.data if stock.ok else None
+        entries = [raw] if isinstance(raw, dict) else raw if isinstance(raw, list) else []
+        for entry in entries:
+            figures = entry.get(gpu_name) if isinstance(entry, dict) else None
+            price = figures.get("price") if isinstance(figures, dict) else None
+            if isinstance(price, (int, float)) and not isinstance(price, bool) and price > 0:
+                return float(price)
+        return None
+
+    def _price_basis(self, deployments: Probe, stock: Probe) -> dict[str, Any]:
+        """Does a multi-GPU container's `price` fit the per-card basis this tool uses
+        (api-reference.md, 计费口径)? Compared with the per-card price the stock reports for its
+        GPU, else with its deployment's per-card price_from..price_to."""
+        first = (deployments.data or {}).get("list") if deployments.ok and isinstance(deployments.data, dict) else None
+        if not first:
+            return check("price_basis", SKIPPED, "账号里没有部署, 无法核对容器 price 的口径。",
+                         "有多卡 (gpu_num > 1) 容器后再运行 doctor.py。")
+        page = self.probe("POST", api.DEPLOYMENTS_PATH, {"page_index": 1, "page_size": PRICE_BASIS_DEPLOYMENTS})
+        listed = (page.data or {}).get("list") or [] if page.ok and isinstance(page.data, dict) else first
+        multi = [d for d in listed if isinstance(d, dict) and int((d.get("template") or {}).get("gpu_num") or 0) != 1]
+        for deployment in multi[:PRICE_BASIS_CONTAINER_READS]:
+            read = self.probe("POST", api.CONTAINERS_PATH, {"deployment_uuid": deployment.get("uuid"), "released": True,
+                                                            "page_index": 1, "page_size": 50})
+            containers = (read.data or {}).get("list") or [] if read.ok and isinstance(read.data, dict) else []
+            for container in containers:
+                cards, price = container.get("gpu_num"), container.get("price")
+                if not (isinstance(cards, int) and cards > 1 and isinstance(price, (int, float)) and price > 0):
+                    continue
+                template = deployment.get("template") or {}
+                stock_price = self._stock_price(stock, container.get("gpu_name"))
+                if stock_price is not None:
+                    low = high = stock_price
+                    reference = f"库存里 {container.get('gpu_name')} 的每卡价格 {stock_price:g}"
+                elif isinstance(template.get("price_from"), (int, float)) and isinstance(template.get("price_to"), (int, float)):
+                    low, high = float(template["price_from"]), float(template["price_to"])
+                    reference = f"部署的每卡价格范围 price_from..price_to = {low:g}..{high:g}"
+                else:
+                    continue
+                per_card = low <= price <= high
+                per_container = low * cards <= price <= high * cards
+                fits = "per_card" if per_card and not per_container else "per_container" if per_container and not per_card \
+                    else "both" if per_card else "neither"
+                detail = {"container_uuid": container.get("uuid"), "gpu_name": container.get("gpu_name"), "gpu_num": cards,
+                          "price": price, "reference": reference, "fits": fits, "assumed": "per_card"}
+                if fits == "per_container":
+                    return check("price_basis", WARN, detail,
+                                 f"这个 {cards} 卡容器的 price 符合整个容器每小时的价格, 不是本工具假设的每卡价格: 本工具的费率和已花费用"
+                                 f" 会是实际的 {cards} 倍; 把 detail 反馈给维护者, 以平台账单为准。")
+                if fits == "per_card":
+                    return check("price_basis", OK, detail)
+                return check("price_basis", OK, detail, "两种口径都说得通 (或都不符合), 无法判断; 以平台账单为准。")
+        return check("price_basis", SKIPPED, "没有找到带 price 的多卡 (gpu_num > 1) 容器, 无法核对 price 是否按卡。",
+                     "有多卡容器后再运行 doctor.py。")
 
     def _settled_questions(self, routes: dict[str, Probe], stock: Probe, images: Probe, dialect: str) -> list[dict[str, str]]:
         settled = []

@@ -97,6 +97,37 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
+def _machine_id(container: dict[str, Any]) -> str:
+    """The record's machine_id, else the middle part of its uuid (`<deployment>-<machine>-<8 hex>`)."""
+    uuid = container.get("uuid") or ""
+    return container.get("machine_id") or (uuid.split("-")[1] if uuid.count("-") == 2 else "unknown")
+
+
+def hosts_examined(containers: list[dict[str, Any]], machines: list[dict[str, Any]], min_failures: int) -> list[dict[str, Any]]:
+    """Every machine that hosted one of the containers read, healthy ones included, with its
+    counts: `containers` read on it, `live` now, `stopped_in_window` and `failures` (from
+    analyse_machines' `machines`), and `verdict` faulty | below_threshold | healthy. Most
+    failures first, then the most containers: a machine that ran many without failing is the
+    evidence that the failures elsewhere are the host's, not the image's."""
+    examined: dict[str, dict[str, Any]] = {}
+
+    def entry(machine_id: str, source: dict[str, Any]) -> dict[str, Any]:
+        return examined.setdefault(machine_id, {
+            "machine_id": machine_id, "gpu_name": source.get("gpu_name"), "data_center": source.get("data_center"),
+            "containers": 0, "live": 0, "stopped_in_window": 0, "failures": 0})
+
+    for container in containers:
+        host = entry(_machine_id(container), container)
+        host["containers"] += 1
+        host["live"] += container.get("status") in LIVE_STATUSES
+    for machine in machines:
+        host = entry(machine["machine_id"], machine)
+        host.update(stopped_in_window=machine["stopped_containers"], failures=machine["failures"])
+    for host in examined.values():
+        host["verdict"] = "faulty" if host["failures"] >= min_failures else "below_threshold" if host["failures"] else "healthy"
+    return sorted(examined.values(), key=lambda h: (-h["failures"], -h["containers"], h["machine_id"]))
+
+
 def analyse_machines(
     deployment: dict[str, Any],
     containers: list[dict[str, Any]],
@@ -129,7 +160,7 @@ def analyse_machines(
         timeline = container_timeline(container, own_events)
         if timeline["stopped"] is not None and timeline["stopped"] < since:
             continue
-        machine_id = container.get("machine_id") or (uuid.split("-")[1] if uuid.count("-") == 2 else "unknown")
+        machine_id = _machine_id(container)
         machine = machines.setdefault(machine_id, {
             "machine_id": machine_id, "gpu_name": container.get("gpu_name"), "data_center": container.get("data_center"),
             "failures": 0, "failure_reasons": {}, "stopped_containers": 0, "evidence_total": 0, "evidence": [], "blacklist_via": None,

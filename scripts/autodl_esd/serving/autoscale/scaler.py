@@ -18,7 +18,7 @@ from ...core.output import Progress
 from ...money.estimate import cost_bounds
 from ...money.spend import BILLING_STATUSES
 from ...platform import api
-from ...platform.containers import STOPPING_STATUSES
+from ...platform.containers import STOPPING_STATUSES, container_hourly_units
 from ...platform.effects import Change, apply_change, took_effect_of
 from ...platform.resolve import deployment_by_uuid
 from ...platform.stock import requested_stock
@@ -41,8 +41,9 @@ class PlatformView:
 
 
 def _price_yuan(container: dict) -> Optional[float]:
-    price = container.get("price")
-    return yuan_from_price_units(price) if isinstance(price, (int, float)) and price > 0 else None
+    """The replica's whole hourly price: the per-card `price` x gpu_num (containers.container_hourly_units)."""
+    price = container_hourly_units(container)
+    return yuan_from_price_units(price) if price else None
 
 
 class ReplicaScaler:

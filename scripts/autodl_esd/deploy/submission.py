@@ -25,18 +25,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..money import guard
-from ..platform import api
 from ..core import background
 from ..core.background import JobFiles, JobLock, is_running, local_now
-from ..money.estimate import cost_bounds, with_observed_rate
-from ..money.spend import cost_so_far
-from ..money.wallet import balance_check
 from ..core.errors import AutoDLError, ErrorType, Interrupted
 from ..core.output import Progress
 from ..core.polling import DEFAULT_REMOTE_INTERVAL_SECONDS, default_interval, floor_interval
 from ..core.sandbox import simulated_platform
 from ..core.state import state_root
+from ..money import guard
+from ..money.estimate import cost_bounds, with_observed_rate
+from ..money.spend import cost_so_far
+from ..money.wallet import balance_check
+from ..platform import api
 from ..platform.notify import notify_quietly
 from ..platform.resolve import deployment_by_uuid, read_back
 from ..platform.stock import requested_stock
@@ -48,7 +48,6 @@ WAITING, SUBMITTING, RECONCILING, SUBMITTED = "waiting", "submitting", "reconcil
 MAY_HAVE_BEEN_CREATED, FAILED, CANCELLED = "may_have_been_created", "failed", "cancelled"
 # States after which the run never sends a create again.
 CREATE_SENT_STATES = (SUBMITTING, RECONCILING, SUBMITTED, MAY_HAVE_BEEN_CREATED)
-FINAL_STATES = (MAY_HAVE_BEEN_CREATED, FAILED, CANCELLED)  # and SUBMITTED once `done`
 # jobs.py --status --wait re-reads the record this often: cheap, and prompt enough.
 STATUS_POLL_SECONDS = 0.2
 WAIT_FINISHED_COST_BASIS = ("与 cost_report.py 的 cost_yuan 同一算法 (运行时长 × 容器 price × gpu_num), 用跟踪结束时读到的容器记录 "
@@ -98,7 +97,8 @@ class Request:
 
     def submit_options(self, dry_run: bool = False) -> SubmitOptions:
         return SubmitOptions(
-            interval=DEFAULT_REMOTE_INTERVAL_SECONDS if self.interval is None else self.interval, timeout=self.timeout, dry_run=dry_run, wait_running=self.wait_running,
+            interval=DEFAULT_REMOTE_INTERVAL_SECONDS if self.interval is None else self.interval, timeout=self.timeout,
+            dry_run=dry_run, wait_running=self.wait_running,
             startup_timeout=self.startup_timeout, wait_finished=self.wait_finished, finish_timeout=self.finish_timeout,
             allow_duplicate_name=self.allow_duplicate_name, show_password=self.show_password,
             reconcile_window=self.window,
@@ -260,6 +260,9 @@ class Run:
             self.save(pid=os.getpid())
             self.options_for(submitter)
             result = self._go(submitter, stock, resume)
+            # Written while the lock is held: a reader never sees the process gone and the record open.
+            self.save(done=True, pid=None, result=result, ended_at_local=local_now(),
+                      deployment_uuid=result.get("deployment_uuid"), may_have_been_created=False)
         except SubmissionCancelled:
             self.save(state=CANCELLED, done=True, pid=None, ended_at_local=local_now(), may_have_been_created=False,
                       message="已取消 (--cancel), 没有发出创建请求。")
@@ -274,8 +277,6 @@ class Run:
         finally:
             if lock is not None:
                 lock.release()
-        self.save(done=True, pid=None, result=result, ended_at_local=local_now(),
-                  deployment_uuid=result.get("deployment_uuid"), may_have_been_created=False)
         return {**result, **({"run_id": self.files.job_id} if self.files else {})}
 
     def _run_id(self) -> str | None:

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from helpers import ROOT
+from helpers.servers import wait_for
 
 pytest.importorskip("simulator")
 
@@ -54,17 +55,7 @@ def started_runs():
             continue
         if pid and background.is_running(files):
             os.kill(int(pid), signal.SIGKILL)
-            wait_for(lambda: not background.is_running(files), "the killed process to let go of its lock")
-
-
-def wait_for(predicate, what, timeout=WAIT_SECONDS):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+            wait_for(lambda: not background.is_running(files), WAIT_SECONDS, what="the killed process to let go of its lock")
 
 
 def creates(instance):
@@ -103,7 +94,7 @@ def test_a_detached_submit_waits_in_the_background_and_creates_once(sim, run, co
     assert not creates(instance)
 
     instance.release_occupied()
-    done = wait_for(lambda: (lambda s: s if s["done"] else None)(status(run, out["run_id"], "--wait", "5")), "the submit to finish")
+    done = wait_for(lambda: (lambda s: s if s["done"] else None)(status(run, out["run_id"], "--wait", "5")), WAIT_SECONDS, what="the submit to finish")
 
     result_validator.validate(done)
     assert done["state"] == "submitted" and done["deployment_uuid"] and done["alive"] is False
@@ -141,14 +132,14 @@ def test_kill_9_while_waiting_then_resume_goes_on_and_creates_once(sim, run, con
     out = detach(run, config_file, started_runs)
 
     os.kill(out["pid"], signal.SIGKILL)
-    dead = wait_for(lambda: (lambda s: s if not s["alive"] else None)(status(run, out["run_id"])), "the process to be gone")
+    dead = wait_for(lambda: (lambda s: s if not s["alive"] else None)(status(run, out["run_id"])), WAIT_SECONDS, what="the process to be gone")
 
     assert dead["state"] == "waiting" and "--resume" in dead["hint"]
     result_validator.validate(dead)
     code, resumed, _ = run("jobs.py", "--resume", out["run_id"], "--quiet")
     assert code == 0 and resumed["resumed"] is True and resumed["alive"] is True
     instance.release_occupied()
-    done = wait_for(lambda: (lambda s: s if s["done"] else None)(status(run, out["run_id"], "--wait", "5")), "the resumed submit")
+    done = wait_for(lambda: (lambda s: s if s["done"] else None)(status(run, out["run_id"], "--wait", "5")), WAIT_SECONDS, what="the resumed submit")
 
     assert done["state"] == "submitted" and len(creates(instance)) == 1 and len(instance.deployments()) == 1
 
@@ -158,12 +149,12 @@ def test_kill_9_after_the_create_was_sent_resumes_by_reconciling_never_by_sendin
     # The create commits at once but its answer takes 30 s: the process dies while waiting for it.
     instance = sim(faults="create_slow_seconds=30")
     out = detach(run, config_file, started_runs)
-    wait_for(lambda: creates(instance), "the create to reach the platform")
+    wait_for(lambda: creates(instance), WAIT_SECONDS, what="the create to reach the platform")
     sending = status(run, out["run_id"])
     assert sending["state"] == "submitting" and sending["may_have_been_created"] is True
 
     os.kill(out["pid"], signal.SIGKILL)
-    wait_for(lambda: not status(run, out["run_id"])["alive"], "the process to be gone")
+    wait_for(lambda: not status(run, out["run_id"])["alive"], WAIT_SECONDS, what="the process to be gone")
     dead = status(run, out["run_id"])
     # --status looks the name up (no process is on it): the deployment that landed is this run's.
     assert dead["state"] == "submitted" and dead["deployment_uuid"] == instance.deployments()[0]["uuid"]

@@ -43,6 +43,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def pid_alive(pid) -> bool:
+    """Whether a process runs; a zombie child of this test process counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
 def wait_for(predicate, timeout: float = START_TIMEOUT_SECONDS, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

@@ -18,6 +18,7 @@ import pytest
 
 
 from helpers import ROOT, job_config, sim_service, write_config
+from helpers.servers import pid_alive
 
 pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
 
@@ -408,18 +409,7 @@ def test_cancel_ends_a_detached_guard_without_acting(sim, run, detached):
     simulator.advance(2 * HOUR)
     time.sleep(0.2)
     assert operate_requests(simulator, uuid) == [] and deployment_of(simulator, uuid)["status"] == "running"
-    assert wait_for(lambda: not _pid_alive(started["pid"]))
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of this test process counts as gone
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
+    assert wait_for(lambda: not pid_alive(started["pid"]))
 
 
 # --- stop and delete name the guards watching, whatever the deployment's state -------------

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,37 +19,14 @@ from pathlib import Path
 import pytest
 
 from helpers import running_uuids
+from helpers.servers import pid_alive, wait_for
 
 pytest.importorskip("aiohttp")
 
 # Waits poll and end as soon as their condition holds; the bound is for a loaded 2-core
 # machine where a detached Python start with aiohttp can take seconds.
 WAIT_SECONDS = 30.0
-# How often a wait looks again: fast enough to keep an idle run short.
-POLL_SECONDS = 0.05
 QUIET = "--quiet"
-
-
-def wait_for(predicate, timeout=WAIT_SECONDS, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
-
-
-def pid_alive(pid) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of this test process counts as gone
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
 
 
 def records() -> list:
@@ -74,7 +50,7 @@ def services():
             except ProcessLookupError:
                 pass
     for pid in pids:
-        wait_for(lambda: not pid_alive(pid), what=f"pid {pid} to go")
+        wait_for(lambda: not pid_alive(pid), WAIT_SECONDS, what=f"pid {pid} to go")
 
 
 def get(url, headers=None):
@@ -112,7 +88,7 @@ def test_a_detached_gateway_serves_is_listed_stops_with_its_summary_and_resumes(
     assert code == 0 and stopped["changed"] is True and stopped["state"] == "stopped" and stopped["alive"] is False, stopped
     summary = stopped["summary"]
     assert summary["stopped_by"] == "SIGTERM" and summary["drained"] is True and summary["requests"] == 1, summary
-    wait_for(lambda: not pid_alive(started["pid"]), what="the stopped gateway's process to exit")
+    wait_for(lambda: not pid_alive(started["pid"]), WAIT_SECONDS, what="the stopped gateway's process to exit")
 
     code, resumed, _ = run("jobs.py", "--resume", run_id, QUIET)
     assert code == 0 and resumed["resumed"] is True and resumed["state"] == "running", resumed
@@ -150,7 +126,7 @@ def test_a_detached_watcher_keeps_its_registry_and_comes_back_after_kill_9(sim, 
         shown = run("jobs.py", "--status", run_id, QUIET)[1]
         return None if shown["alive"] else shown
 
-    status = wait_for(status_once_dead, what="the killed watcher to show as not alive")
+    status = wait_for(status_once_dead, WAIT_SECONDS, what="the killed watcher to show as not alive")
     assert status["state"] == "running" and f"jobs.py --resume {run_id}" in status["hint"], status
 
     registry.unlink()

@@ -19,8 +19,9 @@ EXAMPLES = [
 def build_parser() -> cli.JsonArgumentParser:
     parser = cli.make_parser(
         "gpu_stock.py",
-        "查询 GPU 库存: 每个型号的空闲卡数 idle 与总卡数 total。不加 --region 时查全局库存 "
-        "(私有云接口); 加 --region 时按地区查询并求和 (公有云接口)。stock 的键就是配置 "
+        "查询 GPU 库存: 每个型号的空闲卡数 idle 与总卡数 total。加 --region 时按地区查询并求和 "
+        "(地区库存接口)。不加 --region 时: 公有云 (api.autodl.com) 查询全部 11 个已知地区并求和 "
+        "(公有云没有文档记载的全局库存接口), 其他平台查全局库存 (私有云接口)。stock 的键就是配置 "
         "gpu_name_set 中要填的型号名称。库存按单卡计: 2 张空闲卡可能在两台主机上。",
         EXAMPLES,
     )
@@ -33,10 +34,12 @@ def handle(args, ctx: cli.Context) -> dict:
     from autodl_esd.platform import api
     from autodl_esd.platform.stock import requested_stock, similar_gpu_names
 
-    stock, raw = api.gpu_stock(ctx.client(), args.region)
+    client = ctx.client()
+    regions = api.stock_regions(client, args.region)
+    stock, raw = api.gpu_stock(client, regions)
     unknown = [name for name in args.gpu or [] if name not in stock]
     if unknown:
-        where = f" (地区: {', '.join(args.region)})" if args.region else ""
+        where = f" (地区: {', '.join(regions)})" if regions else ""
         did_you_mean = {name: similar_gpu_names(name, stock) for name in unknown}
         raise AutoDLError(
             ErrorType.GPU_TYPE_NOT_FOUND,
@@ -47,12 +50,16 @@ def handle(args, ctx: cli.Context) -> dict:
         )
     if args.gpu:
         stock = requested_stock(stock, args.gpu)
-    return {
-        "source": "region" if args.region else "global",
-        "regions": args.region or [],
+    result = {
+        "source": "region" if regions else "global",
+        "regions": regions or [],
         "stock": stock,
         "raw": raw,
     }
+    if regions and not args.region:
+        result["note"] = ("公有云没有文档记载的全局库存接口: 已按全部已知地区查询并求和, raw 按地区列出。"
+                          "只看某些地区时加 --region CODE。")
+    return result
 
 
 def main(argv=None) -> int:

@@ -197,7 +197,8 @@ class Api:
                 item["image_name"] = image.name
             if self.dialect != "public":
                 item["name"] = image.name
-            items.append({**item, "status": "finished", "created_at": saved, "updated_at": saved})
+            # Recorded public records carry only id, image_name and image_uuid (§15).
+            items.append(item if self.dialect == "public" else {**item, "status": "finished", "created_at": saved, "updated_at": saved})
         return paginate(items, params)
 
     def list_system_images(self, params: dict) -> dict:

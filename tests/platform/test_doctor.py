@@ -378,3 +378,42 @@ def test_bad_host_fails_settings(run, result_validator, monkeypatch):
 def test_an_unreadable_config_is_a_config_error(run, tmp_path):
     code, document, _ = run("doctor.py", "--config", str(tmp_path / "missing.json"))
     assert (code, document["error_type"]) == (1, "config_error")
+
+
+# --- on the public cloud: stock is read by region, never by the undocumented global route ----
+
+PUBLIC_HOST = "https://api.autodl.com"
+
+
+def test_public_host_reads_region_stock_not_the_global_route(mocked, run, result_validator, monkeypatch):
+    import responses
+
+    monkeypatch.setenv("AUTODL_HOST", PUBLIC_HOST)
+    date_header = {"Date": formatdate(usegmt=True)}
+    region_stock = envelope([{"RTX 4090": {"idle_gpu_num": 3, "total_gpu_num": 8, "chip_corp": "nvidia"}},
+                             {"RTX 4090D": {"idle_gpu_num": 0, "total_gpu_num": 2}}])
+    gated = envelope(None, code="BadRequest", msg="无当前资源访问权限")
+    for method, path, answer in (
+        ("POST", api.IMAGES_PATH, {"json": envelope({"list": [{"id": 1, "image_name": "a", "image_uuid": "image-aaaaaaaaaa"}], "max_page": 1})}),
+        ("POST", api.DEPLOYMENTS_PATH, {"json": gated}),
+        ("GET", api.BLACKLIST_PATH, {"json": gated}),
+        ("GET", api.DDP_OVERVIEW_PATH, {"json": gated}),
+        ("POST", api.SYSTEM_IMAGES_PATH, {"status": 404, "body": "404 page not found"}),
+        ("POST", api.REGION_STOCK_PATH, {"json": region_stock}),
+        ("POST", api.WALLET_BALANCE_PATH, {"json": envelope({"assets": 29290, "blocked_asset": 0})}),
+    ):
+        mocked.add(method, PUBLIC_HOST + path, headers=date_header, **answer)
+    mocked.add("POST", PUBLIC_HOST + api.REGION_STOCK_PATH, status=401, json=envelope(None, code="AuthorizeFailed", msg="登录超时，请重新登录"),
+               match=[responses.matchers.header_matcher({"Authorization": "autodl-doctor-not-a-token"})])
+    document, checks = run_doctor(run, result_validator)
+    assert not any(api.GLOBAL_STOCK_PATH in call.request.url for call in mocked.calls)
+    assert checks["stock_shape"]["status"] == "ok" and checks["stock_shape"]["detail"]["shape"] == "list"
+    assert checks["stock_shape"]["detail"]["gpu_names"] == ["RTX 4090", "RTX 4090D"]
+    assert checks["stock_shape"]["detail"]["route"] == f"POST {api.REGION_STOCK_PATH}"
+    assert checks["dialect"]["detail"]["evidence"]["region_gpu_stock"] == "可用"
+    assert document["failed"] == ["enterprise_gate"]  # the gate, not a missing global route
+    stock_reads = [json.loads(call.request.body) for call in mocked.calls
+                   if call.request.url.endswith(api.REGION_STOCK_PATH) and call.request.body not in (None, b"{}", "{}")]
+    assert stock_reads and all(read == {"region_sign": api.PUBLIC_REGIONS[0]} for read in stock_reads)
+    settled = {q["question_id"]: q for q in document["open_questions"]}
+    assert "region" in settled["stock_shape"]["how"] and "AuthorizeFailed" in settled["bad_token_answer"]["answer"]

@@ -127,6 +127,32 @@ def test_gpu_stock_null_data_is_empty_stock(run, api, result_validator):
     assert document["stock"] == {}
 
 
+def test_gpu_stock_on_the_public_cloud_sums_every_known_region(run, api, result_validator, monkeypatch):
+    """api.autodl.com documents only the region route: without --region every documented
+    region is read (never the private cloud's global GET)."""
+    from autodl_esd.platform.api import PUBLIC_REGIONS, REGION_STOCK_PATH
+
+    monkeypatch.setenv("AUTODL_HOST", "https://api.autodl.com")
+    for region in PUBLIC_REGIONS:
+        figures = [{"RTX 4090": {"idle_gpu_num": 1, "total_gpu_num": 2}}] if region in ("westDC2", "westDC3") else []
+        api.post("https://api.autodl.com" + REGION_STOCK_PATH, json=envelope(figures), match=[body(region_sign=region), AUTH])
+    code, document, _ = run("gpu_stock.py")
+    ok(code, document, result_validator)
+    assert document["source"] == "region" and document["regions"] == list(PUBLIC_REGIONS)
+    assert document["stock"] == {"RTX 4090": {"idle": 2, "total": 4}}
+    assert "--region" in document["note"]
+
+
+def test_gpu_stock_on_the_public_cloud_with_regions_reads_only_those(run, api, result_validator, monkeypatch):
+    from autodl_esd.platform.api import REGION_STOCK_PATH
+
+    monkeypatch.setenv("AUTODL_HOST", "https://api.autodl.com")
+    api.post("https://api.autodl.com" + REGION_STOCK_PATH, json=envelope([]), match=[body(region_sign="westDC2")])
+    code, document, _ = run("gpu_stock.py", "--region", "westDC2")
+    ok(code, document, result_validator)
+    assert document["regions"] == ["westDC2"] and "note" not in document
+
+
 # --- list_deployments -------------------------------------------------------------------
 
 

@@ -534,7 +534,7 @@ def test_public_dialect():
         info = live(sim, uuid)[0]["info"]
         assert {"service_6006_port_url", "service_6008_port_url", "ssh_command", "root_password"} == set(info)
         image = ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 1, "page_size": 10})["list"][0]
-        assert "image_name" in image and "name" not in image
+        assert set(image) == {"id", "image_name", "image_uuid"}  # what the real public platform sends
         assert ok(sim, "GET", f"/api/v1/dev/deployment/ddp/overview?deployment_uuid={uuid}") == []
 
 

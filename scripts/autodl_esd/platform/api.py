@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from urllib.parse import urlsplit
+
 from ..core.http import ApiClient
 from .stock import StockByGpu, merge_stock, normalize_stock
 
@@ -20,6 +22,15 @@ DDP_OVERVIEW_PATH = "/api/v1/dev/deployment/ddp/overview"
 SYSTEM_IMAGES_PATH = "/api/v2/image/list"  # private cloud only
 GLOBAL_STOCK_PATH = "/api/v1/dev/machine/gpu_stock"
 REGION_STOCK_PATH = "/api/v1/dev/machine/region/gpu_stock"
+
+# Hosts whose dialect is documented. The public cloud documents only the region stock route;
+# the global GET machine/gpu_stock is documented for the private cloud alone (api-reference.md,
+# 地区 GPU 库存).
+HOST_DIALECTS = {"api.autodl.com": "public", "private.autodl.com": "private"}
+# The public cloud's documented region codes (api-reference.md, 地区代码); recorded live runs
+# got Success from all eleven. Stock "everywhere" on the public cloud is their sum.
+PUBLIC_REGIONS = ("westDC2", "westDC3", "beijingDC1", "beijingDC2", "beijingDC3", "beijingDC4",
+                  "neimengDC1", "neimengDC3", "foshanDC1", "chongqingDC1", "yangzhouDC1")
 
 # Large pages keep "fetch everything" to a few calls; the maximum is undocumented and 100
 # is what the platform's own samples and console use without complaint.
@@ -84,7 +95,21 @@ def region_stock(
     return merge_stock(normalize_stock(raw) for raw in raw_by_region.values()), raw_by_region
 
 
+def host_dialect(host: str) -> str | None:
+    """`public` / `private` for a documented host, else None (a simulator, a custom cluster)."""
+    return HOST_DIALECTS.get(urlsplit(host).hostname or "")
+
+
+def stock_regions(client: ApiClient, regions: list[str] | None = None) -> list[str] | None:
+    """The regions a stock read asks: the ones given; on the public cloud without any, every
+    documented region (it has no documented global route); else None (the global route)."""
+    if regions:
+        return list(regions)
+    return list(PUBLIC_REGIONS) if host_dialect(client.host) == "public" else None
+
+
 def gpu_stock(client: ApiClient, regions: list[str] | None = None) -> tuple[StockByGpu, Any]:
+    regions = stock_regions(client, regions)
     return region_stock(client, regions) if regions else global_stock(client)
 
 

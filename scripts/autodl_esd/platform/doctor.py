@@ -27,7 +27,7 @@ from ..core.errors import ApiError, AutoDLError, ErrorType
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 # The platform's enterprise gate on elastic-deployment routes (message seen live).
 GATE_FRAGMENT = "无当前资源访问权限"
-KNOWN_HOSTS = {"private.autodl.com": "private", "api.autodl.com": "public"}
+KNOWN_HOSTS = api.HOST_DIALECTS
 # Who opens the gate differs by platform (api-reference.md#鉴权与企业认证).
 GATE_HINT = ("账号没有弹性部署权限, 按平台处理: 公有云 (api.autodl.com) 需要企业认证, 在 AutoDL 控制台完成企业认证后再试; "
              "私有云 (private.autodl.com) 需要私有云账号: 确认令牌来自私有云账号的控制台 → 设置 → 开发者Token, "
@@ -183,7 +183,7 @@ class Doctor:
         gate = self._enterprise_gate(deployments)
         checks.append(gate)
         routes = {name: self.probe(method, path, payload) for name, (method, path, payload, _) in OPTIONAL_ROUTES.items()}
-        stock = self.probe("GET", api.GLOBAL_STOCK_PATH)
+        stock = self.probe(*self._stock_read())
 
         dialect, evidence = self._dialect(host, routes, stock)
         checks.append(self._dialect_check(dialect, evidence, host))
@@ -202,6 +202,13 @@ class Doctor:
         if bad_token:
             questions.append(bad_token)
         return self._result(host, checks, questions, dialect=dialect)
+
+    def _stock_read(self) -> tuple[str, str, Any]:
+        """The stock read the platform documents: on the public cloud the region route (one
+        documented region), elsewhere the global GET route (private cloud, simulator)."""
+        if api.host_dialect(self.client.host) == "public":
+            return "POST", api.REGION_STOCK_PATH, {"region_sign": api.PUBLIC_REGIONS[0]}
+        return "GET", api.GLOBAL_STOCK_PATH, None
 
     def _result(self, host: str, checks: list[dict[str, Any]], questions: list[dict[str, str]], dialect: str | None) -> dict[str, Any]:
         counts = {status: sum(1 for c in checks if c["status"] == status) for status in (OK, WARN, FAIL, SKIPPED)}
@@ -255,9 +262,10 @@ class Doctor:
         private_signs = self._present(routes["system_images"])
         public_signs = self._present(routes["blacklist_list"]) or self._present(routes["ddp_overview"])
         host_hint = KNOWN_HOSTS.get(urlsplit(host).hostname or "")
+        stock_route = "region_gpu_stock" if self._stock_read()[1] == api.REGION_STOCK_PATH else "global_gpu_stock"
         evidence = {
             "host": host_hint or "不是已知的平台地址",
-            "global_gpu_stock": "可用" if stock.ok else ("不存在 (404)" if stock.route_missing else "出错"),
+            stock_route: "可用" if stock.ok else ("不存在 (404)" if stock.route_missing else "出错"),
             "private_only_routes (POST /api/v2/image/list)": "存在" if private_signs else "不存在",
             "public_only_routes (GET deployment/blacklist, ddp/overview)": "存在" if public_signs else "不存在",
         }
@@ -316,10 +324,9 @@ class Doctor:
                          "这些功能在本账号/平台上不可用 (absent = 接口不存在, gated = 需要企业认证); 相应脚本会返回 api_error 或 auth_error。")
         return check("optional_routes", OK, detail)
 
-    @staticmethod
-    def _stock_shape(stock: Probe) -> dict[str, Any]:
+    def _stock_shape(self, stock: Probe) -> dict[str, Any]:
         if not stock.ok:
-            if stock.route_missing:
+            if stock.route_missing and self._stock_read()[1] == api.GLOBAL_STOCK_PATH:
                 return check("stock_shape", WARN, "全局库存接口不存在 (HTTP 404)。", "公有云按地区查库存: gpu_stock.py --region REGION。")
             return check("stock_shape", FAIL, {"message": stock.error.message, **stock.describe_error()}, "库存接口出错; 稍后重试。")
         raw = stock.data
@@ -327,7 +334,7 @@ class Doctor:
         gpus = sorted(normalize_stock(raw))
         if shape not in ("list", "dict"):
             return check("stock_shape", WARN, {"shape": shape}, "库存响应形状未知; 把 gpu_stock.py 的输出反馈给维护者。")
-        return check("stock_shape", OK, {"shape": shape, "gpu_names": gpus,
+        return check("stock_shape", OK, {"shape": shape, "gpu_names": gpus, "route": " ".join(self._stock_read()[:2]),
                                           "note": "list = [{型号: {...}}], dict = {型号: {...}}; 两种都能识别。gpu_name_set 要写这里的型号名。"})
 
     @staticmethod
@@ -368,7 +375,7 @@ class Doctor:
         wait = first_local + RATE_WINDOW_SECONDS - time.time()
         if wait > 0:
             time.sleep(min(wait, RATE_WINDOW_SECONDS))
-        last = self._dated(self.probe("GET", api.GLOBAL_STOCK_PATH))
+        last = self._dated(self.probe(*self._stock_read()))
         if last is None or last[1] - first_local <= 0:
             return None
         return (last[0] - first_server).total_seconds() / (last[1] - first_local)
@@ -484,7 +491,9 @@ class Doctor:
             settle(name, question, answer, f"只读请求 {OPTIONAL_ROUTES[name][0]} {OPTIONAL_ROUTES[name][1]} 的响应")
         if stock.ok:
             shape = "列表 [{型号: {...}}]" if isinstance(stock.data, list) else "对象 {型号: {...}}"
-            settle("stock_shape", "全局库存响应是列表还是对象", shape, "GET /api/v1/dev/machine/gpu_stock 的 data")
+            method, path, _ = self._stock_read()
+            which = "地区" if path == api.REGION_STOCK_PATH else "全局"
+            settle("stock_shape", f"{which}库存响应是列表还是对象", shape, f"{method} {path} 的 data")
         if images.ok:
             items = (images.data or {}).get("list") or [] if isinstance(images.data, dict) else []
             if items:
@@ -497,16 +506,17 @@ class Doctor:
         if self.make_client is None:
             return None
         other = self.make_client(PROBE_BAD_TOKEN)
+        method, path, payload = self._stock_read()
         self.calls += 1
         try:
-            other.get(api.GLOBAL_STOCK_PATH)
+            other.request(method, path, params=payload if method == "GET" else None, body=None if method == "GET" else payload)
         except AutoDLError as error:
             details = error.details
             answer = f"{error.error_type.value}: HTTP {details.get('http_status')}, code={details.get('code')}, msg={details.get('msg')}"
         else:
             answer = "未被拒绝: 库存接口不校验令牌"
         return {"question_id": "bad_token_answer", "question": "错误令牌时平台的响应是什么样 (HTTP 401?)", "answer": answer,
-                "how": f"用一个不存在的令牌 ({PROBE_BAD_TOKEN}) 只读请求一次 GET /api/v1/dev/machine/gpu_stock"}
+                "how": f"用一个不存在的令牌 ({PROBE_BAD_TOKEN}) 只读请求一次 {method} {path}"}
 
 
 # The error a not-ready account answers with, by the first failed check's cause. The

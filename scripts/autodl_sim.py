@@ -123,6 +123,8 @@ def build_parser() -> JsonArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     parser.add_argument("--balance-yuan", type=float, default=None,
                         help="wallet balance at start in yuan (default 500); running containers draw it down")
+    parser.add_argument("--blocked-yuan", type=float, default=None,
+                        help="money frozen inside that balance in yuan (blocked_asset, default 0): not available to spend")
     parser.add_argument("--service-ports", type=service_ports, default=None, metavar="auto|LOW-HIGH",
                         help="give every container's service its own port (URLs without a path, which HAProxy "
                              "needs): auto = free ports, LOW-HIGH = from that range (default: one shared port, /svc/<uuid> paths)")
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     # A wallet of nan/inf (or past 10^9 yuan) would make every balance answer non-JSON or absurd.
     if args.balance_yuan is not None and not (0 <= args.balance_yuan <= MAX_BALANCE_YUAN):
         return fail("usage_error", f"--balance-yuan 必须是有限数, 0 <= 余额 <= {MAX_BALANCE_YUAN:g}", "例如 --balance-yuan 500")
+    if args.blocked_yuan is not None and not (0 <= args.blocked_yuan <= MAX_BALANCE_YUAN):
+        return fail("usage_error", f"--blocked-yuan 必须是有限数, 0 <= 冻结金额 <= {MAX_BALANCE_YUAN:g}", "例如 --blocked-yuan 5")
     # nan/inf would freeze or explode the simulated clock; past 10^6 timestamps outrun any test.
     if args.speed is not None and not (0 < args.speed <= MAX_SPEED):
         return fail("usage_error", f"--speed 必须是有限数, 0 < 速度 <= {MAX_SPEED:g}",
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             speed=args.speed or DEFAULT_SPEED, seed=args.seed, faults=args.faults,
             host=args.host, port=args.port, dialect=args.dialect,
             stock_shape=args.stock_shape, verbose=args.verbose,
-            balance_yuan=args.balance_yuan, gated=args.gated, service_ports=args.service_ports or False,
+            balance_yuan=args.balance_yuan, blocked_yuan=args.blocked_yuan, gated=args.gated, service_ports=args.service_ports or False,
         )
     except ClusterConfigError as exc:
         return fail("config_error", "集群文件不可用", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",

@@ -36,6 +36,7 @@ def handle(args, ctx: cli.Context) -> dict:
             code=error.code,
             msg=error.msg,
             http_status=404,
+            request_id=error.request_id,
             hint="私有云文档没有记载这个接口, 私有云的黑名单固定 24 小时后自动解除; "
             "要查看某台主机是否被拉黑, 只能记录 blacklist_host.py 的输出。公有云请确认 AUTODL_HOST=https://api.autodl.com。",
         ) from None

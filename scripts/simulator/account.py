@@ -24,6 +24,9 @@ DAY_SECONDS = 86400.0
 # What an account without enterprise verification hears from elastic-deployment routes.
 GATED_MSG = "无当前资源访问权限"
 GATED_PATH_PREFIX = "/api/v1/dev/deployment"
+# Fixed account identity and timestamp in the wallet answer (the platform's own format).
+SIM_UID = 100001
+WALLET_CREATED_AT = "2026-01-01T00:00:00+08:00"
 
 
 @dataclass
@@ -37,6 +40,7 @@ class WechatMessage:
 @dataclass
 class Account:
     balance_units: int = DEFAULT_BALANCE_UNITS
+    blocked_units: int = 0  # frozen inside the balance: counted in `assets`, not spendable
     voucher_units: int = 0
     accumulated_before_units: int = 0  # spend before the simulation started
     wechat_bound: bool = True
@@ -55,12 +59,24 @@ class Account:
             total += container.price * container.gpu_num * max(0.0, end - container.started_at) / 3600.0
         return total
 
-    def wallet(self, containers: Any, now: float) -> dict[str, int]:
+    def wallet(self, containers: Any, now: float) -> dict[str, Any]:
+        """The real answer's 14 fields (api facts section 15); money in yuan x 1000."""
         spent = self.spend_units(containers, now)
         return {
+            "id": 1,
+            "uid": SIM_UID,
             "assets": round(self.balance_units - spent),
+            "blocked_asset": self.blocked_units,
             "accumulate": round(self.accumulated_before_units + spent),
             "voucher_balance": self.voucher_units,
+            "available_coupon_num": 0,
+            "to_expire_voucher_num": 0,
+            "certain_conditions_voucher_balance": 0,
+            "remittance_code": "",
+            "total_recharge_asset": self.balance_units + self.accumulated_before_units,
+            "exclusive_transfer_account": "",
+            "created_at": WALLET_CREATED_AT,
+            "updated_at": WALLET_CREATED_AT,
         }
 
     def record_message(self, title: str, name: str, content: str, now: float) -> str | None:

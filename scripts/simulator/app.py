@@ -60,6 +60,8 @@ class Simulator:
         verbose: log every HTTP request to stderr.
         balance_yuan: the wallet's starting balance (default 500 yuan); running containers
             draw it down as simulated time passes.
+        blocked_yuan: money frozen inside that balance (`blocked_asset`, default 0): still
+            counted in `assets`, but not available.
         gated: an account without enterprise verification: elastic-deployment routes answer
             BadRequest 无当前资源访问权限; images, stock, wallet and WeChat still work.
         service_ports: give every container's service its own port on `host` (URLs without
@@ -77,6 +79,7 @@ class Simulator:
                  *, host: str = "127.0.0.1", port: int = 0, dialect: str = "both",
                  stock_shape: str = "list", verbose: bool = False,
                  balance_yuan: float | None = None, gated: bool = False,
+                 blocked_yuan: float | None = None,
                  service_ports: bool | tuple[int, int] = False) -> None:
         if dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}")
@@ -93,8 +96,8 @@ class Simulator:
         self.fault_spec = FaultSpec.parse(faults)
         self._faults = FaultInjector(self.fault_spec, seed)
         self.account = Account(gated=bool(gated))
-        if balance_yuan is not None:
-            self.set_wallet(balance_yuan=balance_yuan)
+        if balance_yuan is not None or blocked_yuan is not None:
+            self.set_wallet(balance_yuan=balance_yuan, blocked_yuan=blocked_yuan)
         if isinstance(service_ports, tuple):
             low, high = service_ports
             if not 1 <= low <= high <= 65535:
@@ -261,9 +264,11 @@ class Simulator:
         self._faults.spec = spec
 
     def set_wallet(self, balance_yuan: float | None = None, voucher_yuan: float | None = None,
-                   wechat_bound: bool | None = None, gated: bool | None = None) -> None:
-        """Set the balance as of now (past spend is kept in `accumulate`), vouchers, whether
-        WeChat is bound, and the enterprise gate."""
+                   wechat_bound: bool | None = None, gated: bool | None = None,
+                   blocked_yuan: float | None = None) -> None:
+        """Set the balance as of now (past spend is kept in `accumulate`), the frozen part of
+        it (`blocked_asset`: counted in `assets`, not spendable), vouchers, whether WeChat is
+        bound, and the enterprise gate."""
         with self.world.lock:
             self.world.sync()
             if balance_yuan is not None:
@@ -271,6 +276,10 @@ class Simulator:
                     raise ValueError("balance_yuan must be a finite number")
                 spent = self.account.spend_units(self.world.containers.values(), self.world.now)
                 self.account.balance_units = round(balance_yuan * 1000 + spent)
+            if blocked_yuan is not None:
+                if not math.isfinite(blocked_yuan) or blocked_yuan < 0:
+                    raise ValueError("blocked_yuan must be a finite number >= 0")
+                self.account.blocked_units = round(blocked_yuan * 1000)
             if voucher_yuan is not None:
                 if not math.isfinite(voucher_yuan) or voucher_yuan < 0:
                     raise ValueError("voucher_yuan must be a finite number >= 0")
@@ -280,7 +289,7 @@ class Simulator:
             if gated is not None:
                 self.account.gated = bool(gated)
 
-    def wallet(self) -> dict[str, int]:
+    def wallet(self) -> dict[str, Any]:
         """The wallet as the balance endpoint returns it (yuan x 1000)."""
         return self._api.wallet_balance({})
 
@@ -411,7 +420,7 @@ class Simulator:
             return None if params.get(key) is None else float(params[key])
 
         flags = {key: None if params.get(key) is None else bool(params[key]) for key in ("wechat_bound", "gated")}
-        self.set_wallet(number("balance_yuan"), number("voucher_yuan"), **flags)
+        self.set_wallet(number("balance_yuan"), number("voucher_yuan"), blocked_yuan=number("blocked_yuan"), **flags)
         return self.wallet()
 
     def _control_wechat(self, params: dict) -> list:

@@ -369,7 +369,7 @@ def test_every_json_dump_in_the_bundle_refuses_nan():
 
 
 # Checked after parsing, with their own usage_error (see the simulator tests above).
-CHECKED_IN_MAIN = {("autodl_sim.py", "--speed"), ("autodl_sim.py", "--balance-yuan")}
+CHECKED_IN_MAIN = {("autodl_sim.py", "--speed"), ("autodl_sim.py", "--balance-yuan"), ("autodl_sim.py", "--blocked-yuan")}
 
 
 def _typed_options():

@@ -133,6 +133,63 @@ def test_bad_request_about_parameters_is_not_auth_error(mocked, client):
     assert caught.value.error_type is ErrorType.API_ERROR
 
 
+@pytest.mark.parametrize("code, msg", [
+    ("AuthorizeFailed", "登录超时，请重新登录"),   # the one third-party note on a rejected token
+    ("AuthorizeFailed", ""),
+    ("TokenExpired", "token expired"),             # an unknown auth code in English
+    ("BadRequest", "Unauthorized: invalid token"),  # a generic code with an English text
+    ("unauthorized", "whatever"),                  # a known code in another case
+])
+def test_rejected_token_in_any_words_is_auth_error(mocked, client, code, msg):
+    mocked.post(url(PATH), json=envelope(None, code=code, msg=msg))
+    with pytest.raises(AutoDLError) as caught:
+        client.post(PATH, {})
+    assert caught.value.error_type is ErrorType.AUTH_ERROR
+    assert len(mocked.calls) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("body", [
+    {"json": {"code": "SomethingNew", "msg": "access token rejected", "request_id": "ab" * 16}},
+    {"body": "Forbidden", "content_type": "text/plain"},
+    {"body": "", "content_type": "text/plain"},
+])
+def test_401_and_403_are_auth_error_whatever_the_text(mocked, client, status, body):
+    mocked.post(url(PATH), status=status, **body)
+    with pytest.raises(AutoDLError) as caught:
+        client.post(PATH, {})
+    assert caught.value.error_type is ErrorType.AUTH_ERROR
+    assert caught.value.details["http_status"] == status
+
+
+# --- the platform's request_id is kept on every error that had an envelope --------------
+
+REQUEST_ID = "3f2a9c0d4b5e6f708192a3b4c5d6e7f8"
+
+
+@pytest.mark.parametrize("status, code, msg, error_type", [
+    (200, "BadRequest", "状态不允许此操作", ErrorType.API_ERROR),
+    (200, "BadRequest", "无当前资源访问权限", ErrorType.AUTH_ERROR),
+    (401, "Unauthorized", "开发者 Token 无效", ErrorType.AUTH_ERROR),
+    (404, "NotFound", "接口不存在", ErrorType.API_ERROR),
+    (503, "ServiceUnavailable", "服务繁忙", ErrorType.API_ERROR),
+])
+def test_error_details_carry_the_request_id(mocked, client, waits, status, code, msg, error_type):
+    mocked.post(url(PATH), status=status, json={"code": code, "msg": msg, "data": None, "request_id": REQUEST_ID})
+    with pytest.raises(AutoDLError) as caught:
+        client.post(PATH, {})
+    assert caught.value.error_type is error_type
+    assert caught.value.details["request_id"] == REQUEST_ID
+
+
+def test_request_id_reaches_the_error_document(run, mocked, result_validator):
+    mocked.post(url(PATH), json={"code": "BadRequest", "msg": "请求参数错误", "data": None, "request_id": REQUEST_ID})
+    code, out, _ = run("list_deployments.py", "--quiet")
+    assert (code, out["error_type"]) == (3, "api_error")
+    result_validator.validate(out)
+    assert out["details"]["request_id"] == REQUEST_ID
+
+
 @pytest.mark.parametrize(
     "body,content_type",
     [("<html>502 Bad Gateway</html>", "text/html"), ("", "text/plain"), ('["no", "envelope"]', "application/json")],

@@ -99,9 +99,17 @@ def failed(code: int, document: dict[str, Any], validator: Any, error_type: str,
     validator.validate(document)
 
 
-def wallet(assets: int = 500_000, accumulate: int = 0, voucher_balance: int = 0) -> dict[str, Any]:
-    """A wallet-balance answer (yuan x 1000); the dry run reads it after its other checks."""
-    return envelope({"assets": assets, "accumulate": accumulate, "voucher_balance": voucher_balance})
+def wallet(assets: int = 500_000, accumulate: int = 0, voucher_balance: int = 0,
+           blocked_asset: int | None = None) -> dict[str, Any]:
+    """A wallet-balance answer (yuan x 1000); the dry run reads it after its other checks. With
+    `blocked_asset` it is the real 14-field shape (api facts section 15), else the 3 money fields."""
+    data: dict[str, Any] = {"assets": assets, "accumulate": accumulate, "voucher_balance": voucher_balance}
+    if blocked_asset is not None:
+        data.update(id=1, uid=100001, blocked_asset=blocked_asset, available_coupon_num=0, to_expire_voucher_num=0,
+                    certain_conditions_voucher_balance=0, remittance_code="", total_recharge_asset=assets + accumulate,
+                    exclusive_transfer_account="", created_at="2026-09-01T10:00:00+08:00",
+                    updated_at="2026-09-01T10:00:00+08:00")
+    return envelope(data)
 
 
 # ---- queue_submit against the fakes (the submit and exactly-once tests) --------------------

@@ -151,9 +151,71 @@ def test_simulator_wallet_control_route(sim):
     import requests
 
     simulator = sim()
-    answer = requests.post(simulator.url + "/_sim/wallet", json={"balance_yuan": 7.5, "voucher_yuan": 2},
+    answer = requests.post(simulator.url + "/_sim/wallet", json={"balance_yuan": 7.5, "voucher_yuan": 2, "blocked_yuan": 1},
                            headers={"Authorization": simulator.token}, timeout=5).json()
-    assert answer["data"] == {"assets": 7500, "accumulate": 0, "voucher_balance": 2000}
+    data = answer["data"]
+    assert (data["assets"], data["blocked_asset"], data["accumulate"], data["voucher_balance"]) == (7500, 1000, 0, 2000)
+
+
+def test_simulator_wallet_has_the_real_fourteen_fields(sim):
+    import requests
+
+    simulator = sim()
+    answer = requests.post(simulator.url + "/api/v1/dev/wallet/balance", json={},
+                           headers={"Authorization": simulator.token}, timeout=5).json()
+    assert set(answer["data"]) == {
+        "id", "uid", "assets", "blocked_asset", "accumulate", "voucher_balance", "available_coupon_num",
+        "to_expire_voucher_num", "certain_conditions_voucher_balance", "remittance_code", "total_recharge_asset",
+        "exclusive_transfer_account", "created_at", "updated_at"}
+    assert answer["data"]["blocked_asset"] == 0
+
+
+# --- frozen money: available = assets - blocked_asset -----------------------------------------
+
+def test_frozen_money_is_not_available(run, api, result_validator):
+    api.post(WALLET, json=wallet(assets=16_800, blocked_asset=5_000))
+    code, out, _ = run("wallet_balance.py", "--hourly-cost", "2", "--quiet")
+    assert code == 0, out
+    result_validator.validate(out)
+    assert (out["balance_yuan"], out["blocked_yuan"], out["available_yuan"]) == (16.8, 5.0, 11.8)
+    assert out["hours_at_worst_case"] == 5.9  # 11.8 / 2, not 16.8 / 2
+    assert out["raw"]["blocked_asset"] == 5_000 and out["raw"]["uid"] == 100001  # every raw field kept
+    assert out["low"] is False and out["warnings"] == []
+
+
+def test_low_balance_is_judged_on_the_available_money(run, api):
+    # 16.8 in total covers 16.8 / 2 = 8.4 hours; the 1.8 available covers 0.9: low.
+    api.post(WALLET, json=wallet(assets=16_800, blocked_asset=15_000))
+    code, out, _ = run("wallet_balance.py", "--hourly-cost", "2", "--quiet")
+    assert code == 0 and out["available_yuan"] == 1.8 and out["low"] is True
+    assert [w["code"] for w in out["warnings"]] == ["low_balance"]
+    assert "可用余额 1.8 元 (冻结 15 元)" in out["warnings"][0]["message"]
+
+
+def test_dry_run_judges_hours_on_the_available_money(sim, run):
+    sim(balance_yuan=16.8, blocked_yuan=5)
+    code, out, _ = run("queue_submit.py", str(EXAMPLES / "replicaset-service.json"), "--dry-run", "--quiet")
+    assert code == 0, out
+    balance = out["balance"]
+    assert (balance["balance_yuan"], balance["blocked_yuan"], balance["available_yuan"]) == (16.8, 5.0, 11.8)
+    assert balance["hours_at_worst_case"] == round(11.8 / out["cost"]["worst_case_hourly_yuan"], 2)
+    warning = next(w for w in out["warnings"] if w["code"] == "low_balance")
+    assert "可用余额 11.8 元" in warning["message"]
+
+
+def test_dry_run_warns_when_only_the_frozen_part_is_large(sim, run):
+    # 1000 yuan in total would not warn (test above); with 995 of it frozen it must.
+    sim(balance_yuan=1000, blocked_yuan=995)
+    code, out, _ = run("queue_submit.py", str(EXAMPLES / "replicaset-service.json"), "--dry-run",
+                       "--max-hourly-cost", "18", "--quiet")
+    assert code == 0, out
+    assert out["balance"]["low"] is True and "low_balance" in [w["code"] for w in out["warnings"]]
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e308"])
+def test_simulator_refuses_a_bad_blocked_amount(run, value):
+    code, out, _ = run("autodl_sim.py", "--blocked-yuan", value)
+    assert (code, out["error_type"]) == (1, "usage_error")
 
 
 def test_cost_bounds_do_not_depend_on_the_dialect_fields():

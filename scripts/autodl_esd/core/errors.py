@@ -140,6 +140,7 @@ class ApiError(AutoDLError):
         ambiguous: bool = False,
         hint: str = "",
         response: Any = None,
+        request_id: str | None = None,
     ) -> None:
         details: dict[str, Any] = {
             "code": code,
@@ -147,6 +148,9 @@ class ApiError(AutoDLError):
             "http_status": http_status,
             "retryable": retryable,
         }
+        if request_id:
+            # The platform's id of this call: what AutoDL support asks for.
+            details["request_id"] = request_id
         if response is not None:
             details["api_response"] = response
         super().__init__(ErrorType.API_ERROR, message, hint, details)
@@ -156,6 +160,7 @@ class ApiError(AutoDLError):
         self.retryable = retryable
         self.ambiguous = ambiguous
         self.response = response
+        self.request_id = request_id or None
 
 
 class Interrupted(BaseException):

@@ -35,9 +35,16 @@ CONNECT_TIMEOUT_CAP_SECONDS = 10.0
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 SUCCESS_CODE = "Success"
-# Codes and message fragments that mean "this token may not do this".
-AUTH_CODES = {"Unauthorized", "AuthorizationFailed", "AuthFailed", "InvalidToken", "TokenInvalid", "TORealName"}
-AUTH_MESSAGE_FRAGMENTS = ("无当前资源访问权限", "未登录", "鉴权", "认证失败", "令牌无效", "token无效")
+# Codes and message fragments that mean "this token may not do this". No recording shows a
+# rejected token (api facts section 15), so codes are matched case-insensitively, exactly or by
+# the words an auth code is made of, and English texts count as much as Chinese ones.
+AUTH_CODES = {"Unauthorized", "AuthorizationFailed", "AuthorizeFailed", "AuthFailed", "InvalidToken", "TokenInvalid",
+              "TORealName"}
+AUTH_CODE_WORDS = ("auth", "token", "login")
+AUTH_MESSAGE_FRAGMENTS = ("无当前资源访问权限", "未登录", "登录超时", "重新登录", "鉴权", "认证失败", "令牌无效", "token无效",
+                          "unauthorized", "unauthenticated", "forbidden", "permission denied", "access denied",
+                          "invalid token", "token invalid", "token expired", "token is invalid", "token has expired",
+                          "authorization failed", "authorize failed", "authentication failed", "not logged in")
 
 
 def _sleep(seconds: float) -> None:
@@ -62,19 +69,34 @@ def _retry_after_seconds(headers: Any) -> float | None:
 
 
 def is_auth_failure(code: str | None, msg: str | None) -> bool:
-    if code in AUTH_CODES:
-        return True
-    return bool(msg) and any(fragment in msg for fragment in AUTH_MESSAGE_FRAGMENTS)
+    """Whether a non-success answer says the token was rejected or may not do this."""
+    if isinstance(code, str) and code:
+        folded = code.casefold()
+        if folded in {known.casefold() for known in AUTH_CODES} or any(word in folded for word in AUTH_CODE_WORDS):
+            return True
+    if not isinstance(msg, str) or not msg:
+        return False
+    folded_msg = msg.casefold()
+    return any(fragment.casefold() in folded_msg for fragment in AUTH_MESSAGE_FRAGMENTS)
 
 
-def auth_error(code: str | None, msg: str | None, http_status: int | None) -> AutoDLError:
+def auth_error(code: str | None, msg: str | None, http_status: int | None, request_id: str | None = None) -> AutoDLError:
+    details: dict[str, Any] = {"code": code, "msg": msg, "http_status": http_status}
+    if request_id:
+        details["request_id"] = request_id  # what AutoDL support asks for
     return AutoDLError(
         ErrorType.AUTH_ERROR,
         f"令牌被拒绝或无权访问该接口: {msg or code or http_status}",
         "检查 AUTODL_TOKEN 是否正确、未过期; 弹性部署接口需要企业认证账号; "
         "确认 AUTODL_HOST 指向令牌所属的平台 (私有云/公有云)。",
-        {"code": code, "msg": msg, "http_status": http_status},
+        details,
     )
+
+
+def _request_id(envelope: Any) -> str | None:
+    """The platform's id of the call (32 hex) when the envelope carried one."""
+    value = envelope.get("request_id") if isinstance(envelope, dict) else None
+    return value if isinstance(value, str) and value.strip() else None
 
 
 class ApiClient:
@@ -200,9 +222,14 @@ class ApiClient:
             envelope = None
         code = envelope.get("code") if isinstance(envelope, dict) else None
         msg = envelope.get("msg") if isinstance(envelope, dict) else None
+        request_id = _request_id(envelope)
 
-        if status in (401, 403) or (code is not None and code != SUCCESS_CODE and is_auth_failure(code, msg)):
-            raise auth_error(code, msg, status)
+        if status in (401, 403):
+            # Rejected whatever the body says (an English text, HTML, nothing at all).
+            text = msg if isinstance(envelope, dict) else (response.text or "").strip()[:200] or None
+            raise auth_error(code, text, status, request_id)
+        if code is not None and code != SUCCESS_CODE and is_auth_failure(code, msg):
+            raise auth_error(code, msg, status, request_id)
         if status in RETRYABLE_STATUS:
             error = ApiError(
                 f"平台暂时不可用: {method} {path} 返回 HTTP {status}。",
@@ -212,6 +239,7 @@ class ApiClient:
                 retryable=True,
                 ambiguous=status != 429,  # 429 is a refusal before any work was done
                 hint="平台繁忙或故障, 稍后重试。",
+                request_id=request_id,
             )
             retry_after = _retry_after_seconds(response.headers)
             if retry_after is not None:
@@ -232,6 +260,7 @@ class ApiClient:
                 msg=msg,
                 http_status=status,
                 hint="私有云与公有云的接口不完全相同 (见 api-reference.md 的方言对比); 确认 AUTODL_HOST。",
+                request_id=request_id,
             )
         if code != SUCCESS_CODE:
             raise ApiError(
@@ -241,5 +270,6 @@ class ApiClient:
                 http_status=status,
                 hint="根据 details.msg 修正参数后重试。",
                 response={key: envelope.get(key) for key in ("code", "msg", "request_id")},
+                request_id=request_id,
             )
         return envelope.get("data")

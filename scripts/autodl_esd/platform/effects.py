@@ -247,7 +247,7 @@ def _after_lost_answer(
             "确认没有生效再决定是否重新执行。")
     _settle(partial, took_effect)
     failure = ApiError(message, code=error.code, msg=error.msg, http_status=error.http_status,
-                       retryable=False, ambiguous=True, hint=hint)
+                       retryable=False, ambiguous=True, hint=hint, request_id=getattr(error, "request_id", None))
     failure.details.update(took_effect=took_effect, change=change.what, check=change.check,
                            answer_lost=lost, **seen, **looks.report())
     for key, value in change.ids.items():

@@ -825,6 +825,7 @@ def test_speed_must_be_positive_and_finite(speed):
     (["--faults", "nonsense=1"], "usage_error", "nonsense"),
     (["--cluster", "/nonexistent/cluster.json"], "config_error", ""),
     (["--dialect", "martian"], "usage_error", "dialect"),
+    (["--gpu-names", "marketing"], "usage_error", "gpu-names"),
 ])
 def test_cli_refuses_bad_arguments_with_one_json_document(capsys, argv, error_type, fragment):
     import autodl_sim
@@ -833,6 +834,16 @@ def test_cli_refuses_bad_arguments_with_one_json_document(capsys, argv, error_ty
     document = json.loads(capsys.readouterr().out)
     assert document["status"] == "error" and document["error_type"] == error_type
     assert fragment in json.dumps(document, ensure_ascii=False)
+
+
+def test_cli_private_defaults_follow_the_live_private_cluster():
+    import autodl_sim
+
+    parser = autodl_sim.build_parser()
+    args = parser.parse_args(["--dialect", "private"])
+    assert (args.stock_shape, args.gpu_names) == (None, None)  # the Simulator picks dict + vendor
+    assert "ignored" in parser.format_help() and "dc_list" in parser.format_help()
+    assert parser.parse_args(["--dialect", "private", "--stock-shape", "list"]).stock_shape == "list"
 
 
 def test_cli_loopback_detection():

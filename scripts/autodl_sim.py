@@ -35,6 +35,18 @@ timestamps:
   platform clock's rate (shown as platform_clock_rate + clock_note) and never sleeps past
   a deadline it can compute.
 
+dialects:
+  both     (default) accepts private and public templates; short GPU names (RTX 4090), list stock
+  public   requires dc_list + cuda_v_from/cuda_v_to; private-only routes answer 404
+  private  what a live private cluster showed: GPUs named the vendor's way
+           ("NVIDIA GeForce RTX 4090"; /_sim/occupy takes either spelling), the global stock
+           as a dict keyed by that name (--stock-shape list for the older shape), deployment
+           and container views without public-only fields (reuse_container_scope,
+           service_6006/6008_port_protocol, data_center), public-only routes answer 404.
+           A create's dc_list and cuda_v_from/cuda_v_to are accepted and ignored, not
+           rejected: the upstream skill sends them on every create and reports a working
+           private create, and the private cloud has no regions (its CUDA is cuda_v).
+
 service ports:
   by default every container's service shares the simulator's port and is selected by path
   (<url>/svc/<container_uuid>/p6006); the pool and serve_gateway.py route to such URLs, but
@@ -117,9 +129,14 @@ def build_parser() -> JsonArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for ids, crashes and faults (default 0)")
     parser.add_argument("--faults", default=None, help="fault SPEC, see below")
     parser.add_argument("--dialect", choices=("private", "public", "both"), default="both",
-                        help="which template dialect to accept (default both)")
-    parser.add_argument("--stock-shape", choices=("list", "dict"), default="list",
-                        help="shape of GET .../machine/gpu_stock data (default list)")
+                        help="which template dialect to accept (default both); see dialects below")
+    parser.add_argument("--stock-shape", choices=("list", "dict"), default=None,
+                        help="shape of GET .../machine/gpu_stock data (default: dict for --dialect private, "
+                             "list otherwise)")
+    parser.add_argument("--gpu-names", choices=("vendor", "cluster"), default=None,
+                        help="vendor: GPUs named like the private cloud reports them (NVIDIA GeForce RTX 4090); "
+                             "cluster: as the cluster file writes them (default: vendor for --dialect private, "
+                             "cluster otherwise)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     parser.add_argument("--balance-yuan", type=float, default=None,
                         help="wallet balance at start in yuan (default 500); running containers draw it down")
@@ -186,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             token=DEFAULT_TOKEN if args.token is None else args.token, cluster=args.cluster,
             speed=args.speed or DEFAULT_SPEED, seed=args.seed, faults=args.faults,
             host=args.host, port=args.port, dialect=args.dialect,
-            stock_shape=args.stock_shape, verbose=args.verbose,
-            balance_yuan=args.balance_yuan, blocked_yuan=args.blocked_yuan, gated=args.gated, service_ports=args.service_ports or False,
+            stock_shape=args.stock_shape, gpu_names=args.gpu_names, verbose=args.verbose,
+            balance_yuan=args.balance_yuan, blocked_yuan=args.blocked_yuan, gated=args.gated,
+            service_ports=args.service_ports or False,
         )
     except ClusterConfigError as exc:
         return fail("config_error", "集群文件不可用", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from .account import Account
 from .routes import Api, ApiError
 from .clock import SimClock
-from .cluster import load_cluster
+from .cluster import load_cluster, vendor_gpu_name, with_vendor_names
 from .faults import FaultInjector, FaultSpec
 from .server import SimHTTPServer
 from .world import NotFound, World
@@ -41,6 +41,7 @@ REQUEST_LOG_HEAD_CHARS = 200
 MAX_ADVANCE_SECONDS = 366 * 86400.0
 DIALECTS = ("private", "public", "both")
 STOCK_SHAPES = ("list", "dict")
+GPU_NAMINGS = ("vendor", "cluster")
 
 
 class Simulator:
@@ -53,10 +54,20 @@ class Simulator:
         seed: seeds ids, passwords, crash timing and fault decisions.
         faults: a fault SPEC string or dict (see `simulator.faults`), or None.
         host, port: where to listen; port 0 picks a free port.
-        dialect: "both" (default) accepts private and public templates; "private" rejects
-            `dc_list` and 404s public-only routes; "public" requires `dc_list` + CUDA range.
+        dialect: "both" (default) accepts private and public templates; "public" requires
+            `dc_list` + CUDA range; "private" follows what a live private cluster showed
+            (facts §15): it 404s public-only routes, its deployment and container views carry
+            no public-only fields, and it accepts a create's `dc_list` / `cuda_v_from` /
+            `cuda_v_to` but ignores them (the upstream skill sends them on every create and
+            reports a working private create; the private cloud has no regions, and its
+            template's CUDA is `cuda_v`).
         stock_shape: "list" (single-key objects) or "dict" (keyed by name, with gpu_name)
-            for GET /api/v1/dev/machine/gpu_stock.
+            for GET /api/v1/dev/machine/gpu_stock. Default: "dict" for the private dialect
+            (what a live private cluster answers), "list" otherwise.
+        gpu_names: "vendor" names every GPU the way the private cloud reports it
+            ("RTX 4090" in the cluster file becomes "NVIDIA GeForce RTX 4090"); "cluster"
+            keeps the cluster file's names. Default: "vendor" for the private dialect,
+            "cluster" otherwise. Test controls (occupy) accept either spelling.
         verbose: log every HTTP request to stderr.
         balance_yuan: the wallet's starting balance (default 500 yuan); running containers
             draw it down as simulated time passes.
@@ -77,14 +88,20 @@ class Simulator:
     def __init__(self, token: str = DEFAULT_TOKEN, cluster: str | Path | dict | None = None,
                  speed: float = DEFAULT_SPEED, seed: int = 0, faults: str | dict | None = None,
                  *, host: str = "127.0.0.1", port: int = 0, dialect: str = "both",
-                 stock_shape: str = "list", verbose: bool = False,
+                 stock_shape: str | None = None, gpu_names: str | None = None, verbose: bool = False,
                  balance_yuan: float | None = None, gated: bool = False,
                  blocked_yuan: float | None = None,
                  service_ports: bool | tuple[int, int] = False) -> None:
         if dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}")
+        if stock_shape is None:
+            stock_shape = "dict" if dialect == "private" else "list"
         if stock_shape not in STOCK_SHAPES:
             raise ValueError(f"stock_shape must be one of {STOCK_SHAPES}")
+        if gpu_names is None:
+            gpu_names = "vendor" if dialect == "private" else "cluster"
+        if gpu_names not in GPU_NAMINGS:
+            raise ValueError(f"gpu_names must be one of {GPU_NAMINGS}")
         if not token or token != token.strip():
             raise ValueError("token must be non-empty, without surrounding whitespace")
         self.token = token
@@ -92,7 +109,9 @@ class Simulator:
         self.dialect = dialect
         self.verbose = verbose
         self.clock = SimClock(speed)
-        self.world = World(load_cluster(cluster), self.clock, seed)
+        self.stock_shape, self.gpu_names = stock_shape, gpu_names
+        spec = load_cluster(cluster)
+        self.world = World(with_vendor_names(spec) if gpu_names == "vendor" else spec, self.clock, seed)
         self.fault_spec = FaultSpec.parse(faults)
         self._faults = FaultInjector(self.fault_spec, seed)
         self.account = Account(gated=bool(gated))
@@ -208,6 +227,8 @@ class Simulator:
         if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
             raise ValueError("seconds must be a positive finite number, or None for forever")
         self.world.sync()
+        if self.gpu_names == "vendor":
+            gpu_name = vendor_gpu_name(gpu_name)  # "RTX 4090" and its vendor spelling are one card
         return self.world.occupy(gpu_name, count, seconds)
 
     def release_occupied(self) -> None:

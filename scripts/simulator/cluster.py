@@ -344,3 +344,28 @@ def _parse_load(item: Any, where: str, gpu_names: set[str], problems: list[str])
     if len(problems) > count_before:
         return None
     return BackgroundLoad(gpu_name=item["gpu_name"], gpus=item["gpus"], until_seconds=until)
+
+
+# The private cloud's stock and containers name GPUs the way the driver does (facts §15:
+# "NVIDIA GeForce RTX 4090", "NVIDIA A40"); the public cloud uses the short marketing names
+# the default cluster file is written in. GeForce models are the consumer RTX/GTX cards.
+_GEFORCE = re.compile(r"^(RTX|GTX) \d{4}")
+
+
+def vendor_gpu_name(name: str) -> str:
+    """The vendor spelling of a short GPU name: "RTX 4090" -> "NVIDIA GeForce RTX 4090",
+    "RTX A5000" -> "NVIDIA RTX A5000"; a name already starting with NVIDIA is kept."""
+    if name.upper().startswith("NVIDIA"):
+        return name
+    if _GEFORCE.match(name):
+        return f"NVIDIA GeForce {name}"
+    return f"NVIDIA {name}"
+
+
+def with_vendor_names(spec: ClusterSpec) -> ClusterSpec:
+    """The same cluster with every GPU named the private cloud's way (vendor_gpu_name)."""
+    for machine in spec.machines:
+        machine.gpu_name = vendor_gpu_name(machine.gpu_name)
+    spec.background_load = [BackgroundLoad(vendor_gpu_name(load.gpu_name), load.gpus, load.until_seconds)
+                            for load in spec.background_load]
+    return spec

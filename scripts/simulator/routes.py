@@ -285,9 +285,9 @@ class Api:
 
     def _read_dialect(self, template: dict, deployment_type: str) -> tuple[str, int, list[str], dict]:
         """Public templates name regions (dc_list) and a CUDA range; private ones one cuda_v."""
+        if self.dialect == "private":
+            return self._read_private(template)
         if "dc_list" in template:
-            if self.dialect == "private":
-                raise bad_parameter("私有云部署不支持 dc_list，请改用 cuda_v")
             regions = read_str_list(template, "dc_list", required=True)
             if "cuda_v_from" in template or "cuda_v_to" in template or deployment_type != CONTAINER:
                 low, high = read_range(template, "cuda_v", required=True)
@@ -297,9 +297,22 @@ class Api:
             return "public", cuda_v, regions, {"dc_list": regions, "cuda_v": cuda_v}
         if self.dialect == "public":
             raise bad_parameter("缺少必填字段 container_template.dc_list")
-        if "cuda_v_from" in template and "cuda_v" not in template:
+        return self._read_private(template, strict=True)
+
+    def _read_private(self, template: dict, strict: bool = False) -> tuple[str, int, list[str], dict]:
+        """One cuda_v, no regions. The private dialect accepts a public template's dc_list and
+        cuda_v_from/cuda_v_to and ignores them (facts §15: the upstream skill sends them on every
+        private create and reports it working); "both" (`strict`) reads a template without
+        dc_list as private and so still refuses a CUDA range without cuda_v."""
+        if strict and "cuda_v_from" in template and "cuda_v" not in template:
             raise bad_parameter("私有云部署使用 cuda_v（0 表示不限），不支持 cuda_v_from/cuda_v_to")
-        cuda_v = read_int(template, "cuda_v", required=True)
+        if not strict and template.get("cuda_v") is None and ("cuda_v_from" in template or "cuda_v_to" in template):
+            read_range(template, "cuda_v", required=True)  # well-formed, then ignored
+            cuda_v = 0  # no single cuda_v: any driver, like cuda_v 0
+        else:
+            cuda_v = read_int(template, "cuda_v", required=True)
+        if not strict and "dc_list" in template:
+            read_str_list(template, "dc_list")  # well-formed, then ignored: no regions here
         region_sign = read_str(template, "region_sign")
         return "private", cuda_v, [region_sign] if region_sign else [], {"cuda_v": cuda_v}
 
@@ -327,8 +340,6 @@ class Api:
             "status": deployment.status,
             "replica_num": deployment.replica_num, "parallelism_num": spec.parallelism_num,
             "reuse_container": spec.reuse_container,
-            "reuse_container_scope": spec.reuse_scope,
-            **spec.port_protocols,
             "starting_num": sum(1 for c in own if c.status in lc.STARTUP_PHASES),
             "running_num": sum(1 for c in own if c.status == lc.RUNNING),
             "finished_num": sum(1 for c in own if c.status == lc.SHUTDOWN),
@@ -339,6 +350,9 @@ class Api:
             "updated_at": self._ts(deployment.updated_at),
             "stopped_at": self._ts(deployment.stopped_at),
         }
+        if self.dialect != "private":  # public-only fields (facts §11, §15)
+            view["reuse_container_scope"] = spec.reuse_scope
+            view.update(spec.port_protocols)
         if spec.dialect == "public":
             view["dc_list"] = list(spec.placement.regions)
             view["gpu_name_set"] = list(spec.placement.gpu_name_set)
@@ -414,7 +428,7 @@ class Api:
         else:
             service = f"{self.base_url()}/svc/{container.uuid}"
         proxy_host = f"{container.data_center.lower()}.sim.autodl.local"
-        return {
+        view = {
             "id": container.id, "uuid": container.uuid,
             "machine_id": container.machine_id,
             "deployment_uuid": container.deployment_uuid,
@@ -429,6 +443,9 @@ class Api:
             "created_at": self._ts(container.created_at),
             "updated_at": self._ts(container.updated_at),
         }
+        if self.dialect == "private":
+            del view["data_center"]  # a public-only field: the private cloud has no regions
+        return view
 
     def _container_info(self, container: Container, service: str, proxy_host: str) -> dict:
         """SSH access plus the service addresses of the dialect (§11): public 6006/6008 port

@@ -147,10 +147,10 @@ def test_set_replicas_refuses_a_job(sim, run, submit, result_validator):
 
 
 def test_private_cloud_has_no_blacklist_list(sim, ok, run, submit, result_validator):
-    instance = sim(dialect="private", stock_shape="dict")
+    instance = sim(dialect="private")  # a dict of vendor names, like a live private cluster
     uuid, _ = submit()
-    stock = ok("gpu_stock.py", "--gpu", "RTX 4090")
-    assert set(stock["stock"]) == {"RTX 4090"} and isinstance(stock["raw"], dict)
+    stock = ok("gpu_stock.py", "--gpu", "NVIDIA GeForce RTX 4090")
+    assert set(stock["stock"]) == {"NVIDIA GeForce RTX 4090"} and isinstance(stock["raw"], dict)
 
     code, document, _ = run("list_blacklist.py")
     assert (code, document["error_type"]) == (3, "api_error")

@@ -33,6 +33,23 @@ def test_gpu_name_suggestions_keep_the_model_number(typed, expected):
     assert similar_gpu_names(typed, available) == expected
 
 
+@pytest.mark.parametrize("written,expected", [
+    ("RTX 4090", ["NVIDIA GeForce RTX 4090"]),
+    ("rtx4090", ["NVIDIA GeForce RTX 4090"]),
+    ("A40", ["NVIDIA A40"]),
+    ("RTX 4090 D", ["NVIDIA GeForce RTX 4090 D"]),
+    ("NVIDIA GeForce RTX 4090", []),  # already the platform's name
+    ("RTX 3090", []),
+    ("4090", []),  # a fragment is a suggestion (similar_gpu_names), never a resolution
+])
+def test_same_model_names_ignore_only_case_spaces_and_vendor_words(written, expected):
+    from autodl_esd.platform.stock import same_model_names
+
+    available = ["NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 4090 D", "NVIDIA A40"]
+    assert same_model_names(written, available) == expected
+    assert same_model_names("NVIDIA GeForce RTX 4090", ["RTX 4090", "RTX 4090D"]) == ["RTX 4090"]
+
+
 @pytest.mark.parametrize("host,floored", [
     ("https://private.autodl.com", True),
     ("https://api.autodl.com", True),

@@ -71,8 +71,10 @@ def test_each_simulator_dialect_is_recognised(sim, run, result_validator, dialec
     assert {name: found[name] for name in routes} == routes
     assert found["wallet_balance"] == "present"  # the simulator serves the wallet (facts section 14)
     assert checks["token_accepted"]["status"] == checks["enterprise_gate"]["status"] == "ok"
-    assert checks["stock_shape"]["detail"]["shape"] == "list"
-    assert "RTX 4090" in checks["stock_shape"]["detail"]["gpu_names"]
+    # The private dialect answers like a live private cluster (facts §15): a dict of vendor names.
+    shape, name = ("dict", "NVIDIA GeForce RTX 4090") if dialect == "private" else ("list", "RTX 4090")
+    assert checks["stock_shape"]["detail"]["shape"] == shape
+    assert name in checks["stock_shape"]["detail"]["gpu_names"]
     expected_key = {"private": ["name"], "public": ["image_name"], "both": ["image_name", "name"]}[dialect]
     assert checks["image_list_key"]["detail"]["key"] == expected_key
     assert checks["clock_skew"]["status"] in ("ok", "warn")  # the simulator's clock runs ahead at speed > 1

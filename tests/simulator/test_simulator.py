@@ -507,20 +507,69 @@ def test_region_stock(sim):
     assert business_error(sim, "POST", "/api/v1/dev/machine/region/gpu_stock", {})["code"] == "RequestParameterIsWrong"
 
 
+VENDOR_4090 = "NVIDIA GeForce RTX 4090"
+
+
 def test_private_dialect():
     with Simulator(speed=1, dialect="private") as sim:
-        public = template(dc_list=["westDC2"], cuda_v_from=113, cuda_v_to=128)
-        document = business_error(sim, "POST", CREATE, {
-            "name": "p", "deployment_type": "Container", "container_template": public})
-        assert "dc_list" in document["msg"]
         assert call(sim, "GET", "/api/v1/dev/deployment/blacklist").status_code == 404
         assert call(sim, "GET", "/api/v1/dev/deployment/ddp/overview?deployment_uuid=x").status_code == 404
         assert ok(sim, "POST", "/api/v2/image/list", {"page_index": 1, "page_size": 100})["result_total"] == 4
         image = ok(sim, "POST", "/api/v1/dev/image/private/list", {"page_index": 1, "page_size": 10})["list"][0]
         assert "name" in image and "image_name" not in image
+        uuid = create(sim, gpu_name_set=[VENDOR_4090])
+        container = live(sim, uuid)[0]
+        assert {"service_url", "proxy_host", "custom_port", "ssh_command", "root_password"} == set(container["info"])
+        assert container["gpu_name"] == VENDOR_4090
+
+
+PUBLIC_ONLY_DEPLOYMENT_FIELDS = {"reuse_container_scope", "service_6006_port_protocol",
+                                 "service_6008_port_protocol", "dc_list"}
+
+
+def first_deployment(sim):
+    return ok(sim, "POST", "/api/v1/dev/deployment/list", {"page_index": 1, "page_size": 10})["list"][0]
+
+
+def test_private_views_carry_no_public_only_fields():
+    with Simulator(speed=1, dialect="private") as sim:
+        uuid = create(sim, gpu_name_set=[VENDOR_4090])
+        deployment = first_deployment(sim)
+        assert deployment["uuid"] == uuid and not PUBLIC_ONLY_DEPLOYMENT_FIELDS & set(deployment)
+        container = live(sim, uuid)[0]
+        assert "data_center" not in container and container["machine_id"]
+    with Simulator(speed=1) as sim:  # "both" keeps every field
         uuid = create(sim)
-        info = live(sim, uuid)[0]["info"]
-        assert {"service_url", "proxy_host", "custom_port", "ssh_command", "root_password"} == set(info)
+        assert {"reuse_container_scope", "service_6006_port_protocol"} <= set(first_deployment(sim))
+        assert "data_center" in live(sim, uuid)[0]
+
+
+def test_private_stock_is_a_dict_of_vendor_names_by_default():
+    with Simulator(speed=1, dialect="private") as sim:
+        data = ok(sim, "GET", "/api/v1/dev/machine/gpu_stock")
+        assert data[VENDOR_4090] == {"gpu_name": VENDOR_4090, "idle_gpu_num": 20, "total_gpu_num": 20}
+        assert set(data) == {VENDOR_4090, "NVIDIA RTX A5000", "NVIDIA A40"}
+        assert sim.occupy("RTX 4090", 3) == 3  # test controls take either spelling
+        assert ok(sim, "GET", "/api/v1/dev/machine/gpu_stock")[VENDOR_4090]["idle_gpu_num"] == 17
+    with Simulator(speed=1, dialect="private", stock_shape="list") as sim:
+        assert {VENDOR_4090: {"idle_gpu_num": 20, "total_gpu_num": 20}} in ok(sim, "GET", "/api/v1/dev/machine/gpu_stock")
+    with Simulator(speed=1, dialect="private", gpu_names="cluster") as sim:
+        assert "RTX 4090" in ok(sim, "GET", "/api/v1/dev/machine/gpu_stock")
+    with Simulator(speed=1) as sim:  # "both" keeps short names in a list
+        assert {"RTX 4090": {"idle_gpu_num": 20, "total_gpu_num": 20}} in ok(sim, "GET", "/api/v1/dev/machine/gpu_stock")
+
+
+def test_private_create_accepts_and_ignores_public_fields():
+    with Simulator(speed=1, dialect="private") as sim:
+        uuid = create(sim, gpu_name_set=[VENDOR_4090], dc_list=["beijingDC1"], cuda_v_from=113, cuda_v_to=128,
+                      cuda_v=None)
+        assert live(sim, uuid)[0]["gpu_name"] == VENDOR_4090  # placed although beijingDC1 has no 4090
+        listed = first_deployment(sim)
+        assert "dc_list" not in listed and "dc_list" not in listed["template"] and listed["template"]["cuda_v"] == 0
+        document = business_error(sim, "POST", CREATE, {
+            "name": "p", "deployment_type": "Container",
+            "container_template": template(gpu_name_set=[VENDOR_4090], dc_list="westDC2")})
+        assert "dc_list" in document["msg"]  # accepted means well-formed, then ignored
 
 
 def test_public_dialect():
@@ -776,6 +825,7 @@ def test_speed_must_be_positive_and_finite(speed):
     (["--faults", "nonsense=1"], "usage_error", "nonsense"),
     (["--cluster", "/nonexistent/cluster.json"], "config_error", ""),
     (["--dialect", "martian"], "usage_error", "dialect"),
+    (["--gpu-names", "marketing"], "usage_error", "gpu-names"),
 ])
 def test_cli_refuses_bad_arguments_with_one_json_document(capsys, argv, error_type, fragment):
     import autodl_sim
@@ -784,6 +834,16 @@ def test_cli_refuses_bad_arguments_with_one_json_document(capsys, argv, error_ty
     document = json.loads(capsys.readouterr().out)
     assert document["status"] == "error" and document["error_type"] == error_type
     assert fragment in json.dumps(document, ensure_ascii=False)
+
+
+def test_cli_private_defaults_follow_the_live_private_cluster():
+    import autodl_sim
+
+    parser = autodl_sim.build_parser()
+    args = parser.parse_args(["--dialect", "private"])
+    assert (args.stock_shape, args.gpu_names) == (None, None)  # the Simulator picks dict + vendor
+    assert "ignored" in parser.format_help() and "dc_list" in parser.format_help()
+    assert parser.parse_args(["--dialect", "private", "--stock-shape", "list"]).stock_shape == "list"
 
 
 def test_cli_loopback_detection():

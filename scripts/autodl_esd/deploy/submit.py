@@ -31,7 +31,7 @@ from ..platform.lint import capacity_filters, lint_config, no_capacity_suggestio
 from ..core.output import REDACTED, Progress
 from ..core.clock import iso, now_timestamp, platform_now
 from ..core.polling import PollFailures, ReadErrors, failed_reads_text
-from ..platform.stock import StockByGpu, first_fit, requested_stock, similar_gpu_names
+from ..platform.stock import StockByGpu, first_fit, requested_stock, same_model_names, similar_gpu_names
 
 # Three tries cover a race with another tenant for the last cards; more than that means
 # the conditions (price/cpu/memory ranges) exclude every host that has free cards.
@@ -217,8 +217,49 @@ class Submitter:
             self.warnings.append(unchecked)
             return None
 
+    def resolve_gpu_names(self, stock: StockByGpu) -> None:
+        """A requested name the platform spells differently ("RTX 4090" where the private cloud
+        says "NVIDIA GeForce RTX 4090") is replaced by the platform's one name for that card, in
+        the config and so in the request sent, the dry run and the submission record; a warning
+        names both. Two platform names for it stop the run before any create, with the fix."""
+        resolved: list[str] = []
+        renamed: list[tuple[str, str]] = []
+        ambiguous: dict[str, list[str]] = {}
+        for name in self.gpu_names:
+            same = [] if name in stock else same_model_names(name, stock)
+            if len(same) == 1:
+                renamed.append((name, same[0]))
+            elif same:
+                ambiguous[name] = same
+            chosen = same[0] if len(same) == 1 else name
+            if chosen not in resolved:
+                resolved.append(chosen)
+        if ambiguous:
+            choices = "; ".join(f"'{name}' → {' 或 '.join(repr(m) for m in names)}" for name, names in ambiguous.items())
+            raise AutoDLError(
+                ErrorType.GPU_TYPE_NOT_FOUND,
+                f"gpu_name_set 中的型号在平台上有多个写法, 无法确定是哪一个: {choices}。本次没有创建。",
+                "把配置 container_template.gpu_name_set 中的名称改成平台的写法之一 (逐字复制, 包括大小写和空格; "
+                "都可以用就都写上), 见 details.candidates; 平台的型号名可用 gpu_stock.py 查看。",
+                {"requested": self.gpu_names, "available_gpus": sorted(stock), "candidates": ambiguous},
+            )
+        if not renamed:
+            return
+        # The config object is the one the caller records: a resumed run sends the same names.
+        self.template["gpu_name_set"] = resolved
+        self.gpu_names = resolved
+        self.request = build_request(self.config)
+        for written, platform_name in renamed:
+            self.warnings.append({
+                "code": "gpu_name_resolved", "path": "container_template.gpu_name_set",
+                "message": f"平台把 GPU 型号 '{written}' 写作 '{platform_name}' (按名称精确匹配): 本次请求已改用 '{platform_name}'。",
+                "hint": f"把配置中的 '{written}' 改成 '{platform_name}' (从 gpu_stock.py 的输出复制), 这条警告就会消失。",
+            })
+
     def check_gpu_types(self, stock: StockByGpu) -> None:
-        """All names unknown is an error; some unknown is a warning (they silently never match)."""
+        """Names resolved to the platform's spelling first; then all names unknown is an error,
+        some unknown a warning (they silently never match)."""
+        self.resolve_gpu_names(stock)
         unknown = [name for name in self.gpu_names if name not in stock]
         did_you_mean = {name: similar_gpu_names(name, stock) for name in unknown}
         meant = "; ".join(f"'{name}' → {' / '.join(repr(m) for m in matches)}" for name, matches in did_you_mean.items() if matches)

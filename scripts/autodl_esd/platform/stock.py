@@ -91,3 +91,23 @@ def similar_gpu_names(name: str, available: Iterable[str]) -> list[str]:
     by_folded = {folded(model): model for model in models}
     close = [by_folded[key] for key in difflib.get_close_matches(folded(name), list(by_folded), n=3, cutoff=0.6)]
     return [model for model in close if re.findall(r"\d+", model) == re.findall(r"\d+", name)]
+
+
+# Vendor words a platform may or may not put in front of a model ("NVIDIA GeForce RTX 4090"
+# on the private cloud, "RTX 4090" on the public one); they never tell two cards apart.
+_VENDOR_WORDS = ("nvidia", "geforce")
+
+
+def _model_key(name: str) -> str:
+    words = name.casefold().split()
+    while words and words[0] in _VENDOR_WORDS:
+        words = words[1:]
+    return "".join(words)
+
+
+def same_model_names(name: str, available: Iterable[str]) -> list[str]:
+    """The platform's names for the card `name` spells differently: equal once case, spaces
+    and leading vendor words are ignored ("RTX 4090" -> ["NVIDIA GeForce RTX 4090"]).
+    "RTX 4090 D" is another card and never matches "RTX 4090"."""
+    key = _model_key(name)
+    return sorted(model for model in available if model != name and _model_key(model) == key)

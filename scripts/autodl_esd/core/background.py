@@ -24,12 +24,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .deps import SKILL_ROOT
 from .errors import AutoDLError, ErrorType
+from .clock import now_timestamp
 from .state import write_json_atomically
 
 # A Python start-up takes well under a second; ten leave room for a loaded machine.
@@ -43,8 +43,9 @@ LOG_TAIL_CHARS = 2000
 
 
 def local_now() -> str:
-    """This machine's time, ISO 8601 with its offset (records label it `*_local`)."""
-    return datetime.now().astimezone().isoformat(timespec="seconds")
+    """This machine's time (records label it `*_local`), on the +08:00 face every stamp of
+    ours uses, so it compares at a glance with the platform's timestamps and progress lines."""
+    return now_timestamp()
 
 
 @dataclass

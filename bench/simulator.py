@@ -10,7 +10,11 @@ let go; we time from that moment to the create request arriving, for several --i
 values. A poller reacts on its next poll, so the expected mean is about interval / 2 plus
 one stock call; the maximum is about one interval.
 
-    python bench/simulator.py [--requests N] [--trials N]
+Section 3: the simulator at scale, all under its one lock: a page and a full listing of
+--deployments one-replica deployments, and one replica_num PUT that starts --scale-up
+containers (on a cluster just big enough). Each row is one request's wall time.
+
+    python bench/simulator.py [--requests N] [--trials N] [--deployments N] [--scale-up N]
 """
 
 from __future__ import annotations
@@ -40,6 +44,15 @@ BUSY_REAL_SECONDS = 1.5
 # The bench samples the simulator's request log this often: well under the smallest interval.
 SAMPLE_SECONDS = 0.002
 CREATE = ("POST", "/api/v1/dev/deployment")
+
+DEFAULT_DEPLOYMENTS = 1000
+DEFAULT_SCALE_UP = 10_000
+GPUS_PER_MACHINE = 8
+# The largest page the simulator serves (its MAX_PAGE_SIZE), so a full listing takes few requests.
+FULL_PAGE_SIZE = 1000
+SCALE_TEMPLATE = {"gpu_name_set": ["RTX 4090"], "gpu_num": 1, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
+                  "memory_size_from": 1, "memory_size_to": 256, "price_from": 10, "price_to": 9000,
+                  "image_uuid": "image-db8346e037", "cmd": "sleep infinity"}
 
 
 def _client_worker(url: str, token: str, count: int, deadline: float) -> int:
@@ -116,6 +129,58 @@ def reaction_section(trials: int) -> list[tuple[str, ...]]:
     return rows
 
 
+def _scale_cluster(gpus: int) -> dict:
+    """A cluster of 8-card RTX 4090 hosts with room for `gpus` one-card containers."""
+    machines = [{"machine_id": f"{index:010x}", "region": "westDC2", "gpu_name": "RTX 4090",
+                 "gpu_num": GPUS_PER_MACHINE, "cpu_num": 96, "memory_gb": 480, "price": 1980, "max_cuda": 124}
+                for index in range(1, gpus // GPUS_PER_MACHINE + 2)]
+    return {"machines": machines, "images": [{"image_uuid": "image-db8346e037", "name": "llm-serve-vllm"}]}
+
+
+def _timed(session, method: str, url: str, body: dict) -> tuple[float, dict]:
+    started = time.perf_counter()
+    answer = session.request(method, url, json=body, timeout=RUN_TIMEOUT_SECONDS)
+    elapsed = time.perf_counter() - started
+    answer.raise_for_status()
+    return elapsed, answer.json()
+
+
+def scale_section(deployments: int, scale_up: int) -> list[tuple[str, ...]]:
+    import requests
+
+    from simulator import Simulator
+
+    rows = []
+    create = {"name": "scale", "deployment_type": "ReplicaSet", "replica_num": 1, "container_template": SCALE_TEMPLATE}
+    with Simulator(speed=1, seed=1, cluster=_scale_cluster(max(deployments, scale_up + 1))) as sim, \
+            requests.Session() as session:
+        session.headers["Authorization"] = sim.token
+        base = sim.url + "/api/v1/dev/deployment"
+        started = time.perf_counter()
+        for _ in range(deployments):
+            _timed(session, "POST", base, create)
+        rows.append((f"create {deployments} deployments (mean per request)", f"{deployments}",
+                     f"{(time.perf_counter() - started) / deployments * 1000:.1f}"))
+        page, _ = _timed(session, "POST", base + "/list", {})
+        rows.append(("list deployments: one page (10)", f"{deployments}", f"{page * 1000:.1f}"))
+        full, index = 0.0, 1
+        while True:
+            elapsed, answer = _timed(session, "POST", base + "/list", {"page_index": index, "page_size": FULL_PAGE_SIZE})
+            full += elapsed
+            if index >= answer["data"]["max_page"]:
+                break
+            index += 1
+        rows.append(("list deployments: all pages", f"{deployments}", f"{full * 1000:.1f}"))
+    with Simulator(speed=1, seed=1, cluster=_scale_cluster(scale_up + 1)) as sim, requests.Session() as session:
+        session.headers["Authorization"] = sim.token
+        base = sim.url + "/api/v1/dev/deployment"
+        _, answer = _timed(session, "POST", base, create)
+        uuid = answer["data"]["deployment_uuid"]
+        put, _ = _timed(session, "PUT", base + "/replica_num", {"deployment_uuid": uuid, "replica_num": scale_up})
+        rows.append((f"replica_num PUT 1 -> {scale_up}", f"{scale_up}", f"{put * 1000:.1f}"))
+    return rows
+
+
 def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(f"\n## {title}\n")
@@ -130,9 +195,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"reaction-time trials per interval (default {DEFAULT_TRIALS})")
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
                         help=f"requests per run (default {DEFAULT_REQUESTS})")
+    parser.add_argument("--deployments", type=int, default=DEFAULT_DEPLOYMENTS,
+                        help=f"deployments listed in the scale section (default {DEFAULT_DEPLOYMENTS})")
+    parser.add_argument("--scale-up", type=int, default=DEFAULT_SCALE_UP,
+                        help=f"containers one replica_num PUT starts in the scale section (default {DEFAULT_SCALE_UP})")
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be at least 1")
+    if args.deployments < 1 or args.scale_up < 1:
+        parser.error("--deployments and --scale-up must be at least 1")
     if str(SCRIPTS_DIR) not in sys.path:
         sys.path.insert(0, str(SCRIPTS_DIR))
     print_table("simulator throughput (GET gpu_stock, loopback, keep-alive)",
@@ -141,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table("queue_submit reaction: cards free -> create arrives (real seconds)",
                 ("--interval", "trials", "mean", "max", "mean/interval"),
                 reaction_section(max(1, args.trials)))
+    print_table("simulator at scale: one request's wall time (ms), under the world lock",
+                ("request", "objects", "ms"),
+                scale_section(args.deployments, args.scale_up))
     return 0
 
 

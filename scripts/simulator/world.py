@@ -98,6 +98,10 @@ class World:
         # Containers not yet shut down: the only ones with timers or GPUs, so the per-step
         # work stays small even after a crash loop has left thousands of dead containers.
         self._live: dict[str, Container] = {}
+        # Indexes kept where containers are created and shut down, so listing a deployment
+        # and placing a container cost the same at 10 or 10,000 containers (issue 22).
+        self._by_deployment: dict[str, list[Container]] = {}  # every container, in creation order
+        self._gpus_used: dict[str, int] = {}  # machine_id -> GPUs held by live containers
         self.pool: list[PoolEntry] = []
         self.blacklist: dict[str, BlacklistEntry] = {}
         self.occupancy: list[Occupancy] = []
@@ -189,6 +193,7 @@ class World:
         container.stopped_at = at
         self._set_status(container, lc.SHUTDOWN, at)
         del self._live[container.uuid]
+        self._gpus_used[container.machine_id] -= container.gpu_num
         if container.reusable:
             self.pool.append(
                 PoolEntry(container.uuid, container.deployment_uuid, container.machine_id,
@@ -210,11 +215,21 @@ class World:
 
     # ----- controllers and placement ---------------------------------------------------
 
+    def _live_by_deployment(self) -> dict[str, list[Container]]:
+        """Live containers grouped by deployment, in `_live` order: one pass, not one per deployment."""
+        grouped: dict[str, list[Container]] = {}
+        for container in self._live.values():
+            grouped.setdefault(container.deployment_uuid, []).append(container)
+        return grouped
+
     def _reconcile(self) -> None:
+        # Grouped once up front: a deployment's turn only adds containers of its own, so each
+        # list equals what a fresh scan of `_live` would find when that deployment's turn comes.
+        live_by_deployment = self._live_by_deployment()
         for deployment in self.deployments.values():
             if deployment.status != DEPLOYMENT_RUNNING or deployment.deleted:
                 continue
-            live = [c for c in self._live.values() if c.deployment_uuid == deployment.uuid]
+            live = live_by_deployment.get(deployment.uuid, [])
             for container in containers_to_stop(deployment, live):
                 self._stop(container, STOPPED_EXIT_CODE, "stopped")
             if work_is_done(deployment, live):
@@ -229,7 +244,7 @@ class World:
         deployment.stopped_at = deployment.updated_at = self.now
 
     def free_gpus(self, machine: Machine) -> int:
-        used = sum(c.gpu_num for c in self._live.values() if c.machine_id == machine.machine_id)
+        used = self._gpus_used.get(machine.machine_id, 0)
         used += sum(o.gpus for o in self.occupancy if o.machine_id == machine.machine_id)
         return max(0, machine.gpu_num - used)
 
@@ -294,6 +309,8 @@ class World:
         )
         self.containers[container.uuid] = container
         self._live[container.uuid] = container
+        self._by_deployment.setdefault(deployment.uuid, []).append(container)
+        self._gpus_used[machine.machine_id] = self._gpus_used.get(machine.machine_id, 0) + gpu_num
         deployment.containers_started += 1
         self.record_event(deployment, Event(container.uuid, lc.CREATING, self.now))
         return True
@@ -301,7 +318,7 @@ class World:
     # ----- operations used by the API and the test controls ---------------------------
 
     def containers_of(self, deployment_uuid: str) -> list[Container]:
-        return [c for c in self.containers.values() if c.deployment_uuid == deployment_uuid]
+        return list(self._by_deployment.get(deployment_uuid, ()))
 
     def deployment(self, deployment_uuid: str) -> Deployment:
         found = self.deployments.get(deployment_uuid)

@@ -17,7 +17,7 @@ from helpers.bench import run_bench
 
 BENCHES = [
     ("startup.py", ["--runs", "1", "--python", sys.executable]),  # a full run builds a fresh venv
-    ("simulator.py", ["--requests", "20", "--trials", "1"]),
+    ("simulator.py", ["--requests", "20", "--trials", "1", "--deployments", "3", "--scale-up", "3"]),
     ("exactly_once_soak.py", ["--runs", "1", "--parallel", "1", "--modes", "create_error_after_commit"]),
     ("simulator_memory.py", ["--count", "3"]),
     ("signal_trials.py", ["--trials", "0"]),

@@ -61,6 +61,16 @@ def test_haproxy_config_script_writes_a_config_haproxy_accepts(run, tmp_path, re
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_haproxy_config_sends_streamed_responses_without_delay():
+    from autodl_esd.serving import haproxy
+
+    config = haproxy.render_config(deployment_uuid="833f1cd5a764fa3", bind="*:8080", backend="autodl",
+                                   socket_path="/tmp/admin.sock", metrics_bind="127.0.0.1:8405",
+                                   health_path="/health", options=haproxy.DEFAULT_SERVER_OPTIONS)
+    defaults = config.split("\ndefaults\n", 1)[1].split("\nfrontend ", 1)[0]
+    assert "    option http-no-delay\n" in defaults
+
+
 def test_haproxy_config_rejects_bad_names_before_writing(run, tmp_path):
     code, result, _ = run("haproxy_config.py", "--deployment-uuid", "833f1cd5a764fa3", "--backend", "bad name",
                           "--out", str(tmp_path / "x.cfg"), "--quiet")

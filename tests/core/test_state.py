@@ -87,3 +87,17 @@ def test_read_only_skill_folder_is_told_to_install_into_the_per_user_venv(tmp_pa
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     command = deps.install_command()
     assert f"-m venv {tmp_path / 'data' / 'autodl-elastic-deploy' / 'venv'} " in command
+
+
+def test_state_files_are_readable_by_their_owner_only(tmp_path):
+    """A submission's record keeps its config (a `cmd` may carry a key): never world-readable."""
+    import stat
+
+    from autodl_esd.core.state import write_json_atomically
+
+    path = tmp_path / "records" / "s-1.json"
+    write_json_atomically(path, {"config": {"cmd": "KEY=secret python serve.py"}})
+    write_json_atomically(path, {"config": {"cmd": "rewritten"}})  # a rewrite keeps the mode
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["s-1.json"]  # no temporary left behind

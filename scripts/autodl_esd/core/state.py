@@ -46,8 +46,11 @@ def state_root(environ: Any = None) -> Path:
 
 
 def write_json_atomically(path: Path, document: Any) -> None:
-    """Write then rename: a reader (or a crash) never sees half a file."""
+    """Write then rename: a reader (or a crash) never sees half a file. Readable by this user
+    only: a submission's record keeps its config, whose `cmd` or env may hold a key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False), encoding="utf-8")
+    text = json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False)
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
+        out.write(text)
     os.replace(temporary, path)

@@ -15,13 +15,12 @@ import time
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, SERVICE_EXAMPLE, creates, write_service_config
 from helpers.servers import wait_for
 
 pytest.importorskip("simulator")
 
-CREATE = ("POST", "/api/v1/dev/deployment")
-EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+EXAMPLE = SERVICE_EXAMPLE
 GPUS = EXAMPLE["container_template"]["gpu_name_set"]
 # Bounds of every wait below: far above what a loaded 2-core machine needs.
 WAIT_SECONDS = 60.0
@@ -29,14 +28,7 @@ WAIT_SECONDS = 60.0
 
 @pytest.fixture
 def config_file(tmp_path):
-    def write(**changes):
-        config = copy.deepcopy(EXAMPLE)
-        config.update(changes)
-        path = tmp_path / f"{config['name']}.json"
-        path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
-        return str(path)
-
-    return write
+    return lambda config=None, **changes: write_service_config(tmp_path, config, **changes)
 
 
 @pytest.fixture
@@ -57,9 +49,6 @@ def started_runs():
             os.kill(int(pid), signal.SIGKILL)
             wait_for(lambda: not background.is_running(files), WAIT_SECONDS, what="the killed process to let go of its lock")
 
-
-def creates(instance):
-    return [entry for entry in instance.request_log() if entry[:2] == CREATE]
 
 
 def detach(run, config_file, started_runs, *flags, **config):

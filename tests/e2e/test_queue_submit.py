@@ -13,28 +13,17 @@ import json
 import pytest
 import requests
 
-from helpers import ROOT, occupy_all, write_config
+from helpers import CREATE_REQUEST, ROOT, SERVICE_EXAMPLE, creates, occupy_all, write_config, write_service_config
 
 pytest.importorskip("simulator")
 
-CREATE = ("POST", "/api/v1/dev/deployment")
-EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+EXAMPLE = SERVICE_EXAMPLE
 
 
 @pytest.fixture
 def config_file(tmp_path):
-    def write(config=EXAMPLE, **changes):
-        config = copy.deepcopy(config)
-        config.update(changes)
-        path = tmp_path / f"{config['name']}.json"
-        path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
-        return str(path)
+    return lambda config=None, **changes: write_service_config(tmp_path, config, **changes)
 
-    return write
-
-
-def creates(instance):
-    return [entry for entry in instance.request_log() if entry[:2] == CREATE]
 
 
 def test_waits_until_stock_frees_then_submits(sim, run, config_file, result_validator):
@@ -62,7 +51,7 @@ def test_waits_until_stock_frees_then_submits(sim, run, config_file, result_vali
     assert code == 0, out
     assert out["waited_seconds"] > 0 and "等待库存" in err
     log = instance.request_log()
-    first_create = next(index for index, entry in enumerate(log) if entry[:2] == CREATE)
+    first_create = next(index for index, entry in enumerate(log) if entry[:2] == CREATE_REQUEST)
     assert first_create >= released["after_request"], "submitted before the background tenants released the cards"
     assert len(creates(instance)) == 1
     assert [d["uuid"] for d in instance.deployments()] == [out["deployment_uuid"]]

@@ -17,6 +17,7 @@ as a script (`python3 tests/mcp/test_catalog.py`) imports the package as pytest 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
@@ -60,6 +61,24 @@ def script_path(name: str) -> Path:
 
 def running_uuids(instance, deployment_uuid) -> set[str]:
     return {c["uuid"] for c in instance.containers(deployment_uuid) if c["status"] == "running"}
+
+
+# examples/replicaset-service.json, the config most end-to-end submits start from.
+SERVICE_EXAMPLE = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
+CREATE_REQUEST = ("POST", "/api/v1/dev/deployment")
+
+
+def write_service_config(directory: Path, config: dict[str, Any] | None = None, **changes: Any) -> str:
+    """A copy of `config` (the service example by default) with `changes`, written as NAME.json."""
+    written = {**copy.deepcopy(SERVICE_EXAMPLE if config is None else config), **changes}
+    path = directory / f"{written['name']}.json"
+    path.write_text(json.dumps(written, ensure_ascii=False), encoding="utf-8")
+    return str(path)
+
+
+def creates(instance: Any) -> list[Any]:
+    """The create requests a simulator has seen."""
+    return [entry for entry in instance.request_log() if entry[:2] == CREATE_REQUEST]
 
 
 def write_config(directory: Path, name: str, config: dict[str, Any]) -> str:

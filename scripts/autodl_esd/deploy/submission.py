@@ -230,13 +230,14 @@ class Run:
         self.progress, self.partial, self.files, self.cost = progress, partial, files, cost
         self.notices = Notices(request.notify, client, config, progress)
         self.guarded: dict[str, Any] = {}
+        # Read once: while this process holds the record's lock it is the record's only writer.
+        self.record = read(files) if files is not None else {}
 
     def save(self, **changes: Any) -> None:
         if self.files is None:
             return
-        record = read(self.files)
-        record.update(changes, updated_at_local=local_now())
-        background.write_record(self.files, record)
+        self.record.update(changes, updated_at_local=local_now())
+        background.write_record(self.files, self.record)
 
     def _on_state(self, state: str, changes: dict[str, Any]) -> None:
         # "May have": only while a create's outcome is open; a known uuid is no longer a maybe,
@@ -359,8 +360,7 @@ class Run:
         """A signal: the record stays as it is (resumable), a cancel aside."""
         if self.files is None:
             return
-        record = read(self.files)
-        if self.files.cancel_requested() and record.get("state") == WAITING:
+        if self.files.cancel_requested() and self.record.get("state") == WAITING:
             self.save(state=CANCELLED, done=True, pid=None, ended_at_local=local_now(), may_have_been_created=False,
                       message="已取消 (--cancel), 没有发出创建请求。")
             self.partial.update(state=CANCELLED, may_have_been_created=False)
@@ -382,13 +382,19 @@ def read(files: JobFiles) -> dict[str, Any]:
     return background.read_record(files, "提交记录", f"python3 {background.script_path('jobs.py')} --list")
 
 
-def resume_in_process(files: JobFiles, client: Any, progress: Progress, partial: dict[str, Any]) -> dict[str, Any]:
-    """`jobs.py --run`: continue a record here (the detached process, or a resume)."""
+def read_on_its_host(files: JobFiles, client: Any) -> dict[str, Any]:
+    """The record, when the client talks to the platform it was made for (usage_error otherwise)."""
     record = read(files)
     if record.get("host") and record["host"] != getattr(client, "host", None):
         raise AutoDLError(ErrorType.USAGE_ERROR,
                           f"提交 {files.job_id} 是为 {record['host']} 创建的, 现在的 AUTODL_HOST 是 {getattr(client, 'host', None)}。",
                           "提交只在它创建时的平台上继续: 把 AUTODL_HOST 改回去再 --resume。", {"run_id": files.job_id})
+    return record
+
+
+def resume_in_process(files: JobFiles, client: Any, progress: Progress, partial: dict[str, Any]) -> dict[str, Any]:
+    """`jobs.py --run`: continue a record here (the detached process, or a resume)."""
+    record = read_on_its_host(files, client)
     if record.get("done"):
         return {**view(record, files), "note": "这个提交已经结束, 没有可继续的。"}
     request = Request.from_record(record.get("request") or {})
@@ -405,11 +411,7 @@ def resume_in_process(files: JobFiles, client: Any, progress: Progress, partial:
 
 def resume_detached(files: JobFiles, client: Any, progress: Progress) -> dict[str, Any]:
     """`jobs.py --resume`: start the record's process again in the background."""
-    record = read(files)
-    if record.get("host") and record["host"] != getattr(client, "host", None):
-        raise AutoDLError(ErrorType.USAGE_ERROR,
-                          f"提交 {files.job_id} 是为 {record['host']} 创建的, 现在的 AUTODL_HOST 是 {getattr(client, 'host', None)}。",
-                          "提交只在它创建时的平台上继续: 把 AUTODL_HOST 改回去再 --resume。", {"run_id": files.job_id})
+    record = read_on_its_host(files, client)
     if record.get("done") or is_running(files):
         return {**view(record, files), "resumed": False,
                 "note": "这个提交已经结束, 没有可继续的。" if record.get("done") else "这个提交仍在运行, 不需要继续。"}
@@ -445,16 +447,22 @@ def _final_look_due(record: dict[str, Any]) -> bool:
     return "final_look" not in record and isinstance(sent, (int, float)) and time.time() >= sent + window
 
 
+def _new_since_first_send(client: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Deployments with the record's name that were not listed before its first create was sent."""
+    name, known = record.get("name"), set(record.get("known_before_send") or [])
+    return [d for d in api.list_deployments(client, name=name)
+            if d.get("name", name) == name and d.get("uuid") not in known]
+
+
 def _final_look(files: JobFiles, record: dict[str, Any], client: Any, progress: Progress) -> dict[str, Any]:
     """Every deployment with the name that appeared since the first send, once nothing of this
     run can still land: two or more are reported as duplicates (another run, or a person)."""
-    name, known = record.get("name"), set(record.get("known_before_send") or [])
     try:
-        same = [d for d in api.list_deployments(client, name=name) if d.get("name", name) == name]
+        new = _new_since_first_send(client, record)
     except AutoDLError as error:
         progress.log(f"最后一次按名称复查失败: {error.message}")
         return record
-    new = sorted((d for d in same if d.get("uuid") not in known), key=lambda d: (str(d.get("created_at") or "~"), str(d.get("uuid"))))
+    new.sort(key=lambda d: (str(d.get("created_at") or "~"), str(d.get("uuid"))))
     changes: dict[str, Any] = {"final_look": {"at_local": local_now(), "found": [d.get("uuid") for d in new]}}
     if len(new) > 1:
         changes["duplicates"] = [{"deployment_uuid": d.get("uuid"), "created_at": d.get("created_at"), "status": d.get("status"),
@@ -468,13 +476,12 @@ def _final_look(files: JobFiles, record: dict[str, Any], client: Any, progress: 
 def _look_again(files: JobFiles, record: dict[str, Any], client: Any, progress: Progress) -> dict[str, Any]:
     """One fresh listing by name: a deployment new since the first send is this run's."""
     name = record.get("name")
-    known = set(record.get("known_before_send") or [])
     try:
-        same = [d for d in api.list_deployments(client, name=name) if d.get("name", name) == name]
+        new = _new_since_first_send(client, record)
     except AutoDLError as error:
         progress.log(f"按名称核对失败: {error.message}")
         return {**record, "last_look": {"at_local": local_now(), "error": error.message}}
-    new = sorted((d for d in same if d.get("uuid") not in known), key=lambda d: (str(d.get("created_at") or ""), str(d.get("uuid"))))
+    new.sort(key=lambda d: (str(d.get("created_at") or ""), str(d.get("uuid"))))
     look = {"at_local": local_now(), "found": [d.get("uuid") for d in new]}
     if not new:
         background.write_record(files, {**record, "last_look": look})
@@ -485,7 +492,7 @@ def _look_again(files: JobFiles, record: dict[str, Any], client: Any, progress: 
                "may_have_been_created": False,
                "result": {"deployment_uuid": uuid, "name": name, "deployment_type": record.get("deployment_type"),
                           "recovered": True, "recovered_by": {"rule": "name_lookup_after_send", "how": "status_look",
-                                                              "known_before_send": sorted(known)}}}
+                                                              "known_before_send": sorted(record.get("known_before_send") or [])}}}
     if len(new) > 1:
         changes["duplicates"] = [{"deployment_uuid": d.get("uuid"), "created_at": d.get("created_at"),
                                   "keep": index == 0} for index, d in enumerate(new)]

@@ -767,18 +767,19 @@ class Submitter:
                 errors.reset()
                 running = [c for c in containers if c.get("status") == "running"]
                 if len(ever_running) >= target or len(running) >= target:
+                    self._keep_read_warning(errors)
                     return {
                         "target_running": target,
                         "containers": [container_summary(c, self.options.show_password) for c in running],
-                        **self._keep_read_warning(errors),
                     }
                 if finished is not None:
                     # A Job/Container can finish before the first look: say so with the counts,
                     # never a bare success with no containers.
                     self.progress.log(f"部署 {deployment_uuid} 在第一次查看前就已结束 (finished_num={finished.get('finished_num')})")
+                    self._keep_read_warning(errors)
                     return {"target_running": target, "containers": [], "deployment_finished": True,
                             "finished_before_running": True, "ever_running": len(ever_running),
-                            "counts": finish_counts(finished), **self._keep_read_warning(errors)}
+                            "counts": finish_counts(finished)}
             if self.clock() >= deadline:
                 raise AutoDLError(
                     ErrorType.STARTUP_TIMEOUT,
@@ -797,12 +798,11 @@ class Submitter:
             self.progress.status(f"等待容器运行 {len(running)}/{target}: {phases}")
             self.sleep(self.options.interval)
 
-    def _keep_read_warning(self, errors: ReadErrors) -> dict[str, Any]:
-        """Failed reads on the way to a result: a warning in the result's `warnings` (no fields)."""
+    def _keep_read_warning(self, errors: ReadErrors) -> None:
+        """Failed reads on the way to a result become a warning in the result's `warnings`."""
         warning = errors.warning()
         if warning:
             self.warnings.append(warning)
-        return {}
 
     def _finished_deployment(self, deployment_uuid: str) -> dict[str, Any] | None:
         """The deployment's list item when it has stopped (its work is over), else None."""

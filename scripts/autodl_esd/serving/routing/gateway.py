@@ -390,6 +390,7 @@ class Gateway:
             try:
                 self._refresh_registry()
                 for route in self.routes.values():
+                    route.table.sync_remote()  # other gateways' counts, for status and the autoscaler too
                     route.table.dispatch()  # an ejection that ended may free a queued request
             except Exception as error:  # a bad registry item must not stop the refreshes
                 self.log(f"读取注册表出错, 保留当前副本: {type(error).__name__}: {error}")

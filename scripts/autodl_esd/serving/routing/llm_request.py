@@ -79,7 +79,10 @@ def _text(content: Any) -> str:
     canonical JSON, so the same content always gives the same text."""
     if isinstance(content, str):
         return content
-    return json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or Infinity (json.loads accepts them): still the same text every time
+        return repr(content)
 
 
 def affinity_key(session: str | None, request: LlmRequest | None) -> int | None:

@@ -342,6 +342,7 @@ class Gateway:
             await asyncio.sleep(REGISTRY_TICK_SECONDS)
             try:
                 self._refresh_registry()
+                self.table.sync_remote()  # other gateways' counts, for status and the autoscaler too
                 self.table.dispatch()  # an ejection that ended may free a queued request
             except Exception as error:  # a bad registry item must not stop the refreshes
                 self.log(f"读取注册表出错, 保留当前副本: {type(error).__name__}: {error}")

@@ -1,7 +1,8 @@
 """How the gateway picks a replica per request: small policy classes, SkyPilot/Ray style.
 
 A policy sees the candidates the gateway may send to (healthy, in the registry, not ejected,
-under `--max-inflight-per-replica`, not tried already by this request) and returns one. It is
+under `--max-inflight-per-replica`, not tried already by this request), or `choices` of them
+drawn at random when the policy only compares a few, and returns one. It is
 told when a request starts and finishes on a replica and when a load report arrives, so a
 new policy is a few lines:
 
@@ -41,9 +42,15 @@ class ReplicaView(Protocol):
 
 
 class Policy:
-    """Base class: pick one of `candidates` (never empty); hooks default to nothing."""
+    """Base class: pick one of `candidates` (never empty); hooks default to nothing.
+
+    `choices`: a policy that compares a few candidates drawn at random (least_inflight: two)
+    says how many, and the replica table draws them without listing every replica, so its
+    cost does not grow with the registry. None (the default): it sees every candidate.
+    """
 
     name = ""
+    choices: Optional[int] = None
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
@@ -80,6 +87,7 @@ class LeastInflight(Policy):
     """Power of two choices on in-flight requests (this gateway's, plus other gateways' when shared)."""
 
     name = "least_inflight"
+    choices = 2
 
     def select_replica(self, candidates):
         return self._two_choices(candidates, lambda r: r.inflight + r.remote_inflight)
@@ -102,6 +110,7 @@ class RoundRobin(Policy):
 
 class Random(Policy):
     name = "random"
+    choices = 1
 
     def select_replica(self, candidates):
         return self.rng.choice(list(candidates))

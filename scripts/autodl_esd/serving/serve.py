@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from ..core import files
 from ..core.cli import UsageError
 from ..core.errors import AutoDLError, ErrorType
 from ..core.http import ApiClient
@@ -125,9 +126,8 @@ def build_options(args: Any) -> GatewayOptions:
 def build_source(args: Any, ctx: Any, options: GatewayOptions) -> ReplicaSource:
     stale_after = STALE_AFTER_INTERVALS * args.interval
     if args.registry:
-        if not os.path.isfile(args.registry):
-            raise UsageError(f"--registry 文件不存在: {args.registry}",
-                             "先用 discover_services.py --watch --out FILE 生成注册表, 或改用 --deployment-uuid 让网关自己发现副本。")
+        files.check_input_file(args.registry, "--registry 文件",
+                               hint="先用 discover_services.py --watch --out FILE 生成注册表, 或改用 --deployment-uuid 让网关自己发现副本。")
         return FileSource(args.registry, min(args.interval, 1.0), stale_after)
     if args.registry_url:
         return UrlSource(args.registry_url, min(args.interval, 1.0), stale_after)

@@ -300,17 +300,18 @@ def measure_wrk(targets: list[tuple[str, str, Optional[Proxy]]], path: str, conn
     return {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for name, runs in samples.items()}
 
 
-def anchors(directory: Path, folder: str, builds: list[GatewayBuild], seconds: int, rounds: int) -> None:
+def anchors(directory: Path, folder: str, builds: list[GatewayBuild], concurrencies: tuple[int, ...], seconds: int,
+            rounds: int, warm: bool) -> None:
     ports = [free_port() for _ in range(REPLICAS)]
     upstream = start_static_upstream(directory, ports)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     proxies = start_proxies(directory, folder, "anchors", urls, builds)
     try:
         targets = [("direct", urls[0], None)] + [(p.name, p.url, p) for p in proxies]
-        for name, url, _ in targets:  # warm: connection pools, first requests
+        for name, url, _ in targets if warm else ():  # warm: connection pools, first requests
             wrk(url + "/small", 16, 1)
         rows = []
-        for connections in CONCURRENCIES:
+        for connections in concurrencies:
             medians = measure_wrk(targets, "/small", connections, seconds, rounds)
             direct, anchor = medians["direct"], medians["HAProxy (our config)"]
             for name, _, proxy in targets:
@@ -374,12 +375,13 @@ async def first_tokens(url: str, path: str, count: int) -> tuple[list[float], in
     return [r for r in results if r is not None], sum(1 for r in results if r is None)
 
 
-def streams(directory: Path, folder: str, builds: list[GatewayBuild], stream_urls: list[str], count: int, rounds: int) -> None:
+def streams(directory: Path, folder: str, builds: list[GatewayBuild], stream_urls: list[str], count: int, rounds: int,
+            warm: bool) -> None:
     proxies = start_proxies(directory, folder, "streams", stream_urls, builds)
     path = "/stream"
     try:
         targets = [("direct", stream_urls[0], None)] + [(p.name, p.url, p) for p in proxies]
-        for _, url, _ in targets:  # warm: the proxies' connections to the replicas
+        for _, url, _ in targets if warm else ():  # warm: the proxies' connections to the replicas
             asyncio.run(first_tokens(url, path, count))
         samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name, _, _ in targets}
         for round_index in range(rounds):
@@ -406,7 +408,8 @@ def streams(directory: Path, folder: str, builds: list[GatewayBuild], stream_url
 # ---- section: selection scaling --------------------------------------------------------
 
 
-def scaling(directory: Path, folder: str, builds: list[GatewayBuild], sizes: tuple[int, ...], seconds: int, rounds: int) -> None:
+def scaling(directory: Path, folder: str, builds: list[GatewayBuild], sizes: tuple[int, ...], seconds: int, rounds: int,
+            warm: bool) -> None:
     ports = [free_port() for _ in range(REPLICAS)]
     upstream = start_static_upstream(directory, ports)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
@@ -417,7 +420,7 @@ def scaling(directory: Path, folder: str, builds: list[GatewayBuild], sizes: tup
             gateways = [start_gateway(build, registry, folder) for build in builds]
             try:
                 targets = [(g.name, g.url, g) for g in gateways]
-                for _, url, _ in targets:
+                for _, url, _ in targets if warm else ():
                     wrk(url + "/small", 16, 1)
                 for name, median in measure_wrk(targets, "/small", 16, seconds, rounds).items():
                     results[(name, size)] = median["rps"]
@@ -552,7 +555,8 @@ def baseline_tree(ref: str, folder: str) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one round, 2 s wrk runs, 64 streams, registry sizes 3 and 300")
+    parser.add_argument("--quick", action="store_true",
+                        help="one round, 2 s wrk runs, no warm-up runs, 64 streams, registry sizes 3 and 300")
     parser.add_argument("--sections", default="anchors,streams,scaling,policies",
                         help="comma-separated: anchors, streams, scaling, policies")
     parser.add_argument("--baseline", metavar="REF", help="also measure the gateway of this git commit (the 'before')")
@@ -560,6 +564,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="alternating rounds per figure (default 3; --quick 1)")
     parser.add_argument("--streams", type=int, help=f"simultaneous streams (default {STREAMS}; --quick 64)")
     parser.add_argument("--scaling", help="registry sizes, comma-separated (default 3,30,300,3000; --quick 3,300)")
+    parser.add_argument("--connections", default=",".join(map(str, CONCURRENCIES)),
+                        help="wrk connections of the anchors, comma-separated (default 1,16,64)")
     parser.add_argument("--policy-requests", type=int, default=600, help="requests per policy run")
     parser.add_argument("--policy-clients", type=int, default=6, help="closed-loop clients per gateway (policies)")
     parser.add_argument("--direct-clients", type=int, default=4, help="clients loading one replica straight (policies)")
@@ -589,6 +595,8 @@ def main() -> int:
 
 def run(args, sections: set[str], directory: Path, seconds: int, rounds: int, count: int, sizes: tuple[int, ...]) -> int:
     folder = str(directory)
+    concurrencies = tuple(int(n) for n in args.connections.split(","))
+    warm = not args.quick  # a warm-up run per path (1 s each) before the measured rounds
     builds = [GatewayBuild("gateway", ROOT)]
     if importlib.util.find_spec("uvloop") is not None:
         builds.append(GatewayBuild("gateway, no uvloop", ROOT, hide_uvloop=True))
@@ -606,11 +614,11 @@ def run(args, sections: set[str], directory: Path, seconds: int, rounds: int, co
         stream_urls, rest = urls[:REPLICAS], urls[REPLICAS:]
         gpus, batching = rest[:len(GPU_SECONDS)], rest[len(GPU_SECONDS):]
         if "anchors" in sections:
-            anchors(directory, folder, builds, seconds, rounds)
+            anchors(directory, folder, builds, concurrencies, seconds, rounds, warm)
         if "streams" in sections:
-            streams(directory, folder, builds, stream_urls, count, rounds)
+            streams(directory, folder, builds, stream_urls, count, rounds, warm)
         if "scaling" in sections:
-            scaling(directory, folder, [b for b in builds if not b.hide_uvloop], sizes, seconds, rounds)
+            scaling(directory, folder, [b for b in builds if not b.hide_uvloop], sizes, seconds, rounds, warm)
         if "policies" in sections:
             policies(folder, builds[0], gpus, batching, args)
         print(f"- load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             service_ports=args.service_ports or False,
         )
     except ClusterConfigError as exc:
-        return fail("config_error", "集群文件不可用", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",
+        return fail("config_error", f"集群文件不可用: {exc}", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",
                     path=exc.source, problems=exc.problems)
     except ValueError as exc:
         return fail("usage_error", f"参数错误：{exc}", "运行 python scripts/autodl_sim.py --help 查看用法")

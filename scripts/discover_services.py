@@ -103,10 +103,10 @@ def handle(args, ctx: cli.Context) -> dict:
 
 
 def discover(args, ctx: cli.Context, on_ready=None) -> dict:
+    from autodl_esd.core import files
     from autodl_esd.core.polling import floor_interval
     from autodl_esd.platform.resolve import resolve_from_args
     from autodl_esd.serving import detached
-    from autodl_esd.serving.registry import document as registry_document
     from autodl_esd.serving.registry import endpoint as registry_endpoint
     from autodl_esd.serving.registry import redis_store
     from autodl_esd.serving.registry import watcher as registry_watcher
@@ -130,10 +130,7 @@ def discover(args, ctx: cli.Context, on_ready=None) -> dict:
             raise cli.UsageError(f"--serve 无效: {problem}") from None
 
     if args.out:
-        try:
-            registry_document.check_writable(args.out)
-        except ValueError as problem:
-            raise cli.UsageError(f"--out 无效: {problem}", "换一个已存在且可写的目录中的文件。") from None
+        files.check_output_file(args.out, "--out 文件")
 
     client = ctx.client()
     deployment = resolve_from_args(client, args)

@@ -44,7 +44,7 @@ MAX_IMAGES_LISTED = 50
 # the answer. Recognised by the platform's code or by the wording of its message.
 PARAMETER_ERROR_CODES = {"RequestParameterIsWrong"}
 PARAMETER_ERROR_FRAGMENTS = ("参数", "不支持", "缺少", "不存在", "格式")
-# Template fields the region stock endpoint accepts as filters (api-reference.md, 地区 GPU 库存).
+# Template fields the region stock endpoint accepts as filters (references/platform-endpoints.md, 查询地区 GPU 库存).
 STOCK_FILTER_KEYS = ("gpu_name_set", "cuda_v_from", "cuda_v_to", "cpu_num_from", "cpu_num_to",
                      "memory_size_from", "memory_size_to", "price_from", "price_to")
 # Hosts whose dialect is known, to catch a config written for the other cloud.
@@ -203,7 +203,7 @@ class Submitter:
         unchecked = {
             "code": "base_image_unchecked", "path": "container_template.image_uuid",
             "message": "无法通过接口确认这个基础镜像存在 (公有云基础镜像没有列表接口)。",
-            "hint": "核对 api-reference.md 附录中的基础镜像 UUID。",
+            "hint": "核对 references/platform-api.md 的公共基础镜像 UUID。",
         }
         if self.regions:  # public dialect: /api/v2/image/list is a private-cloud console API
             self.warnings.append(unchecked)

@@ -426,7 +426,7 @@ def result_schema() -> dict[str, Any]:
 
 
 def markdown_table(tools: Mapping[str, Tool]) -> str:
-    """The tool table shown in SKILL.md and README (a doc test keeps them equal)."""
+    """The tool table shown in references/mcp.md (a doc test keeps it equal)."""
     lines = ["| 工具 | 脚本 | 只读 | 破坏性 | 需 confirm |", "|---|---|---|---|---|"]
     for tool in tools.values():
         yes_no = lambda flag: "是" if flag else "否"  # noqa: E731

@@ -14,8 +14,8 @@ from autodl_esd.platform.containers import primary_service_url
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out /etc/haproxy/haproxy.cfg --socket /run/haproxy/autodl.sock",
-    "python scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out haproxy.cfg --bind 0.0.0.0:8080 --health-path /health --server-maxconn 1",
+    "python3 scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out /etc/haproxy/haproxy.cfg --socket /run/haproxy/autodl.sock",
+    "python3 scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out haproxy.cfg --bind 0.0.0.0:8080 --health-path /health --server-maxconn 1",
 ]
 
 # Defaults (reasons beside the values in autodl_esd/serving/haproxy.py; repeated so --help
@@ -32,6 +32,8 @@ DEFAULT_ERROR_LIMIT = 10
 DEFAULT_LONG_TIMEOUT = "1h"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
 DURATION_PATTERN = re.compile(r"^\d+(us|ms|s|m|h|d)?$")
+# sun_path holds 108 bytes on Linux, the last one the terminating NUL.
+MAX_UNIX_SOCKET_PATH = 107
 ADDRESS_PATTERN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]*|\*):\d{1,5}$")
 
 
@@ -75,8 +77,7 @@ def build_parser() -> cli.JsonArgumentParser:
 
 
 def handle(args, ctx: cli.Context) -> dict:
-    from pathlib import Path  # after parsing, like the package: pathlib is not free at --help
-
+    from autodl_esd.core import files  # after parsing, like the package: pathlib is not free at --help
     from autodl_esd.platform.resolve import resolve_from_args
     from autodl_esd.serving import haproxy
 
@@ -88,6 +89,8 @@ def handle(args, ctx: cli.Context) -> dict:
             problems.append(f"{flag} {value!r}")
     if not args.socket.startswith("/") or any(ch.isspace() for ch in args.socket):
         problems.append(f"--socket {args.socket!r} (需要不含空格的绝对路径)")
+    elif len(args.socket.encode("utf-8", "surrogateescape")) > MAX_UNIX_SOCKET_PATH:
+        problems.append(f"--socket 路径过长 (Unix 套接字路径最长 {MAX_UNIX_SOCKET_PATH} 字节, HAProxy 会拒绝启动)")
     health_path = args.health_path or DEFAULT_HEALTH_PATH
     if not health_path.startswith("/") or any(ch.isspace() for ch in health_path):
         problems.append(f"--health-path {health_path!r} (需要以 / 开头、不含空格)")
@@ -98,6 +101,8 @@ def handle(args, ctx: cli.Context) -> dict:
     if problems:
         raise cli.UsageError(f"参数无效: {'; '.join(problems)}",
                              "名字只用字母数字 _.:-; 时长如 2s / 500ms / 1h; 地址如 127.0.0.1:8080 或 0.0.0.0:8080。")
+    if args.out:  # before any call: a path that cannot be written is the user's to fix first
+        files.check_output_file(args.out, "--out 文件")
     deployment_uuid = args.deployment_uuid
     if deployment_uuid is not None and not re.match(r"^[0-9a-f]{15}$", deployment_uuid):
         raise cli.UsageError(f"--deployment-uuid {deployment_uuid!r} 不是 15 位小写十六进制。")
@@ -107,11 +112,8 @@ def handle(args, ctx: cli.Context) -> dict:
     config = haproxy.render_config(deployment_uuid=deployment_uuid, bind=args.bind, backend=args.backend, socket_path=args.socket,
                                    metrics_bind=args.metrics_bind, health_path=health_path, options=options,
                                    long_timeout=args.long_timeout)
-    if args.out:
-        target = Path(args.out)
-        if not target.parent.is_dir():
-            raise cli.UsageError(f"--out 的目录不存在: {target.parent}")
-        target.write_text(config, encoding="utf-8")
+    if args.out:  # readable by the haproxy user, like a config written by hand; it holds no secret
+        files.write_atomically(args.out, config, "--out 文件", mode=0o644)
     feed, feed_note = feed_command(args, deployment_uuid, options)
     checked, warnings = routing_warnings(ctx, deployment_uuid, args.port)
     return {

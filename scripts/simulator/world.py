@@ -465,7 +465,7 @@ class World:
             gpu_num=gpu_num,
             cpu_num=machine.cpu_per_gpu * gpu_num,
             memory_gb=machine.memory_gb_per_gpu * gpu_num,
-            price=machine.price,  # per card, like price_from/price_to (api-reference.md, 计费口径)
+            price=machine.price,  # per card, like price_from/price_to (references/money.md, 计费口径)
             image_uuid=deployment.spec.image_uuid,
             data_center=machine.region,
             root_password=self._password(),

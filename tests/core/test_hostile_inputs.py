@@ -20,6 +20,7 @@ from helpers import ROOT, SCRIPTS
 
 EXAMPLE = ROOT / "examples" / "replicaset-service.json"
 EXAMPLE_TEXT = EXAMPLE.read_text(encoding="utf-8")
+DEP = "0123456789abcde"
 
 
 def strict_loads(text: str):
@@ -182,9 +183,147 @@ def test_simulator_speed_must_be_finite_and_bounded(capsys, speed):
     assert (code, document["error_type"]) == (1, "usage_error")
 
 
+# --- every path the user names ------------------------------------------------------------------
+
+# Each script and its arguments, PATH standing for the path under test; the error type it answers with.
+PATH_READERS = [
+    ("validate_config.py", ["PATH"], "config_error"),
+    ("queue_submit.py", ["PATH", "--dry-run"], "config_error"),
+    ("list_containers.py", ["--config", "PATH"], "config_error"),
+    ("doctor.py", ["--config", "PATH"], "config_error"),
+    ("serve_gateway.py", ["--registry", "PATH"], "usage_error"),
+]
+PATH_WRITERS = [
+    ("haproxy_config.py", ["--deployment-uuid", DEP, "--out", "PATH"]),
+    ("discover_services.py", ["--deployment-uuid", DEP, "--watch", "--duration", "1", "--out", "PATH"]),
+]
+
+
+def _hostile_paths(tmp_path) -> dict[str, tuple[str, str]]:
+    """name -> (path, a word of the reason the message must give)."""
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x", encoding="utf-8")
+    return {
+        "name-too-long": (str(tmp_path / ("n" * 300 + ".json")), "文件名过长"),
+        "under-a-file": (str(a_file / "config.json"), "不是目录"),
+        "null-byte": (str(tmp_path / "a\0b.json"), "NUL"),
+        "a-directory": (str(tmp_path), "是一个目录"),
+        "a-device": ("/dev/null", "不是普通文件"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["name-too-long", "under-a-file", "null-byte", "a-directory"])
+@pytest.mark.parametrize(("script", "argv", "error_type"), PATH_READERS, ids=[r[0] for r in PATH_READERS])
+def test_a_path_that_cannot_be_read_names_the_path_and_the_reason(run, tmp_path, result_validator, script, argv,
+                                                                    error_type, kind):
+    path, why = _hostile_paths(tmp_path)[kind]
+    code, document, _ = run(script, *[path if word == "PATH" else word for word in argv])
+    assert (code, document["error_type"], document["details"]["path"]) == (1, error_type, path), document
+    assert why in document["message"] and why in document["details"]["reason"], document
+    result_validator.validate(document)
+
+
+@pytest.mark.parametrize("kind", ["name-too-long", "under-a-file", "null-byte", "a-directory", "a-device"])
+@pytest.mark.parametrize(("script", "argv"), PATH_WRITERS, ids=[w[0] for w in PATH_WRITERS])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_call(run, tmp_path, result_validator, script,
+                                                                          argv, kind):
+    path, why = _hostile_paths(tmp_path)[kind]
+    # No mock and a discard host: a call made first would answer api_error instead.
+    code, document, _ = run(script, *[path if word == "PATH" else word for word in argv])
+    assert (code, document["error_type"], document["details"]["path"]) == (1, "usage_error", path), document
+    assert why in document["message"], document
+    result_validator.validate(document)
+
+
+def test_haproxy_out_is_replaced_atomically_and_readable_by_haproxy(run, tmp_path):
+    out = tmp_path / ("h" * 250)  # the name fits; a temporary name built from it must too
+    out.write_text("old", encoding="utf-8")
+    code, document, _ = run("haproxy_config.py", "--deployment-uuid", DEP, "--out", str(out))
+    assert (code, document["out"]) == (0, str(out)), document
+    assert f"backend {document['backend']}" in out.read_text(encoding="utf-8")
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+def test_a_write_that_fails_halfway_leaves_the_old_file_and_no_temporary(run, tmp_path, monkeypatch):
+    import errno
+
+    from autodl_esd.core import files
+
+    out = tmp_path / "haproxy.cfg"
+    out.write_text("old", encoding="utf-8")
+
+    def disk_full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", disk_full)
+    code, document, _ = run("haproxy_config.py", "--deployment-uuid", DEP, "--out", str(out))
+    assert (code, document["error_type"], document["details"]["reason"]) == (1, "usage_error", "磁盘空间已满")
+    assert [p.name for p in tmp_path.iterdir()] == [out.name] and out.read_text(encoding="utf-8") == "old"
+
+
+def test_haproxy_socket_path_must_fit_a_unix_socket(run):
+    code, document, _ = run("haproxy_config.py", "--deployment-uuid", DEP, "--socket", "/run/" + "s" * 120)
+    assert (code, document["error_type"]) == (1, "usage_error")
+    assert "107" in document["message"]
+
+
+def test_permission_denied_is_named_as_such(run, tmp_path, monkeypatch):
+    """Tests run as root, where nothing is denied: the refusal the OS would give is simulated."""
+    import errno
+
+    from autodl_esd.core import files
+
+    config = write(tmp_path, EXAMPLE_TEXT)
+    real_open = os.open
+
+    def deny(path, *args, **kwargs):
+        if os.fspath(path) == config:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "open", deny)
+    code, document, _ = run("validate_config.py", config)
+    assert (code, document["error_type"], document["details"]["reason"]) == (1, "config_error", "没有权限")
+
+
+@pytest.mark.parametrize(("errno_name", "words"), [("ENOSPC", "磁盘空间已满"), ("EROFS", "只读"), ("EACCES", "没有权限")])
+def test_a_state_directory_that_cannot_be_created_is_config_error(run, tmp_path, monkeypatch, errno_name, words):
+    import errno
+    from pathlib import Path
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code, document, _ = run("notify.py", "--title", "t")  # the send log is written before any send
+    assert (code, document["error_type"]) == (1, "config_error"), document
+    assert words in document["message"] and "XDG_STATE_HOME" in document["hint"]
+
+
+@pytest.mark.parametrize("kind", ["a-file", "under-a-file", "name-too-long"])
+@pytest.mark.parametrize("argv", [["jobs.py", "--list"], ["guard_deployment.py", "--list"]], ids=["jobs", "guards"])
+def test_an_unusable_state_directory_is_config_error_naming_it(run, tmp_path, monkeypatch, result_validator, argv, kind):
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x", encoding="utf-8")
+    xdg = {"a-file": a_file, "under-a-file": a_file / "sub", "name-too-long": tmp_path / ("s" * 300)}[kind]
+    monkeypatch.setenv("XDG_STATE_HOME", str(xdg))
+    code, document, _ = run(*argv)
+    assert (code, document["error_type"]) == (1, "config_error"), document
+    assert document["details"]["path"] == str(xdg / "autodl-elastic-deploy")
+    result_validator.validate(document)
+
+
+def test_a_record_that_is_not_utf8_is_listed_as_unreadable(run, tmp_path):
+    jobs_dir = tmp_path / "state" / "autodl-elastic-deploy" / "submits"
+    jobs_dir.mkdir(parents=True)
+    (jobs_dir / "s-1.json").write_bytes(b'{"run_id": "s-1\xff"}')
+    code, document, _ = run("jobs.py", "--list")
+    assert (code, [item["state"] for item in document["items"]]) == (0, ["unreadable"]), document
+
+
 # --- numeric flags ----------------------------------------------------------------------------
 
-DEP = "0123456789abcde"
 NUMERIC_FLAGS = [
     ("queue_submit.py", [str(EXAMPLE), "--interval"]),
     ("queue_submit.py", [str(EXAMPLE), "--timeout"]),

@@ -162,6 +162,98 @@ def test_host_check_applies_to_env_file_too(env_file, bare_env, monkeypatch):
     assert _error().error_type is ErrorType.CONFIG_ERROR
 
 
+# --- blank values ---------------------------------------------------------------------
+# Empty or whitespace-only counts as unset, so `.env` still applies; whitespace only with
+# nothing after it is an error, never the default (a blank host must not mean production).
+
+BLANKS = ["", " ", "\t", " \n "]
+
+
+@pytest.mark.parametrize("blank", BLANKS)
+@pytest.mark.parametrize("name,file_value,expected", [
+    ("AUTODL_HOST", "https://api.autodl.com", ("host", "https://api.autodl.com")),
+    ("AUTODL_TOKEN", "file-token-abcdef", ("token", "file-token-abcdef")),
+    ("AUTODL_HTTP_TIMEOUT", "12.5", ("http_timeout", 12.5)),
+])
+def test_a_blank_environment_value_never_hides_env_file(env_file, monkeypatch, blank, name, file_value, expected):
+    env_file.write_text(f"{name}={file_value}\n")
+    monkeypatch.setenv(name, blank)
+    field, value = expected
+    assert getattr(settings.load_settings(), field) == value
+
+
+@pytest.mark.parametrize("name", ["AUTODL_HOST", "AUTODL_HTTP_TIMEOUT"])
+@pytest.mark.parametrize("where", ["environment", "env_file", "both"])
+def test_whitespace_only_with_nothing_after_it_is_config_error(env_file, monkeypatch, name, where):
+    monkeypatch.delenv(name, raising=False)
+    if where in ("environment", "both"):
+        monkeypatch.setenv(name, "   ")
+    if where in ("env_file", "both"):
+        env_file.write_text(f'{name}="  "\n')
+    error = _error()
+    assert (error.error_type, error.details["path"]) == (ErrorType.CONFIG_ERROR, name)
+    assert len(error.details["blank_in"]) == (2 if where == "both" else 1)
+    assert "未发送任何请求" in error.message
+
+
+def test_an_empty_host_with_nothing_after_it_is_the_default(bare_env, monkeypatch):
+    monkeypatch.setenv("AUTODL_TOKEN", TEST_TOKEN)
+    monkeypatch.setenv("AUTODL_HOST", "")  # `AUTODL_HOST= python ...`: the same as not set
+    assert settings.load_settings().host == settings.DEFAULT_HOST
+
+
+def test_a_whitespace_token_is_token_missing_saying_where(env_file, bare_env, monkeypatch):
+    monkeypatch.setenv("AUTODL_TOKEN", " \t ")
+    error = _error()
+    assert error.error_type is ErrorType.TOKEN_MISSING
+    assert error.details["blank_in"] == ["环境变量 AUTODL_TOKEN"] and "空白" in error.message
+
+
+def test_a_blank_host_in_a_real_process_never_connects(tmp_path):
+    """The issue's case end to end: no request to https://private.autodl.com, a config_error."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AUTODL_TOKEN": TEST_TOKEN, "AUTODL_HOST": "  ", "HOME": str(tmp_path),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "list_images.py")], capture_output=True,
+                               text=True, env=env, cwd=tmp_path, timeout=60)
+    document = json.loads(completed.stdout)
+    assert (completed.returncode, document["error_type"], document["details"]["path"]) == (1, "config_error", "AUTODL_HOST")
+
+
+def test_a_whitespace_wechat_host_is_config_error():
+    from autodl_esd.platform.notify import wechat_host
+
+    with pytest.raises(AutoDLError) as caught:
+        wechat_host(settings.load_settings(), {"AUTODL_WECHAT_HOST": "  "})
+    assert caught.value.details["path"] == "AUTODL_WECHAT_HOST"
+
+
+# --- the .env file itself -------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"AUTODL_TOKEN=abc\xff\n", b"\xff\xfeA\x00=\x00", b"AUTODL_HOST=https://h\xe9.com\n"])
+def test_a_env_file_that_is_not_utf8_is_config_error_naming_it(env_file, content):
+    env_file.write_bytes(content)
+    error = _error()
+    assert (error.error_type, error.details["path"]) == (ErrorType.CONFIG_ERROR, str(env_file))
+    assert "UTF-8" in error.message
+
+
+def test_a_env_file_that_is_a_directory_or_too_large_is_config_error(env_file):
+    env_file.mkdir()
+    assert _error().details["reason"] == "是一个目录"
+    env_file.rmdir()
+    env_file.write_text("# x\n" * settings.MAX_ENV_FILE_BYTES)
+    assert _error().details["max_bytes"] == settings.MAX_ENV_FILE_BYTES
+
+
+def test_a_utf8_env_file_with_a_bom_is_read(env_file, bare_env):
+    env_file.write_bytes(b"\xef\xbb\xbfAUTODL_TOKEN=file-token-abcdef\n")
+    assert settings.load_settings().token == "file-token-abcdef"
+
+
 # --- timeout --------------------------------------------------------------------------
 
 def test_timeout_default_is_30_seconds():

@@ -1,6 +1,6 @@
 """The serving benchmarks still run (tiny sizes); the others are in test_bench_smoke.py.
 
-Each must finish and print its tables; the numbers are the README's, from full runs, never
+Each must finish and print its tables; the numbers are bench/README.md's, from full runs, never
 asserted here. scale_out.py starts a real redis-server and haproxy, like the scale-out tests.
 """
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from .deps import SKILL_ROOT
 from .errors import AutoDLError, ErrorType
 from .clock import now_timestamp
-from .state import write_json_atomically
+from .state import make_state_dir, write_json_atomically
 
 # A Python start-up takes well under a second; ten leave room for a loaded machine.
 START_TIMEOUT_SECONDS = 10.0
@@ -75,7 +75,7 @@ class JobFiles:
         return self.cancel.exists()
 
     def request_cancel(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_state_dir(self.directory)
         self.cancel.write_text(local_now(), encoding="utf-8")
 
 
@@ -87,7 +87,7 @@ class JobLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        self.files.directory.mkdir(parents=True, exist_ok=True)
+        make_state_dir(self.files.directory)
         fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,7 +127,7 @@ def read_record(files: JobFiles, what: str, list_command: str) -> dict[str, Any]
         raise AutoDLError(ErrorType.NOT_FOUND, f"没有这个{what}: {files.job_id}",
                           f"用 {list_command} 查看全部{what}及其 ID。",
                           {"run_id": files.job_id, "state_dir": str(files.directory)}) from None
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or not UTF-8
         raise AutoDLError(ErrorType.CONFIG_ERROR, f"{what}的状态文件无法读取: {files.state} ({error})",
                           "文件可能被手工改坏; 删除它 (以及同名的 .lock/.log) 后重新创建。",
                           {"path": str(files.state)}) from None
@@ -142,7 +142,7 @@ def records_in(directory: Path, pattern: str) -> list[tuple[Path, dict[str, Any]
     for path in sorted(directory.glob(pattern)):
         try:
             records.append((path, json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # bad JSON or not UTF-8
             records.append((path, None))
     return records
 
@@ -165,7 +165,7 @@ def spawn(files: JobFiles, argv: Sequence[str], started: Callable[[dict[str, Any
     Returns (the record then, the child's pid). internal_error with the log's tail when the
     process neither started nor left a record saying why.
     """
-    files.directory.mkdir(parents=True, exist_ok=True)
+    make_state_dir(files.directory)
     with open(files.log, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, *argv],
@@ -177,7 +177,7 @@ def spawn(files: JobFiles, argv: Sequence[str], started: Callable[[dict[str, Any
         exited = child.poll() is not None
         try:
             record = json.loads(files.state.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # bad JSON or not UTF-8
             record = {}
         if record.get("pid") == child.pid and started(record):
             return record, child.pid

@@ -4,20 +4,20 @@ The standard `json` module accepts things no AutoDL field can hold: `NaN`/`Infin
 `1e400` (becomes inf), integers of any length (over 4,300 digits `int()` refuses them),
 strings with lone surrogates (cannot be encoded), and nesting deep enough to exhaust the
 recursion limit. A file path may also name a FIFO (reading blocks forever) or `/dev/zero`
-(never ends). `read_small_file` and `loads` turn each into a `config_error`; values that
-parse but cannot be sent are kept as markers so `unusable_value_problems` can name the
-path at fault, the way the validator names every other problem.
+(never ends). `read_small_file` (through `core.files`) and `loads` turn each into a
+`config_error`; values that parse but cannot be sent are kept as markers so
+`unusable_value_problems` can name the path at fault, the way the validator names every
+other problem.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
+from . import files
 from .errors import AutoDLError, ErrorType
 
 # A deployment config is a few KB; 1 MiB leaves room for long commands and is still small
@@ -63,41 +63,12 @@ def _config_error(message: str, hint: str, path: str | Path, **details: Any) -> 
 
 def read_small_file(path: str | Path, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
     """The bytes of a regular file of at most `max_bytes`; anything else is config_error."""
-    try:
-        # O_NONBLOCK: opening a FIFO with no writer must not hang; it is refused below.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise _config_error(f"配置文件不存在: {path}", "检查路径; 示例配置在 examples/ 目录。", path) from None
-    except OSError as error:
-        raise _config_error(f"无法读取配置文件: {path} ({error.strerror or error})", "确认文件存在且可读。", path) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "目录" if stat.S_ISDIR(mode) else "管道/设备等特殊文件"
-        raise _config_error(f"配置路径不是普通文件 ({kind}): {path}", "传入一个 JSON 配置文件的路径。", path)
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise _config_error(
-            f"配置文件过大 (超过 {max_bytes} 字节): {path}",
-            f"部署配置通常只有几 KB, 上限 {max_bytes // 1024} KiB; 确认传入的是配置文件。",
-            path,
-            max_bytes=max_bytes,
-        )
-    return data
+    return files.read_bytes(path, "配置文件", max_bytes, hint="检查路径; 示例配置在 examples/ 目录。")
 
 
 def loads(data: bytes, path: str | Path) -> Any:
     """Parse UTF-8 JSON; unusable numbers become UnusableNumber markers."""
-    try:
-        text = data.decode("utf-8-sig")  # tolerate the BOM some Windows editors write
-    except UnicodeDecodeError as error:
-        raise _config_error(
-            f"配置文件不是 UTF-8 编码 (第 {error.start} 字节无法解码): {path}",
-            "用编辑器把文件另存为 UTF-8 编码。",
-            path,
-            byte_offset=error.start,
-        ) from None
+    text = files.decode_utf8(data, path, "配置文件")
     if not text.strip():
         raise _config_error(f"配置文件是空的: {path}", "从 examples/ 复制一个示例配置再修改。", path)
     try:

@@ -24,8 +24,8 @@ from .units import WECHAT_MAX_TITLE_CHARS, WECHAT_PER_DAY, WECHAT_PER_MINUTE
 from ..core.errors import ApiError, AutoDLError
 from ..core.http import ApiClient
 from ..core.output import Progress
-from ..core.settings import is_loopback_host, normalize_host
-from ..core.state import state_root, write_json_atomically
+from ..core.settings import blank_setting_error, is_loopback_host, normalize_host, resolve
+from ..core.state import make_state_dir, state_root, write_json_atomically
 
 DEFAULT_WECHAT_HOST = "https://www.autodl.com"
 # The windows of the platform's limits (units.WECHAT_PER_MINUTE, WECHAT_PER_DAY).
@@ -37,7 +37,9 @@ def wechat_host(settings: Any, environ: Any = None) -> str:
     """AUTODL_WECHAT_HOST, else the simulator's own address when AUTODL_HOST is loopback,
     else https://www.autodl.com."""
     environ = os.environ if environ is None else environ
-    explicit = (environ.get("AUTODL_WECHAT_HOST") or "").strip()
+    explicit, blank = resolve("AUTODL_WECHAT_HOST", [("环境变量 AUTODL_WECHAT_HOST", environ)])
+    if blank and not explicit:
+        raise blank_setting_error("AUTODL_WECHAT_HOST", blank, f"填写通知接口地址 (如 {DEFAULT_WECHAT_HOST}), 或删除该设置。")
     if explicit:
         return normalize_host(explicit)
     return settings.host if is_loopback_host(settings.host) else DEFAULT_WECHAT_HOST
@@ -55,7 +57,7 @@ class SendLog:
         self._fd: int | None = None
 
     def __enter__(self) -> "SendLog":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_state_dir(self.path.parent)
         self._fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         return self
@@ -68,7 +70,7 @@ class SendLog:
     def times(self, now: float) -> list[float]:
         try:
             stamps = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # bad JSON or not UTF-8
             stamps = []
         return [t for t in stamps if isinstance(t, (int, float)) and now - t < DAY_SECONDS]
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
+from ...core import files
 from ...core.clock import now_timestamp
 from ...core.deps import SKILL_ROOT, require
 from ...platform.containers import primary_service_url
@@ -114,35 +113,9 @@ def mark_stale(document: dict[str, Any], reason: str) -> dict[str, Any]:
 # --- writing --------------------------------------------------------------------------
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise ValueError unless `path` can be (re)written by `write_atomically`."""
-    target = Path(path)
-    if target.is_dir():
-        raise ValueError(f"{target} 是一个目录, 需要文件路径")
-    if not target.parent.is_dir():
-        raise ValueError(f"目录不存在: {target.parent}")
-    if not os.access(target.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"目录不可写: {target.parent}")
-
-
 def write_atomically(path: str | os.PathLike, document: dict[str, Any]) -> None:
-    """Replace `path` with the JSON document so a reader sees the old file or the new one.
-
-    The temporary file lives in the same directory (os.replace is atomic only within one
-    file system) and is fsynced first, so a crash cannot leave a renamed but empty file.
-    """
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(document, stream, ensure_ascii=False, indent=2, allow_nan=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:  # also a signal mid-write: never leave the temporary file behind
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+    """Replace `path` with the JSON document so a reader sees the old file or the new one,
+    fsynced first so a crash cannot leave a renamed but empty file (raises OSError; the
+    watcher logs it and keeps the last good file)."""
+    text = json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    files.replace_file(path, text.encode("utf-8"), fsync=True)

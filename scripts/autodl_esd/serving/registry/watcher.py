@@ -308,7 +308,7 @@ class RegistryWatcher:
                 continue  # not an event record: nothing to learn from it
             uuid, status = event.get("deployment_container_uuid"), event.get("status")
             # Only these two kinds decide membership: sources disagree whether oss_merged
-            # comes before or after running (api-reference.md), and it must not hide a running.
+            # comes before or after running (references/platform-api.md, 容器状态), and it must not hide a running.
             if uuid and (status == RUNNING or status in STOPPING_STATUSES):
                 last_status[uuid] = status
             if status in STOPPING_STATUSES:

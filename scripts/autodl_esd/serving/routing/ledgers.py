@@ -49,9 +49,17 @@ log = logging.getLogger("service_pool")
 
 
 class InflightLedger:
-    """Local ledger: nothing is shared. A shared one (Redis) overrides all three; they are called
-    on the event loop, so they must not block (buffer writes, serve `remote_inflight` from a cache
-    that a background task refreshes)."""
+    """Local ledger: nothing is shared. A shared one (Redis) overrides the methods; they are
+    called on the event loop, so they must not block (buffer writes, answer from a snapshot
+    that a background task refreshes).
+
+    Other gateways' counts come as a snapshot: `generation` changes whenever a new one is
+    ready, and the replica table copies `remote_counts()` then, not per request."""
+
+    generation = 0  # never changes here: nothing remote to copy
+
+    def track(self, container_uuids: Iterable[str]) -> None:
+        """The replicas in the registry now: the ones whose remote counts the table wants."""
 
     def request_started(self, container_uuid: str) -> None:
         pass
@@ -59,9 +67,13 @@ class InflightLedger:
     def request_finished(self, container_uuid: str) -> None:
         pass
 
+    def remote_counts(self) -> dict[str, int]:
+        """In-flight requests other gateways have, per replica (absent: none known)."""
+        return {}
+
     def remote_inflight(self, container_uuid: str) -> int:
         """In-flight requests other gateways have on this replica."""
-        return 0
+        return self.remote_counts().get(container_uuid, 0)
 
 
 # --- the lease sets in Redis ------------------------------------------------------------
@@ -225,8 +237,8 @@ class RedisInflightLedger(InflightLedger):
         self._count = self.client.register_script(_COUNT_SCRIPT)
         self._pending: Any = queue.SimpleQueue()  # ("start" | "finish", uuid)
         self._own: dict[str, Any] = collections.defaultdict(collections.deque)  # uuid -> our live lease ids (written)
-        self._totals: dict[str, int] = {}
-        self._own_written: dict[str, int] = {}
+        self._remote: dict[str, int] = {}  # replaced whole by the thread, then generation moves
+        self.generation = 0
         self._known: set[str] = set()
         self._known_lock = threading.Lock()  # the loop adds, the thread copies; held for microseconds
         self._closed = threading.Event()
@@ -235,17 +247,18 @@ class RedisInflightLedger(InflightLedger):
         self._thread.start()
 
     # Called on the event loop: memory only.
+    def track(self, container_uuids: Iterable[str]) -> None:
+        with self._known_lock:
+            self._known.update(container_uuids)
+
     def request_started(self, container_uuid: str) -> None:
         self._pending.put(("start", container_uuid))
 
     def request_finished(self, container_uuid: str) -> None:
         self._pending.put(("finish", container_uuid))
 
-    def remote_inflight(self, container_uuid: str) -> int:
-        if container_uuid not in self._known:
-            with self._known_lock:
-                self._known.add(container_uuid)
-        return max(0, self._totals.get(container_uuid, 0) - self._own_written.get(container_uuid, 0))
+    def remote_counts(self) -> dict[str, int]:
+        return self._remote
 
     def close(self) -> None:
         self._closed.set()
@@ -317,6 +330,7 @@ class RedisInflightLedger(InflightLedger):
         for u, lease in started:
             self._own[u].append(lease)
         if known:
+            # Every live lease minus the ones this gateway wrote: what the others have in flight.
             counts = results[-1]
-            self._own_written = {u: len(self._own[u]) for u in known}
-            self._totals = dict(zip(known, (int(c) for c in counts)))
+            self._remote = {u: max(0, int(c) - len(self._own[u])) for u, c in zip(known, counts)}
+            self.generation += 1

@@ -6,7 +6,9 @@ One `ReplicaTable` per gateway, touched only from its event loop (no locks):
   that leaves with requests in flight is kept as `draining` until they end, so counts never
   go negative and never leak (SkyPilot #10444).
 - `acquire(exclude)` hands out a `Ticket` for the replica the policy picks among the
-  candidates; when there is none (every replica at `max_inflight_per_replica`, or no replica
+  candidates (a policy with `choices` gets that many drawn at random from the routable
+  replicas, skipping unusable ones, so a request costs the same at 3 or 3,000 replicas;
+  only when draws keep missing is every candidate listed); when there is none (every replica at `max_inflight_per_replica`, or no replica
   at all) the request waits in a bounded FIFO queue, and is answered `Overloaded` /
   `NoReplicas` when the queue is full or `queue_timeout` passes. A later `update` (scale-up),
   `finish` or `readmit` serves the queue in order.
@@ -20,8 +22,9 @@ One `ReplicaTable` per gateway, touched only from its event loop (no locks):
   continues its counters.
 
 `ledgers.InflightLedger` is the seam for sharing in-flight counts across gateways (e.g. in
-Redis): the table calls `request_started`/`request_finished` and copies
-`remote_inflight(uuid)` into `Replica.remote_inflight`, which `least_inflight` and
+Redis): the table calls `request_started`/`request_finished`, tells it the registry's
+replicas (`track`), and copies its snapshot (`remote_counts()`) into
+`Replica.remote_inflight` when a new one is out (`sync_remote`), which `least_inflight` and
 `queue_aware` add to their scores.
 """
 
@@ -43,6 +46,10 @@ OUTCOMES = ("success", "error", "failure", "cancelled")
 # for hours, and a status document stays small whatever the churn.
 DEPARTED_KEPT = 100
 STATES = ("ready", "ejected", "unhealthy", "draining")
+# Draws per wanted candidate before the table lists every candidate instead: with half the
+# replicas unusable (ejected, full, tried), 4 draws each miss 1 time in 16; the scan is right
+# whatever the mix, and is what a table of a few replicas costs anyway.
+DRAWS_PER_CHOICE = 4
 
 
 class NoReplicas(Exception):
@@ -136,6 +143,7 @@ def learn_service_time(replica: Replica, duration: float, ahead: float) -> None:
 class _Waiter:
     future: asyncio.Future
     exclude: frozenset
+    key: int | None = None
     since: float = field(default_factory=time.monotonic)
 
 
@@ -164,6 +172,9 @@ class ReplicaTable:
         self.on_change = on_change or (lambda message: None)
         self.replicas: dict[str, Replica] = {}
         self.draining: dict[str, Replica] = {}
+        # In the registry and healthy: what draws come from (rebuilt when the registry changes).
+        self._routable: list[Replica] = []
+        self._remote_generation = self.ledger.generation
         self._waiters: deque[_Waiter] = deque()
         # Containers taken out of routing although the registry may still list them (the
         # autoscaler's scale to zero): registry updates do not bring them back; they leave
@@ -212,6 +223,8 @@ class ReplicaTable:
                 self.on_change(f"副本离开注册表 {uuid}")
                 self._depart(replica)
         self.replicas = fresh
+        self._routable = [replica for replica in fresh.values() if replica.healthy]
+        self.ledger.track(fresh)
         self.dispatch()
 
     def withdraw_all(self) -> None:
@@ -257,13 +270,50 @@ class ReplicaTable:
         """Some healthy replica not in `exclude` exists (it may be busy right now)."""
         return any(r.healthy and uuid not in exclude for uuid, r in self.replicas.items())
 
-    def try_start(self, exclude: frozenset = frozenset()) -> Ticket | None:
+    def try_start(self, exclude: frozenset = frozenset(), key: int | None = None) -> Ticket | None:
+        self.sync_remote()
+        wanted = self.policy.choices
+        drawn = self._draw(wanted, exclude) if wanted else None
+        if drawn is not None:
+            return self.start(self.policy.select(drawn, key))
         candidates = self.candidates(exclude)
         if not candidates:
             return None
-        for replica in candidates:
-            replica.remote_inflight = self.ledger.remote_inflight(replica.container_uuid)
-        return self.start(self.policy.select_replica(candidates))
+        return self.start(self.policy.select(candidates, key))
+
+    def _draw(self, wanted: int, exclude: frozenset) -> list[Replica] | None:
+        """`wanted` distinct usable replicas drawn uniformly from the routable ones, or None
+        (fewer routable replicas than wanted, or the draws kept missing): then the caller
+        lists every candidate. Rejecting unusable draws keeps each usable one equally likely,
+        the same choice a sample of the full candidate list would make."""
+        routable = self._routable
+        size = len(routable)
+        if size <= wanted:
+            return None
+        now = self.clock()
+        limit = self.max_inflight_per_replica
+        randrange = self.policy.rng.randrange
+        drawn: list[Replica] = []
+        for _ in range(DRAWS_PER_CHOICE * wanted):
+            replica = routable[randrange(size)]
+            if (replica in drawn or replica.container_uuid in exclude or (limit and replica.inflight >= limit)
+                    or replica.is_ejected(now)):
+                continue
+            drawn.append(replica)
+            if len(drawn) == wanted:
+                return drawn
+        return None
+
+    def sync_remote(self) -> None:
+        """Copy other gateways' in-flight counts when the ledger has a new snapshot (a shared
+        ledger refreshes every few tens of milliseconds; the local one never)."""
+        generation = self.ledger.generation
+        if generation == self._remote_generation:
+            return
+        self._remote_generation = generation
+        counts = self.ledger.remote_counts()
+        for replica in self.all_replicas():
+            replica.remote_inflight = counts.get(replica.container_uuid, 0)
 
     def start(self, replica: Replica) -> Ticket:
         ahead = self.policy.load_of(replica)
@@ -273,10 +323,11 @@ class ReplicaTable:
         self.policy.on_request_start(replica)
         return Ticket(replica, replica.report_generation, ahead, self.clock())
 
-    async def acquire(self, exclude: frozenset = frozenset()) -> Ticket:
-        """A ticket now, or after waiting in the queue; raises NoReplicas / Overloaded."""
+    async def acquire(self, exclude: frozenset = frozenset(), key: int | None = None) -> Ticket:
+        """A ticket now, or after waiting in the queue; raises NoReplicas / Overloaded.
+        `key` is the request's affinity key for the policy (None: none)."""
         if not self._waiters:
-            ticket = self.try_start(exclude)
+            ticket = self.try_start(exclude, key)
             if ticket is not None:
                 return ticket
         if exclude and not self.could_serve(exclude):
@@ -284,7 +335,7 @@ class ReplicaTable:
         if len(self._waiters) >= self.max_queue:
             self.queue_rejections += 1
             raise self._refusal(queue_full=True)
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude, key)
         self._waiters.append(waiter)
         try:
             done, _ = await asyncio.wait((waiter.future,), timeout=self.queue_timeout)
@@ -319,7 +370,7 @@ class ReplicaTable:
             if waiter.future.done():
                 self._waiters.remove(waiter)
                 continue
-            ticket = self.try_start(waiter.exclude)
+            ticket = self.try_start(waiter.exclude, waiter.key)
             if ticket is None:
                 if not waiter.exclude:
                     break  # nothing free for anyone: keep FIFO order

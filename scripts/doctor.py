@@ -9,9 +9,9 @@ from autodl_esd.core import cli
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/doctor.py",
-    "python scripts/doctor.py --config examples/replicaset-service.json",
-    "python scripts/doctor.py --sim   # 在本地模拟器上看一遍检查项",
+    "python3 scripts/doctor.py",
+    "python3 scripts/doctor.py --config examples/replicaset-service.json",
+    "python3 scripts/doctor.py --sim   # 在本地模拟器上看一遍检查项",
 ]
 
 

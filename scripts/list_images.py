@@ -9,9 +9,9 @@ from autodl_esd.core import cli
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/list_images.py",
-    "python scripts/list_images.py --page-index 2 --page-size 20",
-    "python scripts/list_images.py --system   # 私有云的系统基础镜像 (base-image-...)",
+    "python3 scripts/list_images.py",
+    "python3 scripts/list_images.py --page-index 2 --page-size 20",
+    "python3 scripts/list_images.py --system   # 私有云的系统基础镜像 (base-image-...)",
 ]
 
 

@@ -94,6 +94,19 @@ def test_help_example_is_accepted_by_its_parser(doc, script, arguments):
     parse(script, arguments)
 
 
+def test_help_examples_and_suggested_commands_name_python3():
+    """`--help` examples and the commands scripts print (`details.check`, `move_commands`, ...)
+    are run as written, so they say python3 too (a container's cmd is the platform's business)."""
+    offenders = []
+    for path in [ROOT / "queue_submit.py", *(ROOT / "scripts").rglob("*.py")]:
+        if path.name == "lint.py" or "simulator" in path.parts:
+            continue  # advice about a container's cmd; the simulator's reading of one
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"(?<![\w/.-])python (?:scripts/|queue_submit\.py|\{script)", line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
 @pytest.mark.parametrize("doc", DOCS)
 def test_every_script_named_in_the_docs_exists(doc):
     for name in set(SCRIPT_NAME.findall(read(doc))):

@@ -427,7 +427,7 @@ class Submitter:
         return [d for d in same_name if d.get("uuid") not in self._known_before_send]
 
     def _lookup_command(self) -> str:
-        return f"python scripts/list_deployments.py --name {self.config['name']}"
+        return f"python3 scripts/list_deployments.py --name {self.config['name']}"
 
     def check_before_create(self) -> None:
         """The name check right before a create: deployment_exists when a live one appeared."""
@@ -673,7 +673,7 @@ class Submitter:
             "message": f"本次提交后出现了 {len(duplicates)} 个同名部署 {[d['deployment_uuid'] for d in duplicates]} "
             "(一个结果不明的创建后来落地了, 或同一配置的另一次运行也创建了): 会重复计费。",
             "hint": f"先把 details.duplicates 告诉用户; 同意保留最早的 {keep} 时, 停止较新的 (停掉它的全部容器, 不可恢复): "
-            + "; ".join(f"python scripts/stop_deployment.py --deployment-uuid {uuid}" for uuid in extra)
+            + "; ".join(f"python3 scripts/stop_deployment.py --deployment-uuid {uuid}" for uuid in extra)
             + " (不加 --yes 时只预览会停掉什么)。",
         })
         self.progress.log(f"警告: 发现重复的同名部署 {extra} (保留 {keep})")

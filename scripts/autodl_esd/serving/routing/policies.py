@@ -89,8 +89,11 @@ class Policy:
         # sample() returns the pair in random order, so min() breaks ties randomly.
         if len(candidates) == 1:
             return candidates[0]
-        first, second = self.rng.sample(list(candidates), 2)
-        return min((first, second), key=score)
+        if len(candidates) == 2:  # the table's draw (or a pair): only the order is left to chance
+            first, second = candidates if self.rng.random() < 0.5 else reversed(candidates)
+        else:
+            first, second = self.rng.sample(list(candidates), 2)
+        return first if score(first) <= score(second) else second
 
 
 class LeastInflight(Policy):

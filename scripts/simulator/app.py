@@ -209,7 +209,7 @@ class Simulator:
 
     def _tick_forever(self) -> None:
         while not self._stopping.wait(TICK_SECONDS):
-            self.world.sync()
+            self.world.settle()
 
     # ----- test controls ---------------------------------------------------------------------
 
@@ -219,14 +219,13 @@ class Simulator:
                 or not 0 <= seconds <= MAX_ADVANCE_SECONDS:
             raise ValueError(f"seconds must be a finite number between 0 and {MAX_ADVANCE_SECONDS:g} (one year)")
         self.clock.advance(seconds)
-        self.world.sync()
+        self.world.settle()
 
     def occupy(self, gpu_name: str, count: int, seconds: float | None = None) -> int:
         """Background tenants take up to `count` idle GPUs of `gpu_name` (stock drops) until
         `seconds` of simulated time pass, or forever when None. Returns how many they got."""
         if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
             raise ValueError("seconds must be a positive finite number, or None for forever")
-        self.world.sync()
         if self.gpu_names == "vendor":
             gpu_name = vendor_gpu_name(gpu_name)  # "RTX 4090" and its vendor spelling are one card
         return self.world.occupy(gpu_name, count, seconds)
@@ -234,6 +233,7 @@ class Simulator:
     def release_occupied(self) -> None:
         """Give back every GPU held by background tenants."""
         self.world.release_occupied()
+        self.world.settle()
 
     def crash_container(self, container_uuid: str, exit_code: int = 1) -> None:
         """Kill a live container as if its process died with `exit_code`."""
@@ -241,6 +241,7 @@ class Simulator:
             crashed = self.world.crash(container_uuid, exit_code)
         except NotFound:
             raise KeyError(f"no such container {container_uuid}") from None
+        self.world.settle()
         if not crashed:
             raise ValueError(f"container {container_uuid} is already stopping or stopped")
 
@@ -290,8 +291,7 @@ class Simulator:
         """Set the balance as of now (past spend is kept in `accumulate`), the frozen part of
         it (`blocked_asset`: counted in `assets`, not spendable), vouchers, whether WeChat is
         bound, and the enterprise gate."""
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             if balance_yuan is not None:
                 if not math.isfinite(balance_yuan):
                     raise ValueError("balance_yuan must be a finite number")
@@ -320,23 +320,20 @@ class Simulator:
 
     def machines(self) -> list[dict[str, Any]]:
         """Every machine with its configuration plus `free_gpus` and `blacklisted`."""
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             return [{**m.describe(), "free_gpus": self.world.free_gpus(m),
                      "blacklisted": m.machine_id in self.world.blacklist}
                     for m in self.world.machines.values()]
 
     def deployments(self) -> list[dict[str, Any]]:
         """Live (not deleted) deployments as the list endpoint shows them, oldest first."""
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             return [self._api._deployment_view(d) for d in self.world.deployments.values() if not d.deleted]
 
     def containers(self, deployment_uuid: str | None = None) -> list[dict[str, Any]]:
         """Every container (released ones too), oldest first, shaped like the container list,
         plus simulator-only keys `exit_code`, `stop_reason`, `reused_from` and `files`."""
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             return [
                 {**self._api.container_view(c), "exit_code": c.exit_code,
                  "stop_reason": c.stop_reason, "reused_from": c.reused_from, "files": dict(c.files)}

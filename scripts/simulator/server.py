@@ -397,8 +397,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         if port_prefix:
             subpath = subpath[port_prefix.end():] or "/"
         world = self.server.sim.world
-        with world.lock:
-            world.sync()
+        with world.current():
             try:
                 container = world.container(container_uuid)
             except NotFound:
@@ -470,8 +469,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
 
     def _still_running(self, container_uuid: str) -> bool:
         world = self.server.sim.world
-        with world.lock:
-            world.sync()
+        with world.current():
             try:
                 return world.container(container_uuid).status == lc.RUNNING
             except NotFound:

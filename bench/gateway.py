@@ -265,23 +265,29 @@ frontend replicas
     path = directory / "static-upstream.cfg"
     path.write_text(config, encoding="utf-8")
     process = subprocess.Popen([find_binary("haproxy"), "-f", str(path), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for port in ports:
-        wait_for(lambda: listening(port), f"the static upstream on port {port}")
+    try:
+        for port in ports:
+            wait_for(lambda: listening(port), f"the static upstream on port {port}")
+    except SystemExit:
+        stop(process)
+        raise
     return process
 
 
-def start_proxies(directory: Path, folder: str, label: str, upstream_urls: list[str], builds: list[GatewayBuild]) -> list[Proxy]:
-    """Every proxy of a section in front of the same replicas: the gateway builds, HAProxy, nginx."""
+def start_proxies(directory: Path, folder: str, label: str, upstream_urls: list[str], builds: list[GatewayBuild],
+                  proxies: list[Proxy]) -> None:
+    """Every proxy of a section in front of the same replicas (the gateway builds, HAProxy,
+    nginx), each added to `proxies` as it starts, so the caller stops what did start."""
     items = services(upstream_urls)
     registry = registry_file(folder, f"{label}.json", items)
-    proxies = [start_gateway(build, registry, folder) for build in builds]
+    for build in builds:
+        proxies.append(start_gateway(build, registry, folder))
     proxies.append(start_fed_haproxy(directory, f"haproxy-{label}", items))
     if find_binary("nginx"):
         port = free_port()
         addresses = [urlsplit(url).netloc for url in upstream_urls]
         process = start_nginx(directory, label, least_conn_proxy_body(port, addresses), [port], workers=2)
         proxies.append(Proxy("nginx least_conn", f"http://127.0.0.1:{port}", process, "nginx"))
-    return proxies
 
 
 def stop_all(proxies: list[Proxy]) -> None:
@@ -315,8 +321,9 @@ def anchors(directory: Path, folder: str, builds: list[GatewayBuild], concurrenc
     ports = [free_port() for _ in range(REPLICAS)]
     upstream = start_static_upstream(directory, ports)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
-    proxies = start_proxies(directory, folder, "anchors", urls, builds)
+    proxies: list[Proxy] = []
     try:
+        start_proxies(directory, folder, "anchors", urls, builds, proxies)
         targets = [("direct", urls[0], None)] + [(p.name, p.url, p) for p in proxies]
         for name, url, _ in targets if warm else ():  # warm: connection pools, first requests
             wrk(url + "/small", 16, 1)
@@ -387,9 +394,10 @@ async def first_tokens(url: str, path: str, count: int) -> tuple[list[float], in
 
 def streams(directory: Path, folder: str, builds: list[GatewayBuild], stream_urls: list[str], count: int, rounds: int,
             warm: bool) -> None:
-    proxies = start_proxies(directory, folder, "streams", stream_urls, builds)
+    proxies: list[Proxy] = []
     path = "/stream"
     try:
+        start_proxies(directory, folder, "streams", stream_urls, builds, proxies)
         targets = [("direct", stream_urls[0], None)] + [(p.name, p.url, p) for p in proxies]
         for _, url, _ in targets if warm else ():  # warm: the proxies' connections to the replicas
             run_async(first_tokens(url, path, count))
@@ -426,35 +434,36 @@ def streams(directory: Path, folder: str, builds: list[GatewayBuild], stream_url
 
 def scaling(directory: Path, folder: str, builds: list[GatewayBuild], sizes: tuple[int, ...], seconds: int, rounds: int,
             warm: bool) -> None:
+    """Every (build, registry size) gateway runs at once, measured in alternating rounds."""
     ports = [free_port() for _ in range(REPLICAS)]
     upstream = start_static_upstream(directory, ports)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
-    results: dict[tuple[str, int], float] = {}
+    gateways: list[Proxy] = []
     try:
         for size in sizes:
             registry = registry_file(folder, f"scaling-{size}.json", services(urls, size))
-            gateways = [start_gateway(build, registry, folder) for build in builds]
-            try:
-                targets = [(g.name, g.url, g) for g in gateways]
-                for _, url, _ in targets if warm else ():
-                    wrk(url + "/small", 16, 1)
-                for name, median in measure_wrk(targets, "/small", 16, seconds, rounds).items():
-                    results[(name, size)] = median["rps"]
-            finally:
-                stop_all(gateways)
+            for build in builds:
+                gateway = start_gateway(build, registry, folder)
+                gateway.name = f"{build.label} @ {size}"
+                gateways.append(gateway)
+        targets = [(g.name, g.url, g) for g in gateways]
+        for _, url, _ in targets if warm else ():
+            wrk(url + "/small", 16, 1)
+        results = {name: median["rps"] for name, median in measure_wrk(targets, "/small", 16, seconds, rounds).items()}
         rows = []
         for size in sizes:
             row = [f"{size:,}"]
             for build in builds:
-                rps = results[(build.label, size)]
-                row += [f"{rps:,.0f}", f"{rps / results[(build.label, sizes[0])]:.2f}"]
+                rps = results[f"{build.label} @ {size}"]
+                row += [f"{rps:,.0f}", f"{rps / results[f'{build.label} @ {sizes[0]}']:.2f}"]
             rows.append(tuple(row))
         header = ["replicas in the registry"]
         for build in builds:
             header += [f"{build.label} req/s", f"× at {sizes[0]}"]
-        print_markdown_table(f"Selection scaling: gateway req/s (wrk, 16 connections, {seconds} s, median of {rounds} round(s)) "
-                             f"by registry size; the entries share {REPLICAS} static ports", tuple(header), rows)
+        print_markdown_table(f"Selection scaling: gateway req/s (wrk, 16 connections, {seconds} s, median of {rounds} alternating "
+                             f"round(s)) by registry size; the entries share {REPLICAS} static ports", tuple(header), rows)
     finally:
+        stop_all(gateways)
         stop(upstream)
 
 
@@ -510,8 +519,10 @@ async def closed_loop(gateway_urls: list[str], clients_per_gateway: int, request
 def run_policy(build: GatewayBuild, registry: str, folder: str, policy: str, gateway_count: int, clients: int, requests: int,
                direct_url: Optional[str] = None, direct_clients: int = 0):
     extra = ["--policy", policy, "--interval", str(POLICY_INTERVAL)] + (["--load-path", "/metrics"] if policy == "queue_aware" else [])
-    started = [start_gateway(build, registry, folder, *extra) for _ in range(gateway_count)]
+    started: list[Proxy] = []
     try:
+        for _ in range(gateway_count):
+            started.append(start_gateway(build, registry, folder, *extra))
         time.sleep(3 * POLICY_INTERVAL)  # first load reports in
         return asyncio.run(closed_loop([g.url for g in started], clients, requests, direct_url, direct_clients))
     finally:

@@ -161,3 +161,17 @@ def test_the_python_client_snippet_in_the_examples_runs(sim, run, tmp_path, monk
 
 def test_without_code_drops_fenced_blocks():
     assert "## inside" not in without_code("a\n```bash\n## inside\n```\nb\n")
+
+
+def test_the_readme_leads_a_newcomer_through():
+    """Set-up commands first, then contents, what it is, the six-step walkthrough, configuration,
+    layout and where to read more, in that order."""
+    text = read("README.md")
+    headings = re.findall(r"^## (.+)$", without_code(text), re.M)
+    assert headings == ["Contents", "What it is", "Serve an LLM in 6 commands", "Configuration", "Layout", "Where to read more"]
+    before_contents = text[:text.index("## Contents")]
+    assert before_contents.count("```bash") == 2, "the two set-up commands come first"
+    walkthrough = text[text.index("## Serve an LLM in 6 commands"):text.index("## Configuration")]
+    assert re.findall(r"^\*\*(\d)\. ", walkthrough, re.M) == ["1", "2", "3", "4", "5", "6"]
+    for script in ("autodl_sim.py", "queue_submit.py", "serve_gateway.py", "cost_report.py", "delete_deployment.py"):
+        assert script in walkthrough

@@ -24,6 +24,9 @@ DEFAULT_LISTEN = "127.0.0.1:8000"
 # Load reports and registry changes matter on the scale of a request; 1 s keeps routing
 # current without polling a replica's /metrics more than once a second.
 DEFAULT_INTERVAL_SECONDS = 1.0
+# ... and at most ten times a second: each poll asks every replica, and a finer interval only
+# spins a core (the tests run at 0.1 s).
+MIN_INTERVAL_SECONDS = 0.1
 # Two more replicas after the first: enough to ride out one dead container and one that is
 # just leaving, without turning one bad request into a storm.
 DEFAULT_RETRIES = 2
@@ -32,6 +35,11 @@ DEFAULT_RETRIES = 2
 DEFAULT_UPSTREAM_TIMEOUT_SECONDS = 300.0
 # Requests allowed to wait for a replica at once; beyond this they get 503 at once.
 DEFAULT_MAX_QUEUE = 256
+# Each queued request holds a client connection and its body in memory; past this many the
+# machine, not the limit, decides who gets a 503.
+MAX_QUEUE = 100_000
+# A GPU serves a batch of a few hundred at most; "unlimited" is 0, not a huge number.
+MAX_INFLIGHT_PER_REPLICA = 10_000
 # A queued request gets a 503 after this long: long enough for a busy GPU to free up or a
 # replica to be added, short enough for a client's own timeout to see a clear answer.
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
@@ -76,15 +84,15 @@ def build_parser() -> cli.JsonArgumentParser:
     parser.add_argument("--health-path", metavar="P", help="健康检查路径, 如 /health: 被摘除的副本通过检查后才恢复")
     parser.add_argument("--load-path", metavar="P", help="负载报告路径, 如 /metrics (vLLM 的 vllm:num_requests_running/waiting) "
                                                        "或返回 {\"running\": N, \"waiting\": M} 的 JSON")
-    parser.add_argument("--interval", type=cli.positive_seconds, default=DEFAULT_INTERVAL_SECONDS, metavar="S",
+    parser.add_argument("--interval", type=cli.seconds(MIN_INTERVAL_SECONDS), default=DEFAULT_INTERVAL_SECONDS, metavar="S",
                         help=f"轮询负载报告、注册表与健康检查的间隔秒数 (默认 {DEFAULT_INTERVAL_SECONDS:g})")
     parser.add_argument("--retries", type=cli.int_between(0, 10), default=DEFAULT_RETRIES, metavar="N",
                         help=f"失败后在其他副本上重试的次数 (默认 {DEFAULT_RETRIES}; 请求体超过 1 MiB 时不重试)")
     parser.add_argument("--upstream-timeout", type=cli.positive_seconds, default=DEFAULT_UPSTREAM_TIMEOUT_SECONDS, metavar="S",
                         help=f"等副本响应头、以及响应体两块之间的最长秒数 (默认 {DEFAULT_UPSTREAM_TIMEOUT_SECONDS:g})")
-    parser.add_argument("--max-inflight-per-replica", type=cli.non_negative_int, default=0, metavar="N",
+    parser.add_argument("--max-inflight-per-replica", type=cli.int_between(0, MAX_INFLIGHT_PER_REPLICA), default=0, metavar="N",
                         help="每个副本最多同时处理几个本网关的请求, 满了就排队 (默认 0 = 不限)")
-    parser.add_argument("--max-queue", type=cli.non_negative_int, default=DEFAULT_MAX_QUEUE, metavar="N",
+    parser.add_argument("--max-queue", type=cli.int_between(0, MAX_QUEUE), default=DEFAULT_MAX_QUEUE, metavar="N",
                         help=f"最多排队的请求数, 超过直接 503 (默认 {DEFAULT_MAX_QUEUE})")
     parser.add_argument("--queue-timeout", type=cli.positive_seconds, default=DEFAULT_QUEUE_TIMEOUT_SECONDS, metavar="S",
                         help=f"排队最长秒数, 超过返回 503 (默认 {DEFAULT_QUEUE_TIMEOUT_SECONDS:g}); 没有副本时请求也在队列里等")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from autodl_esd.core import cli
 from autodl_esd.serving.autoscale.cli import add_autoscale_arguments
 
@@ -16,10 +18,13 @@ EXAMPLES = [
     "python scripts/serve_gateway.py --registry-url http://127.0.0.1:8765 --listen 0.0.0.0:8000 --auth-token-env GATEWAY_TOKEN",
     "python scripts/serve_gateway.py --deployment-uuid 833f1cd5a764fa3 --registry-redis redis://10.0.0.5:6379/0",
     "python scripts/serve_gateway.py --name my-service --listen 127.0.0.1:0 --detach   # 后台运行, 立即返回 url 与 run_id; 停止: jobs.py --cancel ID",
+    "python scripts/serve_gateway.py --route qwen-7b=my-qwen --route bge-m3=833f1cd5a764fa3 --policy cache_aware   # 按请求体的 model 分给两个部署",
+    "python scripts/serve_gateway.py --route qwen-7b=my-qwen --route-prefix /sd=my-sd   # /sd/... 去掉前缀后转给 my-sd",
+    "python scripts/serve_gateway.py --routes-file routes.json --autoscale --max-hourly-cost 20 --yes",
 ]
 
 # Defaults live here so --help imports nothing heavy (aiohttp, prometheus_client, the watcher).
-POLICY_CHOICES = ("least_inflight", "queue_aware", "round_robin", "random")
+POLICY_CHOICES = ("least_inflight", "queue_aware", "cache_aware", "round_robin", "random")
 DEFAULT_LISTEN = "127.0.0.1:8000"
 # Load reports and registry changes matter on the scale of a request; 1 s keeps routing
 # current without polling a replica's /metrics more than once a second.
@@ -47,6 +52,19 @@ DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
 DEFAULT_DRAIN_SECONDS = 30.0
 # A replica that failed a request is skipped this long, then probed (with --health-path).
 DEFAULT_EJECT_SECONDS = 10.0
+# cache_aware: a replica takes its keys' requests until its in-flight load would pass this
+# factor times the mean (rounded up); policies.DEFAULT_BALANCE_FACTOR says why 1.25.
+DEFAULT_BALANCE_FACTOR = 1.25
+
+
+def float_at_least_one(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"需要一个数字, 收到 {text!r}") from None
+    if not 1.0 <= value <= 100.0:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"需要 1 到 100 之间的数 (如 1.25), 收到 {text!r}")
+    return value
 
 
 def build_parser() -> cli.JsonArgumentParser:
@@ -59,15 +77,27 @@ def build_parser() -> cli.JsonArgumentParser:
         "GET /_gateway/metrics 为 Prometheus 指标。默认只监听本机回环地址; 监听其他地址必须用 --auth-token-env。"
         "就绪时 stdout 输出一行 JSON (url); Ctrl-C / SIGTERM 停止接收、等待进行中的请求后输出汇总 (退出码 0)。"
         "自己发现副本时 (--deployment-uuid / --name / --config), 部署被停止或删除后网关同样结束 "
-        "(stopped_by deployment_stopped / deployment_gone); 读注册表 (--registry*) 时继续监听, 返回 503 no_replicas 并说明部署已结束。",
+        "(stopped_by deployment_stopped / deployment_gone); 读注册表 (--registry*) 时继续监听, 返回 503 no_replicas 并说明部署已结束。"
+        "多个部署放在一个地址后面用 --route MODEL=DEPLOYMENT (可重复): 按请求体的 model 转发; 某个路由的部署结束后只有它返回 503, "
+        "其他路由照常服务, 全部结束时网关结束。",
         EXAMPLES,
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    # One deployment (exactly one of these), or several by --route / --route-prefix / --routes-file.
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--deployment-uuid", metavar="UUID", help="部署 UUID: 网关自己发现副本 (与 discover_services.py --watch 相同)")
     source.add_argument("--name", metavar="NAME", help="按部署名称精确匹配")
     source.add_argument("--config", metavar="FILE", help="按部署配置文件中的 name 查找")
     source.add_argument("--registry", metavar="FILE", help="读取另一个 discover_services.py --watch --out 维护的注册表文件")
     source.add_argument("--registry-url", metavar="URL", help="读取 discover_services.py --serve 的注册表接口, 如 http://127.0.0.1:8765")
+    routes = parser.add_argument_group("多个部署 (路由)")
+    routes.add_argument("--route", action="append", metavar="MODEL=DEPLOYMENT",
+                        help="可重复: 请求体 (JSON) 的 model 等于 MODEL 的请求转给部署 DEPLOYMENT (部署 UUID 或完整名称); "
+                             "GET /v1/models 列出这些模型, 未知模型返回 404 not_found 并列出可用模型。每个路由有自己的副本、策略、排队、指标 (route 标签)")
+    routes.add_argument("--route-prefix", action="append", metavar="/PREFIX=DEPLOYMENT",
+                        help="可重复: 路径以 /PREFIX 开头的请求去掉前缀后转给 DEPLOYMENT (给不按 model 区分的服务, 如 /sd=my-sd 时 /sd/txt2img 转为 /txt2img)")
+    routes.add_argument("--routes-file", metavar="FILE",
+                        help="JSON 路由文件 (格式见 schemas/routes.schema.json): 每个路由还可以有自己的 policy、max_inflight_per_replica "
+                             "和 autoscale (false 或覆盖 --autoscale 参数的对象, 如自己的 max_hourly_cost)")
     parser.add_argument("--registry-redis", metavar="URL",
                         help="跟随 discover_services.py --watch --redis 写在 Redis 里的注册表 (按变化通知, 不轮询), "
                              "部署由 --deployment-uuid / --name / --config 指定; 网关自己不再轮询 AutoDL")
@@ -80,7 +110,10 @@ def build_parser() -> cli.JsonArgumentParser:
     parser.add_argument("--port", type=int, choices=(6006, 6008), help="用副本哪个端口的服务地址 (默认 6006, 没有时用 6008)")
     parser.add_argument("--policy", choices=POLICY_CHOICES, default=POLICY_CHOICES[0],
                         help="选副本的策略: least_inflight (默认, 两选一取在途请求少的), queue_aware (按副本自己报告的排队, "
-                             "需 --load-path), round_robin, random")
+                             "需 --load-path), cache_aware (同一会话 X-Session-ID / 同一对话开头 -> 同一副本, 命中它的前缀缓存; "
+                             "过载时让给最空闲的副本, 见 --balance-factor), round_robin, random")
+    parser.add_argument("--balance-factor", type=float_at_least_one, default=None, metavar="F",
+                        help=f"cache_aware: 选中的副本在途请求数将超过 F x 平均值 (向上取整) 时改发最空闲的副本 (默认 {DEFAULT_BALANCE_FACTOR:g})")
     parser.add_argument("--health-path", metavar="P", help="健康检查路径, 如 /health: 被摘除的副本通过检查后才恢复")
     parser.add_argument("--load-path", metavar="P", help="负载报告路径, 如 /metrics (vLLM 的 vllm:num_requests_running/waiting) "
                                                        "或返回 {\"running\": N, \"waiting\": M} 的 JSON")
@@ -121,7 +154,7 @@ def handle(args, ctx: cli.Context) -> dict:
             raise cli.UsageError("--detach 与 --job-id 不能同时用。", "去掉 --job-id (它只给后台进程自己用)。")
         detached.refuse_passwords_in({"--registry-redis": args.registry_redis, "--registry-url": args.registry_url})
         prepare(args, ctx)  # bad input is an error here, before anything is started
-        argv = cli.command_line(build_parser(), args, drop=("detach", "job_id"), paths=("config", "registry"))
+        argv = cli.command_line(build_parser(), args, drop=("detach", "job_id"), paths=("config", "registry", "routes_file"))
         return {**detached.start_detached("gateway", "serve_gateway.py", argv, ctx.progress), "detached": True}
     if args.job_id:
         return detached.run_service(args.job_id, lambda on_ready: serve(args, ctx, on_ready))

@@ -51,10 +51,24 @@ class LoopThread:
         options.setdefault("interval", 0.1)
         options.setdefault("seed", 1)
         log = options.pop("log", None)
-        gateway = Gateway(source, GatewayOptions(**options), log=log)
+        routes = options.pop("routes", None)  # [(name, source, {"model"|"prefix": ..., route option overrides})]
+        gateway_options = GatewayOptions(**options)
+        if routes is not None:
+            gateway = Gateway(None, gateway_options, routes=[self._route(gateway_options, *route) for route in routes], log=log)
+        else:
+            gateway = Gateway(source, gateway_options, log=log)
         self.run(gateway.start())
         self._cleanups.insert(0, gateway.stop)
         return gateway
+
+    @staticmethod
+    def _route(options: Any, name: str, source: Any, settings: dict[str, Any]) -> Any:
+        import random
+
+        from autodl_esd.serving.routing.routes import Route
+
+        match = {key: settings.pop(key) for key in ("model", "prefix") if key in settings}
+        return Route(name, source, options.route_options(**settings), rng=random.Random(options.seed), **match)
 
     def close(self) -> None:
         for cleanup in self._cleanups:

@@ -26,16 +26,16 @@ DETACH_WAIT_SECONDS = 5.0
 STOP_WAIT_SECONDS = 60.0
 
 
-def snapshot_of(gateway: Any) -> LoadSnapshot:
-    """The gateway's load now (call on its event loop: its replica table has no locks)."""
-    table = gateway.table
+def snapshot_of(route: Any) -> LoadSnapshot:
+    """The route's load now (call on the gateway's event loop: its replica table has no locks)."""
+    table = route.table
     now = table.clock()
     replicas = []
     for replica in table.all_replicas():
         if not replica.in_registry:
             continue
         report = replica.report
-        fresh = report is not None and now - report.at <= gateway.report_max_age
+        fresh = report is not None and now - report.at <= route.report_max_age
         replicas.append(ReplicaLoad(
             container_uuid=replica.container_uuid,
             machine_id=replica.machine_id,
@@ -45,24 +45,25 @@ def snapshot_of(gateway: Any) -> LoadSnapshot:
             healthy=replica.healthy,
         ))
     return LoadSnapshot(queued=table.queued, inflight=sum(r.inflight for r in table.all_replicas()),
-                        replicas=tuple(replicas), requests_total=gateway.totals.proxied)
+                        replicas=tuple(replicas), requests_total=route.totals.proxied)
 
 
 class GatewayAutoscaler:
-    """The autoscaler as a gateway extension (`Gateway.add_extension`): samples the load on the
-    gateway's loop, runs each tick (blocking platform calls) in a worker thread."""
+    """The autoscaler as an extension of one of the gateway's routes (`Gateway.add_extension`;
+    a one-deployment gateway has one route): samples the route's load on the gateway's loop,
+    runs each tick (blocking platform calls) in a worker thread."""
 
     name = "autoscaler"
 
     def __init__(self, autoscaler: Autoscaler):
         self.autoscaler = autoscaler
-        self.gateway: Any = None
+        self.route: Any = None  # routes.Route: its table, totals, registry
         self._task: Optional[asyncio.Task] = None
         self._tick: Optional[asyncio.Future] = None
         self.final: Optional[dict] = None
 
-    async def start(self, gateway: Any) -> None:
-        self.gateway = gateway
+    async def start(self, route: Any) -> None:
+        self.route = route
         self._loop_ref = asyncio.get_running_loop()
         self.autoscaler.before_zero = lambda: self._on_loop(self._detach_replicas)
         self.autoscaler.zero_failed = lambda: self._on_loop(self._reattach_replicas)
@@ -83,7 +84,7 @@ class GatewayAutoscaler:
         """Before scaling to zero: stop routing to the replicas, so a request arriving while
         the registry still lists them waits in the queue (and triggers a scale from zero)
         instead of reaching a container that is being stopped. False if one is in flight."""
-        table = self.gateway.table
+        table = self.route.table
         if table.queued or any(replica.inflight for replica in table.all_replicas()):
             return False
         # Withdrawn, not just emptied: the registry lists these containers until they stop,
@@ -92,20 +93,19 @@ class GatewayAutoscaler:
         return True
 
     def _reattach_replicas(self) -> None:
-        self.gateway.table.restore()
-        self.gateway._view = None  # the next look at the source re-applies the registry
-        self.gateway._refresh_registry()
+        self.route.table.restore()
+        self.route.reapply_registry()
 
     def _waiting_at_zero(self) -> bool:
         view = self.autoscaler.view
-        return self.gateway.table.queued > 0 and view is not None and view.replica_num == 0
+        return self.route.table.queued > 0 and view is not None and view.replica_num == 0
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_tick = 0.0
         while True:
             if time.monotonic() >= next_tick or self._waiting_at_zero():
-                snapshot = snapshot_of(self.gateway)
+                snapshot = snapshot_of(self.route)
                 self._tick = loop.run_in_executor(None, self.autoscaler.tick, snapshot)
                 try:
                     await asyncio.shield(self._tick)

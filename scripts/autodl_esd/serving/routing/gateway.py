@@ -42,17 +42,19 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 from ...core.deps import require
 from ...core.errors import ErrorType, error_document
 from ...core.loopback import host_header_allowed, is_loopback_name
+from .llm_request import SESSION_HEADER, LlmRequest, affinity_key, parse_body
 from .load_report import LoadReportError, parse_load_report
 from .metrics import GatewayMetrics
 from .policies import POLICIES
-from .replicas import NoReplicas, Overloaded, ReplicaTable, Ticket
-from .sources import RegistryView, ReplicaSource
+from .replicas import NoReplicas, Overloaded, Ticket
+from .routes import DEFAULT_ROUTE, Route, RouteMap, RouteOptions, Totals
+from .sources import ReplicaSource
 
 # aiohttp loads with this module (serve.py, tests and benches import it to run a gateway): a
 # missing one is the usual dependency_missing answer with the install command, not a traceback.
@@ -67,6 +69,8 @@ BROKEN_ANSWER = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ai
 STATUS_PATH = "/_gateway/status"
 METRICS_PATH = "/_gateway/metrics"
 GATEWAY_PREFIX = "/_gateway/"
+# With model routes the gateway answers the OpenAI model list itself (the routes' models).
+MODELS_PATH = "/v1/models"
 
 # How often the loop looks at the source for a new registry: reading it is an attribute
 # access, so 0.1 s costs nothing and keeps a replaced replica out within 0.1 s of its removal.
@@ -77,6 +81,12 @@ REPLAY_LIMIT_BYTES = 1024 * 1024
 # Largest request body accepted at all (413 above): generous for prompts and images, and a
 # bound on what a hostile Content-Length can make the gateway stream or hold.
 MAX_REQUEST_BODY_BYTES = 256 * 1024 * 1024
+# A request routed by its JSON `model` is read whole to find it, up to this size (a long
+# chat with a few base64 images); a larger one needs a path-prefix route (413 says so).
+MODEL_BODY_LIMIT_BYTES = 32 * 1024 * 1024
+# Bodies above this are parsed on a worker thread: json.loads of a few MiB would hold the
+# event loop (every other request) for milliseconds.
+PARSE_ON_LOOP_BYTES = 256 * 1024
 # A client that stops sending its body for this long is holding a slot for nothing (408).
 BODY_IDLE_TIMEOUT_SECONDS = 30.0
 # Idle keep-alive connections (and ones that never finish their request line or headers)
@@ -132,6 +142,18 @@ class GatewayOptions:
     body_idle_timeout: float = BODY_IDLE_TIMEOUT_SECONDS
     deployment_uuid: str | None = None
     seed: int | None = None
+    balance_factor: float | None = None  # cache_aware's bounded-load factor (None: the policy's default)
+
+    def route_options(self, **overrides: Any) -> RouteOptions:
+        """A route's options from the gateway's (a routes file may override some per route)."""
+        options = RouteOptions(
+            policy=self.policy, max_inflight_per_replica=self.max_inflight_per_replica, max_queue=self.max_queue,
+            queue_timeout=self.queue_timeout, eject_seconds=self.eject_seconds, probe_before_readmit=bool(self.health_path),
+            report_max_age=REPORT_MAX_AGE_INTERVALS * self.interval, deployment_uuid=self.deployment_uuid,
+            balance_factor=self.balance_factor)
+        for key, value in overrides.items():
+            setattr(options, key, value)
+        return options
 
 
 class GatewayExtension:
@@ -186,44 +208,35 @@ class _JsonErrorServer(web.Server):
         return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
-@dataclass
-class _Totals:
-    requests: int = 0  # requests for the replicas (paths outside /_gateway/), on arrival
-    proxied: int = 0  # of those, past the Host/auth checks (counted on arrival): the autoscaler's idle clock
-    sent_to_replicas: int = 0  # finished requests that reached at least one replica
-    answered_by_gateway: int = 0  # finished requests no replica saw (refused, no replica in time, bad body, client left while queued)
-    gateway_endpoint_requests: int = 0  # /_gateway/status, /_gateway/metrics and other /_gateway/ paths
-    retries: int = 0  # extra attempts on another replica (a request's attempts = 1 + its retries)
-    by_status_class: dict[str, int] = field(default_factory=lambda: {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0, "other": 0})
-    queue_rejections: int = 0
-    aborted_streams: int = 0
-
-
 class Gateway:
-    def __init__(self, source: ReplicaSource, options: GatewayOptions, *, ledger: Any = None,
-                 log: Callable[[str], None] | None = None, access_log: Callable[[str], None] | None = None) -> None:
+    """One deployment (`source`), or several (`routes`, built by the caller: see routes.py)."""
+
+    def __init__(self, source: ReplicaSource | None, options: GatewayOptions, *, ledger: Any = None,
+                 routes: Sequence[Route] | None = None, log: Callable[[str], None] | None = None,
+                 access_log: Callable[[str], None] | None = None) -> None:
         if options.policy not in POLICIES:
             raise ValueError(f"unknown policy {options.policy!r}")
-        self.source = source
         self.options = options
         self.log = log or (lambda message: None)
         self.access_log = access_log
-        rng = random.Random(options.seed)
-        self.report_max_age = REPORT_MAX_AGE_INTERVALS * options.interval
-        policy_class = POLICIES[options.policy]
-        self.policy = (policy_class(rng, max_report_age=self.report_max_age) if options.policy == "queue_aware"
-                       else policy_class(rng))
-        self.table = ReplicaTable(
-            self.policy, max_inflight_per_replica=options.max_inflight_per_replica, max_queue=options.max_queue,
-            queue_timeout=options.queue_timeout, eject_seconds=options.eject_seconds,
-            probe_before_readmit=bool(options.health_path), ledger=ledger, on_change=self.log)
-        self.extensions: list[GatewayExtension] = []
-        self.totals = _Totals()
+        if routes is None:  # one deployment: every request goes to its route
+            if source is None:
+                raise ValueError("a gateway needs a source or routes")
+            routes = [Route(DEFAULT_ROUTE, source, options.route_options(), ledger=ledger,
+                            rng=random.Random(options.seed), log=self.log)]
+            self.router: RouteMap | None = None
+        else:
+            if not routes or source is not None or ledger is not None:
+                raise ValueError("routes bring their own sources and ledgers")
+            self.router = RouteMap(routes)
+        self.routes: dict[str, Route] = {route.name: route for route in routes}
+        self.default_route = None if self.router else routes[0]
+        self.extensions: list[GatewayExtension] = []  # gateway-wide ones; a route's are route.extensions
+        self.totals = Totals()
         self.active_requests = 0  # requests for the replicas in flight (the gateway's own endpoints not counted)
         self.http_active_requests = 0  # every HTTP request in flight (Prometheus http_server_active_requests)
         self.url = ""
         self.started_at = time.time()
-        self._view: RegistryView | None = None
         # Set when an in-process watch ended with its deployment (deployment_stopped / _gone).
         self.ended_by: str | None = None
         self.stop_event: asyncio.Event | None = None
@@ -244,10 +257,37 @@ class Gateway:
         self._idle: asyncio.Event | None = None  # created on the loop in start()
         self._metrics = None
 
+    # What a one-deployment gateway always had, kept for its callers (tests, benches, the autoscaler).
+
+    @property
+    def table(self):
+        return self._single().table
+
+    @property
+    def source(self) -> ReplicaSource:
+        return self._single().source
+
+    @property
+    def policy(self):
+        return self._single().policy
+
+    @property
+    def report_max_age(self) -> float:
+        return self._single().report_max_age
+
+    def _single(self) -> Route:
+        if self.default_route is None:
+            raise AttributeError("a gateway with routes has a table, source and policy per route (gateway.routes)")
+        return self.default_route
+
     # ---- lifecycle -----------------------------------------------------------------------
 
-    def add_extension(self, extension: GatewayExtension) -> None:
-        self.extensions.append(extension)
+    def add_extension(self, extension: GatewayExtension, route: str | None = None) -> None:
+        """A gateway-wide extension, or one of a route (e.g. its autoscaler): started with the route."""
+        if route is None and self.default_route is None:
+            self.extensions.append(extension)
+        else:
+            self.routes[route or DEFAULT_ROUTE].add_extension(extension)
 
     async def start(self) -> str:
         """Bind and serve; returns the URL. Binding errors (OSError) propagate."""
@@ -279,6 +319,9 @@ class Gateway:
                        asyncio.create_task(self._upkeep_loop(), name="gateway-upkeep")]
         for extension in self.extensions:
             await extension.start(self)
+        for route in self.routes.values():
+            for extension in route.extensions:
+                await extension.start(route)
         return self.url
 
     async def drain(self, seconds: float | None = None) -> bool:
@@ -287,9 +330,10 @@ class Gateway:
         if self._site is not None:
             await self._site.stop()  # closes the listening socket: new connections are refused
             self._site = None
-        for waiter in list(self.table._waiters):  # queued requests get their 503 now
-            if not waiter.future.done():
-                waiter.future.set_exception(Overloaded("网关正在关闭"))
+        for route in self.routes.values():
+            for waiter in list(route.table._waiters):  # queued requests get their 503 now
+                if not waiter.future.done():
+                    waiter.future.set_exception(Overloaded("网关正在关闭"))
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=seconds)
             return True
@@ -297,7 +341,7 @@ class Gateway:
             return False
 
     async def stop(self) -> None:
-        for extension in self.extensions:
+        for extension in self.all_extensions():
             try:
                 await extension.stop()
             except Exception as error:  # one extension's bug must not keep the gateway up
@@ -319,46 +363,52 @@ class Gateway:
 
     # ---- background ----------------------------------------------------------------------
 
-    def _refresh_registry(self) -> None:
-        view = self.source.current()
-        if view is not None and view is not self._view:
-            ended_now = view.ended and not (self._view and self._view.ended)
-            self._view = view
-            self.table.update(view.services)
-            if ended_now:
-                self._deployment_ended(view)
+    def all_extensions(self) -> list[GatewayExtension]:
+        return [*self.extensions, *(extension for route in self.routes.values() for extension in route.extensions)]
 
-    def _deployment_ended(self, view: RegistryView) -> None:
-        if self.source.ends_with_deployment:
-            self.ended_by = view.ended
-            self.log(f"{view.ended_reason} 网关随之停止 (stopped_by {view.ended})")
-            if self.stop_event is not None:
-                self.stop_event.set()
-        else:
+    def _refresh_registry(self) -> None:
+        for route in self.routes.values():
+            if route.refresh_registry():
+                self._deployment_ended(route)
+
+    def _deployment_ended(self, route: Route) -> None:
+        view = route.view
+        if not route.source.ends_with_deployment:
             self.log(f"注册表说部署已结束 ({view.ended}): {view.ended_reason} 请求将返回 503 no_replicas")
+            return
+        if self.router is not None and any(other.ended_by is None for other in self.routes.values()):
+            self.log(f"路由 {route.name}: {view.ended_reason} 这个路由的请求返回 503 no_replicas, 其他路由继续服务")
+            return
+        self.ended_by = view.ended
+        self.log(f"{view.ended_reason} 网关随之停止 (stopped_by {view.ended})")
+        if self.stop_event is not None:
+            self.stop_event.set()
 
     async def _registry_loop(self) -> None:
         while True:
             await asyncio.sleep(REGISTRY_TICK_SECONDS)
             try:
                 self._refresh_registry()
-                self.table.sync_remote()  # other gateways' counts, for status and the autoscaler too
-                self.table.dispatch()  # an ejection that ended may free a queued request
+                for route in self.routes.values():
+                    route.table.sync_remote()  # other gateways' counts, for status and the autoscaler too
+                    route.table.dispatch()  # an ejection that ended may free a queued request
             except Exception as error:  # a bad registry item must not stop the refreshes
                 self.log(f"读取注册表出错, 保留当前副本: {type(error).__name__}: {error}")
 
     async def _upkeep_loop(self) -> None:
         while True:
-            if self.options.load_path:
-                for replica in list(self.table.replicas.values()):
-                    if replica.container_uuid not in self._polling:
-                        self._polling.add(replica.container_uuid)
-                        self._spawn(self._poll_load(replica))
-            if self.options.health_path:
-                for replica in self.table.due_for_probe():
-                    if replica.container_uuid not in self._probing:
-                        self._probing.add(replica.container_uuid)
-                        self._spawn(self._probe(replica))
+            for route in self.routes.values():
+                table = route.table
+                if self.options.load_path:
+                    for replica in list(table.replicas.values()):
+                        if replica.container_uuid not in self._polling:
+                            self._polling.add(replica.container_uuid)
+                            self._spawn(self._poll_load(table, replica))
+                if self.options.health_path:
+                    for replica in table.due_for_probe():
+                        if replica.container_uuid not in self._probing:
+                            self._probing.add(replica.container_uuid)
+                            self._spawn(self._probe(table, replica))
             await asyncio.sleep(self.options.interval)
 
     def _spawn(self, coroutine: Any) -> None:
@@ -373,19 +423,19 @@ class Gateway:
             body = await response.content.read(2 * 1024 * 1024)
             return response.status, body, response.headers.get("Content-Type", "")
 
-    async def _poll_load(self, replica) -> None:
+    async def _poll_load(self, table, replica) -> None:
         try:
             status, body, content_type = await self._get(replica.url + self.options.load_path,
                                                          min(LOAD_POLL_TIMEOUT_SECONDS, max(self.options.interval, 0.5)))
             if status != 200:
                 raise LoadReportError(f"HTTP {status}")
-            self.table.record_report(replica, parse_load_report(body, content_type, time.monotonic()))
+            table.record_report(replica, parse_load_report(body, content_type, time.monotonic()))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, LoadReportError) as error:
             replica.report_error = f"{type(error).__name__}: {error}"
         finally:
             self._polling.discard(replica.container_uuid)
 
-    async def _probe(self, replica) -> None:
+    async def _probe(self, table, replica) -> None:
         try:
             status, _, _ = await self._get(replica.url + self.options.health_path, HEALTH_PROBE_TIMEOUT_SECONDS)
             ok = 200 <= status < 300
@@ -394,9 +444,9 @@ class Gateway:
         finally:
             self._probing.discard(replica.container_uuid)
         if ok:
-            self.table.readmit(replica)
+            table.readmit(replica)
         else:
-            self.table.probe_failed(replica)
+            table.probe_failed(replica)
 
     # ---- request handling ----------------------------------------------------------------
 
@@ -408,7 +458,7 @@ class Gateway:
             self.active_requests += 1
             self.totals.requests += 1
         self._idle.clear()
-        outcome = {"served_by": None, "retries": 0}
+        outcome: dict[str, Any] = {"served_by": None, "retries": 0, "route": None, "started": started}
         status = 500
         try:
             response = await self._route(request, outcome)
@@ -421,26 +471,25 @@ class Gateway:
             self.http_active_requests -= 1
             if not own:
                 self.active_requests -= 1
+            if outcome["route"] is not None:
+                outcome["route"].active_requests -= 1
             if self.http_active_requests == 0:
                 self._idle.set()
             elapsed = time.perf_counter() - started
-            self._count(request.method, status, elapsed, own, outcome["served_by"] is not None)
+            self._count(request.method, status, elapsed, own, outcome["served_by"] is not None, outcome["route"])
             if self.access_log is not None:
                 self.access_log(f"{request.remote} \"{request.method} {request.rel_url.path}\" {status} "
                                 f"{elapsed * 1000:.1f}ms served_by={outcome['served_by'] or '-'} retries={outcome['retries']}")
 
-    def _count(self, method: str, status: int, elapsed: float, own: bool, reached_replica: bool) -> None:
-        totals = self.totals
+    def _count(self, method: str, status: int, elapsed: float, own: bool, reached_replica: bool, route: Route | None) -> None:
         if own:
-            totals.gateway_endpoint_requests += 1
+            self.totals.gateway_endpoint_requests += 1
         else:
-            key = f"{status // 100}xx" if 200 <= status < 600 else "other"
-            totals.by_status_class[key] = totals.by_status_class.get(key, 0) + 1
-            if reached_replica:
-                totals.sent_to_replicas += 1
-            else:
-                totals.answered_by_gateway += 1
-        self._metrics.observe(method if method in KNOWN_METHODS else "_OTHER", status, elapsed)
+            self.totals.finished(status, reached_replica)
+            if route is not None:
+                route.totals.finished(status, reached_replica)
+        self._metrics.observe(method if method in KNOWN_METHODS else "_OTHER", status, elapsed,
+                              route.name if route is not None else "")
 
     def _host_allowed(self, request: web.BaseRequest) -> bool:
         if not self._check_host:
@@ -482,8 +531,9 @@ class Gateway:
         self.totals.proxied += 1
         return await self._proxy(request, outcome)
 
-    async def _read_body(self, request: web.BaseRequest) -> tuple[bytes | None, Any]:
-        """(replayable body, None) or (None, async iterator streaming a large body)."""
+    async def _read_body(self, request: web.BaseRequest, keep: int = REPLAY_LIMIT_BYTES) -> tuple[bytes | None, Any]:
+        """(the whole body, None) when it is at most `keep` bytes, else (None, async iterator
+        streaming it); only bodies up to REPLAY_LIMIT_BYTES are replayed on another replica."""
         if not request.body_exists:
             return b"", None
         length = request.content_length
@@ -493,7 +543,7 @@ class Gateway:
         timeout = self.options.body_idle_timeout
         chunks: list[bytes] = []
         size = 0
-        while size <= REPLAY_LIMIT_BYTES:
+        while size <= keep:
             chunk = await asyncio.wait_for(content.readany(), timeout)
             if not chunk:
                 return b"".join(chunks), None
@@ -538,12 +588,17 @@ class Gateway:
         return headers
 
     async def _proxy(self, request: web.BaseRequest, outcome: dict[str, Any]) -> web.StreamResponse:
-        view = self._view
-        if view is not None and view.ended:  # final: no replica will come, so no point queueing
-            return error_response(503, ErrorType.NO_REPLICAS, f"没有可用副本: {view.ended_reason}",
-                                  "部署已停止或删除, 不会再有副本; 换用别的部署。", {"ended": view.ended})
+        route, path = self.default_route, request.raw_path
+        if route is None:
+            route, path = self.router.by_path(path)
+            if route is None and request.method in ("GET", "HEAD") and \
+                    (request.rel_url.path == MODELS_PATH or request.rel_url.path.startswith(MODELS_PATH + "/")):
+                return self._models_answer(request.rel_url.path)
+        if route is not None and route.view is not None and route.view.ended:
+            return self._route_ended(route)
+        by_model = route is None
         try:
-            body, stream = await self._read_body(request)
+            body, stream = await self._read_body(request, MODEL_BODY_LIMIT_BYTES if by_model else REPLAY_LIMIT_BYTES)
         except asyncio.TimeoutError:
             response = error_response(408, ErrorType.BAD_REQUEST, "请求体发送中断 (超时)。", "客户端需要连续发送完整的请求体。")
             response.force_close()  # the rest of the body may still arrive: this connection is done
@@ -553,65 +608,143 @@ class Gateway:
                                       {"max_bytes": MAX_REQUEST_BODY_BYTES})
             response.force_close()  # the unread body makes this connection unusable
             return response
+        parsed = None
+        if body and (by_model or route.policy.uses_affinity):
+            parsed = await self._parse_body(body)
+        if by_model:
+            if stream is not None:
+                return self._model_body_too_large(stream)
+            route = self._route_of_model(parsed)
+            if not isinstance(route, Route):
+                return route  # the error answer
+            if route.view is not None and route.view.ended:
+                return self._route_ended(route)
+        outcome["route"] = route
+        route.active_requests += 1
+        route.totals.requests += 1
+        route.totals.proxied += 1
+        key = affinity_key(request.headers.get(SESSION_HEADER), parsed) if route.policy.uses_affinity else None
+        table = route.table
         headers = self._upstream_headers(request)
         if body and request.content_length is None:
             headers["Content-Length"] = str(len(body))  # a chunked request re-sent with its length
         tried: frozenset = frozenset()
-        attempts = 1 + (self.options.retries if stream is None else 0)
+        attempts = 1 + (self.options.retries if stream is None and len(body) <= REPLAY_LIMIT_BYTES else 0)
         last_failure: str | None = None
         timeout = self._timeout
         for attempt in range(attempts):
             try:
-                ticket = await self.table.acquire(tried)
+                ticket = await table.acquire(tried, key)
             except NoReplicas as reason:
                 if last_failure is not None:
                     return self._upstream_failed(last_failure, tried)
                 return error_response(503, ErrorType.NO_REPLICAS, f"没有可用副本: {reason}",
                                       "副本可能还在启动、健康检查未通过或已全部停止; 稍后重试, 或查看 GET /_gateway/status。",
-                                      {"queue_timeout_seconds": self.options.queue_timeout},
+                                      {"queue_timeout_seconds": route.options.queue_timeout, **self._route_details(route)},
                                       {"Retry-After": self._retry_after()})
             except Overloaded as reason:
                 self.totals.queue_rejections += 1
+                route.totals.queue_rejections += 1
                 return error_response(503, ErrorType.OVERLOADED, f"所有副本都在满负荷处理, 请求未能排上: {reason}",
                                       "稍后重试 (见 Retry-After), 或增加副本 / 调大 --max-queue、--queue-timeout。",
-                                      {"queue_depth": self.table.queued, "max_queue": self.options.max_queue},
+                                      {"queue_depth": table.queued, "max_queue": route.options.max_queue, **self._route_details(route)},
                                       {"Retry-After": self._retry_after()})
             replica = ticket.replica
             tried = tried | {replica.container_uuid}
             outcome["served_by"] = replica.container_uuid
             can_retry = attempt + 1 < attempts
-            url = URL(replica.url + request.raw_path, encoded=True)
+            url = URL(replica.url + path, encoded=True)
             try:
                 upstream = await self._session.request(request.method, url, headers=headers,
                                                        data=stream if stream is not None else (body or None),
                                                        allow_redirects=False, timeout=timeout, compress=None)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 last_failure = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-                self._failed(ticket, "failure", last_failure)
-                if can_retry and self.table.could_serve(tried):
-                    self._retried(replica, outcome)
+                self._failed(table, ticket, "failure", last_failure)
+                if can_retry and table.could_serve(tried):
+                    self._retried(route, replica, outcome)
                     continue
                 return self._upstream_failed(last_failure, tried)
             except BaseException:
-                self.table.finish(ticket, "cancelled")
+                table.finish(ticket, "cancelled")
                 raise
-            if upstream.status in RETRY_STATUSES and can_retry and self.table.could_serve(tried):
+            if upstream.status in RETRY_STATUSES and can_retry and table.could_serve(tried):
                 last_failure = f"HTTP {upstream.status}"
                 upstream.release()
-                self._failed(ticket, "error", last_failure)
-                self._retried(replica, outcome)
+                self._failed(table, ticket, "error", last_failure)
+                self._retried(route, replica, outcome)
                 continue
-            return await self._relay(request, upstream, ticket)
+            return await self._relay(request, upstream, ticket, route, outcome["started"])
         return self._upstream_failed(last_failure or "no attempt", tried)  # not reached: the loop returns
 
-    def _retried(self, replica, outcome: dict[str, Any]) -> None:
+    async def _parse_body(self, body: bytes) -> LlmRequest:
+        if len(body) <= PARSE_ON_LOOP_BYTES:
+            return parse_body(body)
+        return await asyncio.get_running_loop().run_in_executor(None, parse_body, body)
+
+    # ---- answers of a gateway with routes ------------------------------------------------
+
+    def _route_details(self, route: Route) -> dict[str, Any]:
+        return {} if self.router is None else {"route": route.name, "deployment_uuid": route.deployment_uuid}
+
+    def _route_ended(self, route: Route) -> web.Response:
+        view = route.view
+        hint = "部署已停止或删除, 不会再有副本; 换用别的部署。"
+        if self.router is not None:
+            hint = "这个路由的部署已停止或删除, 不会再有副本; 其他路由照常服务。重新部署后用新的 --route 重启网关。"
+        return error_response(503, ErrorType.NO_REPLICAS, f"没有可用副本: {view.ended_reason}", hint,
+                              {"ended": view.ended, **self._route_details(route)})
+
+    def _known(self) -> dict[str, Any]:
+        return {"available_models": self.router.models, "available_prefixes": [prefix for prefix, _ in self.router.prefixes]}
+
+    def _route_of_model(self, parsed: LlmRequest | None) -> Route | web.Response:
+        model = parsed.model if parsed is not None else None
+        if model is None:
+            return error_response(400, ErrorType.BAD_REQUEST, "请求没有指明模型: 网关按请求体 (JSON) 的 model 字段选择部署。",
+                                  "在 JSON 请求体中写 \"model\": 下面可用模型之一 (GET /v1/models 列出); "
+                                  "非 OpenAI 风格的服务用路径前缀路由 (--route-prefix)。", self._known())
+        route = self.router.by_model.get(model)
+        if route is None:
+            return self._unknown_model(model)
+        return route
+
+    def _unknown_model(self, model: str) -> web.Response:
+        return error_response(404, ErrorType.NOT_FOUND, f"没有模型 {model!r} 的路由。",
+                              "model 要与可用模型之一完全一致 (区分大小写); 可用模型见 details.available_models 或 GET /v1/models。",
+                              {"model": model, **self._known()})
+
+    def _model_body_too_large(self, stream: Any) -> web.Response:
+        if hasattr(stream, "aclose"):
+            self._spawn(stream.aclose())
+        response = error_response(413, ErrorType.BAD_REQUEST,
+                                  f"按 model 路由的请求体最多 {MODEL_BODY_LIMIT_BYTES} 字节 (要读完整个 JSON 才知道 model)。",
+                                  "减小请求体; 或给这个部署配一个路径前缀路由 (--route-prefix), 按路径转发的请求体不受这个限制。",
+                                  {"max_bytes": MODEL_BODY_LIMIT_BYTES, **self._known()})
+        response.force_close()  # the unread body makes this connection unusable
+        return response
+
+    def _models_answer(self, path: str) -> web.Response:
+        """GET /v1/models (and /v1/models/{id}) in OpenAI's format: the model routes."""
+        created = int(self.started_at)
+
+        def entry(model: str) -> dict[str, Any]:
+            return {"id": model, "object": "model", "created": created, "owned_by": "autodl-esd"}
+
+        if path.rstrip("/") == MODELS_PATH:
+            return json_response(200, {"object": "list", "data": [entry(model) for model in self.router.models]})
+        model = path[len(MODELS_PATH) + 1:]
+        return json_response(200, entry(model)) if model in self.router.by_model else self._unknown_model(model)
+
+    def _retried(self, route: Route, replica, outcome: dict[str, Any]) -> None:
         replica.retries += 1
         self.totals.retries += 1
+        route.totals.retries += 1
         outcome["retries"] += 1
 
-    def _failed(self, ticket: Ticket, outcome: str, reason: str) -> None:
-        self.table.eject(ticket.replica, reason)
-        self.table.finish(ticket, outcome)
+    def _failed(self, table, ticket: Ticket, outcome: str, reason: str) -> None:
+        table.eject(ticket.replica, reason)
+        table.finish(ticket, outcome)
 
     def _retry_after(self) -> str:
         # Long enough for a queue to move or a replica to start being probed; whole seconds (RFC 9110).
@@ -622,8 +755,10 @@ class Gateway:
                               "网关已在其他副本上重试; 查看 GET /_gateway/status 中各副本的状态, 稍后重试。",
                               {"reason": reason, "tried": sorted(tried)})
 
-    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, ticket: Ticket) -> web.StreamResponse:
+    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, ticket: Ticket, route: Route,
+                     started: float) -> web.StreamResponse:
         """Stream the replica's answer to the client chunk by chunk; nothing is retried from here."""
+        table = route.table
         named = {token.strip().lower() for token in upstream.headers.get("Connection", "").split(",")} \
             if "Connection" in upstream.headers else ()
         headers = CIMultiDict()
@@ -636,7 +771,7 @@ class Gateway:
         outcome = "error" if upstream.status >= 500 else "success"
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY_BYTES and request.method != "HEAD":
-            return await self._relay_small(upstream, ticket, headers, outcome)
+            return await self._relay_small(upstream, table, ticket, headers, outcome)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if length is not None:
             response.content_length = length
@@ -649,8 +784,9 @@ class Gateway:
                 # The replica died (or stalled) mid-answer: end this client's stream with an
                 # error (no final chunk, connection closed), never a hang; eject the replica.
                 outcome = "failure"
-                self.table.eject(ticket.replica, f"响应中途断开: {type(error).__name__}")
+                table.eject(ticket.replica, f"响应中途断开: {type(error).__name__}")
                 self.totals.aborted_streams += 1
+                route.totals.aborted_streams += 1
                 if request.transport is not None:
                     request.transport.close()
                 return response
@@ -662,9 +798,9 @@ class Gateway:
             raise
         finally:
             upstream.release()
-            self.table.finish(ticket, outcome)
+            table.finish(ticket, outcome)
 
-    async def _relay_small(self, upstream: aiohttp.ClientResponse, ticket: Ticket, headers: CIMultiDict,
+    async def _relay_small(self, upstream: aiohttp.ClientResponse, table, ticket: Ticket, headers: CIMultiDict,
                            outcome: str) -> web.StreamResponse:
         """A small answer of known length goes out in one write (headers and body together):
         half the system calls of streaming it, which is most of a small request's cost."""
@@ -672,7 +808,7 @@ class Gateway:
             body = await upstream.read()
         except BROKEN_ANSWER as error:
             outcome = "failure"  # it answered, so the request may have run: never replayed
-            self.table.eject(ticket.replica, f"响应中途断开: {type(error).__name__}")
+            table.eject(ticket.replica, f"响应中途断开: {type(error).__name__}")
             return self._upstream_failed(f"{type(error).__name__}: 响应体未完整到达", frozenset({ticket.replica.container_uuid}))
         except BaseException:
             outcome = "cancelled"
@@ -680,40 +816,45 @@ class Gateway:
             raise
         finally:
             upstream.release()
-            self.table.finish(ticket, outcome)
+            table.finish(ticket, outcome)
         return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
     # ---- what status, metrics and an autoscaler read -------------------------------------
 
     def registry_state(self) -> dict[str, Any]:
-        view = self._view
-        error = self.source.last_error()
-        if view is None:
-            return {"source": self.source.description, "age_seconds": None, "stale": True,
-                    "stale_reason": error or "还没有读到注册表", "generated_at": None}
-        age = max(0.0, time.monotonic() - view.read_at)
-        reason = view.stale_reason
-        if reason is None and age > self.source.stale_after:
-            reason = f"注册表已 {age:.1f} 秒没有更新 (超过 {self.source.stale_after:g} 秒)"
-        if reason is None and error:
-            reason = f"读取注册表失败: {error}"
-        if view.ended:  # final: the watcher stopped on purpose, its silence is not staleness
-            return {"source": self.source.description, "age_seconds": round(age, 3), "stale": False, "stale_reason": None,
-                    "generated_at": view.generated_at, "ended": view.ended, "ended_reason": view.ended_reason}
-        return {"source": self.source.description, "age_seconds": round(age, 3), "stale": reason is not None,
-                "stale_reason": reason, "generated_at": view.generated_at}
+        return self._single().registry_state()
 
     def load(self) -> dict[str, Any]:
         """The autoscaler's input (see the module docstring)."""
-        load = self.table.load(self.report_max_age)
-        load["registry_stale"] = self.registry_state()["stale"]
-        load["active_requests"] = self.active_requests
-        return load
+        return self._single().load(self.active_requests)
 
     def status(self) -> dict[str, Any]:
+        head = {"status": "success", "url": self.url}
+        uptime = {"uptime_seconds": round(time.time() - self.started_at, 3)}
+        totals = {"totals": {**self.totals.document(), "active": self.active_requests}}
+        if self.default_route is not None:
+            route = self.default_route
+            return {**head, "deployment_uuid": route.deployment_uuid, "policy": self.options.policy, **uptime,
+                    **self._route_status(route, self.active_requests), **totals,
+                    "extensions": {extension.name: extension.status() for extension in self.all_extensions()}}
+        return {**head, **uptime,
+                "routes": [{**self._route_identity(route), "policy": route.options.policy,
+                            **self._route_status(route, route.active_requests),
+                            "totals": {**route.totals.document(with_endpoints=False), "active": route.active_requests},
+                            "extensions": {extension.name: extension.status() for extension in route.extensions}}
+                           for route in self.routes.values()],
+                **totals, "extensions": {extension.name: extension.status() for extension in self.extensions}}
+
+    @staticmethod
+    def _route_identity(route: Route) -> dict[str, Any]:
+        match = {"model": route.model} if route.model is not None else {"prefix": route.prefix}
+        return {"route": route.name, **match, "deployment_uuid": route.deployment_uuid}
+
+    def _route_status(self, route: Route, active: int) -> dict[str, Any]:
         now = time.monotonic()
+        table = route.table
         replicas = []
-        for replica in self.table.all_replicas():
+        for replica in table.all_replicas():
             report = replica.report
             replicas.append({
                 "container_uuid": replica.container_uuid, "url": replica.url, "machine_id": replica.machine_id,
@@ -725,49 +866,48 @@ class Gateway:
                                                             "age_seconds": round(now - report.at, 3)},
                 "load_report_error": replica.report_error,
             })
+        options = route.options
         return {
-            "status": "success",
-            "url": self.url,
-            "deployment_uuid": self.options.deployment_uuid or (self._view.deployment_uuid if self._view else None),
-            "policy": self.options.policy,
-            "uptime_seconds": round(time.time() - self.started_at, 3),
-            "registry": self.registry_state(),
-            "queue": {"depth": self.table.queued, "max": self.options.max_queue, "timeout_seconds": self.options.queue_timeout,
-                      "max_inflight_per_replica": self.options.max_inflight_per_replica or None},
-            "load": self.load(),
+            "registry": route.registry_state(),
+            "queue": {"depth": table.queued, "max": options.max_queue, "timeout_seconds": options.queue_timeout,
+                      "max_inflight_per_replica": options.max_inflight_per_replica or None},
+            "load": route.load(active),
             "replicas": replicas,
-            "departed_replicas": self._departed(),
-            **self._departed_beyond(),
-            "totals": {**self._totals(), "active": self.active_requests},
-            "extensions": {extension.name: extension.status() for extension in self.extensions},
+            "departed_replicas": self._departed(table),
+            **self._departed_beyond(table),
         }
 
-    def _totals(self) -> dict[str, Any]:
-        totals = self.totals
-        return {"requests": totals.requests, "sent_to_replicas": totals.sent_to_replicas,
-                "answered_by_gateway": totals.answered_by_gateway, "retries": totals.retries,
-                "by_status_class": dict(totals.by_status_class), "queue_rejections": totals.queue_rejections,
-                "aborted_streams": totals.aborted_streams, "gateway_endpoint_requests": totals.gateway_endpoint_requests}
-
-    def _departed(self) -> list[dict[str, Any]]:
+    def _departed(self, table) -> list[dict[str, Any]]:
         """Replicas that left (scale-down, replaced), with the counts they took with them."""
-        now = self.table.clock()
+        now = table.clock()
         return [{"container_uuid": r.container_uuid, "machine_id": r.machine_id, "requests": dict(r.outcomes),
                  "retries": r.retries, "ejections": r.ejections,
                  "departed_seconds_ago": round(max(0.0, now - r.departed_at), 3) if r.departed_at is not None else None}
-                for r in self.table.departed.values()]
+                for r in table.departed.values()]
 
-    def _departed_beyond(self) -> dict[str, Any]:
-        beyond = self.table.departed_beyond
+    @staticmethod
+    def _departed_beyond(table) -> dict[str, Any]:
+        beyond = table.departed_beyond
         if not beyond["replicas"]:
             return {}
         return {"departed_replicas_not_listed": {"replicas": beyond["replicas"], "requests": dict(beyond["requests"]),
                                                  "retries": beyond["retries"], "ejections": beyond["ejections"]}}
 
-    def summary(self) -> dict[str, Any]:
-        return {"url": self.url, "deployment_uuid": self.status()["deployment_uuid"], **self._totals(),
-                "replicas": [{"container_uuid": r.container_uuid, "requests": dict(r.outcomes), "retries": r.retries,
-                              "ejections": r.ejections} for r in self.table.all_replicas()],
+    def _replica_counts(self, table) -> dict[str, Any]:
+        return {"replicas": [{"container_uuid": r.container_uuid, "requests": dict(r.outcomes), "retries": r.retries,
+                              "ejections": r.ejections} for r in table.all_replicas()],
                 "departed_replicas": [{key: entry[key] for key in ("container_uuid", "requests", "retries", "ejections")}
-                                      for entry in self._departed()],
-                **self._departed_beyond()}
+                                      for entry in self._departed(table)],
+                **self._departed_beyond(table)}
+
+    def summary(self) -> dict[str, Any]:
+        if self.default_route is not None:
+            route = self.default_route
+            return {"url": self.url, "deployment_uuid": route.deployment_uuid, **self.totals.document(),
+                    **self._replica_counts(route.table)}
+        routes = []
+        for route in self.routes.values():
+            ended = {"ended": route.ended_by} if route.ended_by else {}
+            routes.append({**self._route_identity(route), **ended, **route.totals.document(with_endpoints=False),
+                           **self._replica_counts(route.table)})
+        return {"url": self.url, **self.totals.document(), "routes": routes}

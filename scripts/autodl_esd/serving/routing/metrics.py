@@ -14,6 +14,10 @@ Names follow OpenTelemetry's HTTP server conventions where one exists:
 - `gateway_replicas` gauge {state}: ready, ejected, unhealthy, draining
 - `gateway_registry_stale` gauge (1 = serving the last good registry), `gateway_registry_age_seconds`
 
+A gateway with routes (serve_gateway.py --route) puts a `route` label first on every family
+above except `http_server_active_requests`, and on its routes' extensions' families (each
+route's autoscaler).
+
 Per-replica series are produced at scrape time from the replica table, so a replica that
 left leaves no stale series behind.
 """
@@ -38,12 +42,10 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 
 class Measured(Protocol):
     """What the metrics read of a gateway (`gateway.Gateway` is one)."""
 
-    table: Any  # replicas.ReplicaTable
-    totals: Any  # queue_rejections
-    extensions: Iterable[Any]  # each with collect()
+    routes: dict[str, Any]  # routes.Route by name: table, totals, registry_state(), extensions
+    router: Any  # None for a one-deployment gateway (no `route` label)
+    extensions: Iterable[Any]  # gateway-wide ones, each with collect()
     http_active_requests: int
-
-    def registry_state(self) -> dict[str, Any]: ...
 
 
 class _TableCollector:
@@ -52,65 +54,96 @@ class _TableCollector:
 
     def collect(self) -> Any:
         gateway = self.gateway
-        table = gateway.table
+        routed = gateway.router is not None
+        head = ["route"] if routed else []
         now = time.monotonic()
-        inflight = families.GaugeMetricFamily("gateway_replica_inflight", "Requests this gateway has in flight on the replica.",
-                                              labels=["container_uuid"])
-        requests = families.CounterMetricFamily("gateway_replica_requests", "Requests sent to the replica, by outcome.",
-                                                labels=["container_uuid", "outcome"])
-        retries = families.CounterMetricFamily("gateway_replica_retries", "Requests that failed on the replica and were retried on another.",
-                                               labels=["container_uuid"])
-        ejections = families.CounterMetricFamily("gateway_replica_ejections", "Times the replica was ejected after a failure.",
-                                                 labels=["container_uuid"])
-        running = families.GaugeMetricFamily("gateway_replica_reported_running", "Running requests in the replica's last load report.",
-                                             labels=["container_uuid"])
-        waiting = families.GaugeMetricFamily("gateway_replica_reported_waiting", "Waiting requests in the replica's last load report.",
-                                             labels=["container_uuid"])
-        states: dict[str, int] = {"ready": 0, "ejected": 0, "unhealthy": 0, "draining": 0}
-        for replica in table.all_replicas():
-            uuid = replica.container_uuid
-            states[replica.state(now)] += 1
-            inflight.add_metric([uuid], replica.inflight)
-            for outcome, count in replica.outcomes.items():
-                requests.add_metric([uuid, outcome], count)
-            retries.add_metric([uuid], replica.retries)
-            ejections.add_metric([uuid], replica.ejections)
-            if replica.report is not None:
-                running.add_metric([uuid], replica.report.running)
-                waiting.add_metric([uuid], replica.report.waiting)
-        by_state = families.GaugeMetricFamily("gateway_replicas", "Replicas by state.", labels=["state"])
-        for state, count in states.items():
-            by_state.add_metric([state], count)
-        queue = families.GaugeMetricFamily("gateway_queue_depth", "Requests waiting for a replica.", value=table.queued)
-        rejections = families.CounterMetricFamily("gateway_queue_rejections", "Requests answered 503 because no replica had room in time.",
-                                                  value=gateway.totals.queue_rejections)
-        registry = gateway.registry_state()
-        stale = families.GaugeMetricFamily("gateway_registry_stale", "1 while the gateway serves the last good registry.",
-                                           value=1 if registry["stale"] else 0)
-        age = families.GaugeMetricFamily("gateway_registry_age_seconds", "Seconds since the registry was last read fresh.",
-                                         value=registry["age_seconds"] if registry["age_seconds"] is not None else float("nan"))
+
+        def family(kind: Any, name: str, documentation: str, labels: list[str]) -> Any:
+            return kind(name, documentation, labels=head + labels)
+
+        gauge, counter = families.GaugeMetricFamily, families.CounterMetricFamily
+        inflight = family(gauge, "gateway_replica_inflight", "Requests this gateway has in flight on the replica.", ["container_uuid"])
+        requests = family(counter, "gateway_replica_requests", "Requests sent to the replica, by outcome.", ["container_uuid", "outcome"])
+        retries = family(counter, "gateway_replica_retries", "Requests that failed on the replica and were retried on another.",
+                         ["container_uuid"])
+        ejections = family(counter, "gateway_replica_ejections", "Times the replica was ejected after a failure.", ["container_uuid"])
+        running = family(gauge, "gateway_replica_reported_running", "Running requests in the replica's last load report.",
+                         ["container_uuid"])
+        waiting = family(gauge, "gateway_replica_reported_waiting", "Waiting requests in the replica's last load report.",
+                         ["container_uuid"])
+        by_state = family(gauge, "gateway_replicas", "Replicas by state.", ["state"])
+        queue = family(gauge, "gateway_queue_depth", "Requests waiting for a replica.", [])
+        rejections = family(counter, "gateway_queue_rejections", "Requests answered 503 because no replica had room in time.", [])
+        stale = family(gauge, "gateway_registry_stale", "1 while the gateway serves the last good registry.", [])
+        age = family(gauge, "gateway_registry_age_seconds", "Seconds since the registry was last read fresh.", [])
+        for route in gateway.routes.values():
+            table = route.table
+            mark = [route.name] if routed else []
+            states: dict[str, int] = {"ready": 0, "ejected": 0, "unhealthy": 0, "draining": 0}
+            for replica in table.all_replicas():
+                uuid = replica.container_uuid
+                states[replica.state(now)] += 1
+                inflight.add_metric(mark + [uuid], replica.inflight)
+                for outcome, count in replica.outcomes.items():
+                    requests.add_metric(mark + [uuid, outcome], count)
+                retries.add_metric(mark + [uuid], replica.retries)
+                ejections.add_metric(mark + [uuid], replica.ejections)
+                if replica.report is not None:
+                    running.add_metric(mark + [uuid], replica.report.running)
+                    waiting.add_metric(mark + [uuid], replica.report.waiting)
+            for state, count in states.items():
+                by_state.add_metric(mark + [state], count)
+            queue.add_metric(mark, table.queued)
+            rejections.add_metric(mark, route.totals.queue_rejections)
+            registry = route.registry_state()
+            stale.add_metric(mark, 1 if registry["stale"] else 0)
+            age.add_metric(mark, registry["age_seconds"] if registry["age_seconds"] is not None else float("nan"))
         yield from (inflight, requests, retries, ejections, running, waiting, by_state, queue, rejections, stale, age)
         for extension in gateway.extensions:
             yield from extension.collect()
+        yield from _route_extension_families(gateway, routed)
+
+
+def _route_extension_families(gateway: Measured, routed: bool) -> Iterable[Any]:
+    """The routes' extensions' families (e.g. each route's autoscaler); with several routes,
+    each family once, its samples labelled with their route."""
+    if not routed:
+        for route in gateway.routes.values():
+            for extension in route.extensions:
+                yield from extension.collect()
+        return
+    merged: dict[str, Any] = {}
+    for route in gateway.routes.values():
+        for extension in route.extensions:
+            for metric in extension.collect():
+                into = merged.get(metric.name)
+                if into is None:
+                    into = merged[metric.name] = prometheus.Metric(metric.name, metric.documentation, metric.type)
+                for sample in metric.samples:
+                    into.add_sample(sample.name, {"route": route.name, **sample.labels}, sample.value,
+                                    sample.timestamp, sample.exemplar)
+    yield from merged.values()
 
 
 class GatewayMetrics:
     def __init__(self, gateway: Measured) -> None:
+        self.routed = gateway.router is not None
         self.registry = prometheus.CollectorRegistry(auto_describe=False)
         self.duration = prometheus.Histogram("http_server_request_duration_seconds", "Duration of HTTP server requests.",
-                                             ["http_request_method", "http_response_status_code"], buckets=DURATION_BUCKETS,
-                                             registry=self.registry)
+                                             (["route"] if self.routed else []) + ["http_request_method", "http_response_status_code"],
+                                             buckets=DURATION_BUCKETS, registry=self.registry)
         self.active = prometheus.Gauge("http_server_active_requests", "Number of active HTTP server requests.", registry=self.registry)
         # OpenTelemetry's meaning: every HTTP request in flight, this scrape included (idle.py counts on it).
         self.active.set_function(lambda: gateway.http_active_requests)
         self.registry.register(_TableCollector(gateway))
-        self._children: dict[tuple[str, int], Any] = {}
+        self._children: dict[tuple[str, int, str], Any] = {}
 
-    def observe(self, method: str, status: int, seconds: float) -> None:
-        key = (method, status)
+    def observe(self, method: str, status: int, seconds: float, route: str = "") -> None:
+        key = (method, status, route)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.duration.labels(method, str(status))
+            labels = (route, method, str(status)) if self.routed else (method, str(status))
+            child = self._children[key] = self.duration.labels(*labels)
         child.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:

@@ -23,6 +23,7 @@ and `service_seconds` (its learned time per request, see `replicas.learn_service
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -34,6 +35,7 @@ from .load_report import LoadReport
 class ReplicaView(Protocol):
     """What a policy reads of a replica."""
 
+    container_uuid: str
     inflight: int
     remote_inflight: int
     report: Optional[LoadReport]
@@ -51,12 +53,20 @@ class Policy:
 
     name = ""
     choices: Optional[int] = None
+    # True for a policy that routes by the request's affinity key (the gateway computes one
+    # only then: it means parsing the request body).
+    uses_affinity = False
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
 
     def select_replica(self, candidates: Sequence[ReplicaView]) -> ReplicaView:
         raise NotImplementedError
+
+    def select(self, candidates: Sequence[ReplicaView], key: int | None = None) -> ReplicaView:
+        """What the replica table calls: `key` is the request's affinity key (llm_request),
+        None without one; a policy that does not route by it ignores it."""
+        return self.select_replica(candidates)
 
     def load_of(self, replica: ReplicaView) -> float:
         """The work ahead of a new request on `replica`, as this policy sees it (before it is
@@ -153,5 +163,76 @@ class QueueAware(Policy):
         return min(scored, key=lambda item: item[:2])[2]
 
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (LeastInflight, RoundRobin, Random, QueueAware)}
+# cache_aware's bound: a replica may carry up to this factor times the mean in-flight load
+# (rounded up) before its keys spill. 1.25 is the factor Mirrokni et al. found keeps
+# most keys at home while capping the busiest server; HAProxy's hash-balance-factor 125.
+DEFAULT_BALANCE_FACTOR = 1.25
+_MASK64 = (1 << 64) - 1
+# Container uuids whose hash is remembered; replicas change rarely, the bound only keeps a
+# long churn (an autoscaler replacing containers for weeks) from growing the dict forever.
+UUID_HASHES_KEPT = 4096
+
+
+def _mix64(value: int) -> int:
+    """splitmix64's finaliser: a fast, well-spread 64-bit integer hash."""
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+class CacheAware(Policy):
+    """Requests with the same affinity key (llm_request: the X-Session-ID header, else the
+    leading messages or prompt) go to the same replica, so its prefix cache (vLLM's automatic
+    prefix caching) is hit again.
+
+    Rendezvous (highest random weight) hashing of the key over the candidates' container
+    uuids: every gateway ranks the replicas the same way, and a replica that leaves or joins
+    moves only the keys it wins. Bounded load (consistent hashing with bounded loads; HAProxy's
+    hash-balance-factor): when the chosen replica's load (in flight, other gateways' included)
+    would pass ceil(balance_factor x the mean load after this request), the request goes to
+    the least-loaded candidate instead. A request without a key: two choices, like
+    least_inflight."""
+
+    name = "cache_aware"
+    uses_affinity = True
+
+    def __init__(self, rng: random.Random | None = None, balance_factor: float = DEFAULT_BALANCE_FACTOR) -> None:
+        super().__init__(rng)
+        if not balance_factor >= 1.0:
+            raise ValueError(f"balance_factor must be >= 1, got {balance_factor!r}")
+        self.balance_factor = balance_factor
+        self._uuid_hashes: dict[str, int] = {}
+        self.spills = 0  # requests that went to the least-loaded replica because theirs was full
+
+    def _uuid_hash(self, container_uuid: str) -> int:
+        known = self._uuid_hashes.get(container_uuid)
+        if known is None:
+            if len(self._uuid_hashes) >= UUID_HASHES_KEPT:
+                self._uuid_hashes.clear()
+            digest = hashlib.blake2b(container_uuid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            known = self._uuid_hashes[container_uuid] = int.from_bytes(digest, "big")
+        return known
+
+    def home(self, candidates: Sequence[ReplicaView], key: int) -> ReplicaView:
+        """The replica `key` belongs to among `candidates`, load aside."""
+        return max(candidates, key=lambda r: _mix64(key ^ self._uuid_hash(r.container_uuid)))
+
+    def select(self, candidates, key=None):
+        if len(candidates) == 1:
+            return candidates[0]
+        if key is None:
+            return self.select_replica(candidates)
+        chosen = self.home(candidates, key)
+        total = sum(r.inflight + r.remote_inflight for r in candidates)
+        bound = math.ceil(self.balance_factor * (total + 1) / len(candidates))
+        if chosen.inflight + chosen.remote_inflight + 1 <= bound:
+            return chosen
+        self.spills += 1
+        return min(candidates, key=lambda r: (r.inflight + r.remote_inflight, self.rng.random()))
+
+    def select_replica(self, candidates):
+        return self._two_choices(candidates, lambda r: r.inflight + r.remote_inflight)
+
+
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (LeastInflight, RoundRobin, Random, QueueAware, CacheAware)}
 DEFAULT_POLICY = LeastInflight.name

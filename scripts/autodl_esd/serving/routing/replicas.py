@@ -143,6 +143,7 @@ def learn_service_time(replica: Replica, duration: float, ahead: float) -> None:
 class _Waiter:
     future: asyncio.Future
     exclude: frozenset
+    key: int | None = None
     since: float = field(default_factory=time.monotonic)
 
 
@@ -269,16 +270,16 @@ class ReplicaTable:
         """Some healthy replica not in `exclude` exists (it may be busy right now)."""
         return any(r.healthy and uuid not in exclude for uuid, r in self.replicas.items())
 
-    def try_start(self, exclude: frozenset = frozenset()) -> Ticket | None:
+    def try_start(self, exclude: frozenset = frozenset(), key: int | None = None) -> Ticket | None:
         self.sync_remote()
         wanted = self.policy.choices
         drawn = self._draw(wanted, exclude) if wanted else None
         if drawn is not None:
-            return self.start(self.policy.select_replica(drawn))
+            return self.start(self.policy.select(drawn, key))
         candidates = self.candidates(exclude)
         if not candidates:
             return None
-        return self.start(self.policy.select_replica(candidates))
+        return self.start(self.policy.select(candidates, key))
 
     def _draw(self, wanted: int, exclude: frozenset) -> list[Replica] | None:
         """`wanted` distinct usable replicas drawn uniformly from the routable ones, or None
@@ -322,10 +323,11 @@ class ReplicaTable:
         self.policy.on_request_start(replica)
         return Ticket(replica, replica.report_generation, ahead, self.clock())
 
-    async def acquire(self, exclude: frozenset = frozenset()) -> Ticket:
-        """A ticket now, or after waiting in the queue; raises NoReplicas / Overloaded."""
+    async def acquire(self, exclude: frozenset = frozenset(), key: int | None = None) -> Ticket:
+        """A ticket now, or after waiting in the queue; raises NoReplicas / Overloaded.
+        `key` is the request's affinity key for the policy (None: none)."""
         if not self._waiters:
-            ticket = self.try_start(exclude)
+            ticket = self.try_start(exclude, key)
             if ticket is not None:
                 return ticket
         if exclude and not self.could_serve(exclude):
@@ -333,7 +335,7 @@ class ReplicaTable:
         if len(self._waiters) >= self.max_queue:
             self.queue_rejections += 1
             raise self._refusal(queue_full=True)
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude, key)
         self._waiters.append(waiter)
         try:
             done, _ = await asyncio.wait((waiter.future,), timeout=self.queue_timeout)
@@ -368,7 +370,7 @@ class ReplicaTable:
             if waiter.future.done():
                 self._waiters.remove(waiter)
                 continue
-            ticket = self.try_start(waiter.exclude)
+            ticket = self.try_start(waiter.exclude, waiter.key)
             if ticket is None:
                 if not waiter.exclude:
                     break  # nothing free for anyone: keep FIFO order

@@ -193,6 +193,7 @@ PATH_READERS = [
     ("list_containers.py", ["--config", "PATH"], "config_error"),
     ("doctor.py", ["--config", "PATH"], "config_error"),
     ("serve_gateway.py", ["--registry", "PATH"], "usage_error"),
+    ("serve_gateway.py", ["--routes-file", "PATH"], "config_error"),
 ]
 PATH_WRITERS = [
     ("haproxy_config.py", ["--deployment-uuid", DEP, "--out", "PATH"]),
@@ -234,6 +235,31 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_call(run, t
     assert (code, document["error_type"], document["details"]["path"]) == (1, "usage_error", path), document
     assert why in document["message"], document
     result_validator.validate(document)
+
+
+ROUTES_TEXT = '{"routes": [{"model": "qwen", "deployment": "DEPLOYMENT"}]}'
+
+
+@pytest.mark.parametrize(("text", "error_type"), [
+    ("[" * 100_000 + "]" * 100_000, "config_error"),
+    (ROUTES_TEXT.replace('"qwen"', "9" * 5000), "validation_error"),
+    (ROUTES_TEXT.replace('"qwen"', "NaN"), "validation_error"),
+    (ROUTES_TEXT.encode("utf-16"), "config_error"),
+    ("", "config_error"),
+], ids=["deep", "huge-int", "nan", "utf16", "empty"])
+def test_hostile_routes_file_is_a_clear_input_error(run, tmp_path, result_validator, text, error_type):
+    path = write(tmp_path, text, "routes.json")
+    code, document, _ = run("serve_gateway.py", "--routes-file", path)
+    assert (code, document["error_type"], document["details"]["path"]) == (1, error_type, path), document
+    result_validator.validate(document)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_routes_fifo_is_refused_without_hanging(run, tmp_path):
+    fifo = tmp_path / "routes.fifo"
+    os.mkfifo(fifo)
+    code, document, _ = run("serve_gateway.py", "--routes-file", str(fifo))
+    assert (code, document["error_type"]) == (1, "config_error") and "不是普通文件" in document["message"]
 
 
 def test_haproxy_out_is_replaced_atomically_and_readable_by_haproxy(run, tmp_path):
@@ -584,7 +610,7 @@ def test_every_interval_has_a_floor_above_zero():
 
 @pytest.mark.parametrize(("script", "argv"), [
     ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--interval", "1e-300"]),
-    ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--interval", "0.05"]),
+    ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--interval", "0.001"]),
     ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--max-queue", "99999999999999999999"]),
     ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--max-queue", "100001"]),
     ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--max-inflight-per-replica", "10001"]),

@@ -173,6 +173,17 @@ def positive_float(text: str) -> float:
     return _bounded_number(text, minimum=0, maximum=MAX_AMOUNT, unit="数值", exclusive=True)
 
 
+def number_between(minimum: float, maximum: float) -> Callable[[str], float]:
+    """argparse type for a finite factor or ratio within a flag's own limits."""
+
+    def parse(text: str) -> float:
+        return _bounded_number(text, minimum=minimum, maximum=maximum, unit="数值")
+
+    bounds = f"{_number_text(minimum)}..{_number_text(maximum)}"
+    parse.__name__ = f"number {bounds}"
+    return _described_as({"type": "number", "minimum": minimum, "maximum": maximum}, bounds)(parse)
+
+
 def _integer(text: str, minimum: int, maximum: int) -> int:
     digits = text.strip().lstrip("+-")
     if len(digits) > _MAX_INTEGER_DIGITS and digits.isdigit():

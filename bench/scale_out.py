@@ -31,9 +31,6 @@ import argparse
 import http.client
 import json
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from servers import binary, free_port, start_haproxy, stop, wait_for
 from tables import percentile, print_markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,32 +61,7 @@ SPEED = 200.0
 WATCH_INTERVAL = 0.2
 # Client processes start together this long after launch, once their imports are done.
 START_DELAY_SECONDS = 1.0
-# Any single wait longer than this is a failure, not a slow machine.
-WAIT_LIMIT_SECONDS = 20.0
 KEY_PREFIX = "bench-scale-out"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(predicate, what: str, limit: float = WAIT_LIMIT_SECONDS):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def binary(name: str) -> str:
-    found = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
-    if not found:
-        raise SystemExit(f"{name} is not installed: apt-get install -y redis-server haproxy")
-    return found
 
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
@@ -110,33 +83,6 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
     wait_for(answers, "redis-server")
     client.close()
     return process, url
-
-
-def start_haproxy(directory: Path, deployment_uuid: str, maxconn: int) -> tuple[subprocess.Popen, str, str, str]:
-    from autodl_esd.serving import haproxy
-
-    port, metrics = free_port(), free_port()
-    socket_path = directory / f"haproxy-{maxconn}.sock"
-    options = haproxy.server_options("1s", 2, 1, 10, maxconn)
-    config = haproxy.render_config(deployment_uuid=deployment_uuid, bind=f"127.0.0.1:{port}", backend="replicas",
-                                   socket_path=str(socket_path), metrics_bind=f"127.0.0.1:{metrics}", health_path="/health",
-                                   options=options)
-    config = config.replace("    log stdout format raw local0 notice\n", "")  # the bench's stdout is its tables
-    path = directory / f"haproxy-{maxconn}.cfg"
-    path.write_text(config, encoding="utf-8")
-    process = subprocess.Popen([binary("haproxy"), "-f", str(path), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(socket_path.exists, "haproxy's stats socket")
-    return process, f"http://127.0.0.1:{port}", str(socket_path), options
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def cluster() -> dict:
@@ -344,9 +290,13 @@ def main(argv: list[str] | None = None) -> int:
             redis_process, redis_url = start_redis(directory)
             stack.append(redis_process)
             deployment_uuid = deploy(sim, len(MACHINES))
+            from autodl_esd.serving import haproxy
+            from autodl_esd.serving.registry import redis_store as redis_registry
+
             proxies, sockets = {}, {}
             for name, maxconn in (("leastconn", 0), ("maxconn1", 1)):
-                process, url, socket_path, options = start_haproxy(directory, deployment_uuid, maxconn)
+                options = haproxy.server_options("1s", 2, 1, 10, maxconn)
+                process, url, socket_path = start_haproxy(directory, deployment_uuid, options, f"haproxy-{maxconn}")
                 stack.append(process)
                 proxies[name], sockets[name] = url, (socket_path, options)
             env = {**os.environ, "AUTODL_HOST": sim.url, "AUTODL_TOKEN": sim.token}
@@ -357,8 +307,6 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "leastconn":  # this one also keeps the Redis registry (for the pools and the gateway)
                     feed += ["--redis", redis_url, "--key-prefix", KEY_PREFIX]
                 stack.append(subprocess.Popen(feed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            from autodl_esd.serving import haproxy
-            from autodl_esd.serving.registry import redis_store as redis_registry
 
             keys = redis_registry.RedisKeys(deployment_uuid, KEY_PREFIX)
             client = redis_registry.connect(redis_url)

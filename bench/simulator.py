@@ -10,11 +10,17 @@ let go; we time from that moment to the create request arriving, for several --i
 values. A poller reacts on its next poll, so the expected mean is about interval / 2 plus
 one stock call; the maximum is about one interval.
 
-Section 3: the simulator at scale, all under its one lock: a page and a full listing of
---deployments one-replica deployments, and one replica_num PUT that starts --scale-up
-containers (on a cluster just big enough). Each row is one request's wall time.
+Section 3: the simulator at scale. Rows of 10 / 100 / 1,000 one-replica deployments (up to
+--deployments; one of them is scaled 1 -> 2), then rows of one deployment scaled by one
+replica_num PUT to 100 / 1,000 / 10,000 replicas (up to --scale-up), each on a fresh
+simulator whose cluster is just big enough. Columns: one request's wall time for a list page
+and the full listing (deployments, or that deployment's containers), the PUT, the
+deployment's detail (the list filtered by its uuid), an advance() that takes every new
+container to `running`, and the longest the world lock was held by anyone meanwhile (the
+ticker included): what another client may wait behind.
 
-    python bench/simulator.py [--requests N] [--trials N] [--deployments N] [--scale-up N]
+    python3 bench/simulator.py [--requests N] [--trials N] [--deployments N] [--scale-up N]
+                               [--section all|throughput|reaction|scale]
 """
 
 from __future__ import annotations
@@ -47,12 +53,20 @@ CREATE = ("POST", "/api/v1/dev/deployment")
 
 DEFAULT_DEPLOYMENTS = 1000
 DEFAULT_SCALE_UP = 10_000
+DEPLOYMENT_LADDER = (10, 100, 1000)
+CONTAINER_LADDER = (100, 1000, 10_000)
 GPUS_PER_MACHINE = 8
 # The largest page the simulator serves (its MAX_PAGE_SIZE), so a full listing takes few requests.
 FULL_PAGE_SIZE = 1000
+# Reads are repeated and their median reported: one sample on a shared machine is noise.
+READ_REPEATS = 5
+# Simulated seconds that take a new container through every start-up phase to `running`.
+START_UP_SECONDS = 30
 SCALE_TEMPLATE = {"gpu_name_set": ["RTX 4090"], "gpu_num": 1, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
                   "memory_size_from": 1, "memory_size_to": 256, "price_from": 10, "price_to": 9000,
                   "image_uuid": "image-db8346e037", "cmd": "sleep infinity"}
+SCALE_CREATE = {"name": "scale", "deployment_type": "ReplicaSet", "replica_num": 1,
+                "container_template": SCALE_TEMPLATE}
 
 
 def _client_worker(url: str, token: str, count: int, deadline: float) -> int:
@@ -129,6 +143,41 @@ def reaction_section(trials: int) -> list[tuple[str, ...]]:
     return rows
 
 
+class HoldTimer:
+    """Stands in for the world's RLock and records the longest outermost hold (wall seconds)."""
+
+    def __init__(self, lock) -> None:
+        self._lock = lock
+        self._depth = 0  # only the owning thread changes it
+        self._since = 0.0
+        self.longest = 0.0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        acquired = self._lock.acquire(blocking, timeout)
+        if acquired:
+            self._depth += 1
+            if self._depth == 1:
+                self._since = time.perf_counter()
+        return acquired
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.longest = max(self.longest, time.perf_counter() - self._since)
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _ladder(maximum: int, ladder: tuple[int, ...]) -> list[int]:
+    """The ladder's rungs below `maximum`, then `maximum` itself."""
+    return [rung for rung in ladder if rung < maximum] + [maximum]
+
+
 def _scale_cluster(gpus: int) -> dict:
     """A cluster of 8-card RTX 4090 hosts with room for `gpus` one-card containers."""
     machines = [{"machine_id": f"{index:010x}", "region": "westDC2", "gpu_name": "RTX 4090",
@@ -137,47 +186,72 @@ def _scale_cluster(gpus: int) -> dict:
     return {"machines": machines, "images": [{"image_uuid": "image-db8346e037", "name": "llm-serve-vllm"}]}
 
 
-def _timed(session, method: str, url: str, body: dict) -> tuple[float, dict]:
-    started = time.perf_counter()
-    answer = session.request(method, url, json=body, timeout=RUN_TIMEOUT_SECONDS)
-    elapsed = time.perf_counter() - started
-    answer.raise_for_status()
-    return elapsed, answer.json()
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
 
 
-def scale_section(deployments: int, scale_up: int) -> list[tuple[str, ...]]:
+class _Client:
+    """Timed calls to one simulator's API over a keep-alive session."""
+
+    def __init__(self, session, url: str) -> None:
+        self.session, self.base = session, url + "/api/v1/dev/deployment"
+
+    def call(self, method: str, path: str, body: dict) -> tuple[float, dict]:
+        started = time.perf_counter()
+        answer = self.session.request(method, self.base + path, json=body, timeout=RUN_TIMEOUT_SECONDS)
+        elapsed = time.perf_counter() - started
+        answer.raise_for_status()
+        document = answer.json()
+        if document["code"] != "Success":
+            raise RuntimeError(f"{method} {path}: {document}")
+        return elapsed, document["data"]
+
+    def median(self, path: str, body: dict) -> float:
+        """The median wall time of READ_REPEATS identical reads."""
+        return statistics.median(self.call("POST", path, body)[0] for _ in range(READ_REPEATS))
+
+    def all_pages(self, path: str, body: dict) -> float:
+        total, index = 0.0, 1
+        while True:
+            elapsed, data = self.call("POST", path, {**body, "page_index": index, "page_size": FULL_PAGE_SIZE})
+            total += elapsed
+            if index >= data["max_page"]:
+                return total
+            index += 1
+
+
+def _scale_row(deployments: int, replicas: int, list_containers: bool) -> tuple[str, ...]:
+    """`deployments` one-replica deployments, the first scaled to `replicas` by a PUT; the
+    listing is of deployments, or with `list_containers` of that first one's containers."""
     import requests
 
     from simulator import Simulator
 
-    rows = []
-    create = {"name": "scale", "deployment_type": "ReplicaSet", "replica_num": 1, "container_template": SCALE_TEMPLATE}
-    with Simulator(speed=1, seed=1, cluster=_scale_cluster(max(deployments, scale_up + 1))) as sim, \
-            requests.Session() as session:
+    sim = Simulator(speed=1, seed=1, cluster=_scale_cluster(max(deployments, replicas) + 1))
+    sim.world.lock = timer = HoldTimer(sim.world.lock)
+    with sim, requests.Session() as session:
         session.headers["Authorization"] = sim.token
-        base = sim.url + "/api/v1/dev/deployment"
+        client = _Client(session, sim.url)
+        uuids = [client.call("POST", "", SCALE_CREATE)[1]["deployment_uuid"] for _ in range(deployments)]
+        timer.longest = 0.0
+        put, _ = client.call("PUT", "/replica_num", {"deployment_uuid": uuids[0], "replica_num": replicas})
         started = time.perf_counter()
-        for _ in range(deployments):
-            _timed(session, "POST", base, create)
-        rows.append((f"create {deployments} deployments (mean per request)", f"{deployments}",
-                     f"{(time.perf_counter() - started) / deployments * 1000:.1f}"))
-        page, _ = _timed(session, "POST", base + "/list", {})
-        rows.append(("list deployments: one page (10)", f"{deployments}", f"{page * 1000:.1f}"))
-        full, index = 0.0, 1
-        while True:
-            elapsed, answer = _timed(session, "POST", base + "/list", {"page_index": index, "page_size": FULL_PAGE_SIZE})
-            full += elapsed
-            if index >= answer["data"]["max_page"]:
-                break
-            index += 1
-        rows.append(("list deployments: all pages", f"{deployments}", f"{full * 1000:.1f}"))
-    with Simulator(speed=1, seed=1, cluster=_scale_cluster(scale_up + 1)) as sim, requests.Session() as session:
-        session.headers["Authorization"] = sim.token
-        base = sim.url + "/api/v1/dev/deployment"
-        _, answer = _timed(session, "POST", base, create)
-        uuid = answer["data"]["deployment_uuid"]
-        put, _ = _timed(session, "PUT", base + "/replica_num", {"deployment_uuid": uuid, "replica_num": scale_up})
-        rows.append((f"replica_num PUT 1 -> {scale_up}", f"{scale_up}", f"{put * 1000:.1f}"))
+        sim.advance(START_UP_SECONDS)
+        advance = time.perf_counter() - started
+        if list_containers:
+            path, body = "/container/list", {"deployment_uuid": uuids[0]}
+        else:
+            path, body = "/list", {}
+        page = client.median(path, body)
+        full = statistics.median(client.all_pages(path, body) for _ in range(READ_REPEATS))
+        detail = client.median("/list", {"deployment_uuid": uuids[0]})
+        return (f"{deployments:,}", f"{replicas:,}", _ms(page), _ms(full), _ms(put),
+                _ms(detail), _ms(advance), _ms(timer.longest))
+
+
+def scale_section(max_deployments: int, max_containers: int) -> list[tuple[str, ...]]:
+    rows = [_scale_row(count, 2, False) for count in _ladder(max_deployments, DEPLOYMENT_LADDER)]
+    rows += [_scale_row(1, count, True) for count in _ladder(max_containers, CONTAINER_LADDER)]
     return rows
 
 
@@ -199,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"deployments listed in the scale section (default {DEFAULT_DEPLOYMENTS})")
     parser.add_argument("--scale-up", type=int, default=DEFAULT_SCALE_UP,
                         help=f"containers one replica_num PUT starts in the scale section (default {DEFAULT_SCALE_UP})")
+    parser.add_argument("--section", choices=("all", "throughput", "reaction", "scale"), default="all",
+                        help="run one section only (default: all)")
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be at least 1")
@@ -206,15 +282,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--deployments and --scale-up must be at least 1")
     if str(SCRIPTS_DIR) not in sys.path:
         sys.path.insert(0, str(SCRIPTS_DIR))
-    print_table("simulator throughput (GET gpu_stock, loopback, keep-alive)",
-                ("client threads", "requests", "seconds", "requests/s"),
-                throughput_section(args.requests))
-    print_table("queue_submit reaction: cards free -> create arrives (real seconds)",
-                ("--interval", "trials", "mean", "max", "mean/interval"),
-                reaction_section(max(1, args.trials)))
-    print_table("simulator at scale: one request's wall time (ms), under the world lock",
-                ("request", "objects", "ms"),
-                scale_section(args.deployments, args.scale_up))
+    if args.section in ("all", "throughput"):
+        print_table("simulator throughput (GET gpu_stock, loopback, keep-alive)",
+                    ("client threads", "requests", "seconds", "requests/s"),
+                    throughput_section(args.requests))
+    if args.section in ("all", "reaction"):
+        print_table("queue_submit reaction: cards free -> create arrives (real seconds)",
+                    ("--interval", "trials", "mean", "max", "mean/interval"),
+                    reaction_section(max(1, args.trials)))
+    if args.section in ("all", "scale"):
+        print_table("simulator at scale: one request's wall time (ms); the longest world-lock hold",
+                    ("deployments", "replicas", "list page", "full listing", "PUT replica_num",
+                     "detail", "advance 30 s", "lock hold max"),
+                    scale_section(args.deployments, args.scale_up))
     return 0
 
 

@@ -9,13 +9,13 @@ import sys
 
 EPILOG = """\
 examples:
-  python scripts/autodl_sim.py
-  python scripts/autodl_sim.py --speed 600 --faults "error_rate=0.1,create_slow_seconds=3"
-  python scripts/autodl_sim.py --dialect private --stock-shape dict --cluster my_cluster.json
-  python scripts/autodl_sim.py --speed 30 --service-ports auto      # for HAProxy: one host:port per replica
+  python3 scripts/autodl_sim.py
+  python3 scripts/autodl_sim.py --speed 600 --faults "error_rate=0.1,create_slow_seconds=3"
+  python3 scripts/autodl_sim.py --dialect private --stock-shape dict --cluster my_cluster.json
+  python3 scripts/autodl_sim.py --speed 30 --service-ports auto      # for HAProxy: one host:port per replica
 
   then point the skill at it:
-  AUTODL_HOST=<url from the ready line> AUTODL_TOKEN=sim-token python queue_submit.py examples/...
+  AUTODL_HOST=<url from the ready line> AUTODL_TOKEN=sim-token python3 queue_submit.py examples/...
 
 output:
   stdout gets one JSON line once the server listens:
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        return fail("usage_error", f"命令行参数错误：{exc}", "运行 python scripts/autodl_sim.py --help 查看用法")
+        return fail("usage_error", f"命令行参数错误：{exc}", "运行 python3 scripts/autodl_sim.py --help 查看用法")
 
     # After parsing: the simulator (an HTTP server and a whole fake platform) is the slow part.
     import threading
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("config_error", f"集群文件不可用: {exc}", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",
                     path=exc.source, problems=exc.problems)
     except ValueError as exc:
-        return fail("usage_error", f"参数错误：{exc}", "运行 python scripts/autodl_sim.py --help 查看用法")
+        return fail("usage_error", f"参数错误：{exc}", "运行 python3 scripts/autodl_sim.py --help 查看用法")
     try:
         sim.start()
     except OSError as exc:

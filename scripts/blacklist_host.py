@@ -11,9 +11,9 @@ from autodl_esd.platform.units import BLACKLIST_MAX_EXPIRE_MINUTES
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    'python scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --comment "启动慢"',
-    "python scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --expire-minutes 4320   # 公有云",
-    "python scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --move-replicas --yes   # 拉黑并挪走该主机上的副本",
+    'python3 scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --comment "启动慢"',
+    "python3 scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --expire-minutes 4320   # 公有云",
+    "python3 scripts/blacklist_host.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --move-replicas --yes   # 拉黑并挪走该主机上的副本",
 ]
 
 
@@ -63,7 +63,7 @@ def handle(args, ctx: cli.Context) -> dict:
         # The list endpoint is public-cloud only: on a private cluster a lost answer stays "unknown".
         fetch=lambda: {machine["machine_id"]: next((e for e in api.list_blacklist(client) if e.get("machine_id") == machine["machine_id"]), None)},
         done=lambda found: found[machine["machine_id"]] is not None,
-        check="python scripts/list_blacklist.py (公有云; 私有云没有列表接口, 在控制台查看)",
+        check="python3 scripts/list_blacklist.py (公有云; 私有云没有列表接口, 在控制台查看)",
         ids={"container_uuid": container["uuid"], "machine_id": machine["machine_id"]},
     ), client, ctx.progress, ctx.partial, verify=lambda: verify_blacklisted(client, [machine["machine_id"]]))
     ctx.progress.log(f"已请求把主机 {machine['machine_id']} 加入调度黑名单 (经由容器 {container['uuid']})")

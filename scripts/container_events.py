@@ -17,11 +17,11 @@ from autodl_esd.platform.containers import CONTAINER_STATUSES, containers_in_sta
 MAX_EVENT_OFFSET = 2**31 - 1
 
 EXAMPLES = [
-    "python scripts/container_events.py --name my-service",
-    "python scripts/container_events.py --deployment-uuid 833f1cd5a764fa3 --offset 12",
-    "python scripts/container_events.py --name my-service --follow --until running --count 2 --timeout 900",
-    "python scripts/container_events.py --name my-job --follow --until finished --timeout 7200   # 等 Job 跑完",
-    "python scripts/container_events.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30",
+    "python3 scripts/container_events.py --name my-service",
+    "python3 scripts/container_events.py --deployment-uuid 833f1cd5a764fa3 --offset 12",
+    "python3 scripts/container_events.py --name my-service --follow --until running --count 2 --timeout 900",
+    "python3 scripts/container_events.py --name my-job --follow --until finished --timeout 7200   # 等 Job 跑完",
+    "python3 scripts/container_events.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30",
 ]
 
 # Events change on the scale of seconds (image pull, start-up); 5 s keeps a follow

@@ -11,9 +11,9 @@ from autodl_esd.core import cli
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/cost_report.py --name my-service",
-    "python scripts/cost_report.py --all",
-    "python scripts/cost_report.py --all --since 2026-12-01   # 只算该时间之后的花费 (无时区时按 +08:00)",
+    "python3 scripts/cost_report.py --name my-service",
+    "python3 scripts/cost_report.py --all",
+    "python3 scripts/cost_report.py --all --since 2026-12-01   # 只算该时间之后的花费 (无时区时按 +08:00)",
 ]
 
 

@@ -9,8 +9,8 @@ from autodl_esd.core import cli
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/ddp_overview.py --name my-service",
-    "python scripts/ddp_overview.py --deployment-uuid 833f1cd5a764fa3",
+    "python3 scripts/ddp_overview.py --name my-service",
+    "python3 scripts/ddp_overview.py --deployment-uuid 833f1cd5a764fa3",
 ]
 
 SECONDS_PER_HOUR = 3600

@@ -10,12 +10,12 @@ from autodl_esd.core.errors import AutoDLError
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/delete_deployment.py --name old-job               # 只说明会删除什么",
-    "python scripts/delete_deployment.py --name old-job --yes",
-    "python scripts/delete_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
-    "python scripts/delete_deployment.py --name-glob 'demo-*'        # 预览全部匹配, 给出 details.expect_uuids",
-    "python scripts/delete_deployment.py --name-glob 'demo-*' --yes --expect-uuids 833f1cd5a764fa3,53a677bb3e281b8",
-    "python scripts/delete_deployment.py --name-glob 'demo-*' --exclude demo-keep   # 除 demo-keep 外的全部 demo-*: 预览",
+    "python3 scripts/delete_deployment.py --name old-job               # 只说明会删除什么",
+    "python3 scripts/delete_deployment.py --name old-job --yes",
+    "python3 scripts/delete_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
+    "python3 scripts/delete_deployment.py --name-glob 'demo-*'        # 预览全部匹配, 给出 details.expect_uuids",
+    "python3 scripts/delete_deployment.py --name-glob 'demo-*' --yes --expect-uuids 833f1cd5a764fa3,53a677bb3e281b8",
+    "python3 scripts/delete_deployment.py --name-glob 'demo-*' --exclude demo-keep   # 除 demo-keep 外的全部 demo-*: 预览",
 ]
 
 
@@ -86,7 +86,7 @@ def delete_change(client, uuid: str):
         send=lambda: api.delete_deployment(client, uuid),
         fetch=lambda: deployment_by_uuid(client, uuid),
         done=lambda d: d is None,
-        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+        check=f"python3 scripts/list_deployments.py --deployment-uuid {uuid}",
         ids={"deployment_uuid": uuid},
     )
 

@@ -11,13 +11,13 @@ from autodl_esd.platform.containers import single_machine_warning
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/discover_services.py --name my-service",
-    "python scripts/discover_services.py --name my-service --watch --out registry.json",
-    "python scripts/discover_services.py --name my-service --watch --out registry.json --health-path /health",
-    "python scripts/discover_services.py --deployment-uuid 833f1cd5a764fa3 --watch --serve 127.0.0.1:8765 --port 6008",
-    "python scripts/discover_services.py --name my-service --watch --redis redis://10.0.0.5:6379/0",
-    "python scripts/discover_services.py --name my-service --watch --haproxy-socket /run/haproxy/autodl.sock --haproxy-backend replicas --health-path /health",
-    "python scripts/discover_services.py --name my-service --watch --out registry.json --detach   # 后台运行, 立即返回 run_id; 停止: jobs.py --cancel ID",
+    "python3 scripts/discover_services.py --name my-service",
+    "python3 scripts/discover_services.py --name my-service --watch --out registry.json",
+    "python3 scripts/discover_services.py --name my-service --watch --out registry.json --health-path /health",
+    "python3 scripts/discover_services.py --deployment-uuid 833f1cd5a764fa3 --watch --serve 127.0.0.1:8765 --port 6008",
+    "python3 scripts/discover_services.py --name my-service --watch --redis redis://10.0.0.5:6379/0",
+    "python3 scripts/discover_services.py --name my-service --watch --haproxy-socket /run/haproxy/autodl.sock --haproxy-backend replicas --health-path /health",
+    "python3 scripts/discover_services.py --name my-service --watch --out registry.json --detach   # 后台运行, 立即返回 run_id; 停止: jobs.py --cancel ID",
 ]
 
 # Defaults live here, not in autodl_esd.serving.registry, so that --help does not import the

@@ -9,9 +9,9 @@ from autodl_esd.core import cli
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/doctor.py",
-    "python scripts/doctor.py --config examples/replicaset-service.json",
-    "python scripts/doctor.py --sim   # 在本地模拟器上看一遍检查项",
+    "python3 scripts/doctor.py",
+    "python3 scripts/doctor.py --config examples/replicaset-service.json",
+    "python3 scripts/doctor.py --sim   # 在本地模拟器上看一遍检查项",
 ]
 
 
@@ -20,7 +20,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "doctor.py",
         "首次使用的只读检查 (不创建、不修改任何东西, 不花钱): 令牌是否存在并被接受、企业认证门槛、平台方言 "
         "(私有云/公有云) 及与配置是否一致、本账号有哪些可选接口 (黑名单列表、时长包、公共基础镜像、地区库存、余额)、"
-        "库存响应形状、镜像名称字段、平台与本机时钟的差与速率、请求延迟, 以及 api-reference.md 中哪些未确认项被本账号的响应证实。"
+        "库存响应形状、镜像名称字段、平台与本机时钟的差与速率、请求延迟, 以及 references/platform-api.md 中哪些未决问题被本账号的响应证实。"
         "输出 checks 列表, 每项 {name, status: ok|warn|fail|skipped, detail, hint}; "
         "未就绪 (有 fail 项) 时是错误文档 (退出码非 0, error_type 按原因: 未企业认证/令牌被拒为 auth_error), "
         "details 里仍有全部 checks, 按 fail 项的 hint 处理。",

@@ -10,10 +10,10 @@ from autodl_esd.platform.units import BLACKLIST_MAX_EXPIRE_MINUTES
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/find_faulty_hosts.py --name my-service",
-    "python scripts/find_faulty_hosts.py --name my-service --lookback-hours 6 --min-failures 2",
-    'python scripts/find_faulty_hosts.py --name my-service --apply --yes --machine-id 4f1c2a9be0 --comment "容器频繁异常退出"',
-    "python scripts/find_faulty_hosts.py --name my-job --min-uptime 60   # Job: 低于正常任务时长",
+    "python3 scripts/find_faulty_hosts.py --name my-service",
+    "python3 scripts/find_faulty_hosts.py --name my-service --lookback-hours 6 --min-failures 2",
+    'python3 scripts/find_faulty_hosts.py --name my-service --apply --yes --machine-id 4f1c2a9be0 --comment "容器频繁异常退出"',
+    "python3 scripts/find_faulty_hosts.py --name my-job --min-uptime 60   # Job: 低于正常任务时长",
 ]
 
 # The platform forgets a blacklisting after 24 h by default, so older failures say little

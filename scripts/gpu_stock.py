@@ -10,9 +10,9 @@ from autodl_esd.core.errors import AutoDLError, ErrorType
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/gpu_stock.py",
-    'python scripts/gpu_stock.py --gpu "RTX 4090" --gpu "RTX A5000"',
-    "python scripts/gpu_stock.py --region westDC2 --region westDC3   # 公有云",
+    "python3 scripts/gpu_stock.py",
+    'python3 scripts/gpu_stock.py --gpu "RTX 4090" --gpu "RTX A5000"',
+    "python3 scripts/gpu_stock.py --region westDC2 --region westDC3   # 公有云",
 ]
 
 

@@ -11,14 +11,14 @@ from autodl_esd.platform.units import MAX_REPLICA_NUM
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/guard_deployment.py --name my-job --max-runtime 6                 # 只说明会做什么",
-    "python scripts/guard_deployment.py --name my-job --max-runtime 6 --yes --detach  # 后台守护, 6 小时后停止",
-    "python scripts/guard_deployment.py --name my-service --max-cost 100 --yes --detach --notify",
-    "python scripts/guard_deployment.py --name my-service --idle-minutes 30 --idle-url http://127.0.0.1:8000/_gateway/metrics "
+    "python3 scripts/guard_deployment.py --name my-job --max-runtime 6                 # 只说明会做什么",
+    "python3 scripts/guard_deployment.py --name my-job --max-runtime 6 --yes --detach  # 后台守护, 6 小时后停止",
+    "python3 scripts/guard_deployment.py --name my-service --max-cost 100 --yes --detach --notify",
+    "python3 scripts/guard_deployment.py --name my-service --idle-minutes 30 --idle-url http://127.0.0.1:8000/_gateway/metrics "
     "--action scale-to --floor 1 --yes --detach",
-    "python scripts/guard_deployment.py --list",
-    "python scripts/guard_deployment.py --cancel g-833f1cd5a764fa3-1a2b3c",
-    "python scripts/guard_deployment.py --resume g-833f1cd5a764fa3-1a2b3c --detach   # 崩溃或重启后接着守护",
+    "python3 scripts/guard_deployment.py --list",
+    "python3 scripts/guard_deployment.py --cancel g-833f1cd5a764fa3-1a2b3c",
+    "python3 scripts/guard_deployment.py --resume g-833f1cd5a764fa3-1a2b3c --detach   # 崩溃或重启后接着守护",
 ]
 
 

@@ -14,8 +14,8 @@ from autodl_esd.platform.containers import primary_service_url
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out /etc/haproxy/haproxy.cfg --socket /run/haproxy/autodl.sock",
-    "python scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out haproxy.cfg --bind 0.0.0.0:8080 --health-path /health --server-maxconn 1",
+    "python3 scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out /etc/haproxy/haproxy.cfg --socket /run/haproxy/autodl.sock",
+    "python3 scripts/haproxy_config.py --deployment-uuid 833f1cd5a764fa3 --out haproxy.cfg --bind 0.0.0.0:8080 --health-path /health --server-maxconn 1",
 ]
 
 # Defaults (reasons beside the values in autodl_esd/serving/haproxy.py; repeated so --help

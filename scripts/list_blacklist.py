@@ -10,7 +10,7 @@ from autodl_esd.core.errors import ApiError
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/list_blacklist.py",
+    "python3 scripts/list_blacklist.py",
 ]
 
 

@@ -10,10 +10,10 @@ from autodl_esd.platform.containers import CONTAINER_STATUSES, container_view, r
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/list_containers.py --name my-service",
-    "python scripts/list_containers.py --deployment-uuid 833f1cd5a764fa3 --status running",
-    "python scripts/list_containers.py --config examples/replicaset-service.json --released",
-    "python scripts/list_containers.py --deployment-uuid 833f1cd5a764fa3 --show-password",
+    "python3 scripts/list_containers.py --name my-service",
+    "python3 scripts/list_containers.py --deployment-uuid 833f1cd5a764fa3 --status running",
+    "python3 scripts/list_containers.py --config examples/replicaset-service.json --released",
+    "python3 scripts/list_containers.py --deployment-uuid 833f1cd5a764fa3 --show-password",
 ]
 
 

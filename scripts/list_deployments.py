@@ -9,11 +9,11 @@ from autodl_esd.core import cli
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/list_deployments.py",
-    "python scripts/list_deployments.py --status running",
-    "python scripts/list_deployments.py --name my-service",
-    "python scripts/list_deployments.py --name-glob 'demo-*'",
-    "python scripts/list_deployments.py --name-glob 'demo-*' --exclude demo-keep",
+    "python3 scripts/list_deployments.py",
+    "python3 scripts/list_deployments.py --status running",
+    "python3 scripts/list_deployments.py --name my-service",
+    "python3 scripts/list_deployments.py --name-glob 'demo-*'",
+    "python3 scripts/list_deployments.py --name-glob 'demo-*' --exclude demo-keep",
 ]
 
 

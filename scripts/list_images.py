@@ -9,9 +9,9 @@ from autodl_esd.core import cli
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/list_images.py",
-    "python scripts/list_images.py --page-index 2 --page-size 20",
-    "python scripts/list_images.py --system   # 私有云的系统基础镜像 (base-image-...)",
+    "python3 scripts/list_images.py",
+    "python3 scripts/list_images.py --page-index 2 --page-size 20",
+    "python3 scripts/list_images.py --system   # 私有云的系统基础镜像 (base-image-...)",
 ]
 
 
@@ -24,7 +24,7 @@ def build_parser() -> cli.JsonArgumentParser:
     )
     parser.add_argument("--system", action="store_true",
                         help="改为列出私有云的系统基础镜像 (POST /api/v2/image/list, base-image-...); 公有云没有这个接口, "
-                        "公有云基础镜像见 api-reference.md 附录")
+                        "公有云基础镜像见 references/platform-api.md")
     parser.add_argument("--page-index", type=cli.positive_int, metavar="N", help="只取这一页 (从 1 开始), 并返回分页字段")
     parser.add_argument("--page-size", type=cli.positive_int, metavar="N", help="与 --page-index 一起使用的每页条数 (默认 100)")
     return parser

@@ -13,9 +13,9 @@ from autodl_esd.core.output import Progress, emit_error
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/mcp_server.py --sim          # 先试这个: 所有工具连到内置模拟器, 不需要令牌, 不花钱",
-    "python scripts/mcp_server.py                # 真实平台: 令牌取自环境变量或 .env 中的 AUTODL_TOKEN",
-    "python scripts/mcp_server.py --list-tools   # 只打印工具清单 (JSON) 后退出",
+    "python3 scripts/mcp_server.py --sim          # 先试这个: 所有工具连到内置模拟器, 不需要令牌, 不花钱",
+    "python3 scripts/mcp_server.py                # 真实平台: 令牌取自环境变量或 .env 中的 AUTODL_TOKEN",
+    "python3 scripts/mcp_server.py --list-tools   # 只打印工具清单 (JSON) 后退出",
 ]
 
 

@@ -7,7 +7,7 @@ from autodl_esd.core import cli
 from autodl_esd.platform.units import WECHAT_MAX_TITLE_CHARS, WECHAT_PER_DAY, WECHAT_PER_MINUTE
 
 EXAMPLES = [
-    'python scripts/notify.py --title "训练完成" --content "resnet-batch-training 的 4 个容器都已结束"',
+    'python3 scripts/notify.py --title "训练完成" --content "resnet-batch-training 的 4 个容器都已结束"',
 ]
 
 

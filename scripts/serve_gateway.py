@@ -11,15 +11,15 @@ from autodl_esd.serving.autoscale.cli import add_autoscale_arguments
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/serve_gateway.py --name my-service",
-    "python scripts/serve_gateway.py --name my-llm --port 6008 --policy queue_aware --load-path /metrics --health-path /health",
-    "python scripts/serve_gateway.py --registry registry.json --listen 127.0.0.1:8000 --max-inflight-per-replica 4",
-    "python scripts/serve_gateway.py --registry-url http://127.0.0.1:8765 --listen 0.0.0.0:8000 --auth-token-env GATEWAY_TOKEN",
-    "python scripts/serve_gateway.py --deployment-uuid 833f1cd5a764fa3 --registry-redis redis://10.0.0.5:6379/0",
-    "python scripts/serve_gateway.py --name my-service --listen 127.0.0.1:0 --detach   # 后台运行, 立即返回 url 与 run_id; 停止: jobs.py --cancel ID",
-    "python scripts/serve_gateway.py --route qwen-7b=my-qwen --route bge-m3=833f1cd5a764fa3 --policy cache_aware   # 按请求体的 model 分给两个部署",
-    "python scripts/serve_gateway.py --route qwen-7b=my-qwen --route-prefix /sd=my-sd   # /sd/... 去掉前缀后转给 my-sd",
-    "python scripts/serve_gateway.py --routes-file routes.json --autoscale --max-hourly-cost 20 --yes",
+    "python3 scripts/serve_gateway.py --name my-service",
+    "python3 scripts/serve_gateway.py --name my-llm --port 6008 --policy queue_aware --load-path /metrics --health-path /health",
+    "python3 scripts/serve_gateway.py --registry registry.json --listen 127.0.0.1:8000 --max-inflight-per-replica 4",
+    "python3 scripts/serve_gateway.py --registry-url http://127.0.0.1:8765 --listen 0.0.0.0:8000 --auth-token-env GATEWAY_TOKEN",
+    "python3 scripts/serve_gateway.py --deployment-uuid 833f1cd5a764fa3 --registry-redis redis://10.0.0.5:6379/0",
+    "python3 scripts/serve_gateway.py --name my-service --listen 127.0.0.1:0 --detach   # 后台运行, 立即返回 url 与 run_id; 停止: jobs.py --cancel ID",
+    "python3 scripts/serve_gateway.py --route qwen-7b=my-qwen --route bge-m3=833f1cd5a764fa3 --policy cache_aware   # 按请求体的 model 分给两个部署",
+    "python3 scripts/serve_gateway.py --route qwen-7b=my-qwen --route-prefix /sd=my-sd   # /sd/... 去掉前缀后转给 my-sd",
+    "python3 scripts/serve_gateway.py --routes-file routes.json --autoscale --max-hourly-cost 20 --yes",
 ]
 
 # Defaults live here so --help imports nothing heavy (aiohttp, prometheus_client, the watcher).

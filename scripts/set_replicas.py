@@ -12,10 +12,10 @@ from autodl_esd.platform.units import MAX_REPLICA_NUM
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/set_replicas.py --name my-service --replica-num 4",
-    "python scripts/set_replicas.py --deployment-uuid 833f1cd5a764fa3 --replica-num 1",
-    "python scripts/set_replicas.py --name my-service --replica-num 0 --yes   # 0 会停掉全部容器, 需要 --yes",
-    "python scripts/set_replicas.py --name my-service --replica-num 2 --wait --timeout 600   # 等到正好 2 个在运行",
+    "python3 scripts/set_replicas.py --name my-service --replica-num 4",
+    "python3 scripts/set_replicas.py --deployment-uuid 833f1cd5a764fa3 --replica-num 1",
+    "python3 scripts/set_replicas.py --name my-service --replica-num 0 --yes   # 0 会停掉全部容器, 需要 --yes",
+    "python3 scripts/set_replicas.py --name my-service --replica-num 2 --wait --timeout 600   # 等到正好 2 个在运行",
 ]
 
 # Scaling up waits for new containers (image pull, start-up): the same 15 minutes as
@@ -92,7 +92,7 @@ def handle(args, ctx: cli.Context) -> dict:
         send=lambda: api.set_replica_num(client, uuid, args.replica_num),
         fetch=lambda: deployment_by_uuid(client, uuid),
         done=lambda d: d is not None and d.get("replica_num") == args.replica_num,
-        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+        check=f"python3 scripts/list_deployments.py --deployment-uuid {uuid}",
         ids={"deployment_uuid": uuid},  # an absolute count: sending it twice is harmless
     ), client, ctx.progress, ctx.partial)
     ctx.progress.log(f"已请求把 {uuid} 的副本数从 {deployment.get('replica_num')} 设为 {args.replica_num}")

@@ -10,8 +10,8 @@ from autodl_esd.platform.containers import STOPPING_STATUSES, container_summary
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/stop_container.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --decrease-one-replica-num",
-    "python scripts/stop_container.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --no-cache",
+    "python3 scripts/stop_container.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --decrease-one-replica-num",
+    "python3 scripts/stop_container.py --container-uuid 833f1cd5a764fa3-f94411a60c-a394fb30 --no-cache",
 ]
 
 
@@ -89,7 +89,7 @@ def handle(args, ctx: cli.Context) -> dict:
         fetch=fetch,
         done=done,
         seen=seen,
-        check=f"python scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",
+        check=f"python3 scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",
         ids={"container_uuid": container["uuid"], "deployment_uuid": deployment_uuid},
         # Each call with decrease_one_replica_num lowers replica_num once more.
         repeat_safe=not args.decrease_one_replica_num,

@@ -10,12 +10,12 @@ from autodl_esd.core.errors import AutoDLError
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/stop_deployment.py --name my-service            # 只说明会停掉什么",
-    "python scripts/stop_deployment.py --name my-service --yes",
-    "python scripts/stop_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
-    "python scripts/stop_deployment.py --name-glob 'demo-*'          # 预览全部匹配, 给出 details.expect_uuids",
-    "python scripts/stop_deployment.py --name-glob 'demo-*' --yes --expect-uuids 833f1cd5a764fa3,53a677bb3e281b8",
-    "python scripts/stop_deployment.py --name-glob 'demo-*' --exclude demo-keep   # 除 demo-keep 外的全部 demo-*: 预览",
+    "python3 scripts/stop_deployment.py --name my-service            # 只说明会停掉什么",
+    "python3 scripts/stop_deployment.py --name my-service --yes",
+    "python3 scripts/stop_deployment.py --deployment-uuid 833f1cd5a764fa3 --yes",
+    "python3 scripts/stop_deployment.py --name-glob 'demo-*'          # 预览全部匹配, 给出 details.expect_uuids",
+    "python3 scripts/stop_deployment.py --name-glob 'demo-*' --yes --expect-uuids 833f1cd5a764fa3,53a677bb3e281b8",
+    "python3 scripts/stop_deployment.py --name-glob 'demo-*' --exclude demo-keep   # 除 demo-keep 外的全部 demo-*: 预览",
 ]
 
 
@@ -91,7 +91,7 @@ def stop_change(client, uuid: str):
         send=lambda: api.stop_deployment(client, uuid),
         fetch=lambda: deployment_by_uuid(client, uuid),
         done=lambda d: d is None or d.get("status") == "stopped",
-        check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+        check=f"python3 scripts/list_deployments.py --deployment-uuid {uuid}",
         ids={"deployment_uuid": uuid},
     )
 

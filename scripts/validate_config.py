@@ -9,8 +9,8 @@ from autodl_esd.core import cli
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/validate_config.py examples/replicaset-service.json",
-    "python scripts/validate_config.py my-config.json --quiet",
+    "python3 scripts/validate_config.py examples/replicaset-service.json",
+    "python3 scripts/validate_config.py my-config.json --quiet",
 ]
 
 

@@ -9,8 +9,8 @@ from autodl_esd.core import cli
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
 EXAMPLES = [
-    "python scripts/wallet_balance.py",
-    "python scripts/wallet_balance.py --hourly-cost 18   # 余额按每小时 18 元能用多久",
+    "python3 scripts/wallet_balance.py",
+    "python3 scripts/wallet_balance.py --hourly-cost 18   # 余额按每小时 18 元能用多久",
 ]
 
 

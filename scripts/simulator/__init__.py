@@ -10,6 +10,7 @@ or from the command line with `scripts/autodl_sim.py`. Modules:
 - world        all mutable state behind one lock; placement, reuse pool, blacklist, stock
 - routes       endpoint validation and response shapes
 - faults       fault SPEC parsing and injection
+- llm          the model server's cost model: prompt tokens, prefix cache, delays
 - server       HTTP routes, envelope, auth, /svc and /_sim
 - app          the `Simulator` handle and its test controls
 """

@@ -13,8 +13,9 @@ from typing import Any, Callable
 from .account import Account
 from .routes import Api, ApiError
 from .clock import SimClock
-from .cluster import load_cluster, vendor_gpu_name, with_vendor_names
+from .cluster import LLM_SETTINGS, llm_setting_problems, llm_settings, load_cluster, vendor_gpu_name, with_vendor_names
 from .faults import FaultInjector, FaultSpec
+from .llm import PrefixCache
 from .server import SimHTTPServer
 from .world import NotFound, World
 
@@ -130,6 +131,9 @@ class Simulator:
         # container uuid -> semaphore bounding how many /svc requests it serves at once
         self._service_slots: dict[str, threading.BoundedSemaphore] = {}
         self._service_slots_lock = threading.Lock()
+        # container uuid -> its model server's prefix cache (llm.py), while it runs
+        self._prefix_caches: dict[str, PrefixCache] = {}
+        self._prefix_caches_lock = threading.Lock()  # never held while taking the world's
         self._server: SimHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -209,7 +213,7 @@ class Simulator:
 
     def _tick_forever(self) -> None:
         while not self._stopping.wait(TICK_SECONDS):
-            self.world.sync()
+            self.world.settle()
 
     # ----- test controls ---------------------------------------------------------------------
 
@@ -219,14 +223,13 @@ class Simulator:
                 or not 0 <= seconds <= MAX_ADVANCE_SECONDS:
             raise ValueError(f"seconds must be a finite number between 0 and {MAX_ADVANCE_SECONDS:g} (one year)")
         self.clock.advance(seconds)
-        self.world.sync()
+        self.world.settle()
 
     def occupy(self, gpu_name: str, count: int, seconds: float | None = None) -> int:
         """Background tenants take up to `count` idle GPUs of `gpu_name` (stock drops) until
         `seconds` of simulated time pass, or forever when None. Returns how many they got."""
         if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
             raise ValueError("seconds must be a positive finite number, or None for forever")
-        self.world.sync()
         if self.gpu_names == "vendor":
             gpu_name = vendor_gpu_name(gpu_name)  # "RTX 4090" and its vendor spelling are one card
         return self.world.occupy(gpu_name, count, seconds)
@@ -234,6 +237,7 @@ class Simulator:
     def release_occupied(self) -> None:
         """Give back every GPU held by background tenants."""
         self.world.release_occupied()
+        self.world.settle()
 
     def crash_container(self, container_uuid: str, exit_code: int = 1) -> None:
         """Kill a live container as if its process died with `exit_code`."""
@@ -241,6 +245,7 @@ class Simulator:
             crashed = self.world.crash(container_uuid, exit_code)
         except NotFound:
             raise KeyError(f"no such container {container_uuid}") from None
+        self.world.settle()
         if not crashed:
             raise ValueError(f"container {container_uuid} is already stopping or stopped")
 
@@ -268,6 +273,46 @@ class Simulator:
             for uuid in on_machine:
                 self._service_slots.pop(uuid, None)
 
+    def set_machine_llm(self, machine_id: str, **settings: Any) -> None:
+        """Change the machine's model-server timing and prefix cache (cluster file keys
+        ttft_seconds, prefill_seconds_per_token, decode_seconds_per_token, prefix_cache_blocks,
+        cache_block_tokens); the next request on its containers uses them."""
+        unknown = set(settings) - set(LLM_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown settings {', '.join(sorted(unknown))} (known: {', '.join(LLM_SETTINGS)})")
+        problems = llm_setting_problems(settings, machine_id)
+        if problems:
+            raise ValueError("; ".join(problems))
+        with self.world.lock:
+            machine = self._machine(machine_id)
+            for key, value in llm_settings(settings).items():
+                setattr(machine, key, value)
+
+    def prefix_cache(self, container_uuid: str) -> PrefixCache:
+        """The container's prefix cache (created on its first request)."""
+        with self._prefix_caches_lock:
+            cache = self._prefix_caches.get(container_uuid)
+            if cache is not None:
+                return cache
+            known = list(self._prefix_caches)
+        # A cache dies with its container's process: drop those of shut-down containers.
+        with self.world.lock:
+            gone = [uuid for uuid in known if not self.world.containers[uuid].is_live]
+        with self._prefix_caches_lock:
+            for uuid in gone:
+                self._prefix_caches.pop(uuid, None)
+            return self._prefix_caches.setdefault(container_uuid, PrefixCache())
+
+    def prefix_cache_stats(self) -> list[dict[str, Any]]:
+        """Per container that served an OpenAI request and still runs: requests, prompt_tokens,
+        cached_tokens, hit_rate (cached / prompt tokens) and cached_blocks, oldest first."""
+        with self._prefix_caches_lock:
+            caches = dict(self._prefix_caches)
+        with self.world.lock:
+            machines = {uuid: self.world.containers[uuid].machine_id for uuid in caches}
+        return [{"container_uuid": uuid, "machine_id": machines[uuid], **cache.stats()}
+                for uuid, cache in caches.items()]
+
     def service_slot(self, container_uuid: str, concurrency: int) -> threading.BoundedSemaphore | None:
         """The semaphore a /svc request of this container holds while it is served (None: no limit)."""
         if concurrency <= 0:
@@ -290,8 +335,7 @@ class Simulator:
         """Set the balance as of now (past spend is kept in `accumulate`), the frozen part of
         it (`blocked_asset`: counted in `assets`, not spendable), vouchers, whether WeChat is
         bound, and the enterprise gate."""
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             if balance_yuan is not None:
                 if not math.isfinite(balance_yuan):
                     raise ValueError("balance_yuan must be a finite number")
@@ -320,23 +364,20 @@ class Simulator:
 
     def machines(self) -> list[dict[str, Any]]:
         """Every machine with its configuration plus `free_gpus` and `blacklisted`."""
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             return [{**m.describe(), "free_gpus": self.world.free_gpus(m),
                      "blacklisted": m.machine_id in self.world.blacklist}
                     for m in self.world.machines.values()]
 
     def deployments(self) -> list[dict[str, Any]]:
         """Live (not deleted) deployments as the list endpoint shows them, oldest first."""
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             return [self._api._deployment_view(d) for d in self.world.deployments.values() if not d.deleted]
 
     def containers(self, deployment_uuid: str | None = None) -> list[dict[str, Any]]:
         """Every container (released ones too), oldest first, shaped like the container list,
         plus simulator-only keys `exit_code`, `stop_reason`, `reused_from` and `files`."""
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             return [
                 {**self._api.container_view(c), "exit_code": c.exit_code,
                  "stop_reason": c.stop_reason, "reused_from": c.reused_from, "files": dict(c.files)}
@@ -436,6 +477,15 @@ class Simulator:
     def _control_concurrency(self, params: dict) -> None:
         self.set_machine_concurrency(str(params["machine_id"]), params["requests"])
 
+    def _control_llm(self, params: dict) -> dict:
+        settings = {key: value for key, value in params.items() if key != "machine_id"}
+        self.set_machine_llm(str(params["machine_id"]), **settings)
+        return {key: value for key, value in self._machine(str(params["machine_id"])).describe().items()
+                if key in LLM_SETTINGS}
+
+    def _control_prefix_cache(self, params: dict) -> list:
+        return self.prefix_cache_stats()
+
     def _control_wallet(self, params: dict) -> dict:
         def number(key: str) -> float | None:
             return None if params.get(key) is None else float(params[key])
@@ -459,6 +509,8 @@ CONTROL_ROUTES = {
     ("POST", "/_sim/faulty"): "_control_faulty",
     ("POST", "/_sim/latency"): "_control_latency",
     ("POST", "/_sim/concurrency"): "_control_concurrency",
+    ("POST", "/_sim/llm"): "_control_llm",
+    ("GET", "/_sim/prefix_cache"): "_control_prefix_cache",
     ("POST", "/_sim/wallet"): "_control_wallet",
     ("GET", "/_sim/wechat"): "_control_wechat",
 }

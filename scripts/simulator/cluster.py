@@ -16,6 +16,12 @@ Cluster file format (JSON; `scripts/simulator/default_cluster.json` is the defau
          "latency_seconds": 0.02,         # optional: real delay of its /svc answers
          "service_concurrency": 1,        # optional: requests one container serves at once
                                           #   (a GPU runs one batch; the rest queue); 0 = no limit
+         "ttft_seconds": 0.05,            # optional model-server timing (real seconds, see
+         "prefill_seconds_per_token": 0.0002,  # llm.py): time to first token = ttft +
+         "decode_seconds_per_token": 0.02,     #   prefill x uncached prompt tokens; then one
+                                          #   token per decode step (unset: latency_seconds)
+         "prefix_cache_blocks": 1024,     # optional: prompt blocks one container caches (LRU)
+         "cache_block_tokens": 16,        # optional: tokens per cache block
          "faulty": false,                 # optional: its containers crash soon after start
          "chip_corp": "nvidia", "cpu_arch": "x86"}   # optional, shown by region stock
       ],
@@ -68,6 +74,20 @@ class ClusterConfigError(ValueError):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+# A container's prefix cache: 1,024 blocks of 16 tokens (vLLM's default block size) keep a
+# few long conversations; the caps bound what one container's cache can hold in memory.
+DEFAULT_PREFIX_CACHE_BLOCKS = 1024
+DEFAULT_CACHE_BLOCK_TOKENS = 16
+# Model-server settings of a machine: (type, minimum, maximum, may be null).
+LLM_SETTINGS: dict[str, tuple[type, float, float, bool]] = {
+    "ttft_seconds": (float, 0, 3600, True),
+    "prefill_seconds_per_token": (float, 0, 60, False),
+    "decode_seconds_per_token": (float, 0, 60, True),
+    "prefix_cache_blocks": (int, 0, 100_000, False),
+    "cache_block_tokens": (int, 1, 4096, False),
+}
+
+
 @dataclass
 class Machine:
     machine_id: str
@@ -80,6 +100,12 @@ class Machine:
     max_cuda: int
     latency_seconds: float = 0.0
     service_concurrency: int = 0  # 0 = unlimited: every /svc request is served at once
+    # The model server's timing and prefix cache (llm.py); None = latency_seconds.
+    ttft_seconds: float | None = None
+    prefill_seconds_per_token: float = 0.0
+    decode_seconds_per_token: float | None = None
+    prefix_cache_blocks: int = DEFAULT_PREFIX_CACHE_BLOCKS
+    cache_block_tokens: int = DEFAULT_CACHE_BLOCK_TOKENS
     faulty: bool = False
     chip_corp: str = "nvidia"
     cpu_arch: str = "x86"
@@ -104,6 +130,7 @@ class Machine:
             "max_cuda": self.max_cuda,
             "latency_seconds": self.latency_seconds,
             "service_concurrency": self.service_concurrency,
+            **{key: getattr(self, key) for key in LLM_SETTINGS},
             "faulty": self.faulty,
         }
 
@@ -306,13 +333,34 @@ def _parse_machine(item: Any, where: str, problems: list[str]) -> Machine | None
         problems.append(f"{where}.service_concurrency: must be an integer >= 0 (0 = no limit)")
     if not isinstance(item.get("faulty", False), bool):
         problems.append(f"{where}.faulty: must be true or false")
+    problems += llm_setting_problems({k: v for k, v in item.items() if k in LLM_SETTINGS}, where)
     known = {f for f in Machine.__dataclass_fields__}
     unknown = set(item) - known
     if unknown:
         problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
     if len(problems) > count_before:
         return None
-    return Machine(**{**item, "latency_seconds": float(latency)})
+    return Machine(**{**item, "latency_seconds": float(latency), **llm_settings(item)})
+
+
+def llm_setting_problems(settings: dict, where: str) -> list[str]:
+    """What is wrong with model-server settings (keys of LLM_SETTINGS), one line each."""
+    problems = []
+    for key, value in settings.items():
+        kind, minimum, maximum, nullable = LLM_SETTINGS[key]
+        if value is None and nullable:
+            continue
+        number = _is_int(value) if kind is int else _is_number(value)
+        if not number or not minimum <= value <= maximum:
+            what = "an integer" if kind is int else "a number"
+            problems.append(f"{where}.{key}: must be {what} {minimum}..{maximum}" + (" or null" if nullable else ""))
+    return problems
+
+
+def llm_settings(settings: dict) -> dict:
+    """The model-server settings among `settings`, as the Machine fields' types."""
+    return {key: None if settings[key] is None else LLM_SETTINGS[key][0](settings[key])
+            for key in LLM_SETTINGS if key in settings}
 
 
 def _parse_image(item: Any, where: str, pattern: re.Pattern, problems: list[str]) -> Image | None:

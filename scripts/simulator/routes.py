@@ -218,12 +218,13 @@ class Api:
 
     def create_deployment(self, params: dict) -> dict:
         spec = self._parse_create(params)
-        with self.world.lock:
+        with self.world.current():
             try:
                 deployment = self.world.create_deployment(spec)
             except NoCapacity:
                 raise ApiError("BadRequest", OUT_OF_STOCK_MSG) from None
-            return {"deployment_uuid": deployment.uuid}
+        self.world.settle()  # the answer comes once every replica that fits has started
+        return {"deployment_uuid": deployment.uuid}
 
     def _parse_create(self, params: dict) -> NewDeployment:
         name = read_str(params, "name", required=True)
@@ -320,8 +321,7 @@ class Api:
         name = read_str(params, "name")
         status = read_choice(params, "status", (DEPLOYMENT_RUNNING, DEPLOYMENT_STOPPED))
         uuid = read_str(params, "deployment_uuid")
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             chosen = [
                 d for d in reversed(self.world.deployments.values())
                 if not d.deleted
@@ -367,27 +367,27 @@ class Api:
 
     def set_replica_num(self, params: dict) -> None:
         replica_num = read_int(params, "replica_num", required=True, minimum=0)
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             deployment = self._deployment(params)
             if deployment.deployment_type != REPLICA_SET:
                 raise ApiError("BadRequest", "仅 ReplicaSet 类型的部署支持设置副本数")
             if deployment.status != DEPLOYMENT_RUNNING:
                 raise ApiError("BadRequest", "部署已停止，无法设置副本数")
             self.world.set_replica_num(deployment, replica_num)
+        self.world.settle()
 
     def operate_deployment(self, params: dict) -> None:
         operate = read_str(params, "operate", required=True)
         if operate != "stop":
             raise bad_parameter("operate 仅支持 stop")
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             self.world.stop_deployment(self._deployment(params))
+        self.world.settle()
 
     def delete_deployment(self, params: dict) -> None:
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             self.world.delete_deployment(self._deployment(params))
+        self.world.settle()
 
     def duration_packages(self, params: dict) -> list:
         with self.world.lock:
@@ -408,8 +408,7 @@ class Api:
         cpu = read_range(params, "cpu_num", required=False)
         memory = read_range(params, "memory_size", required=False)
         price = read_range(params, "price", required=False)
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             deployment = self._deployment(params)
             chosen = [
                 c for c in reversed(self.world.containers_of(deployment.uuid))
@@ -464,8 +463,7 @@ class Api:
 
     def list_events(self, params: dict) -> dict:
         container_uuid = read_str(params, "deployment_container_uuid")
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             deployment = self._deployment(params)
             if container_uuid:
                 events = [e for e in deployment.events if e.container_uuid == container_uuid]
@@ -489,10 +487,10 @@ class Api:
         decrease = read_bool(params, "decrease_one_replica_num")
         no_cache = read_bool(params, "no_cache")
         read_str(params, "cmd_before_shutdown")  # accepted; the simulator runs no commands
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             container = self._container(params)
             self.world.stop_container(container.uuid, decrease, no_cache)
+        self.world.settle()
 
     # blacklist
 
@@ -502,13 +500,11 @@ class Api:
                            minimum=1, maximum=BLACKLIST_MAX_MINUTES)
         if self.dialect == "private":
             minutes = BLACKLIST_DEFAULT_MINUTES  # private docs: fixed 24 h expiry
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             self.world.add_blacklist(self._container(params), minutes, comment)
 
     def list_blacklist(self, params: dict) -> list:
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             return [{
                 "created_at": self._ts(e.created_at), "updated_at": self._ts(e.updated_at),
                 "data_center": e.data_center, "expired_time": self._ts(e.expires_at),
@@ -518,8 +514,7 @@ class Api:
     # stock
 
     def global_stock(self, params: dict) -> list | dict:
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             stock = self.world.stock_by_gpu()
         if self.stock_shape == "dict":
             return {name: {"gpu_name": name, "idle_gpu_num": s["idle_gpu_num"],
@@ -547,8 +542,7 @@ class Api:
                     and _within(machine.memory_gb_per_gpu, memory)
                     and _within(machine.price, price))
 
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             stock = self.world.stock_by_gpu(wanted)
         return [{name: s} for name, s in stock.items()]
 
@@ -556,8 +550,7 @@ class Api:
     # account
 
     def wallet_balance(self, params: dict) -> dict:
-        with self.world.lock:
-            self.world.sync()
+        with self.world.current():
             return self.account.wallet(self.world.containers.values(), self.world.now)
 
     def send_wechat_message(self, params: dict) -> None:

@@ -7,7 +7,8 @@ Three route families share one ThreadingHTTPServer:
 - `/svc/<container_uuid>/...`  the container's own service (no auth), answering only while
                the container runs, after the machine's latency. Like a model server it also
                speaks OpenAI (`POST /v1/completions`, `/v1/chat/completions`, SSE with
-               `"stream": true`) and reports its queue at `GET /metrics` in vLLM's format.
+               `"stream": true`), with a prefix cache and prefill/decode delays (llm.py),
+               and reports its queue and cache at `GET /metrics` in vLLM's format.
 - `/_sim/...`  test controls for a simulator in another process (token required).
 """
 
@@ -32,6 +33,7 @@ from .clock import SimClock
 from .routes import Api, ApiError
 from .controllers import Container
 from .faults import FaultInjector
+from .llm import PrefixCache, Timing, prompt_tokens
 from .world import NotFound, World
 
 ALL_DIALECTS = frozenset({"private", "public", "both"})
@@ -95,8 +97,9 @@ MAX_FILE_BYTES_PER_CONTAINER = 4 * 1024 * 1024
 DEFAULT_COMPLETION_TOKENS = 16
 MAX_COMPLETION_TOKENS = 512
 OPENAI_ROUTES = ("/v1/completions", "/v1/chat/completions")
-# What GET /metrics answers: the two gauges of vLLM's Prometheus page a router reads (the
-# real page has many more). A fixed template of a model server's output, not an exporter.
+# What GET /metrics answers: the series of vLLM's Prometheus page a router reads (the real
+# page has many more): its queue, and its prefix cache's queried and hit prompt tokens. A
+# fixed template of a model server's output, not an exporter.
 VLLM_METRICS_PAGE = (
     "# HELP vllm:num_requests_running Number of requests currently running on GPU.\n"
     "# TYPE vllm:num_requests_running gauge\n"
@@ -104,6 +107,12 @@ VLLM_METRICS_PAGE = (
     "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
     "# TYPE vllm:num_requests_waiting gauge\n"
     'vllm:num_requests_waiting{{model_name="{model}"}} {waiting:.1f}\n'
+    "# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.\n"
+    "# TYPE vllm:prefix_cache_queries_total counter\n"
+    'vllm:prefix_cache_queries_total{{model_name="{model}"}} {queries:.1f}\n'
+    "# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.\n"
+    "# TYPE vllm:prefix_cache_hits_total counter\n"
+    'vllm:prefix_cache_hits_total{{model_name="{model}"}} {hits:.1f}\n'
 )
 SIM_MODEL = "autodl-sim"
 FAULT_MESSAGES = {500: ("InternalError", "服务器内部错误"), 503: ("ServiceUnavailable", "服务暂时不可用，请稍后重试")}
@@ -136,6 +145,8 @@ class Backend(Protocol):
     def record_request(self, method: str, path: str, body: bytes, query: dict) -> None: ...
 
     def service_slot(self, container_uuid: str, concurrency: int) -> threading.BoundedSemaphore | None: ...
+
+    def prefix_cache(self, container_uuid: str) -> PrefixCache: ...
 
     def control(self, method: str, path: str, params: dict) -> Any: ...
 
@@ -397,8 +408,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         if port_prefix:
             subpath = subpath[port_prefix.end():] or "/"
         world = self.server.sim.world
-        with world.lock:
-            world.sync()
+        with world.current():
             try:
                 container = world.container(container_uuid)
             except NotFound:
@@ -409,6 +419,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 running = container
                 machine = world.machines[container.machine_id]
                 latency, concurrency = machine.latency_seconds, machine.service_concurrency
+                timing, block_tokens, cache_blocks = Timing.of(machine), machine.cache_block_tokens, machine.prefix_cache_blocks
         if running is None:
             if container is None:
                 self._send_json(404, {"error": "no such container"})
@@ -418,13 +429,15 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         if subpath == "/metrics" and method == "GET":
             # A model server's metrics answer at once, however busy its GPU is.
             active, queued = self.server.service_load_of(running.uuid)
-            page = VLLM_METRICS_PAGE.format(model=SIM_MODEL, running=active, waiting=queued)
+            cache = self.server.sim.prefix_cache(running.uuid).stats()
+            page = VLLM_METRICS_PAGE.format(model=SIM_MODEL, running=active, waiting=queued,
+                                            queries=cache["prompt_tokens"], hits=cache["cached_tokens"])
             self._send(200, page.encode(), "text/plain; version=0.0.4; charset=utf-8")
             return
         completion = None
         if subpath in OPENAI_ROUTES and method == "POST":
             try:
-                completion = self._completion_request(body)
+                completion = self._completion_request(body, chat=subpath == "/v1/chat/completions")
             except ApiError as error:
                 self._send_json(400, {"error": {"message": error.msg, "type": "invalid_request_error"}})
                 return
@@ -441,7 +454,14 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         self.server.count_service(running.uuid, running=1)
         try:
             if completion is not None:
-                self._serve_completion(subpath, completion, running, latency)
+                # Prefill starts once the request has its slot on the GPU.
+                prompt = completion["prompt"]
+                cached = self.server.sim.prefix_cache(running.uuid).admit(prompt, block_tokens, cache_blocks)
+                first = timing.first_token_seconds(len(prompt), cached)
+                usage = {"prompt_tokens": len(prompt), "completion_tokens": completion["tokens"],
+                         "total_tokens": len(prompt) + completion["tokens"],
+                         "prompt_tokens_details": {"cached_tokens": cached}}
+                self._serve_completion(subpath, completion, running, (first, timing.decode_seconds_per_token), usage)
                 return
             time.sleep(latency)  # outside the lock: a slow host must not stall the whole API
         finally:
@@ -461,44 +481,50 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 "served_at": world.clock.timestamp(world.clock.now()),
             })
 
-    def _completion_request(self, body: bytes) -> dict[str, Any]:
+    def _completion_request(self, body: bytes, chat: bool) -> dict[str, Any]:
         params = self._parse_json(body, http_status=400)
         tokens = params.get("max_tokens", params.get("max_completion_tokens", DEFAULT_COMPLETION_TOKENS))
         if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_COMPLETION_TOKENS:
             raise ApiError("InvalidRequest", f"max_tokens must be an integer 1..{MAX_COMPLETION_TOKENS}", 400)
-        return {"tokens": tokens, "stream": params.get("stream") is True, "model": str(params.get("model") or SIM_MODEL)}
+        stream_options = params.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        return {"tokens": tokens, "stream": params.get("stream") is True, "include_usage": include_usage,
+                "model": str(params.get("model") or SIM_MODEL), "prompt": prompt_tokens(params, chat)}
 
     def _still_running(self, container_uuid: str) -> bool:
         world = self.server.sim.world
-        with world.lock:
-            world.sync()
+        with world.current():
             try:
                 return world.container(container_uuid).status == lc.RUNNING
             except NotFound:
                 return False
 
-    def _serve_completion(self, subpath: str, request: dict[str, Any], container: Container, latency: float) -> None:
-        """An OpenAI answer of `tokens` tokens, one every `latency` seconds (the machine's step).
+    def _serve_completion(self, subpath: str, request: dict[str, Any], container: Container,
+                          delays: tuple[float, float], usage: dict[str, Any]) -> None:
+        """An OpenAI answer of `tokens` tokens: the first after delays[0] (time to first
+        token), each next after delays[1] (a decode step); `usage` reports the prompt's
+        tokens and how many of them the prefix cache held (llm.py).
 
-        Streamed: server-sent events in chunked encoding, one event per token, then
-        `data: [DONE]`. If the container stops mid-answer the connection is cut without the
-        final chunk, as when a model server's process dies.
+        Streamed: server-sent events in chunked encoding, one event per token (then, with
+        `stream_options.include_usage`, one with `usage` and no choices), then `data: [DONE]`.
+        If the container stops mid-answer the connection is cut without the final chunk, as
+        when a model server's process dies.
         """
         chat = subpath == "/v1/chat/completions"
         created = int(time.time())
         answer_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid_lib.uuid4().hex[:12]}"
         words = [f" tok{i}" for i in range(request["tokens"])]
         base = {"id": answer_id, "created": created, "model": request["model"], "system_fingerprint": container.uuid}
+        steps = [delays[0]] + [delays[1]] * (len(words) - 1)
         if not request["stream"]:
-            for _ in words:
-                time.sleep(latency)
+            for step in steps:
+                time.sleep(step)
                 if not self._still_running(container.uuid):
                     self.close_connection = True
                     return
             text = "".join(words)
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"} if chat
                       else {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"})
-            usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
             self._send_json(200, {**base, "object": "chat.completion" if chat else "text_completion",
                                   "choices": [choice], "usage": usage})
             return
@@ -508,8 +534,8 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         kind = "chat.completion.chunk" if chat else "text_completion"
-        for index, word in enumerate(words):
-            time.sleep(latency)
+        for index, (word, step) in enumerate(zip(words, steps)):
+            time.sleep(step)
             if not self._still_running(container.uuid):
                 self.close_connection = True  # no terminating chunk: the client sees a cut stream
                 return
@@ -519,9 +545,14 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 choice = {"index": 0, "delta": delta, "finish_reason": "length" if last else None}
             else:
                 choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": "length" if last else None}
-            self._write_chunk(b"data: " + json.dumps({**base, "object": kind, "choices": [choice]}, allow_nan=False).encode() + b"\n\n")
+            self._write_event({**base, "object": kind, "choices": [choice]})
+        if request["include_usage"]:
+            self._write_event({**base, "object": kind, "choices": [], "usage": usage})
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
+
+    def _write_event(self, document: dict[str, Any]) -> None:
+        self._write_chunk(b"data: " + json.dumps(document, allow_nan=False).encode() + b"\n\n")
 
     def _write_chunk(self, data: bytes) -> None:
         # HTTP/1.1 chunked framing (RFC 9112 7.1): the stdlib server has no writer for it.

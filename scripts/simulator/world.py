@@ -4,14 +4,24 @@ Time moves in two ways: a background ticker and every API call bring the world u
 clock's "now" (`sync`). Advancing is event driven: the world jumps from one due transition
 to the next, so events carry the exact simulated instant they happened at, and a long
 `advance()` still runs every controller step in order.
+
+The work stays linear in what happens (issue 22): timers wait in a heap, and a controller
+step visits only the deployments that may want something (their containers changed, their
+spec changed, or they found no room and GPUs came free). One pass under the lock does at
+most WORK_PER_PASS transitions, starts and stops; `settle()` runs passes until the world is
+caught up, releasing the lock between them, so a PUT that starts 10,000 containers never
+stalls other requests for long. Between passes the world is briefly behind the clock, at an
+exact earlier instant, as a real platform's controllers lag behind its API.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import random
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import lifecycle as lc
 from .clock import SimClock
@@ -32,8 +42,12 @@ from .controllers import (
 
 # Stopped containers stay reusable this long (the platform keeps them "at most 7 days").
 REUSE_POOL_SECONDS = 7 * 24 * 3600
-# Upper bound on transitions processed in one sync, so a huge advance() cannot hang a request.
+# Upper bound on controller steps (distinct instants) before a catch-up gives up on exact
+# instants and jumps to the clock, so a huge advance() of a crash loop cannot hang for long.
 MAX_STEPS_PER_SYNC = 100_000
+# Transitions, container starts and stops one pass may do while it holds the lock: about
+# 10-20 ms of work, so no request waits long behind another's (issue 22: <= 50 ms).
+WORK_PER_PASS = 1000
 # Exit code of a container stopped on request (SIGTERM's conventional 128 + 15).
 STOPPED_EXIT_CODE = 143
 # Events kept per deployment: a poller following from its offset never falls that far
@@ -91,6 +105,12 @@ class World:
         self.now = 0.0
         self.default_job_seconds = spec.default_job_seconds
         self.machines: dict[str, Machine] = {m.machine_id: m for m in spec.machines}
+        # GPU model -> its hosts in listing order, so a placement looks only at hosts of the
+        # models it asks for (machines never change model).
+        self._machines_by_gpu: dict[str, list[Machine]] = {}
+        for machine in spec.machines:
+            self._machines_by_gpu.setdefault(machine.gpu_name, []).append(machine)
+        self._listing_order = {machine_id: index for index, machine_id in enumerate(self.machines)}
         self.images: list[Image] = list(spec.images)
         self.base_images: list[Image] = list(spec.base_images)
         self.deployments: dict[str, Deployment] = {}
@@ -101,10 +121,27 @@ class World:
         # Indexes kept where containers are created and shut down, so listing a deployment
         # and placing a container cost the same at 10 or 10,000 containers (issue 22).
         self._by_deployment: dict[str, list[Container]] = {}  # every container, in creation order
+        self._live_of: dict[str, dict[str, Container]] = {}  # deployment -> live, in creation order
         self._gpus_used: dict[str, int] = {}  # machine_id -> GPUs held by live containers
-        self.pool: list[PoolEntry] = []
+        # Pending phase ends: (instant, container id, sequence, container). The id orders
+        # containers due at one instant by creation; an entry is current while it is the one
+        # in _timer_of (a container stopped mid-phase leaves its old entry behind, skipped).
+        self._timers: list[tuple[float, int, int, Container]] = []
+        self._timer_of: dict[str, tuple[float, int, int, Container]] = {}
+        self._timer_sequence = 0
+        # Deployments whose controller must look again, by uuid: touched since their last
+        # turn, deferred by a pass's budget, or starved (no room; retried when GPUs free up).
+        self._dirty: set[str] = set()
+        self._deferred: set[str] = set()
+        self._starved: set[str] = set()
+        self._capacity_freed = False
+        self._work_left = WORK_PER_PASS
+        self._steps_behind = 0  # controller steps since the world last caught up with the clock
+        self.pool: list[PoolEntry] = []  # in the order containers stopped (oldest first)
         self.blacklist: dict[str, BlacklistEntry] = {}
         self.occupancy: list[Occupancy] = []
+        self._occupied: dict[str, int] = {}  # machine_id -> GPUs other tenants hold
+        self._occupancy_ends: float | None = None  # the earliest `until` in occupancy
         self._rng = random.Random(seed)
         self._next_id = {"deployment": 1, "container": 1}
         for load in spec.background_load:
@@ -112,36 +149,105 @@ class World:
 
     # ----- time -------------------------------------------------------------------------
 
-    def sync(self) -> None:
-        """Bring the world up to the clock's current simulated time."""
+    def sync(self) -> bool:
+        """One pass: bring the world up to the clock's current simulated time, or as far as
+        WORK_PER_PASS allows. True when caught up; False when behind (call again: `settle`).
+
+        A pass that runs out of work stops where it is, at an exact instant: the next one
+        first finishes that instant (its transitions, then the deferred controller work), so
+        the outcome is the same as one long pass.
+        """
         with self.lock:
             target = self.clock.now()
-            for _ in range(MAX_STEPS_PER_SYNC):
+            self._work_left = WORK_PER_PASS
+            while True:
+                if self._deferred:
+                    self._reconcile()
+                    if self._deferred:
+                        return False
                 due = self._next_due_time()
-                if due is None or due > target:
+                if due is None or due > target or self._steps_behind >= MAX_STEPS_PER_SYNC:
                     break
+                if self._work_left <= 0:
+                    return False
+                self._steps_behind += 1
                 self.now = max(self.now, due)
                 self._fire_due()
+                if self._work_left <= 0 and self._due_by(self.now):
+                    return False
                 self._reconcile()
+            self._steps_behind = 0
             self.now = max(self.now, target)
             self._expire_pool_and_blacklist()
             self._reconcile()
+            return not self._deferred
+
+    def settle(self) -> None:
+        """sync() until caught up, releasing the lock between passes so other requests get
+        their turn. Call it without holding the lock (else the passes run back to back)."""
+        while not self.sync():
+            pass
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """Hold the lock on a world caught up with the clock, so what a request reads or
+        changes happens now, not at an instant the world has yet to leave. The catching up
+        runs in passes, with the lock released between them."""
+        while True:
+            with self.lock:
+                if self.sync():
+                    yield
+                    return
+
+    def _due_by(self, instant: float) -> bool:
+        self._drop_stale_timers()
+        return bool(self._timers) and self._timers[0][0] <= instant
+
+    def _drop_stale_timers(self) -> None:
+        timers = self._timers
+        while timers and self._timer_of.get(timers[0][3].uuid) is not timers[0]:
+            heapq.heappop(timers)
 
     def _next_due_time(self) -> float | None:
-        times = [c.phase_ends_at for c in self._live.values() if c.phase_ends_at is not None]
-        times += [o.until for o in self.occupancy if o.until is not None]
+        self._drop_stale_timers()
+        times = [self._timers[0][0]] if self._timers else []
+        if self._occupancy_ends is not None:
+            times.append(self._occupancy_ends)
         return min(times, default=None)
 
     def _fire_due(self) -> None:
-        self.occupancy = [o for o in self.occupancy if o.until is None or o.until > self.now]
-        for container in list(self._live.values()):
-            while container.phase_ends_at is not None and container.phase_ends_at <= self.now:
-                self._transition(container, container.phase_ends_at)
+        if self._occupancy_ends is not None and self._occupancy_ends <= self.now:
+            self.occupancy = [o for o in self.occupancy if o.until is None or o.until > self.now]
+            self._occupancy_changed()
+            self._capacity_freed = True
+        timers = self._timers
+        while self._work_left > 0 and self._due_by(self.now):
+            entry = heapq.heappop(timers)
+            at, container = entry[0], entry[3]
+            del self._timer_of[container.uuid]
+            self._work_left -= 1
+            self._dirty.add(container.deployment_uuid)
+            self._transition(container, at)
+
+    def _schedule(self, container: Container, at: float | None) -> None:
+        """Set when the container's current phase ends (None: no timer)."""
+        container.phase_ends_at = at
+        if at is None:
+            self._timer_of.pop(container.uuid, None)
+            return
+        self._timer_sequence += 1
+        entry = (at, container.id, self._timer_sequence, container)
+        self._timer_of[container.uuid] = entry
+        heapq.heappush(self._timers, entry)
 
     def _expire_pool_and_blacklist(self) -> None:
-        self.pool = [p for p in self.pool if p.stopped_at + REUSE_POOL_SECONDS > self.now]
+        kept = 0  # the pool is in stopping order, so expired entries are a prefix
+        while kept < len(self.pool) and self.pool[kept].stopped_at + REUSE_POOL_SECONDS <= self.now:
+            kept += 1
+        del self.pool[:kept]
         for machine_id in [m for m, e in self.blacklist.items() if e.expires_at <= self.now]:
             del self.blacklist[machine_id]
+            self._capacity_freed = True
 
     # ----- container state machine ------------------------------------------------------
 
@@ -151,7 +257,7 @@ class World:
             if status == lc.RUNNING:
                 self._enter_running(container, at)
             else:
-                container.phase_ends_at = at + lc.PHASE_SECONDS[status]
+                self._schedule(container, at + lc.PHASE_SECONDS[status])
             self._set_status(container, status, at)
         elif container.status == lc.RUNNING:
             # The command returned (or the faulty host killed it). A Job counts the
@@ -177,7 +283,7 @@ class World:
                 seconds, exit_code = crash_after, lc.CRASH_EXIT_CODE
         container.started_at = at
         container.planned_exit_code = exit_code
-        container.phase_ends_at = None if seconds is None else at + seconds
+        self._schedule(container, None if seconds is None else at + seconds)
         # A boot log that survives reuse, so a reused container visibly keeps old files.
         history = container.files.get("/root/.sim_boot_history", "")
         container.files["/root/.sim_boot_history"] = history + container.uuid + "\n"
@@ -185,15 +291,17 @@ class World:
     def _begin_shutdown(self, container: Container, at: float, exit_code: int, reason: str) -> None:
         container.exit_code = exit_code
         container.stop_reason = reason
-        container.phase_ends_at = at + lc.PHASE_SECONDS[lc.SHUTTING_DOWN]
+        self._schedule(container, at + lc.PHASE_SECONDS[lc.SHUTTING_DOWN])
         self._set_status(container, lc.SHUTTING_DOWN, at)
 
     def _finish_shutdown(self, container: Container, at: float) -> None:
-        container.phase_ends_at = None
+        self._schedule(container, None)
         container.stopped_at = at
         self._set_status(container, lc.SHUTDOWN, at)
         del self._live[container.uuid]
+        del self._live_of[container.deployment_uuid][container.uuid]
         self._gpus_used[container.machine_id] -= container.gpu_num
+        self._capacity_freed = True
         if container.reusable:
             self.pool.append(
                 PoolEntry(container.uuid, container.deployment_uuid, container.machine_id,
@@ -215,73 +323,137 @@ class World:
 
     # ----- controllers and placement ---------------------------------------------------
 
-    def _live_by_deployment(self) -> dict[str, list[Container]]:
-        """Live containers grouped by deployment, in `_live` order: one pass, not one per deployment."""
-        grouped: dict[str, list[Container]] = {}
-        for container in self._live.values():
-            grouped.setdefault(container.deployment_uuid, []).append(container)
-        return grouped
-
     def _reconcile(self) -> None:
-        # Grouped once up front: a deployment's turn only adds containers of its own, so each
-        # list equals what a fresh scan of `_live` would find when that deployment's turn comes.
-        live_by_deployment = self._live_by_deployment()
-        for deployment in self.deployments.values():
-            if deployment.status != DEPLOYMENT_RUNNING or deployment.deleted:
-                continue
-            live = live_by_deployment.get(deployment.uuid, [])
-            for container in containers_to_stop(deployment, live):
-                self._stop(container, STOPPED_EXIT_CODE, "stopped")
-            if work_is_done(deployment, live):
-                self._mark_stopped(deployment)
-                continue
-            for _ in range(containers_to_start(deployment, live)):
-                if not self._start_container(deployment):
-                    break  # nothing fits now; a later tick retries
+        """A controller step: every deployment that may want something acts, in creation
+        order, as if all were visited: the rest would do nothing (see `_reconcile_one`)."""
+        chosen = self._dirty | self._deferred
+        if self._capacity_freed:
+            chosen |= self._starved
+            self._capacity_freed = False
+        self._dirty = set()
+        for deployment in sorted((self.deployments[uuid] for uuid in chosen), key=lambda d: d.id):
+            self._reconcile_one(deployment)
+
+    def _reconcile_one(self, deployment: Deployment) -> None:
+        """Bring one deployment toward what its controller wants, within the pass's budget.
+
+        Afterwards it wants nothing more until its containers change, its spec changes (both
+        mark it dirty), or, when left starved (no room), until GPUs come free; when the
+        budget ran out first it is deferred to the next pass.
+        """
+        self._deferred.discard(deployment.uuid)
+        self._starved.discard(deployment.uuid)
+        live = list(self._live_of.get(deployment.uuid, {}).values())
+        if deployment.status != DEPLOYMENT_RUNNING or deployment.deleted:
+            # A stopped or deleted deployment keeps no replicas: stop what still counts.
+            to_stop = [c for c in live if c.counts_as_replica]
+        else:
+            to_stop = containers_to_stop(deployment, live)
+        budget = self._work_left
+        for container in to_stop[:budget]:
+            self._stop(container, STOPPED_EXIT_CODE, "stopped")
+        self._work_left -= min(len(to_stop), budget)
+        if len(to_stop) > budget:
+            self._deferred.add(deployment.uuid)
+            return
+        if deployment.status != DEPLOYMENT_RUNNING or deployment.deleted:
+            return
+        if work_is_done(deployment, live):
+            self._mark_stopped(deployment)
+            return
+        wanted = containers_to_start(deployment, live)
+        if not wanted:
+            return
+        allowed = min(wanted, self._work_left)
+        started = self._start_containers(deployment, allowed) if allowed else 0
+        self._work_left -= started
+        if started < allowed:
+            self._starved.add(deployment.uuid)  # nothing fits now; retried when GPUs free up
+        elif allowed < wanted:
+            self._deferred.add(deployment.uuid)
 
     def _mark_stopped(self, deployment: Deployment) -> None:
         deployment.status = DEPLOYMENT_STOPPED
         deployment.stopped_at = deployment.updated_at = self.now
 
+    def _touch(self, deployment: Deployment) -> None:
+        """The deployment's controller must look again at the next step."""
+        self._dirty.add(deployment.uuid)
+
     def free_gpus(self, machine: Machine) -> int:
-        used = self._gpus_used.get(machine.machine_id, 0)
-        used += sum(o.gpus for o in self.occupancy if o.machine_id == machine.machine_id)
+        used = self._gpus_used.get(machine.machine_id, 0) + self._occupied.get(machine.machine_id, 0)
         return max(0, machine.gpu_num - used)
 
+    def _occupancy_changed(self) -> None:
+        """Rebuild what free_gpus and the timers read from the occupancy list."""
+        self._occupied = {}
+        for load in self.occupancy:
+            self._occupied[load.machine_id] = self._occupied.get(load.machine_id, 0) + load.gpus
+        self._occupancy_ends = min((o.until for o in self.occupancy if o.until is not None), default=None)
+
     def _candidates(self, placement: PlacementFilter) -> list[Machine]:
+        """Hosts that qualify and have room now, in listing order."""
+        hosts = [m for gpu_name in set(placement.gpu_name_set) for m in self._machines_by_gpu.get(gpu_name, ())]
+        hosts.sort(key=lambda m: self._listing_order[m.machine_id])
         return [
-            m for m in self.machines.values()
+            m for m in hosts
             if m.machine_id not in self.blacklist
             and placement.selects(m)
             and self.free_gpus(m) >= placement.gpu_num
         ]
 
-    def _reusable_entry(self, deployment: Deployment, machines: list[Machine]) -> PoolEntry | None:
+    def _reusable_entries(self, deployment: Deployment, hosts: set[str]) -> Iterator[PoolEntry]:
+        """Pool entries this deployment may reuse on those hosts, most recently stopped first."""
         if not deployment.spec.reuse_container:
-            return None
-        on_candidates = {m.machine_id for m in machines}
-        for entry in reversed(self.pool):  # most recently stopped first
-            if (entry.machine_id in on_candidates
-                    and entry.image_uuid == deployment.spec.image_uuid
-                    and (deployment.spec.reuse_scope == "all"
-                         or entry.deployment_uuid == deployment.uuid)):
-                return entry
-        return None
+            return iter(())
+        return (
+            entry for entry in reversed(self.pool)
+            if entry.machine_id in hosts
+            and entry.image_uuid == deployment.spec.image_uuid
+            and (deployment.spec.reuse_scope == "all" or entry.deployment_uuid == deployment.uuid)
+        )
 
     def can_place(self, placement: PlacementFilter) -> bool:
         return bool(self._candidates(placement))
 
-    def _start_container(self, deployment: Deployment) -> bool:
-        machines = self._candidates(deployment.spec.placement)
-        if not machines:
-            return False
-        entry = self._reusable_entry(deployment, machines)
-        if entry is not None:
-            self.pool.remove(entry)
-            machine = self.machines[entry.machine_id]
-        else:
-            # Spread load: the host with the most free GPUs (first listed wins ties).
-            machine = max(machines, key=self.free_gpus)
+    def _start_containers(self, deployment: Deployment, count: int) -> int:
+        """Start up to `count` containers; returns how many found room.
+
+        Each goes where placing them one at a time would put it: on the host of the most
+        recently stopped reusable container whose host still has room, else on the host with
+        the most free GPUs (the first listed wins ties). Only this deployment's own starts
+        change free GPUs meanwhile, so the qualifying hosts are found once and kept in a heap
+        by free GPUs, and the pool is walked once: linear in hosts + pool + containers.
+        """
+        gpu_num = deployment.spec.placement.gpu_num
+        free = {m.machine_id: self.free_gpus(m) for m in self._candidates(deployment.spec.placement)}
+        roomiest = [(-gpus, self._listing_order[machine_id], machine_id) for machine_id, gpus in free.items()]
+        heapq.heapify(roomiest)
+        # An entry skipped for lack of room never qualifies again in this batch: room only shrinks.
+        reusable = self._reusable_entries(deployment, set(free))
+        reused: list[PoolEntry] = []
+        started = 0
+        while started < count:
+            entry = next((e for e in reusable if free[e.machine_id] >= gpu_num), None)
+            if entry is not None:
+                machine_id = entry.machine_id
+                reused.append(entry)
+            else:
+                while roomiest and -roomiest[0][0] != free[roomiest[0][2]]:
+                    heapq.heappop(roomiest)  # outdated: that host has taken containers since
+                if not roomiest or free[roomiest[0][2]] < gpu_num:
+                    break
+                machine_id = roomiest[0][2]
+            free[machine_id] -= gpu_num
+            heapq.heappush(roomiest, (-free[machine_id], self._listing_order[machine_id], machine_id))
+            self._create_container(deployment, self.machines[machine_id], entry)
+            started += 1
+        if reused:
+            taken = {id(entry) for entry in reused}
+            self.pool = [entry for entry in self.pool if id(entry) not in taken]
+        return started
+
+    def _create_container(self, deployment: Deployment, machine: Machine, entry: PoolEntry | None) -> None:
         gpu_num = deployment.spec.placement.gpu_num
         creating = lc.REUSED_CREATING_SECONDS if entry else lc.PHASE_SECONDS[lc.CREATING]
         container = Container(
@@ -293,7 +465,7 @@ class World:
             gpu_num=gpu_num,
             cpu_num=machine.cpu_per_gpu * gpu_num,
             memory_gb=machine.memory_gb_per_gpu * gpu_num,
-            price=machine.price,  # per card, like price_from/price_to (api-reference.md, 计费口径)
+            price=machine.price,  # per card, like price_from/price_to (references/money.md, 计费口径)
             image_uuid=deployment.spec.image_uuid,
             data_center=machine.region,
             root_password=self._password(),
@@ -301,19 +473,20 @@ class World:
             custom_port=self._rng.randint(*PORT_RANGE),
             created_at=self.now,
             status=lc.CREATING,
-            phase_ends_at=self.now + creating,
+            phase_ends_at=None,
             updated_at=self.now,
             reusable=deployment.spec.reuse_container,
             reused_from=entry.container_uuid if entry else None,
             files=dict(entry.files) if entry else {},
         )
+        self._schedule(container, self.now + creating)
         self.containers[container.uuid] = container
         self._live[container.uuid] = container
+        self._live_of.setdefault(deployment.uuid, {})[container.uuid] = container
         self._by_deployment.setdefault(deployment.uuid, []).append(container)
         self._gpus_used[machine.machine_id] = self._gpus_used.get(machine.machine_id, 0) + gpu_num
         deployment.containers_started += 1
         self.record_event(deployment, Event(container.uuid, lc.CREATING, self.now))
-        return True
 
     # ----- operations used by the API and the test controls ---------------------------
 
@@ -334,8 +507,7 @@ class World:
 
     def create_deployment(self, spec: NewDeployment) -> Deployment:
         """Commit a deployment and start what fits; refuse (NoCapacity) if nothing fits now."""
-        with self.lock:
-            self.sync()
+        with self.current():
             if not self.can_place(spec.placement):
                 raise NoCapacity()
             uuid = self._hex(15)
@@ -346,12 +518,12 @@ class World:
                 replica_num=spec.replica_num, created_at=self.now, updated_at=self.now,
             )
             self.deployments[uuid] = deployment
+            self._touch(deployment)
             self._reconcile()
             return deployment
 
     def stop_container(self, container_uuid: str, decrease_one_replica_num: bool, no_cache: bool) -> None:
-        with self.lock:
-            self.sync()
+        with self.current():
             container = self.container(container_uuid)
             deployment = self.deployments[container.deployment_uuid]
             if no_cache:
@@ -360,23 +532,26 @@ class World:
                 if decrease_one_replica_num and deployment.deployment_type == REPLICA_SET:
                     deployment.replica_num = max(0, deployment.replica_num - 1)
                 deployment.updated_at = self.now
+            self._touch(deployment)
             self._reconcile()
 
     def set_replica_num(self, deployment: Deployment, replica_num: int) -> None:
-        with self.lock:
+        with self.current():
             deployment.replica_num = replica_num
             deployment.updated_at = self.now
+            self._touch(deployment)
             self._reconcile()
 
     def stop_deployment(self, deployment: Deployment) -> None:
-        with self.lock:
+        """Mark it stopped; its controller stops every replica (settle() finishes a big one)."""
+        with self.current():
             if deployment.status == DEPLOYMENT_RUNNING:
                 self._mark_stopped(deployment)
-            for container in [c for c in self._live.values() if c.deployment_uuid == deployment.uuid]:
-                self._stop(container, STOPPED_EXIT_CODE, "stopped")
+            self._touch(deployment)
+            self._reconcile()
 
     def delete_deployment(self, deployment: Deployment) -> None:
-        with self.lock:
+        with self.current():
             self.stop_deployment(deployment)
             deployment.deleted = True
             # Nobody can ask for a deleted deployment's events any more (404): free them.
@@ -397,7 +572,7 @@ class World:
                 trimmed[old.container_uuid] = trimmed.get(old.container_uuid, 0) + 1
 
     def add_blacklist(self, container: Container, minutes: float, comment: str) -> None:
-        with self.lock:
+        with self.current():
             machine = self.machines[container.machine_id]
             previous = self.blacklist.get(machine.machine_id)
             self.blacklist[machine.machine_id] = BlacklistEntry(
@@ -411,7 +586,7 @@ class World:
 
     def occupy(self, gpu_name: str, count: int, seconds: float | None = None) -> int:
         """Let other tenants take up to `count` idle GPUs of a model; returns how many."""
-        with self.lock:
+        with self.current():
             until = None if seconds is None else self.now + seconds
             taken = 0
             for machine in self.machines.values():
@@ -421,18 +596,22 @@ class World:
                 if grab > 0:
                     self.occupancy.append(Occupancy(machine.machine_id, grab, until))
                     taken += grab
+            self._occupancy_changed()
             return taken
 
     def release_occupied(self) -> None:
-        with self.lock:
+        with self.current():
             self.occupancy.clear()
+            self._occupancy_changed()
+            self._capacity_freed = True
             self._reconcile()
 
     def crash(self, container_uuid: str, exit_code: int) -> bool:
         """Kill a live container as if its process died; False if it was already stopping."""
-        with self.lock:
-            self.sync()
-            crashed = self._stop(self.container(container_uuid), exit_code, "crashed")
+        with self.current():
+            container = self.container(container_uuid)
+            crashed = self._stop(container, exit_code, "crashed")
+            self._touch(self.deployments[container.deployment_uuid])
             self._reconcile()
             return crashed
 

@@ -114,6 +114,27 @@ def test_nothing_missing_means_no_reexec(skill_root, monkeypatch):
     skill_venv.reexec_in_skill_venv()
 
 
+def test_the_reexec_checks_every_required_package_of_requirements_txt():
+    """A gateway started by a python3 that has requests but not aiohttp must switch too."""
+    import_names = {distribution.lower(): module for module, distribution in deps._DISTRIBUTIONS.items()}
+    required = set()
+    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or ";" in line:  # a platform-marked line is optional (uvloop)
+            continue
+        distribution = re.split(r"[<>=!~\[ ]", line, maxsplit=1)[0].lower().replace("_", "-")
+        required.add(import_names.get(distribution, distribution))
+    assert required == set(skill_venv.RUNTIME_MODULES)
+
+
+def test_a_missing_gateway_package_decides_the_reexec(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "prometheus_client" else real_find_spec(name, *a))
+    assert skill_venv.missing_runtime_module() == "prometheus_client"
+
+
 def test_in_process_runs_never_reexec(run, monkeypatch):
     from autodl_esd.core import cli
 

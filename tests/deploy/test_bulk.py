@@ -256,5 +256,5 @@ def test_a_lost_answer_on_one_deployment_is_unknown_not_false(run, monkeypatch, 
     result_validator.validate(document)
     items = {item["deployment_uuid"]: item for item in document["details"]["items"]}
     assert (items[lost]["outcome"], items[lost]["took_effect"]) == ("failed", "unknown")
-    assert items[lost]["check"] == f"python scripts/list_deployments.py --deployment-uuid {lost}"
+    assert items[lost]["check"] == f"python3 scripts/list_deployments.py --deployment-uuid {lost}"
     assert (items[answered]["outcome"], items[answered]["took_effect"]) == ("done", True)

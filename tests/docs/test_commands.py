@@ -1,9 +1,13 @@
-"""Every command the docs tell an agent to run is accepted by that script's parser.
+"""Every command the docs tell an agent to run is accepted by that script's parser, and runs
+as written on a stock Debian/Ubuntu.
 
-Commands are taken from SKILL.md and examples.md (fenced shell blocks and inline code), and
-from each script's own `--help` examples; `<SKILL_DIR>/` prefixes are stripped and
-placeholders such as `<UUID>` are fine as strings. Only the parser runs: no network, no
-side effects. Docs and scripts therefore cannot drift apart.
+Commands are taken from every doc (fenced shell blocks and inline code) and from each
+script's own `--help` examples; `<SKILL_DIR>/` prefixes are stripped and placeholders such
+as `<UUID>` are fine as strings. Only the parser runs: no network, no side effects. Docs and
+scripts therefore cannot drift apart. A stock Debian/Ubuntu has no `python` (only
+`python3`) and refuses `pip install` into its own interpreter (PEP 668), so no doc may say
+either: the interpreters are `python3` and a venv's `bin/python`, and every install line
+goes through the skill's `.venv`.
 """
 
 from __future__ import annotations
@@ -14,15 +18,20 @@ import shlex
 import pytest
 
 from helpers import ROOT, load_script
+from helpers.docs import FENCE, SHELL_LANGUAGES, all_docs
 
-DOCS = ["SKILL.md", "examples.md"]
-FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
+DOCS = all_docs()
 INLINE = re.compile(r"`([^`\n]+)`")
 # `python [<SKILL_DIR>/]queue_submit.py ...` or `python [<SKILL_DIR>/]scripts/name.py ...`
 # (`python app.py` inside a container's cmd is not ours and does not match.)
 COMMAND = re.compile(r"\bpython3?\s+(?:<SKILL_DIR>/)?((?:scripts/[A-Za-z_]\w*|queue_submit)\.py)\b(.*)")
 SCRIPT_NAME = re.compile(r"\bscripts/[A-Za-z_]\w*\.py\b")
-SHELL_LANGUAGES = {"", "bash", "sh", "shell", "console"}
+# `python` as a word of its own: not `python3`, not a path's last part (`.venv/bin/python`),
+# not part of a name (`python-dotenv`, `bare_python`).
+BARE_PYTHON = re.compile(r"(?<![\w/.-])python(?![\w.-])")
+# pip run by a venv's interpreter is the one safe install; any other pip install is not.
+PIP_INSTALL = re.compile(r"(\S*)\s+-m\s+pip\s+install\b|\bpip3?\s+install\b")
+VENV_PYTHON = re.compile(r"\S*/bin/python3?$")
 
 
 def read(name: str) -> str:
@@ -85,11 +94,76 @@ def test_help_example_is_accepted_by_its_parser(doc, script, arguments):
     parse(script, arguments)
 
 
+def test_help_examples_and_suggested_commands_name_python3():
+    """`--help` examples and the commands scripts print (`details.check`, `move_commands`, ...)
+    are run as written, so they say python3 too (a container's cmd is the platform's business)."""
+    offenders = []
+    for path in [ROOT / "queue_submit.py", *(ROOT / "scripts").rglob("*.py")]:
+        if path.name == "lint.py" or "simulator" in path.parts:
+            continue  # advice about a container's cmd; the simulator's reading of one
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"(?<![\w/.-])python (?:scripts/|queue_submit\.py|\{script)", line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
 @pytest.mark.parametrize("doc", DOCS)
 def test_every_script_named_in_the_docs_exists(doc):
     for name in set(SCRIPT_NAME.findall(read(doc))):
         assert (ROOT / name).is_file(), f"{doc} names {name}, which does not exist"
     assert (ROOT / "queue_submit.py").is_file()
+
+
+def bare_python_lines(text: str) -> list[str]:
+    """Lines that name a bare `python` (fence markers such as ```python are not text)."""
+    return [line for line in text.splitlines() if not line.startswith("```") and BARE_PYTHON.search(line)]
+
+
+def system_pip_lines(text: str) -> list[str]:
+    """Lines that install with pip other than through a venv's `bin/python -m pip`."""
+    found = []
+    for line in text.splitlines():
+        for match in PIP_INSTALL.finditer(line):
+            if not (match.group(1) and VENV_PYTHON.search(match.group(1))):
+                found.append(line)
+    return found
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_no_doc_names_a_bare_python(doc):
+    assert bare_python_lines(read(doc)) == [], f"{doc}: use python3 or <SKILL_DIR>/.venv/bin/python"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_install_line_uses_the_venv(doc):
+    assert system_pip_lines(read(doc)) == [], f"{doc}: install with <SKILL_DIR>/.venv/bin/python -m pip install (PEP 668)"
+
+
+@pytest.mark.parametrize("line", [
+    "python scripts/doctor.py", "`python app.py &`", "AUTODL_HOST=x python queue_submit.py c.json", "用 python 运行"])
+def test_a_bare_python_would_be_caught(line):
+    assert bare_python_lines(line) == [line]
+
+
+@pytest.mark.parametrize("line", [
+    "python3 scripts/doctor.py", "<SKILL_DIR>/.venv/bin/python queue_submit.py", "/root/miniconda3/bin/python app.py",
+    "```python", "python-dotenv", "`bare_python` 警告", "Python 3.10+"])
+def test_interpreters_that_exist_pass(line):
+    assert bare_python_lines(line) == []
+
+
+@pytest.mark.parametrize("line", [
+    "python3 -m pip install -r requirements-mcp.txt", "pip install -r requirements.txt", "sudo pip3 install redis",
+    "python -m pip install x"])
+def test_a_system_pip_install_would_be_caught(line):
+    assert system_pip_lines(line) == [line]
+
+
+@pytest.mark.parametrize("line", [
+    "<SKILL_DIR>/.venv/bin/python -m pip install -r <SKILL_DIR>/requirements.txt",
+    "python3 -m venv .venv && .venv/bin/python -m pip install -r requirements-dev.txt"])
+def test_a_venv_install_passes(line):
+    assert system_pip_lines(line) == []
 
 
 def test_a_drifted_command_would_be_caught():

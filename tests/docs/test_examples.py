@@ -1,6 +1,7 @@
-"""The shipped example configs follow SKILL.md's own advice (an agent copies them), and the
-registry-watcher recipe of examples.md runs as printed against the simulator, and the price
-basis is quoted as the code prints it."""
+"""The examples teach what the code does: the shipped configs follow SKILL.md's own advice
+(an agent copies them), the registry-watcher recipe runs as printed against the simulator,
+and every captured output the examples point at (tests/fixtures/docs/) is valid against its
+schema, carries the fields the examples name, and quotes the price basis as the code does."""
 
 from __future__ import annotations
 
@@ -14,19 +15,20 @@ import sys
 import pytest
 
 from helpers import ROOT
+from helpers.docs import all_docs, links, read
 
 
 def example_configs():
     """Every deployment config: the files in examples/ and the JSON blocks of examples.md."""
     found = [(path.name, json.loads(path.read_text(encoding="utf-8"))) for path in sorted((ROOT / "examples").glob("*.json"))]
-    text = (ROOT / "examples.md").read_text(encoding="utf-8")
+    text = (ROOT / "references" / "examples.md").read_text(encoding="utf-8")
     for number, block in enumerate(re.findall(r"```json\n(.*?)```", text, re.S)):
         try:
             document = json.loads(block)
         except ValueError:
             continue
         for config in _configs_in(document):
-            found.append((f"examples.md block {number}", config))
+            found.append((f"references/examples.md block {number}", config))
     return found
 
 
@@ -65,23 +67,26 @@ def test_a_service_listens_on_all_interfaces(where, config):
         assert "0.0.0.0" in cmd, (where, cmd)
 
 
-def test_the_simulated_service_routes_are_documented_where_users_look():
-    """SKILL.md and README list the /svc routes the simulator really serves."""
+def test_the_simulated_service_routes_are_documented_at_their_home():
+    """references/simulator.md lists the /svc routes the simulator really serves; SKILL.md and
+    the README send readers there instead of repeating them."""
     from simulator import server
 
     source = (ROOT / "scripts" / "simulator" / "server.py").read_text(encoding="utf-8")
     routes = list(server.OPENAI_ROUTES) + ["/metrics", "/health", "/files"]
     for route in ("/metrics", "/health", "/files"):
         assert f'subpath == "{route}"' in source, route  # the simulator still serves it
+    home = read("references/simulator.md")
+    for route in routes:
+        assert f"`GET {route}`" in home or f"`POST {route}`" in home, route
+    assert "references/simulator.md" in read("README.md") and "references/simulator.md" in read("SKILL.md")
     for doc in ("SKILL.md", "README.md"):
-        text = (ROOT / doc).read_text(encoding="utf-8")
-        for route in routes:
-            assert f"`GET {route}`" in text or f"`POST {route}`" in text, (doc, route)
+        assert "`GET /metrics`" not in read(doc), f"{doc} repeats the route table"
 
 
 def recipe() -> str:
-    examples = (ROOT / "examples.md").read_text(encoding="utf-8")
-    section = examples[examples.index("### 短任务旁边跑注册表 watcher"):]
+    examples = read("references/examples.md")
+    section = examples[examples.index("## 短任务旁边跑 watcher"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -105,9 +110,65 @@ def test_the_watcher_recipe_runs_beside_a_short_client(sim, run, tmp_path):
     assert cycles >= 1 and registered == config["replica_num"]
 
 
-def test_examples_quote_the_basis_as_the_code_prints_it():
+FIXTURES = sorted((ROOT / "tests" / "fixtures" / "docs").glob("*.json"))
+# A "fields that matter" list: the bold lead-in naming the captured output, then bullets that
+# each open with the field's path (`a.b`, `items[].c`).
+FIELD_LIST = re.compile(r"\*\*看这些字段\*\* \(\[完整输出\]\(([^)]+)\)\):\n\n((?:- `[^`]+`.*\n)+)")
+
+
+def load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_there_are_captured_outputs():
+    assert len(FIXTURES) >= 40
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
+def test_a_captured_output_is_valid_against_its_schema(path, result_validator):
+    import jsonschema
+
+    document = load(path)
+    if {"generated_at", "services"} <= set(document):  # a service registry (discover_services.py)
+        schema = json.loads((ROOT / "schemas" / "registry.schema.json").read_text(encoding="utf-8"))
+        jsonschema.Draft202012Validator(schema).validate(document)
+    else:
+        result_validator.validate(document)
+
+
+def test_every_captured_output_is_pointed_at_from_the_docs():
+    linked = {path.name for doc in all_docs() for path, _ in links(doc) if path.parent == ROOT / "tests" / "fixtures" / "docs"}
+    assert linked == {path.name for path in FIXTURES}
+
+
+def _has_path(document, parts):
+    if not parts:
+        return True
+    head, rest = parts[0], parts[1:]
+    if head.endswith("[]"):
+        items = document.get(head[:-2]) if isinstance(document, dict) else None
+        return isinstance(items, list) and any(_has_path(item, rest) for item in items)
+    return isinstance(document, dict) and head in document and _has_path(document[head], rest)
+
+
+def test_the_fields_the_examples_name_are_in_the_captured_output():
+    lists = FIELD_LIST.findall(read("references/examples.md"))
+    assert len(lists) >= 10
+    for target, bullets in lists:
+        document = load((ROOT / "references" / target).resolve())
+        for field in re.findall(r"^- `([^`]+)`", bullets, re.M):
+            assert _has_path(document, field.split(".")), f"{target} has no {field}"
+
+
+def test_a_field_the_output_lacks_would_be_caught():
+    document = {"items": [{"cost_yuan": 1}], "totals": {"cost_yuan": 1}}
+    assert _has_path(document, ["items[]", "cost_yuan"]) and _has_path(document, ["totals", "cost_yuan"])
+    assert not _has_path(document, ["items[]", "run_hours"]) and not _has_path(document, ["cost"])
+
+
+def test_captured_outputs_quote_the_basis_as_the_code_prints_it():
     from autodl_esd.money.estimate import CONTAINER_PRICE_BASIS
 
-    text = (ROOT / "examples.md").read_text(encoding="utf-8")
-    assert "口径相同" not in text
-    assert text.count(CONTAINER_PRICE_BASIS) >= 3
+    quoting = [path.name for path in FIXTURES if CONTAINER_PRICE_BASIS in path.read_text(encoding="utf-8")]
+    assert len(quoting) >= 3, quoting
+    assert all("口径相同" not in path.read_text(encoding="utf-8") for path in FIXTURES)

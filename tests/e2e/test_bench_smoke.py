@@ -1,7 +1,7 @@
 """The benchmarks still run (tiny sizes): a bench nobody can run measures nothing.
 
 These assert only that each bench finishes and prints its tables; the numbers themselves
-are recorded in the README from full runs, never asserted (the machine is shared and noisy).
+are recorded in bench/README.md from full runs, never asserted (the machine is shared and noisy).
 This file: start-up, the simulator, the exactly-once soak, signals and the MCP server; the
 serving benches (load balancing, the gateway, autoscaling, scale-out) are in
 test_bench_smoke_serving.py, so --dist loadfile can run the two halves on two workers.

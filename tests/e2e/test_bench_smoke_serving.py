@@ -1,7 +1,8 @@
 """The serving benchmarks still run (tiny sizes); the others are in test_bench_smoke.py.
 
-Each must finish and print its tables; the numbers are the README's, from full runs, never
-asserted here. scale_out.py starts a real redis-server and haproxy, like the scale-out tests.
+Each must finish and print its tables; the numbers are bench/README.md's, from full runs, never
+asserted here. scale_out.py starts a real redis-server and haproxy, like the scale-out tests;
+gateway.py runs wrk and haproxy (and nginx when installed) beside the gateway.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from helpers.bench import run_bench
 
 BENCHES = [
     ("load_balancing.py", ["--requests", "16", "--threads", "2", "--trials", "1"]),
-    ("gateway.py", ["--requests", "20", "--seconds", "0.3", "--policy-requests", "16", "--streams", "4", "--scenarios", "1",
-                    "--stream-events", "3", "--stream-gap", "0.02"]),
+    ("gateway.py", ["--quick", "--seconds", "1", "--connections", "4", "--streams", "4", "--scaling", "3,30",
+                    "--policy-requests", "16", "--scenarios", "1"]),
     ("autoscale.py", ["--day-seconds", "3", "--peak-rps", "10"]),
     ("scale_out.py", ["--requests", "3", "--threads", "1", "--sequential", "20", "--leases", "20"]),
 ]

@@ -1,7 +1,7 @@
 """The exactly-once soak, small: queue_submit under every fault mode, then count deployments.
 
 bench/exactly_once_soak.py is the full version (30 runs per mode, real processes, late
-commits of 9-30 s, the README's table). Here each mode gets a few in-process runs with
+commits of 9-30 s, the table in bench/README.md). Here each mode gets a few in-process runs with
 times scaled down (HTTP timeout 0.3 s, a reconcile window of 4 s, a look every 0.2 s; see
 helpers/bench.py) and the same classifier: no run may end with two deployments, a
 deployment its output does not mention, or a uuid that does not exist.

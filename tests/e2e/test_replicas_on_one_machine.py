@@ -59,7 +59,7 @@ def test_blacklist_lists_the_replicas_still_on_the_machine_and_how_to_move_them(
     result_validator.validate(document)
     assert {c["container_uuid"] for c in document["still_on_machine"]} == set(containers)
     assert sorted(document["move_commands"]) == sorted(
-        f"python scripts/stop_container.py --container-uuid {c}" for c in containers)
+        f"python3 scripts/stop_container.py --container-uuid {c}" for c in containers)
     assert all("--decrease-one-replica-num" not in command for command in document["move_commands"])
     assert all(c["status"] == "running" for c in instance.containers(uuid)), "nothing was stopped"
 

@@ -32,7 +32,7 @@ def test_every_entry_script_is_a_tool_or_excluded_with_a_reason():
         f"entry scripts without an MCP tool: {missing}. Add a ToolPolicy for each to POLICIES in "
         "scripts/autodl_esd/mcp/catalog.py (title, read_only/destructive/idempotent, mode if it changes the "
         "platform), or, for a long-running server or a library, an entry in NOT_TOOLS with the reason; "
-        "then rewrite the tool tables in SKILL.md and README.md with: python3 tests/mcp/test_catalog.py"
+        "then rewrite the tool table in references/mcp.md with: python3 tests/mcp/test_catalog.py"
     )
     assert set(CATALOG) == {catalog.tool_name(name) for name in catalog.POLICIES}
     assert not set(catalog.POLICIES) & set(catalog.NOT_TOOLS)
@@ -176,27 +176,28 @@ def test_annotations_are_truthful():
     assert CATALOG["validate_config"].annotations["openWorldHint"] is False
 
 
+TOOL_TABLE_HOME = "references/mcp.md"
+
+
 def test_the_docs_show_the_tool_table():
-    """SKILL.md and README.md carry the generated table between the mcp-tools markers."""
+    """references/mcp.md carries the generated table between the mcp-tools markers (its one home)."""
     expected = catalog.markdown_table(CATALOG)
-    for doc in ("SKILL.md", "README.md"):
-        text = (ROOT / doc).read_text(encoding="utf-8")
-        assert TABLE_BEGIN in text and TABLE_END in text, f"{doc}: no {TABLE_BEGIN} ... {TABLE_END} block"
-        shown = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
-        assert shown == expected, (
-            f"{doc}: the MCP tool table is out of date; rewrite it with: python3 tests/mcp/test_catalog.py\n{expected}"
-        )
-    assert f"`{INTERRUPTED_CALLS_TOOL}`" in (ROOT / "SKILL.md").read_text(encoding="utf-8")
+    text = (ROOT / TOOL_TABLE_HOME).read_text(encoding="utf-8")
+    assert TABLE_BEGIN in text and TABLE_END in text, f"{TOOL_TABLE_HOME}: no {TABLE_BEGIN} ... {TABLE_END} block"
+    shown = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert shown == expected, (
+        f"{TOOL_TABLE_HOME}: the MCP tool table is out of date; rewrite it with: python3 tests/mcp/test_catalog.py\n{expected}"
+    )
+    assert f"`{INTERRUPTED_CALLS_TOOL}`" in text
 
 
 def write_tool_tables() -> None:
-    """`python3 tests/mcp/test_catalog.py` rewrites the table in SKILL.md and README.md."""
+    """`python3 tests/mcp/test_catalog.py` rewrites the table in references/mcp.md."""
     table = catalog.markdown_table(catalog.build_catalog())
-    for doc in ("SKILL.md", "README.md"):
-        path = ROOT / doc
-        head, rest = path.read_text(encoding="utf-8").split(TABLE_BEGIN, 1)
-        path.write_text(f"{head}{TABLE_BEGIN}\n{table}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}", encoding="utf-8")
-        print(f"{doc}: tool table written")
+    path = ROOT / TOOL_TABLE_HOME
+    head, rest = path.read_text(encoding="utf-8").split(TABLE_BEGIN, 1)
+    path.write_text(f"{head}{TABLE_BEGIN}\n{table}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}", encoding="utf-8")
+    print(f"{TOOL_TABLE_HOME}: tool table written")
 
 
 if __name__ == "__main__":

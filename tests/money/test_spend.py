@@ -245,7 +245,7 @@ def released_container() -> dict:
 
 
 def test_a_multi_gpu_container_bills_its_per_card_price_times_its_cards(run, api, result_validator):
-    """Container `price` is per card, like price_from/price_to (api-reference.md, 计费口径)."""
+    """Container `price` is per card, like price_from/price_to (references/money.md, 计费口径)."""
     two_cards = container()  # started 20:35 +08:00: two hours by 22:35
     two_cards.update(gpu_num=2, price=1500)
     expect_deployment(api, deployment())

@@ -67,9 +67,7 @@ def test_every_example_config_validates(path):
 
 
 def _examples_md_configs() -> list[dict]:
-    doc = ROOT / "examples.md"
-    if not doc.is_file():
-        return []
+    doc = ROOT / "references" / "examples.md"
     configs = []
     for block in re.findall(r"```json\s*\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.DOTALL):
         try:
@@ -82,7 +80,9 @@ def _examples_md_configs() -> list[dict]:
 
 
 def test_json_configs_in_examples_md_validate():
-    for config in _examples_md_configs():  # none yet is fine
+    configs = _examples_md_configs()
+    assert configs, "references/examples.md shows no config"
+    for config in configs:
         assert validate_config(config) == [], config.get("name")
 
 

@@ -9,8 +9,8 @@ surrogates, deep nesting, wrong types), fields removed, unknown fields added. Pr
 2. a config the validator accepts is never rejected by the simulator as a malformed
    request (`RequestParameterIsWrong`): what we pass, the platform can parse.
 
-Cases and seed are fixed (FUZZ_CASES, FUZZ_SEED) so a failure reproduces; the README's
-reliability section states them.
+Cases and seed are fixed (FUZZ_CASES, FUZZ_SEED) so a failure reproduces; bench/README.md's
+hostile-input section states them.
 """
 
 from __future__ import annotations

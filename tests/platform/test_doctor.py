@@ -127,7 +127,7 @@ def test_dict_stock_shape_is_reported(sim, run, result_validator):
 
 
 def test_price_basis_is_checked_on_a_multi_gpu_container(sim, run, result_validator):
-    """The tool reads container `price` per card (api-reference.md, 计费口径); doctor checks it."""
+    """The tool reads container `price` per card (references/money.md, 计费口径); doctor checks it."""
     simulator = sim()
     template = {"gpu_name_set": ["RTX 4090"], "gpu_num": 2, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100,
                 "memory_size_from": 1, "memory_size_to": 256, "price_from": 10, "price_to": 9000,

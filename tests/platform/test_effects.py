@@ -242,4 +242,4 @@ def test_move_replicas_with_a_lost_answer_reports_unknown_with_how_to_check(monk
     partial: dict = {}
     moved = host_health.move_replicas(object(), [{"container_uuid": CONTAINER_UUID}], DEP_UUID, Progress(quiet=True), partial)
     assert [(m["outcome"], m["took_effect"]) for m in moved] == [("failed", "unknown")]
-    assert moved[0]["check"].startswith("python scripts/list_containers.py")
+    assert moved[0]["check"].startswith("python3 scripts/list_containers.py")

@@ -307,7 +307,7 @@ def test_blacklist_host_names_the_machine_and_verifies(run, api, result_validato
     ok(code, document, result_validator)
     # Only the live container on the blacklisted machine is left there; moving it keeps replica_num.
     assert [c["container_uuid"] for c in document["still_on_machine"]] == [CONTAINER_UUID]
-    assert document["move_commands"] == [f"python scripts/stop_container.py --container-uuid {CONTAINER_UUID}"]
+    assert document["move_commands"] == [f"python3 scripts/stop_container.py --container-uuid {CONTAINER_UUID}"]
     assert (document["machine_id"], document["data_center"], document["gpu_name"]) == (MACHINE, "westDC2", "RTX 4090")
     assert (document["verified"], document["blacklist_entry"]) == (True, ENTRY)
     assert (document["expire_in_minutes"], document["expire_default"]) == (4320, False)

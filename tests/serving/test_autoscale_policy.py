@@ -195,7 +195,7 @@ def test_a_delay_hold_says_how_long_it_has_held_and_when_it_may_act():
 
 
 def test_a_replicas_price_counts_every_card():
-    """Container `price` is per card (api-reference.md, 计费口径): a 2-card replica costs twice it."""
+    """Container `price` is per card (references/money.md, 计费口径): a 2-card replica costs twice it."""
     from autodl_esd.serving.autoscale.scaler import _price_yuan
 
     assert _price_yuan({"price": 1500, "gpu_num": 2}) == 3.0

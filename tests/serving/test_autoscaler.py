@@ -98,7 +98,7 @@ def test_a_lost_answer_is_read_back_and_reported_not_resent(mocked, monkeypatch)
     # Not visible within the grace period is no proof: it may still land, and is not resent.
     assert outcome["took_effect"] == "unknown" and outcome["refused"] is False
     assert outcome["last_seen"] == {"status": "running", "replica_num": 1}
-    assert outcome["check"].startswith("python scripts/list_deployments.py")
+    assert outcome["check"].startswith("python3 scripts/list_deployments.py")
     puts = [call for call in mocked.calls if call.request.method == "PUT"]
     assert len(puts) == 4  # the client's own retries of an absolute value; the scaler sent it once
 
@@ -514,7 +514,7 @@ def test_converging_is_our_own_change_still_starting_and_gives_up_on_a_stuck_sta
 def test_stopped_while_a_change_is_on_its_way_the_summary_says_so_and_guesses_no_size():
     scaler = Autoscaler(ReplicaScaler(None, deployment_record(2)), AutoscaleConfig(), LoadSnapshot, clock=lambda: 0.0)
     scaler.change_in_flight = {"replica_num_from": 2, "replica_num_to": 3, "took_effect": "unknown",
-                               "check": f"python scripts/list_deployments.py --deployment-uuid {UUID}"}
+                               "check": f"python3 scripts/list_deployments.py --deployment-uuid {UUID}"}
     summary = scaler.summary()
     assert summary["final_replica_num"] is None and summary["change_in_flight"]["took_effect"] == "unknown"
     assert "list_deployments.py" in summary["note"]

@@ -547,6 +547,40 @@ def test_gateways_with_shared_inflight_see_each_others_requests(sim, deploy, red
         watcher.communicate(timeout=10)
 
 
+def test_cache_aware_gateways_sharing_redis_send_a_session_to_the_same_replica(sim, deploy, redis_server, key_prefix):
+    pytest.importorskip("aiohttp")
+    instance = sim()
+    deployment_uuid = deploy(3)
+    watcher = start_watcher(instance, deployment_uuid, redis_server.url, key_prefix)
+    gateways = []
+    try:
+        for _ in range(2):
+            gateways.append(start_gateway(deployment_uuid, redis_server.url, key_prefix, "--shared-inflight", "--policy", "cache_aware"))
+        urls = [url for _, url in gateways]
+        for url in urls:
+            wait_for(lambda: len(json.loads(urllib.request.urlopen(url + "/_gateway/status", timeout=5).read())["replicas"]) == 3,
+                     WAIT_SECONDS, "both gateways to know the three replicas")
+
+        def served(url: str, session: str) -> str:
+            request = urllib.request.Request(url + "/predict", headers={"X-Session-ID": session})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.headers["X-Served-By"]
+
+        placed = {}
+        for index in range(24):  # one request at a time: nothing in flight, every session at home
+            session = f"session-{index}"
+            answers = {served(url, session) for url in urls for _ in range(2)}
+            assert len(answers) == 1, (session, answers)
+            placed[session] = answers.pop()
+        assert len(set(placed.values())) == 3  # the sessions spread over every replica
+    finally:
+        for process, _ in gateways:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=15)
+        watcher.send_signal(signal.SIGTERM)
+        watcher.communicate(timeout=10)
+
+
 # --- active and standby watchers on the one-machine cluster (helpers.sim_service) ---------
 
 

@@ -885,3 +885,46 @@ def test_discover_services_serves_on_ipv6_loopback(platform, run):
                        "--max-cycles", "2", "--serve", "[::1]:0", "--quiet")
     assert code == 0, out
     assert out["serve"].startswith("http://[::1]:")
+
+
+def test_the_schema_check_runs_only_when_what_the_registry_says_changes(platform, make_watcher, monkeypatch):
+    from autodl_esd.serving.registry import watcher as registry
+
+    checked = []
+    real = registry.validate_registry
+
+    def counting(document):
+        checked.append(sorted(s["container_uuid"] for s in document["services"]))
+        real(document)
+
+    monkeypatch.setattr(registry, "validate_registry", counting)
+    first = platform.start(MACHINE_A, 1)
+    watcher = make_watcher()
+    for _ in range(3):
+        watcher.cycle()
+    assert checked == [[first]]  # three publishes, one check: only the timestamps moved
+    published = watcher.document
+    watcher.cycle()
+    assert watcher.document is not published and watcher.document["services"] is published["services"]
+    second = platform.start(MACHINE_B, 2)
+    watcher.cycle()
+    watcher.cycle()
+    assert checked == [[first], sorted([first, second])]
+    platform.down = True  # an API error: the same replicas, now stale, is a new document to check
+    watcher.cycle()
+    assert watcher.document["stale"] is True and len(checked) == 3
+
+
+def test_a_view_of_unchanged_replicas_hands_the_gateway_the_same_services():
+    from autodl_esd.serving.routing.sources import view_from_document
+
+    def document(*uuids):
+        return {"status": "success", "deployment_uuid": DEP, "generated_at": "2026-01-01T00:00:00+08:00",
+                "services": [{"container_uuid": uuid, "url": f"http://{uuid}", "machine_id": None, "gpu_name": None,
+                              "since": "2026-01-01T00:00:00+08:00", "healthy": True} for uuid in uuids]}
+
+    first = view_from_document(document("a", "b"), 1.0)
+    again = view_from_document(document("a", "b"), 2.0, first)
+    assert again.services is first.services and again.read_at == 2.0
+    changed = view_from_document(document("a"), 3.0, again)
+    assert changed.services is not first.services and [s["container_uuid"] for s in changed.services] == ["a"]

@@ -984,7 +984,7 @@ def test_old_events_are_trimmed_and_offsets_stay_absolute(monkeypatch):
 
 
 def test_a_multi_gpu_containers_price_is_per_card_and_the_rate_counts_every_card(sim):
-    """Container `price` is per card, like price_from/price_to (api-reference.md, 计费口径)."""
+    """Container `price` is per card, like price_from/price_to (references/money.md, 计费口径)."""
     uuid = create(sim, gpu_num=2)
     sim.advance(SECONDS_TO_RUNNING)
     [container] = ok(sim, "POST", "/api/v1/dev/deployment/container/list",

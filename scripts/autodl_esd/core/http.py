@@ -259,7 +259,7 @@ class ApiClient:
                 code=code,
                 msg=msg,
                 http_status=status,
-                hint="私有云与公有云的接口不完全相同 (见 api-reference.md 的方言对比); 确认 AUTODL_HOST。",
+                hint="私有云与公有云的接口不完全相同 (见 references/platform-api.md 的方言对比); 确认 AUTODL_HOST。",
                 request_id=request_id,
             )
         if code != SUCCESS_CODE:

@@ -41,7 +41,7 @@ def simulated_platform(
         raise AutoDLError(
             ErrorType.CONFIG_ERROR,
             f"模拟器集群文件有误: {error}",
-            "对照 README 中的集群文件格式修正, 或去掉 --sim-cluster 使用默认集群。",
+            "对照 references/simulator.md 的集群文件格式修正, 或去掉 --sim-cluster 使用默认集群。",
             {"path": str(cluster)},
         ) from None
     simulator.start()

@@ -20,8 +20,10 @@ import sys
 SKILL_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 VENV_DIR = os.path.join(SKILL_ROOT, ".venv")
 REEXEC_MARKER = "AUTODL_ESD_REEXEC"
-# What every script needs (requirements.txt); only these decide a re-exec.
-CORE_MODULES = ("requests", "dotenv", "jsonschema")
+# The import names of requirements.txt's packages (a test keeps the two in step): a script
+# started by an interpreter that lacks any of them re-executes, so a gateway started with a
+# system python3 that has requests but not aiohttp still finds the .venv.
+RUNTIME_MODULES = ("requests", "dotenv", "jsonschema", "aiohttp", "prometheus_client")
 APP_DIR = "autodl-elastic-deploy"
 
 
@@ -55,7 +57,7 @@ def missing_runtime_module() -> str | None:
     # Here, not at the top: needed only when a .venv exists and this is not it (~0.8 ms).
     import importlib.util
 
-    for name in CORE_MODULES:
+    for name in RUNTIME_MODULES:
         if importlib.util.find_spec(name) is None:
             return name
     return None

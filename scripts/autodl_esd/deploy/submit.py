@@ -44,7 +44,7 @@ MAX_IMAGES_LISTED = 50
 # the answer. Recognised by the platform's code or by the wording of its message.
 PARAMETER_ERROR_CODES = {"RequestParameterIsWrong"}
 PARAMETER_ERROR_FRAGMENTS = ("参数", "不支持", "缺少", "不存在", "格式")
-# Template fields the region stock endpoint accepts as filters (api-reference.md, 地区 GPU 库存).
+# Template fields the region stock endpoint accepts as filters (references/platform-endpoints.md, 查询地区 GPU 库存).
 STOCK_FILTER_KEYS = ("gpu_name_set", "cuda_v_from", "cuda_v_to", "cpu_num_from", "cpu_num_to",
                      "memory_size_from", "memory_size_to", "price_from", "price_to")
 # Hosts whose dialect is known, to catch a config written for the other cloud.
@@ -203,7 +203,7 @@ class Submitter:
         unchecked = {
             "code": "base_image_unchecked", "path": "container_template.image_uuid",
             "message": "无法通过接口确认这个基础镜像存在 (公有云基础镜像没有列表接口)。",
-            "hint": "核对 api-reference.md 附录中的基础镜像 UUID。",
+            "hint": "核对 references/platform-api.md 的公共基础镜像 UUID。",
         }
         if self.regions:  # public dialect: /api/v2/image/list is a private-cloud console API
             self.warnings.append(unchecked)
@@ -427,7 +427,7 @@ class Submitter:
         return [d for d in same_name if d.get("uuid") not in self._known_before_send]
 
     def _lookup_command(self) -> str:
-        return f"python scripts/list_deployments.py --name {self.config['name']}"
+        return f"python3 scripts/list_deployments.py --name {self.config['name']}"
 
     def check_before_create(self) -> None:
         """The name check right before a create: deployment_exists when a live one appeared."""
@@ -673,7 +673,7 @@ class Submitter:
             "message": f"本次提交后出现了 {len(duplicates)} 个同名部署 {[d['deployment_uuid'] for d in duplicates]} "
             "(一个结果不明的创建后来落地了, 或同一配置的另一次运行也创建了): 会重复计费。",
             "hint": f"先把 details.duplicates 告诉用户; 同意保留最早的 {keep} 时, 停止较新的 (停掉它的全部容器, 不可恢复): "
-            + "; ".join(f"python scripts/stop_deployment.py --deployment-uuid {uuid}" for uuid in extra)
+            + "; ".join(f"python3 scripts/stop_deployment.py --deployment-uuid {uuid}" for uuid in extra)
             + " (不加 --yes 时只预览会停掉什么)。",
         })
         self.progress.log(f"警告: 发现重复的同名部署 {extra} (保留 {keep})")

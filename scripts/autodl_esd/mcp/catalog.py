@@ -390,7 +390,7 @@ def build_tool(name: str, script: Path, policy: ToolPolicy) -> Tool:
     if policy.mutating:
         description += ("\n会改变平台状态: confirm 默认 false, 只返回预览 (queue_submit 为 dry run), 不做改变; "
                         "说明中的 --yes 即 confirm: true。")
-    description += f"\n等同于命令 python {script.relative_to(SKILL_ROOT).as_posix()}; 结果是脚本输出的同一个 JSON 文档。"
+    description += f"\n等同于命令 python3 {script.relative_to(SKILL_ROOT).as_posix()}; 结果是脚本输出的同一个 JSON 文档。"
     input_schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     missing = set(policy.forced) - {option.dest for option in forced_options}
     if missing:
@@ -426,7 +426,7 @@ def result_schema() -> dict[str, Any]:
 
 
 def markdown_table(tools: Mapping[str, Tool]) -> str:
-    """The tool table shown in SKILL.md and README (a doc test keeps them equal)."""
+    """The tool table shown in references/mcp.md (a doc test keeps it equal)."""
     lines = ["| 工具 | 脚本 | 只读 | 破坏性 | 需 confirm |", "|---|---|---|---|---|"]
     for tool in tools.values():
         yes_no = lambda flag: "是" if flag else "否"  # noqa: E731

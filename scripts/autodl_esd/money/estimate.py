@@ -6,7 +6,7 @@ simulator filters hosts that way), so a container with `gpu_num` cards costs up 
 `price_to x gpu_num`, and a deployment up to that times the containers it runs at once.
 Once containers run, their `price` fields (and the deployment's `price_estimates`) give the
 real rate. A container's `price` is on the same per-card basis as price_from/price_to (the
-decision and its evidence: api-reference.md, 计费口径), so a container costs `price x gpu_num`
+decision and its evidence: references/money.md, 计费口径), so a container costs `price x gpu_num`
 per hour (platform.containers.container_hourly_units).
 """
 

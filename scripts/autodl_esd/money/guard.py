@@ -370,7 +370,7 @@ class Guard:
     def _change(self) -> Change:
         uuid, floor = self.state["deployment_uuid"], self.state.get("floor")
         fetch = lambda: deployment_by_uuid(self.client, uuid)  # noqa: E731
-        check = f"python scripts/list_deployments.py --deployment-uuid {uuid}"
+        check = f"python3 scripts/list_deployments.py --deployment-uuid {uuid}"
         if self.state["action"] == "scale-to":
             return Change(what=f"守护把部署 {uuid} 的副本数缩到 {floor}",
                           send=lambda: api.set_replica_num(self.client, uuid, floor), fetch=fetch,
@@ -530,7 +530,7 @@ def guards_watching(deployment_uuid: str) -> dict[str, Any]:
 
 GUARDS_NOTE = ("守护仍显示 watching: 它们在下一次检查时 (最多 interval_seconds 秒后) 发现部署已停止/删除, "
                "自行结束 (deployment_stopped / deployment_gone), 不会执行任何操作; 不必处理。"
-               "想立即结束: python scripts/guard_deployment.py --cancel GUARD_ID。")
+               "想立即结束: python3 scripts/guard_deployment.py --cancel GUARD_ID。")
 
 
 # --- creating, detaching, cancelling -------------------------------------------------------

@@ -24,10 +24,10 @@ GLOBAL_STOCK_PATH = "/api/v1/dev/machine/gpu_stock"
 REGION_STOCK_PATH = "/api/v1/dev/machine/region/gpu_stock"
 
 # Hosts whose dialect is documented. The public cloud documents only the region stock route;
-# the global GET machine/gpu_stock is documented for the private cloud alone (api-reference.md,
+# the global GET machine/gpu_stock is documented for the private cloud alone (references/platform-endpoints.md,
 # 地区 GPU 库存).
 HOST_DIALECTS = {"api.autodl.com": "public", "private.autodl.com": "private"}
-# The public cloud's documented region codes (api-reference.md, 地区代码); recorded live runs
+# The public cloud's documented region codes (references/platform-api.md, 地区代码); recorded live runs
 # got Success from all eleven. Stock "everywhere" on the public cloud is their sum.
 PUBLIC_REGIONS = ("westDC2", "westDC3", "beijingDC1", "beijingDC2", "beijingDC3", "beijingDC4",
                   "neimengDC1", "neimengDC3", "foshanDC1", "chongqingDC1", "yangzhouDC1")

@@ -160,7 +160,7 @@ def _explain(error: Any, config: Any) -> list[Problem]:
             "cuda_v": "私有云方言用 cuda_v (如 118); 若是公有云, 请加 dc_list 并改用 cuda_v_from/cuda_v_to。",
             "cuda_v_from": "公有云方言 (有 dc_list) 用 cuda_v_from/cuda_v_to 表示 CUDA 范围。",
             "cuda_v_to": "公有云方言 (有 dc_list) 用 cuda_v_from/cuda_v_to 表示 CUDA 范围。",
-        }.get(missing, "补上该字段; 字段说明见 api-reference.md。")
+        }.get(missing, "补上该字段; 字段说明见 references/platform-endpoints.md 的创建部署。")
         return [{"path": full_path, "message": f"缺少必填字段 '{missing}'", "hint": hint}]
     if kind == "not":  # fields that belong to the other dialect
         if not isinstance(value, dict):

@@ -13,14 +13,14 @@ from .units import gb_from_bytes, yuan_from_price_units
 # client should prefer them (public cloud names first; the private cloud uses service_url).
 SERVICE_URL_KEYS = ("service_6006_port_url", "service_6008_port_url", "service_url")
 LIVE_STATUSES = ("creating", "created", "starting", "oss_merged", "running")
-# Every documented container status, in lifecycle order (api-reference.md, 容器状态).
+# Every documented container status, in lifecycle order (references/platform-api.md, 容器状态).
 CONTAINER_STATUSES = (*LIVE_STATUSES, "shutting_down", "shutdown")
 STOPPING_STATUSES = ("shutting_down", "shutdown")
 
 
 def price_per_card_units(container: dict[str, Any]) -> float | None:
     """The container's `price` (yuan x 1000 per card-hour, the same basis as the template's
-    price_from/price_to; api-reference.md, 计费口径), or None when absent or not a number."""
+    price_from/price_to; references/money.md, 计费口径), or None when absent or not a number."""
     price = container.get("price")
     if isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0:
         return float(price)

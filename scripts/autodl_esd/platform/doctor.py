@@ -3,7 +3,7 @@
 Every probe is a read (list one page, read stock, read the wallet, ask for a route that
 needs an argument without it). Nothing is created, changed or deleted, so it is safe to
 run before anything costs money. Each check is `{name, status, detail, hint}` with status
-ok | warn | fail | skipped; `open_questions` lists the api-reference.md items marked 未确认
+ok | warn | fail | skipped; `open_questions` lists the open items of references/platform-api.md (未决问题)
 that this account's answers settle, and how.
 """
 
@@ -28,7 +28,7 @@ OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 # The platform's enterprise gate on elastic-deployment routes (message seen live).
 GATE_FRAGMENT = "无当前资源访问权限"
 KNOWN_HOSTS = api.HOST_DIALECTS
-# Who opens the gate differs by platform (api-reference.md#鉴权与企业认证).
+# Who opens the gate differs by platform (references/platform-api.md, 鉴权与企业认证).
 GATE_HINT = ("账号没有弹性部署权限, 按平台处理: 公有云 (api.autodl.com) 需要企业认证, 在 AutoDL 控制台完成企业认证后再试; "
              "私有云 (private.autodl.com) 需要私有云账号: 确认令牌来自私有云账号的控制台 → 设置 → 开发者Token, "
              "且该账号已开通弹性部署 (找企业的私有云管理员或 AutoDL 商务开通)。镜像、库存、余额接口仍可用。")
@@ -294,7 +294,7 @@ class Doctor:
         if dialect in meaning:
             return check("dialect", OK, {"dialect": dialect, "write": dialect, "meaning": meaning[dialect], "evidence": evidence})
         return check("dialect", WARN, {"dialect": dialect, "evidence": evidence},
-                     "无法判断方言: 私有云用 https://private.autodl.com, 公有云用 https://api.autodl.com; 见 api-reference.md 的方言对比。")
+                     "无法判断方言: 私有云用 https://private.autodl.com, 公有云用 https://api.autodl.com; 见 references/platform-api.md 的方言对比。")
 
     def _config_dialect(self, dialect: str) -> dict[str, Any]:
         if not self.configs:
@@ -428,7 +428,7 @@ class Doctor:
 
     def _price_basis(self, deployments: Probe, stock: Probe) -> dict[str, Any]:
         """Does a multi-GPU container's `price` fit the per-card basis this tool uses
-        (api-reference.md, 计费口径)? Compared with the per-card price the stock reports for its
+        (references/money.md, 计费口径)? Compared with the per-card price the stock reports for its
         GPU, else with its deployment's per-card price_from..price_to."""
         first = (deployments.data or {}).get("list") if deployments.ok and isinstance(deployments.data, dict) else None
         if not first:

@@ -263,7 +263,7 @@ def apply_blacklist(client: Any, plan: list[dict], expire_minutes: int | None, p
                 send=lambda: api.add_to_blacklist(client, step["container_uuid"], comment=step["comment"], expire_in_minutes=expire_minutes),
                 fetch=lambda: api.list_blacklist(client),
                 done=lambda items: any(item.get("machine_id") == machine_id for item in items),
-                check="python scripts/list_blacklist.py (公有云; 私有云没有列表接口, 在控制台查看)",
+                check="python3 scripts/list_blacklist.py (公有云; 私有云没有列表接口, 在控制台查看)",
                 ids={"container_uuid": step["container_uuid"], "machine_id": machine_id},
             ), client, progress, verify=lambda: (None, {}))  # all machines are read back at once below
         except AutoDLError as error:  # say what was already done before reporting the failure
@@ -288,7 +288,7 @@ def still_on_machine(client: Any, deployment_uuid: str, machine_id: str) -> list
 def move_command(container_uuid: str) -> str:
     # Without --decrease-one-replica-num the platform schedules a replacement, and the
     # blacklist keeps that replacement off this machine.
-    return f"python scripts/stop_container.py --container-uuid {container_uuid}"
+    return f"python3 scripts/stop_container.py --container-uuid {container_uuid}"
 
 
 def move_replicas(client: Any, containers: list[dict[str, Any]], deployment_uuid: str, progress: Progress,
@@ -307,7 +307,7 @@ def move_replicas(client: Any, containers: list[dict[str, Any]], deployment_uuid
                 # Through the module, like api.*: looked up at each call (tests replace it there).
                 fetch=lambda uuid=uuid: resolve.resolve_container(client, uuid, deployment_uuid),
                 done=lambda record: record.get("status") in STOPPING_STATUSES,
-                check=f"python scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",
+                check=f"python3 scripts/list_containers.py --deployment-uuid {deployment_uuid} --released",
                 ids={"container_uuid": uuid},
             ), client, progress, in_flight)
         except AutoDLError as error:

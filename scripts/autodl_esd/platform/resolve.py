@@ -304,7 +304,7 @@ def read_back(
 
 
 # What the platform applies when no expire_in_minutes is sent: 1440 min (24 h), the public
-# cloud's default and the private cloud's only value (api-reference.md, 调度黑名单).
+# cloud's default and the private cloud's only value (references/platform-endpoints.md, 设置调度黑名单).
 BLACKLIST_DEFAULT_EXPIRE_MINUTES = 1440
 
 

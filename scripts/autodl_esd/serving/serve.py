@@ -350,7 +350,7 @@ def serve(args: Any, ctx: Any, on_ready: Callable[[dict[str, Any]], None] | None
         if hasattr(source, "wait_first") and not source.wait_first(FIRST_REGISTRY_WAIT_SECONDS):
             progress.log(f"还没有拿到第一份注册表 ({source.description}), 先开始监听: 请求会排队等待副本")
     try:
-        summary = asyncio.run(_serve(gateway, options, progress, on_ready))
+        summary = run_loop(_serve(gateway, options, progress, on_ready))
     finally:
         for source in sources:
             source.stop()
@@ -367,6 +367,16 @@ def serve(args: Any, ctx: Any, on_ready: Callable[[dict[str, Any]], None] | None
         else:
             next(route for route in summary["routes"] if route["route"] == name)["autoscaler"] = report
     return summary
+
+
+def run_loop(coroutine: Any) -> Any:
+    """Run the gateway on uvloop when it is installed (optional, requirements.txt: less CPU per
+    request, see bench/gateway.py's "no uvloop" rows), else on asyncio's own loop."""
+    try:
+        import uvloop  # optional and heavy: only where the gateway runs
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 async def _serve(gateway: Any, options: Any, progress: Any, on_ready: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:

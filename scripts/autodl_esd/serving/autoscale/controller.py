@@ -257,7 +257,7 @@ class Autoscaler:
             result.update({"applied": False, "not_applied_because": "request_arrived"})
             return result
         self.change_in_flight = {"replica_num_from": view.replica_num, "replica_num_to": target, "took_effect": "unknown",
-                                 "check": f"python scripts/list_deployments.py --deployment-uuid {self.scaler.deployment_uuid}"}
+                                 "check": f"python3 scripts/list_deployments.py --deployment-uuid {self.scaler.deployment_uuid}"}
         outcome = self.scaler.set_replicas(target)
         if target == 0 and outcome.get("refused"):
             if not self.zero_refused:

@@ -124,7 +124,7 @@ class ReplicaScaler:
             send=lambda: api.set_replica_num(self.client, uuid, target),
             fetch=lambda: deployment_by_uuid(self.client, uuid),
             done=lambda d: d is not None and d.get("replica_num") == target,
-            check=f"python scripts/list_deployments.py --deployment-uuid {uuid}",
+            check=f"python3 scripts/list_deployments.py --deployment-uuid {uuid}",
             ids={"deployment_uuid": uuid},
         ))
         return {"requested_replica_num": target, **outcome}
@@ -141,7 +141,7 @@ class ReplicaScaler:
             send=lambda: api.stop_container(self.client, container_uuid, decrease_one_replica_num=False),
             fetch=status,
             done=lambda seen: seen in STOPPING_STATUSES,
-            check=f"python scripts/list_containers.py --deployment-uuid {self.deployment_uuid}",
+            check=f"python3 scripts/list_containers.py --deployment-uuid {self.deployment_uuid}",
             ids={"container_uuid": container_uuid},
         ))
         return {"container_uuid": container_uuid, "decrease_one_replica_num": False, **outcome}
@@ -155,7 +155,7 @@ class ReplicaScaler:
             fetch=lambda: api.list_blacklist(self.client),
             done=lambda entries: any(entry.get("machine_id") == machine_id for entry in entries or []),
             seen=lambda entries: {"blacklisted": any(entry.get("machine_id") == machine_id for entry in entries or [])},
-            check="python scripts/list_blacklist.py",
+            check="python3 scripts/list_blacklist.py",
             ids={"machine_id": machine_id},
         ), verify=lambda: (None, {}))  # an answered add is the evidence: no list to read on a private cluster
         return {"machine_id": machine_id, "container_uuid": container_uuid, **outcome}

@@ -1,4 +1,6 @@
-"""The serving gateway: one stable HTTP endpoint in front of a deployment's replicas.
+"""The serving gateway: one stable HTTP endpoint in front of a deployment's replicas (or of
+several deployments, one `routes.Route` each, picked by the request's JSON `model` or a path
+prefix).
 
 Runs beside the client (a sidecar), as AutoDL's guide recommends client-side discovery: any
 client (OpenAI SDK, curl, a Java app) talks to one URL; the gateway picks a replica per
@@ -9,23 +11,26 @@ and concurrency targets; see bench/gateway.py), imported only here.
 The seams, so the autoscaler, a Redis registry and shared counts plug in without edits here:
 
 - Replicas come from a `sources.ReplicaSource` (in-process watcher, registry file, registry
-  URL, Redis). The gateway reads `current()` on
-  every tick (`REGISTRY_TICK_SECONDS`) and never blocks on it.
-- The choice is a `policies.Policy` (`select_replica` + start/finish/load-report hooks).
+  URL, Redis), one per route. The gateway reads `current()` on every tick
+  (`REGISTRY_TICK_SECONDS`) and never blocks on it.
+- The choice is a `policies.Policy` (`select_replica` + start/finish/load-report hooks);
+  cache_aware also gets the request's affinity key (llm_request.py).
 - Counts, ejection and the request queue live in `replicas.ReplicaTable`; in-flight counts
   shared across gateways go through its `ledgers.InflightLedger` (pass `ledger=`).
 - `Gateway.load()` is the autoscaler's input: in-flight, queued, reported running/waiting,
-  replicas by state, registry staleness. `Gateway.add_extension(ext)` runs a
-  `GatewayExtension` (e.g. the autoscaler) on the gateway's loop: `start(gateway)`/`stop()`
+  replicas by state, registry staleness. `Gateway.add_extension(ext[, route])` runs a
+  `GatewayExtension` (e.g. a route's autoscaler) on the gateway's loop: `start(gateway or route)`/`stop()`
   coroutines, `status()` shown under `extensions.<name>` in /_gateway/status, and
   `collect()` yielding extra prometheus_client metric families for /_gateway/metrics.
 
 HTTP surface: every path is proxied except `/_gateway/status` (JSON) and `/_gateway/metrics`
 (Prometheus text, OpenTelemetry-style names: `http_server_request_duration_seconds`,
-`http_server_active_requests`, `gateway_*`). Errors the gateway itself answers use the
+`http_server_active_requests`, `gateway_*`, and `gen_ai_server_*` for streamed answers; see
+metrics.py), and, with model routes, `GET /v1/models` (the routes' models). Errors the gateway itself answers use the
 project's error shape: {"status": "error", "error_type", "message", "hint", "details"}.
 
-What the counters count (status `totals` and the exit summary; see `_Totals`): `requests` are
+What the counters count (status `totals` and the exit summary; see `routes.Totals`; with
+routes, each route's `totals` count its own requests the same way): `requests` are
 requests for the replicas (every path outside /_gateway/), each once however many attempts;
 the gateway's own endpoints are `gateway_endpoint_requests`. Once nothing is in flight,
 requests = sent_to_replicas + answered_by_gateway = the sum of by_status_class, and the
@@ -55,6 +60,7 @@ from .policies import POLICIES
 from .replicas import NoReplicas, Overloaded, Ticket
 from .routes import DEFAULT_ROUTE, Route, RouteMap, RouteOptions, Totals
 from .sources import ReplicaSource
+from .stream_timing import SseClock
 
 # aiohttp loads with this module (serve.py, tests and benches import it to run a gateway): a
 # missing one is the usual dependency_missing answer with the install command, not a traceback.
@@ -173,6 +179,17 @@ class GatewayExtension:
     def collect(self) -> Iterable[Any]:
         """Extra prometheus_client metric families (e.g. GaugeMetricFamily) for /_gateway/metrics."""
         return ()
+
+
+def end_to_end(headers: Any, *also: str) -> CIMultiDict:
+    """A copy of `headers` without the hop-by-hop fields, those the Connection field names,
+    and `also` (copied whole in C and pruned by name: cheaper than filtering each field)."""
+    copy = CIMultiDict(headers)
+    named = [token.strip() for token in headers.get("Connection", "").split(",")] if "Connection" in headers else ()
+    for name in (*HOP_BY_HOP, *named, *also):
+        if name:
+            copy.popall(name, None)
+    return copy
 
 
 def json_response(status: int, document: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -566,17 +583,12 @@ class Gateway:
         return None, rest()
 
     def _upstream_headers(self, request: web.BaseRequest) -> CIMultiDict:
-        named = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
-        headers = CIMultiDict()
-        for name, value in request.headers.items():
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower in named or lower in ("host", "content-length"):
-                continue
-            if lower == "authorization" and self._auth is not None:
-                continue  # the gateway's own credential stays here
-            if self._never_forward and any(secret in value for secret in self._never_forward):
-                continue  # e.g. the AutoDL token pasted into a header: never to a replica
-            headers.add(name, value)
+        headers = end_to_end(request.headers, "Host", "Content-Length")
+        if self._auth is not None:
+            headers.popall("Authorization", None)  # the gateway's own credential stays here
+        if self._never_forward:  # e.g. the AutoDL token pasted into a header: never to a replica
+            for name in [name for name, value in headers.items() if any(secret in value for secret in self._never_forward)]:
+                headers.popall(name, None)
         peer = request.remote or ""
         previous = request.headers.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
@@ -759,14 +771,7 @@ class Gateway:
                      started: float) -> web.StreamResponse:
         """Stream the replica's answer to the client chunk by chunk; nothing is retried from here."""
         table = route.table
-        named = {token.strip().lower() for token in upstream.headers.get("Connection", "").split(",")} \
-            if "Connection" in upstream.headers else ()
-        headers = CIMultiDict()
-        for name, value in upstream.headers.items():
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower in named or lower == "content-length":
-                continue
-            headers.add(name, value)
+        headers = end_to_end(upstream.headers, "Content-Length")
         headers["X-Served-By"] = ticket.replica.container_uuid
         outcome = "error" if upstream.status >= 500 else "success"
         length = upstream.content_length
@@ -775,11 +780,16 @@ class Gateway:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if length is not None:
             response.content_length = length
+        # A streamed LLM answer (SSE) is timed token by token (stream_timing.py).
+        clock = SseClock() if upstream.status == 200 and \
+            upstream.headers.get("Content-Type", "").startswith("text/event-stream") else None
         try:
             await response.prepare(request)
             try:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
+                    if clock is not None:
+                        clock.feed(chunk, time.perf_counter())
             except BROKEN_ANSWER as error:
                 # The replica died (or stalled) mid-answer: end this client's stream with an
                 # error (no final chunk, connection closed), never a hang; eject the replica.
@@ -791,6 +801,9 @@ class Gateway:
                     request.transport.close()
                 return response
             await response.write_eof()
+            if clock is not None:
+                self._metrics.observe_stream(route.name, ticket.replica.container_uuid,
+                                             clock.time_to_first_token(started), clock.time_per_output_token())
             return response
         except (ConnectionError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
             outcome = "cancelled"  # the client went away: not the replica's fault
@@ -835,15 +848,19 @@ class Gateway:
         if self.default_route is not None:
             route = self.default_route
             return {**head, "deployment_uuid": route.deployment_uuid, "policy": self.options.policy, **uptime,
-                    **self._route_status(route, self.active_requests), **totals,
+                    **self._route_status(route, self.active_requests), "latency": self._latency(route), **totals,
                     "extensions": {extension.name: extension.status() for extension in self.all_extensions()}}
         return {**head, **uptime,
                 "routes": [{**self._route_identity(route), "policy": route.options.policy,
-                            **self._route_status(route, route.active_requests),
+                            **self._route_status(route, route.active_requests), "latency": self._latency(route),
                             "totals": {**route.totals.document(with_endpoints=False), "active": route.active_requests},
                             "extensions": {extension.name: extension.status() for extension in route.extensions}}
                            for route in self.routes.values()],
                 **totals, "extensions": {extension.name: extension.status() for extension in self.extensions}}
+
+    def _latency(self, route: Route, container_uuid: str | None = None) -> dict[str, Any] | None:
+        """TTFT / TPOT p50 and p95 of streamed answers (metrics.py), of a replica or the route."""
+        return None if self._metrics is None else self._metrics.latency(route.name, container_uuid)
 
     @staticmethod
     def _route_identity(route: Route) -> dict[str, Any]:
@@ -865,6 +882,7 @@ class Gateway:
                 "load_report": None if report is None else {"running": report.running, "waiting": report.waiting,
                                                             "age_seconds": round(now - report.at, 3)},
                 "load_report_error": replica.report_error,
+                "latency": self._latency(route, replica.container_uuid),
             })
         options = route.options
         return {

@@ -13,6 +13,10 @@ Names follow OpenTelemetry's HTTP server conventions where one exists:
 - `gateway_queue_depth` gauge, `gateway_queue_rejections_total` counter
 - `gateway_replicas` gauge {state}: ready, ejected, unhealthy, draining
 - `gateway_registry_stale` gauge (1 = serving the last good registry), `gateway_registry_age_seconds`
+- `gen_ai_server_time_to_first_token_seconds` / `gen_ai_server_time_per_output_token_seconds`
+  histograms {container_uuid} (OpenTelemetry GenAI names and buckets) of streamed (SSE)
+  answers; what counts as a token is in stream_timing.py. Their p50/p95 are in
+  /_gateway/status (`latency`), estimated from the buckets as Prometheus's histogram_quantile does.
 
 A gateway with routes (serve_gateway.py --route) puts a `route` label first on every family
 above except `http_server_active_requests`, and on its routes' extensions' families (each
@@ -37,6 +41,12 @@ families = require("prometheus_client.core")
 # Buckets of http_server_request_duration_seconds: OpenTelemetry's defaults for HTTP
 # servers, extended to minutes because an LLM answer can take that long.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0, 120.0, 300.0)
+# The bucket boundaries OpenTelemetry's GenAI semantic conventions advise for
+# gen_ai.server.time_to_first_token and gen_ai.server.time_per_output_token.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+TTFT = "gen_ai_server_time_to_first_token_seconds"
+TPOT = "gen_ai_server_time_per_output_token_seconds"
 
 
 class Measured(Protocol):
@@ -137,6 +147,52 @@ class GatewayMetrics:
         self.active.set_function(lambda: gateway.http_active_requests)
         self.registry.register(_TableCollector(gateway))
         self._children: dict[tuple[str, int, str], Any] = {}
+        labels = (["route"] if self.routed else []) + ["container_uuid"]
+        self.ttft = prometheus.Histogram(TTFT, "Time to generate the first token (first SSE event) of streamed answers, "
+                                               "from the request's arrival at the gateway.", labels, buckets=TTFT_BUCKETS,
+                                         registry=self.registry)
+        self.tpot = prometheus.Histogram(TPOT, "Time per output token (SSE event) after the first, of streamed answers.",
+                                         labels, buckets=TPOT_BUCKETS, registry=self.registry)
+        self._streams: dict[tuple[str, str], tuple[Any, Any]] = {}  # (route, container_uuid) -> its two children
+        self._gateway = gateway
+
+    def observe_stream(self, route: str, container_uuid: str, ttft: float | None, tpot: float | None) -> None:
+        key = (route, container_uuid)
+        children = self._streams.get(key)
+        if children is None:
+            labels = (route, container_uuid) if self.routed else (container_uuid,)
+            children = self._streams[key] = (self.ttft.labels(*labels), self.tpot.labels(*labels))
+        if ttft is not None:
+            children[0].observe(ttft)
+        if tpot is not None:
+            children[1].observe(tpot)
+
+    def forget_departed(self) -> None:
+        """Drop the series of replicas no route lists any more (not even as departed, which
+        keeps the last DEPARTED_KEPT): the label set stays bounded whatever the churn."""
+        known = {(route.name, uuid) for route in self._gateway.routes.values()
+                 for uuid in [*route.table.replicas, *route.table.draining, *route.table.departed]}
+        for key in [key for key in self._streams if key not in known]:
+            del self._streams[key]
+            labels = key if self.routed else key[1:]
+            self.ttft.remove(*labels)
+            self.tpot.remove(*labels)
+
+    def latency(self, route: str, container_uuid: str | None = None) -> dict[str, Any]:
+        """p50/p95 (and count) of the two histograms, of one replica or of the whole route."""
+        keys = [key for key in self._streams if key[0] == route and container_uuid in (None, key[1])]
+        document = {}
+        for name, index, bounds in (("time_to_first_token_seconds", 0, TTFT_BUCKETS),
+                                    ("time_per_output_token_seconds", 1, TPOT_BUCKETS)):
+            counts = [0.0] * (len(bounds) + 1)
+            for key in keys:
+                for position, count in enumerate(_bucket_counts(self._streams[key][index])):
+                    counts[position] += count
+            total = sum(counts)
+            document[name] = {"count": int(total), "p50": histogram_quantile(0.5, bounds, counts),
+                              "p95": histogram_quantile(0.95, bounds, counts)}
+        return document
+
 
     def observe(self, method: str, status: int, seconds: float, route: str = "") -> None:
         key = (method, status, route)
@@ -147,4 +203,31 @@ class GatewayMetrics:
         child.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
+        self.forget_departed()
         return prometheus.generate_latest(self.registry), prometheus.CONTENT_TYPE_LATEST
+
+
+def _bucket_counts(child: Any) -> list[float]:
+    """Per-bucket (not cumulative) counts of one histogram child, +Inf last, from its samples."""
+    cumulative = [sample.value for metric in child.collect() for sample in metric.samples
+                  if sample.name.endswith("_bucket")]
+    return [value - (cumulative[index - 1] if index else 0.0) for index, value in enumerate(cumulative)]
+
+
+def histogram_quantile(q: float, bounds: tuple[float, ...], counts: list[float]) -> float | None:
+    """The q-quantile of bucketed observations (counts per bucket, +Inf last), interpolated
+    linearly inside its bucket as Prometheus's histogram_quantile does; None without any.
+    One in the +Inf bucket is reported as the highest finite bound (a floor)."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if index == len(bounds):
+                return bounds[-1]
+            lower = bounds[index - 1] if index else 0.0
+            return round(lower + (bounds[index] - lower) * (rank - seen) / count, 6)
+        seen += count
+    return bounds[-1]

@@ -89,8 +89,11 @@ class Policy:
         # sample() returns the pair in random order, so min() breaks ties randomly.
         if len(candidates) == 1:
             return candidates[0]
-        first, second = self.rng.sample(list(candidates), 2)
-        return min((first, second), key=score)
+        if len(candidates) == 2:  # the table's draw (or a pair): only the order is left to chance
+            first, second = candidates if self.rng.random() < 0.5 else reversed(candidates)
+        else:
+            first, second = self.rng.sample(list(candidates), 2)
+        return first if score(first) <= score(second) else second
 
 
 class LeastInflight(Policy):
@@ -167,6 +170,10 @@ class QueueAware(Policy):
 # (rounded up) before its keys spill. 1.25 is the factor Mirrokni et al. found keeps
 # most keys at home while capping the busiest server; HAProxy's hash-balance-factor 125.
 DEFAULT_BALANCE_FACTOR = 1.25
+# ...and a replica at most this many requests above the least-loaded one never spills: a
+# batching engine serves two more at nearly no cost, and other gateways' counts may be one
+# refresh (50 ms) old, so a bound on one or two requests would only scatter sessions.
+BALANCE_SLACK_REQUESTS = 2
 _MASK64 = (1 << 64) - 1
 # Container uuids whose hash is remembered; replicas change rarely, the bound only keeps a
 # long churn (an autoscaler replacing containers for weeks) from growing the dict forever.
@@ -189,8 +196,8 @@ class CacheAware(Policy):
     uuids: every gateway ranks the replicas the same way, and a replica that leaves or joins
     moves only the keys it wins. Bounded load (consistent hashing with bounded loads; HAProxy's
     hash-balance-factor): when the chosen replica's load (in flight, other gateways' included)
-    would pass ceil(balance_factor x the mean load after this request), the request goes to
-    the least-loaded candidate instead. A request without a key: two choices, like
+    would pass ceil(balance_factor x the mean load after this request) and it is more than
+    BALANCE_SLACK_REQUESTS above the least-loaded candidate, the request goes to that one. A request without a key: two choices, like
     least_inflight."""
 
     name = "cache_aware"
@@ -223,12 +230,15 @@ class CacheAware(Policy):
         if key is None:
             return self.select_replica(candidates)
         chosen = self.home(candidates, key)
+        load = chosen.inflight + chosen.remote_inflight
         total = sum(r.inflight + r.remote_inflight for r in candidates)
-        bound = math.ceil(self.balance_factor * (total + 1) / len(candidates))
-        if chosen.inflight + chosen.remote_inflight + 1 <= bound:
+        if load + 1 <= math.ceil(self.balance_factor * (total + 1) / len(candidates)):
+            return chosen
+        least = min(candidates, key=lambda r: (r.inflight + r.remote_inflight, self.rng.random()))
+        if load - (least.inflight + least.remote_inflight) <= BALANCE_SLACK_REQUESTS:
             return chosen
         self.spills += 1
-        return min(candidates, key=lambda r: (r.inflight + r.remote_inflight, self.rng.random()))
+        return least
 
     def select_replica(self, candidates):
         return self._two_choices(candidates, lambda r: r.inflight + r.remote_inflight)

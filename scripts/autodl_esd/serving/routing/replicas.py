@@ -288,7 +288,7 @@ class ReplicaTable:
         the same choice a sample of the full candidate list would make."""
         routable = self._routable
         size = len(routable)
-        if size <= wanted:
+        if size < wanted:
             return None
         now = self.clock()
         limit = self.max_inflight_per_replica

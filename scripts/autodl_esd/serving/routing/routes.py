@@ -122,8 +122,10 @@ class Route:
         if view is None or view is self.view:
             return False
         ended_now = bool(view.ended) and not (self.view and self.view.ended)
+        same_replicas = self.view is not None and view.services is self.view.services
         self.view = view
-        self.table.update(view.services)
+        if not same_replicas:  # a source hands the same services again when nothing changed
+            self.table.update(view.services)
         if ended_now:
             self.ended_by = view.ended
         return ended_now

@@ -75,14 +75,19 @@ class ReplicaSource:
         return None
 
 
-def view_from_document(document: dict[str, Any], read_at: float) -> RegistryView:
-    """A RegistryView of a registry document; raises ValueError when it is not one."""
+def view_from_document(document: dict[str, Any], read_at: float, previous: RegistryView | None = None) -> RegistryView:
+    """A RegistryView of a registry document; raises ValueError when it is not one.
+
+    When the replicas are those of `previous`, the view carries `previous.services` itself,
+    so the gateway sees by identity that there is nothing to apply."""
     items, info = parse_registry(document)
     stale_reason = (info.get("stale_reason") or "注册表标记为 stale") if info.get("stale") else None
     ended = info.get("ended") if isinstance(info.get("ended"), str) else None
-    return RegistryView(tuple(item for item in items if isinstance(item, dict)), info.get("deployment_uuid"),
-                        read_at, None if ended else stale_reason, info.get("generated_at"),
-                        ended, (info.get("ended_reason") or ended) if ended else None)
+    services = tuple(item for item in items if isinstance(item, dict))
+    if previous is not None and previous.services == services:
+        services = previous.services
+    return RegistryView(services, info.get("deployment_uuid"), read_at, None if ended else stale_reason,
+                        info.get("generated_at"), ended, (info.get("ended_reason") or ended) if ended else None)
 
 
 class PollingSource(ReplicaSource):
@@ -143,7 +148,7 @@ class FileSource(PollingSource):
             return None
         # The file's age is the writer's heartbeat: the watcher rewrites it every cycle.
         written_at = time.monotonic() - max(0.0, time.time() - self._read.modified_at)
-        return view_from_document(document, written_at)
+        return view_from_document(document, written_at, self._view)
 
 
 class UrlSource(PollingSource):
@@ -154,11 +159,12 @@ class UrlSource(PollingSource):
         self.description = f"registry endpoint {self.url}"
 
     def fetch(self) -> RegistryView:
-        return view_from_document(self._read(), time.monotonic())
+        return view_from_document(self._read(), time.monotonic(), self._view)
 
 
 class WatcherSource(ReplicaSource):
-    """Runs a `registry.RegistryWatcher` on a daemon thread; its document is the view."""
+    """Runs a `registry.RegistryWatcher` on a daemon thread; its document is the view, read on
+    that thread as each one is published (a sink), so the gateway's loop never parses it."""
 
     ends_with_deployment = True
 
@@ -167,8 +173,12 @@ class WatcherSource(ReplicaSource):
         self.stale_after = stale_after
         self.description = f"in-process watcher of deployment {watcher.deployment_uuid}"
         self._thread: threading.Thread | None = None
-        self._document: dict[str, Any] | None = None
         self._view: RegistryView | None = None
+        watcher.options.sinks.append(self._consume)
+
+    def _consume(self, document: dict[str, Any]) -> None:
+        published_at = getattr(self.watcher, "published_at", None)
+        self._view = view_from_document(document, published_at if published_at is not None else time.monotonic(), self._view)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.watcher.run, name="registry-watcher", daemon=True)
@@ -178,15 +188,9 @@ class WatcherSource(ReplicaSource):
         self.watcher.stop_event.set()
 
     def wait_first(self, timeout: float) -> bool:
-        return _wait_for(lambda: self.watcher.document is not None, timeout)
+        return _wait_for(lambda: self._view is not None, timeout)
 
     def current(self) -> RegistryView | None:
-        document = self.watcher.document
-        if document is None:
-            return None
-        if document is not self._document:
-            self._document = document
-            self._view = view_from_document(document, getattr(self.watcher, "published_at", time.monotonic()))
         return self._view
 
 
@@ -209,7 +213,7 @@ class RedisSource(ReplicaSource):
 
     def _consume(self, document: dict[str, Any]) -> None:
         try:
-            self._view = view_from_document(document, time.monotonic())
+            self._view = view_from_document(document, time.monotonic(), self._view)
         except ValueError as problem:
             self._error = f"ValueError: {problem}"
 

@@ -2,7 +2,8 @@
 
 Each must finish and print its tables; the numbers are bench/README.md's, from full runs, never
 asserted here. scale_out.py starts a real redis-server and haproxy, like the scale-out tests;
-gateway.py runs wrk and haproxy (and nginx when installed) beside the gateway.
+gateway.py runs wrk and haproxy (and nginx when installed) beside the gateway; llm_routing.py
+starts a redis-server for its two-gateway section.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ BENCHES = [
                     "--policy-requests", "16", "--scenarios", "1"]),
     ("autoscale.py", ["--day-seconds", "3", "--peak-rps", "10"]),
     ("scale_out.py", ["--requests", "3", "--threads", "1", "--sequential", "20", "--leases", "20"]),
+    ("llm_routing.py", ["--conversations", "2", "--turns", "2", "--concurrency", "2", "--rounds", "1"]),
 ]
 
 

@@ -104,7 +104,7 @@ def test_a_key_spills_to_the_least_loaded_replica_past_the_bound():
     key = KEYS[0]
     home = chooser.select(replicas, key)
     others = [r for r in replicas if r is not home]
-    home.inflight = 2  # two above the idle ones: within the slack, it stays home
+    home.inflight = 1  # one above the idle ones: within the slack, it stays home
     assert chooser.select(replicas, key) is home
     home.inflight = 3  # total 5, mean after this request 1.5: ceil(1.25 * 1.5) = 2 < 4, and 3 above the least loaded
     others[0].inflight, others[1].inflight = 1, 1

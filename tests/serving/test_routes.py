@@ -204,23 +204,55 @@ def test_a_routes_file_is_checked_against_its_schema(run, tmp_path, result_valid
 # ---- end to end on the simulator ---------------------------------------------------------
 
 
-def test_the_script_routes_two_deployments_and_outlives_one_of_them(sim, run, tmp_path):
-    import os
-    import subprocess
-    import sys
+def submit_named(run, tmp_path, *names: str) -> dict[str, str]:
+    """The ReplicaSet example under each name, one replica each, running: {name: uuid}."""
+    from helpers import ROOT
 
-    from helpers import ROOT, SCRIPTS
-    from helpers.servers import stop
-
-    instance = sim()
     example = json.loads((ROOT / "examples" / "replicaset-service.json").read_text(encoding="utf-8"))
     uuids = {}
-    for name in ("llm-a", "llm-b"):
+    for name in names:
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(dict(example, name=name, replica_num=1)), encoding="utf-8")
         code, out, _ = run("queue_submit.py", str(path), "--interval", "0.05", "--wait-running", "--quiet")
         assert code == 0, out
         uuids[name] = out["deployment_uuid"]
+    return uuids
+
+
+def test_a_routes_file_gives_a_route_its_own_autoscaler_and_asks_once_for_all(sim, run, tmp_path, result_validator):
+    sim()
+    uuids = submit_named(run, tmp_path, "llm-a", "llm-b", "llm-c")
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"routes": [
+        {"model": "a", "deployment": "llm-a", "autoscale": {"max_replicas": 3, "max_hourly_cost": 50}},
+        {"model": "b", "deployment": uuids["llm-b"], "autoscale": False},
+        {"prefix": "/c", "deployment": "llm-c", "policy": "cache_aware"}]}), encoding="utf-8")
+    code, document, _ = run("serve_gateway.py", "--routes-file", str(path), "--listen", "127.0.0.1:0", "--quiet")
+    result_validator.validate(document)
+    assert code == 1 and document["error_type"] == "confirmation_required", document
+    routes = document["details"]["routes"]
+    assert [(r["route"], r["deployment_uuid"], r["max_replicas"]) for r in routes] == [("a", uuids["llm-a"], 3)]
+    assert routes[0]["hourly_cost_cap_yuan"] == 50 and "a (" in document["message"]
+    # --autoscale turns it on for every route the file does not exclude, each with the flags' bounds.
+    code, document, _ = run("serve_gateway.py", "--routes-file", str(path), "--autoscale", "--max-replicas", "2",
+                            "--listen", "127.0.0.1:0", "--quiet")
+    assert [(r["route"], r["max_replicas"]) for r in document["details"]["routes"]] == [("a", 3), ("/c", 2)]
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({"routes": [{"model": "a", "deployment": "no-such-deployment"}]}), encoding="utf-8")
+    code, document, _ = run("serve_gateway.py", "--routes-file", str(missing), "--quiet")
+    assert document["error_type"] == "not_found" and document["details"]["route"] == "a"
+
+
+def test_the_script_routes_two_deployments_and_outlives_one_of_them(sim, run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import SCRIPTS
+    from helpers.servers import stop
+
+    instance = sim()
+    uuids = submit_named(run, tmp_path, "llm-a", "llm-b")
     gateway = subprocess.Popen([sys.executable, str(SCRIPTS / "serve_gateway.py"), "--route", "model-a=llm-a",
                                 "--route", f"model-b={uuids['llm-b']}", "--listen", "127.0.0.1:0", "--interval", "0.1",
                                 "--drain-seconds", "2", "--quiet"],
@@ -259,3 +291,42 @@ def test_the_script_routes_two_deployments_and_outlives_one_of_them(sim, run, tm
     routes = {r["route"]: r for r in summary["routes"]}
     assert routes["model-a"]["ended"] == routes["model-b"]["ended"] == "deployment_gone"
     assert routes["model-b"]["by_status_class"]["2xx"] == 2 and routes["model-a"]["by_status_class"]["2xx"] == 1
+
+
+def test_each_route_runs_its_own_extensions_and_their_metrics_carry_the_route(loop_thread):
+    from prometheus_client.core import GaugeMetricFamily
+
+    from autodl_esd.serving.routing.gateway import GatewayExtension
+
+    class Counting(GatewayExtension):
+        name = "autoscaler"
+
+        def __init__(self, desired: int) -> None:
+            self.desired, self.route = desired, None
+
+        async def start(self, route) -> None:
+            self.route = route
+
+        def status(self) -> dict:
+            return {"desired": self.desired}
+
+        def collect(self):
+            yield GaugeMetricFamily("gateway_autoscaler_desired_replicas", "Replicas wanted", value=self.desired)
+
+    hits: list = []
+    extensions = {"qwen": Counting(3), "bge": Counting(1)}
+    gateway = loop_thread.gateway(None, routes=[(name, static(item(name + "-1", loop_thread.upstream(recording(name, hits)))),
+                                                 {"model": name}) for name in extensions])
+    assert {name: extension.route for name, extension in extensions.items()} == {"qwen": None, "bge": None}
+    # Extensions added before start() begin with the gateway; here the route is handed over like it.
+    for name, extension in extensions.items():
+        loop_thread.run(extension.start(gateway.routes[name]))
+        gateway.add_extension(extension, route=name)
+    assert {name: e.route.name for name, e in extensions.items()} == {"qwen": "qwen", "bge": "bge"}
+    status = {route["route"]: route["extensions"] for route in gateway.status()["routes"]}
+    assert status == {"qwen": {"autoscaler": {"desired": 3}}, "bge": {"autoscaler": {"desired": 1}}}
+    text = requests.get(gateway.url + "/_gateway/metrics", timeout=5).text
+    lines = [line for line in text.splitlines() if line.startswith("gateway_autoscaler_desired_replicas")]
+    assert sorted(lines) == ['gateway_autoscaler_desired_replicas{route="bge"} 1.0',
+                             'gateway_autoscaler_desired_replicas{route="qwen"} 3.0']
+    assert text.count("# TYPE gateway_autoscaler_desired_replicas gauge") == 1

@@ -170,10 +170,11 @@ class QueueAware(Policy):
 # (rounded up) before its keys spill. 1.25 is the factor Mirrokni et al. found keeps
 # most keys at home while capping the busiest server; HAProxy's hash-balance-factor 125.
 DEFAULT_BALANCE_FACTOR = 1.25
-# ...and a replica at most this many requests above the least-loaded one never spills: a
-# batching engine serves two more at nearly no cost, and other gateways' counts may be one
-# refresh (50 ms) old, so a bound on one or two requests would only scatter sessions.
-BALANCE_SLACK_REQUESTS = 2
+# ...and a replica at most this many requests above the least-loaded one never spills: at
+# low load the bound is one or two requests, and other gateways' counts may be one refresh
+# (50 ms) old, so a request that just ended elsewhere would scatter sessions. One, not
+# more: bench/llm_routing.py's workload without shared prefixes queues behind a larger one.
+BALANCE_SLACK_REQUESTS = 1
 _MASK64 = (1 << 64) - 1
 # Container uuids whose hash is remembered; replicas change rarely, the bound only keeps a
 # long churn (an autoscaler replacing containers for weeks) from growing the dict forever.

@@ -75,6 +75,16 @@ BATCH_CLIENTS = 10
 WAIT_LIMIT_SECONDS = 30.0
 
 
+def run_async(coroutine):
+    """The bench's own Python (replicas, stream client) on uvloop when installed: less of the
+    shared cores for them, less noise in what the proxies are measured by."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
 # ---- the Python replicas (child process) ------------------------------------------------
 
 
@@ -148,7 +158,7 @@ def upstream_main(plain: int, gpus: int) -> None:
         print(json.dumps(urls), flush=True)
         await asyncio.Event().wait()
 
-    asyncio.run(serve())
+    run_async(serve())
 
 
 # ---- the proxies -----------------------------------------------------------------------
@@ -255,23 +265,29 @@ frontend replicas
     path = directory / "static-upstream.cfg"
     path.write_text(config, encoding="utf-8")
     process = subprocess.Popen([find_binary("haproxy"), "-f", str(path), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for port in ports:
-        wait_for(lambda: listening(port), f"the static upstream on port {port}")
+    try:
+        for port in ports:
+            wait_for(lambda: listening(port), f"the static upstream on port {port}")
+    except SystemExit:
+        stop(process)
+        raise
     return process
 
 
-def start_proxies(directory: Path, folder: str, label: str, upstream_urls: list[str], builds: list[GatewayBuild]) -> list[Proxy]:
-    """Every proxy of a section in front of the same replicas: the gateway builds, HAProxy, nginx."""
+def start_proxies(directory: Path, folder: str, label: str, upstream_urls: list[str], builds: list[GatewayBuild],
+                  proxies: list[Proxy]) -> None:
+    """Every proxy of a section in front of the same replicas (the gateway builds, HAProxy,
+    nginx), each added to `proxies` as it starts, so the caller stops what did start."""
     items = services(upstream_urls)
     registry = registry_file(folder, f"{label}.json", items)
-    proxies = [start_gateway(build, registry, folder) for build in builds]
+    for build in builds:
+        proxies.append(start_gateway(build, registry, folder))
     proxies.append(start_fed_haproxy(directory, f"haproxy-{label}", items))
     if find_binary("nginx"):
         port = free_port()
         addresses = [urlsplit(url).netloc for url in upstream_urls]
         process = start_nginx(directory, label, least_conn_proxy_body(port, addresses), [port], workers=2)
         proxies.append(Proxy("nginx least_conn", f"http://127.0.0.1:{port}", process, "nginx"))
-    return proxies
 
 
 def stop_all(proxies: list[Proxy]) -> None:
@@ -305,8 +321,9 @@ def anchors(directory: Path, folder: str, builds: list[GatewayBuild], concurrenc
     ports = [free_port() for _ in range(REPLICAS)]
     upstream = start_static_upstream(directory, ports)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
-    proxies = start_proxies(directory, folder, "anchors", urls, builds)
+    proxies: list[Proxy] = []
     try:
+        start_proxies(directory, folder, "anchors", urls, builds, proxies)
         targets = [("direct", urls[0], None)] + [(p.name, p.url, p) for p in proxies]
         for name, url, _ in targets if warm else ():  # warm: connection pools, first requests
             wrk(url + "/small", 16, 1)
@@ -377,30 +394,37 @@ async def first_tokens(url: str, path: str, count: int) -> tuple[list[float], in
 
 def streams(directory: Path, folder: str, builds: list[GatewayBuild], stream_urls: list[str], count: int, rounds: int,
             warm: bool) -> None:
-    proxies = start_proxies(directory, folder, "streams", stream_urls, builds)
+    proxies: list[Proxy] = []
     path = "/stream"
     try:
+        start_proxies(directory, folder, "streams", stream_urls, builds, proxies)
         targets = [("direct", stream_urls[0], None)] + [(p.name, p.url, p) for p in proxies]
         for _, url, _ in targets if warm else ():  # warm: the proxies' connections to the replicas
-            asyncio.run(first_tokens(url, path, count))
-        samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name, _, _ in targets}
+            run_async(first_tokens(url, path, count))
+        samples: dict[str, list[tuple[float, float, int, float]]] = {name: [] for name, _, _ in targets}
         for round_index in range(rounds):
-            for name, url, _ in rotated(targets, round_index):
-                firsts, failed = asyncio.run(first_tokens(url, path, count))
-                samples[name].append((percentile(firsts, 0.5), percentile(firsts, 0.99), failed))
-        medians = {name: (statistics.median(s[0] for s in runs), statistics.median(s[1] for s in runs), max(s[2] for s in runs))
-                   for name, runs in samples.items()}
+            for name, url, proxy in rotated(targets, round_index):
+                before = proxy.cpu() if proxy else 0.0
+                firsts, failed = run_async(first_tokens(url, path, count))
+                cpu = (proxy.cpu() - before) / count if proxy else float("nan")
+                samples[name].append((percentile(firsts, 0.5), percentile(firsts, 0.99), failed, cpu))
+        medians = {name: (statistics.median(s[0] for s in runs), statistics.median(s[1] for s in runs), max(s[2] for s in runs),
+                          statistics.median(s[3] for s in runs)) for name, runs in samples.items()}
         direct = medians["direct"]
         rows = []
         for name, _, proxy in targets:
-            p50, p99, failed = medians[name]
+            p50, p99, failed, cpu = medians[name]
             rows.append((name, ms(p50), ms(p99), "" if proxy is None else signed_ms(p50 - direct[0]),
-                         "" if proxy is None else signed_ms(p99 - direct[1]), str(failed),
-                         f"{proxy.memory_mib():.1f}" if proxy is not None and proxy.kind == "gateway" else ""))
+                         "" if proxy is None else signed_ms(p99 - direct[1]),
+                         "" if proxy is None else f"{cpu * 1e6:.0f}", "" if proxy is None else f"{cpu * count * 1000:.1f}",
+                         str(failed), f"{proxy.memory_mib():.1f}" if proxy is not None and proxy.kind == "gateway" else ""))
         print_markdown_table(f"Streams: {count} simultaneous SSE streams (first token after {PREFILL_SECONDS * 1000:.0f} ms, "
                              f"{TOKENS} tokens {TOKEN_GAP_SECONDS * 1000:.0f} ms apart), {REPLICAS} replicas; time to first "
                              f"token (ms), median of {rounds} alternating round(s)",
-                             ("path", "TTFT p50", "TTFT p99", "added p50", "added p99", "failed", "peak RSS MiB"), rows)
+                             ("path", "TTFT p50", "TTFT p99", "added p50", "added p99", "CPU µs/stream",
+                              f"CPU ms for {count}", "failed", "peak RSS MiB"), rows)
+        print(f"- CPU ms for {count}: the proxy's CPU for the whole burst (every request and every token relayed), "
+              "a bound on what the proxy's own work adds to any stream's first token when it has a core to itself")
     finally:
         stop_all(proxies)
 
@@ -410,35 +434,36 @@ def streams(directory: Path, folder: str, builds: list[GatewayBuild], stream_url
 
 def scaling(directory: Path, folder: str, builds: list[GatewayBuild], sizes: tuple[int, ...], seconds: int, rounds: int,
             warm: bool) -> None:
+    """Every (build, registry size) gateway runs at once, measured in alternating rounds."""
     ports = [free_port() for _ in range(REPLICAS)]
     upstream = start_static_upstream(directory, ports)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
-    results: dict[tuple[str, int], float] = {}
+    gateways: list[Proxy] = []
     try:
         for size in sizes:
             registry = registry_file(folder, f"scaling-{size}.json", services(urls, size))
-            gateways = [start_gateway(build, registry, folder) for build in builds]
-            try:
-                targets = [(g.name, g.url, g) for g in gateways]
-                for _, url, _ in targets if warm else ():
-                    wrk(url + "/small", 16, 1)
-                for name, median in measure_wrk(targets, "/small", 16, seconds, rounds).items():
-                    results[(name, size)] = median["rps"]
-            finally:
-                stop_all(gateways)
+            for build in builds:
+                gateway = start_gateway(build, registry, folder)
+                gateway.name = f"{build.label} @ {size}"
+                gateways.append(gateway)
+        targets = [(g.name, g.url, g) for g in gateways]
+        for _, url, _ in targets if warm else ():
+            wrk(url + "/small", 16, 1)
+        results = {name: median["rps"] for name, median in measure_wrk(targets, "/small", 16, seconds, rounds).items()}
         rows = []
         for size in sizes:
             row = [f"{size:,}"]
             for build in builds:
-                rps = results[(build.label, size)]
-                row += [f"{rps:,.0f}", f"{rps / results[(build.label, sizes[0])]:.2f}"]
+                rps = results[f"{build.label} @ {size}"]
+                row += [f"{rps:,.0f}", f"{rps / results[f'{build.label} @ {sizes[0]}']:.2f}"]
             rows.append(tuple(row))
         header = ["replicas in the registry"]
         for build in builds:
             header += [f"{build.label} req/s", f"× at {sizes[0]}"]
-        print_markdown_table(f"Selection scaling: gateway req/s (wrk, 16 connections, {seconds} s, median of {rounds} round(s)) "
-                             f"by registry size; the entries share {REPLICAS} static ports", tuple(header), rows)
+        print_markdown_table(f"Selection scaling: gateway req/s (wrk, 16 connections, {seconds} s, median of {rounds} alternating "
+                             f"round(s)) by registry size; the entries share {REPLICAS} static ports", tuple(header), rows)
     finally:
+        stop_all(gateways)
         stop(upstream)
 
 
@@ -494,8 +519,10 @@ async def closed_loop(gateway_urls: list[str], clients_per_gateway: int, request
 def run_policy(build: GatewayBuild, registry: str, folder: str, policy: str, gateway_count: int, clients: int, requests: int,
                direct_url: Optional[str] = None, direct_clients: int = 0):
     extra = ["--policy", policy, "--interval", str(POLICY_INTERVAL)] + (["--load-path", "/metrics"] if policy == "queue_aware" else [])
-    started = [start_gateway(build, registry, folder, *extra) for _ in range(gateway_count)]
+    started: list[Proxy] = []
     try:
+        for _ in range(gateway_count):
+            started.append(start_gateway(build, registry, folder, *extra))
         time.sleep(3 * POLICY_INTERVAL)  # first load reports in
         return asyncio.run(closed_loop([g.url for g in started], clients, requests, direct_url, direct_clients))
     finally:

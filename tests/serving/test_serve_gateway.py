@@ -244,3 +244,22 @@ def test_in_process_gateway_ends_when_its_deployment_is_deleted(sim, deploy):
     assert gateway.returncode == 0, err
     summary = json.loads(out)
     assert summary["stopped_by"] == "deployment_gone" and "已不存在" in summary["ended_reason"]
+
+
+def _loop_module() -> str:
+    import asyncio
+
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    from autodl_esd.serving.serve import run_loop
+
+    return run_loop(which())
+
+
+def test_the_gateway_runs_on_asyncio_without_uvloop_and_on_uvloop_with_it(monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError: as if not installed
+        assert _loop_module().startswith("asyncio")
+    pytest.importorskip("uvloop")
+    assert _loop_module().startswith("uvloop")

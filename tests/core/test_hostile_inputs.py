@@ -7,6 +7,7 @@ refused before any request without its value appearing anywhere.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import os
@@ -192,6 +193,7 @@ PATH_READERS = [
     ("list_containers.py", ["--config", "PATH"], "config_error"),
     ("doctor.py", ["--config", "PATH"], "config_error"),
     ("serve_gateway.py", ["--registry", "PATH"], "usage_error"),
+    ("serve_gateway.py", ["--routes-file", "PATH"], "config_error"),
 ]
 PATH_WRITERS = [
     ("haproxy_config.py", ["--deployment-uuid", DEP, "--out", "PATH"]),
@@ -233,6 +235,31 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_call(run, t
     assert (code, document["error_type"], document["details"]["path"]) == (1, "usage_error", path), document
     assert why in document["message"], document
     result_validator.validate(document)
+
+
+ROUTES_TEXT = '{"routes": [{"model": "qwen", "deployment": "DEPLOYMENT"}]}'
+
+
+@pytest.mark.parametrize(("text", "error_type"), [
+    ("[" * 100_000 + "]" * 100_000, "config_error"),
+    (ROUTES_TEXT.replace('"qwen"', "9" * 5000), "validation_error"),
+    (ROUTES_TEXT.replace('"qwen"', "NaN"), "validation_error"),
+    (ROUTES_TEXT.encode("utf-16"), "config_error"),
+    ("", "config_error"),
+], ids=["deep", "huge-int", "nan", "utf16", "empty"])
+def test_hostile_routes_file_is_a_clear_input_error(run, tmp_path, result_validator, text, error_type):
+    path = write(tmp_path, text, "routes.json")
+    code, document, _ = run("serve_gateway.py", "--routes-file", path)
+    assert (code, document["error_type"], document["details"]["path"]) == (1, error_type, path), document
+    result_validator.validate(document)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_routes_fifo_is_refused_without_hanging(run, tmp_path):
+    fifo = tmp_path / "routes.fifo"
+    os.mkfifo(fifo)
+    code, document, _ = run("serve_gateway.py", "--routes-file", str(fifo))
+    assert (code, document["error_type"]) == (1, "config_error") and "不是普通文件" in document["message"]
 
 
 def test_haproxy_out_is_replaced_atomically_and_readable_by_haproxy(run, tmp_path):
@@ -355,6 +382,9 @@ def test_duration_limit_is_inclusive_and_documented(capsys):
     assert cli.non_negative_seconds("0") == 0
     assert cli.positive_hours("8760") == 8760
     assert str(cli.MAX_DURATION_SECONDS) in cli.EXIT_CODE_EPILOG
+    assert f"{cli.MIN_DURATION_SECONDS:g}..{cli.MAX_DURATION_SECONDS}" in cli.EXIT_CODE_EPILOG
+    assert str(cli.MAX_COUNT) in cli.EXIT_CODE_EPILOG
+    assert cli.MAX_AMOUNT == 1e9 and "不超过 1e9" in cli.EXIT_CODE_EPILOG
 
 
 # --- environment ---------------------------------------------------------------------------------
@@ -537,6 +567,74 @@ def test_every_numeric_flag_of_every_script_refuses_non_finite_and_absurd_values
         if isinstance(result, (int, float)):
             accepted.append(f"{script} {option}={value[:12]} -> {result!r:.20}")
     assert not accepted, accepted
+
+
+# Options whose type is a script's own (a date, a port, a seed): not a number with a range.
+NOT_A_RANGE = {("cost_report.py", "--since"), ("autodl_sim.py", "--port"), ("autodl_sim.py", "--seed"),
+               ("autodl_sim.py", "--service-ports"), *CHECKED_IN_MAIN}
+
+
+def _ranged_options():
+    for script, option, parse in _typed_options():
+        if (script, option) not in NOT_A_RANGE:
+            yield script, option, parse
+
+
+def test_every_numeric_flag_has_a_floor_and_a_ceiling_stated_in_its_help():
+    from helpers import load_script
+
+    helps = {}
+    unbounded, unstated = [], []
+    for script, option, parse in _ranged_options():
+        schema = getattr(parse, "json_schema", {})
+        if "maximum" not in schema or not ({"minimum", "exclusiveMinimum"} & set(schema)):
+            unbounded.append(f"{script} {option}: {schema}")
+            continue
+        if script not in helps:
+            path = ROOT / script if (ROOT / script).is_file() else SCRIPTS / script
+            helps[script] = " ".join(load_script(path).build_parser().format_help().split())
+        if parse.bounds not in helps[script]:
+            unstated.append(f"{script} {option}: {parse.bounds}")
+    assert not unbounded, unbounded
+    assert not unstated, unstated
+
+
+def test_every_interval_has_a_floor_above_zero():
+    from autodl_esd.core import cli
+
+    floors = {f"{script} {option}": parse.json_schema.get("minimum", 0)
+              for script, option, parse in _ranged_options() if "interval" in option}
+    assert len(floors) >= 7, floors  # queue_submit (2), guard, events, discover, gateway, set_replicas
+    assert all(floor >= cli.MIN_DURATION_SECONDS for floor in floors.values()), floors
+
+
+@pytest.mark.parametrize(("script", "argv"), [
+    ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--interval", "1e-300"]),
+    ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--interval", "0.001"]),
+    ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--max-queue", "99999999999999999999"]),
+    ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--max-queue", "100001"]),
+    ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--max-inflight-per-replica", "10001"]),
+    ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--max-replicas", "10001"]),
+    ("set_replicas.py", ["--deployment-uuid", DEP, "--replicas", "10001"]),
+    ("queue_submit.py", [str(EXAMPLE), "--interval", "0.001"]),
+    ("queue_submit.py", [str(EXAMPLE), "--timeout", "1e-300"]),
+    ("discover_services.py", ["--deployment-uuid", DEP, "--watch", "--max-cycles", "1" + "0" * 20]),
+    ("jobs.py", ["--logs", "x", "--tail", "9" * 5000]),
+    ("container_events.py", ["--deployment-uuid", DEP, "--offset", str(2**31)]),
+], ids=lambda value: value if isinstance(value, str) else " ".join(value[-2:])[:40])
+def test_an_absurd_interval_or_count_is_usage_error_naming_the_range(run, result_validator, script, argv):
+    code, document, _ = run(script, *argv)
+    assert (code, document["error_type"]) == (1, "usage_error"), document
+    assert "范围" in document["message"] or "之间" in document["message"], document
+    result_validator.validate(document)
+
+
+def test_zero_still_means_no_limit_where_it_did():
+    from autodl_esd.core import cli
+
+    assert cli.non_negative_seconds("0") == 0 and cli.non_negative_int("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.non_negative_seconds("0.001")  # neither "no limit" nor a wait the scripts can honour
 
 
 @pytest.mark.parametrize("balance", ["nan", "inf", "-1", "1e300"])

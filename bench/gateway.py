@@ -61,6 +61,8 @@ SMALL_BODY = '{"ok":true}'
 # The streamed answer: first token after a short prefill, then tokens at a model's pace.
 PREFILL_SECONDS, TOKENS, TOKEN_GAP_SECONDS = 0.05, 10, 0.02
 STREAMS = 256
+# One-token streams sent one after another, per path and round (the "one stream alone" column).
+ALONE_STREAMS = 10
 # Per-request service time of the four "GPU" replicas (seconds): one fast, three slower.
 GPU_SECONDS = (0.01, 0.03, 0.03, 0.06)
 # Batching replicas (the vLLM case): equal GPUs, each request 50 ms, up to 16 at once, each
@@ -408,20 +410,30 @@ def streams(directory: Path, folder: str, builds: list[GatewayBuild], stream_url
                 firsts, failed = run_async(first_tokens(url, path, count))
                 cpu = (proxy.cpu() - before) / count if proxy else float("nan")
                 samples[name].append((percentile(firsts, 0.5), percentile(firsts, 0.99), failed, cpu))
+        # One stream at a time (a one-token answer): what the path adds when nothing competes,
+        # where a token held back (Nagle, a buffer waiting to fill) would show as tens of ms.
+        alone: dict[str, list[float]] = {name: [] for name, _, _ in targets}
+        for round_index in range(rounds):
+            for name, url, _ in rotated(targets, round_index):
+                for _ in range(ALONE_STREAMS):
+                    firsts, _failed = run_async(first_tokens(url, path + "?n=1", 1))
+                    alone[name].extend(firsts)
         medians = {name: (statistics.median(s[0] for s in runs), statistics.median(s[1] for s in runs), max(s[2] for s in runs),
                           statistics.median(s[3] for s in runs)) for name, runs in samples.items()}
         direct = medians["direct"]
+        direct_alone = percentile(alone["direct"], 0.5)
         rows = []
         for name, _, proxy in targets:
             p50, p99, failed, cpu = medians[name]
             rows.append((name, ms(p50), ms(p99), "" if proxy is None else signed_ms(p50 - direct[0]),
                          "" if proxy is None else signed_ms(p99 - direct[1]),
+                         "" if proxy is None else signed_ms(percentile(alone[name], 0.5) - direct_alone),
                          "" if proxy is None else f"{cpu * 1e6:.0f}", "" if proxy is None else f"{cpu * count * 1000:.1f}",
                          str(failed), f"{proxy.memory_mib():.1f}" if proxy is not None and proxy.kind == "gateway" else ""))
         print_markdown_table(f"Streams: {count} simultaneous SSE streams (first token after {PREFILL_SECONDS * 1000:.0f} ms, "
                              f"{TOKENS} tokens {TOKEN_GAP_SECONDS * 1000:.0f} ms apart), {REPLICAS} replicas; time to first "
                              f"token (ms), median of {rounds} alternating round(s)",
-                             ("path", "TTFT p50", "TTFT p99", "added p50", "added p99", "CPU µs/stream",
+                             ("path", "TTFT p50", "TTFT p99", "added p50", "added p99", "added, one stream alone", "CPU µs/stream",
                               f"CPU ms for {count}", "failed", "peak RSS MiB"), rows)
         print(f"- CPU ms for {count}: the proxy's CPU for the whole burst (every request and every token relayed), "
               "a bound on what the proxy's own work adds to any stream's first token when it has a core to itself")

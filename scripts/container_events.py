@@ -12,6 +12,10 @@ from autodl_esd.platform.containers import CONTAINER_STATUSES, containers_in_sta
 # The rest of the package is imported in the function that uses it, after parsing: --help
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
 
+# An events offset counts the deployment's events so far; the platform's integers are int32
+# at least, and no deployment has more events than that.
+MAX_EVENT_OFFSET = 2**31 - 1
+
 EXAMPLES = [
     "python3 scripts/container_events.py --name my-service",
     "python3 scripts/container_events.py --deployment-uuid 833f1cd5a764fa3 --offset 12",
@@ -40,7 +44,7 @@ def build_parser() -> cli.JsonArgumentParser:
     )
     cli.add_deployment_selector(parser, required=False)
     parser.add_argument("--container-uuid", metavar="UUID", help="只看这个容器的事件; 不指定部署时从容器 UUID 推出部署")
-    parser.add_argument("--offset", type=cli.non_negative_int, default=0, metavar="N", help="跳过前 N 个事件 (上次输出的 next_offset), 默认 0")
+    parser.add_argument("--offset", type=cli.int_between(0, MAX_EVENT_OFFSET), default=0, metavar="N", help="跳过前 N 个事件 (上次输出的 next_offset), 默认 0")
     parser.add_argument("--follow", action="store_true", help="持续轮询新事件, 直到达到 --until/--count 或超时")
     parser.add_argument("--until", choices=(*CONTAINER_STATUSES, "finished"), default="running", metavar="STATUS",
                         help=f"--follow 等待的状态: {', '.join(CONTAINER_STATUSES)} (默认 running), 或 finished (Job / Container 跑完)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from autodl_esd.core import cli
 from autodl_esd.core.errors import AutoDLError
+from autodl_esd.platform.units import MAX_REPLICA_NUM
 
 # The rest of the package is imported in the function that uses it, after parsing: --help
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
@@ -40,7 +41,7 @@ def build_parser() -> cli.JsonArgumentParser:
     limits.add_argument("--idle-url", metavar="URL", help="serve_gateway.py 的 Prometheus 指标地址, 如 http://127.0.0.1:8000/_gateway/metrics")
     acting = parser.add_argument_group("动作")
     acting.add_argument("--action", choices=("stop", "scale-to"), default="stop", help="stop: 停止整个部署 (默认); scale-to: 把 ReplicaSet 缩到 --floor")
-    acting.add_argument("--floor", type=cli.non_negative_int, metavar="N", help="--action scale-to 时缩到的副本数")
+    acting.add_argument("--floor", type=cli.int_between(0, MAX_REPLICA_NUM), metavar="N", help="--action scale-to 时缩到的副本数")
     cli.add_confirmation_flag(parser)
     acting.add_argument("--notify", action="store_true", help="执行或结束时发微信通知 (失败只记警告)")
     running = parser.add_argument_group("运行方式与管理")

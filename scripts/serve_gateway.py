@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from autodl_esd.core import cli
 from autodl_esd.serving.autoscale.cli import add_autoscale_arguments
@@ -37,6 +36,11 @@ DEFAULT_RETRIES = 2
 DEFAULT_UPSTREAM_TIMEOUT_SECONDS = 300.0
 # Requests allowed to wait for a replica at once; beyond this they get 503 at once.
 DEFAULT_MAX_QUEUE = 256
+# Each queued request holds a client connection and its body in memory; past this many the
+# machine, not the limit, decides who gets a 503.
+MAX_QUEUE = 100_000
+# A GPU serves a batch of a few hundred at most; "unlimited" is 0, not a huge number.
+MAX_INFLIGHT_PER_REPLICA = 10_000
 # A queued request gets a 503 after this long: long enough for a busy GPU to free up or a
 # replica to be added, short enough for a client's own timeout to see a clear answer.
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
@@ -47,16 +51,8 @@ DEFAULT_EJECT_SECONDS = 10.0
 # cache_aware: a replica takes its keys' requests until its in-flight load would pass this
 # factor times the mean (rounded up); policies.DEFAULT_BALANCE_FACTOR says why 1.25.
 DEFAULT_BALANCE_FACTOR = 1.25
-
-
-def float_at_least_one(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"需要一个数字, 收到 {text!r}") from None
-    if not 1.0 <= value <= 100.0:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"需要 1 到 100 之间的数 (如 1.25), 收到 {text!r}")
-    return value
+# Past 100 x the mean, cache_aware never balances: the same as no factor at all.
+MAX_BALANCE_FACTOR = 100.0
 
 
 def build_parser() -> cli.JsonArgumentParser:
@@ -104,7 +100,7 @@ def build_parser() -> cli.JsonArgumentParser:
                         help="选副本的策略: least_inflight (默认, 两选一取在途请求少的), queue_aware (按副本自己报告的排队, "
                              "需 --load-path), cache_aware (同一会话 X-Session-ID / 同一对话开头 -> 同一副本, 命中它的前缀缓存; "
                              "过载时让给最空闲的副本, 见 --balance-factor), round_robin, random")
-    parser.add_argument("--balance-factor", type=float_at_least_one, default=None, metavar="F",
+    parser.add_argument("--balance-factor", type=cli.number_between(1.0, MAX_BALANCE_FACTOR), default=None, metavar="F",
                         help=f"cache_aware: 选中的副本在途请求数将超过 F x 平均值 (向上取整) 时改发最空闲的副本 (默认 {DEFAULT_BALANCE_FACTOR:g})")
     parser.add_argument("--health-path", metavar="P", help="健康检查路径, 如 /health: 被摘除的副本通过检查后才恢复")
     parser.add_argument("--load-path", metavar="P", help="负载报告路径, 如 /metrics (vLLM 的 vllm:num_requests_running/waiting) "
@@ -115,9 +111,9 @@ def build_parser() -> cli.JsonArgumentParser:
                         help=f"失败后在其他副本上重试的次数 (默认 {DEFAULT_RETRIES}; 请求体超过 1 MiB 时不重试)")
     parser.add_argument("--upstream-timeout", type=cli.positive_seconds, default=DEFAULT_UPSTREAM_TIMEOUT_SECONDS, metavar="S",
                         help=f"等副本响应头、以及响应体两块之间的最长秒数 (默认 {DEFAULT_UPSTREAM_TIMEOUT_SECONDS:g})")
-    parser.add_argument("--max-inflight-per-replica", type=cli.non_negative_int, default=0, metavar="N",
+    parser.add_argument("--max-inflight-per-replica", type=cli.int_between(0, MAX_INFLIGHT_PER_REPLICA), default=0, metavar="N",
                         help="每个副本最多同时处理几个本网关的请求, 满了就排队 (默认 0 = 不限)")
-    parser.add_argument("--max-queue", type=cli.non_negative_int, default=DEFAULT_MAX_QUEUE, metavar="N",
+    parser.add_argument("--max-queue", type=cli.int_between(0, MAX_QUEUE), default=DEFAULT_MAX_QUEUE, metavar="N",
                         help=f"最多排队的请求数, 超过直接 503 (默认 {DEFAULT_MAX_QUEUE})")
     parser.add_argument("--queue-timeout", type=cli.positive_seconds, default=DEFAULT_QUEUE_TIMEOUT_SECONDS, metavar="S",
                         help=f"排队最长秒数, 超过返回 503 (默认 {DEFAULT_QUEUE_TIMEOUT_SECONDS:g}); 没有副本时请求也在队列里等")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from autodl_esd.core import cli
 from autodl_esd.core.errors import AutoDLError, ErrorType
 from autodl_esd.platform.containers import container_summary
+from autodl_esd.platform.units import MAX_REPLICA_NUM
 
 # The rest of the package is imported in the function that uses it, after parsing: --help
 # loads only core.cli and the cheap modules above (tests/test_startup_imports.py).
@@ -38,7 +39,7 @@ def build_parser() -> cli.JsonArgumentParser:
         EXAMPLES,
     )
     cli.add_deployment_selector(parser)
-    parser.add_argument("--replica-num", "--replicas", dest="replica_num", type=cli.non_negative_int, required=True, metavar="N", help="新的副本数")
+    parser.add_argument("--replica-num", "--replicas", dest="replica_num", type=cli.int_between(0, MAX_REPLICA_NUM), required=True, metavar="N", help="新的副本数")
     cli.add_confirmation_flag(parser)
     parser.add_argument("--wait", action="store_true", help="等到运行中的容器数等于新副本数, 并列出缩容停掉的容器")
     parser.add_argument("--timeout", type=cli.non_negative_seconds, default=DEFAULT_WAIT_TIMEOUT_SECONDS, metavar="S",

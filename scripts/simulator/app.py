@@ -15,8 +15,9 @@ from .routes import Api, ApiError
 from .clock import SimClock
 from .cluster import LLM_SETTINGS, llm_setting_problems, llm_settings, load_cluster, vendor_gpu_name, with_vendor_names
 from .faults import FaultInjector, FaultSpec
+from .lifecycle import RUNNING
 from .llm import PrefixCache
-from .server import SimHTTPServer
+from .server import BodyNotJson, SimHTTPServer, loads_body
 from .world import NotFound, World
 
 # How often the background ticker moves the world forward (real seconds). Requests also
@@ -40,6 +41,8 @@ REQUEST_LOG_HEAD_CHARS = 200
 # One advance may jump at most a year of simulated time: far beyond any test, and the
 # clock's timestamps stay formattable (1e300 s would break every listing for good).
 MAX_ADVANCE_SECONDS = 366 * 86400.0
+# Containers containers() renders per hold of the world lock (about 7 ms of work).
+RENDER_CHUNK = 1000
 DIALECTS = ("private", "public", "both")
 STOCK_SHAPES = ("list", "dict")
 GPU_NAMINGS = ("vendor", "cluster")
@@ -289,7 +292,7 @@ class Simulator:
                 setattr(machine, key, value)
 
     def prefix_cache(self, container_uuid: str) -> PrefixCache:
-        """The container's prefix cache (created on its first request)."""
+        """The container's prefix cache (created on first use)."""
         with self._prefix_caches_lock:
             cache = self._prefix_caches.get(container_uuid)
             if cache is not None:
@@ -308,10 +311,12 @@ class Simulator:
         cached_tokens, hit_rate (cached / prompt tokens) and cached_blocks, oldest first."""
         with self._prefix_caches_lock:
             caches = dict(self._prefix_caches)
-        with self.world.lock:
-            machines = {uuid: self.world.containers[uuid].machine_id for uuid in caches}
-        return [{"container_uuid": uuid, "machine_id": machines[uuid], **cache.stats()}
-                for uuid, cache in caches.items()]
+        with self.world.current():
+            running = {uuid: self.world.containers[uuid].machine_id for uuid in caches
+                       if self.world.containers[uuid].status == RUNNING}
+        stats = [{"container_uuid": uuid, "machine_id": running[uuid], **cache.stats()}
+                 for uuid, cache in caches.items() if uuid in running]
+        return [entry for entry in stats if entry["requests"]]  # /metrics reads alone do not count
 
     def service_slot(self, container_uuid: str, concurrency: int) -> threading.BoundedSemaphore | None:
         """The semaphore a /svc request of this container holds while it is served (None: no limit)."""
@@ -378,12 +383,15 @@ class Simulator:
         """Every container (released ones too), oldest first, shaped like the container list,
         plus simulator-only keys `exit_code`, `stop_reason`, `reused_from` and `files`."""
         with self.world.current():
-            return [
-                {**self._api.container_view(c), "exit_code": c.exit_code,
-                 "stop_reason": c.stop_reason, "reused_from": c.reused_from, "files": dict(c.files)}
-                for c in self.world.containers.values()
-                if deployment_uuid is None or c.deployment_uuid == deployment_uuid
-            ]
+            chosen = (list(self.world.containers.values()) if deployment_uuid is None
+                      else self.world.containers_of(deployment_uuid))
+        views: list[dict[str, Any]] = []
+        for start in range(0, len(chosen), RENDER_CHUNK):
+            with self.world.lock:  # a chunk per hold: 10,000 views at once held it ~75 ms
+                views += [{**self._api.container_view(c), "exit_code": c.exit_code,
+                           "stop_reason": c.stop_reason, "reused_from": c.reused_from, "files": dict(c.files)}
+                          for c in chosen[start:start + RENDER_CHUNK]]
+        return views
 
     def request_log(self) -> list[tuple[str, str, Any]]:
         """The last REQUEST_LOG_LIMIT authenticated /api requests, oldest first, as (method,
@@ -426,8 +434,8 @@ class Simulator:
                       "head": body[:REQUEST_LOG_HEAD_CHARS].decode("utf-8", "replace")}
         else:
             try:
-                params = json.loads(body) if body.strip() else None
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                params = loads_body(body) if body.strip() else None
+            except BodyNotJson:
                 params = None
         with self._requests_lock:
             self._requests.append((method, path, params))
@@ -453,49 +461,104 @@ class Simulator:
         return [list(entry) for entry in self.request_log()]
 
     def _control_advance(self, params: dict) -> dict:
-        self.advance(float(params["seconds"]))
+        self.advance(control_fields(params, {"seconds": NUMBER}, maxima={"seconds": None})["seconds"])  # range: advance
         return {"now": self.now()}
 
     def _control_occupy(self, params: dict) -> dict:
-        seconds = params.get("seconds")
-        taken = self.occupy(str(params["gpu_name"]), int(params["count"]),
-                            None if seconds is None else float(seconds))
-        return {"occupied": taken}
+        fields = control_fields(params, {"gpu_name": TEXT, "count": INTEGER}, {"seconds": NUMBER},
+                                maxima={"count": MAX_CONTROL_COUNT, "seconds": MAX_ADVANCE_SECONDS})
+        return {"occupied": self.occupy(fields["gpu_name"], fields["count"], fields.get("seconds"))}
 
     def _control_release(self, params: dict) -> None:
+        control_fields(params, {})
         self.release_occupied()
 
     def _control_crash(self, params: dict) -> None:
-        self.crash_container(str(params["container_uuid"]), int(params.get("exit_code", 1)))
+        fields = control_fields(params, {"container_uuid": TEXT}, {"exit_code": INTEGER}, maxima={"exit_code": 255})
+        self.crash_container(fields["container_uuid"], fields.get("exit_code", 1))
 
     def _control_faulty(self, params: dict) -> None:
-        self.set_machine_faulty(str(params["machine_id"]), bool(params.get("faulty", True)))
+        fields = control_fields(params, {"machine_id": TEXT}, {"faulty": BOOLEAN})
+        self.set_machine_faulty(fields["machine_id"], fields.get("faulty", True))
 
     def _control_latency(self, params: dict) -> None:
-        self.set_machine_latency(str(params["machine_id"]), float(params["seconds"]))
+        fields = control_fields(params, {"machine_id": TEXT, "seconds": NUMBER}, maxima={"seconds": MAX_LATENCY_SECONDS})
+        self.set_machine_latency(fields["machine_id"], fields["seconds"])
 
     def _control_concurrency(self, params: dict) -> None:
-        self.set_machine_concurrency(str(params["machine_id"]), params["requests"])
+        fields = control_fields(params, {"machine_id": TEXT, "requests": INTEGER}, maxima={"requests": MAX_CONTROL_COUNT})
+        self.set_machine_concurrency(fields["machine_id"], fields["requests"])
 
     def _control_llm(self, params: dict) -> dict:
+        machine_id = control_fields({"machine_id": params.get("machine_id")}, {"machine_id": TEXT})["machine_id"]
         settings = {key: value for key, value in params.items() if key != "machine_id"}
-        self.set_machine_llm(str(params["machine_id"]), **settings)
-        return {key: value for key, value in self._machine(str(params["machine_id"])).describe().items()
-                if key in LLM_SETTINGS}
+        self.set_machine_llm(machine_id, **settings)  # every setting's type and range checked there
+        return {key: value for key, value in self._machine(machine_id).describe().items() if key in LLM_SETTINGS}
 
     def _control_prefix_cache(self, params: dict) -> list:
         return self.prefix_cache_stats()
 
     def _control_wallet(self, params: dict) -> dict:
-        def number(key: str) -> float | None:
-            return None if params.get(key) is None else float(params[key])
-
-        flags = {key: None if params.get(key) is None else bool(params[key]) for key in ("wechat_bound", "gated")}
-        self.set_wallet(number("balance_yuan"), number("voucher_yuan"), blocked_yuan=number("blocked_yuan"), **flags)
+        fields = control_fields(params, {}, {"balance_yuan": NUMBER, "voucher_yuan": NUMBER, "blocked_yuan": NUMBER,
+                                             "wechat_bound": BOOLEAN, "gated": BOOLEAN},
+                                minima={"balance_yuan": -MAX_WALLET_YUAN},
+                                maxima={"balance_yuan": MAX_WALLET_YUAN, "voucher_yuan": MAX_WALLET_YUAN,
+                                        "blocked_yuan": MAX_WALLET_YUAN})
+        self.set_wallet(fields.get("balance_yuan"), fields.get("voucher_yuan"), blocked_yuan=fields.get("blocked_yuan"),
+                        wechat_bound=fields.get("wechat_bound"), gated=fields.get("gated"))
         return self.wallet()
 
     def _control_wechat(self, params: dict) -> list:
         return self.wechat_messages()
+
+
+# What a /_sim control field may be. JSON's own types, strictly: true is not a number, "10"
+# is not a number, "no" is not false (the API's Go decoder is as strict).
+NUMBER, INTEGER, BOOLEAN, TEXT = "number", "integer", "boolean", "string"
+# Bounds of the controls' numbers: a year of latency or a million GPUs is already past any test.
+MAX_CONTROL_COUNT = 1_000_000
+MAX_LATENCY_SECONDS = 3600.0
+MAX_WALLET_YUAN = 1e9
+
+
+def _has_kind(value: Any, kind: str) -> bool:
+    if kind == BOOLEAN:
+        return isinstance(value, bool)
+    if kind == TEXT:
+        return isinstance(value, str) and bool(value)
+    if isinstance(value, bool):
+        return False
+    if kind == INTEGER:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def control_fields(params: dict, required: dict[str, str], optional: dict[str, str] | None = None, *,
+                   minima: dict[str, float] | None = None, maxima: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """The fields of a control's body, each of its JSON type and within [minimum, maximum]
+    (numbers default to 0..MAX_CONTROL_COUNT); an unknown, missing or mistyped field is a ValueError naming it
+    (400 RequestParameterIsWrong)."""
+    kinds = {**required, **(optional or {})}
+    unknown = sorted(set(params) - set(kinds))
+    if unknown:
+        raise ValueError(f"未知字段 {', '.join(unknown)} (可用: {', '.join(kinds) or '无'})")
+    missing = [key for key in required if key not in params]
+    if missing:
+        raise ValueError(f"缺少字段 {', '.join(missing)}")
+    fields = {}
+    for key, value in params.items():
+        kind = kinds[key]
+        if value is None and key not in required:
+            continue
+        if not _has_kind(value, kind):
+            shown = json.dumps(value, ensure_ascii=False, allow_nan=False)[:40]
+            raise ValueError(f"{key} 必须是 JSON {kind}{' (有限数)' if kind == NUMBER else ''}, 收到 {shown}")
+        if kind in (NUMBER, INTEGER):
+            low, high = (minima or {}).get(key, 0), (maxima or {}).get(key, MAX_CONTROL_COUNT)
+            if high is not None and not low <= value <= high:  # None: the method called checks the range
+                raise ValueError(f"{key} 必须在 {low:g}..{high:g} 之间, 收到 {value:g}")
+        fields[key] = value
+    return fields
 
 
 # /_sim routes: the same controls for a simulator running in another process.

@@ -125,3 +125,10 @@ def test_an_example_can_point_at_the_schema():
 )
 def test_result_schema_accepts_and_rejects(document, valid, result_validator):
     assert result_validator.is_valid(document) is valid
+
+
+def test_deployment_schema_replica_bound_is_the_flags_bound():
+    """set_replicas.py, guard --floor and the autoscaler's --max-replicas stop where a config does."""
+    from autodl_esd.platform.units import MAX_REPLICA_NUM
+
+    assert load(ROOT / "schemas" / "deployment.schema.json")["properties"]["replica_num"]["maximum"] == MAX_REPLICA_NUM

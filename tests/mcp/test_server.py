@@ -142,7 +142,7 @@ def test_handshake_lists_one_tool_per_script_with_valid_schemas(session):
     assert tools["stop_deployment"].annotations.destructive_hint is True
     assert tools["list_images"].annotations.read_only_hint is True
     assert tools["set_replicas"].annotations.idempotent_hint is False
-    assert tools["queue_submit"].input_schema["properties"]["interval"]["exclusiveMinimum"] == 0
+    assert tools["queue_submit"].input_schema["properties"]["interval"]["minimum"] == 0.01  # cli.MIN_DURATION_SECONDS
     assert tools["list_containers"].input_schema["properties"]["status"]["items"]["enum"]
     # The start-up line counts what tools/list answers and names where the tools connect.
     started = session.stderr_path.read_text(encoding="utf-8")

@@ -584,16 +584,15 @@ def test_cache_aware_gateways_sharing_redis_send_a_session_to_the_same_replica(s
 # --- active and standby watchers on the one-machine cluster (helpers.sim_service) ---------
 
 
-def _watcher(deployment_uuid: str, redis_url: str, key_prefix: str, *extra: str) -> subprocess.Popen:
+def _watcher(deployment_uuid: str, redis_url: str, key_prefix: str, *extra: str, stderr=subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(SCRIPTS / "discover_services.py"), "--deployment-uuid", deployment_uuid,
                              "--watch", "--interval", "0.1", "--redis", redis_url, "--key-prefix", key_prefix,
                              "--duration", "60", *extra], env={**os.environ, "PYTHONPATH": str(SCRIPTS)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
-def test_a_standby_watcher_says_who_holds_the_lock_and_when_it_takes_over(sim, redis_server, key_prefix):
+def test_a_standby_watcher_says_who_holds_the_lock_and_when_it_takes_over(sim, redis_server, key_prefix, tmp_path):
     import signal
-    import time
 
     from autodl_esd.platform import api
     from autodl_esd.serving.registry import redis_store as redis_registry
@@ -612,14 +611,18 @@ def test_a_standby_watcher_says_who_holds_the_lock_and_when_it_takes_over(sim, r
     watchers = [first]
     try:
         active = wait_for(active_name, WAIT_SECONDS, "the first watcher to become active")
-        second = _watcher(uuid, redis_server.url, key_prefix, "--lock-ttl", "2")
+        # The second's progress goes to a file, read while it runs: it says when it stands by.
+        second_log = tmp_path / "second.stderr"
+        with second_log.open("w", encoding="utf-8") as log:
+            second = _watcher(uuid, redis_server.url, key_prefix, "--lock-ttl", "2", stderr=log)
         watchers.append(second)
-        time.sleep(1.0)  # the second starts, finds the lock held, stands by
+        wait_for(lambda: "备用 watcher" in second_log.read_text(encoding="utf-8"), WAIT_SECONDS, "the second watcher to stand by")
         first.send_signal(signal.SIGKILL)  # dies without releasing: the lock lapses after its TTL
         first.communicate(timeout=WAIT_SECONDS)
         wait_for(lambda: active_name() not in (None, active), WAIT_SECONDS, "the standby to take over")
         api.stop_deployment(sim_service.client(), uuid)
-        out, err = second.communicate(timeout=WAIT_SECONDS)
+        out, _ = second.communicate(timeout=WAIT_SECONDS)
+        err = second_log.read_text(encoding="utf-8")
     finally:
         for process in watchers:
             if process.poll() is None:

@@ -186,3 +186,23 @@ def test_remote_counts_are_copied_once_per_ledger_snapshot_not_per_request():
     ledger.counts, ledger.generation = {"r0002": 2}, 2
     table.sync_remote()
     assert [r.remote_inflight for r in table.replicas.values()] == [0, 0, 2]
+
+
+def test_a_route_applies_a_newer_registry_view_only_when_its_replicas_changed():
+    from dataclasses import replace
+
+    from autodl_esd.serving.routing.routes import Route, RouteOptions
+    from autodl_esd.serving.routing.sources import StaticSource
+
+    source = StaticSource([item("a", "http://a")])
+    route = Route("default", source, RouteOptions())
+    route.refresh_registry()
+    applied = []
+    update = route.table.update
+    route.table.update = lambda items: (applied.append(len(items)), update(items))
+    source._view = replace(source._view, read_at=source._view.read_at + 1)  # newer, the same replicas
+    route.refresh_registry()
+    assert applied == [] and route.view is source._view
+    source.set([item("a", "http://a"), item("b", "http://b")])
+    route.refresh_registry()
+    assert applied == [2] and sorted(route.table.replicas) == ["a", "b"]

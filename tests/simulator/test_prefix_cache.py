@@ -156,6 +156,8 @@ def test_usage_reports_cached_tokens_per_machine_config(two_machines):
     sim, by_machine = two_machines
     caching, plain = by_machine["0a0a0a0a0a"]["info"]["service_url"], by_machine["0b0b0b0b0b"]["info"]["service_url"]
     prompt_length = len(prompt_tokens({"messages": [{"role": "user", "content": TEN_BLOCKS}]}, chat=True))
+    requests.get(plain + "/metrics", timeout=5)
+    assert sim.prefix_cache_stats() == []  # a metrics read is no request
     first = chat(caching, TEN_BLOCKS).json()["usage"]
     assert first == {"prompt_tokens": prompt_length, "completion_tokens": 2, "total_tokens": prompt_length + 2,
                      "prompt_tokens_details": {"cached_tokens": 0}}
@@ -171,6 +173,8 @@ def test_usage_reports_cached_tokens_per_machine_config(two_machines):
     page = requests.get(caching + "/metrics", timeout=5).text
     assert f'vllm:prefix_cache_queries_total{{model_name="autodl-sim"}} {2 * prompt_length:.1f}' in page
     assert f'vllm:prefix_cache_hits_total{{model_name="autodl-sim"}} {prompt_length // 16 * 16:.1f}' in page
+    sim.crash_container(by_machine["0b0b0b0b0b"]["uuid"])
+    assert [entry["machine_id"] for entry in sim.prefix_cache_stats()] == ["0a0a0a0a0a"]  # running ones only
 
 
 def test_a_stream_reports_usage_last_when_asked(two_machines):

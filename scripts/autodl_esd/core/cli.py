@@ -44,9 +44,21 @@ class JsonArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"命令行参数错误: {message}", f"{usage}; 运行 --help 查看说明与示例。")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples and the exit-code table kept as written; every bounded option's range added to
+    its help from its type (`bounds`), so a bound is stated once, where it is enforced."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        bounds = getattr(action.type, "bounds", None)
+        if bounds and text and bounds not in text:
+            text += f" (取值 {bounds})"
+        return text
+
+
 def _help_formatter(prog: str) -> argparse.HelpFormatter:
-    """argparse's formatter with the width given, so argparse does not import shutil (and
-    its compression modules) just to ask for the terminal size."""
+    """The formatter with the width given, so argparse does not import shutil (and its
+    compression modules) just to ask for the terminal size."""
     try:
         columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
@@ -54,7 +66,7 @@ def _help_formatter(prog: str) -> argparse.HelpFormatter:
             columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
         except (AttributeError, ValueError, OSError):
             columns = 80  # not a terminal: the width shutil would fall back to
-    return argparse.RawDescriptionHelpFormatter(prog, width=max(columns - 2, 20))
+    return _HelpFormatter(prog, width=max(columns - 2, 20))
 
 
 def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> JsonArgumentParser:
@@ -74,11 +86,18 @@ def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> Js
     return parser
 
 
-def _described_as(schema: dict[str, Any]) -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
-    """Attach the JSON Schema of what an argparse type accepts (the MCP tools are built from it)."""
+def _number_text(value: float) -> str:
+    """2592000, not 2.592e+06: a bound is read by people and copied into commands."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _described_as(schema: dict[str, Any], bounds: str = "") -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
+    """Attach the JSON Schema of what an argparse type accepts (the MCP tools are built from
+    it) and its range as people read it (added to every --help that uses the type)."""
 
     def attach(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         parse.json_schema = schema  # type: ignore[attr-defined]
+        parse.bounds = bounds  # type: ignore[attr-defined]
         return parse
 
     return attach
@@ -88,86 +107,110 @@ def _described_as(schema: dict[str, Any]) -> Callable[[Callable[[str], Any]], Ca
 # number of seconds no longer than this: 30 days is past any wait that makes sense, and it
 # keeps nan/inf/1e308 out of sleeps, deadlines and socket timeouts.
 MAX_DURATION_SECONDS = 30 * 86400
+# ... and none is shorter than this (except 0 where 0 means "no limit"): a poll or wait below
+# 10 ms is scheduler noise, and 1e-300 would spin a core. The tests poll the local simulator
+# every 0.01 s; polls of the platform itself are floored further at run time
+# (polling.MIN_REMOTE_POLL_SECONDS).
+MIN_DURATION_SECONDS = 0.01
 # --lookback-hours: the platform keeps event history for a bounded time; a year covers it.
 MAX_LOOKBACK_HOURS = 365 * 24
+# Amounts and limits (yuan, hours, minutes) stay at or below this: far past any real budget
+# or run time, and small enough that timedelta and money arithmetic never overflow.
+MAX_AMOUNT = 1e9
+# Counts (cycles, characters, failures, connections) stay at or below this unless a flag has a
+# tighter bound of its own: past any real use, and it keeps 10**20 out of loops and queues.
+MAX_COUNT = 1_000_000
+# An integer literal longer than this is out of every range above; int() is not even asked
+# (past 4,300 digits it raises a ValueError of its own).
+_MAX_INTEGER_DIGITS = 30
 
 
-def _bounded_number(text: str, *, allow_zero: bool, maximum: float, unit: str) -> float:
+def _bounded_number(text: str, *, minimum: float, maximum: float, unit: str, zero: bool = False,
+                    exclusive: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"不是数字: {text!r}") from None
-    low = "0 <=" if allow_zero else "0 <"
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or value > maximum:
-        raise argparse.ArgumentTypeError(f"必须是有限数, 范围 {low} {unit} <= {maximum:g}: {text!r}")
+    in_range = (minimum < value if exclusive else minimum <= value) and value <= maximum  # nan fails every comparison
+    if not (in_range or (zero and value == 0)):
+        low = f"{_number_text(minimum)} <" if exclusive else f"{_number_text(minimum)} <="
+        alone = "0 或 " if zero else ""
+        raise argparse.ArgumentTypeError(f"必须是有限数, 范围 {alone}{low} {unit} <= {_number_text(maximum)}: {text!r}")
     return value
 
 
-def _seconds(text: str, *, allow_zero: bool) -> float:
-    return _bounded_number(text, allow_zero=allow_zero, maximum=MAX_DURATION_SECONDS, unit="秒数")
+def seconds(minimum: float = MIN_DURATION_SECONDS, maximum: float = MAX_DURATION_SECONDS, *,
+            zero: bool = False) -> Callable[[str], float]:
+    """argparse type for a duration in fractional seconds, minimum <= S <= maximum; with
+    `zero`, 0 as well (a limit where 0 means "none")."""
+    schema: dict[str, Any] = {"type": "number", "minimum": 0 if zero else minimum, "maximum": maximum}
+    if zero:
+        schema["not"] = {"exclusiveMinimum": 0, "exclusiveMaximum": minimum}
+    bounds = ("0 或 " if zero else "") + f"{_number_text(minimum)}..{_number_text(maximum)} 秒"
+
+    def parse(text: str) -> float:
+        return _bounded_number(text, minimum=minimum, maximum=maximum, unit="秒数", zero=zero)
+
+    parse.__name__ = "seconds " + bounds
+    return _described_as(schema, bounds)(parse)
 
 
-@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_SECONDS})
-def positive_seconds(text: str) -> float:
-    """argparse type for durations: fractional seconds, 0 < S <= 30 days."""
-    return _seconds(text, allow_zero=False)
+# The two duration types every script shares: a wait or poll, and a limit where 0 means none.
+positive_seconds = seconds()
+non_negative_seconds = seconds(zero=True)
 
 
-@_described_as({"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS})
-def non_negative_seconds(text: str) -> float:
-    """argparse type for limits where 0 means 'no limit': 0 <= S <= 30 days."""
-    return _seconds(text, allow_zero=True)
-
-
-@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LOOKBACK_HOURS})
+@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LOOKBACK_HOURS},
+               f"0 < H <= {MAX_LOOKBACK_HOURS}")
 def positive_hours(text: str) -> float:
     """argparse type for look-back windows in hours: 0 < H <= one year."""
-    return _bounded_number(text, allow_zero=False, maximum=MAX_LOOKBACK_HOURS, unit="小时数")
+    return _bounded_number(text, minimum=0, maximum=MAX_LOOKBACK_HOURS, unit="小时数", exclusive=True)
 
 
-# Amounts and limits (yuan, hours, minutes) stay at or below this: far past any real budget
-# or run time, and small enough that timedelta and money arithmetic never overflow.
-MAX_AMOUNT = 1e9
-
-
-@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_AMOUNT})
+@_described_as({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_AMOUNT}, f"0 < X <= {_number_text(MAX_AMOUNT)}")
 def positive_float(text: str) -> float:
     """argparse type for amounts and limits (yuan, hours, minutes): 0 < X <= 1e9, finite."""
-    return _bounded_number(text, allow_zero=False, maximum=MAX_AMOUNT, unit="数值")
+    return _bounded_number(text, minimum=0, maximum=MAX_AMOUNT, unit="数值", exclusive=True)
 
 
-def _integer(text: str, minimum: int, maximum: int | None = None) -> int:
+def number_between(minimum: float, maximum: float) -> Callable[[str], float]:
+    """argparse type for a finite factor or ratio within a flag's own limits."""
+
+    def parse(text: str) -> float:
+        return _bounded_number(text, minimum=minimum, maximum=maximum, unit="数值")
+
+    bounds = f"{_number_text(minimum)}..{_number_text(maximum)}"
+    parse.__name__ = f"number {bounds}"
+    return _described_as({"type": "number", "minimum": minimum, "maximum": maximum}, bounds)(parse)
+
+
+def _integer(text: str, minimum: int, maximum: int) -> int:
+    digits = text.strip().lstrip("+-")
+    if len(digits) > _MAX_INTEGER_DIGITS and digits.isdigit():
+        raise argparse.ArgumentTypeError(f"必须在 {minimum}..{maximum} 之间: {text[:12]}... ({len(digits)} 位)")
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"不是整数: {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"必须不小于 {minimum}: {text!r}")
-    if maximum is not None and value > maximum:
-        raise argparse.ArgumentTypeError(f"必须不大于 {maximum}: {text!r}")
+    if not minimum <= value <= maximum:
+        raise argparse.ArgumentTypeError(f"必须在 {minimum}..{maximum} 之间: {text!r}")
     return value
 
 
-@_described_as({"type": "integer", "minimum": 1})
-def positive_int(text: str) -> int:
-    """argparse type for counts and page numbers: an integer >= 1."""
-    return _integer(text, 1)
-
-
-@_described_as({"type": "integer", "minimum": 0})
-def non_negative_int(text: str) -> int:
-    """argparse type for offsets and replica counts: an integer >= 0."""
-    return _integer(text, 0)
-
-
 def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
-    """argparse type for an integer within documented platform limits."""
+    """argparse type for an integer within limits (the platform's, or a flag's own)."""
 
     def parse(text: str) -> int:
         return _integer(text, minimum, maximum)
 
     parse.__name__ = f"integer {minimum}..{maximum}"
-    return _described_as({"type": "integer", "minimum": minimum, "maximum": maximum})(parse)
+    return _described_as({"type": "integer", "minimum": minimum, "maximum": maximum}, f"{minimum}..{maximum}")(parse)
+
+
+# The two count types every script shares, up to MAX_COUNT; a flag with a tighter bound of its
+# own (replicas, queue slots) uses int_between.
+positive_int = int_between(1, MAX_COUNT)
+non_negative_int = int_between(0, MAX_COUNT)
 
 
 def add_deployment_selector(parser: argparse.ArgumentParser, required: bool = True, name_glob: bool = False) -> None:

@@ -86,8 +86,9 @@ def _exit_code_epilog() -> str:
             line += piece
         lines.append(line)
     return "\n".join(lines + [
-        "秒数参数 (--interval, --timeout 等) 可为小数, 必须是有限数且不超过 2592000 (30 天);",
-        "金额、小时、分钟类参数是不超过 1e9 的有限正数。",
+        # The bounds of core.cli's shared types (tests/core/test_hostile_inputs.py checks them).
+        "数值参数的取值范围写在各自的说明里: 秒数可为小数, 0.01..2592000 (30 天; 0 表示不限的也可为 0);",
+        "金额、小时、分钟类是不超过 1e9 的有限正数; 计数类不超过 1000000 (副本数等有各自更小的上限)。",
         "stdout 永远只有一个 JSON 对象; 进度日志在 stderr。",
     ])
 

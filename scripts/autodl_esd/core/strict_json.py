@@ -61,21 +61,23 @@ def _config_error(message: str, hint: str, path: str | Path, **details: Any) -> 
     return AutoDLError(ErrorType.CONFIG_ERROR, message, hint, {"path": str(path), **details})
 
 
-def read_small_file(path: str | Path, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
+def read_small_file(path: str | Path, max_bytes: int = MAX_CONFIG_BYTES, what: str = "配置文件",
+                    hint: str = "检查路径; 示例配置在 examples/ 目录。") -> bytes:
     """The bytes of a regular file of at most `max_bytes`; anything else is config_error."""
-    return files.read_bytes(path, "配置文件", max_bytes, hint="检查路径; 示例配置在 examples/ 目录。")
+    return files.read_bytes(path, what, max_bytes, hint=hint)
 
 
-def loads(data: bytes, path: str | Path) -> Any:
-    """Parse UTF-8 JSON; unusable numbers become UnusableNumber markers."""
-    text = files.decode_utf8(data, path, "配置文件")
+def loads(data: bytes, path: str | Path, what: str = "配置文件") -> Any:
+    """Parse UTF-8 JSON; unusable numbers become UnusableNumber markers. `what` names the file
+    in messages (a deployment config, a routes file)."""
+    text = files.decode_utf8(data, path, what)
     if not text.strip():
-        raise _config_error(f"配置文件是空的: {path}", "从 examples/ 复制一个示例配置再修改。", path)
+        raise _config_error(f"{what}是空的: {path}", "从 examples/ 复制一个示例再修改。", path)
     try:
         return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int)
     except json.JSONDecodeError as error:
         raise _config_error(
-            f"配置文件不是合法 JSON: 第 {error.lineno} 行第 {error.colno} 列: {error.msg}",
+            f"{what}不是合法 JSON: 第 {error.lineno} 行第 {error.colno} 列: {error.msg}",
             "JSON 不允许注释和末尾逗号, 字符串必须用双引号。",
             path,
             line=error.lineno,
@@ -83,8 +85,8 @@ def loads(data: bytes, path: str | Path) -> Any:
         ) from None
     except RecursionError:
         raise _config_error(
-            f"配置文件嵌套过深, 无法解析: {path}",
-            f"部署配置只有几层嵌套 (上限 {MAX_JSON_DEPTH} 层); 确认传入的是配置文件。",
+            f"{what}嵌套过深, 无法解析: {path}",
+            f"这类 JSON 只有几层嵌套 (上限 {MAX_JSON_DEPTH} 层); 确认传入的文件没错。",
             path,
             max_depth=MAX_JSON_DEPTH,
         ) from None

@@ -32,6 +32,10 @@ TYPICAL_CPU_PER_GPU = 8
 ROOMY_MEMORY_GB_PER_GPU = 256
 ROOMY_CPU_PER_GPU = 128
 
+# The most replicas a deployment may ask for (replica_num; schemas/deployment.schema.json):
+# a product limit far above any account's GPU quota.
+MAX_REPLICA_NUM = 10000
+
 # Public-cloud limits of the blacklist's expire_in_minutes: 1 minute to 30 days.
 BLACKLIST_MAX_EXPIRE_MINUTES = 43200
 

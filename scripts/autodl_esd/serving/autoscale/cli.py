@@ -9,6 +9,7 @@ import argparse
 
 from ...core import cli
 from ...core.errors import AutoDLError, ErrorType
+from ...platform.units import MAX_REPLICA_NUM
 from .defaults import (
     DEFAULT_DOWNSCALE_DELAY,
     DEFAULT_LOOK_BACK,
@@ -26,48 +27,28 @@ ZERO_CAVEAT = ("平台是否接受 replica_num 0 各来源说法不一: 如果�
                "缩到 0 后第一个请求要等容器启动 (拉镜像可能要几分钟), --queue-timeout 要足够长。")
 
 
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"需要一个数字, 收到 {text!r}") from None
-    if not 0 < value <= cli.MAX_AMOUNT:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"需要大于 0 且不超过 {cli.MAX_AMOUNT:g} 的数, 收到 {text!r}")
-    return value
-
-
-def non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"需要一个数字, 收到 {text!r}") from None
-    if not 0 <= value <= cli.MAX_AMOUNT:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"需要 0 到 {cli.MAX_AMOUNT:g} 之间的数, 收到 {text!r}")
-    return value
-
-
 def add_autoscale_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("自动扩缩容 (--autoscale)")
     group.add_argument("--autoscale", action="store_true",
                        help="按真实负载 (网关的在途+排队请求, 加 --load-path 时还有副本自己报告的 running+waiting) 自动调整副本数; "
                             "会购买容器, 需要 --yes")
-    group.add_argument("--min-replicas", type=cli.non_negative_int, default=None, metavar="N",
+    group.add_argument("--min-replicas", type=cli.int_between(0, MAX_REPLICA_NUM), default=None, metavar="N",
                        help=f"最少副本数 (默认 {DEFAULT_MIN_REPLICAS}; 0 = 空闲时缩到 0, 见 --scale-to-zero-after)")
-    group.add_argument("--max-replicas", type=cli.positive_int, default=None, metavar="N",
+    group.add_argument("--max-replicas", type=cli.int_between(1, MAX_REPLICA_NUM), default=None, metavar="N",
                        help=f"最多副本数 (默认 max({DEFAULT_MAX_REPLICAS}, 当前副本数))")
-    group.add_argument("--target-inflight", type=positive_number, default=None, metavar="X",
+    group.add_argument("--target-inflight", type=cli.positive_float, default=None, metavar="X",
                        help=f"每个副本的目标在途请求数: 期望副本数 = ceil(负载 / X) (默认 {DEFAULT_TARGET_INFLIGHT:g}, 同 Ray Serve)")
-    group.add_argument("--look-back", type=non_negative_number, default=None, metavar="S",
+    group.add_argument("--look-back", type=cli.non_negative_seconds, default=None, metavar="S",
                        help=f"负载取最近多少秒 (本机真实秒) 的平均 (默认 {DEFAULT_LOOK_BACK:g})")
-    group.add_argument("--upscale-delay", type=non_negative_number, default=None, metavar="S",
+    group.add_argument("--upscale-delay", type=cli.non_negative_seconds, default=None, metavar="S",
                        help=f"需要扩容的状态持续多少秒 (本机真实秒) 才扩 (默认 {DEFAULT_UPSCALE_DELAY:g}; 从 0 扩容不等)")
-    group.add_argument("--downscale-delay", type=non_negative_number, default=None, metavar="S",
+    group.add_argument("--downscale-delay", type=cli.non_negative_seconds, default=None, metavar="S",
                        help=f"需要缩容的状态持续多少秒 (本机真实秒) 才缩, 每次只缩 1 个 (默认 {DEFAULT_DOWNSCALE_DELAY:g})")
-    group.add_argument("--scale-to-zero-after", type=non_negative_number, default=None, metavar="S",
+    group.add_argument("--scale-to-zero-after", type=cli.non_negative_seconds, default=None, metavar="S",
                        help="--min-replicas 0 时: 多少秒 (本机真实秒) 没有请求就缩到 0 (默认等于 --downscale-delay)")
-    group.add_argument("--max-hourly-cost", type=positive_number, default=None, metavar="YUAN",
+    group.add_argument("--max-hourly-cost", type=cli.positive_float, default=None, metavar="YUAN",
                        help="每小时最多花多少元: 副本数上限 = 这个数 / 容器报告的单价 (硬上限, 优先于 --min-replicas)")
-    group.add_argument("--budget", type=positive_number, default=None, metavar="YUAN",
+    group.add_argument("--budget", type=cli.positive_float, default=None, metavar="YUAN",
                        help="从启动起最多花多少元 (容器运行时长 x 单价, 时长按平台时钟计, 与 cost_report.py 一致): 花完后缩到最少副本数, 允许时缩到 0")
     group.add_argument("--blacklist-faulty", action="store_true",
                        help="同一台主机上的副本反复故障时把主机加入调度黑名单 (默认只报告候选)")

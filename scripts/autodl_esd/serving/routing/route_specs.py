@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...core import strict_json
 from ...core.errors import AutoDLError, ErrorType
 from ...platform.config import SCHEMA_DIR
 
@@ -90,22 +91,18 @@ def specs_from_flags(routes: list[str] | None, prefixes: list[str] | None) -> li
 
 def specs_from_file(path: str) -> list[RouteSpec]:
     """The routes of a routes file; config_error when unreadable, validation_error listing every problem."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except OSError as error:
-        raise AutoDLError(ErrorType.CONFIG_ERROR, f"读不了路由文件 {path}: {error.strerror or error}",
-                          "确认 --routes-file 的路径。", {"path": path}) from None
-    except ValueError as error:
-        raise AutoDLError(ErrorType.CONFIG_ERROR, f"路由文件不是合法的 JSON: {path}: {error}",
-                          "格式见 schemas/routes.schema.json。", {"path": path}) from None
+    # As strictly as a deployment config: a FIFO, a directory, 10**5000, NaN or deep nesting is a clear error.
+    document = strict_json.loads(strict_json.read_small_file(path, what="路由文件", hint="确认 --routes-file 的路径。"),
+                                 path, what="路由文件")
     import jsonschema  # heavy: only when a routes file is given
 
     schema = json.loads(ROUTES_SCHEMA.read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema)
-    problems = [{"path": "/" + "/".join(str(part) for part in error.absolute_path), "message": error.message,
-                 "hint": "格式见 schemas/routes.schema.json"}
-                for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
+    problems = strict_json.unusable_value_problems(document)
+    if not problems:  # a marker (NaN, 10**30, a lone surrogate) said once by path, not again by the schema
+        problems = [{"path": "/" + "/".join(str(part) for part in error.absolute_path), "message": error.message,
+                     "hint": "格式见 schemas/routes.schema.json"}
+                    for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
     if problems:
         raise AutoDLError(ErrorType.VALIDATION_ERROR, f"路由文件 {path} 有 {len(problems)} 处错误。",
                           "按 details.errors 逐条修改。", {"path": path, "errors": problems})

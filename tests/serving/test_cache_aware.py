@@ -150,4 +150,5 @@ def test_the_gateway_keeps_a_session_and_a_conversation_on_one_replica(loop_thre
         by_session = {served(gateways[turn % 2], {"model": "m", "prompt": str(turn)}, {"X-Session-ID": f"s-{conversation}"})
                       for turn in range(3)}
         assert len(by_session) == 1
-    assert gateways[0].status()["policy"] == "cache_aware"
+    status = gateways[0].status()
+    assert status["policy"] == "cache_aware" and status["policy_state"] == {"balance_factor": 1.25, "spilled_requests": 0}

@@ -6,6 +6,7 @@ others keep serving, per-route status, summary and metrics, and serve_gateway.py
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -244,7 +245,6 @@ def test_a_routes_file_gives_a_route_its_own_autoscaler_and_asks_once_for_all(si
 
 
 def test_the_script_routes_two_deployments_and_outlives_one_of_them(sim, run, tmp_path):
-    import os
     import subprocess
     import sys
 
@@ -330,3 +330,18 @@ def test_each_route_runs_its_own_extensions_and_their_metrics_carry_the_route(lo
     assert sorted(lines) == ['gateway_autoscaler_desired_replicas{route="bge"} 1.0',
                              'gateway_autoscaler_desired_replicas{route="qwen"} 3.0']
     assert text.count("# TYPE gateway_autoscaler_desired_replicas gauge") == 1
+
+
+def test_a_detached_gateway_gets_its_routes_back_on_its_command_line():
+    from autodl_esd.core import cli
+    from helpers import SCRIPTS, load_script
+
+    parser = load_script(SCRIPTS / "serve_gateway.py").build_parser()
+    args = parser.parse_args(["--route", "qwen=my-qwen", "--route", "bge=833f1cd5a764fa3", "--route-prefix", "/sd=my-sd",
+                              "--policy", "cache_aware", "--balance-factor", "1.5", "--detach"])
+    argv = cli.command_line(parser, args, drop=("detach", "job_id"), paths=("config", "registry", "routes_file"))
+    again = parser.parse_args(argv)
+    assert again.route == ["qwen=my-qwen", "bge=833f1cd5a764fa3"] and again.route_prefix == ["/sd=my-sd"]
+    assert again.balance_factor == 1.5 and again.policy == "cache_aware" and not again.detach
+    relative = parser.parse_args(["--routes-file", "routes.json"])
+    assert cli.command_line(parser, relative, paths=("routes_file",))[-1] == os.path.abspath("routes.json")

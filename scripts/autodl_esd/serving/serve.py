@@ -221,12 +221,8 @@ def route_deployment(client: Any, spec: RouteSpec) -> dict[str, Any]:
 
 
 def prepare_routes(args: Any, ctx: Any, options: GatewayOptions, specs: list[RouteSpec]) -> list[RoutePlan]:
-    if args.registry_redis is None and args.key_prefix != "autodl-esd":
-        raise UsageError("--key-prefix 需要和 --registry-redis 一起使用。")
     autoscaled = [spec for spec in specs if isinstance(spec.autoscale, dict) or (spec.autoscale is None and args.autoscale)]
-    if not autoscaled:
-        check_autoscale_arguments(args)  # autoscale flags without any route autoscaled
-    elif args.autoscale:
+    if args.autoscale or not autoscaled:  # without --autoscale, a routes file's autoscale objects take the flags' values
         check_autoscale_arguments(args)
     client = ctx.client()
     plans = []

@@ -885,7 +885,9 @@ class Gateway:
                 "latency": self._latency(route, replica.container_uuid),
             })
         options = route.options
+        policy = route.policy.status()
         return {
+            **({"policy_state": policy} if policy else {}),
             "registry": route.registry_state(),
             "queue": {"depth": table.queued, "max": options.max_queue, "timeout_seconds": options.queue_timeout,
                       "max_inflight_per_replica": options.max_inflight_per_replica or None},

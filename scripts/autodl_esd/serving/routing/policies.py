@@ -83,6 +83,10 @@ class Policy:
     def on_load_report(self, replica: ReplicaView, report: LoadReport) -> None:
         """`replica` reported its queue (already stored as replica.report)."""
 
+    def status(self) -> dict:
+        """What /_gateway/status shows of the policy's own state (nothing by default)."""
+        return {}
+
     def _two_choices(self, candidates: Sequence[ReplicaView], score: Callable[[ReplicaView], float]) -> ReplicaView:
         # Power of two choices: nearly as good as the global minimum, without herding every
         # concurrent request (or every gateway reading the same reports) onto one replica.
@@ -243,6 +247,9 @@ class CacheAware(Policy):
 
     def select_replica(self, candidates):
         return self._two_choices(candidates, lambda r: r.inflight + r.remote_inflight)
+
+    def status(self) -> dict:
+        return {"balance_factor": self.balance_factor, "spilled_requests": self.spills}
 
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (LeastInflight, RoundRobin, Random, QueueAware, CacheAware)}

@@ -119,9 +119,14 @@ def build_parser() -> JsonArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="listen address (default 127.0.0.1); any other address (\"\" or 0.0.0.0 is every "
+                             "interface) needs --token with a token of your own, or --allow-public-bind")
     parser.add_argument("--port", type=port_number, default=0, help="listen port; 0 picks a free one (default)")
     parser.add_argument("--token", default=None, help="token clients must send (default: sim-token)")
+    parser.add_argument("--allow-public-bind", action="store_true",
+                        help="listen on a non-loopback --host with the well-known default token (anyone on the "
+                             "network can then drive the simulator)")
     parser.add_argument("--cluster", default=None, help="cluster JSON file (default: the bundled cluster)")
     parser.add_argument("--speed", type=float, default=None,
                         help="simulated seconds per real second, 0 < S <= 1e6 (default 60); timestamps start "
@@ -195,12 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed is not None and not (0 < args.speed <= MAX_SPEED):
         return fail("usage_error", f"--speed 必须是有限数, 0 < 速度 <= {MAX_SPEED:g}",
                     "例如 --speed 60（模拟 1 分钟 = 真实 1 秒）")
+    token = DEFAULT_TOKEN if args.token is None else args.token
     if not is_loopback(args.host):
-        print(f"warning: listening on {args.host}, not loopback; the token travels in clear",
+        # Every machine on the network could drive a simulator whose token is the documented one.
+        if token == DEFAULT_TOKEN and not args.allow_public_bind:
+            return fail("usage_error", f"拒绝在非回环地址 {args.host!r} 上用公开的默认令牌 {DEFAULT_TOKEN} 监听 "
+                        "(空字符串和 0.0.0.0 表示所有网卡)。",
+                        "本机使用时去掉 --host (默认 127.0.0.1); 确实要对外时加 --token 自己的随机令牌, "
+                        "或明确加 --allow-public-bind。", host=args.host)
+        print(f"warning: listening on {args.host or 'every interface'}, not loopback; the token travels in clear",
               file=sys.stderr)
     try:
         sim = Simulator(
-            token=DEFAULT_TOKEN if args.token is None else args.token, cluster=args.cluster,
+            token=token, cluster=args.cluster,
             speed=args.speed or DEFAULT_SPEED, seed=args.seed, faults=args.faults,
             host=args.host, port=args.port, dialect=args.dialect,
             stock_shape=args.stock_shape, gpu_names=args.gpu_names, verbose=args.verbose,

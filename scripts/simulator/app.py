@@ -17,7 +17,7 @@ from .cluster import LLM_SETTINGS, llm_setting_problems, llm_settings, load_clus
 from .faults import FaultInjector, FaultSpec
 from .lifecycle import RUNNING
 from .llm import PrefixCache
-from .server import SimHTTPServer
+from .server import BodyNotJson, SimHTTPServer, loads_body
 from .world import NotFound, World
 
 # How often the background ticker moves the world forward (real seconds). Requests also
@@ -434,8 +434,8 @@ class Simulator:
                       "head": body[:REQUEST_LOG_HEAD_CHARS].decode("utf-8", "replace")}
         else:
             try:
-                params = json.loads(body) if body.strip() else None
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                params = loads_body(body) if body.strip() else None
+            except BodyNotJson:
                 params = None
         with self._requests_lock:
             self._requests.append((method, path, params))
@@ -461,49 +461,104 @@ class Simulator:
         return [list(entry) for entry in self.request_log()]
 
     def _control_advance(self, params: dict) -> dict:
-        self.advance(float(params["seconds"]))
+        self.advance(control_fields(params, {"seconds": NUMBER}, maxima={"seconds": None})["seconds"])  # range: advance
         return {"now": self.now()}
 
     def _control_occupy(self, params: dict) -> dict:
-        seconds = params.get("seconds")
-        taken = self.occupy(str(params["gpu_name"]), int(params["count"]),
-                            None if seconds is None else float(seconds))
-        return {"occupied": taken}
+        fields = control_fields(params, {"gpu_name": TEXT, "count": INTEGER}, {"seconds": NUMBER},
+                                maxima={"count": MAX_CONTROL_COUNT, "seconds": MAX_ADVANCE_SECONDS})
+        return {"occupied": self.occupy(fields["gpu_name"], fields["count"], fields.get("seconds"))}
 
     def _control_release(self, params: dict) -> None:
+        control_fields(params, {})
         self.release_occupied()
 
     def _control_crash(self, params: dict) -> None:
-        self.crash_container(str(params["container_uuid"]), int(params.get("exit_code", 1)))
+        fields = control_fields(params, {"container_uuid": TEXT}, {"exit_code": INTEGER}, maxima={"exit_code": 255})
+        self.crash_container(fields["container_uuid"], fields.get("exit_code", 1))
 
     def _control_faulty(self, params: dict) -> None:
-        self.set_machine_faulty(str(params["machine_id"]), bool(params.get("faulty", True)))
+        fields = control_fields(params, {"machine_id": TEXT}, {"faulty": BOOLEAN})
+        self.set_machine_faulty(fields["machine_id"], fields.get("faulty", True))
 
     def _control_latency(self, params: dict) -> None:
-        self.set_machine_latency(str(params["machine_id"]), float(params["seconds"]))
+        fields = control_fields(params, {"machine_id": TEXT, "seconds": NUMBER}, maxima={"seconds": MAX_LATENCY_SECONDS})
+        self.set_machine_latency(fields["machine_id"], fields["seconds"])
 
     def _control_concurrency(self, params: dict) -> None:
-        self.set_machine_concurrency(str(params["machine_id"]), params["requests"])
+        fields = control_fields(params, {"machine_id": TEXT, "requests": INTEGER}, maxima={"requests": MAX_CONTROL_COUNT})
+        self.set_machine_concurrency(fields["machine_id"], fields["requests"])
 
     def _control_llm(self, params: dict) -> dict:
+        machine_id = control_fields({"machine_id": params.get("machine_id")}, {"machine_id": TEXT})["machine_id"]
         settings = {key: value for key, value in params.items() if key != "machine_id"}
-        self.set_machine_llm(str(params["machine_id"]), **settings)
-        return {key: value for key, value in self._machine(str(params["machine_id"])).describe().items()
-                if key in LLM_SETTINGS}
+        self.set_machine_llm(machine_id, **settings)  # every setting's type and range checked there
+        return {key: value for key, value in self._machine(machine_id).describe().items() if key in LLM_SETTINGS}
 
     def _control_prefix_cache(self, params: dict) -> list:
         return self.prefix_cache_stats()
 
     def _control_wallet(self, params: dict) -> dict:
-        def number(key: str) -> float | None:
-            return None if params.get(key) is None else float(params[key])
-
-        flags = {key: None if params.get(key) is None else bool(params[key]) for key in ("wechat_bound", "gated")}
-        self.set_wallet(number("balance_yuan"), number("voucher_yuan"), blocked_yuan=number("blocked_yuan"), **flags)
+        fields = control_fields(params, {}, {"balance_yuan": NUMBER, "voucher_yuan": NUMBER, "blocked_yuan": NUMBER,
+                                             "wechat_bound": BOOLEAN, "gated": BOOLEAN},
+                                minima={"balance_yuan": -MAX_WALLET_YUAN},
+                                maxima={"balance_yuan": MAX_WALLET_YUAN, "voucher_yuan": MAX_WALLET_YUAN,
+                                        "blocked_yuan": MAX_WALLET_YUAN})
+        self.set_wallet(fields.get("balance_yuan"), fields.get("voucher_yuan"), blocked_yuan=fields.get("blocked_yuan"),
+                        wechat_bound=fields.get("wechat_bound"), gated=fields.get("gated"))
         return self.wallet()
 
     def _control_wechat(self, params: dict) -> list:
         return self.wechat_messages()
+
+
+# What a /_sim control field may be. JSON's own types, strictly: true is not a number, "10"
+# is not a number, "no" is not false (the API's Go decoder is as strict).
+NUMBER, INTEGER, BOOLEAN, TEXT = "number", "integer", "boolean", "string"
+# Bounds of the controls' numbers: a year of latency or a million GPUs is already past any test.
+MAX_CONTROL_COUNT = 1_000_000
+MAX_LATENCY_SECONDS = 3600.0
+MAX_WALLET_YUAN = 1e9
+
+
+def _has_kind(value: Any, kind: str) -> bool:
+    if kind == BOOLEAN:
+        return isinstance(value, bool)
+    if kind == TEXT:
+        return isinstance(value, str) and bool(value)
+    if isinstance(value, bool):
+        return False
+    if kind == INTEGER:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def control_fields(params: dict, required: dict[str, str], optional: dict[str, str] | None = None, *,
+                   minima: dict[str, float] | None = None, maxima: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """The fields of a control's body, each of its JSON type and within [minimum, maximum]
+    (numbers default to 0..MAX_CONTROL_COUNT); an unknown, missing or mistyped field is a ValueError naming it
+    (400 RequestParameterIsWrong)."""
+    kinds = {**required, **(optional or {})}
+    unknown = sorted(set(params) - set(kinds))
+    if unknown:
+        raise ValueError(f"未知字段 {', '.join(unknown)} (可用: {', '.join(kinds) or '无'})")
+    missing = [key for key in required if key not in params]
+    if missing:
+        raise ValueError(f"缺少字段 {', '.join(missing)}")
+    fields = {}
+    for key, value in params.items():
+        kind = kinds[key]
+        if value is None and key not in required:
+            continue
+        if not _has_kind(value, kind):
+            shown = json.dumps(value, ensure_ascii=False, allow_nan=False)[:40]
+            raise ValueError(f"{key} 必须是 JSON {kind}{' (有限数)' if kind == NUMBER else ''}, 收到 {shown}")
+        if kind in (NUMBER, INTEGER):
+            low, high = (minima or {}).get(key, 0), (maxima or {}).get(key, MAX_CONTROL_COUNT)
+            if high is not None and not low <= value <= high:  # None: the method called checks the range
+                raise ValueError(f"{key} 必须在 {low:g}..{high:g} 之间, 收到 {value:g}")
+        fields[key] = value
+    return fields
 
 
 # /_sim routes: the same controls for a simulator running in another process.

@@ -115,7 +115,51 @@ VLLM_METRICS_PAGE = (
     'vllm:prefix_cache_hits_total{{model_name="{model}"}} {hits:.1f}\n'
 )
 SIM_MODEL = "autodl-sim"
+# An unauthenticated body is read and dropped in pieces of this size, never held whole: an
+# anonymous client cannot make the simulator allocate (or keep) a megabyte per request.
+DRAIN_CHUNK_BYTES = 64 * 1024
+# An integer literal longer than this is refused with the whole body: int() is never asked
+# (past 4,300 digits it raises ValueError), and every field checks its own narrower range
+# (int64 at most) with its name in the message.
+MAX_INT_DIGITS = 100
 FAULT_MESSAGES = {500: ("InternalError", "服务器内部错误"), 503: ("ServiceUnavailable", "服务暂时不可用，请稍后重试")}
+
+
+class BodyNotJson(ValueError):
+    """A request body the platform's JSON decoder would refuse."""
+
+
+def _refuse_constant(name: str) -> None:
+    raise BodyNotJson(f"{name} 不是合法的 JSON 数字")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise BodyNotJson(f"数字 {text[:20]} 超出浮点数范围")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise BodyNotJson(f"中的整数 {text[:12]}... 有 {len(text.lstrip('-'))} 位, 超出范围")
+    return int(text)
+
+
+def loads_body(body: bytes) -> Any:
+    """A request body as JSON, decoded the way the platform's (Go) decoder would: no NaN or
+    Infinity, no number past float64 or MAX_INT_DIGITS, nesting within the recursion limit. Anything
+    else raises BodyNotJson, never a 500."""
+    try:
+        # Decoded as UTF-8 first: json.loads(bytes) would guess UTF-16/32, which Go never does.
+        return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
+                          parse_int=_bounded_int)
+    except BodyNotJson:
+        raise
+    except RecursionError:
+        raise BodyNotJson("嵌套过深") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise BodyNotJson("不是合法的 JSON") from error
 
 
 def _is_loopback_name(host: str) -> bool:
@@ -266,12 +310,18 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_json(421, envelope("Forbidden", f"不接受的 Host 请求头：{self.headers.get('Host')}（只接受本机回环地址）"))
             return
+        # /api and /_sim want the token; /svc (a container's service) and a container's own port do not.
+        needs_token = self.server.container_uuid is None and not url.path.startswith("/svc/")
+        refused = self._auth_error() if needs_token else None
         try:
-            body = self._read_body()
+            body = self._read_body(keep=refused is None)
         except ApiError as error:
             # The body's framing is unknown, so this connection cannot carry another request.
             self.close_connection = True
             self._send_json(error.http_status, envelope(error.code, error.msg))
+            return
+        if refused is not None:  # answered before anything is logged or parsed
+            self._send_json(refused.http_status, envelope(refused.code, refused.msg))
             return
         try:
             if self.server.container_uuid is not None:  # a container's own port: all of it is its service
@@ -292,14 +342,23 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             traceback.print_exc(file=sys.stderr)
             self._send_json(500, envelope("InternalError", "模拟器内部错误"))
 
-    def _read_body(self) -> bytes:
+    def _read_body(self, keep: bool = True) -> bytes:
+        """The body (at most MAX_BODY_BYTES); with keep=False it is read and dropped in
+        DRAIN_CHUNK_BYTES pieces, so the connection stays usable without holding it."""
         raw = (self.headers.get("Content-Length") or "0").strip()
-        if not raw.isdigit():
+        if not raw.isdigit() or len(raw) > 12:
             raise ApiError("RequestParameterIsWrong", "请求参数错误：Content-Length 无效", 400)
         length = int(raw)
         if length > MAX_BODY_BYTES:
             raise ApiError("RequestParameterIsWrong", "请求参数错误：请求体过大", 413)
-        return self.rfile.read(length) if length > 0 else b""
+        if keep:
+            return self.rfile.read(length) if length > 0 else b""
+        while length > 0:
+            chunk = self.rfile.read(min(length, DRAIN_CHUNK_BYTES))
+            if not chunk:
+                break
+            length -= len(chunk)
+        return b""
 
     def _send(self, status: int, payload: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -331,9 +390,9 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         if not body.strip():
             return {}
         try:
-            params = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ApiError("RequestParameterIsWrong", "请求参数错误：请求体不是合法的 JSON", http_status) from None
+            params = loads_body(body)
+        except BodyNotJson as problem:
+            raise ApiError("RequestParameterIsWrong", f"请求参数错误：请求体{problem}", http_status) from None
         if not isinstance(params, dict):
             raise ApiError("RequestParameterIsWrong", "请求参数错误：请求体必须是 JSON 对象", http_status)
         return params
@@ -342,10 +401,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
 
     def _handle_api(self, method: str, path: str, query: dict, body: bytes) -> None:
         try:
-            # Authenticated first: an anonymous client cannot fill the request log.
-            auth_error = self._auth_error()
-            if auth_error:
-                raise auth_error
+            # _dispatch answered an anonymous client already: it cannot fill the request log.
             self.server.sim.record_request(method, path, body, query)
             self._answer_api(method, path, query, body)
         except ApiError as error:
@@ -582,10 +638,7 @@ class SimRequestHandler(BaseHTTPRequestHandler):
     # ----- /_sim ---------------------------------------------------------------------------
 
     def _handle_control(self, method: str, path: str, body: bytes) -> None:
-        try:
-            auth_error = self._auth_error()
-            if auth_error:
-                raise auth_error
+        try:  # authenticated in _dispatch
             params = self._parse_json(body, http_status=400) if method != "GET" else {}
             data = self.server.sim.control(method, path, params)
         except ApiError as error:

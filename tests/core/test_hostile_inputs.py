@@ -349,6 +349,144 @@ def test_a_record_that_is_not_utf8_is_listed_as_unreadable(run, tmp_path):
     assert (code, [item["state"] for item in document["items"]]) == (0, ["unreadable"]), document
 
 
+# --- the simulator's request parsing and controls -----------------------------------------------
+
+SIM_CREATE = "/api/v1/dev/deployment"
+SIM_TEMPLATE = ('{"gpu_name_set": ["RTX 4090"], "gpu_num": 1, "cuda_v": 118, "cpu_num_from": 1, "cpu_num_to": 100, '
+                '"memory_size_from": 1, "memory_size_to": 256, "price_from": 10, "price_to": 9000, '
+                '"image_uuid": "image-db8346e037", "cmd": "sleep infinity"}')
+SIM_BODY = '{"name": "h", "deployment_type": "ReplicaSet", "replica_num": 1, "container_template": ' + SIM_TEMPLATE + "}"
+
+
+def _raw(instance, method, path, data: bytes | str, token=None):
+    import requests
+
+    return requests.request(method, instance.url + path, data=data, timeout=30,
+                            headers={"Authorization": instance.token if token is None else token,
+                                     "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("body", [
+    SIM_BODY.replace('"replica_num": 1', '"replica_num": ' + "9" * 5000),
+    SIM_BODY.replace('"replica_num": 1', '"replica_num": 1, "x": ' + "9" * 400),
+    SIM_BODY.replace('"name": "h"', '"name": ' + "[" * 50_000 + "]" * 50_000),
+    SIM_BODY.replace('"replica_num": 1', '"replica_num": NaN'),
+    SIM_BODY.replace('"gpu_num": 1', '"gpu_num": 1e400'),
+    SIM_BODY.replace('"gpu_num": 1', '"gpu_num": -Infinity'),
+    SIM_BODY.encode("utf-16"),
+], ids=["int-5000-digits", "int-400-digits-unknown-field", "nesting-50000", "nan", "float-overflow", "minus-infinity",
+        "utf16"])
+def test_a_hostile_create_body_is_a_business_error_not_a_500(sim, body):
+    """A 500 on create means "may have been created" to a client; a body that cannot be decoded is
+    the platform's HTTP 200 RequestParameterIsWrong, and nothing is created or logged broken."""
+    instance = sim()
+    answer = _raw(instance, "POST", SIM_CREATE, body)
+    document = answer.json()
+    assert (answer.status_code, document["code"], document["data"]) == (200, "RequestParameterIsWrong", None), document
+    assert "请求参数错误" in document["msg"]
+    assert instance.deployments() == []
+    assert _raw(instance, "GET", "/_sim/requests", b"").status_code == 200  # the request log still renders
+
+
+# path, body, a word of the message: each a 400 RequestParameterIsWrong, never a 500 or a silent coercion.
+STRICT_CONTROLS = [
+    ("/_sim/advance", {"seconds": "10"}, "seconds"),
+    ("/_sim/advance", {"seconds": True}, "seconds"),
+    ("/_sim/advance", {"seconds": 10, "x": 1}, "未知字段 x"),
+    ("/_sim/advance", {}, "缺少字段 seconds"),
+    ("/_sim/advance", '{"seconds": 1' + "0" * 400 + "}", "位"),
+    ("/_sim/occupy", {"gpu_name": "RTX 4090", "count": "2"}, "count"),
+    ("/_sim/occupy", {"gpu_name": "RTX 4090", "count": 2.5}, "count"),
+    ("/_sim/occupy", {"gpu_name": "RTX 4090", "count": 10**18}, "count"),
+    ("/_sim/occupy", {"gpu_name": 4090, "count": 1}, "gpu_name"),
+    ("/_sim/faulty", {"machine_id": "MACHINE", "faulty": "no"}, "faulty"),
+    ("/_sim/faulty", {"machine_id": "MACHINE", "faulty": 0}, "faulty"),
+    ("/_sim/latency", {"machine_id": "MACHINE", "seconds": "1"}, "seconds"),
+    ("/_sim/latency", {"machine_id": "MACHINE", "seconds": 1e300}, "seconds"),
+    ("/_sim/concurrency", {"machine_id": "MACHINE", "requests": 1.5}, "requests"),
+    ("/_sim/crash", {"container_uuid": "x", "exit_code": "1"}, "exit_code"),
+    ("/_sim/wallet", {"balance_yuan": True}, "balance_yuan"),
+    ("/_sim/wallet", {"blocked_yuan": "5"}, "blocked_yuan"),
+    ("/_sim/wallet", {"balance_yuan": 1e300}, "balance_yuan"),
+    ("/_sim/wallet", {"gated": "yes"}, "gated"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "words"), STRICT_CONTROLS,
+                         ids=[f"{p.rsplit('/', 1)[1]}-{json.dumps(b)[:30] if isinstance(b, dict) else 'raw'}" for p, b, _ in STRICT_CONTROLS])
+def test_simulator_controls_take_json_types_strictly(sim, path, body, words):
+    instance = sim()
+    machine_id = instance.machines()[0]["machine_id"]
+    data = json.dumps(body).replace("MACHINE", machine_id) if isinstance(body, dict) else body
+    before = instance.machines()[0]
+    answer = _raw(instance, "POST", path, data)
+    document = answer.json()
+    assert (answer.status_code, document["code"]) == (400, "RequestParameterIsWrong"), document
+    assert words in document["msg"], document
+    assert instance.machines()[0] == before  # nothing was half-applied
+
+
+def test_faulty_false_clears_and_true_sets(sim):
+    instance = sim()
+    machine_id = instance.machines()[0]["machine_id"]
+    for value in (True, False):
+        assert _raw(instance, "POST", "/_sim/faulty", json.dumps({"machine_id": machine_id, "faulty": value})).status_code == 200
+        assert instance.machines()[0]["faulty"] is value
+
+
+def test_simulator_controls_never_answer_500_to_any_json(sim):
+    """Property (hypothesis, bounded and seeded): whatever JSON a control gets, the answer is
+    200 or a 400 RequestParameterIsWrong/NotFound, never 500."""
+    from hypothesis import HealthCheck, given, seed, settings
+    from hypothesis import strategies as st
+
+    instance = sim()
+    machine_id = instance.machines()[0]["machine_id"]
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
+                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+                        st.sampled_from([machine_id, "RTX 4090", 0, 1, -1, 2**63, 1e300]))
+    values = st.one_of(scalars, st.lists(scalars, max_size=2), st.dictionaries(st.text(max_size=4), scalars, max_size=2))
+    keys = st.sampled_from(["seconds", "machine_id", "gpu_name", "count", "faulty", "requests", "container_uuid",
+                            "exit_code", "balance_yuan", "voucher_yuan", "blocked_yuan", "gated", "wechat_bound", "x"])
+    paths = st.sampled_from(["/_sim/advance", "/_sim/occupy", "/_sim/faulty", "/_sim/latency", "/_sim/concurrency",
+                             "/_sim/crash", "/_sim/wallet", "/_sim/llm", "/_sim/release"])
+
+    @seed(20261207)
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(path=paths, body=st.dictionaries(keys, values, max_size=4))
+    def check(path, body):
+        if path == "/_sim/advance" and isinstance(body.get("seconds"), (int, float)) and not isinstance(body["seconds"], bool):
+            body["seconds"] = min(abs(body["seconds"]), 60)  # the clock stays usable for the next examples
+        answer = _raw(instance, "POST", path, json.dumps(body))
+        assert answer.status_code in (200, 400, 404), (path, body, answer.text)
+        if answer.status_code != 200:
+            assert answer.json()["code"] in ("RequestParameterIsWrong", "NotFound"), (path, body, answer.text)
+
+    check()
+
+
+@pytest.mark.parametrize("argv", [["--host", ""], ["--host", "0.0.0.0"], ["--host", "::"],
+                                  ["--host", "0.0.0.0", "--token", "sim-token"]],
+                         ids=["empty", "any-v4", "any-v6", "the-default-token"])
+def test_simulator_refuses_a_public_bind_with_the_well_known_token(capsys, argv):
+    from helpers import load_script
+
+    code = load_script(SCRIPTS / "autodl_sim.py").main(argv)
+    document = strict_loads(capsys.readouterr().out)
+    assert (code, document["error_type"], document["details"]["host"]) == (1, "usage_error", argv[1])
+    assert "--allow-public-bind" in document["hint"]
+
+
+@pytest.mark.parametrize("flags", [["--token", "a-token-of-my-own-0123"], ["--allow-public-bind"]])
+def test_a_public_bind_goes_ahead_with_a_token_or_the_explicit_flag(capsys, tmp_path, flags):
+    """Past the bind check: the next check (a missing cluster file) answers, so nothing listens."""
+    from helpers import load_script
+
+    code = load_script(SCRIPTS / "autodl_sim.py").main(["--host", "0.0.0.0", *flags, "--cluster", str(tmp_path / "none.json")])
+    document = strict_loads(capsys.readouterr().out)
+    assert (code, document["error_type"]) == (1, "config_error")
+
+
 # --- numeric flags ----------------------------------------------------------------------------
 
 NUMERIC_FLAGS = [

@@ -953,7 +953,8 @@ def test_files_per_container_are_capped(monkeypatch):
 @pytest.mark.parametrize("seconds", [1e300, -1, "nan", "inf", 400 * 86400])
 def test_advance_is_bounded_and_listings_keep_working(sim, seconds):
     response = call(sim, "POST", "/_sim/advance", {"seconds": seconds})
-    assert response.status_code == 400 and "one year" in response.json()["msg"]
+    expected = "JSON number" if isinstance(seconds, str) else "one year"  # a string is not a number at all
+    assert response.status_code == 400 and expected in response.json()["msg"]
     ok(sim, "POST", "/api/v1/dev/deployment/list", {})
     assert ok(sim, "POST", "/_sim/advance", {"seconds": 365 * 86400})["now"] >= 365 * 86400
     ok(sim, "POST", "/api/v1/dev/deployment/list", {})

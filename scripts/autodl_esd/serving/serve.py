@@ -30,7 +30,7 @@ from ..core.output import emit_line, register_secret
 from ..core.polling import floor_interval
 from ..core.settings import is_loopback_host
 from ..platform.resolve import DEPLOYMENT_UUID_PATTERN, deployment_by_uuid, resolve_deployment, resolve_from_args
-from .autoscale.cli import AUTOSCALE_ONLY, DEFAULT_MAX_REPLICAS, check_autoscale_arguments, require_autoscale_confirmation
+from .autoscale.cli import DEFAULT_MAX_REPLICAS, check_autoscale_arguments, require_autoscale_confirmation
 from .autoscale.controller import DEPLOYMENT_ENDED_NOTES, Autoscaler, LoadSnapshot
 from .autoscale.defaults import DEFAULT_MIN_REPLICAS
 from .autoscale.extension import GatewayAutoscaler

@@ -103,6 +103,9 @@ def test_streamed_answers_fill_the_histograms_per_route_and_replica(loop_thread)
         assert latency["time_per_output_token_seconds"]["count"] == 2
     other = next(r for r in status["routes"] if r["route"] == "bge")["latency"]["time_to_first_token_seconds"]
     assert other == {"count": 0, "p50": None, "p95": None}
+    # The whole gateway: every route's streams together (the doc's 整体 figure).
+    assert status["latency"]["time_to_first_token_seconds"]["count"] == 2
+    assert status["latency"]["time_to_first_token_seconds"]["p50"] == route["latency"]["time_to_first_token_seconds"]["p50"]
 
 
 def test_one_deployment_keeps_its_label_set_and_a_departed_replica_leaves_no_series(loop_thread):

@@ -856,6 +856,7 @@ class Gateway:
                             "totals": {**route.totals.document(with_endpoints=False), "active": route.active_requests},
                             "extensions": {extension.name: extension.status() for extension in route.extensions}}
                            for route in self.routes.values()],
+                "latency": None if self._metrics is None else self._metrics.latency(None),
                 **totals, "extensions": {extension.name: extension.status() for extension in self.extensions}}
 
     def _latency(self, route: Route, container_uuid: str | None = None) -> dict[str, Any] | None:

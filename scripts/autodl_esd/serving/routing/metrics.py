@@ -178,9 +178,10 @@ class GatewayMetrics:
             self.ttft.remove(*labels)
             self.tpot.remove(*labels)
 
-    def latency(self, route: str, container_uuid: str | None = None) -> dict[str, Any]:
-        """p50/p95 (and count) of the two histograms, of one replica or of the whole route."""
-        keys = [key for key in self._streams if key[0] == route and container_uuid in (None, key[1])]
+    def latency(self, route: str | None, container_uuid: str | None = None) -> dict[str, Any]:
+        """p50/p95 (and count) of the two histograms: of one replica, a whole route, or (route
+        None) the whole gateway."""
+        keys = [key for key in self._streams if route in (None, key[0]) and container_uuid in (None, key[1])]
         document = {}
         for name, index, bounds in (("time_to_first_token_seconds", 0, TTFT_BUCKETS),
                                     ("time_per_output_token_seconds", 1, TPOT_BUCKETS)):

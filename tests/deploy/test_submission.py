@@ -95,6 +95,16 @@ def test_a_detached_submit_waits_in_the_background_and_creates_once(sim, run, co
     assert logs["kind"] == "submit" and "部署已创建" in logs["tail"]
 
 
+def test_no_wait_without_limit_warning_when_the_stock_read_found_room(sim, run, config_file, started_runs):
+    instance = sim()
+    out = detach(run, config_file, started_runs)
+
+    assert out["plan"]["would_submit_now"] is True and out["timeout_seconds"] == 0
+    assert "wait_without_limit" not in [w["code"] for w in out["warnings"]]
+    done = wait_for(lambda: (lambda s: s if s["done"] else None)(status(run, out["run_id"], "--wait", "5")), WAIT_SECONDS, what="the submit to finish")
+    assert done["state"] == "submitted" and len(creates(instance)) == 1
+
+
 def test_cancel_ends_a_waiting_submit_without_a_create(sim, run, config_file, started_runs, result_validator):
     instance = sim()
     for gpu in GPUS:

@@ -149,15 +149,16 @@ def submit(client: Any, config: dict[str, Any], request: Request, progress: Prog
     record.update(detached=True, plan=_plan(submitter, stock), balance=balance.get("balance"))
     background.write_record(files, record)
     view = start_detached(files, progress)
-    warnings = balance["warnings"] + _unbounded_wait_warning(request, files.job_id)
+    warnings = balance["warnings"] + _unbounded_wait_warning(request, files.job_id, record["plan"]["would_submit_now"])
     return {**view, "detached": True, "plan": record["plan"], "cost": cost, "balance": balance.get("balance"),
             "timeout_seconds": request.timeout, "warnings": warnings,
             "next": f"{jobs_command('--status', files.job_id)} --wait 60"}
 
 
-def _unbounded_wait_warning(request: Request, run_id: str) -> list[dict[str, Any]]:
-    """A background wait without --timeout goes on until stock frees: said, so it is a choice."""
-    if request.timeout:
+def _unbounded_wait_warning(request: Request, run_id: str, stock_now: bool) -> list[dict[str, Any]]:
+    """A background wait without --timeout goes on until stock frees: said, so it is a choice
+    (not when the stock read found room: the create goes out at once)."""
+    if request.timeout or stock_now:
         return []
     return [{"code": "wait_without_limit", "path": "--timeout",
              "message": "没有 --timeout: 后台会一直等到有库存才创建 (可能很久), 直到被取消。",

@@ -195,7 +195,11 @@ def test_a_gated_route_is_counted_once_under_the_gate(sim, run, result_validator
     gated = checks["enterprise_gate"]["detail"]["gated_routes"]
     assert "blacklist_list" in gated and "ddp_overview" in gated
     assert checks["optional_routes"]["status"] == "ok", checks["optional_routes"]
-    assert document["summary"]["fail"] == 1 and document["summary"]["warn"] == 0, document["summary"]
+    assert document["summary"]["fail"] == 1, document["summary"]
+    # No check warns about the gated routes again. The clock and latency checks time this
+    # machine, which a loaded CI runner can slow past their thresholds: they are not about the gate.
+    warned = [c["name"] for c in document["checks"] if c["status"] == "warn"]
+    assert set(warned) <= {"clock_skew", "latency"}, [checks[name] for name in warned]
 
 
 def test_both_dialects_say_which_to_write_and_why(sim, run, result_validator):

@@ -29,6 +29,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "--decrease-one-replica-num 停止, 平台补的新容器会落到其他主机); --move-replicas --yes 直接执行 (不加 --yes 时"
         "什么都不做, 返回 confirmation_required 列出会停掉的容器)。",
         EXAMPLES,
+        mutating=True,
     )
     parser.add_argument("--container-uuid", required=True, metavar="UUID", help="运行在问题主机上的容器 UUID (可以是已停止的容器)")
     cli.add_blacklist_flags(parser, comment_help="备注, 如 启动慢 / 频繁异常退出", max_expire_minutes=BLACKLIST_MAX_EXPIRE_MINUTES)

@@ -30,6 +30,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "--name-glob 一次删除名称匹配的全部部署: 先预览, 用户同意后加 --yes --expect-uuids (预览给出), "
         "匹配集合变了就不执行; 结果 items[] 是每个部署的 outcome (done/failed)、took_effect、cost_so_far_yuan 与 guards。",
         EXAMPLES,
+        mutating=True,
     )
     cli.add_deployment_selector(parser, name_glob=True)
     cli.add_confirmation_flag(parser)

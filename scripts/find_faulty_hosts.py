@@ -43,6 +43,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "不受影响); 只加 --apply 时返回 confirmation_required 并列出将拉黑的主机。输出的 as_of 是证据截止的平台时间; "
         "预览与执行之间证据可能变化, 用 --machine-id (可重复) 只拉黑预览中确认过的主机, 不在当前列表中的会被拒绝。",
         EXAMPLES,
+        mutating=True,
     )
     cli.add_deployment_selector(parser)
     parser.add_argument("--lookback-hours", type=cli.positive_hours, default=DEFAULT_LOOKBACK_HOURS, metavar="H",

@@ -32,6 +32,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "状态、pid 与日志在状态目录 ($XDG_STATE_HOME/autodl-elastic-deploy/guards 或技能目录下的 .state/guards, "
         "不在仓库里); 进程崩溃后用 --resume 接着运行。动手前按 uuid 与创建时间重新核对部署, 部署已被删除或停止时守护结束并说明。",
         EXAMPLES,
+        mutating=True,
     )
     cli.add_deployment_selector(parser, required=False)
     limits = parser.add_argument_group("条件 (至少一个; 任一达到即执行)")

@@ -37,6 +37,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "输出 stopped_by_scale_down 列出缩容停掉的容器。注意: 缩容停掉的容器在 find_faulty_hosts.py 里会计为 "
         "ReplicaSet 的退出 (exited), 拉黑主机前要把它们排除。",
         EXAMPLES,
+        mutating=True,
     )
     cli.add_deployment_selector(parser)
     parser.add_argument("--replica-num", "--replicas", dest="replica_num", type=cli.int_between(0, MAX_REPLICA_NUM), required=True, metavar="N", help="新的副本数")

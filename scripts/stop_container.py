@@ -24,6 +24,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "加 --decrease-one-replica-num 同时把副本数减 1, 不再补。--no-cache 与 --cmd-before-shutdown "
         "是公有云字段, 只在指定时发送。",
         EXAMPLES,
+        mutating=True,
     )
     parser.add_argument("--container-uuid", required=True, metavar="UUID", help="容器 UUID (list_containers.py 输出的 uuid)")
     parser.add_argument("--decrease-one-replica-num", action="store_true", help="同时把 ReplicaSet 的副本数减 1, 不补新容器")

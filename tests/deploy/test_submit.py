@@ -174,6 +174,8 @@ def test_timeout_reports_the_last_stock(run, config_file, result_validator):
     assert code == 2 and out["error_type"] == "timeout"
     assert out["details"]["last_stock"] == {"RTX 4090": {"idle": 0, "total": 8}}
     assert out["details"]["elapsed_seconds"] >= 0.1
+    # Nothing was created and the document says so: re-running the same command is safe.
+    assert out["details"]["took_effect"] is False and "未发送任何改动请求" in out["message"]
     result_validator.validate(out)
 
 
@@ -398,6 +400,7 @@ def test_startup_timeout_keeps_the_deployment_uuid(run, config_file, result_vali
 
     assert code == 2 and out["error_type"] == "startup_timeout"
     assert out["details"]["deployment_uuid"] == NEW_UUID
+    assert "took_effect" not in out["details"] and "未发送" not in out["message"]  # created: never "nothing sent"
     result_validator.validate(out)
 
 

@@ -243,3 +243,18 @@ def test_move_replicas_with_a_lost_answer_reports_unknown_with_how_to_check(monk
     moved = host_health.move_replicas(object(), [{"container_uuid": CONTAINER_UUID}], DEP_UUID, Progress(quiet=True), partial)
     assert [(m["outcome"], m["took_effect"]) for m in moved] == [("failed", "unknown")]
     assert moved[0]["check"].startswith("python3 scripts/list_containers.py")
+
+
+@pytest.mark.parametrize(("answer", "took_effect"), [
+    (UNAVAILABLE, "unknown"),
+    ({"json": envelope(None, code="BadRequest", msg="部署已停止，无法设置副本数")}, False),
+], ids=["lost", "refused"])
+def test_an_error_after_the_send_keeps_its_own_took_effect_and_never_says_nothing_was_sent(
+        run, mocked, result_validator, answer, took_effect):
+    from autodl_esd.core.errors import NOTHING_SENT
+
+    deployments_by_uuid(mocked, deployment(replica_num=2))
+    mocked.put(REPLICA_NUM, **answer)
+    code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", "4", "--quiet")
+    failed(code, document, result_validator, "api_error", exit_code=3)
+    assert document["details"]["took_effect"] == took_effect and NOTHING_SENT not in document["message"]

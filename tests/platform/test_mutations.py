@@ -207,6 +207,81 @@ def test_malformed_uuid_is_a_usage_error(run, script, flag, value, result_valida
     assert "格式" in document["message"] and document["details"]
 
 
+# --- before a change is sent -------------------------------------------------------------
+# Every error of a mutating script raised before its change left says took_effect: false and
+# that nothing was sent (core.cli.run, one place); read-only scripts say nothing of the kind.
+
+BEFORE_THE_SEND = [
+    ("set_replicas.py", ["--deployment-uuid", DEP_UUID, "--replica-num", "-1"], "usage_error"),  # argparse
+    ("set_replicas.py", ["--deployment-uuid", "my-service", "--replica-num", "1"], "usage_error"),
+    ("stop_container.py", ["--container-uuid", "nonexistent-uuid"], "usage_error"),
+    ("blacklist_host.py", ["--container-uuid", "nonexistent-uuid", "--expire-minutes", "0"], "usage_error"),
+    ("stop_deployment.py", ["--deployment-uuid", "my-service", "--yes"], "usage_error"),
+    ("delete_deployment.py", ["--deployment-uuid", "my-service", "--yes"], "usage_error"),
+    ("find_faulty_hosts.py", ["--deployment-uuid", "my-service", "--apply", "--yes"], "usage_error"),
+    ("guard_deployment.py", ["--deployment-uuid", DEP_UUID, "--yes", "--max-runtime", "0"], "usage_error"),
+    ("queue_submit.py", ["/nonexistent/config.json"], "config_error"),
+]
+
+
+@pytest.mark.parametrize(("script", "argv", "error_type"), BEFORE_THE_SEND, ids=[f"{s}-{a[-1]}" for s, a, _ in BEFORE_THE_SEND])
+def test_an_error_before_the_send_says_nothing_was_sent(run, result_validator, script, argv, error_type):
+    from autodl_esd.core.errors import NOTHING_SENT
+
+    code, document, _ = run(script, *argv)  # no mock: a request would fail the test
+    failed(code, document, result_validator, error_type)
+    assert document["details"]["took_effect"] is False and document["message"].endswith(NOTHING_SENT), document
+
+
+def test_an_error_after_reads_but_before_the_send_says_nothing_was_sent(run, api, result_validator):
+    from autodl_esd.core.errors import NOTHING_SENT
+
+    expect_deployment(api, None)  # a read went out; no change did
+    code, document, _ = run("set_replicas.py", "--deployment-uuid", DEP_UUID, "--replica-num", "3")
+    failed(code, document, result_validator, "not_found")
+    assert document["details"]["took_effect"] is False and NOTHING_SENT in document["message"]
+
+
+def test_an_interrupt_before_the_send_says_nothing_was_sent(run, api, monkeypatch, result_validator):
+    from autodl_esd.core.errors import Interrupted
+    from autodl_esd.platform import resolve
+
+    def interrupted(*_args, **_kwargs):
+        raise Interrupted("SIGINT")
+
+    monkeypatch.setattr(resolve, "resolve_from_args", interrupted)
+    code, document, _ = run("stop_deployment.py", "--name", "svc", "--yes")
+    failed(code, document, result_validator, "interrupted", exit_code=130)
+    assert document["details"]["took_effect"] is False
+
+
+def test_confirmation_required_says_took_effect_false_in_its_own_words(run, api, result_validator):
+    expect_deployment(api, deployment(), name="svc")
+    expect_containers(api, [container()])
+    code, document, _ = run("stop_deployment.py", "--name", "svc")
+    failed(code, document, result_validator, "confirmation_required")
+    assert document["details"]["took_effect"] is False and document["message"].count("什么都没有做") == 1
+
+
+def test_read_only_scripts_say_nothing_about_effects(run, result_validator):
+    code, document, _ = run("list_containers.py", "--deployment-uuid", "my-service")
+    failed(code, document, result_validator, "usage_error")
+    assert "took_effect" not in document["details"]
+
+
+def test_every_mutating_parser_is_a_mutating_tool():
+    """The parser's flag (what core.cli.run acts on) agrees with the MCP catalog's policy."""
+    from autodl_esd.mcp import catalog
+    from helpers import ROOT, SCRIPTS, load_script
+
+    flagged = {path.name for path in [ROOT / "queue_submit.py", *SCRIPTS.glob("*.py")]
+               if "def build_parser" in path.read_text(encoding="utf-8") and getattr(load_script(path).build_parser(), "mutating", False)}
+    tools = catalog.build_catalog()
+    mutating_tools = {tool.script.name for tool in tools.values() if tool.policy.mutating}
+    assert flagged <= mutating_tools and {"queue_submit.py", "set_replicas.py", "stop_deployment.py", "delete_deployment.py",
+                                          "stop_container.py", "blacklist_host.py", "guard_deployment.py"} <= flagged
+
+
 # --- stop_deployment / delete_deployment ------------------------------------------------
 
 

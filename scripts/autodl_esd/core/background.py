@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .deps import SKILL_ROOT
-from .errors import AutoDLError, ErrorType
+from .errors import AutoDLError, ErrorType, mark_change_sent
 from .clock import now_timestamp
 from .state import make_state_dir, write_json_atomically
 
@@ -166,6 +166,7 @@ def spawn(files: JobFiles, argv: Sequence[str], started: Callable[[dict[str, Any
     process neither started nor left a record saying why.
     """
     make_state_dir(files.directory)
+    mark_change_sent()  # the child may change things whatever this process reports next
     with open(files.log, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, *argv],

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 
-from .errors import EXIT_CODE_EPILOG, AutoDLError, ErrorType, Interrupted
+from .errors import EFFECT_KEYS, EXIT_CODE_EPILOG, AutoDLError, ErrorType, Interrupted, change_sent
 from .output import Progress, emit_error, emit_success, scrub
 from .skill_venv import reexec_in_skill_venv
 
@@ -69,7 +69,9 @@ def _help_formatter(prog: str) -> argparse.HelpFormatter:
     return _HelpFormatter(prog, width=max(columns - 2, 20))
 
 
-def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> JsonArgumentParser:
+def make_parser(prog: str, description: str, examples: Sequence[str] = (), *, mutating: bool = False) -> JsonArgumentParser:
+    """The parser of an entry script. `mutating`: the script changes things on the platform,
+    so its errors before any change was sent say took_effect: false (`run`)."""
     epilog = ""
     if examples:
         epilog = "示例:\n" + "\n".join(f"  {line}" for line in examples) + "\n\n"
@@ -79,6 +81,7 @@ def make_parser(prog: str, description: str, examples: Sequence[str] = ()) -> Js
         epilog=epilog + EXIT_CODE_EPILOG,
         formatter_class=_help_formatter,
     )
+    parser.mutating = mutating  # type: ignore[attr-defined]
     parser.add_argument("--quiet", action="store_true", help="不在 stderr 输出进度日志")
     parser.add_argument(
         "--debug", action="store_true", help="出现内部错误时在 stderr 打印 traceback"
@@ -394,6 +397,15 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
     context: Context | None = None
     previous_handlers = _install_signal_handlers()
     _state_dir_used(reset=True)
+    change_sent(reset=True)
+
+    def unsent(error: AutoDLError) -> AutoDLError:
+        """A mutating script's error before any change left this process says so (took_effect: false)."""
+        partial = context.partial if context else {}
+        if getattr(parser, "mutating", False) and not change_sent() and not any(key in partial for key in EFFECT_KEYS):
+            error.say_nothing_was_sent()
+        return error
+
     try:
         args = parser.parse_args(argv)
         progress.quiet = getattr(args, "quiet", False)
@@ -416,7 +428,7 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         state_dir = _state_dir_used()
         if state_dir and isinstance(error.details, dict):
             error.details.setdefault("state_dir", state_dir)
-        return emit_error(error)
+        return emit_error(unsent(error))
     except (Interrupted, KeyboardInterrupt) as interruption:
         _begin_exit()
         progress.close()
@@ -426,7 +438,7 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         hint = details.pop("interrupt_hint", None) or (
             "如果 details 中有 deployment_uuid, 说明部署已创建: 用 list_containers.py 查看, 不要重新提交。"
         )
-        return emit_error(AutoDLError(ErrorType.INTERRUPTED, "操作被中断。", hint, details))
+        return emit_error(unsent(AutoDLError(ErrorType.INTERRUPTED, "操作被中断。", hint, details)))
     except Exception as bug:  # noqa: BLE001 - the contract is one JSON document, always
         _begin_exit()
         progress.close()
@@ -438,14 +450,14 @@ def run(parser: argparse.ArgumentParser, handler: Handler, argv: Sequence[str] |
         details["exception"] = scrub(f"{type(bug).__name__}: {bug}")
         # What was already sent comes first: the bug does not undo a create or a change.
         sent = details.pop("interrupt_hint", None)
-        return emit_error(
+        return emit_error(unsent(
             AutoDLError(
                 ErrorType.INTERNAL_ERROR,
                 "脚本内部错误。",
                 (sent + " " if sent else "") + "加 --debug 重新运行可在 stderr 看到 traceback; 请把输出反馈给维护者。",
                 details,
             )
-        )
+        ))
     finally:
         _restore_signal_handlers(previous_handlers)
 

@@ -102,6 +102,30 @@ def error_document(error_type: ErrorType, message: str, hint: str = "", details:
             "details": details or {}}
 
 
+# Whether this run has sent a change to the platform, or started a process that may: set where
+# changes leave (platform.effects.apply_change, the submit engine's create, a detached start),
+# reset and read by core.cli.run. A mutating script's error before any says took_effect: false.
+_change_sent = False
+NOTHING_SENT = "未发送任何改动请求, 平台上没有任何变化。"
+# The keys by which a result or an error says what is known about a change's effect.
+EFFECT_KEYS = ("took_effect", "may_have_been_created")
+
+
+def mark_change_sent() -> None:
+    """Called just before a change (or a process that may send one) leaves this process."""
+    global _change_sent
+    _change_sent = True
+
+
+def change_sent(reset: bool = False) -> bool:
+    """Whether a change was sent since the last reset (core.cli.run resets it per run)."""
+    global _change_sent
+    sent = _change_sent
+    if reset:
+        _change_sent = False
+    return sent
+
+
 class AutoDLError(Exception):
     """An error that becomes the script's single JSON error document."""
 
@@ -120,6 +144,16 @@ class AutoDLError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return error_document(self.error_type, self.message, self.hint, self.details)
+
+    def say_nothing_was_sent(self) -> None:
+        """For a mutating script's error raised before any change was sent: took_effect false,
+        and the message says nothing was sent, so no one has to infer it. An error that already
+        says what is known about an effect (EFFECT_KEYS) is left as it is."""
+        if any(key in self.details for key in EFFECT_KEYS):
+            return
+        self.details["took_effect"] = False
+        if "未发送任何" not in self.message and "什么都没有做" not in self.message:
+            self.message = f"{self.message.rstrip()} {NOTHING_SENT}"
 
 
 class ApiError(AutoDLError):

@@ -24,7 +24,7 @@ from . import waiting_runs
 from ..platform.config import build_request, dialect_of
 from ..platform.containers import container_summary
 from ..platform.effects import watch
-from ..core.errors import ApiError, AutoDLError, ErrorType, Interrupted
+from ..core.errors import ApiError, AutoDLError, ErrorType, Interrupted, mark_change_sent
 from ..platform.evidence import compare_config, existing_deployment
 from ..platform.follow import finish_counts, wait_finished
 from ..platform.lint import capacity_filters, lint_config, no_capacity_suggestion
@@ -483,6 +483,7 @@ class Submitter:
 
     def _mark_create_sent(self) -> None:
         """From here until the outcome is known, any exit says the create may have landed."""
+        mark_change_sent()
         self.partial.update(
             may_have_been_created=True, name=self.config["name"], lookup=self._lookup_command(),
             interrupt_hint=f"创建请求已经发出, 部署可能已创建: 先用 {self._lookup_command()} 核对, 不要重新提交。",

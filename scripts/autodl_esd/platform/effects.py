@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..core.errors import ApiError, AutoDLError
+from ..core.errors import ApiError, AutoDLError, mark_change_sent
 from ..core.output import Progress
 from .resolve import read_back
 
@@ -193,6 +193,7 @@ def apply_change(
         # An interrupt from here on must say the change may have happened.
         partial.update(took_effect="unknown", change=change.what, check=change.check,
                        interrupt_hint=f"{change.what}的请求已经发出, 是否生效未知: 先用 {change.check} 查看, 不要直接重复执行。")
+    mark_change_sent()
     try:
         change.send()
     except ApiError as error:

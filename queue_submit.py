@@ -35,6 +35,7 @@ def build_parser() -> cli.JsonArgumentParser:
         "queue_submit.py",
         "校验部署配置 → 检查镜像与 GPU 型号 → 等待 GPU 库存 (平台本身不排队) → 提交创建部署 (只提交一次)。",
         EXAMPLES,
+        mutating=True,
     )
     parser.add_argument("config", metavar="CONFIG", help="部署配置 JSON 文件 (即创建部署的请求体)")
     parser.add_argument("--interval", type=cli.positive_seconds, metavar="S", help="库存轮询与提交后跟踪 (--wait-running/--wait-finished) 的间隔秒数, 可为小数 (默认 30; "

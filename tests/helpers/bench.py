@@ -9,6 +9,8 @@ its minute of work over several workers; each file takes its modes from SCALED h
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 from functools import lru_cache
@@ -81,18 +83,31 @@ def soak_in_process(mode: str, run, monkeypatch, tmp_path, result_validator) -> 
     return soak().soak_mode(mode, RUNS_PER_MODE, 1, tmp_path, runner_for, spec=faults, http_timeout=http_timeout)
 
 
-# Benches that start real servers: they run wherever the scale-out tests do.
-NEEDS_SERVERS = {"scale_out.py": ("redis-server", "haproxy")}
+# Benches that start real servers (and the packages they need): they run wherever the
+# scale-out tests do.
+NEEDS_SERVERS = {"scale_out.py": ("redis-server", "haproxy"), "gateway.py": ("haproxy", "wrk")}
+NEEDS_MODULES = {"scale_out.py": ("redis",)}
+BENCH_TIMEOUT_SECONDS = 120
 
 
 def run_bench(script: str, argv: list[str]) -> subprocess.CompletedProcess:
     """Run bench/SCRIPT with tiny sizes in a child process (skipped, or failed under CI=true,
-    when it needs a server that is not installed)."""
+    when it needs a server that is not installed). The bench runs in a session of its own:
+    one that overruns is killed with every server it started, none left behind."""
+    for module in NEEDS_MODULES.get(script, ()):
+        pytest.importorskip(module)
     if script in NEEDS_SERVERS:
         from helpers.servers import require_binary
 
-        pytest.importorskip("redis")
         for name in NEEDS_SERVERS[script]:
             require_binary(name)
-    return subprocess.run([sys.executable, str(ROOT / "bench" / script), *argv],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    argv = [sys.executable, str(ROOT / "bench" / script), *argv]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=BENCH_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"bench/{script} ran over {BENCH_TIMEOUT_SECONDS} s: {stderr[-2000:]}")
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)

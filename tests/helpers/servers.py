@@ -2,7 +2,7 @@
 
 Each server gets a temporary directory for its config and data and is stopped when its
 fixture ends (the fixtures `redis_server`, `haproxy_server` and `key_prefix` are in conftest.py). When a binary is missing the test is skipped with the reason, except in CI
-(CI=true), where .ci/run installs both and a missing one is a failure.
+(CI=true), where .ci/run installs them (and wrk, for the gateway bench) and a missing one is a failure.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def require_binary(name: str) -> str:
     if path:
         return path
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{name} is not installed: .ci/run must install it (apt-get install -y redis-server haproxy)")
-    pytest.skip(f"{name} is not installed (apt-get install -y redis-server haproxy); these tests need the real server")
+        pytest.fail(f"{name} is not installed: .ci/run must install it (apt-get install -y {name})")
+    pytest.skip(f"{name} is not installed (apt-get install -y {name}); these tests need the real program")
 
 
 def free_port() -> int:

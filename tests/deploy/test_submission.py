@@ -235,3 +235,18 @@ def test_jobs_bad_input_is_a_clear_error(run, argv, error_type, result_validator
 
     assert code == 1 and out["error_type"] == error_type
     result_validator.validate(out)
+
+
+def test_a_finished_job_says_it_finished_and_how_to_read_its_cost_not_only_created():
+    from types import SimpleNamespace
+
+    from autodl_esd.deploy import submission
+
+    record = {"state": submission.SUBMITTED, "done": True, "name": "train", "deployment_uuid": "d-1",
+              "result": {"deployment_uuid": "d-1", "finish": {"ended_by": "target_reached"}}}
+    message, hint = submission._explain(record, SimpleNamespace(job_id="s-1"), alive=False)
+    assert "运行完毕" in message and "d-1" in message
+    assert "cost_report.py --deployment-uuid d-1" in hint and "不要重新提交" in hint
+    del record["result"]["finish"]  # a ReplicaSet, or no --wait-finished: created, and that is all
+    message, _ = submission._explain(record, SimpleNamespace(job_id="s-1"), alive=False)
+    assert message == "部署已创建: d-1。"

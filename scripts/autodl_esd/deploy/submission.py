@@ -600,6 +600,11 @@ def _explain(record: dict[str, Any], files: JobFiles, alive: bool) -> tuple[str,
             return (f"部署已创建 ({uuid}); 跟踪它的进程已结束。",
                     f"不要重新提交; 继续跟踪: {jobs_command('--resume', run_id)}, 或用 {containers} 查看。")
         duplicates = f" 注意: 同名部署共 {len(record['duplicates'])} 个 (见 duplicates)。" if record.get("duplicates") else ""
+        result = record.get("result") or {}
+        if result.get("finish"):  # --wait-finished: the Job has ended; say so, not only "created"
+            cost_report = f"python3 {background.script_path('cost_report.py')} --deployment-uuid {uuid}"
+            return (f"部署已创建 ({uuid}) 并已运行完毕 (见 result.finish)。{duplicates}",
+                    f"花了多少: {cost_report}; 平台不报退出码, 成败看任务自己写的结果; 不要重新提交。")
         return f"部署已创建: {uuid}。{duplicates}", f"用 {containers} 查看容器; 不要重新提交。"
     if state == MAY_HAVE_BEEN_CREATED:
         return ("创建请求结果不明, 核对窗口内没有看到部署: 它可能已经创建, 也可能稍后才出现。为避免重复购买没有再次发送创建。",

@@ -18,6 +18,8 @@ replicas that serve one request at a time, one fast and three slow:
   - a serve_gateway.py per client, sharing in-flight counts in Redis (--shared-inflight).
 Section (b): requests/s and added latency, one replica answering at once (no queueing):
 direct to the replica, through HAProxy, and through the Python gateway (serve_gateway.py).
+The replica is the simulator, in Python on the same cores, so it limits every row; what the
+proxies cost beside each other with a fast upstream is bench/gateway.py's anchors table.
 
 Section (c): what shared in-flight counts cost per request (lease + release, no HTTP):
 local counts vs Redis on loopback.
@@ -339,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                 sim.set_machine_concurrency(machine, 0)
             direct = sim.service_address(sim.containers(deployment_uuid)[0]["uuid"])
             print_markdown_table(
-                f"(b) {args.sequential} keep-alive GETs per row, replicas answering at once (loopback; mean latency per request)",
+                f"(b) {args.sequential} keep-alive GETs per row, replicas answering at once (the Python simulator, loopback; "
+                "mean latency per request)",
                 ("client threads", "path", "requests/s", "mean ms", "added ms"),
                 overhead_section(sim, deployment_uuid, direct, proxies["leastconn"], gateway, args.sequential),
             )

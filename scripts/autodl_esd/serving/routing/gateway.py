@@ -6,7 +6,8 @@ Runs beside the client (a sidecar), as AutoDL's guide recommends client-side dis
 client (OpenAI SDK, curl, a Java app) talks to one URL; the gateway picks a replica per
 request, streams bodies both ways, retries on another replica, and queues when every replica
 is busy. Built on aiohttp (the standard library's threaded server cannot reach the latency
-and concurrency targets; see bench/gateway.py), imported only here.
+and concurrency targets; see bench/gateway.py), imported only here and in upstream.py (the
+connections to replicas, on aiohttp's parser and writer without ClientSession).
 
 The seams, so the autoscaler, a Redis registry and shared counts plug in without edits here:
 
@@ -61,6 +62,7 @@ from .replicas import NoReplicas, Overloaded, Ticket
 from .routes import DEFAULT_ROUTE, Route, RouteMap, RouteOptions, Totals
 from .sources import ReplicaSource
 from .stream_timing import SseClock
+from .upstream import Answer, RequestBodyFailed, UpstreamPool
 
 # aiohttp loads with this module (serve.py, tests and benches import it to run a gateway): a
 # missing one is the usual dependency_missing answer with the install command, not a traceback.
@@ -68,7 +70,6 @@ aiohttp = require("aiohttp")
 web = require("aiohttp.web")
 RequestHandler = require("aiohttp.web_protocol").RequestHandler
 CIMultiDict = require("multidict").CIMultiDict
-URL = require("yarl").URL
 # What reading a replica's answer raises when the replica died or stalled mid-answer.
 BROKEN_ANSWER = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, asyncio.TimeoutError)
 
@@ -101,7 +102,6 @@ IDLE_CONNECTION_SECONDS = 60.0
 # Answers of known length up to this size are read whole and sent in one write; larger or
 # unknown-length ones (SSE, chunked) stream chunk by chunk as the replica writes them.
 SMALL_BODY_BYTES = 64 * 1024
-DNS_CACHE_SECONDS = 300
 # Distinct Host header values whose verdict is remembered (clients send one or two).
 HOST_VERDICT_CACHE = 64
 # Connecting to a replica on a private network takes milliseconds; 5 s means it is gone.
@@ -262,9 +262,7 @@ class Gateway:
         self._check_host = bool(options.allowed_hosts) or is_loopback_name(options.host)
         self._allowed_hosts = frozenset(h.lower().strip("[]") for h in options.allowed_hosts)
         self._host_verdicts: dict[str | None, bool] = {}
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_SECONDS,
-                                              sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=options.upstream_timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
         self._runner: web.BaseRunner | None = None
         self._site: web.TCPSite | None = None
         self._tasks: list[asyncio.Task] = []
@@ -311,11 +309,8 @@ class Gateway:
         self._metrics = GatewayMetrics(self)
         self._idle = asyncio.Event()
         self._idle.set()
-        # limit=0: the gateway's own queue bounds concurrency, not the connection pool. Replica
-        # host names change rarely; their DNS answers are reused for DNS_CACHE_SECONDS.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=DNS_CACHE_SECONDS, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-                                              skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
+        self._upstream = UpstreamPool(connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=self.options.upstream_timeout,
+                                      max_line_size=MAX_LINE_BYTES, max_field_size=MAX_FIELD_BYTES)
         self._refresh_registry()
         server = _JsonErrorServer(self._handle, keepalive_timeout=self.options.idle_timeout, access_log=None,
                                   max_line_size=MAX_LINE_BYTES, max_field_size=MAX_FIELD_BYTES, auto_decompress=False,
@@ -374,9 +369,9 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
 
     # ---- background ----------------------------------------------------------------------
 
@@ -426,6 +421,7 @@ class Gateway:
                         if replica.container_uuid not in self._probing:
                             self._probing.add(replica.container_uuid)
                             self._spawn(self._probe(table, replica))
+            self._upstream.sweep()
             await asyncio.sleep(self.options.interval)
 
     def _spawn(self, coroutine: Any) -> None:
@@ -435,10 +431,16 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     async def _get(self, url: str, timeout: float) -> tuple[int, bytes, str]:
-        assert self._session is not None
-        async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as response:
-            body = await response.content.read(2 * 1024 * 1024)
-            return response.status, body, response.headers.get("Content-Type", "")
+        """A load poll's or health probe's GET of a replica URL, all of it within `timeout`."""
+        return await asyncio.wait_for(self._get_within(url), timeout)
+
+    async def _get_within(self, url: str) -> tuple[int, bytes, str]:
+        answer = await self._upstream.request("GET", url, "", CIMultiDict())
+        try:
+            body = await answer.content.read(2 * 1024 * 1024)
+            return answer.status, body, answer.headers.get("Content-Type", "")
+        finally:
+            answer.close()  # a probe rarely reads to the end; its connection is not worth keeping
 
     async def _poll_load(self, table, replica) -> None:
         try:
@@ -611,15 +613,8 @@ class Gateway:
         by_model = route is None
         try:
             body, stream = await self._read_body(request, MODEL_BODY_LIMIT_BYTES if by_model else REPLAY_LIMIT_BYTES)
-        except asyncio.TimeoutError:
-            response = error_response(408, ErrorType.BAD_REQUEST, "请求体发送中断 (超时)。", "客户端需要连续发送完整的请求体。")
-            response.force_close()  # the rest of the body may still arrive: this connection is done
-            return response
-        except web.HTTPRequestEntityTooLarge:
-            response = error_response(413, ErrorType.BAD_REQUEST, f"请求体超过 {MAX_REQUEST_BODY_BYTES} 字节。", "减小请求体。",
-                                      {"max_bytes": MAX_REQUEST_BODY_BYTES})
-            response.force_close()  # the unread body makes this connection unusable
-            return response
+        except (asyncio.TimeoutError, web.HTTPRequestEntityTooLarge) as error:
+            return self._body_failed(error)
         parsed = None
         if body and (by_model or route.policy.uses_affinity):
             parsed = await self._parse_body(body)
@@ -643,7 +638,6 @@ class Gateway:
         tried: frozenset = frozenset()
         attempts = 1 + (self.options.retries if stream is None and len(body) <= REPLAY_LIMIT_BYTES else 0)
         last_failure: str | None = None
-        timeout = self._timeout
         for attempt in range(attempts):
             try:
                 ticket = await table.acquire(tried, key)
@@ -665,11 +659,11 @@ class Gateway:
             tried = tried | {replica.container_uuid}
             outcome["served_by"] = replica.container_uuid
             can_retry = attempt + 1 < attempts
-            url = URL(replica.url + path, encoded=True)
             try:
-                upstream = await self._session.request(request.method, url, headers=headers,
-                                                       data=stream if stream is not None else (body or None),
-                                                       allow_redirects=False, timeout=timeout, compress=None)
+                upstream = await self._upstream.request(request.method, replica.url, path, headers, body or b"", stream)
+            except RequestBodyFailed as failed:
+                table.finish(ticket, "cancelled")  # the client's body broke off: not the replica's fault
+                return self._body_failed(failed.cause)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 last_failure = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 self._failed(table, ticket, "failure", last_failure)
@@ -748,6 +742,21 @@ class Gateway:
         model = path[len(MODELS_PATH) + 1:]
         return json_response(200, entry(model)) if model in self.router.by_model else self._unknown_model(model)
 
+    @staticmethod
+    def _body_failed(error: BaseException) -> web.Response:
+        """408 for a client that stopped sending its body, 413 for one that sent too much
+        (`error` from reading it); the rest of the body may still arrive: the connection is done."""
+        if isinstance(error, web.HTTPRequestEntityTooLarge):
+            response = error_response(413, ErrorType.BAD_REQUEST, f"请求体超过 {MAX_REQUEST_BODY_BYTES} 字节。", "减小请求体。",
+                                      {"max_bytes": MAX_REQUEST_BODY_BYTES})
+        elif isinstance(error, asyncio.TimeoutError):
+            response = error_response(408, ErrorType.BAD_REQUEST, "请求体发送中断 (超时)。", "客户端需要连续发送完整的请求体。")
+        else:  # the client's connection broke mid-body: it will not read this answer
+            response = error_response(400, ErrorType.BAD_REQUEST, f"请求体没有完整到达: {type(error).__name__}。",
+                                      "客户端需要发送完整的请求体。")
+        response.force_close()
+        return response
+
     def _retried(self, route: Route, replica, outcome: dict[str, Any]) -> None:
         replica.retries += 1
         self.totals.retries += 1
@@ -767,7 +776,7 @@ class Gateway:
                               "网关已在其他副本上重试; 查看 GET /_gateway/status 中各副本的状态, 稍后重试。",
                               {"reason": reason, "tried": sorted(tried)})
 
-    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, ticket: Ticket, route: Route,
+    async def _relay(self, request: web.BaseRequest, upstream: Answer, ticket: Ticket, route: Route,
                      started: float) -> web.StreamResponse:
         """Stream the replica's answer to the client chunk by chunk; nothing is retried from here."""
         table = route.table
@@ -813,7 +822,7 @@ class Gateway:
             upstream.release()
             table.finish(ticket, outcome)
 
-    async def _relay_small(self, upstream: aiohttp.ClientResponse, table, ticket: Ticket, headers: CIMultiDict,
+    async def _relay_small(self, upstream: Answer, table, ticket: Ticket, headers: CIMultiDict,
                            outcome: str) -> web.StreamResponse:
         """A small answer of known length goes out in one write (headers and body together):
         half the system calls of streaming it, which is most of a small request's cost."""

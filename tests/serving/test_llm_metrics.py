@@ -99,10 +99,10 @@ def test_streamed_answers_fill_the_histograms_per_route_and_replica(loop_thread)
     route = next(r for r in status["routes"] if r["route"] == "qwen")
     for latency in (route["latency"], route["replicas"][0]["latency"]):
         ttft = latency["time_to_first_token_seconds"]
-        assert ttft["count"] == 2 and 0 < ttft["p50"] <= ttft["p95"] <= 10.0
+        assert ttft["count"] == 2 and 0 < ttft["p50"] <= ttft["p95"] <= 10.0 and 0 < ttft["mean"] <= 10.0
         assert latency["time_per_output_token_seconds"]["count"] == 2
     other = next(r for r in status["routes"] if r["route"] == "bge")["latency"]["time_to_first_token_seconds"]
-    assert other == {"count": 0, "p50": None, "p95": None}
+    assert other == {"count": 0, "mean": None, "p50": None, "p95": None}
     # The whole gateway: every route's streams together (the doc's 整体 figure).
     assert status["latency"]["time_to_first_token_seconds"]["count"] == 2
     assert status["latency"]["time_to_first_token_seconds"]["p50"] == route["latency"]["time_to_first_token_seconds"]["p50"]
@@ -119,3 +119,15 @@ def test_one_deployment_keeps_its_label_set_and_a_departed_replica_leaves_no_ser
     assert gateway.status()["latency"]["time_to_first_token_seconds"]["count"] == 1
     loop_thread.call(lambda: (source.set([]), gateway._refresh_registry(), gateway.table.departed.clear()))
     assert samples(gateway.url, "gen_ai_server_time_to_first_token_seconds_count") == {}
+
+
+def test_the_mean_is_exact_where_the_buckets_only_estimate_and_the_exit_summary_keeps_it(loop_thread):
+    from autodl_esd.serving.routing.sources import StaticSource
+
+    gateway = loop_thread.gateway(StaticSource([item("s1", sse_upstream(loop_thread))]))
+    for seconds in (0.021, 0.022, 0.023):  # all inside one bucket (0.02-0.04 s)
+        gateway._metrics.observe_stream(gateway.default_route.name, "s1", seconds, None)
+    ttft = gateway.status()["latency"]["time_to_first_token_seconds"]
+    assert ttft["count"] == 3 and ttft["mean"] == pytest.approx(0.022)
+    assert ttft["p50"] != pytest.approx(0.022)  # interpolated inside the bucket, as Prometheus does
+    assert gateway.summary()["latency"]["time_to_first_token_seconds"] == ttft

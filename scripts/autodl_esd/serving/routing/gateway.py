@@ -931,13 +931,16 @@ class Gateway:
                 **self._departed_beyond(table)}
 
     def summary(self) -> dict[str, Any]:
+        """What the gateway did, for its exit: counts, and its streams' TTFT/TPOT (the status
+        page that had them is gone once it stops)."""
+        latency = {"latency": None if self._metrics is None else self._metrics.latency(None)}
         if self.default_route is not None:
             route = self.default_route
             return {"url": self.url, "deployment_uuid": route.deployment_uuid, **self.totals.document(),
-                    **self._replica_counts(route.table)}
+                    **self._replica_counts(route.table), **latency}
         routes = []
         for route in self.routes.values():
             ended = {"ended": route.ended_by} if route.ended_by else {}
             routes.append({**self._route_identity(route), **ended, **route.totals.document(with_endpoints=False),
-                           **self._replica_counts(route.table)})
-        return {"url": self.url, **self.totals.document(), "routes": routes}
+                           **self._replica_counts(route.table), "latency": self._latency(route)})
+        return {"url": self.url, **self.totals.document(), "routes": routes, **latency}

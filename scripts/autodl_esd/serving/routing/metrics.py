@@ -179,19 +179,22 @@ class GatewayMetrics:
             self.tpot.remove(*labels)
 
     def latency(self, route: str | None, container_uuid: str | None = None) -> dict[str, Any]:
-        """p50/p95 (and count) of the two histograms: of one replica, a whole route, or (route
-        None) the whole gateway."""
+        """Count, mean (exact) and p50/p95 (estimated from the buckets) of the two histograms:
+        of one replica, a whole route, or (route None) the whole gateway."""
         keys = [key for key in self._streams if route in (None, key[0]) and container_uuid in (None, key[1])]
         document = {}
         for name, index, bounds in (("time_to_first_token_seconds", 0, TTFT_BUCKETS),
                                     ("time_per_output_token_seconds", 1, TPOT_BUCKETS)):
             counts = [0.0] * (len(bounds) + 1)
+            seconds = 0.0
             for key in keys:
-                for position, count in enumerate(_bucket_counts(self._streams[key][index])):
+                buckets, observed = _buckets_and_sum(self._streams[key][index])
+                seconds += observed
+                for position, count in enumerate(buckets):
                     counts[position] += count
             total = sum(counts)
-            document[name] = {"count": int(total), "p50": histogram_quantile(0.5, bounds, counts),
-                              "p95": histogram_quantile(0.95, bounds, counts)}
+            document[name] = {"count": int(total), "mean": round(seconds / total, 6) if total else None,
+                              "p50": histogram_quantile(0.5, bounds, counts), "p95": histogram_quantile(0.95, bounds, counts)}
         return document
 
 
@@ -208,11 +211,13 @@ class GatewayMetrics:
         return prometheus.generate_latest(self.registry), prometheus.CONTENT_TYPE_LATEST
 
 
-def _bucket_counts(child: Any) -> list[float]:
-    """Per-bucket (not cumulative) counts of one histogram child, +Inf last, from its samples."""
-    cumulative = [sample.value for metric in child.collect() for sample in metric.samples
-                  if sample.name.endswith("_bucket")]
-    return [value - (cumulative[index - 1] if index else 0.0) for index, value in enumerate(cumulative)]
+def _buckets_and_sum(child: Any) -> tuple[list[float], float]:
+    """Per-bucket (not cumulative) counts of one histogram child, +Inf last, and the sum of its
+    observations, from its samples."""
+    samples = [sample for metric in child.collect() for sample in metric.samples]
+    cumulative = [sample.value for sample in samples if sample.name.endswith("_bucket")]
+    observed = next((sample.value for sample in samples if sample.name.endswith("_sum")), 0.0)
+    return [value - (cumulative[index - 1] if index else 0.0) for index, value in enumerate(cumulative)], observed
 
 
 def histogram_quantile(q: float, bounds: tuple[float, ...], counts: list[float]) -> float | None:

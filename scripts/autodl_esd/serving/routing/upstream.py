@@ -82,6 +82,7 @@ class Target:
     tls: bool
     base: str  # the URL's path (and query): what the request's path is appended to
     host_header: str
+    family: int | None  # of an IP address written in the URL; None for a name (resolved when connecting)
 
     @property
     def key(self) -> tuple[str, int, bool]:
@@ -98,7 +99,11 @@ class Target:
         except ValueError as error:
             raise ReplicaUnreachable(f"副本地址的端口不对: {url!r}") from error
         base = parts.path + ("?" + parts.query if parts.query else "")
-        return cls(parts.hostname, port, tls, base, parts.netloc.rpartition("@")[2])
+        try:
+            family: int | None = socket.AF_INET6 if ipaddress.ip_address(parts.hostname).version == 6 else socket.AF_INET
+        except ValueError:
+            family = None
+        return cls(parts.hostname, port, tls, base, parts.netloc.rpartition("@")[2], family)
 
 
 class Answer:
@@ -315,11 +320,8 @@ class UpstreamPool:
         raise ReplicaUnreachable(f"连不上 {target.host}:{target.port}: {reason}") from failure
 
     async def _resolve(self, target: Target) -> list[tuple[int, str]]:
-        try:
-            literal = ipaddress.ip_address(target.host)
-            return [(socket.AF_INET6 if literal.version == 6 else socket.AF_INET, target.host)]
-        except ValueError:
-            pass
+        if target.family is not None:
+            return [(target.family, target.host)]
         loop = asyncio.get_running_loop()
         cached = self._addresses.get((target.host, target.port))
         if cached is not None and cached[0] > loop.time():

@@ -243,3 +243,31 @@ def test_a_client_whose_streamed_body_stalls_gets_408_and_the_replica_keeps_its_
     [state] = gateway.status()["replicas"]
     assert state["ejections"] == 0 and state["state"] == "ready", state
     assert requests.post(gateway.url + "/next", data=b"small", timeout=5).text == "read"
+
+
+def test_an_ipv6_replica_address_is_reached_without_resolving(loop_thread):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+
+    async def start():
+        server = await asyncio.start_server(answer, "::1", 0)
+        loop_thread._cleanups.append(stop(server))
+        return server.sockets[0].getsockname()[1]
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nv6")
+        await writer.drain()
+        writer.close()
+
+    def stop(server):
+        async def close():
+            server.close()
+
+        return close
+
+    port = loop_thread.run(start())
+    assert fetch(loop_thread, pool(), "GET", f"http://[::1]:{port}", "/")[2] == b"v6"

@@ -384,6 +384,8 @@ def test_wait_running_follows_containers_and_redacts_passwords(run, api, config_
     assert out["target_running"] == 2
     assert [c["service_urls"]["service_url"] for c in out["containers"]] == ["https://region-1.autodl.com:21294"] * 2
     assert "s3cret-pass" not in json.dumps(out)
+    # both replicas on machine f94411a60c: one host failure takes the service down
+    assert [w for w in out["warnings"] if w["code"] == "single_machine"][0]["path"] == "machine_id"
     result_validator.validate(out)
 
 

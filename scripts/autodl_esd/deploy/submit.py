@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from ..platform import api, effects
 from . import waiting_runs
 from ..platform.config import build_request, dialect_of
-from ..platform.containers import container_summary
+from ..platform.containers import container_summary, single_machine_warning
 from ..platform.effects import watch
 from ..core.errors import ApiError, AutoDLError, ErrorType, Interrupted, mark_change_sent
 from ..platform.evidence import compare_config, existing_deployment
@@ -769,6 +769,9 @@ class Submitter:
                 running = [c for c in containers if c.get("status") == "running"]
                 if len(ever_running) >= target or len(running) >= target:
                     self._keep_read_warning(errors)
+                    together = single_machine_warning(running, {"deployment_type": self.config.get("deployment_type")})
+                    if together is not None:
+                        self.warnings.append(together)
                     return {
                         "target_running": target,
                         "containers": [container_summary(c, self.options.show_password) for c in running],

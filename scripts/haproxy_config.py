@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 
@@ -115,12 +116,17 @@ def handle(args, ctx: cli.Context) -> dict:
     if args.out:  # readable by the haproxy user, like a config written by hand; it holds no secret
         files.write_atomically(args.out, config, "--out 文件", mode=0o644)
     feed, feed_note = feed_command(args, deployment_uuid, options)
+    config_path = args.out or "haproxy.cfg"
+    pid_path = os.path.splitext(config_path)[0] + ".pid"
     checked, warnings = routing_warnings(ctx, deployment_uuid, args.port)
     return {
         "deployment_uuid": deployment_uuid, "out": args.out, "bind": args.bind, "backend": args.backend, "socket": args.socket,
         "metrics_url": f"http://{args.metrics_bind}/metrics", "server_options": options,
-        "check_command": f"haproxy -c -f {shlex.quote(args.out or 'haproxy.cfg')}",
-        "start_command": f"haproxy -f {shlex.quote(args.out or 'haproxy.cfg')}",
+        "check_command": f"haproxy -c -f {shlex.quote(config_path)}",
+        # In the background with a pid file: a command that never returns would hold an
+        # agent's shell (and its time limit) until killed.
+        "start_command": f"haproxy -D -p {shlex.quote(pid_path)} -f {shlex.quote(config_path)}",
+        "stop_command": f"kill $(cat {shlex.quote(pid_path)})",
         "feed_command": feed,
         **({"feed_command_note": feed_note} if feed_note else {}),
         "service_urls_checked": checked,
@@ -135,7 +141,7 @@ def feed_command(args, deployment_uuid: str, options: str) -> tuple[str, str | N
     from urllib.parse import urlsplit
 
     script = Path(__file__).resolve().parent / "discover_services.py"
-    words = ["python", str(script), "--deployment-uuid", deployment_uuid, "--watch",
+    words = ["python3", str(script), "--deployment-uuid", deployment_uuid, "--watch",
              "--haproxy-socket", args.socket, "--haproxy-backend", args.backend, "--haproxy-server-options", options]
     if args.port:
         words += ["--port", str(args.port)]

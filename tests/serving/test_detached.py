@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import urllib.error
@@ -185,13 +186,15 @@ def test_the_gateway_token_stays_in_the_environment_and_out_of_the_record(run, t
                            "--auth-token-env", "GATEWAY_TOKEN", "--detach", QUIET)
     assert code == 0, started
     services.append(started["pid"])
-    assert "--auth-token-env GATEWAY_TOKEN" in started["command"]
+    assert "--auth-token-env GATEWAY_TOKEN" in started["command"] and started["done"] is False
+    words = shlex.split(started["command"])  # pasteable from any directory
+    assert words[0] == "python3" and Path(words[1]).is_absolute() and words[-2:] == ["--auth-token-env", "GATEWAY_TOKEN"]
     # The background process read the token from the environment it inherited.
     assert get(started["url"] + "/_gateway/status")[0] == 401
     assert get(started["url"] + "/_gateway/status", {"Authorization": f"Bearer {token}"})[0] == 200
 
     code, stopped, _ = run("jobs.py", "--cancel", started["run_id"], QUIET)
-    assert code == 0 and stopped["state"] == "stopped", stopped
+    assert code == 0 and stopped["state"] == "stopped" and stopped["done"] is True, stopped
     state_dir = tmp_path / "state"
     for path in state_dir.rglob("*"):
         if path.is_file():

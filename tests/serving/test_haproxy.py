@@ -190,7 +190,7 @@ def test_feed_command_is_pasteable_and_carries_what_this_haproxy_needs(run, tmp_
     assert code == 0, result
     result_validator.validate(result)
     words = shlex.split(result["feed_command"])
-    assert words[0] == "python" and Path(words[1]).is_absolute() and Path(words[1]) == SCRIPTS / "discover_services.py"
+    assert words[0] == "python3" and Path(words[1]).is_absolute() and Path(words[1]) == SCRIPTS / "discover_services.py"
     args = watcher_parser().parse_args(words[2:])
     assert (args.deployment_uuid, args.watch, args.haproxy_socket, args.haproxy_backend) == (
         "833f1cd5a764fa3", True, str(tmp_path / "admin.sock"), "gpu")
@@ -201,6 +201,29 @@ def test_feed_command_is_pasteable_and_carries_what_this_haproxy_needs(run, tmp_
     assert "s3cret-pass" not in json.dumps(result) + err
     # The platform could not be asked (a discard port): written anyway, and said so.
     assert result["service_urls_checked"] is None and result["warnings"] == []
+
+
+def test_start_command_runs_haproxy_in_the_background_and_stop_command_stops_it(run, tmp_path):
+    require_binary("haproxy")
+    config, socket_path = tmp_path / "my proxy.cfg", tmp_path / "admin.sock"
+    code, result, _ = run("haproxy_config.py", "--deployment-uuid", "833f1cd5a764fa3", "--out", str(config), "--socket",
+                          str(socket_path), "--bind", f"127.0.0.1:{free_port()}", "--metrics-bind", f"127.0.0.1:{free_port()}",
+                          "--quiet")
+    assert code == 0, result
+    pid_file = tmp_path / "my proxy.pid"
+    assert shlex.split(result["start_command"]) == ["haproxy", "-D", "-p", str(pid_file), "-f", str(config)]
+    # It returns at once (an agent's shell is not held), leaving HAProxy running.
+    started = subprocess.run(result["start_command"], shell=True, timeout=30, capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "haproxy's pid file"))
+    try:
+        wait_for(lambda: socket_path.exists(), 10, "haproxy's stats socket")
+        assert subprocess.run(result["stop_command"], shell=True, timeout=30).returncode == 0
+        wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+                 10, "haproxy to stop")
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_feed_command_leaves_out_what_was_not_given(run):

@@ -272,6 +272,8 @@ def test_redis_registry_follows_churn_and_pools_on_two_machines_see_the_same_set
     assert summary["redis"]["role"] == "active" and summary["redis"]["notifications"] >= (3 if apart else 2), (
         summary["redis"], [reader.seen for reader in readers])
     assert redis_server.url.split("@")[-1] in summary["redis"]["url"]
+    # Active from its first round: it took over from nobody (only a lock lost and taken back counts).
+    assert summary["redis"]["takeovers"] == summary["redis"]["lost_lock"], summary["redis"]
 
 
 def heartbeat_pid(client, keys):

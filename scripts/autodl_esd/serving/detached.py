@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
@@ -212,7 +213,8 @@ def view(record: dict[str, Any], files: JobFiles) -> dict[str, Any]:
     shown = {"run_id": record.get("run_id", files.job_id), "kind": kind, "state": record.get("state"),
              "pid": record.get("pid") if alive else None, "alive": alive,
              "log_file": str(files.log), "state_file": str(files.state),
-             "command": " ".join(["python3", f"scripts/{record.get('script')}", *record.get("argv", [])])}
+             "command": shlex.join(["python3", str(background.script_path(str(record.get("script")))), *record.get("argv", [])]),
+             "done": record.get("state") in (STOPPED, FAILED)}
     for key in ("url", "registry", "metrics_url", "ready", "summary", "created_at_local", "started_at_local", "ended_at_local"):
         if record.get(key) is not None:
             shown[key] = record[key]

@@ -57,6 +57,7 @@ class RedisWatch:
         self.active = False
         self.rounds = self.active_cycles = self.standby_rounds = self.takeovers = self.lost = 0
         self.redis_error: Optional[str] = None
+        self._was_standby = False  # a lock taken after standing by is a takeover; the first one is not
         self._followed: Any = None
         self._standby_said: Any = None  # the holder last named in a standby line (said once per holder)
         self._standby_since: Optional[float] = None
@@ -89,6 +90,7 @@ class RedisWatch:
             self.lost += 1
             self.progress.log(f"不再是活动 watcher ({why}), 转为备用: 改为跟随 Redis 中的注册表")
         self.active = False
+        self._was_standby = True
         self.watcher.forget_position()
 
     def _hold_or_try(self) -> None:
@@ -99,13 +101,16 @@ class RedisWatch:
                     self._step_down("锁已过期")
             if not self.active and self.lock.try_acquire():
                 self.active = True
-                self.takeovers += 1
+                if self._was_standby:  # from another watcher, or back after losing the lock
+                    self.takeovers += 1
+                self._was_standby = False
                 self.watcher.forget_position()
                 self.publisher.forget()
                 self.progress.log(f"成为活动 watcher (锁 {self.keys.lock}, TTL {self.lock.ttl:g}s): 由本进程轮询 AutoDL"
                                   + self._takeover_note())
                 self._standby_said, self._standby_since = None, None
             elif not self.active:
+                self._was_standby = True
                 self._say_standby()
             self._note_error(None)
         except errors as problem:

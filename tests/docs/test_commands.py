@@ -134,6 +134,26 @@ def test_no_doc_names_a_bare_python(doc):
     assert bare_python_lines(read(doc)) == [], f"{doc}: use python3 or <SKILL_DIR>/.venv/bin/python"
 
 
+def test_no_script_builds_a_command_with_a_bare_python():
+    """Commands the scripts print (feed_command, a job's command, an MCP preview's would_run)
+    are pasted as they are: a bare `python` may be Python 2 or missing (Debian has python3)."""
+    import ast
+
+    found = []
+    for path in [ROOT / "queue_submit.py", *sorted((ROOT / "scripts").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            parts = []
+            if isinstance(node, (ast.List, ast.Tuple)) and node.elts:
+                parts = [node.elts[0]]  # an argv: its first word
+            elif isinstance(node, ast.JoinedStr) and node.values:
+                parts = [node.values[0]]  # an f-string command line: its first word
+            for part in parts:
+                if isinstance(part, ast.Constant) and isinstance(part.value, str) and \
+                        (part.value == "python" or part.value.startswith("python ")):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == [], f"use python3 (or the skill's .venv/bin/python): {found}"
+
+
 @pytest.mark.parametrize("doc", DOCS)
 def test_every_install_line_uses_the_venv(doc):
     assert system_pip_lines(read(doc)) == [], f"{doc}: install with <SKILL_DIR>/.venv/bin/python -m pip install (PEP 668)"

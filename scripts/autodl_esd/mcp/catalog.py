@@ -325,7 +325,7 @@ class Tool:
         """The equivalent shell command, for previews and docs (inline configs shown as FILE)."""
         placeholders = {dest: "CONFIG.json" for dest, value in arguments.items() if isinstance(value, dict)}
         argv = self.argv_for(arguments, confirm=confirm, config_paths=placeholders)
-        return shlex.join(["python", self.script_relative, *argv])
+        return shlex.join(["python3", self.script_relative, *argv])
 
 
 def _text(value: Any) -> str:

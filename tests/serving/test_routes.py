@@ -238,6 +238,13 @@ def test_a_routes_file_gives_a_route_its_own_autoscaler_and_asks_once_for_all(si
     code, document, _ = run("serve_gateway.py", "--routes-file", str(path), "--autoscale", "--max-replicas", "2",
                             "--listen", "127.0.0.1:0", "--quiet")
     assert [(r["route"], r["max_replicas"]) for r in document["details"]["routes"]] == [("a", 3), ("/c", 2)]
+    # A route whose autoscale bounds cannot hold one replica is named in the refusal.
+    path.write_text(json.dumps({"routes": [
+        {"model": "a", "deployment": "llm-a"},
+        {"model": "b", "deployment": "llm-b", "autoscale": {"max_hourly_cost": 0.01}}]}), encoding="utf-8")
+    code, document, _ = run("serve_gateway.py", "--routes-file", str(path), "--listen", "127.0.0.1:0", "--quiet")
+    assert code == 1 and document["error_type"] == "usage_error" and document["details"]["route"] == "b", document
+    assert document["message"].startswith("路由 b: --max-hourly-cost 0.01")
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps({"routes": [{"model": "a", "deployment": "no-such-deployment"}]}), encoding="utf-8")
     code, document, _ = run("serve_gateway.py", "--routes-file", str(missing), "--quiet")

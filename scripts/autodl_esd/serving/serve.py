@@ -240,7 +240,12 @@ def prepare_routes(args: Any, ctx: Any, options: GatewayOptions, specs: list[Rou
     for plan in plans:
         if plan.spec in autoscaled:
             route_args = argparse.Namespace(**{**vars(args), "autoscale": True, **(plan.spec.autoscale or {})})
-            plan.autoscaler, route_bounds = prepare_autoscaler(route_args, ctx, plan.deployment_uuid, confirm=False)
+            try:
+                plan.autoscaler, route_bounds = prepare_autoscaler(route_args, ctx, plan.deployment_uuid, confirm=False)
+            except AutoDLError as error:  # say which route's bounds or deployment it is
+                error.message = f"路由 {plan.spec.name}: {error.message}"
+                error.details["route"] = plan.spec.name
+                raise
             bounds.append({"route": plan.spec.name, **route_bounds})
     if bounds and not args.yes:
         raise AutoDLError(

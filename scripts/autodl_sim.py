@@ -96,9 +96,9 @@ def port_number(text: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+        raise argparse.ArgumentTypeError(f"不是端口号: {text!r}") from None
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+        raise argparse.ArgumentTypeError(f"端口 {port} 不在 0..65535 之间")
     return port
 
 
@@ -108,7 +108,7 @@ def service_ports(text: str) -> bool | tuple[int, int]:
         return True
     low, sep, high = text.partition("-")
     if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected auto or LOW-HIGH (1 <= LOW <= HIGH <= 65535), got {text!r}")
+        raise argparse.ArgumentTypeError(f"应为 auto 或 LOW-HIGH (1 <= LOW <= HIGH <= 65535), 收到 {text!r}")
     return int(low), int(high)
 
 
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             service_ports=args.service_ports or False,
         )
     except ClusterConfigError as exc:
-        return fail("config_error", f"集群文件不可用: {exc}", "按 scripts/simulator/cluster.py 顶部说明修正集群文件",
+        return fail("config_error", f"集群文件不可用: {exc}",
+                    "按 details.problems 逐条修正; 格式见 references/simulator.md 的集群文件。",
                     path=exc.source, problems=exc.problems)
     except ValueError as exc:
         return fail("usage_error", f"参数错误：{exc}", "运行 python3 scripts/autodl_sim.py --help 查看用法")

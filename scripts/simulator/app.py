@@ -48,6 +48,11 @@ STOCK_SHAPES = ("list", "dict")
 GPU_NAMINGS = ("vendor", "cluster")
 
 
+class UnknownObject(KeyError):
+    """A control named a machine or container the simulator does not have; the message is
+    what the /_sim answer says (a KeyError, so in-process callers catch it as before)."""
+
+
 class Simulator:
     """A local AutoDL elastic-deployment API on 127.0.0.1.
 
@@ -97,17 +102,17 @@ class Simulator:
                  blocked_yuan: float | None = None,
                  service_ports: bool | tuple[int, int] = False) -> None:
         if dialect not in DIALECTS:
-            raise ValueError(f"dialect must be one of {DIALECTS}")
+            raise ValueError(f"dialect 只能是 {' | '.join(DIALECTS)}")
         if stock_shape is None:
             stock_shape = "dict" if dialect == "private" else "list"
         if stock_shape not in STOCK_SHAPES:
-            raise ValueError(f"stock_shape must be one of {STOCK_SHAPES}")
+            raise ValueError(f"stock_shape 只能是 {' | '.join(STOCK_SHAPES)}")
         if gpu_names is None:
             gpu_names = "vendor" if dialect == "private" else "cluster"
         if gpu_names not in GPU_NAMINGS:
-            raise ValueError(f"gpu_names must be one of {GPU_NAMINGS}")
+            raise ValueError(f"gpu_names 只能是 {' | '.join(GPU_NAMINGS)}")
         if not token or token != token.strip():
-            raise ValueError("token must be non-empty, without surrounding whitespace")
+            raise ValueError("token 不能为空, 首尾也不能有空白")
         self.token = token
         self.host, self.port = host, port
         self.dialect = dialect
@@ -124,7 +129,7 @@ class Simulator:
         if isinstance(service_ports, tuple):
             low, high = service_ports
             if not 1 <= low <= high <= 65535:
-                raise ValueError("service_ports range must be 1 <= low <= high <= 65535")
+                raise ValueError("service_ports 范围必须满足 1 <= low <= high <= 65535")
         self.service_ports = service_ports
         self._service_servers: dict[str, tuple[SimHTTPServer, threading.Thread]] = {}
         self._api = Api(self.world, dialect, stock_shape, lambda: self.url, self.account,
@@ -224,7 +229,7 @@ class Simulator:
         """Jump simulated time forward by `seconds` (0..MAX_ADVANCE_SECONDS) and run everything that falls due."""
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
                 or not 0 <= seconds <= MAX_ADVANCE_SECONDS:
-            raise ValueError(f"seconds must be a finite number between 0 and {MAX_ADVANCE_SECONDS:g} (one year)")
+            raise ValueError(f"seconds 必须是 0..{MAX_ADVANCE_SECONDS:.0f} 之间的有限数 (最多一年)")
         self.clock.advance(seconds)
         self.world.settle()
 
@@ -232,7 +237,7 @@ class Simulator:
         """Background tenants take up to `count` idle GPUs of `gpu_name` (stock drops) until
         `seconds` of simulated time pass, or forever when None. Returns how many they got."""
         if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
-            raise ValueError("seconds must be a positive finite number, or None for forever")
+            raise ValueError("seconds 必须是正的有限数 (不给则一直占用)")
         if self.gpu_names == "vendor":
             gpu_name = vendor_gpu_name(gpu_name)  # "RTX 4090" and its vendor spelling are one card
         return self.world.occupy(gpu_name, count, seconds)
@@ -247,10 +252,10 @@ class Simulator:
         try:
             crashed = self.world.crash(container_uuid, exit_code)
         except NotFound:
-            raise KeyError(f"no such container {container_uuid}") from None
+            raise UnknownObject(f"容器 {container_uuid} 不存在") from None
         self.world.settle()
         if not crashed:
-            raise ValueError(f"container {container_uuid} is already stopping or stopped")
+            raise ValueError(f"容器 {container_uuid} 正在停止或已经停止")
 
     def set_machine_faulty(self, machine_id: str, faulty: bool = True) -> None:
         """Containers that reach `running` on a faulty machine crash 5-15 simulated s later."""
@@ -260,7 +265,7 @@ class Simulator:
     def set_machine_latency(self, machine_id: str, seconds: float) -> None:
         """Real seconds the machine's /svc endpoints wait before answering."""
         if not math.isfinite(seconds) or seconds < 0:
-            raise ValueError("latency must be a finite number >= 0")
+            raise ValueError("seconds 必须是 >= 0 的有限数")
         with self.world.lock:
             self._machine(machine_id).latency_seconds = float(seconds)
 
@@ -268,7 +273,7 @@ class Simulator:
         """How many /svc requests one container on the machine serves at once (0 = no limit);
         the others wait their turn, the way a GPU runs one batch while the next queues."""
         if isinstance(requests, bool) or not isinstance(requests, int) or requests < 0:
-            raise ValueError("concurrency must be an integer >= 0")
+            raise ValueError("requests 必须是 >= 0 的整数")
         with self.world.lock:
             self._machine(machine_id).service_concurrency = requests
             on_machine = [c.uuid for c in self.world.containers.values() if c.machine_id == machine_id]
@@ -282,7 +287,7 @@ class Simulator:
         cache_block_tokens); the next request on its containers uses them."""
         unknown = set(settings) - set(LLM_SETTINGS)
         if unknown:
-            raise ValueError(f"unknown settings {', '.join(sorted(unknown))} (known: {', '.join(LLM_SETTINGS)})")
+            raise ValueError(f"未知字段 {', '.join(sorted(unknown))} (可用: {', '.join(LLM_SETTINGS)})")
         problems = llm_setting_problems(settings, machine_id)
         if problems:
             raise ValueError("; ".join(problems))
@@ -343,16 +348,16 @@ class Simulator:
         with self.world.current():
             if balance_yuan is not None:
                 if not math.isfinite(balance_yuan):
-                    raise ValueError("balance_yuan must be a finite number")
+                    raise ValueError("balance_yuan 必须是有限数")
                 spent = self.account.spend_units(self.world.containers.values(), self.world.now)
                 self.account.balance_units = round(balance_yuan * 1000 + spent)
             if blocked_yuan is not None:
                 if not math.isfinite(blocked_yuan) or blocked_yuan < 0:
-                    raise ValueError("blocked_yuan must be a finite number >= 0")
+                    raise ValueError("blocked_yuan 必须是 >= 0 的有限数")
                 self.account.blocked_units = round(blocked_yuan * 1000)
             if voucher_yuan is not None:
                 if not math.isfinite(voucher_yuan) or voucher_yuan < 0:
-                    raise ValueError("voucher_yuan must be a finite number >= 0")
+                    raise ValueError("voucher_yuan 必须是 >= 0 的有限数")
                 self.account.voucher_units = round(voucher_yuan * 1000)
             if wechat_bound is not None:
                 self.account.wechat_bound = bool(wechat_bound)
@@ -424,7 +429,7 @@ class Simulator:
         try:
             return self.world.machines[machine_id]
         except KeyError:
-            raise KeyError(f"no such machine {machine_id}") from None
+            raise UnknownObject(f"机器 {machine_id} 不存在") from None
 
     def record_request(self, method: str, path: str, body: bytes, query: dict) -> None:
         if method == "GET":
@@ -447,7 +452,9 @@ class Simulator:
             raise ApiError("NotFound", "模拟器控制接口不存在", 404)
         try:
             return getattr(self, name)(params)
-        except KeyError as exc:  # a missing field, or an unknown machine/container
+        except UnknownObject as exc:
+            raise ApiError("RequestParameterIsWrong", f"请求参数错误：{exc.args[0]}", 400) from None
+        except KeyError as exc:  # control_fields names missing fields; this is a safety net
             detail = exc.args[0] if exc.args else ""
             raise ApiError("RequestParameterIsWrong", f"请求参数错误：缺少字段或对象不存在 {detail}", 400) from None
         except (ValueError, TypeError) as exc:

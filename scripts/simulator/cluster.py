@@ -43,6 +43,7 @@ host and reports that real allocation. Request ranges only select hosts.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -204,23 +205,33 @@ def load_cluster(source: str | Path | dict | None) -> ClusterSpec:
 MAX_CLUSTER_FILE_BYTES = 4 * 1024 * 1024
 # No cluster figure needs more digits; int() itself refuses over 4,300 with a ValueError.
 MAX_INT_DIGITS = 18
+# Why the file could not be opened, in the words a user acts on; others keep the OS's text.
+# (The bundle's core.files has the fuller table; the simulator imports nothing from it.)
+_OPEN_REASONS = {
+    errno.ENOENT: "文件不存在",
+    errno.EACCES: "没有读取权限",
+    errno.EPERM: "没有读取权限",
+    errno.ENOTDIR: "路径中的某一级不是目录",
+    errno.ENAMETOOLONG: "文件名过长",
+    errno.ELOOP: "符号链接层数过多 (可能是循环链接)",
+}
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"{text} is out of range")
+        raise ValueError(f"数字 {text[:20]} 超出浮点数范围")
     return value
 
 
 def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise ValueError(f"integer {text[:12]}... has more than {MAX_INT_DIGITS} digits")
+        raise ValueError(f"整数 {text[:12]}... 超过 {MAX_INT_DIGITS} 位")
     return int(text)
 
 
 def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
+    raise ValueError(f"{name} 不是 JSON 允许的数字")
 
 
 def _read_cluster_json(path: Path) -> Any:
@@ -229,38 +240,40 @@ def _read_cluster_json(path: Path) -> Any:
         # O_NONBLOCK: a FIFO with no writer must not hang the start-up; it is refused below.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ClusterConfigError(str(path), [f"cannot read file: {exc.strerror or exc}"]) from None
+        raise ClusterConfigError(str(path), [f"无法读取文件: {_OPEN_REASONS.get(exc.errno) or exc.strerror or exc}"]) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ClusterConfigError(str(path), ["not a regular file"])
+        raise ClusterConfigError(str(path), ["不是普通文件"])
     with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_CLUSTER_FILE_BYTES + 1)
     if len(data) > MAX_CLUSTER_FILE_BYTES:
-        raise ClusterConfigError(str(path), [f"larger than {MAX_CLUSTER_FILE_BYTES} bytes"])
+        raise ClusterConfigError(str(path), [f"文件超过 {MAX_CLUSTER_FILE_BYTES} 字节"])
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
                           parse_float=_finite_float, parse_int=_bounded_int)
     except UnicodeDecodeError as exc:
-        raise ClusterConfigError(str(path), [f"not UTF-8 (byte {exc.start})"]) from None
+        raise ClusterConfigError(str(path), [f"不是 UTF-8 编码 (第 {exc.start} 字节)"]) from None
     except RecursionError:
-        raise ClusterConfigError(str(path), ["not valid JSON: nested too deeply"]) from None
-    except ValueError as exc:  # JSONDecodeError included
-        raise ClusterConfigError(str(path), [f"not valid JSON: {exc}"]) from None
+        raise ClusterConfigError(str(path), ["不是合法的 JSON: 嵌套过深"]) from None
+    except json.JSONDecodeError as exc:  # the decoder's own words stay, after where it stopped
+        raise ClusterConfigError(str(path), [f"不是合法的 JSON: 第 {exc.lineno} 行第 {exc.colno} 列 ({exc.msg})"]) from None
+    except ValueError as exc:  # a number refused by the parse hooks above
+        raise ClusterConfigError(str(path), [f"不是合法的 JSON: {exc}"]) from None
 
 
 def _parse_cluster(raw: Any, source: str) -> ClusterSpec:
     problems: list[str] = []
     if not isinstance(raw, dict):
-        raise ClusterConfigError(source, ["top level must be a JSON object"])
+        raise ClusterConfigError(source, ["顶层必须是 JSON 对象"])
 
     machines = [_parse_machine(item, f"machines[{i}]", problems) for i, item in enumerate(_list(raw, "machines", problems))]
     machines = [m for m in machines if m is not None]
     if not machines and "machines" in raw:
-        problems.append("machines: at least one machine is required")
+        problems.append("machines: 至少需要一台机器")
     seen: set[str] = set()
     for machine in machines:
         if machine.machine_id in seen:
-            problems.append(f"machines: duplicate machine_id {machine.machine_id}")
+            problems.append(f"machines: machine_id {machine.machine_id} 重复")
         seen.add(machine.machine_id)
 
     images = [_parse_image(item, f"images[{i}]", _PRIVATE_IMAGE_UUID, problems) for i, item in enumerate(_list(raw, "images", problems))]
@@ -275,10 +288,10 @@ def _parse_cluster(raw: Any, source: str) -> ClusterSpec:
     ]
     job_seconds = raw.get("default_job_seconds", DEFAULT_JOB_SECONDS)
     if not _is_number(job_seconds) or job_seconds <= 0:
-        problems.append("default_job_seconds: must be a positive number")
+        problems.append("default_job_seconds: 必须是正数")
     unknown = set(raw) - {"machines", "images", "base_images", "background_load", "default_job_seconds"}
     if unknown:
-        problems.append(f"unknown top-level keys: {', '.join(sorted(unknown))}")
+        problems.append(f"未知的顶层键: {', '.join(sorted(unknown))}")
     if problems:
         raise ClusterConfigError(source, problems)
     return ClusterSpec(
@@ -294,10 +307,10 @@ def _list(raw: dict, key: str, problems: list[str], required: bool = True) -> li
     value = raw.get(key)
     if value is None:
         if required:
-            problems.append(f"{key}: required list is missing")
+            problems.append(f"{key}: 缺少这个必填列表")
         return []
     if not isinstance(value, list):
-        problems.append(f"{key}: must be a list")
+        problems.append(f"{key}: 必须是列表")
         return []
     return value
 
@@ -312,32 +325,32 @@ def _is_int(value: Any) -> bool:
 
 def _parse_machine(item: Any, where: str, problems: list[str]) -> Machine | None:
     if not isinstance(item, dict):
-        problems.append(f"{where}: must be an object")
+        problems.append(f"{where}: 必须是对象")
         return None
     count_before = len(problems)
     machine_id = item.get("machine_id")
     if not isinstance(machine_id, str) or not _MACHINE_ID.match(machine_id):
-        problems.append(f"{where}.machine_id: must be 10 lowercase hex characters")
+        problems.append(f"{where}.machine_id: 必须是 10 位小写十六进制字符")
     for key in ("region", "gpu_name"):
         if not isinstance(item.get(key), str) or not item.get(key):
-            problems.append(f"{where}.{key}: must be a non-empty string")
+            problems.append(f"{where}.{key}: 必须是非空字符串")
     for key, minimum in (("gpu_num", 1), ("cpu_num", 1), ("memory_gb", 1), ("price", 0), ("max_cuda", 0)):
         if not _is_int(item.get(key)) or item[key] < minimum:
-            problems.append(f"{where}.{key}: must be an integer >= {minimum}")
+            problems.append(f"{where}.{key}: 必须是 >= {minimum} 的整数")
     if _is_int(item.get("gpu_num")) and _is_int(item.get("cpu_num")) and item["cpu_num"] < item["gpu_num"]:
-        problems.append(f"{where}.cpu_num: needs at least one CPU per GPU")
+        problems.append(f"{where}.cpu_num: 每块 GPU 至少要 1 个 CPU (不能小于 gpu_num)")
     latency = item.get("latency_seconds", 0.0)
     if not _is_number(latency) or latency < 0:
-        problems.append(f"{where}.latency_seconds: must be a number >= 0")
+        problems.append(f"{where}.latency_seconds: 必须是 >= 0 的数")
     if not _is_int(item.get("service_concurrency", 0)) or item.get("service_concurrency", 0) < 0:
-        problems.append(f"{where}.service_concurrency: must be an integer >= 0 (0 = no limit)")
+        problems.append(f"{where}.service_concurrency: 必须是 >= 0 的整数 (0 = 不限)")
     if not isinstance(item.get("faulty", False), bool):
-        problems.append(f"{where}.faulty: must be true or false")
+        problems.append(f"{where}.faulty: 必须是 true 或 false")
     problems += llm_setting_problems({k: v for k, v in item.items() if k in LLM_SETTINGS}, where)
     known = {f for f in Machine.__dataclass_fields__}
     unknown = set(item) - known
     if unknown:
-        problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        problems.append(f"{where}: 未知的键 {', '.join(sorted(unknown))}")
     if len(problems) > count_before:
         return None
     return Machine(**{**item, "latency_seconds": float(latency), **llm_settings(item)})
@@ -352,8 +365,8 @@ def llm_setting_problems(settings: dict, where: str) -> list[str]:
             continue
         number = _is_int(value) if kind is int else _is_number(value)
         if not number or not minimum <= value <= maximum:
-            what = "an integer" if kind is int else "a number"
-            problems.append(f"{where}.{key}: must be {what} {minimum}..{maximum}" + (" or null" if nullable else ""))
+            what = "整数" if kind is int else "数"
+            problems.append(f"{where}.{key}: 必须是 {minimum}..{maximum} 之间的{what}" + ("或 null" if nullable else ""))
     return problems
 
 
@@ -365,30 +378,30 @@ def llm_settings(settings: dict) -> dict:
 
 def _parse_image(item: Any, where: str, pattern: re.Pattern, problems: list[str]) -> Image | None:
     if not isinstance(item, dict):
-        problems.append(f"{where}: must be an object")
+        problems.append(f"{where}: 必须是对象")
         return None
     uuid, name = item.get("image_uuid"), item.get("name")
     if not isinstance(uuid, str) or not pattern.match(uuid):
-        problems.append(f"{where}.image_uuid: does not match {pattern.pattern}")
+        problems.append(f"{where}.image_uuid: 不符合格式 {pattern.pattern}")
         return None
     if not isinstance(name, str) or not name:
-        problems.append(f"{where}.name: must be a non-empty string")
+        problems.append(f"{where}.name: 必须是非空字符串")
         return None
     return Image(image_uuid=uuid, name=name, cuda_version=str(item.get("cuda_version", "")))
 
 
 def _parse_load(item: Any, where: str, gpu_names: set[str], problems: list[str]) -> BackgroundLoad | None:
     if not isinstance(item, dict):
-        problems.append(f"{where}: must be an object")
+        problems.append(f"{where}: 必须是对象")
         return None
     count_before = len(problems)
     if item.get("gpu_name") not in gpu_names:
-        problems.append(f"{where}.gpu_name: no machine has GPU {item.get('gpu_name')!r}")
+        problems.append(f"{where}.gpu_name: 没有哪台机器的 GPU 是 {item.get('gpu_name')!r}")
     if not _is_int(item.get("gpus")) or item["gpus"] < 1:
-        problems.append(f"{where}.gpus: must be an integer >= 1")
+        problems.append(f"{where}.gpus: 必须是 >= 1 的整数")
     until = item.get("until_seconds")
     if until is not None and (not _is_number(until) or until <= 0):
-        problems.append(f"{where}.until_seconds: must be a positive number or null")
+        problems.append(f"{where}.until_seconds: 必须是正数或 null")
     if len(problems) > count_before:
         return None
     return BackgroundLoad(gpu_name=item["gpu_name"], gpus=item["gpus"], until_seconds=until)

@@ -54,20 +54,21 @@ class FaultSpec:
             for part in filter(None, (p.strip() for p in spec.split(","))):
                 key, sep, value = part.partition("=")
                 if not sep:
-                    raise ValueError(f"fault {part!r} is not key=value")
+                    raise ValueError(f"故障 {part!r} 不是 key=value 形式")
                 pairs[key.strip()] = value.strip()
             spec = pairs
         known = {f.name: f.type for f in fields(cls)}
         values: dict[str, Any] = {}
         for key, raw in spec.items():
             if key not in known:
-                raise ValueError(f"unknown fault {key!r}; known: {', '.join(known)}")
+                raise ValueError(f"未知故障 {key!r} (可用: {', '.join(known)})")
             try:
                 value = int(raw) if key == "create_error_after_commit" else float(raw)
             except (TypeError, ValueError):
-                raise ValueError(f"fault {key} needs a number, got {raw!r}") from None
+                raise ValueError(f"故障 {key} 需要一个数字, 收到 {raw!r}") from None
             if value < 0 or (key.endswith("_rate") and value > 1):
-                raise ValueError(f"fault {key}={raw} is out of range")
+                allowed = "0..1" if key.endswith("_rate") else ">= 0"
+                raise ValueError(f"故障 {key}={raw} 超出范围 (应为 {allowed})")
             values[key] = value
         return cls(**values)
 

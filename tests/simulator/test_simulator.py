@@ -485,9 +485,9 @@ def test_faulty_machine_crashes_its_containers():
 
 
 def test_fault_spec_errors():
-    with pytest.raises(ValueError, match="unknown fault"):
+    with pytest.raises(ValueError, match="未知故障"):
         Simulator(faults="explode=1")
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="超出范围"):
         Simulator(faults="error_rate=2")
 
 
@@ -654,7 +654,9 @@ def test_http_controls():
         state = requests.get(sim.url + "/_sim/state", headers=headers, timeout=5).json()["data"]
         assert state["now"] >= 500 and sum(m["free_gpus"] for m in state["machines"]) == 36
         bad = requests.post(sim.url + "/_sim/faulty", json={"machine_id": "nope"}, headers=headers, timeout=5)
-        assert bad.status_code == 400
+        assert bad.status_code == 400 and bad.json()["msg"] == "请求参数错误：机器 nope 不存在"
+        gone = requests.post(sim.url + "/_sim/crash", json={"container_uuid": "nope"}, headers=headers, timeout=5)
+        assert gone.status_code == 400 and gone.json()["msg"] == "请求参数错误：容器 nope 不存在"
 
 
 def test_ticker_advances_without_requests():
@@ -723,6 +725,47 @@ def test_cli_bad_arguments_are_json():
                           capture_output=True, text=True, timeout=20)
     assert done.returncode == 1
     assert json.loads(done.stdout)["error_type"] == "usage_error"
+
+
+def test_a_bad_cluster_file_lists_every_problem_in_chinese_by_field_path(tmp_path, capsys):
+    from helpers import load_script
+
+    cluster = {"machines": [{"machine_id": "xyz", "region": "westDC2", "gpu_name": "RTX 4090", "gpu_num": 0,
+                             "cpu_num": 8, "memory_gb": 32, "price": 1000, "max_cuda": 124, "ttft_seconds": -1}],
+               "images": [{"image_uuid": "image-db8346e037", "name": "x"}], "machine": []}
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(cluster), encoding="utf-8")
+    code = load_script(SCRIPTS / "autodl_sim.py").main(["--cluster", str(path)])
+    document = json.loads(capsys.readouterr().out)
+    assert (code, document["error_type"], document["details"]["path"]) == (1, "config_error", str(path))
+    problems = document["details"]["problems"]
+    assert problems == ["machines[0].machine_id: 必须是 10 位小写十六进制字符",
+                        "machines[0].gpu_num: 必须是 >= 1 的整数",
+                        "machines[0].ttft_seconds: 必须是 0..3600 之间的数或 null",
+                        "machines: 至少需要一台机器",
+                        "未知的顶层键: machine"]
+    assert document["message"] == f"集群文件不可用: {path}: " + "; ".join(problems)
+    assert "references/simulator.md" in document["hint"]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('{"machines": [', "不是合法的 JSON: 第 1 行第 15 列"),
+    ('{"machines": [], "images": [], "default_job_seconds": NaN}', "不是合法的 JSON: NaN 不是 JSON 允许的数字"),
+    ("[]", "顶层必须是 JSON 对象"),
+], ids=["truncated", "nan", "a-list"])
+def test_a_cluster_file_that_is_not_a_cluster_object_says_why_in_chinese(tmp_path, text, problem):
+    path = tmp_path / "cluster.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ClusterConfigError) as caught:
+        Simulator(cluster=str(path))
+    [only] = caught.value.problems
+    assert only.startswith(problem), only
+
+
+def test_a_missing_cluster_file_says_so_in_chinese(tmp_path):
+    with pytest.raises(ClusterConfigError) as caught:
+        Simulator(cluster=str(tmp_path / "none.json"))
+    assert caught.value.problems == ["无法读取文件: 文件不存在"]
 
 
 def test_autodl_sim_rejects_a_bad_service_ports_value():
@@ -953,7 +996,7 @@ def test_files_per_container_are_capped(monkeypatch):
 @pytest.mark.parametrize("seconds", [1e300, -1, "nan", "inf", 400 * 86400])
 def test_advance_is_bounded_and_listings_keep_working(sim, seconds):
     response = call(sim, "POST", "/_sim/advance", {"seconds": seconds})
-    expected = "JSON number" if isinstance(seconds, str) else "one year"  # a string is not a number at all
+    expected = "JSON number" if isinstance(seconds, str) else "最多一年"  # a string is not a number at all
     assert response.status_code == 400 and expected in response.json()["msg"]
     ok(sim, "POST", "/api/v1/dev/deployment/list", {})
     assert ok(sim, "POST", "/_sim/advance", {"seconds": 365 * 86400})["now"] >= 365 * 86400

@@ -21,6 +21,7 @@ Hosts whose containers crash are a cluster property (`faulty`), not part of SPEC
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from dataclasses import dataclass, fields
@@ -29,6 +30,8 @@ from typing import Any
 # Statuses an overloaded gateway or backend answers with; 502 comes as an HTML page, the
 # way a proxy in front of a dead backend would answer.
 ERROR_STATUSES = (500, 502, 503)
+# A fault's delay is at most this long (real seconds): a test or a demo, not a hang.
+MAX_FAULT_SECONDS = 3600.0
 # Delay used when slow_rate is set without slow_seconds (real seconds): longer than a
 # typical client's connect/read expectations for a list call, short enough for tests.
 DEFAULT_SLOW_SECONDS = 2.0
@@ -66,8 +69,10 @@ class FaultSpec:
                 value = int(raw) if key == "create_error_after_commit" else float(raw)
             except (TypeError, ValueError):
                 raise ValueError(f"故障 {key} 需要一个数字, 收到 {raw!r}") from None
-            if value < 0 or (key.endswith("_rate") and value > 1):
-                allowed = "0..1" if key.endswith("_rate") else ">= 0"
+            # nan/inf would make a delay sleep forever (or raise in the request's thread).
+            limit = 1 if key.endswith("_rate") else MAX_FAULT_SECONDS if key.endswith("_seconds") else None
+            if not math.isfinite(value) or value < 0 or (limit is not None and value > limit):
+                allowed = f"0..{limit:g}" if limit is not None else ">= 0"
                 raise ValueError(f"故障 {key}={raw} 超出范围 (应为 {allowed})")
             values[key] = value
         return cls(**values)

@@ -489,6 +489,9 @@ def test_fault_spec_errors():
         Simulator(faults="explode=1")
     with pytest.raises(ValueError, match="超出范围"):
         Simulator(faults="error_rate=2")
+    for endless in ("slow_seconds=inf", "create_slow_seconds=nan", "commit_delay_seconds=86400", "error_rate=nan"):
+        with pytest.raises(ValueError, match="超出范围"):
+            Simulator(faults=endless)
 
 
 # ----- stock shapes, region stock, dialects ----------------------------------------------------

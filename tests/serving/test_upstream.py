@@ -271,3 +271,17 @@ def test_an_ipv6_replica_address_is_reached_without_resolving(loop_thread):
 
     port = loop_thread.run(start())
     assert fetch(loop_thread, pool(), "GET", f"http://[::1]:{port}", "/")[2] == b"v6"
+
+
+def test_load_polls_reuse_their_connection(loop_thread):
+    from autodl_esd.serving.routing.sources import StaticSource
+
+    report = b'{"running": 1, "waiting": 0}'
+    replica = RawReplica(loop_thread, lambda served: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(report), report))
+    from helpers.servers import wait_for
+
+    gateway = loop_thread.gateway(StaticSource([item("r", replica.url)]), load_path="/metrics", interval=0.05)
+    wait_for(lambda: len(replica.heads) >= 5, timeout=10)
+    assert replica.connections == 1  # one connection, polled again and again
+    assert gateway.status()["replicas"][0]["load_report"]["running"] == 1

@@ -117,6 +117,8 @@ MAX_FIELD_BYTES = 8190
 # is kept (aged) and the poll is not stacked behind itself.
 LOAD_POLL_TIMEOUT_SECONDS = 2.0
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
+# A load report or health answer is read up to this size (vLLM's /metrics is tens of KiB).
+LOAD_REPORT_MAX_BYTES = 2 * 1024 * 1024
 # A load report older than this many poll intervals no longer describes the replica's queue.
 REPORT_MAX_AGE_INTERVALS = 3
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -437,10 +439,10 @@ class Gateway:
     async def _get_within(self, url: str) -> tuple[int, bytes, str]:
         answer = await self._upstream.request("GET", url, "", CIMultiDict())
         try:
-            body = await answer.content.read(2 * 1024 * 1024)
+            body = await answer.content.read(LOAD_REPORT_MAX_BYTES)
             return answer.status, body, answer.headers.get("Content-Type", "")
         finally:
-            answer.close()  # a probe rarely reads to the end; its connection is not worth keeping
+            answer.release()  # kept for the next poll when read to its end (an https replica: no new handshake)
 
     async def _poll_load(self, table, replica) -> None:
         try:

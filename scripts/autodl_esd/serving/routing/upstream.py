@@ -170,7 +170,7 @@ class UpstreamPool:
         self._tls: ssl.SSLContext | None = None
 
     async def request(self, method: str, base_url: str, path: str, headers: Any, body: bytes = b"",
-                      stream: AsyncIterator[bytes] | None = None, read_timeout: float | None = None) -> Answer:
+                      stream: AsyncIterator[bytes] | None = None) -> Answer:
         """Send `method base_url+path` with `headers` (a CIMultiDict this call may add Host and
         a body length to) and `body` or `stream`; return once the answer's headers arrived.
         Raises UpstreamError / aiohttp's client errors / OSError / asyncio.TimeoutError when the
@@ -187,16 +187,15 @@ class UpstreamPool:
         if target.base.endswith("/") and path.startswith("/"):
             path = path[1:]  # a replica URL written with a trailing slash
         line = f"{method} {target.base + path or '/'} HTTP/1.1"
-        timeout = self.read_timeout if read_timeout is None else read_timeout
         protocol, reused = await self._connection(target)
         try:
-            return await self._exchange(protocol, target, method, line, headers, body, stream, chunked, timeout)
+            return await self._exchange(protocol, target, method, line, headers, body, stream, chunked)
         except STALE_CONNECTION:
             if not reused or stream is not None:
                 raise
         # The replica had closed the kept-alive connection: once more on a new one.
         protocol = await self._connect(target)
-        return await self._exchange(protocol, target, method, line, headers, body, stream, chunked, timeout)
+        return await self._exchange(protocol, target, method, line, headers, body, stream, chunked)
 
     def put_back(self, key: tuple, protocol: Any) -> None:
         self._busy.discard(protocol)
@@ -228,12 +227,12 @@ class UpstreamPool:
     # ---- one exchange ---------------------------------------------------------------------
 
     async def _exchange(self, protocol: Any, target: Target, method: str, line: str, headers: Any, body: bytes,
-                        stream: AsyncIterator[bytes] | None, chunked: bool, timeout: float | None) -> Answer:
+                        stream: AsyncIterator[bytes] | None, chunked: bool) -> Answer:
         loop = asyncio.get_running_loop()
         sender: asyncio.Future | None = None
         try:
             protocol.set_response_params(skip_payload=method == "HEAD", read_until_eof=True, auto_decompress=False,
-                                         read_timeout=timeout, read_bufsize=READ_BUFFER_BYTES,
+                                         read_timeout=self.read_timeout, read_bufsize=READ_BUFFER_BYTES,
                                          max_line_size=self.max_line_size, max_field_size=self.max_field_size)
             writer = http.StreamWriter(protocol, loop)
             if chunked:

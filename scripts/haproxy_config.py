@@ -151,10 +151,10 @@ def feed_command(args, deployment_uuid: str, options: str) -> tuple[str, str | N
     if args.redis:
         redis_url = args.redis
         parts = urlsplit(redis_url)
-        if parts.password is not None:  # never print a secret: a placeholder the user fills in
+        if parts.password is not None:  # never print a secret: the watcher reads it from the environment
             host = parts.netloc.rsplit("@", 1)[1]
-            redis_url = parts._replace(netloc=f"{parts.username or ''}:REDIS_PASSWORD@{host}").geturl()
-            note = "feed_command 里的 REDIS_PASSWORD 是占位符: 运行前换成 Redis 密码。"
+            redis_url = parts._replace(netloc=f"{parts.username + '@' if parts.username else ''}{host}").geturl()
+            note = "feed_command 的 Redis 地址不含密码: 运行前设置环境变量 AUTODL_REDIS_PASSWORD 为 Redis 密码 (watcher 从它读取)。"
         words += ["--redis", redis_url]
         if args.key_prefix:
             words += ["--key-prefix", args.key_prefix]

@@ -151,6 +151,7 @@ def test_a_detached_watcher_keeps_its_registry_and_comes_back_after_kill_9(sim, 
     ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--auth-token-env", "NO_SUCH_VARIABLE", "--detach"], "usage_error"),
     ("serve_gateway.py", ["--name", "no-such-service", "--listen", "127.0.0.1:0", "--detach"], "not_found"),
     ("serve_gateway.py", ["--registry-url", "http://127.0.0.1:9", "--detach", "--job-id", "gw-1"], "usage_error"),
+    ("discover_services.py", ["--name", "x", "--watch", "--redis", "redis://:pw-in-url@127.0.0.1:9/0", "--detach"], "usage_error"),
 ])
 def test_bad_input_with_detach_is_answered_in_the_foreground_and_starts_nothing(sim, run, result_validator, script, argv, error_type):
     sim()
@@ -158,6 +159,8 @@ def test_bad_input_with_detach_is_answered_in_the_foreground_and_starts_nothing(
     assert (code, out["error_type"]) == (1, error_type), out
     result_validator.validate(out)
     assert records() == []
+    if "--redis" in argv:  # the way that works: the password in the environment, never in the record
+        assert "AUTODL_REDIS_PASSWORD" in out["hint"] and "pw-in-url" not in json.dumps(out, ensure_ascii=False)
     assert "s3cret-pw" not in json.dumps(out)
 
 

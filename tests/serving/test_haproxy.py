@@ -197,7 +197,7 @@ def test_feed_command_is_pasteable_and_carries_what_this_haproxy_needs(run, tmp_
     assert args.haproxy_server_options == result["server_options"] and "maxconn 1" in args.haproxy_server_options
     assert (args.health_path, args.port, args.key_prefix) == ("/healthz", 6008, "team-a")
     # The password never appears; the command names the placeholder and the note says so.
-    assert args.redis == "redis://:REDIS_PASSWORD@10.0.0.5:6379/0" and "REDIS_PASSWORD" in result["feed_command_note"]
+    assert args.redis == "redis://10.0.0.5:6379/0" and "AUTODL_REDIS_PASSWORD" in result["feed_command_note"]
     assert "s3cret-pass" not in json.dumps(result) + err
     # The platform could not be asked (a discard port): written anyway, and said so.
     assert result["service_urls_checked"] is None and result["warnings"] == []

@@ -669,3 +669,28 @@ def test_redis_watchers_active_and_standby_both_end_and_the_registry_is_final(si
     time.sleep(0.1)
     final = redis_registry.read_registry(redis_server.client, keys)  # the heartbeat is gone: still not stale
     assert final["ended"] == "deployment_stopped" and final["services"] == [] and "stale" not in final
+
+
+def test_a_password_protected_redis_takes_its_password_from_the_environment(tmp_path, monkeypatch):
+    from helpers.servers import RedisServer
+
+    from autodl_esd.core.output import scrub
+    from autodl_esd.serving.registry import redis_store
+
+    import redis
+
+    server = RedisServer(tmp_path)
+    try:
+        password = "redis-secret-0123456789"
+        server.client.config_set("requirepass", password)
+        monkeypatch.delenv(redis_store.PASSWORD_ENV, raising=False)
+        with pytest.raises(redis.AuthenticationError):
+            redis_store.connect(server.url).ping()  # no password anywhere: refused
+        monkeypatch.setenv(redis_store.PASSWORD_ENV, password)
+        assert redis_store.connect(server.url).ping()  # the URL has none: the environment's
+        assert password not in scrub(f"using {password}")  # never printed, as a token is not
+        wrong = server.url.replace("redis://", "redis://:not-the-password@")
+        with pytest.raises(redis.AuthenticationError):
+            redis_store.connect(wrong).ping()  # a password in the URL wins over the environment
+    finally:
+        server.stop()

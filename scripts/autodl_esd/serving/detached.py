@@ -68,9 +68,10 @@ def refuse_passwords_in(urls: dict[str, str | None]) -> None:
         except ValueError:
             continue  # not a URL: the run's own check says so
         if password:
+            instead = ("地址里不写密码, 把密码放进环境变量 AUTODL_REDIS_PASSWORD (后台任务继承它, 不写进记录); 或" if "redis" in flag
+                       else f"让 {flag} 指向不需要密码的地址 (本机回环); 或")
             raise AutoDLError(ErrorType.USAGE_ERROR, f"{flag} 的地址里有密码, 不能用 --detach: 后台任务的命令行会写进任务记录。",
-                              f"在前台运行 (如用 systemd / tmux 常驻), 或让 {flag} 指向不需要密码的地址 (本机回环或 unix:// 套接字)。",
-                              {"flag": flag})
+                              instead + "在前台运行 (如用 systemd / tmux 常驻)。", {"flag": flag})
 
 
 def start_detached(kind: str, script: str, argv: Sequence[str], progress: Progress) -> dict[str, Any]:

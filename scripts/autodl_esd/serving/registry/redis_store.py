@@ -22,18 +22,22 @@ used, so nothing on a --help path needs it.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from ...core.deps import require
+from ...core.output import register_secret
 from .document import mark_stale, membership
 
 DEFAULT_KEY_PREFIX = "autodl-esd"
 # A Redis on the LAN answers in well under a millisecond; 5 s separates a slow one from a
 # dead one without letting a blackholed connection stall a watcher cycle for long.
 SOCKET_TIMEOUT_SECONDS = 5.0
+# The Redis password for URLs written without one.
+PASSWORD_ENV = "AUTODL_REDIS_PASSWORD"
 # A reader that lost Redis retries this often: quick to recover, yet a dead Redis costs one
 # connection attempt per second per reader, not a busy loop.
 RECONNECT_SECONDS = 1.0
@@ -52,10 +56,15 @@ ENDED_REGISTRY_TTL_SECONDS = 3600
 
 
 def connect(url: str) -> Any:
-    """A Redis client for redis://, rediss:// or unix:// URLs (answers as str)."""
+    """A Redis client for redis://, rediss:// or unix:// URLs (answers as str). A URL without
+    a password takes the one in PASSWORD_ENV, if set: a command line (a detached job's record,
+    `ps`) then never holds it."""
     redis = require("redis")
+    password = None if urlsplit(url).password is not None else os.environ.get(PASSWORD_ENV) or None
+    register_secret(password)
     return redis.Redis.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_SECONDS,
-                                socket_connect_timeout=SOCKET_TIMEOUT_SECONDS, health_check_interval=30)
+                                socket_connect_timeout=SOCKET_TIMEOUT_SECONDS, health_check_interval=30,
+                                **({"password": password} if password else {}))
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:

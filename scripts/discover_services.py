@@ -73,7 +73,7 @@ def build_parser() -> cli.JsonArgumentParser:
                         help=f"每 N 轮做一次全量容器列表同步, 修复漏掉的事件 (默认 {DEFAULT_RESYNC_EVERY})")
     scale = parser.add_argument_group("多台机器 (Redis / HAProxy)")
     scale.add_argument("--redis", metavar="URL",
-                       help="--watch 时把注册表写入 Redis (redis://[:密码@]主机:端口/库): 每个部署一个键 + 变化通知频道 + 带 TTL 的心跳; "
+                       help="--watch 时把注册表写入 Redis (redis://主机:端口/库; 密码放环境变量 AUTODL_REDIS_PASSWORD): 每个部署一个键 + 变化通知频道 + 带 TTL 的心跳; "
                             "多个 watcher 同时运行时由 Redis 锁选出一个轮询 AutoDL, 其余待命并在它失联后接管")
     scale.add_argument("--key-prefix", default=DEFAULT_KEY_PREFIX, metavar="P", help=f"Redis 键前缀 (默认 {DEFAULT_KEY_PREFIX})")
     scale.add_argument("--lock-ttl", type=cli.positive_seconds, metavar="S",
@@ -220,7 +220,7 @@ def redis_runner(args, watcher, interval: float, local_sinks: list, ctx: cli.Con
         client = redis_store.connect(args.redis)
         client.ping()
     except ValueError as problem:  # not a redis:// URL
-        raise cli.UsageError(f"--redis 不是有效的 Redis 地址: {problem}", "格式: redis://[:密码@]主机:端口/库, 如 redis://127.0.0.1:6379/0") from None
+        raise cli.UsageError(f"--redis 不是有效的 Redis 地址: {problem}", "格式: redis://主机:端口/库, 如 redis://127.0.0.1:6379/0 (密码放环境变量 AUTODL_REDIS_PASSWORD)") from None
     except redis_store.redis_errors() as problem:
         raise cli.UsageError(f"连不上 Redis {shown}: {problem}", "确认 redis-server 在运行、地址端口与密码正确、防火墙放行。",
                              {"redis": shown}) from None

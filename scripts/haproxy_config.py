@@ -72,7 +72,7 @@ def build_parser() -> cli.JsonArgumentParser:
     feed = parser.add_argument_group("feed_command 里的 watcher (discover_services.py --watch)")
     feed.add_argument("--port", type=int, choices=(6006, 6008), help="用副本哪个端口的服务地址 (默认 6006, 没有时用 6008 / service_url)")
     feed.add_argument("--redis", metavar="URL",
-                      help="多台机器各跑一个 HAProxy 时: watcher 经这个 Redis 选出一个轮询 AutoDL, 其余跟随 (redis://主机:端口/库)")
+                      help="多台机器各跑一个 HAProxy 时: watcher 经这个 Redis 选出一个轮询 AutoDL, 其余跟随 (redis://主机:端口/库; 密码放环境变量 AUTODL_REDIS_PASSWORD)")
     feed.add_argument("--key-prefix", metavar="P", help="--redis 的键前缀 (默认与 discover_services.py 相同)")
     return parser
 
@@ -98,7 +98,7 @@ def handle(args, ctx: cli.Context) -> dict:
     if args.key_prefix is not None and not args.redis:
         problems.append("--key-prefix (需要和 --redis 一起使用)")
     if args.redis is not None and not args.redis.startswith(("redis://", "rediss://", "unix://")):
-        problems.append(f"--redis {args.redis!r} (格式: redis://[:密码@]主机:端口/库)")
+        problems.append(f"--redis {args.redis!r} (格式: redis://主机:端口/库)")
     if problems:
         raise cli.UsageError(f"参数无效: {'; '.join(problems)}",
                              "名字只用字母数字 _.:-; 时长如 2s / 500ms / 1h; 地址如 127.0.0.1:8080 或 0.0.0.0:8080。")

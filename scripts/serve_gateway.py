@@ -87,7 +87,7 @@ def build_parser() -> cli.JsonArgumentParser:
                         help="JSON 路由文件 (格式见 schemas/routes.schema.json): 每个路由还可以有自己的 policy、max_inflight_per_replica "
                              "和 autoscale (false 或覆盖 --autoscale 参数的对象, 如自己的 max_hourly_cost)")
     parser.add_argument("--registry-redis", metavar="URL",
-                        help="跟随 discover_services.py --watch --redis 写在 Redis 里的注册表 (按变化通知, 不轮询), "
+                        help="跟随 discover_services.py --watch --redis 写在 Redis 里的注册表 (按变化通知, 不轮询; 密码放环境变量 AUTODL_REDIS_PASSWORD), "
                              "部署由 --deployment-uuid / --name / --config 指定; 网关自己不再轮询 AutoDL")
     parser.add_argument("--key-prefix", default="autodl-esd", metavar="P", help="--registry-redis 的键前缀 (默认 autodl-esd, 与 discover_services.py 相同)")
     parser.add_argument("--shared-inflight", action="store_true",

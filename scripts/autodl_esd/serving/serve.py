@@ -166,7 +166,7 @@ def redis_source(args: Any, ctx: Any, deployment_uuid: str) -> RedisSource:
         source = RedisSource(args.registry_redis, deployment_uuid, args.key_prefix)
         source.client.ping()
     except ValueError as problem:  # not a redis:// URL, or a bad prefix
-        raise UsageError(f"--registry-redis / --key-prefix 无效: {problem}", "格式: redis://[:密码@]主机:端口/库") from None
+        raise UsageError(f"--registry-redis / --key-prefix 无效: {problem}", "格式: redis://主机:端口/库 (密码放环境变量 AUTODL_REDIS_PASSWORD)") from None
     except redis_errors() as problem:
         raise UsageError(f"连不上 Redis {shown}: {problem}", "确认 redis-server 在运行、地址端口与密码正确。", {"redis": shown}) from None
     return source

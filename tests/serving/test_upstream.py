@@ -165,6 +165,17 @@ def test_interim_answers_are_skipped_and_an_answer_without_length_is_read_until_
     assert (status, body) == (200, b"all of it")
 
 
+def test_a_replica_that_only_sends_interim_answers_is_a_malformed_answer(loop_thread):
+    from autodl_esd.serving.routing.upstream import MAX_INTERIM_ANSWERS, MalformedAnswer
+
+    endless = b"HTTP/1.1 100 Continue\r\n\r\n" * (MAX_INTERIM_ANSWERS + 1) + OK
+    replica = RawReplica(loop_thread, lambda served: endless)
+    with pytest.raises(MalformedAnswer, match="1xx"):
+        fetch(loop_thread, pool(), "GET", replica.url)
+    bounded = b"HTTP/1.1 100 Continue\r\n\r\n" * MAX_INTERIM_ANSWERS + OK
+    assert fetch(loop_thread, pool(), "GET", RawReplica(loop_thread, lambda served: bounded).url)[2] == b"ok"
+
+
 def test_head_answers_have_no_body_and_the_connection_is_reused(loop_thread):
     replica = RawReplica(loop_thread, lambda served: b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
     upstream = pool()

@@ -43,6 +43,9 @@ IDLE_SECONDS = 15.0
 DNS_CACHE_SECONDS = 300
 # Methods that carry no body unless they say so (no Content-Length: 0 added), as aiohttp's client.
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# 1xx interim answers skipped before the final one; a replica sending them without end
+# would otherwise hold the request (each one resets the read timeout).
+MAX_INTERIM_ANSWERS = 8
 # Answer bodies are handed on in pieces of at most this size (aiohttp's default).
 READ_BUFFER_BYTES = 2 ** 16
 
@@ -243,13 +246,14 @@ class UpstreamPool:
                 protocol.start_timeout()
             else:
                 sender = asyncio.ensure_future(self._send(writer, stream, protocol))
-            while True:
+            for _ in range(MAX_INTERIM_ANSWERS + 1):
                 try:
                     message, content = await protocol.read()
                 except http.HttpProcessingError as error:
                     raise MalformedAnswer(f"副本的响应不是合法的 HTTP: {error.message or error}") from error
                 if not 100 <= message.code < 200 or message.code == 101:
                     return Answer(message, content, protocol, self, target.key, sender)
+            raise MalformedAnswer(f"副本只回了 {MAX_INTERIM_ANSWERS} 个以上的 1xx 临时响应, 没有最终响应")
         except BaseException:
             if sender is not None:
                 sender.cancel()

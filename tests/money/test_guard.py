@@ -7,6 +7,7 @@ End to end on the simulator: simulated hours pass with `advance()`, guards check
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 
 
 from helpers import ROOT, job_config, sim_service, write_config
+from helpers import servers
 from helpers.servers import pid_alive
 
 pytestmark = pytest.mark.usefixtures("fast_read_back")  # read-backs after a change need no real pauses
@@ -51,14 +53,8 @@ def guard_states():
     return guard.all_states()
 
 
-def wait_for(predicate, timeout=30.0):  # generous for a loaded machine; polls, so fast when idle
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+# The shared bounded poll, generous for a loaded machine (it returns as soon as the condition holds).
+wait_for = functools.partial(servers.wait_for, timeout=30.0)
 
 
 def watching():

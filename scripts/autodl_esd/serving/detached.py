@@ -57,6 +57,10 @@ def read(files: JobFiles) -> dict[str, Any]:
     return background.read_record(files, "后台服务", "python3 scripts/jobs.py --list")
 
 
+# URL schemes of the Redis flags (--redis, --registry-redis): their password has a place in the environment.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 def refuse_passwords_in(urls: dict[str, str | None]) -> None:
     """usage_error for a URL flag holding a password: a detached service's command line is
     kept in its record (to --resume it), and nothing secret is written there."""
@@ -64,12 +68,13 @@ def refuse_passwords_in(urls: dict[str, str | None]) -> None:
 
     for flag, url in urls.items():
         try:
-            password = urlsplit(url).password if url else None
+            parts = urlsplit(url) if url else None
+            password = parts.password if parts else None
         except ValueError:
             continue  # not a URL: the run's own check says so
         if password:
-            instead = ("地址里不写密码, 把密码放进环境变量 AUTODL_REDIS_PASSWORD (后台任务继承它, 不写进记录); 或" if "redis" in flag
-                       else f"让 {flag} 指向不需要密码的地址 (本机回环); 或")
+            instead = ("地址里不写密码, 把密码放进环境变量 AUTODL_REDIS_PASSWORD (后台任务继承它, 不写进记录); 或"
+                       if parts.scheme in REDIS_SCHEMES else f"让 {flag} 指向不需要密码的地址 (本机回环); 或")
             raise AutoDLError(ErrorType.USAGE_ERROR, f"{flag} 的地址里有密码, 不能用 --detach: 后台任务的命令行会写进任务记录。",
                               instead + "在前台运行 (如用 systemd / tmux 常驻)。", {"flag": flag})
 
